@@ -1,0 +1,362 @@
+"""The node agent: makes one Docker host run exactly the pods the control plane gave it.
+
+Each tick the agent lists its own containers (by ownership label), reports their status
+with its heartbeat, receives its pods and every service's endpoints, and converges:
+
+- a pod without a container gets one (files from ConfigMaps/Secrets are written to the
+  agent's state folder and bind-mounted read-only);
+- a container whose pod is gone, or whose template differs, is stopped and removed;
+- an exited container is restarted as its restartPolicy says, with Kubernetes' backoff
+  (10 s doubling to 5 min, reset after 10 min of running);
+- a container that is already running is adopted as it is: an agent restart never
+  recreates or restarts anything.
+
+Then it programs iptables so each service VIP reaches its ready pods: a pod on this node by
+its container address, a pod elsewhere by its node's address and published host port.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import structlog
+
+from gitops.agents.iptables import IptablesProxy, ServiceRule
+from gitops.agents.runtime import ContainerInfo, ImageMissing, Runtime, RuntimeFailure
+from gitops.codec import decode_as, encode
+from gitops.model import NodeName, Phase, Pod, PodId, PodStatus, ServiceEndpoints, Taint
+
+log = structlog.get_logger(__name__)
+
+BACKOFF_START = 10.0
+BACKOFF_MAX = 300.0
+BACKOFF_RESET_AFTER = 600.0
+
+
+def host_capacity() -> tuple[int, int]:
+    """(millicores, memory bytes) of this host."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    memory = 0
+    with open("/proc/meminfo", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                memory = int(line.split()[1]) * 1024
+                break
+    return cpus * 1000, memory
+
+
+def default_address() -> str:
+    """The IPv4 address of the interface holding the default route (no packet is sent)."""
+    out = subprocess.run(
+        ["ip", "-4", "-o", "route", "show", "default"], capture_output=True, text=True, check=False
+    ).stdout
+    words = out.split()
+    if "dev" in words:
+        dev = words[words.index("dev") + 1]
+        addr = subprocess.run(
+            ["ip", "-4", "-o", "addr", "show", "dev", dev], capture_output=True, text=True, check=False
+        ).stdout
+        for part in addr.split():
+            if "/" in part and part[0].isdigit():
+                return part.split("/")[0]
+    return socket.gethostbyname(socket.gethostname())
+
+
+def service_rules(services: Sequence[ServiceEndpoints], node: NodeName) -> list[ServiceRule]:
+    rules = []
+    for svc in services:
+        for port, endpoints in svc.endpoints:
+            backends: list[tuple[str, int]] = []
+            for ep in endpoints:
+                if ep.node == node and ep.pod_ip:
+                    backends.append((ep.pod_ip, ep.container_port))
+                elif ep.node != node and ep.host_port and ep.node_address:
+                    backends.append((ep.node_address, ep.host_port))
+            rules.append(
+                ServiceRule(
+                    service=f"{svc.namespace}/{svc.name}:{port.name or port.port}",
+                    vip=svc.vip,
+                    port=port.port,
+                    protocol=port.protocol,
+                    backends=tuple(backends),
+                )
+            )
+    return rules
+
+
+@dataclass
+class _Restarts:
+    """Per-pod restart bookkeeping (the agent's memory; the control plane keeps the count)."""
+
+    count: int = 0
+    next_attempt: float = 0.0
+    last_error: str = ""
+    failed_starts: int = 0
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    server: str
+    node: NodeName
+    join_token: str
+    state_dir: Path
+    address: str = ""
+    labels: tuple[tuple[str, str], ...] = ()
+    taints: tuple[Taint, ...] = ()
+    interval: float = 1.0
+    iptables: str = "iptables"
+    chain_prefix: str = "GITOPS"
+    capacity: tuple[int, int] | None = None
+
+
+@dataclass
+class Agent:
+    config: AgentConfig
+    runtime: Runtime
+    clock: Callable[[], float] = time.time
+    _token: str = ""
+    _proxy: IptablesProxy | None = None
+    _restarts: dict[PodId, _Restarts] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _http: httpx.Client | None = None
+    _assigned_cache: dict[PodId, Pod] = field(default_factory=dict)
+
+    # --- control plane --------------------------------------------------------------
+
+    @property
+    def http(self) -> httpx.Client:
+        if self._http is None:
+            self._http = httpx.Client(base_url=self.config.server, timeout=30.0)
+        return self._http
+
+    def register(self) -> str:
+        cfg = self.config
+        cpu, memory = cfg.capacity or host_capacity()
+        node = {
+            "name": cfg.node,
+            "address": cfg.address or default_address(),
+            "cpu_milli": cpu,
+            "memory_bytes": memory,
+            "labels": dict(cfg.labels),
+            "taints": [{"key": t.key, "value": t.value, "effect": t.effect} for t in cfg.taints],
+        }
+        response = self.http.post("/agent/v1/register", json={"join_token": cfg.join_token, "node": node})
+        response.raise_for_status()
+        body = response.json()
+        self._token = str(body["token"])
+        if self._proxy is None:
+            self._proxy = IptablesProxy(body["service_cidr"], prefix=cfg.chain_prefix, iptables=cfg.iptables)
+            self._proxy.install()
+        log.info(
+            "agent.registered", node=cfg.node, address=node["address"], cpu_milli=cpu, memory_bytes=memory
+        )
+        return self._token
+
+    def _sync_call(self, statuses: Sequence[PodStatus]) -> dict[str, Any]:
+        if not self._token:
+            self.register()
+        payload = {"statuses": [encode(s) for s in statuses]}
+        url = f"/agent/v1/nodes/{self.config.node}/sync"
+        response = self.http.post(url, json=payload, headers={"Authorization": f"Bearer {self._token}"})
+        if response.status_code == 401:
+            self.register()
+            response = self.http.post(url, json=payload, headers={"Authorization": f"Bearer {self._token}"})
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    # --- one tick -------------------------------------------------------------------
+
+    def tick(self) -> None:
+        node = self.config.node
+        containers = self.runtime.list(node)
+        statuses = self._statuses(containers, self._assigned_cache)
+        reply = self._sync_call(statuses)
+        pods = [decode_as(Pod, p) for p in reply["pods"]]
+        services = [decode_as(ServiceEndpoints, s) for s in reply["services"]]
+        if self._proxy is None:
+            self._proxy = IptablesProxy(
+                reply["service_cidr"], prefix=self.config.chain_prefix, iptables=self.config.iptables
+            )
+            self._proxy.install()
+        self._assigned_cache = {p.id: p for p in pods}
+        changed = self.converge(pods, containers)
+        self._proxy.sync(service_rules(services, node))
+        if changed:
+            # Report what we just started without waiting a whole interval.
+            self._sync_call(self._statuses(self.runtime.list(node), self._assigned_cache))
+
+    def converge(self, pods: Sequence[Pod], containers: Sequence[ContainerInfo]) -> bool:
+        now = self.clock()
+        wanted = {p.id: p for p in pods}
+        changed = False
+        by_pod: dict[PodId, ContainerInfo] = {}
+        for c in sorted(containers, key=lambda c: (c.running, c.started_at)):
+            pod = wanted.get(c.pod)
+            if (
+                pod is None
+                or c.template_hash != pod.template_hash
+                or (c.pod in by_pod and by_pod[c.pod].running)
+            ):
+                grace = pod.spec.termination_grace_period_seconds if pod else 10
+                log.info(
+                    "agent.removing",
+                    pod=c.pod,
+                    container=c.id[:12],
+                    reason="pod is no longer assigned to this node" if pod is None else "template differs",
+                )
+                self.runtime.remove(c.id, grace)
+                self._forget_files(c.pod)
+                changed = True
+                continue
+            if c.pod in by_pod:
+                self.runtime.remove(by_pod[c.pod].id, 0)
+            by_pod[c.pod] = c
+        for pod_id in list(self._restarts):
+            if pod_id not in wanted:
+                del self._restarts[pod_id]
+        for pod in pods:
+            state = self._restarts.setdefault(pod.id, _Restarts(count=pod.restarts))
+            container = by_pod.get(pod.id)
+            if container is None:
+                if now < state.next_attempt:
+                    continue
+                changed |= self._start(pod, state, now)
+            elif not container.running and self._should_restart(pod, container):
+                if (
+                    container.finished_at
+                    and container.started_at
+                    and container.finished_at - container.started_at > BACKOFF_RESET_AFTER
+                ):
+                    state.next_attempt = 0.0
+                if now < state.next_attempt:
+                    continue
+                state.count += 1
+                state.next_attempt = now + min(BACKOFF_START * 2 ** (state.count - 1), BACKOFF_MAX)
+                log.info("agent.restarting", pod=pod.id, exit_code=container.exit_code, restarts=state.count)
+                self.runtime.restart(container.id)
+                changed = True
+        return changed
+
+    @staticmethod
+    def _should_restart(pod: Pod, container: ContainerInfo) -> bool:
+        policy = pod.spec.restart_policy
+        return policy == "Always" or (policy == "OnFailure" and container.exit_code != 0)
+
+    def _start(self, pod: Pod, state: _Restarts, now: float) -> bool:
+        try:
+            mounts = self._write_files(pod)
+            try:
+                self.runtime.run(self.config.node, pod, mounts)
+            except ImageMissing:
+                if pod.spec.image_pull_policy == "Never":
+                    raise
+                self.runtime.pull(pod.spec.image)
+                self.runtime.run(self.config.node, pod, mounts)
+        except (ImageMissing, RuntimeFailure, OSError) as exc:
+            kind = (
+                "ErrImageNeverPull"
+                if pod.spec.image_pull_policy == "Never" and isinstance(exc, ImageMissing)
+                else ("ErrImagePull" if isinstance(exc, ImageMissing) else "CreateContainerError")
+            )
+            state.last_error = f"{kind}: {exc}"
+            delay = min(BACKOFF_START * 2 ** min(state.failed_starts, 10), BACKOFF_MAX)
+            state.failed_starts += 1
+            state.next_attempt = now + delay
+            log.warning("agent.start_failed", pod=pod.id, reason=state.last_error, retry_in=delay)
+            return True
+        state.last_error = ""
+        state.failed_starts = 0
+        log.info("agent.started", pod=pod.id, image=pod.spec.image)
+        return True
+
+    # --- files ----------------------------------------------------------------------
+
+    def _pod_dir(self, pod_id: PodId) -> Path:
+        return self.config.state_dir / "pods" / pod_id.replace("/", "_")
+
+    def _write_files(self, pod: Pod) -> list[tuple[str, str]]:
+        if not pod.spec.files:
+            return []
+        folder = self._pod_dir(pod.id)
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o700)
+        mounts = []
+        for f in pod.spec.files:
+            host = folder / hashlib.sha256(f.path.encode()).hexdigest()[:16]
+            host.write_bytes(f.content)
+            host.chmod(f.mode & 0o777)
+            mounts.append((str(host), f.path))
+        return mounts
+
+    def _forget_files(self, pod_id: PodId) -> None:
+        shutil.rmtree(self._pod_dir(pod_id), ignore_errors=True)
+
+    # --- status ---------------------------------------------------------------------
+
+    def _statuses(self, containers: Sequence[ContainerInfo], assigned: dict[PodId, Pod]) -> list[PodStatus]:
+        now = self.clock()
+        result: dict[PodId, PodStatus] = {}
+        for c in containers:
+            pod = assigned.get(c.pod)
+            if pod is not None and c.template_hash != pod.template_hash:
+                continue
+            state = self._restarts.get(c.pod, _Restarts())
+            if c.running:
+                status = PodStatus(
+                    c.pod, "Running", True, "", c.pod_ip, c.host_ports, state.count, None, c.id
+                )
+            elif pod is not None and self._should_restart(pod, c):
+                wait = max(0.0, state.next_attempt - now)
+                reason = f"CrashLoopBackOff: exited with code {c.exit_code}; restarting in {wait:.0f}s"
+                if c.error:
+                    reason += f" ({c.error})"
+                status = PodStatus(c.pod, "Running", False, reason, "", (), state.count, c.exit_code, c.id)
+            else:
+                phase: Phase = "Succeeded" if c.exit_code == 0 else "Failed"
+                reason = f"exited with code {c.exit_code}" + (f": {c.error}" if c.error else "")
+                status = PodStatus(c.pod, phase, False, reason, "", (), state.count, c.exit_code, c.id)
+            result[c.pod] = status
+        for pod_id in assigned:
+            if pod_id not in result:
+                state = self._restarts.get(pod_id, _Restarts())
+                result[pod_id] = PodStatus(
+                    pod_id, "Pending", False, state.last_error or "starting container", restarts=state.count
+                )
+        return list(result.values())
+
+    # --- loop -----------------------------------------------------------------------
+
+    def run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                self.tick()
+                failures = 0
+            except (httpx.HTTPError, OSError) as exc:
+                failures += 1
+                log.warning("agent.tick_failed", error=str(exc), failures=failures)
+            except Exception:
+                failures += 1
+                log.exception("agent.tick_failed", failures=failures)
+            delay = self.config.interval if not failures else min(self.config.interval * 2**failures, 30.0)
+            self._stop.wait(delay)
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self.run, name=f"agent-{self.config.node}", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,199 @@
+"""The container runtime an agent drives: a `Runtime` protocol and its Docker implementation.
+
+Every container we create carries ownership labels (`gitops.node`, `gitops.pod`,
+`gitops.template`), which is how an agent that restarts finds and adopts its containers
+instead of recreating them, and how it recognises containers of pods that are gone. No
+container without our labels is ever touched.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import docker
+import docker.errors
+import structlog
+
+from gitops.model import NodeName, Pod, PodId
+
+log = structlog.get_logger(__name__)
+
+LABEL_NODE = "gitops.node"
+LABEL_POD = "gitops.pod"
+LABEL_TEMPLATE = "gitops.template"
+
+
+class ImageMissing(RuntimeError):
+    """The pod's image is not on this node."""
+
+
+class RuntimeFailure(RuntimeError):
+    """The runtime refused to create or start a container; the message says why."""
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    id: str
+    pod: PodId
+    template_hash: str
+    running: bool
+    exit_code: int | None
+    pod_ip: str
+    host_ports: tuple[tuple[int, str, int], ...]
+    started_at: float
+    finished_at: float
+    error: str = ""
+
+
+class Runtime(Protocol):
+    def list(self, node: NodeName) -> list[ContainerInfo]: ...
+
+    def run(self, node: NodeName, pod: Pod, mounts: Sequence[tuple[str, str]]) -> ContainerInfo: ...
+
+    def restart(self, container_id: str) -> ContainerInfo: ...
+
+    def remove(self, container_id: str, grace_seconds: int) -> None: ...
+
+    def pull(self, image: str) -> None: ...
+
+    def logs_tail(self, container_id: str, lines: int = 20) -> str: ...
+
+
+def _timestamp(value: str | None) -> float:
+    if not value or value.startswith("0001-"):
+        return 0.0
+    # Docker gives nanoseconds; Python parses microseconds.
+    head, _, rest = value.partition(".")
+    frac = rest.rstrip("Z")[:6] if rest else "0"
+    return dt.datetime.fromisoformat(f"{head}.{frac:0<6}+00:00").timestamp()
+
+
+def container_name(node: str, pod: Pod) -> str:
+    return f"gitops_{node}_{pod.namespace}_{pod.name}"[:200]
+
+
+class DockerRuntime:
+    """Runs pods as Docker containers on one engine."""
+
+    def __init__(self, base_url: str | None = None, *, timeout: int = 120) -> None:
+        self.client = (
+            docker.DockerClient(base_url=base_url, timeout=timeout)
+            if base_url
+            else docker.from_env(timeout=timeout)
+        )
+
+    def ping(self) -> None:
+        self.client.ping()
+
+    def _info(self, container: Any) -> ContainerInfo:
+        attrs = container.attrs
+        state = attrs.get("State") or {}
+        labels = (attrs.get("Config") or {}).get("Labels") or {}
+        net = attrs.get("NetworkSettings") or {}
+        ports: list[tuple[int, str, int]] = []
+        for key, bindings in sorted((net.get("Ports") or {}).items()):
+            port, _, proto = key.partition("/")
+            for binding in bindings or []:
+                if ":" in (binding.get("HostIp") or ""):
+                    continue  # the IPv6 twin of an IPv4 binding
+                ports.append((int(port), proto.upper(), int(binding["HostPort"])))
+                break
+        return ContainerInfo(
+            id=container.id,
+            pod=PodId(labels.get(LABEL_POD, "")),
+            template_hash=labels.get(LABEL_TEMPLATE, ""),
+            running=bool(state.get("Running")),
+            exit_code=None if state.get("Running") else state.get("ExitCode"),
+            pod_ip=net.get("IPAddress") or "",
+            host_ports=tuple(ports),
+            started_at=_timestamp(state.get("StartedAt")),
+            finished_at=_timestamp(state.get("FinishedAt")),
+            error=state.get("Error") or "",
+        )
+
+    def list(self, node: NodeName) -> list[ContainerInfo]:
+        found = self.client.containers.list(all=True, filters={"label": [f"{LABEL_NODE}={node}"]})
+        return [self._info(c) for c in found]
+
+    def run(self, node: NodeName, pod: Pod, mounts: Sequence[tuple[str, str]]) -> ContainerInfo:
+        spec = pod.spec
+        name = container_name(node, pod)
+        try:
+            stale = self.client.containers.get(name)
+        except docker.errors.NotFound:
+            stale = None
+        if stale is not None:
+            stale.remove(force=True)
+        kwargs: dict[str, Any] = {
+            "name": name,
+            "hostname": pod.name[:63].rstrip("-."),
+            "labels": {LABEL_NODE: node, LABEL_POD: pod.id, LABEL_TEMPLATE: pod.template_hash},
+            "environment": dict(spec.env),
+            "ports": {f"{p.container_port}/{p.protocol.lower()}": None for p in spec.ports},
+            "volumes": {host: {"bind": inside, "mode": "ro"} for host, inside in mounts},
+            "detach": True,
+        }
+        if spec.command:
+            kwargs["entrypoint"] = list(spec.command)
+        if spec.args:
+            kwargs["command"] = list(spec.args)
+        if spec.working_dir:
+            kwargs["working_dir"] = spec.working_dir
+        if spec.cpu_limit_milli:
+            kwargs["nano_cpus"] = spec.cpu_limit_milli * 1_000_000
+        if spec.memory_limit_bytes:
+            kwargs["mem_limit"] = spec.memory_limit_bytes
+        try:
+            container = self.client.containers.create(spec.image, **kwargs)
+        except docker.errors.ImageNotFound as exc:
+            raise ImageMissing(f"image {spec.image!r} is not present on node {node}") from exc
+        except docker.errors.APIError as exc:
+            raise RuntimeFailure(str(exc.explanation or exc)) from exc
+        try:
+            container.start()
+        except docker.errors.APIError as exc:
+            container.reload()
+            info = self._info(container)
+            log.warning("runtime.start_failed", pod=pod.id, error=str(exc.explanation or exc))
+            return info
+        container.reload()
+        return self._info(container)
+
+    def restart(self, container_id: str) -> ContainerInfo:
+        container = self.client.containers.get(container_id)
+        try:
+            container.start()
+        except docker.errors.APIError as exc:
+            log.warning(
+                "runtime.restart_failed", container=container_id[:12], error=str(exc.explanation or exc)
+            )
+        container.reload()
+        return self._info(container)
+
+    def remove(self, container_id: str, grace_seconds: int) -> None:
+        try:
+            container = self.client.containers.get(container_id)
+        except docker.errors.NotFound:
+            return
+        try:
+            if container.status == "running":
+                container.stop(timeout=grace_seconds)
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            return
+
+    def pull(self, image: str) -> None:
+        try:
+            self.client.images.pull(image)
+        except docker.errors.APIError as exc:
+            raise ImageMissing(f"pull of {image!r} failed: {exc.explanation or exc}") from exc
+
+    def logs_tail(self, container_id: str, lines: int = 20) -> str:
+        try:
+            data: bytes = self.client.containers.get(container_id).logs(tail=lines)
+        except docker.errors.NotFound:
+            return ""
+        return data.decode(errors="replace")

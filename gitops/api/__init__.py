@@ -1,0 +1,1 @@
+"""HTTP API: agent endpoints (token-authenticated) and the read-only JSON API."""

@@ -1,0 +1,182 @@
+"""HTTP: the agents' endpoints and the read-only JSON API.
+
+`/agent/v1/...` is how node agents register (with the cluster's join token, receiving a
+per-node token) and sync (heartbeat plus pod statuses in, the node's pods and all service
+endpoints out). A node token only ever reads and writes its own node.
+
+`/api/v1/...` is read-only (GET and HEAD) and never returns a Secret value: pod specs are
+summarised without environment values or file contents.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.responses import JSONResponse
+
+from gitops.codec import decode_as, encode
+from gitops.model import Node, NodeName, Pod, PodStatus, Taint
+from gitops.planner import all_endpoints
+from gitops.store import Store
+
+log = structlog.get_logger(__name__)
+
+
+def _bearer(authorization: str = Header(default="")) -> str:
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise HTTPException(401, "missing bearer token")
+    return token
+
+
+def pod_summary(pod: Pod) -> dict[str, Any]:
+    return {
+        "id": pod.id,
+        "namespace": pod.namespace,
+        "name": pod.name,
+        "owner": str(pod.owner),
+        "image": pod.spec.image,
+        "template_hash": pod.template_hash,
+        "node": pod.node,
+        "phase": pod.phase,
+        "ready": pod.ready,
+        "reason": pod.reason,
+        "pod_ip": pod.pod_ip,
+        "host_ports": [list(h) for h in pod.host_ports],
+        "restarts": pod.restarts,
+        "exit_code": pod.exit_code,
+        "created_at": pod.created_at,
+    }
+
+
+def create_app(
+    store: Store,
+    *,
+    join_token: str,
+    sources: Sequence[str] = (),
+    on_report: Callable[[], None] = lambda: None,
+    clock: Callable[[], float] = time.time,
+) -> FastAPI:
+    app = FastAPI(title="gitops", version="0.1.0")
+
+    def node_token(name: str, token: str = Depends(_bearer)) -> str:
+        if not store.node_for_token(name, token):
+            raise HTTPException(401, "invalid node token")
+        return name
+
+    @app.post("/agent/v1/register")
+    async def register(request: Request) -> dict[str, Any]:
+        body = await request.json()
+        if not hmac.compare_digest(str(body.get("join_token", "")), join_token):
+            raise HTTPException(401, "invalid join token")
+        n = body.get("node") or {}
+        try:
+            node = Node(
+                name=NodeName(str(n["name"])),
+                address=str(n["address"]),
+                cpu_milli=int(n["cpu_milli"]),
+                memory_bytes=int(n["memory_bytes"]),
+                labels=tuple(sorted((str(k), str(v)) for k, v in (n.get("labels") or {}).items())),
+                taints=tuple(
+                    Taint(str(t["key"]), str(t.get("value", "")), t.get("effect", "NoSchedule"))
+                    for t in n.get("taints") or ()
+                ),
+                max_pods=int(n.get("max_pods", 110)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise HTTPException(422, f"invalid node description: {exc}") from exc
+        token = secrets.token_urlsafe(32)
+        store.register_node(node, token, clock())
+        log.info("agent.registered", node=node.name, address=node.address)
+        on_report()
+        return {"token": token, "service_cidr": str(store.service_cidr)}
+
+    @app.post("/agent/v1/nodes/{name}/sync")
+    async def agent_sync(name: str, request: Request, _: str = Depends(node_token)) -> dict[str, Any]:
+        body = await request.json()
+        statuses = [decode_as(PodStatus, s) for s in body.get("statuses") or []]
+        now = clock()
+        store.heartbeat(name, statuses, now)
+        if statuses:
+            on_report()
+        pods = store.pods(node=name)
+        all_pods = store.pods()
+        services = all_endpoints(store.desired(), store.vips(), all_pods, [r.node for r in store.nodes(now)])
+        return {
+            "pods": [encode(p) for p in pods],
+            "services": [encode(s) for s in services],
+            "service_cidr": str(store.service_cidr),
+        }
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/api/v1/status")
+    def status() -> dict[str, Any]:
+        revisions = store.revisions(limit=200)
+        applied = next((r for r in revisions if r.status == "applied"), None)
+        rejected = next((r for r in revisions if r.status == "rejected"), None)
+        pods = store.pods()
+        nodes = store.nodes(clock())
+        phases: dict[str, int] = {}
+        for p in pods:
+            phases[p.phase] = phases.get(p.phase, 0) + 1
+        return {
+            "sources": list(sources),
+            "last_applied": encode(applied) if applied else None,
+            "last_rejected": encode(rejected)
+            if rejected and (not applied or rejected.id > applied.id)
+            else None,
+            "latest": encode(revisions[0]) if revisions else None,
+            "counts": {
+                "nodes": len(nodes),
+                "nodes_ready": sum(1 for n in nodes if n.node.ready),
+                "pods": len(pods),
+                "pods_ready": sum(1 for p in pods if p.ready),
+                "phases": phases,
+                "objects": len(store.desired()),
+            },
+        }
+
+    @app.get("/api/v1/revisions")
+    def revisions(limit: int = 50) -> list[Any]:
+        return [encode(r) for r in store.revisions(limit=min(limit, 1000))]
+
+    @app.get("/api/v1/nodes")
+    def nodes() -> list[Any]:
+        now = clock()
+        return [
+            {
+                **encode(r.node),
+                "heartbeat_age": round(now - r.heartbeat_at, 1),
+                "registered_at": r.registered_at,
+            }
+            for r in store.nodes(now)
+        ]
+
+    @app.get("/api/v1/pods")
+    def pods() -> list[Any]:
+        return [pod_summary(p) for p in store.pods()]
+
+    @app.get("/api/v1/services")
+    def services() -> list[Any]:
+        now = clock()
+        eps = all_endpoints(store.desired(), store.vips(), store.pods(), [r.node for r in store.nodes(now)])
+        return [encode(s) for s in eps]
+
+    @app.get("/api/v1/events")
+    def events(limit: int = 100) -> list[Any]:
+        return [encode(e) for e in store.events(limit=min(limit, 1000))]
+
+    @app.exception_handler(ValueError)
+    async def value_error(_: Request, exc: ValueError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    return app

@@ -1,0 +1,391 @@
+"""The `gitops` command: run the parts, validate manifests, read the status.
+
+gitops up [DIR]          control plane + one local agent on DIR, embedded SQLite
+gitops serve ...         the control plane alone (sources, store, API, controller)
+gitops agent ...         a node agent for the local Docker engine
+gitops validate PATH...  check manifests; exit 1 on any error
+gitops status            what the cluster runs, and the last rejected revision
+gitops down              remove this node's containers and iptables chains
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import structlog
+
+from gitops.model import Diagnostic, NodeName, Taint
+from gitops.schemas.loader import SourceFile
+from gitops.schemas.validate import validate_files
+from gitops.sync.sources import FolderSource, GitSource, Source, read_folder
+
+DEFAULT_STATE = Path(os.environ.get("GITOPS_STATE_DIR", ".gitops"))
+
+
+def configure_logging(json_logs: bool, level: str = "info") -> None:
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if json_logs
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso"),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+    )
+
+
+# --- validate ---------------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    files: list[SourceFile] = []
+    problems: list[Diagnostic] = []
+    for raw in args.paths:
+        path = Path(raw)
+        if path.is_dir():
+            found, bad = read_folder(path)
+            prefix = "" if len(args.paths) == 1 else f"{raw.rstrip('/')}/"
+            files += [SourceFile(prefix + f.path, f.content) for f in found]
+            problems += bad
+        elif path.is_file():
+            files.append(SourceFile(raw, path.read_bytes()))
+        else:
+            print(f"{raw}: no such file or folder", file=sys.stderr)
+            return 1
+    result = validate_files(files)
+    errors = [*problems, *result.errors]
+    for d in result.warnings:
+        if not args.quiet:
+            print(d)
+    for d in errors:
+        print(d)
+    print(
+        f"{len(files)} file(s), {len(result.manifests)} object(s): "
+        f"{len(errors)} error(s), {len(result.warnings)} warning(s)",
+        file=sys.stderr,
+    )
+    return 1 if errors else 0
+
+
+# --- status -----------------------------------------------------------------------------
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h"
+
+
+def _subject(revision: dict[str, Any]) -> str:
+    lines = str(revision["message"]).splitlines()
+    return lines[0] if lines else ""
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        with httpx.Client(base_url=args.server, timeout=10) as http:
+            status = http.get("/api/v1/status").raise_for_status().json()
+            nodes = http.get("/api/v1/nodes").raise_for_status().json()
+            pods = http.get("/api/v1/pods").raise_for_status().json()
+            services = http.get("/api/v1/services").raise_for_status().json()
+    except httpx.HTTPError as exc:
+        print(f"cannot reach the gitops server at {args.server}: {exc}", file=sys.stderr)
+        return 1
+    now = time.time()
+    out = []
+    out.append("Sources: " + (", ".join(status["sources"]) or "(none)"))
+    applied = status["last_applied"]
+    running = applied["revision"][:12] if applied else "nothing"
+    if applied:
+        author = applied["author"] or "unknown author"
+        out.append(
+            f"Applied: {running} {_subject(applied)} ({author}, {_age(now - applied['received_at'])} ago)"
+        )
+    else:
+        out.append("Applied: nothing yet")
+    rejected = status["last_rejected"]
+    if rejected:
+        out.append(
+            f"REJECTED: {rejected['revision'][:12]} {_subject(rejected)} "
+            f"({_age(now - rejected['received_at'])} ago), "
+            f"{len(rejected['errors'])} error(s); still running {running}:"
+        )
+        out += [f"  {e}" for e in rejected["errors"]]
+    c = status["counts"]
+    out.append(
+        f"Nodes: {c['nodes_ready']}/{c['nodes']} ready   "
+        f"Pods: {c['pods_ready']}/{c['pods']} ready   Objects: {c['objects']}"
+    )
+    out.append("")
+    out.append(f"{'NODE':<20} {'READY':<6} {'ADDRESS':<16} {'CPU':>8} {'MEMORY':>10} HEARTBEAT")
+    for n in nodes:
+        ready = "yes" if n["ready"] else "NO"
+        memory = f"{n['memory_bytes'] // 2**20}Mi"
+        out.append(
+            f"{n['name']:<20} {ready:<6} {n['address']:<16} {n['cpu_milli']:>7}m {memory:>10} "
+            f"{n['heartbeat_age']}s ago"
+        )
+    out.append("")
+    out.append(f"{'POD':<44} {'PHASE':<10} {'READY':<6} {'NODE':<14} {'IP':<15} {'RESTARTS':>8}  REASON")
+    for p in pods:
+        out.append(
+            f"{p['id']:<44} {p['phase']:<10} {'yes' if p['ready'] else 'no':<6} {p['node'] or '-':<14} "
+            f"{p['pod_ip'] or '-':<15} {p['restarts']:>8}  {p['reason']}"
+        )
+    out.append("")
+    out.append(f"{'SERVICE':<30} {'VIP':<15} PORTS -> READY ENDPOINTS")
+    for s in services:
+        ports = []
+        for port, eps in s["endpoints"]:
+            ports.append(f"{port['port']}/{port['protocol']}->{len(eps)}")
+        out.append(f"{s['namespace'] + '/' + s['name']:<30} {s['vip']:<15} {' '.join(ports)}")
+    print("\n".join(out))
+    return 0
+
+
+# --- serve / agent / up -----------------------------------------------------------------
+
+
+def _sources(args: argparse.Namespace, state: Path) -> list[Source]:
+    sources: list[Source] = []
+    for folder in args.dir or []:
+        sources.append(FolderSource(Path(folder)))
+    for url in args.git or []:
+        cache = state / "git" / "".join(ch if ch.isalnum() else "_" for ch in url)[-80:]
+        sources.append(GitSource(url, cache, branch=args.branch, path=args.path))
+    return sources
+
+
+def _db_url(args: argparse.Namespace, state: Path) -> str:
+    if args.db:
+        return str(args.db)
+    state.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(state / 'gitops.db').resolve()}"
+
+
+def _parse_labels(values: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for v in values:
+        key, sep, value = v.partition("=")
+        if not sep:
+            raise SystemExit(f"--label {v!r}: expected key=value")
+        pairs.append((key, value))
+    return tuple(sorted(pairs))
+
+
+def _parse_taints(values: Sequence[str]) -> tuple[Taint, ...]:
+    taints = []
+    for v in values:
+        kv, sep, effect = v.rpartition(":")
+        if not sep or effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
+            raise SystemExit(f"--taint {v!r}: expected key[=value]:NoSchedule|PreferNoSchedule|NoExecute")
+        key, _, value = kv.partition("=")
+        taints.append(Taint(key, value, effect))  # type: ignore[arg-type]
+    return tuple(taints)
+
+
+def _control_plane(args: argparse.Namespace, state: Path, sources: list[Source]) -> Any:
+    from gitops.server import ControlPlane  # noqa: PLC0415 - keeps `validate` and `status` light
+    from gitops.store import Store  # noqa: PLC0415
+
+    store = Store(_db_url(args, state), service_cidr=args.service_cidr)
+    token = args.join_token or os.environ.get("GITOPS_JOIN_TOKEN") or ""
+    plane = ControlPlane(store, sources, host=args.host, port=args.port, poll_interval=args.poll)
+    if token:
+        plane.join_token = token
+    return plane
+
+
+def _agent(args: argparse.Namespace, server: str, token: str, state: Path) -> Any:
+    from gitops.agents.agent import Agent, AgentConfig  # noqa: PLC0415
+    from gitops.agents.runtime import DockerRuntime  # noqa: PLC0415
+
+    runtime = DockerRuntime(args.docker)
+    runtime.ping()
+    config = AgentConfig(
+        server=server,
+        node=NodeName(args.node),
+        join_token=token,
+        state_dir=state / "agent" / args.node,
+        address=args.address or "",
+        labels=_parse_labels(args.label or []),
+        taints=_parse_taints(args.taint or []),
+        iptables=args.iptables,
+        chain_prefix=args.chain_prefix,
+    )
+    return Agent(config, runtime)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    state = Path(args.state_dir)
+    sources = _sources(args, state)
+    if not sources:
+        print("gitops serve: give at least one --dir or --git source", file=sys.stderr)
+        return 2
+    plane = _control_plane(args, state, sources)
+    if not (args.join_token or os.environ.get("GITOPS_JOIN_TOKEN")):
+        path = state / "join-token"
+        path.write_text(plane.join_token)
+        path.chmod(0o600)
+        print(f"agents join with the token in {path}", file=sys.stderr)
+    plane.serve()
+    return 0
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    token = args.join_token or os.environ.get("GITOPS_JOIN_TOKEN") or ""
+    if not token:
+        print("gitops agent: --join-token (or GITOPS_JOIN_TOKEN) is required", file=sys.stderr)
+        return 2
+    agent = _agent(args, args.server, token, Path(args.state_dir))
+    signal.signal(signal.SIGTERM, lambda *_: agent.stop())
+    agent.run()
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    state = Path(args.state_dir)
+    folder = Path(args.directory)
+    if not folder.is_dir():
+        print(f"gitops up: {folder} is not a folder", file=sys.stderr)
+        return 2
+    args.dir, args.git = [str(folder)], []
+    plane = _control_plane(args, state, _sources(args, state))
+    plane.start()
+    agent = _agent(args, plane.url, plane.join_token, state)
+    agent.start()
+    print(
+        f"""
+gitops is up.
+  manifests:  {folder.resolve()} (edits are applied within a second; invalid ones are rejected)
+  API:        {plane.url}/api/v1/status   (pods: /api/v1/pods, services: /api/v1/services)
+  status:     gitops status --server {plane.url}
+  database:   {_db_url(args, state)}
+Press Ctrl-C to stop (containers keep running; `gitops down` removes them).
+""",
+        file=sys.stderr,
+        flush=True,
+    )
+    stop = {"now": False}
+
+    def _stop(*_: Any) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    while not stop["now"]:
+        time.sleep(0.2)
+    agent.stop()
+    plane.stop()
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from gitops.agents.iptables import IptablesProxy  # noqa: PLC0415
+    from gitops.agents.runtime import DockerRuntime  # noqa: PLC0415
+
+    runtime = DockerRuntime(args.docker)
+    removed = 0
+    for c in runtime.list(NodeName(args.node)):
+        runtime.remove(c.id, 10)
+        removed += 1
+    IptablesProxy(args.service_cidr, prefix=args.chain_prefix, iptables=args.iptables).cleanup()
+    print(f"removed {removed} container(s) of node {args.node} and the {args.chain_prefix} iptables chains")
+    return 0
+
+
+# --- parser -----------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gitops", description="GitOps for plain Docker hosts")
+    p.add_argument("--log-json", action="store_true", help="JSON log lines")
+    p.add_argument("--log-level", default="info")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def plane_options(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--host", default="127.0.0.1", help="listen address of the API")
+        sp.add_argument("--port", type=int, default=8080)
+        sp.add_argument("--db", help="SQLAlchemy URL (default: SQLite in the state folder)")
+        sp.add_argument("--service-cidr", default="10.243.0.0/16")
+        sp.add_argument("--poll", type=float, default=30.0, help="seconds between source polls")
+        sp.add_argument("--join-token", help="token agents present to register (default: generated)")
+
+    def agent_options(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--node", default=os.uname().nodename.split(".")[0].lower())
+        sp.add_argument("--address", help="this node's address other nodes reach it on")
+        sp.add_argument("--label", action="append", help="node label key=value (repeatable)")
+        sp.add_argument("--taint", action="append", help="node taint key[=value]:Effect (repeatable)")
+        sp.add_argument("--docker", help="Docker engine URL (default: DOCKER_HOST or the local socket)")
+        sp.add_argument(
+            "--iptables", default="iptables", help="iptables binary (iptables or iptables-legacy)"
+        )
+        sp.add_argument("--chain-prefix", default="GITOPS")
+
+    up = sub.add_parser("up", help="control plane and a local agent on a folder")
+    up.add_argument("directory", nargs="?", default="manifests-example")
+    up.add_argument("--state-dir", default=str(DEFAULT_STATE))
+    plane_options(up)
+    agent_options(up)
+    up.set_defaults(func=cmd_up, branch="main", path="")
+
+    serve = sub.add_parser("serve", help="the control plane")
+    serve.add_argument("--dir", action="append", help="a local folder source (repeatable)")
+    serve.add_argument("--git", action="append", help="a git URL source (repeatable)")
+    serve.add_argument("--branch", default="main")
+    serve.add_argument("--path", default="", help="folder inside the repository")
+    serve.add_argument("--state-dir", default=str(DEFAULT_STATE))
+    plane_options(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    agent = sub.add_parser("agent", help="a node agent for the local Docker engine")
+    agent.add_argument("--server", default="http://127.0.0.1:8080")
+    agent.add_argument("--join-token")
+    agent.add_argument("--state-dir", default=str(DEFAULT_STATE))
+    agent_options(agent)
+    agent.set_defaults(func=cmd_agent)
+
+    validate = sub.add_parser("validate", help="validate manifest files or folders")
+    validate.add_argument("paths", nargs="+")
+    validate.add_argument("-q", "--quiet", action="store_true", help="errors only")
+    validate.set_defaults(func=cmd_validate)
+
+    status = sub.add_parser("status", help="cluster status from a running server")
+    status.add_argument("--server", default=os.environ.get("GITOPS_SERVER", "http://127.0.0.1:8080"))
+    status.set_defaults(func=cmd_status)
+
+    down = sub.add_parser("down", help="remove this node's containers and iptables chains")
+    down.add_argument("--service-cidr", default="10.243.0.0/16")
+    agent_options(down)
+    down.set_defaults(func=cmd_down)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    configure_logging(args.log_json, args.log_level)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

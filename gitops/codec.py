@@ -1,0 +1,76 @@
+"""JSON encoding of the frozen values in `gitops.model`.
+
+The store keeps pod specs as JSON and the agent API sends them over HTTP; both go through
+`encode` / `decode` here so the two can never drift. Encoding follows the dataclass fields
+and their type hints: tuples become lists, bytes become ``{"b64": ...}``, nested
+dataclasses become objects. Decoding rebuilds the exact frozen value.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections.abc
+import dataclasses
+import functools
+import types
+import typing
+from typing import Any, TypeVar, Union, get_args, get_origin
+
+T = TypeVar("T")
+
+
+def encode(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, bytes):
+        return {"b64": base64.b64encode(value).decode()}
+    if isinstance(value, tuple | list):
+        return [encode(v) for v in value]
+    if isinstance(value, dict | types.MappingProxyType):
+        return {str(k): encode(v) for k, v in value.items()}
+    return value
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    from gitops import model  # noqa: PLC0415 - resolves the string annotations
+
+    return typing.get_type_hints(cls, vars(model))
+
+
+def decode(tp: Any, data: Any) -> Any:
+    """Rebuild a value of type `tp` from `encode`'s output."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return data
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        hints = _hints(tp)
+        kwargs = {
+            f.name: decode(hints[f.name], data[f.name]) for f in dataclasses.fields(tp) if f.name in data
+        }
+        return tp(**kwargs)
+    if origin in (Union, types.UnionType):
+        if data is None:
+            return None
+        options = [a for a in get_args(tp) if a is not type(None)]
+        return decode(options[0], data)
+    if origin is tuple:
+        args = get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(decode(args[0], v) for v in data)
+        return tuple(decode(a, v) for a, v in zip(args, data, strict=True))
+    if origin is typing.Literal:
+        return data
+    if tp is bytes:
+        return base64.b64decode(data["b64"])
+    supertype = getattr(tp, "__supertype__", None)  # NewType
+    if supertype is not None:
+        return decode(supertype, data)
+    if origin in (dict, collections.abc.Mapping) or tp is dict:
+        return dict(data)
+    return data
+
+
+def decode_as(cls: type[T], data: Any) -> T:
+    result: T = decode(cls, data)
+    return result

@@ -1,0 +1,304 @@
+"""The values that flow through gitops, from manifest to container.
+
+Everything here is a frozen dataclass: desired state (validated manifests and the pod
+specs derived from them), observed state (nodes, pods as the agents report them) and the
+results of the pure core (plans, placements). A change is a new value
+(`dataclasses.replace`), never an edit in place. Nothing in this module does I/O.
+
+`Manifest.body` is the parsed YAML document (plain dicts and lists); it is shared, never
+mutated, and its canonical JSON is what `content_hash` hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, NewType
+
+NodeName = NewType("NodeName", str)
+PodName = NewType("PodName", str)
+PodId = NewType("PodId", str)
+"""`namespace/name` of a pod; unique in the cluster."""
+
+Severity = Literal["error", "warning"]
+Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Unknown"]
+
+NAMESPACED_KINDS = frozenset({"Deployment", "Service", "ConfigMap", "Secret"})
+KINDS = NAMESPACED_KINDS | {"Namespace"}
+API_VERSIONS: Mapping[str, str] = {
+    "Namespace": "v1",
+    "Deployment": "apps/v1",
+    "Service": "v1",
+    "ConfigMap": "v1",
+    "Secret": "v1",
+}
+
+
+def canonical_json(value: Any) -> str:
+    """Serialise `value` the same way every time, for hashing and storage."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def content_hash(value: Any) -> str:
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()
+
+
+@dataclass(frozen=True, order=True)
+class ObjectKey:
+    """Identity of a manifest object. Namespace objects have namespace ``""``."""
+
+    kind: str
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        if self.kind == "Namespace":
+            return f"{self.kind} {self.name}"
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+    @property
+    def ref(self) -> str:
+        return self.name if self.kind == "Namespace" else f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class SourceLocation:
+    """Where something was written: a path relative to the source root, 1-based line/col."""
+
+    file: str
+    line: int = 1
+    col: int = 1
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One validation finding, formatted `file:line:col: Kind ns/name: field: message`."""
+
+    severity: Severity
+    message: str
+    location: SourceLocation | None = None
+    object: ObjectKey | None = None
+    field: str = ""
+
+    def __str__(self) -> str:
+        parts = []
+        if self.location is not None:
+            parts.append(str(self.location))
+        if self.object is not None:
+            parts.append(str(self.object))
+        if self.field:
+            parts.append(self.field)
+        parts.append(self.message)
+        text = ": ".join(parts)
+        return text if self.severity == "error" else f"{text} (warning)"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated desired object as written in the source."""
+
+    key: ObjectKey
+    api_version: str
+    body: Mapping[str, Any]
+    location: SourceLocation
+    hash: str = ""
+
+    @property
+    def spec(self) -> Mapping[str, Any]:
+        spec = self.body.get("spec")
+        return spec if isinstance(spec, Mapping) else {}
+
+    @property
+    def data(self) -> Mapping[str, Any]:
+        data = self.body.get("data")
+        return data if isinstance(data, Mapping) else {}
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        meta = self.body.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        return labels if isinstance(labels, Mapping) else {}
+
+
+# --- pods -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ContainerPort:
+    container_port: int
+    protocol: str = "TCP"
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class MountedFile:
+    """A file the agent writes on the host and bind-mounts read-only into the container."""
+
+    path: str  # absolute path inside the container
+    content: bytes
+    mode: int = 0o644
+
+
+@dataclass(frozen=True)
+class Toleration:
+    key: str = ""  # "" with operator Exists tolerates every taint
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str = ""
+    effect: str = ""  # "" matches every effect
+
+
+@dataclass(frozen=True)
+class Taint:
+    key: str
+    value: str = ""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] = "NoSchedule"
+
+    def __str__(self) -> str:
+        return f"{self.key}={self.value}:{self.effect}" if self.value else f"{self.key}:{self.effect}"
+
+
+@dataclass(frozen=True)
+class PodSpec:
+    """What a node needs to run a pod: one container, fully resolved (no references)."""
+
+    image: str
+    command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    ports: tuple[ContainerPort, ...] = ()
+    files: tuple[MountedFile, ...] = ()
+    working_dir: str = ""
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    restart_policy: Literal["Always", "OnFailure", "Never"] = "Always"
+    cpu_request_milli: int = 0
+    memory_request_bytes: int = 0
+    cpu_limit_milli: int | None = None
+    memory_limit_bytes: int | None = None
+    node_selector: tuple[tuple[str, str], ...] = ()
+    tolerations: tuple[Toleration, ...] = ()
+    termination_grace_period_seconds: int = 30
+    container_name: str = "main"
+
+
+@dataclass(frozen=True)
+class Pod:
+    """A pod: desired by the planner, placed by the scheduler, observed by its agent."""
+
+    namespace: str
+    name: PodName
+    owner: ObjectKey
+    template_hash: str
+    spec: PodSpec
+    labels: tuple[tuple[str, str], ...] = ()
+    node: NodeName | None = None
+    phase: Phase = "Pending"
+    ready: bool = False
+    reason: str = ""
+    pod_ip: str = ""
+    host_ports: tuple[tuple[int, str, int], ...] = ()  # (container port, protocol, host port)
+    restarts: int = 0
+    exit_code: int | None = None
+    created_at: float = 0.0
+
+    @property
+    def id(self) -> PodId:
+        return PodId(f"{self.namespace}/{self.name}")
+
+    @property
+    def label_map(self) -> dict[str, str]:
+        return dict(self.labels)
+
+
+# --- nodes ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Node:
+    name: NodeName
+    address: str = ""
+    cpu_milli: int = 0
+    memory_bytes: int = 0
+    labels: tuple[tuple[str, str], ...] = ()
+    taints: tuple[Taint, ...] = ()
+    ready: bool = True
+    max_pods: int = 110
+
+    @property
+    def label_map(self) -> dict[str, str]:
+        return dict(self.labels)
+
+
+# --- services -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    port: int
+    target_port: int | str
+    protocol: str = "TCP"
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A ready pod behind a service port, reachable on its node or from other nodes."""
+
+    pod: PodId
+    node: NodeName
+    pod_ip: str
+    container_port: int
+    node_address: str
+    host_port: int
+
+
+@dataclass(frozen=True)
+class ServiceEndpoints:
+    """A Service with its virtual IP and, per port, the endpoints of its ready pods."""
+
+    namespace: str
+    name: str
+    vip: str
+    ports: tuple[ServicePort, ...]
+    endpoints: tuple[tuple[ServicePort, tuple[Endpoint, ...]], ...] = ()
+
+
+@dataclass(frozen=True)
+class Placements:
+    """Scheduler output: pods placed on nodes, and pods that fit nowhere with why."""
+
+    assigned: Mapping[PodId, NodeName] = field(default_factory=dict)
+    unschedulable: Mapping[PodId, str] = field(default_factory=dict)
+
+
+# --- sources --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Revision:
+    """One state of a source: a git commit, or a content hash of a watched folder."""
+
+    source: str
+    id: str
+    message: str = ""
+    author: str = ""
+    committed_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class PodStatus:
+    """What an agent reports about one of its pods."""
+
+    pod: PodId
+    phase: Phase
+    ready: bool = False
+    reason: str = ""
+    pod_ip: str = ""
+    host_ports: tuple[tuple[int, str, int], ...] = ()
+    restarts: int = 0
+    exit_code: int | None = None
+    container_id: str = ""

@@ -1,0 +1,254 @@
+"""From a Deployment's pod template to the fully resolved `PodSpec` a node runs.
+
+References are resolved here, once, so an agent never needs the manifests: env values from
+ConfigMaps and Secrets, `envFrom`, and configMap/secret volumes turned into files. The
+template hash is the hash of that resolved spec and the pod labels, so a change of a
+ConfigMap value a pod uses changes its hash and replaces the pod, with the reason saying
+which ConfigMap changed.
+
+Input is assumed valid (the schemas room has checked it); a reference that is still
+missing here is one marked `optional: true`, and is skipped as Kubernetes does.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import posixpath
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gitops.codec import encode
+from gitops.model import (
+    ContainerPort,
+    Manifest,
+    MountedFile,
+    ObjectKey,
+    PodSpec,
+    Toleration,
+    content_hash,
+)
+from gitops.schemas.quantity import parse_cpu, parse_memory
+
+Configs = Mapping[ObjectKey, Manifest]
+
+
+@dataclass(frozen=True)
+class Template:
+    """A Deployment's resolved pod template."""
+
+    spec: PodSpec
+    labels: tuple[tuple[str, str], ...]
+    hash: str
+    uses: tuple[ObjectKey, ...]  # ConfigMaps and Secrets the spec was resolved from
+
+
+def config_values(obj: Manifest) -> dict[str, bytes]:
+    """The key/value pairs of a ConfigMap or Secret, decoded to bytes."""
+    values: dict[str, bytes] = {}
+    body = obj.body
+    if obj.key.kind == "Secret":
+        for key, value in (body.get("data") or {}).items():
+            values[key] = base64.b64decode(str(value))
+        for key, value in (body.get("stringData") or {}).items():
+            values[key] = str(value).encode()
+    else:
+        for key, value in (body.get("data") or {}).items():
+            values[key] = str(value).encode()
+        for key, value in (body.get("binaryData") or {}).items():
+            values[key] = base64.b64decode(str(value))
+    return values
+
+
+def _lookup(configs: Configs, kind: str, namespace: str, name: str) -> Manifest | None:
+    return configs.get(ObjectKey(kind, namespace, name))
+
+
+def _env(
+    container: Mapping[str, Any], namespace: str, configs: Configs, uses: set[ObjectKey]
+) -> tuple[tuple[str, str], ...]:
+    env: dict[str, str] = {}
+    for source in container.get("envFrom") or []:
+        prefix = str(source.get("prefix") or "")
+        for kind, field in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
+            ref = source.get(field)
+            if not ref:
+                continue
+            obj = _lookup(configs, kind, namespace, ref["name"])
+            if obj is None:
+                continue
+            uses.add(obj.key)
+            for key, value in config_values(obj).items():
+                env[prefix + key] = value.decode(errors="replace")
+    for var in container.get("env") or []:
+        name = str(var["name"])
+        if "value" in var:
+            env[name] = "" if var["value"] is None else str(var["value"])
+            continue
+        value_from = var.get("valueFrom") or {}
+        for kind, field in (("ConfigMap", "configMapKeyRef"), ("Secret", "secretKeyRef")):
+            ref = value_from.get(field)
+            if not ref:
+                continue
+            obj = _lookup(configs, kind, namespace, ref["name"])
+            if obj is None:
+                continue
+            uses.add(obj.key)
+            data = config_values(obj)
+            if ref["key"] in data:
+                env[name] = data[ref["key"]].decode(errors="replace")
+        if "valueFrom" not in var and "value" not in var:
+            env[name] = ""
+    return tuple(env.items())
+
+
+def _files(
+    pod: Mapping[str, Any],
+    container: Mapping[str, Any],
+    namespace: str,
+    configs: Configs,
+    uses: set[ObjectKey],
+) -> tuple[MountedFile, ...]:
+    volumes = {v["name"]: v for v in pod.get("volumes") or []}
+    files: list[MountedFile] = []
+    for mount in container.get("volumeMounts") or []:
+        volume = volumes.get(mount["name"])
+        if volume is None:
+            continue
+        if "configMap" in volume:
+            source, kind, name = volume["configMap"], "ConfigMap", volume["configMap"].get("name")
+        elif "secret" in volume:
+            source, kind, name = volume["secret"], "Secret", volume["secret"].get("secretName")
+        else:
+            continue
+        obj = _lookup(configs, kind, namespace, str(name))
+        if obj is None:
+            continue
+        uses.add(obj.key)
+        data = config_values(obj)
+        mode = int(source.get("defaultMode", 0o644))
+        items = source.get("items")
+        pairs = (
+            [(str(i["key"]), str(i["path"]), int(i.get("mode", mode))) for i in items]
+            if items
+            else [(key, key, mode) for key in sorted(data)]
+        )
+        base = str(mount["mountPath"])
+        sub_path = mount.get("subPath")
+        for key, rel, file_mode in pairs:
+            if key not in data:
+                continue
+            if sub_path:
+                if rel == sub_path:
+                    files.append(MountedFile(base, data[key], file_mode))
+                continue
+            files.append(MountedFile(posixpath.join(base, rel), data[key], file_mode))
+    return tuple(sorted(files, key=lambda f: f.path))
+
+
+def _tolerations(pod: Mapping[str, Any]) -> tuple[Toleration, ...]:
+    result = []
+    for t in pod.get("tolerations") or []:
+        result.append(
+            Toleration(
+                key=str(t.get("key") or ""),
+                operator="Exists" if t.get("operator") == "Exists" else "Equal",
+                value=str(t.get("value") or ""),
+                effect=str(t.get("effect") or ""),
+            )
+        )
+    return tuple(result)
+
+
+def _quantity(resources: Mapping[str, Any], section: str, name: str) -> str | int | None:
+    values = resources.get(section) or {}
+    value: str | int | None = values.get(name)
+    return value
+
+
+def resolve_template(deployment: Manifest, configs: Configs) -> Template:
+    """Resolve a Deployment's pod template against the ConfigMaps and Secrets it uses."""
+    namespace = deployment.key.namespace
+    template = deployment.spec.get("template") or {}
+    pod = template.get("spec") or {}
+    container = (pod.get("containers") or [{}])[0]
+    uses: set[ObjectKey] = set()
+    resources = container.get("resources") or {}
+    limits = resources.get("limits") or {}
+    requests = resources.get("requests") or {}
+    cpu_limit = parse_cpu(limits["cpu"]) if "cpu" in limits else None
+    memory_limit = parse_memory(limits["memory"]) if "memory" in limits else None
+    # Kubernetes defaults a missing request to the limit.
+    cpu_request = parse_cpu(requests["cpu"]) if "cpu" in requests else (cpu_limit or 0)
+    memory_request = parse_memory(requests["memory"]) if "memory" in requests else (memory_limit or 0)
+    image = str(container.get("image", ""))
+    default_policy = (
+        "Always"
+        if image.endswith(":latest") or ":" not in image.rsplit("/", maxsplit=1)[-1]
+        else ("IfNotPresent")
+    )
+    spec = PodSpec(
+        image=image,
+        command=tuple(str(c) for c in container.get("command") or ()),
+        args=tuple(str(a) for a in container.get("args") or ()),
+        env=_env(container, namespace, configs, uses),
+        ports=tuple(
+            ContainerPort(
+                container_port=int(p["containerPort"]),
+                protocol=str(p.get("protocol", "TCP")),
+                name=str(p.get("name", "")),
+            )
+            for p in container.get("ports") or ()
+        ),
+        files=_files(pod, container, namespace, configs, uses),
+        working_dir=str(container.get("workingDir", "")),
+        image_pull_policy=container.get("imagePullPolicy", default_policy),
+        restart_policy=pod.get("restartPolicy", "Always"),
+        cpu_request_milli=cpu_request,
+        memory_request_bytes=memory_request,
+        cpu_limit_milli=cpu_limit,
+        memory_limit_bytes=memory_limit,
+        node_selector=tuple(sorted((str(k), str(v)) for k, v in (pod.get("nodeSelector") or {}).items())),
+        tolerations=_tolerations(pod),
+        termination_grace_period_seconds=int(pod.get("terminationGracePeriodSeconds", 30)),
+        container_name=str(container.get("name", "main")),
+    )
+    labels = tuple(
+        sorted((str(k), str(v)) for k, v in ((template.get("metadata") or {}).get("labels") or {}).items())
+    )
+    digest = content_hash({"spec": encode(spec), "labels": labels})[:10]
+    return Template(spec=spec, labels=labels, hash=digest, uses=tuple(sorted(uses)))
+
+
+def describe_change(old: PodSpec, new: PodSpec, new_uses: Sequence[ObjectKey] = ()) -> str:
+    """A short human-readable cause for replacing a pod running `old` with `new`.
+
+    Values from Secrets are never shown: env and files only name what changed.
+    """
+    changes: list[str] = []
+    for f in dataclasses.fields(PodSpec):
+        before, after = getattr(old, f.name), getattr(new, f.name)
+        if before == after:
+            continue
+        if f.name == "env":
+            b, a = dict(before), dict(after)
+            names = sorted(k for k in set(b) | set(a) if b.get(k) != a.get(k))
+            changes.append("env " + ", ".join(names) + " changed")
+        elif f.name == "files":
+            b_files = {m.path: m for m in before}
+            a_files = {m.path: m for m in after}
+            paths = sorted(p for p in set(b_files) | set(a_files) if b_files.get(p) != a_files.get(p))
+            changes.append("files " + ", ".join(paths) + " changed")
+        elif f.name in ("image", "restart_policy", "working_dir", "image_pull_policy"):
+            changes.append(f"{f.name.replace('_', ' ')} changed: {before} -> {after}")
+        elif f.name in ("command", "args"):
+            changes.append(f"{f.name} changed: {list(before)} -> {list(after)}")
+        else:
+            changes.append(f"{f.name.replace('_', ' ')} changed")
+    if not changes:
+        changes.append("pod labels changed")
+    text = "; ".join(changes)
+    if new_uses and any(c.startswith(("env", "files")) for c in changes):
+        text += " (uses " + ", ".join(str(k) for k in new_uses) + ")"
+    return text

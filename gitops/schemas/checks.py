@@ -1,0 +1,380 @@
+"""Rules of one document that a JSON Schema cannot say well.
+
+Names and labels in Kubernetes' syntax, a Deployment's selector against its template,
+one container per pod, quantities and request <= limit, volume mounts against declared
+volumes, Service port names, base64 in Secrets. Each check reads the plain body
+defensively (the schema may already have found it malformed) and returns `Finding`s:
+a field path and a message; `validate` turns them into located diagnostics.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .loader import FieldPath, format_path
+from .quantity import QuantityError, parse_cpu, parse_memory
+from .schema import describe_value
+
+__all__ = ["Finding", "check_document", "label_selector_matches"]
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+_BASE64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
+
+SUBDOMAIN_HELP = (
+    "a DNS-1123 subdomain (at most 253 lowercase letters, digits, '-' or '.', "
+    "starting and ending with a letter or digit)"
+)
+DNS1035_HELP = (
+    "a DNS-1035 label (at most 63 lowercase letters, digits or '-', "
+    "starting with a letter and ending with a letter or digit)"
+)
+LABEL_KEY_HELP = (
+    "a label key (an optional DNS-1123 subdomain prefix and '/', then at most 63 letters, "
+    "digits, '-', '_' or '.', starting and ending with a letter or digit)"
+)
+LABEL_VALUE_HELP = (
+    "a label value (empty, or at most 63 letters, digits, '-', '_' or '.', "
+    "starting and ending with a letter or digit)"
+)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """An error at `path`; `at_key` points it at the key rather than the value."""
+
+    path: FieldPath
+    message: str
+    at_key: bool = False
+
+
+def _map(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _items(value: object, path: FieldPath) -> Iterator[tuple[FieldPath, Mapping[str, Any]]]:
+    for index, item in enumerate(_list(value)):
+        if isinstance(item, Mapping):
+            yield (*path, index), item
+
+
+# --- names and labels -------------------------------------------------------------------
+
+
+def _is_subdomain(name: str) -> bool:
+    return len(name) <= 253 and bool(_DNS1123_SUBDOMAIN.match(name))
+
+
+def _is_dns1035(name: str) -> bool:
+    return len(name) <= 63 and bool(_DNS1035_LABEL.match(name))
+
+
+def _is_label_key(key: str) -> bool:
+    prefix, slash, name = key.rpartition("/")
+    if slash and not _is_subdomain(prefix):
+        return False
+    return len(name) <= 63 and bool(_QUALIFIED_NAME.match(name))
+
+
+def _is_label_value(value: str) -> bool:
+    return value == "" or (len(value) <= 63 and bool(_QUALIFIED_NAME.match(value)))
+
+
+def _check_name(name: object, path: FieldPath, *, dns1035: bool) -> Iterator[Finding]:
+    if not isinstance(name, str) or not name:
+        return
+    if dns1035 and not _is_dns1035(name):
+        yield Finding(path, f"expected {DNS1035_HELP}, got {describe_value(name)}")
+    elif not dns1035 and not _is_subdomain(name):
+        yield Finding(path, f"expected {SUBDOMAIN_HELP}, got {describe_value(name)}")
+
+
+def _check_labels(labels: object, path: FieldPath, *, values: bool = True) -> Iterator[Finding]:
+    for key, value in _map(labels).items():
+        if not _is_label_key(key):
+            yield Finding(
+                (*path, key), f"invalid key: expected {LABEL_KEY_HELP}, got {describe_value(key)}", True
+            )
+        if values and isinstance(value, str) and not _is_label_value(value):
+            yield Finding((*path, key), f"expected {LABEL_VALUE_HELP}, got {describe_value(value)}")
+
+
+def _check_metadata(body: Mapping[str, Any], *, dns1035: bool) -> Iterator[Finding]:
+    metadata = _map(body.get("metadata"))
+    yield from _check_name(metadata.get("name"), ("metadata", "name"), dns1035=dns1035)
+    namespace = metadata.get("namespace")
+    if isinstance(namespace, str) and namespace and not _is_dns1035(namespace):
+        yield Finding(("metadata", "namespace"), f"expected {DNS1035_HELP}, got {describe_value(namespace)}")
+    yield from _check_labels(metadata.get("labels"), ("metadata", "labels"))
+    yield from _check_labels(metadata.get("annotations"), ("metadata", "annotations"), values=False)
+
+
+# --- selectors ----------------------------------------------------------------------------
+
+
+def label_selector_matches(selector: Mapping[str, Any], labels: Mapping[str, Any]) -> bool:
+    """Whether a Kubernetes LabelSelector (matchLabels and matchExpressions) selects `labels`."""
+    for key, value in _map(selector.get("matchLabels")).items():
+        if labels.get(key) != value:
+            return False
+    for written in _list(selector.get("matchExpressions")):
+        expression = _map(written)
+        label, operator = str(expression.get("key")), expression.get("operator")
+        values = _list(expression.get("values"))
+        present = label in labels
+        if operator == "In" and not (present and labels[label] in values):
+            return False
+        if operator == "NotIn" and present and labels[label] in values:
+            return False
+        if operator == "Exists" and not present:
+            return False
+        if operator == "DoesNotExist" and present:
+            return False
+    return True
+
+
+def _check_selector_syntax(selector: Mapping[str, Any]) -> Iterator[Finding]:
+    yield from _check_labels(selector.get("matchLabels"), ("spec", "selector", "matchLabels"))
+    expressions = _items(selector.get("matchExpressions"), ("spec", "selector", "matchExpressions"))
+    for path, expression in expressions:
+        operator, values = expression.get("operator"), expression.get("values")
+        key = expression.get("key")
+        if isinstance(key, str) and key and not _is_label_key(key):
+            yield Finding((*path, "key"), f"expected {LABEL_KEY_HELP}, got {describe_value(key)}")
+        if operator in ("In", "NotIn") and not _list(values):
+            yield Finding(path, f'expected a non-empty "values" list for operator {operator}')
+        if operator in ("Exists", "DoesNotExist") and values:
+            yield Finding(
+                (*path, "values"), f"expected no values for operator {operator}, got {describe_value(values)}"
+            )
+
+
+def _check_selector(spec: Mapping[str, Any]) -> Iterator[Finding]:
+    selector = spec.get("selector")
+    if not isinstance(selector, Mapping):
+        return
+    findings = list(_check_selector_syntax(selector))
+    yield from findings
+    if findings:
+        return  # whether a malformed selector matches its template is not a useful question
+    if not _map(selector.get("matchLabels")) and not _list(selector.get("matchExpressions")):
+        yield Finding(("spec", "selector"), "expected a non-empty selector (matchLabels or matchExpressions)")
+        return
+    template_labels = _map(_map(_map(spec.get("template")).get("metadata")).get("labels"))
+    if not label_selector_matches(selector, template_labels):
+        shown = ", ".join(f"{k}={v}" for k, v in template_labels.items()) or "none"
+        yield Finding(
+            ("spec", "selector"),
+            f"selector does not match the pod template's labels (spec.template.metadata.labels: {shown})",
+        )
+
+
+# --- deployments --------------------------------------------------------------------------
+
+
+def _check_resources(resources: Mapping[str, Any], path: FieldPath) -> Iterator[Finding]:
+    parsed: dict[tuple[str, str], int] = {}
+    for section in ("requests", "limits"):
+        for name, parse in (("cpu", parse_cpu), ("memory", parse_memory)):
+            value = _map(resources.get(section)).get(name)
+            if value is None:
+                continue
+            try:
+                parsed[section, name] = parse(value)
+            except QuantityError as error:
+                yield Finding((*path, section, name), str(error))
+    for name, unit in (("cpu", "m"), ("memory", " bytes")):
+        request, limit = parsed.get(("requests", name)), parsed.get(("limits", name))
+        if request is not None and limit is not None and request > limit:
+            written = _map(resources.get("limits")).get(name)
+            yield Finding(
+                (*path, "requests", name),
+                f"request {describe_value(_map(resources.get('requests')).get(name))} ({request}{unit}) "
+                f"is greater than the limit {describe_value(written)} ({limit}{unit})",
+            )
+
+
+def _check_env(container: Mapping[str, Any], path: FieldPath) -> Iterator[Finding]:
+    for env_path, env in _items(container.get("env"), (*path, "env")):
+        if "value" in env and "valueFrom" in env:
+            yield Finding((*env_path, "valueFrom"), 'expected either "value" or "valueFrom", not both')
+        value_from = _map(env.get("valueFrom"))
+        refs = [k for k in ("configMapKeyRef", "secretKeyRef") if k in value_from]
+        if len(refs) > 1:
+            yield Finding(
+                (*env_path, "valueFrom"), 'expected one of "configMapKeyRef" or "secretKeyRef", not both'
+            )
+    for env_path, source in _items(container.get("envFrom"), (*path, "envFrom")):
+        refs = [k for k in ("configMapRef", "secretRef") if k in source]
+        if len(refs) != 1:
+            yield Finding(env_path, 'expected exactly one of "configMapRef" or "secretRef"')
+
+
+def _check_pod(spec: Mapping[str, Any], path: FieldPath) -> Iterator[Finding]:
+    containers = _list(spec.get("containers"))
+    if len(containers) > 1:
+        yield Finding(
+            (*path, "containers", 1),
+            "only one container per pod is supported (sidecars are not supported yet); "
+            f"found {len(containers)}",
+        )
+    restart = spec.get("restartPolicy")
+    if restart in ("OnFailure", "Never"):
+        yield Finding(
+            (*path, "restartPolicy"),
+            f'expected "Always" (a Deployment always restarts its pods), got {describe_value(restart)}',
+        )
+    yield from _check_labels(spec.get("nodeSelector"), (*path, "nodeSelector"))
+    volumes: dict[str, FieldPath] = {}
+    for volume_path, volume in _items(spec.get("volumes"), (*path, "volumes")):
+        name = volume.get("name")
+        if not isinstance(name, str):
+            continue
+        if name in volumes:
+            yield Finding(
+                (*volume_path, "name"), f'duplicate volume name "{name}" (also {format_path(volumes[name])})'
+            )
+        else:
+            volumes[name] = volume_path
+        sources = [k for k in ("configMap", "secret") if k in volume]
+        if len(sources) > 1:
+            yield Finding(volume_path, 'expected exactly one of "configMap" or "secret", not both')
+    for container_path, container in _items(containers, (*path, "containers")):
+        yield from _check_resources(_map(container.get("resources")), (*container_path, "resources"))
+        yield from _check_env(container, container_path)
+        for mount_path, mount in _items(container.get("volumeMounts"), (*container_path, "volumeMounts")):
+            name = mount.get("name")
+            if isinstance(name, str) and name not in volumes:
+                declared = ", ".join(volumes) or "none"
+                where = format_path((*path, "volumes"))
+                yield Finding(
+                    (*mount_path, "name"),
+                    f'volume "{name}" is not declared in {where} (declared: {declared})',
+                )
+
+
+def _check_strategy(spec: Mapping[str, Any]) -> Iterator[Finding]:
+    strategy = _map(spec.get("strategy"))
+    rolling = strategy.get("rollingUpdate")
+    if strategy.get("type") == "Recreate" and rolling is not None:
+        yield Finding(
+            ("spec", "strategy", "rollingUpdate"), 'expected no rollingUpdate when type is "Recreate"'
+        )
+    rolling = _map(rolling)
+    if _is_zero(rolling.get("maxSurge")) and _is_zero(rolling.get("maxUnavailable")):
+        yield Finding(
+            ("spec", "strategy", "rollingUpdate", "maxUnavailable"),
+            "expected maxUnavailable > 0 when maxSurge is 0 (the rollout could never progress)",
+        )
+
+
+def _is_zero(value: object) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool) and value == 0) or value == "0%"
+
+
+def _check_deployment(body: Mapping[str, Any]) -> Iterator[Finding]:
+    yield from _check_metadata(body, dns1035=False)
+    spec = _map(body.get("spec"))
+    yield from _check_selector(spec)
+    yield from _check_strategy(spec)
+    template = _map(spec.get("template"))
+    template_meta = _map(template.get("metadata"))
+    yield from _check_labels(template_meta.get("labels"), ("spec", "template", "metadata", "labels"))
+    yield from _check_labels(
+        template_meta.get("annotations"), ("spec", "template", "metadata", "annotations"), values=False
+    )
+    yield from _check_pod(_map(template.get("spec")), ("spec", "template", "spec"))
+
+
+# --- services, config maps, secrets ---------------------------------------------------------
+
+
+def _check_service(body: Mapping[str, Any]) -> Iterator[Finding]:
+    yield from _check_metadata(body, dns1035=True)
+    spec = _map(body.get("spec"))
+    yield from _check_labels(spec.get("selector"), ("spec", "selector"))
+    ports = list(_items(spec.get("ports"), ("spec", "ports")))
+    names: dict[str, FieldPath] = {}
+    numbers: dict[tuple[object, object], FieldPath] = {}
+    for port_path, port in ports:
+        name = port.get("name")
+        if len(ports) > 1 and not name:
+            yield Finding(
+                port_path, "expected a port name: names are required when a Service has more than one port"
+            )
+        if isinstance(name, str) and name:
+            if name in names:
+                yield Finding(
+                    (*port_path, "name"), f'duplicate port name "{name}" (also {format_path(names[name])})'
+                )
+            names.setdefault(name, port_path)
+        number = (port.get("port"), port.get("protocol", "TCP"))
+        if isinstance(number[0], int) and isinstance(number[1], str):
+            if number in numbers:
+                yield Finding(
+                    (*port_path, "port"),
+                    f"duplicate port {number[0]}/{number[1]} (also {format_path(numbers[number])})",
+                )
+            numbers.setdefault(number, port_path)
+
+
+def _check_base64(data: object, path: FieldPath) -> Iterator[Finding]:
+    for key, value in _map(data).items():
+        if not isinstance(value, str):
+            continue
+        compact = value.replace("\n", "").replace("\r", "")
+        try:
+            valid = bool(_BASE64.match(compact)) and len(compact) % 4 == 0
+            if valid:
+                base64.b64decode(compact, validate=True)
+        except binascii.Error:
+            valid = False
+        if not valid:
+            yield Finding(
+                (*path, key),
+                "invalid base64: expected standard base64 (A-Z, a-z, 0-9, '+', '/', padded with '=' "
+                f"to a multiple of 4 characters), got {describe_value(value)}",
+            )
+
+
+def _check_configmap(body: Mapping[str, Any]) -> Iterator[Finding]:
+    yield from _check_metadata(body, dns1035=False)
+    data = _map(body.get("data"))
+    for key in _map(body.get("binaryData")):
+        if key in data:
+            yield Finding(("binaryData", key), f'key "{key}" is also in data; keys must be unique', True)
+    yield from _check_base64(body.get("binaryData"), ("binaryData",))
+
+
+def _check_secret(body: Mapping[str, Any]) -> Iterator[Finding]:
+    yield from _check_metadata(body, dns1035=False)
+    yield from _check_base64(body.get("data"), ("data",))
+
+
+def _check_namespace(body: Mapping[str, Any]) -> Iterator[Finding]:
+    yield from _check_metadata(body, dns1035=True)
+
+
+_CHECKS = {
+    "Deployment": _check_deployment,
+    "Service": _check_service,
+    "ConfigMap": _check_configmap,
+    "Secret": _check_secret,
+    "Namespace": _check_namespace,
+}
+
+
+def check_document(kind: str, body: Mapping[str, Any]) -> list[Finding]:
+    """The errors of one document of a known `kind` beyond what its schema checks."""
+    return list(_CHECKS[kind](body))

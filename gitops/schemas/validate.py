@@ -1,0 +1,300 @@
+"""Source files in, validated desired objects and diagnostics out.
+
+`validate_files` loads every document (`loader`), identifies its kind and apiVersion,
+checks it against its kind's JSON Schema (`schema`) and the rules a schema cannot state
+(`checks`), then checks the objects against each other: duplicates, undeclared
+namespaces, references to missing ConfigMaps, Secrets and keys. Every object that could
+be identified comes out as a `Manifest`, errors or not; the caller decides what to do
+with a result that is not `ok`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gitops.model import (
+    API_VERSIONS,
+    KINDS,
+    NAMESPACED_KINDS,
+    Diagnostic,
+    Manifest,
+    ObjectKey,
+    SourceLocation,
+    content_hash,
+)
+
+from .checks import check_document
+from .loader import Document, FieldPath, SourceFile, format_path, load_file
+from .schema import describe_value, schema_findings
+
+__all__ = ["ValidationResult", "validate_files"]
+
+_KIND_LIST = ", ".join(sorted(KINDS))
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    manifests: tuple[Manifest, ...]
+    """Every object that could be identified, sorted by key, whether or not it has errors."""
+    errors: tuple[Diagnostic, ...]
+    warnings: tuple[Diagnostic, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+@dataclass(frozen=True)
+class _Object:
+    document: Document
+    key: ObjectKey
+    api_version: str
+    body: Mapping[str, Any]
+
+
+class _Report:
+    def __init__(self) -> None:
+        self.errors: list[Diagnostic] = []
+        self.warnings: list[Diagnostic] = []
+
+    def add(
+        self,
+        document: Document,
+        path: FieldPath,
+        message: str,
+        key: ObjectKey | None,
+        *,
+        at_key: bool = False,
+        warning: bool = False,
+    ) -> None:
+        diagnostic = Diagnostic(
+            "warning" if warning else "error",
+            message,
+            document.location(path, key=at_key),
+            key,
+            format_path(path),
+        )
+        (self.warnings if warning else self.errors).append(diagnostic)
+
+
+def _map(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _identify(document: Document, report: _Report) -> tuple[str, ObjectKey | None] | None:
+    """The kind of a document and its key (None without a usable name), or None if unknown."""
+    body = document.body
+    if not isinstance(body, Mapping):
+        report.add(
+            document,
+            (),
+            f"expected a mapping with apiVersion, kind, metadata and spec, got {describe_value(body)}",
+            None,
+        )
+        return None
+    kind, api_version = body.get("kind"), body.get("apiVersion")
+    if kind is None:
+        report.add(document, ("kind",), f"required field is missing; expected one of {_KIND_LIST}", None)
+        return None
+    if not isinstance(kind, str) or kind not in KINDS:
+        report.add(
+            document, ("kind",), f"unknown kind {describe_value(kind)}; expected one of {_KIND_LIST}", None
+        )
+        return None
+    expected = API_VERSIONS[kind]
+    metadata = _map(body.get("metadata"))
+    name, namespace = metadata.get("name"), metadata.get("namespace")
+    key = None
+    if isinstance(name, str) and name:
+        if kind == "Namespace":
+            namespace = ""
+        elif not isinstance(namespace, str) or not namespace:
+            namespace = "default"
+        key = ObjectKey(kind, namespace, name)
+    if api_version is None:
+        report.add(
+            document, ("apiVersion",), f'required field is missing; expected "{expected}" for {kind}', key
+        )
+        return None
+    if api_version != expected:
+        report.add(
+            document,
+            ("apiVersion",),
+            f'expected "{expected}" for {kind}, got {describe_value(api_version)}',
+            key,
+        )
+        return None
+    return kind, key
+
+
+def _references(deployment: _Object) -> Iterator[tuple[str, FieldPath, str, FieldPath, str | None, bool]]:
+    """(kind, path of the name, name, path of the key, key or None, optional) per reference."""
+    spec_path: FieldPath = ("spec", "template", "spec")
+    pod = _map(_map(_map(deployment.body.get("spec")).get("template")).get("spec"))
+    for c_index, written in enumerate(_list(pod.get("containers"))):
+        container = _map(written)
+        base: FieldPath = (*spec_path, "containers", c_index)
+        for e_index, env in enumerate(_list(container.get("env"))):
+            value_from = _map(_map(env).get("valueFrom"))
+            for field, kind in (("configMapKeyRef", "ConfigMap"), ("secretKeyRef", "Secret")):
+                ref = _map(value_from.get(field))
+                if isinstance(ref.get("name"), str) and isinstance(ref.get("key"), str):
+                    path: FieldPath = (*base, "env", e_index, "valueFrom", field)
+                    yield (
+                        kind,
+                        (*path, "name"),
+                        ref["name"],
+                        (*path, "key"),
+                        ref["key"],
+                        ref.get("optional") is True,
+                    )
+        for e_index, source in enumerate(_list(container.get("envFrom"))):
+            for field, kind in (("configMapRef", "ConfigMap"), ("secretRef", "Secret")):
+                ref = _map(_map(source).get(field))
+                if isinstance(ref.get("name"), str):
+                    path = (*base, "envFrom", e_index, field)
+                    yield kind, (*path, "name"), ref["name"], (), None, ref.get("optional") is True
+    for v_index, volume in enumerate(_list(pod.get("volumes"))):
+        for field, kind, name_field in (
+            ("configMap", "ConfigMap", "name"),
+            ("secret", "Secret", "secretName"),
+        ):
+            ref = _map(_map(volume).get(field))
+            if not isinstance(ref.get(name_field), str):
+                continue
+            path = (*spec_path, "volumes", v_index, field)
+            optional = ref.get("optional") is True
+            yield kind, (*path, name_field), ref[name_field], (), None, optional
+            for i_index, item in enumerate(_list(ref.get("items"))):
+                item_key = _map(item).get("key")
+                if isinstance(item_key, str):
+                    yield (
+                        kind,
+                        (*path, name_field),
+                        ref[name_field],
+                        (*path, "items", i_index, "key"),
+                        item_key,
+                        optional,
+                    )
+
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _data_keys(target: _Object) -> set[str]:
+    if target.key.kind == "ConfigMap":
+        return set(_map(target.body.get("data"))) | set(_map(target.body.get("binaryData")))
+    return set(_map(target.body.get("data"))) | set(_map(target.body.get("stringData")))
+
+
+def _check_references(deployment: _Object, objects: Mapping[ObjectKey, _Object], report: _Report) -> None:
+    namespace = deployment.key.namespace
+    missing_reported: set[FieldPath] = set()
+    for kind, name_path, name, key_path, key, optional in _references(deployment):
+        target = objects.get(ObjectKey(kind, namespace, name))
+        if target is None:
+            if not optional and name_path not in missing_reported:
+                missing_reported.add(name_path)
+                report.add(
+                    deployment.document,
+                    name_path,
+                    f'{kind} "{name}" does not exist in namespace "{namespace}" '
+                    '(declare it, or set "optional: true")',
+                    deployment.key,
+                )
+            continue
+        if key is None or optional:
+            continue
+        keys = _data_keys(target)
+        if key not in keys:
+            report.add(
+                deployment.document,
+                key_path,
+                f'key "{key}" is not in {target.key} (it has: {", ".join(sorted(keys)) or "no keys"})',
+                deployment.key,
+            )
+
+
+def _check_document(document: Document, report: _Report) -> _Object | None:
+    identified = _identify(document, report)
+    if identified is None:
+        return None
+    kind, key = identified
+    body: Mapping[str, Any] = document.body
+    for finding in schema_findings(kind, body):
+        report.add(
+            document,
+            finding.path,
+            finding.message,
+            key,
+            at_key=finding.at_key,
+            warning=finding.severity == "warning",
+        )
+    for check in check_document(kind, body):
+        report.add(document, check.path, check.message, key, at_key=check.at_key)
+    if key is None:
+        return None
+    return _Object(document, key, str(body["apiVersion"]), body)
+
+
+def validate_files(files: Sequence[SourceFile]) -> ValidationResult:
+    """Validate every manifest in `files`; see the module docstring."""
+    report = _Report()
+    found: list[_Object] = []
+    for file in sorted(files, key=lambda f: f.path):
+        documents, problems = load_file(file)
+        report.errors += problems
+        for document in documents:
+            identified = _check_document(document, report)
+            if identified is not None:
+                found.append(identified)
+
+    objects: dict[ObjectKey, _Object] = {}
+    for item in found:
+        first = objects.get(item.key)
+        if first is None:
+            objects[item.key] = item
+            continue
+        report.add(
+            item.document,
+            (),
+            f"duplicate object: {item.key} is already defined at {first.document.location()}",
+            item.key,
+        )
+
+    declared = {key.name for key in objects if key.kind == "Namespace"}
+    for item in objects.values():
+        namespace = item.key.namespace
+        if item.key.kind in NAMESPACED_KINDS and namespace != "default" and namespace not in declared:
+            report.add(
+                item.document,
+                ("metadata", "namespace"),
+                f'namespace "{namespace}" is not declared; add a Namespace manifest named '
+                f'"{namespace}" or use "default"',
+                item.key,
+            )
+        if item.key.kind == "Deployment":
+            _check_references(item, objects, report)
+
+    manifests = tuple(
+        Manifest(
+            key=item.key,
+            api_version=item.api_version,
+            body=item.body,
+            location=item.document.location(),
+            hash=content_hash(item.body),
+        )
+        for item in sorted(objects.values(), key=lambda o: o.key)
+    )
+    return ValidationResult(manifests, _sorted(report.errors), _sorted(report.warnings))
+
+
+def _sorted(diagnostics: list[Diagnostic]) -> tuple[Diagnostic, ...]:
+    def order(d: Diagnostic) -> tuple[str, int, int, str, str]:
+        location = d.location or SourceLocation("")
+        return (location.file, location.line, location.col, d.field, d.message)
+
+    return tuple(sorted(diagnostics, key=order))

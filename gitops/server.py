@@ -1,0 +1,98 @@
+"""The control plane process: store, sync services, controller and HTTP API, wired together.
+
+`ControlPlane` owns the long-running parts and starts them in the right order (store,
+HTTP, sync, controller); `serve()` runs the HTTP server in the calling thread, and
+`start()` runs it in a background thread (used by `gitops up` and by tests).
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import structlog
+import uvicorn
+
+from gitops.api.app import create_app
+from gitops.controller import Controller
+from gitops.store import Store
+from gitops.sync.service import SyncService
+from gitops.sync.sources import Source
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class ControlPlane:
+    store: Store
+    sources: Sequence[Source]
+    host: str = "127.0.0.1"
+    port: int = 8080
+    join_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    poll_interval: float = 30.0
+    controller_interval: float = 2.0
+    _server: uvicorn.Server | None = None
+    _thread: threading.Thread | None = None
+    syncs: list[SyncService] = field(default_factory=list)
+    controller: Controller | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def _build(self) -> uvicorn.Server:
+        self.controller = Controller(self.store, interval=self.controller_interval)
+        self.syncs = [
+            SyncService(self.store, s, interval=self.poll_interval, on_applied=self.controller.wake)
+            for s in self.sources
+        ]
+        app = create_app(
+            self.store,
+            join_token=self.join_token,
+            sources=[s.name for s in self.sources],
+            on_report=self.controller.wake,
+        )
+        config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning", access_log=False)
+        return uvicorn.Server(config)
+
+    def _start_loops(self) -> None:
+        assert self.controller is not None
+        for sync in self.syncs:
+            sync.start()
+        self.controller.start()
+
+    def start(self) -> None:
+        """Run everything in background threads; returns once the API answers."""
+        self._server = self._build()
+        self._thread = threading.Thread(target=self._server.run, name="http", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError(f"the API did not start on {self.url}")
+            time.sleep(0.05)
+        self._start_loops()
+        log.info("server.started", url=self.url, sources=[s.name for s in self.sources])
+
+    def serve(self) -> None:
+        """Run in the foreground until interrupted."""
+        self._server = self._build()
+        self._start_loops()
+        log.info("server.starting", url=self.url, sources=[s.name for s in self.sources])
+        try:
+            self._server.run()
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        for sync in self.syncs:
+            sync.stop()
+        if self.controller is not None:
+            self.controller.stop()
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)

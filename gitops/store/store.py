@@ -1,0 +1,465 @@
+"""The cluster state in SQL: what git wants, what runs, and what happened.
+
+`Store` is the only place that talks SQL. It turns rows into the frozen values of
+`gitops.model` and back, and makes each change one transaction: a validated revision
+replaces the desired objects atomically (or is recorded as rejected and changes nothing
+else), a plan's pod actions land together with their events, and an agent's report
+updates only the pods bound to that agent's node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from sqlalchemy import create_engine, delete, event, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from gitops.codec import decode_as, encode
+from gitops.model import (
+    Manifest,
+    Node,
+    NodeName,
+    ObjectKey,
+    Pod,
+    PodId,
+    PodName,
+    PodSpec,
+    PodStatus,
+    Revision,
+    SourceLocation,
+    Taint,
+)
+from gitops.store.tables import Base, EventRow, NodeRow, ObjectRow, PodRow, RevisionRow, ServiceRow
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class RevisionRecord:
+    id: int
+    source: str
+    revision: str
+    message: str
+    author: str
+    committed_at: float
+    received_at: float
+    status: str
+    errors: tuple[str, ...]
+    warnings: tuple[str, ...]
+    summary: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    id: int
+    time: float
+    object: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    node: Node
+    heartbeat_at: float
+    registered_at: float
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _manifest(row: ObjectRow) -> Manifest:
+    return Manifest(
+        key=ObjectKey(row.kind, row.namespace, row.name),
+        api_version=row.api_version,
+        body=row.body,
+        location=SourceLocation(row.file, row.line, row.col),
+        hash=row.hash,
+    )
+
+
+def _pod(row: PodRow) -> Pod:
+    return Pod(
+        namespace=row.namespace,
+        name=PodName(row.name),
+        owner=ObjectKey(row.owner_kind, row.owner_namespace, row.owner_name),
+        template_hash=row.template_hash,
+        spec=decode_as(PodSpec, row.spec),
+        labels=tuple((str(k), str(v)) for k, v in row.labels),
+        node=NodeName(row.node) if row.node else None,
+        phase=row.phase,  # type: ignore[arg-type]
+        ready=row.ready,
+        reason=row.reason,
+        pod_ip=row.pod_ip,
+        host_ports=tuple((int(c), str(p), int(h)) for c, p, h in row.host_ports),
+        restarts=row.restarts,
+        exit_code=row.exit_code,
+        created_at=row.created_at,
+    )
+
+
+def _node(row: NodeRow, now: float, grace: float) -> Node:
+    return Node(
+        name=NodeName(row.name),
+        address=row.address,
+        cpu_milli=row.cpu_milli,
+        memory_bytes=row.memory_bytes,
+        labels=tuple(sorted(row.labels.items())),
+        taints=tuple(Taint(t["key"], t.get("value", ""), t.get("effect", "NoSchedule")) for t in row.taints),  # type: ignore[arg-type]
+        ready=now - row.heartbeat_at <= grace,
+        max_pods=row.max_pods,
+    )
+
+
+def _revision(row: RevisionRow) -> RevisionRecord:
+    return RevisionRecord(
+        id=row.id,
+        source=row.source,
+        revision=row.revision,
+        message=row.message,
+        author=row.author,
+        committed_at=row.committed_at,
+        received_at=row.received_at,
+        status=row.status,
+        errors=tuple(row.errors or ()),
+        warnings=tuple(row.warnings or ()),
+        summary=row.summary or {},
+    )
+
+
+class Store:
+    """Cluster state in SQL (SQLite by default, PostgreSQL by URL)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        service_cidr: str = "10.243.0.0/16",
+        heartbeat_grace: float = 40.0,
+    ) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.service_cidr = ipaddress.ip_network(service_cidr)
+        self.heartbeat_grace = heartbeat_grace
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions.begin() as session:
+            yield session
+
+    # --- revisions and desired objects -----------------------------------------------
+
+    def last_revision(self, source: str) -> RevisionRecord | None:
+        with self.session() as s:
+            row = s.scalars(
+                select(RevisionRow)
+                .where(RevisionRow.source == source)
+                .order_by(RevisionRow.id.desc())
+                .limit(1)
+            ).first()
+            return _revision(row) if row else None
+
+    def revisions(self, limit: int = 50) -> list[RevisionRecord]:
+        with self.session() as s:
+            rows = s.scalars(select(RevisionRow).order_by(RevisionRow.id.desc()).limit(limit))
+            return [_revision(r) for r in rows]
+
+    def reject_revision(
+        self, revision: Revision, errors: Sequence[str], warnings: Sequence[str], now: float
+    ) -> RevisionRecord:
+        """Record a revision that failed validation; desired state is left untouched."""
+        with self.session() as s:
+            row = RevisionRow(
+                source=revision.source,
+                revision=revision.id,
+                message=revision.message,
+                author=revision.author,
+                committed_at=revision.committed_at,
+                received_at=now,
+                status="rejected",
+                errors=list(errors),
+                warnings=list(warnings),
+                summary={},
+            )
+            s.add(row)
+            s.add(
+                EventRow(
+                    time=now,
+                    object=f"revision {revision.id[:12]}",
+                    reason="RevisionRejected",
+                    message=f"{len(errors)} error(s); first: {errors[0] if errors else ''}",
+                )
+            )
+            s.flush()
+            return _revision(row)
+
+    def apply_revision(
+        self, revision: Revision, manifests: Sequence[Manifest], warnings: Sequence[str], now: float
+    ) -> RevisionRecord:
+        """Make `manifests` the desired state, in one transaction, and record the revision."""
+        with self.session() as s:
+            existing = {(r.kind, r.namespace, r.name): r for r in s.scalars(select(ObjectRow))}
+            wanted = {(m.key.kind, m.key.namespace, m.key.name): m for m in manifests}
+            created, changed, deleted = [], [], []
+            for key, m in wanted.items():
+                row = existing.get(key)
+                if row is None:
+                    created.append(str(m.key))
+                    row = ObjectRow(kind=m.key.kind, namespace=m.key.namespace, name=m.key.name)
+                    s.add(row)
+                elif row.hash != m.hash:
+                    changed.append(str(m.key))
+                row.api_version = m.api_version
+                row.body = dict(m.body)
+                row.hash = m.hash
+                row.file = m.location.file
+                row.line = m.location.line
+                row.col = m.location.col
+                row.revision = revision.id
+            for key, row in existing.items():
+                if key not in wanted:
+                    deleted.append(str(ObjectKey(*key)))
+                    s.delete(row)
+            self._allocate_vips(s, [m for m in manifests if m.key.kind == "Service"])
+            summary = {"created": sorted(created), "changed": sorted(changed), "deleted": sorted(deleted)}
+            record = RevisionRow(
+                source=revision.source,
+                revision=revision.id,
+                message=revision.message,
+                author=revision.author,
+                committed_at=revision.committed_at,
+                received_at=now,
+                status="applied",
+                errors=[],
+                warnings=list(warnings),
+                summary=summary,
+            )
+            s.add(record)
+            s.add(
+                EventRow(
+                    time=now,
+                    object=f"revision {revision.id[:12]}",
+                    reason="RevisionApplied",
+                    message=f"{len(created)} created, {len(changed)} changed, {len(deleted)} deleted",
+                )
+            )
+            s.flush()
+            return _revision(record)
+
+    def _allocate_vips(self, s: Session, services: Sequence[Manifest]) -> None:
+        rows = {(r.namespace, r.name): r for r in s.scalars(select(ServiceRow))}
+        wanted = {(m.key.namespace, m.key.name): m for m in services}
+        for key, row in rows.items():
+            if key not in wanted:
+                s.delete(row)
+        s.flush()
+        used = {r.vip for k, r in rows.items() if k in wanted}
+        net = self.service_cidr
+        size = net.num_addresses
+        for key, m in sorted(wanted.items()):
+            if key in rows:
+                continue
+            requested = str(m.spec.get("clusterIP") or "")
+            if (
+                requested
+                and requested != "None"
+                and ipaddress.ip_address(requested) in net
+                and requested not in used
+            ):
+                vip = requested
+            else:
+                start = int.from_bytes(hashlib.sha256(f"{key[0]}/{key[1]}".encode()).digest()[:8], "big")
+                # Skip the network address and the one after it; never hand out broadcast.
+                for probe in range(size):
+                    offset = 2 + (start + probe) % (size - 3)
+                    candidate = str(net.network_address + offset)
+                    if candidate not in used:
+                        vip = candidate
+                        break
+                else:
+                    raise RuntimeError(f"service range {net} is exhausted")
+            used.add(vip)
+            s.add(ServiceRow(namespace=key[0], name=key[1], vip=vip))
+
+    def desired(self) -> list[Manifest]:
+        with self.session() as s:
+            return [_manifest(r) for r in s.scalars(select(ObjectRow))]
+
+    def vips(self) -> dict[ObjectKey, str]:
+        with self.session() as s:
+            return {ObjectKey("Service", r.namespace, r.name): r.vip for r in s.scalars(select(ServiceRow))}
+
+    # --- nodes ------------------------------------------------------------------------
+
+    def register_node(self, node: Node, token: str, now: float) -> None:
+        with self.session() as s:
+            row = s.get(NodeRow, node.name)
+            if row is None:
+                row = NodeRow(name=node.name, registered_at=now)
+                s.add(row)
+                s.add(
+                    EventRow(
+                        time=now, object=f"node {node.name}", reason="NodeRegistered", message=node.address
+                    )
+                )
+            row.address = node.address
+            row.cpu_milli = node.cpu_milli
+            row.memory_bytes = node.memory_bytes
+            row.max_pods = node.max_pods
+            row.labels = dict(node.labels)
+            row.taints = [{"key": t.key, "value": t.value, "effect": t.effect} for t in node.taints]
+            row.token_hash = token_digest(token)
+            row.heartbeat_at = now
+
+    def node_for_token(self, name: str, token: str) -> bool:
+        with self.session() as s:
+            row = s.get(NodeRow, name)
+            return row is not None and row.token_hash == token_digest(token)
+
+    def nodes(self, now: float | None = None) -> list[NodeRecord]:
+        now = time.time() if now is None else now
+        with self.session() as s:
+            return [
+                NodeRecord(_node(r, now, self.heartbeat_grace), r.heartbeat_at, r.registered_at)
+                for r in s.scalars(select(NodeRow).order_by(NodeRow.name))
+            ]
+
+    # --- pods -------------------------------------------------------------------------
+
+    def pods(self, node: str | None = None) -> list[Pod]:
+        with self.session() as s:
+            query = select(PodRow).order_by(PodRow.id)
+            if node is not None:
+                query = query.where(PodRow.node == node)
+            return [_pod(r) for r in s.scalars(query)]
+
+    def apply_pod_changes(
+        self,
+        create: Sequence[tuple[Pod, str]],
+        stop: Sequence[tuple[Pod, str]],
+        bind: Mapping[PodId, NodeName],
+        pending_reasons: Mapping[PodId, str],
+        now: float,
+    ) -> None:
+        """Create and delete pods, bind pods to nodes, and note why others stay pending."""
+        with self.session() as s:
+            for pod, reason in create:
+                s.add(
+                    PodRow(
+                        id=pod.id,
+                        namespace=pod.namespace,
+                        name=pod.name,
+                        owner_kind=pod.owner.kind,
+                        owner_namespace=pod.owner.namespace,
+                        owner_name=pod.owner.name,
+                        template_hash=pod.template_hash,
+                        spec=encode(pod.spec),
+                        labels=[list(kv) for kv in pod.labels],
+                        node=pod.node,
+                        phase="Pending",
+                        ready=False,
+                        reason=pod.reason,
+                        pod_ip="",
+                        host_ports=[],
+                        restarts=0,
+                        exit_code=None,
+                        container_id="",
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                s.add(EventRow(time=now, object=f"pod {pod.id}", reason="Created", message=reason))
+            s.flush()
+            if stop:
+                s.execute(delete(PodRow).where(PodRow.id.in_([p.id for p, _ in stop])))
+                for pod, reason in stop:
+                    s.add(EventRow(time=now, object=f"pod {pod.id}", reason="Stopped", message=reason))
+            for pod_id, node in bind.items():
+                row = s.get(PodRow, pod_id)
+                if row is not None and row.node is None:
+                    row.node = node
+                    row.reason = f"scheduled on {node}"
+                    row.updated_at = now
+                    s.add(
+                        EventRow(
+                            time=now, object=f"pod {pod_id}", reason="Scheduled", message=f"placed on {node}"
+                        )
+                    )
+            for pod_id, why in pending_reasons.items():
+                row = s.get(PodRow, pod_id)
+                if row is not None and row.node is None and row.reason != why:
+                    row.reason = why
+                    row.updated_at = now
+                    s.add(EventRow(time=now, object=f"pod {pod_id}", reason="Unschedulable", message=why))
+
+    def heartbeat(self, node: str, statuses: Sequence[PodStatus], now: float) -> None:
+        """Record an agent's heartbeat and the status of the pods bound to its node."""
+        with self.session() as s:
+            row = s.get(NodeRow, node)
+            if row is None:
+                return
+            row.heartbeat_at = now
+            for status in statuses:
+                pod = s.get(PodRow, status.pod)
+                if pod is None or pod.node != node:
+                    continue
+                before = (pod.phase, pod.ready, pod.reason)
+                pod.phase = status.phase
+                pod.ready = status.ready
+                pod.reason = status.reason
+                pod.pod_ip = status.pod_ip
+                pod.host_ports = [list(hp) for hp in status.host_ports]
+                pod.restarts = max(pod.restarts, status.restarts)
+                pod.exit_code = status.exit_code
+                pod.container_id = status.container_id
+                if before != (pod.phase, pod.ready, pod.reason):
+                    pod.updated_at = now
+                    message = (
+                        status.phase
+                        + (" ready" if status.ready else "")
+                        + (f": {status.reason}" if status.reason else "")
+                    )
+                    s.add(
+                        EventRow(
+                            time=now, object=f"pod {status.pod}", reason="StatusChanged", message=message
+                        )
+                    )
+
+    # --- events -----------------------------------------------------------------------
+
+    def add_event(self, obj: str, reason: str, message: str, now: float) -> None:
+        with self.session() as s:
+            s.add(EventRow(time=now, object=obj, reason=reason, message=message))
+
+    def events(self, limit: int = 100) -> list[EventRecord]:
+        with self.session() as s:
+            rows = s.scalars(select(EventRow).order_by(EventRow.id.desc()).limit(limit))
+            return [EventRecord(r.id, r.time, r.object, r.reason, r.message) for r in rows]

@@ -1,0 +1,105 @@
+"""SQL tables of the cluster state: desired objects, revisions, nodes, pods, services, events.
+
+Portable SQLAlchemy types only (JSON, String, Float, ...) so the same tables serve SQLite
+(the default, in WAL mode) and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, Float, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class RevisionRow(Base):
+    __tablename__ = "revisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(512), index=True)
+    revision: Mapped[str] = mapped_column(String(128))
+    message: Mapped[str] = mapped_column(Text, default="")
+    author: Mapped[str] = mapped_column(String(512), default="")
+    committed_at: Mapped[float] = mapped_column(Float, default=0.0)
+    received_at: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16))  # applied | rejected
+    errors: Mapped[list[str]] = mapped_column(JSON, default=list)
+    warnings: Mapped[list[str]] = mapped_column(JSON, default=list)
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class ObjectRow(Base):
+    __tablename__ = "objects"
+
+    kind: Mapped[str] = mapped_column(String(64), primary_key=True)
+    namespace: Mapped[str] = mapped_column(String(253), primary_key=True)
+    name: Mapped[str] = mapped_column(String(253), primary_key=True)
+    api_version: Mapped[str] = mapped_column(String(64))
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    hash: Mapped[str] = mapped_column(String(64))
+    file: Mapped[str] = mapped_column(String(1024))
+    line: Mapped[int] = mapped_column(Integer)
+    col: Mapped[int] = mapped_column(Integer)
+    revision: Mapped[str] = mapped_column(String(128))
+
+
+class NodeRow(Base):
+    __tablename__ = "nodes"
+
+    name: Mapped[str] = mapped_column(String(253), primary_key=True)
+    address: Mapped[str] = mapped_column(String(64))
+    cpu_milli: Mapped[int] = mapped_column(Integer)
+    memory_bytes: Mapped[int] = mapped_column(Integer)
+    max_pods: Mapped[int] = mapped_column(Integer, default=110)
+    labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    taints: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
+    token_hash: Mapped[str] = mapped_column(String(64))
+    registered_at: Mapped[float] = mapped_column(Float)
+    heartbeat_at: Mapped[float] = mapped_column(Float)
+
+
+class PodRow(Base):
+    __tablename__ = "pods"
+
+    id: Mapped[str] = mapped_column(String(512), primary_key=True)
+    namespace: Mapped[str] = mapped_column(String(253), index=True)
+    name: Mapped[str] = mapped_column(String(253))
+    owner_kind: Mapped[str] = mapped_column(String(64))
+    owner_namespace: Mapped[str] = mapped_column(String(253))
+    owner_name: Mapped[str] = mapped_column(String(253))
+    template_hash: Mapped[str] = mapped_column(String(64))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    labels: Mapped[list[list[str]]] = mapped_column(JSON, default=list)
+    node: Mapped[str | None] = mapped_column(String(253), index=True, nullable=True)
+    phase: Mapped[str] = mapped_column(String(16), default="Pending")
+    ready: Mapped[bool] = mapped_column(Boolean, default=False)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    pod_ip: Mapped[str] = mapped_column(String(64), default="")
+    host_ports: Mapped[list[list[Any]]] = mapped_column(JSON, default=list)
+    restarts: Mapped[int] = mapped_column(Integer, default=0)
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    container_id: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class ServiceRow(Base):
+    __tablename__ = "services"
+
+    namespace: Mapped[str] = mapped_column(String(253), primary_key=True)
+    name: Mapped[str] = mapped_column(String(253), primary_key=True)
+    vip: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class EventRow(Base):
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time: Mapped[float] = mapped_column(Float, index=True)
+    object: Mapped[str] = mapped_column(String(512))
+    reason: Mapped[str] = mapped_column(String(64))
+    message: Mapped[str] = mapped_column(Text)

@@ -1,0 +1,205 @@
+"""Where manifests come from: a git repository or a local folder.
+
+A source answers two questions: what is the newest revision (`latest`), and which manifest
+files does a revision hold (`files`). Only `*.yaml` / `*.yml` files are read. Hostile
+trees are refused file by file with a diagnostic rather than followed: symbolic links that
+leave the repository, and files larger than the loader's limit (checked before reading).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import git
+
+from gitops.model import Diagnostic, Revision, SourceLocation
+from gitops.schemas.loader import MAX_FILE_BYTES, SourceFile
+
+MANIFEST_SUFFIXES = (".yaml", ".yml")
+
+Files = tuple[list[SourceFile], list[Diagnostic]]
+
+
+class Source(Protocol):
+    name: str
+
+    def latest(self) -> Revision: ...
+
+    def files(self, revision: Revision) -> Files: ...
+
+
+def _is_manifest(name: str) -> bool:
+    return name.lower().endswith(MANIFEST_SUFFIXES)
+
+
+def _too_big(path: str, size: int) -> Diagnostic:
+    return Diagnostic(
+        "error",
+        f"file is {size} bytes; manifests are limited to {MAX_FILE_BYTES} bytes",
+        SourceLocation(path, 1, 1),
+    )
+
+
+def _escapes(path: str, target: str) -> Diagnostic:
+    return Diagnostic(
+        "error",
+        f"symbolic link points outside the repository ({target}); refused",
+        SourceLocation(path, 1, 1),
+    )
+
+
+def read_folder(root: Path) -> Files:
+    """Read every manifest under `root`, refusing links that leave it."""
+    root = root.resolve()
+    files: list[SourceFile] = []
+    problems: list[Diagnostic] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        here = Path(dirpath)
+        for name in list(dirnames):
+            entry = here / name
+            if entry.is_symlink():
+                rel = entry.relative_to(root).as_posix()
+                target = entry.resolve()
+                if not target.is_relative_to(root):
+                    problems.append(_escapes(rel, os.readlink(entry)))
+        for name in sorted(filenames):
+            if not _is_manifest(name) or name.startswith("."):
+                continue
+            entry = here / name
+            rel = entry.relative_to(root).as_posix()
+            real = entry.resolve()
+            if entry.is_symlink() and not real.is_relative_to(root):
+                problems.append(_escapes(rel, os.readlink(entry)))
+                continue
+            if not real.is_file():
+                continue
+            size = real.stat().st_size
+            if size > MAX_FILE_BYTES:
+                problems.append(_too_big(rel, size))
+                continue
+            files.append(SourceFile(rel, real.read_bytes()))
+    return files, problems
+
+
+def folder_digest(files: Sequence[SourceFile], problems: Sequence[Diagnostic]) -> str:
+    h = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f.path):
+        h.update(f.path.encode() + b"\0" + hashlib.sha256(f.content).digest())
+    for p in problems:
+        h.update(str(p).encode())
+    return h.hexdigest()
+
+
+class FolderSource:
+    """A local folder; its revision is the hash of the manifest files it holds."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.name = f"dir:{self.path.resolve()}"
+        self._cache: tuple[str, Files] | None = None
+
+    def latest(self) -> Revision:
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"manifest folder {self.path} does not exist")
+        files, problems = read_folder(self.path)
+        digest = folder_digest(files, problems)
+        self._cache = (digest, (files, problems))
+        return Revision(source=self.name, id=digest[:16], message=f"folder {self.path}")
+
+    def files(self, revision: Revision) -> Files:
+        if self._cache is not None and self._cache[0].startswith(revision.id):
+            return self._cache[1]
+        files, problems = read_folder(self.path)
+        return files, problems
+
+
+class GitSource:
+    """A branch of a git repository (any URL git can fetch), read without a checkout."""
+
+    def __init__(self, url: str, cache_dir: Path, *, branch: str = "main", path: str = "") -> None:
+        self.url = url
+        self.branch = branch
+        self.path = path.strip("/")
+        self.cache_dir = Path(cache_dir)
+        self.name = f"git:{url}#{branch}" + (f":{self.path}" if self.path else "")
+        self._repo: git.Repo | None = None
+
+    def _mirror(self) -> git.Repo:
+        if self._repo is None:
+            if (self.cache_dir / "HEAD").exists():
+                self._repo = git.Repo(self.cache_dir)
+            else:
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+                self._repo = git.Repo.init(self.cache_dir, bare=True)
+        return self._repo
+
+    def latest(self) -> Revision:
+        repo = self._mirror()
+        repo.git.fetch(
+            self.url, f"+refs/heads/{self.branch}:refs/heads/{self.branch}", "--prune", "--no-tags"
+        )
+        commit = repo.commit(f"refs/heads/{self.branch}")
+        return Revision(
+            source=self.name,
+            id=commit.hexsha,
+            message=str(commit.message).strip(),
+            author=f"{commit.author.name} <{commit.author.email}>",
+            committed_at=float(commit.committed_date),
+        )
+
+    def files(self, revision: Revision) -> Files:
+        repo = self._mirror()
+        commit = repo.commit(revision.id)
+        files: list[SourceFile] = []
+        problems: list[Diagnostic] = []
+        try:
+            tree = commit.tree / self.path if self.path else commit.tree
+        except KeyError:
+            problems.append(
+                Diagnostic(
+                    "error",
+                    f"path {self.path!r} does not exist in {revision.id[:12]}",
+                    SourceLocation(self.path),
+                )
+            )
+            return files, problems
+        prefix = f"{self.path}/" if self.path else ""
+        for item in tree.traverse():
+            if not isinstance(item, git.Blob) or not _is_manifest(item.name):
+                continue
+            rel = str(item.path)[len(prefix) :]
+            blob = item
+            if item.mode == 0o120000:
+                target = item.data_stream.read().decode(errors="replace")
+                resolved = posixpath.normpath(posixpath.join(posixpath.dirname(item.path), target))
+                if target.startswith("/") or resolved == ".." or resolved.startswith("../"):
+                    problems.append(_escapes(rel, target))
+                    continue
+                try:
+                    linked = commit.tree / resolved
+                except KeyError:
+                    problems.append(
+                        Diagnostic(
+                            "error", f"symbolic link target {target} does not exist", SourceLocation(rel)
+                        )
+                    )
+                    continue
+                if not isinstance(linked, git.Blob) or linked.mode == 0o120000:
+                    problems.append(
+                        Diagnostic(
+                            "error", f"symbolic link target {target} is not a file", SourceLocation(rel)
+                        )
+                    )
+                    continue
+                blob = linked
+            if blob.size > MAX_FILE_BYTES:
+                problems.append(_too_big(rel, blob.size))
+                continue
+            files.append(SourceFile(rel, blob.data_stream.read()))
+        return sorted(files, key=lambda f: f.path), problems

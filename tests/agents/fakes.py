@@ -1,0 +1,59 @@
+"""An in-memory `Runtime` for agent tests: containers are records, time is given."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from gitops.agents.runtime import ContainerInfo, ImageMissing
+from gitops.model import NodeName, Pod, PodId
+
+
+@dataclass
+class MemoryRuntime:
+    images: set[str] = field(default_factory=lambda: {"web:1", "web:2"})
+    containers: dict[str, tuple[NodeName, ContainerInfo]] = field(default_factory=dict)
+    now: float = 1000.0
+    log: list[str] = field(default_factory=list)
+    mounts: dict[PodId, list[tuple[str, str]]] = field(default_factory=dict)
+    _ids: itertools.count[int] = field(default_factory=itertools.count)
+
+    def list(self, node: NodeName) -> list[ContainerInfo]:
+        return [c for n, c in self.containers.values() if n == node]
+
+    def run(self, node: NodeName, pod: Pod, mounts: Sequence[tuple[str, str]]) -> ContainerInfo:
+        if pod.spec.image not in self.images:
+            raise ImageMissing(f"image {pod.spec.image!r} is not present on node {node}")
+        cid = f"c{next(self._ids)}"
+        info = ContainerInfo(cid, pod.id, pod.template_hash, True, None, "172.17.0.9", (), self.now, 0.0)
+        self.containers[cid] = (node, info)
+        self.mounts[pod.id] = list(mounts)
+        self.log.append(f"run {pod.id}")
+        return info
+
+    def restart(self, container_id: str) -> ContainerInfo:
+        node, info = self.containers[container_id]
+        info = replace(info, running=True, exit_code=None, started_at=self.now)
+        self.containers[container_id] = (node, info)
+        self.log.append(f"restart {info.pod}")
+        return info
+
+    def remove(self, container_id: str, grace_seconds: int) -> None:
+        _, info = self.containers.pop(container_id)
+        self.log.append(f"remove {info.pod}")
+
+    def pull(self, image: str) -> None:
+        self.log.append(f"pull {image}")
+        raise ImageMissing(f"pull of {image!r} failed: no registry reachable")
+
+    def logs_tail(self, container_id: str, lines: int = 20) -> str:
+        return ""
+
+    def exit(self, pod: PodId, code: int) -> None:
+        for cid, (node, info) in self.containers.items():
+            if info.pod == pod:
+                self.containers[cid] = (
+                    node,
+                    replace(info, running=False, exit_code=code, finished_at=self.now),
+                )

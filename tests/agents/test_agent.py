@@ -1,0 +1,139 @@
+"""The agent converges its node on the pods it is given, with an in-memory runtime."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+
+from gitops.agents.agent import Agent, AgentConfig, service_rules
+from gitops.model import (
+    Endpoint,
+    MountedFile,
+    NodeName,
+    ObjectKey,
+    Pod,
+    PodId,
+    PodName,
+    PodSpec,
+    ServiceEndpoints,
+    ServicePort,
+)
+from tests.agents.fakes import MemoryRuntime
+
+NODE = NodeName("n1")
+
+
+def pod(name: str, image: str = "web:1", template: str = "aaa", **spec: object) -> Pod:
+    return Pod(
+        "default",
+        PodName(name),
+        ObjectKey("Deployment", "default", "web"),
+        template,
+        PodSpec(image=image, **spec),
+        node=NODE,
+    )  # type: ignore[arg-type]
+
+
+def make_agent(tmp_path: Path, runtime: MemoryRuntime) -> Agent:
+    config = AgentConfig(server="http://127.0.0.1:9", node=NODE, join_token="t", state_dir=tmp_path)
+    return Agent(config, runtime, clock=lambda: runtime.now)
+
+
+def test_missing_pods_get_containers_and_running_ones_are_adopted(tmp_path: Path) -> None:
+    rt = MemoryRuntime()
+    agent = make_agent(tmp_path, rt)
+    pods = [pod("a"), pod("b")]
+    agent.converge(pods, rt.list(NODE))
+    assert rt.log == ["run default/a", "run default/b"]
+    fresh = make_agent(tmp_path, rt)  # an agent that restarted
+    assert not fresh.converge(pods, rt.list(NODE))
+    assert rt.log == ["run default/a", "run default/b"]
+
+
+def test_containers_of_pods_no_longer_assigned_are_removed(tmp_path: Path) -> None:
+    rt = MemoryRuntime()
+    agent = make_agent(tmp_path, rt)
+    agent.converge([pod("a"), pod("b")], [])
+    agent.converge([pod("a")], rt.list(NODE))
+    assert rt.log[-1] == "remove default/b"
+    assert [c.pod for c in rt.list(NODE)] == ["default/a"]
+
+
+def test_a_container_with_another_template_is_replaced(tmp_path: Path) -> None:
+    rt = MemoryRuntime()
+    agent = make_agent(tmp_path, rt)
+    agent.converge([pod("a", template="aaa")], [])
+    agent.converge([pod("a", template="bbb")], rt.list(NODE))
+    assert rt.log == ["run default/a", "remove default/a", "run default/a"]
+
+
+def test_exited_containers_restart_with_doubling_backoff(tmp_path: Path) -> None:
+    rt = MemoryRuntime()
+    agent = make_agent(tmp_path, rt)
+    p = pod("a")
+    agent.converge([p], [])
+    restarts_at = []
+    for _ in range(200):
+        rt.now += 5
+        rt.exit(p.id, 1)
+        if agent.converge([p], rt.list(NODE)):
+            restarts_at.append(rt.now - 1000)
+    gaps = [b - a for a, b in itertools.pairwise(restarts_at)]
+    assert gaps[:4] == [10, 20, 40, 80]
+    assert max(gaps) == 300
+
+
+def test_restart_policy_never_leaves_the_pod_failed(tmp_path: Path) -> None:
+    rt = MemoryRuntime()
+    agent = make_agent(tmp_path, rt)
+    p = pod("a", restart_policy="Never")
+    agent.converge([p], [])
+    rt.exit(p.id, 3)
+    rt.now += 100
+    assert not agent.converge([p], rt.list(NODE))
+    (status,) = agent._statuses(rt.list(NODE), {p.id: p})
+    assert (status.phase, status.exit_code, status.reason) == ("Failed", 3, "exited with code 3")
+
+
+def test_a_missing_image_is_reported_with_a_clear_reason_and_retried_later(tmp_path: Path) -> None:
+    rt = MemoryRuntime()
+    agent = make_agent(tmp_path, rt)
+    p = pod("a", image="nowhere:1", image_pull_policy="Never")
+    agent.converge([p], [])
+    (status,) = agent._statuses([], {p.id: p})
+    assert status.phase == "Pending"
+    assert status.reason == "ErrImageNeverPull: image 'nowhere:1' is not present on node n1"
+    rt.log.clear()
+    agent.converge([p], [])
+    assert rt.log == []  # backing off, not hammering
+    q = pod("b", image="nowhere:2")
+    agent.converge([q], [])
+    assert rt.log == ["pull nowhere:2"]
+    (status,) = agent._statuses([], {q.id: q})
+    assert status.reason == "ErrImagePull: pull of 'nowhere:2' failed: no registry reachable"
+
+
+def test_files_are_written_and_mounted_read_only(tmp_path: Path) -> None:
+    rt = MemoryRuntime()
+    agent = make_agent(tmp_path, rt)
+    p = pod("a", files=(MountedFile("/etc/app/conf", b"x=1", 0o600),))
+    agent.converge([p], [])
+    ((host, inside),) = rt.mounts[PodId("default/a")]
+    assert inside == "/etc/app/conf"
+    assert Path(host).read_bytes() == b"x=1"
+    assert Path(host).stat().st_mode & 0o777 == 0o600
+
+
+def test_service_rules_reach_local_pods_directly_and_remote_pods_by_host_port() -> None:
+    port = ServicePort(80, "http", "TCP", "http")
+    eps = (
+        Endpoint(PodId("default/a"), NODE, "172.17.0.2", 8080, "192.0.2.10", 32001),
+        Endpoint(PodId("default/b"), NodeName("n2"), "172.18.0.2", 8080, "192.0.2.11", 32002),
+        Endpoint(PodId("default/c"), NodeName("n3"), "172.18.0.3", 8080, "192.0.2.12", 0),
+    )
+    svc = ServiceEndpoints("default", "web", "10.243.0.7", (port,), ((port, eps),))
+    (rule,) = service_rules([svc], NODE)
+    assert (rule.vip, rule.port, rule.protocol) == ("10.243.0.7", 80, "TCP")
+    assert rule.backends == (("172.17.0.2", 8080), ("192.0.2.11", 32002))
+    assert dataclasses.asdict(rule)["service"] == "default/web:http"

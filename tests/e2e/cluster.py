@@ -1,0 +1,210 @@
+"""A real cluster for end-to-end tests: a bare git repository, the control plane, and a
+node agent process driving the local Docker engine and iptables."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+
+from gitops.server import ControlPlane
+from gitops.store import Store
+from gitops.sync.sources import GitSource
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE = "gitops-example/busybox:1"
+
+
+def build_image(tag: str = IMAGE) -> None:
+    subprocess.run([str(ROOT / "scripts" / "busybox-image"), tag], check=True, capture_output=True)
+
+
+def git(cwd: Path, *args: str) -> str:
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "Tess Ter",
+        "GIT_AUTHOR_EMAIL": "tess@example.org",
+        "GIT_COMMITTER_NAME": "Tess Ter",
+        "GIT_COMMITTER_EMAIL": "tess@example.org",
+    }
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True, env=env).stdout
+
+
+def web_manifests(replicas: int = 3, greeting: str = "hello", name: str = "web") -> str:
+    return textwrap.dedent(
+        f"""\
+        apiVersion: apps/v1
+        kind: Deployment
+        metadata:
+          name: {name}
+        spec:
+          replicas: {replicas}
+          selector:
+            matchLabels: {{app: {name}}}
+          template:
+            metadata:
+              labels: {{app: {name}}}
+            spec:
+              containers:
+                - name: httpd
+                  image: {IMAGE}
+                  imagePullPolicy: Never
+                  command: ["sh", "-c"]
+                  args:
+                    - echo "$GREETING from $(hostname)" > /www/index.html && exec httpd -f -p 8080 -h /www
+                  env:
+                    - name: GREETING
+                      value: "{greeting}"
+                  ports:
+                    - {{name: http, containerPort: 8080}}
+                  resources:
+                    requests: {{cpu: 10m, memory: 8Mi}}
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata:
+          name: {name}
+        spec:
+          selector: {{app: {name}}}
+          ports:
+            - {{name: http, port: 80, targetPort: http}}
+        """
+    )
+
+
+@dataclass
+class Cluster:
+    tmp: Path
+    node: str = field(default_factory=lambda: "e2e-" + uuid.uuid4().hex[:6])
+    prefix: str = field(default_factory=lambda: "GE" + uuid.uuid4().hex[:4].upper())
+    service_cidr: str = "10.250.0.0/24"
+    plane: ControlPlane | None = None
+    agent: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.remote = self.tmp / "remote.git"
+        self.work = self.tmp / "work"
+        git(self.tmp, "init", "--bare", "-b", "main", str(self.remote))
+        git(self.tmp, "init", "-b", "main", str(self.work))
+        self.docker = docker.from_env()
+
+    # --- git ------------------------------------------------------------------------
+
+    def push(self, files: dict[str, str | None], message: str) -> str:
+        for rel, content in files.items():
+            path = self.work / rel
+            if content is None:
+                path.unlink()
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(content)
+        git(self.work, "add", "-A")
+        git(self.work, "commit", "-m", message)
+        git(self.work, "push", str(self.remote), "main")
+        return git(self.work, "rev-parse", "HEAD").strip()
+
+    # --- processes --------------------------------------------------------------------
+
+    def start_plane(self) -> None:
+        store = Store(f"sqlite:///{self.tmp / 'gitops.db'}", service_cidr=self.service_cidr)
+        source = GitSource(str(self.remote), self.tmp / "cache", branch="main")
+        self.plane = ControlPlane(
+            store, [source], port=free_port(), poll_interval=0.5, controller_interval=0.5
+        )
+        self.plane.start()
+
+    def start_agent(self) -> None:
+        assert self.plane is not None
+        log = open(self.tmp / "agent.log", "ab")  # noqa: SIM115 - closed with the process
+        self.agent = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gitops.cli",
+                "--log-json",
+                "agent",
+                "--server",
+                self.plane.url,
+                "--node",
+                self.node,
+                "--join-token",
+                self.plane.join_token,
+                "--chain-prefix",
+                self.prefix,
+                "--state-dir",
+                str(self.tmp / "state"),
+            ],
+            stdout=log,
+            stderr=log,
+            cwd=ROOT,
+        )
+
+    def kill_agent(self) -> None:
+        assert self.agent is not None
+        self.agent.send_signal(signal.SIGKILL)
+        self.agent.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.agent is not None and self.agent.poll() is None:
+            self.agent.terminate()
+            try:
+                self.agent.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.agent.kill()
+        if self.plane is not None:
+            self.plane.stop()
+        for c in self.docker.containers.list(all=True, filters={"label": f"gitops.node={self.node}"}):
+            c.remove(force=True)
+        from gitops.agents.iptables import IptablesProxy
+
+        IptablesProxy(self.service_cidr, prefix=self.prefix).cleanup()
+
+    # --- observations -----------------------------------------------------------------
+
+    def api(self, path: str) -> Any:
+        assert self.plane is not None
+        return httpx.get(self.plane.url + path, timeout=10).raise_for_status().json()
+
+    def containers(self) -> dict[str, dict[str, Any]]:
+        """Our running containers: pod id -> {id, started, restarts}."""
+        found = {}
+        for c in self.docker.containers.list(all=True, filters={"label": f"gitops.node={self.node}"}):
+            found[c.labels["gitops.pod"]] = {
+                "id": c.id,
+                "status": c.status,
+                "started": c.attrs["State"]["StartedAt"],
+                "restarts": c.attrs["RestartCount"],
+                "env": c.attrs["Config"]["Env"],
+            }
+        return found
+
+    def ready_pods(self) -> list[dict[str, Any]]:
+        return [p for p in self.api("/api/v1/pods") if p["ready"]]
+
+    def service(self, name: str = "web") -> dict[str, Any] | None:
+        return next((s for s in self.api("/api/v1/services") if s["name"] == name), None)
+
+    def chains(self) -> set[str]:
+        out = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
+        return {line[1:].split()[0] for line in out.splitlines() if line.startswith(f":{self.prefix}")}
+
+
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_get(host: str, port: int, timeout: float = 3.0) -> str:
+    """GET / from our own VIP, never through a proxy."""
+    with _DIRECT.open(f"http://{host}:{port}/", timeout=timeout) as response:
+        body: bytes = response.read()
+        return body.decode().strip()

@@ -1,0 +1,119 @@
+"""The store keeps desired state, revisions, pods and nodes, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from gitops.model import Node, NodeName, ObjectKey, PodStatus, Revision
+from gitops.planner import plan
+from gitops.store import Store
+from tests.planner.factories import deployment, service
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        yield Store(f"sqlite:///{tmp_path / 'state.db'}")
+        return
+    base = request.getfixturevalue("postgres_url")
+    name = "t_" + uuid.uuid4().hex[:12]
+    admin = Store(base).engine
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    yield Store(base.rsplit("/", 1)[0] + "/" + name)
+
+
+def rev(n: int) -> Revision:
+    return Revision(source="git:test", id=f"{n:040d}", message=f"commit {n}", author="a <a@example.org>")
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
+    s = Store(f"sqlite:///{tmp_path / 'wal.db'}")
+    with s.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+
+
+def test_an_applied_revision_becomes_the_desired_state_with_a_summary(store: Store) -> None:
+    record = store.apply_revision(rev(1), [deployment(), service("web", {"app": "web"})], [], now=10.0)
+    assert record.status == "applied"
+    assert record.summary == {
+        "created": ["Deployment default/web", "Service default/web"],
+        "changed": [],
+        "deleted": [],
+    }
+    assert {m.key for m in store.desired()} == {
+        ObjectKey("Deployment", "default", "web"),
+        ObjectKey("Service", "default", "web"),
+    }
+    record = store.apply_revision(rev(2), [deployment(replicas=5)], [], now=11.0)
+    assert record.summary == {
+        "created": [],
+        "changed": ["Deployment default/web"],
+        "deleted": ["Service default/web"],
+    }
+    assert [m.spec["replicas"] for m in store.desired()] == [5]
+
+
+def test_a_rejected_revision_changes_nothing_but_is_recorded(store: Store) -> None:
+    store.apply_revision(rev(1), [deployment()], [], now=10.0)
+    record = store.reject_revision(
+        rev(2), ["web.yaml:3:5: Deployment default/web: spec.replicas: bad"], [], now=11.0
+    )
+    assert record.status == "rejected"
+    assert [m.spec["replicas"] for m in store.desired()] == [3]
+    last = store.last_revision("git:test")
+    assert last is not None and last.revision == rev(2).id and last.errors == record.errors
+
+
+def test_service_addresses_are_stable_unique_and_freed(store: Store) -> None:
+    services = [service(f"s{i}", {"app": "x"}) for i in range(20)]
+    store.apply_revision(rev(1), services, [], now=1.0)
+    first = store.vips()
+    assert len(set(first.values())) == 20
+    assert all(v.startswith("10.243.") for v in first.values())
+    store.apply_revision(rev(2), services[:10], [], now=2.0)
+    second = store.vips()
+    assert second == {k: v for k, v in first.items() if k in second}
+    assert len(second) == 10
+
+
+def test_pods_are_created_bound_and_report_status_only_from_their_node(store: Store) -> None:
+    store.register_node(Node(NodeName("n1"), "192.0.2.10", 2000, 2**30), "token-1", now=1.0)
+    store.register_node(Node(NodeName("n2"), "192.0.2.11", 2000, 2**30), "token-2", now=1.0)
+    assert store.node_for_token("n1", "token-1")
+    assert not store.node_for_token("n1", "token-2")
+    result = plan([deployment(replicas=2)], [])
+    store.apply_pod_changes([(a.pod, a.reason) for a in result.create], [], {}, {}, now=2.0)
+    a, b = (p.id for p in store.pods())
+    store.apply_pod_changes([], [], {a: "n1"}, {b: "0/2 nodes: 2 insufficient cpu"}, now=3.0)
+    pods = {p.id: p for p in store.pods()}
+    assert pods[a].node == "n1"
+    assert pods[b].node is None and pods[b].reason == "0/2 nodes: 2 insufficient cpu"
+    store.heartbeat("n2", [PodStatus(a, "Running", True, pod_ip="172.17.0.9")], now=4.0)
+    assert store.pods(node="n1")[0].phase == "Pending"
+    store.heartbeat(
+        "n1", [PodStatus(a, "Running", True, pod_ip="172.17.0.2", host_ports=((80, "TCP", 32000),))], now=4.0
+    )
+    pod = store.pods(node="n1")[0]
+    assert (pod.phase, pod.ready, pod.pod_ip, pod.host_ports) == (
+        "Running",
+        True,
+        "172.17.0.2",
+        ((80, "TCP", 32000),),
+    )
+    assert (
+        dataclasses.replace(pod, phase="Pending", ready=False, pod_ip="", host_ports=(), reason="").spec
+        == result.create[0].pod.spec
+    )
+
+
+def test_a_node_without_heartbeat_is_not_ready(store: Store) -> None:
+    store.register_node(Node(NodeName("n1"), "192.0.2.10", 2000, 2**30), "t", now=100.0)
+    assert store.nodes(now=120.0)[0].node.ready
+    assert not store.nodes(now=100.0 + store.heartbeat_grace + 1)[0].node.ready

@@ -1,0 +1,99 @@
+"""A revision is validated whole: applied atomically, or rejected with every error."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from gitops.store import Store
+from gitops.sync.service import SyncService, sync_once
+from gitops.sync.sources import FolderSource
+from tests.conftest import wait_for
+
+GOOD = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: web}}
+  template:
+    metadata:
+      labels: {{app: web}}
+    spec:
+      containers:
+        - name: web
+          image: web:1
+"""
+
+
+def test_a_valid_folder_is_applied_and_a_second_sync_is_a_no_op(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "web.yaml").write_text(GOOD.format(replicas=2))
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    source = FolderSource(tmp_path / "m")
+    record = sync_once(store, source)
+    assert record is not None and record.status == "applied"
+    assert record.summary["created"] == ["Deployment default/web"]
+    assert sync_once(store, source) is None
+
+
+def test_an_invalid_revision_is_rejected_and_the_desired_state_kept(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    web = tmp_path / "m" / "web.yaml"
+    web.write_text(GOOD.format(replicas=2))
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    source = FolderSource(tmp_path / "m")
+    sync_once(store, source)
+    web.write_text(GOOD.format(replicas='"three"'))
+    (tmp_path / "m" / "other.yaml").write_text(
+        GOOD.format(replicas=1).replace("name: web\n", "name: other\n", 1)
+    )
+    record = sync_once(store, source)
+    assert record is not None and record.status == "rejected"
+    assert record.errors[0].startswith("web.yaml:6:13: Deployment default/web: spec.replicas: ")
+    assert [(m.key.name, m.spec["replicas"]) for m in store.desired()] == [("web", 2)]
+
+
+def test_removing_a_file_prunes_its_objects(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "web.yaml").write_text(GOOD.format(replicas=2))
+    (tmp_path / "m" / "other.yaml").write_text(
+        GOOD.format(replicas=1).replace("name: web\n", "name: other\n", 1)
+    )
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    source = FolderSource(tmp_path / "m")
+    sync_once(store, source)
+    (tmp_path / "m" / "other.yaml").unlink()
+    record = sync_once(store, source)
+    assert record is not None and record.summary["deleted"] == ["Deployment default/other"]
+    assert [m.key.name for m in store.desired()] == ["web"]
+
+
+def test_a_watched_folder_syncs_on_change_once_per_burst(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    web = tmp_path / "m" / "web.yaml"
+    web.write_text(GOOD.format(replicas=1))
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    applied: list[float] = []
+    service = SyncService(
+        store,
+        FolderSource(tmp_path / "m"),
+        interval=3600,
+        on_applied=lambda: applied.append(time.time()),
+        debounce=0.3,
+    )
+    service.start()
+    try:
+        wait_for(lambda: len(applied) == 1, timeout=10, what="the initial sync")
+        for n in range(2, 7):
+            web.write_text(GOOD.format(replicas=n))
+            time.sleep(0.02)
+        wait_for(lambda: len(applied) == 2, timeout=10, what="a sync after the burst")
+        time.sleep(1.0)
+        assert len(applied) == 2
+        assert [m.spec["replicas"] for m in store.desired()] == [6]
+    finally:
+        service.stop()

@@ -1,0 +1,73 @@
+"""The `gitops` command: validate reports file:line:col errors and sets the exit status;
+status shows the applied and the rejected revision."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gitops.cli import main
+from gitops.server import ControlPlane
+from gitops.store import Store
+from gitops.sync.sources import FolderSource
+from tests.conftest import free_port, wait_for
+
+GOOD = """\
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: cfg
+data:
+  A: "1"
+"""
+
+
+def test_validate_passes_a_valid_folder_with_exit_status_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "cfg.yaml").write_text(GOOD)
+    assert main(["validate", str(tmp_path)]) == 0
+    assert "1 file(s), 1 object(s): 0 error(s), 0 warning(s)" in capsys.readouterr().err
+
+
+def test_validate_prints_each_error_with_its_position_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "cfg.yaml").write_text(GOOD.replace("name: cfg", "name: Not_Valid"))
+    (tmp_path / "broken.yaml").write_text("kind: [unclosed\n")
+    assert main(["validate", str(tmp_path)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("cfg.yaml:4:9: ConfigMap default/Not_Valid: metadata.name: ") for line in out)
+    assert any(line.startswith("broken.yaml:2:1: ") for line in out)
+
+
+def test_validate_of_a_missing_path_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(tmp_path / "nope")]) == 1
+    assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_status_shows_the_rejected_revision_and_what_still_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "cfg.yaml").write_text(GOOD)
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    plane = ControlPlane(store, [FolderSource(folder)], port=free_port(), poll_interval=0.2)
+    plane.start()
+    try:
+        wait_for(lambda: store.last_revision(plane.sources[0].name), timeout=10, what="the first sync")
+        (folder / "cfg.yaml").write_text(GOOD.replace('A: "1"', "A: [1]"))
+        wait_for(
+            lambda: (r := store.last_revision(plane.sources[0].name)) is not None and r.status == "rejected",
+            timeout=10,
+            what="the rejection",
+        )
+        assert main(["status", "--server", plane.url]) == 0
+        out = capsys.readouterr().out
+        assert "REJECTED: " in out
+        assert "  cfg.yaml:6:6: ConfigMap default/cfg: data.A: " in out
+        assert "still running" in out
+    finally:
+        plane.stop()
