@@ -136,6 +136,6 @@ def wait_for(predicate, timeout: float = 60.0, interval: float = 0.25, what: str
 def _fresh_structlog() -> Iterator[None]:
     """`gitops.cli.main` configures structlog for the process; undo it after each test."""
     yield
-    import structlog  # noqa: PLC0415
+    import structlog
 
     structlog.reset_defaults()

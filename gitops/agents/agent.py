@@ -131,6 +131,8 @@ class Agent:
     _stop: threading.Event = field(default_factory=threading.Event)
     _http: httpx.Client | None = None
     _assigned_cache: dict[PodId, Pod] = field(default_factory=dict)
+    _removing: dict[str, threading.Thread] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # --- control plane --------------------------------------------------------------
 
@@ -191,8 +193,9 @@ class Agent:
             )
             self._proxy.install()
         self._assigned_cache = {p.id: p for p in pods}
-        changed = self.converge(pods, containers)
+        # Endpoints first: traffic leaves a pod before its container is stopped.
         self._proxy.sync(service_rules(services, node))
+        changed = self.converge(pods, containers)
         if changed:
             # Report what we just started without waiting a whole interval.
             self._sync_call(self._statuses(self.runtime.list(node), self._assigned_cache))
@@ -203,6 +206,8 @@ class Agent:
         changed = False
         by_pod: dict[PodId, ContainerInfo] = {}
         for c in sorted(containers, key=lambda c: (c.running, c.started_at)):
+            if c.id in self._removing:
+                continue
             pod = wanted.get(c.pod)
             if (
                 pod is None
@@ -216,12 +221,11 @@ class Agent:
                     container=c.id[:12],
                     reason="pod is no longer assigned to this node" if pod is None else "template differs",
                 )
-                self.runtime.remove(c.id, grace)
-                self._forget_files(c.pod)
+                self._remove(c, grace)
                 changed = True
                 continue
             if c.pod in by_pod:
-                self.runtime.remove(by_pod[c.pod].id, 0)
+                self._remove(by_pod[c.pod], 0)
             by_pod[c.pod] = c
         for pod_id in list(self._restarts):
             if pod_id not in wanted:
@@ -248,6 +252,33 @@ class Agent:
                 self.runtime.restart(container.id)
                 changed = True
         return changed
+
+    def _remove(self, container: ContainerInfo, grace: int) -> None:
+        """Stop and remove in the background: a grace period must not stall the node."""
+
+        def work() -> None:
+            try:
+                self.runtime.remove(container.id, grace)
+                if container.pod not in self._assigned_cache:
+                    self._forget_files(container.pod)
+            except Exception:
+                log.exception("agent.remove_failed", pod=container.pod, container=container.id[:12])
+            finally:
+                with self._lock:
+                    self._removing.pop(container.id, None)
+
+        with self._lock:
+            if container.id in self._removing:
+                return
+            thread = threading.Thread(target=work, name=f"remove-{container.id[:12]}", daemon=True)
+            self._removing[container.id] = thread
+        thread.start()
+
+    def wait_removals(self, timeout: float = 60.0) -> None:
+        with self._lock:
+            threads = list(self._removing.values())
+        for thread in threads:
+            thread.join(timeout)
 
     @staticmethod
     def _should_restart(pod: Pod, container: ContainerInfo) -> bool:

@@ -115,8 +115,14 @@ class DockerRuntime:
         )
 
     def list(self, node: NodeName) -> list[ContainerInfo]:
-        found = self.client.containers.list(all=True, filters={"label": [f"{LABEL_NODE}={node}"]})
-        return [self._info(c) for c in found]
+        summaries = self.client.api.containers(all=True, filters={"label": [f"{LABEL_NODE}={node}"]})
+        found = []
+        for summary in summaries:
+            try:
+                found.append(self._info(self.client.containers.get(summary["Id"])))
+            except docker.errors.NotFound:
+                continue  # removed since the listing (a removal runs in the background)
+        return found
 
     def run(self, node: NodeName, pod: Pod, mounts: Sequence[tuple[str, str]]) -> ContainerInfo:
         spec = pod.spec

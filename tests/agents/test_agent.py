@@ -56,6 +56,7 @@ def test_containers_of_pods_no_longer_assigned_are_removed(tmp_path: Path) -> No
     agent = make_agent(tmp_path, rt)
     agent.converge([pod("a"), pod("b")], [])
     agent.converge([pod("a")], rt.list(NODE))
+    agent.wait_removals()
     assert rt.log[-1] == "remove default/b"
     assert [c.pod for c in rt.list(NODE)] == ["default/a"]
 
@@ -65,7 +66,8 @@ def test_a_container_with_another_template_is_replaced(tmp_path: Path) -> None:
     agent = make_agent(tmp_path, rt)
     agent.converge([pod("a", template="aaa")], [])
     agent.converge([pod("a", template="bbb")], rt.list(NODE))
-    assert rt.log == ["run default/a", "remove default/a", "run default/a"]
+    agent.wait_removals()
+    assert sorted(rt.log) == ["remove default/a", "run default/a", "run default/a"]
 
 
 def test_exited_containers_restart_with_doubling_backoff(tmp_path: Path) -> None:

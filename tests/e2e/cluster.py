@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import docker.errors
 import httpx
 
 from gitops.server import ControlPlane
@@ -56,6 +57,7 @@ def web_manifests(replicas: int = 3, greeting: str = "hello", name: str = "web")
             metadata:
               labels: {{app: {name}}}
             spec:
+              terminationGracePeriodSeconds: 5  # busybox httpd as PID 1 ignores SIGTERM
               containers:
                 - name: httpd
                   image: {IMAGE}
@@ -179,7 +181,11 @@ class Cluster:
     def containers(self) -> dict[str, dict[str, Any]]:
         """Our running containers: pod id -> {id, started, restarts}."""
         found = {}
-        for c in self.docker.containers.list(all=True, filters={"label": f"gitops.node={self.node}"}):
+        for summary in self.docker.api.containers(all=True, filters={"label": f"gitops.node={self.node}"}):
+            try:
+                c = self.docker.containers.get(summary["Id"])
+            except docker.errors.NotFound:
+                continue
             found[c.labels["gitops.pod"]] = {
                 "id": c.id,
                 "status": c.status,

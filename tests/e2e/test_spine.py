@@ -52,7 +52,13 @@ def wait_ready(cluster: Cluster, count: int, greeting: str) -> list[str]:
         envs = [c["env"] for c in cluster.containers().values() if c["status"] == "running"]
         if len(envs) != count or not all(f"GREETING={greeting}" in e for e in envs):
             return None
-        return sorted(p["name"] for p in pods)
+        names = sorted(p["name"] for p in pods)
+        # The agent programs the new endpoints on its next tick: wait until every pod answers.
+        try:
+            seen = {http_get(svc["vip"], 80) for _ in range(4 * count)}
+        except OSError:
+            return None
+        return names if seen == {f"{greeting} from {n}" for n in names} else None
 
     names: list[str] = wait_for(ready, timeout=90, what=f"{count} ready pods saying {greeting!r}")
     return names

@@ -54,10 +54,9 @@ class TwoNodes:
         self.work = self.tmp / "work"
         git(self.tmp, "init", "--bare", "-b", "main", str(remote))
         git(self.tmp, "init", "-b", "main", str(self.work))
-        (self.work / "web.yaml").write_text(web_manifests(replicas=4))
-        git(self.work, "add", "-A")
-        git(self.work, "commit", "-m", "web on two nodes")
-        git(self.work, "push", str(remote), "main")
+        self.remote = remote
+        (self.work / "README.md").write_text("manifests\n")
+        self.commit("empty cluster")
         store = Store(f"sqlite:///{self.tmp / 'gitops.db'}", service_cidr="10.250.1.0/24")
         source = GitSource(str(remote), self.tmp / "cache", branch="main")
         # Listen on the veth's host side: reachable from this host and from the namespace.
@@ -76,6 +75,11 @@ class TwoNodes:
             self.netns.name,
             ["--docker", self.netns.docker_host, "--address", self.netns.address],
         )
+
+    def commit(self, message: str) -> None:
+        git(self.work, "add", "-A")
+        git(self.work, "commit", "-m", message)
+        git(self.work, "push", str(self.remote), "main")
 
     def _agent(self, prefix: list[str], node: str, extra: list[str]) -> None:
         assert self.plane is not None
@@ -140,6 +144,14 @@ def test_pods_spread_over_both_nodes_and_the_vip_reaches_all_of_them_from_each(n
     assert nodes.plane is not None
     import httpx
 
+    def both_nodes_ready() -> bool:
+        found = httpx.get(nodes.plane.url + "/api/v1/nodes").json()  # type: ignore[union-attr]
+        return sorted(n["name"] for n in found if n["ready"]) == sorted([nodes.host_node, nodes.netns.name])
+
+    wait_for(both_nodes_ready, timeout=60, what="both agents to register")
+    (nodes.work / "web.yaml").write_text(web_manifests(replicas=4))
+    nodes.commit("web on two nodes")
+
     def ready() -> list[dict[str, str]] | None:
         pods = httpx.get(nodes.plane.url + "/api/v1/pods").json()  # type: ignore[union-attr]
         services = httpx.get(nodes.plane.url + "/api/v1/services").json()  # type: ignore[union-attr]
@@ -161,7 +173,10 @@ def test_pods_spread_over_both_nodes_and_the_vip_reaches_all_of_them_from_each(n
     vip = httpx.get(nodes.plane.url + "/api/v1/services").json()[0]["vip"]
 
     def seen_from_host() -> bool:
-        seen = {http_get(vip, 80) for _ in range(40)}
+        try:
+            seen = {http_get(vip, 80) for _ in range(40)}
+        except OSError:
+            return False  # the agents program new endpoints on their next tick
         return seen == everyone
 
     wait_for(seen_from_host, timeout=20, what="the host to reach pods on both nodes")
