@@ -150,9 +150,69 @@ def test_a_killed_agent_adopts_its_containers_without_recreating_them(cluster: C
     assert len(cluster.ready_pods()) == 5
 
 
+BROKEN = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      containers:
+        - name: main
+          image: {image}
+          imagePullPolicy: Never
+          command: ["sh", "-c", "exit 3"]
+"""
+
+
+def test_a_missing_image_and_a_crashing_command_show_their_reasons(cluster: Cluster) -> None:
+    cluster.push(
+        {
+            "apps/missing.yaml": BROKEN.format(name="missing", image="gitops-example/absent:9"),
+            "apps/crash.yaml": BROKEN.format(name="crash", image="gitops-example/busybox:1"),
+            # The rejected revision's file, fixed: web itself does not change.
+            "apps/web.yaml": web_manifests(replicas=5, greeting="bonjour"),
+        },
+        "two broken workloads",
+    )
+
+    def reasons() -> dict[str, str] | None:
+        found = {p["owner"]: p["reason"] for p in cluster.api("/api/v1/pods")}
+        missing = found.get("Deployment default/missing", "")
+        crash = found.get("Deployment default/crash", "")
+        if missing.startswith("ErrImageNeverPull") and crash.startswith("CrashLoopBackOff"):
+            return found
+        return None
+
+    found = wait_for(reasons, timeout=60, what="reasons for the broken pods")
+    assert found["Deployment default/missing"] == (
+        f"ErrImageNeverPull: image 'gitops-example/absent:9' is not present on node {cluster.node}"
+    )
+    assert found["Deployment default/crash"].startswith(
+        "CrashLoopBackOff: exited with code 3; restarting in "
+    )
+    assert len(cluster.ready_pods()) == 5
+    web = [p for p in cluster.api("/api/v1/pods") if p["owner"] == "Deployment default/web"]
+    assert all(p["ready"] for p in web) and len(web) == 5
+
+
 def test_deleting_the_manifests_removes_containers_and_chains(cluster: Cluster) -> None:
     assert any("-SVC-" in c for c in cluster.chains())
-    cluster.push({"apps/web.yaml": None, "README.md": "nothing to run\n"}, "remove web")
+    cluster.push(
+        {
+            "apps/web.yaml": None,
+            "apps/missing.yaml": None,
+            "apps/crash.yaml": None,
+            "README.md": "nothing to run\n",
+        },
+        "remove everything",
+    )
     wait_for(lambda: not cluster.containers(), timeout=60, what="containers removed")
     wait_for(
         lambda: not any("-SVC-" in c for c in cluster.chains()), timeout=30, what="service chains removed"
