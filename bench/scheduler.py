@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gitops.model import Node, NodeName, ObjectKey, Pod, PodName, PodSpec, Taint, Toleration  # noqa: E402
-from gitops.scheduler import place  # noqa: E402
-from tests.scheduler.reference import reference_place  # noqa: E402
+from gitops.model import Node, NodeName, ObjectKey, Pod, PodName, PodSpec, Taint, Toleration
+from gitops.scheduler import place
+from tests.scheduler.reference import reference_place
 
 GiB = 2**30
 
