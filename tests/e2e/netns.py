@@ -89,14 +89,20 @@ class NetnsNode:
     def stop(self) -> None:
         pidfile = self.root / "docker.pid"
         if pidfile.exists():
+            env = {**os.environ, "DOCKER_HOST": self.docker_host}
+            ids = subprocess.run(["docker", "ps", "-aq"], env=env, capture_output=True, text=True, check=False)
+            if ids.stdout.split():
+                subprocess.run(["docker", "rm", "-f", *ids.stdout.split()], env=env, capture_output=True, check=False)
             try:
                 pid = int(pidfile.read_text())
                 os.kill(pid, signal.SIGTERM)
-                for _ in range(100):
+                for _ in range(300):
                     os.kill(pid, 0)
                     time.sleep(0.1)
             except (ValueError, ProcessLookupError):
                 pass
+        # dockerd leaves its data root mounted on itself.
+        subprocess.run(["umount", "-l", str(self.root / "data")], capture_output=True, check=False)
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True, check=False)
         subprocess.run(["ip", "link", "del", f"gov{self.index}h"], capture_output=True, check=False)
         shutil.rmtree(self.root, ignore_errors=True)
