@@ -315,7 +315,8 @@ class Agent:
     # --- files ----------------------------------------------------------------------
 
     def _pod_dir(self, pod_id: PodId) -> Path:
-        return self.config.state_dir / "pods" / pod_id.replace("/", "_")
+        # Absolute: Docker reads a relative bind-mount source as a volume name.
+        return self.config.state_dir.resolve() / "pods" / pod_id.replace("/", "_")
 
     def _write_files(self, pod: Pod) -> list[tuple[str, str]]:
         if not pod.spec.files:

@@ -6,6 +6,8 @@ import dataclasses
 import itertools
 from pathlib import Path
 
+import pytest
+
 from gitops.agents.agent import Agent, AgentConfig, service_rules
 from gitops.model import (
     Endpoint,
@@ -116,13 +118,15 @@ def test_a_missing_image_is_reported_with_a_clear_reason_and_retried_later(tmp_p
     assert status.reason == "ErrImagePull: pull of 'nowhere:2' failed: no registry reachable"
 
 
-def test_files_are_written_and_mounted_read_only(tmp_path: Path) -> None:
+def test_files_are_written_and_mounted_read_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
     rt = MemoryRuntime()
-    agent = make_agent(tmp_path, rt)
+    agent = make_agent(Path("relative-state"), rt)
     p = pod("a", files=(MountedFile("/etc/app/conf", b"x=1", 0o600),))
     agent.converge([p], [])
     ((host, inside),) = rt.mounts[PodId("default/a")]
     assert inside == "/etc/app/conf"
+    assert Path(host).is_absolute()
     assert Path(host).read_bytes() == b"x=1"
     assert Path(host).stat().st_mode & 0o777 == 0o600
 
