@@ -1,0 +1,43 @@
+"""A controller pass plans, places and records; a second pass changes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gitops.controller import reconcile_once
+from gitops.model import Node, NodeName, Revision
+from gitops.store import Store
+from tests.planner.factories import deployment
+
+MiB = 2**20
+
+
+def test_a_pass_binds_what_fits_and_records_why_the_rest_waits(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store.register_node(Node(NodeName("n1"), "192.0.2.10", cpu_milli=1000, memory_bytes=512 * MiB), "t", now=100.0)
+    dep = deployment(replicas=3, resources={"requests": {"cpu": "400m", "memory": "64Mi"}})
+    store.apply_revision(Revision("git:x", "a" * 40), [dep], [], now=100.0)
+    first = reconcile_once(store, now=101.0)
+    assert (len(first.plan.create), first.bound, first.unschedulable) == (3, 2, 1)
+    pods = store.pods()
+    assert sorted(p.node or "-" for p in pods) == ["-", "n1", "n1"]
+    assert [p.reason for p in pods if p.node is None] == ["0/1 nodes: 1 insufficient cpu"]
+    recorded = store.events()
+    events = {(e.reason, e.message) for e in recorded}
+    assert ("Created", "Deployment default/web wants 3 replicas") in events
+    assert ("Unschedulable", "0/1 nodes: 1 insufficient cpu") in events
+
+    second = reconcile_once(store, now=102.0)
+    assert second.plan.empty and second.bound == 0
+    assert store.pods() == pods
+    assert store.events() == recorded
+
+
+def test_pods_wait_for_a_node_and_are_placed_when_one_registers(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store.apply_revision(Revision("git:x", "a" * 40), [deployment(replicas=2)], [], now=100.0)
+    reconcile_once(store, now=101.0)
+    assert {p.reason for p in store.pods()} == {"0/0 nodes: no nodes registered"}
+    store.register_node(Node(NodeName("n1"), "192.0.2.10", 4000, 2**30), "t", now=102.0)
+    assert reconcile_once(store, now=103.0).bound == 2
+    assert {p.node for p in store.pods()} == {"n1"}
