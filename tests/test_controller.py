@@ -14,7 +14,9 @@ MiB = 2**20
 
 def test_a_pass_binds_what_fits_and_records_why_the_rest_waits(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 's.db'}")
-    store.register_node(Node(NodeName("n1"), "192.0.2.10", cpu_milli=1000, memory_bytes=512 * MiB), "t", now=100.0)
+    store.register_node(
+        Node(NodeName("n1"), "192.0.2.10", cpu_milli=1000, memory_bytes=512 * MiB), "t", now=100.0
+    )
     dep = deployment(replicas=3, resources={"requests": {"cpu": "400m", "memory": "64Mi"}})
     store.apply_revision(Revision("git:x", "a" * 40), [dep], [], now=100.0)
     first = reconcile_once(store, now=101.0)

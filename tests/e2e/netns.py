@@ -90,9 +90,13 @@ class NetnsNode:
         pidfile = self.root / "docker.pid"
         if pidfile.exists():
             env = {**os.environ, "DOCKER_HOST": self.docker_host}
-            ids = subprocess.run(["docker", "ps", "-aq"], env=env, capture_output=True, text=True, check=False)
+            ids = subprocess.run(
+                ["docker", "ps", "-aq"], env=env, capture_output=True, text=True, check=False
+            )
             if ids.stdout.split():
-                subprocess.run(["docker", "rm", "-f", *ids.stdout.split()], env=env, capture_output=True, check=False)
+                subprocess.run(
+                    ["docker", "rm", "-f", *ids.stdout.split()], env=env, capture_output=True, check=False
+                )
             try:
                 pid = int(pidfile.read_text())
                 os.kill(pid, signal.SIGTERM)
