@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from gitops.model import Manifest, ObjectKey, Pod, PodName
 from gitops.planner.podspec import Template, describe_change, resolve_template
+from gitops.planner.rollout import rolling_step, strategy_of
 
 _ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # Kubernetes' safe alphabet: no vowels, no 0/1/3
 
@@ -63,37 +64,19 @@ def _stop_order(pod: Pod) -> tuple[int, int, float, str]:
     return (pod.node is not None, pod.ready, -pod.created_at, pod.name)
 
 
-def _plan_deployment(deployment: Manifest, template: Template, owned: Sequence[Pod], now: float) -> Plan:
-    replicas = int(deployment.spec.get("replicas", 1))
-    current = [p for p in owned if p.template_hash == template.hash]
-    outdated = [p for p in owned if p.template_hash != template.hash]
-    stop: list[Action] = []
-    create: list[Action] = []
-    for pod in sorted(outdated, key=lambda p: p.name):
-        stop.append(
-            Action(pod, "template changed: " + describe_change(pod.spec, template.spec, template.uses))
-        )
-    keep = sorted(current, key=_stop_order, reverse=True)
-    if len(keep) > replicas:
-        for pod in keep[replicas:]:
-            stop.append(Action(pod, f"scale down: {len(current)} -> {replicas} replicas"))
-        keep = keep[:replicas]
-    missing = replicas - len(keep)
-    if missing > 0:
-        used = {p.name for p in owned}
-        if outdated:
-            why = f"template changed: new template {template.hash} needs {replicas} replicas"
-        elif current:
-            why = f"scale up: {len(current)} -> {replicas} replicas"
-        else:
-            why = f"{deployment.key} wants {replicas} replicas"
-        slot = 0
-        while missing:
-            name = pod_name(deployment.key.name, template.hash, slot)
-            slot += 1
-            if name in used:
-                continue
-            pod = Pod(
+def _new_pods(
+    deployment: Manifest, template: Template, owned: Sequence[Pod], count: int, now: float
+) -> list[Pod]:
+    used = {p.name for p in owned}
+    pods: list[Pod] = []
+    slot = 0
+    while len(pods) < count:
+        name = pod_name(deployment.key.name, template.hash, slot)
+        slot += 1
+        if name in used:
+            continue
+        pods.append(
+            Pod(
                 namespace=deployment.key.namespace,
                 name=name,
                 owner=deployment.key,
@@ -103,9 +86,60 @@ def _plan_deployment(deployment: Manifest, template: Template, owned: Sequence[P
                 reason="waiting to be scheduled",
                 created_at=now,
             )
-            create.append(Action(pod, why))
-            missing -= 1
-    return Plan(create=tuple(create), stop=tuple(stop), keep=tuple(sorted(keep, key=lambda p: p.name)))
+        )
+    return pods
+
+
+def _plan_deployment(deployment: Manifest, template: Template, owned: Sequence[Pod], now: float) -> Plan:
+    replicas = int(deployment.spec.get("replicas", 1))
+    strategy = strategy_of(deployment.spec, replicas)
+    current = sorted((p for p in owned if p.template_hash == template.hash), key=_stop_order, reverse=True)
+    outdated = sorted((p for p in owned if p.template_hash != template.hash), key=_stop_order)
+    stop: list[Action] = []
+    create: list[Action] = []
+    keep = current[:replicas]
+    for pod in current[replicas:]:
+        stop.append(Action(pod, f"scale down: {len(current)} -> {replicas} replicas"))
+
+    if not outdated:
+        missing = replicas - len(keep)
+        if current:
+            why = f"scale up: {len(current)} -> {replicas} replicas"
+        else:
+            why = f"{deployment.key} wants {replicas} replicas"
+        create = [Action(p, why) for p in _new_pods(deployment, template, owned, missing, now)]
+        return Plan(tuple(create), tuple(stop), tuple(sorted(keep, key=lambda p: p.name)))
+
+    change = describe_change(outdated[0].spec, template.spec, template.uses)
+    if strategy.type == "Recreate":
+        # Every old pod goes first; the new ones come once none is left.
+        for pod in outdated:
+            stop.append(Action(pod, f"template changed: {change} (Recreate: old pods stop first)"))
+        return Plan((), tuple(stop), tuple(sorted(keep, key=lambda p: p.name)))
+
+    old_unready = [p for p in outdated if not p.ready]
+    old_ready = [p for p in outdated if p.ready]
+    step = rolling_step(
+        strategy,
+        replicas,
+        new_total=len(keep),
+        new_ready=sum(1 for p in keep if p.ready),
+        old_unready=len(old_unready),
+        old_ready=len(old_ready),
+    )
+    how = strategy.describe()
+    create = [
+        Action(p, f"template changed: {change} ({how}: new pod)")
+        for p in _new_pods(deployment, template, owned, step.create, now)
+    ]
+    for pod in old_unready[: step.stop_unready_old]:
+        stop.append(Action(pod, f"template changed: {change} ({how}: old pod not ready)"))
+    # Oldest ready pods first among those the budget allows.
+    for pod in sorted(old_ready, key=lambda p: (p.created_at, p.name))[: step.stop_ready_old]:
+        stop.append(Action(pod, f"template changed: {change} ({how}: old pod replaced)"))
+    stopped = {a.pod.id for a in stop}
+    kept = keep + [p for p in outdated if p.id not in stopped]
+    return Plan(tuple(create), tuple(stop), tuple(sorted(kept, key=lambda p: p.name)))
 
 
 def plan(desired: Sequence[Manifest], pods: Sequence[Pod], *, now: float = 0.0) -> Plan:

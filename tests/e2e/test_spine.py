@@ -96,7 +96,11 @@ def test_an_env_change_replaces_every_pod(cluster: Cluster) -> None:
     seen = responders(cluster.service()["vip"], 40)  # type: ignore[index]
     assert set(seen) <= {f"bonjour from {n}" for n in names}
     stops = [e for e in cluster.api("/api/v1/events?limit=200") if e["reason"] == "Stopped"]
-    assert any(e["message"] == "template changed: env GREETING changed" for e in stops)
+    assert any(
+        e["message"]
+        == "template changed: env GREETING changed (rolling update, surge 2, unavailable 1: old pod replaced)"
+        for e in stops
+    )
 
 
 def test_an_invalid_push_is_rejected_with_its_error_and_nothing_changes(cluster: Cluster) -> None:

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 
-from gitops.model import NodeName, Pod
+from gitops.model import Manifest, NodeName, Pod
 from gitops.planner import plan, resolve_template
 from gitops.planner.plan import configs_of
 from tests.planner.factories import configmap, deployment, secret
+
+
+def _with_spec(dep: Manifest, extra: dict[str, object]) -> Manifest:
+    body = {**dep.body, "spec": {**dep.body["spec"], **extra}}
+    return dataclasses.replace(dep, body=body)
 
 
 def materialise(result_pods: list[Pod], node: str = "n1") -> list[Pod]:
@@ -56,19 +61,34 @@ def test_scale_down_stops_unready_pods_first() -> None:
     assert result.stop[0].reason == "scale down: 3 -> 2 replicas"
 
 
-def test_a_template_change_replaces_every_pod_and_says_what_changed() -> None:
+def test_recreate_stops_every_old_pod_first_and_then_creates_the_new_ones() -> None:
+    recreate = {"strategy": {"type": "Recreate"}}
+    pods = materialise([a.pod for a in plan([deployment(image="web:1", **{})], []).create])
+    desired = [_with_spec(deployment(image="web:2"), recreate)]
+    first = plan(desired, pods)
+    assert (len(first.stop), len(first.create)) == (3, 0)
+    assert (
+        first.stop[0].reason
+        == "template changed: image changed: web:1 -> web:2 (Recreate: old pods stop first)"
+    )
+    second = plan(desired, [])
+    assert len(second.create) == 3
+
+
+def test_a_rolling_update_surges_by_one_for_three_replicas_by_default() -> None:
     pods = materialise([a.pod for a in plan([deployment(image="web:1")], []).create])
     result = plan([deployment(image="web:2")], pods)
-    assert len(result.stop) == 3
-    assert len(result.create) == 3
-    assert result.stop[0].reason == "template changed: image changed: web:1 -> web:2"
+    assert (len(result.create), len(result.stop)) == (1, 0)
+    assert result.create[0].reason == (
+        "template changed: image changed: web:1 -> web:2 (rolling update, surge 1, unavailable 0: new pod)"
+    )
 
 
 def test_an_env_change_names_the_variable_but_not_its_value() -> None:
     pods = materialise([a.pod for a in plan([deployment(env=[{"name": "MODE", "value": "a"}])], []).create])
     result = plan([deployment(env=[{"name": "MODE", "value": "secret-b"}])], pods)
-    assert result.stop[0].reason == "template changed: env MODE changed"
-    assert "secret-b" not in result.stop[0].reason
+    assert result.create[0].reason.startswith("template changed: env MODE changed (rolling update")
+    assert "secret-b" not in result.create[0].reason
 
 
 def test_a_removed_deployment_stops_its_pods() -> None:
@@ -115,8 +135,10 @@ def test_a_configmap_change_replaces_the_pods_that_use_it() -> None:
     pods = materialise([a.pod for a in plan(before, []).create])
     after = [configmap("cfg", GREETING="hello"), deployment(env=env)]
     result = plan(after, pods)
-    assert len(result.stop) == 3
-    assert result.stop[0].reason == "template changed: env GREETING changed (uses ConfigMap default/cfg)"
+    assert len(result.create) == 1
+    assert result.create[0].reason.startswith(
+        "template changed: env GREETING changed (uses ConfigMap default/cfg) (rolling update"
+    )
 
 
 def test_an_unrelated_configmap_change_replaces_nothing() -> None:
