@@ -163,6 +163,31 @@ class Taint:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """A resolved container probe (Kubernetes' fields and defaults; ports are numbers)."""
+
+    handler: Literal["exec", "httpGet", "tcpSocket"]
+    command: tuple[str, ...] = ()
+    port: int = 0
+    path: str = "/"
+    host: str = ""
+    scheme: str = "HTTP"
+    headers: tuple[tuple[str, str], ...] = ()
+    initial_delay_seconds: int = 0
+    period_seconds: int = 10
+    timeout_seconds: int = 1
+    success_threshold: int = 1
+    failure_threshold: int = 3
+
+    def describe(self) -> str:
+        if self.handler == "exec":
+            return "exec " + " ".join(self.command)
+        if self.handler == "httpGet":
+            return f"{self.scheme.lower()}-get :{self.port}{self.path}"
+        return f"tcp-socket :{self.port}"
+
+
+@dataclass(frozen=True)
 class PodSpec:
     """What a node needs to run a pod: one container, fully resolved (no references)."""
 
@@ -183,6 +208,9 @@ class PodSpec:
     tolerations: tuple[Toleration, ...] = ()
     termination_grace_period_seconds: int = 30
     container_name: str = "main"
+    readiness_probe: Probe | None = None
+    liveness_probe: Probe | None = None
+    startup_probe: Probe | None = None
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ import httpx
 import structlog
 
 from gitops.agents.iptables import IptablesProxy, ServiceRule
+from gitops.agents.probes import Prober, Verdict, real_handler
 from gitops.agents.runtime import ContainerInfo, ImageMissing, Runtime, RuntimeFailure
 from gitops.codec import decode_as, encode
 from gitops.model import NodeName, Phase, Pod, PodId, PodStatus, ServiceEndpoints, Taint
@@ -131,6 +132,8 @@ class Agent:
     _stop: threading.Event = field(default_factory=threading.Event)
     _http: httpx.Client | None = None
     _assigned_cache: dict[PodId, Pod] = field(default_factory=dict)
+    prober: Prober | None = None
+    _verdicts: dict[PodId, Verdict] = field(default_factory=dict)
     _removing: dict[str, threading.Thread] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -196,6 +199,7 @@ class Agent:
         # Endpoints first: traffic leaves a pod before its container is stopped.
         self._proxy.sync(service_rules(services, node))
         changed = self.converge(pods, containers)
+        changed |= self.probe(pods, containers)
         if changed:
             # Report what we just started without waiting a whole interval.
             self._sync_call(self._statuses(self.runtime.list(node), self._assigned_cache))
@@ -252,6 +256,34 @@ class Agent:
                 self.runtime.restart(container.id)
                 changed = True
         return changed
+
+    def probe(self, pods: Sequence[Pod], containers: Sequence[ContainerInfo]) -> bool:
+        """Run due probes; restart containers whose liveness or startup probe gave up."""
+        if self.prober is None:
+            self.prober = Prober(real_handler(self.runtime), self.clock)
+        running = {c.pod: c for c in containers if c.running and c.id not in self._removing}
+        targets = []
+        for pod in pods:
+            c = running.get(pod.id)
+            spec = pod.spec
+            if c is None or c.template_hash != pod.template_hash:
+                continue
+            if spec.startup_probe or spec.liveness_probe or spec.readiness_probe:
+                targets.append((pod.id, c, spec.startup_probe, spec.liveness_probe, spec.readiness_probe))
+        self._verdicts = self.prober.check(targets)
+        self.prober.forget({t[0] for t in targets})
+        restarted = False
+        by_id = {p.id: p for p in pods}
+        for pod_id, verdict in self._verdicts.items():
+            if not verdict.restart:
+                continue
+            state = self._restarts.setdefault(pod_id, _Restarts())
+            state.count += 1
+            state.last_error = verdict.reason
+            log.info("agent.probe_restart", pod=pod_id, reason=verdict.reason, restarts=state.count)
+            self.runtime.restart(running[pod_id].id, by_id[pod_id].spec.termination_grace_period_seconds)
+            restarted = True
+        return restarted
 
     def _remove(self, container: ContainerInfo, grace: int) -> None:
         """Stop and remove in the background: a grace period must not stall the node."""
@@ -346,8 +378,9 @@ class Agent:
                 continue
             state = self._restarts.get(c.pod, _Restarts())
             if c.running:
+                ready, reason = self._readiness(pod)
                 status = PodStatus(
-                    c.pod, "Running", True, "", c.pod_ip, c.host_ports, state.count, None, c.id
+                    c.pod, "Running", ready, reason, c.pod_ip, c.host_ports, state.count, None, c.id
                 )
             elif pod is not None and self._should_restart(pod, c):
                 wait = max(0.0, state.next_attempt - now)
@@ -367,6 +400,18 @@ class Agent:
                     pod_id, "Pending", False, state.last_error or "starting container", restarts=state.count
                 )
         return list(result.values())
+
+    def _readiness(self, pod: Pod | None) -> tuple[bool, str]:
+        if pod is None:
+            return True, ""
+        spec = pod.spec
+        if not (spec.startup_probe or spec.liveness_probe or spec.readiness_probe):
+            return True, ""
+        verdict = self._verdicts.get(pod.id)
+        if verdict is None:
+            probed = spec.startup_probe or spec.readiness_probe
+            return (False, "waiting for the first probe") if probed else (True, "")
+        return verdict.ready, verdict.reason
 
     # --- loop -----------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ container without our labels is ever touched.
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,7 +54,9 @@ class Runtime(Protocol):
 
     def run(self, node: NodeName, pod: Pod, mounts: Sequence[tuple[str, str]]) -> ContainerInfo: ...
 
-    def restart(self, container_id: str) -> ContainerInfo: ...
+    def restart(self, container_id: str, grace_seconds: int = 0) -> ContainerInfo: ...
+
+    def exec(self, container_id: str, command: Sequence[str], timeout: float) -> tuple[int, str]: ...
 
     def remove(self, container_id: str, grace_seconds: int) -> None: ...
 
@@ -79,6 +82,7 @@ class DockerRuntime:
     """Runs pods as Docker containers on one engine."""
 
     def __init__(self, base_url: str | None = None, *, timeout: int = 120) -> None:
+        self._exec_pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="exec")
         self.client = (
             docker.DockerClient(base_url=base_url, timeout=timeout)
             if base_url
@@ -168,10 +172,15 @@ class DockerRuntime:
         container.reload()
         return self._info(container)
 
-    def restart(self, container_id: str) -> ContainerInfo:
+    def restart(self, container_id: str, grace_seconds: int = 0) -> ContainerInfo:
+        """Start an exited container; stop (SIGTERM, then SIGKILL after the grace) and
+        start a running one."""
         container = self.client.containers.get(container_id)
         try:
-            container.start()
+            if container.status == "running":
+                container.restart(timeout=grace_seconds)
+            else:
+                container.start()
         except docker.errors.APIError as exc:
             log.warning(
                 "runtime.restart_failed", container=container_id[:12], error=str(exc.explanation or exc)
@@ -190,6 +199,25 @@ class DockerRuntime:
             container.remove(force=True)
         except docker.errors.NotFound:
             return
+
+    def exec(self, container_id: str, command: Sequence[str], timeout: float) -> tuple[int, str]:
+        """Run `command` in the container; (exit code, output). A command still running
+        after `timeout` counts as failed (exit code -1); Docker offers no way to stop it."""
+
+        def run() -> tuple[int, str]:
+            exec_id = self.client.api.exec_create(container_id, list(command))["Id"]
+            output: bytes = self.client.api.exec_start(exec_id)
+            code = self.client.api.exec_inspect(exec_id).get("ExitCode")
+            return (code if code is not None else -1), output.decode(errors="replace")
+
+        future = self._exec_pool.submit(run)
+        try:
+            result: tuple[int, str] = future.result(timeout=timeout)
+            return result
+        except concurrent.futures.TimeoutError:
+            return -1, f"timed out after {timeout:g}s"
+        except docker.errors.APIError as exc:
+            return -1, str(exc.explanation or exc)
 
     def pull(self, image: str) -> None:
         try:

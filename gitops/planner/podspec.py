@@ -26,6 +26,7 @@ from gitops.model import (
     MountedFile,
     ObjectKey,
     PodSpec,
+    Probe,
     Toleration,
     content_hash,
 )
@@ -161,6 +162,44 @@ def _tolerations(pod: Mapping[str, Any]) -> tuple[Toleration, ...]:
     return tuple(result)
 
 
+def _probe(raw: Mapping[str, Any] | None, ports: Sequence[ContainerPort]) -> Probe | None:
+    if not raw:
+        return None
+
+    def port_of(value: Any) -> int:
+        if isinstance(value, int) or str(value).isdigit():
+            return int(value)
+        return next((p.container_port for p in ports if p.name == value), 0)
+
+    base = Probe(
+        "exec",
+        initial_delay_seconds=int(raw.get("initialDelaySeconds", 0)),
+        period_seconds=int(raw.get("periodSeconds", 10)),
+        timeout_seconds=int(raw.get("timeoutSeconds", 1)),
+        success_threshold=int(raw.get("successThreshold", 1)),
+        failure_threshold=int(raw.get("failureThreshold", 3)),
+    )
+    if "exec" in raw:
+        return dataclasses.replace(base, command=tuple(str(c) for c in raw["exec"]["command"]))
+    if "httpGet" in raw:
+        http = raw["httpGet"]
+        return dataclasses.replace(
+            base,
+            handler="httpGet",
+            port=port_of(http["port"]),
+            path=str(http.get("path", "/")),
+            host=str(http.get("host", "")),
+            scheme=str(http.get("scheme", "HTTP")),
+            headers=tuple((str(h["name"]), str(h["value"])) for h in http.get("httpHeaders") or ()),
+        )
+    if "tcpSocket" in raw:
+        tcp = raw["tcpSocket"]
+        return dataclasses.replace(
+            base, handler="tcpSocket", port=port_of(tcp["port"]), host=str(tcp.get("host", ""))
+        )
+    return None
+
+
 def _quantity(resources: Mapping[str, Any], section: str, name: str) -> str | int | None:
     values = resources.get(section) or {}
     value: str | int | None = values.get(name)
@@ -188,19 +227,20 @@ def resolve_template(deployment: Manifest, configs: Configs) -> Template:
         if image.endswith(":latest") or ":" not in image.rsplit("/", maxsplit=1)[-1]
         else ("IfNotPresent")
     )
+    ports = tuple(
+        ContainerPort(
+            container_port=int(p["containerPort"]),
+            protocol=str(p.get("protocol", "TCP")),
+            name=str(p.get("name", "")),
+        )
+        for p in container.get("ports") or ()
+    )
     spec = PodSpec(
         image=image,
         command=tuple(str(c) for c in container.get("command") or ()),
         args=tuple(str(a) for a in container.get("args") or ()),
         env=_env(container, namespace, configs, uses),
-        ports=tuple(
-            ContainerPort(
-                container_port=int(p["containerPort"]),
-                protocol=str(p.get("protocol", "TCP")),
-                name=str(p.get("name", "")),
-            )
-            for p in container.get("ports") or ()
-        ),
+        ports=ports,
         files=_files(pod, container, namespace, configs, uses),
         working_dir=str(container.get("workingDir", "")),
         image_pull_policy=container.get("imagePullPolicy", default_policy),
@@ -213,6 +253,9 @@ def resolve_template(deployment: Manifest, configs: Configs) -> Template:
         tolerations=_tolerations(pod),
         termination_grace_period_seconds=int(pod.get("terminationGracePeriodSeconds", 30)),
         container_name=str(container.get("name", "main")),
+        readiness_probe=_probe(container.get("readinessProbe"), ports),
+        liveness_probe=_probe(container.get("livenessProbe"), ports),
+        startup_probe=_probe(container.get("startupProbe"), ports),
     )
     labels = tuple(
         sorted((str(k), str(v)) for k, v in ((template.get("metadata") or {}).get("labels") or {}).items())

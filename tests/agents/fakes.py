@@ -17,6 +17,7 @@ class MemoryRuntime:
     now: float = 1000.0
     log: list[str] = field(default_factory=list)
     mounts: dict[PodId, list[tuple[str, str]]] = field(default_factory=dict)
+    exec_results: dict[tuple[str, ...], tuple[int, str]] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def list(self, node: NodeName) -> list[ContainerInfo]:
@@ -32,7 +33,10 @@ class MemoryRuntime:
         self.log.append(f"run {pod.id}")
         return info
 
-    def restart(self, container_id: str) -> ContainerInfo:
+    def exec(self, container_id: str, command: Sequence[str], timeout: float) -> tuple[int, str]:
+        return self.exec_results.get(tuple(command), (0, ""))
+
+    def restart(self, container_id: str, grace_seconds: int = 0) -> ContainerInfo:
         node, info = self.containers[container_id]
         info = replace(info, running=True, exit_code=None, started_at=self.now)
         self.containers[container_id] = (node, info)

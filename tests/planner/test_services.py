@@ -35,7 +35,7 @@ def test_ready_pods_matching_the_selector_are_endpoints() -> None:
     (svc,) = all_endpoints(desired, {ObjectKey("Service", "default", "web"): "10.243.0.5"}, pods, NODES)
     (port, endpoints) = svc.endpoints[0]
     assert port.port == 80
-    assert [(e.pod_ip, e.container_port, e.node_address, e.host_port) for e in endpoints] == [
+    assert sorted((e.pod_ip, e.container_port, e.node_address, e.host_port) for e in endpoints) == [
         ("172.17.0.2", 8080, "192.0.2.10", 30000),
         ("172.17.0.3", 8080, "192.0.2.10", 30001),
     ]

@@ -1,0 +1,169 @@
+"""Container probes: startup, liveness and readiness, with Kubernetes' semantics.
+
+Per running container the `Prober` keeps counters and decides, each time it is asked:
+
+- while a startup probe has not succeeded, only it runs; `failureThreshold` failures in a
+  row restart the container;
+- then liveness: `failureThreshold` failures in a row restart the container;
+- readiness: a container is ready after `successThreshold` successes in a row and unready
+  after `failureThreshold` failures in a row; it starts unready. Without a readiness probe
+  a running container is ready (once its startup probe, if any, has passed).
+
+A probe runs when `initialDelaySeconds` have passed since the container started and
+`periodSeconds` since it last ran. The handlers (exec in the container, HTTP GET or a TCP
+connect to the pod's address) are behind `ProbeHandler`, so the decisions are tested with
+a fake clock and fake results.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import httpx
+
+from gitops.agents.runtime import ContainerInfo, Runtime
+from gitops.model import PodId, Probe
+
+Kind = Literal["startup", "liveness", "readiness"]
+
+
+class ProbeHandler(Protocol):
+    def __call__(self, container: ContainerInfo, probe: Probe) -> tuple[bool, str]: ...
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ready: bool
+    restart: bool = False
+    reason: str = ""
+
+
+@dataclass
+class _State:
+    started_at: float
+    startup_done: bool
+    ready: bool = False
+    successes: dict[Kind, int] = field(default_factory=dict)
+    failures: dict[Kind, int] = field(default_factory=dict)
+    last_run: dict[Kind, float] = field(default_factory=dict)
+    message: str = ""
+
+
+def real_handler(runtime: Runtime) -> ProbeHandler:
+    """Probes for real: exec through the runtime, HTTP and TCP to the pod's address."""
+
+    def handle(container: ContainerInfo, probe: Probe) -> tuple[bool, str]:
+        if probe.handler == "exec":
+            code, output = runtime.exec(container.id, probe.command, probe.timeout_seconds)
+            tail = output.strip().splitlines()[-1:] if output.strip() else []
+            return code == 0, f"exit code {code}" + (f": {tail[0][:200]}" if tail else "")
+        host = probe.host or container.pod_ip
+        if probe.handler == "httpGet":
+            url = f"{probe.scheme.lower()}://{host}:{probe.port}{probe.path}"
+            try:
+                response = httpx.get(
+                    url,
+                    timeout=probe.timeout_seconds,
+                    headers=dict(probe.headers),
+                    verify=False,  # noqa: S501 - Kubernetes skips verification for HTTPS probes too
+                    trust_env=False,
+                )
+            except httpx.HTTPError as exc:
+                return False, f"GET {url}: {exc or type(exc).__name__}"
+            return 200 <= response.status_code < 400, f"GET {url}: HTTP {response.status_code}"
+        try:
+            with socket.create_connection((host, probe.port), timeout=probe.timeout_seconds):
+                return True, f"connected to {host}:{probe.port}"
+        except OSError as exc:
+            return False, f"connect to {host}:{probe.port}: {exc.strerror or exc}"
+
+    return handle
+
+
+@dataclass
+class Prober:
+    handler: ProbeHandler
+    clock: Callable[[], float]
+    workers: int = 8
+    _states: dict[PodId, _State] = field(default_factory=dict)
+
+    def _state(self, pod: PodId, container: ContainerInfo, has_startup: bool) -> _State:
+        state = self._states.get(pod)
+        if state is None or state.started_at != container.started_at:
+            state = _State(started_at=container.started_at, startup_done=not has_startup)
+            self._states[pod] = state
+        return state
+
+    def forget(self, keep: set[PodId]) -> None:
+        for pod in list(self._states):
+            if pod not in keep:
+                del self._states[pod]
+
+    def _due(self, state: _State, kind: Kind, probe: Probe, now: float) -> bool:
+        if now < state.started_at + probe.initial_delay_seconds:
+            return False
+        last = state.last_run.get(kind)
+        return last is None or now >= last + probe.period_seconds
+
+    def check(
+        self, targets: Sequence[tuple[PodId, ContainerInfo, Probe | None, Probe | None, Probe | None]]
+    ) -> dict[PodId, Verdict]:
+        """Run the due probes of running containers; `targets` hold (pod, container,
+        startup, liveness, readiness). Returns a verdict for every target."""
+        now = self.clock()
+        jobs: list[tuple[PodId, Kind, ContainerInfo, Probe]] = []
+        for pod, container, startup, liveness, readiness in targets:
+            state = self._state(pod, container, startup is not None)
+            if not state.startup_done:
+                if startup is not None and self._due(state, "startup", startup, now):
+                    jobs.append((pod, "startup", container, startup))
+                continue
+            if liveness is not None and self._due(state, "liveness", liveness, now):
+                jobs.append((pod, "liveness", container, liveness))
+            if readiness is not None and self._due(state, "readiness", readiness, now):
+                jobs.append((pod, "readiness", container, readiness))
+        results: list[tuple[bool, str]] = []
+        if jobs:
+            with ThreadPoolExecutor(max_workers=min(self.workers, len(jobs))) as pool:
+                results = list(pool.map(lambda job: self.handler(job[2], job[3]), jobs))
+        verdicts: dict[PodId, Verdict] = {}
+        restart: dict[PodId, str] = {}
+        for (pod, kind, _, probe), (ok, message) in zip(jobs, results, strict=True):
+            state = self._states[pod]
+            state.last_run[kind] = now
+            if ok:
+                state.successes[kind] = state.successes.get(kind, 0) + 1
+                state.failures[kind] = 0
+            else:
+                state.failures[kind] = state.failures.get(kind, 0) + 1
+                state.successes[kind] = 0
+                state.message = f"{kind.capitalize()} probe failed ({probe.describe()}): {message}"
+            if kind == "startup":
+                if ok:
+                    state.startup_done = True
+                elif state.failures[kind] >= probe.failure_threshold:
+                    restart[pod] = state.message
+            elif kind == "liveness":
+                if not ok and state.failures[kind] >= probe.failure_threshold:
+                    restart[pod] = state.message
+            elif ok and state.successes[kind] >= probe.success_threshold:
+                state.ready = True
+                state.message = ""
+            elif not ok and state.failures[kind] >= probe.failure_threshold:
+                state.ready = False
+        for pod, _, _, _, readiness in targets:
+            state = self._states[pod]
+            if pod in restart:
+                verdicts[pod] = Verdict(ready=False, restart=True, reason=restart[pod] + "; restarting")
+            elif not state.startup_done:
+                verdicts[pod] = Verdict(ready=False, reason=state.message or "waiting for the startup probe")
+            elif readiness is None:
+                verdicts[pod] = Verdict(ready=True)
+            else:
+                waiting = "" if state.ready else (state.message or "waiting for the readiness probe")
+                verdicts[pod] = Verdict(ready=state.ready, reason=waiting)
+        return verdicts
