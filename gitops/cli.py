@@ -107,6 +107,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             nodes = http.get("/api/v1/nodes").raise_for_status().json()
             pods = http.get("/api/v1/pods").raise_for_status().json()
             services = http.get("/api/v1/services").raise_for_status().json()
+            workloads = http.get("/api/v1/workloads").raise_for_status().json()
     except httpx.HTTPError as exc:
         print(f"cannot reach the gitops server at {args.server}: {exc}", file=sys.stderr)
         return 1
@@ -143,6 +144,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         out.append(
             f"{n['name']:<20} {ready:<6} {n['address']:<16} {n['cpu_milli']:>7}m {memory:>10} "
             f"{n['heartbeat_age']}s ago"
+        )
+    out.append("")
+    out.append(f"{'DEPLOYMENT':<30} {'DESIRED':>7} {'UPDATED':>7} {'READY':>5} {'AVAILABLE':>9}  STEP")
+    for w in workloads:
+        out.append(
+            f"{w['deployment']:<30} {w['desired']:>7} {w['updated']:>7} {w['ready']:>5} "
+            f"{w['available']:>9}  {w['step']}"
         )
     out.append("")
     out.append(f"{'POD':<44} {'PHASE':<10} {'READY':<6} {'NODE':<14} {'IP':<15} {'RESTARTS':>8}  REASON")

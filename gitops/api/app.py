@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 
 from gitops.codec import decode_as, encode
 from gitops.model import Node, NodeName, Pod, PodStatus, Taint
-from gitops.planner import all_endpoints
+from gitops.planner import all_endpoints, rollouts
 from gitops.store import Store
 
 log = structlog.get_logger(__name__)
@@ -164,6 +164,10 @@ def create_app(
     @app.get("/api/v1/pods")
     def pods() -> list[Any]:
         return [pod_summary(p) for p in store.pods()]
+
+    @app.get("/api/v1/workloads")
+    def workloads() -> list[Any]:
+        return [encode(r) for r in rollouts(store.desired(), store.pods())]
 
     @app.get("/api/v1/services")
     def services() -> list[Any]:

@@ -5,8 +5,8 @@ into create / stop / keep buckets with a reason for each action; `all_endpoints`
 which ready pods stand behind every Service port.
 """
 
-from gitops.planner.plan import Action, Plan, plan
+from gitops.planner.plan import Action, Plan, plan, rollouts
 from gitops.planner.podspec import Template, resolve_template
 from gitops.planner.services import all_endpoints
 
-__all__ = ["Action", "Plan", "Template", "all_endpoints", "plan", "resolve_template"]
+__all__ = ["Action", "Plan", "Template", "all_endpoints", "plan", "resolve_template", "rollouts"]

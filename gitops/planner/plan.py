@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from gitops.model import Manifest, ObjectKey, Pod, PodName
 from gitops.planner.podspec import Template, describe_change, resolve_template
-from gitops.planner.rollout import rolling_step, strategy_of
+from gitops.planner.rollout import RolloutStatus, rolling_step, rollout_status, strategy_of
 
 _ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # Kubernetes' safe alphabet: no vowels, no 0/1/3
 
@@ -163,3 +163,18 @@ def plan(desired: Sequence[Manifest], pods: Sequence[Pod], *, now: float = 0.0) 
         for pod in sorted(by_owner[owner], key=lambda p: p.name):
             stop.append(Action(pod, f"{owner} was removed from the source"))
     return Plan(create=tuple(create), stop=tuple(stop), keep=tuple(keep))
+
+
+def rollouts(desired: Sequence[Manifest], pods: Sequence[Pod]) -> list[RolloutStatus]:
+    """Rollout status of every Deployment in `desired`."""
+    configs = configs_of(desired)
+    by_owner: Mapping[ObjectKey, list[Pod]] = defaultdict(list)
+    for pod in pods:
+        by_owner[pod.owner].append(pod)
+    result = []
+    for deployment in sorted((m for m in desired if m.key.kind == "Deployment"), key=lambda m: m.key):
+        template = resolve_template(deployment, configs)
+        replicas = int(deployment.spec.get("replicas", 1))
+        owned = by_owner.get(deployment.key, [])
+        result.append(rollout_status(deployment.key.ref, replicas, deployment.spec, template.hash, owned))
+    return result

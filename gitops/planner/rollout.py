@@ -13,9 +13,11 @@ Availability here is readiness: a pod counts once its agent reports it Running a
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from gitops.model import Pod
 
 DEFAULT_SURGE = "25%"
 DEFAULT_UNAVAILABLE = "25%"
@@ -83,3 +85,54 @@ def rolling_step(
     available = new_ready + old_ready
     stop_ready = max(0, min(old_ready, budget, available - min_available))
     return Step(create, stop_unready, stop_ready)
+
+
+@dataclass(frozen=True)
+class RolloutStatus:
+    """Where a Deployment's rollout stands, Kubernetes' counters plus the current step."""
+
+    deployment: str
+    strategy: str
+    template_hash: str
+    desired: int
+    total: int
+    updated: int
+    ready: int
+    available: int
+    complete: bool
+    step: str
+
+
+def rollout_status(
+    name: str, replicas: int, spec: Mapping[str, Any], template_hash: str, pods: Sequence[Pod]
+) -> RolloutStatus:
+    """Counters for one Deployment from its pods."""
+    strategy = strategy_of(spec, replicas)
+    updated = [p for p in pods if p.template_hash == template_hash]
+    old = [p for p in pods if p.template_hash != template_hash]
+    ready = sum(1 for p in pods if p.ready)
+    updated_ready = sum(1 for p in updated if p.ready)
+    complete = not old and len(updated) == replicas and updated_ready == replicas
+    if complete:
+        step = f"complete: {replicas}/{replicas} pods on {template_hash}"
+    elif old:
+        step = (
+            f"rolling out {template_hash} ({strategy.describe()}): "
+            f"{updated_ready}/{replicas} new pods ready, {len(old)} old pod(s) left"
+        )
+    elif len(updated) != replicas:
+        step = f"scaling: {len(updated)} -> {replicas} pods"
+    else:
+        step = f"waiting for {replicas - updated_ready} pod(s) to become ready"
+    return RolloutStatus(
+        deployment=name,
+        strategy=strategy.describe(),
+        template_hash=template_hash,
+        desired=replicas,
+        total=len(pods),
+        updated=len(updated),
+        ready=ready,
+        available=ready,
+        complete=complete,
+        step=step,
+    )

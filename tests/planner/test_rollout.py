@@ -8,7 +8,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from gitops.model import Manifest, NodeName, Pod
-from gitops.planner import plan
+from gitops.planner import plan, rollouts
 from gitops.planner.rollout import Strategy, resolve, strategy_of
 from tests.planner.factories import deployment
 
@@ -86,3 +86,22 @@ def test_percentages_round_like_kubernetes() -> None:
     assert resolve("25%", 10, round_up=False) == 2
     assert strategy_of({}, 4) == Strategy("RollingUpdate", 1, 1)
     assert strategy_of({}, 1) == Strategy("RollingUpdate", 1, 0)
+
+
+def test_rollout_status_counts_updated_ready_and_names_the_step() -> None:
+    old = rolling(4, "web:1", 1, 1)
+    pods = [running(a.pod, True) for a in plan([old], []).create]
+    new = rolling(4, "web:2", 1, 1)
+    (before,) = rollouts([new], pods)
+    assert (before.desired, before.updated, before.ready, before.complete) == (4, 0, 4, False)
+    step = plan([new], pods)
+    pods = [p for p in pods if p.id not in {a.pod.id for a in step.stop}]
+    pods += [running(a.pod, True) for a in step.create]
+    (during,) = rollouts([new], pods)
+    assert (during.updated, during.ready, during.total) == (1, 4, 4)
+    assert during.step.startswith("rolling out ") and during.step.endswith(
+        "(rolling update, surge 1, unavailable 1): 1/4 new pods ready, 3 old pod(s) left"
+    )
+    final, _ = simulate(new, pods, [0], ticks=10)
+    (after,) = rollouts([new], final)
+    assert after.complete and after.step == f"complete: 4/4 pods on {after.template_hash}"
