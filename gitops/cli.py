@@ -159,6 +159,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{p['id']:<44} {p['phase']:<10} {'yes' if p['ready'] else 'no':<6} {p['node'] or '-':<14} "
             f"{p['pod_ip'] or '-':<15} {p['restarts']:>8}  {p['reason']}"
         )
+        if p["last_log"] and not p["ready"]:
+            out += [f"    | {line}" for line in p["last_log"].rstrip().splitlines()[-5:]]
     out.append("")
     out.append(f"{'SERVICE':<30} {'VIP':<15} PORTS -> READY ENDPOINTS")
     for s in services:

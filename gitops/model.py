@@ -232,6 +232,7 @@ class Pod:
     restarts: int = 0
     exit_code: int | None = None
     created_at: float = 0.0
+    last_log: str = ""  # tail of the log of the container's last exit
 
     @property
     def id(self) -> PodId:
@@ -330,3 +331,4 @@ class PodStatus:
     restarts: int = 0
     exit_code: int | None = None
     container_id: str = ""
+    last_log: str = ""

@@ -43,6 +43,8 @@ log = structlog.get_logger(__name__)
 BACKOFF_START = 10.0
 BACKOFF_MAX = 300.0
 BACKOFF_RESET_AFTER = 600.0
+LOG_TAIL_LINES = 20
+LOG_TAIL_BYTES = 4000
 
 
 def host_capacity() -> tuple[int, int]:
@@ -134,6 +136,7 @@ class Agent:
     _assigned_cache: dict[PodId, Pod] = field(default_factory=dict)
     prober: Prober | None = None
     _verdicts: dict[PodId, Verdict] = field(default_factory=dict)
+    _logs: dict[tuple[str, float], str] = field(default_factory=dict)
     _removing: dict[str, threading.Thread] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -234,6 +237,8 @@ class Agent:
         for pod_id in list(self._restarts):
             if pod_id not in wanted:
                 del self._restarts[pod_id]
+        live = {c.id for c in containers}
+        self._logs = {k: v for k, v in self._logs.items() if k[0] in live}
         for pod in pods:
             state = self._restarts.setdefault(pod.id, _Restarts(count=pod.restarts))
             container = by_pod.get(pod.id)
@@ -387,11 +392,15 @@ class Agent:
                 reason = f"CrashLoopBackOff: exited with code {c.exit_code}; restarting in {wait:.0f}s"
                 if c.error:
                     reason += f" ({c.error})"
-                status = PodStatus(c.pod, "Running", False, reason, "", (), state.count, c.exit_code, c.id)
+                status = PodStatus(
+                    c.pod, "Running", False, reason, "", (), state.count, c.exit_code, c.id, self._log_tail(c)
+                )
             else:
                 phase: Phase = "Succeeded" if c.exit_code == 0 else "Failed"
                 reason = f"exited with code {c.exit_code}" + (f": {c.error}" if c.error else "")
-                status = PodStatus(c.pod, phase, False, reason, "", (), state.count, c.exit_code, c.id)
+                status = PodStatus(
+                    c.pod, phase, False, reason, "", (), state.count, c.exit_code, c.id, self._log_tail(c)
+                )
             result[c.pod] = status
         for pod_id in assigned:
             if pod_id not in result:
@@ -400,6 +409,14 @@ class Agent:
                     pod_id, "Pending", False, state.last_error or "starting container", restarts=state.count
                 )
         return list(result.values())
+
+    def _log_tail(self, container: ContainerInfo) -> str:
+        """The last lines an exited container wrote, read once per exit."""
+        key = (container.id, container.finished_at)
+        if key not in self._logs:
+            self._logs = {k: v for k, v in self._logs.items() if k[0] != container.id}
+            self._logs[key] = self.runtime.logs_tail(container.id, LOG_TAIL_LINES)[-LOG_TAIL_BYTES:]
+        return self._logs[key]
 
     def _readiness(self, pod: Pod | None) -> tuple[bool, str]:
         if pod is None:

@@ -21,8 +21,9 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from gitops.codec import decode_as, encode
-from gitops.model import Node, NodeName, Pod, PodStatus, Taint
+from gitops.model import Manifest, Node, NodeName, Pod, PodStatus, Taint
 from gitops.planner import all_endpoints, rollouts
+from gitops.planner.podspec import config_values
 from gitops.store import Store
 
 log = structlog.get_logger(__name__)
@@ -35,7 +36,25 @@ def _bearer(authorization: str = Header(default="")) -> str:
     return token
 
 
-def pod_summary(pod: Pod) -> dict[str, Any]:
+def secret_values(desired: Sequence[Manifest]) -> list[str]:
+    """Every Secret value (decoded), longest first, for redacting free text such as logs."""
+    values = set()
+    for m in desired:
+        if m.key.kind == "Secret":
+            for raw in config_values(m).values():
+                text = raw.decode(errors="replace").strip()
+                if len(text) >= 4:
+                    values.add(text)
+    return sorted(values, key=len, reverse=True)
+
+
+def redact(text: str, secrets_: Sequence[str]) -> str:
+    for value in secrets_:
+        text = text.replace(value, "[redacted]")
+    return text
+
+
+def pod_summary(pod: Pod, secrets_: Sequence[str] = ()) -> dict[str, Any]:
     return {
         "id": pod.id,
         "namespace": pod.namespace,
@@ -52,6 +71,7 @@ def pod_summary(pod: Pod) -> dict[str, Any]:
         "restarts": pod.restarts,
         "exit_code": pod.exit_code,
         "created_at": pod.created_at,
+        "last_log": redact(pod.last_log, secrets_),
     }
 
 
@@ -163,7 +183,8 @@ def create_app(
 
     @app.get("/api/v1/pods")
     def pods() -> list[Any]:
-        return [pod_summary(p) for p in store.pods()]
+        hidden = secret_values(store.desired())
+        return [pod_summary(p, hidden) for p in store.pods()]
 
     @app.get("/api/v1/workloads")
     def workloads() -> list[Any]:

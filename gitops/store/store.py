@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import create_engine, delete, event, select
+from sqlalchemy import create_engine, delete, event, inspect, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -94,6 +94,23 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+def add_missing_columns(engine: Engine) -> None:
+    """Bring a database made by an older gitops up to date with additive changes: every
+    column the tables declare but the database lacks is added (all have defaults)."""
+    existing = inspect(engine)
+    with engine.begin() as conn:
+        for table in Base.metadata.sorted_tables:
+            present = {c["name"] for c in existing.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present:
+                    continue
+                kind = column.type.compile(dialect=engine.dialect)
+                default = column.server_default.arg if column.server_default is not None else None  # type: ignore[attr-defined]
+                clause = f" DEFAULT '{default}'" if isinstance(default, str) else ""
+                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{clause}'))
+                log.info("store.column_added", table=table.name, column=column.name)
+
+
 def _manifest(row: ObjectRow) -> Manifest:
     return Manifest(
         key=ObjectKey(row.kind, row.namespace, row.name),
@@ -121,6 +138,7 @@ def _pod(row: PodRow) -> Pod:
         restarts=row.restarts,
         exit_code=row.exit_code,
         created_at=row.created_at,
+        last_log=row.last_log or "",
     )
 
 
@@ -166,6 +184,7 @@ class Store:
         self.url = url
         self.engine = make_engine(url)
         Base.metadata.create_all(self.engine)
+        add_missing_columns(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.service_cidr = ipaddress.ip_network(service_cidr)
         self.heartbeat_grace = heartbeat_grace
@@ -440,6 +459,8 @@ class Store:
                 pod.restarts = max(pod.restarts, status.restarts)
                 pod.exit_code = status.exit_code
                 pod.container_id = status.container_id
+                if status.last_log:
+                    pod.last_log = status.last_log
                 if before != (pod.phase, pod.ready, pod.reason):
                     pod.updated_at = now
                     message = (

@@ -17,6 +17,7 @@ class MemoryRuntime:
     now: float = 1000.0
     log: list[str] = field(default_factory=list)
     mounts: dict[PodId, list[tuple[str, str]]] = field(default_factory=dict)
+    logs: dict[str, str] = field(default_factory=dict)
     exec_results: dict[tuple[str, ...], tuple[int, str]] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -52,7 +53,8 @@ class MemoryRuntime:
         raise ImageMissing(f"pull of {image!r} failed: no registry reachable")
 
     def logs_tail(self, container_id: str, lines: int = 20) -> str:
-        return ""
+        self.log.append(f"logs {container_id}")
+        return self.logs.get(container_id, "")
 
     def exit(self, pod: PodId, code: int) -> None:
         for cid, (node, info) in self.containers.items():

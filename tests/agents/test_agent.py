@@ -143,3 +143,19 @@ def test_service_rules_reach_local_pods_directly_and_remote_pods_by_host_port() 
     assert (rule.vip, rule.port, rule.protocol) == ("10.243.0.7", 80, "TCP")
     assert rule.backends == (("172.17.0.2", 8080), ("192.0.2.11", 32002))
     assert dataclasses.asdict(rule)["service"] == "default/web:http"
+
+
+def test_a_crashing_container_reports_its_exit_code_and_log_tail_read_once(tmp_path: Path) -> None:
+    rt = MemoryRuntime()
+    agent = make_agent(tmp_path, rt)
+    p = pod("a")
+    agent.converge([p], [])
+    (container,) = rt.list(NODE)
+    rt.logs[container.id] = "starting\npanic: no config\n"
+    rt.exit(p.id, 2)
+    for _ in range(3):
+        (status,) = agent._statuses(rt.list(NODE), {p.id: p})
+    assert status.exit_code == 2
+    assert status.reason.startswith("CrashLoopBackOff: exited with code 2; restarting in ")
+    assert status.last_log == "starting\npanic: no config\n"
+    assert rt.log.count(f"logs {container.id}") == 1

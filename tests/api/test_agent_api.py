@@ -87,3 +87,27 @@ def test_the_read_api_never_shows_secret_values(setup: tuple[Store, TestClient])
         assert response.status_code == 200, path
         text = json.dumps(response.json())
         assert "hunter2" not in text and "aHVudGVyMg" not in text, path
+
+
+def test_log_tails_in_the_read_api_have_secret_values_redacted(setup: tuple[Store, TestClient]) -> None:
+    store, client = setup
+    token = register(client, NODE)
+    reconcile_once(store, now=100.0)
+    pod = store.pods()[0]
+    status = {
+        "pod": pod.id,
+        "phase": "Running",
+        "ready": False,
+        "reason": "CrashLoopBackOff",
+        "pod_ip": "",
+        "host_ports": [],
+        "restarts": 1,
+        "exit_code": 1,
+        "container_id": "c",
+        "last_log": "token=hunter2\nbye",
+    }
+    client.post(
+        "/agent/v1/nodes/n1/sync", json={"statuses": [status]}, headers={"Authorization": f"Bearer {token}"}
+    )
+    shown = {p["id"]: p for p in client.get("/api/v1/pods").json()}[pod.id]
+    assert shown["last_log"] == "token=[redacted]\nbye"

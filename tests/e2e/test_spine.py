@@ -171,7 +171,7 @@ spec:
         - name: main
           image: {image}
           imagePullPolicy: Never
-          command: ["sh", "-c", "exit 3"]
+          command: ["sh", "-c", "echo crashing now; exit 3"]
 """
 
 

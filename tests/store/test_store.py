@@ -117,3 +117,14 @@ def test_a_node_without_heartbeat_is_not_ready(store: Store) -> None:
     store.register_node(Node(NodeName("n1"), "192.0.2.10", 2000, 2**30), "t", now=100.0)
     assert store.nodes(now=120.0)[0].node.ready
     assert not store.nodes(now=100.0 + store.heartbeat_grace + 1)[0].node.ready
+
+
+def test_an_older_database_gets_new_columns_added(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    Store(url)
+    with Store(url).engine.begin() as conn:
+        conn.execute(text("ALTER TABLE pods DROP COLUMN last_log"))
+    store = Store(url)
+    result = plan([deployment(replicas=1)], [])
+    store.apply_pod_changes([(a.pod, a.reason) for a in result.create], [], {}, {}, now=1.0)
+    assert store.pods()[0].last_log == ""
