@@ -217,9 +217,16 @@ def _control_plane(args: argparse.Namespace, state: Path, sources: list[Source])
     from gitops.server import ControlPlane  # noqa: PLC0415 - keeps `validate` and `status` light
     from gitops.store import Store  # noqa: PLC0415
 
-    store = Store(_db_url(args, state), service_cidr=args.service_cidr)
+    store = Store(_db_url(args, state), service_cidr=args.service_cidr, heartbeat_grace=args.node_grace)
     token = args.join_token or os.environ.get("GITOPS_JOIN_TOKEN") or ""
-    plane = ControlPlane(store, sources, host=args.host, port=args.port, poll_interval=args.poll)
+    plane = ControlPlane(
+        store,
+        sources,
+        host=args.host,
+        port=args.port,
+        poll_interval=args.poll,
+        not_ready_toleration=args.not_ready_toleration,
+    )
     if token:
         plane.join_token = token
     return plane
@@ -339,6 +346,18 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--service-cidr", default="10.243.0.0/16")
         sp.add_argument("--poll", type=float, default=30.0, help="seconds between source polls")
         sp.add_argument("--join-token", help="token agents present to register (default: generated)")
+        sp.add_argument(
+            "--node-grace",
+            type=float,
+            default=40.0,
+            help="seconds without heartbeat before a node is NotReady",
+        )
+        sp.add_argument(
+            "--not-ready-toleration",
+            type=float,
+            default=60.0,
+            help="seconds pods stay on a NotReady node before they are replaced (per pod: tolerationSeconds)",
+        )
 
     def agent_options(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--node", default=os.uname().nodename.split(".")[0].lower())

@@ -17,6 +17,7 @@ import structlog
 
 from gitops.model import Node, Pod
 from gitops.planner import Plan, plan
+from gitops.planner.evict import evictions
 from gitops.scheduler import place
 from gitops.store import Store
 
@@ -30,11 +31,20 @@ class PassResult:
     unschedulable: int
 
 
-def reconcile_once(store: Store, now: float) -> PassResult:
+def reconcile_once(store: Store, now: float, *, not_ready_toleration: float = 60.0) -> PassResult:
     desired = store.desired()
     pods = store.pods()
-    nodes: list[Node] = [r.node for r in store.nodes(now)]
-    result = plan(desired, pods, now=now)
+    records = store.nodes(now)
+    nodes: list[Node] = [r.node for r in records]
+    not_ready_since = {
+        r.node.name: r.heartbeat_at + store.heartbeat_grace for r in records if not r.node.ready
+    }
+    evicted = evictions(pods, not_ready_since, now=now, default_toleration=not_ready_toleration)
+    gone = {a.pod.id for a in evicted}
+    result = plan(
+        desired, [p for p in pods if p.id not in gone], now=now, avoid={a.pod.name for a in evicted}
+    )
+    result = Plan(result.create, (*evicted, *result.stop), result.keep)
     stopping = {a.pod.id for a in result.stop}
     bound = [p for p in pods if p.node is not None and p.id not in stopping]
     pending: list[Pod] = [p for p in result.keep if p.node is None] + [a.pod for a in result.create]
@@ -62,9 +72,15 @@ class Controller:
     """Runs `reconcile_once` on a timer and on demand, in a background thread."""
 
     def __init__(
-        self, store: Store, *, interval: float = 2.0, clock: Callable[[], float] = time.time
+        self,
+        store: Store,
+        *,
+        interval: float = 2.0,
+        clock: Callable[[], float] = time.time,
+        not_ready_toleration: float = 60.0,
     ) -> None:
         self.store = store
+        self.not_ready_toleration = not_ready_toleration
         self.interval = interval
         self.clock = clock
         self._wake = threading.Event()
@@ -89,7 +105,7 @@ class Controller:
         while not self._stop.is_set():
             self._wake.clear()
             try:
-                reconcile_once(self.store, self.clock())
+                reconcile_once(self.store, self.clock(), not_ready_toleration=self.not_ready_toleration)
                 failures = 0
             except Exception:
                 failures += 1

@@ -150,6 +150,7 @@ class Toleration:
     operator: Literal["Equal", "Exists"] = "Equal"
     value: str = ""
     effect: str = ""  # "" matches every effect
+    toleration_seconds: int | None = None  # NoExecute only: how long to stay on a failed node
 
 
 @dataclass(frozen=True)

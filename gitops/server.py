@@ -34,6 +34,7 @@ class ControlPlane:
     join_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     poll_interval: float = 30.0
     controller_interval: float = 2.0
+    not_ready_toleration: float = 60.0
     _server: uvicorn.Server | None = None
     _thread: threading.Thread | None = None
     syncs: list[SyncService] = field(default_factory=list)
@@ -44,7 +45,9 @@ class ControlPlane:
         return f"http://{self.host}:{self.port}"
 
     def _build(self) -> uvicorn.Server:
-        self.controller = Controller(self.store, interval=self.controller_interval)
+        self.controller = Controller(
+            self.store, interval=self.controller_interval, not_ready_toleration=self.not_ready_toleration
+        )
         self.syncs = [
             SyncService(self.store, s, interval=self.poll_interval, on_applied=self.controller.wake)
             for s in self.sources

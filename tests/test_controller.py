@@ -43,3 +43,19 @@ def test_pods_wait_for_a_node_and_are_placed_when_one_registers(tmp_path: Path) 
     store.register_node(Node(NodeName("n1"), "192.0.2.10", 4000, 2**30), "t", now=102.0)
     assert reconcile_once(store, now=103.0).bound == 2
     assert {p.node for p in store.pods()} == {"n1"}
+
+
+def test_pods_of_a_silent_node_are_replaced_on_a_ready_one_after_the_toleration(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 's.db'}", heartbeat_grace=40.0)
+    store.register_node(Node(NodeName("a"), "192.0.2.10", 4000, 2**30), "ta", now=0.0)
+    store.apply_revision(Revision("git:x", "a" * 40), [deployment(replicas=2)], [], now=0.0)
+    reconcile_once(store, now=1.0)
+    first = {p.id for p in store.pods()}
+    assert {p.node for p in store.pods()} == {"a"}
+    store.register_node(Node(NodeName("b"), "192.0.2.11", 4000, 2**30), "tb", now=50.0)
+    store.heartbeat("b", [], now=99.0)
+    assert reconcile_once(store, now=99.0).plan.empty  # a: NotReady since 40 s, tolerated until 100 s
+    result = reconcile_once(store, now=100.0, not_ready_toleration=60.0)
+    assert {a.pod.id for a in result.plan.stop} == first
+    assert {p.node for p in store.pods()} == {"b"}
+    assert not {p.id for p in store.pods()} & first

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from gitops.model import Manifest, ObjectKey, Pod, PodName
@@ -65,9 +66,15 @@ def _stop_order(pod: Pod) -> tuple[int, int, float, str]:
 
 
 def _new_pods(
-    deployment: Manifest, template: Template, owned: Sequence[Pod], count: int, now: float
+    deployment: Manifest,
+    template: Template,
+    owned: Sequence[Pod],
+    count: int,
+    *,
+    now: float,
+    avoid: AbstractSet[str],
 ) -> list[Pod]:
-    used = {p.name for p in owned}
+    used = {p.name for p in owned} | set(avoid)
     pods: list[Pod] = []
     slot = 0
     while len(pods) < count:
@@ -90,7 +97,9 @@ def _new_pods(
     return pods
 
 
-def _plan_deployment(deployment: Manifest, template: Template, owned: Sequence[Pod], now: float) -> Plan:
+def _plan_deployment(
+    deployment: Manifest, template: Template, owned: Sequence[Pod], now: float, avoid: AbstractSet[str]
+) -> Plan:
     replicas = int(deployment.spec.get("replicas", 1))
     strategy = strategy_of(deployment.spec, replicas)
     current = sorted((p for p in owned if p.template_hash == template.hash), key=_stop_order, reverse=True)
@@ -107,7 +116,9 @@ def _plan_deployment(deployment: Manifest, template: Template, owned: Sequence[P
             why = f"scale up: {len(current)} -> {replicas} replicas"
         else:
             why = f"{deployment.key} wants {replicas} replicas"
-        create = [Action(p, why) for p in _new_pods(deployment, template, owned, missing, now)]
+        create = [
+            Action(p, why) for p in _new_pods(deployment, template, owned, missing, now=now, avoid=avoid)
+        ]
         return Plan(tuple(create), tuple(stop), tuple(sorted(keep, key=lambda p: p.name)))
 
     change = describe_change(outdated[0].spec, template.spec, template.uses)
@@ -130,7 +141,7 @@ def _plan_deployment(deployment: Manifest, template: Template, owned: Sequence[P
     how = strategy.describe()
     create = [
         Action(p, f"template changed: {change} ({how}: new pod)")
-        for p in _new_pods(deployment, template, owned, step.create, now)
+        for p in _new_pods(deployment, template, owned, step.create, now=now, avoid=avoid)
     ]
     for pod in old_unready[: step.stop_unready_old]:
         stop.append(Action(pod, f"template changed: {change} ({how}: old pod not ready)"))
@@ -142,8 +153,17 @@ def _plan_deployment(deployment: Manifest, template: Template, owned: Sequence[P
     return Plan(tuple(create), tuple(stop), tuple(sorted(kept, key=lambda p: p.name)))
 
 
-def plan(desired: Sequence[Manifest], pods: Sequence[Pod], *, now: float = 0.0) -> Plan:
-    """Decide which pods to create, stop and keep so that `pods` converge on `desired`."""
+def plan(
+    desired: Sequence[Manifest],
+    pods: Sequence[Pod],
+    *,
+    now: float = 0.0,
+    avoid: AbstractSet[str] = frozenset(),
+) -> Plan:
+    """Decide which pods to create, stop and keep so that `pods` converge on `desired`.
+
+    New pods never take a name in `avoid` (pods being stopped outside this plan).
+    """
     configs = configs_of(desired)
     by_owner: Mapping[ObjectKey, list[Pod]] = defaultdict(list)
     for pod in pods:
@@ -154,7 +174,7 @@ def plan(desired: Sequence[Manifest], pods: Sequence[Pod], *, now: float = 0.0) 
     deployments = sorted((m for m in desired if m.key.kind == "Deployment"), key=lambda m: m.key)
     for deployment in deployments:
         template = resolve_template(deployment, configs)
-        part = _plan_deployment(deployment, template, by_owner.get(deployment.key, []), now)
+        part = _plan_deployment(deployment, template, by_owner.get(deployment.key, []), now, avoid)
         create += part.create
         stop += part.stop
         keep += part.keep

@@ -157,6 +157,7 @@ def _tolerations(pod: Mapping[str, Any]) -> tuple[Toleration, ...]:
                 operator="Exists" if t.get("operator") == "Exists" else "Equal",
                 value=str(t.get("value") or ""),
                 effect=str(t.get("effect") or ""),
+                toleration_seconds=int(t["tolerationSeconds"]) if "tolerationSeconds" in t else None,
             )
         )
     return tuple(result)

@@ -2,7 +2,7 @@
 
 A Service selects pods of its namespace by labels. Each port's `targetPort` (a number, or
 the name of a container port) is resolved per pod. Only Running and ready pods placed on a
-known node are endpoints. An endpoint carries both the pod's own address (for the node it
+known, Ready node are endpoints. An endpoint carries both the pod's own address (for the node it
 runs on) and its node's address with the published host port (for every other node).
 """
 
@@ -67,7 +67,9 @@ def endpoints_for(
         if p.namespace == service.key.namespace
         and p.phase == "Running"
         and p.ready
+        and p.node is not None
         and p.node in nodes
+        and nodes[p.node].ready  # a silent node's pods serve nobody we can vouch for
         and selects(selector, p)
     ]
     per_port = []

@@ -390,6 +390,11 @@ class Store:
     ) -> None:
         """Create and delete pods, bind pods to nodes, and note why others stay pending."""
         with self.session() as s:
+            if stop:
+                s.execute(delete(PodRow).where(PodRow.id.in_([p.id for p, _ in stop])))
+                for pod, reason in stop:
+                    s.add(EventRow(time=now, object=f"pod {pod.id}", reason="Stopped", message=reason))
+            s.flush()
             for pod, reason in create:
                 s.add(
                     PodRow(
@@ -416,11 +421,6 @@ class Store:
                     )
                 )
                 s.add(EventRow(time=now, object=f"pod {pod.id}", reason="Created", message=reason))
-            s.flush()
-            if stop:
-                s.execute(delete(PodRow).where(PodRow.id.in_([p.id for p, _ in stop])))
-                for pod, reason in stop:
-                    s.add(EventRow(time=now, object=f"pod {pod.id}", reason="Stopped", message=reason))
             for pod_id, node in bind.items():
                 row = s.get(PodRow, pod_id)
                 if row is not None and row.node is None:

@@ -91,8 +91,11 @@ class Cluster:
     node: str = field(default_factory=lambda: "e2e-" + uuid.uuid4().hex[:6])
     prefix: str = field(default_factory=lambda: "GE" + uuid.uuid4().hex[:4].upper())
     service_cidr: str = "10.250.0.0/24"
+    heartbeat_grace: float = 40.0
+    not_ready_toleration: float = 60.0
     plane: ControlPlane | None = None
-    agent: subprocess.Popen[bytes] | None = None
+    agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    prefixes: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.remote = self.tmp / "remote.git"
@@ -119,17 +122,34 @@ class Cluster:
     # --- processes --------------------------------------------------------------------
 
     def start_plane(self) -> None:
-        store = Store(f"sqlite:///{self.tmp / 'gitops.db'}", service_cidr=self.service_cidr)
+        store = Store(
+            f"sqlite:///{self.tmp / 'gitops.db'}",
+            service_cidr=self.service_cidr,
+            heartbeat_grace=self.heartbeat_grace,
+        )
         source = GitSource(str(self.remote), self.tmp / "cache", branch="main")
         self.plane = ControlPlane(
-            store, [source], port=free_port(), poll_interval=0.5, controller_interval=0.5
+            store,
+            [source],
+            port=free_port(),
+            poll_interval=0.5,
+            controller_interval=0.5,
+            not_ready_toleration=self.not_ready_toleration,
         )
         self.plane.start()
 
-    def start_agent(self) -> None:
+    def log_of(self, node: str | None = None) -> Path:
+        return self.tmp / f"agent-{node or self.node}.log"
+
+    def start_agent(self, node: str | None = None) -> None:
+        """Start the agent of `node` (default: the cluster's first node) as a process."""
         assert self.plane is not None
-        log = open(self.tmp / "agent.log", "ab")  # noqa: SIM115 - closed with the process
-        self.agent = subprocess.Popen(
+        node = node or self.node
+        prefix = self.prefixes.setdefault(
+            node, self.prefix if node == self.node else "GX" + uuid.uuid4().hex[:4].upper()
+        )
+        log = open(self.log_of(node), "ab")  # noqa: SIM115 - closed with the process
+        self.agents[node] = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -139,11 +159,11 @@ class Cluster:
                 "--server",
                 self.plane.url,
                 "--node",
-                self.node,
+                node,
                 "--join-token",
                 self.plane.join_token,
                 "--chain-prefix",
-                self.prefix,
+                prefix,
                 "--state-dir",
                 str(self.tmp / "state"),
             ],
@@ -152,25 +172,27 @@ class Cluster:
             cwd=ROOT,
         )
 
-    def kill_agent(self) -> None:
-        assert self.agent is not None
-        self.agent.send_signal(signal.SIGKILL)
-        self.agent.wait(timeout=10)
+    def kill_agent(self, node: str | None = None) -> None:
+        agent = self.agents[node or self.node]
+        agent.send_signal(signal.SIGKILL)
+        agent.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.agent is not None and self.agent.poll() is None:
-            self.agent.terminate()
-            try:
-                self.agent.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.agent.kill()
+        for agent in self.agents.values():
+            if agent.poll() is None:
+                agent.terminate()
+                try:
+                    agent.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    agent.kill()
         if self.plane is not None:
             self.plane.stop()
-        for c in self.docker.containers.list(all=True, filters={"label": f"gitops.node={self.node}"}):
-            c.remove(force=True)
         from gitops.agents.iptables import IptablesProxy
 
-        IptablesProxy(self.service_cidr, prefix=self.prefix).cleanup()
+        for node, prefix in self.prefixes.items():
+            for c in self.docker.containers.list(all=True, filters={"label": f"gitops.node={node}"}):
+                c.remove(force=True)
+            IptablesProxy(self.service_cidr, prefix=prefix).cleanup()
 
     # --- observations -----------------------------------------------------------------
 
@@ -178,10 +200,11 @@ class Cluster:
         assert self.plane is not None
         return httpx.get(self.plane.url + path, timeout=10).raise_for_status().json()
 
-    def containers(self) -> dict[str, dict[str, Any]]:
-        """Our running containers: pod id -> {id, started, restarts}."""
+    def containers(self, node: str | None = None) -> dict[str, dict[str, Any]]:
+        """Containers of a node (default: the first): pod id -> {id, started, restarts, ...}."""
         found = {}
-        for summary in self.docker.api.containers(all=True, filters={"label": f"gitops.node={self.node}"}):
+        label = f"gitops.node={node or self.node}"
+        for summary in self.docker.api.containers(all=True, filters={"label": label}):
             try:
                 c = self.docker.containers.get(summary["Id"])
             except docker.errors.NotFound:

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -143,7 +142,7 @@ def test_a_killed_agent_adopts_its_containers_without_recreating_them(cluster: C
         return (
             bool(nodes)
             and nodes[0]["heartbeat_age"] < 1.0
-            and (Path(cluster.tmp) / "agent.log").read_text().count("agent.registered") >= 2
+            and cluster.log_of().read_text().count("agent.registered") >= 2
         )
 
     wait_for(reported_again, timeout=30, what="the restarted agent to report")

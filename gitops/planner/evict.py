@@ -1,0 +1,55 @@
+"""Node failure: pods on a node that stopped reporting are replaced elsewhere, in time.
+
+A node is NotReady once its heartbeat is older than the grace period; the caller passes
+when each NotReady node became so. A pod stays bound to such a node for as long as it
+tolerates the `node.kubernetes.io/not-ready` or `node.kubernetes.io/unreachable` NoExecute
+taint (`tolerationSeconds`), or the cluster default; after that it is stopped, and the
+planner creates its replacement on a ready node. A toleration without `tolerationSeconds`
+keeps the pod forever, as in Kubernetes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from gitops.model import NodeName, Pod, Taint
+from gitops.planner.plan import Action
+from gitops.scheduler import tolerates
+
+NOT_READY_TAINTS = (
+    Taint("node.kubernetes.io/not-ready", "", "NoExecute"),
+    Taint("node.kubernetes.io/unreachable", "", "NoExecute"),
+)
+
+
+def tolerated_seconds(pod: Pod, default: float) -> float | None:
+    """How long `pod` stays on a NotReady node; None for ever."""
+    longest: float | None = -1.0
+    for t in pod.spec.tolerations:
+        if any(tolerates([t], taint) for taint in NOT_READY_TAINTS) and t.effect in ("", "NoExecute"):
+            if t.toleration_seconds is None:
+                return None
+            longest = max(longest or 0.0, float(max(t.toleration_seconds, 0)))
+    return default if longest is not None and longest < 0 else longest
+
+
+def evictions(
+    pods: Sequence[Pod], not_ready_since: Mapping[NodeName, float], *, now: float, default_toleration: float
+) -> list[Action]:
+    """Pods to stop because their node has been NotReady longer than they tolerate."""
+    actions = []
+    for pod in sorted(pods, key=lambda p: p.id):
+        if pod.node is None or pod.node not in not_ready_since:
+            continue
+        tolerated = tolerated_seconds(pod, default_toleration)
+        since = not_ready_since[pod.node]
+        if tolerated is None or now < since + tolerated:
+            continue
+        actions.append(
+            Action(
+                pod,
+                f"node {pod.node} has been NotReady for {now - since:.0f}s "
+                f"(the pod tolerates {tolerated:.0f}s): replaced on another node",
+            )
+        )
+    return actions
