@@ -41,31 +41,33 @@ def reconcile_once(store: Store, now: float, *, not_ready_toleration: float = 60
     }
     evicted = evictions(pods, not_ready_since, now=now, default_toleration=not_ready_toleration)
     gone = {a.pod.id for a in evicted}
-    result = plan(
-        desired, [p for p in pods if p.id not in gone], now=now, avoid={a.pod.name for a in evicted}
-    )
-    result = Plan(result.create, (*evicted, *result.stop), result.keep)
-    stopping = {a.pod.id for a in result.stop}
-    bound = [p for p in pods if p.node is not None and p.id not in stopping]
+    live = [p for p in pods if p.terminating_at is None and p.id not in gone]
+    draining = {p.name for p in pods if p.terminating_at is not None} | {a.pod.name for a in evicted}
+    result = plan(desired, live, now=now, avoid=draining)
+    # Stopping pods hold their node's resources until their agent reports them gone.
+    bound = [p for p in pods if p.node is not None and p.id not in gone]
     pending: list[Pod] = [p for p in result.keep if p.node is None] + [a.pod for a in result.create]
     placements = place(pending, nodes, bound)
     store.apply_pod_changes(
         create=[(a.pod, a.reason) for a in result.create],
         stop=[(a.pod, a.reason) for a in result.stop],
+        delete_now=[(a.pod, a.reason) for a in evicted],
         bind=placements.assigned,
         pending_reasons=placements.unschedulable,
         now=now,
     )
-    if not result.empty or placements.assigned:
+    if not result.empty or placements.assigned or evicted:
         log.info(
             "controller.pass",
             create=len(result.create),
             stop=len(result.stop),
+            evicted=len(evicted),
             bound=len(placements.assigned),
             unschedulable=len(placements.unschedulable),
             actions=result.describe(),
         )
-    return PassResult(result, len(placements.assigned), len(placements.unschedulable))
+    actions = Plan(result.create, (*evicted, *result.stop), result.keep)
+    return PassResult(actions, len(placements.assigned), len(placements.unschedulable))
 
 
 class Controller:

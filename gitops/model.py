@@ -234,6 +234,7 @@ class Pod:
     exit_code: int | None = None
     created_at: float = 0.0
     last_log: str = ""  # tail of the log of the container's last exit
+    terminating_at: float | None = None  # set when stopping: out of endpoints, then SIGTERM
 
     @property
     def id(self) -> PodId:

@@ -59,3 +59,29 @@ def test_pods_of_a_silent_node_are_replaced_on_a_ready_one_after_the_toleration(
     assert {a.pod.id for a in result.plan.stop} == first
     assert {p.node for p in store.pods()} == {"b"}
     assert not {p.id for p in store.pods()} & first
+
+
+def test_a_stopped_pod_leaves_the_endpoints_at_once_and_its_name_is_not_reused(tmp_path: Path) -> None:
+    from gitops.model import PodStatus
+    from gitops.planner import all_endpoints
+    from tests.planner.factories import service
+
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store.register_node(Node(NodeName("n1"), "192.0.2.10", 4000, 2**30), "t", now=100.0)
+    svc = service("web", {"app": "web"}, target=80)
+    store.apply_revision(
+        Revision("git:x", "a" * 40), [deployment(replicas=1, image="web:1"), svc], [], now=100.0
+    )
+    reconcile_once(store, now=100.0)
+    (old,) = store.pods()
+    store.heartbeat("n1", [PodStatus(old.id, "Running", True, pod_ip="172.17.0.2")], now=101.0)
+    store.apply_revision(Revision("git:x", "c" * 40), [deployment(replicas=0, image="web:1"), svc], [], 103.0)
+    reconcile_once(store, now=104.0)
+    (draining,) = store.pods()
+    assert draining.terminating_at == 104.0
+    (eps,) = all_endpoints(store.desired(), store.vips(), store.pods(), [r.node for r in store.nodes(104.0)])
+    assert eps.endpoints[0][1] == ()
+    store.apply_revision(Revision("git:x", "d" * 40), [deployment(replicas=1, image="web:1"), svc], [], 105.0)
+    reconcile_once(store, now=105.0)
+    names = [p.name for p in store.pods()]
+    assert len(names) == 2 and len(set(names)) == 2

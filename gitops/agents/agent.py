@@ -120,6 +120,9 @@ class AgentConfig:
     interval: float = 1.0
     iptables: str = "iptables"
     chain_prefix: str = "GITOPS"
+    # How long a terminating pod keeps running after it left the endpoints: every agent
+    # syncs its iptables within one interval, so two intervals cover them all.
+    drain_seconds: float = 2.0
     capacity: tuple[int, int] | None = None
 
 
@@ -137,6 +140,8 @@ class Agent:
     prober: Prober | None = None
     _verdicts: dict[PodId, Verdict] = field(default_factory=dict)
     _logs: dict[tuple[str, float], str] = field(default_factory=dict)
+    _draining: dict[PodId, float] = field(default_factory=dict)
+    _stopped: list[PodId] = field(default_factory=list)
     _removing: dict[str, threading.Thread] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -174,7 +179,7 @@ class Agent:
     def _sync_call(self, statuses: Sequence[PodStatus]) -> dict[str, Any]:
         if not self._token:
             self.register()
-        payload = {"statuses": [encode(s) for s in statuses]}
+        payload = {"statuses": [encode(s) for s in statuses], "stopped": list(self._stopped)}
         url = f"/agent/v1/nodes/{self.config.node}/sync"
         response = self.http.post(url, json=payload, headers={"Authorization": f"Bearer {self._token}"})
         if response.status_code == 401:
@@ -239,9 +244,13 @@ class Agent:
                 del self._restarts[pod_id]
         live = {c.id for c in containers}
         self._logs = {k: v for k, v in self._logs.items() if k[0] in live}
+        self._stopped = []
         for pod in pods:
             state = self._restarts.setdefault(pod.id, _Restarts(count=pod.restarts))
             container = by_pod.get(pod.id)
+            if pod.terminating_at is not None:
+                changed |= self._drain(pod, container, now)
+                continue
             if container is None:
                 if now < state.next_attempt:
                     continue
@@ -262,6 +271,22 @@ class Agent:
                 changed = True
         return changed
 
+    def _drain(self, pod: Pod, container: ContainerInfo | None, now: float) -> bool:
+        """Stop a terminating pod: wait until every node has dropped its endpoint, then stop
+        the container (SIGTERM, SIGKILL after the grace period), then report it gone."""
+        if container is None:
+            self._draining.pop(pod.id, None)
+            self._stopped.append(pod.id)
+            return False
+        first_seen = self._draining.setdefault(pod.id, now)
+        if now < first_seen + self.config.drain_seconds:
+            return False
+        log.info(
+            "agent.stopping", pod=pod.id, reason=pod.reason, grace=pod.spec.termination_grace_period_seconds
+        )
+        self._remove(container, pod.spec.termination_grace_period_seconds)
+        return True
+
     def probe(self, pods: Sequence[Pod], containers: Sequence[ContainerInfo]) -> bool:
         """Run due probes; restart containers whose liveness or startup probe gave up."""
         if self.prober is None:
@@ -271,7 +296,7 @@ class Agent:
         for pod in pods:
             c = running.get(pod.id)
             spec = pod.spec
-            if c is None or c.template_hash != pod.template_hash:
+            if c is None or c.template_hash != pod.template_hash or pod.terminating_at is not None:
                 continue
             if spec.startup_probe or spec.liveness_probe or spec.readiness_probe:
                 targets.append((pod.id, c, spec.startup_probe, spec.liveness_probe, spec.readiness_probe))
@@ -402,8 +427,8 @@ class Agent:
                     c.pod, phase, False, reason, "", (), state.count, c.exit_code, c.id, self._log_tail(c)
                 )
             result[c.pod] = status
-        for pod_id in assigned:
-            if pod_id not in result:
+        for pod_id, assigned_pod in assigned.items():
+            if pod_id not in result and assigned_pod.terminating_at is None:
                 state = self._restarts.get(pod_id, _Restarts())
                 result[pod_id] = PodStatus(
                     pod_id, "Pending", False, state.last_error or "starting container", restarts=state.count

@@ -122,8 +122,8 @@ def create_app(
         body = await request.json()
         statuses = [decode_as(PodStatus, s) for s in body.get("statuses") or []]
         now = clock()
-        store.heartbeat(name, statuses, now)
-        if statuses:
+        store.heartbeat(name, statuses, now, stopped=[str(p) for p in body.get("stopped") or []])
+        if statuses or body.get("stopped"):
             on_report()
         pods = store.pods(node=name)
         all_pods = store.pods()

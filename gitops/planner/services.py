@@ -67,6 +67,7 @@ def endpoints_for(
         if p.namespace == service.key.namespace
         and p.phase == "Running"
         and p.ready
+        and p.terminating_at is None
         and p.node is not None
         and p.node in nodes
         and nodes[p.node].ready  # a silent node's pods serve nobody we can vouch for

@@ -139,6 +139,7 @@ def _pod(row: PodRow) -> Pod:
         exit_code=row.exit_code,
         created_at=row.created_at,
         last_log=row.last_log or "",
+        terminating_at=row.terminating_at,
     )
 
 
@@ -382,18 +383,33 @@ class Store:
 
     def apply_pod_changes(
         self,
+        *,
         create: Sequence[tuple[Pod, str]],
         stop: Sequence[tuple[Pod, str]],
         bind: Mapping[PodId, NodeName],
         pending_reasons: Mapping[PodId, str],
         now: float,
+        delete_now: Sequence[tuple[Pod, str]] = (),
     ) -> None:
-        """Create and delete pods, bind pods to nodes, and note why others stay pending."""
+        """Create pods, stop pods (terminating, or deleted outright when `delete_now` or never
+        placed), bind pods to nodes, and note why others stay pending."""
         with self.session() as s:
-            if stop:
-                s.execute(delete(PodRow).where(PodRow.id.in_([p.id for p, _ in stop])))
-                for pod, reason in stop:
+            if delete_now:
+                s.execute(delete(PodRow).where(PodRow.id.in_([p.id for p, _ in delete_now])))
+                for pod, reason in delete_now:
                     s.add(EventRow(time=now, object=f"pod {pod.id}", reason="Stopped", message=reason))
+            for pod, reason in stop:
+                row = s.get(PodRow, pod.id)
+                if row is None or row.terminating_at is not None:
+                    continue
+                if row.node is None:
+                    s.delete(row)  # never ran anywhere: nothing to drain
+                else:
+                    # The node's agent drains it: out of every endpoint, then SIGTERM.
+                    row.terminating_at = now
+                    row.reason = f"Terminating: {reason}"
+                    row.updated_at = now
+                s.add(EventRow(time=now, object=f"pod {pod.id}", reason="Stopped", message=reason))
             s.flush()
             for pod, reason in create:
                 s.add(
@@ -439,16 +455,23 @@ class Store:
                     row.updated_at = now
                     s.add(EventRow(time=now, object=f"pod {pod_id}", reason="Unschedulable", message=why))
 
-    def heartbeat(self, node: str, statuses: Sequence[PodStatus], now: float) -> None:
-        """Record an agent's heartbeat and the status of the pods bound to its node."""
+    def heartbeat(
+        self, node: str, statuses: Sequence[PodStatus], now: float, stopped: Sequence[str] = ()
+    ) -> None:
+        """Record an agent's heartbeat, the status of the pods bound to its node, and the
+        terminating pods it has finished stopping (they are deleted)."""
         with self.session() as s:
             row = s.get(NodeRow, node)
             if row is None:
                 return
             row.heartbeat_at = now
+            for pod_id in stopped:
+                done = s.get(PodRow, pod_id)
+                if done is not None and done.node == node and done.terminating_at is not None:
+                    s.delete(done)
             for status in statuses:
                 pod = s.get(PodRow, status.pod)
-                if pod is None or pod.node != node:
+                if pod is None or pod.node != node or pod.terminating_at is not None:
                     continue
                 before = (pod.phase, pod.ready, pod.reason)
                 pod.phase = status.phase

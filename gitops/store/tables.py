@@ -84,6 +84,7 @@ class PodRow(Base):
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     container_id: Mapped[str] = mapped_column(String(128), default="")
     last_log: Mapped[str] = mapped_column(Text, default="", server_default="")
+    terminating_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
 

@@ -159,3 +159,23 @@ def test_a_crashing_container_reports_its_exit_code_and_log_tail_read_once(tmp_p
     assert status.reason.startswith("CrashLoopBackOff: exited with code 2; restarting in ")
     assert status.last_log == "starting\npanic: no config\n"
     assert rt.log.count(f"logs {container.id}") == 1
+
+
+def test_a_terminating_pod_keeps_running_while_endpoints_drain_then_is_stopped_and_reported(
+    tmp_path: Path,
+) -> None:
+    rt = MemoryRuntime()
+    agent = make_agent(tmp_path, rt)
+    p = pod("a")
+    agent.converge([p], [])
+    leaving = dataclasses.replace(p, terminating_at=500.0)
+    agent.converge([leaving], rt.list(NODE))
+    agent.wait_removals()
+    assert rt.log == ["run default/a"]  # still serving in-flight requests
+    rt.now += agent.config.drain_seconds
+    agent.converge([leaving], rt.list(NODE))
+    agent.wait_removals()
+    assert rt.log[-1] == "remove default/a"
+    agent.converge([leaving], rt.list(NODE))
+    assert agent._stopped == [PodId("default/a")]
+    assert agent._statuses(rt.list(NODE), {leaving.id: leaving}) == []

@@ -89,9 +89,13 @@ def test_pods_are_created_bound_and_report_status_only_from_their_node(store: St
     assert store.node_for_token("n1", "token-1")
     assert not store.node_for_token("n1", "token-2")
     result = plan([deployment(replicas=2)], [])
-    store.apply_pod_changes([(a.pod, a.reason) for a in result.create], [], {}, {}, now=2.0)
+    store.apply_pod_changes(
+        create=[(a.pod, a.reason) for a in result.create], stop=[], bind={}, pending_reasons={}, now=2.0
+    )
     a, b = (p.id for p in store.pods())
-    store.apply_pod_changes([], [], {a: "n1"}, {b: "0/2 nodes: 2 insufficient cpu"}, now=3.0)
+    store.apply_pod_changes(
+        create=[], stop=[], bind={a: "n1"}, pending_reasons={b: "0/2 nodes: 2 insufficient cpu"}, now=3.0
+    )
     pods = {p.id: p for p in store.pods()}
     assert pods[a].node == "n1"
     assert pods[b].node is None and pods[b].reason == "0/2 nodes: 2 insufficient cpu"
@@ -126,5 +130,32 @@ def test_an_older_database_gets_new_columns_added(tmp_path: Path) -> None:
         conn.execute(text("ALTER TABLE pods DROP COLUMN last_log"))
     store = Store(url)
     result = plan([deployment(replicas=1)], [])
-    store.apply_pod_changes([(a.pod, a.reason) for a in result.create], [], {}, {}, now=1.0)
+    store.apply_pod_changes(
+        create=[(a.pod, a.reason) for a in result.create], stop=[], bind={}, pending_reasons={}, now=1.0
+    )
     assert store.pods()[0].last_log == ""
+
+
+def test_stopping_a_placed_pod_drains_it_until_its_agent_reports_it_gone(store: Store) -> None:
+    store.register_node(Node(NodeName("n1"), "192.0.2.10", 2000, 2**30), "t", now=1.0)
+    result = plan([deployment(replicas=2)], [])
+    store.apply_pod_changes(
+        create=[(a.pod, a.reason) for a in result.create], stop=[], bind={}, pending_reasons={}, now=2.0
+    )
+    placed, unplaced = store.pods()
+    store.apply_pod_changes(create=[], stop=[], bind={placed.id: "n1"}, pending_reasons={}, now=3.0)
+    store.apply_pod_changes(
+        create=[],
+        stop=[(placed, "scale down"), (unplaced, "scale down")],
+        bind={},
+        pending_reasons={},
+        now=4.0,
+    )
+    (draining,) = store.pods()
+    assert (draining.id, draining.terminating_at, draining.reason) == (
+        placed.id,
+        4.0,
+        "Terminating: scale down",
+    )
+    store.heartbeat("n1", [], now=5.0, stopped=[placed.id])
+    assert store.pods() == []
