@@ -235,6 +235,11 @@ class Pod:
     created_at: float = 0.0
     last_log: str = ""  # tail of the log of the container's last exit
     terminating_at: float | None = None  # set when stopping: out of endpoints, then SIGTERM
+    ready_since: float = 0.0
+
+    def available(self, min_ready_seconds: int, now: float) -> bool:
+        """Ready for at least `min_ready_seconds` (Kubernetes' availability)."""
+        return self.ready and (min_ready_seconds <= 0 or now - self.ready_since >= min_ready_seconds)
 
     @property
     def id(self) -> PodId:

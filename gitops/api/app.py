@@ -188,7 +188,7 @@ def create_app(
 
     @app.get("/api/v1/workloads")
     def workloads() -> list[Any]:
-        return [encode(r) for r in rollouts(store.desired(), store.pods())]
+        return [encode(r) for r in rollouts(store.desired(), store.pods(), now=clock())]
 
     @app.get("/api/v1/services")
     def services() -> list[Any]:

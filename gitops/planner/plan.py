@@ -128,13 +128,14 @@ def _plan_deployment(
             stop.append(Action(pod, f"template changed: {change} (Recreate: old pods stop first)"))
         return Plan((), tuple(stop), tuple(sorted(keep, key=lambda p: p.name)))
 
-    old_unready = [p for p in outdated if not p.ready]
-    old_ready = [p for p in outdated if p.ready]
+    min_ready = int(deployment.spec.get("minReadySeconds", 0))
+    old_unready = [p for p in outdated if not p.available(min_ready, now)]
+    old_ready = [p for p in outdated if p.available(min_ready, now)]
     step = rolling_step(
         strategy,
         replicas,
         new_total=len(keep),
-        new_ready=sum(1 for p in keep if p.ready),
+        new_ready=sum(1 for p in keep if p.available(min_ready, now)),
         old_unready=len(old_unready),
         old_ready=len(old_ready),
     )
@@ -185,7 +186,7 @@ def plan(
     return Plan(create=tuple(create), stop=tuple(stop), keep=tuple(keep))
 
 
-def rollouts(desired: Sequence[Manifest], pods: Sequence[Pod]) -> list[RolloutStatus]:
+def rollouts(desired: Sequence[Manifest], pods: Sequence[Pod], *, now: float) -> list[RolloutStatus]:
     """Rollout status of every Deployment in `desired`."""
     configs = configs_of(desired)
     by_owner: Mapping[ObjectKey, list[Pod]] = defaultdict(list)
@@ -196,5 +197,7 @@ def rollouts(desired: Sequence[Manifest], pods: Sequence[Pod]) -> list[RolloutSt
         template = resolve_template(deployment, configs)
         replicas = int(deployment.spec.get("replicas", 1))
         owned = by_owner.get(deployment.key, [])
-        result.append(rollout_status(deployment.key.ref, replicas, deployment.spec, template.hash, owned))
+        result.append(
+            rollout_status(deployment.key.ref, replicas, deployment.spec, template.hash, owned, now=now)
+        )
     return result

@@ -104,26 +104,29 @@ class RolloutStatus:
 
 
 def rollout_status(
-    name: str, replicas: int, spec: Mapping[str, Any], template_hash: str, pods: Sequence[Pod]
+    name: str, replicas: int, spec: Mapping[str, Any], template_hash: str, pods: Sequence[Pod], *, now: float
 ) -> RolloutStatus:
-    """Counters for one Deployment from its pods."""
+    """Counters for one Deployment from its (non-terminating) pods."""
+    pods = [p for p in pods if p.terminating_at is None]
+    min_ready = int(spec.get("minReadySeconds", 0))
     strategy = strategy_of(spec, replicas)
     updated = [p for p in pods if p.template_hash == template_hash]
     old = [p for p in pods if p.template_hash != template_hash]
     ready = sum(1 for p in pods if p.ready)
-    updated_ready = sum(1 for p in updated if p.ready)
+    available = sum(1 for p in pods if p.available(min_ready, now))
+    updated_ready = sum(1 for p in updated if p.available(min_ready, now))
     complete = not old and len(updated) == replicas and updated_ready == replicas
     if complete:
         step = f"complete: {replicas}/{replicas} pods on {template_hash}"
     elif old:
         step = (
             f"rolling out {template_hash} ({strategy.describe()}): "
-            f"{updated_ready}/{replicas} new pods ready, {len(old)} old pod(s) left"
+            f"{updated_ready}/{replicas} new pods available, {len(old)} old pod(s) left"
         )
     elif len(updated) != replicas:
         step = f"scaling: {len(updated)} -> {replicas} pods"
     else:
-        step = f"waiting for {replicas - updated_ready} pod(s) to become ready"
+        step = f"waiting for {replicas - updated_ready} pod(s) to become available"
     return RolloutStatus(
         deployment=name,
         strategy=strategy.describe(),
@@ -132,7 +135,7 @@ def rollout_status(
         total=len(pods),
         updated=len(updated),
         ready=ready,
-        available=ready,
+        available=available,
         complete=complete,
         step=step,
     )

@@ -140,6 +140,7 @@ def _pod(row: PodRow) -> Pod:
         created_at=row.created_at,
         last_log=row.last_log or "",
         terminating_at=row.terminating_at,
+        ready_since=row.ready_since or 0.0,
     )
 
 
@@ -475,6 +476,8 @@ class Store:
                     continue
                 before = (pod.phase, pod.ready, pod.reason)
                 pod.phase = status.phase
+                if status.ready and not pod.ready:
+                    pod.ready_since = now
                 pod.ready = status.ready
                 pod.reason = status.reason
                 pod.pod_ip = status.pod_ip

@@ -85,6 +85,7 @@ class PodRow(Base):
     container_id: Mapped[str] = mapped_column(String(128), default="")
     last_log: Mapped[str] = mapped_column(Text, default="", server_default="")
     terminating_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ready_since: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
 

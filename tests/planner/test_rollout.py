@@ -92,16 +92,30 @@ def test_rollout_status_counts_updated_ready_and_names_the_step() -> None:
     old = rolling(4, "web:1", 1, 1)
     pods = [running(a.pod, True) for a in plan([old], []).create]
     new = rolling(4, "web:2", 1, 1)
-    (before,) = rollouts([new], pods)
+    (before,) = rollouts([new], pods, now=0.0)
     assert (before.desired, before.updated, before.ready, before.complete) == (4, 0, 4, False)
     step = plan([new], pods)
     pods = [p for p in pods if p.id not in {a.pod.id for a in step.stop}]
     pods += [running(a.pod, True) for a in step.create]
-    (during,) = rollouts([new], pods)
+    (during,) = rollouts([new], pods, now=0.0)
     assert (during.updated, during.ready, during.total) == (1, 4, 4)
     assert during.step.startswith("rolling out ") and during.step.endswith(
-        "(rolling update, surge 1, unavailable 1): 1/4 new pods ready, 3 old pod(s) left"
+        "(rolling update, surge 1, unavailable 1): 1/4 new pods available, 3 old pod(s) left"
     )
     final, _ = simulate(new, pods, [0], ticks=10)
-    (after,) = rollouts([new], final)
+    (after,) = rollouts([new], final, now=0.0)
     assert after.complete and after.step == f"complete: 4/4 pods on {after.template_hash}"
+
+
+def test_min_ready_seconds_holds_old_pods_until_new_ones_have_been_ready_long_enough() -> None:
+    old = rolling(1, "web:1", 1, 0)
+    pods = [running(a.pod, True) for a in plan([old], []).create]
+    new = rolling(1, "web:2", 1, 0)
+    new = dataclasses.replace(new, body={**new.body, "spec": {**new.body["spec"], "minReadySeconds": 10}})
+    (created,) = plan([new], pods, now=0.0).create
+    fresh = dataclasses.replace(running(created.pod, True), ready_since=100.0)
+    assert plan([new], [*pods, fresh], now=109.0).empty
+    (stop,) = plan([new], [*pods, fresh], now=110.0).stop
+    assert stop.pod == pods[0]
+    (status,) = rollouts([new], [*pods, fresh], now=105.0)
+    assert (status.ready, status.available) == (2, 1)
