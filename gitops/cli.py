@@ -150,7 +150,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for w in workloads:
         out.append(
             f"{w['deployment']:<30} {w['desired']:>7} {w['updated']:>7} {w['ready']:>5} "
-            f"{w['available']:>9}  {w['step']}"
+            f"{w['available']:>9}  {w['state'].upper() if w['state'] in ('failed', 'rolled back') else ''}"
+            f"{': ' + w['reason'] if w['reason'] else w['step']}"
         )
     out.append("")
     out.append(f"{'POD':<44} {'PHASE':<10} {'READY':<6} {'NODE':<14} {'IP':<15} {'RESTARTS':>8}  REASON")

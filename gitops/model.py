@@ -339,3 +339,18 @@ class PodStatus:
     exit_code: int | None = None
     container_id: str = ""
     last_log: str = ""
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    """What the controller remembers of a Deployment's rollouts between passes."""
+
+    deployment: ObjectKey
+    target: str  # template hash the source asks for
+    started_at: float
+    progress_at: float  # last time the rollout made progress
+    progress_mark: tuple[int, int] = (0, 0)  # (updated, available) at that time
+    status: Literal["progressing", "complete", "failed", "rolled back"] = "progressing"
+    reason: str = ""
+    # Templates that completed, oldest first: (hash, spec.template) for rollbacks.
+    history: tuple[tuple[str, Any], ...] = ()

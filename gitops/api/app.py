@@ -188,7 +188,19 @@ def create_app(
 
     @app.get("/api/v1/workloads")
     def workloads() -> list[Any]:
-        return [encode(r) for r in rollouts(store.desired(), store.pods(), now=clock())]
+        states = {k.ref: s for k, s in store.rollouts().items()}
+        result = []
+        for status in rollouts(store.desired(), store.pods(), now=clock()):
+            state = states.get(status.deployment)
+            result.append(
+                {
+                    **encode(status),
+                    "state": state.status if state else "progressing",
+                    "reason": state.reason if state else "",
+                    "history": [h for h, _ in state.history] if state else [],
+                }
+            )
+        return result
 
     @app.get("/api/v1/services")
     def services() -> list[Any]:

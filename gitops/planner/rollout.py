@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from gitops.model import Pod
+from gitops.model import Manifest, Pod, RolloutState
 
 DEFAULT_SURGE = "25%"
 DEFAULT_UNAVAILABLE = "25%"
@@ -139,3 +139,67 @@ def rollout_status(
         complete=complete,
         step=step,
     )
+
+
+ROLLBACK_ANNOTATION = "gitops.dev/rollback-on-failure"
+DEFAULT_PROGRESS_DEADLINE = 600
+DEFAULT_HISTORY_LIMIT = 10
+
+
+def rollback_template(state: RolloutState | None) -> Mapping[str, Any] | None:
+    """The pod template to run instead of the source's while a rollout is rolled back."""
+    if state is None or state.status != "rolled back":
+        return None
+    for digest, template in reversed(state.history):
+        if digest != state.target:
+            return dict(template)
+    return None
+
+
+def advance(
+    state: RolloutState | None,
+    deployment: Manifest,
+    target: str,
+    status: RolloutStatus,
+    *,
+    now: float,
+) -> RolloutState:
+    """The rollout state after one controller pass.
+
+    Progress is any change of (updated, available) pods; a rollout without progress for
+    `progressDeadlineSeconds` (default 600) is marked failed. With the annotation
+    `gitops.dev/rollback-on-failure: "true"` a failed rollout is rolled back to the last
+    template that completed (Kubernetes has no automatic rollback). A new template from the
+    source always starts a new rollout.
+    """
+    spec = deployment.spec
+    deadline = int(spec.get("progressDeadlineSeconds", DEFAULT_PROGRESS_DEADLINE))
+    limit = int(spec.get("revisionHistoryLimit", DEFAULT_HISTORY_LIMIT))
+    meta = deployment.body.get("metadata") or {}
+    rollback = str((meta.get("annotations") or {}).get(ROLLBACK_ANNOTATION, "")).lower() == "true"
+    mark = (status.updated, status.available)
+    if state is None or state.target != target:
+        history = state.history if state is not None else ()
+        return RolloutState(deployment.key, target, now, now, mark, "progressing", "", history)
+    if state.status in ("failed", "rolled back"):
+        return state
+    if status.complete:
+        template = spec.get("template") or {}
+        history = (*(h for h in state.history if h[0] != target), (target, template))
+        keep = max(limit, 1)
+        return replace(
+            state, status="complete", reason="", progress_at=now, progress_mark=mark, history=history[-keep:]
+        )
+    if state.status == "complete":
+        # Completed templates stay complete; later pod trouble shows in the counters.
+        return state if mark == state.progress_mark else replace(state, progress_mark=mark)
+    if mark != state.progress_mark:
+        return replace(state, progress_at=now, progress_mark=mark)
+    if now - state.progress_at < deadline:
+        return state
+    reason = f"progress deadline exceeded: no progress for {deadline}s ({status.step})"
+    failed = replace(state, status="failed", reason=reason)
+    if rollback and rollback_template(replace(failed, status="rolled back")) is not None:
+        previous = next(h for h, _ in reversed(state.history) if h != target)
+        return replace(failed, status="rolled back", reason=f"{reason}; rolled back to {previous}")
+    return failed

@@ -34,10 +34,20 @@ from gitops.model import (
     PodSpec,
     PodStatus,
     Revision,
+    RolloutState,
     SourceLocation,
     Taint,
 )
-from gitops.store.tables import Base, EventRow, NodeRow, ObjectRow, PodRow, RevisionRow, ServiceRow
+from gitops.store.tables import (
+    Base,
+    EventRow,
+    NodeRow,
+    ObjectRow,
+    PodRow,
+    RevisionRow,
+    RolloutRow,
+    ServiceRow,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -499,6 +509,36 @@ class Store:
                             time=now, object=f"pod {status.pod}", reason="StatusChanged", message=message
                         )
                     )
+
+    # --- rollouts ------------------------------------------------------------------
+
+    def rollouts(self) -> dict[ObjectKey, RolloutState]:
+        with self.session() as s:
+            return {
+                ObjectKey(r.kind, r.namespace, r.name): decode_as(RolloutState, r.state)
+                for r in s.scalars(select(RolloutRow))
+            }
+
+    def save_rollouts(self, states: Mapping[ObjectKey, RolloutState], now: float) -> None:
+        """Store rollout states; drop those of Deployments not in `states`; record changes
+        of status as events."""
+        with self.session() as s:
+            rows = {ObjectKey(r.kind, r.namespace, r.name): r for r in s.scalars(select(RolloutRow))}
+            for old_key, old_row in rows.items():
+                if old_key not in states:
+                    s.delete(old_row)
+            for key, state in states.items():
+                row = rows.get(key)
+                before = decode_as(RolloutState, row.state) if row is not None else None
+                if before == state:
+                    continue
+                if row is None:
+                    row = RolloutRow(kind=key.kind, namespace=key.namespace, name=key.name)
+                    s.add(row)
+                row.state = encode(state)
+                if before is None or before.status != state.status or before.target != state.target:
+                    message = f"{state.status} {state.target}" + (f": {state.reason}" if state.reason else "")
+                    s.add(EventRow(time=now, object=str(key), reason="Rollout", message=message))
 
     # --- events -----------------------------------------------------------------------
 

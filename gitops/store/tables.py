@@ -98,6 +98,15 @@ class ServiceRow(Base):
     vip: Mapped[str] = mapped_column(String(64), unique=True)
 
 
+class RolloutRow(Base):
+    __tablename__ = "rollouts"
+
+    kind: Mapped[str] = mapped_column(String(64), primary_key=True)
+    namespace: Mapped[str] = mapped_column(String(253), primary_key=True)
+    name: Mapped[str] = mapped_column(String(253), primary_key=True)
+    state: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
 class EventRow(Base):
     __tablename__ = "events"
 
