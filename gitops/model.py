@@ -349,7 +349,7 @@ class RolloutState:
     target: str  # template hash the source asks for
     started_at: float
     progress_at: float  # last time the rollout made progress
-    progress_mark: tuple[int, int] = (0, 0)  # (updated, available) at that time
+    progress_mark: tuple[int, int] = (0, 0)  # (updated, updated and available) at that time
     status: Literal["progressing", "complete", "failed", "rolled back"] = "progressing"
     reason: str = ""
     # Templates that completed, oldest first: (hash, spec.template) for rollbacks.

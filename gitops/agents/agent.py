@@ -106,6 +106,8 @@ class _Restarts:
     next_attempt: float = 0.0
     last_error: str = ""
     failed_starts: int = 0
+    backoff: int = 0  # exits since the container last ran long enough
+    exit_seen: tuple[str, float] = ("", 0.0)
 
 
 @dataclass(frozen=True)
@@ -256,16 +258,19 @@ class Agent:
                     continue
                 changed |= self._start(pod, state, now)
             elif not container.running and self._should_restart(pod, container):
-                if (
-                    container.finished_at
-                    and container.started_at
-                    and container.finished_at - container.started_at > BACKOFF_RESET_AFTER
-                ):
-                    state.next_attempt = 0.0
+                exit_key = (container.id, container.finished_at)
+                if state.exit_seen != exit_key:
+                    # A new exit: wait 10 s, doubling per exit up to 5 min; a container that
+                    # ran for 10 min before exiting starts again from 10 s.
+                    state.exit_seen = exit_key
+                    if container.finished_at - container.started_at > BACKOFF_RESET_AFTER:
+                        state.backoff = 0
+                    state.next_attempt = now + min(BACKOFF_START * 2**state.backoff, BACKOFF_MAX)
+                    state.backoff += 1
+                    changed = True
                 if now < state.next_attempt:
                     continue
                 state.count += 1
-                state.next_attempt = now + min(BACKOFF_START * 2 ** (state.count - 1), BACKOFF_MAX)
                 log.info("agent.restarting", pod=pod.id, exit_code=container.exit_code, restarts=state.count)
                 self.runtime.restart(container.id)
                 changed = True

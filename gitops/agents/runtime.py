@@ -226,8 +226,14 @@ class DockerRuntime:
             raise ImageMissing(f"pull of {image!r} failed: {exc.explanation or exc}") from exc
 
     def logs_tail(self, container_id: str, lines: int = 20) -> str:
+        """The last lines of the container's latest run (not of earlier runs)."""
         try:
-            data: bytes = self.client.containers.get(container_id).logs(tail=lines)
+            container = self.client.containers.get(container_id)
+            started = _timestamp((container.attrs.get("State") or {}).get("StartedAt"))
+            # Docker compares `since` in whole seconds: one second early keeps the first line of
+            # this run; earlier runs ended at least the restart backoff (10 s) before.
+            since = int(started) - 1 if started else None
+            data: bytes = container.logs(tail=lines, since=since) if since else container.logs(tail=lines)
         except docker.errors.NotFound:
             return ""
         return data.decode(errors="replace")

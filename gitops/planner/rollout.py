@@ -99,6 +99,7 @@ class RolloutStatus:
     updated: int
     ready: int
     available: int
+    updated_available: int
     complete: bool
     step: str
 
@@ -136,6 +137,7 @@ def rollout_status(
         updated=len(updated),
         ready=ready,
         available=available,
+        updated_available=updated_ready,
         complete=complete,
         step=step,
     )
@@ -166,7 +168,7 @@ def advance(
 ) -> RolloutState:
     """The rollout state after one controller pass.
 
-    Progress is any change of (updated, available) pods; a rollout without progress for
+    Progress is any change of (updated, updated and available) pods; a rollout without progress for
     `progressDeadlineSeconds` (default 600) is marked failed. With the annotation
     `gitops.dev/rollback-on-failure: "true"` a failed rollout is rolled back to the last
     template that completed (Kubernetes has no automatic rollback). A new template from the
@@ -177,7 +179,9 @@ def advance(
     limit = int(spec.get("revisionHistoryLimit", DEFAULT_HISTORY_LIMIT))
     meta = deployment.body.get("metadata") or {}
     rollback = str((meta.get("annotations") or {}).get(ROLLBACK_ANNOTATION, "")).lower() == "true"
-    mark = (status.updated, status.available)
+    # Progress is the new template gaining pods or available pods; old pods coming and
+    # going (say, a flapping readiness probe) is not progress.
+    mark = (status.updated, status.updated_available)
     if state is None or state.target != target:
         history = state.history if state is not None else ()
         return RolloutState(deployment.key, target, now, now, mark, "progressing", "", history)

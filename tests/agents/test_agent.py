@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from pathlib import Path
 
 import pytest
@@ -72,20 +71,45 @@ def test_a_container_with_another_template_is_replaced(tmp_path: Path) -> None:
     assert sorted(rt.log) == ["remove default/a", "run default/a", "run default/a"]
 
 
-def test_exited_containers_restart_with_doubling_backoff(tmp_path: Path) -> None:
+def test_exited_containers_restart_after_doubling_delays_capped_at_five_minutes(tmp_path: Path) -> None:
     rt = MemoryRuntime()
     agent = make_agent(tmp_path, rt)
     p = pod("a")
     agent.converge([p], [])
-    restarts_at = []
-    for _ in range(200):
-        rt.now += 5
+    delays = []
+    exited_at = None
+    for _ in range(2000):
+        rt.now += 1
+        (container,) = rt.list(NODE)
+        if container.running:
+            rt.exit(p.id, 1)
+            exited_at = rt.now
+        before = rt.log.count("restart default/a")
+        agent.converge([p], rt.list(NODE))
+        if rt.log.count("restart default/a") > before:
+            assert exited_at is not None
+            delays.append(rt.now - exited_at)
+    assert delays[:7] == [10, 20, 40, 80, 160, 300, 300]
+
+
+def test_a_container_that_ran_ten_minutes_restarts_after_ten_seconds_again(tmp_path: Path) -> None:
+    rt = MemoryRuntime()
+    agent = make_agent(tmp_path, rt)
+    p = pod("a")
+    agent.converge([p], [])
+    for _ in range(3):  # three quick crashes: the next delay would be 80 s
+        rt.now += 1
         rt.exit(p.id, 1)
-        if agent.converge([p], rt.list(NODE)):
-            restarts_at.append(rt.now - 1000)
-    gaps = [b - a for a, b in itertools.pairwise(restarts_at)]
-    assert gaps[:4] == [10, 20, 40, 80]
-    assert max(gaps) == 300
+        agent.converge([p], rt.list(NODE))
+        rt.now += 300
+        agent.converge([p], rt.list(NODE))
+    rt.now += 601  # then it runs for over ten minutes
+    rt.exit(p.id, 1)
+    agent.converge([p], rt.list(NODE))
+    rt.now += 10
+    before = rt.log.count("restart default/a")
+    agent.converge([p], rt.list(NODE))
+    assert rt.log.count("restart default/a") == before + 1
 
 
 def test_restart_policy_never_leaves_the_pod_failed(tmp_path: Path) -> None:
