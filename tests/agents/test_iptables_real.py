@@ -46,7 +46,8 @@ def host_address() -> str:
         address = ipaddress.IPv4Interface(words[3])
         if not address.ip.is_loopback and words[1] != "docker0":
             return str(address.ip)
-    pytest.skip("no non-loopback IPv4 address on this host")
+    require(False, "a non-loopback IPv4 address on this host")
+    raise AssertionError("unreachable: require() failed or skipped")
 
 
 def save() -> str:
@@ -276,8 +277,10 @@ def namespace() -> Iterator[Callable[[str], str]]:
     require(shutil.which("ip") is not None, "the ip command (iproute2)")
     net = ipaddress.IPv4Network("198.51.100.0/30")
     routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True, check=True).stdout
-    if any(line.split(" ", 1)[0] == str(net) for line in routes.splitlines()):
-        pytest.skip(f"{net} is already routed here")
+    require(
+        not any(line.split(" ", 1)[0] == str(net) for line in routes.splitlines()),
+        f"a free test network ({net} is already routed here)",
+    )
     tag = secrets.token_hex(3)
     ns, host_end, ns_end = f"got{tag}", f"gotv{tag}", f"gotp{tag}"
     steps = [
@@ -330,8 +333,10 @@ def test_connections_from_a_local_container_are_dnated_or_refused(
     proxy: IptablesProxy, servers: Callable[[str], tuple[str, int]], namespace: Callable[[str], str]
 ) -> None:
     """From a namespace routed through this host (nat PREROUTING, filter FORWARD)."""
-    if Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() != "1":
-        pytest.skip("ip_forward is off: forwarded packets are dropped before our FORWARD reject")
+    require(
+        Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() == "1",
+        "ip_forward on (off, forwarded packets are dropped before our FORWARD reject)",
+    )
     rule = web((servers("alpha"), servers("beta")))
     idle = ServiceRule("default/idle:80", "10.250.0.12", 80, "TCP", ())
     proxy.sync([rule, idle])

@@ -10,6 +10,8 @@ import sys
 import textwrap
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ import httpx
 from gitops.server import ControlPlane
 from gitops.store import Store
 from gitops.sync.sources import GitSource
-from tests.conftest import free_port
+from tests.conftest import docker_available, free_port, iptables_available, require
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "gitops-example/busybox:1"
@@ -237,3 +239,22 @@ def http_get(host: str, port: int, timeout: float = 3.0) -> str:
     with _DIRECT.open(f"http://{host}:{port}/", timeout=timeout) as response:
         body: bytes = response.read()
         return body.decode().strip()
+
+
+@contextmanager
+def running_cluster(
+    tmp: Path, files: dict[str, str | None], message: str, **options: Any
+) -> Iterator[Cluster]:
+    """A cluster whose source holds `files`, with its control plane and first agent up;
+    stopped and cleaned up (containers, iptables chains) afterwards."""
+    require(docker_available(), "a running Docker engine")
+    require(iptables_available(), "iptables (as root)")
+    build_image()
+    cluster = Cluster(tmp, **options)
+    cluster.push(files, message)
+    cluster.start_plane()
+    cluster.start_agent()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

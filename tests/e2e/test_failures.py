@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import docker_available, iptables_available, require, wait_for
-from tests.e2e.cluster import IMAGE, Cluster, build_image, http_get
+from tests.conftest import wait_for
+from tests.e2e.cluster import IMAGE, Cluster, http_get, running_cluster
 
 pytestmark = pytest.mark.docker
 
@@ -77,23 +77,16 @@ CRASH = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    require(docker_available(), "a running Docker engine")
-    require(iptables_available(), "iptables (as root)")
-    build_image()
-    c = Cluster(tmp_path_factory.mktemp("failures"), service_cidr="10.250.5.0/24")
-    c.push(
+    with running_cluster(
+        tmp_path_factory.mktemp("failures"),
         {
             "stuck.yaml": app("stuck", SERVE.format(greeting="v1"), rollback=False),
             "safe.yaml": app("safe", SERVE.format(greeting="v1"), rollback=True),
         },
         "two apps",
-    )
-    c.start_plane()
-    c.start_agent()
-    try:
+        service_cidr="10.250.5.0/24",
+    ) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def workloads(cluster: Cluster) -> dict[str, dict[str, Any]]:

@@ -10,30 +10,23 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import docker_available, iptables_available, require, wait_for
-from tests.e2e.cluster import Cluster, build_image, web_manifests
+from tests.conftest import wait_for
+from tests.e2e.cluster import Cluster, running_cluster, web_manifests
 
 pytestmark = pytest.mark.docker
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    require(docker_available(), "a running Docker engine")
-    require(iptables_available(), "iptables (as root)")
-    build_image()
-    c = Cluster(
+    with running_cluster(
         tmp_path_factory.mktemp("failure"),
+        {"web.yaml": web_manifests(replicas=2)},
+        "web",
         service_cidr="10.250.3.0/24",
         heartbeat_grace=3,
         not_ready_toleration=3,
-    )
-    c.push({"web.yaml": web_manifests(replicas=2)}, "web")
-    c.start_plane()
-    c.start_agent()
-    try:
+    ) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def test_a_dead_nodes_pods_move_and_the_returning_agent_stops_its_copies(cluster: Cluster) -> None:

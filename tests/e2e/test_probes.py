@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import docker_available, iptables_available, require, wait_for
-from tests.e2e.cluster import IMAGE, Cluster, build_image, http_get
+from tests.conftest import wait_for
+from tests.e2e.cluster import IMAGE, Cluster, http_get, running_cluster
 
 pytestmark = pytest.mark.docker
 
@@ -65,17 +65,13 @@ MANIFESTS = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    require(docker_available(), "a running Docker engine")
-    require(iptables_available(), "iptables (as root)")
-    build_image()
-    c = Cluster(tmp_path_factory.mktemp("probes"), service_cidr="10.250.2.0/24")
-    c.push({"probed.yaml": MANIFESTS}, "a probed web server")
-    c.start_plane()
-    c.start_agent()
-    try:
+    with running_cluster(
+        tmp_path_factory.mktemp("probes"),
+        {"probed.yaml": MANIFESTS},
+        "a probed web server",
+        service_cidr="10.250.2.0/24",
+    ) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def the_pod(cluster: Cluster) -> dict[str, Any] | None:

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import docker_available, iptables_available, require, wait_for
-from tests.e2e.cluster import Cluster, build_image, http_get, web_manifests
+from tests.conftest import wait_for
+from tests.e2e.cluster import Cluster, http_get, running_cluster, web_manifests
 
 pytestmark = pytest.mark.docker
 
@@ -33,17 +33,10 @@ def probed(greeting: str) -> str:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    require(docker_available(), "a running Docker engine")
-    require(iptables_available(), "iptables (as root)")
-    build_image()
-    c = Cluster(tmp_path_factory.mktemp("rollout"), service_cidr="10.250.4.0/24")
-    c.push({"web.yaml": probed("hello")}, "web")
-    c.start_plane()
-    c.start_agent()
-    try:
+    with running_cluster(
+        tmp_path_factory.mktemp("rollout"), {"web.yaml": probed("hello")}, "web", service_cidr="10.250.4.0/24"
+    ) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def test_a_rolling_update_under_load_fails_no_request(cluster: Cluster) -> None:

@@ -13,25 +13,18 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import docker_available, iptables_available, require, wait_for
-from tests.e2e.cluster import ROOT, Cluster, build_image, http_get, web_manifests
+from tests.conftest import wait_for
+from tests.e2e.cluster import ROOT, Cluster, http_get, running_cluster, web_manifests
 
 pytestmark = pytest.mark.docker
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    require(docker_available(), "a running Docker engine")
-    require(iptables_available(), "iptables (as root)")
-    build_image()
-    c = Cluster(tmp_path_factory.mktemp("e2e"))
-    c.push({"apps/web.yaml": web_manifests(replicas=3)}, "web: 3 replicas")
-    c.start_plane()
-    c.start_agent()
-    try:
+    with running_cluster(
+        tmp_path_factory.mktemp("e2e"), {"apps/web.yaml": web_manifests(replicas=3)}, "web: 3 replicas"
+    ) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def responders(vip: str, requests: int = 30) -> dict[str, int]:
