@@ -408,6 +408,8 @@ class Agent:
         now = self.clock()
         result: dict[PodId, PodStatus] = {}
         for c in containers:
+            if c.id in self._removing:
+                continue  # being stopped: its pod is gone or terminating
             pod = assigned.get(c.pod)
             if pod is not None and c.template_hash != pod.template_hash:
                 continue

@@ -234,6 +234,6 @@ class DockerRuntime:
             # this run; earlier runs ended at least the restart backoff (10 s) before.
             since = int(started) - 1 if started else None
             data: bytes = container.logs(tail=lines, since=since) if since else container.logs(tail=lines)
-        except docker.errors.NotFound:
-            return ""
+        except docker.errors.APIError:
+            return ""  # gone, or being removed: nothing worth reporting
         return data.decode(errors="replace")
