@@ -24,13 +24,16 @@ NOT_READY_TAINTS = (
 
 def tolerated_seconds(pod: Pod, default: float) -> float | None:
     """How long `pod` stays on a NotReady node; None for ever."""
-    longest: float | None = -1.0
-    for t in pod.spec.tolerations:
-        if any(tolerates([t], taint) for taint in NOT_READY_TAINTS) and t.effect in ("", "NoExecute"):
-            if t.toleration_seconds is None:
-                return None
-            longest = max(longest or 0.0, float(max(t.toleration_seconds, 0)))
-    return default if longest is not None and longest < 0 else longest
+    matching = [
+        t
+        for t in pod.spec.tolerations
+        if t.effect in ("", "NoExecute") and any(tolerates([t], taint) for taint in NOT_READY_TAINTS)
+    ]
+    if not matching:
+        return default
+    if any(t.toleration_seconds is None for t in matching):
+        return None
+    return float(max(max(t.toleration_seconds or 0, 0) for t in matching))
 
 
 def evictions(
