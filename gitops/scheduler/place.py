@@ -1,229 +1,146 @@
-"""Placement of pending pods on nodes; a pure function vectorised over nodes.
+"""Placement: pending pods in, a node for each (or the reason there is none) out.
 
-Nomad's factoring, with each step working on all nodes at once: a `Cluster` holds node
-columns (free CPU, free memory, free pod slots, label codes, taint groups); feasibility
-checks each return a boolean mask over all nodes; a score array ranks the feasible ones and
-one `argmax` picks the node (ties go to the first node in the given order, so placement is
-deterministic). Pods of one owner and template share a spec: their static masks (ready,
-nodeSelector, taints) are computed once per class; only the resource masks change between
-placements.
+`place(pending, nodes, bound)` builds a `Cluster` of node columns and places the pods in
+the given order; `place_on(cluster, pending)` does the same on a cluster a caller built
+once. Both are pure: no clock, no randomness, no I/O, and the cluster is not modified.
 
-Checks, in the order used to explain a pod that fits nowhere (each node is counted once,
-under the first check it fails): not ready, node selector mismatch, untolerated taint, too
-many pods, insufficient cpu, insufficient memory.
+For each pod: AND the masks of all checks (see `checks.py`), weigh the scores of the
+feasible nodes, take the first best with one `argmax` (ties go to the lowest node index,
+i.e. the order nodes were given in), and bind the pod there in the run's `Usage`.
 
-Score (higher is better), documented weights:
-    least allocated  = mean of free cpu fraction and free memory fraction after placing  (0..1)
-    spreading        = 1 / (1 + pods of the same owner already on the node)              (0..1)
-    soft taints      = -0.5 per untolerated PreferNoSchedule taint
+Pods with the same owner and template hash share a spec, an equivalence class: the static
+masks (ready, node selector, taints) and static scores (soft taints) are computed once per
+class. When a pod of a class fits nowhere and nothing was bound since, its twins get the
+same answer at once.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
-from gitops.model import Node, NodeName, ObjectKey, Placements, Pod, PodId, PodSpec, Taint, Toleration
+from gitops.model import Node, NodeName, ObjectKey, Placements, Pod, PodId, PodSpec
+from gitops.scheduler.checks import CHECKS, SCORERS, TaintsTolerated
+from gitops.scheduler.cluster import BoolArray, Cluster, FloatArray, Usage
 
-HARD_EFFECTS = ("NoSchedule", "NoExecute")
-CHECKS = (
-    "not ready",
-    "node selector mismatch",
-    "untolerated taint",
-    "too many pods",
-    "insufficient cpu",
-    "insufficient memory",
-)
-SOFT_TAINT_PENALTY = 0.5
-
-BoolArray = npt.NDArray[np.bool_]
-IntArray = npt.NDArray[np.int64]
-FloatArray = npt.NDArray[np.float64]
-
-
-def tolerates(tolerations: Sequence[Toleration], taint: Taint) -> bool:
-    """Kubernetes' rule: one toleration matching key, value (unless Exists) and effect."""
-    for t in tolerations:
-        if t.effect and t.effect != taint.effect:
-            continue
-        if t.operator == "Exists":
-            if not t.key or t.key == taint.key:
-                return True
-        elif t.key == taint.key and t.value == taint.value:
-            return True
-    return False
+NO_NODES = "0/0 nodes: no nodes registered"
 
 
 @dataclass
-class Cluster:
-    """Node columns for placement, built once from nodes and the pods bound to them."""
+class _EquivalenceClass:
+    """What the pods of one owner and template share, computed on the first of them."""
 
-    names: list[NodeName]
-    ready: BoolArray
-    cpu_capacity: IntArray
-    memory_capacity: IntArray
-    cpu_free: IntArray
-    memory_free: IntArray
-    pods_free: IntArray
-    label_codes: dict[str, IntArray]
-    label_vocab: dict[str, dict[str, int]]
-    taint_group: IntArray  # node -> index into taint_sets
-    taint_sets: list[tuple[Taint, ...]]
-    owner_counts: dict[ObjectKey, IntArray] = field(default_factory=dict)
+    spec: PodSpec
+    static_masks: tuple[BoolArray | None, ...]  # per check; None for a dynamic check
+    static_feasible: BoolArray
+    static_scores: tuple[FloatArray | None, ...]  # weighted, per scorer; None if dynamic
+    failed_after_binds: int = -1  # binds done when a pod of the class last fit nowhere
+    reason: str = ""
 
     @classmethod
-    def build(cls, nodes: Sequence[Node], bound: Sequence[Pod]) -> Cluster:
-        n = len(nodes)
-        index = {node.name: i for i, node in enumerate(nodes)}
-        cpu_used = np.zeros(n, dtype=np.int64)
-        mem_used = np.zeros(n, dtype=np.int64)
-        pods_used = np.zeros(n, dtype=np.int64)
-        owner_counts: dict[ObjectKey, IntArray] = {}
-        for pod in bound:
-            i = index.get(pod.node) if pod.node is not None else None
-            if i is None:
-                continue
-            cpu_used[i] += pod.spec.cpu_request_milli
-            mem_used[i] += pod.spec.memory_request_bytes
-            pods_used[i] += 1
-            owner_counts.setdefault(pod.owner, np.zeros(n, dtype=np.int64))[i] += 1
-        vocab: dict[str, dict[str, int]] = {}
-        codes: dict[str, IntArray] = {}
-        for i, node in enumerate(nodes):
-            for key, value in node.labels:
-                if key not in codes:
-                    codes[key] = np.full(n, -1, dtype=np.int64)
-                    vocab[key] = {}
-                codes[key][i] = vocab[key].setdefault(value, len(vocab[key]))
-        sets: dict[tuple[Taint, ...], int] = {}
-        group = np.zeros(n, dtype=np.int64)
-        for i, node in enumerate(nodes):
-            group[i] = sets.setdefault(tuple(node.taints), len(sets))
-        cpu_cap = np.array([node.cpu_milli for node in nodes], dtype=np.int64)
-        mem_cap = np.array([node.memory_bytes for node in nodes], dtype=np.int64)
-        return cls(
-            names=[node.name for node in nodes],
-            ready=np.array([node.ready for node in nodes], dtype=np.bool_),
-            cpu_capacity=cpu_cap,
-            memory_capacity=mem_cap,
-            cpu_free=cpu_cap - cpu_used,
-            memory_free=mem_cap - mem_used,
-            pods_free=np.array([node.max_pods for node in nodes], dtype=np.int64) - pods_used,
-            label_codes=codes,
-            label_vocab=vocab,
-            taint_group=group,
-            taint_sets=list(sets),
-            owner_counts=owner_counts,
+    def of(cls, usage: Usage, pod: Pod) -> _EquivalenceClass:
+        masks = tuple(check.mask(usage, pod.spec) if check.static else None for check in CHECKS)
+        feasible = np.ones(len(usage.cluster), dtype=np.bool_)
+        for mask in masks:
+            if mask is not None:
+                feasible &= mask
+        scores = tuple(
+            scorer.weight * scorer.score(usage, pod) if scorer.static else None for scorer in SCORERS
         )
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    # --- static checks: one mask per equivalence class ------------------------------
-
-    def selector_mask(self, spec: PodSpec) -> BoolArray:
-        mask = np.ones(len(self), dtype=np.bool_)
-        for key, value in spec.node_selector:
-            codes = self.label_codes.get(key)
-            if codes is None:
-                return np.zeros(len(self), dtype=np.bool_)
-            mask &= codes == self.label_vocab[key].get(value, -2)
-        return mask
-
-    def taint_masks(self, spec: PodSpec) -> tuple[BoolArray, FloatArray]:
-        """(hard taints all tolerated, count of untolerated PreferNoSchedule taints)."""
-        hard = np.array(
-            [
-                all(tolerates(spec.tolerations, t) for t in taints if t.effect in HARD_EFFECTS)
-                for taints in self.taint_sets
-            ],
-            dtype=np.bool_,
-        )
-        soft = np.array(
-            [
-                sum(
-                    1 for t in taints if t.effect == "PreferNoSchedule" and not tolerates(spec.tolerations, t)
-                )
-                for taints in self.taint_sets
-            ],
-            dtype=np.float64,
-        )
-        return hard[self.taint_group], soft[self.taint_group]
-
-    def bind(self, i: int, pod: Pod) -> None:
-        self.cpu_free[i] -= pod.spec.cpu_request_milli
-        self.memory_free[i] -= pod.spec.memory_request_bytes
-        self.pods_free[i] -= 1
-        self.owner_counts.setdefault(pod.owner, np.zeros(len(self), dtype=np.int64))[i] += 1
+        return cls(pod.spec, masks, feasible, scores)
 
 
-def _fraction(free: IntArray, capacity: IntArray) -> FloatArray:
-    out = np.zeros(len(free), dtype=np.float64)
-    np.divide(free, capacity, out=out, where=capacity > 0)
-    return out
+def explain(usage: Usage, spec: PodSpec, static_masks: Sequence[BoolArray | None] = ()) -> str:
+    """Why no node fits: each node counted under the first check it fails.
 
-
-def _explain(n: int, failures: Sequence[BoolArray]) -> str:
+    `0/3 nodes: 2 insufficient memory, 1 untolerated taint {dedicated=gpu:NoSchedule}`;
+    groups by count, most first, then in check order.
+    """
+    cluster = usage.cluster
+    n = len(cluster)
     if n == 0:
-        return "0/0 nodes: no nodes registered"
+        return NO_NODES
     remaining = np.ones(n, dtype=np.bool_)
-    counts = []
-    for name, failed in zip(CHECKS, failures, strict=True):
-        first = failed & remaining
-        counts.append((int(first.sum()), name))
-        remaining &= ~failed
-    parts = [
-        f"{count} {name}"
-        for count, name in sorted((c for c in counts if c[0]), key=lambda c: (-c[0], CHECKS.index(c[1])))
-    ]
-    return f"0/{n} nodes: " + ", ".join(parts)
+    groups: Counter[tuple[int, str]] = Counter()
+    for order, check in enumerate(CHECKS):
+        known = static_masks[order] if order < len(static_masks) else None
+        ok = known if known is not None else check.mask(usage, spec)
+        first = remaining & ~ok
+        remaining &= ok
+        if not first.any():
+            continue
+        if isinstance(check, TaintsTolerated):
+            per_set = np.bincount(cluster.taint_group[first], minlength=len(cluster.taint_sets))
+            for taint_set in np.flatnonzero(per_set):
+                node = int(np.flatnonzero(first & (cluster.taint_group == taint_set))[0])
+                groups[(order, f"{check.reason} {{{check.blocking(cluster, spec, node)}}}")] += int(
+                    per_set[taint_set]
+                )
+        else:
+            groups[(order, check.reason)] += int(first.sum())
+    parts = sorted(groups.items(), key=lambda item: (-item[1], item[0]))
+    return f"0/{n} nodes: " + ", ".join(f"{count} {text}" for (_, text), count in parts)
+
+
+def _best(usage: Usage, pod: Pod, klass: _EquivalenceClass, feasible: BoolArray) -> int | None:
+    """Index of the first feasible node with the highest total score, None if none is."""
+    if len(feasible) == 0:
+        return None
+    total: FloatArray | None = None
+    owned = False  # whether `total` is our own array, safe to add to in place
+    for scorer, static_score in zip(SCORERS, klass.static_scores, strict=True):
+        if static_score is not None:
+            part = static_score
+        else:
+            part = scorer.score(usage, pod)
+            if scorer.weight != 1.0:  # x * 1.0 == x: skip a pass over all nodes
+                part = scorer.weight * part
+        if total is None:
+            total = part
+        elif owned:
+            total += part
+        else:
+            total, owned = total + part, True
+    assert total is not None  # SCORERS is not empty
+    best = int(np.argmax(np.where(feasible, total, -np.inf)))
+    return best if feasible[best] else None
 
 
 def place_on(cluster: Cluster, pending: Sequence[Pod]) -> Placements:
-    """Place `pending` in order on `cluster`, updating its columns as pods are bound."""
+    """Place `pending` in order on `cluster`; `cluster` itself is left as it was."""
+    usage = Usage(cluster)
+    dynamic = [check for check in CHECKS if not check.static]
     assigned: dict[PodId, NodeName] = {}
     unschedulable: dict[PodId, str] = {}
-    n = len(cluster)
-    static: dict[tuple[ObjectKey, str], tuple[BoolArray, BoolArray, BoolArray, FloatArray]] = {}
-    failed: dict[tuple[ObjectKey, str], tuple[int, str]] = {}
+    classes: dict[tuple[ObjectKey, str], _EquivalenceClass] = {}
     binds = 0
     for pod in pending:
         key = (pod.owner, pod.template_hash)
-        if key in failed and failed[key][0] == binds:
-            # Nothing was bound since its twin failed: same nodes, same answer.
-            unschedulable[pod.id] = failed[key][1]
+        klass = classes.get(key)
+        if klass is None or (klass.spec is not pod.spec and klass.spec != pod.spec):
+            # A template hash names one spec; a differing spec still gets a correct answer.
+            klass = classes[key] = _EquivalenceClass.of(usage, pod)
+        elif klass.failed_after_binds == binds:
+            unschedulable[pod.id] = klass.reason
             continue
-        if key not in static:
-            selector = cluster.selector_mask(pod.spec)
-            hard, soft = cluster.taint_masks(pod.spec)
-            static[key] = (selector, hard, cluster.ready & selector & hard, soft)
-        selector, hard, base, soft = static[key]
-        spec = pod.spec
-        room = cluster.pods_free > 0
-        cpu_ok = cluster.cpu_free >= spec.cpu_request_milli
-        mem_ok = cluster.memory_free >= spec.memory_request_bytes
-        feasible = base & room & cpu_ok & mem_ok
-        if not feasible.any():
-            reason = _explain(n, [~cluster.ready, ~selector, ~hard, ~room, ~cpu_ok, ~mem_ok])
-            failed[key] = (binds, reason)
-            unschedulable[pod.id] = reason
+        feasible = klass.static_feasible
+        for check in dynamic:
+            feasible = feasible & check.mask(usage, pod.spec)
+        best = _best(usage, pod, klass, feasible)
+        if best is None:
+            klass.failed_after_binds = binds
+            klass.reason = explain(usage, pod.spec, klass.static_masks)
+            unschedulable[pod.id] = klass.reason
             continue
-        cpu_after = _fraction(cluster.cpu_free - spec.cpu_request_milli, cluster.cpu_capacity)
-        mem_after = _fraction(cluster.memory_free - spec.memory_request_bytes, cluster.memory_capacity)
-        owned = cluster.owner_counts.get(pod.owner)
-        spread = 1.0 / (1.0 + owned) if owned is not None else np.ones(n, dtype=np.float64)
-        score = (cpu_after + mem_after) / 2.0 + spread - SOFT_TAINT_PENALTY * soft
-        score = np.where(feasible, score, -np.inf)
-        best = int(np.argmax(score))
-        cluster.bind(best, pod)
+        usage.bind(best, pod)
         binds += 1
         assigned[pod.id] = cluster.names[best]
     return Placements(assigned=assigned, unschedulable=unschedulable)
 
 
 def place(pending: Sequence[Pod], nodes: Sequence[Node], bound: Sequence[Pod]) -> Placements:
-    """Place pending pods on nodes, given the pods already bound there."""
+    """Place pending pods on nodes, given the pods already bound to them."""
     return place_on(Cluster.build(nodes, bound), pending)

@@ -3,10 +3,13 @@ why a pod fits nowhere."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from gitops.model import Node, NodeName, ObjectKey, Pod, PodName, PodSpec, Taint, Toleration
-from gitops.scheduler import place, tolerates
+from gitops.scheduler import Cluster, place, place_on, tolerates
 
 GiB = 2**30
+GPU = Taint("dedicated", "gpu", "NoSchedule")
 
 
 def node(name: str, cpu: int = 4000, mem: int = 8 * GiB, **kw: object) -> Node:
@@ -31,26 +34,150 @@ def pod(
     )
 
 
-def test_replicas_spread_over_equal_nodes() -> None:
-    result = place([pod("a"), pod("b"), pod("c")], [node("n1"), node("n2"), node("n3")], [])
-    assert sorted(result.assigned.values()) == ["n1", "n2", "n3"]
+# --- resources ----------------------------------------------------------------------
 
 
-def test_placement_is_deterministic_and_ties_go_to_the_first_node() -> None:
-    nodes = [node("n1"), node("n2")]
-    first = place([pod("a")], nodes, [])
-    assert first.assigned == {"default/a": "n1"}
-    assert place([pod("a")], nodes, []) == first
+def test_a_pod_that_fits_is_placed() -> None:
+    assert place([pod("a", cpu=4000, mem=8 * GiB)], [node("n1")], []).assigned == {"default/a": "n1"}
 
 
-def test_a_pod_never_overcommits_cpu_or_memory() -> None:
+def test_a_pod_never_overcommits_cpu() -> None:
     result = place([pod("a", cpu=3000), pod("b", cpu=3000)], [node("n1")], [])
     assert result.assigned == {"default/a": "n1"}
     assert result.unschedulable == {"default/b": "0/1 nodes: 1 insufficient cpu"}
 
 
+def test_a_pod_never_overcommits_memory() -> None:
+    result = place([pod("a", mem=5 * GiB), pod("b", mem=5 * GiB)], [node("n1")], [])
+    assert result.unschedulable == {"default/b": "0/1 nodes: 1 insufficient memory"}
+
+
+def test_requests_of_zero_fit_even_on_an_overcommitted_node() -> None:
+    full = [pod("x", cpu=5000, mem=9 * GiB, node_name="n1")]
+    assert place([pod("a", cpu=0, mem=0)], [node("n1")], full).assigned == {"default/a": "n1"}
+    assert place([pod("a", cpu=0, mem=0)], [node("n0", cpu=0, mem=0)], []).assigned == {"default/a": "n0"}
+
+
 def test_bound_pods_consume_capacity() -> None:
     result = place([pod("a", mem=5 * GiB)], [node("n1"), node("n2")], [pod("x", mem=4 * GiB, node_name="n1")])
+    assert result.assigned == {"default/a": "n2"}
+
+
+def test_bound_pods_on_unknown_nodes_are_ignored() -> None:
+    result = place([pod("a", cpu=4000)], [node("n1")], [pod("x", cpu=4000, node_name="gone")])
+    assert result.assigned == {"default/a": "n1"}
+
+
+def test_max_pods_per_node_is_respected() -> None:
+    result = place([pod("a"), pod("b")], [node("n1", max_pods=1)], [])
+    assert result.unschedulable == {"default/b": "0/1 nodes: 1 too many pods"}
+
+
+def test_bound_pods_count_against_max_pods() -> None:
+    result = place([pod("a")], [node("n1", max_pods=1)], [pod("x", node_name="n1")])
+    assert result.unschedulable == {"default/a": "0/1 nodes: 1 too many pods"}
+
+
+# --- readiness, selectors, taints ---------------------------------------------------
+
+
+def test_not_ready_nodes_are_never_chosen() -> None:
+    result = place([pod("a")], [node("n1", ready=False), node("n2", cpu=200)], [])
+    assert result.assigned == {"default/a": "n2"}
+    assert place([pod("a")], [node("n1", ready=False)], []).unschedulable == {
+        "default/a": "0/1 nodes: 1 not ready"
+    }
+
+
+def test_node_selector_must_match_every_label() -> None:
+    nodes = [
+        node("n1", labels=(("disk", "hdd"), ("zone", "a"))),
+        node("n2", labels=(("disk", "ssd"), ("zone", "b"))),
+        node("n3", labels=(("disk", "ssd"), ("zone", "a"))),
+        node("n4"),
+    ]
+    selector = (("disk", "ssd"), ("zone", "a"))
+    assert place([pod("a", node_selector=selector)], nodes, []).assigned == {"default/a": "n3"}
+
+
+def test_node_selector_with_an_unknown_value_or_key_matches_nothing() -> None:
+    nodes = [node("n1", labels=(("disk", "hdd"),)), node("n2")]
+    for selector in ((("disk", "nvme"),), (("gpu", "yes"),)):
+        result = place([pod("a", node_selector=selector)], nodes, [])
+        assert result.unschedulable == {"default/a": "0/2 nodes: 2 node selector mismatch"}
+
+
+def test_an_untolerated_no_schedule_taint_blocks() -> None:
+    assert place([pod("a")], [node("gpu", taints=(GPU,))], []).unschedulable == {
+        "default/a": "0/1 nodes: 1 untolerated taint {dedicated=gpu:NoSchedule}"
+    }
+
+
+def test_an_untolerated_no_execute_taint_blocks() -> None:
+    taint = Taint("node.kubernetes.io/unreachable", "", "NoExecute")
+    assert place([pod("a")], [node("n1", taints=(taint,))], []).unschedulable == {
+        "default/a": "0/1 nodes: 1 untolerated taint {node.kubernetes.io/unreachable:NoExecute}"
+    }
+
+
+def test_an_equal_toleration_needs_key_and_value() -> None:
+    assert tolerates([Toleration("dedicated", "Equal", "gpu")], GPU)
+    assert not tolerates([Toleration("dedicated", "Equal", "tpu")], GPU)
+    assert not tolerates([Toleration("other", "Equal", "gpu")], GPU)
+
+
+def test_an_exists_toleration_matches_any_value_of_its_key() -> None:
+    assert tolerates([Toleration("dedicated", "Exists")], GPU)
+    assert tolerates([Toleration("dedicated", "Exists", "ignored")], GPU)
+    assert not tolerates([Toleration("other", "Exists")], GPU)
+
+
+def test_exists_with_an_empty_key_tolerates_everything() -> None:
+    everything = [Toleration("", "Exists")]
+    assert tolerates(everything, GPU)
+    assert tolerates(everything, Taint("x", "y", "NoExecute"))
+
+
+def test_a_toleration_effect_must_match_unless_empty() -> None:
+    assert tolerates([Toleration("dedicated", "Equal", "gpu", effect="NoSchedule")], GPU)
+    assert not tolerates([Toleration("dedicated", "Exists", effect="NoExecute")], GPU)
+    assert not tolerates([Toleration("", "Exists", effect="NoExecute")], GPU)
+    assert tolerates([Toleration("dedicated", "Exists", effect="")], GPU)
+
+
+def test_a_tolerating_pod_is_admitted_to_a_tainted_node() -> None:
+    ok = place(
+        [pod("b", tolerations=(Toleration("dedicated", "Equal", "gpu", "NoSchedule"),))],
+        [node("gpu", taints=(GPU,))],
+        [],
+    )
+    assert ok.assigned == {"default/b": "gpu"}
+
+
+def test_every_hard_taint_must_be_tolerated() -> None:
+    nodes = [node("n1", taints=(GPU, Taint("spot", "", "NoExecute")))]
+    result = place([pod("a", tolerations=(Toleration("dedicated", "Exists"),))], nodes, [])
+    assert result.unschedulable == {"default/a": "0/1 nodes: 1 untolerated taint {spot:NoExecute}"}
+
+
+def test_prefer_no_schedule_only_steers() -> None:
+    nodes = [node("soft", taints=(Taint("spot", "", "PreferNoSchedule"),)), node("plain")]
+    assert place([pod("a")], nodes, []).assigned == {"default/a": "plain"}
+    assert place([pod("a")], nodes[:1], []).assigned == {"default/a": "soft"}
+    tolerant = pod("a", tolerations=(Toleration("spot", "Exists"),))
+    assert place([tolerant], nodes, []).assigned == {"default/a": "soft"}
+
+
+# --- scoring ------------------------------------------------------------------------
+
+
+def test_three_replicas_spread_over_three_equal_nodes() -> None:
+    result = place([pod("a"), pod("b"), pod("c")], [node("n1"), node("n2"), node("n3")], [])
+    assert result.assigned == {"default/a": "n1", "default/b": "n2", "default/c": "n3"}
+
+
+def test_replicas_avoid_nodes_holding_their_bound_siblings() -> None:
+    result = place([pod("a")], [node("n1"), node("n2")], [pod("x", cpu=0, mem=0, node_name="n1")])
     assert result.assigned == {"default/a": "n2"}
 
 
@@ -59,58 +186,71 @@ def test_the_least_allocated_node_wins() -> None:
     assert result.assigned == {"default/a": "n2"}
 
 
-def test_not_ready_nodes_are_never_chosen() -> None:
-    result = place([pod("a")], [node("n1", ready=False)], [])
-    assert result.unschedulable == {"default/a": "0/1 nodes: 1 not ready"}
+def test_placement_is_deterministic_and_ties_go_to_the_first_node() -> None:
+    nodes = [node("n2"), node("n1")]
+    first = place([pod("a")], nodes, [])
+    assert first.assigned == {"default/a": "n2"}
+    assert place([pod("a")], nodes, []) == first
 
 
-def test_node_selector_must_match_labels() -> None:
-    nodes = [node("n1", labels=(("disk", "hdd"),)), node("n2", labels=(("disk", "ssd"),)), node("n3")]
-    assert place([pod("a", node_selector=(("disk", "ssd"),))], nodes, []).assigned == {"default/a": "n2"}
-    result = place([pod("b", node_selector=(("disk", "nvme"),))], nodes, [])
-    assert result.unschedulable == {"default/b": "0/3 nodes: 3 node selector mismatch"}
-
-
-def test_untolerated_taints_block_and_tolerations_admit() -> None:
-    nodes = [node("gpu", taints=(Taint("dedicated", "gpu", "NoSchedule"),))]
-    assert place([pod("a")], nodes, []).unschedulable == {"default/a": "0/1 nodes: 1 untolerated taint"}
-    ok = place([pod("b", tolerations=(Toleration("dedicated", "Equal", "gpu", "NoSchedule"),))], nodes, [])
-    assert ok.assigned == {"default/b": "gpu"}
-
-
-def test_toleration_rules_follow_kubernetes() -> None:
-    taint = Taint("k", "v", "NoSchedule")
-    assert tolerates([Toleration("", "Exists")], taint)
-    assert tolerates([Toleration("k", "Exists")], taint)
-    assert tolerates([Toleration("k", "Equal", "v")], taint)
-    assert not tolerates([Toleration("k", "Equal", "w")], taint)
-    assert not tolerates([Toleration("k", "Exists", effect="NoExecute")], taint)
-    assert not tolerates([Toleration("other", "Exists")], taint)
-
-
-def test_prefer_no_schedule_only_steers() -> None:
-    nodes = [node("soft", taints=(Taint("spot", "", "PreferNoSchedule"),)), node("plain")]
-    assert place([pod("a")], nodes, []).assigned == {"default/a": "plain"}
-    assert place([pod("a")], nodes[:1], []).assigned == {"default/a": "soft"}
+# --- reasons ------------------------------------------------------------------------
 
 
 def test_the_reason_counts_each_node_under_its_first_failing_check() -> None:
     nodes = [
         node("n1", mem=GiB // 16),
         node("n2", mem=GiB // 16),
-        node("n3", taints=(Taint("dedicated", "gpu", "NoSchedule"),)),
-        node("n4", ready=False),
+        node("n3", taints=(GPU,), mem=GiB // 16),
+        node("n4", ready=False, taints=(GPU,)),
     ]
     result = place([pod("a", mem=GiB // 8)], nodes, [])
     assert result.unschedulable == {
-        "default/a": "0/4 nodes: 2 insufficient memory, 1 not ready, 1 untolerated taint"
+        "default/a": "0/4 nodes: 2 insufficient memory, 1 not ready, "
+        "1 untolerated taint {dedicated=gpu:NoSchedule}"
     }
 
 
-def test_max_pods_per_node_is_respected() -> None:
-    result = place([pod("a"), pod("b")], [node("n1", max_pods=1)], [])
-    assert result.unschedulable == {"default/b": "0/1 nodes: 1 too many pods"}
+def test_the_reason_lists_each_blocking_taint_separately() -> None:
+    spot = Taint("spot", "", "NoSchedule")
+    nodes = [node("n1", taints=(spot,)), node("n2", taints=(GPU,)), node("n3", taints=(GPU,))]
+    assert place([pod("a")], nodes, []).unschedulable == {
+        "default/a": "0/3 nodes: 2 untolerated taint {dedicated=gpu:NoSchedule}, "
+        "1 untolerated taint {spot:NoSchedule}"
+    }
+
+
+def test_the_reason_orders_equal_counts_by_check_order() -> None:
+    ssd = (("disk", "ssd"),)
+    nodes = [
+        node("n1", cpu=50, labels=ssd),
+        node("n2", max_pods=0, labels=ssd),
+        node("n3", labels=(("disk", "hdd"),)),
+        node("n4", ready=False, labels=ssd),
+    ]
+    result = place([pod("a", node_selector=ssd)], nodes, [])
+    assert result.unschedulable == {
+        "default/a": "0/4 nodes: 1 not ready, 1 node selector mismatch, 1 too many pods, 1 insufficient cpu"
+    }
+
+
+def test_twins_of_a_pod_that_fits_nowhere_get_the_same_reason() -> None:
+    result = place([pod("a", cpu=9000), pod("b", cpu=9000)], [node("n1")], [])
+    assert result.unschedulable == {
+        "default/a": "0/1 nodes: 1 insufficient cpu",
+        "default/b": "0/1 nodes: 1 insufficient cpu",
+    }
 
 
 def test_an_empty_cluster_says_so() -> None:
     assert place([pod("a")], [], []).unschedulable == {"default/a": "0/0 nodes: no nodes registered"}
+
+
+# --- the cluster value --------------------------------------------------------------
+
+
+def test_a_cluster_is_not_changed_by_placing_on_it() -> None:
+    cluster = Cluster.build([node("n1", max_pods=1)], [])
+    assert place_on(cluster, [pod("a")]).assigned == {"default/a": "n1"}
+    assert place_on(cluster, [pod("b")]).assigned == {"default/b": "n1"}
+    assert not cluster.pods_free.flags.writeable
+    assert np.array_equal(cluster.pods_free, [1])
