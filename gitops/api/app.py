@@ -125,8 +125,8 @@ def create_app(
         store.heartbeat(name, statuses, now, stopped=[str(p) for p in body.get("stopped") or []])
         if statuses or body.get("stopped"):
             on_report()
-        pods = store.pods(node=name)
         all_pods = store.pods()
+        pods = [p for p in all_pods if p.node == name]
         services = all_endpoints(store.desired(), store.vips(), all_pods, [r.node for r in store.nodes(now)])
         return {
             "pods": [encode(p) for p in pods],
