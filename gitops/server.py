@@ -31,7 +31,8 @@ class ControlPlane:
     sources: Sequence[Source]
     host: str = "127.0.0.1"
     port: int = 8080
-    join_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    # Hex, never starting with "-": the token is passed as a command-line argument.
+    join_token: str = field(default_factory=lambda: secrets.token_hex(24))
     poll_interval: float = 30.0
     controller_interval: float = 2.0
     not_ready_toleration: float = 60.0
