@@ -12,9 +12,12 @@ import base64
 import collections.abc
 import dataclasses
 import functools
+import hashlib
 import types
 import typing
 from typing import Any, TypeVar, Union, get_args, get_origin
+
+from gitops.model import ClusterState, canonical_json
 
 T = TypeVar("T")
 
@@ -74,3 +77,19 @@ def decode(tp: Any, data: Any) -> Any:
 def decode_as(cls: type[T], data: Any) -> T:
     result: T = decode(cls, data)
     return result
+
+
+def state_version(state: ClusterState) -> str:
+    """A short content hash of what a control-loop pass decides from (not log tails,
+    restart counts or heartbeat times, which change nothing a pass does)."""
+    h = hashlib.sha256()
+    for m in sorted(state.desired, key=lambda m: m.key):
+        h.update(f"d {m.key} {m.hash}\n".encode())
+    for p in sorted(state.pods, key=lambda p: p.id):
+        fields = (p.id, p.template_hash, p.node, p.phase, p.ready, p.ready_since, p.terminating_at)
+        h.update(f"p {fields} {p.created_at}\n".encode())
+    for n in sorted(state.nodes, key=lambda n: n.name):
+        h.update(f"n {canonical_json(encode(n))} {state.not_ready_since.get(n.name)}\n".encode())
+    for key in sorted(state.rollouts):
+        h.update(f"r {key} {canonical_json(encode(state.rollouts[key]))}\n".encode())
+    return h.hexdigest()[:16]

@@ -1,27 +1,22 @@
 """The control loop: read state, plan, schedule, write state; level-triggered.
 
 Each pass re-reads everything from the store (it never trusts what woke it), runs the pure
-planner and scheduler, and writes their result back in one transaction. Running a pass
+`gitops.reconcile.decide` (planner and scheduler), and writes the decision back. Running a pass
 twice changes nothing the second time. Passes run on a timer and whenever a sync or an
 agent report wakes the loop.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
 
-from gitops.model import Manifest, Node, ObjectKey, Pod, RolloutState
-from gitops.planner import Plan, plan, resolve_template, rollouts
-from gitops.planner.evict import evictions
-from gitops.planner.plan import configs_of
-from gitops.planner.rollout import advance, rollback_template
-from gitops.scheduler import place
+from gitops.planner import Plan
+from gitops.reconcile import decide
 from gitops.store import Store
 
 log = structlog.get_logger(__name__)
@@ -35,24 +30,9 @@ class PassResult:
 
 
 def reconcile_once(store: Store, now: float, *, not_ready_toleration: float = 60.0) -> PassResult:
-    desired = store.desired()
-    pods = store.pods()
-    records = store.nodes(now)
-    nodes: list[Node] = [r.node for r in records]
-    not_ready_since = {
-        r.node.name: r.heartbeat_at + store.heartbeat_grace for r in records if not r.node.ready
-    }
-    evicted = evictions(pods, not_ready_since, now=now, default_toleration=not_ready_toleration)
-    gone = {a.pod.id for a in evicted}
-    live = [p for p in pods if p.terminating_at is None and p.id not in gone]
-    draining = {p.name for p in pods if p.terminating_at is not None} | {a.pod.name for a in evicted}
-    states = store.rollouts()
-    effective = [_rolled_back(m, states.get(m.key)) for m in desired]
-    result = plan(effective, live, now=now, avoid=draining)
-    # Stopping pods hold their node's resources until their agent reports them gone.
-    bound = [p for p in pods if p.node is not None and p.id not in gone]
-    pending: list[Pod] = [p for p in result.keep if p.node is None] + [a.pod for a in result.create]
-    placements = place(pending, nodes, bound)
+    state = store.snapshot(now)
+    decision = decide(state, now, not_ready_toleration=not_ready_toleration)
+    result, placements, evicted = decision.plan, decision.placements, decision.evicted
     store.apply_pod_changes(
         create=[(a.pod, a.reason) for a in result.create],
         stop=[(a.pod, a.reason) for a in result.stop],
@@ -61,7 +41,7 @@ def reconcile_once(store: Store, now: float, *, not_ready_toleration: float = 60
         pending_reasons=placements.unschedulable,
         now=now,
     )
-    if not result.empty or placements.assigned or evicted:
+    if not decision.empty:
         log.info(
             "controller.pass",
             create=len(result.create),
@@ -71,41 +51,9 @@ def reconcile_once(store: Store, now: float, *, not_ready_toleration: float = 60
             unschedulable=len(placements.unschedulable),
             actions=result.describe(),
         )
-    stopped = {a.pod.id for a in result.stop}
-    after = [p for p in live if p.id not in stopped] + [a.pod for a in result.create]
-    store.save_rollouts(_advance(desired, effective, states, after, now), now)
+    store.save_rollouts(decision.rollouts, now)
     actions = Plan(result.create, (*evicted, *result.stop), result.keep)
     return PassResult(actions, len(placements.assigned), len(placements.unschedulable))
-
-
-def _rolled_back(manifest: Manifest, state: RolloutState | None) -> Manifest:
-    """The manifest to plan with: the source's, or its last good template when rolled back."""
-    template = rollback_template(state) if manifest.key.kind == "Deployment" else None
-    if template is None:
-        return manifest
-    return dataclasses.replace(
-        manifest, body={**manifest.body, "spec": {**manifest.spec, "template": template}}
-    )
-
-
-def _advance(
-    desired: Sequence[Manifest],
-    effective: Sequence[Manifest],
-    states: Mapping[ObjectKey, RolloutState],
-    pods: Sequence[Pod],
-    now: float,
-) -> dict[ObjectKey, RolloutState]:
-    configs = configs_of(desired)
-    statuses = {s.deployment: s for s in rollouts(effective, pods, now=now)}
-    result = {}
-    for manifest in desired:
-        if manifest.key.kind != "Deployment":
-            continue
-        target = resolve_template(manifest, configs).hash
-        result[manifest.key] = advance(
-            states.get(manifest.key), manifest, target, statuses[manifest.key.ref], now=now
-        )
-    return result
 
 
 class Controller:

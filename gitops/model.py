@@ -311,6 +311,25 @@ class Placements:
     unschedulable: Mapping[PodId, str] = field(default_factory=dict)
 
 
+# --- the cluster as a whole -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    """Everything one control-loop pass reads: desired objects, pods, nodes, rollouts.
+
+    `not_ready_since` maps each NotReady node to the time it became NotReady. `version`
+    names this state (a content hash): a preview says which version it was computed on.
+    """
+
+    desired: tuple[Manifest, ...]
+    pods: tuple[Pod, ...]
+    nodes: tuple[Node, ...]
+    not_ready_since: Mapping[NodeName, float] = field(default_factory=dict)
+    rollouts: Mapping[ObjectKey, RolloutState] = field(default_factory=dict)
+    version: str = ""
+
+
 # --- sources --------------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ updates only the pods bound to that agent's node.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 import time
@@ -22,8 +23,9 @@ from sqlalchemy import create_engine, delete, event, inspect, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from gitops.codec import decode_as, encode
+from gitops.codec import decode_as, encode, state_version
 from gitops.model import (
+    ClusterState,
     Manifest,
     Node,
     NodeName,
@@ -382,6 +384,21 @@ class Store:
                 NodeRecord(_node(r, now, self.heartbeat_grace), r.heartbeat_at, r.registered_at)
                 for r in s.scalars(select(NodeRow).order_by(NodeRow.name))
             ]
+
+    def snapshot(self, now: float | None = None) -> ClusterState:
+        """The whole state one control-loop pass reads, with its version."""
+        now = time.time() if now is None else now
+        records = self.nodes(now)
+        state = ClusterState(
+            desired=tuple(self.desired()),
+            pods=tuple(self.pods()),
+            nodes=tuple(r.node for r in records),
+            not_ready_since={
+                r.node.name: r.heartbeat_at + self.heartbeat_grace for r in records if not r.node.ready
+            },
+            rollouts=self.rollouts(),
+        )
+        return dataclasses.replace(state, version=state_version(state))
 
     # --- pods -------------------------------------------------------------------------
 
