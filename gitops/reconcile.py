@@ -18,7 +18,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from gitops.model import ClusterState, Manifest, ObjectKey, Placements, Pod, PodId, RolloutState
+from gitops.model import ClusterState, Manifest, ObjectKey, Placements, Pod, PodId, RolloutState, content_hash
 from gitops.planner import Action, Plan, plan, resolve_template, rollouts
 from gitops.planner.evict import evictions
 from gitops.planner.plan import configs_of
@@ -84,9 +84,9 @@ def _rolled_back(manifest: Manifest, state: RolloutState | None) -> Manifest:
     template = rollback_template(state) if manifest.key.kind == "Deployment" else None
     if template is None:
         return manifest
-    return dataclasses.replace(
-        manifest, body={**manifest.body, "spec": {**manifest.spec, "template": template}}
-    )
+    body = {**manifest.body, "spec": {**manifest.spec, "template": template}}
+    # A new body gets its own hash: resolved templates are memoised by it.
+    return dataclasses.replace(manifest, body=body, hash=content_hash(body))
 
 
 def _advance(

@@ -19,7 +19,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from gitops.model import Manifest, ObjectKey, Pod, PodName
-from gitops.planner.podspec import Template, describe_change, resolve_template
+from gitops.planner.podspec import ConfigIndex, Template, describe_change, resolve_template
 from gitops.planner.rollout import RolloutStatus, rolling_step, rollout_status, strategy_of
 
 _ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # Kubernetes' safe alphabet: no vowels, no 0/1/3
@@ -56,8 +56,8 @@ def pod_name(deployment: str, template_hash: str, slot: int) -> PodName:
     return PodName(f"{deployment}-{template_hash}-{pod_suffix(template_hash, slot)}")
 
 
-def configs_of(desired: Iterable[Manifest]) -> dict[ObjectKey, Manifest]:
-    return {m.key: m for m in desired if m.key.kind in ("ConfigMap", "Secret")}
+def configs_of(desired: Iterable[Manifest]) -> ConfigIndex:
+    return ConfigIndex((m.key, m) for m in desired if m.key.kind in ("ConfigMap", "Secret"))
 
 
 def _stop_order(pod: Pod) -> tuple[int, int, float, str]:

@@ -207,8 +207,44 @@ def _quantity(resources: Mapping[str, Any], section: str, name: str) -> str | in
     return value
 
 
+class ConfigIndex(dict[ObjectKey, Manifest]):
+    """ConfigMaps and Secrets by key, with a fingerprint of their content hashes, so that a
+    resolved template can be reused while neither the Deployment nor any config changed."""
+
+    _fingerprint: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """Empty when some config has no content hash (then nothing is reused)."""
+        if self._fingerprint is None:
+            pairs = sorted((str(k), m.hash) for k, m in self.items())
+            self._fingerprint = "" if any(not h for _, h in pairs) else content_hash(pairs)
+        return self._fingerprint
+
+
+_TEMPLATES: dict[tuple[ObjectKey, str, str], Template] = {}
+_TEMPLATES_MAX = 50_000
+
+
 def resolve_template(deployment: Manifest, configs: Configs) -> Template:
-    """Resolve a Deployment's pod template against the ConfigMaps and Secrets it uses."""
+    """Resolve a Deployment's pod template against the ConfigMaps and Secrets it uses.
+
+    Results are memoised by the Deployment's content hash and the configs' fingerprint (a
+    pure function of both); a control pass and a preview resolve each template many times.
+    """
+    fingerprint = configs.fingerprint if isinstance(configs, ConfigIndex) else ""
+    if not (deployment.hash and fingerprint):
+        return _resolve(deployment, configs)
+    key = (deployment.key, deployment.hash, fingerprint)
+    template = _TEMPLATES.get(key)
+    if template is None:
+        if len(_TEMPLATES) >= _TEMPLATES_MAX:
+            _TEMPLATES.clear()
+        template = _TEMPLATES[key] = _resolve(deployment, configs)
+    return template
+
+
+def _resolve(deployment: Manifest, configs: Configs) -> Template:
     namespace = deployment.key.namespace
     template = deployment.spec.get("template") or {}
     pod = template.get("spec") or {}

@@ -357,6 +357,28 @@ class _BoundedLoader(yaml.SafeLoader):
         super().fetch_flow_collection_start(TokenClass)
 
 
+class _FastFailed(Exception):
+    """libyaml found a syntax error: read the file again with PyYAML's scanner, whose
+    messages and positions are the ones users see."""
+
+
+def _libyaml_events(text: str) -> Iterator[yaml.Event]:
+    parser = yaml.CBaseLoader(text)
+    try:
+        while parser.check_event():
+            yield parser.get_event()  # type: ignore[misc]  # libyaml has an event whenever check_event() says so
+    except yaml.YAMLError as error:
+        raise _FastFailed from error
+    finally:
+        parser.dispose()
+
+
+def _fast_enough(text: str) -> bool:
+    """libyaml (about 4x faster) may read `text` when it cannot nest flow collections past
+    the limit: it opens no more than `MAX_DEPTH` of them in all."""
+    return hasattr(yaml, "CBaseLoader") and text.count("[") + text.count("{") <= MAX_DEPTH
+
+
 def _events(text: str) -> Iterator[yaml.Event]:
     loader = _BoundedLoader(text)
     try:
@@ -376,34 +398,43 @@ def load_file(file: SourceFile) -> tuple[list[Document], list[Diagnostic]]:
     if text is None:
         assert problem is not None
         return [], [problem]
+    if _fast_enough(text):
+        try:
+            return _load(file.path, _libyaml_events(text))
+        except _FastFailed:
+            pass
+    return _load(file.path, _events(text))
+
+
+def _load(path: str, events: Iterator[yaml.Event]) -> tuple[list[Document], list[Diagnostic]]:
     documents: list[Document] = []
     errors: list[Diagnostic] = []
     builder: _Builder | None = None
     refused = False
     try:
-        for event in _events(text):
+        for event in events:
             if isinstance(event, yaml.DocumentStartEvent):
-                builder, refused = _Builder(file.path), False
+                builder, refused = _Builder(path), False
             elif isinstance(event, yaml.DocumentEndEvent):
                 if builder is not None and not refused and builder.root is not None:
-                    documents.append(Document(file.path, builder.root, builder.values, builder.keys))
+                    documents.append(Document(path, builder.root, builder.values, builder.keys))
                 builder = None
             elif builder is not None and not refused and not isinstance(event, yaml.StreamEndEvent):
                 try:
                     builder.feed(event)
                 except _Refused as refusal:
                     refused = True
-                    location = SourceLocation(file.path, *refusal.position)
+                    location = SourceLocation(path, *refusal.position)
                     errors.append(Diagnostic("error", refusal.message, location))
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
         problem_text = " ".join(p for p in (error.context, error.problem) if p)
-        location = SourceLocation(file.path, line, col)
+        location = SourceLocation(path, line, col)
         errors.append(Diagnostic("error", f"invalid YAML: {problem_text}", location))
     except yaml.YAMLError as error:
-        errors.append(Diagnostic("error", f"invalid YAML: {error}", SourceLocation(file.path)))
+        errors.append(Diagnostic("error", f"invalid YAML: {error}", SourceLocation(path)))
     except RecursionError:
         # The parser keeps its own stacks, so this is a last line of defence only.
-        errors.append(Diagnostic("error", "document is nested too deeply", SourceLocation(file.path)))
+        errors.append(Diagnostic("error", "document is nested too deeply", SourceLocation(path)))
     return documents, errors

@@ -17,11 +17,9 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-import referencing
 from jsonschema import Draft202012Validator, ValidationError
 from jsonschema.protocols import Validator
 from jsonschema.validators import extend
-from referencing.jsonschema import DRAFT202012
 
 from gitops.model import KINDS
 
@@ -65,14 +63,41 @@ def _read(name: str) -> Any:
     return json.loads(resources.files("gitops.schemas").joinpath(name).read_text(encoding="utf-8"))
 
 
+def _inline(node: Any, documents: Mapping[str, Any], current: str, depth: int = 0) -> Any:
+    """`node` with every `$ref` replaced by what it points at.
+
+    Validation then never resolves a reference (with the `referencing` library that was
+    half the time of a schema check). A `$ref` with sibling keywords becomes an `allOf` of
+    both, which is what 2020-12 means by it. Our schemas are not recursive; `depth` guards.
+    """
+    if depth > 50:
+        raise ValueError("schema references nest more than 50 levels deep")
+    if isinstance(node, list):
+        return [_inline(v, documents, current, depth) for v in node]
+    if not isinstance(node, Mapping):
+        return node
+    ref = node.get("$ref")
+    result = {k: _inline(v, documents, current, depth) for k, v in node.items() if k != "$ref"}
+    if not isinstance(ref, str):
+        return result
+    file, _, pointer = ref.partition("#")
+    name = file or current
+    target: Any = documents[name]
+    for part in pointer.strip("/").split("/") if pointer.strip("/") else []:
+        target = target[part]
+    resolved = _inline(target, documents, name, depth + 1)
+    siblings = {k: v for k, v in result.items() if k not in ("$defs", "$id", "$schema")}
+    if not siblings:
+        return resolved
+    return {**result, "allOf": [*result.get("allOf", []), resolved]}
+
+
 @cache
 def _validator(kind: str) -> Validator:
-    common = _read(_COMMON)
-    registry: referencing.Registry[Any] = referencing.Registry().with_resource(
-        common["$id"], DRAFT202012.create_resource(common)
-    )
-    schema = _read(f"{kind.lower()}.schema.json")
-    validator: Validator = _GitopsValidator(schema, registry=registry)
+    name = f"{kind.lower()}.schema.json"
+    documents = {_COMMON: _read(_COMMON), name: _read(name)}
+    schema = _inline(documents[name], documents, name)
+    validator: Validator = _GitopsValidator(schema)
     return validator
 
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+import yaml
+
 from gitops.model import SourceLocation
 from gitops.schemas.loader import SourceFile, format_path, load_file
 
@@ -98,3 +103,22 @@ def test_a_merge_key_may_take_a_list_of_mappings_and_earlier_ones_win() -> None:
     [document], problems = load_file(source("a.yaml", text))
     assert problems == []
     assert document.body["c"] == {"x": 1, "y": 2, "z": 3}
+
+
+def test_libyaml_and_the_bounded_python_scanner_give_the_same_documents_and_errors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Small files go through libyaml for speed; the result must not depend on which ran."""
+    realistic = (Path(__file__).parent / "realistic.yaml").read_bytes()
+    samples = [
+        SourceFile("realistic.yaml", realistic),
+        SourceFile("anchors.yaml", b"a: &x {k: v}\nb:\n  <<: *x\n  c: [1, 2, {d: e}]\n---\nf: 'g'\n"),
+        SourceFile("broken.yaml", b"a: 1\n---\nb: [1, 2\nc: 3\n"),
+        SourceFile("tags.yaml", b"a: !!python/object:os.system ls\nb: !!binary aGk=\n"),
+        SourceFile("dup.yaml", b"a: 1\nb:\n  c: 2\n  c: 3\n"),
+    ]
+    fast = [load_file(f) for f in samples]
+    monkeypatch.delattr(yaml, "CBaseLoader")
+    slow = [load_file(f) for f in samples]
+    assert fast == slow
+    assert any(errors for _, errors in fast)  # the samples include refusals, not only clean files
