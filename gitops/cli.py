@@ -5,14 +5,18 @@ gitops serve ...         the control plane alone (sources, store, API, controlle
 gitops agent ...         a node agent for the local Docker engine
 gitops validate PATH...  check manifests; exit 1 on any error
 gitops status            what the cluster runs, and the last rejected revision
+gitops plan ...          preview what a revision would change (exit 0 none, 2 changes, 1 error)
+gitops state export      the cluster state as a snapshot file for `gitops plan --state`
 gitops down              remove this node's containers and iptables chains
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import secrets
 import signal
 import sys
 import time
@@ -23,9 +27,13 @@ from typing import Any
 import httpx
 import structlog
 
-from gitops.model import Diagnostic, NodeName, Taint
+from gitops.model import ClusterState, Diagnostic, NodeName, Taint
+from gitops.preview.render import to_json_text, to_markdown, to_text
+from gitops.preview.state import StateError, from_json, load_state
+from gitops.preview.state import to_json as state_json
 from gitops.schemas.loader import SourceFile
 from gitops.schemas.validate import validate_files
+from gitops.sync.previews import preview_revisions
 from gitops.sync.sources import FolderSource, GitSource, Source, read_folder
 
 DEFAULT_STATE = Path(os.environ.get("GITOPS_STATE_DIR", ".gitops"))
@@ -227,10 +235,54 @@ def _control_plane(args: argparse.Namespace, state: Path, sources: list[Source])
         port=args.port,
         poll_interval=args.poll,
         not_ready_toleration=args.not_ready_toleration,
+        preview_refspec=getattr(args, "previews", ""),
+        **_push_options(args, state),
     )
     if token:
         plane.join_token = token
     return plane
+
+
+def _read_secret(path: str, option: str) -> str:
+    try:
+        value = Path(path).read_text().strip()
+    except OSError as exc:
+        raise SystemExit(f"{option} {path}: cannot read: {exc.strerror}") from exc
+    if not value:
+        raise SystemExit(f"{option} {path}: the file is empty")
+    return value
+
+
+def _push_token_path(args: argparse.Namespace, state: Path) -> Path:
+    return Path(args.push_token_file) if getattr(args, "push_token_file", None) else state / "push-token"
+
+
+def _push_options(args: argparse.Namespace, state: Path) -> dict[str, Any]:
+    """Hosted repositories, their push token and the webhook secret (read from files only)."""
+    from gitops.sync.hosted import HostedRepo  # noqa: PLC0415
+
+    options: dict[str, Any] = {}
+    if getattr(args, "webhook_secret_file", None):
+        options["webhook_secret"] = _read_secret(args.webhook_secret_file, "--webhook-secret-file").encode()
+    names = getattr(args, "host_repo", None) or []
+    if names:
+        try:
+            options["hosted"] = [HostedRepo(name, state) for name in names]
+        except ValueError as exc:
+            raise SystemExit(f"--host-repo {exc}") from exc
+        path = _push_token_path(args, state)
+        if getattr(args, "push_token_file", None):
+            options["push_token"] = _read_secret(str(path), "--push-token-file")
+        elif path.exists():
+            options["push_token"] = _read_secret(str(path), "the generated push token")
+        else:
+            token = secrets.token_hex(24)
+            state.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(token + "\n")
+            options["push_token"] = token
+    return options
 
 
 def _agent(args: argparse.Namespace, server: str, token: str, state: Path) -> Any:
@@ -256,10 +308,16 @@ def _agent(args: argparse.Namespace, server: str, token: str, state: Path) -> An
 def cmd_serve(args: argparse.Namespace) -> int:
     state = Path(args.state_dir)
     sources = _sources(args, state)
-    if not sources:
-        print("gitops serve: give at least one --dir or --git source", file=sys.stderr)
+    if not sources and not args.host_repo:
+        print("gitops serve: give at least one --dir, --git or --host-repo source", file=sys.stderr)
         return 2
     plane = _control_plane(args, state, sources)
+    for repo in plane.hosted:
+        print(
+            f"hosting {repo.name}: git push {plane.url}/git/{repo.name}.git (deploys {repo.branch}; "
+            f"the password is the push token in {_push_token_path(args, state)})",
+            file=sys.stderr,
+        )
     if not (args.join_token or os.environ.get("GITOPS_JOIN_TOKEN")):
         path = state / "join-token"
         path.write_text(plane.join_token)
@@ -334,6 +392,79 @@ def cmd_down(args: argparse.Namespace) -> int:
 # --- parser -----------------------------------------------------------------------------
 
 
+# --- plan and state ---------------------------------------------------------------------
+
+
+def _read_state(source: str | None) -> tuple[ClusterState, str, bool]:
+    """The state to preview on, where it came from, and whether it is nodes only."""
+    if source is None:
+        return ClusterState(desired=(), pods=(), nodes=()), "no --state (no nodes: pods are not placed)", True
+    if source.startswith(("http://", "https://")):
+        url = source.rstrip("/")
+        if not url.endswith("/api/v1/state"):
+            url += "/api/v1/state"
+        try:
+            response = httpx.get(url, timeout=30, trust_env=False)
+            response.raise_for_status()
+            return from_json(response.json(), url), url, False
+        except (httpx.HTTPError, ValueError) as exc:
+            raise StateError(f"{url}: cannot read the cluster state: {exc}") from exc
+    path = Path(source)
+    try:
+        content = path.read_bytes()
+    except OSError as exc:
+        raise StateError(f"{source}: cannot read: {exc.strerror}") from exc
+    state = load_state(source, content)
+    snapshot = content.lstrip().startswith(b"{")  # else a nodes file: the base is settled on it
+    return state, source, not snapshot
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    try:
+        state, where, nodes_only = _read_state(args.state)
+        result = preview_revisions(
+            Path(args.repo),
+            args.base,
+            args.head,
+            args.path,
+            state,
+            state_source=where,
+            settle_base=nodes_only,
+            now=time.time(),
+        )
+    except (StateError, ValueError) as exc:
+        print(f"gitops plan: {exc}", file=sys.stderr)
+        return 1
+    render = {"text": to_text, "markdown": to_markdown, "json": to_json_text}[args.format]
+    sys.stdout.write(render(result))
+    if result.errors and args.format != "text":
+        for error in result.errors:
+            print(error, file=sys.stderr)
+    return result.exit_code
+
+
+def cmd_state_export(args: argparse.Namespace) -> int:
+    if args.db:
+        from gitops.store import Store  # noqa: PLC0415 - SQLAlchemy only when reading a store
+
+        document = state_json(Store(args.db).snapshot())
+    else:
+        url = args.server.rstrip("/") + "/api/v1/state"
+        try:
+            response = httpx.get(url, timeout=30, trust_env=False)
+            response.raise_for_status()
+            document = response.json()
+        except httpx.HTTPError as exc:
+            print(f"gitops state export: {url}: {exc}", file=sys.stderr)
+            return 1
+    text = json.dumps(document, indent=1, ensure_ascii=False) + "\n"
+    if args.output and args.output != "-":
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gitops", description="GitOps for plain Docker hosts")
     p.add_argument("--log-json", action="store_true", help="JSON log lines")
@@ -347,6 +478,11 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--service-cidr", default="10.243.0.0/16")
         sp.add_argument("--poll", type=float, default=30.0, help="seconds between source polls")
         sp.add_argument("--join-token", help="token agents present to register (default: generated)")
+        sp.add_argument(
+            "--webhook-secret-file",
+            metavar="PATH",
+            help="file holding the secret of the push webhooks /hooks/{github,gitlab,gitea} (off without it)",
+        )
         sp.add_argument(
             "--node-grace",
             type=float,
@@ -383,6 +519,23 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--git", action="append", help="a git URL source (repeatable)")
     serve.add_argument("--branch", default="main")
     serve.add_argument("--path", default="", help="folder inside the repository")
+    serve.add_argument(
+        "--previews",
+        default="refs/heads/*",
+        metavar="REFSPEC",
+        help="refs of git sources to preview, e.g. 'refs/pull/*/head' ('' for none; default: other branches)",
+    )
+    serve.add_argument(
+        "--host-repo",
+        action="append",
+        metavar="NAME",
+        help="host a repository at /git/NAME.git and deploy its main branch (repeatable)",
+    )
+    serve.add_argument(
+        "--push-token-file",
+        metavar="PATH",
+        help="file holding the password for /git/ (default: generated into STATE_DIR/push-token)",
+    )
     serve.add_argument("--state-dir", default=str(DEFAULT_STATE))
     plane_options(serve)
     serve.set_defaults(func=cmd_serve)
@@ -402,6 +555,30 @@ def parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="cluster status from a running server")
     status.add_argument("--server", default=os.environ.get("GITOPS_SERVER", "http://127.0.0.1:8080"))
     status.set_defaults(func=cmd_status)
+
+    plan = sub.add_parser(
+        "plan",
+        help="preview what a revision would change and where its pods would land",
+        description="Exit status: 0 no changes, 2 changes, 1 error (invalid revision or bad input).",
+    )
+    plan.add_argument("--repo", default=".", help="a local git repository (default: .)")
+    plan.add_argument("--base", help="the revision to compare with (default: none, everything is new)")
+    plan.add_argument("--head", default="HEAD", help="the revision to preview (default: HEAD)")
+    plan.add_argument("--path", default="", help="folder inside the repository")
+    plan.add_argument(
+        "--state",
+        help="a server URL (its read-only API), a snapshot from 'gitops state export', or a nodes file",
+    )
+    plan.add_argument("--format", choices=("text", "markdown", "json"), default="text")
+    plan.set_defaults(func=cmd_plan)
+
+    state = sub.add_parser("state", help="cluster state snapshots")
+    state_sub = state.add_subparsers(dest="state_command", required=True)
+    export = state_sub.add_parser("export", help="write the cluster state (no Secret values) as JSON")
+    export.add_argument("--server", default=os.environ.get("GITOPS_SERVER", "http://127.0.0.1:8080"))
+    export.add_argument("--db", help="read a store directly (SQLAlchemy URL) instead of a server")
+    export.add_argument("-o", "--output", help="file to write (default: standard output)")
+    export.set_defaults(func=cmd_state_export)
 
     down = sub.add_parser("down", help="remove this node's containers and iptables chains")
     down.add_argument("--service-cidr", default="10.243.0.0/16")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from gitops.metrics import Metrics
 from gitops.planner import Plan
 from gitops.reconcile import decide
 from gitops.store import Store
@@ -29,7 +30,9 @@ class PassResult:
     unschedulable: int
 
 
-def reconcile_once(store: Store, now: float, *, not_ready_toleration: float = 60.0) -> PassResult:
+def reconcile_once(
+    store: Store, now: float, *, not_ready_toleration: float = 60.0, metrics: Metrics | None = None
+) -> PassResult:
     state = store.snapshot(now)
     decision = decide(state, now, not_ready_toleration=not_ready_toleration)
     result, placements, evicted = decision.plan, decision.placements, decision.evicted
@@ -41,6 +44,10 @@ def reconcile_once(store: Store, now: float, *, not_ready_toleration: float = 60
         pending_reasons=placements.unschedulable,
         now=now,
     )
+    if metrics is not None and placements.assigned:
+        # Pods created in this very pass are not in `state`: they waited no time.
+        created = {p.id: p.created_at for p in state.pods}
+        metrics.observe_binds(now - created.get(pod_id, now) for pod_id in placements.assigned)
     if not decision.empty:
         log.info(
             "controller.pass",
@@ -66,8 +73,10 @@ class Controller:
         interval: float = 2.0,
         clock: Callable[[], float] = time.time,
         not_ready_toleration: float = 60.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics
         self.not_ready_toleration = not_ready_toleration
         self.interval = interval
         self.clock = clock
@@ -93,7 +102,12 @@ class Controller:
         while not self._stop.is_set():
             self._wake.clear()
             try:
-                reconcile_once(self.store, self.clock(), not_ready_toleration=self.not_ready_toleration)
+                reconcile_once(
+                    self.store,
+                    self.clock(),
+                    not_ready_toleration=self.not_ready_toleration,
+                    metrics=self.metrics,
+                )
                 failures = 0
             except Exception:
                 failures += 1

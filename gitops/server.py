@@ -17,10 +17,15 @@ import structlog
 import uvicorn
 
 from gitops.api.app import create_app
+from gitops.api.githttp import git_router
+from gitops.api.webhooks import webhook_router
 from gitops.controller import Controller
+from gitops.metrics import Metrics
 from gitops.store import Store
+from gitops.sync.hosted import HostedRepo
+from gitops.sync.previews import BranchPreviews
 from gitops.sync.service import SyncService
-from gitops.sync.sources import Source
+from gitops.sync.sources import GitSource, Source
 
 log = structlog.get_logger(__name__)
 
@@ -36,10 +41,24 @@ class ControlPlane:
     poll_interval: float = 30.0
     controller_interval: float = 2.0
     not_ready_toleration: float = 60.0
+    # Which refs of each git source get previews ("" for none); the deployed branch never does.
+    preview_refspec: str = "refs/heads/*"
+    # Repositories served at /git/NAME.git (each also a source), and the token pushes present.
+    hosted: Sequence[HostedRepo] = ()
+    push_token: str = field(default_factory=lambda: secrets.token_hex(24))
+    # HMAC key / token of the push webhooks (/hooks/...); None disables them.
+    webhook_secret: bytes | None = None
     _server: uvicorn.Server | None = None
     _thread: threading.Thread | None = None
     syncs: list[SyncService] = field(default_factory=list)
     controller: Controller | None = None
+    metrics: Metrics = field(default_factory=Metrics)  # served at /metrics
+    previews: list[BranchPreviews] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        missing = [h.source for h in self.hosted if h.source not in self.sources]
+        if missing:
+            self.sources = [*self.sources, *missing]
 
     @property
     def url(self) -> str:
@@ -47,10 +66,27 @@ class ControlPlane:
 
     def _build(self) -> uvicorn.Server:
         self.controller = Controller(
-            self.store, interval=self.controller_interval, not_ready_toleration=self.not_ready_toleration
+            self.store,
+            interval=self.controller_interval,
+            not_ready_toleration=self.not_ready_toleration,
+            metrics=self.metrics,
         )
+        self.previews = [
+            BranchPreviews(
+                self.store,
+                s,
+                s.cache_dir.with_name(s.cache_dir.name + "-previews"),
+                refspec=self.preview_refspec,
+                interval=self.poll_interval,
+                not_ready_toleration=self.not_ready_toleration,
+            )
+            for s in self.sources
+            if isinstance(s, GitSource) and self.preview_refspec
+        ]
         self.syncs = [
-            SyncService(self.store, s, interval=self.poll_interval, on_applied=self.controller.wake)
+            SyncService(
+                self.store, s, interval=self.poll_interval, on_applied=self._applied, metrics=self.metrics
+            )
             for s in self.sources
         ]
         app = create_app(
@@ -58,14 +94,38 @@ class ControlPlane:
             join_token=self.join_token,
             sources=[s.name for s in self.sources],
             on_report=self.controller.wake,
+            metrics=self.metrics,
         )
+        app.include_router(webhook_router(self.webhook_secret, lambda: self.syncs, lambda: self.previews))
+        if self.hosted:
+            for repo in self.hosted:
+                repo.ensure()
+            app.include_router(git_router(self.hosted, self.push_token, self._pushed))
         config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning", access_log=False)
         return uvicorn.Server(config)
+
+    def _applied(self) -> None:
+        """A new revision is desired: converge on it, and recompute previews against it."""
+        if self.controller is not None:
+            self.controller.wake()
+        for previews in self.previews:
+            previews.trigger()
+
+    def _pushed(self, repo: HostedRepo) -> None:
+        """A push to a hosted repository was accepted: sync it and refresh its previews now."""
+        for sync in self.syncs:
+            if sync.source is repo.source:
+                sync.trigger()
+        for previews in self.previews:
+            if previews.name == repo.source.name:
+                previews.trigger()
 
     def _start_loops(self) -> None:
         assert self.controller is not None
         for sync in self.syncs:
             sync.start()
+        for previews in self.previews:
+            previews.start()
         self.controller.start()
 
     def start(self) -> None:
@@ -94,6 +154,8 @@ class ControlPlane:
     def stop(self) -> None:
         for sync in self.syncs:
             sync.stop()
+        for previews in self.previews:
+            previews.stop()
         if self.controller is not None:
             self.controller.stop()
         if self._server is not None:

@@ -5,7 +5,10 @@ per-node token) and sync (heartbeat plus pod statuses in, the node's pods and al
 endpoints out). A node token only ever reads and writes its own node.
 
 `/api/v1/...` is read-only (GET and HEAD) and never returns a Secret value: pod specs are
-summarised without environment values or file contents.
+summarised without environment values or file contents. The status page (`gitops.api.page`),
+`/metrics` (`gitops.metrics`), `/openapi.json` and `/docs` are read-only too: every path
+outside `/agent/`, `/hooks/` and `/git/` answers 405 to anything but GET and HEAD
+(`gitops.api.readonly`).
 """
 
 from __future__ import annotations
@@ -18,13 +21,18 @@ from typing import Any
 
 import structlog
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
+from gitops.api.page import install_status_page
+from gitops.api.readonly import install_read_only
+from gitops.api.redaction import pod_summary, secret_values
+from gitops.api.view import ViewCache
 from gitops.codec import decode_as, encode
-from gitops.model import Manifest, Node, NodeName, Pod, PodStatus, Taint
+from gitops.metrics import CONTENT_TYPE, Metrics
+from gitops.model import Node, NodeName, PodStatus, Taint
 from gitops.planner import all_endpoints, rollouts
-from gitops.planner.podspec import config_values
-from gitops.store import Store
+from gitops.preview.state import to_json as state_json
+from gitops.store import PreviewRecord, Store
 
 log = structlog.get_logger(__name__)
 
@@ -36,45 +44,6 @@ def _bearer(authorization: str = Header(default="")) -> str:
     return token
 
 
-def secret_values(desired: Sequence[Manifest]) -> list[str]:
-    """Every Secret value (decoded), longest first, for redacting free text such as logs."""
-    values = set()
-    for m in desired:
-        if m.key.kind == "Secret":
-            for raw in config_values(m).values():
-                text = raw.decode(errors="replace").strip()
-                if len(text) >= 4:
-                    values.add(text)
-    return sorted(values, key=len, reverse=True)
-
-
-def redact(text: str, secrets_: Sequence[str]) -> str:
-    for value in secrets_:
-        text = text.replace(value, "[redacted]")
-    return text
-
-
-def pod_summary(pod: Pod, secrets_: Sequence[str] = ()) -> dict[str, Any]:
-    return {
-        "id": pod.id,
-        "namespace": pod.namespace,
-        "name": pod.name,
-        "owner": str(pod.owner),
-        "image": pod.spec.image,
-        "template_hash": pod.template_hash,
-        "node": pod.node,
-        "phase": pod.phase,
-        "ready": pod.ready,
-        "reason": pod.reason,
-        "pod_ip": pod.pod_ip,
-        "host_ports": [list(h) for h in pod.host_ports],
-        "restarts": pod.restarts,
-        "exit_code": pod.exit_code,
-        "created_at": pod.created_at,
-        "last_log": redact(pod.last_log, secrets_),
-    }
-
-
 def create_app(
     store: Store,
     *,
@@ -82,8 +51,19 @@ def create_app(
     sources: Sequence[str] = (),
     on_report: Callable[[], None] = lambda: None,
     clock: Callable[[], float] = time.time,
+    metrics: Metrics | None = None,
+    page_cache_seconds: float = 1.0,
 ) -> FastAPI:
-    app = FastAPI(title="gitops", version="0.1.0")
+    # No Swagger UI or ReDoc: they load their assets from a CDN. /docs is ours, offline.
+    app = FastAPI(title="gitops", version="0.1.0", docs_url=None, redoc_url=None)
+    install_read_only(app)
+    install_status_page(app, ViewCache(store, sources, clock=clock, ttl=page_cache_seconds))
+    observed = metrics or Metrics()
+    observed.watch_store(store, clock)
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus() -> Response:
+        return Response(observed.render(), media_type=CONTENT_TYPE)
 
     def node_token(name: str, token: str = Depends(_bearer)) -> str:
         if not store.node_for_token(name, token):
@@ -211,6 +191,45 @@ def create_app(
     @app.get("/api/v1/events")
     def events(limit: int = 100) -> list[Any]:
         return [encode(e) for e in store.events(limit=min(limit, 1000))]
+
+    @app.get("/api/v1/state")
+    def state() -> dict[str, Any]:
+        """The cluster state as a snapshot for `gitops plan --state` (no Secret values)."""
+        return state_json(store.snapshot(clock()))
+
+    def _preview(record: PreviewRecord, version: str, *, full: bool) -> dict[str, Any]:
+        report = record.report
+        summary = {
+            "source": record.source,
+            "ref": record.ref,
+            "base": record.base,
+            "head": record.head,
+            "computed_at": record.computed_at,
+            "state_version": record.state_version,
+            "stale": record.state_version != version,
+            "status": record.status,
+            "exit_code": report.get("exit_code"),
+            "counts": report.get("counts", {}),
+            "errors": report.get("errors", []),
+        }
+        if full:
+            summary["report"] = report
+            summary["markdown"] = record.markdown
+        return summary
+
+    @app.get("/api/v1/previews")
+    def previews() -> list[Any]:
+        """Previews of the sources' other branches; `stale` once the cluster has moved on."""
+        version = store.snapshot(clock()).version
+        return [_preview(p, version, full=False) for p in store.previews()]
+
+    @app.get("/api/v1/previews/{ref:path}")
+    def preview(ref: str, source: str | None = None) -> dict[str, Any]:
+        """One preview in full: the JSON report (docs/preview.md) and its Markdown."""
+        for record in store.previews(source):
+            if record.ref in (ref, f"refs/heads/{ref}"):
+                return _preview(record, store.snapshot(clock()).version, full=True)
+        raise HTTPException(404, f"no preview of {ref}")
 
     @app.exception_handler(ValueError)
     async def value_error(_: Request, exc: ValueError) -> JSONResponse:

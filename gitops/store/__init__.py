@@ -5,6 +5,6 @@ errors), nodes, pods, service addresses and events. Everything else reads and wr
 through `Store`, which hands out frozen `gitops.model` values, never ORM rows.
 """
 
-from gitops.store.store import EventRecord, NodeRecord, RevisionRecord, Store, token_digest
+from gitops.store.store import EventRecord, NodeRecord, PreviewRecord, RevisionRecord, Store, token_digest
 
-__all__ = ["EventRecord", "NodeRecord", "RevisionRecord", "Store", "token_digest"]
+__all__ = ["EventRecord", "NodeRecord", "PreviewRecord", "RevisionRecord", "Store", "token_digest"]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import create_engine, delete, event, inspect, select, text
+from sqlalchemy import create_engine, delete, event, func, inspect, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -46,6 +46,7 @@ from gitops.store.tables import (
     NodeRow,
     ObjectRow,
     PodRow,
+    PreviewRow,
     RevisionRow,
     RolloutRow,
     ServiceRow,
@@ -67,6 +68,19 @@ class RevisionRecord:
     errors: tuple[str, ...]
     warnings: tuple[str, ...]
     summary: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class PreviewRecord:
+    source: str
+    ref: str
+    base: str
+    head: str
+    state_version: str
+    computed_at: float
+    status: str
+    report: Mapping[str, Any]
+    markdown: str
 
 
 @dataclass(frozen=True)
@@ -567,3 +581,76 @@ class Store:
         with self.session() as s:
             rows = s.scalars(select(EventRow).order_by(EventRow.id.desc()).limit(limit))
             return [EventRecord(r.id, r.time, r.object, r.reason, r.message) for r in rows]
+
+    # --- previews ---------------------------------------------------------------------
+
+    def save_preview(
+        self,
+        *,
+        source: str,
+        ref: str,
+        base: str,
+        head: str,
+        state_version: str,
+        computed_at: float,
+        report: Mapping[str, Any],
+        markdown: str,
+    ) -> None:
+        with self.session() as s:
+            row = s.get(PreviewRow, (source, ref))
+            if row is None:
+                row = PreviewRow(source=source, ref=ref)
+                s.add(row)
+            row.base, row.head, row.state_version, row.computed_at = base, head, state_version, computed_at
+            row.status = str(report.get("status", ""))
+            row.report = dict(report)
+            row.markdown = markdown
+
+    def previews(self, source: str | None = None) -> list[PreviewRecord]:
+        with self.session() as s:
+            query = select(PreviewRow).order_by(PreviewRow.source, PreviewRow.ref)
+            if source is not None:
+                query = query.where(PreviewRow.source == source)
+            return [
+                PreviewRecord(
+                    r.source, r.ref, r.base, r.head, r.state_version,
+                    r.computed_at, r.status, r.report, r.markdown,
+                )
+                for r in s.scalars(query)
+            ]
+
+    def forget_previews(self, source: str, keep: set[str]) -> None:
+        """Drop the previews of `source`'s refs that are not in `keep` (deleted branches)."""
+        with self.session() as s:
+            for row in s.scalars(select(PreviewRow).where(PreviewRow.source == source)):
+                if row.ref not in keep:
+                    s.delete(row)
+
+    # --- cheap summaries (status page, metrics) -------------------------------------
+
+    def change_marker(self) -> tuple[Any, ...]:
+        """A cheap fingerprint that moves whenever a revision, a pod, a rollout or an event is
+        written (every store change above records an event or touches a pod's `updated_at`) or
+        a preview is saved.
+        Heartbeat times are left out on purpose: they move every second on a live cluster."""
+        with self.session() as s:
+            pods = s.execute(select(func.count(PodRow.id), func.max(PodRow.updated_at))).one()
+            return (
+                s.scalar(select(func.max(EventRow.id))),
+                s.scalar(select(func.max(RevisionRow.id))),
+                s.scalar(select(func.count(NodeRow.name))),
+                s.scalar(select(func.max(PreviewRow.computed_at))),
+                *pods,
+            )
+
+    def pod_phase_counts(self) -> dict[str, int]:
+        with self.session() as s:
+            rows = s.execute(select(PodRow.phase, func.count(PodRow.id)).group_by(PodRow.phase))
+            return {str(phase): int(n) for phase, n in rows}
+
+    def revision_counts(self) -> dict[str, int]:
+        """Recorded revisions by status (`applied`, `rejected`)."""
+        with self.session() as s:
+            counted = select(RevisionRow.status, func.count(RevisionRow.id)).group_by(RevisionRow.status)
+            rows = s.execute(counted)
+            return {str(status): int(n) for status, n in rows}

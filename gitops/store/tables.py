@@ -115,3 +115,19 @@ class EventRow(Base):
     object: Mapped[str] = mapped_column(String(512))
     reason: Mapped[str] = mapped_column(String(64))
     message: Mapped[str] = mapped_column(Text)
+
+
+class PreviewRow(Base):
+    """The preview of one branch (or pull-request ref) of a source."""
+
+    __tablename__ = "previews"
+
+    source: Mapped[str] = mapped_column(String(512), primary_key=True)
+    ref: Mapped[str] = mapped_column(String(512), primary_key=True)
+    base: Mapped[str] = mapped_column(String(128))
+    head: Mapped[str] = mapped_column(String(128))
+    state_version: Mapped[str] = mapped_column(String(64))
+    computed_at: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16))  # error | changes | no changes
+    report: Mapped[dict[str, Any]] = mapped_column(JSON)
+    markdown: Mapped[str] = mapped_column(Text)

@@ -21,6 +21,7 @@ import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from gitops.metrics import Metrics
 from gitops.schemas.validate import validate_files
 from gitops.store import RevisionRecord, Store
 from gitops.sync.sources import FolderSource, Source
@@ -97,9 +98,11 @@ class SyncService:
         interval: float = 30.0,
         on_applied: Callable[[], None] = lambda: None,
         debounce: float = 0.5,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.source = source
+        self.metrics = metrics
         self.interval = interval
         self.on_applied = on_applied
         self.debounce = debounce
@@ -114,10 +117,20 @@ class SyncService:
 
     def sync(self) -> RevisionRecord | None:
         with self._lock:
-            record = sync_once(self.store, self.source)
+            started = time.monotonic()
+            try:
+                record = sync_once(self.store, self.source)
+            except Exception:
+                self._observe("failed", started)
+                raise
+            self._observe(record.status if record is not None else "unchanged", started)
         if record is not None and record.status == "applied":
             self.on_applied()
         return record
+
+    def _observe(self, outcome: str, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_sync(self.source.name, outcome, time.monotonic() - started)
 
     def start(self) -> None:
         if isinstance(self.source, FolderSource):

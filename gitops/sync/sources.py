@@ -130,7 +130,7 @@ class GitSource:
         self.name = f"git:{url}#{branch}" + (f":{self.path}" if self.path else "")
         self._repo: git.Repo | None = None
 
-    def _mirror(self) -> git.Repo:
+    def mirror(self) -> git.Repo:
         if self._repo is None:
             if (self.cache_dir / "HEAD").exists():
                 self._repo = git.Repo(self.cache_dir)
@@ -140,66 +140,86 @@ class GitSource:
         return self._repo
 
     def latest(self) -> Revision:
-        repo = self._mirror()
+        repo = self.mirror()
         repo.git.fetch(
             self.url, f"+refs/heads/{self.branch}:refs/heads/{self.branch}", "--prune", "--no-tags"
         )
-        commit = repo.commit(f"refs/heads/{self.branch}")
-        return Revision(
-            source=self.name,
-            id=commit.hexsha,
-            message=str(commit.message).strip(),
-            author=f"{commit.author.name} <{commit.author.email}>",
-            committed_at=float(commit.committed_date),
-        )
+        return revision_of(repo.commit(f"refs/heads/{self.branch}"), self.name)
 
     def files(self, revision: Revision) -> Files:
-        repo = self._mirror()
-        commit = repo.commit(revision.id)
-        files: list[SourceFile] = []
-        problems: list[Diagnostic] = []
-        try:
-            tree = commit.tree / self.path if self.path else commit.tree
-        except KeyError:
-            problems.append(
-                Diagnostic(
-                    "error",
-                    f"path {self.path!r} does not exist in {revision.id[:12]}",
-                    SourceLocation(self.path),
-                )
+        return commit_files(self.mirror().commit(revision.id), self.path)
+
+
+def commit_files(commit: git.Commit, path: str = "") -> Files:
+    """The manifest files of `commit` under `path`, refusing links that leave the tree."""
+    path = path.strip("/")
+    files: list[SourceFile] = []
+    problems: list[Diagnostic] = []
+    try:
+        tree = commit.tree / path if path else commit.tree
+    except KeyError:
+        problems.append(
+            Diagnostic(
+                "error",
+                f"path {path!r} does not exist in {commit.hexsha[:12]}",
+                SourceLocation(path),
             )
-            return files, problems
-        prefix = f"{self.path}/" if self.path else ""
-        for item in tree.traverse():
-            if not isinstance(item, git.Blob) or not _is_manifest(item.name):
+        )
+        return files, problems
+    prefix = f"{path}/" if path else ""
+    for item in tree.traverse():
+        if not isinstance(item, git.Blob) or not _is_manifest(item.name):
+            continue
+        rel = str(item.path)[len(prefix) :]
+        blob = item
+        if item.mode == 0o120000:
+            target = item.data_stream.read().decode(errors="replace")
+            resolved = posixpath.normpath(posixpath.join(posixpath.dirname(item.path), target))
+            if target.startswith("/") or resolved == ".." or resolved.startswith("../"):
+                problems.append(_escapes(rel, target))
                 continue
-            rel = str(item.path)[len(prefix) :]
-            blob = item
-            if item.mode == 0o120000:
-                target = item.data_stream.read().decode(errors="replace")
-                resolved = posixpath.normpath(posixpath.join(posixpath.dirname(item.path), target))
-                if target.startswith("/") or resolved == ".." or resolved.startswith("../"):
-                    problems.append(_escapes(rel, target))
-                    continue
-                try:
-                    linked = commit.tree / resolved
-                except KeyError:
-                    problems.append(
-                        Diagnostic(
-                            "error", f"symbolic link target {target} does not exist", SourceLocation(rel)
-                        )
+            try:
+                linked = commit.tree / resolved
+            except KeyError:
+                problems.append(
+                    Diagnostic(
+                        "error", f"symbolic link target {target} does not exist", SourceLocation(rel)
                     )
-                    continue
-                if not isinstance(linked, git.Blob) or linked.mode == 0o120000:
-                    problems.append(
-                        Diagnostic(
-                            "error", f"symbolic link target {target} is not a file", SourceLocation(rel)
-                        )
-                    )
-                    continue
-                blob = linked
-            if blob.size > MAX_FILE_BYTES:
-                problems.append(_too_big(rel, blob.size))
+                )
                 continue
-            files.append(SourceFile(rel, blob.data_stream.read()))
-        return sorted(files, key=lambda f: f.path), problems
+            if not isinstance(linked, git.Blob) or linked.mode == 0o120000:
+                problems.append(
+                    Diagnostic(
+                        "error", f"symbolic link target {target} is not a file", SourceLocation(rel)
+                    )
+                )
+                continue
+            blob = linked
+        if blob.size > MAX_FILE_BYTES:
+            problems.append(_too_big(rel, blob.size))
+            continue
+        files.append(SourceFile(rel, blob.data_stream.read()))
+    return sorted(files, key=lambda f: f.path), problems
+
+
+def revision_of(commit: git.Commit, source: str) -> Revision:
+    return Revision(
+        source=source,
+        id=commit.hexsha,
+        message=str(commit.message).strip(),
+        author=f"{commit.author.name} <{commit.author.email}>",
+        committed_at=float(commit.committed_date),
+    )
+
+
+def read_revision(repo_dir: Path, rev: str, path: str = "") -> tuple[Revision, Files]:
+    """A revision (any name git understands: branch, tag, sha, HEAD~1) of a local repository."""
+    try:
+        repo = git.Repo(repo_dir)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
+        raise ValueError(f"{repo_dir}: not a git repository") from exc
+    try:
+        commit = repo.commit(rev)
+    except (git.BadName, ValueError) as exc:
+        raise ValueError(f"{repo_dir}: no revision {rev!r} (try a branch, tag or commit)") from exc
+    return revision_of(commit, f"git:{repo_dir}"), commit_files(commit, path)

@@ -1,0 +1,543 @@
+"""The read-only status page: server-rendered HTML of the cluster, updating itself.
+
+Seven pages share one layout: overview (`/`), `/nodes`, `/workloads`, `/pods`,
+`/services`, `/events` and `/revisions`. Each is complete HTML that works without
+JavaScript (links, a GET form to filter pods, pagination); a small inline script then polls
+the same URL with `?partial=1` every two seconds, sending the version it shows as
+`If-None-Match`, and swaps in the new `<main>` when the answer is not `304 Not Modified`.
+No external assets: styles and the script are inline, and a Content-Security-Policy allows
+only that one script (by hash).
+
+Pages render from the shared `StatusView` (see `gitops.api.view`), never from SQL, and
+a rendered page is kept until the view changes, so a request usually costs a dictionary
+lookup. Pods are listed `PER_PAGE` at a time (`?page=`, `?q=` text filter, `?phase=`).
+
+Every string that came from a manifest, an agent or git goes through `esc` (html.escape),
+and free text has Secret values redacted by the view.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import html
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from gitops.api.view import StatusView, ViewCache
+from gitops.store import RevisionRecord
+
+PER_PAGE = 200
+PAGES: tuple[tuple[str, str], ...] = (
+    ("/", "Overview"),
+    ("/nodes", "Nodes"),
+    ("/workloads", "Workloads"),
+    ("/pods", "Pods"),
+    ("/services", "Services"),
+    ("/events", "Events"),
+    ("/revisions", "Revisions"),
+)
+POLL_MS = 2000
+
+SCRIPT = """(function () {
+  var main = document.getElementById("live");
+  if (!main || !window.fetch || !window.URL) return;
+  var version = main.getAttribute("data-version");
+  var state = document.getElementById("live-state");
+  function tick() {
+    if (document.hidden) { setTimeout(tick, POLL_MS); return; }
+    var url = new URL(window.location.href);
+    url.searchParams.set("partial", "1");
+    fetch(url.toString(), {headers: {"If-None-Match": '"' + version + '"'}, cache: "no-store"})
+      .then(function (r) {
+        if (state) state.textContent = r.ok || r.status === 304 ? "live" : "offline";
+        if (r.status !== 200) return;
+        version = (r.headers.get("ETag") || "").replace(/"/g, "");
+        return r.text().then(function (text) {
+          main.innerHTML = text;
+          main.setAttribute("data-version", version);
+        });
+      })
+      .catch(function () { if (state) state.textContent = "offline"; })
+      .then(function () { setTimeout(tick, POLL_MS); });
+  }
+  if (state) state.textContent = "live";
+  setTimeout(tick, POLL_MS);
+})();""".replace("POLL_MS", str(POLL_MS))
+
+_SCRIPT_HASH = base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()
+CSP = (
+    "default-src 'none'; "
+    f"script-src 'sha256-{_SCRIPT_HASH}'; "
+    "style-src 'unsafe-inline'; "
+    "connect-src 'self'; img-src 'self' data:; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+STYLE = """
+:root { --ok: #1a7f37; --bad: #cf222e; --warn: #9a6700; --muted: #59636e; --line: #d1d9e0; }
+* { box-sizing: border-box; }
+body { font: 14px/1.45 system-ui, sans-serif; margin: 0; color: #1f2328; background: #fff; }
+header { display: flex; gap: 1.5em; align-items: baseline; padding: .6em 1.2em;
+  border-bottom: 1px solid var(--line); background: #f6f8fa; flex-wrap: wrap; }
+header h1 { font-size: 1.1em; margin: 0; }
+nav a { margin-right: .9em; color: #0969da; text-decoration: none; }
+nav a[aria-current] { font-weight: 600; color: #1f2328; border-bottom: 2px solid #fd8c73; }
+#live-state { color: var(--muted); font-size: .85em; margin-left: auto; }
+main, .controls { padding: .8em 1.2em; }
+h2 { font-size: 1.05em; margin: 1.2em 0 .4em; }
+table { border-collapse: collapse; width: 100%; }
+th, td { text-align: left; padding: .25em .5em; border-bottom: 1px solid var(--line); vertical-align: top; }
+th { font-weight: 600; background: #f6f8fa; position: sticky; top: 0; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+code, pre, .mono { font-family: ui-monospace, monospace; font-size: .92em; }
+pre { white-space: pre-wrap; margin: .2em 0; }
+.ok { color: var(--ok); } .bad { color: var(--bad); }
+.warn { color: var(--warn); } .muted { color: var(--muted); }
+.chip { display: inline-block; border: 1px solid var(--line); border-radius: 1em; padding: 0 .5em;
+  margin: 0 .2em .2em 0; font-size: .85em; white-space: nowrap; }
+.bar { width: 9em; height: .6em; background: #eaeef2; border-radius: .3em; overflow: hidden; }
+.bar span { display: block; height: 100%; background: #0969da; }
+.bar.full span { background: var(--warn); } .bar.over span { background: var(--bad); }
+.bar.done span { background: var(--ok); }
+.cards { display: flex; gap: 1em; flex-wrap: wrap; }
+.card { border: 1px solid var(--line); border-radius: .4em; padding: .5em .9em; min-width: 10em; }
+.card b { display: block; font-size: 1.4em; }
+details summary { cursor: pointer; }
+.pager a, .pager span { margin-right: 1em; }
+"""
+
+
+def esc(value: object) -> str:
+    """Text for HTML content or a quoted attribute."""
+    return html.escape(str(value), quote=True)
+
+
+def ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def when(ts: float, now: float) -> str:
+    if ts <= 0:
+        return '<span class="muted">-</span>'
+    iso = dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f'<time datetime="{iso}" title="{iso}">{ago(now - ts)} ago</time>'
+
+
+def bar(used: float, capacity: float, text: str, *, done_when_full: bool = False) -> str:
+    ratio = used / capacity if capacity > 0 else (1.0 if used else 0.0)
+    kind = "bar"
+    if ratio > 1:
+        kind += " over"
+    elif ratio >= 1:
+        kind += " done" if done_when_full else " full"
+    pct = min(100.0, ratio * 100)
+    return (
+        f'<div class="{kind}" role="img" aria-label="{esc(text)}">'
+        f'<span style="width:{pct:.0f}%"></span></div>'
+        f'<small class="muted">{esc(text)}</small>'
+    )
+
+
+def chips(items: Iterable[str]) -> str:
+    return "".join(f'<span class="chip">{esc(i)}</span>' for i in items) or '<span class="muted">-</span>'
+
+
+def memory(n: int) -> str:
+    for unit, size in (("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return f"{n}B"
+
+
+def table(headers: Sequence[str], rows: Iterable[str], *, numeric: Sequence[int] = ()) -> str:
+    head = "".join(
+        f'<th class="num">{h}</th>' if i in numeric else f"<th>{h}</th>" for i, h in enumerate(headers)
+    )
+    body = "".join(rows)
+    if not body:
+        body = f'<tr><td colspan="{len(headers)}" class="muted">none</td></tr>'
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def short(revision: str) -> str:
+    return revision[:12]
+
+
+# --- the pages -------------------------------------------------------------------------
+
+
+def _revision_block(r: RevisionRecord, now: float, *, errors: bool) -> str:
+    message = r.message.strip().splitlines()[0] if r.message.strip() else ""
+    parts = [
+        f'<p><code title="{esc(r.revision)}">{esc(short(r.revision))}</code> '
+        f"<b>{esc(message)}</b><br>"
+        f'<span class="muted">by {esc(r.author or "unknown")}, committed {when(r.committed_at, now)}, '
+        f"received {when(r.received_at, now)} from {esc(r.source)}</span></p>"
+    ]
+    if r.summary:
+        parts.append(f"<p>{_summary(r.summary)}</p>")
+    if errors and r.errors:
+        items = "".join(f"<li><pre>{esc(e)}</pre></li>" for e in r.errors)
+        parts.append(f'<ul class="bad">{items}</ul>')
+    return "".join(parts)
+
+
+def _summary(summary: Mapping[str, Any]) -> str:
+    out = []
+    for key in ("created", "changed", "deleted"):
+        names = summary.get(key) or []
+        if names:
+            listed = "".join(f"<li>{esc(n)}</li>" for n in names)
+            out.append(f"<details><summary>{len(names)} {key}</summary><ul>{listed}</ul></details>")
+        else:
+            out.append(f'<span class="muted">0 {key}</span> ')
+    return "".join(out)
+
+
+def overview(view: StatusView, _: Mapping[str, str]) -> tuple[str, str]:
+    now = view.built_at
+    c = view.counts
+    phases = ", ".join(f"{esc(k)} {v}" for k, v in sorted(c.phases.items())) or "none"
+    cards = (
+        f'<div class="card">nodes ready<b>{c.nodes_ready} / {c.nodes}</b></div>'
+        f'<div class="card">pods ready<b>{c.pods_ready} / {c.pods}</b><small>{phases}</small></div>'
+        f'<div class="card">workloads<b>{c.workloads}</b></div>'
+        f'<div class="card">services<b>{c.services}</b></div>'
+        f'<div class="card">objects<b>{c.objects}</b></div>'
+    )
+    sources = "".join(f"<li><code>{esc(s)}</code></li>" for s in view.sources) or "<li>none</li>"
+    applied = (
+        _revision_block(view.last_applied, now, errors=False)
+        if view.last_applied
+        else '<p class="muted">nothing applied yet</p>'
+    )
+    if view.last_rejected:
+        newer = view.last_applied is None or view.last_rejected.id > view.last_applied.id
+        note = (
+            '<p class="bad">The newest revision was rejected; the cluster runs the last applied one.</p>'
+            if newer
+            else '<p class="muted">An applied revision has replaced it since.</p>'
+        )
+        rejected = note + _revision_block(view.last_rejected, now, errors=True)
+    else:
+        rejected = '<p class="muted">none</p>'
+    html_ = (
+        f'<section id="overview"><div class="cards">{cards}</div>'
+        f"<h2>Sources</h2><ul>{sources}</ul>"
+        f"<h2>Last applied revision</h2>{applied}"
+        f"<h2>Last rejected revision</h2>{rejected}</section>"
+        f"{previews(view)}"
+    )
+    return "", html_
+
+
+def previews(view: StatusView) -> str:
+    """Previews of branches (the preview feature fills `store.previews()`)."""
+    now = view.built_at
+    if not view.previews:
+        return '<section id="previews"><h2>Previews</h2><p class="muted">no previews</p></section>'
+    rows = []
+    for p in view.previews:
+        counts = p.get("report", {}).get("counts") if isinstance(p.get("report"), Mapping) else None
+        count_text = ", ".join(f"{k} {v}" for k, v in counts.items()) if isinstance(counts, Mapping) else ""
+        status = str(p.get("status", ""))
+        cls = "bad" if status == "error" else ("warn" if status == "changes" else "ok")
+        rows.append(
+            f"<tr><td><code>{esc(p.get('source', ''))}</code></td><td>{esc(p.get('ref', ''))}</td>"
+            f'<td class="{cls}">{esc(status)}</td>'
+            f"<td><code>{esc(short(str(p.get('head', ''))))}</code></td>"
+            f"<td><code>{esc(short(str(p.get('base', ''))))}</code></td>"
+            f"<td>{esc(count_text)}</td>"
+            f"<td>{when(float(p.get('computed_at') or 0), now)}</td></tr>"
+        )
+    headers = ("Source", "Ref", "Status", "Head", "Base", "Changes", "Computed")
+    return f'<section id="previews"><h2>Previews</h2>{table(headers, rows)}</section>'
+
+
+def nodes(view: StatusView, _: Mapping[str, str]) -> tuple[str, str]:
+    now = view.built_at
+    rows = []
+    for n in view.nodes:
+        status = '<span class="ok">Ready</span>' if n.ready else '<span class="bad">NotReady</span>'
+        cpu_text = f"{n.cpu_requested}m / {n.cpu_capacity}m"
+        memory_text = f"{memory(n.memory_requested)} / {memory(n.memory_capacity)}"
+        rows.append(
+            f'<tr><td><b>{esc(n.name)}</b><br><span class="muted mono">{esc(n.address)}</span></td>'
+            f"<td>{status}</td>"
+            f"<td>{bar(n.cpu_requested, n.cpu_capacity, cpu_text)}</td>"
+            f"<td>{bar(n.memory_requested, n.memory_capacity, memory_text)}</td>"
+            f"<td>{bar(n.pods, n.max_pods, f'{n.pods} / {n.max_pods}')}</td>"
+            f"<td>{chips(f'{k}={v}' for k, v in n.labels)}</td>"
+            f"<td>{chips(n.taints)}</td>"
+            f'<td class="num">{ago(now - n.heartbeat_at)}</td></tr>'
+        )
+    headers = ("Node", "Status", "CPU requested", "Memory requested", "Pods", "Labels", "Taints", "Heartbeat")
+    return "", f'<section id="nodes"><h2>Nodes</h2>{table(headers, rows, numeric=(7,))}</section>'
+
+
+def workloads(view: StatusView, _: Mapping[str, str]) -> tuple[str, str]:
+    rows = []
+    for w in view.workloads:
+        cls = {"complete": "ok", "failed": "bad", "rolled back": "warn"}.get(w.state, "")
+        progress = bar(
+            w.updated_available, w.desired, f"{w.updated_available} / {w.desired} updated and available",
+            done_when_full=True,
+        )
+        history = chips(short(h) for h in w.history)
+        reason = f'<br><span class="muted">{esc(w.reason)}</span>' if w.reason else ""
+        rows.append(
+            f'<tr><td><b>{esc(w.name)}</b><br><small class="muted">{esc(w.strategy)}</small></td>'
+            f'<td class="num">{w.desired}</td><td class="num">{w.updated}</td>'
+            f'<td class="num">{w.ready}</td><td class="num">{w.available}</td>'
+            f"<td>{progress}</td>"
+            f'<td><span class="{cls}">{esc(w.state)}</span>{reason}<br><small>{esc(w.step)}</small></td>'
+            f'<td><code title="current template">{esc(short(w.template_hash))}</code><br>{history}</td></tr>'
+        )
+    headers = (
+        "Deployment", "Desired", "Updated", "Ready", "Available", "Rollout", "State", "Template, history",
+    )
+    listing = table(headers, rows, numeric=(1, 2, 3, 4))
+    return "", f'<section id="workloads"><h2>Workloads</h2>{listing}</section>'
+
+
+def _int(value: str | None, default: int) -> int:
+    try:
+        return max(1, int(value or default))
+    except ValueError:
+        return default
+
+
+def pods(view: StatusView, query: Mapping[str, str]) -> tuple[str, str]:
+    now = view.built_at
+    text = (query.get("q") or "").strip().lower()
+    phase = query.get("phase") or ""
+    selected = [p for p in view.pods if (not phase or p.phase == phase) and (not text or text in p.search)]
+    pages = max(1, -(-len(selected) // PER_PAGE))
+    page = min(_int(query.get("page"), 1), pages)
+    shown = selected[(page - 1) * PER_PAGE : page * PER_PAGE]
+    rows = []
+    for p in shown:
+        ready = '<span class="ok">ready</span>' if p.ready else '<span class="muted">not ready</span>'
+        phase_cls = {"Running": "ok", "Failed": "bad", "Unknown": "warn"}.get(p.phase, "")
+        reason = esc(p.reason)
+        if p.last_log:
+            reason += f"<details><summary>last log</summary><pre>{esc(p.last_log)}</pre></details>"
+        labels = f"<br><small>{chips(f'{k}={v}' for k, v in p.labels)}</small>" if p.labels else ""
+        terminating = ' <span class="warn">terminating</span>' if p.terminating else ""
+        node = esc(p.node) or '<span class="muted">unscheduled</span>'
+        rows.append(
+            f'<tr><td><b>{esc(p.id)}</b><br><small class="muted">{esc(p.owner)}</small>{labels}</td>'
+            f'<td><span class="{phase_cls}">{esc(p.phase)}</span>{terminating}<br>{ready}</td>'
+            f"<td>{node}</td>"
+            f'<td class="mono">{esc(p.pod_ip)}</td>'
+            f'<td class="num">{p.restarts}</td><td class="num">{ago(now - p.created_at)}</td>'
+            f"<td>{reason}</td></tr>"
+        )
+    first = (page - 1) * PER_PAGE + 1 if shown else 0
+    filtered = f" (filtered from {len(view.pods):,})" if len(selected) != len(view.pods) else ""
+    last = first + len(shown) - 1 if shown else 0
+    count = (
+        f'<p id="pod-count">Showing {first:,}-{last:,} '
+        f"of {len(selected):,} pods{filtered}, {PER_PAGE} per page.</p>"
+    )
+
+    def link(n: int, label: str) -> str:
+        params = {k: v for k, v in (("q", query.get("q") or ""), ("phase", phase), ("page", str(n))) if v}
+        return f'<a href="/pods?{esc(urlencode(params))}">{label}</a>'
+
+    pager = ""
+    if pages > 1:
+        prev = link(page - 1, "&larr; previous") if page > 1 else '<span class="muted">&larr; previous</span>'
+        nxt = link(page + 1, "next &rarr;") if page < pages else '<span class="muted">next &rarr;</span>'
+        pager = f'<p class="pager">{prev}<span>page {page} of {pages}</span>{nxt}</p>'
+    phases = ("", "Pending", "Running", "Succeeded", "Failed", "Unknown")
+    options = "".join(
+        f"<option value=\"{v}\"{' selected' if v == phase else ''}>{v or 'any phase'}</option>"
+        for v in phases
+    )
+    controls = (
+        '<form class="controls" method="get" action="/pods" role="search">'
+        f'<label>Filter <input type="search" name="q" value="{esc(query.get("q") or "")}" '
+        'placeholder="name, node, IP, reason"></label> '
+        f'<label>Phase <select name="phase">{options}</select></label> '
+        '<button type="submit">Show</button></form>'
+    )
+    headers = ("Pod", "Phase", "Node", "IP", "Restarts", "Age", "Reason")
+    listing = table(headers, rows, numeric=(4, 5))
+    body = f'<section id="pods"><h2>Pods</h2>{count}{pager}{listing}{pager}</section>'
+    return controls, body
+
+
+def services(view: StatusView, _: Mapping[str, str]) -> tuple[str, str]:
+    rows = []
+    for s in view.services:
+        shown = s.endpoints[:10]
+        hidden = len(s.endpoints) - len(shown)
+        more = f'<br><span class="muted">and {hidden} more</span>' if hidden else ""
+        cls = "ok" if s.ready else "bad"
+        rows.append(
+            f'<tr><td><b>{esc(s.name)}</b></td><td class="mono">{esc(s.vip)}</td>'
+            f"<td>{'<br>'.join(esc(p) for p in s.ports)}</td>"
+            f'<td class="num {cls}">{s.ready}</td>'
+            f"<td><small>{'<br>'.join(esc(e) for e in shown)}{more}</small></td></tr>"
+        )
+    headers = ("Service", "VIP", "Ports", "Ready endpoints", "Endpoints")
+    return "", f'<section id="services"><h2>Services</h2>{table(headers, rows, numeric=(3,))}</section>'
+
+
+def events(view: StatusView, _: Mapping[str, str]) -> tuple[str, str]:
+    now = view.built_at
+    rows = [
+        f"<tr><td>{when(e.time, now)}</td><td>{esc(e.object)}</td><td>{esc(e.reason)}</td>"
+        f"<td>{esc(e.message)}</td></tr>"
+        for e in view.events
+    ]
+    headers = ("When", "Object", "Reason", "Message")
+    return "", f'<section id="events"><h2>Events (newest {len(rows)})</h2>{table(headers, rows)}</section>'
+
+
+def revisions(view: StatusView, _: Mapping[str, str]) -> tuple[str, str]:
+    now = view.built_at
+    rows = []
+    for r in view.revisions:
+        cls = "ok" if r.status == "applied" else "bad"
+        message = r.message.strip().splitlines()[0] if r.message.strip() else ""
+        details = _summary(r.summary) if r.status == "applied" else ""
+        if r.errors:
+            items = "".join(f"<li><pre>{esc(e)}</pre></li>" for e in r.errors)
+            details += (
+                f"<details open><summary>{len(r.errors)} error(s)</summary>"
+                f'<ul class="bad">{items}</ul></details>'
+            )
+        if r.warnings:
+            items = "".join(f"<li><pre>{esc(w)}</pre></li>" for w in r.warnings)
+            details += f"<details><summary>{len(r.warnings)} warning(s)</summary><ul>{items}</ul></details>"
+        rows.append(
+            f'<tr><td><code title="{esc(r.revision)}">{esc(short(r.revision))}</code><br>'
+            f'<small class="muted">{esc(r.source)}</small></td>'
+            f'<td class="{cls}">{esc(r.status)}</td>'
+            f'<td>{esc(message)}<br><small class="muted">{esc(r.author)}</small></td>'
+            f"<td>{when(r.committed_at, now)}</td><td>{when(r.received_at, now)}</td><td>{details}</td></tr>"
+        )
+    headers = ("Revision", "Status", "Message", "Committed", "Received", "Changes")
+    return "", f'<section id="revisions"><h2>Revisions</h2>{table(headers, rows)}</section>'
+
+
+Renderer = Callable[[StatusView, Mapping[str, str]], tuple[str, str]]
+RENDERERS: Mapping[str, Renderer] = {
+    "/": overview,
+    "/nodes": nodes,
+    "/workloads": workloads,
+    "/pods": pods,
+    "/services": services,
+    "/events": events,
+    "/revisions": revisions,
+}
+
+
+def live_fragment(view: StatusView, body: str) -> str:
+    as_of = dt.datetime.fromtimestamp(view.built_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f'{body}<p class="muted"><small>As of {as_of}.</small></p>'
+
+
+def layout(path: str, view: StatusView, controls: str, body: str) -> str:
+    title = dict(PAGES)[path]
+    current = ' aria-current="page"'
+    links = "".join(f'<a href="{href}"{current if href == path else ""}>{name}</a>' for href, name in PAGES)
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">'
+        f"<title>gitops: {title}</title><style>{STYLE}</style></head><body>"
+        f'<header><h1>gitops</h1><nav aria-label="sections">{links}</nav>'
+        '<span id="live-state" aria-live="polite">reload to update</span></header>'
+        f"{controls}"
+        f'<main id="live" data-version="{esc(view.generation)}">{live_fragment(view, body)}</main>'
+        f"<script>{SCRIPT}</script></body></html>"
+    )
+
+
+@dataclass
+class _Rendered:
+    generation: str = ""
+    pages: dict[tuple[Any, ...], bytes] | None = None
+
+
+class StatusPage:
+    """Renders the pages from a `ViewCache`, keeping each rendered page per view."""
+
+    max_cached_pages = 512
+
+    def __init__(self, cache: ViewCache) -> None:
+        self.cache = cache
+        self._rendered = _Rendered()
+
+    def render(self, view: StatusView, path: str, query: Mapping[str, str], *, partial: bool) -> bytes:
+        key = (path, partial, *sorted(query.items()))
+        rendered = self._rendered
+        if rendered.generation != view.generation or rendered.pages is None:
+            rendered = _Rendered(view.generation, {})
+            self._rendered = rendered
+        assert rendered.pages is not None
+        cached = rendered.pages.get(key)
+        if cached is not None:
+            return cached
+        controls, body = RENDERERS[path](view, query)
+        text = live_fragment(view, body) if partial else layout(path, view, controls, body)
+        data = text.encode()
+        if len(rendered.pages) >= self.max_cached_pages:
+            rendered.pages.clear()
+        rendered.pages[key] = data
+        return data
+
+    async def respond(self, request: Request, path: str) -> Response:
+        view = self.cache.current()
+        if view is None:  # the first request, or caching is off: build in a worker thread
+            view = await run_in_threadpool(self.cache.get)
+        etag = f'"{view.generation}"'
+        headers = {
+            "ETag": etag,
+            "Cache-Control": "no-cache",
+            "Content-Security-Policy": CSP,
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+        }
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        params = request.query_params
+        query = {k: params[k] for k in ("q", "phase", "page") if params.get(k)} if path == "/pods" else {}
+        partial = params.get("partial") == "1"
+        body = self.render(view, path, query, partial=partial)
+        return Response(body, media_type="text/html; charset=utf-8", headers=headers)
+
+
+def install_status_page(app: FastAPI, cache: ViewCache) -> StatusPage:
+    """Add the page routes (GET; HEAD and the 405s come from the read-only middleware)."""
+    page = StatusPage(cache)
+
+    def route(path: str) -> Callable[[Request], Any]:
+        async def handler(request: Request) -> Response:
+            return await page.respond(request, path)
+
+        handler.__name__ = f"page_{path.strip('/') or 'overview'}"
+        return handler
+
+    for path, title in PAGES:
+        app.add_api_route(
+            path, route(path), methods=["GET"], include_in_schema=False, name=f"status page: {title}"
+        )
+    return page

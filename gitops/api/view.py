@@ -1,0 +1,405 @@
+"""The status page's view of the cluster: computed once per store change, shared by all.
+
+`build_view` reads the store once (revisions, nodes, pods, rollouts, services, events,
+previews) and turns it into plain frozen rows ready to render: requested resources summed
+per node, rollout counters per Deployment, ready endpoints per Service, and every piece of
+free text (log tails, reasons, event messages, revision errors) with Secret values
+redacted. Reading 5,000 pods from SQL and decoding their specs takes a good fraction of a
+second, far too long to pay per request.
+
+`ViewCache` keeps the last view and serves it to every request. At most once per `ttl`
+seconds it asks the store for a cheap change marker (a few aggregate queries) in a
+background thread, and rebuilds the view there when the marker moved. A rebuild holds the
+interpreter for a while (about a second for 5,000 pods), which slows the requests served
+meanwhile, so full rebuilds are spaced at least `pace` times their own duration apart.
+Heartbeat ages and node readiness move with the clock alone: when the view is older than
+`max_age` and nothing else changed, only the node rows are re-read (a full rebuild follows
+if a node's readiness flipped, since endpoints depend on it). Requests never wait for a
+rebuild except the very first one; with `ttl <= 0` every request builds its own view (the
+uncached path, kept for the benchmark's baseline).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import itertools
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from gitops.api.redaction import redact, secret_values
+from gitops.codec import encode
+from gitops.planner import all_endpoints, rollouts
+from gitops.store import EventRecord, RevisionRecord, Store
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    name: str
+    address: str
+    ready: bool
+    heartbeat_at: float
+    cpu_requested: int
+    cpu_capacity: int
+    memory_requested: int
+    memory_capacity: int
+    pods: int
+    max_pods: int
+    labels: tuple[tuple[str, str], ...]
+    taints: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class WorkloadRow:
+    name: str
+    strategy: str
+    template_hash: str
+    desired: int
+    total: int
+    updated: int
+    ready: int
+    available: int
+    updated_available: int
+    complete: bool
+    step: str
+    state: str
+    reason: str
+    history: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PodRow:
+    id: str
+    owner: str
+    node: str
+    phase: str
+    ready: bool
+    pod_ip: str
+    restarts: int
+    created_at: float
+    reason: str
+    last_log: str
+    terminating: bool
+    labels: tuple[tuple[str, str], ...]
+    search: str  # lower-case text the pod filter matches against
+
+
+@dataclass(frozen=True)
+class ServiceRow:
+    name: str
+    vip: str
+    ports: tuple[str, ...]
+    ready: int
+    endpoints: tuple[str, ...]  # "pod on node" of the ready endpoints, first port
+
+
+@dataclass(frozen=True)
+class Counts:
+    nodes: int = 0
+    nodes_ready: int = 0
+    pods: int = 0
+    pods_ready: int = 0
+    phases: Mapping[str, int] = field(default_factory=dict)
+    workloads: int = 0
+    services: int = 0
+    objects: int = 0
+
+
+@dataclass(frozen=True)
+class StatusView:
+    """Everything the status page shows, as of `built_at`, with Secret values redacted."""
+
+    generation: str
+    built_at: float
+    sources: tuple[str, ...]
+    last_applied: RevisionRecord | None
+    last_rejected: RevisionRecord | None
+    revisions: tuple[RevisionRecord, ...]
+    nodes: tuple[NodeRow, ...]
+    workloads: tuple[WorkloadRow, ...]
+    pods: tuple[PodRow, ...]
+    services: tuple[ServiceRow, ...]
+    events: tuple[EventRecord, ...]
+    counts: Counts
+    previews: tuple[Mapping[str, Any], ...] | None  # None: this store keeps no previews
+
+
+_generations = itertools.count(1)
+
+
+def _redacted_revision(r: RevisionRecord, hidden: Sequence[str]) -> RevisionRecord:
+    if not hidden:
+        return r
+    return RevisionRecord(
+        id=r.id,
+        source=r.source,
+        revision=r.revision,
+        message=redact(r.message, hidden),
+        author=r.author,
+        committed_at=r.committed_at,
+        received_at=r.received_at,
+        status=r.status,
+        errors=tuple(redact(e, hidden) for e in r.errors),
+        warnings=tuple(redact(w, hidden) for w in r.warnings),
+        summary=r.summary,
+    )
+
+
+def _previews(store: Store, hidden: Sequence[str]) -> tuple[Mapping[str, Any], ...] | None:
+    reader = getattr(store, "previews", None)
+    if not callable(reader):
+        return None
+    rows = []
+    for record in reader():
+        data = encode(record)
+        if not isinstance(data, dict):
+            continue
+        rows.append({k: redact(v, hidden) if isinstance(v, str) else v for k, v in data.items()})
+    return tuple(rows)
+
+
+def build_view(store: Store, sources: Sequence[str], now: float, *, revision_limit: int = 50) -> StatusView:
+    """Read the store once and compute what the page shows."""
+    desired = store.desired()
+    hidden = secret_values(desired)
+    revisions = tuple(_redacted_revision(r, hidden) for r in store.revisions(limit=revision_limit))
+    applied = next((r for r in revisions if r.status == "applied"), None)
+    rejected = next((r for r in revisions if r.status == "rejected"), None)
+    pods = store.pods()
+    records = store.nodes(now)
+
+    used: dict[str, list[int]] = {}
+    for p in pods:
+        if p.node is not None:
+            row = used.setdefault(p.node, [0, 0, 0])
+            row[0] += p.spec.cpu_request_milli
+            row[1] += p.spec.memory_request_bytes
+            row[2] += 1
+    nodes = tuple(
+        NodeRow(
+            name=r.node.name,
+            address=r.node.address,
+            ready=r.node.ready,
+            heartbeat_at=r.heartbeat_at,
+            cpu_requested=used.get(r.node.name, [0, 0, 0])[0],
+            cpu_capacity=r.node.cpu_milli,
+            memory_requested=used.get(r.node.name, [0, 0, 0])[1],
+            memory_capacity=r.node.memory_bytes,
+            pods=used.get(r.node.name, [0, 0, 0])[2],
+            max_pods=r.node.max_pods,
+            labels=r.node.labels,
+            taints=tuple(str(t) for t in r.node.taints),
+        )
+        for r in records
+    )
+
+    states = {k.ref: s for k, s in store.rollouts().items()}
+    workloads = []
+    for status in rollouts(desired, pods, now=now):
+        state = states.get(status.deployment)
+        workloads.append(
+            WorkloadRow(
+                name=status.deployment,
+                strategy=status.strategy,
+                template_hash=status.template_hash,
+                desired=status.desired,
+                total=status.total,
+                updated=status.updated,
+                ready=status.ready,
+                available=status.available,
+                updated_available=status.updated_available,
+                complete=status.complete,
+                step=status.step,
+                state=state.status if state else ("complete" if status.complete else "progressing"),
+                reason=redact(state.reason, hidden) if state else "",
+                history=tuple(h for h, _ in state.history) if state else (),
+            )
+        )
+
+    pod_rows = []
+    phases: dict[str, int] = {}
+    for p in pods:
+        phases[p.phase] = phases.get(p.phase, 0) + 1
+        reason = redact(p.reason, hidden)
+        node = p.node or ""
+        pod_rows.append(
+            PodRow(
+                id=p.id,
+                owner=p.owner.ref,
+                node=node,
+                phase=p.phase,
+                ready=p.ready,
+                pod_ip=p.pod_ip,
+                restarts=p.restarts,
+                created_at=p.created_at,
+                reason=reason,
+                last_log=redact(p.last_log, hidden),
+                terminating=p.terminating_at is not None,
+                labels=p.labels,
+                search=f"{p.id} {node} {p.phase} {p.pod_ip} {reason}".lower(),
+            )
+        )
+
+    services = []
+    for s in all_endpoints(desired, store.vips(), pods, [r.node for r in records]):
+        first = s.endpoints[0][1] if s.endpoints else ()
+        services.append(
+            ServiceRow(
+                name=f"{s.namespace}/{s.name}",
+                vip=s.vip,
+                ports=tuple(
+                    f"{(p.name + ' ') if p.name else ''}{p.port}/{p.protocol} -> {p.target_port}"
+                    for p in s.ports
+                ),
+                ready=len({e.pod for _, eps in s.endpoints for e in eps}),
+                endpoints=tuple(f"{e.pod} on {e.node}" for e in first),
+            )
+        )
+
+    events = tuple(
+        EventRecord(e.id, e.time, e.object, e.reason, redact(e.message, hidden))
+        for e in store.events(limit=200)
+    )
+    counts = Counts(
+        nodes=len(nodes),
+        nodes_ready=sum(1 for n in nodes if n.ready),
+        pods=len(pods),
+        pods_ready=sum(1 for p in pods if p.ready),
+        phases=phases,
+        workloads=len(workloads),
+        services=len(services),
+        objects=len(desired),
+    )
+    return StatusView(
+        generation=f"{next(_generations)}-{int(now * 1000):x}",
+        built_at=now,
+        sources=tuple(sources),
+        last_applied=applied,
+        last_rejected=rejected,
+        revisions=revisions,
+        nodes=nodes,
+        workloads=tuple(workloads),
+        pods=tuple(pod_rows),
+        services=tuple(services),
+        events=events,
+        counts=counts,
+        previews=_previews(store, hidden),
+    )
+
+
+class ViewCache:
+    """The last `StatusView`, refreshed in the background when the store changes."""
+
+    def __init__(
+        self,
+        store: Store,
+        sources: Sequence[str] = (),
+        *,
+        clock: Callable[[], float] = time.time,
+        ttl: float = 1.0,
+        max_age: float = 5.0,
+        pace: float = 3.0,
+    ) -> None:
+        self.store = store
+        self.pace = pace
+        self.sources = tuple(sources)
+        self.clock = clock
+        self.ttl = ttl
+        self.max_age = max_age
+        self._view: StatusView | None = None
+        self._marker: object = None
+        self._built = 0.0  # time.monotonic() of the last build (or node refresh)
+        self._next_build = 0.0  # time.monotonic() before which no full rebuild starts
+        self._checked = 0.0  # time.monotonic() of the last change check
+        self._lock = threading.Lock()
+        self._build_lock = threading.Lock()
+        self._refreshing = False
+
+    def _build(self) -> StatusView:
+        started = time.monotonic()
+        marker = self.store.change_marker()
+        view = build_view(self.store, self.sources, self.clock())
+        # A view of 5,000 pods is a few hundred thousand objects; left to the collector,
+        # every full collection walks them all and stalls every request for 100 ms or
+        # more. Views hold no reference cycles, so refcounting alone frees the old ones.
+        gc.freeze()
+        self._view, self._marker, self._built = view, marker, time.monotonic()
+        self._next_build = self._built + self.pace * (self._built - started)
+        return view
+
+    def _with_fresh_nodes(self, view: StatusView) -> StatusView | None:
+        """`view` with its node rows re-read; None when a node came, went or changed readiness."""
+        now = self.clock()
+        records = self.store.nodes(now)
+        old = {n.name: n for n in view.nodes}
+        if len(records) != len(old) or any(
+            r.node.name not in old or old[r.node.name].ready != r.node.ready for r in records
+        ):
+            return None
+        nodes = tuple(dataclasses.replace(old[r.node.name], heartbeat_at=r.heartbeat_at) for r in records)
+        generation = f"{next(_generations)}-{int(now * 1000):x}"
+        return dataclasses.replace(view, nodes=nodes, built_at=now, generation=generation)
+
+    def current(self) -> StatusView | None:
+        """The cached view without waiting (None when there is none yet or caching is off);
+        starts a background refresh when the last check is older than `ttl`."""
+        view = self._view
+        if view is None or self.ttl <= 0:
+            return None
+        now = time.monotonic()
+        if now - self._checked >= self.ttl:
+            with self._lock:
+                start = not self._refreshing and now - self._checked >= self.ttl
+                if start:
+                    self._refreshing = True
+                    self._checked = now
+            if start:
+                threading.Thread(target=self._refresh, name="status-view", daemon=True).start()
+        return view
+
+    def get(self) -> StatusView:
+        """The cached view, building it first if there is none (or always, caching off)."""
+        if self.ttl <= 0:
+            return build_view(self.store, self.sources, self.clock())
+        view = self.current()
+        if view is None:
+            with self._build_lock:
+                view = self._view or self._build()
+                self._checked = time.monotonic()
+        return view
+
+    def refresh(self, *, paced: bool = False) -> StatusView:
+        """Rebuild if the store changed (only if due when `paced`), or re-read the nodes when
+        the view is older than `max_age`; for tests, and callers that must see their own write."""
+        with self._build_lock:
+            view = self._view
+            if view is None:
+                return self._build()
+            now = time.monotonic()
+            if self.store.change_marker() != self._marker:
+                if not paced or now >= self._next_build:
+                    return self._build()
+                return view
+            if now - self._built >= self.max_age:
+                fresh = self._with_fresh_nodes(view)
+                if fresh is None:
+                    return self._build()
+                self._view, self._built = fresh, time.monotonic()
+                return fresh
+            return view
+
+    def _refresh(self) -> None:
+        try:
+            self.refresh(paced=True)
+        except Exception:
+            log.exception("status_view.refresh_failed")
+        finally:
+            with self._lock:
+                self._refreshing = False

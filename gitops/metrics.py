@@ -1,0 +1,119 @@
+"""Prometheus metrics: what the control plane did (counted as it happens) and what the
+cluster looks like (read from the store at each scrape).
+
+One `Metrics` per control plane, each with its own `CollectorRegistry` (never the
+process-global one, so that tests and benchmarks can build many apps in one process). The
+sync service records each sync's duration and outcome, the controller records how long
+each pod waited between creation and its bind to a node; the HTTP API serves
+`render()` at `/metrics`. Pods by phase, revisions by status and agent heartbeat ages are
+not kept in memory at all: a collector asks the store when Prometheus scrapes, so they
+are right after a restart and agree with the status page.
+
+Names (all prefixed `gitops_`):
+
+- `sync_duration_seconds{source}` histogram; `syncs_total{source,outcome}` counter with
+  outcome `applied`, `rejected`, `unchanged` or `failed`
+- `revisions_total{status}`: revisions recorded in the store, `applied` or `rejected`
+- `pods{phase}` gauge
+- `scheduling_latency_seconds` histogram: pod creation to bind
+- `node_heartbeat_age_seconds{node}` and `node_ready{node}` gauges
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gitops.store import Store
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+PHASES = ("Pending", "Running", "Succeeded", "Failed", "Unknown")
+SYNC_OUTCOMES = ("applied", "rejected", "unchanged", "failed")
+REVISION_STATUSES = ("applied", "rejected")
+
+_SYNC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_SCHEDULING_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
+
+class _StoreCollector(Collector):
+    """Cluster figures read from the store at scrape time."""
+
+    def __init__(self, store: Store, clock: Callable[[], float]) -> None:
+        self.store = store
+        self.clock = clock
+
+    def collect(self) -> Iterable[Metric]:
+        revisions = CounterMetricFamily(
+            "gitops_revisions", "Revisions recorded in the store, by status.", labels=["status"]
+        )
+        counts = self.store.revision_counts()
+        for status in sorted({*REVISION_STATUSES, *counts}):
+            revisions.add_metric([status], counts.get(status, 0))
+        yield revisions
+
+        pods = GaugeMetricFamily("gitops_pods", "Pods by phase.", labels=["phase"])
+        phases = self.store.pod_phase_counts()
+        for phase in sorted({*PHASES, *phases}):
+            pods.add_metric([phase], phases.get(phase, 0))
+        yield pods
+
+        now = self.clock()
+        age = GaugeMetricFamily(
+            "gitops_node_heartbeat_age_seconds",
+            "Seconds since the node's agent last reported.",
+            labels=["node"],
+        )
+        ready = GaugeMetricFamily("gitops_node_ready", "1 when the node is Ready, else 0.", labels=["node"])
+        for record in self.store.nodes(now):
+            age.add_metric([record.node.name], max(0.0, now - record.heartbeat_at))
+            ready.add_metric([record.node.name], 1.0 if record.node.ready else 0.0)
+        yield age
+        yield ready
+
+
+class Metrics:
+    """The control plane's metrics, in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.sync_duration = Histogram(
+            "gitops_sync_duration_seconds",
+            "Time to fetch, validate and apply or reject one revision of a source.",
+            ["source"],
+            buckets=_SYNC_BUCKETS,
+            registry=self.registry,
+        )
+        self.syncs = Counter(
+            "gitops_syncs",
+            "Syncs of a source by outcome: applied, rejected, unchanged or failed.",
+            ["source", "outcome"],
+            registry=self.registry,
+        )
+        self.scheduling_latency = Histogram(
+            "gitops_scheduling_latency_seconds",
+            "Time from a pod's creation to its bind to a node.",
+            buckets=_SCHEDULING_BUCKETS,
+            registry=self.registry,
+        )
+        self._store_collector: _StoreCollector | None = None
+
+    def watch_store(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+        """Expose the store's figures (once; later calls are ignored)."""
+        if self._store_collector is None:
+            self._store_collector = _StoreCollector(store, clock)
+            self.registry.register(self._store_collector)
+
+    def observe_sync(self, source: str, outcome: str, seconds: float) -> None:
+        self.sync_duration.labels(source=source).observe(seconds)
+        self.syncs.labels(source=source, outcome=outcome).inc()
+
+    def observe_binds(self, waited: Iterable[float]) -> None:
+        for seconds in waited:
+            self.scheduling_latency.observe(max(0.0, seconds))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

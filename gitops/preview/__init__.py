@@ -1,0 +1,12 @@
+"""Pull-request previews: what a branch would change, and where every pod would land.
+
+`compute.preview` runs the controller's own pass (`gitops.reconcile.decide`) on a copy of
+the cluster state with the branch's manifests and records what it decides; `diff` compares
+objects field by field; `state` reads and writes the state a preview runs on; `render`
+prints the result as text, Markdown or JSON. Pure: no git, no SQL, no HTTP in here.
+"""
+
+from gitops.preview.compute import PodAction, Preview, RevisionInfo, preview
+from gitops.preview.state import StateError, load_state
+
+__all__ = ["PodAction", "Preview", "RevisionInfo", "StateError", "load_state", "preview"]

@@ -1,0 +1,281 @@
+"""A preview: what applying a branch would do, computed by the real control loop.
+
+`preview` validates the branch's files (errors end it), diffs its objects against the base
+revision, then runs `gitops.reconcile.decide`, the very function the controller runs, on
+a copy of the cluster state whose desired objects are the branch's. Its decisions are
+recorded, never applied. Pass 0 is exactly what the controller's next pass will do (same
+pods, same names, same nodes, same reasons) as long as the state does not change first;
+the preview carries the state's version so a stale one can be recognised.
+
+To show a whole rollout, the preview then lets `settle` play the agents (bound pods start
+and become ready, stopped pods go) and runs the next pass, until nothing is left to do.
+Later passes assume every pod becomes ready at once: they show where pods would land and
+how many steps a rollout takes, not how long.
+
+A cluster described only by its nodes holds no pods; the preview first settles the base
+revision on it, so the branch is compared with a cluster running the base.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from gitops.model import ClusterState, Manifest, NodeName, ObjectKey, PodId
+from gitops.planner.plan import configs_of
+from gitops.planner.podspec import resolve_template
+from gitops.planner.rollout import strategy_of
+from gitops.preview.diff import ObjectChange, diff_objects
+from gitops.preview.state import unredact
+from gitops.reconcile import Decision, decide, settle
+from gitops.schemas.loader import SourceFile
+from gitops.schemas.validate import validate_files
+
+MAX_PASSES = 500
+Kind = Literal["create", "replace", "stop"]
+
+
+@dataclass(frozen=True)
+class RevisionInfo:
+    id: str
+    message: str = ""
+    author: str = ""
+
+
+@dataclass(frozen=True)
+class PodAction:
+    """One pod the branch creates or stops, in which pass, on which node, and why."""
+
+    pass_: int
+    action: Literal["create", "stop"]
+    kind: Kind  # create: a new pod; replace: new or old side of a template change; stop: removal
+    pod: str
+    owner: str
+    node: str | None  # where a new pod lands (None: unschedulable), or where a stopped one ran
+    reason: str
+
+
+@dataclass(frozen=True)
+class Unschedulable:
+    owner: str
+    pods: int
+    reason: str  # per node group: "0/4 nodes: 2 insufficient memory, 2 untolerated taint ..."
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    deployment: str
+    replicas: int
+    strategy: str
+    steps: int
+
+    @property
+    def summary(self) -> str:
+        return f"{self.replicas} replicas, {self.strategy}: {self.steps} step{'s' if self.steps != 1 else ''}"
+
+
+@dataclass(frozen=True)
+class Preview:
+    head: RevisionInfo
+    base: RevisionInfo | None
+    state_version: str
+    state_source: str
+    errors: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    objects: tuple[ObjectChange, ...] = ()
+    actions: tuple[PodAction, ...] = ()
+    unschedulable: tuple[Unschedulable, ...] = ()
+    rollouts: tuple[RolloutPlan, ...] = ()
+    passes: int = 0
+    converged: bool = True
+    notes: tuple[str, ...] = ()
+    counts: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.objects or self.actions)
+
+    @property
+    def exit_code(self) -> int:
+        """Terraform's detailed exit code: 1 error, 2 changes, 0 nothing to do."""
+        if self.errors:
+            return 1
+        return 2 if self.changes else 0
+
+    @property
+    def first_pass(self) -> tuple[PodAction, ...]:
+        return tuple(a for a in self.actions if a.pass_ == 0)
+
+
+def converge(state: ClusterState, now: float, *, toleration: float = 60.0) -> ClusterState:
+    """`state` once every pass has run and every placed pod is ready."""
+    for _ in range(MAX_PASSES):
+        decision = decide(state, now, not_ready_toleration=toleration)
+        if decision.empty:
+            return dataclasses.replace(state, rollouts=dict(decision.rollouts))
+        state = settle(state, decision, now)
+    return state
+
+
+def _is_template_change(reason: str) -> bool:
+    return reason.startswith("template changed")
+
+
+def _actions(decision: Decision, n: int, nodes_of: Mapping[PodId, NodeName | None]) -> list[PodAction]:
+    result = []
+    for a in decision.plan.create:
+        kind: Kind = "replace" if _is_template_change(a.reason) else "create"
+        node = decision.placements.assigned.get(a.pod.id)
+        result.append(PodAction(n, "create", kind, a.pod.id, str(a.pod.owner), node, a.reason))
+    for a in (*decision.evicted, *decision.plan.stop):
+        kind = "replace" if _is_template_change(a.reason) else "stop"
+        result.append(
+            PodAction(n, "stop", kind, a.pod.id, str(a.pod.owner), nodes_of.get(a.pod.id), a.reason)
+        )
+    return result
+
+
+def _warnings(head: Sequence[Manifest]) -> list[str]:
+    configs = configs_of(head)
+    templates = {m.key: resolve_template(m, configs) for m in head if m.key.kind == "Deployment"}
+    used = {k for t in templates.values() for k in t.uses}
+    # (namespace, label, value) -> Deployments whose pods carry it: a selector intersects.
+    carrying: dict[tuple[str, str, str], set[ObjectKey]] = defaultdict(set)
+    for key, template in templates.items():
+        for label, value in template.labels:
+            carrying[(key.namespace, label, value)].add(key)
+    warnings = []
+    for m in head:
+        if m.key.kind == "Service":
+            selector = {str(k): str(v) for k, v in (m.spec.get("selector") or {}).items()}
+            matched: set[ObjectKey] | None = None
+            for label, value in selector.items():
+                found = carrying.get((m.key.namespace, label, value), set())
+                matched = found if matched is None else matched & found
+            if not matched:
+                shown = ", ".join(f"{k}={v}" for k, v in sorted(selector.items())) or "(empty)"
+                warnings.append(f"{m.location}: {m.key}: spec.selector: selects no pods ({shown})")
+        elif m.key.kind == "ConfigMap" and m.key not in used:
+            warnings.append(f"{m.location}: {m.key}: no Deployment uses this ConfigMap")
+    return warnings
+
+
+def _rollouts(head: Sequence[Manifest], actions: Sequence[PodAction]) -> list[RolloutPlan]:
+    """Deployments whose template changes, with the number of passes that start new pods."""
+    rolling = {a.owner for a in actions if a.kind == "replace"}
+    waves: dict[str, set[int]] = {owner: set() for owner in rolling}
+    for a in actions:
+        if a.owner in rolling and a.action == "create":
+            waves[a.owner].add(a.pass_)
+    result = []
+    for m in sorted(head, key=lambda m: m.key):
+        if str(m.key) not in waves:
+            continue
+        replicas = int(m.spec.get("replicas", 1))
+        strategy = strategy_of(m.spec, replicas).describe()
+        result.append(RolloutPlan(str(m.key), replicas, strategy, len(waves[str(m.key)])))
+    return result
+
+
+def _unschedulable(state: ClusterState, decision: Decision) -> list[Unschedulable]:
+    owners = {p.id: str(p.owner) for p in (*state.pods, *(a.pod for a in decision.plan.create))}
+    groups: Counter[tuple[str, str]] = Counter(
+        (owners.get(pod, pod), reason) for pod, reason in decision.placements.unschedulable.items()
+    )
+    return [Unschedulable(owner, n, reason) for (owner, reason), n in sorted(groups.items())]
+
+
+def preview(
+    files: Sequence[SourceFile],
+    base: Sequence[Manifest],
+    state: ClusterState,
+    *,
+    head: RevisionInfo,
+    base_info: RevisionInfo | None = None,
+    state_source: str = "",
+    now: float,
+    settle_base: bool = False,
+    not_ready_toleration: float = 60.0,
+    problems: Sequence[str] = (),
+) -> Preview:
+    """Preview applying `files` (the branch) to `state`; `base` is what the diff compares with.
+
+    `problems` are errors found while reading the files (refused links, oversized files).
+    With `settle_base`, `state` holds only nodes and the base revision is settled first.
+    """
+    result = validate_files(files)
+    info = Preview(head=head, base=base_info, state_version=state.version, state_source=state_source)
+    errors = (*problems, *(str(e) for e in result.errors))
+    if errors:
+        return dataclasses.replace(
+            info, errors=tuple(errors), warnings=tuple(str(w) for w in result.warnings)
+        )
+    manifests = result.manifests
+    objects = diff_objects(base, manifests)
+    notes = []
+    if settle_base:
+        current = converge(
+            dataclasses.replace(state, desired=tuple(base)), now, toleration=not_ready_toleration
+        )
+    else:
+        current = state
+        running = {m.key: m.hash for m in state.desired}
+        if running != {m.key: m.hash for m in base}:
+            differ = len(set(running.items()) ^ {(m.key, m.hash) for m in base})
+            notes.append(
+                "the cluster does not run the base revision "
+                f"({differ} object versions differ); pod actions are computed from what it runs"
+            )
+    current = unredact(dataclasses.replace(current, desired=tuple(manifests)), manifests)
+    actions: list[PodAction] = []
+    t = now
+    last: Decision | None = None
+    last_state = current
+    converged = False
+    passes = 0
+    min_ready = max(
+        (int(m.spec.get("minReadySeconds", 0)) for m in manifests if m.key.kind == "Deployment"), default=0
+    )
+    for n in range(MAX_PASSES):
+        decision = decide(current, t, not_ready_toleration=not_ready_toleration)
+        last, last_state = decision, current
+        nodes_of = {p.id: p.node for p in current.pods}
+        actions += _actions(decision, n, nodes_of)
+        if decision.empty:
+            converged = True
+            passes = n
+            break
+        current = settle(current, decision, t)
+        t += min_ready + 1
+    else:
+        passes = MAX_PASSES
+        notes.append(f"the rollout did not settle within {MAX_PASSES} passes; later passes are not shown")
+    assert last is not None
+    unschedulable = _unschedulable(last_state, last)
+    counts = {
+        "objects_created": sum(1 for o in objects if o.change == "created"),
+        "objects_changed": sum(1 for o in objects if o.change == "changed"),
+        "objects_deleted": sum(1 for o in objects if o.change == "deleted"),
+        "pods_created": sum(1 for a in actions if a.kind == "create"),
+        "pods_replaced": sum(1 for a in actions if a.kind == "replace" and a.action == "stop"),
+        "pods_stopped": sum(1 for a in actions if a.kind == "stop"),
+        "pods_unschedulable": sum(u.pods for u in unschedulable),
+    }
+    return dataclasses.replace(
+        info,
+        warnings=(*(str(w) for w in result.warnings), *_warnings(manifests)),
+        objects=tuple(objects),
+        actions=tuple(actions),
+        unschedulable=tuple(unschedulable),
+        rollouts=tuple(_rollouts(manifests, actions)),
+        passes=passes,
+        converged=converged,
+        notes=tuple(notes),
+        counts=counts,
+    )
+
+
+__all__ = ["PodAction", "Preview", "RevisionInfo", "Unschedulable", "converge", "preview"]

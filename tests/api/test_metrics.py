@@ -1,0 +1,114 @@
+"""/metrics speaks Prometheus' text format, and its numbers move with syncs and binds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from gitops.api.app import create_app
+from gitops.controller import reconcile_once
+from gitops.metrics import Metrics
+from gitops.model import Node, NodeName, Revision
+from gitops.store import Store
+from gitops.sync.service import SyncService
+from gitops.sync.sources import FolderSource
+from tests.api.sample import NOW, sample_store
+from tests.planner.factories import deployment
+
+GOOD = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+        - name: web
+          image: web:1
+"""
+
+
+def samples(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    found = {}
+    for family in text_string_to_metric_families(response.text):
+        for s in family.samples:
+            found[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return found
+
+
+def test_cluster_figures_are_read_from_the_store(tmp_path: Path) -> None:
+    store = sample_store(tmp_path)
+    got = samples(TestClient(create_app(store, join_token="j", clock=lambda: NOW)))
+    assert got[("gitops_pods", (("phase", "Running"),))] == 3
+    assert got[("gitops_pods", (("phase", "Pending"),))] == 0
+    assert got[("gitops_revisions_total", (("status", "applied"),))] == 1
+    assert got[("gitops_revisions_total", (("status", "rejected"),))] == 1
+    assert got[("gitops_node_heartbeat_age_seconds", (("node", "n1"),))] == 10
+    assert got[("gitops_node_ready", (("node", "n2"),))] == 1
+
+
+def test_syncs_are_counted_by_outcome_and_timed(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    metrics = Metrics()
+    client = TestClient(create_app(store, join_token="j", metrics=metrics))
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    (folder / "web.yaml").write_text(GOOD)
+    sync = SyncService(store, FolderSource(folder), metrics=metrics)
+    source = sync.source.name
+
+    sync.sync()
+    sync.sync()
+    (folder / "web.yaml").write_text(GOOD.replace("replicas: 2", "replicas: three"))
+    sync.sync()
+    got = samples(client)
+    for outcome, n in (("applied", 1), ("unchanged", 1), ("rejected", 1)):
+        assert got[("gitops_syncs_total", (("outcome", outcome), ("source", source)))] == n
+    assert got[("gitops_sync_duration_seconds_count", (("source", source),))] == 3
+    assert got[("gitops_revisions_total", (("status", "rejected"),))] == 1
+
+    (folder / "web.yaml").unlink()
+    folder.rmdir()
+    with pytest.raises(FileNotFoundError):
+        sync.sync()
+    got = samples(client)
+    assert got[("gitops_syncs_total", (("outcome", "failed"), ("source", source)))] == 1
+
+
+def test_scheduling_latency_is_the_wait_from_creation_to_bind(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    metrics = Metrics()
+    client = TestClient(create_app(store, join_token="j", metrics=metrics, clock=lambda: 200.0))
+    store.apply_revision(Revision("git:x", "1" * 40), [deployment(replicas=2)], [], 100.0)
+    reconcile_once(store, 100.0, metrics=metrics)  # no nodes: created, pending
+    assert samples(client)[("gitops_scheduling_latency_seconds_count", ())] == 0
+    store.register_node(Node(NodeName("n1"), "192.0.2.1", 4000, 2**32), "t", 107.0)
+    reconcile_once(store, 107.5, metrics=metrics)
+    got = samples(client)
+    assert got[("gitops_scheduling_latency_seconds_count", ())] == 2
+    assert got[("gitops_scheduling_latency_seconds_sum", ())] == 15.0
+    assert got[("gitops_scheduling_latency_seconds_bucket", (("le", "5.0"),))] == 0
+    assert got[("gitops_scheduling_latency_seconds_bucket", (("le", "10.0"),))] == 2
+    assert got[("gitops_pods", (("phase", "Pending"),))] == 2
+
+
+def test_each_app_has_its_own_registry(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    first, second = Metrics(), Metrics()
+    first.observe_sync("a", "applied", 0.1)
+    a = samples(TestClient(create_app(store, join_token="j", metrics=first)))
+    b = samples(TestClient(create_app(store, join_token="j", metrics=second)))
+    assert a[("gitops_syncs_total", (("outcome", "applied"), ("source", "a")))] == 1
+    assert not any(name == "gitops_syncs_total" for name, _ in b)
