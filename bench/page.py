@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import multiprocessing
 import statistics
 import sys
@@ -29,6 +30,7 @@ import time
 from pathlib import Path
 
 import httpx
+import structlog
 import uvicorn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -167,7 +169,17 @@ def churn(store: Store, stop: threading.Event) -> None:
         ready = not ready
 
 
+def heartbeats(store: Store, stop: threading.Event) -> None:
+    """Every node's agent reports every 5 s, as live agents do (more often, in fact): no node
+    turns NotReady during the run, which would rebuild the view."""
+    names = [r.node.name for r in store.nodes()]
+    while not stop.wait(5.0):
+        for name in names:
+            store.heartbeat(name, [], time.time())
+
+
 def main() -> None:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     parser = argparse.ArgumentParser()
     parser.add_argument("--nodes", type=int, default=100)
     parser.add_argument("--deployments", type=int, default=20)
@@ -186,6 +198,7 @@ def main() -> None:
         cached, cached_url = start(url, 1.0)
         uncached, uncached_url = start(url, 0.0)
         stop = threading.Event()
+        threading.Thread(target=heartbeats, args=(store, stop), daemon=True).start()
         if args.churn:
             threading.Thread(target=churn, args=(store, stop), daemon=True).start()
         try:

@@ -160,6 +160,7 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=6)
     parser.add_argument("--configmaps", type=int, default=500)
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
     nodes = tuple(
@@ -176,22 +177,34 @@ def main() -> None:
     )
     head = revision(args, head=True)
 
-    fast, result = run("preview", args, state=state, base=base, head=head, placer=reconcile_module.place)
+    # Rounds alternate the two so neither gains from running second (warm caches in
+    # jsonschema and the interpreter); the best round of each is compared.
+    fast = slow = float("inf")
+    result = reference = None
+    for round_ in range(1, args.rounds + 1):
+        print(f"round {round_}:")
+        t, result = run("preview", args, state=state, base=base, head=head, placer=reconcile_module.place)
+        fast = min(fast, t)
+        if not args.no_baseline:
+            t, reference = run(
+                "baseline (per-node reference scheduler)",
+                args,
+                state=state,
+                base=base,
+                head=head,
+                placer=reference_place,
+            )
+            slow = min(slow, t)
+    assert result is not None
     start = time.perf_counter()
     markdown = to_markdown(result)
-    print(f"  markdown    {time.perf_counter() - start:7.3f} s  ({len(markdown):,} characters)")
-    print(f"goal: under 2 s -> {'met' if fast < 2.0 else 'NOT met'} ({fast:.3f} s)")
-    if not args.no_baseline:
-        slow, reference = run(
-            "baseline (per-node reference scheduler)",
-            args,
-            state=state,
-            base=base,
-            head=head,
-            placer=reference_place,
-        )
+    print(f"markdown: {time.perf_counter() - start:.3f} s ({len(markdown):,} characters)")
+    print(f"best preview {fast:.3f} s; goal under 2 s -> {'met' if fast < 2.0 else 'NOT met'}")
+    if reference is not None:
         same = [(a.pod, a.node) for a in reference.actions] == [(a.pod, a.node) for a in result.actions]
-        print(f"speed ratio {slow / fast:.1f}x; same pod actions and nodes: {same}")
+        print(
+            f"best baseline {slow:.3f} s; speed ratio {slow / fast:.2f}x; same pod actions and nodes: {same}"
+        )
 
 
 if __name__ == "__main__":

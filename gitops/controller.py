@@ -56,11 +56,16 @@ def reconcile_once(
             evicted=len(evicted),
             bound=len(placements.assigned),
             unschedulable=len(placements.unschedulable),
-            actions=result.describe(),
+            actions=_first(result.describe(), 20),
         )
     store.save_rollouts(decision.rollouts, now)
     actions = Plan(result.create, (*evicted, *result.stop), result.keep)
     return PassResult(actions, len(placements.assigned), len(placements.unschedulable))
+
+
+def _first(lines: list[str], n: int) -> list[str]:
+    """At most `n` lines, then how many more: a pass creating 5,000 pods logs one short line."""
+    return lines if len(lines) <= n else [*lines[:n], f"... and {len(lines) - n} more"]
 
 
 class Controller:

@@ -123,11 +123,9 @@ def create_app(
         revisions = store.revisions(limit=200)
         applied = next((r for r in revisions if r.status == "applied"), None)
         rejected = next((r for r in revisions if r.status == "rejected"), None)
-        pods = store.pods()
+        # Counted in SQL: reading 5,000 pods to count them made this route take 0.6 s.
+        phases = store.pod_phase_counts()
         nodes = store.nodes(clock())
-        phases: dict[str, int] = {}
-        for p in pods:
-            phases[p.phase] = phases.get(p.phase, 0) + 1
         return {
             "sources": list(sources),
             "last_applied": encode(applied) if applied else None,
@@ -138,8 +136,8 @@ def create_app(
             "counts": {
                 "nodes": len(nodes),
                 "nodes_ready": sum(1 for n in nodes if n.node.ready),
-                "pods": len(pods),
-                "pods_ready": sum(1 for p in pods if p.ready),
+                "pods": sum(phases.values()),
+                "pods_ready": store.ready_pod_count(),
                 "phases": phases,
                 "objects": len(store.desired()),
             },

@@ -25,7 +25,7 @@ import html
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -257,9 +257,12 @@ def previews(view: StatusView) -> str:
         count_text = ", ".join(f"{k} {v}" for k, v in counts.items()) if isinstance(counts, Mapping) else ""
         status = str(p.get("status", ""))
         cls = "bad" if status == "error" else ("warn" if status == "changes" else "ok")
+        ref, source = str(p.get("ref", "")), str(p.get("source", ""))
+        href = f"/api/v1/previews/{quote(ref)}?source={quote(source, safe='')}"
+        stale = ' <span class="muted">(stale: the cluster changed since)</span>' if p.get("stale") else ""
         rows.append(
-            f"<tr><td><code>{esc(p.get('source', ''))}</code></td><td>{esc(p.get('ref', ''))}</td>"
-            f'<td class="{cls}">{esc(status)}</td>'
+            f"<tr><td><code>{esc(source)}</code></td><td><a href=\"{esc(href)}\">{esc(ref)}</a></td>"
+            f'<td class="{cls}">{esc(status)}{stale}</td>'
             f"<td><code>{esc(short(str(p.get('head', ''))))}</code></td>"
             f"<td><code>{esc(short(str(p.get('base', ''))))}</code></td>"
             f"<td>{esc(count_text)}</td>"

@@ -156,12 +156,16 @@ def _previews(store: Store, hidden: Sequence[str]) -> tuple[Mapping[str, Any], .
     reader = getattr(store, "previews", None)
     if not callable(reader):
         return None
+    records = reader()
+    version = store.snapshot().version if records else ""
     rows = []
-    for record in reader():
+    for record in records:
         data = encode(record)
         if not isinstance(data, dict):
             continue
-        rows.append({k: redact(v, hidden) if isinstance(v, str) else v for k, v in data.items()})
+        row = {k: redact(v, hidden) if isinstance(v, str) else v for k, v in data.items()}
+        row["stale"] = record.state_version != version  # the cluster moved on since
+        rows.append(row)
     return tuple(rows)
 
 
@@ -321,14 +325,21 @@ class ViewCache:
         self._lock = threading.Lock()
         self._build_lock = threading.Lock()
         self._refreshing = False
+        self._collected = 0.0  # time.monotonic() of the last full garbage collection
 
     def _build(self) -> StatusView:
         started = time.monotonic()
         marker = self.store.change_marker()
         view = build_view(self.store, self.sources, self.clock())
-        # A view of 5,000 pods is a few hundred thousand objects; left to the collector,
-        # every full collection walks them all and stalls every request for 100 ms or
-        # more. Views hold no reference cycles, so refcounting alone frees the old ones.
+        # A view of 5,000 pods is a few hundred thousand objects. Left to the collector,
+        # full collections walk them all at random moments and stall requests for 100 ms
+        # or more. So freeze what exists after each build (later collections skip it), and
+        # at most once a minute unfreeze and collect fully, here in the background thread:
+        # cyclic garbage that got frozen is found then, so nothing leaks for long.
+        if time.monotonic() - self._collected > 60.0:
+            gc.unfreeze()
+            gc.collect()
+            self._collected = time.monotonic()
         gc.freeze()
         self._view, self._marker, self._built = view, marker, time.monotonic()
         self._next_build = self._built + self.pace * (self._built - started)

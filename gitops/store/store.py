@@ -648,6 +648,10 @@ class Store:
             rows = s.execute(select(PodRow.phase, func.count(PodRow.id)).group_by(PodRow.phase))
             return {str(phase): int(n) for phase, n in rows}
 
+    def ready_pod_count(self) -> int:
+        with self.session() as s:
+            return int(s.scalar(select(func.count(PodRow.id)).where(PodRow.ready.is_(True))) or 0)
+
     def revision_counts(self) -> dict[str, int]:
         """Recorded revisions by status (`applied`, `rejected`)."""
         with self.session() as s:

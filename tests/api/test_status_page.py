@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from gitops.api.app import create_app
 from gitops.api.page import PAGES, PER_PAGE
 from gitops.api.view import ViewCache
-from gitops.model import ObjectKey, Pod, PodName, PodSpec
+from gitops.model import Node, NodeName, ObjectKey, Pod, PodName, PodSpec
 from gitops.store import Store
 from tests.api.sample import HOSTILE, NOW, SECRET_VALUE, sample_store
 from tests.conftest import wait_for
@@ -159,25 +159,26 @@ def test_without_caching_every_request_builds_its_view(store: Store) -> None:
     assert cache.get() is not cache.get()
 
 
-def test_previews_are_listed_when_the_store_has_them(tmp_path: Path) -> None:
-    class WithPreviews(Store):
-        def previews(self, source: str | None = None) -> list[Any]:  # type: ignore[override]
-            return [
-                {
-                    "source": "git:repo",
-                    "ref": "refs/heads/<b>feature</b>",
-                    "head": "c" * 40,
-                    "base": "a" * 40,
-                    "status": "changes",
-                    "computed_at": NOW - 5,
-                    "report": {"counts": {"create": 2}},
-                }
-            ]
-
-    store = WithPreviews(f"sqlite:///{tmp_path / 'p.db'}")
-    text = TestClient(create_app(store, join_token="j", clock=lambda: NOW)).get("/").text
-    assert "refs/heads/&lt;b&gt;feature&lt;/b&gt;" in text
-    assert "c" * 12 in text and "create 2" in text and ">5s ago<" in text
+def test_previews_are_listed_with_a_link_and_marked_stale_once_the_cluster_moves(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'p.db'}")
+    store.save_preview(
+        source="git:repo",
+        ref="refs/heads/<b>feature</b>",
+        base="a" * 40,
+        head="c" * 40,
+        state_version=store.snapshot(NOW).version,
+        computed_at=NOW - 5,
+        report={"status": "changes", "counts": {"pods_created": 2}},
+        markdown="### preview",
+    )
+    client = TestClient(create_app(store, join_token="j", clock=lambda: NOW, page_cache_seconds=0))
+    text = client.get("/").text
+    assert "refs/heads/&lt;b&gt;feature&lt;/b&gt;" in text and "<b>feature" not in text
+    assert 'href="/api/v1/previews/refs/heads/%3Cb%3Efeature%3C/b%3E?source=git%3Arepo"' in text
+    assert "c" * 12 in text and "pods_created 2" in text and ">5s ago<" in text
+    assert "stale" not in text
+    store.register_node(Node(NodeName("n9"), "192.0.2.9", 1000, 2**30), "t", now=NOW)
+    assert "(stale: the cluster changed since)" in client.get("/").text
 
 
 def test_hostile_label_survives_round_trip_only_as_text() -> None:
