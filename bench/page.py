@@ -60,9 +60,7 @@ def populate(url: str, nodes: int, deployments: int, replicas: int) -> Store:
         )
         if d % 2 == 0:
             manifests.append(service(f"app{d:02d}", {"app": f"app{d:02d}"}))
-    store.apply_revision(
-        Revision("git:bench", "f" * 40, message="bench", author="bench"), manifests, [], now
-    )
+    store.apply_revision(Revision("git:bench", "f" * 40, message="bench", author="bench"), manifests, [], now)
     for i in range(nodes):
         taints = (Taint("dedicated", "db", "NoSchedule"),) if i % 25 == 0 else ()
         node = Node(
@@ -221,8 +219,10 @@ def main() -> None:
             cached.terminate()
             uncached.terminate()
     page, base = results["/pods"], results["uncached /pods"]
-    print(f"/pods cached vs uncached: p50 {base[0] / page[0]:,.0f}x faster, p99 {base[1] / page[1]:,.0f}x, "
-          f"throughput {page[2] / base[2]:,.0f}x")
+    print(
+        f"/pods cached vs uncached: p50 {base[0] / page[0]:,.0f}x faster, p99 {base[1] / page[1]:,.0f}x, "
+        f"throughput {page[2] / base[2]:,.0f}x"
+    )
     worst = max(results[p][1] for p in PAGES)
     verdict = "met" if worst < 0.1 else "NOT met"
     print(f"goal p99 < 100 ms for the pages: {verdict} (worst page p99 {worst * 1000:.1f} ms)")

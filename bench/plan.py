@@ -139,7 +139,7 @@ def run(
     podspec._TEMPLATES.clear()  # each run resolves the head's templates from scratch
     with instrumented(clock, placer):
         start = time.perf_counter()
-        result = preview(head, base, state, head=RevisionInfo("head"), now=1000.0)
+        result = preview(head, base, state, head=RevisionInfo("head"), now=1000.0, secret_key=b"bench")
         total = time.perf_counter() - start
     other = total - sum(clock.spent.values())
     print(

@@ -13,6 +13,7 @@ gitops down              remove this node's containers and iptables chains
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
@@ -31,10 +32,11 @@ from gitops.model import ClusterState, Diagnostic, NodeName, Taint
 from gitops.preview.render import to_json_text, to_markdown, to_text
 from gitops.preview.state import StateError, from_json, load_state
 from gitops.preview.state import to_json as state_json
+from gitops.redact import log_processor, redact_logs_with
 from gitops.schemas.loader import SourceFile
 from gitops.schemas.validate import validate_files
 from gitops.sync.previews import preview_revisions
-from gitops.sync.sources import FolderSource, GitSource, Source, read_folder
+from gitops.sync.sources import FolderSource, GitSource, Source, mirror_folder, read_folder
 
 DEFAULT_STATE = Path(os.environ.get("GITOPS_STATE_DIR", ".gitops"))
 
@@ -51,6 +53,7 @@ def configure_logging(json_logs: bool, level: str = "info") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso"),
             structlog.processors.format_exc_info,
+            log_processor,  # Secret values and URL credentials never reach the log
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
@@ -108,16 +111,32 @@ def _subject(revision: dict[str, Any]) -> str:
     return lines[0] if lines else ""
 
 
+def _read_headers(args: argparse.Namespace) -> dict[str, str]:
+    """The read token for a server that needs one: --read-token-file, else GITOPS_READ_TOKEN."""
+    token = ""
+    if getattr(args, "read_token_file", None):
+        token = _read_secret(args.read_token_file, "--read-token-file")
+    elif os.environ.get("GITOPS_READ_TOKEN"):
+        token = os.environ["GITOPS_READ_TOKEN"].strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _unauthorized(url: str, exc: httpx.HTTPError) -> str:
+    if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 401:
+        return f"{url}: the server needs its read token (GITOPS_READ_TOKEN or --read-token-file)"
+    return f"cannot reach the gitops server at {url}: {exc}"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     try:
-        with httpx.Client(base_url=args.server, timeout=10) as http:
+        with httpx.Client(base_url=args.server, timeout=10, headers=_read_headers(args)) as http:
             status = http.get("/api/v1/status").raise_for_status().json()
             nodes = http.get("/api/v1/nodes").raise_for_status().json()
             pods = http.get("/api/v1/pods").raise_for_status().json()
             services = http.get("/api/v1/services").raise_for_status().json()
             workloads = http.get("/api/v1/workloads").raise_for_status().json()
     except httpx.HTTPError as exc:
-        print(f"cannot reach the gitops server at {args.server}: {exc}", file=sys.stderr)
+        print(_unauthorized(args.server, exc), file=sys.stderr)
         return 1
     now = time.time()
     out = []
@@ -189,16 +208,49 @@ def _sources(args: argparse.Namespace, state: Path) -> list[Source]:
     for folder in args.dir or []:
         sources.append(FolderSource(Path(folder)))
     for url in args.git or []:
-        cache = state / "git" / "".join(ch if ch.isalnum() else "_" for ch in url)[-80:]
+        cache = mirror_folder(state / "git", url)
         sources.append(GitSource(url, cache, branch=args.branch, path=args.path))
     return sources
+
+
+def private_folder(path: Path) -> Path:
+    """`path`, created 0700 (and tightened to 0700 if it exists and is ours)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_uid == os.geteuid() and path.stat().st_mode & 0o077:
+        path.chmod(0o700)
+    return path
 
 
 def _db_url(args: argparse.Namespace, state: Path) -> str:
     if args.db:
         return str(args.db)
-    state.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{(state / 'gitops.db').resolve()}"
+    private_folder(state)
+    database = (state / "gitops.db").resolve()
+    if not database.exists():
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))
+    return f"sqlite:///{database}"
+
+
+def _keys(args: argparse.Namespace, state: Path) -> Any:
+    """The cluster's secret key (created on first start), or exit saying what is wrong."""
+    from gitops.store import SecretKeyError, SecretKeys  # noqa: PLC0415 - cryptography only where needed
+
+    path = Path(args.secret_key_file) if getattr(args, "secret_key_file", None) else state / "secret.key"
+    if not getattr(args, "secret_key_file", None):
+        private_folder(state)
+    try:
+        return SecretKeys.from_file(path)
+    except (SecretKeyError, OSError) as exc:
+        raise SystemExit(f"--secret-key-file {path}: {exc}") from exc
+
+
+def _open_store(args: argparse.Namespace, state: Path, **options: Any) -> Any:
+    from gitops.store import SecretKeyError, Store  # noqa: PLC0415
+
+    try:
+        return Store(_db_url(args, state), keys=_keys(args, state), **options)
+    except SecretKeyError as exc:
+        raise SystemExit(f"gitops: {exc}") from exc
 
 
 def _parse_labels(values: Sequence[str]) -> tuple[tuple[str, str], ...]:
@@ -224,23 +276,111 @@ def _parse_taints(values: Sequence[str]) -> tuple[Taint, ...]:
 
 def _control_plane(args: argparse.Namespace, state: Path, sources: list[Source]) -> Any:
     from gitops.server import ControlPlane  # noqa: PLC0415 - keeps `validate` and `status` light
-    from gitops.store import Store  # noqa: PLC0415
 
-    store = Store(_db_url(args, state), service_cidr=args.service_cidr, heartbeat_grace=args.node_grace)
-    token = args.join_token or os.environ.get("GITOPS_JOIN_TOKEN") or ""
-    plane = ControlPlane(
-        store,
-        sources,
-        host=args.host,
-        port=args.port,
-        poll_interval=args.poll,
-        not_ready_toleration=args.not_ready_toleration,
-        preview_refspec=getattr(args, "previews", ""),
-        **_push_options(args, state),
-    )
-    if token:
-        plane.join_token = token
+    store = _open_store(args, state, service_cidr=args.service_cidr, heartbeat_grace=args.node_grace)
+    token = _join_token(args, state, create=True)
+    push = _push_options(args, state)
+    try:
+        plane = ControlPlane(
+            store,
+            sources,
+            allow_empty=_allow_empty(args, sources, push.get("hosted", [])),
+            host=args.host,
+            port=args.port,
+            poll_interval=args.poll,
+            allow_probe_hosts=args.allow_probe_hosts,
+            read_token=_read_token(args, state),
+            not_ready_toleration=args.not_ready_toleration,
+            preview_refspec=getattr(args, "previews", ""),
+            **push,
+        )
+    except ValueError as exc:
+        raise SystemExit(f"gitops: {exc}") from exc
+    plane.join_token = token
     return plane
+
+
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return host in LOOPBACK or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _read_token(args: argparse.Namespace, state: Path) -> str | None:
+    """The token reads need: none on loopback or with --public-read; else --read-token-file,
+    GITOPS_READ_TOKEN, or STATE_DIR/read-token (generated 0600 on first start)."""
+    if getattr(args, "public_read", False):
+        return None
+    given = getattr(args, "read_token_file", None) or os.environ.get("GITOPS_READ_TOKEN")
+    if is_loopback(args.host) and not given:
+        return None
+    if getattr(args, "read_token_file", None):
+        return _read_secret(args.read_token_file, "--read-token-file")
+    if os.environ.get("GITOPS_READ_TOKEN"):
+        return os.environ["GITOPS_READ_TOKEN"].strip()
+    path = private_folder(state) / "read-token"
+    if path.exists():
+        return _read_secret(str(path), "the generated read token")
+    token = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    print(f"reads (page, API, metrics) need the token in {path}", file=sys.stderr)
+    return token
+
+
+def _refuse_token_argument(args: argparse.Namespace) -> None:
+    if getattr(args, "join_token", None):
+        raise SystemExit(
+            "--join-token puts the token on the command line, where every user of this host can read "
+            "it (ps, /proc); give it with --join-token-file PATH or the GITOPS_JOIN_TOKEN environment "
+            "variable"
+        )
+
+
+def _join_token(args: argparse.Namespace, state: Path, *, create: bool) -> str:
+    """The join token from --join-token-file or GITOPS_JOIN_TOKEN; for a server without either,
+    the one in STATE_DIR/join-token, generated (0600) on first start."""
+    _refuse_token_argument(args)
+    if getattr(args, "join_token_file", None):
+        return _read_secret(args.join_token_file, "--join-token-file")
+    if os.environ.get("GITOPS_JOIN_TOKEN"):
+        return os.environ["GITOPS_JOIN_TOKEN"].strip()
+    if not create:
+        raise SystemExit("gitops agent: give the join token with --join-token-file PATH or GITOPS_JOIN_TOKEN")
+    path = private_folder(state) / "join-token"
+    if path.exists():
+        return _read_secret(str(path), "the generated join token")
+    token = secrets.token_hex(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+def _allow_empty(
+    args: argparse.Namespace, sources: Sequence[Source], hosted: Sequence[Any]
+) -> frozenset[str]:
+    """Names of the sources `--allow-empty` names (by folder, URL, hosted name or source name)."""
+    chosen = set()
+    for given in getattr(args, "allow_empty", None) or []:
+        matches = [
+            s.name
+            for s in sources
+            if given == s.name
+            or (isinstance(s, FolderSource) and Path(given).resolve() == s.path.resolve())
+            or (isinstance(s, GitSource) and given == s.url)
+        ]
+        matches += [h.source.name for h in hosted if given in (h.name, h.source.name)]
+        if not matches:
+            names = ", ".join([*(s.name for s in sources), *(h.name for h in hosted)]) or "(none)"
+            raise SystemExit(f"--allow-empty {given}: no such source (the sources are: {names})")
+        chosen.update(matches)
+    return frozenset(chosen)
 
 
 def _read_secret(path: str, option: str) -> str:
@@ -301,8 +441,11 @@ def _agent(args: argparse.Namespace, server: str, token: str, state: Path) -> An
         taints=_parse_taints(args.taint or []),
         iptables=args.iptables,
         chain_prefix=args.chain_prefix,
+        secret_dir=Path(args.secret_dir) if args.secret_dir else None,
     )
-    return Agent(config, runtime)
+    agent = Agent(config, runtime)
+    redact_logs_with(agent.redactor)
+    return agent
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -318,23 +461,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"the password is the push token in {_push_token_path(args, state)})",
             file=sys.stderr,
         )
-    if not (args.join_token or os.environ.get("GITOPS_JOIN_TOKEN")):
-        path = state / "join-token"
-        path.write_text(plane.join_token)
-        path.chmod(0o600)
-        print(f"agents join with the token in {path}", file=sys.stderr)
+    if not (getattr(args, "join_token_file", None) or os.environ.get("GITOPS_JOIN_TOKEN")):
+        print(f"agents join with the token in {state / 'join-token'}", file=sys.stderr)
     plane.serve()
     return 0
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    token = args.join_token or os.environ.get("GITOPS_JOIN_TOKEN") or ""
-    if not token:
-        print("gitops agent: --join-token (or GITOPS_JOIN_TOKEN) is required", file=sys.stderr)
-        return 2
+    from gitops.agents.agent import NodeRefused  # noqa: PLC0415
+
+    token = _join_token(args, Path(args.state_dir), create=False)
     agent = _agent(args, args.server, token, Path(args.state_dir))
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
-    agent.run()
+    try:
+        agent.run()
+    except NodeRefused as exc:
+        print(f"gitops agent: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -395,7 +538,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 # --- plan and state ---------------------------------------------------------------------
 
 
-def _read_state(source: str | None) -> tuple[ClusterState, str, bool]:
+def _read_state(source: str | None, headers: dict[str, str]) -> tuple[ClusterState, str, bool]:
     """The state to preview on, where it came from, and whether it is nodes only."""
     if source is None:
         return ClusterState(desired=(), pods=(), nodes=()), "no --state (no nodes: pods are not placed)", True
@@ -404,9 +547,11 @@ def _read_state(source: str | None) -> tuple[ClusterState, str, bool]:
         if not url.endswith("/api/v1/state"):
             url += "/api/v1/state"
         try:
-            response = httpx.get(url, timeout=30, trust_env=False)
+            response = httpx.get(url, timeout=30, trust_env=False, headers=headers)
             response.raise_for_status()
             return from_json(response.json(), url), url, False
+        except httpx.HTTPStatusError as exc:
+            raise StateError(_unauthorized(url, exc)) from exc
         except (httpx.HTTPError, ValueError) as exc:
             raise StateError(f"{url}: cannot read the cluster state: {exc}") from exc
     path = Path(source)
@@ -421,7 +566,7 @@ def _read_state(source: str | None) -> tuple[ClusterState, str, bool]:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     try:
-        state, where, nodes_only = _read_state(args.state)
+        state, where, nodes_only = _read_state(args.state, _read_headers(args))
         result = preview_revisions(
             Path(args.repo),
             args.base,
@@ -431,6 +576,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             state_source=where,
             settle_base=nodes_only,
             now=time.time(),
+            secret_key=secrets.token_bytes(32),
         )
     except (StateError, ValueError) as exc:
         print(f"gitops plan: {exc}", file=sys.stderr)
@@ -445,17 +591,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_state_export(args: argparse.Namespace) -> int:
     if args.db:
-        from gitops.store import Store  # noqa: PLC0415 - SQLAlchemy only when reading a store
-
-        document = state_json(Store(args.db).snapshot())
+        document = state_json(_open_store(args, Path(args.state_dir)).snapshot())
     else:
         url = args.server.rstrip("/") + "/api/v1/state"
         try:
-            response = httpx.get(url, timeout=30, trust_env=False)
+            response = httpx.get(url, timeout=30, trust_env=False, headers=_read_headers(args))
             response.raise_for_status()
             document = response.json()
         except httpx.HTTPError as exc:
-            print(f"gitops state export: {url}: {exc}", file=sys.stderr)
+            print(f"gitops state export: {_unauthorized(url, exc)}", file=sys.stderr)
             return 1
     text = json.dumps(document, indent=1, ensure_ascii=False) + "\n"
     if args.output and args.output != "-":
@@ -475,13 +619,42 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--host", default="127.0.0.1", help="listen address of the API")
         sp.add_argument("--port", type=int, default=8080)
         sp.add_argument("--db", help="SQLAlchemy URL (default: SQLite in the state folder)")
+        sp.add_argument(
+            "--secret-key-file",
+            metavar="PATH",
+            help="key that seals Secret values in the database (default: STATE_DIR/secret.key, created 0600)",
+        )
         sp.add_argument("--service-cidr", default="10.243.0.0/16")
         sp.add_argument("--poll", type=float, default=30.0, help="seconds between source polls")
-        sp.add_argument("--join-token", help="token agents present to register (default: generated)")
+        sp.add_argument(
+            "--join-token-file",
+            metavar="PATH",
+            help="file holding the token agents present to register "
+            "(or GITOPS_JOIN_TOKEN; default: generated into STATE_DIR/join-token)",
+        )
+        sp.add_argument("--join-token", help=argparse.SUPPRESS)  # refused: it would show in ps
         sp.add_argument(
             "--webhook-secret-file",
             metavar="PATH",
             help="file holding the secret of the push webhooks /hooks/{github,gitlab,gitea} (off without it)",
+        )
+        sp.add_argument(
+            "--public-read",
+            action="store_true",
+            help="serve the page, read API and metrics without the read token on any address "
+            "(by default only loopback is open)",
+        )
+        sp.add_argument(
+            "--read-token-file",
+            metavar="PATH",
+            help="file holding the read token (or GITOPS_READ_TOKEN; default: STATE_DIR/read-token, "
+            "generated when listening beyond loopback)",
+        )
+        sp.add_argument(
+            "--allow-probe-hosts",
+            action="store_true",
+            help="let httpGet/tcpSocket probes go to their 'host' (the agents probe from the host's "
+            "network); by default probes go to the pod's own address",
         )
         sp.add_argument(
             "--node-grace",
@@ -506,6 +679,11 @@ def parser() -> argparse.ArgumentParser:
             "--iptables", default="iptables", help="iptables binary (iptables or iptables-legacy)"
         )
         sp.add_argument("--chain-prefix", default="GITOPS")
+        sp.add_argument(
+            "--secret-dir",
+            metavar="PATH",
+            help="folder on tmpfs for the files of Secret volumes (default: /dev/shm/gitops/NODE)",
+        )
 
     up = sub.add_parser("up", help="control plane and a local agent on a folder")
     up.add_argument("directory", nargs="?", default="manifests-example")
@@ -532,6 +710,13 @@ def parser() -> argparse.ArgumentParser:
         help="host a repository at /git/NAME.git and deploy its main branch (repeatable)",
     )
     serve.add_argument(
+        "--allow-empty",
+        action="append",
+        metavar="SOURCE",
+        help="let revisions of SOURCE (a --dir, --git URL or --host-repo NAME) hold no objects, "
+        "deleting all of its objects; refused otherwise (repeatable)",
+    )
+    serve.add_argument(
         "--push-token-file",
         metavar="PATH",
         help="file holding the password for /git/ (default: generated into STATE_DIR/push-token)",
@@ -542,7 +727,12 @@ def parser() -> argparse.ArgumentParser:
 
     agent = sub.add_parser("agent", help="a node agent for the local Docker engine")
     agent.add_argument("--server", default="http://127.0.0.1:8080")
-    agent.add_argument("--join-token")
+    agent.add_argument(
+        "--join-token-file",
+        metavar="PATH",
+        help="file holding the cluster's join token (or GITOPS_JOIN_TOKEN)",
+    )
+    agent.add_argument("--join-token", help=argparse.SUPPRESS)  # refused: it would show in ps
     agent.add_argument("--state-dir", default=str(DEFAULT_STATE))
     agent_options(agent)
     agent.set_defaults(func=cmd_agent)
@@ -554,6 +744,9 @@ def parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="cluster status from a running server")
     status.add_argument("--server", default=os.environ.get("GITOPS_SERVER", "http://127.0.0.1:8080"))
+    status.add_argument(
+        "--read-token-file", metavar="PATH", help="the server's read token (or GITOPS_READ_TOKEN)"
+    )
     status.set_defaults(func=cmd_status)
 
     plan = sub.add_parser(
@@ -570,6 +763,9 @@ def parser() -> argparse.ArgumentParser:
         help="a server URL (its read-only API), a snapshot from 'gitops state export', or a nodes file",
     )
     plan.add_argument("--format", choices=("text", "markdown", "json"), default="text")
+    plan.add_argument(
+        "--read-token-file", metavar="PATH", help="the server's read token (or GITOPS_READ_TOKEN)"
+    )
     plan.set_defaults(func=cmd_plan)
 
     state = sub.add_parser("state", help="cluster state snapshots")
@@ -577,7 +773,14 @@ def parser() -> argparse.ArgumentParser:
     export = state_sub.add_parser("export", help="write the cluster state (no Secret values) as JSON")
     export.add_argument("--server", default=os.environ.get("GITOPS_SERVER", "http://127.0.0.1:8080"))
     export.add_argument("--db", help="read a store directly (SQLAlchemy URL) instead of a server")
+    export.add_argument("--state-dir", default=str(DEFAULT_STATE))
+    export.add_argument(
+        "--secret-key-file", metavar="PATH", help="the store's key (default: STATE_DIR/secret.key)"
+    )
     export.add_argument("-o", "--output", help="file to write (default: standard output)")
+    export.add_argument(
+        "--read-token-file", metavar="PATH", help="the server's read token (or GITOPS_READ_TOKEN)"
+    )
     export.set_defaults(func=cmd_state_export)
 
     down = sub.add_parser("down", help="remove this node's containers and iptables chains")

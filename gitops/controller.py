@@ -8,13 +8,13 @@ agent report wakes the loop.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
 
+from gitops.loop import Backoff, Loop
 from gitops.metrics import Metrics
 from gitops.planner import Plan
 from gitops.reconcile import decide
@@ -69,7 +69,7 @@ def _first(lines: list[str], n: int) -> list[str]:
 
 
 class Controller:
-    """Runs `reconcile_once` on a timer and on demand, in a background thread."""
+    """Runs `reconcile_once` on a timer and on demand, in a background thread (`gitops.loop`)."""
 
     def __init__(
         self,
@@ -83,39 +83,25 @@ class Controller:
         self.store = store
         self.metrics = metrics
         self.not_ready_toleration = not_ready_toleration
-        self.interval = interval
         self.clock = clock
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.loop = Loop(
+            "controller", self._pass, interval=interval, backoff=Backoff(first=interval, cap=60.0)
+        )
+
+    @property
+    def interval(self) -> float:
+        return self.loop.interval
+
+    def _pass(self) -> None:
+        reconcile_once(
+            self.store, self.clock(), not_ready_toleration=self.not_ready_toleration, metrics=self.metrics
+        )
 
     def wake(self) -> None:
-        self._wake.set()
+        self.loop.trigger()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="controller", daemon=True)
-        self._thread.start()
+        self.loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        failures = 0
-        while not self._stop.is_set():
-            self._wake.clear()
-            try:
-                reconcile_once(
-                    self.store,
-                    self.clock(),
-                    not_ready_toleration=self.not_ready_toleration,
-                    metrics=self.metrics,
-                )
-                failures = 0
-            except Exception:
-                failures += 1
-                log.exception("controller.pass_failed", failures=failures)
-            delay = self.interval if not failures else min(self.interval * 2**failures, 60.0)
-            self._wake.wait(delay)
+        self.loop.stop()

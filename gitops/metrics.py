@@ -17,6 +17,7 @@ Names (all prefixed `gitops_`):
 - `pods{phase}` gauge
 - `scheduling_latency_seconds` histogram: pod creation to bind
 - `node_heartbeat_age_seconds{node}` and `node_ready{node}` gauges
+- `proxy_rules_skipped{node}` gauge: service rules a node's proxy skipped as invalid
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -97,6 +98,12 @@ class Metrics:
             "gitops_scheduling_latency_seconds",
             "Time from a pod's creation to its bind to a node.",
             buckets=_SCHEDULING_BUCKETS,
+            registry=self.registry,
+        )
+        self.proxy_rules_skipped = Gauge(
+            "gitops_proxy_rules_skipped",
+            "Service rules a node's proxy could not program and skipped (see the node's events).",
+            ["node"],
             registry=self.registry,
         )
         self._store_collector: _StoreCollector | None = None

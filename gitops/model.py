@@ -100,13 +100,20 @@ class Diagnostic:
 
 @dataclass(frozen=True)
 class Manifest:
-    """A validated desired object as written in the source."""
+    """A validated desired object as written in the source.
+
+    For a Secret, `hash` and `digests` (data key -> digest of its decoded value) are keyed
+    with the cluster's key once the store or a preview has sealed it (`gitops.keyed`), so
+    that neither can be used to guess a value offline. Pod template hashes take Secret
+    values through `digests` only.
+    """
 
     key: ObjectKey
     api_version: str
     body: Mapping[str, Any]
     location: SourceLocation
     hash: str = ""
+    digests: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def spec(self) -> Mapping[str, Any]:
@@ -142,6 +149,7 @@ class MountedFile:
     path: str  # absolute path inside the container
     content: bytes
     mode: int = 0o644
+    secret: bool = False  # from a Secret: sealed at rest, written to tmpfs only, redacted in text
 
 
 @dataclass(frozen=True)
@@ -212,6 +220,15 @@ class PodSpec:
     readiness_probe: Probe | None = None
     liveness_probe: Probe | None = None
     startup_probe: Probe | None = None
+    # Names of the `env` entries whose values come from Secrets: sealed at rest, redacted in text.
+    secret_env: tuple[str, ...] = ()
+
+    def secret_values(self) -> tuple[str, ...]:
+        """The Secret values this spec carries (env values and file contents), for redaction."""
+        names = set(self.secret_env)
+        values = {v for k, v in self.env if k in names}
+        values |= {f.content.decode(errors="replace") for f in self.files if f.secret}
+        return tuple(sorted(v for v in values if v))
 
 
 @dataclass(frozen=True)

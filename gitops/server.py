@@ -21,6 +21,7 @@ from gitops.api.githttp import git_router
 from gitops.api.webhooks import webhook_router
 from gitops.controller import Controller
 from gitops.metrics import Metrics
+from gitops.redact import redact_logs_with
 from gitops.store import Store
 from gitops.sync.hosted import HostedRepo
 from gitops.sync.previews import BranchPreviews
@@ -48,6 +49,12 @@ class ControlPlane:
     push_token: str = field(default_factory=lambda: secrets.token_hex(24))
     # HMAC key / token of the push webhooks (/hooks/...); None disables them.
     webhook_secret: bytes | None = None
+    # Names of the sources whose revisions may hold no objects (and so delete all of theirs).
+    allow_empty: frozenset[str] = frozenset()
+    # Whether agents honour a probe's `host` (else probes go to the pod's own address).
+    allow_probe_hosts: bool = False
+    # The token reads need (page, API, metrics); None: reads are open (loopback, --public-read).
+    read_token: str | None = None
     _server: uvicorn.Server | None = None
     _thread: threading.Thread | None = None
     syncs: list[SyncService] = field(default_factory=list)
@@ -59,12 +66,20 @@ class ControlPlane:
         missing = [h.source for h in self.hosted if h.source not in self.sources]
         if missing:
             self.sources = [*self.sources, *missing]
+        names = [s.name for s in self.sources]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"source {twice[0]} is given twice; each source may appear once")
+        unknown = sorted(set(self.allow_empty) - set(names))
+        if unknown:
+            raise ValueError(f"allow_empty names {unknown[0]}, which is not a source")
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     def _build(self) -> uvicorn.Server:
+        redact_logs_with(lambda: self.store.redactor(max_age=1.0))
         self.controller = Controller(
             self.store,
             interval=self.controller_interval,
@@ -85,7 +100,12 @@ class ControlPlane:
         ]
         self.syncs = [
             SyncService(
-                self.store, s, interval=self.poll_interval, on_applied=self._applied, metrics=self.metrics
+                self.store,
+                s,
+                interval=self.poll_interval,
+                on_applied=self._applied,
+                metrics=self.metrics,
+                allow_empty=s.name in self.allow_empty,
             )
             for s in self.sources
         ]
@@ -95,6 +115,8 @@ class ControlPlane:
             sources=[s.name for s in self.sources],
             on_report=self.controller.wake,
             metrics=self.metrics,
+            allow_probe_hosts=self.allow_probe_hosts,
+            read_token=self.read_token,
         )
         app.include_router(webhook_router(self.webhook_secret, lambda: self.syncs, lambda: self.previews))
         if self.hosted:
@@ -105,11 +127,15 @@ class ControlPlane:
         return uvicorn.Server(config)
 
     def _applied(self) -> None:
-        """A new revision is desired: converge on it, and recompute previews against it."""
+        """A new revision is desired: converge on it, recompute previews against it, and try
+        again the revisions refused for now (the obstacle may be gone)."""
         if self.controller is not None:
             self.controller.wake()
         for previews in self.previews:
             previews.trigger()
+        for sync in self.syncs:
+            if sync.waiting:
+                sync.trigger()
 
     def _pushed(self, repo: HostedRepo) -> None:
         """A push to a hosted repository was accepted: sync it and refresh its previews now."""

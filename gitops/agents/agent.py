@@ -3,8 +3,9 @@
 Each tick the agent lists its own containers (by ownership label), reports their status
 with its heartbeat, receives its pods and every service's endpoints, and converges:
 
-- a pod without a container gets one (files from ConfigMaps/Secrets are written to the
-  agent's state folder and bind-mounted read-only);
+- a pod without a container gets one (files from ConfigMaps are written to the agent's
+  state folder, files from Secrets to a tmpfs, never the node's disk; both are
+  bind-mounted read-only);
 - a container whose pod is gone, or whose template differs, is stopped and removed;
 - an exited container is restarted as its restartPolicy says, with Kubernetes' backoff
   (10 s doubling to 5 min, reset after 10 min of running);
@@ -12,11 +13,20 @@ with its heartbeat, receives its pods and every service's endpoints, and converg
   recreates or restarts anything.
 
 Then it programs iptables so each service VIP reaches its ready pods: a pod on this node by
-its container address, a pod elsewhere by its node's address and published host port.
+its container address, a pod elsewhere by its node's address and published host port. A
+rule that cannot be programmed is skipped and reported with the next heartbeat; a failing
+iptables is reported too, and never keeps the node from running its pods.
+
+What it reports and logs about a pod (reasons, probe output, log tails) has that pod's
+Secret values redacted first, and probe failure text is truncated. Probes go to the pod's
+own address; a probe's `host` is honoured only when the server allows it
+(`gitops serve --allow-probe-hosts`), since the agent probes from the host's network.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -32,11 +42,13 @@ from typing import Any
 import httpx
 import structlog
 
-from gitops.agents.iptables import IptablesProxy, ServiceRule
+from gitops.agents.iptables import IptablesError, IptablesProxy, ServiceRule
 from gitops.agents.probes import Prober, Verdict, real_handler
 from gitops.agents.runtime import ContainerInfo, ImageMissing, Runtime, RuntimeFailure
 from gitops.codec import decode_as, encode
+from gitops.loop import Backoff, Loop
 from gitops.model import NodeName, Phase, Pod, PodId, PodStatus, ServiceEndpoints, Taint
+from gitops.redact import Redactor, truncate
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +57,28 @@ BACKOFF_MAX = 300.0
 BACKOFF_RESET_AFTER = 600.0
 LOG_TAIL_LINES = 20
 LOG_TAIL_BYTES = 4000
+MAX_TEXT = 1000  # reasons and probe output, as reported
+MEMORY_FILESYSTEMS = ("tmpfs", "ramfs")
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the filesystem `path` is (or would be) on, from /proc/self/mountinfo."""
+    target = path
+    while not target.exists() and target != target.parent:
+        target = target.parent
+    real = os.path.realpath(target)
+    best, kind = "", ""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as f:
+            for line in f:
+                fields, _, rest = line.partition(" - ")
+                mount_point = fields.split()[4].replace("\\040", " ")
+                inside = real == mount_point or real.startswith(mount_point.rstrip("/") + "/")
+                if inside and len(mount_point) >= len(best):
+                    best, kind = mount_point, rest.split()[0]
+    except OSError:
+        return ""
+    return kind
 
 
 def host_capacity() -> tuple[int, int]:
@@ -98,6 +132,23 @@ def service_rules(services: Sequence[ServiceEndpoints], node: NodeName) -> list[
     return rules
 
 
+class NodeRefused(Exception):
+    """The server will not have this node (its name is held by a live node, a bad join
+    token, or a node description it cannot accept): the agent stops."""
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        detail = response.json().get("detail", response.text)
+    except ValueError:
+        detail = response.text
+    if isinstance(detail, list):  # FastAPI's validation errors: say which field
+        detail = "; ".join(
+            f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg', '')}" for d in detail
+        )
+    return f"HTTP {response.status_code}: {detail}"
+
+
 @dataclass
 class _Restarts:
     """Per-pod restart bookkeeping (the agent's memory; the control plane keeps the count)."""
@@ -126,6 +177,8 @@ class AgentConfig:
     # syncs its iptables within one interval, so two intervals cover them all.
     drain_seconds: float = 2.0
     capacity: tuple[int, int] | None = None
+    # Where Secret files are written: a folder on tmpfs (default: /dev/shm/gitops/<node>).
+    secret_dir: Path | None = None
 
 
 @dataclass
@@ -146,6 +199,9 @@ class Agent:
     _stopped: list[PodId] = field(default_factory=list)
     _removing: dict[str, threading.Thread] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _loop: Loop | None = None
+    _proxy_problems: list[str] = field(default_factory=list)
+    allow_probe_hosts: bool = False  # the server's policy, from each sync reply
 
     # --- control plane --------------------------------------------------------------
 
@@ -155,7 +211,29 @@ class Agent:
             self._http = httpx.Client(base_url=self.config.server, timeout=30.0)
         return self._http
 
+    @property
+    def _token_file(self) -> Path:
+        return self.config.state_dir / "node-token"
+
+    def _saved_token(self) -> str:
+        try:
+            return self._token_file.read_text().strip()
+        except OSError:
+            return ""
+
+    def _save_token(self, token: str) -> None:
+        folder = self.config.state_dir
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        partial = folder / "node-token.new"
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        partial.replace(self._token_file)
+
     def register(self) -> str:
+        """Register with the join token, presenting this node's last token (kept 0600 in the
+        state folder) so that a restarted agent takes its own name back. Raises
+        `NodeRefused` when a live node holds the name."""
         cfg = self.config
         cpu, memory = cfg.capacity or host_capacity()
         node = {
@@ -166,13 +244,17 @@ class Agent:
             "labels": dict(cfg.labels),
             "taints": [{"key": t.key, "value": t.value, "effect": t.effect} for t in cfg.taints],
         }
-        response = self.http.post("/agent/v1/register", json={"join_token": cfg.join_token, "node": node})
+        current = self._token or self._saved_token()
+        headers = {"Authorization": f"Bearer {current}"} if current else {}
+        response = self.http.post(
+            "/agent/v1/register", json={"join_token": cfg.join_token, "node": node}, headers=headers
+        )
+        if response.status_code in (401, 409, 422):
+            raise NodeRefused(f"the server refused node {cfg.node}: {_detail(response)}")
         response.raise_for_status()
         body = response.json()
         self._token = str(body["token"])
-        if self._proxy is None:
-            self._proxy = IptablesProxy(body["service_cidr"], prefix=cfg.chain_prefix, iptables=cfg.iptables)
-            self._proxy.install()
+        self._save_token(self._token)
         log.info(
             "agent.registered", node=cfg.node, address=node["address"], cpu_milli=cpu, memory_bytes=memory
         )
@@ -181,7 +263,11 @@ class Agent:
     def _sync_call(self, statuses: Sequence[PodStatus]) -> dict[str, Any]:
         if not self._token:
             self.register()
-        payload = {"statuses": [encode(s) for s in statuses], "stopped": list(self._stopped)}
+        payload = {
+            "statuses": [encode(s) for s in statuses],
+            "stopped": list(self._stopped),
+            "proxy_problems": self._proxy_problems[:1000],
+        }
         url = f"/agent/v1/nodes/{self.config.node}/sync"
         response = self.http.post(url, json=payload, headers={"Authorization": f"Bearer {self._token}"})
         if response.status_code == 401:
@@ -198,16 +284,23 @@ class Agent:
         containers = self.runtime.list(node)
         statuses = self._statuses(containers, self._assigned_cache)
         reply = self._sync_call(statuses)
+        self.allow_probe_hosts = bool(reply.get("allow_probe_hosts", False))
         pods = [decode_as(Pod, p) for p in reply["pods"]]
         services = [decode_as(ServiceEndpoints, s) for s in reply["services"]]
-        if self._proxy is None:
-            self._proxy = IptablesProxy(
-                reply["service_cidr"], prefix=self.config.chain_prefix, iptables=self.config.iptables
-            )
-            self._proxy.install()
         self._assigned_cache = {p.id: p for p in pods}
         # Endpoints first: traffic leaves a pod before its container is stopped.
-        self._proxy.sync(service_rules(services, node))
+        try:
+            if self._proxy is None:
+                self._proxy = IptablesProxy(
+                    reply["service_cidr"], prefix=self.config.chain_prefix, iptables=self.config.iptables
+                )
+                self._proxy.install()
+            self._proxy.sync(service_rules(services, node))
+            self._proxy_problems = list(self._proxy.skipped)
+        except IptablesError as exc:
+            # The node's pods still run and keep being converged; the failure is reported.
+            self._proxy_problems = [f"iptables failed: {exc}"]
+            log.error("agent.proxy_failed", error=str(exc))
         changed = self.converge(pods, containers)
         changed |= self.probe(pods, containers)
         if changed:
@@ -295,7 +388,7 @@ class Agent:
     def probe(self, pods: Sequence[Pod], containers: Sequence[ContainerInfo]) -> bool:
         """Run due probes; restart containers whose liveness or startup probe gave up."""
         if self.prober is None:
-            self.prober = Prober(real_handler(self.runtime), self.clock)
+            self.prober = Prober(real_handler(self.runtime, lambda: self.allow_probe_hosts), self.clock)
         running = {c.pod: c for c in containers if c.running and c.id not in self._removing}
         targets = []
         for pod in pods:
@@ -305,10 +398,15 @@ class Agent:
                 continue
             if spec.startup_probe or spec.liveness_probe or spec.readiness_probe:
                 targets.append((pod.id, c, spec.startup_probe, spec.liveness_probe, spec.readiness_probe))
-        self._verdicts = self.prober.check(targets)
+        by_id = {p.id: p for p in pods}
+        self._verdicts = {
+            pod_id: dataclasses.replace(
+                v, reason=truncate(self._redactor(by_id.get(pod_id))(v.reason), MAX_TEXT)
+            )
+            for pod_id, v in self.prober.check(targets).items()
+        }
         self.prober.forget({t[0] for t in targets})
         restarted = False
-        by_id = {p.id: p for p in pods}
         for pod_id, verdict in self._verdicts.items():
             if not verdict.restart:
                 continue
@@ -368,7 +466,7 @@ class Agent:
                 if pod.spec.image_pull_policy == "Never" and isinstance(exc, ImageMissing)
                 else ("ErrImagePull" if isinstance(exc, ImageMissing) else "CreateContainerError")
             )
-            state.last_error = f"{kind}: {exc}"
+            state.last_error = truncate(self._redactor(pod)(f"{kind}: {exc}"), MAX_TEXT)
             delay = min(BACKOFF_START * 2 ** min(state.failed_starts, 10), BACKOFF_MAX)
             state.failed_starts += 1
             state.next_attempt = now + delay
@@ -381,18 +479,33 @@ class Agent:
 
     # --- files ----------------------------------------------------------------------
 
-    def _pod_dir(self, pod_id: PodId) -> Path:
+    def _pod_dir(self, pod_id: PodId, *, secret: bool = False) -> Path:
         # Absolute: Docker reads a relative bind-mount source as a volume name.
-        return self.config.state_dir.resolve() / "pods" / pod_id.replace("/", "_")
+        root = self.secret_root() if secret else self.config.state_dir.resolve() / "pods"
+        return root / pod_id.replace("/", "_")
+
+    def secret_root(self) -> Path:
+        """The folder Secret files are written to; it must be on tmpfs (or ramfs)."""
+        # /dev/shm is a tmpfs on Linux; our folder in it is 0700 and named after the node.
+        root = self.config.secret_dir or Path("/dev/shm/gitops") / self.config.node  # noqa: S108
+        root = root.resolve()
+        kind = filesystem_type(root) or "an unknown filesystem"
+        if kind not in MEMORY_FILESYSTEMS:
+            raise OSError(
+                f"Secret files must stay off the node's disk, but {root} is on {kind}; "
+                "give the agent a folder on tmpfs (--secret-dir)"
+            )
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return root
 
     def _write_files(self, pod: Pod) -> list[tuple[str, str]]:
         if not pod.spec.files:
             return []
-        folder = self._pod_dir(pod.id)
-        folder.mkdir(parents=True, exist_ok=True)
-        folder.chmod(0o700)
         mounts = []
         for f in pod.spec.files:
+            folder = self._pod_dir(pod.id, secret=f.secret)
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            folder.chmod(0o700)
             host = folder / hashlib.sha256(f.path.encode()).hexdigest()[:16]
             host.write_bytes(f.content)
             host.chmod(f.mode & 0o777)
@@ -401,6 +514,8 @@ class Agent:
 
     def _forget_files(self, pod_id: PodId) -> None:
         shutil.rmtree(self._pod_dir(pod_id), ignore_errors=True)
+        with contextlib.suppress(OSError):  # no tmpfs: no Secret files were written either
+            shutil.rmtree(self._pod_dir(pod_id, secret=True), ignore_errors=True)
 
     # --- status ---------------------------------------------------------------------
 
@@ -414,6 +529,7 @@ class Agent:
             if pod is not None and c.template_hash != pod.template_hash:
                 continue
             state = self._restarts.get(c.pod, _Restarts())
+            redact = self._redactor(pod)
             if c.running:
                 ready, reason = self._readiness(pod)
                 status = PodStatus(
@@ -433,7 +549,11 @@ class Agent:
                 status = PodStatus(
                     c.pod, phase, False, reason, "", (), state.count, c.exit_code, c.id, self._log_tail(c)
                 )
-            result[c.pod] = status
+            result[c.pod] = dataclasses.replace(
+                status,
+                reason=truncate(redact(status.reason), MAX_TEXT),
+                last_log=redact(status.last_log),
+            )
         for pod_id, assigned_pod in assigned.items():
             if pod_id not in result and assigned_pod.terminating_at is None:
                 state = self._restarts.get(pod_id, _Restarts())
@@ -441,6 +561,14 @@ class Agent:
                     pod_id, "Pending", False, state.last_error or "starting container", restarts=state.count
                 )
         return list(result.values())
+
+    def redactor(self) -> Redactor:
+        """Redacts the Secret values of every pod this node runs (for its log lines)."""
+        return Redactor([v for pod in list(self._assigned_cache.values()) for v in pod.spec.secret_values()])
+
+    def _redactor(self, pod: Pod | None) -> Redactor:
+        """Redacts the Secret values `pod` carries (nothing for an unknown pod)."""
+        return Redactor(pod.spec.secret_values()) if pod is not None else Redactor()
 
     def _log_tail(self, container: ContainerInfo) -> str:
         """The last lines an exited container wrote, read once per exit."""
@@ -464,25 +592,28 @@ class Agent:
 
     # --- loop -----------------------------------------------------------------------
 
+    @property
+    def loop(self) -> Loop:
+        if self._loop is None:
+            interval = self.config.interval
+            self._loop = Loop(
+                "agent",
+                self.tick,
+                interval=interval,
+                backoff=Backoff(first=interval, cap=30.0),
+                stop=self._stop,
+                fatal=(NodeRefused,),
+                node=self.config.node,
+            )
+        return self._loop
+
     def run(self) -> None:
-        failures = 0
-        while not self._stop.is_set():
-            try:
-                self.tick()
-                failures = 0
-            except (httpx.HTTPError, OSError) as exc:
-                failures += 1
-                log.warning("agent.tick_failed", error=str(exc), failures=failures)
-            except Exception:
-                failures += 1
-                log.exception("agent.tick_failed", failures=failures)
-            delay = self.config.interval if not failures else min(self.config.interval * 2**failures, 30.0)
-            self._stop.wait(delay)
+        """Tick until stopped; raises `NodeRefused` when the server will not have this node."""
+        self.loop.run()
 
     def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self.run, name=f"agent-{self.config.node}", daemon=True)
-        thread.start()
-        return thread
+        return self.loop.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self.loop.trigger()

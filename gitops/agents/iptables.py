@@ -15,6 +15,11 @@ agent turns the service endpoints it receives into `ServiceRule` values and hand
   is never routed out of the machine. The filter table sees the destination after DNAT,
   so a DNAT'd connection is never rejected.
 
+One bad rule never costs the others: `IptablesProxy.sync` first `vet`s the rules, skipping
+a rule whose VIP, port or protocol cannot be programmed (or that claims a VIP:port another
+rule holds) and dropping a backend whose address or port cannot, and says what it skipped
+(`skipped`), so the agent can report it; everything else is programmed.
+
 `render` is pure: rules in, the complete `iptables-restore --noflush` text out, which
 declares (so creates or flushes) our chains, fills them and deletes our chains that are no
 longer needed, in one atomic transaction per table. `IptablesProxy` adds the effects:
@@ -31,6 +36,7 @@ entries is not done here.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import ipaddress
 import re
@@ -153,6 +159,53 @@ def _validate(rule: ServiceRule) -> None:
             raise ValueError(f"{where}: port {port}: expected 1..65535")
 
 
+def vet(rules: Sequence[ServiceRule]) -> tuple[list[ServiceRule], list[str]]:
+    """The rules that can be programmed, and what was skipped and why (one line each).
+
+    A rule with an invalid VIP, port or protocol is skipped whole; an invalid backend is
+    dropped from its rule; of two rules for one VIP:port the first (in VIP, port, name
+    order) is kept."""
+    kept: list[ServiceRule] = []
+    problems: list[str] = []
+    seen: dict[tuple[str, str, int], str] = {}
+
+    def order(rule: ServiceRule) -> tuple[int, int, str, str]:
+        try:
+            address = int(ipaddress.IPv4Address(rule.vip))
+        except ValueError:
+            address = -1
+        return (address, rule.port if isinstance(rule.port, int) else -1, str(rule.protocol), rule.service)
+
+    for rule in sorted(rules, key=order):
+        backends = []
+        for ip, port in rule.backends:
+            try:
+                ipaddress.IPv4Address(ip)
+                if not (isinstance(port, int) and 1 <= port <= 65535):
+                    raise ValueError(f"port {port!r}: expected 1..65535")
+            except ValueError as exc:
+                problems.append(f"service rule {rule.service!r}: backend {ip}:{port} skipped: {exc}")
+                continue
+            backends.append((ip, port))
+        candidate = dataclasses.replace(rule, backends=tuple(backends))
+        try:
+            _validate(candidate)
+        except ValueError as exc:
+            problems.append(f"{exc}; rule skipped")
+            continue
+        key = (candidate.protocol.upper(), candidate.vip, candidate.port)
+        if key in seen:
+            claim = f"{candidate.vip}:{candidate.port}/{candidate.protocol.upper()}"
+            problems.append(
+                f"service rules {seen[key]!r} and {candidate.service!r} both claim {claim}; "
+                f"{candidate.service!r} skipped"
+            )
+            continue
+        seen[key] = candidate.service
+        kept.append(candidate)
+    return kept, problems
+
+
 def probabilities(n: int) -> list[str | None]:
     """Per-rule `--probability` of a chain of n backends; None for the unconditional last."""
     return [f"{1 / (n - i):.10f}" for i in range(n - 1)] + ([None] if n else [])
@@ -251,6 +304,7 @@ class IptablesProxy:
         self.iptables = iptables
         self._last_applied: str | None = None
         self._restore_wait: tuple[str, ...] | None = None
+        self.skipped: tuple[str, ...] = ()  # what the last sync could not program, and why
 
     # --- commands ---------------------------------------------------------------------
 
@@ -307,8 +361,13 @@ class IptablesProxy:
         return True
 
     def sync(self, rules: Sequence[ServiceRule]) -> bool:
-        """Make our chains match `rules`; False when nothing had to be applied."""
+        """Make our chains match the valid ones of `rules` (the others are in `skipped`);
+        False when nothing had to be applied."""
         started = time.perf_counter()
+        rules, problems = vet(rules)
+        if problems and tuple(problems) != self.skipped:
+            log.warning("iptables.rules_skipped", skipped=len(problems), first=problems[0])
+        self.skipped = tuple(problems)
         saved = {table: self._save(table) for table in TABLES}
         if not self._jumps_present(saved):
             self.install()

@@ -13,6 +13,11 @@ A probe runs when `initialDelaySeconds` have passed since the container started 
 `periodSeconds` since it last ran. The handlers (exec in the container, HTTP GET or a TCP
 connect to the pod's address) are behind `ProbeHandler`, so the decisions are tested with
 a fake clock and fake results.
+
+HTTP and TCP probes go to the pod's own address. The agent runs them from the host's
+network, so a manifest's `host` would let it reach any address and read the answer back
+in the pod's reason; `host` is honoured only when the server allows it
+(`--allow-probe-hosts`). What a probe says is cut to `MAX_MESSAGE` characters.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import httpx
 
 from gitops.agents.runtime import ContainerInfo, Runtime
 from gitops.model import PodId, Probe
+from gitops.redact import truncate
 
 Kind = Literal["startup", "liveness", "readiness"]
 
@@ -53,15 +59,25 @@ class _State:
     message: str = ""
 
 
-def real_handler(runtime: Runtime) -> ProbeHandler:
-    """Probes for real: exec through the runtime, HTTP and TCP to the pod's address."""
+MAX_MESSAGE = 300
+
+
+def real_handler(runtime: Runtime, allow_hosts: Callable[[], bool] = lambda: False) -> ProbeHandler:
+    """Probes for real: exec through the runtime, HTTP and TCP to the pod's address (or to
+    the probe's `host` when `allow_hosts()` says the server allows it)."""
 
     def handle(container: ContainerInfo, probe: Probe) -> tuple[bool, str]:
+        ok, message = _handle(container, probe)
+        return ok, truncate(message, MAX_MESSAGE)
+
+    def _handle(container: ContainerInfo, probe: Probe) -> tuple[bool, str]:
         if probe.handler == "exec":
             code, output = runtime.exec(container.id, probe.command, probe.timeout_seconds)
             tail = output.strip().splitlines()[-1:] if output.strip() else []
             return code == 0, f"exit code {code}" + (f": {tail[0][:200]}" if tail else "")
-        host = probe.host or container.pod_ip
+        host = probe.host if probe.host and allow_hosts() else container.pod_ip
+        if not host:
+            return False, "the container has no address to probe yet"
         if probe.handler == "httpGet":
             url = f"{probe.scheme.lower()}://{host}:{probe.port}{probe.path}"
             try:

@@ -2,37 +2,45 @@
 
 `/agent/v1/...` is how node agents register (with the cluster's join token, receiving a
 per-node token) and sync (heartbeat plus pod statuses in, the node's pods and all service
-endpoints out). A node token only ever reads and writes its own node.
+endpoints out). A node token only ever reads and writes its own node. Requests are
+Pydantic models (`gitops.api.models`): anything malformed is answered 422 naming the field,
+and never reaches the store. A registration under the name of a node that is Ready is
+refused (409) unless it presents that node's current token.
 
-`/api/v1/...` is read-only (GET and HEAD) and never returns a Secret value: pod specs are
-summarised without environment values or file contents. The status page (`gitops.api.page`),
-`/metrics` (`gitops.metrics`), `/openapi.json` and `/docs` are read-only too: every path
-outside `/agent/`, `/hooks/` and `/git/` answers 405 to anything but GET and HEAD
-(`gitops.api.readonly`).
+The sync route runs in a worker thread (never on the event loop), reads only the node's
+own pods, shares one computation of every Service's endpoints among all agents
+(`SharedEndpoints`), and wakes the controller only when a report changed a pod.
+
+`/api/v1/...` is read-only (GET and HEAD) and comes from the one redacted read model
+(`gitops.api.readmodel`), as does the status page (`gitops.api.page`). `/metrics`,
+`/openapi.json` and `/docs` are read-only too: every path outside `/agent/`, `/hooks/`
+and `/git/` answers 405 to anything but GET and HEAD (`gitops.api.readonly`).
 """
 
 from __future__ import annotations
 
 import hmac
 import secrets
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
+from gitops.api.auth import ReadAuth
+from gitops.api.models import RegisterReply, RegisterRequest, SyncReply, SyncRequest, field_errors
 from gitops.api.page import install_status_page
+from gitops.api.readmodel import ReadModel
 from gitops.api.readonly import install_read_only
-from gitops.api.redaction import pod_summary, secret_values
-from gitops.api.view import ViewCache
-from gitops.codec import decode_as, encode
+from gitops.codec import encode
 from gitops.metrics import CONTENT_TYPE, Metrics
-from gitops.model import Node, NodeName, PodStatus, Taint
-from gitops.planner import all_endpoints, rollouts
-from gitops.preview.state import to_json as state_json
-from gitops.store import PreviewRecord, Store
+from gitops.model import Node, NodeName, PodId, PodStatus, Taint
+from gitops.planner import all_endpoints
+from gitops.store import NodeNameTaken, Store
 
 log = structlog.get_logger(__name__)
 
@@ -44,6 +52,35 @@ def _bearer(authorization: str = Header(default="")) -> str:
     return token
 
 
+class SharedEndpoints:
+    """Every Service's endpoints, encoded for agents: computed once per change of what they
+    depend on (desired objects, pods, nodes' readiness and addresses) and shared by all
+    agents' syncs. The store is asked whether anything moved at most every `ttl` seconds."""
+
+    def __init__(self, store: Store, clock: Callable[[], float], ttl: float = 0.5) -> None:
+        self.store = store
+        self.clock = clock
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        self._checked = float("-inf")
+        self._key: Any = None
+        self._value: list[Any] = []
+
+    def get(self) -> list[Any]:
+        with self._lock:
+            if time.monotonic() - self._checked < self.ttl:
+                return self._value
+            now = self.clock()
+            nodes = [r.node for r in self.store.nodes(now)]
+            key = (self.store.change_marker(), tuple((n.name, n.address, n.ready) for n in nodes))
+            if key != self._key:
+                services = all_endpoints(self.store.desired(), self.store.vips(), self.store.pods(), nodes)
+                self._value = [encode(s) for s in services]
+                self._key = key
+            self._checked = time.monotonic()
+            return self._value
+
+
 def create_app(
     store: Store,
     *,
@@ -53,13 +90,30 @@ def create_app(
     clock: Callable[[], float] = time.time,
     metrics: Metrics | None = None,
     page_cache_seconds: float = 1.0,
+    endpoints_cache_seconds: float = 0.5,
+    allow_probe_hosts: bool = False,
+    read_token: str | None = None,
 ) -> FastAPI:
+    """The app; with `read_token`, reads need it (`gitops.api.auth`), else they are open."""
     # No Swagger UI or ReDoc: they load their assets from a CDN. /docs is ours, offline.
-    app = FastAPI(title="gitops", version="0.1.0", docs_url=None, redoc_url=None)
+    app = FastAPI(title="gitops", version="0.2.0", docs_url=None, redoc_url=None)
     install_read_only(app)
-    install_status_page(app, ViewCache(store, sources, clock=clock, ttl=page_cache_seconds))
+    if read_token:
+        app.add_middleware(ReadAuth, token=read_token)  # added last: runs first
+    reads = ReadModel(store, sources, clock=clock, ttl=page_cache_seconds)
+    install_status_page(app, reads.cache)
     observed = metrics or Metrics()
     observed.watch_store(store, clock)
+    endpoints = SharedEndpoints(store, clock, ttl=endpoints_cache_seconds)
+    proxy_problems: dict[str, tuple[str, ...]] = {}
+    app.state.read_model = reads
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = list(exc.errors())
+        return JSONResponse(
+            {"detail": field_errors(errors), "errors": [_jsonable(e) for e in errors]}, status_code=422
+        )
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus() -> Response:
@@ -70,49 +124,79 @@ def create_app(
             raise HTTPException(401, "invalid node token")
         return name
 
-    @app.post("/agent/v1/register")
-    async def register(request: Request) -> dict[str, Any]:
-        body = await request.json()
-        if not hmac.compare_digest(str(body.get("join_token", "")), join_token):
+    @app.post(
+        "/agent/v1/register",
+        response_model=RegisterReply,
+        responses={401: {"description": "wrong join token"}, 409: {"description": "the name is taken"}},
+    )
+    def register(request: RegisterRequest, authorization: str = Header(default="")) -> RegisterReply:
+        """Register a node (or register it again) and receive its node token."""
+        if not hmac.compare_digest(request.join_token.encode(), join_token.encode()):
             raise HTTPException(401, "invalid join token")
-        n = body.get("node") or {}
-        try:
-            node = Node(
-                name=NodeName(str(n["name"])),
-                address=str(n["address"]),
-                cpu_milli=int(n["cpu_milli"]),
-                memory_bytes=int(n["memory_bytes"]),
-                labels=tuple(sorted((str(k), str(v)) for k, v in (n.get("labels") or {}).items())),
-                taints=tuple(
-                    Taint(str(t["key"]), str(t.get("value", "")), t.get("effect", "NoSchedule"))
-                    for t in n.get("taints") or ()
-                ),
-                max_pods=int(n.get("max_pods", 110)),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise HTTPException(422, f"invalid node description: {exc}") from exc
+        n = request.node
+        node = Node(
+            name=NodeName(n.name),
+            address=n.address,
+            cpu_milli=n.cpu_milli,
+            memory_bytes=n.memory_bytes,
+            labels=tuple(sorted(n.labels.items())),
+            taints=tuple(Taint(t.key, t.value, t.effect) for t in n.taints),
+            max_pods=n.max_pods,
+        )
+        scheme, _, presented = authorization.partition(" ")
         token = secrets.token_urlsafe(32)
-        store.register_node(node, token, clock())
+        try:
+            store.register_node(
+                node, token, clock(), presented=presented if scheme.lower() == "bearer" else ""
+            )
+        except NodeNameTaken as exc:
+            log.warning("agent.refused", node=node.name, address=node.address, reason=str(exc))
+            raise HTTPException(409, str(exc)) from exc
         log.info("agent.registered", node=node.name, address=node.address)
         on_report()
-        return {"token": token, "service_cidr": str(store.service_cidr)}
+        return RegisterReply(token=token, service_cidr=str(store.service_cidr))
 
-    @app.post("/agent/v1/nodes/{name}/sync")
-    async def agent_sync(name: str, request: Request, _: str = Depends(node_token)) -> dict[str, Any]:
-        body = await request.json()
-        statuses = [decode_as(PodStatus, s) for s in body.get("statuses") or []]
+    @app.post("/agent/v1/nodes/{name}/sync", response_model=SyncReply)
+    def agent_sync(name: str, request: SyncRequest, _: str = Depends(node_token)) -> dict[str, Any]:
+        """Heartbeat and pod statuses in; this node's pods and every Service's endpoints out."""
+        statuses = [
+            PodStatus(
+                pod=PodId(s.pod),
+                phase=s.phase,
+                ready=s.ready,
+                reason=s.reason,
+                pod_ip=s.pod_ip,
+                host_ports=tuple((c, p, h) for c, p, h in s.host_ports),
+                restarts=s.restarts,
+                exit_code=s.exit_code,
+                container_id=s.container_id,
+                last_log=s.last_log,
+            )
+            for s in request.statuses
+        ]
         now = clock()
-        store.heartbeat(name, statuses, now, stopped=[str(p) for p in body.get("stopped") or []])
-        if statuses or body.get("stopped"):
+        if store.heartbeat(name, statuses, now, stopped=list(request.stopped)):
             on_report()
-        all_pods = store.pods()
-        pods = [p for p in all_pods if p.node == name]
-        services = all_endpoints(store.desired(), store.vips(), all_pods, [r.node for r in store.nodes(now)])
+        _note_proxy_problems(name, tuple(request.proxy_problems), now)
         return {
-            "pods": [encode(p) for p in pods],
-            "services": [encode(s) for s in services],
+            "pods": [encode(p) for p in store.pods(node=name)],
+            "services": endpoints.get(),
             "service_cidr": str(store.service_cidr),
+            "allow_probe_hosts": allow_probe_hosts,
         }
+
+    def _note_proxy_problems(node: str, problems: tuple[str, ...], now: float) -> None:
+        """Rules a node's proxy skipped: an event when they change, a metric, a log line."""
+        observed.proxy_rules_skipped.labels(node=node).set(len(problems))
+        if proxy_problems.get(node, ()) == problems:
+            return
+        proxy_problems[node] = problems
+        if problems:
+            log.warning("agent.proxy_skipped_rules", node=node, rules=len(problems), first=problems[0])
+            message = f"{len(problems)} service rule(s) skipped; first: {problems[0]}"
+            store.add_event(f"node {node}", "ProxyRulesSkipped", message, now)
+        else:
+            store.add_event(f"node {node}", "ProxyRulesProgrammed", "every service rule is programmed", now)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -120,117 +204,62 @@ def create_app(
 
     @app.get("/api/v1/status")
     def status() -> dict[str, Any]:
-        revisions = store.revisions(limit=200)
-        applied = next((r for r in revisions if r.status == "applied"), None)
-        rejected = next((r for r in revisions if r.status == "rejected"), None)
-        # Counted in SQL: reading 5,000 pods to count them made this route take 0.6 s.
-        phases = store.pod_phase_counts()
-        nodes = store.nodes(clock())
-        return {
-            "sources": list(sources),
-            "last_applied": encode(applied) if applied else None,
-            "last_rejected": encode(rejected)
-            if rejected and (not applied or rejected.id > applied.id)
-            else None,
-            "latest": encode(revisions[0]) if revisions else None,
-            "counts": {
-                "nodes": len(nodes),
-                "nodes_ready": sum(1 for n in nodes if n.node.ready),
-                "pods": sum(phases.values()),
-                "pods_ready": store.ready_pod_count(),
-                "phases": phases,
-                "objects": len(store.desired()),
-            },
-        }
+        """Sources, the last applied and rejected revisions, and counts."""
+        return reads.status()
 
     @app.get("/api/v1/revisions")
     def revisions(limit: int = 50) -> list[Any]:
-        return [encode(r) for r in store.revisions(limit=min(limit, 1000))]
+        return reads.revisions(max(0, min(limit, 1000)))
 
     @app.get("/api/v1/nodes")
     def nodes() -> list[Any]:
-        now = clock()
-        return [
-            {
-                **encode(r.node),
-                "heartbeat_age": round(now - r.heartbeat_at, 1),
-                "registered_at": r.registered_at,
-            }
-            for r in store.nodes(now)
-        ]
+        return reads.nodes()
 
     @app.get("/api/v1/pods")
     def pods() -> list[Any]:
-        hidden = secret_values(store.desired())
-        return [pod_summary(p, hidden) for p in store.pods()]
+        """Every pod: phase, readiness, node, reason (never env values or file contents)."""
+        return reads.pods()
 
     @app.get("/api/v1/workloads")
     def workloads() -> list[Any]:
-        states = {k.ref: s for k, s in store.rollouts().items()}
-        result = []
-        for status in rollouts(store.desired(), store.pods(), now=clock()):
-            state = states.get(status.deployment)
-            result.append(
-                {
-                    **encode(status),
-                    "state": state.status if state else "progressing",
-                    "reason": state.reason if state else "",
-                    "history": [h for h, _ in state.history] if state else [],
-                }
-            )
-        return result
+        return reads.workloads()
 
     @app.get("/api/v1/services")
     def services() -> list[Any]:
-        now = clock()
-        eps = all_endpoints(store.desired(), store.vips(), store.pods(), [r.node for r in store.nodes(now)])
-        return [encode(s) for s in eps]
+        return reads.services()
 
     @app.get("/api/v1/events")
     def events(limit: int = 100) -> list[Any]:
-        return [encode(e) for e in store.events(limit=min(limit, 1000))]
+        return reads.events(max(0, min(limit, 1000)))
 
     @app.get("/api/v1/state")
     def state() -> dict[str, Any]:
         """The cluster state as a snapshot for `gitops plan --state` (no Secret values)."""
-        return state_json(store.snapshot(clock()))
-
-    def _preview(record: PreviewRecord, version: str, *, full: bool) -> dict[str, Any]:
-        report = record.report
-        summary = {
-            "source": record.source,
-            "ref": record.ref,
-            "base": record.base,
-            "head": record.head,
-            "computed_at": record.computed_at,
-            "state_version": record.state_version,
-            "stale": record.state_version != version,
-            "status": record.status,
-            "exit_code": report.get("exit_code"),
-            "counts": report.get("counts", {}),
-            "errors": report.get("errors", []),
-        }
-        if full:
-            summary["report"] = report
-            summary["markdown"] = record.markdown
-        return summary
+        return reads.state()
 
     @app.get("/api/v1/previews")
     def previews() -> list[Any]:
         """Previews of the sources' other branches; `stale` once the cluster has moved on."""
-        version = store.snapshot(clock()).version
-        return [_preview(p, version, full=False) for p in store.previews()]
+        return reads.previews()
 
     @app.get("/api/v1/previews/{ref:path}")
     def preview(ref: str, source: str | None = None) -> dict[str, Any]:
         """One preview in full: the JSON report (docs/preview.md) and its Markdown."""
-        for record in store.previews(source):
-            if record.ref in (ref, f"refs/heads/{ref}"):
-                return _preview(record, store.snapshot(clock()).version, full=True)
-        raise HTTPException(404, f"no preview of {ref}")
+        found = reads.preview(ref, source)
+        if found is None:
+            raise HTTPException(404, f"no preview of {ref}")
+        return found
 
     @app.exception_handler(ValueError)
     async def value_error(_: Request, exc: ValueError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
     return app
+
+
+def _jsonable(error: Any) -> dict[str, Any]:
+    return {
+        "loc": list(error.get("loc", ())),
+        "msg": str(error.get("msg", "")),
+        "type": error.get("type", ""),
+    }

@@ -261,7 +261,7 @@ def previews(view: StatusView) -> str:
         href = f"/api/v1/previews/{quote(ref)}?source={quote(source, safe='')}"
         stale = ' <span class="muted">(stale: the cluster changed since)</span>' if p.get("stale") else ""
         rows.append(
-            f"<tr><td><code>{esc(source)}</code></td><td><a href=\"{esc(href)}\">{esc(ref)}</a></td>"
+            f'<tr><td><code>{esc(source)}</code></td><td><a href="{esc(href)}">{esc(ref)}</a></td>'
             f'<td class="{cls}">{esc(status)}{stale}</td>'
             f"<td><code>{esc(short(str(p.get('head', ''))))}</code></td>"
             f"<td><code>{esc(short(str(p.get('base', ''))))}</code></td>"
@@ -298,7 +298,9 @@ def workloads(view: StatusView, _: Mapping[str, str]) -> tuple[str, str]:
     for w in view.workloads:
         cls = {"complete": "ok", "failed": "bad", "rolled back": "warn"}.get(w.state, "")
         progress = bar(
-            w.updated_available, w.desired, f"{w.updated_available} / {w.desired} updated and available",
+            w.updated_available,
+            w.desired,
+            f"{w.updated_available} / {w.desired} updated and available",
             done_when_full=True,
         )
         history = chips(short(h) for h in w.history)
@@ -312,7 +314,14 @@ def workloads(view: StatusView, _: Mapping[str, str]) -> tuple[str, str]:
             f'<td><code title="current template">{esc(short(w.template_hash))}</code><br>{history}</td></tr>'
         )
     headers = (
-        "Deployment", "Desired", "Updated", "Ready", "Available", "Rollout", "State", "Template, history",
+        "Deployment",
+        "Desired",
+        "Updated",
+        "Ready",
+        "Available",
+        "Rollout",
+        "State",
+        "Template, history",
     )
     listing = table(headers, rows, numeric=(1, 2, 3, 4))
     return "", f'<section id="workloads"><h2>Workloads</h2>{listing}</section>'
@@ -370,8 +379,7 @@ def pods(view: StatusView, query: Mapping[str, str]) -> tuple[str, str]:
         pager = f'<p class="pager">{prev}<span>page {page} of {pages}</span>{nxt}</p>'
     phases = ("", "Pending", "Running", "Succeeded", "Failed", "Unknown")
     options = "".join(
-        f"<option value=\"{v}\"{' selected' if v == phase else ''}>{v or 'any phase'}</option>"
-        for v in phases
+        f'<option value="{v}"{" selected" if v == phase else ""}>{v or "any phase"}</option>' for v in phases
     )
     controls = (
         '<form class="controls" method="get" action="/pods" role="search">'

@@ -1,11 +1,13 @@
-"""The status page's view of the cluster: computed once per store change, shared by all.
+"""The read model: the cluster as people see it, computed once per store change, shared by all.
 
 `build_view` reads the store once (revisions, nodes, pods, rollouts, services, events,
 previews) and turns it into plain frozen rows ready to render: requested resources summed
 per node, rollout counters per Deployment, ready endpoints per Service, and every piece of
-free text (log tails, reasons, event messages, revision errors) with Secret values
-redacted. Reading 5,000 pods from SQL and decoding their specs takes a good fraction of a
-second, far too long to pay per request.
+free text (log tails, reasons, event messages, revision errors, labels) passed through the
+store's one `Redactor`, so no Secret value and no URL credential is in it. The status page
+renders this view and the JSON API serialises it (`gitops.api.readmodel`); nothing people
+read is built from the store any other way. Reading 5,000 pods from SQL and decoding their
+specs takes a good fraction of a second, far too long to pay per request.
 
 `ViewCache` keeps the last view and serves it to every request. At most once per `ttl`
 seconds it asks the store for a cheap change marker (a few aggregate queries) in a
@@ -32,9 +34,10 @@ from typing import Any
 
 import structlog
 
-from gitops.api.redaction import redact, secret_values
 from gitops.codec import encode
+from gitops.model import ServiceEndpoints
 from gitops.planner import all_endpoints, rollouts
+from gitops.redact import Redactor
 from gitops.store import EventRecord, RevisionRecord, Store
 
 log = structlog.get_logger(__name__)
@@ -77,7 +80,14 @@ class WorkloadRow:
 @dataclass(frozen=True)
 class PodRow:
     id: str
-    owner: str
+    namespace: str
+    name: str
+    owner: str  # namespace/name of the Deployment
+    owner_key: str  # "Deployment namespace/name"
+    image: str
+    template_hash: str
+    host_ports: tuple[tuple[int, str, int], ...]
+    exit_code: int | None
     node: str
     phase: str
     ready: bool
@@ -129,41 +139,40 @@ class StatusView:
     events: tuple[EventRecord, ...]
     counts: Counts
     previews: tuple[Mapping[str, Any], ...] | None  # None: this store keeps no previews
+    endpoints: tuple[ServiceEndpoints, ...] = ()  # per Service and port; no free text in them
+    redactor: Redactor = field(default_factory=Redactor)  # what the view was redacted with
 
 
 _generations = itertools.count(1)
 
 
-def _redacted_revision(r: RevisionRecord, hidden: Sequence[str]) -> RevisionRecord:
-    if not hidden:
-        return r
-    return RevisionRecord(
-        id=r.id,
-        source=r.source,
-        revision=r.revision,
-        message=redact(r.message, hidden),
-        author=r.author,
-        committed_at=r.committed_at,
-        received_at=r.received_at,
-        status=r.status,
-        errors=tuple(redact(e, hidden) for e in r.errors),
-        warnings=tuple(redact(w, hidden) for w in r.warnings),
-        summary=r.summary,
+def redacted_revision(r: RevisionRecord, redact: Redactor) -> RevisionRecord:
+    return dataclasses.replace(
+        r,
+        source=redact(r.source),
+        message=redact(r.message),
+        author=redact(r.author),
+        errors=tuple(redact(e) for e in r.errors),
+        warnings=tuple(redact(w) for w in r.warnings),
     )
 
 
-def _previews(store: Store, hidden: Sequence[str]) -> tuple[Mapping[str, Any], ...] | None:
+def redacted_event(e: EventRecord, redact: Redactor) -> EventRecord:
+    return EventRecord(e.id, e.time, redact(e.object), e.reason, redact(e.message))
+
+
+def _previews(store: Store, redact: Redactor, now: float) -> tuple[Mapping[str, Any], ...] | None:
     reader = getattr(store, "previews", None)
     if not callable(reader):
         return None
     records = reader()
-    version = store.snapshot().version if records else ""
+    version = store.snapshot(now).version if records else ""
     rows = []
     for record in records:
         data = encode(record)
         if not isinstance(data, dict):
             continue
-        row = {k: redact(v, hidden) if isinstance(v, str) else v for k, v in data.items()}
+        row = redact.value(data)
         row["stale"] = record.state_version != version  # the cluster moved on since
         rows.append(row)
     return tuple(rows)
@@ -172,8 +181,8 @@ def _previews(store: Store, hidden: Sequence[str]) -> tuple[Mapping[str, Any], .
 def build_view(store: Store, sources: Sequence[str], now: float, *, revision_limit: int = 50) -> StatusView:
     """Read the store once and compute what the page shows."""
     desired = store.desired()
-    hidden = secret_values(desired)
-    revisions = tuple(_redacted_revision(r, hidden) for r in store.revisions(limit=revision_limit))
+    redact = store.redactor()
+    revisions = tuple(redacted_revision(r, redact) for r in store.revisions(limit=revision_limit))
     applied = next((r for r in revisions if r.status == "applied"), None)
     rejected = next((r for r in revisions if r.status == "rejected"), None)
     pods = store.pods()
@@ -198,8 +207,8 @@ def build_view(store: Store, sources: Sequence[str], now: float, *, revision_lim
             memory_capacity=r.node.memory_bytes,
             pods=used.get(r.node.name, [0, 0, 0])[2],
             max_pods=r.node.max_pods,
-            labels=r.node.labels,
-            taints=tuple(str(t) for t in r.node.taints),
+            labels=tuple((k, redact(v)) for k, v in r.node.labels),
+            taints=tuple(redact(str(t)) for t in r.node.taints),
         )
         for r in records
     )
@@ -222,7 +231,7 @@ def build_view(store: Store, sources: Sequence[str], now: float, *, revision_lim
                 complete=status.complete,
                 step=status.step,
                 state=state.status if state else ("complete" if status.complete else "progressing"),
-                reason=redact(state.reason, hidden) if state else "",
+                reason=redact(state.reason) if state else "",
                 history=tuple(h for h, _ in state.history) if state else (),
             )
         )
@@ -231,12 +240,19 @@ def build_view(store: Store, sources: Sequence[str], now: float, *, revision_lim
     phases: dict[str, int] = {}
     for p in pods:
         phases[p.phase] = phases.get(p.phase, 0) + 1
-        reason = redact(p.reason, hidden)
+        reason = redact(p.reason)
         node = p.node or ""
         pod_rows.append(
             PodRow(
                 id=p.id,
+                namespace=p.namespace,
+                name=p.name,
                 owner=p.owner.ref,
+                owner_key=str(p.owner),
+                image=redact(p.spec.image),
+                template_hash=p.template_hash,
+                host_ports=p.host_ports,
+                exit_code=p.exit_code,
                 node=node,
                 phase=p.phase,
                 ready=p.ready,
@@ -244,15 +260,16 @@ def build_view(store: Store, sources: Sequence[str], now: float, *, revision_lim
                 restarts=p.restarts,
                 created_at=p.created_at,
                 reason=reason,
-                last_log=redact(p.last_log, hidden),
+                last_log=redact(p.last_log),
                 terminating=p.terminating_at is not None,
-                labels=p.labels,
+                labels=tuple((k, redact(v)) for k, v in p.labels),
                 search=f"{p.id} {node} {p.phase} {p.pod_ip} {reason}".lower(),
             )
         )
 
     services = []
-    for s in all_endpoints(desired, store.vips(), pods, [r.node for r in records]):
+    endpoints = all_endpoints(desired, store.vips(), pods, [r.node for r in records])
+    for s in endpoints:
         first = s.endpoints[0][1] if s.endpoints else ()
         services.append(
             ServiceRow(
@@ -267,10 +284,7 @@ def build_view(store: Store, sources: Sequence[str], now: float, *, revision_lim
             )
         )
 
-    events = tuple(
-        EventRecord(e.id, e.time, e.object, e.reason, redact(e.message, hidden))
-        for e in store.events(limit=200)
-    )
+    events = tuple(redacted_event(e, redact) for e in store.events(limit=200))
     counts = Counts(
         nodes=len(nodes),
         nodes_ready=sum(1 for n in nodes if n.ready),
@@ -284,7 +298,7 @@ def build_view(store: Store, sources: Sequence[str], now: float, *, revision_lim
     return StatusView(
         generation=f"{next(_generations)}-{int(now * 1000):x}",
         built_at=now,
-        sources=tuple(sources),
+        sources=tuple(redact(s) for s in sources),
         last_applied=applied,
         last_rejected=rejected,
         revisions=revisions,
@@ -294,7 +308,9 @@ def build_view(store: Store, sources: Sequence[str], now: float, *, revision_lim
         services=tuple(services),
         events=events,
         counts=counts,
-        previews=_previews(store, hidden),
+        previews=_previews(store, redact, now),
+        endpoints=tuple(endpoints),
+        redactor=redact,
     )
 
 

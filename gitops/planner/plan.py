@@ -121,7 +121,9 @@ def _plan_deployment(
         ]
         return Plan(tuple(create), tuple(stop), tuple(sorted(keep, key=lambda p: p.name)))
 
-    change = describe_change(outdated[0].spec, template.spec, template.uses)
+    change = describe_change(
+        outdated[0].spec, template.spec, template.uses, labels_changed=outdated[0].labels != template.labels
+    )
     if strategy.type == "Recreate":
         # Every old pod goes first; the new ones come once none is left.
         for pod in outdated:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gitops.codec import encode
+from gitops.keyed import digest, secret_data
 from gitops.model import (
     ContainerPort,
     Manifest,
@@ -47,19 +48,25 @@ class Template:
 
 def config_values(obj: Manifest) -> dict[str, bytes]:
     """The key/value pairs of a ConfigMap or Secret, decoded to bytes."""
+    if obj.key.kind == "Secret":
+        return secret_data(obj.body)
     values: dict[str, bytes] = {}
     body = obj.body
-    if obj.key.kind == "Secret":
-        for key, value in (body.get("data") or {}).items():
-            values[key] = base64.b64decode(str(value))
-        for key, value in (body.get("stringData") or {}).items():
-            values[key] = str(value).encode()
-    else:
-        for key, value in (body.get("data") or {}).items():
-            values[key] = str(value).encode()
-        for key, value in (body.get("binaryData") or {}).items():
-            values[key] = base64.b64decode(str(value))
+    for key, value in (body.get("data") or {}).items():
+        values[key] = str(value).encode()
+    for key, value in (body.get("binaryData") or {}).items():
+        values[key] = base64.b64decode(str(value))
     return values
+
+
+def value_digest(obj: Manifest, key: str, value: bytes) -> str:
+    """What a template hash takes for a value from `obj`: a Secret's keyed digest, else the value.
+
+    A Secret the store or a preview has not sealed (a unit test's) still never puts its value
+    into a hash: it is digested under a fixed, public key, and marked so.
+    """
+    sealed = obj.digests.get(key)
+    return sealed if sealed is not None else "unsealed:" + digest(b"", value)
 
 
 def _lookup(configs: Configs, kind: str, namespace: str, name: str) -> Manifest | None:
@@ -67,9 +74,23 @@ def _lookup(configs: Configs, kind: str, namespace: str, name: str) -> Manifest 
 
 
 def _env(
-    container: Mapping[str, Any], namespace: str, configs: Configs, uses: set[ObjectKey]
+    container: Mapping[str, Any],
+    namespace: str,
+    configs: Configs,
+    uses: set[ObjectKey],
+    hidden: dict[str, str],
 ) -> tuple[tuple[str, str], ...]:
+    """The container's environment; `hidden` receives, per variable taken from a Secret, the
+    digest the template hash uses instead of its value."""
     env: dict[str, str] = {}
+
+    def put(name: str, obj: Manifest, key: str, value: bytes) -> None:
+        env[name] = value.decode(errors="replace")
+        if obj.key.kind == "Secret":
+            hidden[name] = value_digest(obj, key, value)
+        else:
+            hidden.pop(name, None)
+
     for source in container.get("envFrom") or []:
         prefix = str(source.get("prefix") or "")
         for kind, field in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
@@ -81,11 +102,12 @@ def _env(
                 continue
             uses.add(obj.key)
             for key, value in config_values(obj).items():
-                env[prefix + key] = value.decode(errors="replace")
+                put(prefix + key, obj, key, value)
     for var in container.get("env") or []:
         name = str(var["name"])
         if "value" in var:
             env[name] = "" if var["value"] is None else str(var["value"])
+            hidden.pop(name, None)
             continue
         value_from = var.get("valueFrom") or {}
         for kind, field in (("ConfigMap", "configMapKeyRef"), ("Secret", "secretKeyRef")):
@@ -98,9 +120,10 @@ def _env(
             uses.add(obj.key)
             data = config_values(obj)
             if ref["key"] in data:
-                env[name] = data[ref["key"]].decode(errors="replace")
+                put(name, obj, ref["key"], data[ref["key"]])
         if "valueFrom" not in var and "value" not in var:
             env[name] = ""
+            hidden.pop(name, None)
     return tuple(env.items())
 
 
@@ -109,8 +132,12 @@ def _files(
     container: Mapping[str, Any],
     namespace: str,
     configs: Configs,
+    *,
     uses: set[ObjectKey],
+    hidden: dict[str, str],
 ) -> tuple[MountedFile, ...]:
+    """Files of configMap and secret volumes; `hidden` receives, per file from a Secret, the
+    digest the template hash uses instead of its content."""
     volumes = {v["name"]: v for v in pod.get("volumes") or []}
     files: list[MountedFile] = []
     for mount in container.get("volumeMounts") or []:
@@ -128,6 +155,7 @@ def _files(
             continue
         uses.add(obj.key)
         data = config_values(obj)
+        secret = kind == "Secret"
         mode = int(source.get("defaultMode", 0o644))
         items = source.get("items")
         pairs = (
@@ -140,11 +168,12 @@ def _files(
         for key, rel, file_mode in pairs:
             if key not in data:
                 continue
-            if sub_path:
-                if rel == sub_path:
-                    files.append(MountedFile(base, data[key], file_mode))
+            if sub_path and rel != sub_path:
                 continue
-            files.append(MountedFile(posixpath.join(base, rel), data[key], file_mode))
+            path = base if sub_path else posixpath.join(base, rel)
+            files.append(MountedFile(path, data[key], file_mode, secret=secret))
+            if secret:
+                hidden[path] = value_digest(obj, key, data[key])
     return tuple(sorted(files, key=lambda f: f.path))
 
 
@@ -272,13 +301,16 @@ def _resolve(deployment: Manifest, configs: Configs) -> Template:
         )
         for p in container.get("ports") or ()
     )
+    hidden_env: dict[str, str] = {}
+    hidden_files: dict[str, str] = {}
+    env = _env(container, namespace, configs, uses, hidden_env)
     spec = PodSpec(
         image=image,
         command=tuple(str(c) for c in container.get("command") or ()),
         args=tuple(str(a) for a in container.get("args") or ()),
-        env=_env(container, namespace, configs, uses),
+        env=env,
         ports=ports,
-        files=_files(pod, container, namespace, configs, uses),
+        files=_files(pod, container, namespace, configs, uses=uses, hidden=hidden_files),
         working_dir=str(container.get("workingDir", "")),
         image_pull_policy=container.get("imagePullPolicy", default_policy),
         restart_policy=pod.get("restartPolicy", "Always"),
@@ -293,18 +325,44 @@ def _resolve(deployment: Manifest, configs: Configs) -> Template:
         readiness_probe=_probe(container.get("readinessProbe"), ports),
         liveness_probe=_probe(container.get("livenessProbe"), ports),
         startup_probe=_probe(container.get("startupProbe"), ports),
+        secret_env=tuple(name for name, _ in env if name in hidden_env),
     )
     labels = tuple(
         sorted((str(k), str(v)) for k, v in ((template.get("metadata") or {}).get("labels") or {}).items())
     )
-    digest = content_hash({"spec": encode(spec), "labels": labels})[:10]
-    return Template(spec=spec, labels=labels, hash=digest, uses=tuple(sorted(uses)))
+    hashed = content_hash({"spec": hash_input(spec, hidden_env, hidden_files), "labels": labels})[:10]
+    return Template(spec=spec, labels=labels, hash=hashed, uses=tuple(sorted(uses)))
 
 
-def describe_change(old: PodSpec, new: PodSpec, new_uses: Sequence[ObjectKey] = ()) -> str:
+def hash_input(spec: PodSpec, hidden_env: Mapping[str, str], hidden_files: Mapping[str, str]) -> Any:
+    """What a template hash covers: the encoded spec with every Secret value replaced by its
+    digest. Fields added after release 0.1 are left out while unset, so that upgrading does
+    not change the hash (and replace the pods) of a template that does not use them."""
+    data = encode(spec)
+    if not spec.secret_env:
+        del data["secret_env"]
+    data["env"] = [[k, "secret:" + hidden_env[k]] if k in hidden_env else [k, v] for k, v in data["env"]]
+    data["files"] = [
+        {**f, "content": "secret:" + hidden_files[f["path"]]}
+        if f["secret"]
+        else {k: v for k, v in f.items() if k != "secret"}
+        for f in data["files"]
+    ]
+    return data
+
+
+def describe_change(
+    old: PodSpec,
+    new: PodSpec,
+    new_uses: Sequence[ObjectKey] = (),
+    *,
+    labels_changed: bool = True,
+) -> str:
     """A short human-readable cause for replacing a pod running `old` with `new`.
 
-    Values from Secrets are never shown: env and files only name what changed.
+    Values from Secrets are never shown: env and files only name what changed. When the
+    specs read the same, the change is in the labels, or in a Secret value the caller
+    could not see (a preview on a snapshot, which has no Secret values).
     """
     changes: list[str] = []
     for f in dataclasses.fields(PodSpec):
@@ -327,7 +385,11 @@ def describe_change(old: PodSpec, new: PodSpec, new_uses: Sequence[ObjectKey] = 
         else:
             changes.append(f"{f.name.replace('_', ' ')} changed")
     if not changes:
-        changes.append("pod labels changed")
+        secrets = [str(k) for k in new_uses if k.kind == "Secret"]
+        if labels_changed or not secrets:
+            changes.append("pod labels changed")
+        else:
+            return "a Secret value changed (uses " + ", ".join(secrets) + ")"
     text = "; ".join(changes)
     if new_uses and any(c.startswith(("env", "files")) for c in changes):
         text += " (uses " + ", ".join(str(k) for k in new_uses) + ")"

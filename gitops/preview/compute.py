@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from gitops.keyed import seal, secret_data
 from gitops.model import ClusterState, Manifest, NodeName, ObjectKey, PodId
 from gitops.planner.plan import configs_of
 from gitops.planner.podspec import resolve_template
@@ -188,12 +189,53 @@ def _unschedulable(state: ClusterState, decision: Decision) -> list[Unschedulabl
     return [Unschedulable(owner, n, reason) for (owner, reason), n in sorted(groups.items())]
 
 
+def seal_secrets(
+    manifests: Sequence[Manifest],
+    base: Sequence[Manifest],
+    running: Sequence[Manifest],
+    key: bytes,
+    *,
+    cluster_key: bool,
+) -> list[Manifest]:
+    """`manifests` with their Secrets sealed under `key`, as the store seals what it stores.
+
+    With the cluster's own key (a server's preview) the result is exactly what the store
+    would hold. Without it (`gitops plan` on a copy of the state, which carries only keyed
+    digests), a Secret value the branch leaves as the base had it is taken to be the one
+    that runs, and gets the running digest; a changed value gets a digest under `key` (a
+    one-time key), so its pods show as replaced and nothing can be learnt from it.
+    """
+    if cluster_key:
+        return [seal(m, key) for m in manifests]
+    runs = {m.key: m for m in running if m.key.kind == "Secret"}
+    before = {m.key: m for m in base if m.key.kind == "Secret"}
+    result = []
+    for m in manifests:
+        sealed = seal(m, key)
+        live, old = runs.get(m.key), before.get(m.key)
+        if m.key.kind != "Secret" or live is None or old is None:
+            result.append(sealed)
+            continue
+        old_values, new_values = secret_data(old.body), secret_data(m.body)
+        digests = {
+            name: live.digests[name]
+            if name in live.digests and old_values.get(name) == value
+            else sealed.digests[name]
+            for name, value in new_values.items()
+        }
+        same = old.hash == m.hash and bool(m.hash)
+        result.append(dataclasses.replace(sealed, hash=live.hash if same else sealed.hash, digests=digests))
+    return result
+
+
 def preview(
     files: Sequence[SourceFile],
     base: Sequence[Manifest],
     state: ClusterState,
     *,
     head: RevisionInfo,
+    secret_key: bytes,
+    cluster_key: bool = False,
     base_info: RevisionInfo | None = None,
     state_source: str = "",
     now: float,
@@ -203,8 +245,10 @@ def preview(
 ) -> Preview:
     """Preview applying `files` (the branch) to `state`; `base` is what the diff compares with.
 
-    `problems` are errors found while reading the files (refused links, oversized files).
-    With `settle_base`, `state` holds only nodes and the base revision is settled first.
+    Secrets of the branch and the base are sealed under `secret_key` (`seal_secrets`;
+    `cluster_key` says whether it is the cluster's own). `problems` are errors found while
+    reading the files (refused links, oversized files). With `settle_base`, `state` holds
+    only nodes and the base revision is settled first.
     """
     result = validate_files(files)
     info = Preview(head=head, base=base_info, state_version=state.version, state_source=state_source)
@@ -213,7 +257,9 @@ def preview(
         return dataclasses.replace(
             info, errors=tuple(errors), warnings=tuple(str(w) for w in result.warnings)
         )
-    manifests = result.manifests
+    running = state.desired
+    manifests = seal_secrets(result.manifests, base, running, secret_key, cluster_key=cluster_key)
+    base = seal_secrets(base, base, running, secret_key, cluster_key=cluster_key)
     objects = diff_objects(base, manifests)
     notes = []
     if settle_base:
@@ -222,9 +268,9 @@ def preview(
         )
     else:
         current = state
-        running = {m.key: m.hash for m in state.desired}
-        if running != {m.key: m.hash for m in base}:
-            differ = len(set(running.items()) ^ {(m.key, m.hash) for m in base})
+        versions = {m.key: m.hash for m in state.desired}
+        if versions != {m.key: m.hash for m in base}:
+            differ = len(set(versions.items()) ^ {(m.key, m.hash) for m in base})
             notes.append(
                 "the cluster does not run the base revision "
                 f"({differ} object versions differ); pod actions are computed from what it runs"

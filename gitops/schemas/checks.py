@@ -20,7 +20,14 @@ from .loader import FieldPath, format_path
 from .quantity import QuantityError, parse_cpu, parse_memory
 from .schema import describe_value
 
-__all__ = ["Finding", "check_document", "label_selector_matches"]
+__all__ = [
+    "Finding",
+    "check_document",
+    "is_label_key",
+    "is_label_value",
+    "is_subdomain",
+    "label_selector_matches",
+]
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -53,6 +60,7 @@ class Finding:
     path: FieldPath
     message: str
     at_key: bool = False
+    warning: bool = False
 
 
 def _map(value: object) -> Mapping[str, Any]:
@@ -72,41 +80,41 @@ def _items(value: object, path: FieldPath) -> Iterator[tuple[FieldPath, Mapping[
 # --- names and labels -------------------------------------------------------------------
 
 
-def _is_subdomain(name: str) -> bool:
+def is_subdomain(name: str) -> bool:
     return len(name) <= 253 and bool(_DNS1123_SUBDOMAIN.match(name))
 
 
-def _is_dns1035(name: str) -> bool:
+def is_dns1035(name: str) -> bool:
     return len(name) <= 63 and bool(_DNS1035_LABEL.match(name))
 
 
-def _is_label_key(key: str) -> bool:
+def is_label_key(key: str) -> bool:
     prefix, slash, name = key.rpartition("/")
-    if slash and not _is_subdomain(prefix):
+    if slash and not is_subdomain(prefix):
         return False
     return len(name) <= 63 and bool(_QUALIFIED_NAME.match(name))
 
 
-def _is_label_value(value: str) -> bool:
+def is_label_value(value: str) -> bool:
     return value == "" or (len(value) <= 63 and bool(_QUALIFIED_NAME.match(value)))
 
 
 def _check_name(name: object, path: FieldPath, *, dns1035: bool) -> Iterator[Finding]:
     if not isinstance(name, str) or not name:
         return
-    if dns1035 and not _is_dns1035(name):
+    if dns1035 and not is_dns1035(name):
         yield Finding(path, f"expected {DNS1035_HELP}, got {describe_value(name)}")
-    elif not dns1035 and not _is_subdomain(name):
+    elif not dns1035 and not is_subdomain(name):
         yield Finding(path, f"expected {SUBDOMAIN_HELP}, got {describe_value(name)}")
 
 
 def _check_labels(labels: object, path: FieldPath, *, values: bool = True) -> Iterator[Finding]:
     for key, value in _map(labels).items():
-        if not _is_label_key(key):
+        if not is_label_key(key):
             yield Finding(
                 (*path, key), f"invalid key: expected {LABEL_KEY_HELP}, got {describe_value(key)}", True
             )
-        if values and isinstance(value, str) and not _is_label_value(value):
+        if values and isinstance(value, str) and not is_label_value(value):
             yield Finding((*path, key), f"expected {LABEL_VALUE_HELP}, got {describe_value(value)}")
 
 
@@ -114,7 +122,7 @@ def _check_metadata(body: Mapping[str, Any], *, dns1035: bool) -> Iterator[Findi
     metadata = _map(body.get("metadata"))
     yield from _check_name(metadata.get("name"), ("metadata", "name"), dns1035=dns1035)
     namespace = metadata.get("namespace")
-    if isinstance(namespace, str) and namespace and not _is_dns1035(namespace):
+    if isinstance(namespace, str) and namespace and not is_dns1035(namespace):
         yield Finding(("metadata", "namespace"), f"expected {DNS1035_HELP}, got {describe_value(namespace)}")
     yield from _check_labels(metadata.get("labels"), ("metadata", "labels"))
     yield from _check_labels(metadata.get("annotations"), ("metadata", "annotations"), values=False)
@@ -150,7 +158,7 @@ def _check_selector_syntax(selector: Mapping[str, Any]) -> Iterator[Finding]:
     for path, expression in expressions:
         operator, values = expression.get("operator"), expression.get("values")
         key = expression.get("key")
-        if isinstance(key, str) and key and not _is_label_key(key):
+        if isinstance(key, str) and key and not is_label_key(key):
             yield Finding((*path, "key"), f"expected {LABEL_KEY_HELP}, got {describe_value(key)}")
         if operator in ("In", "NotIn") and not _list(values):
             yield Finding(path, f'expected a non-empty "values" list for operator {operator}')
@@ -253,6 +261,7 @@ def _check_pod(spec: Mapping[str, Any], path: FieldPath) -> Iterator[Finding]:
     for container_path, container in _items(containers, (*path, "containers")):
         yield from _check_resources(_map(container.get("resources")), (*container_path, "resources"))
         yield from _check_env(container, container_path)
+        yield from _check_probe_hosts(container, container_path)
         for mount_path, mount in _items(container.get("volumeMounts"), (*container_path, "volumeMounts")):
             name = mount.get("name")
             if isinstance(name, str) and name not in volumes:
@@ -262,6 +271,20 @@ def _check_pod(spec: Mapping[str, Any], path: FieldPath) -> Iterator[Finding]:
                     (*mount_path, "name"),
                     f'volume "{name}" is not declared in {where} (declared: {declared})',
                 )
+
+
+PROBE_HOST_HELP = (
+    "probes go to the pod's own address; a probe's host is used only when the server allows it "
+    "(gitops serve --allow-probe-hosts), since agents probe from the host's network"
+)
+
+
+def _check_probe_hosts(container: Mapping[str, Any], path: FieldPath) -> Iterator[Finding]:
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        for handler in ("httpGet", "tcpSocket"):
+            host = _map(_map(container.get(probe)).get(handler)).get("host")
+            if isinstance(host, str) and host:
+                yield Finding((*path, probe, handler, "host"), PROBE_HOST_HELP, warning=True)
 
 
 def _check_strategy(spec: Mapping[str, Any]) -> Iterator[Finding]:

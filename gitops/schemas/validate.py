@@ -129,6 +129,19 @@ def _identify(document: Document, report: _Report) -> tuple[str, ObjectKey | Non
     return kind, key
 
 
+def _hide_secret_value(kind: str, body: Mapping[str, Any], path: FieldPath, message: str) -> str:
+    """A message about a Secret's data that does not repeat the value: a rejected revision is
+    stored, shown and logged, and a Secret value must never be."""
+    if kind != "Secret" or len(path) < 2 or path[0] not in ("data", "stringData"):
+        return message
+    value = _map(body.get(str(path[0]))).get(str(path[1]))
+    shown = describe_value(value)
+    if shown in message:
+        kind_of = f"a string of {len(value)} characters" if isinstance(value, str) else "a value"
+        message = message.replace(shown, f"{kind_of} (not shown: Secret data)")
+    return message
+
+
 def _references(deployment: _Object) -> Iterator[tuple[str, FieldPath, str, FieldPath, str | None, bool]]:
     """(kind, path of the name, name, path of the key, key or None, optional) per reference."""
     spec_path: FieldPath = ("spec", "template", "spec")
@@ -228,13 +241,14 @@ def _check_document(document: Document, report: _Report) -> _Object | None:
         report.add(
             document,
             finding.path,
-            finding.message,
+            _hide_secret_value(kind, body, finding.path, finding.message),
             key,
             at_key=finding.at_key,
             warning=finding.severity == "warning",
         )
     for check in check_document(kind, body):
-        report.add(document, check.path, check.message, key, at_key=check.at_key)
+        message = _hide_secret_value(kind, body, check.path, check.message)
+        report.add(document, check.path, message, key, at_key=check.at_key, warning=check.warning)
     if key is None:
         return None
     return _Object(document, key, str(body["apiVersion"]), body)

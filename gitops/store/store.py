@@ -2,16 +2,30 @@
 
 `Store` is the only place that talks SQL. It turns rows into the frozen values of
 `gitops.model` and back, and makes each change one transaction: a validated revision
-replaces the desired objects atomically (or is recorded as rejected and changes nothing
-else), a plan's pod actions land together with their events, and an agent's report
-updates only the pods bound to that agent's node.
+replaces its source's desired objects atomically (or is refused, and changes nothing), a
+plan's pod actions land together with their events, and an agent's report updates only
+the pods bound to that agent's node.
+
+- **Ownership.** Every object records the source that declared it. A revision of a source
+  creates, changes and prunes that source's objects only; declaring an object another
+  source owns refuses the revision (the first owner keeps it), and so does a revision that
+  would delete every object of its source (unless the source allows empty revisions).
+- **Sealed at rest.** Secret manifests and every pod spec value taken from a Secret are
+  stored sealed (`SecretKeys`); they are opened on read, and a Secret's hash and value
+  digests are keyed (`gitops.keyed`). Free text that agents report (reasons, log tails) is
+  redacted before it is written.
+- **Schema.** The database is migrated to the newest schema at start (`gitops.store.migrate`).
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
+import hmac
 import ipaddress
+import json
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -19,11 +33,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import create_engine, delete, event, func, inspect, select, text
+from sqlalchemy import create_engine, delete, event, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from gitops.codec import decode_as, encode, state_version
+from gitops.keyed import seal as seal_manifest
+from gitops.keyed import secret_data
 from gitops.model import (
     ClusterState,
     Manifest,
@@ -39,10 +55,14 @@ from gitops.model import (
     RolloutState,
     SourceLocation,
     Taint,
+    canonical_json,
 )
+from gitops.redact import Redactor, truncate
+from gitops.store.keys import SecretKeyError, SecretKeys, is_sealed
+from gitops.store.migrate import migrate
 from gitops.store.tables import (
-    Base,
     EventRow,
+    MetaRow,
     NodeRow,
     ObjectRow,
     PodRow,
@@ -53,6 +73,11 @@ from gitops.store.tables import (
 )
 
 log = structlog.get_logger(__name__)
+
+MAX_REASON = 2000
+MAX_LOG = 8000
+KEY_CHECK = "key_check"
+SEALED_LEGACY = "sealed_legacy"
 
 
 @dataclass(frozen=True)
@@ -99,6 +124,21 @@ class NodeRecord:
     registered_at: float
 
 
+class Refused(Exception):
+    """A valid revision the store will not apply as things stand; `errors` say why, for
+    people. The same revision may apply later without changing (another source gives up
+    an object, Services free addresses, the source is allowed to be empty), so its sync
+    tries it again."""
+
+    def __init__(self, errors: Sequence[str]) -> None:
+        super().__init__(errors[0] if errors else "refused")
+        self.errors = tuple(errors)
+
+
+class NodeNameTaken(Exception):
+    """A registration under the name of a node that is Ready, without that node's token."""
+
+
 def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -118,56 +158,6 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True)
-
-
-def add_missing_columns(engine: Engine) -> None:
-    """Bring a database made by an older gitops up to date with additive changes: every
-    column the tables declare but the database lacks is added (all have defaults)."""
-    existing = inspect(engine)
-    with engine.begin() as conn:
-        for table in Base.metadata.sorted_tables:
-            present = {c["name"] for c in existing.get_columns(table.name)}
-            for column in table.columns:
-                if column.name in present:
-                    continue
-                kind = column.type.compile(dialect=engine.dialect)
-                default = column.server_default.arg if column.server_default is not None else None  # type: ignore[attr-defined]
-                clause = f" DEFAULT '{default}'" if isinstance(default, str) else ""
-                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{clause}'))
-                log.info("store.column_added", table=table.name, column=column.name)
-
-
-def _manifest(row: ObjectRow) -> Manifest:
-    return Manifest(
-        key=ObjectKey(row.kind, row.namespace, row.name),
-        api_version=row.api_version,
-        body=row.body,
-        location=SourceLocation(row.file, row.line, row.col),
-        hash=row.hash,
-    )
-
-
-def _pod(row: PodRow) -> Pod:
-    return Pod(
-        namespace=row.namespace,
-        name=PodName(row.name),
-        owner=ObjectKey(row.owner_kind, row.owner_namespace, row.owner_name),
-        template_hash=row.template_hash,
-        spec=decode_as(PodSpec, row.spec),
-        labels=tuple((str(k), str(v)) for k, v in row.labels),
-        node=NodeName(row.node) if row.node else None,
-        phase=row.phase,  # type: ignore[arg-type]
-        ready=row.ready,
-        reason=row.reason,
-        pod_ip=row.pod_ip,
-        host_ports=tuple((int(c), str(p), int(h)) for c, p, h in row.host_ports),
-        restarts=row.restarts,
-        exit_code=row.exit_code,
-        created_at=row.created_at,
-        last_log=row.last_log or "",
-        terminating_at=row.terminating_at,
-        ready_since=row.ready_since or 0.0,
-    )
 
 
 def _node(row: NodeRow, now: float, grace: float) -> Node:
@@ -200,27 +190,196 @@ def _revision(row: RevisionRow) -> RevisionRecord:
 
 
 class Store:
-    """Cluster state in SQL (SQLite by default, PostgreSQL by URL)."""
+    """Cluster state in SQL (SQLite by default, PostgreSQL by URL).
+
+    `keys` seal Secret values; without them the store makes a key that lives as long as the
+    process, which suits in-memory databases and tests. A database sealed with one key
+    refuses to open with another.
+    """
 
     def __init__(
         self,
         url: str,
         *,
+        keys: SecretKeys | None = None,
         service_cidr: str = "10.243.0.0/16",
         heartbeat_grace: float = 40.0,
     ) -> None:
         self.url = url
         self.engine = make_engine(url)
-        Base.metadata.create_all(self.engine)
-        add_missing_columns(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.keys = keys or SecretKeys.generate()
         self.service_cidr = ipaddress.ip_network(service_cidr)
         self.heartbeat_grace = heartbeat_grace
+        self._redactor: tuple[Any, Redactor] = (object(), Redactor())
+        self._redactor_lock = threading.Lock()
+        self._redactor_checked = float("-inf")
+        migrate(self.engine, then=self._check_key)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         with self._sessions.begin() as session:
             yield session
+
+    # --- sealing ----------------------------------------------------------------------
+
+    def _check_key(self) -> None:
+        """Refuse a key other than the one this database was sealed with; seal what an older
+        release stored in the clear."""
+        check = self.keys.check_value()
+        with self.session() as s:
+            row = s.get(MetaRow, KEY_CHECK)
+            if row is None:
+                sealed = s.scalar(
+                    select(func.count()).select_from(ObjectRow).where(ObjectRow.kind == "Secret")
+                )
+                if sealed and any(is_sealed(b.get("sealed")) for b in self._secret_bodies(s)):
+                    raise SecretKeyError(
+                        "this database holds sealed Secret values but no key check; give the key file "
+                        "it was sealed with (--secret-key-file)"
+                    )
+                s.add(MetaRow(key=KEY_CHECK, value=check))
+            elif not hmac.compare_digest(row.value, check):
+                raise SecretKeyError(
+                    "the database's Secret values were sealed with another key; start with the key "
+                    "file it was made with (--secret-key-file)"
+                )
+            if s.get(MetaRow, SEALED_LEGACY) is None:
+                self._seal_legacy(s)
+                s.add(MetaRow(key=SEALED_LEGACY, value="1"))
+
+    @staticmethod
+    def _secret_bodies(s: Session) -> list[dict[str, Any]]:
+        return [dict(r.body) for r in s.scalars(select(ObjectRow).where(ObjectRow.kind == "Secret"))]
+
+    def _seal_legacy(self, s: Session) -> None:
+        """Release 0.1 stored Secret manifests, and pod specs holding their values, in the
+        clear: seal both, once. Which pod values came from a Secret is told by value."""
+        values: set[str] = set()
+        sealed_objects = 0
+        for row in s.scalars(select(ObjectRow).where(ObjectRow.kind == "Secret")):
+            if is_sealed(row.body.get("sealed")):
+                continue
+            manifest = Manifest(
+                ObjectKey("Secret", row.namespace, row.name),
+                row.api_version,
+                row.body,
+                SourceLocation(row.file),
+            )
+
+            values |= {v.decode(errors="replace") for v in secret_data(manifest.body).values() if v}
+            keyed = seal_manifest(manifest, self.keys.digest_key)
+            row.body = self._body_to_row(keyed)
+            row.hash = keyed.hash
+            sealed_objects += 1
+        sealed_pods = 0
+        for pod in s.scalars(select(PodRow)):
+            spec = pod.spec
+            if "secret_env" in spec:
+                continue
+            secret_env = [k for k, v in spec.get("env", []) if v in values]
+            files = [{**f, "secret": _b64_text(f["content"]) in values} for f in spec.get("files", [])]
+            spec = {**spec, "secret_env": secret_env, "files": files}
+            pod.spec = self._spec_to_row(spec)
+            sealed_pods += 1
+        if sealed_objects or sealed_pods:
+            log.info("store.sealed_legacy", secrets=sealed_objects, pods=sealed_pods)
+
+    def _body_to_row(self, m: Manifest) -> dict[str, Any]:
+        if m.key.kind != "Secret":
+            return dict(m.body)
+        return {"sealed": self.keys.seal(canonical_json(m.body).encode())}
+
+    def _body_from_row(self, kind: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        sealed = body.get("sealed") if kind == "Secret" else None
+        if not is_sealed(sealed):
+            return dict(body)
+        opened: dict[str, Any] = json.loads(self.keys.open(str(sealed)))
+        return opened
+
+    def _manifest(self, row: ObjectRow) -> Manifest:
+        manifest = Manifest(
+            key=ObjectKey(row.kind, row.namespace, row.name),
+            api_version=row.api_version,
+            body=self._body_from_row(row.kind, row.body),
+            location=SourceLocation(row.file, row.line, row.col),
+            hash=row.hash,
+        )
+        if row.kind != "Secret":
+            return manifest
+        # The stored hash is already keyed; the value digests are computed on read.
+        return dataclasses.replace(seal_manifest(manifest, self.keys.digest_key), hash=row.hash)
+
+    def _spec_to_row(self, encoded: dict[str, Any]) -> dict[str, Any]:
+        """An encoded pod spec with its Secret values sealed."""
+        names = set(encoded.get("secret_env") or ())
+        if not names and not any(f.get("secret") for f in encoded.get("files", [])):
+            return encoded
+        env = [[k, self.keys.seal(v.encode()) if k in names else v] for k, v in encoded.get("env", [])]
+        files = [
+            {**f, "content": {"sealed": self.keys.seal(_b64_bytes(f["content"]))}} if f.get("secret") else f
+            for f in encoded.get("files", [])
+        ]
+        return {**encoded, "env": env, "files": files}
+
+    def _spec_from_row(self, stored: Mapping[str, Any]) -> PodSpec:
+        names = set(stored.get("secret_env") or ())
+        if names or any(f.get("secret") for f in stored.get("files", [])):
+            env = [
+                [k, self.keys.open(v).decode() if k in names and is_sealed(v) else v]
+                for k, v in stored["env"]
+            ]
+            files = []
+            for f in stored.get("files", []):
+                content = f["content"]
+                if isinstance(content, Mapping) and is_sealed(content.get("sealed")):
+                    files.append({**f, "content": encode(self.keys.open(str(content["sealed"])))})
+                else:
+                    files.append(f)
+            stored = {**stored, "env": env, "files": files}
+        return decode_as(PodSpec, stored)
+
+    def _pod(self, row: PodRow) -> Pod:
+        return Pod(
+            namespace=row.namespace,
+            name=PodName(row.name),
+            owner=ObjectKey(row.owner_kind, row.owner_namespace, row.owner_name),
+            template_hash=row.template_hash,
+            spec=self._spec_from_row(row.spec),
+            labels=tuple((str(k), str(v)) for k, v in row.labels),
+            node=NodeName(row.node) if row.node else None,
+            phase=row.phase,  # type: ignore[arg-type]
+            ready=row.ready,
+            reason=row.reason,
+            pod_ip=row.pod_ip,
+            host_ports=tuple((int(c), str(p), int(h)) for c, p, h in row.host_ports),
+            restarts=row.restarts,
+            exit_code=row.exit_code,
+            created_at=row.created_at,
+            last_log=row.last_log or "",
+            terminating_at=row.terminating_at,
+            ready_since=row.ready_since or 0.0,
+        )
+
+    def redactor(self, *, max_age: float = 0.0) -> Redactor:
+        """A redactor of every Secret value desired now (rebuilt when a revision applies).
+        With `max_age`, one checked that recently is returned without asking the database
+        (for logs; what is written to the database is always redacted with a fresh one)."""
+        cached_marker, cached = self._redactor
+        if max_age and time.monotonic() - self._redactor_checked < max_age:
+            return cached
+        with self.session() as s:
+            marker = s.scalar(select(func.max(RevisionRow.id)).where(RevisionRow.status == "applied"))
+        self._redactor_checked = time.monotonic()
+        if cached_marker == marker:
+            return cached
+        with self._redactor_lock:
+            with self.session() as s:
+                rows = list(s.scalars(select(ObjectRow).where(ObjectRow.kind == "Secret")))
+                secrets = [self._manifest(r) for r in rows]
+            fresh = Redactor.of(secrets)
+            self._redactor = (marker, fresh)
+            return fresh
 
     # --- revisions and desired objects -----------------------------------------------
 
@@ -240,9 +399,16 @@ class Store:
             return [_revision(r) for r in rows]
 
     def reject_revision(
-        self, revision: Revision, errors: Sequence[str], warnings: Sequence[str], now: float
+        self,
+        revision: Revision,
+        errors: Sequence[str],
+        warnings: Sequence[str],
+        now: float,
+        *,
+        retry: bool = False,
     ) -> RevisionRecord:
-        """Record a revision that failed validation; desired state is left untouched."""
+        """Record a revision that was not applied; desired state is left untouched.
+        `retry` marks one the sync tries again while the source stays at it."""
         with self.session() as s:
             row = RevisionRow(
                 source=revision.source,
@@ -254,7 +420,7 @@ class Store:
                 status="rejected",
                 errors=list(errors),
                 warnings=list(warnings),
-                summary={},
+                summary={"retry": True} if retry else {},
             )
             s.add(row)
             s.add(
@@ -269,12 +435,42 @@ class Store:
             return _revision(row)
 
     def apply_revision(
-        self, revision: Revision, manifests: Sequence[Manifest], warnings: Sequence[str], now: float
+        self,
+        revision: Revision,
+        manifests: Sequence[Manifest],
+        warnings: Sequence[str],
+        now: float,
+        *,
+        allow_empty: bool = False,
     ) -> RevisionRecord:
-        """Make `manifests` the desired state, in one transaction, and record the revision."""
+        """Make `manifests` the desired objects of `revision.source`, in one transaction, and
+        record the revision. Raises `Refused` (and changes nothing) when the revision claims
+        another source's object, would delete every object of its source without
+        `allow_empty`, or needs more service addresses than the range holds."""
+        source = revision.source
+        keyed = [seal_manifest(m, self.keys.digest_key) for m in manifests]
         with self.session() as s:
             existing = {(r.kind, r.namespace, r.name): r for r in s.scalars(select(ObjectRow))}
-            wanted = {(m.key.kind, m.key.namespace, m.key.name): m for m in manifests}
+            wanted = {(m.key.kind, m.key.namespace, m.key.name): m for m in keyed}
+            conflicts = [
+                _conflict(m, existing[key], source)
+                for key, m in sorted(wanted.items())
+                if key in existing and existing[key].source not in ("", source)
+            ]
+            if conflicts:
+                raise Refused(conflicts)
+            owned = {k: r for k, r in existing.items() if r.source == source}
+            if not wanted and owned and not allow_empty:
+                shown = ", ".join(str(ObjectKey(*k)) for k in sorted(owned)[:5])
+                more = f" and {len(owned) - 5} more" if len(owned) > 5 else ""
+                raise Refused(
+                    [
+                        f"revision {revision.id[:12]} of {source} holds no objects: applying it would "
+                        f"delete all {len(owned)} objects of this source ({shown}{more}). If that is "
+                        f"what you want, allow empty revisions for this source (gitops serve "
+                        f"--allow-empty SOURCE)"
+                    ]
+                )
             created, changed, deleted = [], [], []
             for key, m in wanted.items():
                 row = existing.get(key)
@@ -285,20 +481,25 @@ class Store:
                 elif row.hash != m.hash:
                     changed.append(str(m.key))
                 row.api_version = m.api_version
-                row.body = dict(m.body)
+                row.body = self._body_to_row(m)
                 row.hash = m.hash
                 row.file = m.location.file
                 row.line = m.location.line
                 row.col = m.location.col
                 row.revision = revision.id
-            for key, row in existing.items():
+                row.source = source
+            for key, row in owned.items():
                 if key not in wanted:
                     deleted.append(str(ObjectKey(*key)))
                     s.delete(row)
-            self._allocate_vips(s, [m for m in manifests if m.key.kind == "Service"])
+            s.flush()
+            services = [
+                self._manifest(r) for r in s.scalars(select(ObjectRow).where(ObjectRow.kind == "Service"))
+            ]
+            self._allocate_vips(s, services)
             summary = {"created": sorted(created), "changed": sorted(changed), "deleted": sorted(deleted)}
             record = RevisionRow(
-                source=revision.source,
+                source=source,
                 revision=revision.id,
                 message=revision.message,
                 author=revision.author,
@@ -322,6 +523,7 @@ class Store:
             return _revision(record)
 
     def _allocate_vips(self, s: Session, services: Sequence[Manifest]) -> None:
+        """Give every Service of every source an address; free those of Services gone."""
         rows = {(r.namespace, r.name): r for r in s.scalars(select(ServiceRow))}
         wanted = {(m.key.namespace, m.key.name): m for m in services}
         for key, row in rows.items():
@@ -331,16 +533,20 @@ class Store:
         used = {r.vip for k, r in rows.items() if k in wanted}
         net = self.service_cidr
         size = net.num_addresses
-        for key, m in sorted(wanted.items()):
-            if key in rows:
-                continue
+        missing = [key for key in sorted(wanted) if key not in rows]
+        if len(used) + len(missing) > max(0, size - 3):
+            raise Refused(
+                [
+                    f"the service range {net} is exhausted: {len(used) + len(missing)} Services need "
+                    f"addresses and it holds {max(0, size - 3)}; start the server with a larger "
+                    "--service-cidr, or remove Services"
+                ]
+            )
+        for key in missing:
+            m = wanted[key]
             requested = str(m.spec.get("clusterIP") or "")
-            if (
-                requested
-                and requested != "None"
-                and ipaddress.ip_address(requested) in net
-                and requested not in used
-            ):
+            vip = ""
+            if requested and requested != "None" and _in(requested, net) and requested not in used:
                 vip = requested
             else:
                 start = int.from_bytes(hashlib.sha256(f"{key[0]}/{key[1]}".encode()).digest()[:8], "big")
@@ -351,14 +557,18 @@ class Store:
                     if candidate not in used:
                         vip = candidate
                         break
-                else:
-                    raise RuntimeError(f"service range {net} is exhausted")
             used.add(vip)
             s.add(ServiceRow(namespace=key[0], name=key[1], vip=vip))
 
     def desired(self) -> list[Manifest]:
         with self.session() as s:
-            return [_manifest(r) for r in s.scalars(select(ObjectRow))]
+            return [self._manifest(r) for r in s.scalars(select(ObjectRow))]
+
+    def owners(self) -> dict[ObjectKey, str]:
+        """The source that declared each desired object."""
+        with self.session() as s:
+            rows = s.execute(select(ObjectRow.kind, ObjectRow.namespace, ObjectRow.name, ObjectRow.source))
+            return {ObjectKey(k, ns, n): src for k, ns, n, src in rows}
 
     def vips(self) -> dict[ObjectKey, str]:
         with self.session() as s:
@@ -366,7 +576,10 @@ class Store:
 
     # --- nodes ------------------------------------------------------------------------
 
-    def register_node(self, node: Node, token: str, now: float) -> None:
+    def register_node(self, node: Node, token: str, now: float, *, presented: str = "") -> None:
+        """Register `node` (or update it) with a new token; raises `NodeNameTaken` when a
+        Ready node holds the name and `presented` is not its current token. A NotReady
+        node's name is free to take: its agent is gone or cut off."""
         with self.session() as s:
             row = s.get(NodeRow, node.name)
             if row is None:
@@ -377,6 +590,25 @@ class Store:
                         time=now, object=f"node {node.name}", reason="NodeRegistered", message=node.address
                     )
                 )
+            else:
+                ready = now - row.heartbeat_at <= self.heartbeat_grace
+                own = bool(presented) and hmac.compare_digest(row.token_hash, token_digest(presented))
+                if ready and not own:
+                    raise NodeNameTaken(
+                        f"node {node.name} is registered and Ready (last heartbeat "
+                        f"{now - row.heartbeat_at:.0f}s ago); its name can be taken only with its "
+                        f"current token, or once it has been NotReady for {self.heartbeat_grace:.0f}s"
+                    )
+                if not own:
+                    s.add(
+                        EventRow(
+                            time=now,
+                            object=f"node {node.name}",
+                            reason="NodeReplaced",
+                            message=f"registered anew from {node.address} after "
+                            f"{now - row.heartbeat_at:.0f}s without a heartbeat",
+                        )
+                    )
             row.address = node.address
             row.cpu_milli = node.cpu_milli
             row.memory_bytes = node.memory_bytes
@@ -389,7 +621,7 @@ class Store:
     def node_for_token(self, name: str, token: str) -> bool:
         with self.session() as s:
             row = s.get(NodeRow, name)
-            return row is not None and row.token_hash == token_digest(token)
+            return row is not None and hmac.compare_digest(row.token_hash, token_digest(token))
 
     def nodes(self, now: float | None = None) -> list[NodeRecord]:
         now = time.time() if now is None else now
@@ -421,7 +653,7 @@ class Store:
             query = select(PodRow).order_by(PodRow.id)
             if node is not None:
                 query = query.where(PodRow.node == node)
-            return [_pod(r) for r in s.scalars(query)]
+            return [self._pod(r) for r in s.scalars(query)]
 
     def apply_pod_changes(
         self,
@@ -463,7 +695,7 @@ class Store:
                         owner_namespace=pod.owner.namespace,
                         owner_name=pod.owner.name,
                         template_hash=pod.template_hash,
-                        spec=encode(pod.spec),
+                        spec=self._spec_to_row(encode(pod.spec)),
                         labels=[list(kv) for kv in pod.labels],
                         node=pod.node,
                         phase="Pending",
@@ -499,47 +731,54 @@ class Store:
 
     def heartbeat(
         self, node: str, statuses: Sequence[PodStatus], now: float, stopped: Sequence[str] = ()
-    ) -> None:
+    ) -> bool:
         """Record an agent's heartbeat, the status of the pods bound to its node, and the
-        terminating pods it has finished stopping (they are deleted)."""
+        terminating pods it has finished stopping (they are deleted). Free text is redacted
+        before it is written. True when a pod changed in a way a control pass cares about
+        (phase, readiness, a pod gone); a heartbeat alone is False."""
+        redactor = self.redactor() if statuses else Redactor()
+        changed = False
         with self.session() as s:
             row = s.get(NodeRow, node)
             if row is None:
-                return
+                return False
             row.heartbeat_at = now
             for pod_id in stopped:
                 done = s.get(PodRow, pod_id)
                 if done is not None and done.node == node and done.terminating_at is not None:
                     s.delete(done)
+                    changed = True
             for status in statuses:
                 pod = s.get(PodRow, status.pod)
                 if pod is None or pod.node != node or pod.terminating_at is not None:
                     continue
+                reason = truncate(redactor(status.reason), MAX_REASON)
                 before = (pod.phase, pod.ready, pod.reason)
+                if (pod.phase, pod.ready) != (status.phase, status.ready):
+                    changed = True
                 pod.phase = status.phase
                 if status.ready and not pod.ready:
                     pod.ready_since = now
                 pod.ready = status.ready
-                pod.reason = status.reason
+                pod.reason = reason
                 pod.pod_ip = status.pod_ip
                 pod.host_ports = [list(hp) for hp in status.host_ports]
                 pod.restarts = max(pod.restarts, status.restarts)
                 pod.exit_code = status.exit_code
                 pod.container_id = status.container_id
                 if status.last_log:
-                    pod.last_log = status.last_log
+                    pod.last_log = truncate(redactor(status.last_log), MAX_LOG)
                 if before != (pod.phase, pod.ready, pod.reason):
                     pod.updated_at = now
                     message = (
-                        status.phase
-                        + (" ready" if status.ready else "")
-                        + (f": {status.reason}" if status.reason else "")
+                        status.phase + (" ready" if status.ready else "") + (f": {reason}" if reason else "")
                     )
                     s.add(
                         EventRow(
                             time=now, object=f"pod {status.pod}", reason="StatusChanged", message=message
                         )
                     )
+        return changed
 
     # --- rollouts ------------------------------------------------------------------
 
@@ -613,8 +852,15 @@ class Store:
                 query = query.where(PreviewRow.source == source)
             return [
                 PreviewRecord(
-                    r.source, r.ref, r.base, r.head, r.state_version,
-                    r.computed_at, r.status, r.report, r.markdown,
+                    r.source,
+                    r.ref,
+                    r.base,
+                    r.head,
+                    r.state_version,
+                    r.computed_at,
+                    r.status,
+                    r.report,
+                    r.markdown,
                 )
                 for r in s.scalars(query)
             ]
@@ -658,3 +904,26 @@ class Store:
             counted = select(RevisionRow.status, func.count(RevisionRow.id)).group_by(RevisionRow.status)
             rows = s.execute(counted)
             return {str(status): int(n) for status, n in rows}
+
+
+def _in(address: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    try:
+        return ipaddress.ip_address(address) in net
+    except ValueError:
+        return False
+
+
+def _conflict(m: Manifest, owner: ObjectRow, source: str) -> str:
+    where = f"{owner.file}:{owner.line}:{owner.col}"
+    return (
+        f"{m.location}: {m.key}: declared by this source ({source}) and by {owner.source} at {where}, "
+        f"which declared it first and keeps it; remove it from one of the two"
+    )
+
+
+def _b64_bytes(content: Any) -> bytes:
+    return base64.b64decode(content["b64"]) if isinstance(content, Mapping) and "b64" in content else b""
+
+
+def _b64_text(content: Any) -> str:
+    return _b64_bytes(content).decode(errors="replace")

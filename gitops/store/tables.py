@@ -1,14 +1,21 @@
 """SQL tables of the cluster state: desired objects, revisions, nodes, pods, services, events.
 
 Portable SQLAlchemy types only (JSON, String, Float, ...) so the same tables serve SQLite
-(the default, in WAL mode) and PostgreSQL.
+(the default, in WAL mode) and PostgreSQL. Sizes and counts that can pass 2**31 (bytes of
+memory, ids of tables that only grow) are 64-bit on PostgreSQL; SQLite's integers are
+64-bit anyway, and its autoincrementing keys must be declared INTEGER to be row ids.
+
+These classes describe the newest schema; a database gets there through the migrations
+in `gitops/store/migrations/` (`gitops.store.migrate`), never through `create_all`. A
+change here needs a migration beside it; `tests/store/test_migrations.py` checks that the
+two agree.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Float, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -16,10 +23,14 @@ class Base(DeclarativeBase):
     pass
 
 
+# A growing id: BIGINT on PostgreSQL, INTEGER (the 64-bit row id) on SQLite.
+GrowingId = BigInteger().with_variant(Integer(), "sqlite")
+
+
 class RevisionRow(Base):
     __tablename__ = "revisions"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(GrowingId, primary_key=True, autoincrement=True)
     source: Mapped[str] = mapped_column(String(512), index=True)
     revision: Mapped[str] = mapped_column(String(128))
     message: Mapped[str] = mapped_column(Text, default="")
@@ -45,6 +56,8 @@ class ObjectRow(Base):
     line: Mapped[int] = mapped_column(Integer)
     col: Mapped[int] = mapped_column(Integer)
     revision: Mapped[str] = mapped_column(String(128))
+    # The source that declared the object; only a revision of that source changes or prunes it.
+    source: Mapped[str] = mapped_column(String(512), index=True, server_default="")
 
 
 class NodeRow(Base):
@@ -52,12 +65,12 @@ class NodeRow(Base):
 
     name: Mapped[str] = mapped_column(String(253), primary_key=True)
     address: Mapped[str] = mapped_column(String(64))
-    cpu_milli: Mapped[int] = mapped_column(Integer)
-    memory_bytes: Mapped[int] = mapped_column(Integer)
+    cpu_milli: Mapped[int] = mapped_column(BigInteger)
+    memory_bytes: Mapped[int] = mapped_column(BigInteger)
     max_pods: Mapped[int] = mapped_column(Integer, default=110)
     labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     taints: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
-    token_hash: Mapped[str] = mapped_column(String(64))
+    token_hash: Mapped[str] = mapped_column(String(64))  # sha256 of the node's token, never the token
     registered_at: Mapped[float] = mapped_column(Float)
     heartbeat_at: Mapped[float] = mapped_column(Float)
 
@@ -110,7 +123,7 @@ class RolloutRow(Base):
 class EventRow(Base):
     __tablename__ = "events"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(GrowingId, primary_key=True, autoincrement=True)
     time: Mapped[float] = mapped_column(Float, index=True)
     object: Mapped[str] = mapped_column(String(512))
     reason: Mapped[str] = mapped_column(String(64))
@@ -131,3 +144,12 @@ class PreviewRow(Base):
     status: Mapped[str] = mapped_column(String(16))  # error | changes | no changes
     report: Mapped[dict[str, Any]] = mapped_column(JSON)
     markdown: Mapped[str] = mapped_column(Text)
+
+
+class MetaRow(Base):
+    """Facts about the database itself, such as which key its Secret values are sealed with."""
+
+    __tablename__ = "meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

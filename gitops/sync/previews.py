@@ -22,12 +22,13 @@ from pathlib import Path
 import git
 import structlog
 
+from gitops.loop import Backoff, Loop
 from gitops.model import ClusterState, Revision
 from gitops.preview import Preview, RevisionInfo, preview
 from gitops.preview.render import to_json, to_markdown
 from gitops.schemas.validate import validate_files
 from gitops.store import Store
-from gitops.sync.sources import GitSource, commit_files, read_revision, revision_of
+from gitops.sync.sources import FetchError, GitSource, commit_files, fetch, read_revision, revision_of
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +46,8 @@ def preview_commits(
     state_source: str,
     settle_base: bool,
     now: float,
+    secret_key: bytes,
+    cluster_key: bool = False,
     not_ready_toleration: float = 60.0,
 ) -> Preview:
     head_files, problems = commit_files(head, path)
@@ -74,6 +77,8 @@ def preview_commits(
         settle_base=settle_base,
         not_ready_toleration=not_ready_toleration,
         problems=[str(p) for p in problems],
+        secret_key=secret_key,
+        cluster_key=cluster_key,
     )
     return dataclasses.replace(result, notes=(*notes, *result.notes)) if notes else result
 
@@ -88,8 +93,10 @@ def preview_revisions(
     state_source: str,
     settle_base: bool,
     now: float,
+    secret_key: bytes,
 ) -> Preview:
-    """`gitops plan`: two revisions of a local repository (names git understands)."""
+    """`gitops plan`: two revisions of a local repository (names git understands).
+    `secret_key` is a one-time key: the cluster's own never leaves its server."""
     read_revision(repo_dir, head, path)  # clear errors for a bad repository or revision
     repo = git.Repo(repo_dir)
     base_commit = None
@@ -104,6 +111,7 @@ def preview_revisions(
         state_source=state_source,
         settle_base=settle_base,
         now=now,
+        secret_key=secret_key,
     )
 
 
@@ -130,12 +138,15 @@ class BranchPreviews:
         self.source = GitSource(source.url, cache_dir, branch=source.branch, path=source.path)
         self.name = source.name
         self.refspec = refspec
-        self.interval = interval
         self.clock = clock
         self.not_ready_toleration = not_ready_toleration
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.loop = Loop(
+            "previews",
+            self.refresh,
+            interval=interval,
+            backoff=Backoff(first=min(1.0, interval), cap=min(30.0, max(1.0, interval))),
+            source=self.name,
+        )
         self._lock = threading.Lock()
 
     @property
@@ -144,7 +155,7 @@ class BranchPreviews:
 
     def _fetch(self, repo: git.Repo) -> dict[str, str]:
         """Fetch the previewed refs; their names (as the remote calls them) and commits."""
-        repo.git.fetch(self.source.url, f"+{self.refspec}:{self._local_prefix}", "--prune", "--no-tags")
+        fetch(repo, self.source.url, f"+{self.refspec}:{self._local_prefix}")
         before, _, after = self.refspec.partition("*")
         local_before = "refs/previews/" + before.removeprefix("refs/")
         heads = {}
@@ -168,7 +179,7 @@ class BranchPreviews:
                 return 0
             try:
                 base_sha = self.source.latest().id
-            except git.GitCommandError:
+            except (git.GitCommandError, FetchError):
                 # Branches to preview, but not yet the deployed one (a new hosted repository).
                 log.info("preview.waiting", source=self.name, reason=f"no branch {self.source.branch} yet")
                 return 0
@@ -189,6 +200,8 @@ class BranchPreviews:
                     settle_base=False,
                     now=self.clock(),
                     not_ready_toleration=self.not_ready_toleration,
+                    secret_key=self.store.keys.digest_key,
+                    cluster_key=True,
                 )
                 self.store.save_preview(
                     source=self.name,
@@ -212,28 +225,15 @@ class BranchPreviews:
             self.store.forget_previews(self.name, keep=set(heads))
             return computed
 
+    @property
+    def interval(self) -> float:
+        return self.loop.interval
+
     def trigger(self) -> None:
-        self._wake.set()
+        self.loop.trigger()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="previews", daemon=True)
-        self._thread.start()
+        self.loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        failures = 0
-        while not self._stop.is_set():
-            self._wake.clear()
-            try:
-                self.refresh()
-                failures = 0
-            except Exception as exc:
-                failures += 1
-                log.error("preview.failed", source=self.name, error=str(exc), failures=failures)
-            delay = self.interval if not failures else min(2.0**failures, self.interval)
-            self._wake.wait(delay)
+        self.loop.stop()

@@ -2,12 +2,18 @@
 
 A revision is all or nothing. If any manifest in it has an error, the revision is recorded
 as rejected with every error (`file:line:col: Kind ns/name: field: message`) and the desired
-state stays exactly as it was, so what runs keeps running. Otherwise the store replaces the
-desired objects in one transaction (objects gone from the source are pruned) and the
-controller is woken.
+state stays exactly as it was, so what runs keeps running. Otherwise the store replaces
+the source's own desired objects in one transaction (objects gone from the source are
+pruned; other sources' objects are never touched) and the controller is woken.
+
+A valid revision the store refuses as things stand (it claims another source's object,
+it would empty its source, the service range is full) is recorded as rejected too, with
+the reason, and tried again at every sync while the source stays at it: it applies once
+the obstacle is gone, without being recorded again meanwhile.
 
 Sources are polled on an interval; a folder source is also watched with watchdog, and
-bursts of file events are debounced into one sync.
+bursts of file events are debounced into one sync. Failures to read a source (git
+unreachable, database locked) are retried with backoff (`gitops.loop`).
 """
 
 from __future__ import annotations
@@ -21,19 +27,24 @@ import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from gitops.loop import Backoff, Loop, Terminal
 from gitops.metrics import Metrics
 from gitops.schemas.validate import validate_files
-from gitops.store import RevisionRecord, Store
+from gitops.store import Refused, RevisionRecord, Store
 from gitops.sync.sources import FolderSource, Source
 
 log = structlog.get_logger(__name__)
 
 
-def sync_once(store: Store, source: Source, *, now: float | None = None) -> RevisionRecord | None:
-    """Bring `source`'s newest revision into the store; None when it was already seen."""
+def sync_once(
+    store: Store, source: Source, *, now: float | None = None, allow_empty: bool = False
+) -> RevisionRecord | None:
+    """Bring `source`'s newest revision into the store; None when there was nothing new to
+    record (the revision was seen, or is refused again for the same reasons)."""
     revision = source.latest()
     last = store.last_revision(source.name)
-    if last is not None and last.revision == revision.id:
+    seen = last is not None and last.revision == revision.id
+    if seen and last is not None and not last.summary.get("retry"):
         return None
     started = time.monotonic()
     files, problems = source.files(revision)
@@ -50,17 +61,29 @@ def sync_once(store: Store, source: Source, *, now: float | None = None) -> Revi
             errors=len(errors),
             first_error=errors[0],
         )
-    else:
-        record = store.apply_revision(revision, result.manifests, warnings, now)
-        log.info(
-            "sync.applied",
+        return record
+    try:
+        record = store.apply_revision(revision, result.manifests, warnings, now, allow_empty=allow_empty)
+    except Refused as refusal:
+        if seen and last is not None and tuple(last.errors) == refusal.errors:
+            return None
+        log.warning(
+            "sync.refused",
             source=source.name,
             revision=revision.id[:12],
-            objects=len(result.manifests),
-            warnings=len(warnings),
-            seconds=round(time.monotonic() - started, 3),
-            **{k: len(v) for k, v in record.summary.items()},
+            errors=len(refusal.errors),
+            first_error=refusal.errors[0],
         )
+        return store.reject_revision(revision, refusal.errors, warnings, now, retry=True)
+    log.info(
+        "sync.applied",
+        source=source.name,
+        revision=revision.id[:12],
+        objects=len(result.manifests),
+        warnings=len(warnings),
+        seconds=round(time.monotonic() - started, 3),
+        **{k: len(v) for k, v in record.summary.items()},
+    )
     return record
 
 
@@ -99,41 +122,63 @@ class SyncService:
         on_applied: Callable[[], None] = lambda: None,
         debounce: float = 0.5,
         metrics: Metrics | None = None,
+        allow_empty: bool = False,
+        backoff: Backoff | None = None,
     ) -> None:
         self.store = store
         self.source = source
         self.metrics = metrics
-        self.interval = interval
         self.on_applied = on_applied
         self.debounce = debounce
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.allow_empty = allow_empty
+        self.waiting = False  # the source's revision is refused for now, and retried
+        self.loop = Loop(
+            "sync",
+            self._step,
+            interval=interval,
+            # Retries never wait longer than a poll would.
+            backoff=backoff or Backoff(first=min(1.0, interval), cap=min(30.0, max(1.0, interval))),
+            source=source.name,
+        )
         self._observer: Observer | None = None  # type: ignore[valid-type]
         self._lock = threading.Lock()
 
+    @property
+    def interval(self) -> float:
+        return self.loop.interval
+
     def trigger(self) -> None:
-        self._wake.set()
+        self.loop.trigger()
 
     def sync(self) -> RevisionRecord | None:
         with self._lock:
             started = time.monotonic()
             try:
-                record = sync_once(self.store, self.source)
+                record = sync_once(self.store, self.source, allow_empty=self.allow_empty)
             except Exception:
                 self._observe("failed", started)
                 raise
+            if record is not None:
+                self.waiting = bool(record.summary.get("retry"))
             self._observe(record.status if record is not None else "unchanged", started)
         if record is not None and record.status == "applied":
             self.on_applied()
         return record
+
+    def _step(self) -> None:
+        try:
+            self.sync()
+        except (LookupError, FileNotFoundError, NotADirectoryError) as exc:
+            # The source is not there (yet): a folder to create, a first push to make.
+            # Retrying faster does not help; file events and pushes trigger a sync.
+            raise Terminal(str(exc)) from exc
 
     def _observe(self, outcome: str, started: float) -> None:
         if self.metrics is not None:
             self.metrics.observe_sync(self.source.name, outcome, time.monotonic() - started)
 
     def start(self) -> None:
-        if isinstance(self.source, FolderSource):
+        if isinstance(self.source, FolderSource) and Path(self.source.path).is_dir():
             observer = Observer()
             observer.schedule(
                 _Debounced(self.trigger, self.debounce), str(Path(self.source.path)), recursive=True
@@ -141,26 +186,9 @@ class SyncService:
             observer.daemon = True
             observer.start()
             self._observer = observer
-        self._thread = threading.Thread(target=self._run, name="sync", daemon=True)
-        self._thread.start()
+        self.loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
         if self._observer is not None:
             self._observer.stop()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        failures = 0
-        while not self._stop.is_set():
-            self._wake.clear()
-            try:
-                self.sync()
-                failures = 0
-            except Exception as exc:
-                failures += 1
-                log.error("sync.failed", source=self.source.name, error=str(exc), failures=failures)
-            delay = self.interval if not failures else min(2.0**failures, self.interval)
-            self._wake.wait(delay)
+        self.loop.stop()

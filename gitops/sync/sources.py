@@ -18,6 +18,7 @@ from typing import Protocol
 import git
 
 from gitops.model import Diagnostic, Revision, SourceLocation
+from gitops.redact import redact_url
 from gitops.schemas.loader import MAX_FILE_BYTES, SourceFile
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
@@ -120,14 +121,18 @@ class FolderSource:
 
 
 class GitSource:
-    """A branch of a git repository (any URL git can fetch), read without a checkout."""
+    """A branch of a git repository (any URL git can fetch), read without a checkout.
+
+    Credentials in the URL (`https://user:token@host/...`) are used to fetch and never shown:
+    the source's `name`, which revisions, the page, the API and logs carry, has them replaced
+    by `***`, and git's own error messages are redacted before they are raised."""
 
     def __init__(self, url: str, cache_dir: Path, *, branch: str = "main", path: str = "") -> None:
         self.url = url
         self.branch = branch
         self.path = path.strip("/")
         self.cache_dir = Path(cache_dir)
-        self.name = f"git:{url}#{branch}" + (f":{self.path}" if self.path else "")
+        self.name = f"git:{redact_url(url)}#{branch}" + (f":{self.path}" if self.path else "")
         self._repo: git.Repo | None = None
 
     def mirror(self) -> git.Repo:
@@ -141,13 +146,31 @@ class GitSource:
 
     def latest(self) -> Revision:
         repo = self.mirror()
-        repo.git.fetch(
-            self.url, f"+refs/heads/{self.branch}:refs/heads/{self.branch}", "--prune", "--no-tags"
-        )
+        fetch(repo, self.url, f"+refs/heads/{self.branch}:refs/heads/{self.branch}")
         return revision_of(repo.commit(f"refs/heads/{self.branch}"), self.name)
 
     def files(self, revision: Revision) -> Files:
         return commit_files(self.mirror().commit(revision.id), self.path)
+
+
+class FetchError(RuntimeError):
+    """A git fetch failed; the message is git's, with URL credentials redacted."""
+
+
+def fetch(repo: git.Repo, url: str, refspec: str) -> None:
+    """`git fetch url refspec --prune --no-tags` into `repo`, without showing credentials."""
+    try:
+        repo.git.fetch(url, refspec, "--prune", "--no-tags")
+    except git.GitCommandError as exc:
+        detail = (exc.stderr or str(exc)).strip().removeprefix("stderr: ").strip("'\n ")
+        raise FetchError(
+            redact_url(f"git fetch {url} failed: {detail}").replace(url, redact_url(url))
+        ) from None
+
+
+def mirror_folder(root: Path, url: str) -> Path:
+    """Where the mirror of `url` is kept: named by a hash, so no credential is in a path."""
+    return root / hashlib.sha256(url.encode()).hexdigest()[:24]
 
 
 def commit_files(commit: git.Commit, path: str = "") -> Files:
@@ -182,16 +205,12 @@ def commit_files(commit: git.Commit, path: str = "") -> Files:
                 linked = commit.tree / resolved
             except KeyError:
                 problems.append(
-                    Diagnostic(
-                        "error", f"symbolic link target {target} does not exist", SourceLocation(rel)
-                    )
+                    Diagnostic("error", f"symbolic link target {target} does not exist", SourceLocation(rel))
                 )
                 continue
             if not isinstance(linked, git.Blob) or linked.mode == 0o120000:
                 problems.append(
-                    Diagnostic(
-                        "error", f"symbolic link target {target} is not a file", SourceLocation(rel)
-                    )
+                    Diagnostic("error", f"symbolic link target {target} is not a file", SourceLocation(rel))
                 )
                 continue
             blob = linked

@@ -193,6 +193,20 @@ def test_removing_a_service_removes_its_chain(proxy: IptablesProxy) -> None:
     assert proxy.chains() == {f"{proxy.prefix}-SERVICES", f"{proxy.prefix}-FILTER"}
 
 
+def test_an_unrenderable_rule_is_skipped_and_every_other_service_is_programmed(proxy: IptablesProxy) -> None:
+    """0.1 raised on one bad endpoint and programmed nothing, on every node, every tick."""
+    garbage = ServiceRule("default/broken:http", "10.250.0.13", 80, "TCP", (("not-an-address", 80),))
+    poisoned = ServiceRule("default/poisoned:http", "10.250.0.14; -j ACCEPT", 80, "TCP", (("192.0.2.9", 80),))
+    with capture_logs() as logs:
+        assert proxy.sync([web(), garbage, poisoned]) is True
+    assert service_chain(web(), proxy.prefix) in proxy.chains()
+    assert "--to-destination 192.0.2.201:8080" in save()
+    assert len(proxy.skipped) == 2
+    assert [e["skipped"] for e in logs if e["event"] == "iptables.rules_skipped"] == [2]
+    # The service whose only backend was invalid has none: connections to it are refused.
+    assert "default/broken:http has no endpoints" in save()
+
+
 def test_cleanup_leaves_nothing_behind(proxy: IptablesProxy) -> None:
     proxy.sync([web(), ServiceRule("default/idle:80", "10.250.0.12", 80, "UDP", ())])
     proxy.cleanup()

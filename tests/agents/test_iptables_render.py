@@ -19,6 +19,7 @@ from gitops.agents.iptables import (
     render,
     service_chain,
     services_chain,
+    vet,
 )
 
 CIDR = "10.250.0.0/16"
@@ -252,3 +253,21 @@ def test_rendered_chains_dnat_each_vip_to_exactly_its_backends(
 
 def declared_needed(rules: list[ServiceRule]) -> set[str]:
     return {service_chain(r, "GITOPS") for r in rules if r.backends}
+
+
+def test_vetting_keeps_every_valid_rule_and_says_what_it_skipped() -> None:
+    bad_vip = ServiceRule("default/bad-vip:http", "not-an-ip", 80, "TCP", (("192.0.2.2", 80),))
+    bad_backend = ServiceRule(
+        "default/mixed:http", "10.250.0.20", 80, "TCP", (("192.0.2.2", 8080), ("garbage;rm -rf", 80))
+    )
+    clash = ServiceRule("default/zz-late:http", WEB.vip, WEB.port, "TCP", (("192.0.2.9", 80),))
+    kept, problems = vet([bad_vip, WEB, bad_backend, clash, DNS])
+    assert sorted(r.service for r in kept) == sorted([WEB.service, DNS.service, "default/mixed:http"])
+    assert next(r for r in kept if r.service == "default/mixed:http").backends == (("192.0.2.2", 8080),)
+    assert len(problems) == 3
+    assert any("'default/bad-vip:http'" in p and "rule skipped" in p for p in problems)
+    assert any("backend garbage;rm -rf:80 skipped" in p for p in problems)
+    assert any(
+        "both claim 10.250.0.10:80/TCP" in p and "'default/zz-late:http' skipped" in p for p in problems
+    )
+    render(kept, service_cidr=CIDR)  # what is kept always renders

@@ -22,7 +22,11 @@ NOW = 1_000.0
 
 def node(name: str, **extra: object) -> Node:
     return Node(
-        NodeName(name), address=f"192.0.2.{len(name)}", cpu_milli=4000, memory_bytes=8 * 2**30, **extra  # type: ignore[arg-type]
+        NodeName(name),
+        address=f"192.0.2.{len(name)}",
+        cpu_milli=4000,
+        memory_bytes=8 * 2**30,
+        **extra,  # type: ignore[arg-type]
     )
 
 
@@ -37,8 +41,9 @@ def sample_store(path: Path, *, metrics: Metrics | None = None) -> Store:
         resources={"requests": {"cpu": "250m", "memory": "64Mi"}},
     )
     store.apply_revision(
-        Revision("git:repo", "a" * 40, message="Deploy web\n\nbody", author="Tess Ter",
-                 committed_at=NOW - 60),
+        Revision(
+            "git:repo", "a" * 40, message="Deploy web\n\nbody", author="Tess Ter", committed_at=NOW - 60
+        ),
         [secret("creds", token=SECRET_VALUE), web, service("web", {"app": "web"})],
         [],
         NOW - 50,

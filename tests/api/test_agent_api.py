@@ -111,3 +111,144 @@ def test_log_tails_in_the_read_api_have_secret_values_redacted(setup: tuple[Stor
     )
     shown = {p["id"]: p for p in client.get("/api/v1/pods").json()}[pod.id]
     assert shown["last_log"] == "token=[redacted]\nbye"
+
+
+# --- every request is validated at the border ----------------------------------------------
+
+
+def test_an_agent_with_a_garbage_address_is_refused_naming_the_field(setup: tuple[Store, TestClient]) -> None:
+    store, client = setup
+    for address in ("garbage; rm -rf /", "0.0.0.0", "10.0.0.300", "fe80::1", ""):
+        response = client.post(
+            "/agent/v1/register", json={"join_token": "join-me", "node": {**NODE, "address": address}}
+        )
+        assert response.status_code == 422, address
+        assert response.json()["detail"].startswith("node.address: "), response.json()
+    assert store.nodes(now=100.0) == []
+
+
+def test_a_malformed_report_is_refused_and_writes_nothing(setup: tuple[Store, TestClient]) -> None:
+    store, client = setup
+    token = register(client, NODE)
+    reconcile_once(store, now=100.0)
+    pod = store.pods()[0]
+    good = {"pod": pod.id, "phase": "Running", "ready": True, "pod_ip": "172.17.0.5"}
+    auth = {"Authorization": f"Bearer {token}"}
+    bad_reports = {
+        "statuses.0.pod_ip": {**good, "pod_ip": "not an ip"},
+        "statuses.0.phase": {**good, "phase": "Exploded"},
+        "statuses.0.host_ports.0.0": {**good, "host_ports": [[0, "TCP", 80]]},
+        "statuses.0.pod": {**good, "pod": "no-namespace"},
+        "statuses.0.surprise": {**good, "surprise": 1},
+    }
+    for field, status in bad_reports.items():
+        response = client.post("/agent/v1/nodes/n1/sync", json={"statuses": [status]}, headers=auth)
+        assert response.status_code == 422, field
+        assert response.json()["detail"].startswith(field + ":"), response.json()
+    assert store.pods()[0].phase == "Pending"
+    ok = client.post("/agent/v1/nodes/n1/sync", json={"statuses": [good]}, headers=auth)
+    assert ok.status_code == 200 and store.pods()[0].phase == "Running"
+
+
+def test_the_agent_requests_document_themselves_in_openapi(setup: tuple[Store, TestClient]) -> None:
+    _, client = setup
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    assert {"RegisterRequest", "NodeModel", "SyncRequest", "PodStatusModel", "SyncReply"} <= set(schemas)
+    assert set(schemas["NodeModel"]["required"]) == {"name", "address", "cpu_milli", "memory_bytes"}
+    assert schemas["PodStatusModel"]["properties"]["phase"]["enum"] == [
+        "Pending",
+        "Running",
+        "Succeeded",
+        "Failed",
+        "Unknown",
+    ]
+    body = spec["paths"]["/agent/v1/nodes/{name}/sync"]["post"]["requestBody"]
+    assert body["content"]["application/json"]["schema"]["$ref"].endswith("/SyncRequest")
+
+
+# --- the join token cannot take over a live node ------------------------------------------
+
+
+def test_the_join_token_cannot_take_a_ready_nodes_name(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    env = [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}}]
+    store.apply_revision(
+        Revision("git:x", "1" * 40),
+        [secret("creds", token="hunter2"), deployment(replicas=2, env=env)],
+        [],
+        1.0,
+    )
+    clock = {"now": 100.0}
+    client = TestClient(create_app(store, join_token="join-me", clock=lambda: clock["now"]))
+    owner = register(client, NODE)
+    reconcile_once(store, now=100.0)
+    impostor = {**NODE, "address": "203.0.113.66"}
+
+    clock["now"] = 130.0  # within the 40 s grace: n1 is Ready
+    response = client.post("/agent/v1/register", json={"join_token": "join-me", "node": impostor})
+    assert response.status_code == 409
+    assert "Ready" in response.json()["detail"] and "current token" in response.json()["detail"]
+    (record,) = store.nodes(now=130.0)
+    assert record.node.address == NODE["address"]
+    sync = client.post("/agent/v1/nodes/n1/sync", json={}, headers={"Authorization": f"Bearer {owner}"})
+    assert sync.status_code == 200, "the owner's token still works"
+
+    # The node itself, restarted, presents its current token and gets its name back.
+    again = client.post(
+        "/agent/v1/register",
+        json={"join_token": "join-me", "node": NODE},
+        headers={"Authorization": f"Bearer {owner}"},
+    )
+    assert again.status_code == 200
+    fresh = again.json()["token"]
+    old = client.post("/agent/v1/nodes/n1/sync", json={}, headers={"Authorization": f"Bearer {owner}"})
+    assert old.status_code == 401
+
+    # Once NotReady past its grace, the name is free: a replacement machine can take it.
+    clock["now"] = 200.0
+    taken = client.post("/agent/v1/register", json={"join_token": "join-me", "node": impostor})
+    assert taken.status_code == 200
+    assert (
+        client.post(
+            "/agent/v1/nodes/n1/sync", json={}, headers={"Authorization": f"Bearer {fresh}"}
+        ).status_code
+        == 401
+    )
+    assert any(e.reason == "NodeReplaced" for e in store.events())
+
+
+def test_node_tokens_are_stored_hashed(setup: tuple[Store, TestClient]) -> None:
+    store, client = setup
+    token = register(client, NODE)
+    with store.engine.connect() as conn:
+        rows = [tuple(r) for r in conn.exec_driver_sql("SELECT * FROM nodes")]
+    assert token not in repr(rows)
+
+
+# --- the sync route: off the event loop, only what changed wakes the controller -------------
+
+
+def test_only_a_report_that_changes_a_pod_wakes_the_controller(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store.apply_revision(Revision("git:x", "1" * 40), [deployment(replicas=2)], [], 1.0)
+    woken: list[int] = []
+    client = TestClient(
+        create_app(store, join_token="join-me", clock=lambda: 100.0, on_report=lambda: woken.append(1))
+    )
+    token = register(client, NODE)
+    reconcile_once(store, now=100.0)
+    woken.clear()
+    auth = {"Authorization": f"Bearer {token}"}
+    statuses = [
+        {"pod": p.id, "phase": "Running", "ready": True, "pod_ip": "172.17.0.5"} for p in store.pods()
+    ]
+    for _ in range(3):
+        assert (
+            client.post("/agent/v1/nodes/n1/sync", json={"statuses": statuses}, headers=auth).status_code
+            == 200
+        )
+    assert len(woken) == 1  # the first report changed two pods; the same report again changes nothing
+    statuses[0] = {**statuses[0], "ready": False, "reason": "Readiness probe failed"}
+    client.post("/agent/v1/nodes/n1/sync", json={"statuses": statuses}, headers=auth)
+    assert len(woken) == 2

@@ -162,8 +162,6 @@ class Cluster:
                 self.plane.url,
                 "--node",
                 node,
-                "--join-token",
-                self.plane.join_token,
                 "--chain-prefix",
                 prefix,
                 "--state-dir",
@@ -172,6 +170,7 @@ class Cluster:
             stdout=log,
             stderr=log,
             cwd=ROOT,
+            env={**os.environ, "GITOPS_JOIN_TOKEN": self.plane.join_token},
         )
 
     def kill_agent(self, node: str | None = None) -> None:

@@ -198,8 +198,11 @@ def test_a_missing_image_and_a_crashing_command_show_their_reasons(cluster: Clus
     assert all(p["ready"] for p in web) and len(web) == 5
 
 
-def test_deleting_the_manifests_removes_containers_and_chains(cluster: Cluster) -> None:
+def test_deleting_the_manifests_is_refused_until_allowed_then_removes_containers_and_chains(
+    cluster: Cluster,
+) -> None:
     assert any("-SVC-" in c for c in cluster.chains())
+    running = set(cluster.containers())
     cluster.push(
         {
             "apps/web.yaml": None,
@@ -209,6 +212,21 @@ def test_deleting_the_manifests_removes_containers_and_chains(cluster: Cluster) 
         },
         "remove everything",
     )
+    rejected = wait_for(
+        lambda: (
+            (r := cluster.api("/api/v1/status")["last_rejected"])
+            and "holds no objects" in r["errors"][0]
+            and r
+        ),
+        timeout=30,
+        what="the emptied revision to be refused",
+    )
+    assert "--allow-empty" in rejected["errors"][0]
+    assert set(cluster.containers()) == running  # nothing stopped
+    assert cluster.plane is not None
+    (sync,) = cluster.plane.syncs
+    sync.allow_empty = True  # what `gitops serve --allow-empty SOURCE` sets
+    sync.trigger()
     wait_for(lambda: not cluster.containers(), timeout=60, what="containers removed")
     wait_for(
         lambda: not any("-SVC-" in c for c in cluster.chains()), timeout=30, what="service chains removed"

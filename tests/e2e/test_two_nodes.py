@@ -6,6 +6,7 @@ their container address, pods on the other node through that node's published ho
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import uuid
@@ -97,8 +98,6 @@ class TwoNodes:
                     self.plane.url,
                     "--node",
                     node,
-                    "--join-token",
-                    self.plane.join_token,
                     "--chain-prefix",
                     self.prefix,
                     "--state-dir",
@@ -108,6 +107,7 @@ class TwoNodes:
                 stdout=log,
                 stderr=log,
                 cwd=ROOT,
+                env={**os.environ, "GITOPS_JOIN_TOKEN": self.plane.join_token},
             )
         )
 

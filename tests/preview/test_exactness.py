@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -54,7 +55,9 @@ def test_pass_0_of_the_preview_is_exactly_what_applying_the_branch_does(tmp_path
     state = from_json(json.loads(json.dumps(to_json(store.snapshot(now)))), "test")
     assert state.version == store.snapshot(now).version
     base_manifests = validate_files(files(base)).manifests
-    result = preview(files(head), base_manifests, state, head=RevisionInfo("b" * 40), now=now)
+    result = preview(
+        files(head), base_manifests, state, head=RevisionInfo("b" * 40), now=now, secret_key=b"one-time"
+    )
     assert not result.errors and result.exit_code == 2
 
     manifests = validate_files(files(head)).manifests
@@ -84,6 +87,8 @@ def test_the_preview_names_the_state_version_and_a_changed_state_has_another(tmp
         before,
         head=RevisionInfo("c" * 40),
         now=120.0,
+        secret_key=store.keys.digest_key,
+        cluster_key=True,
     )
     assert result.state_version == before.version
     store.register_node(Node(NodeName("n4"), "192.0.2.4", 2000, 4 * GiB), "t4", now=121.0)
@@ -94,5 +99,49 @@ def test_previewing_the_running_revision_changes_nothing(tmp_path: Path) -> None
     docs = {"web.yaml": deployment(replicas=3), "svc.yaml": service()}
     store = running_cluster(tmp_path, docs)
     state = store.snapshot(120.0)
-    result = preview(files(docs), list(state.desired), state, head=RevisionInfo("a" * 40), now=120.0)
+    result = preview(
+        files(docs),
+        list(state.desired),
+        state,
+        head=RevisionInfo("a" * 40),
+        now=120.0,
+        secret_key=store.keys.digest_key,
+        cluster_key=True,
+    )
     assert (result.exit_code, result.objects, result.actions) == (0, (), ())
+
+
+SECRET_ENV = "env:\n  - name: PASSWORD\n    valueFrom: {secretKeyRef: {name: db, key: password}}\n"
+
+
+def secret_doc(value: str) -> str:
+    encoded = base64.b64encode(value.encode()).decode()
+    return f"apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\ndata:\n  password: {encoded}\n"
+
+
+def test_a_preview_without_the_cluster_key_still_knows_which_pods_a_secret_change_replaces(
+    tmp_path: Path,
+) -> None:
+    base = {"web.yaml": deployment(replicas=2, env=SECRET_ENV), "db.yaml": secret_doc("old-password")}
+    store = running_cluster(tmp_path, base)
+    state = from_json(json.loads(json.dumps(to_json(store.snapshot(110.0)))), "export")
+    base_manifests = validate_files(files(base)).manifests
+
+    unchanged = {**base, "web.yaml": deployment(replicas=3, env=SECRET_ENV)}
+    result = preview(
+        files(unchanged), base_manifests, state, head=RevisionInfo("b" * 40), now=110.0, secret_key=b"once"
+    )
+    assert {a.action for a in result.actions} == {"create"}  # a scale-up; nothing replaced
+
+    rotated = {**base, "db.yaml": secret_doc("new-password")}
+    result = preview(
+        files(rotated), base_manifests, state, head=RevisionInfo("c" * 40), now=110.0, secret_key=b"once"
+    )
+    stops = {a.pod for a in result.first_pass if a.action == "stop"}
+    # The snapshot has no Secret values: the preview names the Secret, the server the variable.
+    assert all("a Secret value changed (uses Secret default/db)" in a.reason for a in result.actions)
+    store.apply_revision(Revision("git:x", "c" * 40), validate_files(files(rotated)).manifests, [], now=110.0)
+    applied = reconcile_once(store, now=110.0)
+    assert stops == {a.pod.id for a in applied.plan.stop}
+    assert all("env PASSWORD changed (uses Secret default/db)" in a.reason for a in applied.plan.stop)
+    assert "new-password" not in json.dumps(to_json(store.snapshot(111.0)))

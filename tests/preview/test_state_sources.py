@@ -14,7 +14,7 @@ import pytest
 from gitops.cli import main
 from gitops.model import Node, NodeName
 from gitops.server import ControlPlane
-from gitops.store import Store
+from gitops.store import SecretKeys, Store
 from gitops.sync.sources import FolderSource
 from tests.conftest import free_port, wait_for
 from tests.preview.repos import Repo, deployment
@@ -86,9 +86,13 @@ def test_a_preview_on_the_servers_state_matches_one_on_its_export(
 
 
 def test_state_export_reads_a_store_directly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store = Store(f"sqlite:///{tmp_path / 's.db'}", keys=SecretKeys.from_file(tmp_path / "key"))
     store.register_node(Node(NodeName("n1"), "192.0.2.1", 4000, 2**32), "t", now=0.0)
-    assert main(["state", "export", "--db", f"sqlite:///{tmp_path / 's.db'}"]) == 0
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    capsys.readouterr()
+    with pytest.raises(SystemExit, match="sealed with another key"):
+        main(["state", "export", "--db", db, "--secret-key-file", str(tmp_path / "other-key")])
+    assert main(["state", "export", "--db", db, "--secret-key-file", str(tmp_path / "key")]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["format"] == "gitops-state/1"
     assert [n["name"] for n in doc["nodes"]] == ["n1"]

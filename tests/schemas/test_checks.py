@@ -243,14 +243,23 @@ def test_a_single_service_port_needs_no_name() -> None:
     assert validate_one(SERVICE + "    - {port: 80, targetPort: 8080}\n").ok
 
 
-def test_invalid_base64_in_secret_data_is_an_error() -> None:
+def test_invalid_base64_in_secret_data_is_an_error_that_does_not_repeat_the_value() -> None:
     text = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata:\n  good: aGVsbG8=\n  bad: hello!\n"
     result = validate_one(text)
     assert errors(result) == [
         "apps/web.yaml:6:8: Secret default/s: data.bad: invalid base64: expected standard base64 "
         "(A-Z, a-z, 0-9, "
-        "'+', '/', padded with '=' to a multiple of 4 characters), got \"hello!\""
+        "'+', '/', padded with '=' to a multiple of 4 characters), got a string of 6 characters "
+        "(not shown: Secret data)"
     ]
+
+
+def test_no_error_about_secret_data_repeats_a_value() -> None:
+    text = (
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: {pin: 4711}\nstringData: {pw: [hunter2]}\n"
+    )
+    shown = [str(e) for e in validate_one(text).errors]
+    assert len(shown) == 2 and not any("4711" in e or "hunter2" in e for e in shown), shown
 
 
 def test_secret_string_data_and_type_are_accepted() -> None:

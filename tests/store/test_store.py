@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,12 +20,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     if request.param == "sqlite":
         yield Store(f"sqlite:///{tmp_path / 'state.db'}")
         return
-    base = request.getfixturevalue("postgres_url")
-    name = "t_" + uuid.uuid4().hex[:12]
-    admin = Store(base).engine
-    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    yield Store(base.rsplit("/", 1)[0] + "/" + name)
+    yield Store(request.getfixturevalue("postgres_database"))
 
 
 def rev(n: int) -> Revision:
@@ -123,19 +117,6 @@ def test_a_node_without_heartbeat_is_not_ready(store: Store) -> None:
     assert not store.nodes(now=100.0 + store.heartbeat_grace + 1)[0].node.ready
 
 
-def test_an_older_database_gets_new_columns_added(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    Store(url)
-    with Store(url).engine.begin() as conn:
-        conn.execute(text("ALTER TABLE pods DROP COLUMN last_log"))
-    store = Store(url)
-    result = plan([deployment(replicas=1)], [])
-    store.apply_pod_changes(
-        create=[(a.pod, a.reason) for a in result.create], stop=[], bind={}, pending_reasons={}, now=1.0
-    )
-    assert store.pods()[0].last_log == ""
-
-
 def test_stopping_a_placed_pod_drains_it_until_its_agent_reports_it_gone(store: Store) -> None:
     store.register_node(Node(NodeName("n1"), "192.0.2.10", 2000, 2**30), "t", now=1.0)
     result = plan([deployment(replicas=2)], [])
@@ -159,3 +140,12 @@ def test_stopping_a_placed_pod_drains_it_until_its_agent_reports_it_gone(store: 
     )
     store.heartbeat("n1", [], now=5.0, stopped=[placed.id])
     assert store.pods() == []
+
+
+def test_real_nodes_register_whatever_their_size(store: Store) -> None:
+    """Sizes are 64-bit on both databases: 0.1 overflowed INTEGER on PostgreSQL from 2 GiB."""
+    huge = Node(NodeName("big"), "192.0.2.30", 256_000, 4 * 2**40, max_pods=250)
+    store.register_node(huge, "t", now=1.0)
+    store.register_node(Node(NodeName("normal"), "192.0.2.31", 16_000, 64 * 2**30), "u", now=1.0)
+    sizes = {r.node.name: (r.node.cpu_milli, r.node.memory_bytes) for r in store.nodes(now=1.0)}
+    assert sizes == {"big": (256_000, 4 * 2**40), "normal": (16_000, 64 * 2**30)}

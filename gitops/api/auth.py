@@ -1,0 +1,111 @@
+"""Who may read: open on loopback, a read token everywhere else.
+
+A server listening only on loopback serves its page and read API to anyone on the machine,
+as before. Listening on another address, every read (the page, `/api/v1/...`, `/metrics`,
+`/openapi.json`, `/docs`) needs the read token, unless the operator chose `--public-read`:
+
+- programs send `Authorization: Bearer <token>` (`gitops status` takes it from
+  `GITOPS_READ_TOKEN` or `--read-token-file`);
+- a browser opens any page once with `?token=<token>`: the server sets an HttpOnly,
+  SameSite=Strict cookie holding it and redirects to the same page without the token in
+  the address, so it is not kept in the history or sent on in a Referer.
+
+`/healthz` stays open. The agents' (`/agent/`), hooks' (`/hooks/`) and git (`/git/`)
+paths have their own credentials and are not affected. Tokens are compared in constant
+time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from http.cookies import CookieError, SimpleCookie
+from urllib.parse import parse_qsl, urlencode
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gitops.api.readonly import read_only
+
+COOKIE = "gitops_read"
+OPEN_PATHS = ("/healthz",)
+
+
+class ReadAuth:
+    """ASGI middleware requiring the read token on read-only paths (see the module docstring)."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.token = token.encode()
+
+    def _valid(self, given: str) -> bool:
+        return bool(given) and hmac.compare_digest(given.encode(), self.token)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not read_only(path) or path in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        given = dict(query).get("token")
+        if given is not None and self._valid(given):
+            rest = urlencode([(k, v) for k, v in query if k != "token"])
+            await _redirect(send, path + (f"?{rest}" if rest else ""), self.token.decode())
+            return
+        scheme, _, bearer = headers.get("authorization", "").partition(" ")
+        cookie = SimpleCookie()
+        try:
+            cookie.load(headers.get("cookie", ""))
+        except CookieError:  # a malformed cookie header is no cookie
+            cookie = SimpleCookie()
+        from_cookie = cookie[COOKIE].value if COOKIE in cookie else ""
+        if (scheme.lower() == "bearer" and self._valid(bearer)) or self._valid(from_cookie):
+            await self.app(scope, receive, send)
+            return
+        await _unauthorized(send, browser="text/html" in headers.get("accept", ""))
+
+
+async def _redirect(send: Send, location: str, token: str) -> None:
+    cookie = f"{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict"
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 303,
+            "headers": [
+                (b"location", location.encode("latin-1")),
+                (b"set-cookie", cookie.encode("latin-1")),
+                (b"cache-control", b"no-store"),
+                (b"referrer-policy", b"no-referrer"),
+                (b"content-length", b"0"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _unauthorized(send: Send, *, browser: bool) -> None:
+    if browser:
+        body = (
+            b'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>gitops: read token needed'
+            b"</title></head><body><h1>This server needs its read token</h1><p>Open this page once with "
+            b"<code>?token=</code> and the read token (the file <code>read-token</code> in the server's "
+            b"state folder, or its <code>--read-token-file</code>); your browser then keeps it in a "
+            b"cookie.</p></body></html>"
+        )
+        kind = b"text/html; charset=utf-8"
+    else:
+        detail = "this server needs its read token: send Authorization: Bearer <token> (GITOPS_READ_TOKEN)"
+        body = json.dumps({"detail": detail}).encode()
+        kind = b"application/json"
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 401,
+            "headers": [
+                (b"www-authenticate", b'Bearer realm="gitops"'),
+                (b"content-type", kind),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,151 @@
+"""What agents send and receive, as Pydantic models: validated at the border, documented in
+`/openapi.json`.
+
+A request that does not fit is answered 422 naming the field (`node.address: expected an
+IPv4 address ...`) before any of it reaches the store, so one agent's garbage can never
+become a row that breaks other nodes. The limits are generous for real agents and stop
+a broken or hostile one from filling the database.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from gitops.schemas.checks import is_label_key, is_label_value, is_subdomain
+
+MAX_REASON = 4_000
+MAX_LOG = 16_000
+MAX_PODS_PER_REPORT = 10_000
+_POD_ID = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+def _node_name(value: str) -> str:
+    if not is_subdomain(value):
+        raise ValueError(
+            "expected a DNS-1123 subdomain (lowercase letters, digits, '-' and '.', at most 253)"
+        )
+    return value
+
+
+def _node_address(value: str) -> str:
+    try:
+        address = ipaddress.IPv4Address(value)
+    except ValueError:
+        raise ValueError(
+            f"expected the IPv4 address other nodes reach this node on, got {value[:80]!r}"
+        ) from None
+    if address.is_unspecified or address.is_multicast or address == ipaddress.IPv4Address("255.255.255.255"):
+        raise ValueError(f"{value} cannot be a node's address (unspecified, multicast or broadcast)")
+    return str(address)
+
+
+def _pod_ip(value: str) -> str:
+    if value == "":
+        return value
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise ValueError(f'expected an IPv4 address or "", got {value[:80]!r}') from None
+
+
+def _pod_id(value: str) -> str:
+    if len(value) > 317 or not _POD_ID.match(value):
+        raise ValueError("expected namespace/name of a pod")
+    return value
+
+
+def _labels(value: dict[str, str]) -> dict[str, str]:
+    for key, label in value.items():
+        if not is_label_key(key):
+            raise ValueError(f"label key {key[:80]!r} is not a valid label key")
+        if not is_label_value(label):
+            raise ValueError(f"label {key}: value {label[:80]!r} is not a valid label value")
+    return value
+
+
+NodeNameText = Annotated[str, Field(max_length=253), AfterValidator(_node_name)]
+PodIdText = Annotated[str, AfterValidator(_pod_id)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaintModel(_Strict):
+    key: Annotated[str, Field(min_length=1, max_length=317)]
+    value: Annotated[str, Field(max_length=63)] = ""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] = "NoSchedule"
+
+
+class NodeModel(_Strict):
+    """A node as its agent describes it."""
+
+    name: NodeNameText
+    address: Annotated[str, AfterValidator(_node_address)]
+    cpu_milli: Annotated[int, Field(ge=1, le=10**7)]
+    memory_bytes: Annotated[int, Field(ge=1, le=2**60)]
+    max_pods: Annotated[int, Field(ge=1, le=100_000)] = 110
+    labels: Annotated[dict[str, str], Field(max_length=256), AfterValidator(_labels)] = {}
+    taints: Annotated[list[TaintModel], Field(max_length=64)] = []
+
+
+class RegisterRequest(_Strict):
+    """`POST /agent/v1/register`: the cluster's join token and the node. A node whose name is
+    held by a Ready node also sends that node's current token as `Authorization: Bearer`."""
+
+    join_token: Annotated[str, Field(max_length=512)]
+    node: NodeModel
+
+
+class RegisterReply(BaseModel):
+    token: str
+    service_cidr: str
+
+
+class PodStatusModel(_Strict):
+    """What an agent reports about one pod bound to its node."""
+
+    pod: PodIdText
+    phase: Literal["Pending", "Running", "Succeeded", "Failed", "Unknown"]
+    ready: bool = False
+    reason: Annotated[str, Field(max_length=MAX_REASON)] = ""
+    pod_ip: Annotated[str, AfterValidator(_pod_ip)] = ""
+    host_ports: Annotated[list[tuple[Port, Literal["TCP", "UDP", "SCTP"], Port]], Field(max_length=1024)] = []
+    restarts: Annotated[int, Field(ge=0, le=2**31)] = 0
+    exit_code: Annotated[int, Field(ge=-(2**31), le=2**31)] | None = None
+    container_id: Annotated[str, Field(max_length=128)] = ""
+    last_log: Annotated[str, Field(max_length=MAX_LOG)] = ""
+
+
+class SyncRequest(_Strict):
+    """`POST /agent/v1/nodes/{name}/sync`: a heartbeat with the node's pod statuses, the
+    terminating pods it has finished stopping, and the service rules its proxy had to skip."""
+
+    statuses: Annotated[list[PodStatusModel], Field(max_length=MAX_PODS_PER_REPORT)] = []
+    stopped: Annotated[list[PodIdText], Field(max_length=MAX_PODS_PER_REPORT)] = []
+    proxy_problems: Annotated[list[Annotated[str, Field(max_length=2000)]], Field(max_length=1000)] = []
+
+
+class SyncReply(BaseModel):
+    """The node's pods (with their resolved Secret values: only this node receives them) and
+    every Service's endpoints."""
+
+    pods: list[dict[str, Any]]
+    services: list[dict[str, Any]]
+    service_cidr: str
+    allow_probe_hosts: bool = False
+
+
+def field_errors(errors: list[dict[str, Any]]) -> str:
+    """FastAPI's validation errors as one line per field: `node.address: expected ...`."""
+    lines = []
+    for error in errors:
+        loc = [str(p) for p in error.get("loc", ()) if p not in ("body",)]
+        message = str(error.get("msg", "")).removeprefix("Value error, ")
+        lines.append(f"{'.'.join(loc) or '(request)'}: {message}")
+    return "; ".join(lines)

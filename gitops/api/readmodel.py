@@ -1,0 +1,209 @@
+"""The JSON API's answers, all read from the one redacted view (`gitops.api.view`).
+
+`ReadModel` is what every read path uses: the status page renders `view()`, each
+`/api/v1/...` route returns one of the methods below, `gitops status` reads those routes,
+and `gitops state export` calls `state()`. Each answer comes from the cached view (built
+through the store's `Redactor`) or, for what the view does not hold (older events and
+revisions, the state snapshot, full previews), from the store through that same redactor;
+and every answer passes `Redactor.value` once more on its way out. Adding a route means
+adding a method here, which is where redaction happens.
+
+API answers see their own writes: each first asks the cache to rebuild if the store
+changed (a few aggregate queries; the rebuild only when something moved).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from gitops.api.view import StatusView, ViewCache, redacted_event, redacted_revision
+from gitops.codec import encode
+from gitops.preview.state import to_json as state_json
+from gitops.redact import Redactor
+from gitops.store import Store
+
+
+class ReadModel:
+    def __init__(
+        self,
+        store: Store,
+        sources: Sequence[str] = (),
+        *,
+        clock: Callable[[], float] = time.time,
+        ttl: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.cache = ViewCache(store, sources, clock=clock, ttl=ttl)
+
+    def view(self) -> StatusView:
+        """The page's view: cached, refreshed in the background."""
+        return self.cache.get()
+
+    def _fresh(self) -> StatusView:
+        return self.cache.refresh() if self.cache.ttl > 0 else self.cache.get()
+
+    @staticmethod
+    def _out(view_or_redactor: StatusView | Redactor, value: Any) -> Any:
+        redact = view_or_redactor.redactor if isinstance(view_or_redactor, StatusView) else view_or_redactor
+        return redact.value(encode(value))
+
+    def status(self) -> dict[str, Any]:
+        view = self._fresh()
+        applied, rejected = view.last_applied, view.last_rejected
+        c = view.counts
+        answer = {
+            "sources": list(view.sources),
+            "last_applied": applied,
+            "last_rejected": rejected if rejected and (not applied or rejected.id > applied.id) else None,
+            "latest": view.revisions[0] if view.revisions else None,
+            "counts": {
+                "nodes": c.nodes,
+                "nodes_ready": c.nodes_ready,
+                "pods": c.pods,
+                "pods_ready": c.pods_ready,
+                "phases": dict(c.phases),
+                "objects": c.objects,
+            },
+        }
+        out: dict[str, Any] = self._out(view, answer)
+        return out
+
+    def revisions(self, limit: int) -> list[Any]:
+        view = self._fresh()
+        if limit <= len(view.revisions) or len(view.revisions) < 50:
+            records = list(view.revisions[:limit])
+        else:
+            records = [redacted_revision(r, view.redactor) for r in self.store.revisions(limit=limit)]
+        out: list[Any] = self._out(view, records)
+        return out
+
+    def nodes(self) -> list[Any]:
+        """Nodes with their heartbeat age as of now (read fresh: ages move with the clock)."""
+        now = self.clock()
+        view = self._fresh()
+        answer = [
+            {
+                **encode(r.node),
+                "heartbeat_age": round(now - r.heartbeat_at, 1),
+                "registered_at": r.registered_at,
+            }
+            for r in self.store.nodes(now)
+        ]
+        out: list[Any] = self._out(view, answer)
+        return out
+
+    def pods(self) -> list[Any]:
+        view = self._fresh()
+        answer = [
+            {
+                "id": p.id,
+                "namespace": p.namespace,
+                "name": p.name,
+                "owner": p.owner_key,
+                "image": p.image,
+                "template_hash": p.template_hash,
+                "node": p.node or None,
+                "phase": p.phase,
+                "ready": p.ready,
+                "reason": p.reason,
+                "pod_ip": p.pod_ip,
+                "host_ports": [list(h) for h in p.host_ports],
+                "restarts": p.restarts,
+                "exit_code": p.exit_code,
+                "created_at": p.created_at,
+                "terminating": p.terminating,
+                "last_log": p.last_log,
+            }
+            for p in view.pods
+        ]
+        out: list[Any] = self._out(view, answer)
+        return out
+
+    def workloads(self) -> list[Any]:
+        view = self._fresh()
+        answer = [
+            {
+                "deployment": w.name,
+                "strategy": w.strategy,
+                "template_hash": w.template_hash,
+                "desired": w.desired,
+                "total": w.total,
+                "updated": w.updated,
+                "ready": w.ready,
+                "available": w.available,
+                "updated_available": w.updated_available,
+                "complete": w.complete,
+                "step": w.step,
+                "state": w.state,
+                "reason": w.reason,
+                "history": list(w.history),
+            }
+            for w in view.workloads
+        ]
+        out: list[Any] = self._out(view, answer)
+        return out
+
+    def services(self) -> list[Any]:
+        view = self._fresh()
+        out: list[Any] = self._out(view, list(view.endpoints))
+        return out
+
+    def events(self, limit: int) -> list[Any]:
+        view = self._fresh()
+        if limit <= len(view.events):
+            records = list(view.events[:limit])
+        else:
+            records = [redacted_event(e, view.redactor) for e in self.store.events(limit=limit)]
+        out: list[Any] = self._out(view, records)
+        return out
+
+    def state(self) -> dict[str, Any]:
+        """The state snapshot for `gitops plan --state`: Secret data, values taken from
+        Secrets and log tails out (`gitops.preview.state`), and free text redacted."""
+        document = state_json(self.store.snapshot(self.clock()))
+        out: dict[str, Any] = self.store.redactor().value(document)
+        return out
+
+    def previews(self) -> list[Any]:
+        """Previews of the sources' other branches; `stale` once the cluster has moved on."""
+        view = self._fresh()
+        out: list[Any] = self._out(view, [_preview(row, full=False) for row in view.previews or ()])
+        return out
+
+    def preview(self, ref: str, source: str | None = None) -> dict[str, Any] | None:
+        """One preview in full: the JSON report (docs/preview.md) and its Markdown."""
+        view = self._fresh()
+        for row in view.previews or ():
+            if source is not None and row.get("source") != source:
+                continue
+            if row.get("ref") in (ref, f"refs/heads/{ref}"):
+                out: dict[str, Any] = self._out(view, _preview(row, full=True))
+                return out
+        return None
+
+    def state_version(self) -> str:
+        return self.store.snapshot(self.clock()).version
+
+
+def _preview(row: Any, *, full: bool) -> dict[str, Any]:
+    report = row.get("report") or {}
+    summary = {
+        "source": row.get("source"),
+        "ref": row.get("ref"),
+        "base": row.get("base"),
+        "head": row.get("head"),
+        "computed_at": row.get("computed_at"),
+        "state_version": row.get("state_version"),
+        "stale": row.get("stale"),
+        "status": row.get("status"),
+        "exit_code": report.get("exit_code"),
+        "counts": report.get("counts", {}),
+        "errors": report.get("errors", []),
+    }
+    if full:
+        summary["report"] = report
+        summary["markdown"] = row.get("markdown", "")
+    return summary

@@ -1,0 +1,144 @@
+"""One way to run a background loop: a step at an interval and on demand, errors decided once.
+
+The controller, each source's sync, the branch previews and the node agent all run this
+way. A `Loop` calls its `step` every `interval` seconds, or at once when `trigger()`ed
+(any number of triggers during a step cause one more step, not a pile of them). The step
+re-reads what it acts on each time (level-triggered), so it never needs to know why it
+was woken.
+
+What the step raises decides what happens next:
+
+- `Terminal`: an error retrying cannot fix (an invalid revision, a full address range).
+  The step has recorded it where people look (a rejected revision, an event); the loop
+  logs it once and carries on at its normal pace.
+- one of the loop's `fatal` exceptions ends the loop: `run()` raises it (a node agent
+  whose name is held by another live node has nothing to do but exit).
+- anything else is transient (a locked database, an unreachable git server or Docker
+  engine): the loop retries with exponential backoff and jitter (`Backoff`), logging each
+  failure with the delay, and returns to its interval after the next success.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+class Terminal(Exception):
+    """An error the step has recorded and that retrying cannot fix."""
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delays after consecutive failures: `first`, doubling up to `cap`, each scaled by a
+    random factor in [1 - jitter, 1 + jitter] so that many loops do not retry in step."""
+
+    first: float = 1.0
+    cap: float = 30.0
+    jitter: float = 0.2
+
+    def delay(self, failures: int, rand: float) -> float:
+        base = min(self.first * 2.0 ** max(0, failures - 1), self.cap)
+        return base * (1.0 - self.jitter + 2.0 * self.jitter * rand)
+
+
+class Loop:
+    """Runs `step` in a thread of its own (see the module docstring)."""
+
+    def __init__(
+        self,
+        name: str,
+        step: Callable[[], object],
+        *,
+        interval: float | Callable[[], float],
+        backoff: Backoff = Backoff(),
+        rand: Callable[[], float] = random.random,
+        stop: threading.Event | None = None,
+        fatal: tuple[type[BaseException], ...] = (),
+        **context: object,
+    ) -> None:
+        self.name = name
+        self.step = step
+        self._interval = interval
+        self.backoff = backoff
+        self.rand = rand
+        self.context = context
+        self.fatal = fatal
+        self.error: BaseException | None = None  # the fatal error that ended the loop
+        self.failures = 0
+        self.last_error = ""
+        self._wake = threading.Event()
+        self._stop = stop or threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def interval(self) -> float:
+        return self._interval() if callable(self._interval) else self._interval
+
+    def trigger(self) -> None:
+        self._wake.set()
+
+    def once(self) -> float:
+        """Run the step once; the delay before the next one."""
+        self._wake.clear()
+        try:
+            self.step()
+        except self.fatal:
+            raise
+        except Terminal as exc:
+            self.failures = 0
+            self.last_error = str(exc)
+            log.error(f"{self.name}.terminal", error=str(exc), **self.context)
+            return self.interval
+        except Exception as exc:
+            self.failures += 1
+            self.last_error = str(exc) or type(exc).__name__
+            delay = self.backoff.delay(self.failures, self.rand())
+            log.warning(
+                f"{self.name}.failed",
+                error=self.last_error,
+                failures=self.failures,
+                retry_in=round(delay, 2),
+                exc_info=self.failures == 1,  # the traceback once; repeats are one line
+                **self.context,
+            )
+            return delay
+        self.failures = 0
+        self.last_error = ""
+        return self.interval
+
+    def run(self) -> None:
+        """Step until stopped, in the calling thread; raises a fatal error."""
+        while not self._stop.is_set():
+            try:
+                delay = self.once()
+            except self.fatal as exc:
+                self.error = exc
+                self._stop.set()
+                raise
+            if self._stop.is_set():
+                break
+            self._wake.wait(delay)
+
+    def _run_in_thread(self) -> None:
+        try:
+            self.run()
+        except self.fatal as exc:
+            log.error(f"{self.name}.stopped", error=str(exc), **self.context)
+
+    def start(self) -> threading.Thread:
+        self._thread = threading.Thread(target=self._run_in_thread, name=self.name, daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)

@@ -1,0 +1,121 @@
+"""The agent sync route on a real server: a slow sync never stalls other requests, agents
+share one computation of the endpoints, and an agent refused its name stops."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gitops.agents.agent import Agent, AgentConfig, NodeRefused
+from gitops.model import NodeName, Revision
+from gitops.server import ControlPlane
+from gitops.store import Store
+from tests.agents.fakes import MemoryRuntime
+from tests.conftest import free_port
+from tests.planner.factories import deployment, service
+
+NODE = {"name": "n1", "address": "192.0.2.10", "cpu_milli": 4000, "memory_bytes": 2**32}
+
+
+@pytest.fixture
+def plane(tmp_path: Path) -> ControlPlane:
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store.apply_revision(
+        Revision("git:x", "1" * 40), [deployment(replicas=2), service("web", {"app": "web"})], [], 1.0
+    )
+    plane = ControlPlane(store, [], port=free_port(), controller_interval=3600)
+    plane.start()
+    yield plane
+    plane.stop()
+
+
+def register(url: str, token: str, node: dict[str, object] = NODE) -> str:
+    response = httpx.post(f"{url}/agent/v1/register", json={"join_token": token, "node": node})
+    assert response.status_code == 200, response.text
+    return str(response.json()["token"])
+
+
+def test_a_slow_sync_does_not_stall_the_server(plane: ControlPlane, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = register(plane.url, plane.join_token)
+    slow = threading.Event()
+    original = plane.store.heartbeat
+
+    def heartbeat(*args: object, **kwargs: object) -> bool:
+        slow.set()
+        time.sleep(2.0)  # a store under load
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(plane.store, "heartbeat", heartbeat)
+    auth = {"Authorization": f"Bearer {token}"}
+    syncing = threading.Thread(
+        target=lambda: httpx.post(f"{plane.url}/agent/v1/nodes/n1/sync", json={}, headers=auth, timeout=10)
+    )
+    syncing.start()
+    assert slow.wait(5)
+    started = time.monotonic()
+    assert httpx.get(f"{plane.url}/healthz", timeout=10).status_code == 200
+    waited = time.monotonic() - started
+    syncing.join()
+    assert waited < 1.0, f"/healthz waited {waited:.2f}s behind a sync"
+
+
+def test_agents_share_one_computation_of_the_endpoints(
+    plane: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gitops.api.app as app_module
+
+    calls: list[int] = []
+    original = app_module.all_endpoints
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(app_module, "all_endpoints", counting)
+    tokens = {f"n{i}": register(plane.url, plane.join_token, {**NODE, "name": f"n{i}"}) for i in range(1, 6)}
+    time.sleep(0.6)
+    calls.clear()
+    for name, token in tokens.items():
+        auth = {"Authorization": f"Bearer {token}"}
+        answer = httpx.post(f"{plane.url}/agent/v1/nodes/{name}/sync", json={}, headers=auth)
+        assert answer.status_code == 200 and len(answer.json()["services"]) == 1
+    assert len(calls) <= 1
+
+
+def test_an_agent_refused_its_name_stops_and_says_why(plane: ControlPlane, tmp_path: Path) -> None:
+    register(plane.url, plane.join_token)  # n1 is registered and Ready
+    config = AgentConfig(
+        server=plane.url,
+        node=NodeName("n1"),
+        join_token=plane.join_token,
+        state_dir=tmp_path / "impostor",
+        address="203.0.113.66",
+        capacity=(1000, 2**30),
+    )
+    agent = Agent(config, MemoryRuntime())
+    with pytest.raises(NodeRefused, match=r"409.*Ready"):
+        agent.run()
+    assert not (tmp_path / "impostor" / "node-token").exists()
+
+
+def test_a_restarted_agent_takes_its_own_name_back_with_its_saved_token(
+    plane: ControlPlane, tmp_path: Path
+) -> None:
+    config = AgentConfig(
+        server=plane.url,
+        node=NodeName("n7"),
+        join_token=plane.join_token,
+        state_dir=tmp_path / "agent",
+        address="192.0.2.70",
+        capacity=(1000, 2**30),
+    )
+    first = Agent(config, MemoryRuntime())
+    first.register()
+    saved = (tmp_path / "agent" / "node-token").read_text().strip()
+    assert (tmp_path / "agent" / "node-token").stat().st_mode & 0o777 == 0o600
+    second = Agent(config, MemoryRuntime())  # the process restarted: the node is still Ready
+    assert second.register() != saved

@@ -1,0 +1,170 @@
+"""The schema moves by Alembic migrations: a release 0.1 database is upgraded with its data,
+its Secret values end up sealed, and servers starting together on one database both come up."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, insert, inspect, select, text
+
+from gitops.controller import reconcile_once
+from gitops.model import ObjectKey, Revision
+from gitops.store import SecretKeyError, SecretKeys, Store
+from gitops.store.migrate import head, migrate
+from gitops.store.tables import Base
+from tests.planner.factories import deployment
+from tests.store.fixtures import release_0_1_tables as old
+
+FIXTURE = Path(__file__).with_name("fixtures") / "release-0.1-rows.json"
+SECRET = b"not-a-real-secret"
+CREDENTIALED = "git:https://deploy:s3cr3t-t0ken@git.example.org/org/app.git#main"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.db'}"
+    database: str = request.getfixturevalue("postgres_database")
+    return database
+
+
+def release_0_1_database(url: str) -> dict[str, list[dict[str, Any]]]:
+    """A database as release 0.1 left it: its own tables (no alembic_version), with the rows
+    it wrote for manifests-example/ on one node, and a git source with a password in its URL."""
+    rows: dict[str, list[dict[str, Any]]] = json.loads(FIXTURE.read_text())
+    rows["revisions"].append({**rows["revisions"][0], "id": 99, "source": CREDENTIALED, "revision": "c" * 40})
+    engine = create_engine(url)
+    if engine.dialect.name == "postgresql":  # 0.1 could not store 2 GiB there (INTEGER)
+        rows["nodes"] = [{**n, "memory_bytes": 2**30} for n in rows["nodes"]]
+    old.Base.metadata.create_all(engine)
+    with engine.begin() as conn:
+        for table in old.Base.metadata.sorted_tables:
+            # Ids are left to the database, as release 0.1 left them (PostgreSQL's sequences move).
+            records = [
+                {k: v for k, v in r.items() if k != "id" or table.name not in ("events", "revisions")}
+                for r in rows[table.name]
+            ]
+            if records:
+                conn.execute(insert(table), records)
+    engine.dispose()
+    return rows
+
+
+def everything(url: str) -> str:
+    """Every row of every table, as text."""
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        dump = [
+            json.dumps([list(r) for r in conn.execute(text(f"SELECT * FROM {name}"))], default=str)
+            for name in inspect(engine).get_table_names()
+        ]
+    engine.dispose()
+    return "\n".join(dump)
+
+
+def test_the_models_and_the_migrations_describe_the_same_schema(url: str) -> None:
+    engine = create_engine(url)
+    migrate(engine)
+    with engine.connect() as conn:
+        differences = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert differences == []
+
+
+def test_a_release_0_1_database_is_upgraded_and_loses_nothing(url: str, tmp_path: Path) -> None:
+    rows = release_0_1_database(url)
+    assert SECRET.decode() in everything(url)  # 0.1 kept it in the clear
+
+    store = Store(url, keys=SecretKeys.from_file(tmp_path / "key"))
+
+    with store.engine.connect() as conn:
+        assert MigrationContext.configure(conn).get_current_revision() == head()
+    assert len(store.revisions(limit=100)) == len(rows["revisions"])
+    assert len(store.events(limit=100)) >= len(rows["events"])
+    assert {m.key for m in store.desired()} == {
+        ObjectKey(r["kind"], r["namespace"], r["name"]) for r in rows["objects"]
+    }
+    assert set(store.owners().values()) == {"dir:/srv/manifests"}  # from the revision that wrote them
+    secret = next(m for m in store.desired() if m.key.kind == "Secret")
+    assert secret.body["stringData"] == {"token": SECRET.decode()}
+    assert [p.id for p in store.pods()] == sorted(r["id"] for r in rows["pods"])
+    token_files = {f.path: f for p in store.pods() for f in p.spec.files if f.path.endswith("/token")}
+    assert token_files and all(f.content == SECRET and f.secret for f in token_files.values())
+    (node,) = store.nodes(now=1003.0)
+    assert (node.node.memory_bytes, node.node.ready) == (rows["nodes"][0]["memory_bytes"], True)
+    assert store.vips() == {ObjectKey("Service", "demo", "web"): rows["services"][0]["vip"]}
+    assert [r.source for r in store.revisions(limit=100) if r.revision == "c" * 40] == [
+        "git:https://***@git.example.org/org/app.git#main"
+    ]
+
+    dump = everything(url)
+    for form in (SECRET, base64.b64encode(SECRET)):
+        assert form.decode() not in dump, "a Secret value is still stored in the clear"
+    assert "s3cr3t-t0ken" not in dump
+
+    # The upgraded store goes on working: a new node of 64 GiB, a pass, a new revision.
+    from gitops.model import Node, NodeName
+
+    store.register_node(Node(NodeName("big"), "192.0.2.20", 64000, 64 * 2**30), "t", now=1010.0)
+    assert {r.node.memory_bytes for r in store.nodes(now=1010.0)} >= {64 * 2**30}
+    reconcile_once(store, now=1011.0)
+    store.apply_revision(Revision("dir:/srv/manifests", "d" * 16), [deployment("api")], [], now=1012.0)
+
+
+def test_reopening_with_another_key_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    Store(url, keys=SecretKeys.from_file(tmp_path / "key"))
+    with pytest.raises(SecretKeyError, match="sealed with another key"):
+        Store(url, keys=SecretKeys.from_file(tmp_path / "other"))
+    Store(url, keys=SecretKeys.from_file(tmp_path / "key"))
+
+
+def test_a_key_file_others_can_read_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "key"
+    SecretKeys.from_file(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    path.chmod(0o644)
+    with pytest.raises(SecretKeyError, match="chmod 600"):
+        SecretKeys.from_file(path)
+
+
+def test_a_database_from_an_early_0_1_build_gets_the_columns_it_added_later(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    release_0_1_database(url)
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE pods DROP COLUMN last_log"))
+        conn.execute(text("ALTER TABLE pods DROP COLUMN ready_since"))
+    store = Store(url)
+    assert {p.last_log for p in store.pods()} == {""}
+    assert {p.ready_since for p in store.pods()} == {0.0}
+
+
+def test_stores_opening_one_empty_database_at_the_same_moment_all_come_up(url: str) -> None:
+    keys = SecretKeys.generate()
+    opened: list[Store] = []
+    failures: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def open_store() -> None:
+        start.wait()
+        try:
+            opened.append(Store(url, keys=keys))
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=open_store) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert failures == [] and len(opened) == 4
+    with opened[0].engine.connect() as conn:
+        version = select(text("version_num")).select_from(text("alembic_version"))
+        assert conn.execute(version).scalar() == head()

@@ -1,0 +1,71 @@
+"""Background loops share one helper: transient errors back off with jitter and recover,
+terminal errors are logged once per step and never slow the loop down, triggers coalesce."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from structlog.testing import capture_logs
+
+from gitops.loop import Backoff, Loop, Terminal
+from tests.conftest import wait_for
+
+
+def test_backoff_doubles_to_its_cap_with_bounded_jitter() -> None:
+    backoff = Backoff(first=1.0, cap=30.0, jitter=0.2)
+    assert [backoff.delay(n, 0.5) for n in (1, 2, 3, 4, 5, 6, 7)] == [1, 2, 4, 8, 16, 30, 30]
+    assert round(backoff.delay(3, 0.0), 9) == 3.2 and round(backoff.delay(3, 1.0), 9) == 4.8
+
+
+def test_transient_errors_back_off_and_a_success_returns_to_the_interval() -> None:
+    outcomes = [OSError("database is locked"), OSError("database is locked"), None]
+
+    def step() -> None:
+        error = outcomes.pop(0)
+        if error is not None:
+            raise error
+
+    loop = Loop("test", step, interval=5.0, backoff=Backoff(first=1.0, cap=8.0, jitter=0.0))
+    with capture_logs() as logs:
+        delays = [loop.once(), loop.once(), loop.once()]
+    assert delays == [1.0, 2.0, 5.0]
+    failed = [e for e in logs if e["event"] == "test.failed"]
+    assert [e["failures"] for e in failed] == [1, 2]
+    assert failed[0]["error"] == "database is locked" and failed[1]["retry_in"] == 2.0
+    assert loop.failures == 0 and loop.last_error == ""
+
+
+def test_a_terminal_error_is_logged_and_the_loop_keeps_its_pace() -> None:
+    def step() -> None:
+        raise Terminal("service range 10.0.0.0/29 is exhausted")
+
+    loop = Loop("test", step, interval=5.0, backoff=Backoff(first=1.0, cap=8.0, jitter=0.0))
+    with capture_logs() as logs:
+        assert [loop.once(), loop.once(), loop.once()] == [5.0, 5.0, 5.0]
+    assert loop.failures == 0 and loop.last_error.startswith("service range")
+    assert [e["log_level"] for e in logs] == ["error"] * 3
+
+
+def test_triggers_during_a_step_cause_one_more_step_not_a_pile() -> None:
+    started = threading.Event()
+    release = threading.Event()
+    steps: list[float] = []
+
+    def step() -> None:
+        steps.append(time.monotonic())
+        started.set()
+        release.wait(5)
+
+    loop = Loop("test", step, interval=3600.0)
+    loop.start()
+    try:
+        wait_for(started.is_set, timeout=5, what="the first step")
+        for _ in range(20):
+            loop.trigger()
+        release.set()
+        wait_for(lambda: len(steps) >= 2, timeout=5, what="the triggered step")
+        time.sleep(0.3)
+        assert len(steps) == 2
+    finally:
+        loop.stop()
