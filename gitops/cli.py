@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import sys
 import time
@@ -528,7 +529,12 @@ def cmd_down(args: argparse.Namespace) -> int:
         runtime.remove(c.id, 10)
         removed += 1
     IptablesProxy(args.service_cidr, prefix=args.chain_prefix, iptables=args.iptables).cleanup()
-    print(f"removed {removed} container(s) of node {args.node} and the {args.chain_prefix} iptables chains")
+    secrets_dir = Path(args.secret_dir) if args.secret_dir else Path("/dev/shm/gitops") / args.node  # noqa: S108
+    shutil.rmtree(secrets_dir, ignore_errors=True)
+    print(
+        f"removed {removed} container(s) of node {args.node}, the {args.chain_prefix} iptables chains "
+        f"and the Secret files in {secrets_dir}"
+    )
     return 0
 
 

@@ -15,6 +15,9 @@ reaches the cluster in seconds instead of at the next poll.
 - **Floods do not pile up.** A hook only sets the sync service's wake-up event; however
   many arrive during a sync, at most one more sync follows it, and each sync re-reads the
   branch head (level-triggered), never the commit named in the hook.
+- **Validated next.** A verified body is parsed into `PushEvent` (Pydantic, documented in
+  `/openapi.json`): a body that is not JSON or whose `ref` or repository URLs have the
+  wrong type is answered 422 naming the field. Providers' many other fields are ignored.
 - **Matching.** The payload's repository URLs (HTTPS, SSH, scp-like) and each source's URL
   are normalised to `host/owner/repo` (lower case, no credentials, port or `.git`); the
   pushed `ref` must be `refs/heads/<the source's branch>`. Anything else is answered 202
@@ -37,8 +40,10 @@ from urllib.parse import urlsplit
 import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import Headers
 
+from gitops.api.models import field_errors
 from gitops.sync.previews import BranchPreviews
 from gitops.sync.service import SyncService
 
@@ -65,6 +70,40 @@ _URL_KEYS = (
     "homepage",
 )
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+# --- the request ---------------------------------------------------------------------------
+
+Url = Field(default=None, max_length=2048)
+
+
+class RepositoryModel(BaseModel):
+    """Where a push event names the pushed repository (GitHub and Gitea: `repository`;
+    GitLab: `project` and `repository`); only the URLs are read."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    clone_url: str | None = Url
+    ssh_url: str | None = Url
+    git_url: str | None = Url
+    html_url: str | None = Url
+    svn_url: str | None = Url
+    url: str | None = Url
+    git_http_url: str | None = Url
+    git_ssh_url: str | None = Url
+    http_url: str | None = Url
+    web_url: str | None = Url
+    homepage: str | None = Url
+
+
+class PushEvent(BaseModel):
+    """The part of a GitHub, GitLab or Gitea push event gitops reads."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    ref: str | None = Field(default=None, max_length=1024, description="refs/heads/BRANCH for a branch push")
+    repository: RepositoryModel | None = None
+    project: RepositoryModel | None = None
 
 
 # --- verification -------------------------------------------------------------------------
@@ -238,7 +277,16 @@ def webhook_router(
     router = APIRouter()
     seen = Deliveries()
 
-    @router.post("/hooks/{provider}", tags=["webhooks"])
+    schema = PushEvent.model_json_schema(ref_template="#/components/schemas/{model}")
+    extra = {
+        "requestBody": {
+            "required": True,
+            "description": "the provider's push event, signed (see docs/push.md)",
+            "content": {"application/json": {"schema": {k: v for k, v in schema.items() if k != "$defs"}}},
+        }
+    }
+
+    @router.post("/hooks/{provider}", tags=["webhooks"], openapi_extra=extra)
     async def hook(provider: str, request: Request) -> JSONResponse:
         if provider not in PROVIDERS:
             return _answer(404, "unknown", f"no webhook for {provider!r}; use one of {', '.join(PROVIDERS)}")
@@ -275,9 +323,12 @@ def webhook_router(
         try:
             payload = json.loads(body)
         except ValueError:
-            return _answer(400, "invalid", "the body is not JSON; set the webhook's content type to JSON")
-        if not isinstance(payload, dict):
-            return _answer(400, "invalid", "the body is not a JSON object")
+            return _answer(422, "invalid", "the body is not JSON; set the webhook's content type to JSON")
+        try:
+            PushEvent.model_validate(payload)
+        except ValidationError as exc:
+            errors = [dict(e) for e in exc.errors()]
+            return _answer(422, "invalid", f"not a push event: {field_errors(errors)}")
         found = match(payload, syncs())
         if not found.syncs:
             urls = repository_urls(payload)

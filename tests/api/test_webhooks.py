@@ -310,3 +310,39 @@ def test_a_push_to_another_branch_refreshes_the_previews_of_that_repository() ->
     assert response.status_code == 202
     assert response.json()["status"] == "previewing"
     assert (sync.triggers, previews.triggers, elsewhere.triggers) == (0, 1, 0)
+
+
+# --- validation ---------------------------------------------------------------------------
+
+
+def test_a_verified_body_that_is_not_a_push_event_gets_422_naming_the_field() -> None:
+    sync = Recorder(FakeSource())
+    client = client_for([sync])
+    for payload, field in (
+        ({**github_push(), "ref": 12}, "ref"),
+        ({**github_push(), "repository": "github.com/acme/app"}, "repository"),
+        ({**github_push(), "repository": {"clone_url": ["a"]}}, "repository.clone_url"),
+        (["not", "an", "object"], "(request)"),
+    ):
+        answer = post(client, "github", *signed("github", payload))  # type: ignore[arg-type]
+        assert answer.status_code == 422, payload
+        assert answer.json()["message"].startswith(f"not a push event: {field}"), answer.json()
+    not_json = post(client, "github", *signed_raw(b"ref=refs/heads/main"))
+    assert not_json.status_code == 422 and "not JSON" in not_json.json()["message"]
+    assert sync.triggers == 0
+
+
+def test_the_push_event_is_documented_in_openapi() -> None:
+    client = client_for([])
+    spec = client.app.openapi()  # type: ignore[attr-defined]
+    body = spec["paths"]["/hooks/{provider}"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert set(body["properties"]) == {"ref", "repository", "project"}
+
+
+def signed_raw(body: bytes) -> tuple[bytes, dict[str, str]]:
+    digest = hmac.new(SECRET, body, hashlib.sha256).hexdigest()
+    return body, {
+        "X-GitHub-Event": "push",
+        "X-GitHub-Delivery": str(uuid.uuid4()),
+        "X-Hub-Signature-256": f"sha256={digest}",
+    }

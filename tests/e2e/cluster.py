@@ -4,6 +4,7 @@ node agent process driving the local Docker engine and iptables."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -194,6 +195,7 @@ class Cluster:
             for c in self.docker.containers.list(all=True, filters={"label": f"gitops.node={node}"}):
                 c.remove(force=True)
             IptablesProxy(self.service_cidr, prefix=prefix).cleanup()
+            shutil.rmtree(Path("/dev/shm/gitops") / node, ignore_errors=True)
 
     # --- observations -----------------------------------------------------------------
 

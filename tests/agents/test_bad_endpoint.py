@@ -1,0 +1,122 @@
+"""One endpoint that cannot be rendered (written by an older release, or by a broken agent
+before requests were validated) costs only itself: every node programs every other Service
+and says what it skipped (0.1 raised on it and programmed nothing, on every node)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+
+from gitops.agents.agent import Agent, AgentConfig
+from gitops.agents.iptables import IptablesProxy
+from gitops.agents.runtime import ContainerInfo
+from gitops.controller import reconcile_once
+from gitops.model import Manifest, NodeName, Pod, Revision, content_hash
+from gitops.server import ControlPlane
+from gitops.store import Store
+from gitops.store.tables import NodeRow
+from tests.agents.fakes import MemoryRuntime
+from tests.agents.test_iptables_real import require_real_iptables
+from tests.agents.test_iptables_real import save as iptables_save
+from tests.conftest import free_port
+from tests.planner.factories import deployment, service
+
+CIDR = "10.250.11.0/24"
+
+
+class PublishingRuntime(MemoryRuntime):
+    """Containers publish their port on the host, as Docker does for a pod's declared ports."""
+
+    def run(self, node: NodeName, pod: Pod, mounts: Sequence[tuple[str, str]]) -> ContainerInfo:
+        info = super().run(node, pod, mounts)
+        info = dataclasses.replace(info, host_ports=((8080, "TCP", 32000 + len(self.containers)),))
+        self.containers[info.id] = (node, info)
+        return info
+
+
+def pinned(name: str, node: str) -> Manifest:
+    """A one-replica Deployment whose pod runs on `node` (labelled at=NODE)."""
+    written = deployment(name, replicas=1, ports=[{"containerPort": 8080}])
+    spec = written.body["spec"]
+    pod = {**spec["template"]["spec"], "nodeSelector": {"at": node}}
+    body = {**written.body, "spec": {**spec, "template": {**spec["template"], "spec": pod}}}
+    return dataclasses.replace(written, body=body, hash=content_hash(body))
+
+
+@pytest.fixture
+def agents(tmp_path: Path) -> Iterator[tuple[Store, dict[str, Agent]]]:
+    require_real_iptables()
+    store = Store(f"sqlite:///{tmp_path / 's.db'}", service_cidr=CIDR)
+    store.apply_revision(
+        Revision("git:x", "1" * 40),
+        [
+            pinned("one", "n1"),
+            pinned("two", "n2"),
+            service("one", {"app": "one"}),
+            service("two", {"app": "two"}),
+        ],
+        [],
+        1.0,
+    )
+    plane = ControlPlane(store, [], port=free_port(), controller_interval=3600)
+    plane.start()
+    made: dict[str, Agent] = {}
+    try:
+        for i, name in enumerate(("n1", "n2"), 1):
+            config = AgentConfig(
+                server=plane.url,
+                node=NodeName(name),
+                join_token=plane.join_token,
+                state_dir=tmp_path / name,
+                address=f"192.0.2.{i}",
+                capacity=(4000, 2**33),
+                labels=(("at", name),),
+                chain_prefix="GB" + uuid.uuid4().hex[:4].upper(),
+                secret_dir=Path("/dev/shm/gitops-test") / tmp_path.name / name,
+            )
+            made[name] = Agent(config, PublishingRuntime())
+            made[name].register()
+        yield store, made
+    finally:
+        for agent in made.values():
+            IptablesProxy(CIDR, prefix=agent.config.chain_prefix).cleanup()
+        plane.stop()
+
+
+def test_one_unrenderable_endpoint_leaves_every_other_service_working_on_every_node(
+    agents: tuple[Store, dict[str, Agent]],
+) -> None:
+    store, nodes = agents
+    reconcile_once(store, now=store.nodes()[0].heartbeat_at)
+    for _ in range(2):
+        for agent in nodes.values():
+            agent.tick()
+    assert all(p.ready for p in store.pods())
+    time.sleep(0.6)
+    for agent in nodes.values():
+        agent.tick()
+    assert all(sum("-SVC-" in c for c in a._proxy.chains()) == 2 for a in nodes.values() if a._proxy)
+    # A node address no request can set any more, as a 0.1 database may hold it: n2 reaches
+    # service one's pod through it.
+    with store.session() as s:
+        s.execute(update(NodeRow).where(NodeRow.name == "n1").values(address="not-an-address"))
+    time.sleep(0.6)  # agents share one computation of the endpoints, refreshed every 0.5 s
+    for agent in nodes.values():
+        agent.tick()
+        agent.tick()  # the second heartbeat carries what the first sync skipped
+
+    n1, n2 = nodes["n1"]._proxy, nodes["n2"]._proxy
+    assert n1 is not None and n2 is not None
+    assert sum("-SVC-" in c for c in n1.chains()) == 2 and not n1.skipped  # one is local to n1
+    assert sum("-SVC-" in c for c in n2.chains()) == 1  # two works; one's only backend is skipped
+    assert len(n2.skipped) == 1 and "default/one:http" in n2.skipped[0] and "not-an-address" in n2.skipped[0]
+    assert "default/one:http has no endpoints" in iptables_save()
+    events = [e for e in store.events(limit=500) if e.reason == "ProxyRulesSkipped"]
+    assert [e.object for e in events] == ["node n2"]
+    assert "not-an-address" in events[0].message
