@@ -38,14 +38,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gitops.api.app import create_app
 from gitops.controller import reconcile_once
 from gitops.model import Node, NodeName, PodStatus, Revision, Taint
-from gitops.store import Store
+from gitops.store import SecretKeys, Store
 from tests.planner.factories import deployment, service
 
 PAGES = ("/", "/pods", "/pods?page=13", "/nodes", "/workloads", "/services")
 
 
+def key_file(url: str) -> Path:
+    """The store's key, beside its SQLite file (the serving processes open the same store)."""
+    return Path(url.removeprefix("sqlite:///") + ".key")
+
+
 def populate(url: str, nodes: int, deployments: int, replicas: int) -> Store:
-    store = Store(url)
+    store = Store(url, keys=SecretKeys.from_file(key_file(url)))
     now = time.time()
     manifests = []
     for d in range(deployments):
@@ -88,7 +93,7 @@ def populate(url: str, nodes: int, deployments: int, replicas: int) -> Store:
 
 
 def serve(url: str, port: int, cache_seconds: float) -> None:
-    store = Store(url)
+    store = Store(url, keys=SecretKeys.from_file(key_file(url)))
     join = "bench-join"  # agents never join this server
     app = create_app(store, join_token=join, sources=["git:bench"], page_cache_seconds=cache_seconds)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)

@@ -13,7 +13,6 @@ gitops down              remove this node's containers and iptables chains
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import logging
 import os
@@ -32,7 +31,6 @@ import structlog
 from gitops.model import ClusterState, Diagnostic, NodeName, Taint
 from gitops.preview.render import to_json_text, to_markdown, to_text
 from gitops.preview.state import StateError, from_json, load_state
-from gitops.preview.state import to_json as state_json
 from gitops.redact import log_processor, redact_logs_with
 from gitops.schemas.loader import SourceFile
 from gitops.schemas.validate import validate_files
@@ -232,24 +230,27 @@ def _db_url(args: argparse.Namespace, state: Path) -> str:
     return f"sqlite:///{database}"
 
 
-def _keys(args: argparse.Namespace, state: Path) -> Any:
+def _keys(args: argparse.Namespace, state: Path, *, create: bool = True) -> Any:
     """The cluster's secret key (created on first start), or exit saying what is wrong."""
     from gitops.store import SecretKeyError, SecretKeys  # noqa: PLC0415 - cryptography only where needed
 
     path = Path(args.secret_key_file) if getattr(args, "secret_key_file", None) else state / "secret.key"
-    if not getattr(args, "secret_key_file", None):
+    if create and not getattr(args, "secret_key_file", None):
         private_folder(state)
     try:
-        return SecretKeys.from_file(path)
+        return SecretKeys.from_file(path, create=create)
     except (SecretKeyError, OSError) as exc:
         raise SystemExit(f"--secret-key-file {path}: {exc}") from exc
 
 
-def _open_store(args: argparse.Namespace, state: Path, **options: Any) -> Any:
+def _open_store(args: argparse.Namespace, state: Path, *, read_only: bool = False, **options: Any) -> Any:
+    """The store of the state folder (or --db); `read_only` for tools that must not change
+    it: no migration, no key created."""
     from gitops.store import SecretKeyError, Store  # noqa: PLC0415
 
+    url = str(args.db) if read_only and args.db else _db_url(args, state)
     try:
-        return Store(_db_url(args, state), keys=_keys(args, state), **options)
+        return Store(url, keys=_keys(args, state, create=not read_only), read_only=read_only, **options)
     except SecretKeyError as exc:
         raise SystemExit(f"gitops: {exc}") from exc
 
@@ -301,17 +302,9 @@ def _control_plane(args: argparse.Namespace, state: Path, sources: list[Source])
     return plane
 
 
-LOOPBACK = ("localhost", "127.0.0.1", "::1")
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return host in LOOPBACK or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _read_token(args: argparse.Namespace, state: Path) -> str | None:
+    from gitops.api.auth import is_loopback  # noqa: PLC0415 - the HTTP side only when serving
+
     """The token reads need: none on loopback or with --public-read; else --read-token-file,
     GITOPS_READ_TOKEN, or STATE_DIR/read-token (generated 0600 on first start)."""
     if getattr(args, "public_read", False):
@@ -432,6 +425,7 @@ def _agent(args: argparse.Namespace, server: str, token: str, state: Path) -> An
 
     runtime = DockerRuntime(args.docker)
     runtime.ping()
+    private_folder(state / "agent")
     config = AgentConfig(
         server=server,
         node=NodeName(args.node),
@@ -597,7 +591,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_state_export(args: argparse.Namespace) -> int:
     if args.db:
-        document = state_json(_open_store(args, Path(args.state_dir)).snapshot())
+        from gitops.api.readmodel import ReadModel  # noqa: PLC0415 - SQLAlchemy only for --db
+
+        document = ReadModel(_open_store(args, Path(args.state_dir), read_only=True)).state()
     else:
         url = args.server.rstrip("/") + "/api/v1/state"
         try:
@@ -693,6 +689,12 @@ def parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="control plane and a local agent on a folder")
     up.add_argument("directory", nargs="?", default="manifests-example")
+    up.add_argument(
+        "--allow-empty",
+        action="append",
+        metavar="SOURCE",
+        help="let the folder hold no objects (deleting all of them); refused otherwise",
+    )
     up.add_argument("--state-dir", default=str(DEFAULT_STATE))
     plane_options(up)
     agent_options(up)

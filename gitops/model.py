@@ -223,11 +223,11 @@ class PodSpec:
     # Names of the `env` entries whose values come from Secrets: sealed at rest, redacted in text.
     secret_env: tuple[str, ...] = ()
 
-    def secret_values(self) -> tuple[str, ...]:
+    def secret_values(self) -> tuple[bytes, ...]:
         """The Secret values this spec carries (env values and file contents), for redaction."""
         names = set(self.secret_env)
-        values = {v for k, v in self.env if k in names}
-        values |= {f.content.decode(errors="replace") for f in self.files if f.secret}
+        values = {v.encode(errors="surrogateescape") for k, v in self.env if k in names}
+        values |= {f.content for f in self.files if f.secret}
         return tuple(sorted(v for v in values if v))
 
 

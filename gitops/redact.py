@@ -13,6 +13,8 @@ Pure: no I/O.
 from __future__ import annotations
 
 import base64
+import contextlib
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
@@ -30,18 +32,30 @@ def redact_url(text: str) -> str:
     return _USERINFO.sub(r"\g<scheme>***@", text)
 
 
+def secret_forms(values: Iterable[bytes | str]) -> set[str]:
+    """The ways a Secret value shows up in text: as it is, as the base64 a manifest writes,
+    JSON-escaped (a value with quotes or newlines inside a JSON log line), and, for a value
+    of several lines (a PEM key), each of its lines of 8 characters or more."""
+    forms: set[str] = set()
+    for value in values:
+        raw = value.encode() if isinstance(value, str) else value
+        text = raw.decode(errors="replace")
+        for candidate in (text, text.strip()):
+            if len(candidate) >= MIN_LENGTH:
+                forms.add(candidate)
+                forms.add(json.dumps(candidate, ensure_ascii=False)[1:-1])
+                forms.add(json.dumps(candidate)[1:-1])
+        if len(raw.strip()) >= MIN_LENGTH:
+            forms.add(base64.b64encode(raw).decode())
+        if "\n" in text:
+            forms.update(line.strip() for line in text.splitlines() if len(line.strip()) >= 8)
+    return forms
+
+
 def secret_values(desired: Iterable[Manifest]) -> list[str]:
-    """Every Secret value in `desired` as text, decoded and base64-encoded, longest first."""
-    values: set[str] = set()
-    for m in desired:
-        if m.key.kind != "Secret":
-            continue
-        for raw in secret_data(m.body).values():
-            text = raw.decode(errors="replace").strip()
-            if len(text) >= MIN_LENGTH:
-                values.add(text)
-                values.add(base64.b64encode(raw).decode())
-    return sorted(values, key=lambda v: (-len(v), v))
+    """Every form of every Secret value in `desired` (`secret_forms`), longest first."""
+    raw = [v for m in desired if m.key.kind == "Secret" for v in secret_data(m.body).values()]
+    return sorted(secret_forms(raw), key=lambda v: (-len(v), v))
 
 
 class Redactor:
@@ -53,8 +67,14 @@ class Redactor:
         self._pattern = re.compile("|".join(re.escape(v) for v in kept)) if kept else None
 
     @classmethod
-    def of(cls, desired: Iterable[Manifest], extra: Iterable[str] = ()) -> Redactor:
-        return cls([*secret_values(desired), *extra])
+    def of(cls, desired: Iterable[Manifest], extra: Iterable[bytes | str] = ()) -> Redactor:
+        """Redacts the desired Secrets' values and `extra` values (such as the values pods
+        still hold from a Secret that has changed since), in all their forms."""
+        return cls([*secret_values(desired), *secret_forms(extra)])
+
+    @classmethod
+    def of_values(cls, values: Iterable[bytes | str]) -> Redactor:
+        return cls(secret_forms(values))
 
     def __bool__(self) -> bool:
         return bool(self.values)
@@ -90,23 +110,33 @@ def truncate(text: str, limit: int) -> str:
 # --- logs ------------------------------------------------------------------------------------
 
 _log_redactors: list[Callable[[], Redactor]] = []
+_log_keys: list[object] = []
+_last_good: dict[int, Redactor] = {}
 
 
-def redact_logs_with(source: Callable[[], Redactor]) -> None:
+def redact_logs_with(source: Callable[[], Redactor], key: object = None) -> None:
     """Have `log_processor` also redact what `source()` knows (the store's Secret values, an
-    agent's pods' values). Sources are kept for the life of the process."""
+    agent's pods' values). Sources are kept for the life of the process; registering again
+    under the same `key` replaces the earlier one."""
+    if key is not None and key in _log_keys:
+        index = _log_keys.index(key)
+        _log_redactors[index] = source
+        return
     _log_redactors.append(source)
+    _log_keys.append(key if key is not None else object())
 
 
 def log_processor(_logger: object, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """A structlog processor: every string of a log event, tracebacks included, with known
     Secret values and URL credentials redacted. Runs after `format_exc_info`."""
     redactors = []
-    for source in list(_log_redactors):
-        try:
-            redactors.append(source())
-        except Exception:  # noqa: S112 - a log line must never fail because a source did
-            continue
+    for index, source in enumerate(list(_log_redactors)):
+        # A log line must never fail because a source did: when one cannot answer (a database
+        # down or locked), what it gave last time is used.
+        with contextlib.suppress(Exception):
+            _last_good[index] = source()
+        if index in _last_good:
+            redactors.append(_last_good[index])
     plain = Redactor()
 
     def clean(value: Any) -> Any:

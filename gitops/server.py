@@ -17,6 +17,7 @@ import structlog
 import uvicorn
 
 from gitops.api.app import create_app
+from gitops.api.auth import is_loopback
 from gitops.api.githttp import git_router
 from gitops.api.webhooks import webhook_router
 from gitops.controller import Controller
@@ -26,7 +27,7 @@ from gitops.store import Store
 from gitops.sync.hosted import HostedRepo
 from gitops.sync.previews import BranchPreviews
 from gitops.sync.service import SyncService
-from gitops.sync.sources import GitSource, Source
+from gitops.sync.sources import FolderSource, GitSource, Source
 
 log = structlog.get_logger(__name__)
 
@@ -37,7 +38,7 @@ class ControlPlane:
     sources: Sequence[Source]
     host: str = "127.0.0.1"
     port: int = 8080
-    # Hex, never starting with "-": the token is passed as a command-line argument.
+    # The token agents register with (given to them by file or environment, never argv).
     join_token: str = field(default_factory=lambda: secrets.token_hex(24))
     poll_interval: float = 30.0
     controller_interval: float = 2.0
@@ -63,6 +64,9 @@ class ControlPlane:
     previews: list[BranchPreviews] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        for source in self.sources:
+            if isinstance(source, FolderSource):  # its revision ids hash Secret values
+                source.digest_key = self.store.keys.digest_key
         missing = [h.source for h in self.hosted if h.source not in self.sources]
         if missing:
             self.sources = [*self.sources, *missing]
@@ -79,7 +83,7 @@ class ControlPlane:
         return f"http://{self.host}:{self.port}"
 
     def _build(self) -> uvicorn.Server:
-        redact_logs_with(lambda: self.store.redactor(max_age=1.0))
+        redact_logs_with(lambda: self.store.redactor(max_age=1.0), key=("store", id(self.store)))
         self.controller = Controller(
             self.store,
             interval=self.controller_interval,
@@ -117,6 +121,8 @@ class ControlPlane:
             metrics=self.metrics,
             allow_probe_hosts=self.allow_probe_hosts,
             read_token=self.read_token,
+            loopback_nodes=is_loopback(self.host),
+            loopback_only=is_loopback(self.host) and not self.read_token,
         )
         app.include_router(webhook_router(self.webhook_secret, lambda: self.syncs, lambda: self.previews))
         if self.hosted:

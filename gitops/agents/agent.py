@@ -31,6 +31,7 @@ import hashlib
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -59,6 +60,22 @@ LOG_TAIL_LINES = 20
 LOG_TAIL_BYTES = 4000
 MAX_TEXT = 1000  # reasons and probe output, as reported
 MEMORY_FILESYSTEMS = ("tmpfs", "ramfs")
+
+
+def private_directory(path: Path) -> None:
+    """Make `path` a folder only we can use, or raise OSError saying why it cannot be: it
+    must not be a symbolic link, must be ours, and must let no one else in."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise OSError(f"{path} is not a folder (a symbolic link?); refusing to write Secret files there")
+    if info.st_uid != os.geteuid():
+        raise OSError(
+            f"{path} belongs to uid {info.st_uid}, not to this agent; refusing to write Secret files there"
+        )
+    if info.st_mode & 0o077:
+        os.chmod(path, 0o700, follow_symlinks=False)
 
 
 def filesystem_type(path: Path) -> str:
@@ -388,7 +405,14 @@ class Agent:
     def probe(self, pods: Sequence[Pod], containers: Sequence[ContainerInfo]) -> bool:
         """Run due probes; restart containers whose liveness or startup probe gave up."""
         if self.prober is None:
-            self.prober = Prober(real_handler(self.runtime, lambda: self.allow_probe_hosts), self.clock)
+            self.prober = Prober(
+                real_handler(
+                    self.runtime,
+                    lambda: self.allow_probe_hosts,
+                    lambda container: self._redactor(self._assigned_cache.get(container.pod)),
+                ),
+                self.clock,
+            )
         running = {c.pod: c for c in containers if c.running and c.id not in self._removing}
         targets = []
         for pod in pods:
@@ -484,18 +508,26 @@ class Agent:
         root = self.secret_root() if secret else self.config.state_dir.resolve() / "pods"
         return root / pod_id.replace("/", "_")
 
+    @property
+    def secret_folder(self) -> Path:
+        # /dev/shm is a tmpfs on Linux; our folders in it are 0700, ours, and named after the node.
+        return Path(os.path.abspath(self.config.secret_dir or Path("/dev/shm/gitops") / self.config.node))  # noqa: S108
+
     def secret_root(self) -> Path:
-        """The folder Secret files are written to; it must be on tmpfs (or ramfs)."""
-        # /dev/shm is a tmpfs on Linux; our folder in it is 0700 and named after the node.
-        root = self.config.secret_dir or Path("/dev/shm/gitops") / self.config.node  # noqa: S108
-        root = root.resolve()
+        """The folder Secret files are written to: on tmpfs (or ramfs), and private. In a
+        world-writable /dev/shm, anyone could have made our folder first (or a symbolic link
+        in its place), so each folder we own there is checked, never just trusted."""
+        root = self.secret_folder
         kind = filesystem_type(root) or "an unknown filesystem"
         if kind not in MEMORY_FILESYSTEMS:
             raise OSError(
                 f"Secret files must stay off the node's disk, but {root} is on {kind}; "
                 "give the agent a folder on tmpfs (--secret-dir)"
             )
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.config.secret_dir:
+            root.parent.mkdir(parents=True, exist_ok=True)  # the operator's choice of place
+        for folder in [root] if self.config.secret_dir else [root.parent, root]:
+            private_directory(folder)
         return root
 
     def _write_files(self, pod: Pod) -> list[tuple[str, str]]:
@@ -514,8 +546,7 @@ class Agent:
 
     def _forget_files(self, pod_id: PodId) -> None:
         shutil.rmtree(self._pod_dir(pod_id), ignore_errors=True)
-        with contextlib.suppress(OSError):  # no tmpfs: no Secret files were written either
-            shutil.rmtree(self._pod_dir(pod_id, secret=True), ignore_errors=True)
+        shutil.rmtree(self.secret_folder / pod_id.replace("/", "_"), ignore_errors=True)
 
     # --- status ---------------------------------------------------------------------
 
@@ -541,19 +572,33 @@ class Agent:
                 if c.error:
                     reason += f" ({c.error})"
                 status = PodStatus(
-                    c.pod, "Running", False, reason, "", (), state.count, c.exit_code, c.id, self._log_tail(c)
+                    c.pod,
+                    "Running",
+                    False,
+                    reason,
+                    "",
+                    (),
+                    state.count,
+                    c.exit_code,
+                    c.id,
+                    self._log_tail(c, pod),
                 )
             else:
                 phase: Phase = "Succeeded" if c.exit_code == 0 else "Failed"
                 reason = f"exited with code {c.exit_code}" + (f": {c.error}" if c.error else "")
                 status = PodStatus(
-                    c.pod, phase, False, reason, "", (), state.count, c.exit_code, c.id, self._log_tail(c)
+                    c.pod,
+                    phase,
+                    False,
+                    reason,
+                    "",
+                    (),
+                    state.count,
+                    c.exit_code,
+                    c.id,
+                    self._log_tail(c, pod),
                 )
-            result[c.pod] = dataclasses.replace(
-                status,
-                reason=truncate(redact(status.reason), MAX_TEXT),
-                last_log=redact(status.last_log),
-            )
+            result[c.pod] = dataclasses.replace(status, reason=truncate(redact(status.reason), MAX_TEXT))
         for pod_id, assigned_pod in assigned.items():
             if pod_id not in result and assigned_pod.terminating_at is None:
                 state = self._restarts.get(pod_id, _Restarts())
@@ -564,18 +609,25 @@ class Agent:
 
     def redactor(self) -> Redactor:
         """Redacts the Secret values of every pod this node runs (for its log lines)."""
-        return Redactor([v for pod in list(self._assigned_cache.values()) for v in pod.spec.secret_values()])
+        return Redactor.of_values(
+            v for pod in list(self._assigned_cache.values()) for v in pod.spec.secret_values()
+        )
 
     def _redactor(self, pod: Pod | None) -> Redactor:
         """Redacts the Secret values `pod` carries (nothing for an unknown pod)."""
-        return Redactor(pod.spec.secret_values()) if pod is not None else Redactor()
+        return Redactor.of_values(pod.spec.secret_values()) if pod is not None else Redactor()
 
-    def _log_tail(self, container: ContainerInfo) -> str:
-        """The last lines an exited container wrote, read once per exit."""
+    def _log_tail(self, container: ContainerInfo, pod: Pod | None) -> str:
+        """The last lines an exited container wrote, read once per exit, redacted and then
+        cut (so no part of a Secret value survives the cut). Nothing for a container whose
+        pod is not known yet (an agent just restarted): its Secret values are not known."""
+        if pod is None:
+            return ""
         key = (container.id, container.finished_at)
         if key not in self._logs:
             self._logs = {k: v for k, v in self._logs.items() if k[0] != container.id}
-            self._logs[key] = self.runtime.logs_tail(container.id, LOG_TAIL_LINES)[-LOG_TAIL_BYTES:]
+            tail = self._redactor(pod)(self.runtime.logs_tail(container.id, LOG_TAIL_LINES))
+            self._logs[key] = tail[-LOG_TAIL_BYTES:]
         return self._logs[key]
 
     def _readiness(self, pod: Pod | None) -> tuple[bool, str]:

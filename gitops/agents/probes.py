@@ -32,7 +32,7 @@ import httpx
 
 from gitops.agents.runtime import ContainerInfo, Runtime
 from gitops.model import PodId, Probe
-from gitops.redact import truncate
+from gitops.redact import Redactor, truncate
 
 Kind = Literal["startup", "liveness", "readiness"]
 
@@ -62,24 +62,46 @@ class _State:
 MAX_MESSAGE = 300
 
 
-def real_handler(runtime: Runtime, allow_hosts: Callable[[], bool] = lambda: False) -> ProbeHandler:
+MAX_LINE = 65_536
+
+
+def probe_url(probe: Probe, host: str) -> httpx.URL:
+    """The URL an httpGet probe asks, built from its parts: whatever the path holds (an `@`,
+    a `//`) it can only be a path and query on `host`, never another host."""
+    path, mark, query = probe.path.partition("?")
+    url = httpx.URL(scheme=probe.scheme.lower(), host=host, port=probe.port, path="/" + path.lstrip("/"))
+    return url.copy_with(query=query.encode()) if mark else url
+
+
+def real_handler(
+    runtime: Runtime,
+    allow_hosts: Callable[[], bool] = lambda: False,
+    redactor_for: Callable[[ContainerInfo], Redactor] = lambda _: Redactor(),
+) -> ProbeHandler:
     """Probes for real: exec through the runtime, HTTP and TCP to the pod's address (or to
-    the probe's `host` when `allow_hosts()` says the server allows it)."""
+    the probe's `host` when `allow_hosts()` says the server allows it). What a probe says is
+    redacted (`redactor_for` gives the pod's Secret values) before it is cut short, so no
+    part of a value survives a cut."""
 
     def handle(container: ContainerInfo, probe: Probe) -> tuple[bool, str]:
         ok, message = _handle(container, probe)
-        return ok, truncate(message, MAX_MESSAGE)
+        return ok, truncate(redactor_for(container)(message), MAX_MESSAGE)
 
     def _handle(container: ContainerInfo, probe: Probe) -> tuple[bool, str]:
         if probe.handler == "exec":
             code, output = runtime.exec(container.id, probe.command, probe.timeout_seconds)
             tail = output.strip().splitlines()[-1:] if output.strip() else []
-            return code == 0, f"exit code {code}" + (f": {tail[0][:200]}" if tail else "")
+            if tail and len(tail[0]) > MAX_LINE:
+                tail = [f"(a line of {len(tail[0])} characters, not shown)"]
+            return code == 0, f"exit code {code}" + (f": {tail[0]}" if tail else "")
         host = probe.host if probe.host and allow_hosts() else container.pod_ip
         if not host:
             return False, "the container has no address to probe yet"
         if probe.handler == "httpGet":
-            url = f"{probe.scheme.lower()}://{host}:{probe.port}{probe.path}"
+            try:
+                url = probe_url(probe, host)
+            except httpx.InvalidURL as exc:
+                return False, f"cannot probe {probe.path!r} on {host}: {exc}"
             try:
                 response = httpx.get(
                     url,

@@ -30,9 +30,17 @@ import structlog
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import IntegrityError
 
-from gitops.api.auth import ReadAuth
-from gitops.api.models import RegisterReply, RegisterRequest, SyncReply, SyncRequest, field_errors
+from gitops.api.auth import BodyLimit, LoopbackHosts, ReadAuth
+from gitops.api.models import (
+    RegisterReply,
+    RegisterRequest,
+    SyncReply,
+    SyncRequest,
+    address_problem,
+    field_errors,
+)
 from gitops.api.page import install_status_page
 from gitops.api.readmodel import ReadModel
 from gitops.api.readonly import install_read_only
@@ -43,6 +51,9 @@ from gitops.planner import all_endpoints
 from gitops.store import NodeNameTaken, Store
 
 log = structlog.get_logger(__name__)
+
+# A sync carries at most 10,000 statuses of bounded size; far below this in practice.
+MAX_AGENT_BODY = 64 * 2**20
 
 
 def _bearer(authorization: str = Header(default="")) -> str:
@@ -93,13 +104,21 @@ def create_app(
     endpoints_cache_seconds: float = 0.5,
     allow_probe_hosts: bool = False,
     read_token: str | None = None,
+    loopback_nodes: bool = True,
+    loopback_only: bool = False,
 ) -> FastAPI:
-    """The app; with `read_token`, reads need it (`gitops.api.auth`), else they are open."""
+    """The app; with `read_token`, reads need it (`gitops.api.auth`), else they are open.
+    `loopback_nodes` lets nodes register a loopback address (a server on loopback, whose
+    agents can only be on its own machine); `loopback_only` answers only requests addressed
+    to loopback names (open reads on loopback, safe from DNS rebinding)."""
     # No Swagger UI or ReDoc: they load their assets from a CDN. /docs is ours, offline.
     app = FastAPI(title="gitops", version="0.2.0", docs_url=None, redoc_url=None)
     install_read_only(app)
+    app.add_middleware(BodyLimit, prefix="/agent/", limit=MAX_AGENT_BODY)
     if read_token:
         app.add_middleware(ReadAuth, token=read_token)  # added last: runs first
+    elif loopback_only:
+        app.add_middleware(LoopbackHosts)
     reads = ReadModel(store, sources, clock=clock, ttl=page_cache_seconds)
     install_status_page(app, reads.cache)
     observed = metrics or Metrics()
@@ -143,6 +162,9 @@ def create_app(
             taints=tuple(Taint(t.key, t.value, t.effect) for t in n.taints),
             max_pods=n.max_pods,
         )
+        problem = address_problem(n.address, str(store.service_cidr), loopback_ok=loopback_nodes)
+        if problem is not None:
+            raise HTTPException(422, f"node.address: {problem}")
         scheme, _, presented = authorization.partition(" ")
         token = secrets.token_urlsafe(32)
         try:
@@ -152,6 +174,8 @@ def create_app(
         except NodeNameTaken as exc:
             log.warning("agent.refused", node=node.name, address=node.address, reason=str(exc))
             raise HTTPException(409, str(exc)) from exc
+        except IntegrityError as exc:  # two first registrations of one name at once
+            raise HTTPException(409, f"node {node.name} is being registered by another agent") from exc
         log.info("agent.registered", node=node.name, address=node.address)
         on_report()
         return RegisterReply(token=token, service_cidr=str(store.service_cidr))
@@ -185,8 +209,12 @@ def create_app(
             "allow_probe_hosts": allow_probe_hosts,
         }
 
-    def _note_proxy_problems(node: str, problems: tuple[str, ...], now: float) -> None:
+    def _note_proxy_problems(node: str, reported: tuple[str, ...], now: float) -> None:
         """Rules a node's proxy skipped: an event when they change, a metric, a log line."""
+        problems: tuple[str, ...] = ()
+        if reported:
+            redact = store.redactor(max_age=1.0)
+            problems = tuple(redact(p) for p in reported)
         observed.proxy_rules_skipped.labels(node=node).set(len(problems))
         if proxy_problems.get(node, ()) == problems:
             return
@@ -202,35 +230,38 @@ def create_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    def rendered(name: str, *args: Any) -> Response:
+        return Response(reads.json(name, *args), media_type="application/json")
+
     @app.get("/api/v1/status")
-    def status() -> dict[str, Any]:
+    def status() -> Response:
         """Sources, the last applied and rejected revisions, and counts."""
-        return reads.status()
+        return rendered("status")
 
     @app.get("/api/v1/revisions")
-    def revisions(limit: int = 50) -> list[Any]:
-        return reads.revisions(max(0, min(limit, 1000)))
+    def revisions(limit: int = 50) -> Response:
+        return rendered("revisions", max(0, min(limit, 1000)))
 
     @app.get("/api/v1/nodes")
     def nodes() -> list[Any]:
         return reads.nodes()
 
     @app.get("/api/v1/pods")
-    def pods() -> list[Any]:
+    def pods() -> Response:
         """Every pod: phase, readiness, node, reason (never env values or file contents)."""
-        return reads.pods()
+        return rendered("pods")
 
     @app.get("/api/v1/workloads")
-    def workloads() -> list[Any]:
-        return reads.workloads()
+    def workloads() -> Response:
+        return rendered("workloads")
 
     @app.get("/api/v1/services")
-    def services() -> list[Any]:
-        return reads.services()
+    def services() -> Response:
+        return rendered("services")
 
     @app.get("/api/v1/events")
-    def events(limit: int = 100) -> list[Any]:
-        return reads.events(max(0, min(limit, 1000)))
+    def events(limit: int = 100) -> Response:
+        return rendered("events", max(0, min(limit, 1000)))
 
     @app.get("/api/v1/state")
     def state() -> dict[str, Any]:
@@ -238,9 +269,9 @@ def create_app(
         return reads.state()
 
     @app.get("/api/v1/previews")
-    def previews() -> list[Any]:
+    def previews() -> Response:
         """Previews of the sources' other branches; `stale` once the cluster has moved on."""
-        return reads.previews()
+        return rendered("previews")
 
     @app.get("/api/v1/previews/{ref:path}")
     def preview(ref: str, source: str | None = None) -> dict[str, Any]:

@@ -18,16 +18,27 @@ time.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qsl, urlencode
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gitops.api.readonly import read_only
 
 COOKIE = "gitops_read"
 OPEN_PATHS = ("/healthz",)
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen address (or a Host header's host) is this machine's loopback."""
+    host = host.strip("[]")
+    try:
+        return host in LOOPBACK_NAMES or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class ReadAuth:
@@ -50,7 +61,11 @@ class ReadAuth:
         given = dict(query).get("token")
         if given is not None and self._valid(given):
             rest = urlencode([(k, v) for k, v in query if k != "token"])
-            await _redirect(send, path + (f"?{rest}" if rest else ""), self.token.decode())
+            # The path as the client sent it (still percent-encoded), on this server only:
+            # "//host/x" would be another server's address.
+            raw = scope.get("raw_path") or path.encode("utf-8")
+            location = "/" + raw.decode("latin-1").lstrip("/")
+            await _redirect(send, location + (f"?{rest}" if rest else ""), self.token.decode())
             return
         scheme, _, bearer = headers.get("authorization", "").partition(" ")
         cookie = SimpleCookie()
@@ -106,6 +121,107 @@ async def _unauthorized(send: Send, *, browser: bool) -> None:
                 (b"content-type", kind),
                 (b"content-length", str(len(body)).encode()),
             ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def host_name(header: str) -> str:
+    """The host of a Host header: `[::1]:8080` -> `::1`, `localhost:8080` -> `localhost`."""
+    if header.startswith("["):
+        return header[1:].split("]", 1)[0]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+class LoopbackHosts:
+    """ASGI middleware for a server whose reads are open because it listens on loopback:
+    answer only requests addressed to a loopback name, so that a web page the user visits
+    cannot reach it through a DNS name it rebinds to 127.0.0.1 (DNS rebinding)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        host = ""
+        for key, value in scope.get("headers", []):
+            if key.lower() == b"host":
+                host = value.decode("latin-1")
+        if not host or is_loopback(host_name(host)):
+            await self.app(scope, receive, send)
+            return
+        body = json.dumps(
+            {
+                "detail": f"this server answers only on loopback names, not {host[:100]!r}; "
+                "serve it on another address with a read token (--host, --read-token-file)"
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 403,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class BodyLimit:
+    """ASGI middleware: request bodies under `prefix` are limited to `limit` bytes (413),
+    read before any route parses them."""
+
+    def __init__(self, app: ASGIApp, prefix: str, limit: int) -> None:
+        self.app = app
+        self.prefix = prefix
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope.get("path", "").startswith(self.prefix):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await _too_large(send, self.limit)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await _too_large(send, self.limit)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    body = json.dumps({"detail": f"request bodies here are limited to {limit} bytes"}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
         }
     )
     await send({"type": "http.response.body", "body": body})

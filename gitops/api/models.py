@@ -38,9 +38,32 @@ def _node_address(value: str) -> str:
         raise ValueError(
             f"expected the IPv4 address other nodes reach this node on, got {value[:80]!r}"
         ) from None
-    if address.is_unspecified or address.is_multicast or address == ipaddress.IPv4Address("255.255.255.255"):
-        raise ValueError(f"{value} cannot be a node's address (unspecified, multicast or broadcast)")
+    if (
+        address.is_unspecified
+        or address.is_multicast
+        or address.is_link_local  # 169.254.0.0/16, cloud metadata services included
+        or address.is_reserved
+        or address in ipaddress.IPv4Network("0.0.0.0/8")
+        or address == ipaddress.IPv4Address("255.255.255.255")
+    ):
+        raise ValueError(
+            f"{value} cannot be a node's address (unspecified, multicast, link-local, reserved or broadcast)"
+        )
     return str(address)
+
+
+def address_problem(address: str, service_cidr: str, *, loopback_ok: bool) -> str | None:
+    """What is wrong with a valid node address in this cluster, or None: it must not be in
+    the service range, nor loopback unless every node is on the server's own machine."""
+    ip = ipaddress.IPv4Address(address)
+    if ip in ipaddress.ip_network(service_cidr):
+        return f"{address} is inside the service range {service_cidr}"
+    if ip.is_loopback and not loopback_ok:
+        return (
+            f"{address} is a loopback address, which other nodes cannot reach; give the agent "
+            "--address (the server listens beyond loopback, so nodes are on other machines)"
+        )
+    return None
 
 
 def _pod_ip(value: str) -> str:
@@ -116,8 +139,8 @@ class PodStatusModel(_Strict):
     reason: Annotated[str, Field(max_length=MAX_REASON)] = ""
     pod_ip: Annotated[str, AfterValidator(_pod_ip)] = ""
     host_ports: Annotated[list[tuple[Port, Literal["TCP", "UDP", "SCTP"], Port]], Field(max_length=1024)] = []
-    restarts: Annotated[int, Field(ge=0, le=2**31)] = 0
-    exit_code: Annotated[int, Field(ge=-(2**31), le=2**31)] | None = None
+    restarts: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    exit_code: Annotated[int, Field(ge=-(2**31), le=2**31 - 1)] | None = None
     container_id: Annotated[str, Field(max_length=128)] = ""
     last_log: Annotated[str, Field(max_length=MAX_LOG)] = ""
 

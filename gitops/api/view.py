@@ -181,11 +181,12 @@ def _previews(store: Store, redact: Redactor, now: float) -> tuple[Mapping[str, 
 def build_view(store: Store, sources: Sequence[str], now: float, *, revision_limit: int = 50) -> StatusView:
     """Read the store once and compute what the page shows."""
     desired = store.desired()
-    redact = store.redactor()
+    pods = store.pods()
+    # The desired Secrets' values, and those pods still hold from Secrets changed since.
+    redact = Redactor.of(desired, {v for p in pods for v in p.spec.secret_values()})
     revisions = tuple(redacted_revision(r, redact) for r in store.revisions(limit=revision_limit))
     applied = next((r for r in revisions if r.status == "applied"), None)
     rejected = next((r for r in revisions if r.status == "rejected"), None)
-    pods = store.pods()
     records = store.nodes(now)
 
     used: dict[str, list[int]] = {}

@@ -1,8 +1,9 @@
 """Cluster state a preview runs on: a snapshot file, an API answer, or a nodes file.
 
 A snapshot is `ClusterState` as JSON (`gitops state export`, `GET /api/v1/state`), format
-`gitops-state/1`. It never holds a Secret value: Secret data, and every pod env value or
-mounted file equal to one, are replaced by `<redacted>`, and log tails are dropped. A
+`gitops-state/1`. It never holds a Secret value: Secret data, every pod env value and
+mounted file taken from a Secret (or equal to a current Secret value) are replaced by
+`<redacted>`, and log tails are dropped. A
 preview does not need them: pods are compared by template hash, and `unredact` puts the
 branch's own values back where a redacted one sat, so reasons name what really changed.
 
@@ -73,9 +74,15 @@ def _redact_manifest(m: Manifest) -> Manifest:
 
 
 def _redact_pod(pod: Pod, secrets: set[bytes]) -> Pod:
-    env = tuple((k, REDACTED if v.encode() in secrets else v) for k, v in pod.spec.env)
+    """Every value the pod took from a Secret (by the spec's own marks: a Secret rotated since
+    the pod was made no longer holds its value), and any value equal to a current one."""
+    hidden = set(pod.spec.secret_env)
+    env = tuple(
+        (k, REDACTED if k in hidden or v.encode(errors="surrogateescape") in secrets else v)
+        for k, v in pod.spec.env
+    )
     files = tuple(
-        dataclasses.replace(f, content=REDACTED.encode()) if f.content in secrets else f
+        dataclasses.replace(f, content=REDACTED.encode()) if f.secret or f.content in secrets else f
         for f in pod.spec.files
     )
     spec = dataclasses.replace(pod.spec, env=env, files=files)

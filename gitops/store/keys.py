@@ -9,8 +9,10 @@ first start) holds a Fernet key. From it come two keys:
   the server (a Secret's hash, pod template hashes) is an HMAC under it (`gitops.keyed`).
 
 The database records a check value of the key (`meta.key_check`); opening it with another
-key is refused at start instead of failing later on every read. Losing the file loses the
-Secret values stored in SQL (they come back from git at the next sync of each source).
+key is refused at start instead of failing later on every read. The key file is as
+precious as the database: keep it in the same backups. Without it the sealed values cannot
+be read, and the server will not start on that database (start afresh with a new database,
+or restore the key).
 """
 
 from __future__ import annotations
@@ -55,9 +57,12 @@ class SecretKeys:
         return cls(Fernet.generate_key())
 
     @classmethod
-    def from_file(cls, path: Path) -> SecretKeys:
-        """The key in `path`, created (0600, in a 0700 folder) when the file does not exist."""
+    def from_file(cls, path: Path, *, create: bool = True) -> SecretKeys:
+        """The key in `path`, created (0600, in a 0700 folder) when the file does not exist
+        and `create` says so."""
         path = Path(path)
+        if not path.exists() and not create:
+            raise SecretKeyError("no such key file")
         if not path.exists():
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             try:

@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -33,8 +34,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import create_engine, delete, event, func, select
-from sqlalchemy.engine import Engine
+from sqlalchemy import create_engine, delete, event, func, select, text
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from gitops.codec import decode_as, encode, state_version
@@ -57,8 +58,10 @@ from gitops.model import (
     Taint,
     canonical_json,
 )
-from gitops.redact import Redactor, truncate
+from gitops.redact import Redactor, secret_forms, truncate
 from gitops.store.keys import SecretKeyError, SecretKeys, is_sealed
+from gitops.store.migrate import current as current_revision
+from gitops.store.migrate import head as head_revision
 from gitops.store.migrate import migrate
 from gitops.store.tables import (
     EventRow,
@@ -77,6 +80,7 @@ log = structlog.get_logger(__name__)
 MAX_REASON = 2000
 MAX_LOG = 8000
 KEY_CHECK = "key_check"
+APPLY_LOCK = 0x6769746F7073_01  # a PostgreSQL advisory lock of our own: one revision applies at a time
 SEALED_LEGACY = "sealed_legacy"
 
 
@@ -149,11 +153,19 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA secure_delete=ON")  # deleted rows are overwritten, not left in free pages
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, read_only: bool = False) -> Engine:
     if url.startswith("sqlite"):
+        path = make_url(url).database
+        if read_only and path and path != ":memory:":
+            # Opened read-only by SQLite itself: not even the journal mode is changed.
+            def connect() -> sqlite3.Connection:
+                return sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=30)
+
+            return create_engine("sqlite://", creator=connect)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
@@ -204,9 +216,10 @@ class Store:
         keys: SecretKeys | None = None,
         service_cidr: str = "10.243.0.0/16",
         heartbeat_grace: float = 40.0,
+        read_only: bool = False,
     ) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, read_only=read_only)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.keys = keys or SecretKeys.generate()
         self.service_cidr = ipaddress.ip_network(service_cidr)
@@ -214,7 +227,10 @@ class Store:
         self._redactor: tuple[Any, Redactor] = (object(), Redactor())
         self._redactor_lock = threading.Lock()
         self._redactor_checked = float("-inf")
-        migrate(self.engine, then=self._check_key)
+        if read_only:
+            self._check_readable()
+        else:
+            migrate(self.engine, then=self._check_key)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -248,6 +264,24 @@ class Store:
                 self._seal_legacy(s)
                 s.add(MetaRow(key=SEALED_LEGACY, value="1"))
 
+    def _check_readable(self) -> None:
+        """For tools that only read (`gitops state export --db`): the database must be at this
+        release's schema and sealed with our key; nothing is written."""
+        with self.engine.connect() as connection:
+            found = current_revision(connection)
+        if found != head_revision():
+            raise SecretKeyError(
+                f"the database is at schema {found or '(none)'}, this release reads {head_revision()}: "
+                "start this release's server on it once to upgrade it"
+            )
+        with self.session() as s:
+            row = s.get(MetaRow, KEY_CHECK)
+            if row is not None and not hmac.compare_digest(row.value, self.keys.check_value()):
+                raise SecretKeyError(
+                    "the database's Secret values were sealed with another key; give the key file "
+                    "it was made with (--secret-key-file)"
+                )
+
     @staticmethod
     def _secret_bodies(s: Session) -> list[dict[str, Any]]:
         return [dict(r.body) for r in s.scalars(select(ObjectRow).where(ObjectRow.kind == "Secret"))]
@@ -273,17 +307,35 @@ class Store:
             row.hash = keyed.hash
             sealed_objects += 1
         sealed_pods = 0
+        plain_hashes: set[str] = set()
         for pod in s.scalars(select(PodRow)):
             spec = pod.spec
             if "secret_env" in spec:
                 continue
             secret_env = [k for k, v in spec.get("env", []) if v in values]
             files = [{**f, "secret": _b64_text(f["content"]) in values} for f in spec.get("files", [])]
+            if secret_env or any(f["secret"] for f in files):
+                plain_hashes.add(pod.template_hash)
             spec = {**spec, "secret_env": secret_env, "files": files}
             pod.spec = self._spec_to_row(spec)
             sealed_pods += 1
+        # 0.1's template hashes of pods that used Secrets are plain hashes over the values: they
+        # leave the events and rollout histories (the pods themselves are replaced at once, as
+        # their keyed hash differs).
+        for record in s.scalars(select(EventRow)):
+            if any(h in record.object or h in record.message for h in plain_hashes):
+                s.delete(record)
+        for rollout in s.scalars(select(RolloutRow)):
+            history = [h for h in rollout.state.get("history", []) if h[0] not in plain_hashes]
+            if len(history) != len(rollout.state.get("history", [])):
+                rollout.state = {**rollout.state, "history": history}
         if sealed_objects or sealed_pods:
-            log.info("store.sealed_legacy", secrets=sealed_objects, pods=sealed_pods)
+            log.info(
+                "store.sealed_legacy",
+                secrets=sealed_objects,
+                pods=sealed_pods,
+                plain_hashes=len(plain_hashes),
+            )
 
     def _body_to_row(self, m: Manifest) -> dict[str, Any]:
         if m.key.kind != "Secret":
@@ -360,6 +412,12 @@ class Store:
             terminating_at=row.terminating_at,
             ready_since=row.ready_since or 0.0,
         )
+
+    def _own_secrets(self, row: PodRow) -> list[str]:
+        names = set(row.spec.get("secret_env") or ())
+        if not names and not any(f.get("secret") for f in row.spec.get("files", [])):
+            return []
+        return sorted(secret_forms(self._spec_from_row(row.spec).secret_values()))
 
     def redactor(self, *, max_age: float = 0.0) -> Redactor:
         """A redactor of every Secret value desired now (rebuilt when a revision applies).
@@ -450,6 +508,10 @@ class Store:
         source = revision.source
         keyed = [seal_manifest(m, self.keys.digest_key) for m in manifests]
         with self.session() as s:
+            if self.engine.dialect.name == "postgresql":
+                # Read, check, write: two servers (or two sources) applying at once must not
+                # interleave (a claim checked against a state another transaction changes).
+                s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": APPLY_LOCK})
             existing = {(r.kind, r.namespace, r.name): r for r in s.scalars(select(ObjectRow))}
             wanted = {(m.key.kind, m.key.namespace, m.key.name): m for m in keyed}
             conflicts = [
@@ -467,8 +529,8 @@ class Store:
                     [
                         f"revision {revision.id[:12]} of {source} holds no objects: applying it would "
                         f"delete all {len(owned)} objects of this source ({shown}{more}). If that is "
-                        f"what you want, allow empty revisions for this source (gitops serve "
-                        f"--allow-empty SOURCE)"
+                        f"what you want, allow empty revisions for this source (--allow-empty "
+                        f"SOURCE)"
                     ]
                 )
             created, changed, deleted = [], [], []
@@ -546,7 +608,7 @@ class Store:
             m = wanted[key]
             requested = str(m.spec.get("clusterIP") or "")
             vip = ""
-            if requested and requested != "None" and _in(requested, net) and requested not in used:
+            if requested and requested != "None" and _assignable(requested, net) and requested not in used:
                 vip = requested
             else:
                 start = int.from_bytes(hashlib.sha256(f"{key[0]}/{key[1]}".encode()).digest()[:8], "big")
@@ -752,8 +814,12 @@ class Store:
                 pod = s.get(PodRow, status.pod)
                 if pod is None or pod.node != node or pod.terminating_at is not None:
                     continue
-                reason = truncate(redactor(status.reason), MAX_REASON)
-                before = (pod.phase, pod.ready, pod.reason)
+                redact = redactor
+                if status.reason or status.last_log:
+                    # The values this pod holds too: its Secret may have changed since it started.
+                    redact = redactor.merged(self._own_secrets(pod))
+                reason = truncate(redact(status.reason), MAX_REASON)
+                before = (pod.phase, pod.ready, pod.reason, pod.pod_ip, pod.host_ports)
                 if (pod.phase, pod.ready) != (status.phase, status.ready):
                     changed = True
                 pod.phase = status.phase
@@ -767,8 +833,8 @@ class Store:
                 pod.exit_code = status.exit_code
                 pod.container_id = status.container_id
                 if status.last_log:
-                    pod.last_log = truncate(redactor(status.last_log), MAX_LOG)
-                if before != (pod.phase, pod.ready, pod.reason):
+                    pod.last_log = truncate(redact(status.last_log), MAX_LOG)
+                if before != (pod.phase, pod.ready, pod.reason, pod.pod_ip, pod.host_ports):
                     pod.updated_at = now
                     message = (
                         status.phase + (" ready" if status.ready else "") + (f": {reason}" if reason else "")
@@ -906,11 +972,14 @@ class Store:
             return {str(status): int(n) for status, n in rows}
 
 
-def _in(address: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+def _assignable(address: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    """An address the allocator itself could hand out: in the range, past the network
+    address and the one after it, before the broadcast address."""
     try:
-        return ipaddress.ip_address(address) in net
+        offset = int(ipaddress.ip_address(address)) - int(net.network_address)
     except ValueError:
         return False
+    return 2 <= offset < net.num_addresses - 1
 
 
 def _conflict(m: Manifest, owner: ObjectRow, source: str) -> str:

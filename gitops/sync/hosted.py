@@ -22,7 +22,7 @@ from pathlib import Path
 
 import gitops
 from gitops.model import Revision
-from gitops.sync.sources import GitSource
+from gitops.sync.sources import GitSource, SourceMissing
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 HOOK_MARK = "# installed by gitops"
@@ -48,7 +48,7 @@ class HostedSource(GitSource):
 
     def latest(self) -> Revision:
         if self.hosted.head() is None:
-            raise LookupError(
+            raise SourceMissing(
                 f"hosted repository {self.hosted.name} has no branch {self.branch} yet: "
                 f"push one to /git/{self.hosted.name}.git"
             )

@@ -31,7 +31,7 @@ from gitops.loop import Backoff, Loop, Terminal
 from gitops.metrics import Metrics
 from gitops.schemas.validate import validate_files
 from gitops.store import Refused, RevisionRecord, Store
-from gitops.sync.sources import FolderSource, Source
+from gitops.sync.sources import FolderSource, Source, SourceMissing
 
 log = structlog.get_logger(__name__)
 
@@ -168,7 +168,7 @@ class SyncService:
     def _step(self) -> None:
         try:
             self.sync()
-        except (LookupError, FileNotFoundError, NotADirectoryError) as exc:
+        except SourceMissing as exc:
             # The source is not there (yet): a folder to create, a first push to make.
             # Retrying faster does not help; file events and pushes trigger a sync.
             raise Terminal(str(exc)) from exc

@@ -9,11 +9,13 @@ leave the repository, and files larger than the loader's limit (checked before r
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import posixpath
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import git
 
@@ -24,6 +26,10 @@ from gitops.schemas.loader import MAX_FILE_BYTES, SourceFile
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 
 Files = tuple[list[SourceFile], list[Diagnostic]]
+
+
+class SourceMissing(LookupError):
+    """The source is not there (yet): a folder not created, a hosted repository not pushed."""
 
 
 class Source(Protocol):
@@ -88,8 +94,10 @@ def read_folder(root: Path) -> Files:
     return files, problems
 
 
-def folder_digest(files: Sequence[SourceFile], problems: Sequence[Diagnostic]) -> str:
-    h = hashlib.sha256()
+def folder_digest(files: Sequence[SourceFile], problems: Sequence[Diagnostic], key: bytes = b"") -> str:
+    """A folder's revision id: a hash of its manifest files, keyed (HMAC) when `key` is given,
+    since the files hold Secret values and the id is published."""
+    h = hmac.new(key, digestmod=hashlib.sha256) if key else hashlib.sha256()
     for f in sorted(files, key=lambda f: f.path):
         h.update(f.path.encode() + b"\0" + hashlib.sha256(f.content).digest())
     for p in problems:
@@ -98,18 +106,20 @@ def folder_digest(files: Sequence[SourceFile], problems: Sequence[Diagnostic]) -
 
 
 class FolderSource:
-    """A local folder; its revision is the hash of the manifest files it holds."""
+    """A local folder; its revision is the hash of the manifest files it holds, keyed with
+    `digest_key` (the control plane gives its cluster key)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, digest_key: bytes = b"") -> None:
         self.path = Path(path)
         self.name = f"dir:{self.path.resolve()}"
+        self.digest_key = digest_key
         self._cache: tuple[str, Files] | None = None
 
     def latest(self) -> Revision:
         if not self.path.is_dir():
-            raise FileNotFoundError(f"manifest folder {self.path} does not exist")
+            raise SourceMissing(f"manifest folder {self.path} does not exist")
         files, problems = read_folder(self.path)
-        digest = folder_digest(files, problems)
+        digest = folder_digest(files, problems, self.digest_key)
         self._cache = (digest, (files, problems))
         return Revision(source=self.name, id=digest[:16], message=f"folder {self.path}")
 
@@ -157,15 +167,30 @@ class FetchError(RuntimeError):
     """A git fetch failed; the message is git's, with URL credentials redacted."""
 
 
+# Git asks this helper for the credentials; it answers from the environment of the one
+# fetch, so the password is never on a command line (`ps` shows those to every user).
+_CREDENTIALS = '!f() { echo "username=$GITOPS_GIT_USERNAME"; echo "password=$GITOPS_GIT_PASSWORD"; }; f'
+
+
 def fetch(repo: git.Repo, url: str, refspec: str) -> None:
-    """`git fetch url refspec --prune --no-tags` into `repo`, without showing credentials."""
+    """`git fetch url refspec --prune --no-tags` into `repo`. Credentials written in the URL
+    go to git through the environment, not its command line, and never into messages."""
+    parts = urlsplit(url)
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+    options: list[str] = []
+    if parts.scheme in ("http", "https") and (parts.username or parts.password):
+        host = parts.hostname or ""
+        netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+        url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        env["GITOPS_GIT_USERNAME"] = unquote(parts.username or "")
+        env["GITOPS_GIT_PASSWORD"] = unquote(parts.password or "")
+        options = ["-c", "credential.helper=", "-c", f"credential.helper={_CREDENTIALS}"]
+    command = ["git", *options, "fetch", url, refspec, "--prune", "--no-tags"]
     try:
-        repo.git.fetch(url, refspec, "--prune", "--no-tags")
+        repo.git.execute(command, env=env)
     except git.GitCommandError as exc:
-        detail = (exc.stderr or str(exc)).strip().removeprefix("stderr: ").strip("'\n ")
-        raise FetchError(
-            redact_url(f"git fetch {url} failed: {detail}").replace(url, redact_url(url))
-        ) from None
+        detail = str(exc.stderr or "").strip().removeprefix("stderr: ").strip("'\n ") or f"exit {exc.status}"
+        raise FetchError(redact_url(f"git fetch {url} failed: {detail}")) from None
 
 
 def mirror_folder(root: Path, url: str) -> Path:

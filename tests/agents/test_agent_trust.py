@@ -178,3 +178,58 @@ def test_skipped_service_rules_are_reported_with_the_next_heartbeat(tmp_path: Pa
     a.tick()
     assert sent[0]["proxy_problems"] == []
     assert sent[-1]["proxy_problems"] == ["service rule 'default/x:http': backend nope:80 skipped"]
+
+
+def test_a_probe_path_cannot_name_another_host(two_servers: tuple[int, int]) -> None:
+    """An `@` in the path once made the pod's address the URL's user info (an SSRF oracle)."""
+    port, _ = two_servers
+    container = ContainerInfo("c1", PodId("default/a"), "aaa", True, None, "127.0.0.2", (), 0.0, 0.0)
+    handle = real_handler(MemoryRuntime())  # type: ignore[arg-type]
+    for path in (f"@127.0.0.3:{port}/admin", f"//127.0.0.3:{port}/admin", "admin"):
+        handle(container, Probe("httpGet", port=port, path=path))
+    assert all(seen.startswith("127.0.0.2/") for seen in _Recorder.seen), _Recorder.seen
+
+
+def test_probe_output_is_redacted_before_it_is_cut(tmp_path: Path) -> None:
+    """A Secret value straddling the cut must not leave its first half behind."""
+    rt = MemoryRuntime()
+    a = agent(tmp_path, rt)
+    probe = Probe("exec", command=("check",), period_seconds=1, failure_threshold=1)
+    p = secret_pod(readiness_probe=probe)
+    a._assigned_cache = {p.id: p}
+    rt.exec_results[("check",)] = (1, "x" * 270 + f" token={SECRET}")
+    a.converge([p], [])
+    a.probe([p], rt.list(NODE))
+    reason = a._verdicts[p.id].reason
+    assert not any(SECRET[:n] in reason for n in range(4, len(SECRET) + 1)), reason
+
+
+def test_a_restarted_agent_reports_no_log_tail_until_it_knows_the_pod(tmp_path: Path) -> None:
+    rt = MemoryRuntime()
+    first = agent(tmp_path, rt)
+    p = secret_pod()
+    first.converge([p], [])
+    (container,) = rt.list(NODE)
+    rt.logs[container.id] = f"token {SECRET}\n"
+    rt.exit(p.id, 1)
+    restarted = agent(tmp_path, rt)  # knows no pod yet: its first report precedes its first sync
+    (status,) = restarted._statuses(rt.list(NODE), {})
+    assert status.last_log == ""
+    (status,) = restarted._statuses(rt.list(NODE), {p.id: p})
+    assert SECRET not in status.last_log and "[redacted]" in status.last_log
+
+
+def test_a_secret_folder_someone_else_prepared_is_refused(tmp_path: Path) -> None:
+    shm = Path("/dev/shm/gitops-test") / tmp_path.name
+    shm.mkdir(parents=True, exist_ok=True)
+    planted = shm / "elsewhere"
+    planted.mkdir()
+    (shm / "n1").symlink_to(planted)  # a local user got there first
+    rt = MemoryRuntime()
+    a = agent(tmp_path, rt, secret_dir=shm / "n1")
+    p = secret_pod(files=(MountedFile("/etc/app/token", SECRET.encode(), 0o400, secret=True),))
+    a.converge([p], [])
+    assert rt.log == []
+    (status,) = a._statuses([], {p.id: p})
+    assert "is not a folder (a symbolic link?)" in status.reason
+    assert not any(planted.iterdir())

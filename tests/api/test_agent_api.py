@@ -252,3 +252,28 @@ def test_only_a_report_that_changes_a_pod_wakes_the_controller(tmp_path: Path) -
     statuses[0] = {**statuses[0], "ready": False, "reason": "Readiness probe failed"}
     client.post("/agent/v1/nodes/n1/sync", json={"statuses": statuses}, headers=auth)
     assert len(woken) == 2
+
+
+def test_a_node_address_must_be_reachable_by_other_nodes(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 's.db'}", service_cidr="10.243.0.0/16")
+    beyond = TestClient(create_app(store, join_token="join-me", loopback_nodes=False))
+    for address, why in (
+        ("169.254.169.254", "link-local"),
+        ("10.243.0.7", "inside the service range 10.243.0.0/16"),
+        ("127.0.1.1", "loopback"),
+        ("240.0.0.1", "reserved"),
+    ):
+        response = beyond.post(
+            "/agent/v1/register", json={"join_token": "join-me", "node": {**NODE, "address": address}}
+        )
+        assert response.status_code == 422, address
+        assert response.json()["detail"].startswith("node.address: ") and why in response.json()["detail"]
+    same_machine = TestClient(create_app(store, join_token="join-me", loopback_nodes=True))
+    assert register(same_machine, {**NODE, "address": "127.0.1.1"})
+
+
+def test_agent_request_bodies_are_bounded(setup: tuple[Store, TestClient]) -> None:
+    _, client = setup
+    huge = b'{"join_token": "' + b"x" * (65 * 2**20) + b'"}'
+    response = client.post("/agent/v1/register", content=huge, headers={"Content-Type": "application/json"})
+    assert response.status_code == 413

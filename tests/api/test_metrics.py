@@ -14,7 +14,7 @@ from gitops.metrics import Metrics
 from gitops.model import Node, NodeName, Revision
 from gitops.store import Store
 from gitops.sync.service import SyncService
-from gitops.sync.sources import FolderSource
+from gitops.sync.sources import FolderSource, SourceMissing
 from tests.api.sample import NOW, sample_store
 from tests.planner.factories import deployment
 
@@ -81,7 +81,7 @@ def test_syncs_are_counted_by_outcome_and_timed(tmp_path: Path) -> None:
 
     (folder / "web.yaml").unlink()
     folder.rmdir()
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(SourceMissing):
         sync.sync()
     got = samples(client)
     assert got[("gitops_syncs_total", (("outcome", "failed"), ("source", source)))] == 1

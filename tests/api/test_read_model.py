@@ -12,10 +12,12 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from gitops.api.app import create_app
+from gitops.controller import reconcile_once
 from gitops.keyed import body_digest, digest, seal
 from gitops.model import PodStatus, Revision, canonical_json
 from gitops.planner.plan import configs_of
 from gitops.planner.podspec import resolve_template
+from gitops.redact import Redactor
 from gitops.store import SecretKeys, Store
 from tests.api.sample import NOW, sample_store
 from tests.api.test_read_only import read_only_paths
@@ -85,3 +87,42 @@ def test_pod_names_hash_secret_values_only_through_the_cluster_key() -> None:
     assert one[1] == two[1], "templates without Secrets keep their hash"
     assert hashes(b"cluster one") == one, "and it is stable within a cluster"
     assert hashes(b"cluster one", "other")[0] != one[0], "a changed value still changes the pods"
+
+
+def test_a_rotated_secrets_old_value_that_pods_still_hold_is_in_no_answer(tmp_path: Path) -> None:
+    old, new = "Old-Password-Still-Valid-1234", "New-Password-5678-xyz"
+    store = sample_store(tmp_path)
+    env = [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}}]
+    store.apply_revision(
+        Revision("git:repo", "d" * 40),
+        [secret("creds", token=old), deployment("db", replicas=2, env=env)],
+        [],
+        NOW - 9,
+    )
+    reconcile_once(store, NOW - 8)
+    for p in store.pods():
+        if p.node and p.owner.name == "db":
+            store.heartbeat(p.node, [PodStatus(p.id, "Running", True, "", "172.17.0.9")], NOW - 7)
+    store.apply_revision(
+        Revision("git:repo", "e" * 40),
+        [secret("creds", token=new), deployment("db", replicas=2, env=env)],
+        [],
+        NOW - 6,
+    )
+    reconcile_once(store, NOW - 5)  # a rolling update: the old pods keep running with the old value
+    assert any(old.encode() in p.spec.secret_values() for p in store.pods())
+    client = TestClient(create_app(store, join_token="j", sources=["git:repo"], clock=lambda: NOW))
+    shown = every_answer(client)
+    for form in (old, base64.b64encode(old.encode()).decode()):
+        assert form not in shown
+
+
+def test_every_form_of_a_multi_line_secret_is_redacted() -> None:
+    pem = (
+        "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n"
+        "BKcwggSjAgEAAoIBAQC7\n-----END PRIVATE KEY-----\n"
+    )
+    redact = Redactor.of_values([pem.encode()])
+    for text in (pem, pem.replace("\n", "\r\n"), json.dumps(pem), "line: MIIEvQIBADANBgkqhkiG9w0BAQEFAASC"):
+        assert "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC" not in redact(text), text
+    assert base64.b64encode(pem.encode()).decode() not in redact(base64.b64encode(pem.encode()).decode())

@@ -104,3 +104,27 @@ def test_gitops_status_reads_with_the_token_from_the_environment(
         assert "Nodes: 0/0 ready" in capsys.readouterr().out
     finally:
         plane.stop()
+
+
+def test_the_token_redirect_stays_on_this_server(client: TestClient) -> None:
+    """A path that decodes to `//evil.example/x` must not become a redirect to another host."""
+    entry = client.get(f"/%2F%2Fevil.example/x?token={TOKEN}", follow_redirects=False)
+    assert entry.status_code == 303
+    assert entry.headers["location"] == "/%2F%2Fevil.example/x"
+    entry = client.get(f"/%C3%A9t%C3%A9?token={TOKEN}", follow_redirects=False)  # not Latin-1
+    assert entry.status_code == 303 and entry.headers["location"] == "/%C3%A9t%C3%A9"
+
+
+def test_open_reads_on_loopback_answer_only_loopback_names(tmp_path: Path) -> None:
+    """A page on some site cannot read the API through a name it rebinds to 127.0.0.1."""
+    import httpx
+
+    plane = ControlPlane(Store(f"sqlite:///{tmp_path / 's.db'}"), [], port=free_port())
+    plane.start()
+    try:
+        for host in (f"127.0.0.1:{plane.port}", f"localhost:{plane.port}", "[::1]"):
+            assert httpx.get(f"{plane.url}/api/v1/status", headers={"Host": host}).status_code == 200
+        rebound = httpx.get(f"{plane.url}/api/v1/status", headers={"Host": f"attacker.example:{plane.port}"})
+        assert rebound.status_code == 403 and "loopback" in rebound.json()["detail"]
+    finally:
+        plane.stop()

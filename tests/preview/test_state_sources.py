@@ -90,6 +90,7 @@ def test_state_export_reads_a_store_directly(tmp_path: Path, capsys: pytest.Capt
     store.register_node(Node(NodeName("n1"), "192.0.2.1", 4000, 2**32), "t", now=0.0)
     db = f"sqlite:///{tmp_path / 's.db'}"
     capsys.readouterr()
+    SecretKeys.from_file(tmp_path / "other-key")
     with pytest.raises(SystemExit, match="sealed with another key"):
         main(["state", "export", "--db", db, "--secret-key-file", str(tmp_path / "other-key")])
     assert main(["state", "export", "--db", db, "--secret-key-file", str(tmp_path / "key")]) == 0

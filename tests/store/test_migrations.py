@@ -86,7 +86,10 @@ def test_a_release_0_1_database_is_upgraded_and_loses_nothing(url: str, tmp_path
     with store.engine.connect() as conn:
         assert MigrationContext.configure(conn).get_current_revision() == head()
     assert len(store.revisions(limit=100)) == len(rows["revisions"])
-    assert len(store.events(limit=100)) >= len(rows["events"])
+    # Events naming a pod by a plain hash over a Secret value are gone; all others are kept.
+    plain = rows["pods"][0]["template_hash"]
+    kept = [e for e in rows["events"] if plain not in e["object"] and plain not in e["message"]]
+    assert [e.message for e in reversed(store.events(limit=100))][: len(kept)] == [e["message"] for e in kept]
     assert {m.key for m in store.desired()} == {
         ObjectKey(r["kind"], r["namespace"], r["name"]) for r in rows["objects"]
     }
@@ -168,3 +171,93 @@ def test_stores_opening_one_empty_database_at_the_same_moment_all_come_up(url: s
     with opened[0].engine.connect() as conn:
         version = select(text("version_num")).select_from(text("alembic_version"))
         assert conn.execute(version).scalar() == head()
+
+
+def test_after_the_upgrade_no_plain_hash_of_a_secret_is_left_in_events_or_histories(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    rows = release_0_1_database(url)
+    plain = rows["pods"][0]["template_hash"]  # 0.1 hashed the Secret's value into it
+    assert any(plain in e["object"] or plain in e["message"] for e in rows["events"])
+    store = Store(url, keys=SecretKeys.from_file(tmp_path / "key"))
+    assert not any(plain in e.object or plain in e.message for e in store.events(limit=1000))
+    assert all(plain not in [h for h, _ in r.history] for r in store.rollouts().values())
+    reconcile_once(store, now=1004.0)  # the pods that used the Secret are replaced (keyed hash)
+    assert {p.template_hash for p in store.pods() if p.terminating_at is None} - {plain}
+
+
+def test_objects_0_1_let_another_source_prune_come_back_after_the_upgrade(tmp_path: Path) -> None:
+    """0.1 kept one desired state: B's revision pruned A's objects, and A's unchanged revision
+    never brought them back. After the upgrade each source's revision is applied once more."""
+    from gitops.sync.service import sync_once
+    from gitops.sync.sources import FolderSource
+
+    folders = {}
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "c.yaml").write_text(f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: from-{name}}}\n")
+        folders[name] = FolderSource(folder)
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    engine = create_engine(url)
+    old.Base.metadata.create_all(engine)
+    revision = {"message": "", "author": "", "committed_at": 0.0, "errors": [], "warnings": []}
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "from-b"}}
+    with engine.begin() as conn:
+        for n, name in enumerate(("a", "b")):
+            source = folders[name]
+            conn.execute(
+                insert(old.RevisionRow.__table__),
+                [
+                    {
+                        **revision,
+                        "source": source.name,
+                        "revision": source.latest().id,
+                        "received_at": float(n),
+                        "status": "applied",
+                        "summary": {},
+                    }
+                ],
+            )
+        object_row = {
+            "kind": "ConfigMap",
+            "namespace": "default",
+            "name": "from-b",
+            "api_version": "v1",
+            "body": body,
+            "hash": "h",
+            "file": "c.yaml",
+            "line": 1,
+            "col": 1,
+            "revision": folders["b"].latest().id,
+        }
+        conn.execute(insert(old.ObjectRow.__table__), [object_row])  # a's object: pruned by b
+    engine.dispose()
+    store = Store(url)
+    assert sync_once(store, folders["a"]) is not None
+    assert sync_once(store, folders["b"]) is not None
+    assert {k.name: s for k, s in store.owners().items()} == {
+        "from-a": folders["a"].name,
+        "from-b": folders["b"].name,
+    }
+    assert sync_once(store, folders["a"]) is None  # and then only new revisions are applied
+
+
+def test_reading_tools_never_change_the_database_or_make_a_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gitops.cli import main
+
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    release_0_1_database(url)
+    before = (tmp_path / "state.db").read_bytes()
+    key = tmp_path / "state" / "secret.key"
+    with pytest.raises(SystemExit, match="no such key file"):
+        main(["state", "export", "--db", url, "--state-dir", str(tmp_path / "state")])
+    SecretKeys.from_file(key)
+    with pytest.raises(SystemExit, match="start this release's server on it once"):
+        main(["state", "export", "--db", url, "--state-dir", str(tmp_path / "state")])
+    assert (tmp_path / "state.db").read_bytes() == before
+    Store(url, keys=SecretKeys.from_file(key))  # the server upgrades it
+    capsys.readouterr()
+    assert main(["state", "export", "--db", url, "--state-dir", str(tmp_path / "state")]) == 0
+    assert SECRET.decode() not in capsys.readouterr().out

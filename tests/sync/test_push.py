@@ -27,7 +27,7 @@ from gitops.model import Revision
 from gitops.server import ControlPlane
 from gitops.store import Store
 from gitops.sync.hosted import HostedRepo, check_name
-from gitops.sync.sources import GitSource
+from gitops.sync.sources import FetchError, GitSource
 from tests.conftest import free_port, require, wait_for
 
 TOKEN = "push-token-for-tests"
@@ -292,3 +292,30 @@ def test_bad_repository_names_and_missing_secret_files_are_explained(tmp_path: P
     args = parser().parse_args(["serve", "--host-repo", "m", "--webhook-secret-file", str(tmp_path / "nope")])
     with pytest.raises(SystemExit, match=r"--webhook-secret-file .*nope: cannot read"):
         _push_options(args, tmp_path)
+
+
+def test_a_git_source_with_a_password_in_its_url_never_puts_it_on_a_command_line(
+    hosted: Hosted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ps` shows every process's arguments to every user of the host."""
+    import git as gitpython
+
+    sha = hosted.commit({"apps/web.yaml": WEB.format(replicas=1)}, "one")
+    assert hosted.push().returncode == 0
+    commands: list[list[str]] = []
+    original = gitpython.cmd.safer_popen
+
+    def recording(command: list[str], *args: object, **kwargs: object) -> object:
+        commands.append([str(c) for c in command])
+        return original(command, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(gitpython.cmd, "safer_popen", recording)
+    source = GitSource(hosted.url(), tmp_path / "mirror", branch="main")
+    assert TOKEN not in source.name and "***@" in source.name
+    assert source.latest().id == sha
+    assert commands and not any(TOKEN in part for command in commands for part in command)
+
+    wrong = GitSource(hosted.url("not-the-token"), tmp_path / "mirror-2", branch="main")
+    with pytest.raises(FetchError) as refused:
+        wrong.latest()
+    assert "not-the-token" not in str(refused.value) and "Authentication failed" in str(refused.value)

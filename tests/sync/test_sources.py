@@ -135,3 +135,16 @@ def test_folder_revision_changes_exactly_when_a_manifest_changes(tmp_path: Path)
     assert source.latest().id == first.id
     (tmp_path / "a.yaml").write_text(DOC.replace("demo", "demo2"))
     assert source.latest().id != first.id
+
+
+def test_a_folder_revision_id_is_keyed_when_the_server_gives_a_key(tmp_path: Path) -> None:
+    """The id is published and the files hold Secret values: a plain hash would let anyone
+    who knows the other files test guesses of a value."""
+    (tmp_path / "s.yaml").write_text(
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {pw: guessme}\n"
+    )
+    plain = FolderSource(tmp_path).latest().id
+    one = FolderSource(tmp_path, digest_key=b"one").latest().id
+    two = FolderSource(tmp_path, digest_key=b"two").latest().id
+    assert len({plain, one, two}) == 3
+    assert FolderSource(tmp_path, digest_key=b"one").latest().id == one

@@ -14,6 +14,9 @@ Create Date: 2026-12-01
   Secret values.
 - Credentials written into git URLs (`https://user:token@host/...`) are removed from the
   source names kept in revisions, objects and previews.
+- The newest revision of every source is marked to be applied again at its next sync:
+  release 0.1 let one source's revision prune another's objects, and only a new apply of
+  each source's revision brings them back.
 """
 
 from __future__ import annotations
@@ -66,6 +69,14 @@ def upgrade() -> None:
         sa.Column("key", sa.String(64), primary_key=True),
         sa.Column("value", sa.Text, nullable=False),
     )
+
+    revisions = sa.table("revisions", sa.column("id", sa.BigInteger), sa.column("summary", sa.JSON))
+    newest = bind.execute(sa.text("SELECT MAX(id) FROM revisions GROUP BY source")).scalars().all()
+    for row_id, summary in bind.execute(
+        sa.select(revisions.c.id, revisions.c.summary).where(revisions.c.id.in_(newest))
+    ):
+        marked = {**(summary or {}), "retry": True}
+        bind.execute(revisions.update().where(revisions.c.id == row_id).values(summary=marked))
 
     for table in ("revisions", "objects", "previews"):
         rows = bind.execute(sa.text(f"SELECT DISTINCT source FROM {table}")).scalars().all()  # noqa: S608 - our table names
