@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import update
 
@@ -50,7 +51,7 @@ def pinned(name: str, node: str) -> Manifest:
 
 
 @pytest.fixture
-def agents(tmp_path: Path) -> Iterator[tuple[Store, dict[str, Agent]]]:
+def agents(tmp_path: Path) -> Iterator[tuple[Store, dict[str, Agent], str]]:
     require_real_iptables()
     store = Store(f"sqlite:///{tmp_path / 's.db'}", service_cidr=CIDR)
     store.apply_revision(
@@ -82,7 +83,7 @@ def agents(tmp_path: Path) -> Iterator[tuple[Store, dict[str, Agent]]]:
             )
             made[name] = Agent(config, PublishingRuntime())
             made[name].register()
-        yield store, made
+        yield store, made, plane.url
     finally:
         for agent in made.values():
             IptablesProxy(CIDR, prefix=agent.config.chain_prefix).cleanup()
@@ -90,9 +91,9 @@ def agents(tmp_path: Path) -> Iterator[tuple[Store, dict[str, Agent]]]:
 
 
 def test_one_unrenderable_endpoint_leaves_every_other_service_working_on_every_node(
-    agents: tuple[Store, dict[str, Agent]],
+    agents: tuple[Store, dict[str, Agent], str],
 ) -> None:
-    store, nodes = agents
+    store, nodes, plane_url = agents
     reconcile_once(store, now=store.nodes()[0].heartbeat_at)
     for _ in range(2):
         for agent in nodes.values():
@@ -120,3 +121,6 @@ def test_one_unrenderable_endpoint_leaves_every_other_service_working_on_every_n
     events = [e for e in store.events(limit=500) if e.reason == "ProxyRulesSkipped"]
     assert [e.object for e in events] == ["node n2"]
     assert "not-an-address" in events[0].message
+    metrics = httpx.get(f"{plane_url}/metrics").text
+    assert 'gitops_proxy_rules_skipped{node="n2"} 1.0' in metrics
+    assert 'gitops_proxy_rules_skipped{node="n1"} 0.0' in metrics

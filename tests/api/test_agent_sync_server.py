@@ -119,3 +119,29 @@ def test_a_restarted_agent_takes_its_own_name_back_with_its_saved_token(
     assert (tmp_path / "agent" / "node-token").stat().st_mode & 0o777 == 0o600
     second = Agent(config, MemoryRuntime())  # the process restarted: the node is still Ready
     assert second.register() != saved
+
+
+def test_gitops_agent_exits_non_zero_saying_why_when_refused(
+    plane: ControlPlane, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gitops import cli
+
+    register(plane.url, plane.join_token)  # n1 is registered and Ready
+
+    def agent(args: object, server: str, token: str, state: Path) -> Agent:
+        config = AgentConfig(
+            server=server,
+            node=NodeName("n1"),
+            join_token=token,
+            state_dir=state,
+            address="203.0.113.66",
+            capacity=(1000, 2**30),
+        )
+        return Agent(config, MemoryRuntime())
+
+    monkeypatch.setattr(cli, "_agent", agent)
+    monkeypatch.setenv("GITOPS_JOIN_TOKEN", plane.join_token)
+    assert cli.main(["agent", "--server", plane.url, "--node", "n1", "--state-dir", str(tmp_path)]) == 1
+    assert "refused node n1" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="GITOPS_JOIN_TOKEN"):
+        cli.main(["agent", "--server", plane.url, "--join-token", plane.join_token])

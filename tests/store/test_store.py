@@ -78,8 +78,8 @@ def test_service_addresses_are_stable_unique_and_freed(store: Store) -> None:
 
 
 def test_pods_are_created_bound_and_report_status_only_from_their_node(store: Store) -> None:
-    store.register_node(Node(NodeName("n1"), "192.0.2.10", 2000, 2**30), "token-1", now=1.0)
-    store.register_node(Node(NodeName("n2"), "192.0.2.11", 2000, 2**30), "token-2", now=1.0)
+    store.register_node(Node(NodeName("n1"), "192.0.2.10", 16000, 64 * 2**30), "token-1", now=1.0)
+    store.register_node(Node(NodeName("n2"), "192.0.2.11", 16000, 64 * 2**30), "token-2", now=1.0)
     assert store.node_for_token("n1", "token-1")
     assert not store.node_for_token("n1", "token-2")
     result = plan([deployment(replicas=2)], [])
@@ -112,13 +112,13 @@ def test_pods_are_created_bound_and_report_status_only_from_their_node(store: St
 
 
 def test_a_node_without_heartbeat_is_not_ready(store: Store) -> None:
-    store.register_node(Node(NodeName("n1"), "192.0.2.10", 2000, 2**30), "t", now=100.0)
+    store.register_node(Node(NodeName("n1"), "192.0.2.10", 16000, 64 * 2**30), "t", now=100.0)
     assert store.nodes(now=120.0)[0].node.ready
     assert not store.nodes(now=100.0 + store.heartbeat_grace + 1)[0].node.ready
 
 
 def test_stopping_a_placed_pod_drains_it_until_its_agent_reports_it_gone(store: Store) -> None:
-    store.register_node(Node(NodeName("n1"), "192.0.2.10", 2000, 2**30), "t", now=1.0)
+    store.register_node(Node(NodeName("n1"), "192.0.2.10", 16000, 64 * 2**30), "t", now=1.0)
     result = plan([deployment(replicas=2)], [])
     store.apply_pod_changes(
         create=[(a.pod, a.reason) for a in result.create], stop=[], bind={}, pending_reasons={}, now=2.0
