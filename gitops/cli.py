@@ -220,9 +220,26 @@ def private_folder(path: Path) -> Path:
     return path
 
 
-def _db_url(args: argparse.Namespace, state: Path) -> str:
-    if args.db:
+def _given_db(args: argparse.Namespace) -> str:
+    """--db, else GITOPS_DB. A password written in --db is on the command line, where every
+    user of the host can read it (ps): say so, once."""
+    if getattr(args, "db", None):
+        from sqlalchemy.engine import make_url  # noqa: PLC0415 - SQLAlchemy only with a store
+
+        if make_url(str(args.db)).password:
+            print(
+                "gitops: the password in --db is visible to every user of this host (ps); "
+                "give the URL in GITOPS_DB, or the password in ~/.pgpass",
+                file=sys.stderr,
+            )
         return str(args.db)
+    return os.environ.get("GITOPS_DB", "")
+
+
+def _db_url(args: argparse.Namespace, state: Path) -> str:
+    given = _given_db(args)
+    if given:
+        return given
     private_folder(state)
     database = (state / "gitops.db").resolve()
     if not database.exists():
@@ -248,7 +265,7 @@ def _open_store(args: argparse.Namespace, state: Path, *, read_only: bool = Fals
     it: no migration, no key created."""
     from gitops.store import SecretKeyError, Store  # noqa: PLC0415
 
-    url = str(args.db) if read_only and args.db else _db_url(args, state)
+    url = _given_db(args) if read_only and _given_db(args) else _db_url(args, state)
     try:
         return Store(url, keys=_keys(args, state, create=not read_only), read_only=read_only, **options)
     except SecretKeyError as exc:
@@ -620,7 +637,11 @@ def parser() -> argparse.ArgumentParser:
     def plane_options(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--host", default="127.0.0.1", help="listen address of the API")
         sp.add_argument("--port", type=int, default=8080)
-        sp.add_argument("--db", help="SQLAlchemy URL (default: SQLite in the state folder)")
+        sp.add_argument(
+            "--db",
+            help="SQLAlchemy URL (or GITOPS_DB, which keeps a password off the command line; "
+            "default: SQLite in the state folder)",
+        )
         sp.add_argument(
             "--secret-key-file",
             metavar="PATH",

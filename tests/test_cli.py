@@ -71,3 +71,21 @@ def test_status_shows_the_rejected_revision_and_what_still_runs(
         assert "still running" in out
     finally:
         plane.stop()
+
+
+def test_a_password_in_db_is_flagged_and_gitops_db_keeps_it_off_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+
+    from gitops.cli import _db_url
+
+    args = argparse.Namespace(db="postgresql+psycopg2://gitops:hunter2@db.example/gitops")
+    assert _db_url(args, tmp_path) == args.db
+    assert "visible to every user of this host" in capsys.readouterr().err
+    monkeypatch.setenv("GITOPS_DB", "postgresql+psycopg2://gitops:hunter2@db.example/gitops")
+    assert (
+        _db_url(argparse.Namespace(db=None), tmp_path)
+        == "postgresql+psycopg2://gitops:hunter2@db.example/gitops"
+    )
+    assert capsys.readouterr().err == ""
