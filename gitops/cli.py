@@ -157,6 +157,18 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{len(rejected['errors'])} error(s); still running {running}:"
         )
         out += [f"  {e}" for e in rejected["errors"]]
+    per_source = status.get("per_source") or []
+    if len(per_source) > 1:
+        for row in per_source:
+            at = row["last_applied"]["revision"][:12] if row["last_applied"] else "nothing applied"
+            line = f"  {row['source']}: {row['objects']} object(s) at {at}"
+            if not row["configured"]:
+                line += " (not configured any more; its objects are kept)"
+            out.append(line)
+            held = row["last_rejected"]
+            if held and (not rejected or held["id"] != rejected["id"]):
+                out.append(f"    HELD: {held['revision'][:12]} rejected, {len(held['errors'])} error(s):")
+                out += [f"      {e}" for e in held["errors"]]
     c = status["counts"]
     out.append(
         f"Nodes: {c['nodes_ready']}/{c['nodes']} ready   "

@@ -209,6 +209,39 @@ def _summary(summary: Mapping[str, Any]) -> str:
     return "".join(out)
 
 
+def _sources_table(view: StatusView, now: float) -> str:
+    """Each source with the objects it owns and the revision it is at (or held at)."""
+    if not view.per_source:
+        listed = "".join(f"<li><code>{esc(s)}</code></li>" for s in view.sources) or "<li>none</li>"
+        return f"<ul>{listed}</ul>"
+    rows = []
+    for row in view.per_source:
+        applied = row.last_applied
+        at = (
+            f'<code title="{esc(applied.revision)}">{esc(short(applied.revision))}</code> '
+            f"{when(applied.received_at, now)}"
+            if applied
+            else '<span class="muted">nothing applied</span>'
+        )
+        state = '<span class="ok">in sync</span>'
+        if row.last_rejected is not None:
+            r = row.last_rejected
+            first = esc(r.errors[0]) if r.errors else ""
+            state = (
+                f'<span class="bad">held: {esc(short(r.revision))} rejected '
+                f"{when(r.received_at, now)}, {len(r.errors)} error(s)</span><br><small>{first}</small>"
+            )
+        if not row.configured:
+            state += '<br><small class="muted">not configured any more: its objects are kept</small>'
+        rows.append(
+            f"<tr><td><code>{esc(row.source)}</code></td><td>{row.objects}</td><td>{at}</td><td>{state}</td></tr>"
+        )
+    return (
+        "<table><thead><tr><th>Source</th><th>Objects</th><th>Applied</th><th>State</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
 def overview(view: StatusView, _: Mapping[str, str]) -> tuple[str, str]:
     now = view.built_at
     c = view.counts
@@ -220,7 +253,7 @@ def overview(view: StatusView, _: Mapping[str, str]) -> tuple[str, str]:
         f'<div class="card">services<b>{c.services}</b></div>'
         f'<div class="card">objects<b>{c.objects}</b></div>'
     )
-    sources = "".join(f"<li><code>{esc(s)}</code></li>" for s in view.sources) or "<li>none</li>"
+    sources = _sources_table(view, now)
     applied = (
         _revision_block(view.last_applied, now, errors=False)
         if view.last_applied
@@ -238,7 +271,7 @@ def overview(view: StatusView, _: Mapping[str, str]) -> tuple[str, str]:
         rejected = '<p class="muted">none</p>'
     html_ = (
         f'<section id="overview"><div class="cards">{cards}</div>'
-        f"<h2>Sources</h2><ul>{sources}</ul>"
+        f"<h2>Sources</h2>{sources}"
         f"<h2>Last applied revision</h2>{applied}"
         f"<h2>Last rejected revision</h2>{rejected}</section>"
         f"{previews(view)}"

@@ -83,6 +83,16 @@ class ReadModel:
             "last_applied": applied,
             "last_rejected": rejected if rejected and (not applied or rejected.id > applied.id) else None,
             "latest": view.revisions[0] if view.revisions else None,
+            "per_source": [
+                {
+                    "source": row.source,
+                    "configured": row.configured,
+                    "objects": row.objects,
+                    "last_applied": row.last_applied,
+                    "last_rejected": row.last_rejected,
+                }
+                for row in view.per_source
+            ],
             "counts": {
                 "nodes": c.nodes,
                 "nodes_ready": c.nodes_ready,

@@ -111,6 +111,18 @@ class ServiceRow:
 
 
 @dataclass(frozen=True)
+class SourceRow:
+    """One source: the objects it owns, its newest applied revision, and its newest rejected
+    one when that is newer (the source is held at its applied revision)."""
+
+    source: str
+    configured: bool
+    objects: int
+    last_applied: RevisionRecord | None
+    last_rejected: RevisionRecord | None
+
+
+@dataclass(frozen=True)
 class Counts:
     nodes: int = 0
     nodes_ready: int = 0
@@ -140,6 +152,7 @@ class StatusView:
     counts: Counts
     previews: tuple[Mapping[str, Any], ...] | None  # None: this store keeps no previews
     endpoints: tuple[ServiceEndpoints, ...] = ()  # per Service and port; no free text in them
+    per_source: tuple[SourceRow, ...] = ()
     redactor: Redactor = field(default_factory=Redactor)  # what the view was redacted with
 
 
@@ -286,6 +299,24 @@ def build_view(store: Store, sources: Sequence[str], now: float, *, revision_lim
         )
 
     events = tuple(redacted_event(e, redact) for e in store.events(limit=200))
+    owned: dict[str, int] = {}
+    for owner in store.owners().values():
+        owned[owner] = owned.get(owner, 0) + 1
+    latest = store.latest_by_source()
+    per_source = []
+    for name in sorted(set(sources) | set(latest) | {o for o in owned if o}):
+        last_applied, last_rejected = latest.get(name, (None, None))
+        if last_rejected is not None and last_applied is not None and last_rejected.id < last_applied.id:
+            last_rejected = None
+        per_source.append(
+            SourceRow(
+                source=redact(name),
+                configured=name in sources,
+                objects=owned.get(name, 0),
+                last_applied=redacted_revision(last_applied, redact) if last_applied else None,
+                last_rejected=redacted_revision(last_rejected, redact) if last_rejected else None,
+            )
+        )
     counts = Counts(
         nodes=len(nodes),
         nodes_ready=sum(1 for n in nodes if n.ready),
@@ -312,6 +343,7 @@ def build_view(store: Store, sources: Sequence[str], now: float, *, revision_lim
         previews=_previews(store, redact, now),
         endpoints=tuple(endpoints),
         redactor=redact,
+        per_source=tuple(per_source),
     )
 
 

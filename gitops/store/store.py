@@ -451,6 +451,27 @@ class Store:
             ).first()
             return _revision(row) if row else None
 
+    def latest_by_source(self) -> dict[str, tuple[RevisionRecord | None, RevisionRecord | None]]:
+        """Per source (every source with a revision): its newest applied and newest rejected
+        revision."""
+        with self.session() as s:
+            newest = select(RevisionRow.source, RevisionRow.status, func.max(RevisionRow.id)).group_by(
+                RevisionRow.source, RevisionRow.status
+            )
+            ids = {(source, status): i for source, status, i in s.execute(newest)}
+            rows = {
+                r.id: _revision(r)
+                for r in s.scalars(select(RevisionRow).where(RevisionRow.id.in_(ids.values())))
+            }
+            sources = sorted({source for source, _ in ids})
+            return {
+                source: (
+                    rows.get(ids.get((source, "applied"), -1)),
+                    rows.get(ids.get((source, "rejected"), -1)),
+                )
+                for source in sources
+            }
+
     def revisions(self, limit: int = 50) -> list[RevisionRecord]:
         with self.session() as s:
             rows = s.scalars(select(RevisionRow).order_by(RevisionRow.id.desc()).limit(limit))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -199,3 +200,41 @@ def test_the_desired_state_is_the_union_of_each_sources_latest_applied_revision(
         expected = {name: (s, v) for s, declared in latest.items() for name, v in declared.items()}
         desired = {m.key.name: (store.owners()[m.key], int(m.data["version"])) for m in store.desired()}
         assert desired == expected
+
+
+def test_status_says_per_source_which_one_is_held_at_an_older_revision(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With one desired state per source, a newer revision of A must not hide that B is held."""
+    import httpx
+
+    from gitops.cli import main
+    from gitops.server import ControlPlane
+    from tests.conftest import free_port
+
+    a = folder(tmp_path, "a", {"shared.yaml": config("shared")})
+    b = folder(tmp_path, "b", {"mine.yaml": config("mine"), "shared.yaml": config("shared")})
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    plane = ControlPlane(store, [a, b], port=free_port(), poll_interval=3600)  # keys the folder ids
+    sync_once(store, a)
+    sync_once(store, b)  # refused: a owns "shared"
+    folder(tmp_path, "a", {"shared.yaml": config("shared", "2")})
+    sync_once(store, a)  # a newer applied revision than b's rejection
+    plane.start()
+    try:
+        status = httpx.get(f"{plane.url}/api/v1/status").json()
+        assert status["last_rejected"] is None  # globally, the newest revision applied
+        rows = {row["source"]: row for row in status["per_source"]}
+        assert rows[b.name]["last_rejected"]["errors"][0].startswith(
+            "shared.yaml:1:1: ConfigMap default/shared"
+        )
+        assert rows[a.name]["last_rejected"] is None and rows[a.name]["objects"] == 1
+        capsys.readouterr()
+        assert main(["status", "--server", plane.url]) == 0
+        out = capsys.readouterr().out
+        assert f"{b.name}: 0 object(s) at nothing applied" in out
+        assert "HELD:" in out and "declared by this source" in out
+        page = httpx.get(f"{plane.url}/").text
+        assert "held:" in page and "in sync" in page
+    finally:
+        plane.stop()
