@@ -181,7 +181,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         memory = f"{n['memory_bytes'] // 2**20}Mi"
         out.append(
             f"{n['name']:<20} {ready:<6} {n['address']:<16} {n['cpu_milli']:>7}m {memory:>10} "
-            f"{n['heartbeat_age']}s ago"
+            f"{n['heartbeat_age']}s ago" + (f"  {n.get('reason')}" if n.get("reason") else "")
         )
     out.append("")
     out.append(f"{'DEPLOYMENT':<30} {'DESIRED':>7} {'UPDATED':>7} {'READY':>5} {'AVAILABLE':>9}  STEP")

@@ -8,6 +8,7 @@ agent report wakes the loop.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,9 +32,20 @@ class PassResult:
 
 
 def reconcile_once(
-    store: Store, now: float, *, not_ready_toleration: float = 60.0, metrics: Metrics | None = None
+    store: Store,
+    now: float,
+    *,
+    not_ready_toleration: float = 60.0,
+    metrics: Metrics | None = None,
+    not_ready_before: float = 0.0,
 ) -> PassResult:
+    """One pass. A node's NotReady time counts from `not_ready_before` at the earliest (the
+    control plane's start): a server that was down does not evict every pod at its first
+    pass because it heard nothing while it was down."""
     state = store.snapshot(now)
+    if not_ready_before:
+        since = {n: max(t, not_ready_before) for n, t in state.not_ready_since.items()}
+        state = dataclasses.replace(state, not_ready_since=since)
     decision = decide(state, now, not_ready_toleration=not_ready_toleration)
     result, placements, evicted = decision.plan, decision.placements, decision.evicted
     store.apply_pod_changes(
@@ -79,8 +91,13 @@ class Controller:
         clock: Callable[[], float] = time.time,
         not_ready_toleration: float = 60.0,
         metrics: Metrics | None = None,
+        ready: Callable[[], bool] = lambda: True,
+        not_ready_before: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.store = store
+        self.ready = ready
+        self.not_ready_before = not_ready_before
+        self._waited = False
         self.metrics = metrics
         self.not_ready_toleration = not_ready_toleration
         self.clock = clock
@@ -93,8 +110,19 @@ class Controller:
         return self.loop.interval
 
     def _pass(self) -> None:
+        if not self.ready():
+            # Just started: the sources are not all read, or the agents have not all reported
+            # (their containers are adopted, not recreated). Deciding now could double pods.
+            if not self._waited:
+                log.info("controller.waiting", reason="sources not synced or agents not heard from yet")
+                self._waited = True
+            return
         reconcile_once(
-            self.store, self.clock(), not_ready_toleration=self.not_ready_toleration, metrics=self.metrics
+            self.store,
+            self.clock(),
+            not_ready_toleration=self.not_ready_toleration,
+            metrics=self.metrics,
+            not_ready_before=self.not_ready_before(),
         )
 
     def wake(self) -> None:

@@ -280,6 +280,7 @@ class Node:
     taints: tuple[Taint, ...] = ()
     ready: bool = True
     max_pods: int = 110
+    reason: str = ""  # why the node is NotReady ("" when it is Ready)
 
     @property
     def label_map(self) -> dict[str, str]:
@@ -375,6 +376,8 @@ class PodStatus:
     exit_code: int | None = None
     container_id: str = ""
     last_log: str = ""
+    template_hash: str = ""  # of the container: lets a control plane that lost its state adopt it
+    owner: str = ""  # Kind/namespace/name of the pod's owner, from the container's labels
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,12 @@ class Decision:
 
 def decide(state: ClusterState, now: float, *, not_ready_toleration: float = 60.0) -> Decision:
     pods = state.pods
-    evicted = evictions(pods, state.not_ready_since, now=now, default_toleration=not_ready_toleration)
+    # When no node at all is Ready, the fault is likelier ours (the control plane's network,
+    # or it was down) than every node's: nothing is evicted (Kubernetes' full disruption mode).
+    if any(n.ready for n in state.nodes):
+        evicted = evictions(pods, state.not_ready_since, now=now, default_toleration=not_ready_toleration)
+    else:
+        evicted = []
     gone = {a.pod.id for a in evicted}
     live = [p for p in pods if p.terminating_at is None and p.id not in gone]
     draining = {p.name for p in pods if p.terminating_at is not None} | {a.pod.name for a in evicted}

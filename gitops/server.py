@@ -56,6 +56,14 @@ class ControlPlane:
     allow_probe_hosts: bool = False
     # The token reads need (page, API, metrics); None: reads are open (loopback, --public-read).
     read_token: str | None = None
+    # After a start, how long agents get to come back and report their containers (to be
+    # adopted) before the controller creates pods, unless every known node reports sooner.
+    # Agents retry an unreachable server at least every 10 s.
+    settle_seconds: float = 12.0
+    _started: float = field(default_factory=time.monotonic)
+    _started_at: float = field(default_factory=time.time)
+    _settled: bool = False
+    _reported: set[str] = field(default_factory=set)  # nodes that synced since the start
     _server: uvicorn.Server | None = None
     _thread: threading.Thread | None = None
     syncs: list[SyncService] = field(default_factory=list)
@@ -84,11 +92,15 @@ class ControlPlane:
 
     def _build(self) -> uvicorn.Server:
         redact_logs_with(lambda: self.store.redactor(max_age=1.0), key=("store", id(self.store)))
+        self._started, self._started_at, self._settled = time.monotonic(), time.time(), False
+        self._reported = set()
         self.controller = Controller(
             self.store,
             interval=self.controller_interval,
             not_ready_toleration=self.not_ready_toleration,
             metrics=self.metrics,
+            ready=self.settled,
+            not_ready_before=lambda: self._started_at,
         )
         self.previews = [
             BranchPreviews(
@@ -123,6 +135,9 @@ class ControlPlane:
             read_token=self.read_token,
             loopback_nodes=is_loopback(self.host),
             loopback_only=is_loopback(self.host) and not self.read_token,
+            authoritative=self.settled,
+            on_sync=self._reported.add,
+            adopting=self.sources_read,
         )
         app.include_router(webhook_router(self.webhook_secret, lambda: self.syncs, lambda: self.previews))
         if self.hosted:
@@ -131,6 +146,26 @@ class ControlPlane:
             app.include_router(git_router(self.hosted, self.push_token, self._pushed))
         config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning", access_log=False)
         return uvicorn.Server(config)
+
+    def sources_read(self) -> bool:
+        """Whether every source has been read once since the start (the desired state is known,
+        so reported containers can be matched to what is wanted)."""
+        return all(sync.synced_once for sync in self.syncs)
+
+    def settled(self) -> bool:
+        """Whether this control plane knows every pod: since it started, every source has been
+        read once, and every node it knows has reported (or `settle_seconds` have passed, for
+        a store that lost its nodes: their agents come back within that)."""
+        if self._settled:
+            return True
+        if not self.sources_read():
+            return False
+        if time.monotonic() - self._started < self.settle_seconds:
+            records = self.store.nodes()
+            if not records or any(r.node.name not in self._reported for r in records):
+                return False
+        self._settled = True
+        return True
 
     def _applied(self) -> None:
         """A new revision is desired: converge on it, recompute previews against it, and try

@@ -85,3 +85,33 @@ def test_a_stopped_pod_leaves_the_endpoints_at_once_and_its_name_is_not_reused(t
     reconcile_once(store, now=105.0)
     names = [p.name for p in store.pods()]
     assert len(names) == 2 and len(set(names)) == 2
+
+
+def test_a_control_plane_back_from_a_long_outage_does_not_evict_the_pods_of_silent_nodes(
+    tmp_path: Path,
+) -> None:
+    """It heard nothing while it was down: a node's NotReady time counts from its start."""
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    for name in ("n1", "n2"):
+        store.register_node(Node(NodeName(name), "192.0.2.10", 4000, 8 * 2**30), "t", now=100.0)
+    store.apply_revision(Revision("git:x", "a" * 40), [deployment(replicas=4)], [], now=100.0)
+    reconcile_once(store, now=101.0)
+    before = {p.id for p in store.pods()}
+    store.heartbeat("n2", [], now=3600.0)  # n2's agent is back; n1's is not yet
+    restarted_at = 3600.0
+    result = reconcile_once(store, now=3605.0, not_ready_before=restarted_at)
+    assert {p.id for p in store.pods()} == before and not result.plan.stop
+    store.heartbeat("n2", [], now=restarted_at + 60)
+    later = reconcile_once(store, now=restarted_at + 61, not_ready_before=restarted_at)
+    assert len(later.plan.stop) == 2  # n1's pods, a full toleration after the start
+
+
+def test_when_no_node_is_ready_nothing_is_evicted(tmp_path: Path) -> None:
+    """Every node silent at once is likelier the control plane's fault (its network) than theirs."""
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store.register_node(Node(NodeName("n1"), "192.0.2.10", 4000, 8 * 2**30), "t", now=100.0)
+    store.apply_revision(Revision("git:x", "a" * 40), [deployment(replicas=2)], [], now=100.0)
+    reconcile_once(store, now=101.0)
+    before = {p.id for p in store.pods()}
+    result = reconcile_once(store, now=1000.0)
+    assert not result.plan.stop and {p.id for p in store.pods()} == before

@@ -44,8 +44,19 @@ import httpx
 import structlog
 
 from gitops.agents.iptables import IptablesError, IptablesProxy, ServiceRule
+from gitops.agents.plan import (
+    BACKOFF_MAX,
+    BACKOFF_START,
+    Outage,
+    PodMemory,
+    crash_loop,
+    current_run,
+    plan_node,
+    runs,
+    should_restart,
+)
 from gitops.agents.probes import Prober, Verdict, real_handler
-from gitops.agents.runtime import ContainerInfo, ImageMissing, Runtime, RuntimeFailure
+from gitops.agents.runtime import ContainerInfo, ImageMissing, Runtime, RuntimeFailure, RuntimeUnavailable
 from gitops.codec import decode_as, encode
 from gitops.loop import Backoff, Loop
 from gitops.model import NodeName, Phase, Pod, PodId, PodStatus, ServiceEndpoints, Taint
@@ -53,9 +64,6 @@ from gitops.redact import Redactor, truncate
 
 log = structlog.get_logger(__name__)
 
-BACKOFF_START = 10.0
-BACKOFF_MAX = 300.0
-BACKOFF_RESET_AFTER = 600.0
 LOG_TAIL_LINES = 20
 LOG_TAIL_BYTES = 4000
 MAX_TEXT = 1000  # reasons and probe output, as reported
@@ -166,18 +174,6 @@ def _detail(response: httpx.Response) -> str:
     return f"HTTP {response.status_code}: {detail}"
 
 
-@dataclass
-class _Restarts:
-    """Per-pod restart bookkeeping (the agent's memory; the control plane keeps the count)."""
-
-    count: int = 0
-    next_attempt: float = 0.0
-    last_error: str = ""
-    failed_starts: int = 0
-    backoff: int = 0  # exits since the container last ran long enough
-    exit_seen: tuple[str, float] = ("", 0.0)
-
-
 @dataclass(frozen=True)
 class AgentConfig:
     server: str
@@ -205,14 +201,16 @@ class Agent:
     clock: Callable[[], float] = time.time
     _token: str = ""
     _proxy: IptablesProxy | None = None
-    _restarts: dict[PodId, _Restarts] = field(default_factory=dict)
+    _memory: dict[PodId, PodMemory] = field(default_factory=dict)
+    _waiting: dict[PodId, str] = field(default_factory=dict)
+    _outages: list[Outage] = field(default_factory=list)
+    _outage_since: float | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _http: httpx.Client | None = None
     _assigned_cache: dict[PodId, Pod] = field(default_factory=dict)
     prober: Prober | None = None
     _verdicts: dict[PodId, Verdict] = field(default_factory=dict)
     _logs: dict[tuple[str, float], str] = field(default_factory=dict)
-    _draining: dict[PodId, float] = field(default_factory=dict)
     _stopped: list[PodId] = field(default_factory=list)
     _removing: dict[str, threading.Thread] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -277,13 +275,31 @@ class Agent:
         )
         return self._token
 
-    def _sync_call(self, statuses: Sequence[PodStatus]) -> dict[str, Any]:
+    def _runtime_down(self, reason: str) -> None:
+        """The runtime cannot be reached: say so with the heartbeat (the node turns NotReady
+        and its pods leave every endpoint) and converge nothing until it is back."""
+        now = self.clock()
+        if self._outage_since is None:
+            self._outage_since = now
+            log.error("agent.runtime_unavailable", reason=reason)
+        self._sync_call([], runtime_error=reason)
+
+    def _runtime_back(self) -> None:
+        if self._outage_since is None:
+            return
+        now = self.clock()
+        self._outages = [*self._outages[-9:], Outage(self._outage_since, now)]
+        log.info("agent.runtime_back", down_for=round(now - self._outage_since, 1))
+        self._outage_since = None
+
+    def _sync_call(self, statuses: Sequence[PodStatus], *, runtime_error: str = "") -> dict[str, Any]:
         if not self._token:
             self.register()
         payload = {
             "statuses": [encode(s) for s in statuses],
             "stopped": list(self._stopped),
             "proxy_problems": self._proxy_problems[:1000],
+            "runtime_error": runtime_error,
         }
         url = f"/agent/v1/nodes/{self.config.node}/sync"
         response = self.http.post(url, json=payload, headers={"Authorization": f"Bearer {self._token}"})
@@ -298,10 +314,16 @@ class Agent:
 
     def tick(self) -> None:
         node = self.config.node
-        containers = self.runtime.list(node)
+        try:
+            containers = self.runtime.list(node)
+        except RuntimeUnavailable as exc:
+            self._runtime_down(str(exc))
+            return
+        self._runtime_back()
         statuses = self._statuses(containers, self._assigned_cache)
         reply = self._sync_call(statuses)
         self.allow_probe_hosts = bool(reply.get("allow_probe_hosts", False))
+        authoritative = bool(reply.get("authoritative", True))
         pods = [decode_as(Pod, p) for p in reply["pods"]]
         services = [decode_as(ServiceEndpoints, s) for s in reply["services"]]
         self._assigned_cache = {p.id: p for p in pods}
@@ -318,92 +340,57 @@ class Agent:
             # The node's pods still run and keep being converged; the failure is reported.
             self._proxy_problems = [f"iptables failed: {exc}"]
             log.error("agent.proxy_failed", error=str(exc))
-        changed = self.converge(pods, containers)
-        changed |= self.probe(pods, containers)
+        self.probe(pods, containers)
+        changed = self.converge(pods, containers, authoritative=authoritative)
         if changed:
             # Report what we just started without waiting a whole interval.
             self._sync_call(self._statuses(self.runtime.list(node), self._assigned_cache))
 
-    def converge(self, pods: Sequence[Pod], containers: Sequence[ContainerInfo]) -> bool:
+    def converge(
+        self, pods: Sequence[Pod], containers: Sequence[ContainerInfo], *, authoritative: bool = True
+    ) -> bool:
+        """Plan this node (`gitops.agents.plan.plan_node`) and carry the plan out; True when
+        something was started, killed or removed."""
         now = self.clock()
-        wanted = {p.id: p for p in pods}
-        changed = False
-        by_pod: dict[PodId, ContainerInfo] = {}
-        for c in sorted(containers, key=lambda c: (c.running, c.started_at)):
-            if c.id in self._removing:
-                continue
-            pod = wanted.get(c.pod)
-            if (
-                pod is None
-                or c.template_hash != pod.template_hash
-                or (c.pod in by_pod and by_pod[c.pod].running)
-            ):
-                grace = pod.spec.termination_grace_period_seconds if pod else 10
-                log.info(
-                    "agent.removing",
-                    pod=c.pod,
-                    container=c.id[:12],
-                    reason="pod is no longer assigned to this node" if pod is None else "template differs",
-                )
-                self._remove(c, grace)
-                changed = True
-                continue
-            if c.pod in by_pod:
-                self._remove(by_pod[c.pod], 0)
-            by_pod[c.pod] = c
-        for pod_id in list(self._restarts):
-            if pod_id not in wanted:
-                del self._restarts[pod_id]
-        live = {c.id for c in containers}
-        self._logs = {k: v for k, v in self._logs.items() if k[0] in live}
-        self._stopped = []
-        for pod in pods:
-            state = self._restarts.setdefault(pod.id, _Restarts(count=pod.restarts))
-            container = by_pod.get(pod.id)
-            if pod.terminating_at is not None:
-                changed |= self._drain(pod, container, now)
-                continue
-            if container is None:
-                if now < state.next_attempt:
-                    continue
-                changed |= self._start(pod, state, now)
-            elif not container.running and self._should_restart(pod, container):
-                exit_key = (container.id, container.finished_at)
-                if state.exit_seen != exit_key:
-                    # A new exit: wait 10 s, doubling per exit up to 5 min; a container that
-                    # ran for 10 min before exiting starts again from 10 s.
-                    state.exit_seen = exit_key
-                    if container.finished_at - container.started_at > BACKOFF_RESET_AFTER:
-                        state.backoff = 0
-                    state.next_attempt = now + min(BACKOFF_START * 2**state.backoff, BACKOFF_MAX)
-                    state.backoff += 1
-                    changed = True
-                if now < state.next_attempt:
-                    continue
-                state.count += 1
-                log.info("agent.restarting", pod=pod.id, exit_code=container.exit_code, restarts=state.count)
-                self.runtime.restart(container.id)
-                changed = True
-        return changed
-
-    def _drain(self, pod: Pod, container: ContainerInfo | None, now: float) -> bool:
-        """Stop a terminating pod: wait until every node has dropped its endpoint, then stop
-        the container (SIGTERM, SIGKILL after the grace period), then report it gone."""
-        if container is None:
-            self._draining.pop(pod.id, None)
-            self._stopped.append(pod.id)
-            return False
-        first_seen = self._draining.setdefault(pod.id, now)
-        if now < first_seen + self.config.drain_seconds:
-            return False
-        log.info(
-            "agent.stopping", pod=pod.id, reason=pod.reason, grace=pod.spec.termination_grace_period_seconds
+        live = [c for c in containers if c.id not in self._removing]
+        restarts = {pod_id: v.reason for pod_id, v in self._verdicts.items() if v.restart}
+        self._verdicts = {pod_id: v for pod_id, v in self._verdicts.items() if not v.restart}
+        actions = plan_node(
+            pods,
+            live,
+            self._memory,
+            now=now,
+            verdicts=restarts,
+            outages=self._outages,
+            authoritative=authoritative,
+            drain_seconds=self.config.drain_seconds,
+            outage_slack=2 * self.config.interval + 1,
         )
-        self._remove(container, pod.spec.termination_grace_period_seconds)
-        return True
+        self._memory = dict(actions.memory)
+        self._waiting = dict(actions.waiting)
+        self._stopped = list(actions.stopped)
+        live_ids = {c.id for c in containers}
+        self._logs = {k: v for k, v in self._logs.items() if k[0] in live_ids}
+        for remove in actions.remove:
+            log.info(
+                "agent.removing",
+                pod=remove.container.pod,
+                container=remove.container.id[:12],
+                reason=remove.reason,
+            )
+            self._remove(remove.container, remove.grace)
+        for kill in actions.kill:
+            log.info(
+                "agent.killing", pod=kill.container.pod, container=kill.container.id[:12], reason=kill.reason
+            )
+            self._remove(kill.container, kill.grace, keep=True)
+        for start in actions.start:
+            self._start(start.pod, start.restart, start.reason, now)
+        return actions.changes
 
     def probe(self, pods: Sequence[Pod], containers: Sequence[ContainerInfo]) -> bool:
-        """Run due probes; restart containers whose liveness or startup probe gave up."""
+        """Run due probes. A liveness or startup probe that gave up marks its pod for a kill at
+        the next `converge` (the restart then goes through the crash backoff); True then."""
         if self.prober is None:
             self.prober = Prober(
                 real_handler(
@@ -413,12 +400,12 @@ class Agent:
                 ),
                 self.clock,
             )
-        running = {c.pod: c for c in containers if c.running and c.id not in self._removing}
+        by_pod = runs(c for c in containers if c.id not in self._removing)
         targets = []
         for pod in pods:
-            c = running.get(pod.id)
+            c = current_run(by_pod.get(pod.id, []), pod.template_hash)
             spec = pod.spec
-            if c is None or c.template_hash != pod.template_hash or pod.terminating_at is not None:
+            if c is None or not c.running or pod.terminating_at is not None:
                 continue
             if spec.startup_probe or spec.liveness_probe or spec.readiness_probe:
                 targets.append((pod.id, c, spec.startup_probe, spec.liveness_probe, spec.readiness_probe))
@@ -430,26 +417,27 @@ class Agent:
             for pod_id, v in self.prober.check(targets).items()
         }
         self.prober.forget({t[0] for t in targets})
-        restarted = False
         for pod_id, verdict in self._verdicts.items():
-            if not verdict.restart:
-                continue
-            state = self._restarts.setdefault(pod_id, _Restarts())
-            state.count += 1
-            state.last_error = verdict.reason
-            log.info("agent.probe_restart", pod=pod_id, reason=verdict.reason, restarts=state.count)
-            self.runtime.restart(running[pod_id].id, by_id[pod_id].spec.termination_grace_period_seconds)
-            restarted = True
-        return restarted
+            if verdict.restart:
+                log.info("agent.probe_failed", pod=pod_id, reason=verdict.reason)
+                self._memory[pod_id] = dataclasses.replace(
+                    self._memory.get(pod_id, PodMemory()),
+                    last_error=verdict.reason.removesuffix("; restarting"),
+                )
+        return any(v.restart for v in self._verdicts.values())
 
-    def _remove(self, container: ContainerInfo, grace: int) -> None:
-        """Stop and remove in the background: a grace period must not stall the node."""
+    def _remove(self, container: ContainerInfo, grace: int, *, keep: bool = False) -> None:
+        """Stop (and unless `keep`, remove) in the background: a grace period must not stall
+        the node."""
 
         def work() -> None:
             try:
-                self.runtime.remove(container.id, grace)
-                if container.pod not in self._assigned_cache:
-                    self._forget_files(container.pod)
+                if keep:
+                    self.runtime.stop(container.id, grace)
+                else:
+                    self.runtime.remove(container.id, grace)
+                    if container.pod not in self._assigned_cache:
+                        self._forget_files(container.pod)
             except Exception:
                 log.exception("agent.remove_failed", pod=container.pod, container=container.id[:12])
             finally:
@@ -469,37 +457,36 @@ class Agent:
         for thread in threads:
             thread.join(timeout)
 
-    @staticmethod
-    def _should_restart(pod: Pod, container: ContainerInfo) -> bool:
-        policy = pod.spec.restart_policy
-        return policy == "Always" or (policy == "OnFailure" and container.exit_code != 0)
-
-    def _start(self, pod: Pod, state: _Restarts, now: float) -> bool:
+    def _start(self, pod: Pod, restart: int, reason: str, now: float) -> None:
+        state = self._memory.get(pod.id, PodMemory())
         try:
             mounts = self._write_files(pod)
             try:
-                self.runtime.run(self.config.node, pod, mounts)
+                self.runtime.run(self.config.node, pod, mounts, restart)
             except ImageMissing:
                 if pod.spec.image_pull_policy == "Never":
                     raise
                 self.runtime.pull(pod.spec.image)
-                self.runtime.run(self.config.node, pod, mounts)
+                self.runtime.run(self.config.node, pod, mounts, restart)
         except (ImageMissing, RuntimeFailure, OSError) as exc:
             kind = (
                 "ErrImageNeverPull"
                 if pod.spec.image_pull_policy == "Never" and isinstance(exc, ImageMissing)
                 else ("ErrImagePull" if isinstance(exc, ImageMissing) else "CreateContainerError")
             )
-            state.last_error = truncate(self._redactor(pod)(f"{kind}: {exc}"), MAX_TEXT)
             delay = min(BACKOFF_START * 2 ** min(state.failed_starts, 10), BACKOFF_MAX)
-            state.failed_starts += 1
-            state.next_attempt = now + delay
-            log.warning("agent.start_failed", pod=pod.id, reason=state.last_error, retry_in=delay)
-            return True
-        state.last_error = ""
-        state.failed_starts = 0
-        log.info("agent.started", pod=pod.id, image=pod.spec.image)
-        return True
+            self._memory[pod.id] = dataclasses.replace(
+                state,
+                last_error=truncate(self._redactor(pod)(f"{kind}: {exc}"), MAX_TEXT),
+                failed_starts=state.failed_starts + 1,
+                next_attempt=now + delay,
+            )
+            log.warning(
+                "agent.start_failed", pod=pod.id, reason=self._memory[pod.id].last_error, retry_in=delay
+            )
+            return
+        self._memory[pod.id] = dataclasses.replace(state, last_error="", failed_starts=0)
+        log.info("agent.started", pod=pod.id, image=pod.spec.image, run=restart, reason=reason)
 
     # --- files ----------------------------------------------------------------------
 
@@ -551,59 +538,60 @@ class Agent:
     # --- status ---------------------------------------------------------------------
 
     def _statuses(self, containers: Sequence[ContainerInfo], assigned: dict[PodId, Pod]) -> list[PodStatus]:
-        now = self.clock()
+        """A status per pod with a container (its current run), and per assigned pod without.
+        A container of a pod the agent was not given is reported with its template and owner,
+        so that a control plane that lost its state can adopt it."""
         result: dict[PodId, PodStatus] = {}
-        for c in containers:
-            if c.id in self._removing:
-                continue  # being stopped: its pod is gone or terminating
-            pod = assigned.get(c.pod)
-            if pod is not None and c.template_hash != pod.template_hash:
-                continue
-            state = self._restarts.get(c.pod, _Restarts())
+        by_pod = runs(c for c in containers if c.id not in self._removing)
+        for pod_id, found in by_pod.items():
+            pod = assigned.get(pod_id)
+            c = current_run(found, pod.template_hash) if pod is not None else found[-1]
+            if c is None:
+                continue  # only containers of another template: being replaced
             redact = self._redactor(pod)
             if c.running:
                 ready, reason = self._readiness(pod)
-                status = PodStatus(
-                    c.pod, "Running", ready, reason, c.pod_ip, c.host_ports, state.count, None, c.id
-                )
-            elif pod is not None and self._should_restart(pod, c):
-                wait = max(0.0, state.next_attempt - now)
-                reason = f"CrashLoopBackOff: exited with code {c.exit_code}; restarting in {wait:.0f}s"
+                status = PodStatus(pod_id, "Running", ready, reason, c.pod_ip, c.host_ports)
+            elif pod is not None and should_restart(pod, c):
+                reason = crash_loop(c, self._memory.get(pod_id, PodMemory()), self.clock())
                 if c.error:
                     reason += f" ({c.error})"
                 status = PodStatus(
-                    c.pod,
+                    pod_id,
                     "Running",
                     False,
                     reason,
-                    "",
-                    (),
-                    state.count,
-                    c.exit_code,
-                    c.id,
-                    self._log_tail(c, pod),
+                    exit_code=c.exit_code,
+                    last_log=self._log_tail(c, pod),
                 )
             else:
                 phase: Phase = "Succeeded" if c.exit_code == 0 else "Failed"
                 reason = f"exited with code {c.exit_code}" + (f": {c.error}" if c.error else "")
                 status = PodStatus(
-                    c.pod,
+                    pod_id,
                     phase,
                     False,
                     reason,
-                    "",
-                    (),
-                    state.count,
-                    c.exit_code,
-                    c.id,
-                    self._log_tail(c, pod),
+                    exit_code=c.exit_code,
+                    last_log=self._log_tail(c, pod),
                 )
-            result[c.pod] = dataclasses.replace(status, reason=truncate(redact(status.reason), MAX_TEXT))
+            result[pod_id] = dataclasses.replace(
+                status,
+                reason=truncate(redact(status.reason), MAX_TEXT),
+                restarts=c.restart,
+                container_id=c.id,
+                template_hash=c.template_hash,
+                owner=c.owner,
+            )
         for pod_id, assigned_pod in assigned.items():
             if pod_id not in result and assigned_pod.terminating_at is None:
-                state = self._restarts.get(pod_id, _Restarts())
+                state = self._memory.get(pod_id, PodMemory())
                 result[pod_id] = PodStatus(
-                    pod_id, "Pending", False, state.last_error or "starting container", restarts=state.count
+                    pod_id,
+                    "Pending",
+                    False,
+                    state.last_error or self._waiting.get(pod_id, "") or "starting container",
+                    restarts=assigned_pod.restarts,
                 )
         return list(result.values())
 
@@ -652,7 +640,8 @@ class Agent:
                 "agent",
                 self.tick,
                 interval=interval,
-                backoff=Backoff(first=interval, cap=30.0),
+                # A control plane that restarted expects its agents back within seconds.
+                backoff=Backoff(first=interval, cap=10.0),
                 stop=self._stop,
                 fatal=(NodeRefused,),
                 node=self.config.node,

@@ -1,9 +1,14 @@
 """The container runtime an agent drives: a `Runtime` protocol and its Docker implementation.
 
 Every container we create carries ownership labels (`gitops.node`, `gitops.pod`,
-`gitops.template`), which is how an agent that restarts finds and adopts its containers
-instead of recreating them, and how it recognises containers of pods that are gone. No
-container without our labels is ever touched.
+`gitops.template`, `gitops.owner`, `gitops.restart`), which is how an agent that restarts
+finds and adopts its containers instead of recreating them, how a control plane that lost
+its state adopts them too, and how an agent recognises containers of pods that are gone. No
+container without our labels is ever touched. Each run of a pod is a container of its own,
+named after the pod and its restart number.
+
+A runtime that cannot be reached (the Docker engine stopped) raises `RuntimeUnavailable`
+from `list`, which the agent reports as the node's condition.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any, Protocol
 
 import docker
 import docker.errors
+import requests
 import structlog
 
 from gitops.model import NodeName, Pod, PodId
@@ -25,6 +31,12 @@ log = structlog.get_logger(__name__)
 LABEL_NODE = "gitops.node"
 LABEL_POD = "gitops.pod"
 LABEL_TEMPLATE = "gitops.template"
+LABEL_OWNER = "gitops.owner"  # Kind/namespace/name of the pod's owner
+LABEL_RESTART = "gitops.restart"  # which run of the pod this container is: 0, 1, 2, ...
+
+
+class RuntimeUnavailable(RuntimeError):
+    """The runtime cannot be reached (its engine is stopped or restarting)."""
 
 
 class ImageMissing(RuntimeError):
@@ -47,14 +59,18 @@ class ContainerInfo:
     started_at: float
     finished_at: float
     error: str = ""
+    restart: int = 0  # the run of the pod this container is (0 for the first)
+    owner: str = ""  # Kind/namespace/name of the pod's owner
 
 
 class Runtime(Protocol):
     def list(self, node: NodeName) -> list[ContainerInfo]: ...
 
-    def run(self, node: NodeName, pod: Pod, mounts: Sequence[tuple[str, str]]) -> ContainerInfo: ...
+    def run(
+        self, node: NodeName, pod: Pod, mounts: Sequence[tuple[str, str]], restart: int = 0
+    ) -> ContainerInfo: ...
 
-    def restart(self, container_id: str, grace_seconds: int = 0) -> ContainerInfo: ...
+    def stop(self, container_id: str, grace_seconds: int) -> None: ...
 
     def exec(self, container_id: str, command: Sequence[str], timeout: float) -> tuple[int, str]: ...
 
@@ -74,8 +90,20 @@ def _timestamp(value: str | None) -> float:
     return dt.datetime.fromisoformat(f"{head}.{frac:0<6}+00:00").timestamp()
 
 
-def container_name(node: str, pod: Pod) -> str:
-    return f"gitops_{node}_{pod.namespace}_{pod.name}"[:200]
+def container_name(node: str, pod: Pod, restart: int = 0) -> str:
+    return f"gitops_{node}_{pod.namespace}_{pod.name}"[:190] + f"_{restart}"
+
+
+def owner_label(pod: Pod) -> str:
+    return f"{pod.owner.kind}/{pod.owner.namespace}/{pod.owner.name}"
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """Whether an error of the Docker client means the engine cannot be reached."""
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return True
+    text = str(exc)
+    return "Error while fetching server API version" in text or "is restarting" in text
 
 
 class DockerRuntime:
@@ -105,6 +133,7 @@ class DockerRuntime:
                     continue  # the IPv6 twin of an IPv4 binding
                 ports.append((int(port), proto.upper(), int(binding["HostPort"])))
                 break
+        restart = str(labels.get(LABEL_RESTART, "0"))
         return ContainerInfo(
             id=container.id,
             pod=PodId(labels.get(LABEL_POD, "")),
@@ -116,21 +145,30 @@ class DockerRuntime:
             started_at=_timestamp(state.get("StartedAt")),
             finished_at=_timestamp(state.get("FinishedAt")),
             error=state.get("Error") or "",
+            restart=int(restart) if restart.isdigit() else 0,
+            owner=labels.get(LABEL_OWNER, ""),
         )
 
     def list(self, node: NodeName) -> list[ContainerInfo]:
-        summaries = self.client.api.containers(all=True, filters={"label": [f"{LABEL_NODE}={node}"]})
-        found = []
-        for summary in summaries:
-            try:
-                found.append(self._info(self.client.containers.get(summary["Id"])))
-            except docker.errors.NotFound:
-                continue  # removed since the listing (a removal runs in the background)
+        try:
+            summaries = self.client.api.containers(all=True, filters={"label": [f"{LABEL_NODE}={node}"]})
+            found = []
+            for summary in summaries:
+                try:
+                    found.append(self._info(self.client.containers.get(summary["Id"])))
+                except docker.errors.NotFound:
+                    continue  # removed since the listing (a removal runs in the background)
+        except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
+            if _unavailable(exc):
+                raise RuntimeUnavailable(f"the Docker engine cannot be reached: {_short(exc)}") from exc
+            raise
         return found
 
-    def run(self, node: NodeName, pod: Pod, mounts: Sequence[tuple[str, str]]) -> ContainerInfo:
+    def run(
+        self, node: NodeName, pod: Pod, mounts: Sequence[tuple[str, str]], restart: int = 0
+    ) -> ContainerInfo:
         spec = pod.spec
-        name = container_name(node, pod)
+        name = container_name(node, pod, restart)
         try:
             stale = self.client.containers.get(name)
         except docker.errors.NotFound:
@@ -140,7 +178,13 @@ class DockerRuntime:
         kwargs: dict[str, Any] = {
             "name": name,
             "hostname": pod.name[:63].rstrip("-."),
-            "labels": {LABEL_NODE: node, LABEL_POD: pod.id, LABEL_TEMPLATE: pod.template_hash},
+            "labels": {
+                LABEL_NODE: node,
+                LABEL_POD: pod.id,
+                LABEL_TEMPLATE: pod.template_hash,
+                LABEL_OWNER: owner_label(pod),
+                LABEL_RESTART: str(restart),
+            },
             "environment": dict(spec.env),
             "ports": {f"{p.container_port}/{p.protocol.lower()}": None for p in spec.ports},
             "volumes": {host: {"bind": inside, "mode": "ro"} for host, inside in mounts},
@@ -172,21 +216,12 @@ class DockerRuntime:
         container.reload()
         return self._info(container)
 
-    def restart(self, container_id: str, grace_seconds: int = 0) -> ContainerInfo:
-        """Start an exited container; stop (SIGTERM, then SIGKILL after the grace) and
-        start a running one."""
-        container = self.client.containers.get(container_id)
+    def stop(self, container_id: str, grace_seconds: int) -> None:
+        """SIGTERM, then SIGKILL after the grace; the container stays, exited, for its logs."""
         try:
-            if container.status == "running":
-                container.restart(timeout=grace_seconds)
-            else:
-                container.start()
-        except docker.errors.APIError as exc:
-            log.warning(
-                "runtime.restart_failed", container=container_id[:12], error=str(exc.explanation or exc)
-            )
-        container.reload()
-        return self._info(container)
+            self.client.containers.get(container_id).stop(timeout=grace_seconds)
+        except docker.errors.NotFound:
+            return
 
     def remove(self, container_id: str, grace_seconds: int) -> None:
         try:
@@ -237,3 +272,8 @@ class DockerRuntime:
         except docker.errors.APIError:
             return ""  # gone, or being removed: nothing worth reporting
         return data.decode(errors="replace")
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]

@@ -106,11 +106,18 @@ def create_app(
     read_token: str | None = None,
     loopback_nodes: bool = True,
     loopback_only: bool = False,
+    authoritative: Callable[[], bool] = lambda: True,
+    on_sync: Callable[[str], None] = lambda _: None,
+    adopting: Callable[[], bool] = lambda: True,
 ) -> FastAPI:
     """The app; with `read_token`, reads need it (`gitops.api.auth`), else they are open.
     `loopback_nodes` lets nodes register a loopback address (a server on loopback, whose
     agents can only be on its own machine); `loopback_only` answers only requests addressed
-    to loopback names (open reads on loopback, safe from DNS rebinding)."""
+    to loopback names (open reads on loopback, safe from DNS rebinding). `authoritative` says
+    whether the control plane knows every pod yet (after a start it has read all its
+    sources, and heard from its agents): until then agents keep containers it did not assign
+    to them; `adopting` says whether it knows what is desired yet (reported containers
+    are adopted then)."""
     # No Swagger UI or ReDoc: they load their assets from a CDN. /docs is ours, offline.
     app = FastAPI(title="gitops", version="0.2.0", docs_url=None, redoc_url=None)
     install_read_only(app)
@@ -195,18 +202,30 @@ def create_app(
                 exit_code=s.exit_code,
                 container_id=s.container_id,
                 last_log=s.last_log,
+                template_hash=s.template_hash,
+                owner=s.owner,
             )
             for s in request.statuses
         ]
         now = clock()
-        if store.heartbeat(name, statuses, now, stopped=list(request.stopped)):
+        changed = store.heartbeat(
+            name,
+            statuses,
+            now,
+            stopped=list(request.stopped),
+            runtime_error=request.runtime_error,
+            adopt=adopting(),
+        )
+        if changed:
             on_report()
+        on_sync(name)
         _note_proxy_problems(name, tuple(request.proxy_problems), now)
         return {
             "pods": [encode(p) for p in store.pods(node=name)],
             "services": endpoints.get(),
             "service_cidr": str(store.service_cidr),
             "allow_probe_hosts": allow_probe_hosts,
+            "authoritative": authoritative(),
         }
 
     def _note_proxy_problems(node: str, reported: tuple[str, ...], now: float) -> None:

@@ -143,6 +143,8 @@ class PodStatusModel(_Strict):
     exit_code: Annotated[int, Field(ge=-(2**31), le=2**31 - 1)] | None = None
     container_id: Annotated[str, Field(max_length=128)] = ""
     last_log: Annotated[str, Field(max_length=MAX_LOG)] = ""
+    template_hash: Annotated[str, Field(max_length=64)] = ""
+    owner: Annotated[str, Field(max_length=600)] = ""
 
 
 class SyncRequest(_Strict):
@@ -152,6 +154,7 @@ class SyncRequest(_Strict):
     statuses: Annotated[list[PodStatusModel], Field(max_length=MAX_PODS_PER_REPORT)] = []
     stopped: Annotated[list[PodIdText], Field(max_length=MAX_PODS_PER_REPORT)] = []
     proxy_problems: Annotated[list[Annotated[str, Field(max_length=2000)]], Field(max_length=1000)] = []
+    runtime_error: Annotated[str, Field(max_length=2000)] = ""  # why the container runtime is unreachable
 
 
 class SyncReply(BaseModel):
@@ -162,6 +165,9 @@ class SyncReply(BaseModel):
     services: list[dict[str, Any]]
     service_cidr: str
     allow_probe_hosts: bool = False
+    # False while the control plane may not yet know every pod (just started: it has not read
+    # all its sources, or heard from its agents): agents keep containers it did not assign.
+    authoritative: bool = True
 
 
 def field_errors(errors: list[dict[str, Any]]) -> str:

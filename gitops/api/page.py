@@ -309,7 +309,11 @@ def nodes(view: StatusView, _: Mapping[str, str]) -> tuple[str, str]:
     now = view.built_at
     rows = []
     for n in view.nodes:
-        status = '<span class="ok">Ready</span>' if n.ready else '<span class="bad">NotReady</span>'
+        status = (
+            '<span class="ok">Ready</span>'
+            if n.ready
+            else f'<span class="bad">NotReady</span><br><small>{esc(n.reason)}</small>'
+        )
         cpu_text = f"{n.cpu_requested}m / {n.cpu_capacity}m"
         memory_text = f"{memory(n.memory_requested)} / {memory(n.memory_capacity)}"
         rows.append(

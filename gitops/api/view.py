@@ -57,6 +57,7 @@ class NodeRow:
     max_pods: int
     labels: tuple[tuple[str, str], ...]
     taints: tuple[str, ...]
+    reason: str = ""  # why the node is NotReady
 
 
 @dataclass(frozen=True)
@@ -223,6 +224,7 @@ def build_view(store: Store, sources: Sequence[str], now: float, *, revision_lim
             max_pods=r.node.max_pods,
             labels=tuple((k, redact(v)) for k, v in r.node.labels),
             taints=tuple(redact(str(t)) for t in r.node.taints),
+            reason=redact(r.node.reason),
         )
         for r in records
     )

@@ -58,6 +58,8 @@ from gitops.model import (
     Taint,
     canonical_json,
 )
+from gitops.planner.plan import configs_of
+from gitops.planner.podspec import resolve_template
 from gitops.redact import Redactor, secret_forms, truncate
 from gitops.store.keys import SecretKeyError, SecretKeys, is_sealed
 from gitops.store.migrate import current as current_revision
@@ -126,6 +128,7 @@ class NodeRecord:
     node: Node
     heartbeat_at: float
     registered_at: float
+    not_ready_since: float | None = None  # when it became NotReady (None while Ready)
 
 
 class Refused(Exception):
@@ -173,6 +176,12 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
 
 
 def _node(row: NodeRow, now: float, grace: float) -> Node:
+    silent = now - row.heartbeat_at > grace
+    reason = (
+        f"no heartbeat for {now - row.heartbeat_at:.0f}s"
+        if silent
+        else (f"container runtime: {row.runtime_error}" if row.runtime_error else "")
+    )
     return Node(
         name=NodeName(row.name),
         address=row.address,
@@ -180,9 +189,17 @@ def _node(row: NodeRow, now: float, grace: float) -> Node:
         memory_bytes=row.memory_bytes,
         labels=tuple(sorted(row.labels.items())),
         taints=tuple(Taint(t["key"], t.get("value", ""), t.get("effect", "NoSchedule")) for t in row.taints),  # type: ignore[arg-type]
-        ready=now - row.heartbeat_at <= grace,
+        ready=not reason,
         max_pods=row.max_pods,
+        reason=reason,
     )
+
+
+def _not_ready_since(row: NodeRow, grace: float) -> float:
+    """When a NotReady node became so: its runtime failed, or its heartbeat stopped."""
+    if row.runtime_error and row.runtime_error_since is not None:
+        return row.runtime_error_since
+    return row.heartbeat_at + grace
 
 
 def _revision(row: RevisionRow) -> RevisionRecord:
@@ -700,6 +717,76 @@ class Store:
             row.taints = [{"key": t.key, "value": t.value, "effect": t.effect} for t in node.taints]
             row.token_hash = token_digest(token)
             row.heartbeat_at = now
+            row.runtime_error = ""
+            row.runtime_error_since = None
+
+    def _adopt(self, s: Session, node: str, statuses: Sequence[PodStatus], now: float) -> bool:
+        """Adopt reported containers of pods the store does not know, as those pods, when their
+        owner is desired with the same template and has fewer pods than replicas."""
+        unknown = [st for st in statuses if st.template_hash and s.get(PodRow, st.pod) is None]
+        if not unknown:
+            return False
+        desired = [self._manifest(r) for r in s.scalars(select(ObjectRow))]
+        configs = configs_of(desired)
+        deployments = {m.key: m for m in desired if m.key.kind == "Deployment"}
+        adopted = False
+        for status in unknown:
+            namespace, _, name = status.pod.partition("/")
+            owner = _owner_of(status, namespace, name)
+            wanted = deployments.get(owner) if owner is not None else None
+            if wanted is None:
+                continue
+            template = resolve_template(wanted, configs)
+            if template.hash != status.template_hash:
+                continue
+            have = s.scalar(
+                select(func.count())
+                .select_from(PodRow)
+                .where(
+                    PodRow.owner_kind == wanted.key.kind,
+                    PodRow.owner_namespace == wanted.key.namespace,
+                    PodRow.owner_name == wanted.key.name,
+                    PodRow.template_hash == template.hash,
+                    PodRow.terminating_at.is_(None),
+                )
+            )
+            if (have or 0) >= int(wanted.spec.get("replicas", 1)):
+                continue
+            s.add(
+                PodRow(
+                    id=status.pod,
+                    namespace=namespace,
+                    name=name,
+                    owner_kind=wanted.key.kind,
+                    owner_namespace=wanted.key.namespace,
+                    owner_name=wanted.key.name,
+                    template_hash=template.hash,
+                    spec=self._spec_to_row(encode(template.spec)),
+                    labels=[list(kv) for kv in template.labels],
+                    node=node,
+                    phase="Pending",
+                    ready=False,
+                    reason=f"adopted: its container kept running on node {node}",
+                    pod_ip="",
+                    host_ports=[],
+                    restarts=status.restarts,
+                    exit_code=None,
+                    container_id=status.container_id,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            s.add(
+                EventRow(
+                    time=now,
+                    object=f"pod {status.pod}",
+                    reason="Adopted",
+                    message=f"its container on node {node} runs {wanted.key}'s template {template.hash}",
+                )
+            )
+            s.flush()
+            adopted = True
+        return adopted
 
     def node_for_token(self, name: str, token: str) -> bool:
         with self.session() as s:
@@ -709,10 +796,12 @@ class Store:
     def nodes(self, now: float | None = None) -> list[NodeRecord]:
         now = time.time() if now is None else now
         with self.session() as s:
-            return [
-                NodeRecord(_node(r, now, self.heartbeat_grace), r.heartbeat_at, r.registered_at)
-                for r in s.scalars(select(NodeRow).order_by(NodeRow.name))
-            ]
+            records = []
+            for r in s.scalars(select(NodeRow).order_by(NodeRow.name)):
+                node = _node(r, now, self.heartbeat_grace)
+                since = None if node.ready else _not_ready_since(r, self.heartbeat_grace)
+                records.append(NodeRecord(node, r.heartbeat_at, r.registered_at, since))
+            return records
 
     def snapshot(self, now: float | None = None) -> ClusterState:
         """The whole state one control-loop pass reads, with its version."""
@@ -723,7 +812,7 @@ class Store:
             pods=tuple(self.pods()),
             nodes=tuple(r.node for r in records),
             not_ready_since={
-                r.node.name: r.heartbeat_at + self.heartbeat_grace for r in records if not r.node.ready
+                r.node.name: r.not_ready_since for r in records if r.not_ready_since is not None
             },
             rollouts=self.rollouts(),
         )
@@ -813,19 +902,54 @@ class Store:
                     s.add(EventRow(time=now, object=f"pod {pod_id}", reason="Unschedulable", message=why))
 
     def heartbeat(
-        self, node: str, statuses: Sequence[PodStatus], now: float, stopped: Sequence[str] = ()
+        self,
+        node: str,
+        statuses: Sequence[PodStatus],
+        now: float,
+        stopped: Sequence[str] = (),
+        *,
+        runtime_error: str = "",
+        adopt: bool = False,
     ) -> bool:
         """Record an agent's heartbeat, the status of the pods bound to its node, and the
         terminating pods it has finished stopping (they are deleted). Free text is redacted
         before it is written. True when a pod changed in a way a control pass cares about
-        (phase, readiness, a pod gone); a heartbeat alone is False."""
-        redactor = self.redactor() if statuses else Redactor()
+        (phase, readiness, a pod gone, the node's runtime failing or back); a heartbeat alone
+        is False.
+
+        `runtime_error` says the node's container runtime cannot be reached: the node is
+        NotReady with that reason and its pods are not ready (they leave every endpoint).
+        With `adopt`, a reported container of a pod the store does not know is adopted as
+        that pod when its owner wants it (`_adopt`): a control plane that lost its state
+        takes over running containers instead of recreating them."""
+        redactor = self.redactor() if statuses or runtime_error else Redactor()
         changed = False
         with self.session() as s:
             row = s.get(NodeRow, node)
             if row is None:
                 return False
             row.heartbeat_at = now
+            error = truncate(redactor(runtime_error), MAX_REASON)
+            if error != row.runtime_error:
+                changed = True
+                row.runtime_error = error
+                row.runtime_error_since = now if error else None
+                s.add(
+                    EventRow(
+                        time=now,
+                        object=f"node {node}",
+                        reason="NodeNotReady" if error else "NodeReady",
+                        message=f"container runtime: {error}" if error else "the container runtime is back",
+                    )
+                )
+            if error:
+                for held in s.scalars(select(PodRow).where(PodRow.node == node, PodRow.ready.is_(True))):
+                    held.ready = False
+                    held.reason = f"NodeNotReady: {error}"
+                    held.updated_at = now
+                return changed
+            if adopt:
+                changed |= self._adopt(s, node, statuses, now)
             for pod_id in stopped:
                 done = s.get(PodRow, pod_id)
                 if done is not None and done.node == node and done.terminating_at is not None:
@@ -1017,3 +1141,16 @@ def _b64_bytes(content: Any) -> bytes:
 
 def _b64_text(content: Any) -> str:
     return _b64_bytes(content).decode(errors="replace")
+
+
+def _owner_of(status: PodStatus, namespace: str, name: str) -> ObjectKey | None:
+    """The owner a container's label names (Kind/namespace/name), or, for a container made
+    before owners were labelled, the Deployment its name says (`<name>-<template>-<suffix>`)."""
+    kind, _, rest = status.owner.partition("/")
+    owner_namespace, _, owner_name = rest.partition("/")
+    if kind and owner_namespace and owner_name:
+        return ObjectKey(kind, owner_namespace, owner_name)
+    parts = name.rsplit("-", 2)
+    if len(parts) == 3 and parts[1] == status.template_hash:
+        return ObjectKey("Deployment", namespace, parts[0])
+    return None

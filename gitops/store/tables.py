@@ -73,6 +73,9 @@ class NodeRow(Base):
     token_hash: Mapped[str] = mapped_column(String(64))  # sha256 of the node's token, never the token
     registered_at: Mapped[float] = mapped_column(Float)
     heartbeat_at: Mapped[float] = mapped_column(Float)
+    # Why the node's container runtime cannot be reached ("" when it can), and since when.
+    runtime_error: Mapped[str] = mapped_column(Text, server_default="")
+    runtime_error_since: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class PodRow(Base):

@@ -132,6 +132,7 @@ class SyncService:
         self.debounce = debounce
         self.allow_empty = allow_empty
         self.waiting = False  # the source's revision is refused for now, and retried
+        self.synced_once = False  # read once since start (applied, rejected, unchanged or missing)
         self.loop = Loop(
             "sync",
             self._step,
@@ -171,7 +172,9 @@ class SyncService:
         except SourceMissing as exc:
             # The source is not there (yet): a folder to create, a first push to make.
             # Retrying faster does not help; file events and pushes trigger a sync.
+            self.synced_once = True
             raise Terminal(str(exc)) from exc
+        self.synced_once = True
 
     def _observe(self, outcome: str, started: float) -> None:
         if self.metrics is not None:

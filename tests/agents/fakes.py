@@ -6,7 +6,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from gitops.agents.runtime import ContainerInfo, ImageMissing
+from gitops.agents.runtime import ContainerInfo, ImageMissing, RuntimeUnavailable
 from gitops.model import NodeName, Pod, PodId
 
 
@@ -19,30 +19,51 @@ class MemoryRuntime:
     mounts: dict[PodId, list[tuple[str, str]]] = field(default_factory=dict)
     logs: dict[str, str] = field(default_factory=dict)
     exec_results: dict[tuple[str, ...], tuple[int, str]] = field(default_factory=dict)
+    down: bool = False  # the engine is stopped: every call raises RuntimeUnavailable
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def list(self, node: NodeName) -> list[ContainerInfo]:
+        if self.down:
+            raise RuntimeUnavailable("the Docker engine cannot be reached: connection refused")
         return [c for n, c in self.containers.values() if n == node]
 
-    def run(self, node: NodeName, pod: Pod, mounts: Sequence[tuple[str, str]]) -> ContainerInfo:
+    def run(
+        self, node: NodeName, pod: Pod, mounts: Sequence[tuple[str, str]], restart: int = 0
+    ) -> ContainerInfo:
+        if self.down:
+            raise RuntimeUnavailable("the Docker engine cannot be reached: connection refused")
         if pod.spec.image not in self.images:
             raise ImageMissing(f"image {pod.spec.image!r} is not present on node {node}")
         cid = f"c{next(self._ids)}"
-        info = ContainerInfo(cid, pod.id, pod.template_hash, True, None, "172.17.0.9", (), self.now, 0.0)
+        owner = f"{pod.owner.kind}/{pod.owner.namespace}/{pod.owner.name}"
+        info = ContainerInfo(
+            cid,
+            pod.id,
+            pod.template_hash,
+            True,
+            None,
+            "172.17.0.9",
+            (),
+            self.now,
+            0.0,
+            restart=restart,
+            owner=owner,
+        )
         self.containers[cid] = (node, info)
         self.mounts[pod.id] = list(mounts)
-        self.log.append(f"run {pod.id}")
+        self.log.append(f"run {pod.id}" + (f" #{restart}" if restart else ""))
         return info
 
     def exec(self, container_id: str, command: Sequence[str], timeout: float) -> tuple[int, str]:
         return self.exec_results.get(tuple(command), (0, ""))
 
-    def restart(self, container_id: str, grace_seconds: int = 0) -> ContainerInfo:
+    def stop(self, container_id: str, grace_seconds: int) -> None:
         node, info = self.containers[container_id]
-        info = replace(info, running=True, exit_code=None, started_at=self.now)
-        self.containers[container_id] = (node, info)
-        self.log.append(f"restart {info.pod}")
-        return info
+        self.containers[container_id] = (
+            node,
+            replace(info, running=False, exit_code=137, finished_at=self.now),
+        )
+        self.log.append(f"stop {info.pod}")
 
     def remove(self, container_id: str, grace_seconds: int) -> None:
         _, info = self.containers.pop(container_id)
@@ -58,7 +79,7 @@ class MemoryRuntime:
 
     def exit(self, pod: PodId, code: int) -> None:
         for cid, (node, info) in self.containers.items():
-            if info.pod == pod:
+            if info.pod == pod and info.running:
                 self.containers[cid] = (
                     node,
                     replace(info, running=False, exit_code=code, finished_at=self.now),

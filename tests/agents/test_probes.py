@@ -131,6 +131,18 @@ def test_the_agent_reports_readiness_and_restarts_on_liveness(tmp_path: Path) ->
     for _ in range(2):
         clock.now += 1
         agent.probe([pod], rt.list(NodeName("n1")))
-    assert rt.log[-1] == "restart default/a"
+    agent.converge([pod], rt.list(NodeName("n1")))
+    agent.wait_removals()
+    assert rt.log[-1] == "stop default/a"  # killed, not restarted in place: the backoff decides when
+    agent.converge([pod], rt.list(NodeName("n1")))
     (status,) = agent._statuses(rt.list(NodeName("n1")), {pod.id: pod})
-    assert status.restarts == 1
+    assert status.reason == (
+        "CrashLoopBackOff: exited with code 137 (Liveness probe failed (exec alive): exit code 1); "
+        "restarting in 10s"
+    )
+    clock.now += 10
+    rt.now = clock.now
+    agent.converge([pod], rt.list(NodeName("n1")))
+    assert rt.log[-1] == "run default/a #1"  # a fresh container
+    (status,) = agent._statuses(rt.list(NodeName("n1")), {pod.id: pod})
+    assert (status.phase, status.restarts) == ("Running", 1)

@@ -204,7 +204,8 @@ class Cluster:
         return httpx.get(self.plane.url + path, timeout=10).raise_for_status().json()
 
     def containers(self, node: str | None = None) -> dict[str, dict[str, Any]]:
-        """Containers of a node (default: the first): pod id -> {id, started, restarts, ...}."""
+        """The current container of each pod of a node (default: the first): pod id -> {id,
+        status, started, run, ...}; the previous run of a pod, kept exited, is not shown."""
         found = {}
         label = f"gitops.node={node or self.node}"
         for summary in self.docker.api.containers(all=True, filters={"label": label}):
@@ -212,11 +213,19 @@ class Cluster:
                 c = self.docker.containers.get(summary["Id"])
             except docker.errors.NotFound:
                 continue
-            found[c.labels["gitops.pod"]] = {
+            run = int(c.labels.get("gitops.restart", "0"))
+            pod = c.labels["gitops.pod"]
+            if pod in found and (found[pod]["run"], found[pod]["status"] == "running") > (
+                run,
+                c.status == "running",
+            ):
+                continue  # each run of a pod is a container: keep the newest
+            found[pod] = {
                 "id": c.id,
                 "status": c.status,
                 "started": c.attrs["State"]["StartedAt"],
                 "restarts": c.attrs["RestartCount"],
+                "run": run,
                 "env": c.attrs["Config"]["Env"],
             }
         return found

@@ -112,10 +112,13 @@ def test_readiness_gates_the_service_and_liveness_restarts_the_container(cluster
     in_container(cluster, "touch", "/tmp/die")
     wait_for(
         lambda: (p := the_pod(cluster)) and p["restarts"] >= 1,
-        timeout=30,
+        timeout=60,  # the kill, then the crash backoff (10 s) like any other restart
         what="a restart after the liveness probe failed",
     )
     after = next(iter(cluster.containers().values()))
     assert after["started"] != started
+    assert after["run"] == 1  # a fresh container: the previous run's files are not in it
+    fresh = subprocess.run(["docker", "exec", after["id"], "test", "-f", "/tmp/die"], check=False)
+    assert fresh.returncode == 1
     events = [e["message"] for e in cluster.api("/api/v1/events?limit=200")]
     assert any("Liveness probe failed (exec sh -c test ! -f /tmp/die): exit code 1" in m for m in events)
