@@ -118,19 +118,19 @@ def _check_store(url: str, keys: SecretKeys) -> None:
 
 
 def _copy_sqlite(database: Path, output: Path) -> None:
-    with (
-        contextlib.closing(_sqlite_read_only(database)) as source,
-        contextlib.closing(sqlite3.connect(output)) as copy,
-    ):
-        try:
+    try:
+        with (
+            contextlib.closing(_sqlite_read_only(database)) as source,
+            contextlib.closing(sqlite3.connect(output)) as copy,
+        ):
             # All pages in one step, so one read transaction: a consistent snapshot while the
             # server keeps writing. (Step by step, every write of another connection would
             # restart the copy, which might then never finish on a busy server.)
             source.backup(copy, pages=-1)
             # The copy comes out in WAL mode like its source; one self-contained file is better.
             copy.execute("PRAGMA journal_mode=DELETE")
-        except sqlite3.Error as exc:
-            raise BackupError(f"{database}: the copy failed: {exc}") from None
+    except sqlite3.Error as exc:
+        raise BackupError(f"{database}: the copy failed: {exc}") from None
 
 
 @contextlib.contextmanager
@@ -318,7 +318,11 @@ def _restore_sqlite(archive: Path, database: Path) -> None:
         raise BackupError(f"cannot write {database}: {exc.strerror}") from None
     os.fchmod(fd, 0o600)
     os.close(fd)
-    with contextlib.closing(sqlite3.connect(database, timeout=0, isolation_level=None)) as target:
+    try:
+        target = sqlite3.connect(database, timeout=0, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise BackupError(f"{database}: {exc}") from None
+    with contextlib.closing(target):
         try:
             # Leaving WAL mode needs every other connection closed, and a server keeps its open:
             # this is how a running server is told apart. Then hold the file until we are done.
@@ -332,13 +336,13 @@ def _restore_sqlite(archive: Path, database: Path) -> None:
                     f"{database} is in use (is a gitops server running on it?): stop it, then restore"
                 ) from None
             raise BackupError(f"{database}: {exc}") from None
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.Error as exc:
             raise BackupError(f"{database}: {exc}") from None
-        with contextlib.closing(_sqlite_read_only(archive)) as source:
-            try:
+        try:
+            with contextlib.closing(_sqlite_read_only(archive)) as source:
                 source.backup(target, pages=-1)
-            except sqlite3.Error as exc:
-                raise BackupError(f"restoring {archive} into {database} failed: {exc}") from None
+        except sqlite3.Error as exc:
+            raise BackupError(f"restoring {archive} into {database} failed: {exc}") from None
 
 
 # --- databases and tools -----------------------------------------------------------------
