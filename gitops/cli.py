@@ -7,6 +7,8 @@ gitops validate PATH...  check manifests; exit 1 on any error
 gitops status            what the cluster runs, and the last rejected revision
 gitops plan ...          preview what a revision would change (exit 0 none, 2 changes, 1 error)
 gitops state export      the cluster state as a snapshot file for `gitops plan --state`
+gitops backup -o FILE    a copy of the store (Secret values sealed; the key file is not in it)
+gitops restore FILE      put a backup back into a database no server is using
 gitops down              remove this node's containers and iptables chains
 """
 
@@ -640,6 +642,83 @@ def cmd_state_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- backup and restore ----------------------------------------------------------------
+
+
+def _store_url(args: argparse.Namespace) -> str:
+    """--db (or GITOPS_DB), else the SQLite file of --state-dir; nothing is created."""
+    from sqlalchemy.exc import ArgumentError  # noqa: PLC0415 - SQLAlchemy only with a store
+
+    try:
+        given = _given_db(args)
+    except ArgumentError:
+        raise SystemExit("--db: not a database URL (e.g. postgresql+psycopg2://USER@HOST/DB)") from None
+    return given or f"sqlite:///{(Path(args.state_dir) / 'gitops.db').resolve()}"
+
+
+def _key_path(args: argparse.Namespace) -> Path:
+    return Path(args.secret_key_file) if args.secret_key_file else Path(args.state_dir) / "secret.key"
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from gitops.store.backup import FORMATS, BackupError, backup, size_text  # noqa: PLC0415 - SQLAlchemy lazily
+
+    keys = _keys(args, Path(args.state_dir), create=False)
+    try:
+        written = backup(_store_url(args), Path(args.output), keys=keys)
+    except BackupError as exc:
+        print(f"gitops backup: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"wrote {written.path} ({size_text(written.size)}, {FORMATS[written.kind]}); it holds Secret "
+        f"values sealed with the key in {_key_path(args)}, which is not in the backup: keep that file with it"
+    )
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from gitops.store.backup import BackupError, restore  # noqa: PLC0415 - SQLAlchemy lazily
+
+    keys = _keys(args, Path(args.state_dir), create=False)
+    try:
+        done = restore(Path(args.file), _store_url(args), keys=keys, force=args.force)
+    except BackupError as exc:
+        print(f"gitops restore: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"restored {args.file} into {done.target} ({done.objects} objects, {done.pods} pods, "
+        f"{done.nodes} nodes) and opened it with the key in {_key_path(args)}; now start the server on it"
+    )
+    return 0
+
+
+def _backup_parsers(sub: Any) -> None:
+    where = "the store's SQLAlchemy URL (or GITOPS_DB; default: SQLite in the state folder)"
+    key = "the key that seals the store's Secret values (default: STATE_DIR/secret.key)"
+    backup = sub.add_parser(
+        "backup",
+        help="copy the store into a file, while the server runs",
+        description="The backup holds Secret values sealed with the key file, which is not in it: "
+        "keep the key file with the backup.",
+    )
+    backup.add_argument("-o", "--output", required=True, metavar="FILE", help="the backup to write (0600)")
+    backup.add_argument("--db", help=where)
+    backup.add_argument("--state-dir", default=str(DEFAULT_STATE))
+    backup.add_argument("--secret-key-file", metavar="PATH", help=key)
+    backup.set_defaults(func=cmd_backup)
+    restore = sub.add_parser(
+        "restore",
+        help="put a backup into a database no server is using",
+        description="Stop every server of the store first; start it again afterwards.",
+    )
+    restore.add_argument("file", metavar="FILE", help="a file written by 'gitops backup'")
+    restore.add_argument("--db", help=where)
+    restore.add_argument("--state-dir", default=str(DEFAULT_STATE))
+    restore.add_argument("--secret-key-file", metavar="PATH", help=key + "; the one kept with the backup")
+    restore.add_argument("--force", action="store_true", help="replace a store the database already holds")
+    restore.set_defaults(func=cmd_restore)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gitops", description="GitOps for plain Docker hosts")
     p.add_argument("--log-json", action="store_true", help="JSON log lines")
@@ -828,6 +907,7 @@ def parser() -> argparse.ArgumentParser:
     down.add_argument("--service-cidr", default="10.243.0.0/16")
     agent_options(down)
     down.set_defaults(func=cmd_down)
+    _backup_parsers(sub)
     return p
 
 
