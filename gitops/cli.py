@@ -38,6 +38,7 @@ from gitops.schemas.loader import SourceFile
 from gitops.schemas.validate import validate_files
 from gitops.sync.previews import preview_revisions
 from gitops.sync.sources import FolderSource, GitSource, Source, mirror_folder, read_folder
+from gitops.terminal import SafeStream, escape
 
 DEFAULT_STATE = Path(os.environ.get("GITOPS_STATE_DIR", ".gitops"))
 
@@ -46,7 +47,7 @@ def configure_logging(json_logs: bool, level: str = "info") -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if json_logs
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        else structlog.dev.ConsoleRenderer(colors=False)  # the CLI's streams escape control characters
     )
     structlog.configure(
         processors=[
@@ -128,19 +129,51 @@ def _unauthorized(url: str, exc: httpx.HTTPError) -> str:
     return f"cannot reach the gitops server at {url}: {exc}"
 
 
+STATUS_PODS = 20  # pods `gitops status` lists without --all
+
+
+def _one_line(value: Any) -> Any:
+    """Every string of an API answer fit for one terminal line (log tails: per line)."""
+    if isinstance(value, str):
+        return escape(value)
+    if isinstance(value, list):
+        return [_one_line(v) for v in value]
+    if isinstance(value, dict):
+        return {
+            k: "\n".join(escape(line) for line in v.splitlines())
+            if k == "last_log" and isinstance(v, str)
+            else _one_line(v)
+            for k, v in value.items()
+        }
+    return value
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     try:
         with httpx.Client(base_url=args.server, timeout=10, headers=_read_headers(args)) as http:
             status = http.get("/api/v1/status").raise_for_status().json()
             nodes = http.get("/api/v1/nodes").raise_for_status().json()
-            pods = http.get("/api/v1/pods").raise_for_status().json()
+            shown = 0 if getattr(args, "all", False) else STATUS_PODS
+            pods = http.get("/api/v1/pods", params={"limit": shown}).raise_for_status().json()
             services = http.get("/api/v1/services").raise_for_status().json()
             workloads = http.get("/api/v1/workloads").raise_for_status().json()
     except httpx.HTTPError as exc:
         print(_unauthorized(args.server, exc), file=sys.stderr)
         return 1
+    status, nodes, pods, services, workloads = (
+        _one_line(status),
+        _one_line(nodes),
+        _one_line(pods),
+        _one_line(services),
+        _one_line(workloads),
+    )
     now = time.time()
     out = []
+    for problem in status.get("problems") or []:
+        out.append(
+            f"PROBLEM: {problem['component']} failing for {_age(problem['for_seconds'])}: {problem['error']} "
+            "(what follows may be out of date)"
+        )
     out.append("Sources: " + (", ".join(status["sources"]) or "(none)"))
     applied = status["last_applied"]
     running = applied["revision"][:12] if applied else "nothing"
@@ -160,6 +193,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
         out += [f"  {e}" for e in rejected["errors"]]
     per_source = status.get("per_source") or []
+    for row in per_source:
+        if row.get("error"):
+            since = _age(now - row["error_since"]) if row.get("error_since") else "?"
+            out.append(f"CANNOT READ {row['source']} (for {since}): {row['error']}")
     if len(per_source) > 1:
         for row in per_source:
             at = row["last_applied"]["revision"][:12] if row["last_applied"] else "nothing applied"
@@ -192,9 +229,14 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{w['deployment']:<30} {w['desired']:>7} {w['updated']:>7} {w['ready']:>5} "
             f"{w['available']:>9}  {w['state'].upper() if w['state'] in ('failed', 'rolled back') else ''}"
             f"{': ' + w['reason'] if w['reason'] else w['step']}"
+            + (f"  ERROR: {w['error']}" if w.get("error") else "")
         )
     out.append("")
-    out.append(f"{'POD':<44} {'PHASE':<10} {'READY':<6} {'NODE':<14} {'IP':<15} {'RESTARTS':>8}  REASON")
+    total = status["counts"]["pods"]
+    heading = f"{'POD':<44} {'PHASE':<10} {'READY':<6} {'NODE':<14} {'IP':<15} {'RESTARTS':>8}  REASON"
+    if len(pods) < total:
+        heading += f"   (the first {len(pods)} of {total}, problems first; --all for every pod)"
+    out.append(heading)
     for p in pods:
         out.append(
             f"{p['id']:<44} {p['phase']:<10} {'yes' if p['ready'] else 'no':<6} {p['node'] or '-':<14} "
@@ -276,14 +318,26 @@ def _keys(args: argparse.Namespace, state: Path, *, create: bool = True) -> Any:
 
 def _open_store(args: argparse.Namespace, state: Path, *, read_only: bool = False, **options: Any) -> Any:
     """The store of the state folder (or --db); `read_only` for tools that must not change
-    it: no migration, no key created."""
+    it: no migration, no key created. A database that cannot be used is one line."""
+    from sqlalchemy.engine import make_url  # noqa: PLC0415 - SQLAlchemy only with a store
+    from sqlalchemy.exc import DBAPIError  # noqa: PLC0415
+
     from gitops.store import SecretKeyError, Store  # noqa: PLC0415
 
     url = _given_db(args) if read_only and _given_db(args) else _db_url(args, state)
+    keys = _keys(args, state, create=not read_only)
     try:
-        return Store(url, keys=_keys(args, state, create=not read_only), read_only=read_only, **options)
+        return Store(url, keys=keys, read_only=read_only, **options)
     except SecretKeyError as exc:
         raise SystemExit(f"gitops: {exc}") from exc
+    except DBAPIError as exc:
+        where = make_url(url).render_as_string(hide_password=True)
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
+        raise SystemExit(
+            f"gitops: the database {where} cannot be used: {reason}. Restore it from a backup "
+            "(gitops restore FILE), or move it away to start with an empty one: the sources are "
+            "read again, and the containers the agents run are adopted, not recreated."
+        ) from None
 
 
 def _parse_labels(values: Sequence[str]) -> tuple[tuple[str, str], ...]:
@@ -867,6 +921,11 @@ def parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--read-token-file", metavar="PATH", help="the server's read token (or GITOPS_READ_TOKEN)"
     )
+    status.add_argument(
+        "--all",
+        action="store_true",
+        help=f"list every pod (by default the first {STATUS_PODS}, problems first)",
+    )
     status.set_defaults(func=cmd_status)
 
     plan = sub.add_parser(
@@ -913,8 +972,14 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    configure_logging(args.log_json, args.log_level)
-    code: int = args.func(args)
+    # Nothing this command prints (pod reasons, log tails, manifest text) drives the terminal.
+    real = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = SafeStream(real[0]), SafeStream(real[1])
+    try:
+        configure_logging(args.log_json, args.log_level)
+        code: int = args.func(args)
+    finally:
+        sys.stdout, sys.stderr = real
     return code
 
 

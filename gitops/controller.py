@@ -15,10 +15,12 @@ from dataclasses import dataclass
 
 import structlog
 
+from gitops.health import Health
 from gitops.loop import Backoff, Loop
 from gitops.metrics import Metrics
+from gitops.model import ObjectKey, Pod
 from gitops.planner import Plan
-from gitops.reconcile import decide
+from gitops.reconcile import Decision, decide
 from gitops.store import Store
 
 log = structlog.get_logger(__name__)
@@ -48,14 +50,18 @@ def reconcile_once(
         state = dataclasses.replace(state, not_ready_since=since)
     decision = decide(state, now, not_ready_toleration=not_ready_toleration)
     result, placements, evicted = decision.plan, decision.placements, decision.evicted
-    store.apply_pod_changes(
-        create=[(a.pod, a.reason) for a in result.create],
-        stop=[(a.pod, a.reason) for a in result.stop],
-        delete_now=[(a.pod, a.reason) for a in evicted],
-        bind=placements.assigned,
-        pending_reasons=placements.unschedulable,
-        now=now,
-    )
+    failed = dict(result.failed)
+    try:
+        _write(store, decision, now, owners=None)
+    except Exception as exc:  # written again workload by workload, below
+        log.warning("controller.write_failed", error=str(exc), retry="workload by workload")
+        failed |= _write_each(store, decision, now)
+    for key, error in sorted(failed.items()):
+        log.error("controller.workload_failed", workload=str(key), error=error)
+    rollouts = {
+        key: dataclasses.replace(state, error=failed[key]) if key in failed else state
+        for key, state in decision.rollouts.items()
+    }
     if metrics is not None and placements.assigned:
         # Pods created in this very pass are not in `state`: they waited no time.
         created = {p.id: p.created_at for p in state.pods}
@@ -70,9 +76,43 @@ def reconcile_once(
             unschedulable=len(placements.unschedulable),
             actions=_first(result.describe(), 20),
         )
-    store.save_rollouts(decision.rollouts, now)
-    actions = Plan(result.create, (*evicted, *result.stop), result.keep)
+    store.save_rollouts(rollouts, now)
+    actions = Plan(result.create, (*evicted, *result.stop), result.keep, failed=failed, more=result.more)
     return PassResult(actions, len(placements.assigned), len(placements.unschedulable))
+
+
+def _write(store: Store, decision: Decision, now: float, *, owners: set[ObjectKey] | None) -> None:
+    """Write the pod changes of `decision` (only those of `owners`' pods, when given)."""
+
+    def mine(pod: Pod) -> bool:
+        return owners is None or pod.owner in owners
+
+    plan, placements = decision.plan, decision.placements
+    pods = {a.pod.id: a.pod for a in plan.create} | {p.id: p for p in plan.keep}
+    store.apply_pod_changes(
+        create=[(a.pod, a.reason) for a in plan.create if mine(a.pod)],
+        stop=[(a.pod, a.reason) for a in plan.stop if mine(a.pod)],
+        delete_now=[(a.pod, a.reason) for a in decision.evicted if mine(a.pod)],
+        bind={p: n for p, n in placements.assigned.items() if p in pods and mine(pods[p])},
+        pending_reasons={p: r for p, r in placements.unschedulable.items() if p in pods and mine(pods[p])},
+        now=now,
+    )
+
+
+def _write_each(store: Store, decision: Decision, now: float) -> dict[ObjectKey, str]:
+    """Write each workload's changes in a transaction of its own; the workloads whose write
+    fails, with the error (the others' changes are written)."""
+    plan = decision.plan
+    owners = sorted(
+        {a.pod.owner for a in (*plan.create, *plan.stop, *decision.evicted)} | {p.owner for p in plan.keep}
+    )
+    failed = {}
+    for owner in owners:
+        try:
+            _write(store, decision, now, owners={owner})
+        except Exception as exc:  # recorded on the workload; the others go on
+            failed[owner] = f"the pass could not write its pods: {type(exc).__name__}: {str(exc)[:300]}"
+    return failed
 
 
 def _first(lines: list[str], n: int) -> list[str]:
@@ -93,6 +133,7 @@ class Controller:
         metrics: Metrics | None = None,
         ready: Callable[[], bool] = lambda: True,
         not_ready_before: Callable[[], float] = lambda: 0.0,
+        health: Health | None = None,
     ) -> None:
         self.store = store
         self.ready = ready
@@ -102,7 +143,12 @@ class Controller:
         self.not_ready_toleration = not_ready_toleration
         self.clock = clock
         self.loop = Loop(
-            "controller", self._pass, interval=interval, backoff=Backoff(first=interval, cap=60.0)
+            "controller",
+            self._pass,
+            interval=interval,
+            backoff=Backoff(first=interval, cap=60.0),
+            health=health,
+            component="controller",
         )
 
     @property
@@ -117,13 +163,15 @@ class Controller:
                 log.info("controller.waiting", reason="sources not synced or agents not heard from yet")
                 self._waited = True
             return
-        reconcile_once(
+        result = reconcile_once(
             self.store,
             self.clock(),
             not_ready_toleration=self.not_ready_toleration,
             metrics=self.metrics,
             not_ready_before=self.not_ready_before(),
         )
+        if result.plan.more:
+            self.loop.trigger()  # workloads wanted more new pods than one pass creates
 
     def wake(self) -> None:
         self.loop.trigger()

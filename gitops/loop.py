@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import structlog
 
+from gitops.health import Health
+
 log = structlog.get_logger(__name__)
 
 
@@ -61,6 +63,8 @@ class Loop:
         rand: Callable[[], float] = random.random,
         stop: threading.Event | None = None,
         fatal: tuple[type[BaseException], ...] = (),
+        health: Health | None = None,
+        component: str = "",
         **context: object,
     ) -> None:
         self.name = name
@@ -70,6 +74,8 @@ class Loop:
         self.rand = rand
         self.context = context
         self.fatal = fatal
+        self.health = health
+        self.component = component or name
         self.error: BaseException | None = None  # the fatal error that ended the loop
         self.failures = 0
         self.last_error = ""
@@ -95,6 +101,8 @@ class Loop:
             self.failures = 0
             self.last_error = str(exc)
             log.error(f"{self.name}.terminal", error=str(exc), **self.context)
+            if self.health is not None:
+                self.health.fail(self.component, str(exc))
             return self.interval
         except Exception as exc:
             self.failures += 1
@@ -108,9 +116,13 @@ class Loop:
                 exc_info=self.failures == 1,  # the traceback once; repeats are one line
                 **self.context,
             )
+            if self.health is not None:
+                self.health.fail(self.component, self.last_error)
             return delay
         self.failures = 0
         self.last_error = ""
+        if self.health is not None:
+            self.health.ok(self.component)
         return self.interval
 
     def run(self) -> None:

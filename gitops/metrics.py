@@ -18,6 +18,8 @@ Names (all prefixed `gitops_`):
 - `scheduling_latency_seconds` histogram: pod creation to bind
 - `node_heartbeat_age_seconds{node}` and `node_ready{node}` gauges
 - `proxy_rules_skipped{node}` gauge: service rules a node's proxy skipped as invalid
+- `problem_seconds{component}` gauge: how long a part of the control plane (the controller,
+  a source's sync, the status view) has been failing; absent while it works
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gitops.health import Health
 from gitops.store import Store
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -76,6 +79,24 @@ class _StoreCollector(Collector):
         yield ready
 
 
+class _HealthCollector(Collector):
+    """What fails now in the control plane, read at scrape time."""
+
+    def __init__(self, health: Health) -> None:
+        self.health = health
+
+    def collect(self) -> Iterable[Metric]:
+        failing = GaugeMetricFamily(
+            "gitops_problem_seconds",
+            "How long a part of the control plane has been failing (absent when it works).",
+            labels=["component"],
+        )
+        now = self.health.clock()
+        for problem in self.health.problems():
+            failing.add_metric([problem.component], max(0.0, now - problem.since))
+        yield failing
+
+
 class Metrics:
     """The control plane's metrics, in a registry of their own."""
 
@@ -107,12 +128,19 @@ class Metrics:
             registry=self.registry,
         )
         self._store_collector: _StoreCollector | None = None
+        self._health_collector: _HealthCollector | None = None
 
     def watch_store(self, store: Store, clock: Callable[[], float] = time.time) -> None:
         """Expose the store's figures (once; later calls are ignored)."""
         if self._store_collector is None:
             self._store_collector = _StoreCollector(store, clock)
             self.registry.register(self._store_collector)
+
+    def watch_health(self, health: Health) -> None:
+        """Expose what fails now (`gitops.health`), once."""
+        if self._health_collector is None:
+            self._health_collector = _HealthCollector(health)
+            self.registry.register(self._health_collector)
 
     def observe_sync(self, source: str, outcome: str, seconds: float) -> None:
         self.sync_duration.labels(source=source).observe(seconds)

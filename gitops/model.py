@@ -393,3 +393,4 @@ class RolloutState:
     reason: str = ""
     # Templates that completed, oldest first: (hash, spec.template) for rollbacks.
     history: tuple[tuple[str, Any], ...] = ()
+    error: str = ""  # why the last pass could not plan or write this workload ("" when it could)

@@ -60,7 +60,7 @@ def decide(state: ClusterState, now: float, *, not_ready_toleration: float = 60.
     placements = place(pending, state.nodes, bound)
     stopped = {a.pod.id for a in result.stop}
     after = [p for p in live if p.id not in stopped] + [a.pod for a in result.create]
-    states = _advance(state.desired, effective, state.rollouts, after, now)
+    states = _advance(state.desired, effective, state.rollouts, after, now, failed=result.failed)
     return Decision(result, tuple(evicted), placements, states)
 
 
@@ -100,6 +100,8 @@ def _advance(
     states: Mapping[ObjectKey, RolloutState],
     pods: Sequence[Pod],
     now: float,
+    *,
+    failed: Mapping[ObjectKey, str],
 ) -> dict[ObjectKey, RolloutState]:
     configs = configs_of(desired)
     statuses = {s.deployment: s for s in rollouts(effective, pods, now=now)}
@@ -107,8 +109,12 @@ def _advance(
     for manifest in desired:
         if manifest.key.kind != "Deployment":
             continue
+        previous = states.get(manifest.key)
+        if manifest.key in failed:
+            base = previous or RolloutState(manifest.key, "", now, now)
+            result[manifest.key] = dataclasses.replace(base, error=failed[manifest.key])
+            continue
         target = resolve_template(manifest, configs).hash
-        result[manifest.key] = advance(
-            states.get(manifest.key), manifest, target, statuses[manifest.key.ref], now=now
-        )
+        state = advance(previous, manifest, target, statuses[manifest.key.ref], now=now)
+        result[manifest.key] = dataclasses.replace(state, error="") if state.error else state
     return result

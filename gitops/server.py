@@ -21,6 +21,7 @@ from gitops.api.auth import is_loopback
 from gitops.api.githttp import git_router
 from gitops.api.webhooks import webhook_router
 from gitops.controller import Controller
+from gitops.health import Health
 from gitops.metrics import Metrics
 from gitops.redact import redact_logs_with
 from gitops.store import Store
@@ -64,6 +65,7 @@ class ControlPlane:
     _started_at: float = field(default_factory=time.time)
     _settled: bool = False
     _reported: set[str] = field(default_factory=set)  # nodes that synced since the start
+    health: Health = field(default_factory=Health)  # what fails now: shown on the page and in /metrics
     _server: uvicorn.Server | None = None
     _thread: threading.Thread | None = None
     syncs: list[SyncService] = field(default_factory=list)
@@ -101,6 +103,7 @@ class ControlPlane:
             metrics=self.metrics,
             ready=self.settled,
             not_ready_before=lambda: self._started_at,
+            health=self.health,
         )
         self.previews = [
             BranchPreviews(
@@ -110,6 +113,7 @@ class ControlPlane:
                 refspec=self.preview_refspec,
                 interval=self.poll_interval,
                 not_ready_toleration=self.not_ready_toleration,
+                health=self.health,
             )
             for s in self.sources
             if isinstance(s, GitSource) and self.preview_refspec
@@ -122,6 +126,7 @@ class ControlPlane:
                 on_applied=self._applied,
                 metrics=self.metrics,
                 allow_empty=s.name in self.allow_empty,
+                health=self.health,
             )
             for s in self.sources
         ]
@@ -138,6 +143,7 @@ class ControlPlane:
             authoritative=self.settled,
             on_sync=self._reported.add,
             adopting=self.sources_read,
+            health=self.health,
         )
         app.include_router(webhook_router(self.webhook_secret, lambda: self.syncs, lambda: self.previews))
         if self.hosted:

@@ -3,6 +3,7 @@ status shows the applied and the rejected revision."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,60 @@ def test_a_password_in_db_is_flagged_and_gitops_db_keeps_it_off_the_command_line
         == "postgresql+psycopg2://gitops:hunter2@db.example/gitops"
     )
     assert capsys.readouterr().err == ""
+
+
+def test_gitops_status_prints_nothing_that_drives_the_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A container's words could retitle the terminal or print a fake, coloured line."""
+    from gitops.model import Node, NodeName, PodStatus, Revision
+    from tests.planner.factories import deployment
+
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store.register_node(Node(NodeName("n1"), "192.0.2.10", 4000, 8 * 2**30), "t", now=time.time())
+    store.apply_revision(Revision("git:x", "a" * 40), [deployment(replicas=1)], [], now=time.time())
+    from gitops.controller import reconcile_once
+
+    reconcile_once(store, now=time.time())
+    (pod,) = store.pods()
+    hostile = "\x1b]0;pwned\x07\x1b[32mall pods ready\x1b[0m\nFAKE: all good \u202etxt.exe"
+    store.heartbeat(
+        "n1", [PodStatus(pod.id, "Failed", False, hostile, exit_code=1, last_log=hostile)], now=time.time()
+    )
+    plane = ControlPlane(store, [], port=free_port())
+    plane.start()
+    try:
+        capsys.readouterr()
+        assert main(["status", "--server", plane.url]) == 0
+        out = capsys.readouterr().out
+    finally:
+        plane.stop()
+    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+    assert "\\x1b]0;pwned\\x07" in out and "\\u202e" in out
+    assert not any(line.startswith("FAKE") for line in out.splitlines())
+
+
+def test_gitops_status_summarises_many_pods_and_lists_them_all_on_request(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gitops.controller import reconcile_once
+    from gitops.model import Revision
+    from tests.planner.factories import deployment
+
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store.apply_revision(Revision("git:x", "a" * 40), [deployment(replicas=450)], [], now=time.time())
+    reconcile_once(store, now=time.time())
+    plane = ControlPlane(store, [], port=free_port())
+    plane.start()
+    try:
+        capsys.readouterr()
+        assert main(["status", "--server", plane.url]) == 0
+        short = capsys.readouterr().out
+        assert main(["status", "--server", plane.url, "--all"]) == 0
+        full = capsys.readouterr().out
+    finally:
+        plane.stop()
+    assert "(the first 20 of 450, problems first; --all for every pod)" in short
+    assert sum(line.startswith("default/web-") for line in short.splitlines()) == 20
+    assert sum(line.startswith("default/web-") for line in full.splitlines()) == 450
+    assert "default/web" in short  # the workload line counts them all

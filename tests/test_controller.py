@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gitops.controller import reconcile_once
-from gitops.model import Node, NodeName, Revision
+from gitops.model import Node, NodeName, ObjectKey, Revision
 from gitops.store import Store
 from tests.planner.factories import deployment
 
@@ -115,3 +115,43 @@ def test_when_no_node_is_ready_nothing_is_evicted(tmp_path: Path) -> None:
     before = {p.id for p in store.pods()}
     result = reconcile_once(store, now=1000.0)
     assert not result.plan.stop and {p.id for p in store.pods()} == before
+
+
+def test_a_workload_whose_pods_cannot_be_written_fails_alone_and_says_why(tmp_path: Path) -> None:
+    """One failing write once stopped every other workload: no pod anywhere was created again."""
+    from gitops.model import Pod, PodName
+    from gitops.planner import plan
+
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store.register_node(Node(NodeName("n1"), "192.0.2.10", 16000, 64 * 2**30), "t", now=100.0)
+    web, api = deployment("web", replicas=2), deployment("api", replicas=2)
+    store.apply_revision(Revision("git:x", "a" * 40), [web, api], [], now=100.0)
+    # A row under the name the planner will give web's first pod, owned by something else.
+    (first, *_) = [a.pod for a in plan([web], []).create]
+    squatter = Pod(
+        first.namespace, PodName(first.name), other_owner(), "other", first.spec, node=NodeName("n1")
+    )
+    store.apply_pod_changes(create=[(squatter, "test")], stop=[], bind={}, pending_reasons={}, now=100.0)
+
+    result = reconcile_once(store, now=101.0)
+    assert [str(k) for k in result.plan.failed] == ["Deployment default/web"]
+    assert "could not write its pods" in result.plan.failed[web.key]
+    api_pods = [p for p in store.pods() if p.owner == api.key]
+    assert len(api_pods) == 2 and all(p.node == "n1" for p in api_pods)
+    assert store.rollouts()[web.key].error.startswith("the pass could not write its pods")
+    assert store.rollouts()[api.key].error == ""
+
+
+def other_owner() -> ObjectKey:
+    return ObjectKey("Deployment", "default", "somebody-else")
+
+
+def test_a_huge_replica_count_creates_pods_in_bursts_and_the_pass_says_there_is_more(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store.apply_revision(Revision("git:x", "a" * 40), [deployment("big", replicas=1200)], [], now=100.0)
+    counts = []
+    for n in range(4):
+        result = reconcile_once(store, now=101.0 + n)
+        counts.append((len(result.plan.create), result.plan.more))
+    assert counts == [(500, True), (500, True), (200, False), (0, False)]
+    assert len({p.id for p in store.pods()}) == 1200

@@ -260,10 +260,10 @@ class Agent:
             "taints": [{"key": t.key, "value": t.value, "effect": t.effect} for t in cfg.taints],
         }
         current = self._token or self._saved_token()
-        headers = {"Authorization": f"Bearer {current}"} if current else {}
-        response = self.http.post(
-            "/agent/v1/register", json={"join_token": cfg.join_token, "node": node}, headers=headers
-        )
+        headers = {"X-Gitops-Join-Token": cfg.join_token}
+        if current:
+            headers["Authorization"] = f"Bearer {current}"
+        response = self.http.post("/agent/v1/register", json={"node": node}, headers=headers)
         if response.status_code in (401, 409, 422):
             raise NodeRefused(f"the server refused node {cfg.node}: {_detail(response)}")
         response.raise_for_status()

@@ -32,7 +32,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import IntegrityError
 
-from gitops.api.auth import BodyLimit, LoopbackHosts, ReadAuth
+from gitops.api.auth import JOIN_HEADER, AgentGate, LoopbackHosts, ReadAuth
 from gitops.api.models import (
     RegisterReply,
     RegisterRequest,
@@ -45,15 +45,13 @@ from gitops.api.page import install_status_page
 from gitops.api.readmodel import ReadModel
 from gitops.api.readonly import install_read_only
 from gitops.codec import encode
+from gitops.health import Health
 from gitops.metrics import CONTENT_TYPE, Metrics
 from gitops.model import Node, NodeName, PodId, PodStatus, Taint
 from gitops.planner import all_endpoints
 from gitops.store import NodeNameTaken, Store
 
 log = structlog.get_logger(__name__)
-
-# A sync carries at most 10,000 statuses of bounded size; far below this in practice.
-MAX_AGENT_BODY = 64 * 2**20
 
 
 def _bearer(authorization: str = Header(default="")) -> str:
@@ -109,6 +107,7 @@ def create_app(
     authoritative: Callable[[], bool] = lambda: True,
     on_sync: Callable[[str], None] = lambda _: None,
     adopting: Callable[[], bool] = lambda: True,
+    health: Health | None = None,
 ) -> FastAPI:
     """The app; with `read_token`, reads need it (`gitops.api.auth`), else they are open.
     `loopback_nodes` lets nodes register a loopback address (a server on loopback, whose
@@ -121,15 +120,17 @@ def create_app(
     # No Swagger UI or ReDoc: they load their assets from a CDN. /docs is ours, offline.
     app = FastAPI(title="gitops", version="0.2.0", docs_url=None, redoc_url=None)
     install_read_only(app)
-    app.add_middleware(BodyLimit, prefix="/agent/", limit=MAX_AGENT_BODY)
+    app.add_middleware(AgentGate, join_token=join_token, node_token_ok=store.node_for_token)
     if read_token:
         app.add_middleware(ReadAuth, token=read_token)  # added last: runs first
     elif loopback_only:
         app.add_middleware(LoopbackHosts)
-    reads = ReadModel(store, sources, clock=clock, ttl=page_cache_seconds)
-    install_status_page(app, reads.cache)
+    health = health or Health()
+    reads = ReadModel(store, sources, clock=clock, ttl=page_cache_seconds, health=health)
+    install_status_page(app, reads.cache, health)
     observed = metrics or Metrics()
     observed.watch_store(store, clock)
+    observed.watch_health(health)
     endpoints = SharedEndpoints(store, clock, ttl=endpoints_cache_seconds)
     proxy_problems: dict[str, tuple[str, ...]] = {}
     app.state.read_model = reads
@@ -155,9 +156,14 @@ def create_app(
         response_model=RegisterReply,
         responses={401: {"description": "wrong join token"}, 409: {"description": "the name is taken"}},
     )
-    def register(request: RegisterRequest, authorization: str = Header(default="")) -> RegisterReply:
-        """Register a node (or register it again) and receive its node token."""
-        if not hmac.compare_digest(request.join_token.encode(), join_token.encode()):
+    def register(
+        request: RegisterRequest,
+        authorization: str = Header(default=""),
+        join: str = Header(default="", alias=JOIN_HEADER),
+    ) -> RegisterReply:
+        """Register a node (or register it again) and receive its node token. The cluster's
+        join token is the `X-Gitops-Join-Token` header (checked before the body is read)."""
+        if not hmac.compare_digest(join.encode(), join_token.encode()):
             raise HTTPException(401, "invalid join token")
         n = request.node
         node = Node(
@@ -253,9 +259,9 @@ def create_app(
         return Response(reads.json(name, *args), media_type="application/json")
 
     @app.get("/api/v1/status")
-    def status() -> Response:
-        """Sources, the last applied and rejected revisions, and counts."""
-        return rendered("status")
+    def status() -> dict[str, Any]:
+        """Sources, the last applied and rejected revisions, counts, and what fails now."""
+        return reads.status()
 
     @app.get("/api/v1/revisions")
     def revisions(limit: int = 50) -> Response:
@@ -266,9 +272,10 @@ def create_app(
         return reads.nodes()
 
     @app.get("/api/v1/pods")
-    def pods() -> Response:
-        """Every pod: phase, readiness, node, reason (never env values or file contents)."""
-        return rendered("pods")
+    def pods(limit: int = 0) -> Response:
+        """Every pod (or the first `limit`, problems first): phase, readiness, node, reason
+        (never env values or file contents)."""
+        return rendered("pods", max(0, limit))
 
     @app.get("/api/v1/workloads")
     def workloads() -> Response:

@@ -20,9 +20,11 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+from collections.abc import Callable
 from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qsl, urlencode
 
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gitops.api.readonly import read_only
@@ -171,22 +173,55 @@ class LoopbackHosts:
         await send({"type": "http.response.body", "body": body})
 
 
-class BodyLimit:
-    """ASGI middleware: request bodies under `prefix` are limited to `limit` bytes (413),
-    read before any route parses them."""
+JOIN_HEADER = "x-gitops-join-token"
 
-    def __init__(self, app: ASGIApp, prefix: str, limit: int) -> None:
+
+class AgentGate:
+    """ASGI middleware in front of `/agent/`: credentials first, then a bounded body.
+
+    A registration must carry the join token in the `X-Gitops-Join-Token` header, a sync
+    its node's token (`Authorization: Bearer`); both are checked before a byte of the body
+    is read, so no one without credentials makes the server read or parse anything. Bodies
+    are then read up to the route's limit (413 beyond it) and handed to the route."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        join_token: str,
+        node_token_ok: Callable[[str, str], bool],
+        register_limit: int = 64 * 2**10,
+        sync_limit: int = 32 * 2**20,
+    ) -> None:
         self.app = app
-        self.prefix = prefix
-        self.limit = limit
+        self.join_token = join_token.encode()
+        self.node_token_ok = node_token_ok
+        self.register_limit = register_limit
+        self.sync_limit = sync_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope.get("path", "").startswith(self.prefix):
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith("/agent/"):
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers", [])).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.limit:
-            await _too_large(send, self.limit)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        limit = self.register_limit
+        if path == "/agent/v1/register":
+            given = headers.get(JOIN_HEADER, "").encode()
+            if not (given and hmac.compare_digest(given, self.join_token)):
+                await _json(send, 401, "invalid join token (send it in the X-Gitops-Join-Token header)")
+                return
+        elif path.startswith("/agent/v1/nodes/") and path.endswith("/sync"):
+            node = path.removeprefix("/agent/v1/nodes/").removesuffix("/sync")
+            scheme, _, token = headers.get("authorization", "").partition(" ")
+            valid = scheme.lower() == "bearer" and bool(token)
+            if not valid or not await run_in_threadpool(self.node_token_ok, node, token):
+                await _json(send, 401, "invalid node token")
+                return
+            limit = self.sync_limit
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            await _too_large(send, limit)
             return
         chunks: list[bytes] = []
         size = 0
@@ -196,8 +231,8 @@ class BodyLimit:
                 break
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.limit:
-                await _too_large(send, self.limit)
+            if size > limit:
+                await _too_large(send, limit)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -213,6 +248,18 @@ class BodyLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+async def _json(send: Send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _too_large(send: Send, limit: int) -> None:

@@ -118,10 +118,10 @@ class NodeModel(_Strict):
 
 
 class RegisterRequest(_Strict):
-    """`POST /agent/v1/register`: the cluster's join token and the node. A node whose name is
-    held by a Ready node also sends that node's current token as `Authorization: Bearer`."""
+    """`POST /agent/v1/register`: the node (the join token is the `X-Gitops-Join-Token`
+    header). A node whose name is held by a Ready node also sends that node's current token
+    as `Authorization: Bearer`."""
 
-    join_token: Annotated[str, Field(max_length=512)]
     node: NodeModel
 
 

@@ -32,6 +32,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from gitops.api.view import StatusView, ViewCache
+from gitops.health import Health, Problem
 from gitops.store import RevisionRecord
 
 PER_PAGE = 200
@@ -231,6 +232,11 @@ def _sources_table(view: StatusView, now: float) -> str:
                 f'<span class="bad">held: {esc(short(r.revision))} rejected '
                 f"{when(r.received_at, now)}, {len(r.errors)} error(s)</span><br><small>{first}</small>"
             )
+        if row.error:
+            state = (
+                f'<span class="bad">cannot be read since {when(row.error_since, now)}</span>'
+                f"<br><small>{esc(row.error)}</small><br>{state}"
+            )
         if not row.configured:
             state += '<br><small class="muted">not configured any more: its objects are kept</small>'
         rows.append(
@@ -342,6 +348,8 @@ def workloads(view: StatusView, _: Mapping[str, str]) -> tuple[str, str]:
         )
         history = chips(short(h) for h in w.history)
         reason = f'<br><span class="muted">{esc(w.reason)}</span>' if w.reason else ""
+        if w.error:
+            reason += f'<br><span class="bad">error: {esc(w.error)}</span>'
         rows.append(
             f'<tr><td><b>{esc(w.name)}</b><br><small class="muted">{esc(w.strategy)}</small></td>'
             f'<td class="num">{w.desired}</td><td class="num">{w.updated}</td>'
@@ -498,12 +506,29 @@ RENDERERS: Mapping[str, Renderer] = {
 }
 
 
-def live_fragment(view: StatusView, body: str) -> str:
+def problems_banner(problems: Sequence[Problem], now: float) -> str:
+    """What fails in the control plane now, above everything else: the page may be stale."""
+    if not problems:
+        return ""
+    items = "".join(
+        f"<li><b>{esc(p.component)}</b> failing for {esc(ago(now - p.since))}: "
+        f"<code>{esc(p.error)}</code></li>"
+        for p in problems
+    )
+    return (
+        f'<section id="problems" class="bad" role="alert"><h2>The control plane has problems</h2>'
+        f"<ul>{items}</ul><p>What this page shows may be out of date.</p></section>"
+    )
+
+
+def live_fragment(view: StatusView, body: str, banner: str = "") -> str:
     as_of = dt.datetime.fromtimestamp(view.built_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    return f'{body}<p class="muted"><small>As of {as_of}.</small></p>'
+    return f'{banner}{body}<p class="muted"><small>As of {as_of}.</small></p>'
 
 
-def layout(path: str, view: StatusView, controls: str, body: str) -> str:
+def layout(
+    path: str, view: StatusView, controls: str, body: str, *, banner: str = "", version: str = ""
+) -> str:
     title = dict(PAGES)[path]
     current = ' aria-current="page"'
     links = "".join(f'<a href="{href}"{current if href == path else ""}>{name}</a>' for href, name in PAGES)
@@ -514,7 +539,8 @@ def layout(path: str, view: StatusView, controls: str, body: str) -> str:
         f'<header><h1>gitops</h1><nav aria-label="sections">{links}</nav>'
         '<span id="live-state" aria-live="polite">reload to update</span></header>'
         f"{controls}"
-        f'<main id="live" data-version="{esc(view.generation)}">{live_fragment(view, body)}</main>'
+        f'<main id="live" data-version="{esc(version or view.generation)}">'
+        f"{live_fragment(view, body, banner)}</main>"
         f"<script>{SCRIPT}</script></body></html>"
     )
 
@@ -530,22 +556,38 @@ class StatusPage:
 
     max_cached_pages = 512
 
-    def __init__(self, cache: ViewCache) -> None:
+    def __init__(self, cache: ViewCache, health: Health | None = None) -> None:
         self.cache = cache
+        self.health = health or Health()
         self._rendered = _Rendered()
 
+    def _version(self, view: StatusView) -> tuple[str, str]:
+        """The page's version (the view's, and what fails now) and the problems banner."""
+        problems = self.health.problems()
+        if not problems:
+            return view.generation, ""
+        mark = hashlib.sha256(repr([(p.component, p.error, p.since) for p in problems]).encode()).hexdigest()[
+            :8
+        ]
+        return f"{view.generation}-{mark}", problems_banner(problems, view.built_at)
+
     def render(self, view: StatusView, path: str, query: Mapping[str, str], *, partial: bool) -> bytes:
+        version, banner = self._version(view)
         key = (path, partial, *sorted(query.items()))
         rendered = self._rendered
-        if rendered.generation != view.generation or rendered.pages is None:
-            rendered = _Rendered(view.generation, {})
+        if rendered.generation != version or rendered.pages is None:
+            rendered = _Rendered(version, {})
             self._rendered = rendered
         assert rendered.pages is not None
         cached = rendered.pages.get(key)
         if cached is not None:
             return cached
         controls, body = RENDERERS[path](view, query)
-        text = live_fragment(view, body) if partial else layout(path, view, controls, body)
+        text = (
+            live_fragment(view, body, banner)
+            if partial
+            else layout(path, view, controls, body, banner=banner, version=version)
+        )
         data = text.encode()
         if len(rendered.pages) >= self.max_cached_pages:
             rendered.pages.clear()
@@ -556,7 +598,7 @@ class StatusPage:
         view = self.cache.current()
         if view is None:  # the first request, or caching is off: build in a worker thread
             view = await run_in_threadpool(self.cache.get)
-        etag = f'"{view.generation}"'
+        etag = f'"{self._version(view)[0]}"'
         headers = {
             "ETag": etag,
             "Cache-Control": "no-cache",
@@ -573,9 +615,9 @@ class StatusPage:
         return Response(body, media_type="text/html; charset=utf-8", headers=headers)
 
 
-def install_status_page(app: FastAPI, cache: ViewCache) -> StatusPage:
+def install_status_page(app: FastAPI, cache: ViewCache, health: Health | None = None) -> StatusPage:
     """Add the page routes (GET; HEAD and the 405s come from the read-only middleware)."""
-    page = StatusPage(cache)
+    page = StatusPage(cache, health)
 
     def route(path: str) -> Callable[[Request], Any]:
         async def handler(request: Request) -> Response:

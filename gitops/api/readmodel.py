@@ -24,6 +24,7 @@ from typing import Any
 
 from gitops.api.view import StatusView, ViewCache, redacted_event, redacted_revision
 from gitops.codec import encode
+from gitops.health import Health
 from gitops.preview.state import to_json as state_json
 from gitops.redact import Redactor
 from gitops.store import Store
@@ -37,10 +38,12 @@ class ReadModel:
         *,
         clock: Callable[[], float] = time.time,
         ttl: float = 1.0,
+        health: Health | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
-        self.cache = ViewCache(store, sources, clock=clock, ttl=ttl)
+        self.health = health or Health()
+        self.cache = ViewCache(store, sources, clock=clock, ttl=ttl, health=self.health)
         self._lock = threading.Lock()
         self._rendered: dict[tuple[str, tuple[Any, ...]], bytes] = {}
         self._rendered_for = ""
@@ -67,7 +70,31 @@ class ReadModel:
         return rendered
 
     def _fresh(self) -> StatusView:
-        return self.cache.refresh() if self.cache.ttl > 0 else self.cache.get()
+        if self.cache.ttl <= 0:
+            return self.cache.get()
+        try:
+            return self.cache.refresh()
+        except Exception as exc:  # the store cannot be read: the last view, marked as such
+            self.health.fail("status view", f"the store cannot be read: {type(exc).__name__}: {exc}")
+            view = self.cache.current()
+            if view is None:
+                raise
+            return view
+
+    def problems(self) -> list[dict[str, Any]]:
+        """What fails now in this control plane (`gitops.health`), redacted."""
+        now = self.clock()
+        found = [
+            {
+                "component": p.component,
+                "error": p.error,
+                "since": p.since,
+                "for_seconds": round(now - p.since, 1),
+            }
+            for p in self.health.problems()
+        ]
+        out: list[dict[str, Any]] = self.store.redactor(max_age=5.0).value(found) if found else found
+        return out
 
     @staticmethod
     def _out(view_or_redactor: StatusView | Redactor, value: Any) -> Any:
@@ -90,6 +117,8 @@ class ReadModel:
                     "objects": row.objects,
                     "last_applied": row.last_applied,
                     "last_rejected": row.last_rejected,
+                    "error": row.error,
+                    "error_since": row.error_since or None,
                 }
                 for row in view.per_source
             ],
@@ -103,6 +132,7 @@ class ReadModel:
             },
         }
         out: dict[str, Any] = self._out(view, answer)
+        out["problems"] = self.problems()
         return out
 
     def revisions(self, limit: int) -> list[Any]:
@@ -129,8 +159,14 @@ class ReadModel:
         out: list[Any] = self._out(view, answer)
         return out
 
-    def pods(self) -> list[Any]:
+    def pods(self, limit: int = 0) -> list[Any]:
+        """Every pod, or (with `limit`) the first `limit`, those with a problem first (not
+        ready, not running, terminating), then by name."""
         view = self._fresh()
+        rows = list(view.pods)
+        if limit:
+            rows = sorted(rows, key=lambda p: (p.ready and p.phase == "Running" and not p.terminating, p.id))
+            rows = rows[:limit]
         answer = [
             {
                 "id": p.id,
@@ -151,7 +187,7 @@ class ReadModel:
                 "terminating": p.terminating,
                 "last_log": p.last_log,
             }
-            for p in view.pods
+            for p in rows
         ]
         out: list[Any] = self._out(view, answer)
         return out
@@ -174,6 +210,7 @@ class ReadModel:
                 "state": w.state,
                 "reason": w.reason,
                 "history": list(w.history),
+                "error": w.error,
             }
             for w in view.workloads
         ]

@@ -35,6 +35,7 @@ from typing import Any
 import structlog
 
 from gitops.codec import encode
+from gitops.health import Health
 from gitops.model import ServiceEndpoints
 from gitops.planner import all_endpoints, rollouts
 from gitops.redact import Redactor
@@ -76,6 +77,7 @@ class WorkloadRow:
     state: str
     reason: str
     history: tuple[str, ...]
+    error: str = ""  # why the last pass could not plan or write this workload
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,8 @@ class SourceRow:
     objects: int
     last_applied: RevisionRecord | None
     last_rejected: RevisionRecord | None
+    error: str = ""  # why it cannot be read now ("" when it can)
+    error_since: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -249,6 +253,7 @@ def build_view(store: Store, sources: Sequence[str], now: float, *, revision_lim
                 state=state.status if state else ("complete" if status.complete else "progressing"),
                 reason=redact(state.reason) if state else "",
                 history=tuple(h for h, _ in state.history) if state else (),
+                error=redact(state.error) if state else "",
             )
         )
 
@@ -305,6 +310,7 @@ def build_view(store: Store, sources: Sequence[str], now: float, *, revision_lim
     for owner in store.owners().values():
         owned[owner] = owned.get(owner, 0) + 1
     latest = store.latest_by_source()
+    health = store.source_health()
     per_source = []
     for name in sorted(set(sources) | set(latest) | {o for o in owned if o}):
         last_applied, last_rejected = latest.get(name, (None, None))
@@ -317,6 +323,8 @@ def build_view(store: Store, sources: Sequence[str], now: float, *, revision_lim
                 objects=owned.get(name, 0),
                 last_applied=redacted_revision(last_applied, redact) if last_applied else None,
                 last_rejected=redacted_revision(last_rejected, redact) if last_rejected else None,
+                error=redact(health[name][0]) if name in health else "",
+                error_since=health[name][1] if name in health else 0.0,
             )
         )
     counts = Counts(
@@ -361,8 +369,10 @@ class ViewCache:
         ttl: float = 1.0,
         max_age: float = 5.0,
         pace: float = 3.0,
+        health: Health | None = None,
     ) -> None:
         self.store = store
+        self.health = health or Health()
         self.pace = pace
         self.sources = tuple(sources)
         self.clock = clock
@@ -460,7 +470,10 @@ class ViewCache:
     def _refresh(self) -> None:
         try:
             self.refresh(paced=True)
-        except Exception:
+            self.health.ok("status view")
+        except Exception as exc:
+            # The page keeps the last view, under a banner saying it may be out of date.
+            self.health.fail("status view", f"the store cannot be read: {type(exc).__name__}: {exc}")
             log.exception("status_view.refresh_failed")
         finally:
             with self._lock:

@@ -7,16 +7,23 @@ ask for ("scale up: 3 -> 5 replicas", "template changed: image changed: web:1 ->
 
 Pod names are deterministic: `<deployment>-<template hash>-<suffix>` where the suffix is
 derived from the hash and a slot number, so planning is reproducible and running the same
-plan twice creates nothing the second time.
+plan twice creates nothing the second time. Names are unique by construction: a slot whose
+suffix is taken (by a pod that exists, or one this plan already named) is skipped.
+
+A workload asks for at most `BURST` new pods per pass (as Kubernetes' ReplicaSet controller
+does); `Plan.more` says some wanted more, so the controller runs again at once. A
+workload whose planning fails is recorded in `Plan.failed` with the error, and every other
+workload is planned as usual.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gitops.model import Manifest, ObjectKey, Pod, PodName
 from gitops.planner.podspec import ConfigIndex, Template, describe_change, resolve_template
@@ -31,11 +38,16 @@ class Action:
     reason: str
 
 
+BURST = 500  # new pods one workload asks for in one pass
+
+
 @dataclass(frozen=True)
 class Plan:
     create: tuple[Action, ...] = ()
     stop: tuple[Action, ...] = ()
     keep: tuple[Pod, ...] = ()
+    failed: Mapping[ObjectKey, str] = field(default_factory=dict)  # workloads that could not be planned
+    more: bool = False  # a workload wanted more than BURST new pods: plan again soon
 
     @property
     def empty(self) -> bool:
@@ -77,11 +89,12 @@ def _new_pods(
     used = {p.name for p in owned} | set(avoid)
     pods: list[Pod] = []
     slot = 0
-    while len(pods) < count:
+    while len(pods) < min(count, BURST):
         name = pod_name(deployment.key.name, template.hash, slot)
         slot += 1
         if name in used:
             continue
+        used.add(name)
         pods.append(
             Pod(
                 namespace=deployment.key.namespace,
@@ -119,7 +132,9 @@ def _plan_deployment(
         create = [
             Action(p, why) for p in _new_pods(deployment, template, owned, missing, now=now, avoid=avoid)
         ]
-        return Plan(tuple(create), tuple(stop), tuple(sorted(keep, key=lambda p: p.name)))
+        return Plan(
+            tuple(create), tuple(stop), tuple(sorted(keep, key=lambda p: p.name)), more=missing > BURST
+        )
 
     change = describe_change(
         outdated[0].spec, template.spec, template.uses, labels_changed=outdated[0].labels != template.labels
@@ -153,7 +168,9 @@ def _plan_deployment(
         stop.append(Action(pod, f"template changed: {change} ({how}: old pod replaced)"))
     stopped = {a.pod.id for a in stop}
     kept = keep + [p for p in outdated if p.id not in stopped]
-    return Plan(tuple(create), tuple(stop), tuple(sorted(kept, key=lambda p: p.name)))
+    return Plan(
+        tuple(create), tuple(stop), tuple(sorted(kept, key=lambda p: p.name)), more=step.create > BURST
+    )
 
 
 def plan(
@@ -174,10 +191,19 @@ def plan(
     create: list[Action] = []
     stop: list[Action] = []
     keep: list[Pod] = []
+    failed: dict[ObjectKey, str] = {}
+    more = False
     deployments = sorted((m for m in desired if m.key.kind == "Deployment"), key=lambda m: m.key)
     for deployment in deployments:
-        template = resolve_template(deployment, configs)
-        part = _plan_deployment(deployment, template, by_owner.get(deployment.key, []), now, avoid)
+        owned = by_owner.get(deployment.key, [])
+        try:
+            template = resolve_template(deployment, configs)
+            part = _plan_deployment(deployment, template, owned, now, avoid)
+        except Exception as exc:  # one workload's failure must not stop the others
+            failed[deployment.key] = f"{type(exc).__name__}: {exc}"
+            keep += owned  # what runs keeps running
+            continue
+        more |= part.more
         create += part.create
         stop += part.stop
         keep += part.keep
@@ -185,21 +211,35 @@ def plan(
     for owner in sorted(set(by_owner) - wanted):
         for pod in sorted(by_owner[owner], key=lambda p: p.name):
             stop.append(Action(pod, f"{owner} was removed from the source"))
-    return Plan(create=tuple(create), stop=tuple(stop), keep=tuple(keep))
+    return Plan(create=tuple(create), stop=tuple(stop), keep=tuple(keep), failed=failed, more=more)
 
 
 def rollouts(desired: Sequence[Manifest], pods: Sequence[Pod], *, now: float) -> list[RolloutStatus]:
-    """Rollout status of every Deployment in `desired`."""
+    """Rollout status of every Deployment in `desired` (one that cannot be resolved says so
+    in its step, and the others are unaffected)."""
     configs = configs_of(desired)
     by_owner: Mapping[ObjectKey, list[Pod]] = defaultdict(list)
     for pod in pods:
         by_owner[pod.owner].append(pod)
     result = []
     for deployment in sorted((m for m in desired if m.key.kind == "Deployment"), key=lambda m: m.key):
-        template = resolve_template(deployment, configs)
-        replicas = int(deployment.spec.get("replicas", 1))
+        replicas = (
+            int(deployment.spec.get("replicas", 1)) if _is_count(deployment.spec.get("replicas", 1)) else 0
+        )
         owned = by_owner.get(deployment.key, [])
+        try:
+            template = resolve_template(deployment, configs)
+        except Exception as exc:  # reported on the workload; the others go on
+            status = rollout_status(deployment.key.ref, replicas, deployment.spec, "", owned, now=now)
+            result.append(
+                dataclasses.replace(status, complete=False, step=f"error: {type(exc).__name__}: {exc}")
+            )
+            continue
         result.append(
             rollout_status(deployment.key.ref, replicas, deployment.spec, template.hash, owned, now=now)
         )
     return result
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

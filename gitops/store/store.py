@@ -75,6 +75,7 @@ from gitops.store.tables import (
     RevisionRow,
     RolloutRow,
     ServiceRow,
+    SourceHealthRow,
 )
 
 log = structlog.get_logger(__name__)
@@ -663,6 +664,36 @@ class Store:
     def desired(self) -> list[Manifest]:
         with self.session() as s:
             return [self._manifest(r) for r in s.scalars(select(ObjectRow))]
+
+    def source_failed(self, source: str, error: str, now: float) -> None:
+        """Record that `source` cannot be read (the error; `since` stays the first failure's)."""
+        error = truncate(self.redactor(max_age=1.0)(error), MAX_REASON)
+        with self.session() as s:
+            row = s.get(SourceHealthRow, source)
+            if row is None:
+                s.add(SourceHealthRow(source=source, error=error, since=now, checked_at=now))
+                s.add(EventRow(time=now, object=f"source {source}", reason="SourceUnreadable", message=error))
+                return
+            row.error, row.checked_at = error, now
+
+    def source_ok(self, source: str, now: float) -> None:
+        with self.session() as s:
+            row = s.get(SourceHealthRow, source)
+            if row is not None:
+                s.delete(row)
+                s.add(
+                    EventRow(
+                        time=now,
+                        object=f"source {source}",
+                        reason="SourceReadable",
+                        message=f"read again after {now - row.since:.0f}s",
+                    )
+                )
+
+    def source_health(self) -> dict[str, tuple[str, float]]:
+        """Sources that cannot be read: source -> (error, since)."""
+        with self.session() as s:
+            return {r.source: (r.error, r.since) for r in s.scalars(select(SourceHealthRow))}
 
     def owners(self) -> dict[ObjectKey, str]:
         """The source that declared each desired object."""

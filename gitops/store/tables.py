@@ -156,3 +156,14 @@ class MetaRow(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class SourceHealthRow(Base):
+    """A source that cannot be read: the error, since when, and when it was last tried."""
+
+    __tablename__ = "source_health"
+
+    source: Mapped[str] = mapped_column(String(512), primary_key=True)
+    error: Mapped[str] = mapped_column(Text)
+    since: Mapped[float] = mapped_column(Float)
+    checked_at: Mapped[float] = mapped_column(Float)

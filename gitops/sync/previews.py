@@ -22,6 +22,7 @@ from pathlib import Path
 import git
 import structlog
 
+from gitops.health import Health
 from gitops.loop import Backoff, Loop
 from gitops.model import ClusterState, Revision
 from gitops.preview import Preview, RevisionInfo, preview
@@ -128,6 +129,7 @@ class BranchPreviews:
         interval: float = 30.0,
         clock: Callable[[], float] = time.time,
         not_ready_toleration: float = 60.0,
+        health: Health | None = None,
     ) -> None:
         if refspec.count("*") != 1 or not refspec.startswith("refs/"):
             raise ValueError(
@@ -146,6 +148,8 @@ class BranchPreviews:
             interval=interval,
             backoff=Backoff(first=min(1.0, interval), cap=min(30.0, max(1.0, interval))),
             source=self.name,
+            health=health,
+            component=f"previews {self.name}",
         )
         self._lock = threading.Lock()
 

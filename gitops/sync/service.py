@@ -27,6 +27,7 @@ import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from gitops.health import Health
 from gitops.loop import Backoff, Loop, Terminal
 from gitops.metrics import Metrics
 from gitops.schemas.validate import validate_files
@@ -124,6 +125,7 @@ class SyncService:
         metrics: Metrics | None = None,
         allow_empty: bool = False,
         backoff: Backoff | None = None,
+        health: Health | None = None,
     ) -> None:
         self.store = store
         self.source = source
@@ -133,6 +135,7 @@ class SyncService:
         self.allow_empty = allow_empty
         self.waiting = False  # the source's revision is refused for now, and retried
         self.synced_once = False  # read once since start (applied, rejected, unchanged or missing)
+        self._failing = False
         self.loop = Loop(
             "sync",
             self._step,
@@ -140,6 +143,8 @@ class SyncService:
             # Retries never wait longer than a poll would.
             backoff=backoff or Backoff(first=min(1.0, interval), cap=min(30.0, max(1.0, interval))),
             source=source.name,
+            health=health,
+            component=f"sync {source.name}",
         )
         self._observer: Observer | None = None  # type: ignore[valid-type]
         self._lock = threading.Lock()
@@ -167,28 +172,52 @@ class SyncService:
         return record
 
     def _step(self) -> None:
+        now = time.time()
         try:
             self.sync()
         except SourceMissing as exc:
             # The source is not there (yet): a folder to create, a first push to make.
             # Retrying faster does not help; file events and pushes trigger a sync.
             self.synced_once = True
+            self._unreadable(str(exc), now)
             raise Terminal(str(exc)) from exc
+        except Exception as exc:  # transient: retried with backoff by the loop, shown meanwhile
+            self._unreadable(str(exc) or type(exc).__name__, now)
+            raise
         self.synced_once = True
+        if self._failing:
+            self._failing = False
+            self.store.source_ok(self.source.name, now)
+            self._watch()  # a folder made again is a new folder: watch it anew
+
+    def _unreadable(self, error: str, now: float) -> None:
+        """Shown on the page and in `gitops status` (with since when) until it reads again."""
+        self._failing = True
+        try:
+            self.store.source_failed(self.source.name, error, now)
+        except Exception:  # the store may be what fails; the log still says it
+            log.exception("sync.health_not_recorded", source=self.source.name)
 
     def _observe(self, outcome: str, started: float) -> None:
         if self.metrics is not None:
             self.metrics.observe_sync(self.source.name, outcome, time.monotonic() - started)
 
+    def _watch(self) -> None:
+        """Watch a folder source for changes (again, when it was removed and made anew)."""
+        if not isinstance(self.source, FolderSource) or not Path(self.source.path).is_dir():
+            return
+        if self._observer is not None:
+            self._observer.stop()
+        observer = Observer()
+        observer.schedule(
+            _Debounced(self.trigger, self.debounce), str(Path(self.source.path)), recursive=True
+        )
+        observer.daemon = True
+        observer.start()
+        self._observer = observer
+
     def start(self) -> None:
-        if isinstance(self.source, FolderSource) and Path(self.source.path).is_dir():
-            observer = Observer()
-            observer.schedule(
-                _Debounced(self.trigger, self.debounce), str(Path(self.source.path)), recursive=True
-            )
-            observer.daemon = True
-            observer.start()
-            self._observer = observer
+        self._watch()
         self.loop.start()
 
     def stop(self) -> None:

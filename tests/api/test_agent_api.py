@@ -15,6 +15,7 @@ from gitops.store import Store
 from tests.planner.factories import deployment, secret
 
 NODE = {"name": "n1", "address": "192.0.2.10", "cpu_milli": 4000, "memory_bytes": 2**32}
+JOIN = {"X-Gitops-Join-Token": "join-me"}
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def setup(tmp_path: Path) -> tuple[Store, TestClient]:
 
 
 def register(client: TestClient, node: dict[str, object]) -> str:
-    response = client.post("/agent/v1/register", json={"join_token": "join-me", "node": node})
+    response = client.post("/agent/v1/register", json={"node": node}, headers=JOIN)
     assert response.status_code == 200, response.text
     token: str = response.json()["token"]
     return token
@@ -39,7 +40,9 @@ def register(client: TestClient, node: dict[str, object]) -> str:
 
 def test_registration_needs_the_join_token(setup: tuple[Store, TestClient]) -> None:
     _, client = setup
-    response = client.post("/agent/v1/register", json={"join_token": "wrong", "node": NODE})
+    response = client.post(
+        "/agent/v1/register", json={"node": NODE}, headers={"X-Gitops-Join-Token": "wrong"}
+    )
     assert response.status_code == 401
 
 
@@ -120,7 +123,7 @@ def test_an_agent_with_a_garbage_address_is_refused_naming_the_field(setup: tupl
     store, client = setup
     for address in ("garbage; rm -rf /", "0.0.0.0", "10.0.0.300", "fe80::1", ""):
         response = client.post(
-            "/agent/v1/register", json={"join_token": "join-me", "node": {**NODE, "address": address}}
+            "/agent/v1/register", json={"node": {**NODE, "address": address}}, headers=JOIN
         )
         assert response.status_code == 422, address
         assert response.json()["detail"].startswith("node.address: "), response.json()
@@ -186,7 +189,7 @@ def test_the_join_token_cannot_take_a_ready_nodes_name(tmp_path: Path) -> None:
     impostor = {**NODE, "address": "203.0.113.66"}
 
     clock["now"] = 130.0  # within the 40 s grace: n1 is Ready
-    response = client.post("/agent/v1/register", json={"join_token": "join-me", "node": impostor})
+    response = client.post("/agent/v1/register", json={"node": impostor}, headers=JOIN)
     assert response.status_code == 409
     assert "Ready" in response.json()["detail"] and "current token" in response.json()["detail"]
     (record,) = store.nodes(now=130.0)
@@ -197,8 +200,8 @@ def test_the_join_token_cannot_take_a_ready_nodes_name(tmp_path: Path) -> None:
     # The node itself, restarted, presents its current token and gets its name back.
     again = client.post(
         "/agent/v1/register",
-        json={"join_token": "join-me", "node": NODE},
-        headers={"Authorization": f"Bearer {owner}"},
+        json={"node": NODE},
+        headers={**JOIN, "Authorization": f"Bearer {owner}"},
     )
     assert again.status_code == 200
     fresh = again.json()["token"]
@@ -207,7 +210,7 @@ def test_the_join_token_cannot_take_a_ready_nodes_name(tmp_path: Path) -> None:
 
     # Once NotReady past its grace, the name is free: a replacement machine can take it.
     clock["now"] = 200.0
-    taken = client.post("/agent/v1/register", json={"join_token": "join-me", "node": impostor})
+    taken = client.post("/agent/v1/register", json={"node": impostor}, headers=JOIN)
     assert taken.status_code == 200
     assert (
         client.post(
@@ -264,7 +267,7 @@ def test_a_node_address_must_be_reachable_by_other_nodes(tmp_path: Path) -> None
         ("240.0.0.1", "reserved"),
     ):
         response = beyond.post(
-            "/agent/v1/register", json={"join_token": "join-me", "node": {**NODE, "address": address}}
+            "/agent/v1/register", json={"node": {**NODE, "address": address}}, headers=JOIN
         )
         assert response.status_code == 422, address
         assert response.json()["detail"].startswith("node.address: ") and why in response.json()["detail"]
@@ -274,6 +277,9 @@ def test_a_node_address_must_be_reachable_by_other_nodes(tmp_path: Path) -> None
 
 def test_agent_request_bodies_are_bounded(setup: tuple[Store, TestClient]) -> None:
     _, client = setup
-    huge = b'{"join_token": "' + b"x" * (65 * 2**20) + b'"}'
-    response = client.post("/agent/v1/register", content=huge, headers={"Content-Type": "application/json"})
-    assert response.status_code == 413
+    huge = b'{"node": "' + b"x" * (65 * 2**10) + b'"}'
+    headers = {**JOIN, "Content-Type": "application/json"}
+    assert client.post("/agent/v1/register", content=huge, headers=headers).status_code == 413
+    # Without credentials nothing is read at all: 401 before the body.
+    assert client.post("/agent/v1/register", content=huge).status_code == 401
+    assert client.post("/agent/v1/nodes/n1/sync", content=huge).status_code == 401

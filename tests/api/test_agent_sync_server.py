@@ -34,7 +34,9 @@ def plane(tmp_path: Path) -> ControlPlane:
 
 
 def register(url: str, token: str, node: dict[str, object] = NODE) -> str:
-    response = httpx.post(f"{url}/agent/v1/register", json={"join_token": token, "node": node})
+    response = httpx.post(
+        f"{url}/agent/v1/register", json={"node": node}, headers={"X-Gitops-Join-Token": token}
+    )
     assert response.status_code == 200, response.text
     return str(response.json()["token"])
 

@@ -72,7 +72,9 @@ def test_head_works_on_every_read_only_route(app: FastAPI) -> None:
 
 def test_agent_routes_still_take_posts(app: FastAPI) -> None:
     node = {"name": "n9", "address": "192.0.2.9", "cpu_milli": 1000, "memory_bytes": 2**30}
-    response = TestClient(app).post("/agent/v1/register", json={"join_token": "wrong", "node": node})
+    response = TestClient(app).post(
+        "/agent/v1/register", json={"node": node}, headers={"X-Gitops-Join-Token": "wrong"}
+    )
     assert response.status_code == 401
 
 

@@ -47,7 +47,7 @@ def test_every_read_needs_the_token(client: TestClient) -> None:
 def test_healthz_and_the_agents_own_routes_need_no_read_token(client: TestClient) -> None:
     assert client.get("/healthz").status_code == 200
     node = {"name": "n9", "address": "192.0.2.9", "cpu_milli": 1000, "memory_bytes": 2**30}
-    response = client.post("/agent/v1/register", json={"join_token": "j", "node": node})
+    response = client.post("/agent/v1/register", json={"node": node}, headers={"X-Gitops-Join-Token": "j"})
     assert response.status_code == 200
 
 

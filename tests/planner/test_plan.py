@@ -155,3 +155,17 @@ def test_resources_are_parsed_and_a_missing_request_defaults_to_the_limit() -> N
     assert spec.cpu_limit_milli == 500
     assert spec.memory_request_bytes == 64 * 2**20
     assert spec.memory_limit_bytes == 64 * 2**20
+
+
+def test_pod_names_are_unique_by_construction_even_for_thousands_of_replicas() -> None:
+    """Two slots whose 5-letter suffixes collide once made a scale-up to 5,000 pods fail the
+    whole controller pass (UNIQUE constraint failed: pods.id) more often than not."""
+    for replicas in (5_000, 10_000):
+        pods: list[Pod] = []
+        while len(pods) < replicas:  # at most BURST new pods per pass
+            created = [a.pod for a in plan([deployment(replicas=replicas)], pods).create]
+            assert created
+            pods += created
+        names = [p.name for p in pods]
+        assert len(names) == replicas
+        assert len(set(names)) == replicas

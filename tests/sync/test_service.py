@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from gitops.store import Store
 from gitops.sync.service import SyncService, sync_once
 from gitops.sync.sources import FolderSource
@@ -97,3 +99,47 @@ def test_a_watched_folder_syncs_on_change_once_per_burst(tmp_path: Path) -> None
         assert [m.spec["replicas"] for m in store.desired()] == [6]
     finally:
         service.stop()
+
+
+def test_a_source_that_disappears_is_shown_with_its_error_and_since_when_until_it_returns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Removing the watched folder once logged nothing and showed nothing."""
+    import shutil
+
+    import httpx
+
+    from gitops.cli import main
+    from gitops.server import ControlPlane
+    from tests.conftest import free_port
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "web.yaml").write_text(GOOD.format(replicas=1))
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    source = FolderSource(folder)
+    plane = ControlPlane(store, [source], port=free_port(), poll_interval=0.3)
+    plane.start()
+    try:
+        wait_for(store.desired, timeout=10, what="the first sync")
+        shutil.rmtree(folder)
+        health = wait_for(
+            lambda: store.source_health().get(source.name), timeout=10, what="the failure recorded"
+        )
+        assert "does not exist" in health[0]
+        row = httpx.get(f"{plane.url}/api/v1/status").json()["per_source"][0]
+        assert "does not exist" in row["error"] and row["error_since"] == health[1]
+        capsys.readouterr()
+        assert main(["status", "--server", plane.url]) == 0
+        assert f"CANNOT READ {source.name}" in capsys.readouterr().out
+        assert "cannot be read since" in httpx.get(f"{plane.url}/").text
+        assert [m.key.name for m in store.desired()] == ["web"]  # nothing deleted meanwhile
+
+        folder.mkdir()
+        (folder / "web.yaml").write_text(GOOD.format(replicas=2))
+        wait_for(lambda: not store.source_health(), timeout=10, what="the source read again")
+        (folder / "web.yaml").write_text(GOOD.format(replicas=3))  # watched again, not only polled
+        wait_for(lambda: [m.spec["replicas"] for m in store.desired()] == [3], timeout=10, what="the edit")
+        assert {e.reason for e in store.events(limit=100)} >= {"SourceUnreadable", "SourceReadable"}
+    finally:
+        plane.stop()

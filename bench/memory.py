@@ -1,0 +1,137 @@
+"""Memory of a control plane through a huge scale-up and back (issue: 100,000 replicas grew
+the process to 1.96 GB and it stayed at 1.87 GB after scaling back).
+
+    python bench/memory.py [--replicas 20000] [--back 3]
+
+Runs the real control plane in this process (SQLite in a temporary folder, a folder source,
+one registered node that fits a few pods, so almost every pod stays Pending, as with a typo
+in `replicas`), waits until every pod exists, reads the status page and the JSON API as a
+user would, then scales back and waits until the pods are gone. It prints the resident set
+size (RSS) at each step, and ends with one JSON line. The baseline is the process before
+the scale-up: memory should return near it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import resource
+import socket
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+from sqlalchemy import func, select
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gitops.model import Node, NodeName
+from gitops.server import ControlPlane
+from gitops.store import Store
+from gitops.store.tables import PodRow
+from gitops.sync.sources import FolderSource
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def manifest(replicas: int) -> str:
+    return textwrap.dedent(
+        f"""\
+        apiVersion: apps/v1
+        kind: Deployment
+        metadata: {{name: big}}
+        spec:
+          replicas: {replicas}
+          selector: {{matchLabels: {{app: big}}}}
+          template:
+            metadata: {{labels: {{app: big}}}}
+            spec:
+              containers:
+                - name: app
+                  image: big:1
+                  resources: {{requests: {{cpu: 100m, memory: 64Mi}}}}
+        """
+    )
+
+
+def main() -> None:
+    options = argparse.ArgumentParser()
+    options.add_argument("--replicas", type=int, default=20_000)
+    options.add_argument("--back", type=int, default=3)
+    args = options.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="gitops-memory-"))
+    folder = tmp / "manifests"
+    folder.mkdir()
+    (folder / "big.yaml").write_text(manifest(1))
+    store = Store(f"sqlite:///{tmp / 's.db'}")
+    store.register_node(Node(NodeName("n1"), "192.0.2.10", 4000, 8 * 2**30), "t", now=time.time())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    plane = ControlPlane(
+        store, [FolderSource(folder)], port=port, poll_interval=1, controller_interval=0.5, settle_seconds=0
+    )
+    plane.start()
+    figures: dict[str, float] = {}
+
+    def wait_pods(count: int, what: str) -> float:
+        started = time.monotonic()
+        while True:
+            with store.session() as s:
+                n = s.scalar(select(func.count()).select_from(PodRow))
+            if n == count:
+                return time.monotonic() - started
+            if time.monotonic() - started > 900:
+                raise SystemExit(f"{what}: {n} pods after 900 s")
+            time.sleep(0.5)
+
+    def read_as_a_user() -> None:
+        for path in ("/", "/pods", "/api/v1/status", "/api/v1/pods?limit=20", "/api/v1/workloads"):
+            httpx.get(plane.url + path, timeout=120).raise_for_status()
+
+    wait_pods(1, "start")
+    read_as_a_user()
+    gc.collect()
+    figures["rss_before_mib"] = rss_mib()
+    print(f"before: {figures['rss_before_mib']:.0f} MiB", flush=True)
+    (folder / "big.yaml").write_text(manifest(args.replicas))
+    figures["scale_up_s"] = wait_pods(args.replicas, "scale up")
+    read_as_a_user()
+    time.sleep(3)
+    read_as_a_user()
+    figures["rss_peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    figures["rss_up_mib"] = rss_mib()
+    print(
+        f"{args.replicas:,} pods: {figures['rss_up_mib']:.0f} MiB (peak {figures['rss_peak_mib']:.0f}), "
+        f"created in {figures['scale_up_s']:.1f} s",
+        flush=True,
+    )
+    (folder / "big.yaml").write_text(manifest(args.back))
+    figures["scale_down_s"] = wait_pods(args.back, "scale down")
+    read_as_a_user()
+    time.sleep(8)  # the view is rebuilt, the old one freed
+    read_as_a_user()
+    time.sleep(2)
+    figures["rss_after_mib"] = rss_mib()
+    print(f"back to {args.back}: {figures['rss_after_mib']:.0f} MiB", flush=True)
+    figures["returned_ratio"] = round(
+        (figures["rss_up_mib"] - figures["rss_after_mib"])
+        / max(1.0, figures["rss_up_mib"] - figures["rss_before_mib"]),
+        3,
+    )
+    plane.stop()
+    print(json.dumps({"replicas": args.replicas, **{k: round(v, 1) for k, v in figures.items()}}))
+
+
+if __name__ == "__main__":
+    main()
