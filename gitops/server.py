@@ -8,6 +8,7 @@ HTTP, sync, controller); `serve()` runs the HTTP server in the calling thread, a
 from __future__ import annotations
 
 import secrets
+import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -64,7 +65,8 @@ class ControlPlane:
     _started: float = field(default_factory=time.monotonic)
     _started_at: float = field(default_factory=time.time)
     _settled: bool = False
-    _reported: set[str] = field(default_factory=set)  # nodes that synced since the start
+    _reported: set[str] = field(default_factory=set)  # nodes whose containers were offered for adoption
+    _known: frozenset[str] = frozenset()  # the nodes the store held at the start
     health: Health = field(default_factory=Health)  # what fails now: shown on the page and in /metrics
     _server: uvicorn.Server | None = None
     _thread: threading.Thread | None = None
@@ -96,6 +98,7 @@ class ControlPlane:
         redact_logs_with(lambda: self.store.redactor(max_age=1.0), key=("store", id(self.store)))
         self._started, self._started_at, self._settled = time.monotonic(), time.time(), False
         self._reported = set()
+        self._known = frozenset(r.node.name for r in self.store.nodes())
         self.controller = Controller(
             self.store,
             interval=self.controller_interval,
@@ -160,16 +163,18 @@ class ControlPlane:
 
     def settled(self) -> bool:
         """Whether this control plane knows every pod: since it started, every source has been
-        read once, and every node it knows has reported (or `settle_seconds` have passed, for
-        a store that lost its nodes: their agents come back within that)."""
+        read once and every node the store held at the start has reported its containers once
+        the sources were read (so they could be adopted). A store that held no node at the
+        start (lost or new) waits `settle_seconds` whatever reports: it cannot know which
+        agents are still to come back, and they come back within that. No node waits longer
+        than `settle_seconds`."""
         if self._settled:
             return True
         if not self.sources_read():
             return False
-        if time.monotonic() - self._started < self.settle_seconds:
-            records = self.store.nodes()
-            if not records or any(r.node.name not in self._reported for r in records):
-                return False
+        waiting = not self._known or not self._known <= self._reported
+        if waiting and time.monotonic() - self._started < self.settle_seconds:
+            return False
         self._settled = True
         return True
 
@@ -215,14 +220,27 @@ class ControlPlane:
         log.info("server.started", url=self.url, sources=[s.name for s in self.sources])
 
     def serve(self) -> None:
-        """Run in the foreground until interrupted."""
+        """Run in the foreground until SIGTERM or SIGINT, then stop cleanly: loops stopped,
+        requests finished, the database closed (on SQLite: one self-contained file).
+
+        uvicorn shuts down on those signals, then raises the signal again under the handler it
+        found; the handlers set here swallow it, so the process is not killed mid-stop."""
         self._server = self._build()
         self._start_loops()
+        main = threading.current_thread() is threading.main_thread()
+        before = (
+            {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+            if main
+            else {}
+        )
         log.info("server.starting", url=self.url, sources=[s.name for s in self.sources])
         try:
             self._server.run()
         finally:
             self.stop()
+            for sig, handler in before.items():
+                signal.signal(sig, handler)
+            log.info("server.stopped", url=self.url)
 
     def stop(self) -> None:
         for sync in self.syncs:
@@ -235,3 +253,4 @@ class ControlPlane:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self.store.close()

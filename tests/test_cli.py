@@ -3,9 +3,13 @@ status shows the applied and the rejected revision."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from gitops.cli import main
@@ -147,3 +151,45 @@ def test_gitops_status_summarises_many_pods_and_lists_them_all_on_request(
     assert sum(line.startswith("default/web-") for line in short.splitlines()) == 20
     assert sum(line.startswith("default/web-") for line in full.splitlines()) == 450
     assert "default/web" in short  # the workload line counts them all
+
+
+def test_gitops_serve_stops_cleanly_on_sigterm_leaving_one_database_file(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "cfg.yaml").write_text(GOOD)
+    state = tmp_path / "state"
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gitops.cli",
+            "serve",
+            "--dir",
+            str(tmp_path / "m"),
+            "--state-dir",
+            str(state),
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for(lambda: _applied(port), 30, what="the first revision applied")
+        server.send_signal(signal.SIGTERM)
+        out, _ = server.communicate(timeout=30)
+    finally:
+        server.kill()
+    assert server.returncode == 0, out
+    assert "server.stopped" in out
+    wal = state / "gitops.db-wal"
+    assert not wal.exists() or wal.stat().st_size == 0  # everything is in gitops.db
+
+
+def _applied(port: int) -> bool:
+    try:
+        revisions = httpx.get(f"http://127.0.0.1:{port}/api/v1/revisions", timeout=2).json()
+    except httpx.HTTPError:
+        return False
+    return any(r["status"] == "applied" for r in revisions)

@@ -214,17 +214,19 @@ def create_app(
             for s in request.statuses
         ]
         now = clock()
+        adopt = adopting()
         changed = store.heartbeat(
             name,
             statuses,
             now,
             stopped=list(request.stopped),
             runtime_error=request.runtime_error,
-            adopt=adopting(),
+            adopt=adopt,
         )
         if changed:
             on_report()
-        on_sync(name)
+        if adopt and not request.runtime_error:
+            on_sync(name)  # its containers are known now: adopted, or not wanted
         _note_proxy_problems(name, tuple(request.proxy_problems), now)
         return {
             "pods": [encode(p) for p in store.pods(node=name)],

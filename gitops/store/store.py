@@ -36,6 +36,7 @@ from typing import Any
 import structlog
 from sqlalchemy import create_engine, delete, event, func, select, text
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gitops.codec import decode_as, encode, state_version
@@ -237,6 +238,7 @@ class Store:
         read_only: bool = False,
     ) -> None:
         self.url = url
+        self.read_only = read_only
         self.engine = make_engine(url, read_only=read_only)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.keys = keys or SecretKeys.generate()
@@ -254,6 +256,19 @@ class Store:
     def session(self) -> Iterator[Session]:
         with self._sessions.begin() as session:
             yield session
+
+    def close(self) -> None:
+        """Close the pooled connections; on SQLite first fold the write-ahead log into the
+        database file and empty it, so a cleanly stopped control plane leaves one
+        self-contained file (a copy of it alone holds everything). The store stays usable: a
+        later session opens a new connection."""
+        if self.engine.dialect.name == "sqlite" and not self.read_only:
+            try:
+                with self.engine.connect() as conn:
+                    conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            except OperationalError as e:  # a reader still open elsewhere: the log stays, nothing is lost
+                log.warning("store.checkpoint_failed", error=str(e))
+        self.engine.dispose()
 
     # --- sealing ----------------------------------------------------------------------
 

@@ -141,3 +141,47 @@ def test_a_control_plane_that_lost_its_state_adopts_the_running_containers(
         assert {e.reason for e in fresh.events(limit=100)} >= {"Adopted"}
     finally:
         second.stop()
+
+
+def test_the_controller_waits_for_every_known_node_to_offer_its_containers_once_sources_are_read(
+    plane: ControlPlane, tmp_path: Path
+) -> None:
+    runtime = MemoryRuntime(now=time.time())
+    agent = make_agent(plane, tmp_path, runtime)
+    converge(plane, agent, runtime)
+    plane.stop()
+
+    # The same store (n1 known) under a new control plane whose sources are not read yet.
+    read = [False]
+    again = ControlPlane(plane.store, [], port=free_port(), controller_interval=3600, settle_seconds=60)
+    again.sources_read = lambda: read[0]  # type: ignore[method-assign]
+    again.start()
+    try:
+        agent.config = dataclasses.replace(agent.config, server=again.url)
+        agent._http = None
+        agent.tick()
+        read[0] = True
+        assert not again.settled()  # n1 reported before its containers could be adopted
+        agent.tick()
+        assert again.settled()
+    finally:
+        again.stop()
+
+
+def test_a_control_plane_that_started_without_nodes_waits_the_settle_time_whoever_reports(
+    tmp_path: Path,
+) -> None:
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    plane = ControlPlane(store, [], port=free_port(), controller_interval=3600, settle_seconds=60)
+    plane.start()
+    try:
+        runtime = MemoryRuntime(now=time.time())
+        agent = make_agent(plane, tmp_path, runtime)
+        agent.tick()
+        agent.tick()
+        assert [r.node.name for r in store.nodes()] == ["n1"]
+        assert not plane.settled()  # other agents of a lost store may still be on their way back
+        plane._started -= 60
+        assert plane.settled()
+    finally:
+        plane.stop()

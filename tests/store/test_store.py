@@ -33,6 +33,19 @@ def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
 
 
+def test_a_closed_store_leaves_one_self_contained_database_file(tmp_path: Path) -> None:
+    s = Store(f"sqlite:///{tmp_path / 'wal.db'}")
+    s.apply_revision(rev(1), [deployment("web")], [], 1.0)
+    assert (tmp_path / "wal.db-wal").stat().st_size > 0
+    s.close()
+    wal = tmp_path / "wal.db-wal"
+    assert not wal.exists() or wal.stat().st_size == 0  # folded into wal.db
+    alone = tmp_path / "copy.db"
+    alone.write_bytes((tmp_path / "wal.db").read_bytes())
+    assert [o.key.name for o in Store(f"sqlite:///{alone}", keys=s.keys).desired()] == ["web"]
+    assert [o.key.name for o in s.desired()] == ["web"]  # still usable
+
+
 def test_an_applied_revision_becomes_the_desired_state_with_a_summary(store: Store) -> None:
     record = store.apply_revision(rev(1), [deployment(), service("web", {"app": "web"})], [], now=10.0)
     assert record.status == "applied"
