@@ -743,6 +743,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
         f"restored {args.file} into {done.target} ({done.objects} objects, {done.pods} pods, "
         f"{done.nodes} nodes) and opened it with the key in {_key_path(args)}; now start the server on it"
     )
+    if done.set_aside is not None:
+        print(f"the unreadable database it replaced is kept as {done.set_aside}")
     return 0
 
 

@@ -32,6 +32,7 @@ import shutil
 import sqlite3
 import subprocess
 import tempfile
+import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ class Restored:
     objects: int
     pods: int
     nodes: int
+    set_aside: Path | None = None  # an unreadable database that was replaced, kept here
 
 
 # --- backup ------------------------------------------------------------------------------
@@ -168,12 +170,21 @@ def restore(archive: Path, url: str, *, keys: SecretKeys, force: bool = False) -
         )
         raise BackupError(f"{archive} is a {KIND_NAMES[kind]} backup: it restores into {into} only")
     schema, key_check = _sqlite_facts(archive) if kind == "sqlite" else _pg_archive_facts(archive)
+    set_aside: Path | None = None
     _check_facts(archive, schema, key_check, keys)
     if kind == "sqlite":
         database = _sqlite_path(url)
         if database.resolve() == archive.resolve():
             raise BackupError(f"{archive} is the target database itself")
-        if database.is_file() and database.stat().st_size:
+        unreadable = _sqlite_unreadable(database)
+        if unreadable is not None:
+            if not force:
+                raise BackupError(
+                    f"{database} is not a readable SQLite database ({unreadable}): give --force to set "
+                    "it aside (kept beside it, renamed) and restore the backup"
+                )
+            set_aside = _set_aside(database)
+        elif database.is_file() and database.stat().st_size:
             _refuse_overwrite(url, force)
         _restore_sqlite(archive, database)
     else:
@@ -193,7 +204,11 @@ def restore(archive: Path, url: str, *, keys: SecretKeys, force: bool = False) -
         ) from None
     try:
         return Restored(
-            shown(url), len(store.owners()), sum(store.pod_phase_counts().values()), len(store.nodes())
+            shown(url),
+            len(store.owners()),
+            sum(store.pod_phase_counts().values()),
+            len(store.nodes()),
+            set_aside,
         )
     finally:
         store.engine.dispose()
@@ -308,6 +323,38 @@ def _refuse_connected(url: str) -> None:
             f"{shown(url)} has {others} other connection(s) (a gitops server?): stop every server "
             "using it, then restore"
         )
+
+
+def _sqlite_unreadable(database: Path) -> str | None:
+    """Why the non-empty file `database` is not a SQLite database one can read (None if it is,
+    or if there is no such file or it is empty)."""
+    if not database.is_file() or not database.stat().st_size:
+        return None
+    try:
+        with contextlib.closing(_sqlite_read_only(database)) as connection:
+            connection.execute("PRAGMA schema_version").fetchone()
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            return None  # readable, in use: the in-use check below says so
+        return str(exc)
+    except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
+        return str(exc)
+    return None
+
+
+def _set_aside(database: Path) -> Path:
+    """Rename the unreadable `database` (and its -wal and -shm files, whose pages must never be
+    replayed into the restored one) to `<name>.unreadable-<UTC time>`; nothing is deleted."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = database.with_name(f"{database.name}.unreadable-{stamp}")
+    for suffix in ("-wal", "-shm", ""):
+        path = database.with_name(database.name + suffix)
+        if path.exists():
+            try:
+                path.rename(aside.with_name(aside.name + suffix))
+            except OSError as exc:
+                raise BackupError(f"cannot set {path} aside: {exc.strerror}") from None
+    return aside
 
 
 def _restore_sqlite(archive: Path, database: Path) -> None:

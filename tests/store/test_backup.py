@@ -279,6 +279,47 @@ def test_restore_refuses_a_database_a_server_has_open(
     server.engine.dispose()
 
 
+def test_a_corrupted_sqlite_store_is_set_aside_not_deleted_when_a_backup_replaces_it(
+    key_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source_place = Place(
+        f"sqlite:///{tmp_path / 'source' / 'gitops.db'}", ("--state-dir", str(tmp_path / "source"))
+    )
+    running_cluster(source_place, key_file).close()
+    archive = tmp_path / "gitops.backup"
+    key = ("--secret-key-file", str(key_file))
+    assert main(["backup", "-o", str(archive), *source_place.options, *key]) == 0
+    state = tmp_path / "target"
+    target = Place(f"sqlite:///{state / 'gitops.db'}", ("--state-dir", str(state)))
+    broken = open_store(target, key_file)
+    broken.apply_revision(Revision("dir:/srv", "c" * 40), [configmap("mine")], [], NOW)
+    broken.close()
+    database = state / "gitops.db"
+    with database.open("r+b") as f:
+        f.write(b"\0" * 4096)  # the header and first page gone, as a bad disk leaves it
+    damaged = database.read_bytes()
+    (state / "gitops.db-wal").write_bytes(b"stale pages")
+    capsys.readouterr()
+
+    assert main(["restore", str(archive), *target.options, *key]) == 1
+    assert one_line(capsys.readouterr().err) == (
+        f"gitops restore: {database} is not a readable SQLite database (file is not a database): give "
+        "--force to set it aside (kept beside it, renamed) and restore the backup"
+    )
+    assert database.read_bytes() == damaged
+
+    assert main(["restore", str(archive), *target.options, *key, "--force"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1].startswith(f"the unreadable database it replaced is kept as {database}.unreadable-")
+    aside = Path(printed[-1].rsplit(" ", 1)[1])
+    assert aside.read_bytes() == damaged
+    assert Path(f"{aside}-wal").read_bytes() == b"stale pages"
+    restored = open_store(target, key_file)
+    assert len(restored.pods()) == 5
+    assert "mine" not in {m.key.name for m in restored.desired()}
+    restored.close()
+
+
 def test_a_backup_restored_with_another_key_is_reported_and_nothing_is_written(
     places: Callable[[str], Place], key_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
