@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from gitops.controller import reconcile_once
 from gitops.model import Node, NodeName, ObjectKey, Revision
 from gitops.store import Store
@@ -117,6 +119,7 @@ def test_when_no_node_is_ready_nothing_is_evicted(tmp_path: Path) -> None:
     assert not result.plan.stop and {p.id for p in store.pods()} == before
 
 
+@pytest.mark.filterwarnings("ignore:New instance .* conflicts with persistent instance")  # the squatter
 def test_a_workload_whose_pods_cannot_be_written_fails_alone_and_says_why(tmp_path: Path) -> None:
     """One failing write once stopped every other workload: no pod anywhere was created again."""
     from gitops.model import Pod, PodName

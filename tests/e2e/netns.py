@@ -59,6 +59,10 @@ class NetnsNode:
         _ip("-n", self.name, "link", "set", ns_if, "up")
         _ip("-n", self.name, "link", "set", "lo", "up")
         _ip("-n", self.name, "route", "add", "default", "via", self.host_address)
+        self.start_docker()
+
+    def start_docker(self) -> None:
+        """Start the node's dockerd (again, after it was stopped) and wait until it answers."""
         log = open(self.root / "dockerd.log", "ab")  # noqa: SIM115 - lives as long as dockerd
         subprocess.Popen(
             [
