@@ -140,6 +140,7 @@ class ContainerPort:
     container_port: int
     protocol: str = "TCP"
     name: str = ""
+    host_port: int = 0  # a declared hostPort: published on the node's address at this port
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,11 @@ class PodSpec:
     startup_probe: Probe | None = None
     # Names of the `env` entries whose values come from Secrets: sealed at rest, redacted in text.
     secret_env: tuple[str, ...] = ()
+
+    @property
+    def host_port_claims(self) -> tuple[tuple[int, str], ...]:
+        """The (host port, protocol) pairs this pod takes on its node: one pod per node each."""
+        return tuple((p.host_port, p.protocol) for p in self.ports if p.host_port)
 
     def secret_values(self) -> tuple[bytes, ...]:
         """The Secret values this spec carries (env values and file contents), for redaction."""

@@ -217,6 +217,7 @@ class Agent:
     _loop: Loop | None = None
     _proxy_problems: list[str] = field(default_factory=list)
     allow_probe_hosts: bool = False  # the server's policy, from each sync reply
+    _address: str = ""  # the node's address as registered: where pod ports are published
 
     # --- control plane --------------------------------------------------------------
 
@@ -269,6 +270,7 @@ class Agent:
         response.raise_for_status()
         body = response.json()
         self._token = str(body["token"])
+        self._address = str(node["address"])
         self._save_token(self._token)
         log.info(
             "agent.registered", node=cfg.node, address=node["address"], cpu_milli=cpu, memory_bytes=memory
@@ -462,12 +464,12 @@ class Agent:
         try:
             mounts = self._write_files(pod)
             try:
-                self.runtime.run(self.config.node, pod, mounts, restart)
+                self.runtime.run(self.config.node, pod, mounts, restart, address=self._address)
             except ImageMissing:
                 if pod.spec.image_pull_policy == "Never":
                     raise
                 self.runtime.pull(pod.spec.image)
-                self.runtime.run(self.config.node, pod, mounts, restart)
+                self.runtime.run(self.config.node, pod, mounts, restart, address=self._address)
         except (ImageMissing, RuntimeFailure, OSError) as exc:
             kind = (
                 "ErrImageNeverPull"

@@ -67,8 +67,18 @@ class Runtime(Protocol):
     def list(self, node: NodeName) -> list[ContainerInfo]: ...
 
     def run(
-        self, node: NodeName, pod: Pod, mounts: Sequence[tuple[str, str]], restart: int = 0
-    ) -> ContainerInfo: ...
+        self,
+        node: NodeName,
+        pod: Pod,
+        mounts: Sequence[tuple[str, str]],
+        restart: int = 0,
+        *,
+        address: str = "",
+    ) -> ContainerInfo:
+        """Start run `restart` of `pod` as a fresh container, its ports published on the node's
+        `address` only (every interface when empty): a declared hostPort at that port, the
+        others at a port the engine picks."""
+        ...
 
     def stop(self, container_id: str, grace_seconds: int) -> None: ...
 
@@ -165,7 +175,13 @@ class DockerRuntime:
         return found
 
     def run(
-        self, node: NodeName, pod: Pod, mounts: Sequence[tuple[str, str]], restart: int = 0
+        self,
+        node: NodeName,
+        pod: Pod,
+        mounts: Sequence[tuple[str, str]],
+        restart: int = 0,
+        *,
+        address: str = "",
     ) -> ContainerInfo:
         spec = pod.spec
         name = container_name(node, pod, restart)
@@ -186,7 +202,12 @@ class DockerRuntime:
                 LABEL_RESTART: str(restart),
             },
             "environment": dict(spec.env),
-            "ports": {f"{p.container_port}/{p.protocol.lower()}": None for p in spec.ports},
+            "ports": {
+                f"{p.container_port}/{p.protocol.lower()}": (address, p.host_port or None)
+                if address
+                else (p.host_port or None)
+                for p in spec.ports
+            },
             "volumes": {host: {"bind": inside, "mode": "ro"} for host, inside in mounts},
             "detach": True,
         }

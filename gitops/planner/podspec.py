@@ -298,6 +298,7 @@ def _resolve(deployment: Manifest, configs: Configs) -> Template:
             container_port=int(p["containerPort"]),
             protocol=str(p.get("protocol", "TCP")),
             name=str(p.get("name", "")),
+            host_port=int(p.get("hostPort", 0)),
         )
         for p in container.get("ports") or ()
     )
@@ -341,6 +342,9 @@ def hash_input(spec: PodSpec, hidden_env: Mapping[str, str], hidden_files: Mappi
     data = encode(spec)
     if not spec.secret_env:
         del data["secret_env"]
+    for port in data["ports"]:
+        if not port["host_port"]:
+            del port["host_port"]
     data["env"] = [[k, "secret:" + hidden_env[k]] if k in hidden_env else [k, v] for k, v in data["env"]]
     data["files"] = [
         {**f, "content": "secret:" + hidden_files[f["path"]]}

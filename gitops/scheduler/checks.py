@@ -142,6 +142,25 @@ class TaintsTolerated:
 
 
 @dataclass(frozen=True)
+class HostPortsFree:
+    """No pod bound or placed on the node holds one of the pod's hostPorts (per protocol)."""
+
+    reason: str = "host port in use"
+    static: bool = False
+
+    def mask(self, usage: Usage, spec: PodSpec) -> BoolArray:
+        claims = spec.host_port_claims
+        if not claims:
+            return usage.all_nodes
+        mask = usage.all_nodes
+        for claim in claims:
+            taken = usage.host_port_taken(claim)
+            if taken is not None:
+                mask = mask & ~taken
+        return mask
+
+
+@dataclass(frozen=True)
 class PodSlotFree:
     """Fewer pods on the node than its `max_pods`."""
 
@@ -231,6 +250,7 @@ CHECKS: tuple[Check, ...] = (
     NodeReady(),
     NodeSelectorMatches(),
     TaintsTolerated(),
+    HostPortsFree(),
     PodSlotFree(),
     CpuFits(),
     MemoryFits(),

@@ -53,6 +53,7 @@ class Cluster:
     taint_group: IntArray  # node -> index into taint_sets
     taint_sets: tuple[tuple[Taint, ...], ...]
     owner_pods: Mapping[ObjectKey, IntArray]  # owner -> pods of that owner per node
+    host_ports: Mapping[tuple[int, str], BoolArray]  # (hostPort, protocol) -> taken per node
 
     @classmethod
     def build(cls, nodes: Sequence[Node], bound: Sequence[Pod]) -> Cluster:
@@ -62,10 +63,15 @@ class Cluster:
         memory_used = np.zeros(n, dtype=np.int64)
         pods_used = np.zeros(n, dtype=np.int64)
         owner_pods: dict[ObjectKey, IntArray] = {}
+        host_ports: dict[tuple[int, str], BoolArray] = {}
         for pod in bound:
             i = index.get(pod.node) if pod.node is not None else None
             if i is None:
                 continue
+            for claim in pod.spec.host_port_claims:
+                if claim not in host_ports:
+                    host_ports[claim] = np.zeros(n, dtype=np.bool_)
+                host_ports[claim][i] = True
             cpu_used[i] += pod.spec.cpu_request_milli
             memory_used[i] += pod.spec.memory_request_bytes
             pods_used[i] += 1
@@ -104,6 +110,7 @@ class Cluster:
             taint_group=_frozen(group),
             taint_sets=tuple(sets),
             owner_pods={owner: _frozen(array) for owner, array in owner_pods.items()},
+            host_ports={claim: _frozen(array) for claim, array in host_ports.items()},
         )
 
     def __len__(self) -> int:
@@ -131,6 +138,12 @@ class Usage:
         self._no_pods: FloatArray = _frozen(np.ones(len(cluster), dtype=np.float64))
         self._owner_pods: dict[ObjectKey, IntArray] = {}
         self._spread: dict[ObjectKey, FloatArray] = {}
+        self._host_ports: dict[tuple[int, str], BoolArray] = {}  # copied from the cluster on write
+
+    def host_port_taken(self, claim: tuple[int, str]) -> BoolArray | None:
+        """Per node, whether a bound or placed pod holds `claim`; None when none does."""
+        taken = self._host_ports.get(claim)
+        return taken if taken is not None else self.cluster.host_ports.get(claim)
 
     def owner_pods(self, owner: ObjectKey) -> IntArray:
         counts = self._owner_pods.get(owner)
@@ -162,3 +175,10 @@ class Usage:
         column = self._spread.get(pod.owner)
         if column is not None:
             column[i] = 1.0 / (1.0 + float(counts[i]))
+        for claim in pod.spec.host_port_claims:
+            taken = self._host_ports.get(claim)
+            if taken is None:
+                shared = self.cluster.host_ports.get(claim)
+                taken = np.zeros(len(self.cluster), dtype=np.bool_) if shared is None else shared.copy()
+                self._host_ports[claim] = taken
+            taken[i] = True

@@ -262,6 +262,7 @@ def _check_pod(spec: Mapping[str, Any], path: FieldPath) -> Iterator[Finding]:
         yield from _check_resources(_map(container.get("resources")), (*container_path, "resources"))
         yield from _check_env(container, container_path)
         yield from _check_probe_hosts(container, container_path)
+        yield from _check_host_ports(container, container_path)
         for mount_path, mount in _items(container.get("volumeMounts"), (*container_path, "volumeMounts")):
             name = mount.get("name")
             if isinstance(name, str) and name not in volumes:
@@ -271,6 +272,21 @@ def _check_pod(spec: Mapping[str, Any], path: FieldPath) -> Iterator[Finding]:
                     (*mount_path, "name"),
                     f'volume "{name}" is not declared in {where} (declared: {declared})',
                 )
+
+
+def _check_host_ports(container: Mapping[str, Any], path: FieldPath) -> Iterator[Finding]:
+    taken: dict[tuple[object, object], FieldPath] = {}
+    for port_path, port in _items(container.get("ports"), (*path, "ports")):
+        number = port.get("hostPort")
+        if not number:
+            continue
+        claim = (number, port.get("protocol", "TCP"))
+        if claim in taken:
+            yield Finding(
+                (*port_path, "hostPort"),
+                f"duplicate hostPort {number}/{claim[1]} (also {format_path(taken[claim])})",
+            )
+        taken.setdefault(claim, port_path)
 
 
 PROBE_HOST_HELP = (

@@ -20,6 +20,7 @@ class MemoryRuntime:
     logs: dict[str, str] = field(default_factory=dict)
     exec_results: dict[tuple[str, ...], tuple[int, str]] = field(default_factory=dict)
     down: bool = False  # the engine is stopped: every call raises RuntimeUnavailable
+    published_on: dict[PodId, str] = field(default_factory=dict)  # the address each pod's ports got
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def list(self, node: NodeName) -> list[ContainerInfo]:
@@ -28,7 +29,13 @@ class MemoryRuntime:
         return [c for n, c in self.containers.values() if n == node]
 
     def run(
-        self, node: NodeName, pod: Pod, mounts: Sequence[tuple[str, str]], restart: int = 0
+        self,
+        node: NodeName,
+        pod: Pod,
+        mounts: Sequence[tuple[str, str]],
+        restart: int = 0,
+        *,
+        address: str = "",
     ) -> ContainerInfo:
         if self.down:
             raise RuntimeUnavailable("the Docker engine cannot be reached: connection refused")
@@ -51,6 +58,7 @@ class MemoryRuntime:
         )
         self.containers[cid] = (node, info)
         self.mounts[pod.id] = list(mounts)
+        self.published_on[pod.id] = address
         self.log.append(f"run {pod.id}" + (f" #{restart}" if restart else ""))
         return info
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import httpx
 import pytest
 
 from gitops.agents.agent import Agent, AgentConfig, service_rules
+from gitops.codec import encode
 from gitops.model import (
     Endpoint,
     MountedFile,
@@ -209,3 +211,21 @@ def test_a_terminating_pod_keeps_running_while_endpoints_drain_then_is_stopped_a
     agent.converge([leaving], rt.list(NODE))
     assert agent._stopped == [PodId("default/a")]
     assert agent._statuses(rt.list(NODE), {leaving.id: leaving}) == []
+
+
+def test_pod_ports_are_published_on_the_address_the_node_registered_with(tmp_path: Path) -> None:
+    def server(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/register"):
+            return httpx.Response(200, json={"token": "tok", "service_cidr": "10.243.0.0/16"})
+        return httpx.Response(
+            200, json={"pods": [encode(pod("a"))], "services": [], "service_cidr": "10.243.0.0/16"}
+        )
+
+    rt = MemoryRuntime()
+    config = AgentConfig(
+        server="http://gitops.invalid", node=NODE, join_token="t", state_dir=tmp_path, address="192.0.2.7"
+    )
+    agent = Agent(config, rt, clock=lambda: rt.now)
+    agent._http = httpx.Client(transport=httpx.MockTransport(server), base_url="http://gitops.invalid")
+    agent.tick()
+    assert rt.published_on == {"default/a": "192.0.2.7"}

@@ -35,9 +35,15 @@ class PublishingRuntime(MemoryRuntime):
     """Containers publish their port on the host, as Docker does for a pod's declared ports."""
 
     def run(
-        self, node: NodeName, pod: Pod, mounts: Sequence[tuple[str, str]], restart: int = 0
+        self,
+        node: NodeName,
+        pod: Pod,
+        mounts: Sequence[tuple[str, str]],
+        restart: int = 0,
+        *,
+        address: str = "",
     ) -> ContainerInfo:
-        info = super().run(node, pod, mounts, restart)
+        info = super().run(node, pod, mounts, restart, address=address)
         info = dataclasses.replace(info, host_ports=((8080, "TCP", 32000 + len(self.containers)),))
         self.containers[info.id] = (node, info)
         return info

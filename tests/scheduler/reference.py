@@ -20,6 +20,7 @@ CHECK_ORDER = [
     "not ready",
     "node selector mismatch",
     "untolerated taint",
+    "host port in use",
     "too many pods",
     "insufficient cpu",
     "insufficient memory",
@@ -41,7 +42,7 @@ def reference_tolerates(tolerations: Sequence[Toleration], taint: Taint) -> bool
 
 
 def first_failure(
-    node: Node, spec: PodSpec, cpu_free: int, memory_free: int, pods: int
+    node: Node, spec: PodSpec, cpu_free: int, memory_free: int, pods: int, *, ports: set[tuple[int, str]]
 ) -> tuple[str, str] | None:
     """(check, text) of the first check the node fails, or None if the pod fits."""
     if not node.ready:
@@ -53,6 +54,9 @@ def first_failure(
     for taint in node.taints:
         if taint.effect in ("NoSchedule", "NoExecute") and not reference_tolerates(spec.tolerations, taint):
             return ("untolerated taint", f"untolerated taint {{{taint}}}")
+    for port in spec.ports:
+        if port.host_port and (port.host_port, port.protocol) in ports:
+            return ("host port in use", "host port in use")
     if pods >= node.max_pods:
         return ("too many pods", "too many pods")
     if spec.cpu_request_milli > 0 and spec.cpu_request_milli > cpu_free:
@@ -66,12 +70,14 @@ def reference_place(pending: Sequence[Pod], nodes: Sequence[Node], bound: Sequen
     cpu_free = {node.name: node.cpu_milli for node in nodes}
     memory_free = {node.name: node.memory_bytes for node in nodes}
     pods = {node.name: 0 for node in nodes}
+    ports: dict[NodeName, set[tuple[int, str]]] = {node.name: set() for node in nodes}
     owned: dict[tuple[ObjectKey, NodeName], int] = {}
 
     def bind(pod: Pod, name: NodeName) -> None:
         cpu_free[name] -= pod.spec.cpu_request_milli
         memory_free[name] -= pod.spec.memory_request_bytes
         pods[name] += 1
+        ports[name] |= {(p.host_port, p.protocol) for p in pod.spec.ports if p.host_port}
         owned[(pod.owner, name)] = owned.get((pod.owner, name), 0) + 1
 
     for pod in bound:
@@ -86,7 +92,14 @@ def reference_place(pending: Sequence[Pod], nodes: Sequence[Node], bound: Sequen
         best_node: NodeName | None = None
         failures: dict[tuple[str, str], int] = {}
         for node in nodes:
-            failure = first_failure(node, spec, cpu_free[node.name], memory_free[node.name], pods[node.name])
+            failure = first_failure(
+                node,
+                spec,
+                cpu_free[node.name],
+                memory_free[node.name],
+                pods[node.name],
+                ports=ports[node.name],
+            )
             if failure is not None:
                 failures[failure] = failures.get(failure, 0) + 1
                 continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gitops.model import Node, NodeName, ObjectKey, Pod, PodName, PodSpec, Taint, Toleration
+from gitops.model import ContainerPort, Node, NodeName, ObjectKey, Pod, PodName, PodSpec, Taint, Toleration
 from gitops.scheduler import Cluster, place, place_on, tolerates
 
 GiB = 2**30
@@ -169,6 +169,35 @@ def test_prefer_no_schedule_only_steers() -> None:
 
 
 # --- scoring ------------------------------------------------------------------------
+
+
+# --- host ports ---------------------------------------------------------------------
+
+
+def host_port(port: int, protocol: str = "TCP") -> tuple[ContainerPort, ...]:
+    return (ContainerPort(8080, protocol, "", port),)
+
+
+def test_a_host_port_is_taken_once_per_node_and_protocol() -> None:
+    nodes = [node("n1"), node("n2")]
+    pending = [pod(f"p{i}", ports=host_port(80)) for i in range(3)]
+    pending.append(pod("udp", ports=host_port(80, "UDP")))
+    pending.append(pod("other", ports=host_port(81)))
+    result = place(pending, nodes, [])
+    assert [result.assigned.get(f"default/p{i}") for i in range(3)] == ["n1", "n2", None]
+    assert result.unschedulable == {"default/p2": "0/2 nodes: 2 host port in use"}
+    assert {"default/udp", "default/other"} <= set(result.assigned)
+
+
+def test_a_bound_pod_holds_its_host_port_for_every_owner() -> None:
+    bound = [pod("old", owner="db", node_name="n1", ports=host_port(5432))]
+    result = place([pod("new", ports=host_port(5432))], [node("n1"), node("n2")], bound)
+    assert result.assigned == {"default/new": "n2"}
+    cluster = Cluster.build([node("n1")], bound)
+    assert place_on(cluster, [pod("new", ports=host_port(5432))]).unschedulable == {
+        "default/new": "0/1 nodes: 1 host port in use"
+    }
+    assert place_on(cluster, [pod("free", ports=host_port(5433))]).assigned == {"default/free": "n1"}
 
 
 def test_three_replicas_spread_over_three_equal_nodes() -> None:

@@ -5,7 +5,18 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gitops.model import Node, NodeName, ObjectKey, Placements, Pod, PodName, PodSpec, Taint, Toleration
+from gitops.model import (
+    ContainerPort,
+    Node,
+    NodeName,
+    ObjectKey,
+    Placements,
+    Pod,
+    PodName,
+    PodSpec,
+    Taint,
+    Toleration,
+)
 from gitops.scheduler import Cluster, place, place_on
 from tests.scheduler.reference import reference_place, reference_tolerates
 
@@ -31,6 +42,14 @@ label_sets = st.dictionaries(st.sampled_from(KEYS), st.sampled_from(VALUES), max
 )
 # Few distinct sizes make ties (and so the tie-break) common; 0 capacity is allowed.
 capacities = st.one_of(st.sampled_from([0, 1000, 2000, 4000]), st.integers(0, 4000))
+# Few hostPorts, so that pods of different owners and protocols compete for them.
+host_ports = st.builds(
+    ContainerPort,
+    st.sampled_from([80, 8080]),
+    st.sampled_from(["TCP", "TCP", "UDP"]),
+    st.just(""),
+    st.sampled_from([0, 0, 80, 53]),
+)
 requests = st.one_of(st.sampled_from([0, 0, 500, 1000]), st.integers(0, 1500))
 
 
@@ -59,6 +78,7 @@ def clusters(draw: st.DrawFn) -> Case:
                 memory_request_bytes=draw(requests),
                 node_selector=draw(label_sets),
                 tolerations=tuple(draw(st.lists(tolerations, max_size=2))),
+                ports=tuple(draw(st.lists(host_ports, max_size=2))),
             ),
         )
         for c in range(draw(st.integers(1, 4)))
@@ -110,6 +130,9 @@ def check_invariants(result: Placements, case: Case) -> None:
             assert sum(p.spec.memory_request_bytes for p in pods) <= n.memory_bytes
         assert len(pods) <= n.max_pods
         assert n.ready
+        for p in mine:  # a placed pod shares none of its hostPorts with another pod there
+            others = {c for q in pods if q is not p for c in q.spec.host_port_claims}
+            assert not set(p.spec.host_port_claims) & others
         for p in mine:
             assert all(n.label_map.get(k) == v for k, v in p.spec.node_selector)
             assert all(

@@ -297,3 +297,24 @@ def test_duplicate_volume_names_are_an_error() -> None:
         'volume name "v" '
         "(also spec.template.spec.volumes[0])"
     ]
+
+
+def test_a_host_port_is_honoured_not_ignored_and_taken_once_per_protocol() -> None:
+    ports = (
+        "          ports:\n"
+        "            - {containerPort: 8080, hostPort: 80}\n"
+        "            - {containerPort: 8081, hostPort: 80, protocol: UDP}\n"
+    )
+    result = validate_one(with_container_fields(ports))
+    assert result.ok and not result.warnings
+    duplicate = ports + "            - {containerPort: 9090, hostPort: 80}\n"
+    assert [(d.field, d.message) for d in validate_one(with_container_fields(duplicate)).errors] == [
+        (
+            "spec.template.spec.containers[0].ports[2].hostPort",
+            "duplicate hostPort 80/TCP (also spec.template.spec.containers[0].ports[0])",
+        )
+    ]
+    out_of_range = "          ports:\n            - {containerPort: 8080, hostPort: 70000}\n"
+    assert [d.field for d in validate_one(with_container_fields(out_of_range)).errors] == [
+        "spec.template.spec.containers[0].ports[0].hostPort"
+    ]
