@@ -94,7 +94,12 @@ def _write(store: Store, decision: Decision, now: float, *, owners: set[ObjectKe
         stop=[(a.pod, a.reason) for a in plan.stop if mine(a.pod)],
         delete_now=[(a.pod, a.reason) for a in decision.evicted if mine(a.pod)],
         bind={p: n for p, n in placements.assigned.items() if p in pods and mine(pods[p])},
-        pending_reasons={p: r for p, r in placements.unschedulable.items() if p in pods and mine(pods[p])},
+        # Only reasons that changed: 8,000 pending pods are not 8,000 reads per pass.
+        pending_reasons={
+            p: r
+            for p, r in placements.unschedulable.items()
+            if p in pods and mine(pods[p]) and pods[p].reason != r
+        },
         now=now,
     )
 

@@ -128,7 +128,9 @@ def place_on(cluster: Cluster, pending: Sequence[Pod]) -> Placements:
             continue
         feasible = klass.static_feasible
         for check in dynamic:
-            feasible = feasible & check.mask(usage, pod.spec)
+            mask = check.mask(usage, pod.spec)
+            if mask is not usage.all_nodes:  # a check with nothing to say (no request, no hostPort)
+                feasible = feasible & mask
         best = _best(usage, pod, klass, feasible)
         if best is None:
             klass.failed_after_binds = binds

@@ -424,13 +424,21 @@ class Store:
             stored = {**stored, "env": env, "files": files}
         return decode_as(PodSpec, stored)
 
-    def _pod(self, row: PodRow) -> Pod:
+    def _pod(self, row: PodRow, specs: dict[tuple[str, str, str, str], PodSpec] | None = None) -> Pod:
+        """The pod of `row`. With `specs`, pods of one owner and template hash share one
+        decoded spec (the hash names the spec): 5,000 replicas decode it once, not 5,000 times."""
+        owner = ObjectKey(row.owner_kind, row.owner_namespace, row.owner_name)
+        if specs is None:
+            spec = self._spec_from_row(row.spec)
+        else:
+            key = (row.owner_kind, row.owner_namespace, row.owner_name, row.template_hash)
+            spec = specs.get(key) or specs.setdefault(key, self._spec_from_row(row.spec))
         return Pod(
             namespace=row.namespace,
             name=PodName(row.name),
-            owner=ObjectKey(row.owner_kind, row.owner_namespace, row.owner_name),
+            owner=owner,
             template_hash=row.template_hash,
-            spec=self._spec_from_row(row.spec),
+            spec=spec,
             labels=tuple((str(k), str(v)) for k, v in row.labels),
             node=NodeName(row.node) if row.node else None,
             phase=row.phase,  # type: ignore[arg-type]
@@ -871,7 +879,8 @@ class Store:
             query = select(PodRow).order_by(PodRow.id)
             if node is not None:
                 query = query.where(PodRow.node == node)
-            return [self._pod(r) for r in s.scalars(query)]
+            specs: dict[tuple[str, str, str, str], PodSpec] = {}
+            return [self._pod(r, specs) for r in s.scalars(query)]
 
     def apply_pod_changes(
         self,
@@ -886,12 +895,20 @@ class Store:
         """Create pods, stop pods (terminating, or deleted outright when `delete_now` or never
         placed), bind pods to nodes, and note why others stay pending."""
         with self.session() as s:
+            # The rows this write looks at, read in a few queries rather than one per pod.
+            wanted = {p.id for p, _ in stop} | set(bind) | set(pending_reasons)
+            ids = sorted(wanted)
+            rows: dict[str, PodRow] = {}
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                rows.update((r.id, r) for r in s.scalars(select(PodRow).where(PodRow.id.in_(chunk))))
             if delete_now:
                 s.execute(delete(PodRow).where(PodRow.id.in_([p.id for p, _ in delete_now])))
                 for pod, reason in delete_now:
                     s.add(EventRow(time=now, object=f"pod {pod.id}", reason="Stopped", message=reason))
+            gone = {p.id for p, _ in delete_now}
             for pod, reason in stop:
-                row = s.get(PodRow, pod.id)
+                row = rows.get(pod.id) if pod.id not in gone else None
                 if row is None or row.terminating_at is not None:
                     continue
                 if row.node is None:
@@ -904,33 +921,32 @@ class Store:
                 s.add(EventRow(time=now, object=f"pod {pod.id}", reason="Stopped", message=reason))
             s.flush()
             for pod, reason in create:
-                s.add(
-                    PodRow(
-                        id=pod.id,
-                        namespace=pod.namespace,
-                        name=pod.name,
-                        owner_kind=pod.owner.kind,
-                        owner_namespace=pod.owner.namespace,
-                        owner_name=pod.owner.name,
-                        template_hash=pod.template_hash,
-                        spec=self._spec_to_row(encode(pod.spec)),
-                        labels=[list(kv) for kv in pod.labels],
-                        node=pod.node,
-                        phase="Pending",
-                        ready=False,
-                        reason=pod.reason,
-                        pod_ip="",
-                        host_ports=[],
-                        restarts=0,
-                        exit_code=None,
-                        container_id="",
-                        created_at=now,
-                        updated_at=now,
-                    )
+                rows[pod.id] = created = PodRow(
+                    id=pod.id,
+                    namespace=pod.namespace,
+                    name=pod.name,
+                    owner_kind=pod.owner.kind,
+                    owner_namespace=pod.owner.namespace,
+                    owner_name=pod.owner.name,
+                    template_hash=pod.template_hash,
+                    spec=self._spec_to_row(encode(pod.spec)),
+                    labels=[list(kv) for kv in pod.labels],
+                    node=pod.node,
+                    phase="Pending",
+                    ready=False,
+                    reason=pod.reason,
+                    pod_ip="",
+                    host_ports=[],
+                    restarts=0,
+                    exit_code=None,
+                    container_id="",
+                    created_at=now,
+                    updated_at=now,
                 )
+                s.add(created)
                 s.add(EventRow(time=now, object=f"pod {pod.id}", reason="Created", message=reason))
             for pod_id, node in bind.items():
-                row = s.get(PodRow, pod_id)
+                row = rows.get(pod_id)
                 if row is not None and row.node is None:
                     row.node = node
                     row.reason = f"scheduled on {node}"
@@ -941,7 +957,7 @@ class Store:
                         )
                     )
             for pod_id, why in pending_reasons.items():
-                row = s.get(PodRow, pod_id)
+                row = rows.get(pod_id)
                 if row is not None and row.node is None and row.reason != why:
                     row.reason = why
                     row.updated_at = now
