@@ -8,8 +8,10 @@ revisions, the state snapshot, full previews), from the store through that same 
 and every answer passes `Redactor.value` once more on its way out. Adding a route means
 adding a method here, which is where redaction happens.
 
-API answers see their own writes: each first asks the cache to rebuild if the store
-changed (a few aggregate queries; the rebuild only when something moved). `json()` keeps
+API answers see their own writes: each first asks the cache whether the store changed (a
+few aggregate queries) and, if it did, waits up to `wait` seconds (0.3) for the rebuild,
+else answers from the last view (with its `built_at`) while the rebuild goes on: a big
+cluster's rebuild (about a second per 5,000 pods) never makes a request wait for it. `json()` keeps
 each answer rendered to bytes for as long as its view lives, so a thousand clients asking
 for 5,000 pods cost one serialisation, not a thousand.
 """
@@ -38,10 +40,12 @@ class ReadModel:
         *,
         clock: Callable[[], float] = time.time,
         ttl: float = 1.0,
+        wait: float = 0.3,
         health: Health | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
+        self.wait = wait  # how long an answer waits for the view of a store that changed
         self.health = health or Health()
         self.cache = ViewCache(store, sources, clock=clock, ttl=ttl, health=self.health)
         self._lock = threading.Lock()
@@ -73,7 +77,7 @@ class ReadModel:
         if self.cache.ttl <= 0:
             return self.cache.get()
         try:
-            return self.cache.refresh()
+            return self.cache.fresh(self.wait)
         except Exception as exc:  # the store cannot be read: the last view, marked as such
             self.health.fail("status view", f"the store cannot be read: {type(exc).__name__}: {exc}")
             view = self.cache.current()

@@ -23,6 +23,8 @@ uncached path, kept for the benchmark's baseline).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import dataclasses
 import gc
 import itertools
@@ -162,6 +164,16 @@ class StatusView:
 
 
 _generations = itertools.count(1)
+
+
+def release_memory() -> None:
+    """Hand memory the process freed back to the system (glibc keeps freed heap pages for
+    reuse otherwise, so a process that once held a huge view stays that big)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        return  # not glibc: nothing to do
 
 
 def redacted_revision(r: RevisionRecord, redact: Redactor) -> RevisionRecord:
@@ -386,7 +398,10 @@ class ViewCache:
         self._lock = threading.Lock()
         self._build_lock = threading.Lock()
         self._refreshing = False
+        self._refreshed = threading.Event()  # set when the running background refresh ends
+        self._refreshed.set()
         self._collected = 0.0  # time.monotonic() of the last full garbage collection
+        self._build_seconds = 0.0  # how long the last full build took
 
     def _build(self) -> StatusView:
         started = time.monotonic()
@@ -396,14 +411,19 @@ class ViewCache:
         # full collections walk them all at random moments and stall requests for 100 ms
         # or more. So freeze what exists after each build (later collections skip it), and
         # at most once a minute unfreeze and collect fully, here in the background thread:
-        # cyclic garbage that got frozen is found then, so nothing leaks for long.
-        if time.monotonic() - self._collected > 60.0:
+        # cyclic garbage that got frozen is found then, so nothing leaks for long. When the
+        # cluster shrank (a huge scale-up undone), the old view's memory is handed back to
+        # the system at once, not kept by the allocator.
+        shrank = self._view is not None and len(view.pods) < len(self._view.pods) // 2
+        self._view, self._marker, self._built = view, marker, time.monotonic()  # the old one goes
+        if shrank or time.monotonic() - self._collected > 60.0:
             gc.unfreeze()
             gc.collect()
+            release_memory()
             self._collected = time.monotonic()
         gc.freeze()
-        self._view, self._marker, self._built = view, marker, time.monotonic()
-        self._next_build = self._built + self.pace * (self._built - started)
+        self._build_seconds = self._built - started
+        self._next_build = self._built + self.pace * self._build_seconds
         return view
 
     def _with_fresh_nodes(self, view: StatusView) -> StatusView | None:
@@ -425,16 +445,39 @@ class ViewCache:
         view = self._view
         if view is None or self.ttl <= 0:
             return None
-        now = time.monotonic()
-        if now - self._checked >= self.ttl:
-            with self._lock:
-                start = not self._refreshing and now - self._checked >= self.ttl
-                if start:
-                    self._refreshing = True
-                    self._checked = now
-            if start:
-                threading.Thread(target=self._refresh, name="status-view", daemon=True).start()
+        if time.monotonic() - self._checked >= self.ttl:
+            self._start_refresh(paced=True)
         return view
+
+    def _start_refresh(self, *, paced: bool) -> threading.Event:
+        """Start a background refresh unless one runs; the event is set when it ends."""
+        with self._lock:
+            if not self._refreshing:
+                self._refreshing = True
+                self._checked = time.monotonic()
+                self._refreshed = threading.Event()
+                threading.Thread(
+                    target=self._refresh, kwargs={"paced": paced}, name="status-view", daemon=True
+                ).start()
+            return self._refreshed
+
+    def fresh(self, wait: float) -> StatusView:
+        """The view of what the store holds now if a rebuild (when one is needed) ends within
+        `wait` seconds; else the last view while the rebuild goes on in the background (its
+        `built_at` says how old it is). API answers see their own writes this way on any
+        cluster whose view builds within `wait`. On a bigger one (the last build took longer)
+        nothing waits and rebuilds keep their pace, so that requests are not starved by
+        back-to-back rebuilds holding the interpreter."""
+        view = self._view
+        if view is None or self.ttl <= 0:
+            return self.get()
+        if self.store.change_marker() == self._marker and time.monotonic() - self._built < self.max_age:
+            return view
+        if self._build_seconds > wait:
+            self._start_refresh(paced=True)
+            return view
+        self._start_refresh(paced=False).wait(wait)
+        return self._view or view
 
     def get(self) -> StatusView:
         """The cached view, building it first if there is none (or always, caching off)."""
@@ -467,9 +510,9 @@ class ViewCache:
                 return fresh
             return view
 
-    def _refresh(self) -> None:
+    def _refresh(self, *, paced: bool = True) -> None:
         try:
-            self.refresh(paced=True)
+            self.refresh(paced=paced)
             self.health.ok("status view")
         except Exception as exc:
             # The page keeps the last view, under a banner saying it may be out of date.
@@ -478,3 +521,4 @@ class ViewCache:
         finally:
             with self._lock:
                 self._refreshing = False
+                self._refreshed.set()
