@@ -96,6 +96,14 @@ def main() -> None:
                 raise SystemExit(f"{what}: {n} pods after 900 s")
             time.sleep(0.5)
 
+    def wait_view(count: int) -> None:
+        """Until the API shows `count` pods: the status view was rebuilt, the old one freed."""
+        started = time.monotonic()
+        while httpx.get(plane.url + "/api/v1/status", timeout=120).json()["counts"]["pods"] != count:
+            if time.monotonic() - started > 120:
+                raise SystemExit(f"the status view did not show {count} pods within 120 s")
+            time.sleep(0.5)
+
     def read_as_a_user() -> None:
         for path in ("/", "/pods", "/api/v1/status", "/api/v1/pods?limit=20", "/api/v1/workloads"):
             httpx.get(plane.url + path, timeout=120).raise_for_status()
@@ -108,6 +116,7 @@ def main() -> None:
     for cycle in range(args.cycles):
         (folder / "big.yaml").write_text(manifest(args.replicas))
         scale_up_s = wait_pods(args.replicas, "scale up")
+        wait_view(args.replicas)
         read_as_a_user()
         time.sleep(3)
         read_as_a_user()
@@ -122,8 +131,7 @@ def main() -> None:
         )
         (folder / "big.yaml").write_text(manifest(args.back))
         scale_down_s = wait_pods(args.back, "scale down")
-        read_as_a_user()
-        time.sleep(8)  # the view is rebuilt, the old one freed
+        wait_view(args.back)
         read_as_a_user()
         time.sleep(2)
         after.append(rss_mib())
