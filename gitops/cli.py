@@ -347,13 +347,27 @@ def _open_store(args: argparse.Namespace, state: Path, *, read_only: bool = Fals
 
 
 def _parse_labels(values: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    from gitops.schemas.checks import LABEL_KEY_HELP, LABEL_VALUE_HELP, is_label_key, is_label_value  # noqa: PLC0415
+
     pairs = []
     for v in values:
         key, sep, value = v.partition("=")
         if not sep:
             raise SystemExit(f"--label {v!r}: expected key=value")
+        if not is_label_key(key):
+            raise SystemExit(f"--label {v!r}: the key is not {LABEL_KEY_HELP}")
+        if not is_label_value(value):
+            raise SystemExit(f"--label {v!r}: the value is not {LABEL_VALUE_HELP}")
         pairs.append((key, value))
     return tuple(sorted(pairs))
+
+
+def _topology(flag: str, value: str) -> str:
+    from gitops.schemas.checks import LABEL_VALUE_HELP, is_label_value  # noqa: PLC0415
+
+    if not is_label_value(value):
+        raise SystemExit(f"{flag} {value!r}: expected {LABEL_VALUE_HELP}")
+    return value
 
 
 def _parse_taints(values: Sequence[str]) -> tuple[Taint, ...]:
@@ -527,6 +541,8 @@ def _agent(args: argparse.Namespace, server: str, token: str, state: Path) -> An
         address=args.address or "",
         labels=_parse_labels(args.label or []),
         taints=_parse_taints(args.taint or []),
+        zone=_topology("--zone", args.zone),
+        region=_topology("--region", args.region),
         iptables=args.iptables,
         chain_prefix=args.chain_prefix,
         secret_dir=Path(args.secret_dir) if args.secret_dir else None,
@@ -858,6 +874,8 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--address", help="this node's address other nodes reach it on")
         sp.add_argument("--label", action="append", help="node label key=value (repeatable)")
         sp.add_argument("--taint", action="append", help="node taint key[=value]:Effect (repeatable)")
+        sp.add_argument("--zone", default="", help="the node's topology.kubernetes.io/zone label")
+        sp.add_argument("--region", default="", help="the node's topology.kubernetes.io/region label")
         sp.add_argument("--docker", help="Docker engine URL (default: DOCKER_HOST or the local socket)")
         sp.add_argument(
             "--iptables", default="iptables", help="iptables binary (iptables or iptables-legacy)"

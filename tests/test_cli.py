@@ -201,3 +201,15 @@ def test_the_cli_imports_no_database_git_or_preview_code_until_a_command_needs_i
     code = f"import sys, gitops.cli; print([m for m in {heavy!r} if m in sys.modules])"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_node_labels_and_topology_flags_are_checked_before_the_agent_registers() -> None:
+    from gitops.cli import _parse_labels, _topology
+
+    assert _parse_labels(["zone=a", "disk=ssd"]) == (("disk", "ssd"), ("zone", "a"))
+    with pytest.raises(SystemExit, match=r"--label 'a b=c': the key is not a label key"):
+        _parse_labels(["a b=c"])
+    with pytest.raises(SystemExit, match=r"--label 'disk=s s': the value is not a label value"):
+        _parse_labels(["disk=s s"])
+    with pytest.raises(SystemExit, match=r"--zone 'eu 1': expected a label value"):
+        _topology("--zone", "eu 1")

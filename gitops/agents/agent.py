@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+import platform
 import shutil
 import socket
 import stat
@@ -61,6 +62,7 @@ from gitops.codec import decode_as, encode
 from gitops.loop import Backoff, Loop
 from gitops.model import NodeName, Phase, Pod, PodId, PodStatus, ServiceEndpoints, Taint
 from gitops.redact import Redactor, truncate
+from gitops.schemas.checks import is_label_value
 
 log = structlog.get_logger(__name__)
 
@@ -116,6 +118,41 @@ def host_capacity() -> tuple[int, int]:
                 memory = int(line.split()[1]) * 1024
                 break
     return cpus * 1000, memory
+
+
+# Go's names for machine architectures, as `kubernetes.io/arch` has them.
+ARCHES = {
+    "x86_64": "amd64",
+    "amd64": "amd64",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "armv7l": "arm",
+    "armv6l": "arm",
+    "i386": "386",
+    "i686": "386",
+    "ppc64le": "ppc64le",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+}
+
+
+def well_known_labels(node: str, *, zone: str = "", region: str = "") -> dict[str, str]:
+    """The labels kubelet puts on every node, so that manifests selecting on them (such as
+    `nodeSelector: {kubernetes.io/os: linux}`) schedule: hostname, os and arch, and the
+    topology zone and region when given (`gitops agent --zone/--region`). A node name too
+    long for a label value gets no hostname label."""
+    machine = platform.machine().lower()
+    labels = {
+        "kubernetes.io/os": platform.system().lower(),
+        "kubernetes.io/arch": ARCHES.get(machine, machine),
+    }
+    if is_label_value(node):
+        labels["kubernetes.io/hostname"] = node
+    if zone:
+        labels["topology.kubernetes.io/zone"] = zone
+    if region:
+        labels["topology.kubernetes.io/region"] = region
+    return labels
 
 
 def default_address() -> str:
@@ -181,8 +218,10 @@ class AgentConfig:
     join_token: str
     state_dir: Path
     address: str = ""
-    labels: tuple[tuple[str, str], ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()  # beside (and over) the well-known ones
     taints: tuple[Taint, ...] = ()
+    zone: str = ""  # topology.kubernetes.io/zone
+    region: str = ""  # topology.kubernetes.io/region
     interval: float = 1.0
     iptables: str = "iptables"
     chain_prefix: str = "GITOPS"
@@ -257,7 +296,7 @@ class Agent:
             "address": cfg.address or default_address(),
             "cpu_milli": cpu,
             "memory_bytes": memory,
-            "labels": dict(cfg.labels),
+            "labels": {**well_known_labels(cfg.node, zone=cfg.zone, region=cfg.region), **dict(cfg.labels)},
             "taints": [{"key": t.key, "value": t.value, "effect": t.effect} for t in cfg.taints],
         }
         current = self._token or self._saved_token()

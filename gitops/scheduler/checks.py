@@ -116,6 +116,22 @@ class NodeSelectorMatches:
             mask &= codes == code
         return mask
 
+    @staticmethod
+    def mismatches(cluster: Cluster, spec: PodSpec, failing: BoolArray) -> list[tuple[tuple[str, str], int]]:
+        """For the nodes in `failing`, each counted under the first pair of the selector it
+        lacks: (pair, count) in the selector's order."""
+        left = failing.copy()
+        found = []
+        for key, value in spec.node_selector:
+            codes = cluster.label_codes.get(key)
+            code = cluster.label_vocab[key].get(value) if codes is not None else None
+            lacking = left if codes is None or code is None else left & (codes != code)
+            count = int(lacking.sum())
+            if count:
+                found.append(((key, value), count))
+                left &= ~lacking
+        return found
+
 
 @dataclass(frozen=True)
 class TaintsTolerated:

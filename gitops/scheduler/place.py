@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gitops.model import Node, NodeName, ObjectKey, Placements, Pod, PodId, PodSpec
-from gitops.scheduler.checks import CHECKS, SCORERS, TaintsTolerated
+from gitops.scheduler.checks import CHECKS, SCORERS, NodeSelectorMatches, TaintsTolerated
 from gitops.scheduler.cluster import BoolArray, Cluster, FloatArray, Usage
 
 NO_NODES = "0/0 nodes: no nodes registered"
@@ -57,7 +57,9 @@ def explain(usage: Usage, spec: PodSpec, static_masks: Sequence[BoolArray | None
     """Why no node fits: each node counted under the first check it fails.
 
     `0/3 nodes: 2 insufficient memory, 1 untolerated taint {dedicated=gpu:NoSchedule}`;
-    groups by count, most first, then in check order.
+    groups by count, most first, then in check order. Taints and node selectors are named:
+    each node under its first untolerated taint, or the first `key=value` of the pod's
+    nodeSelector it lacks (`3 node selector mismatch {kubernetes.io/os=windows}`).
     """
     cluster = usage.cluster
     n = len(cluster)
@@ -72,7 +74,10 @@ def explain(usage: Usage, spec: PodSpec, static_masks: Sequence[BoolArray | None
         remaining &= ok
         if not first.any():
             continue
-        if isinstance(check, TaintsTolerated):
+        if isinstance(check, NodeSelectorMatches):
+            for pair, count in check.mismatches(cluster, spec, first):
+                groups[(order, f"{check.reason} {{{pair[0]}={pair[1]}}}")] += count
+        elif isinstance(check, TaintsTolerated):
             per_set = np.bincount(cluster.taint_group[first], minlength=len(cluster.taint_sets))
             for taint_set in np.flatnonzero(per_set):
                 node = int(np.flatnonzero(first & (cluster.taint_group == taint_set))[0])

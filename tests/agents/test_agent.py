@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import platform
 from pathlib import Path
 
 import httpx
 import pytest
 
-from gitops.agents.agent import Agent, AgentConfig, service_rules
+from gitops.agents.agent import ARCHES, Agent, AgentConfig, service_rules, well_known_labels
 from gitops.codec import encode
 from gitops.model import (
     Endpoint,
@@ -229,3 +231,37 @@ def test_pod_ports_are_published_on_the_address_the_node_registered_with(tmp_pat
     agent._http = httpx.Client(transport=httpx.MockTransport(server), base_url="http://gitops.invalid")
     agent.tick()
     assert rt.published_on == {"default/a": "192.0.2.7"}
+
+
+def test_a_node_registers_with_the_labels_kubelet_sets_and_its_own_over_them(tmp_path: Path) -> None:
+    sent: list[dict[str, str]] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content)["node"]["labels"])
+        return httpx.Response(200, json={"token": "tok", "service_cidr": "10.243.0.0/16"})
+
+    config = AgentConfig(
+        server="http://gitops.invalid",
+        node=NODE,
+        join_token="t",
+        state_dir=tmp_path,
+        address="192.0.2.7",
+        labels=(("disk", "ssd"), ("kubernetes.io/arch", "custom")),
+        zone="eu-1a",
+        region="eu-1",
+    )
+    agent = Agent(config, MemoryRuntime())
+    agent._http = httpx.Client(transport=httpx.MockTransport(server), base_url="http://gitops.invalid")
+    agent.register()
+    assert sent == [
+        {
+            "kubernetes.io/hostname": "n1",
+            "kubernetes.io/os": platform.system().lower(),
+            "kubernetes.io/arch": "custom",
+            "topology.kubernetes.io/zone": "eu-1a",
+            "topology.kubernetes.io/region": "eu-1",
+            "disk": "ssd",
+        }
+    ]
+    assert well_known_labels("n1")["kubernetes.io/arch"] == ARCHES.get(platform.machine(), platform.machine())
+    assert "kubernetes.io/hostname" not in well_known_labels("n" * 64)  # too long for a label value

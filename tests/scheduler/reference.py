@@ -50,7 +50,7 @@ def first_failure(
     labels = dict(node.labels)
     for key, value in spec.node_selector:
         if key not in labels or labels[key] != value:
-            return ("node selector mismatch", "node selector mismatch")
+            return ("node selector mismatch", f"node selector mismatch {{{key}={value}}}")
     for taint in node.taints:
         if taint.effect in ("NoSchedule", "NoExecute") and not reference_tolerates(spec.tolerations, taint):
             return ("untolerated taint", f"untolerated taint {{{taint}}}")

@@ -104,7 +104,22 @@ def test_node_selector_with_an_unknown_value_or_key_matches_nothing() -> None:
     nodes = [node("n1", labels=(("disk", "hdd"),)), node("n2")]
     for selector in ((("disk", "nvme"),), (("gpu", "yes"),)):
         result = place([pod("a", node_selector=selector)], nodes, [])
-        assert result.unschedulable == {"default/a": "0/2 nodes: 2 node selector mismatch"}
+        (key, value), *_ = selector
+        assert result.unschedulable == {"default/a": f"0/2 nodes: 2 node selector mismatch {{{key}={value}}}"}
+
+
+def test_the_reason_names_the_first_selector_pair_each_node_lacks() -> None:
+    nodes = [
+        node("n1", labels=(("kubernetes.io/os", "linux"), ("zone", "a"))),
+        node("n2", labels=(("kubernetes.io/os", "linux"),)),
+        node("n3"),
+    ]
+    selector = (("kubernetes.io/os", "linux"), ("zone", "b"))
+    result = place([pod("a", node_selector=selector)], nodes, [])
+    assert result.unschedulable == {
+        "default/a": "0/3 nodes: 2 node selector mismatch {zone=b}, "
+        "1 node selector mismatch {kubernetes.io/os=linux}"
+    }
 
 
 def test_an_untolerated_no_schedule_taint_blocks() -> None:
@@ -258,7 +273,8 @@ def test_the_reason_orders_equal_counts_by_check_order() -> None:
     ]
     result = place([pod("a", node_selector=ssd)], nodes, [])
     assert result.unschedulable == {
-        "default/a": "0/4 nodes: 1 not ready, 1 node selector mismatch, 1 too many pods, 1 insufficient cpu"
+        "default/a": "0/4 nodes: 1 not ready, 1 node selector mismatch {disk=ssd}, 1 too many pods, "
+        "1 insufficient cpu"
     }
 
 
