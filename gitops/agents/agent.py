@@ -252,6 +252,7 @@ class Agent:
     _logs: dict[tuple[str, float], str] = field(default_factory=dict)
     _stopped: list[PodId] = field(default_factory=list)
     _removing: dict[str, threading.Thread] = field(default_factory=dict)
+    _killing: set[str] = field(default_factory=set)  # of `_removing`: stopped, to be kept
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _loop: Loop | None = None
     _proxy_problems: list[str] = field(default_factory=list)
@@ -393,7 +394,12 @@ class Agent:
         """Plan this node (`gitops.agents.plan.plan_node`) and carry the plan out; True when
         something was started, killed or removed."""
         now = self.clock()
-        live = [c for c in containers if c.id not in self._removing]
+        # A container being removed is out of the plan; one being killed stays in it (running
+        # until it has stopped, then exited), so its pod is not started again meanwhile: a
+        # start then would reuse the run's name and replace the container being killed.
+        with self._lock:
+            gone = set(self._removing) - self._killing
+        live = [c for c in containers if c.id not in gone]
         restarts = {pod_id: v.reason for pod_id, v in self._verdicts.items() if v.restart}
         self._verdicts = {pod_id: v for pod_id, v in self._verdicts.items() if not v.restart}
         actions = plan_node(
@@ -484,12 +490,15 @@ class Agent:
             finally:
                 with self._lock:
                     self._removing.pop(container.id, None)
+                    self._killing.discard(container.id)
 
         with self._lock:
             if container.id in self._removing:
                 return
             thread = threading.Thread(target=work, name=f"remove-{container.id[:12]}", daemon=True)
             self._removing[container.id] = thread
+            if keep:
+                self._killing.add(container.id)
         thread.start()
 
     def wait_removals(self, timeout: float = 60.0) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -21,6 +22,7 @@ class MemoryRuntime:
     exec_results: dict[tuple[str, ...], tuple[int, str]] = field(default_factory=dict)
     down: bool = False  # the engine is stopped: every call raises RuntimeUnavailable
     published_on: dict[PodId, str] = field(default_factory=dict)  # the address each pod's ports got
+    stop_gate: threading.Event | None = None  # when given, a stop waits for it (a slow SIGTERM)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def list(self, node: NodeName) -> list[ContainerInfo]:
@@ -66,6 +68,8 @@ class MemoryRuntime:
         return self.exec_results.get(tuple(command), (0, ""))
 
     def stop(self, container_id: str, grace_seconds: int) -> None:
+        if self.stop_gate is not None:
+            self.stop_gate.wait(10)
         node, info = self.containers[container_id]
         self.containers[container_id] = (
             node,

@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+import threading
 from pathlib import Path
 
 import httpx
 import pytest
 
 from gitops.agents.agent import ARCHES, Agent, AgentConfig, service_rules, well_known_labels
+from gitops.agents.probes import Verdict
 from gitops.codec import encode
 from gitops.model import (
     Endpoint,
@@ -265,3 +267,27 @@ def test_a_node_registers_with_the_labels_kubelet_sets_and_its_own_over_them(tmp
     ]
     assert well_known_labels("n1")["kubernetes.io/arch"] == ARCHES.get(platform.machine(), platform.machine())
     assert "kubernetes.io/hostname" not in well_known_labels("n" * 64)  # too long for a label value
+
+
+def test_a_pod_whose_container_is_being_killed_is_not_started_again_meanwhile(tmp_path: Path) -> None:
+    """A liveness kill that took longer than a tick once made the next tick start run 0 again
+    (the pod looked container-less), replacing the container being killed: no restart was
+    ever counted."""
+    rt = MemoryRuntime(stop_gate=threading.Event())
+    agent = make_agent(tmp_path, rt)
+    pods = [pod("a")]
+    agent.converge(pods, rt.list(NODE))
+    agent._verdicts = {PodId("default/a"): Verdict(ready=False, restart=True, reason="Liveness probe failed")}
+    agent.converge(pods, rt.list(NODE))  # the kill starts; its SIGTERM takes a while
+    rt.now += 1
+    agent.converge(pods, rt.list(NODE))  # the next tick, the kill still under way
+    assert rt.log == ["run default/a"]
+    assert rt.stop_gate is not None
+    rt.stop_gate.set()
+    agent.wait_removals()
+    rt.now += 1
+    agent.converge(pods, rt.list(NODE))
+    assert "CrashLoopBackOff" in agent._waiting["default/a"]
+    rt.now += 10
+    agent.converge(pods, rt.list(NODE))
+    assert restarts(rt) == ["run default/a #1"]
