@@ -18,10 +18,7 @@ import argparse
 import gc
 import json
 import resource
-import socket
 import sys
-import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -30,10 +27,8 @@ from sqlalchemy import func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gitops.server import ControlPlane
-from gitops.store import Store
+from bench import bigcluster
 from gitops.store.tables import PodRow
-from gitops.sync.sources import FolderSource
 
 
 def rss_mib() -> float:
@@ -44,44 +39,14 @@ def rss_mib() -> float:
     return 0.0
 
 
-def manifest(replicas: int) -> str:
-    return textwrap.dedent(
-        f"""\
-        apiVersion: apps/v1
-        kind: Deployment
-        metadata: {{name: big}}
-        spec:
-          replicas: {replicas}
-          selector: {{matchLabels: {{app: big}}}}
-          template:
-            metadata: {{labels: {{app: big}}}}
-            spec:
-              containers:
-                - name: app
-                  image: big:1
-                  resources: {{requests: {{cpu: 100m, memory: 64Mi}}}}
-        """
-    )
-
-
 def main() -> None:
     options = argparse.ArgumentParser()
     options.add_argument("--replicas", type=int, default=20_000)
     options.add_argument("--back", type=int, default=3)
     options.add_argument("--cycles", type=int, default=1)
     args = options.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="gitops-memory-"))
-    folder = tmp / "manifests"
-    folder.mkdir()
-    (folder / "big.yaml").write_text(manifest(1))
-    store = Store(f"sqlite:///{tmp / 's.db'}")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    plane = ControlPlane(
-        store, [FolderSource(folder)], port=port, poll_interval=1, controller_interval=0.5, settle_seconds=0
-    )
-    plane.start()
+    cluster = bigcluster.start("gitops-memory-", 1, controller_interval=0.5)
+    plane, store = cluster.plane, cluster.store
     figures: dict[str, float] = {}
     after: list[float] = []
 
@@ -114,7 +79,7 @@ def main() -> None:
     figures["rss_before_mib"] = rss_mib()
     print(f"before: {figures['rss_before_mib']:.0f} MiB", flush=True)
     for cycle in range(args.cycles):
-        (folder / "big.yaml").write_text(manifest(args.replicas))
+        cluster.scale(args.replicas)
         scale_up_s = wait_pods(args.replicas, "scale up")
         wait_view(args.replicas)
         read_as_a_user()
@@ -129,7 +94,7 @@ def main() -> None:
             f"cycle {cycle + 1}: {args.replicas:,} pods: {up:.0f} MiB, created in {scale_up_s:.1f} s",
             flush=True,
         )
-        (folder / "big.yaml").write_text(manifest(args.back))
+        cluster.scale(args.back)
         scale_down_s = wait_pods(args.back, "scale down")
         wait_view(args.back)
         read_as_a_user()

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -30,11 +28,9 @@ from sqlalchemy import select, update
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.memory import manifest
-from gitops.server import ControlPlane
+from bench import bigcluster
 from gitops.store import Store
 from gitops.store.tables import PodRow
-from gitops.sync.sources import FolderSource
 
 
 def churn(store: Store, every: float, stop: threading.Event) -> None:
@@ -68,16 +64,8 @@ def main() -> None:
     options.add_argument("--runs", type=int, default=5)
     options.add_argument("--churn", type=float, default=1.0)
     args = options.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="gitops-status-"))
-    folder = tmp / "manifests"
-    folder.mkdir()
-    (folder / "big.yaml").write_text(manifest(args.replicas))
-    store = Store(f"sqlite:///{tmp / 's.db'}")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    plane = ControlPlane(store, [FolderSource(folder)], port=port, poll_interval=1, settle_seconds=0)
-    plane.start()
+    cluster = bigcluster.start("gitops-status-", args.replicas)
+    plane, store = cluster.plane, cluster.store
     try:
         started = time.monotonic()
         while len(store.pods()) < args.replicas:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
 
 from gitops.controller import reconcile_once
 from gitops.model import Node, NodeName, ObjectKey, Revision
@@ -165,8 +166,6 @@ def test_a_pass_over_many_pending_pods_reads_them_in_a_few_queries_and_rewrites_
 ) -> None:
     """Each pass once read every pending pod with a query of its own to compare its reason
     (8,000 pending pods: 4.5 s of a core per pass, forever)."""
-    from sqlalchemy import event
-
     store = Store(f"sqlite:///{tmp_path / 's.db'}")
     store.apply_revision(Revision("git:x", "a" * 40), [deployment("web", replicas=1200)], [], now=100.0)
     for second in range(4):  # at most 500 new pods per pass

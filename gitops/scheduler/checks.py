@@ -125,7 +125,7 @@ class NodeSelectorMatches:
         for key, value in spec.node_selector:
             codes = cluster.label_codes.get(key)
             code = cluster.label_vocab[key].get(value) if codes is not None else None
-            lacking = left if codes is None or code is None else left & (codes != code)
+            lacking = left.copy() if codes is None or code is None else left & (codes != code)
             count = int(lacking.sum())
             if count:
                 found.append(((key, value), count))
