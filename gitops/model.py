@@ -223,6 +223,17 @@ class PodSpec:
     startup_probe: Probe | None = None
     # Names of the `env` entries whose values come from Secrets: sealed at rest, redacted in text.
     secret_env: tuple[str, ...] = ()
+    # The pod's own name in DNS: `hostname` (default: the pod's name) and, with `subdomain`
+    # naming a headless Service of its namespace, `hostname.subdomain.ns.svc.<domain>`.
+    hostname: str = ""
+    subdomain: str = ""
+    # What the pod's /etc/resolv.conf says (kubelet's dnsPolicy and dnsConfig).
+    dns_policy: Literal["ClusterFirst", "Default", "None", "ClusterFirstWithHostNet"] = "ClusterFirst"
+    dns_nameservers: tuple[str, ...] = ()
+    dns_searches: tuple[str, ...] = ()
+    dns_options: tuple[tuple[str, str], ...] = ()  # (name, value); value "" for a bare option
+    # Whether the Services of the pod's namespace are given to it as environment variables.
+    enable_service_links: bool = True
 
     @property
     def host_port_claims(self) -> tuple[tuple[int, str], ...]:
@@ -302,6 +313,7 @@ class ServicePort:
     target_port: int | str
     protocol: str = "TCP"
     name: str = ""
+    node_port: int = 0  # NodePort and LoadBalancer Services: the port on every node's addresses
 
 
 @dataclass(frozen=True)
@@ -317,14 +329,40 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class PodAddress:
+    """A pod a Service selects, as cluster DNS names it: its address, and its `hostname`
+    when the pod's `subdomain` is that Service (`hostname.service.ns.svc.<domain>`)."""
+
+    pod: PodId
+    ip: str
+    hostname: str = ""
+    ready: bool = True
+
+
+ServiceType = Literal["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"]
+
+
+@dataclass(frozen=True)
 class ServiceEndpoints:
-    """A Service with its virtual IP and, per port, the endpoints of its ready pods."""
+    """A Service with its virtual IP and, per port, the endpoints of its ready pods.
+
+    A headless Service (`clusterIP: None`) has no VIP (`vip` is ""): DNS answers its name
+    with `addresses`. An ExternalName Service has neither: DNS answers with a CNAME to
+    `external_name`. `addresses` are the ready pods the Service selects (and the not-ready
+    ones too with `publishNotReadyAddresses`), whatever its ports."""
 
     namespace: str
     name: str
     vip: str
     ports: tuple[ServicePort, ...]
     endpoints: tuple[tuple[ServicePort, tuple[Endpoint, ...]], ...] = ()
+    type: ServiceType = "ClusterIP"
+    headless: bool = False
+    external_name: str = ""
+    addresses: tuple[PodAddress, ...] = ()
+    session_affinity_seconds: int = 0  # sessionAffinity ClientIP: its timeout; 0 for None
+    external_local: bool = False  # externalTrafficPolicy: Local
+    internal_local: bool = False  # internalTrafficPolicy: Local
 
 
 @dataclass(frozen=True)

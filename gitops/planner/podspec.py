@@ -327,12 +327,34 @@ def _resolve(deployment: Manifest, configs: Configs) -> Template:
         liveness_probe=_probe(container.get("livenessProbe"), ports),
         startup_probe=_probe(container.get("startupProbe"), ports),
         secret_env=tuple(name for name, _ in env if name in hidden_env),
+        hostname=str(pod.get("hostname", "")),
+        subdomain=str(pod.get("subdomain", "")),
+        dns_policy=pod.get("dnsPolicy", "ClusterFirst"),
+        dns_nameservers=tuple(str(s) for s in (pod.get("dnsConfig") or {}).get("nameservers") or ()),
+        dns_searches=tuple(str(s) for s in (pod.get("dnsConfig") or {}).get("searches") or ()),
+        dns_options=tuple(
+            (str(o.get("name", "")), str(o.get("value", "")))
+            for o in (pod.get("dnsConfig") or {}).get("options") or ()
+        ),
+        enable_service_links=bool(pod.get("enableServiceLinks", True)),
     )
     labels = tuple(
         sorted((str(k), str(v)) for k, v in ((template.get("metadata") or {}).get("labels") or {}).items())
     )
     hashed = content_hash({"spec": hash_input(spec, hidden_env, hidden_files), "labels": labels})[:10]
     return Template(spec=spec, labels=labels, hash=hashed, uses=tuple(sorted(uses)))
+
+
+# Fields added after release 0.1 with their defaults: left out of the hash while unset.
+UNHASHED_DEFAULTS: dict[str, Any] = {
+    "hostname": "",
+    "subdomain": "",
+    "dns_policy": "ClusterFirst",
+    "dns_nameservers": [],
+    "dns_searches": [],
+    "dns_options": [],
+    "enable_service_links": True,
+}
 
 
 def hash_input(spec: PodSpec, hidden_env: Mapping[str, str], hidden_files: Mapping[str, str]) -> Any:
@@ -342,6 +364,9 @@ def hash_input(spec: PodSpec, hidden_env: Mapping[str, str], hidden_files: Mappi
     data = encode(spec)
     if not spec.secret_env:
         del data["secret_env"]
+    for name, default in UNHASHED_DEFAULTS.items():
+        if data[name] == default:
+            del data[name]
     for port in data["ports"]:
         if not port["host_port"]:
             del port["host_port"]
