@@ -76,6 +76,8 @@ class NodeRow(Base):
     # Why the node's container runtime cannot be reached ("" when it can), and since when.
     runtime_error: Mapped[str] = mapped_column(Text, server_default="")
     runtime_error_since: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The node's pod subnet, a slice of the cluster's pod range; None until given.
+    pod_cidr: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True, index=True)
 
 
 class PodRow(Base):
@@ -112,6 +114,8 @@ class ServiceRow(Base):
     namespace: Mapped[str] = mapped_column(String(253), primary_key=True)
     name: Mapped[str] = mapped_column(String(253), primary_key=True)
     vip: Mapped[str] = mapped_column(String(64), unique=True)
+    # NodePort and LoadBalancer Services: {"<port>/<protocol>": node port}.
+    node_ports: Mapped[dict[str, int]] = mapped_column(JSON, default=dict, server_default="{}")
 
 
 class RolloutRow(Base):
