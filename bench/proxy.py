@@ -4,7 +4,7 @@
 
 Our layout (`render` + one `iptables-restore --noflush`) is timed for the full count: first
 sync, an unchanged sync (skipped), and a sync after one backend changed. The naive
-baseline creates the same chains and rules with one `iptables` process per chain or rule;
+baseline creates the very chains and rules `render` writes, one `iptables` process per chain or rule;
 it runs on `--naive-services` and is scaled linearly to the full count (which flatters it:
 each call re-reads a ruleset that keeps growing). Uses its own chain prefix and a service
 CIDR no traffic is sent to; everything is removed at the end, also on failure.
@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import ipaddress
 import secrets
+import shlex
 import subprocess
 import sys
 import time
@@ -24,14 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gitops.agents.iptables import (
-    IptablesProxy,
-    ServiceRule,
-    probabilities,
-    render,
-    service_chain,
-    services_chain,
-)
+from gitops.agents.iptables import IptablesProxy, ServiceRule, render
 
 CIDR = "10.251.0.0/16"
 
@@ -45,40 +39,26 @@ def make_rules(services: int, backends: int) -> list[ServiceRule]:
             port=80,
             protocol="TCP",
             backends=tuple((f"198.51.100.{1 + (i * backends + b) % 250}", 8000 + b) for b in range(backends)),
+            node_port=30000 + i if i % 10 == 0 else 0,  # one in ten a NodePort Service
         )
         for i in range(services)
     ]
 
 
 def naive_apply(rules: list[ServiceRule], prefix: str, iptables: str) -> int:
-    """The same nat rules, one iptables process each; returns the number of processes."""
-    calls: list[list[str]] = [["-N", services_chain(prefix)]]
-    for rule in rules:
-        chain = service_chain(rule, prefix)
-        calls.append(["-N", chain])
-        calls.append(
-            [
-                "-A",
-                services_chain(prefix),
-                "-d",
-                f"{rule.vip}/32",
-                "-p",
-                "tcp",
-                "-m",
-                "tcp",
-                "--dport",
-                str(rule.port),
-                "-j",
-                chain,
-            ]
-        )
-        for (ip, port), p in zip(rule.backends, probabilities(len(rule.backends)), strict=True):
-            statistic = ["-m", "statistic", "--mode", "random", "--probability", p] if p else []
-            calls.append(
-                ["-A", chain, *statistic, "-p", "tcp", "-j", "DNAT", "--to-destination", f"{ip}:{port}"]
-            )
-    for args in calls:
-        subprocess.run([iptables, "-w", "10", "-t", "nat", *args], check=True, capture_output=True)
+    """Exactly the chains and rules `render` writes (nat and filter), one iptables process
+    each; returns the number of processes."""
+    calls: list[list[str]] = []
+    table = ""
+    for line in render(rules, service_cidr=CIDR, prefix=prefix).splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith(":"):
+            calls.append([table, "-N", line[1:].split()[0]])
+        elif line.startswith("-A "):
+            calls.append([table, *shlex.split(line)])
+    for table, *args in calls:
+        subprocess.run([iptables, "-w", "10", "-t", table, *args], check=True, capture_output=True)
     return len(calls)
 
 
@@ -105,8 +85,11 @@ def main() -> int:
     version = subprocess.run([args.iptables, "--version"], capture_output=True, text=True, check=True).stdout
     print(f"{version.strip()}; {args.services} services x {args.backends} backends; prefix {prefix}")
 
-    proxy = IptablesProxy(CIDR, prefix=prefix, iptables=args.iptables)
-    naive_proxy = IptablesProxy(CIDR, prefix=f"GON{secrets.token_hex(2)}", iptables=args.iptables)
+    # The host's route_localnet is left as it is: the benchmark sends no traffic.
+    proxy = IptablesProxy(CIDR, prefix=prefix, iptables=args.iptables, route_localnet=False)
+    naive_proxy = IptablesProxy(
+        CIDR, prefix=f"GON{secrets.token_hex(2)}", iptables=args.iptables, route_localnet=False
+    )
     try:
         print("batched (render + one iptables-restore --noflush):")
         timed("render only", lambda: render(rules, service_cidr=CIDR, prefix=prefix))

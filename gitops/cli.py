@@ -249,12 +249,21 @@ def cmd_status(args: argparse.Namespace) -> int:
         if p["last_log"] and not p["ready"]:
             out += [f"    | {line}" for line in p["last_log"].rstrip().splitlines()[-5:]]
     out.append("")
-    out.append(f"{'SERVICE':<30} {'VIP':<15} PORTS -> READY ENDPOINTS")
+    out.append(f"{'SERVICE':<30} {'TYPE':<12} {'VIP':<15} PORTS -> READY ENDPOINTS")
     for s in services:
         ports = []
         for port, eps in s["endpoints"]:
-            ports.append(f"{port['port']}/{port['protocol']}->{len(eps)}")
-        out.append(f"{s['namespace'] + '/' + s['name']:<30} {s['vip']:<15} {' '.join(ports)}")
+            node_port = f":{port['node_port']}" if port.get("node_port") else ""
+            ports.append(f"{port['port']}{node_port}/{port['protocol']}->{len(eps)}")
+        kind = s.get("type", "ClusterIP")
+        if s.get("headless"):
+            address = "None"
+            ports.append(f"({len(s.get('addresses', []))} addresses)")
+        else:
+            address = s.get("external_name") or s["vip"]
+        if s.get("ingress"):
+            ports.append("ingress " + ",".join(s["ingress"]))
+        out.append(f"{s['namespace'] + '/' + s['name']:<30} {kind:<12} {address:<15} {' '.join(ports)}")
     print("\n".join(out))
     return 0
 
@@ -334,7 +343,7 @@ def _open_store(args: argparse.Namespace, state: Path, *, read_only: bool = Fals
     keys = _keys(args, state, create=not read_only)
     try:
         return Store(url, keys=keys, read_only=read_only, **options)
-    except SecretKeyError as exc:
+    except (SecretKeyError, ValueError) as exc:
         raise SystemExit(f"gitops: {exc}") from exc
     except DBAPIError as exc:
         where = make_url(url).render_as_string(hide_password=True)
@@ -370,6 +379,16 @@ def _topology(flag: str, value: str) -> str:
     return value
 
 
+def _cluster_domain(value: str) -> str:
+    from gitops.agents.dns import cluster_domain  # noqa: PLC0415 - dnspython only for agents
+
+    try:
+        cluster_domain(value)
+    except ValueError as exc:
+        raise SystemExit(f"--cluster-domain {value!r}: {exc}") from None
+    return value.strip(".").lower()
+
+
 def _parse_taints(values: Sequence[str]) -> tuple[Taint, ...]:
     taints = []
     for v in values:
@@ -384,7 +403,14 @@ def _parse_taints(values: Sequence[str]) -> tuple[Taint, ...]:
 def _control_plane(args: argparse.Namespace, state: Path, sources: list[Source]) -> Any:
     from gitops.server import ControlPlane  # noqa: PLC0415 - keeps `validate` and `status` light
 
-    store = _open_store(args, state, service_cidr=args.service_cidr, heartbeat_grace=args.node_grace)
+    store = _open_store(
+        args,
+        state,
+        service_cidr=args.service_cidr,
+        cluster_cidr=args.cluster_cidr,
+        node_cidr_mask=args.node_cidr_mask,
+        heartbeat_grace=args.node_grace,
+    )
     token = _join_token(args, state, create=True)
     push = _push_options(args, state)
     try:
@@ -546,6 +572,7 @@ def _agent(args: argparse.Namespace, server: str, token: str, state: Path) -> An
         iptables=args.iptables,
         chain_prefix=args.chain_prefix,
         secret_dir=Path(args.secret_dir) if args.secret_dir else None,
+        cluster_domain=_cluster_domain(args.cluster_domain),
     )
     agent = Agent(config, runtime)
     redact_logs_with(agent.redactor)
@@ -624,6 +651,7 @@ Press Ctrl-C to stop (containers keep running; `gitops down` removes them).
 
 def cmd_down(args: argparse.Namespace) -> int:
     from gitops.agents.iptables import IptablesProxy  # noqa: PLC0415
+    from gitops.agents.network import PodNetwork, pod_network_name  # noqa: PLC0415
     from gitops.agents.runtime import DockerRuntime  # noqa: PLC0415
 
     runtime = DockerRuntime(args.docker)
@@ -631,11 +659,14 @@ def cmd_down(args: argparse.Namespace) -> int:
     for c in runtime.list(NodeName(args.node)):
         runtime.remove(c.id, 10)
         removed += 1
+    runtime.remove_network(pod_network_name(args.node))
+    PodNetwork(prefix=args.chain_prefix, iptables=args.iptables).cleanup()
     IptablesProxy(args.service_cidr, prefix=args.chain_prefix, iptables=args.iptables).cleanup()
     secrets_dir = Path(args.secret_dir) if args.secret_dir else Path("/dev/shm/gitops") / args.node  # noqa: S108
     shutil.rmtree(secrets_dir, ignore_errors=True)
     print(
-        f"removed {removed} container(s) of node {args.node}, the {args.chain_prefix} iptables chains "
+        f"removed {removed} container(s) of node {args.node}, its pod network and routes, the "
+        f"{args.chain_prefix} iptables chains "
         f"and the Secret files in {secrets_dir}"
     )
     return 0
@@ -778,6 +809,21 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_node_delete(args: argparse.Namespace) -> int:
+    store = _open_store(args, Path(args.state_dir))
+    try:
+        pods = store.delete_node(args.name, time.time())
+    except KeyError:
+        print(f"gitops node delete: no node {args.name!r} is registered", file=sys.stderr)
+        return 1
+    print(
+        f"deleted node {args.name}: its pod subnet is free, its {pods} pod(s) are placed anew, and the "
+        "other nodes drop their route to it at their next sync. An agent still running there "
+        "registers again; stop it first (gitops down on that host removes its containers)."
+    )
+    return 0
+
+
 def _backup_parsers(sub: Any) -> None:
     where = "the store's SQLAlchemy URL (or GITOPS_DB; default: SQLite in the state folder)"
     key = "the key that seals the store's Secret values (default: STATE_DIR/secret.key)"
@@ -803,6 +849,18 @@ def _backup_parsers(sub: Any) -> None:
     restore.add_argument("--secret-key-file", metavar="PATH", help=key + "; the one kept with the backup")
     restore.add_argument("--force", action="store_true", help="replace a store the database already holds")
     restore.set_defaults(func=cmd_restore)
+    node = sub.add_parser("node", help="nodes the control plane knows")
+    node_sub = node.add_subparsers(dest="node_command", required=True)
+    delete = node_sub.add_parser(
+        "delete",
+        help="forget a node: free its pod subnet and place its pods elsewhere",
+        description="Works on the store directly, while the server runs.",
+    )
+    delete.add_argument("name", metavar="NAME")
+    delete.add_argument("--db", help=where)
+    delete.add_argument("--state-dir", default=str(DEFAULT_STATE))
+    delete.add_argument("--secret-key-file", metavar="PATH", help=key)
+    delete.set_defaults(func=cmd_node_delete)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -825,6 +883,18 @@ def parser() -> argparse.ArgumentParser:
             help="key that seals Secret values in the database (default: STATE_DIR/secret.key, created 0600)",
         )
         sp.add_argument("--service-cidr", default="10.243.0.0/16")
+        sp.add_argument(
+            "--cluster-cidr",
+            default="10.244.0.0/16",
+            help="the pod range: each node gets a subnet of it (default 10.244.0.0/16)",
+        )
+        sp.add_argument(
+            "--node-cidr-mask",
+            type=int,
+            default=24,
+            metavar="BITS",
+            help="prefix length of each node's pod subnet (default 24: 254 pod addresses)",
+        )
         sp.add_argument("--poll", type=float, default=30.0, help="seconds between source polls")
         sp.add_argument(
             "--join-token-file",
@@ -881,6 +951,11 @@ def parser() -> argparse.ArgumentParser:
             "--iptables", default="iptables", help="iptables binary (iptables or iptables-legacy)"
         )
         sp.add_argument("--chain-prefix", default="GITOPS")
+        sp.add_argument(
+            "--cluster-domain",
+            default="cluster.local",
+            help="the domain of Service names in the cluster DNS (default cluster.local)",
+        )
         sp.add_argument(
             "--secret-dir",
             metavar="PATH",

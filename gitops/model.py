@@ -298,6 +298,7 @@ class Node:
     ready: bool = True
     max_pods: int = 110
     reason: str = ""  # why the node is NotReady ("" when it is Ready)
+    pod_cidr: str = ""  # the node's pod subnet ("" until the control plane gives it one)
 
     @property
     def label_map(self) -> dict[str, str]:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import ipaddress
 import os
 import platform
 import shutil
@@ -44,7 +45,8 @@ from typing import Any
 import httpx
 import structlog
 
-from gitops.agents.iptables import IptablesError, IptablesProxy, ServiceRule
+from gitops.agents.iptables import Backend, IptablesError, IptablesProxy, ServiceRule
+from gitops.agents.network import NetworkError, PodNetwork, Route, bridge_name, gateway, pod_network_name
 from gitops.agents.plan import (
     BACKOFF_MAX,
     BACKOFF_START,
@@ -56,6 +58,7 @@ from gitops.agents.plan import (
     runs,
     should_restart,
 )
+from gitops.agents.podconf import HostResolv, read_host_resolv, resolv_conf, service_env
 from gitops.agents.probes import Prober, Verdict, real_handler
 from gitops.agents.runtime import ContainerInfo, ImageMissing, Runtime, RuntimeFailure, RuntimeUnavailable
 from gitops.codec import decode_as, encode
@@ -172,16 +175,31 @@ def default_address() -> str:
     return socket.gethostbyname(socket.gethostname())
 
 
-def service_rules(services: Sequence[ServiceEndpoints], node: NodeName) -> list[ServiceRule]:
+def _in_range(address: str, cluster_cidr: str) -> bool:
+    try:
+        return bool(cluster_cidr) and ipaddress.IPv4Address(address) in ipaddress.IPv4Network(cluster_cidr)
+    except ValueError:
+        return False
+
+
+def service_rules(
+    services: Sequence[ServiceEndpoints], node: NodeName, cluster_cidr: str = ""
+) -> list[ServiceRule]:
+    """Each Service port's backends: a pod's own address and container port when it is on
+    this node or in the cluster's pod range (routed to its node); else (a node without a pod
+    network, from before it) its node's address and published host port."""
     rules = []
     for svc in services:
+        if not svc.vip:
+            continue  # headless and ExternalName Services have no virtual IP
         for port, endpoints in svc.endpoints:
-            backends: list[tuple[str, int]] = []
+            backends: list[Backend] = []
             for ep in endpoints:
-                if ep.node == node and ep.pod_ip:
-                    backends.append((ep.pod_ip, ep.container_port))
-                elif ep.node != node and ep.host_port and ep.node_address:
-                    backends.append((ep.node_address, ep.host_port))
+                local = ep.node == node
+                if ep.pod_ip and (local or _in_range(ep.pod_ip, cluster_cidr)):
+                    backends.append(Backend(ep.pod_ip, ep.container_port, local))
+                elif not local and ep.host_port and ep.node_address:
+                    backends.append(Backend(ep.node_address, ep.host_port, False))
             rules.append(
                 ServiceRule(
                     service=f"{svc.namespace}/{svc.name}:{port.name or port.port}",
@@ -189,6 +207,11 @@ def service_rules(services: Sequence[ServiceEndpoints], node: NodeName) -> list[
                     port=port.port,
                     protocol=port.protocol,
                     backends=tuple(backends),
+                    node_port=port.node_port,
+                    load_balancer=svc.type == "LoadBalancer",
+                    affinity_seconds=svc.session_affinity_seconds,
+                    external_local=svc.external_local,
+                    internal_local=svc.internal_local,
                 )
             )
     return rules
@@ -231,6 +254,8 @@ class AgentConfig:
     capacity: tuple[int, int] | None = None
     # Where Secret files are written: a folder on tmpfs (default: /dev/shm/gitops/<node>).
     secret_dir: Path | None = None
+    cluster_domain: str = "cluster.local"
+    dns_port: int = 53  # where the cluster DNS answers, on the pod bridge's gateway address
 
 
 @dataclass
@@ -258,6 +283,15 @@ class Agent:
     _proxy_problems: list[str] = field(default_factory=list)
     allow_probe_hosts: bool = False  # the server's policy, from each sync reply
     _address: str = ""  # the node's address as registered: where pod ports are published
+    _pod_cidr: str = ""  # this node's pod subnet, from the control plane ("" from an older one)
+    _cluster_cidr: str = ""
+    _network: str = ""  # the Docker network of the pods, once it exists
+    _bridge: str = ""
+    _net: PodNetwork | None = None
+    _dns: Any = None  # the cluster DNS server (gitops.agents.dns.ClusterDns), once started
+    _services: list[ServiceEndpoints] = field(default_factory=list)
+    _host_resolv: HostResolv | None = None
+    _dns_skipped: list[str] = field(default_factory=list)  # what the zone could not carry
 
     # --- control plane --------------------------------------------------------------
 
@@ -311,6 +345,9 @@ class Agent:
         body = response.json()
         self._token = str(body["token"])
         self._address = str(node["address"])
+        if body.get("pod_cidr") and body["pod_cidr"] != self._pod_cidr:
+            self._pod_cidr, self._network = str(body["pod_cidr"]), ""
+        self._cluster_cidr = str(body.get("cluster_cidr") or "")
         self._save_token(self._token)
         log.info(
             "agent.registered", node=cfg.node, address=node["address"], cpu_milli=cpu, memory_bytes=memory
@@ -369,6 +406,7 @@ class Agent:
         pods = [decode_as(Pod, p) for p in reply["pods"]]
         services = [decode_as(ServiceEndpoints, s) for s in reply["services"]]
         self._assigned_cache = {p.id: p for p in pods}
+        self._cluster_cidr = str(reply.get("cluster_cidr") or self._cluster_cidr)
         # Endpoints first: traffic leaves a pod before its container is stopped.
         try:
             if self._proxy is None:
@@ -376,17 +414,73 @@ class Agent:
                     reply["service_cidr"], prefix=self.config.chain_prefix, iptables=self.config.iptables
                 )
                 self._proxy.install()
-            self._proxy.sync(service_rules(services, node))
+            self._proxy.sync(service_rules(services, node, self._cluster_cidr))
             self._proxy_problems = list(self._proxy.skipped)
         except IptablesError as exc:
             # The node's pods still run and keep being converged; the failure is reported.
             self._proxy_problems = [f"iptables failed: {exc}"]
             log.error("agent.proxy_failed", error=str(exc))
+        self._proxy_problems += self._pod_network(services, [Route(s, a) for s, a in reply.get("routes", [])])
         self.probe(pods, containers)
         changed = self.converge(pods, containers, authoritative=authoritative)
         if changed:
             # Report what we just started without waiting a whole interval.
             self._sync_call(self._statuses(self.runtime.list(node), self._assigned_cache))
+
+    def _pod_network(self, services: list[ServiceEndpoints], routes: Sequence[Route]) -> list[str]:
+        """Keep the pod network (`gitops.agents.network`) and the cluster DNS up to date;
+        what cannot be done, for the heartbeat. Without a subnet from the control plane (an
+        older one), pods stay on Docker's default bridge with published ports."""
+        if not self._pod_cidr:
+            self._services = services
+            return []
+        problems: list[str] = []
+        cfg = self.config
+        if not self._network:
+            name = pod_network_name(cfg.node)
+            try:
+                self._bridge = self.runtime.ensure_network(
+                    name, self._pod_cidr, gateway(self._pod_cidr), bridge_name(cfg.node)
+                )
+                self._network = name
+            except (RuntimeFailure, RuntimeUnavailable, OSError) as exc:
+                return [f"pod network {self._pod_cidr}: {exc}"]
+        if self._bridge:
+            if self._net is None:
+                self._net = PodNetwork(prefix=cfg.chain_prefix, iptables=cfg.iptables)
+            try:
+                self._net.sync(
+                    self._pod_cidr, self._cluster_cidr or self._pod_cidr, routes, bridge=self._bridge
+                )
+                problems += self._net.problems
+            except NetworkError as exc:
+                problems.append(f"pod network: {exc}")
+            started = False
+            if self._dns is None:
+                problems += self._start_dns()
+                started = self._dns is not None
+            if self._dns is not None and (started or services != self._services):
+                zone = self._dns.update(services)
+                self._dns_skipped = [f"cluster DNS: {why}" for why in zone.skipped]
+            problems += self._dns_skipped
+        self._services = services
+        return problems
+
+    def _start_dns(self) -> list[str]:
+        from gitops.agents.dns import ClusterDns  # noqa: PLC0415 - only nodes with a pod network
+
+        address = gateway(self._pod_cidr)
+        dns = ClusterDns(address, self.config.dns_port, domain=self.config.cluster_domain)
+        try:
+            dns.start()
+        except OSError as exc:
+            log.error("agent.dns_failed", address=address, error=str(exc))
+            return [f"cluster DNS on {address}:{self.config.dns_port}: {exc}"]
+        self._dns = dns
+        log.info(
+            "agent.dns_started", address=address, port=self.config.dns_port, domain=self.config.cluster_domain
+        )
+        return []
 
     def converge(
         self, pods: Sequence[Pod], containers: Sequence[ContainerInfo], *, authoritative: bool = True
@@ -510,14 +604,19 @@ class Agent:
     def _start(self, pod: Pod, restart: int, reason: str, now: float) -> None:
         state = self._memory.get(pod.id, PodMemory())
         try:
-            mounts = self._write_files(pod)
+            mounts = self._write_files(pod) + self._write_resolv_conf(pod)
+            options: dict[str, Any] = {
+                "address": self._address,
+                "network": self._network,
+                "env": service_env(self._services, pod.spec, pod.namespace),
+            }
             try:
-                self.runtime.run(self.config.node, pod, mounts, restart, address=self._address)
+                self.runtime.run(self.config.node, pod, mounts, restart, **options)
             except ImageMissing:
                 if pod.spec.image_pull_policy == "Never":
                     raise
                 self.runtime.pull(pod.spec.image)
-                self.runtime.run(self.config.node, pod, mounts, restart, address=self._address)
+                self.runtime.run(self.config.node, pod, mounts, restart, **options)
         except (ImageMissing, RuntimeFailure, OSError) as exc:
             kind = (
                 "ErrImageNeverPull"
@@ -580,6 +679,26 @@ class Agent:
             host.chmod(f.mode & 0o777)
             mounts.append((str(host), f.path))
         return mounts
+
+    def _write_resolv_conf(self, pod: Pod) -> list[tuple[str, str]]:
+        """The pod's /etc/resolv.conf (`gitops.agents.podconf.resolv_conf`), on a pod network."""
+        if not (self._network and self._pod_cidr):
+            return []
+        if self._host_resolv is None:
+            self._host_resolv = read_host_resolv()
+        text = resolv_conf(
+            pod.spec,
+            pod.namespace,
+            cluster_dns=gateway(self._pod_cidr),
+            domain=self.config.cluster_domain,
+            host=self._host_resolv,
+        )
+        folder = self._pod_dir(pod.id)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = folder / "resolv.conf"
+        path.write_text(text)
+        path.chmod(0o644)
+        return [(str(path), "/etc/resolv.conf")]
 
     def _forget_files(self, pod_id: PodId) -> None:
         shutil.rmtree(self._pod_dir(pod_id), ignore_errors=True)
@@ -699,11 +818,24 @@ class Agent:
         return self._loop
 
     def run(self) -> None:
-        """Tick until stopped; raises `NodeRefused` when the server will not have this node."""
-        self.loop.run()
+        """Tick until stopped; raises `NodeRefused` when the server will not have this node.
+        The cluster DNS stops with the loop (not in `stop`, which a signal handler calls)."""
+        try:
+            self.loop.run()
+        finally:
+            if self._dns is not None:
+                self._dns.stop()
 
     def start(self) -> threading.Thread:
-        return self.loop.start()
+        def run() -> None:
+            try:
+                self.run()
+            except NodeRefused as exc:
+                log.error("agent.stopped", error=str(exc), node=self.config.node)
+
+        thread = threading.Thread(target=run, name="agent", daemon=True)
+        thread.start()
+        return thread
 
     def stop(self) -> None:
         self._stop.set()

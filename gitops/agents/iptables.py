@@ -1,52 +1,87 @@
-"""Service virtual IPs, programmed into iptables on each node.
+"""Services programmed into iptables on each node, kube-proxy style.
 
-Every Service port has a virtual IP and port (VIP:port) that no interface owns. The node
-agent turns the service endpoints it receives into `ServiceRule` values and hands them to
+Every Service port has a virtual IP and port (VIP:port) that no interface owns; a NodePort
+or LoadBalancer Service port also answers on a port of every address of every node. The
+node agent turns the service endpoints it receives into `ServiceRule` values (each backend
+a pod address and port, flagged `local` when the pod runs on this node) and hands them to
 `IptablesProxy.sync`, which makes the kernel match them:
 
 - nat table: `{prefix}-SERVICES` is jumped to from `OUTPUT` (connections made by the host)
-  and `PREROUTING` (connections from local containers). It holds one rule per VIP:port
-  with backends, jumping to that port's `{prefix}-SVC-{hash16}` chain, which DNATs the
-  new connection to one backend, spread evenly kube-proxy style: backend *i* of *n* is
-  taken with probability `1/(n-i)` of what reaches it, the last one unconditionally.
-- filter table: `{prefix}-FILTER` is jumped to from `OUTPUT` and `FORWARD`. It REJECTs
-  (`icmp-port-unreachable`, which a TCP client sees as "connection refused" at once) a
-  VIP:port without backends and then every other address of the service CIDR, so a VIP
-  is never routed out of the machine. The filter table sees the destination after DNAT,
-  so a DNAT'd connection is never rejected.
+  and `PREROUTING` (from containers and from other machines). It holds one rule per
+  VIP:port with backends, jumping to that port's `{prefix}-SVC-{hash16}` chain, and last a
+  jump to `{prefix}-NODEPORTS` for destinations that are addresses of this node
+  (`-m addrtype --dst-type LOCAL`, loopback included). NODEPORTS sends each node port (and
+  each LoadBalancer's own port: without a cloud, as k3s's servicelb does, a LoadBalancer
+  answers its port on every node's addresses) to the port's `{prefix}-EXT-{hash16}` chain.
+- The SVC chain picks one backend, spread evenly kube-proxy style (backend *i* of *n* with
+  probability `1/(n-i)` of what reaches it, the last unconditionally), and jumps to its
+  `{prefix}-SEP-{hash16}` chain, which DNATs the connection there. `{prefix}-SVL-{hash16}`
+  does the same over the local backends only.
+- Traffic policies: `internal_local` (internalTrafficPolicy Local) sends the VIP to SVL, and
+  drops it when no backend is local. EXT with `external_local` (externalTrafficPolicy
+  Local) keeps the client's address and uses SVL; traffic from this node itself
+  (`--src-type LOCAL`) still reaches every backend, masqueraded; with no local backend
+  other clients' connections are dropped (as kube-proxy does). Without it, EXT marks the
+  connection for masquerading and uses SVC.
+- Masquerading: `{prefix}-MARK-MASQ` marks a connection (`0x4000`, kube-proxy's bit) and
+  `{prefix}-POSTROUTING`, jumped to from `POSTROUTING`, masquerades marked packets. Marked
+  are: external traffic to node ports with the Cluster policy (the reply must come back
+  through this node, which undoes the DNAT), traffic from this node to node ports with
+  the Local policy (loopback's 127.0.0.1 cannot leave the host), and hairpin connections (a
+  pod reaching itself through its Service: the SEP chain marks `-s <its ip>/32`).
+- sessionAffinity ClientIP (`affinity_seconds`): the SVC/SVL chain first sends a client
+  seen within the timeout back to its backend (`-m recent --rcheck --seconds T --reap`,
+  one list per SEP chain), and every DNAT records the client (`-m recent --set`).
+- filter table: `{prefix}-FILTER` is jumped to from `INPUT`, `OUTPUT` and `FORWARD`. It
+  sees destinations after DNAT, so it only meets what no rule above took: it REJECTs
+  (`icmp-port-unreachable`, "connection refused" at once) a VIP:port, node port or
+  LoadBalancer port without backends, DROPs (as kube-proxy does) those whose Local policy
+  finds no local backend, REJECTs every other address of the service CIDR (a VIP is never
+  routed out of the machine), and drops connections to 127.0.0.0/8 from elsewhere (as
+  kube-proxy does, since node ports answer on loopback: `install` sets
+  `net.ipv4.conf.all.route_localnet=1`, without which the kernel will not route a packet
+  from 127.0.0.1 to a pod; it is left set by `cleanup`).
 
-One bad rule never costs the others: `IptablesProxy.sync` first `vet`s the rules, skipping
-a rule whose VIP, port or protocol cannot be programmed (or that claims a VIP:port another
-rule holds) and dropping a backend whose address or port cannot, and says what it skipped
-(`skipped`), so the agent can report it; everything else is programmed.
+UDP is handled as TCP is (`-p udp -m udp`). One bad rule never costs the others:
+`IptablesProxy.sync` first `vet`s the rules, skipping a rule whose VIP, ports or protocol
+cannot be programmed (or that claims a VIP:port another rule holds), dropping a backend
+whose address or port cannot, and dropping a node port or LoadBalancer port another rule
+already takes on this node; it says what it skipped (`skipped`), so the agent can report it.
 
 `render` is pure: rules in, the complete `iptables-restore --noflush` text out, which
 declares (so creates or flushes) our chains, fills them and deletes our chains that are no
 longer needed, in one atomic transaction per table. `IptablesProxy` adds the effects:
 listing our chains, one `iptables-restore` call per sync, installing and removing the jump
-rules. Only chains named `{prefix}-...` are ever created, flushed or deleted; the jump
-rules are the only lines we add to built-in chains.
+rules. Only chains named `{prefix}-...` are ever created, flushed or deleted (a sync
+leaves the pod network's `{prefix}-PODNET`, `gitops.agents.network`, alone; `cleanup`
+removes every chain of the prefix); the jump rules are the only lines we add to built-in
+chains.
 
 Conntrack: the nat table only sees the first packet of a connection, so a connection keeps
-its backend for its lifetime. When a backend disappears its established connections (and
-UDP flows, until their conntrack entry expires) keep pointing at it; flushing those
-entries is not done here.
+its backend (and its masquerading) for its lifetime. When a backend disappears its
+established connections (and UDP flows, until their conntrack entry expires) keep pointing
+at it; flushing those entries is not done here.
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import hashlib
 import ipaddress
 import re
 import shlex
 import subprocess
 import time
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
 
 import structlog
+
+from gitops.model import ServiceEndpoints, ServicePort
 
 log = structlog.get_logger(__name__)
 
@@ -54,20 +89,39 @@ TABLES = ("nat", "filter")
 PROTOCOLS = ("TCP", "UDP")
 MAX_CHAIN_NAME = 28
 HASH_LENGTH = 16
+MAX_AFFINITY_SECONDS = 86400
 JUMP_COMMENT = "gitops service portals"
 CIDR_COMMENT = "service CIDR without a service"
+LOCALNET_COMMENT = "block incoming localnet connections"
+MASQ_MARK = "0x4000"  # kube-proxy's bit: a connection to masquerade on its way out
+LOOPBACK = "127.0.0.0/8"
+ROUTE_LOCALNET = Path("net/ipv4/conf/all/route_localnet")
 _PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _COMMENT_UNSAFE = re.compile(r"[^A-Za-z0-9._:/=+@ -]")
 _WAIT = ("-w", "10")
+_REJECT = "-j REJECT --reject-with icmp-port-unreachable"
 
 
 class IptablesError(RuntimeError):
     """An iptables command failed; the message carries its stderr."""
 
 
+class Backend(NamedTuple):
+    """Where a service port's connections may go: a pod's address and port, and whether
+    the pod runs on this node (the Local traffic policies use only those)."""
+
+    ip: str
+    port: int
+    local: bool = False
+
+
 @dataclass(frozen=True)
 class ServiceRule:
-    """One service port: connections to `vip:port` go to one of `backends`."""
+    """One service port: connections to `vip:port` go to one of `backends`.
+
+    With `node_port`, connections to that port on any address of this node do too; with
+    `load_balancer`, so do connections to `port` itself on any address of this node.
+    Plain `(ip, port)` pairs given as backends are read as non-local `Backend`s."""
 
     service: str
     """`namespace/name:portname-or-port`, shown in rule comments."""
@@ -75,8 +129,51 @@ class ServiceRule:
     port: int
     protocol: str
     """"TCP" or "UDP"."""
-    backends: tuple[tuple[str, int], ...]
-    """(ip, port) destinations, in the order given."""
+    backends: tuple[Backend, ...]
+    """Destinations, in the order given."""
+    node_port: int = 0
+    load_balancer: bool = False
+    affinity_seconds: int = 0
+    """sessionAffinity ClientIP: how long a client sticks to its backend; 0 for None."""
+    external_local: bool = False
+    """externalTrafficPolicy Local: node and LoadBalancer ports reach local backends only."""
+    internal_local: bool = False
+    """internalTrafficPolicy Local: the VIP reaches local backends only."""
+
+    def __post_init__(self) -> None:
+        if any(not isinstance(b, Backend) for b in self.backends):
+            backends = tuple(b if isinstance(b, Backend) else Backend(*b) for b in self.backends)
+            object.__setattr__(self, "backends", backends)
+
+    @property
+    def local_backends(self) -> tuple[Backend, ...]:
+        return tuple(b for b in self.backends if b.local)
+
+    def external_ports(self) -> tuple[int, ...]:
+        """The ports this rule answers on every address of this node."""
+        ports = [self.node_port] if self.node_port else []
+        if self.load_balancer and self.port not in ports:
+            ports.append(self.port)
+        return tuple(ports)
+
+
+def service_rule(service: ServiceEndpoints, port: ServicePort, backends: Sequence[Backend]) -> ServiceRule:
+    """The rule of one port of `service` (which must have a VIP) with `backends`, which
+    the caller chooses: each endpoint's pod address and container port, `local` when the
+    pod runs on this node. Everything else comes from the Service: node port, LoadBalancer,
+    session affinity and the traffic policies."""
+    return ServiceRule(
+        service=f"{service.namespace}/{service.name}:{port.name or port.port}",
+        vip=service.vip,
+        port=port.port,
+        protocol=port.protocol,
+        backends=tuple(backends),
+        node_port=port.node_port if service.type in ("NodePort", "LoadBalancer") else 0,
+        load_balancer=service.type == "LoadBalancer",
+        affinity_seconds=service.session_affinity_seconds,
+        external_local=service.external_local,
+        internal_local=service.internal_local,
+    )
 
 
 def max_prefix_length() -> int:
@@ -97,16 +194,70 @@ def services_chain(prefix: str) -> str:
     return f"{prefix}-SERVICES"
 
 
+def nodeports_chain(prefix: str) -> str:
+    """The nat chain of node ports and LoadBalancer ports, jumped to last from SERVICES."""
+    return f"{prefix}-NODEPORTS"
+
+
+def mark_masq_chain(prefix: str) -> str:
+    """The nat chain that marks a connection for masquerading."""
+    return f"{prefix}-MARK-MASQ"
+
+
+def postrouting_chain(prefix: str) -> str:
+    """The nat chain jumped to from POSTROUTING: masquerades marked connections."""
+    return f"{prefix}-POSTROUTING"
+
+
 def filter_chain(prefix: str) -> str:
-    """The filter chain jumped to from OUTPUT and FORWARD."""
+    """The filter chain jumped to from INPUT, OUTPUT and FORWARD."""
     return f"{prefix}-FILTER"
 
 
+def podnet_chain(prefix: str) -> str:
+    """The pod network's chain (`gitops.agents.network`): it shares our prefix, not our rules."""
+    return f"{prefix}-PODNET"
+
+
+def static_nat_chains(prefix: str) -> tuple[str, ...]:
+    """The nat chains every sync declares, whatever the rules."""
+    return (
+        services_chain(prefix),
+        nodeports_chain(prefix),
+        mark_masq_chain(prefix),
+        postrouting_chain(prefix),
+    )
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _digest(*parts: object) -> str:
+    key = "\0".join(str(p) for p in parts).encode()
+    return base64.b32encode(hashlib.sha256(key).digest()).decode()[:HASH_LENGTH]
+
+
+def _rule_digest(rule: ServiceRule) -> str:
+    return _digest(rule.service, rule.protocol.upper(), rule.vip, rule.port)
+
+
 def service_chain(rule: ServiceRule, prefix: str) -> str:
-    """`{prefix}-SVC-{hash16}`, a pure function of (service, protocol, vip, port)."""
-    key = f"{rule.service}\0{rule.protocol.upper()}\0{rule.vip}\0{rule.port}".encode()
-    digest = base64.b32encode(hashlib.sha256(key).digest()).decode()
-    return f"{prefix}-SVC-{digest[:HASH_LENGTH]}"
+    """`{prefix}-SVC-{hash16}`, a pure function of (service, protocol, vip, port): every backend."""
+    return f"{prefix}-SVC-{_rule_digest(rule)}"
+
+
+def local_chain(rule: ServiceRule, prefix: str) -> str:
+    """`{prefix}-SVL-{hash16}`, same hash as the SVC chain: the local backends only."""
+    return f"{prefix}-SVL-{_rule_digest(rule)}"
+
+
+def external_chain(rule: ServiceRule, prefix: str) -> str:
+    """`{prefix}-EXT-{hash16}`, same hash as the SVC chain: where node ports lead."""
+    return f"{prefix}-EXT-{_rule_digest(rule)}"
+
+
+def endpoint_chain(rule: ServiceRule, backend: Backend, prefix: str) -> str:
+    """`{prefix}-SEP-{hash16}` of one backend of one service port: it DNATs there. Also the
+    name of the `recent` list that remembers the clients sent there (session affinity)."""
+    return f"{prefix}-SEP-{_digest(rule.service, rule.protocol.upper(), rule.vip, rule.port, *backend[:2])}"
 
 
 def is_ours(chain: str, prefix: str) -> bool:
@@ -119,6 +270,8 @@ def jump_rules(prefix: str) -> list[tuple[str, str, list[str]]]:
     return [
         ("nat", "OUTPUT", [*comment, "-j", services_chain(prefix)]),
         ("nat", "PREROUTING", [*comment, "-j", services_chain(prefix)]),
+        ("nat", "POSTROUTING", [*comment, "-j", postrouting_chain(prefix)]),
+        ("filter", "INPUT", [*comment, "-j", filter_chain(prefix)]),
         ("filter", "OUTPUT", [*comment, "-j", filter_chain(prefix)]),
         ("filter", "FORWARD", [*comment, "-j", filter_chain(prefix)]),
     ]
@@ -144,49 +297,82 @@ def _comment(text: str) -> str:
     return '"' + _COMMENT_UNSAFE.sub("_", text)[:200] + '"'
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _address(text: str) -> int:
+    """The IPv4 address as a number; ValueError (ipaddress' own words) when it is not one.
+    Cached: every sync reads the same few thousand addresses again."""
+    return int(ipaddress.IPv4Address(text))
+
+
+def _is_port(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
+
+
 def _validate(rule: ServiceRule) -> None:
     where = f"service rule {rule.service!r}"
     try:
-        ipaddress.IPv4Address(rule.vip)
-        for ip, _ in rule.backends:
-            ipaddress.IPv4Address(ip)
-    except ValueError as e:
+        _address(rule.vip)
+        for backend in rule.backends:
+            _address(backend.ip)
+    except (ValueError, TypeError) as e:
         raise ValueError(f"{where}: {e}; expected dotted-quad IPv4 addresses") from None
     if rule.protocol.upper() not in PROTOCOLS:
         raise ValueError(f"{where}: protocol {rule.protocol!r}: expected one of {', '.join(PROTOCOLS)}")
-    for port in (rule.port, *(p for _, p in rule.backends)):
-        if not 1 <= port <= 65535:
+    for port in (rule.port, *(b.port for b in rule.backends)):
+        if not _is_port(port):
             raise ValueError(f"{where}: port {port}: expected 1..65535")
+    if rule.node_port and not _is_port(rule.node_port):
+        raise ValueError(f"{where}: node port {rule.node_port}: expected 1..65535 (or 0 for none)")
+    seconds = rule.affinity_seconds
+    if not isinstance(seconds, int) or not 0 <= seconds <= MAX_AFFINITY_SECONDS:
+        raise ValueError(f"{where}: affinity seconds {seconds!r}: expected 0..{MAX_AFFINITY_SECONDS}")
+
+
+def _order(rule: ServiceRule) -> tuple[int, int, str, str]:
+    try:
+        address = _address(rule.vip)
+    except (ValueError, TypeError):
+        address = -1
+    return (
+        address,
+        rule.port if isinstance(rule.port, int) else -1,
+        str(rule.protocol).upper(),
+        rule.service,
+    )
+
+
+def _node_claims(rule: ServiceRule) -> list[tuple[str, int, str]]:
+    """(protocol, port, what) of each port `rule` takes on this node's addresses."""
+    claims = [(rule.protocol.upper(), rule.node_port, "node port")] if rule.node_port else []
+    if rule.load_balancer and rule.port != rule.node_port:
+        claims.append((rule.protocol.upper(), rule.port, "LoadBalancer port"))
+    return claims
 
 
 def vet(rules: Sequence[ServiceRule]) -> tuple[list[ServiceRule], list[str]]:
     """The rules that can be programmed, and what was skipped and why (one line each).
 
-    A rule with an invalid VIP, port or protocol is skipped whole; an invalid backend is
-    dropped from its rule; of two rules for one VIP:port the first (in VIP, port, name
-    order) is kept."""
+    A rule with an invalid VIP, port, node port, affinity or protocol is skipped whole; an
+    invalid backend is dropped from its rule; of two rules for one VIP:port the first (in
+    VIP, port, name order) is kept; of two rules taking one port on this node's addresses
+    (a node port, a LoadBalancer port) the first keeps it, the other loses that port only."""
     kept: list[ServiceRule] = []
     problems: list[str] = []
     seen: dict[tuple[str, str, int], str] = {}
+    node_seen: dict[tuple[str, int], tuple[tuple[str, str, int], str]] = {}  # -> (rule key, service)
 
-    def order(rule: ServiceRule) -> tuple[int, int, str, str]:
-        try:
-            address = int(ipaddress.IPv4Address(rule.vip))
-        except ValueError:
-            address = -1
-        return (address, rule.port if isinstance(rule.port, int) else -1, str(rule.protocol), rule.service)
-
-    for rule in sorted(rules, key=order):
+    for rule in sorted(rules, key=_order):
         backends = []
-        for ip, port in rule.backends:
+        for backend in rule.backends:
+            ip, port = backend[0], backend[1]
             try:
-                ipaddress.IPv4Address(ip)
-                if not (isinstance(port, int) and 1 <= port <= 65535):
+                _address(ip)
+                if not _is_port(port):
                     raise ValueError(f"port {port!r}: expected 1..65535")
-            except ValueError as exc:
+            except (ValueError, TypeError) as exc:
                 problems.append(f"service rule {rule.service!r}: backend {ip}:{port} skipped: {exc}")
                 continue
-            backends.append((ip, port))
+            backends.append(backend)
         candidate = dataclasses.replace(rule, backends=tuple(backends))
         try:
             _validate(candidate)
@@ -202,6 +388,18 @@ def vet(rules: Sequence[ServiceRule]) -> tuple[list[ServiceRule], list[str]]:
             )
             continue
         seen[key] = candidate.service
+        for protocol, port, what in _node_claims(candidate):
+            holder_key, holder = node_seen.setdefault((protocol, port), (key, candidate.service))
+            if holder_key != key:
+                problems.append(
+                    f"service rules {holder!r} and {candidate.service!r} both claim port {port}/{protocol} "
+                    f"on this node; {candidate.service!r} keeps its VIP without that {what}"
+                )
+                candidate = dataclasses.replace(
+                    candidate,
+                    node_port=0 if candidate.node_port == port else candidate.node_port,
+                    load_balancer=candidate.load_balancer and candidate.port != port,
+                )
         kept.append(candidate)
     return kept, problems
 
@@ -209,6 +407,134 @@ def vet(rules: Sequence[ServiceRule]) -> tuple[list[ServiceRule], list[str]]:
 def probabilities(n: int) -> list[str | None]:
     """Per-rule `--probability` of a chain of n backends; None for the unconditional last."""
     return [f"{1 / (n - i):.10f}" for i in range(n - 1)] + ([None] if n else [])
+
+
+@dataclass
+class _Plan:
+    """The nat chains one service port needs, by what they are for."""
+
+    rule: ServiceRule
+    svc: str = ""  # every backend
+    svl: str = ""  # the local backends
+    ext: str = ""  # node ports and LoadBalancer ports
+    endpoints: dict[Backend, str] = field(default_factory=dict)
+
+    def chains(self) -> set[str]:
+        return {c for c in (self.svc, self.svl, self.ext) if c} | set(self.endpoints.values())
+
+
+def _plan(rule: ServiceRule, prefix: str) -> _Plan:
+    plan = _Plan(rule)
+    local = rule.local_backends
+    if not rule.backends:
+        return plan
+    exposed = bool(rule.external_ports())
+    if not rule.internal_local or exposed:
+        plan.svc = service_chain(rule, prefix)
+    if local and (rule.internal_local or (exposed and rule.external_local)):
+        plan.svl = local_chain(rule, prefix)
+    if exposed:
+        plan.ext = external_chain(rule, prefix)
+    used = rule.backends if plan.svc else local
+    plan.endpoints = {b: endpoint_chain(rule, b, prefix) for b in used}
+    return plan
+
+
+def _recent(name: str) -> str:
+    return f"-m recent --name {name} --mask 255.255.255.255 --rsource"
+
+
+def _balance(chain: str, plan: _Plan, backends: Sequence[Backend]) -> Iterator[str]:
+    """The rules of an SVC or SVL chain: sticky clients first, then an even spread."""
+    rule = plan.rule
+    if rule.affinity_seconds:
+        for backend in backends:
+            sep = plan.endpoints[backend]
+            yield (
+                f"-A {chain} -m comment --comment {_comment(f'{rule.service} sticky to {backend.ip}')} "
+                f"{_recent(sep)} --rcheck --seconds {rule.affinity_seconds} --reap -j {sep}"
+            )
+    n = len(backends)
+    for i, (backend, probability) in enumerate(zip(backends, probabilities(n), strict=True)):
+        statistic = f" -m statistic --mode random --probability {probability}" if probability else ""
+        yield (
+            f"-A {chain} -m comment --comment {_comment(f'{rule.service} backend {i + 1}/{n}')}"
+            f"{statistic} -j {plan.endpoints[backend]}"
+        )
+
+
+def _nat_rules(plan: _Plan, prefix: str) -> Iterator[str]:
+    """Every nat rule of one service port, SERVICES and NODEPORTS entries first."""
+    rule = plan.rule
+    proto = rule.protocol.lower()
+    match = f"-p {proto} -m {proto} --dport"
+    target = plan.svl if rule.internal_local else plan.svc
+    if target:
+        yield (
+            f"-A {services_chain(prefix)} -d {rule.vip}/32 {match} {rule.port} "
+            f"-m comment --comment {_comment(rule.service)} -j {target}"
+        )
+    if plan.ext:
+        for port in rule.external_ports():
+            what = "node port" if port == rule.node_port else "LoadBalancer port"
+            yield (
+                f"-A {nodeports_chain(prefix)} {match} {port} "
+                f"-m comment --comment {_comment(f'{rule.service} {what}')} -j {plan.ext}"
+            )
+        masq = mark_masq_chain(prefix)
+        if rule.external_local:
+            this_node = "-m addrtype --src-type LOCAL"
+            yield (
+                f"-A {plan.ext} {this_node} -m comment --comment "
+                f"{_comment(f'{rule.service} masquerade traffic from this node')} -j {masq}"
+            )
+            yield (
+                f"-A {plan.ext} {this_node} -m comment --comment "
+                f"{_comment(f'{rule.service} traffic from this node reaches every backend')} -j {plan.svc}"
+            )
+            if plan.svl:
+                local = _comment(f"{rule.service} local backends")
+                yield f"-A {plan.ext} -m comment --comment {local} -j {plan.svl}"
+        else:
+            external = _comment(f"{rule.service} masquerade external traffic")
+            yield f"-A {plan.ext} -m comment --comment {external} -j {masq}"
+            yield f"-A {plan.ext} -j {plan.svc}"
+    if plan.svc:
+        yield from _balance(plan.svc, plan, rule.backends)
+    if plan.svl:
+        yield from _balance(plan.svl, plan, rule.local_backends)
+    seps: dict[str, Backend] = {}
+    for backend, sep in plan.endpoints.items():
+        seps.setdefault(sep, backend)  # one chain per address and port, whatever `local` says
+    for sep, backend in seps.items():
+        yield (
+            f"-A {sep} -s {backend.ip}/32 -m comment --comment {_comment(f'{rule.service} hairpin')} "
+            f"-j {mark_masq_chain(prefix)}"
+        )
+        remember = f" {_recent(sep)} --set" if rule.affinity_seconds else ""
+        yield (
+            f"-A {sep} -m comment --comment {_comment(f'{rule.service} to {backend.ip}:{backend.port}')}"
+            f"{remember} -p {proto} -m {proto} -j DNAT --to-destination {backend.ip}:{backend.port}"
+        )
+
+
+def _filter_rules(rule: ServiceRule, prefix: str) -> Iterator[str]:
+    """What the filter table does with what the nat table did not take of one service port."""
+    chain, proto = filter_chain(prefix), rule.protocol.lower()
+    vip = f"-A {chain} -d {rule.vip}/32 -p {proto} -m {proto} --dport {rule.port}"
+    node = f"-A {chain} -m addrtype --dst-type LOCAL -p {proto} -m {proto} --dport"
+    if not rule.backends:
+        none = _comment(f"{rule.service} has no endpoints")
+        yield f"{vip} -m comment --comment {none} {_REJECT}"
+        for port in rule.external_ports():
+            yield f"{node} {port} -m comment --comment {none} {_REJECT}"
+        return
+    no_local = _comment(f"{rule.service} has no local endpoints")
+    if rule.internal_local and not rule.local_backends:
+        yield f"{vip} -m comment --comment {no_local} -j DROP"
+    if rule.external_local and not rule.local_backends:
+        for port in rule.external_ports():
+            yield f"{node} {port} -m comment --comment {no_local} -j DROP"
 
 
 def render(
@@ -223,16 +549,15 @@ def render(
     `existing_chains` are the chain names present now (nat table; the filter table only
     ever holds `{prefix}-FILTER`); those with our prefix that `rules` no longer need are
     flushed and deleted. Output is independent of the order of `rules`.
-    Raises ValueError for an invalid rule, prefix or CIDR, or two rules for one VIP:port.
+    Raises ValueError for an invalid rule, prefix or CIDR, two rules for one VIP:port, or
+    two rules taking one port on this node's addresses.
     """
     check_prefix(prefix)
     cidr = str(ipaddress.IPv4Network(service_cidr, strict=False))
-    top_nat, top_filter = services_chain(prefix), filter_chain(prefix)
 
     seen: dict[tuple[str, str, int], str] = {}
-    ordered = sorted(
-        rules, key=lambda r: (ipaddress.IPv4Address(r.vip), r.port, r.protocol.upper(), r.service)
-    )
+    node_seen: dict[tuple[str, int], tuple[tuple[str, str, int], str]] = {}  # -> (rule key, service)
+    ordered = sorted(rules, key=_order)
     for rule in ordered:
         _validate(rule)
         key = (rule.protocol.upper(), rule.vip, rule.port)
@@ -242,46 +567,49 @@ def render(
                 f"{rule.vip}:{rule.port}/{rule.protocol.upper()}; a VIP:port belongs to one service"
             )
         seen[key] = rule.service
+        for protocol, port, _ in _node_claims(rule):
+            holder_key, holder = node_seen.setdefault((protocol, port), (key, rule.service))
+            if holder_key != key:
+                raise ValueError(
+                    f"service rules {holder!r} and {rule.service!r} both claim port {port}/{protocol} "
+                    "on this node; a node port belongs to one service"
+                )
 
-    with_backends = [r for r in ordered if r.backends]
-    needed = {service_chain(r, prefix) for r in with_backends}
-    stale = sorted(
-        c for c in set(existing_chains) if is_ours(c, prefix) and c not in needed | {top_nat, top_filter}
+    plans = [_plan(r, prefix) for r in ordered]
+    needed = set(static_nat_chains(prefix)).union(*(p.chains() for p in plans))
+    kept = needed | {filter_chain(prefix), podnet_chain(prefix)}
+    stale = sorted(c for c in set(existing_chains) if is_ours(c, prefix) and c not in kept)
+
+    masq, postrouting = mark_masq_chain(prefix), postrouting_chain(prefix)
+    nat = ["*nat"]
+    nat += [f":{chain} - [0:0]" for chain in static_nat_chains(prefix)]
+    nat += [f":{chain} - [0:0]" for chain in sorted((needed - set(static_nat_chains(prefix))) | set(stale))]
+    nat += [
+        f"-A {masq} -j MARK --or-mark {MASQ_MARK}",
+        f"-A {postrouting} -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN",
+        f"-A {postrouting} -j MARK --xor-mark {MASQ_MARK}",
+        f"-A {postrouting} -m comment --comment {_comment('service traffic requiring SNAT')} -j MASQUERADE",
+    ]
+    for plan in plans:
+        nat += _nat_rules(plan, prefix)
+    nat.append(
+        f"-A {services_chain(prefix)} -m addrtype --dst-type LOCAL "
+        f"-m comment --comment {_comment('node ports: the last rule of this chain')} "
+        f"-j {nodeports_chain(prefix)}"
     )
-
-    nat = ["*nat", f":{top_nat} - [0:0]"]
-    nat += [f":{chain} - [0:0]" for chain in sorted(needed | set(stale))]
-    for rule in with_backends:
-        proto = rule.protocol.lower()
-        chain = service_chain(rule, prefix)
-        nat.append(
-            f"-A {top_nat} -d {rule.vip}/32 -p {proto} -m {proto} --dport {rule.port} "
-            f"-m comment --comment {_comment(rule.service)} -j {chain}"
-        )
-        n = len(rule.backends)
-        for i, ((ip, port), probability) in enumerate(zip(rule.backends, probabilities(n), strict=True)):
-            statistic = f" -m statistic --mode random --probability {probability}" if probability else ""
-            nat.append(
-                f"-A {chain} -m comment --comment {_comment(f'{rule.service} backend {i + 1}/{n}')}"
-                f"{statistic} -p {proto} -j DNAT --to-destination {ip}:{port}"
-            )
     nat += [f"-X {chain}" for chain in stale]
     nat.append("COMMIT")
 
-    filt = ["*filter", f":{top_filter} - [0:0]"]
+    top_filter = filter_chain(prefix)
+    filt = [
+        "*filter",
+        f":{top_filter} - [0:0]",
+        f"-A {top_filter} ! -s {LOOPBACK} -d {LOOPBACK} -m comment --comment {_comment(LOCALNET_COMMENT)} "
+        "-m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP",
+    ]
     for rule in ordered:
-        if rule.backends:
-            continue
-        proto = rule.protocol.lower()
-        filt.append(
-            f"-A {top_filter} -d {rule.vip}/32 -p {proto} -m {proto} --dport {rule.port} "
-            f"-m comment --comment {_comment(f'{rule.service} has no endpoints')} "
-            "-j REJECT --reject-with icmp-port-unreachable"
-        )
-    filt.append(
-        f"-A {top_filter} -d {cidr} -m comment --comment {_comment(CIDR_COMMENT)} "
-        "-j REJECT --reject-with icmp-port-unreachable"
-    )
+        filt += _filter_rules(rule, prefix)
+    filt.append(f"-A {top_filter} -d {cidr} -m comment --comment {_comment(CIDR_COMMENT)} {_REJECT}")
     filt.append("COMMIT")
     return "\n".join(nat + filt) + "\n"
 
@@ -296,14 +624,29 @@ def parse_chains(save_output: str, prefix: str) -> set[str]:
 
 
 class IptablesProxy:
-    """Keeps this node's service chains equal to the rules it is given (see the module doc)."""
+    """Keeps this node's service chains equal to the rules it is given (see the module doc).
 
-    def __init__(self, service_cidr: str, *, prefix: str = "GITOPS", iptables: str = "iptables") -> None:
+    `route_localnet`: `install` sets `net.ipv4.conf.all.route_localnet=1` (under
+    `sysctl_dir`), so that node ports answer on 127.0.0.1 as kube-proxy's do; if it cannot,
+    every sync says so in `skipped`."""
+
+    def __init__(
+        self,
+        service_cidr: str,
+        *,
+        prefix: str = "GITOPS",
+        iptables: str = "iptables",
+        route_localnet: bool = True,
+        sysctl_dir: Path = Path("/proc/sys"),
+    ) -> None:
         self.service_cidr = str(ipaddress.IPv4Network(service_cidr, strict=False))
         self.prefix = check_prefix(prefix)
         self.iptables = iptables
+        self.route_localnet = route_localnet
+        self.sysctl_dir = sysctl_dir
         self._last_applied: str | None = None
         self._restore_wait: tuple[str, ...] | None = None
+        self._localnet_problem = ""
         self.skipped: tuple[str, ...] = ()  # what the last sync could not program, and why
 
     # --- commands ---------------------------------------------------------------------
@@ -336,8 +679,13 @@ class IptablesProxy:
     # --- lifecycle --------------------------------------------------------------------
 
     def install(self) -> None:
-        """Create our top chains, the jump rules into them, and reject the whole CIDR."""
-        for table, chain in (("nat", services_chain(self.prefix)), ("filter", filter_chain(self.prefix))):
+        """Create our top chains, the jump rules into them, reject the whole CIDR, and let
+        the kernel route loopback-sourced packets to pods (`route_localnet`)."""
+        for table, chain in (
+            ("nat", services_chain(self.prefix)),
+            ("nat", postrouting_chain(self.prefix)),
+            ("filter", filter_chain(self.prefix)),
+        ):
             if chain not in parse_chains(self._save(table), self.prefix):
                 done = self._iptables(table, "-N", chain)
                 if done.returncode != 0 and "exists" not in done.stderr:
@@ -345,9 +693,24 @@ class IptablesProxy:
         reject = reject_cidr_spec(self.service_cidr)
         self._ensure("filter", filter_chain(self.prefix), reject, append=True)
         inserted = sum(self._ensure(table, chain, spec) for table, chain, spec in jump_rules(self.prefix))
+        if self.route_localnet:
+            self._set_route_localnet()
         log.info(
             "iptables.installed", prefix=self.prefix, service_cidr=self.service_cidr, jumps_added=inserted
         )
+
+    def _set_route_localnet(self) -> None:
+        path = self.sysctl_dir / ROUTE_LOCALNET
+        try:
+            if path.read_text().strip() != "1":
+                path.write_text("1\n")
+            self._localnet_problem = ""
+        except OSError as exc:
+            self._localnet_problem = (
+                "node ports do not answer on 127.0.0.1: cannot set "
+                f"net.ipv4.conf.all.route_localnet=1 ({exc})"
+            )
+            log.warning("iptables.route_localnet_failed", error=str(exc))
 
     def _ensure(self, table: str, chain: str, spec: list[str], *, append: bool = False) -> bool:
         if self._iptables(table, "-C", chain, *spec).returncode == 0:
@@ -365,6 +728,8 @@ class IptablesProxy:
         False when nothing had to be applied."""
         started = time.perf_counter()
         rules, problems = vet(rules)
+        if self._localnet_problem:
+            problems.append(self._localnet_problem)
         if problems and tuple(problems) != self.skipped:
             log.warning("iptables.rules_skipped", skipped=len(problems), first=problems[0])
         self.skipped = tuple(problems)
@@ -374,8 +739,8 @@ class IptablesProxy:
             self._last_applied = None
         nat_chains = parse_chains(saved["nat"], self.prefix)
         text = render(rules, service_cidr=self.service_cidr, prefix=self.prefix, existing_chains=nat_chains)
-        needed = {services_chain(self.prefix), *(service_chain(r, self.prefix) for r in rules if r.backends)}
-        if text == self._last_applied and needed <= nat_chains:
+        present = nat_chains | parse_chains(saved["filter"], self.prefix)
+        if text == self._last_applied and parse_chains(text, self.prefix) <= present:
             log.debug("iptables.unchanged", services=len(rules))
             return False
         self._last_applied = None
@@ -386,6 +751,7 @@ class IptablesProxy:
             services=len(rules),
             with_backends=sum(1 for r in rules if r.backends),
             backends=sum(len(r.backends) for r in rules),
+            node_ports=sum(len(r.external_ports()) for r in rules),
             stale_chains_deleted=text.count("\n-X "),
             bytes=len(text),
             ms=round((time.perf_counter() - started) * 1000, 1),
@@ -403,7 +769,8 @@ class IptablesProxy:
         return filter_chain(self.prefix) in parse_chains(saved["filter"], self.prefix)
 
     def cleanup(self) -> None:
-        """Remove our jump rules and all our chains; a no-op when nothing is left."""
+        """Remove our jump rules and all our chains; a no-op when nothing is left.
+        `route_localnet` stays as it is: other software may rely on it too."""
         removed_jumps = 0
         chains: dict[str, set[str]] = {}
         for table in TABLES:

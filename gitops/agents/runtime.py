@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime as dt
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import docker
 import docker.errors
+import docker.types
 import requests
 import structlog
 
@@ -74,10 +76,19 @@ class Runtime(Protocol):
         restart: int = 0,
         *,
         address: str = "",
+        network: str = "",
+        env: Sequence[tuple[str, str]] = (),
     ) -> ContainerInfo:
-        """Start run `restart` of `pod` as a fresh container, its ports published on the node's
-        `address` only (every interface when empty): a declared hostPort at that port, the
-        others at a port the engine picks."""
+        """Start run `restart` of `pod` as a fresh container. On a pod `network` (see
+        `ensure_network`) only declared hostPorts are published, at the node's `address`
+        (every interface when empty); without one, every port is, the others at a port the
+        engine picks. `env` comes before the pod's own variables (which win a clash)."""
+        ...
+
+    def ensure_network(self, name: str, subnet: str, gateway: str, bridge: str) -> str:
+        """Make the bridge network `name` of `subnet` exist (again, if its subnet changed:
+        then our containers on it are removed first) and return its Linux bridge's name
+        ("" for a runtime without one)."""
         ...
 
     def stop(self, container_id: str, grace_seconds: int) -> None: ...
@@ -135,6 +146,10 @@ class DockerRuntime:
         state = attrs.get("State") or {}
         labels = (attrs.get("Config") or {}).get("Labels") or {}
         net = attrs.get("NetworkSettings") or {}
+        networks = net.get("Networks") or {}
+        address = net.get("IPAddress") or next(
+            (n.get("IPAddress") for n in networks.values() if n and n.get("IPAddress")), ""
+        )
         ports: list[tuple[int, str, int]] = []
         for key, bindings in sorted((net.get("Ports") or {}).items()):
             port, _, proto = key.partition("/")
@@ -150,7 +165,7 @@ class DockerRuntime:
             template_hash=labels.get(LABEL_TEMPLATE, ""),
             running=bool(state.get("Running")),
             exit_code=None if state.get("Running") else state.get("ExitCode"),
-            pod_ip=net.get("IPAddress") or "",
+            pod_ip=address,
             host_ports=tuple(ports),
             started_at=_timestamp(state.get("StartedAt")),
             finished_at=_timestamp(state.get("FinishedAt")),
@@ -182,6 +197,8 @@ class DockerRuntime:
         restart: int = 0,
         *,
         address: str = "",
+        network: str = "",
+        env: Sequence[tuple[str, str]] = (),
     ) -> ContainerInfo:
         spec = pod.spec
         name = container_name(node, pod, restart)
@@ -193,7 +210,7 @@ class DockerRuntime:
             stale.remove(force=True)
         kwargs: dict[str, Any] = {
             "name": name,
-            "hostname": pod.name[:63].rstrip("-."),
+            "hostname": (spec.hostname or pod.name)[:63].rstrip("-."),
             "labels": {
                 LABEL_NODE: node,
                 LABEL_POD: pod.id,
@@ -201,16 +218,19 @@ class DockerRuntime:
                 LABEL_OWNER: owner_label(pod),
                 LABEL_RESTART: str(restart),
             },
-            "environment": dict(spec.env),
+            "environment": {**dict(env), **dict(spec.env)},
             "ports": {
                 f"{p.container_port}/{p.protocol.lower()}": (address, p.host_port or None)
                 if address
                 else (p.host_port or None)
                 for p in spec.ports
+                if p.host_port or not network
             },
             "volumes": {host: {"bind": inside, "mode": "ro"} for host, inside in mounts},
             "detach": True,
         }
+        if network:
+            kwargs["network"] = network
         if spec.command:
             kwargs["entrypoint"] = list(spec.command)
         if spec.args:
@@ -236,6 +256,64 @@ class DockerRuntime:
             return info
         container.reload()
         return self._info(container)
+
+    def ensure_network(self, name: str, subnet: str, gateway: str, bridge: str) -> str:
+        try:
+            found = self.client.networks.get(name)
+        except docker.errors.NotFound:
+            found = None
+        if found is not None:
+            configs = (found.attrs.get("IPAM") or {}).get("Config") or []
+            if any(c.get("Subnet") == subnet for c in configs):
+                return bridge
+            log.warning("runtime.pod_network_moved", network=name, subnet=subnet)
+            for container in self.client.containers.list(all=True, filters={"network": name}):
+                if LABEL_POD in (container.labels or {}):
+                    container.remove(force=True)
+            found.reload()
+            found.remove()
+        self._clear_overlaps(name, subnet)
+        pool = docker.types.IPAMPool(subnet=subnet, gateway=gateway)
+        self.client.networks.create(
+            name,
+            driver="bridge",
+            ipam=docker.types.IPAMConfig(pool_configs=[pool]),
+            options={
+                "com.docker.network.bridge.name": bridge,
+                # Pods keep their addresses towards other nodes' pods; the agent masquerades
+                # only what leaves the cluster's pod range.
+                "com.docker.network.bridge.enable_ip_masquerade": "false",
+            },
+            labels={LABEL_NODE: name},
+        )
+        log.info("runtime.pod_network_created", network=name, subnet=subnet, bridge=bridge)
+        return bridge
+
+    def _clear_overlaps(self, name: str, subnet: str) -> None:
+        """Remove pod networks of ours left without containers whose subnet overlaps `subnet`
+        (a node deleted, a cluster started anew); refuse when one still holds containers."""
+        wanted = ipaddress.ip_network(subnet)
+        for other in self.client.networks.list(filters={"label": LABEL_NODE}):
+            if other.name == name:
+                continue
+            other.reload()
+            configs = (other.attrs.get("IPAM") or {}).get("Config") or []
+            if not any(
+                wanted.overlaps(ipaddress.ip_network(c["Subnet"])) for c in configs if c.get("Subnet")
+            ):
+                continue
+            if other.attrs.get("Containers"):
+                raise RuntimeFailure(
+                    f"pod network {name} ({subnet}) overlaps network {other.name}, which still has containers"
+                )
+            log.warning("runtime.stale_pod_network_removed", network=other.name)
+            other.remove()
+
+    def remove_network(self, name: str) -> None:
+        try:
+            self.client.networks.get(name).remove()
+        except docker.errors.NotFound:
+            return
 
     def stop(self, container_id: str, grace_seconds: int) -> None:
         """SIGTERM, then SIGKILL after the grace; the container stays, exited, for its logs."""

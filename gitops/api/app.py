@@ -49,7 +49,7 @@ from gitops.health import Health
 from gitops.metrics import CONTENT_TYPE, Metrics
 from gitops.model import Node, NodeName, PodId, PodStatus, Taint
 from gitops.planner import all_endpoints
-from gitops.store import NodeNameTaken, Store
+from gitops.store import NodeNameTaken, PodRangeExhausted, Store
 
 log = structlog.get_logger(__name__)
 
@@ -74,6 +74,14 @@ class SharedEndpoints:
         self._checked = float("-inf")
         self._key: Any = None
         self._value: list[Any] = []
+        self._routes: list[tuple[str, str, str]] = []
+
+    def routes(self) -> list[tuple[str, str, str]]:
+        """(node, pod subnet, node address) of every node holding a subnet: where each
+        node's pods are reached from the others (NotReady nodes too: their routes go only
+        when they are deleted)."""
+        self.get()
+        return self._routes
 
     def get(self) -> list[Any]:
         with self._lock:
@@ -81,9 +89,16 @@ class SharedEndpoints:
                 return self._value
             now = self.clock()
             nodes = [r.node for r in self.store.nodes(now)]
+            self._routes = [(n.name, n.pod_cidr, n.address) for n in nodes if n.pod_cidr]
             key = (self.store.change_marker(), tuple((n.name, n.address, n.ready) for n in nodes))
             if key != self._key:
-                services = all_endpoints(self.store.desired(), self.store.vips(), self.store.pods(), nodes)
+                services = all_endpoints(
+                    self.store.desired(),
+                    self.store.vips(),
+                    self.store.pods(),
+                    nodes,
+                    self.store.node_ports(),
+                )
                 self._value = [encode(s) for s in services]
                 self._key = key
             self._checked = time.monotonic()
@@ -181,17 +196,25 @@ def create_app(
         scheme, _, presented = authorization.partition(" ")
         token = secrets.token_urlsafe(32)
         try:
-            store.register_node(
+            pod_cidr = store.register_node(
                 node, token, clock(), presented=presented if scheme.lower() == "bearer" else ""
             )
         except NodeNameTaken as exc:
             log.warning("agent.refused", node=node.name, address=node.address, reason=str(exc))
             raise HTTPException(409, str(exc)) from exc
+        except PodRangeExhausted as exc:
+            log.error("agent.refused", node=node.name, address=node.address, reason=str(exc))
+            raise HTTPException(422, str(exc)) from exc
         except IntegrityError as exc:  # two first registrations of one name at once
             raise HTTPException(409, f"node {node.name} is being registered by another agent") from exc
         log.info("agent.registered", node=node.name, address=node.address)
         on_report()
-        return RegisterReply(token=token, service_cidr=str(store.service_cidr))
+        return RegisterReply(
+            token=token,
+            service_cidr=str(store.service_cidr),
+            cluster_cidr=str(store.cluster_cidr),
+            pod_cidr=pod_cidr,
+        )
 
     @app.post("/agent/v1/nodes/{name}/sync", response_model=SyncReply)
     def agent_sync(name: str, request: SyncRequest, _: str = Depends(node_token)) -> dict[str, Any]:
@@ -232,6 +255,8 @@ def create_app(
             "pods": [encode(p) for p in store.pods(node=name)],
             "services": endpoints.get(),
             "service_cidr": str(store.service_cidr),
+            "cluster_cidr": str(store.cluster_cidr),
+            "routes": [[subnet, address] for node, subnet, address in endpoints.routes() if node != name],
             "allow_probe_hosts": allow_probe_hosts,
             "authoritative": authoritative(),
         }

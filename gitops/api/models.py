@@ -128,6 +128,8 @@ class RegisterRequest(_Strict):
 class RegisterReply(BaseModel):
     token: str
     service_cidr: str
+    cluster_cidr: str = ""
+    pod_cidr: str = ""  # this node's pod subnet: its agent runs pods on a bridge of it
 
 
 class PodStatusModel(_Strict):
@@ -164,6 +166,9 @@ class SyncReply(BaseModel):
     pods: list[dict[str, Any]]
     services: list[dict[str, Any]]
     service_cidr: str
+    cluster_cidr: str = ""
+    # (pod subnet, node address) of every other node: routed through that node (host-gw).
+    routes: list[tuple[str, str]] = []
     allow_probe_hosts: bool = False
     # False while the control plane may not yet know every pod (just started: it has not read
     # all its sources, or heard from its agents): agents keep containers it did not assign.

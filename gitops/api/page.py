@@ -323,7 +323,8 @@ def nodes(view: StatusView, _: Mapping[str, str]) -> tuple[str, str]:
         cpu_text = f"{n.cpu_requested}m / {n.cpu_capacity}m"
         memory_text = f"{memory(n.memory_requested)} / {memory(n.memory_capacity)}"
         rows.append(
-            f'<tr><td><b>{esc(n.name)}</b><br><span class="muted mono">{esc(n.address)}</span></td>'
+            f'<tr><td><b>{esc(n.name)}</b><br><span class="muted mono">{esc(n.address)}'
+            f"{' · pods ' + esc(n.pod_cidr) if n.pod_cidr else ''}</span></td>"
             f"<td>{status}</td>"
             f"<td>{bar(n.cpu_requested, n.cpu_capacity, cpu_text)}</td>"
             f"<td>{bar(n.memory_requested, n.memory_capacity, memory_text)}</td>"
@@ -446,10 +447,15 @@ def services(view: StatusView, _: Mapping[str, str]) -> tuple[str, str]:
         hidden = len(s.endpoints) - len(shown)
         more = f'<br><span class="muted">and {hidden} more</span>' if hidden else ""
         cls = "ok" if s.ready else "bad"
+        kind = f'<br><small class="muted">{esc(s.type)}</small>' if s.type != "ClusterIP" else ""
+        ingress = f"<br><small>ingress {esc(', '.join(s.ingress))}</small>" if s.ingress else ""
+        ready = (
+            f'<td class="num {cls}">{s.ready}</td>' if s.type != "ExternalName" else '<td class="num">-</td>'
+        )
         rows.append(
-            f'<tr><td><b>{esc(s.name)}</b></td><td class="mono">{esc(s.vip)}</td>'
+            f'<tr><td><b>{esc(s.name)}</b>{kind}</td><td class="mono">{esc(s.vip)}{ingress}</td>'
             f"<td>{'<br>'.join(esc(p) for p in s.ports)}</td>"
-            f'<td class="num {cls}">{s.ready}</td>'
+            f"{ready}"
             f"<td><small>{'<br>'.join(esc(e) for e in shown)}{more}</small></td></tr>"
         )
     headers = ("Service", "VIP", "Ports", "Ready endpoints", "Endpoints")

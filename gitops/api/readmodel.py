@@ -222,8 +222,12 @@ class ReadModel:
         return out
 
     def services(self) -> list[Any]:
+        """Every Service's endpoints, and a LoadBalancer's ingress (the Ready nodes' addresses)."""
         view = self._fresh()
         out: list[Any] = self._out(view, list(view.endpoints))
+        ingress = {s.name: list(s.ingress) for s in view.services}
+        for service in out:
+            service["ingress"] = ingress.get(f"{service['namespace']}/{service['name']}", [])
         return out
 
     def events(self, limit: int) -> list[Any]:

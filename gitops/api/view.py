@@ -61,6 +61,7 @@ class NodeRow:
     labels: tuple[tuple[str, str], ...]
     taints: tuple[str, ...]
     reason: str = ""  # why the node is NotReady
+    pod_cidr: str = ""  # the node's pod subnet
 
 
 @dataclass(frozen=True)
@@ -109,10 +110,12 @@ class PodRow:
 @dataclass(frozen=True)
 class ServiceRow:
     name: str
-    vip: str
+    vip: str  # "None" for a headless Service, the target name for an ExternalName one
     ports: tuple[str, ...]
     ready: int
     endpoints: tuple[str, ...]  # "pod on node" of the ready endpoints, first port
+    type: str = "ClusterIP"
+    ingress: tuple[str, ...] = ()  # a LoadBalancer's: the Ready nodes' addresses
 
 
 @dataclass(frozen=True)
@@ -241,6 +244,7 @@ def build_view(store: Store, sources: Sequence[str], now: float, *, revision_lim
             labels=tuple((k, redact(v)) for k, v in r.node.labels),
             taints=tuple(redact(str(t)) for t in r.node.taints),
             reason=redact(r.node.reason),
+            pod_cidr=r.node.pod_cidr,
         )
         for r in records
     )
@@ -301,19 +305,27 @@ def build_view(store: Store, sources: Sequence[str], now: float, *, revision_lim
         )
 
     services = []
-    endpoints = all_endpoints(desired, store.vips(), pods, [r.node for r in records])
+    endpoints = all_endpoints(desired, store.vips(), pods, [r.node for r in records], store.node_ports())
+    ingress = tuple(dict.fromkeys(r.node.address for r in records if r.node.ready and r.node.address))
     for s in endpoints:
         first = s.endpoints[0][1] if s.endpoints else ()
         services.append(
             ServiceRow(
                 name=f"{s.namespace}/{s.name}",
-                vip=s.vip,
+                vip="None" if s.headless else s.external_name or s.vip,
                 ports=tuple(
                     f"{(p.name + ' ') if p.name else ''}{p.port}/{p.protocol} -> {p.target_port}"
+                    + (f", node port {p.node_port}" if p.node_port else "")
                     for p in s.ports
                 ),
-                ready=len({e.pod for _, eps in s.endpoints for e in eps}),
-                endpoints=tuple(f"{e.pod} on {e.node}" for e in first),
+                # A headless Service without ports still has its pods, for DNS.
+                ready=len(
+                    {e.pod for _, eps in s.endpoints for e in eps} | {a.pod for a in s.addresses if a.ready}
+                ),
+                endpoints=tuple(f"{e.pod} on {e.node}" for e in first)
+                or tuple(f"{a.pod} at {a.ip}" for a in s.addresses),
+                type=s.type,
+                ingress=ingress if s.type == "LoadBalancer" else (),
             )
         )
 

@@ -1,13 +1,28 @@
-"""Services: which ready pods stand behind each virtual IP and port; a pure function.
+"""Services: which pods stand behind each Service, its virtual IP and its ports; pure.
 
 A Service selects pods of its namespace by labels. Each port's `targetPort` (a number, or
-the name of a container port) is resolved per pod. Only Running and ready pods placed on a
-known, Ready node are endpoints. An endpoint carries both the pod's own address (for the node it
-runs on) and its node's address with the published host port (for every other node).
+the name of a container port) is resolved per pod. A Running, ready pod placed on a known,
+Ready node is an endpoint, reached at its own address (`pod_ip:container_port`) from every
+node; with `publishNotReadyAddresses` a Running pod that is not ready is one too (as in
+Kubernetes, for the VIP as well as for DNS). `endpoints_for` turns one Service manifest
+into `ServiceEndpoints`:
+
+- ClusterIP: the VIP the store gave it, and per port its endpoints.
+- headless (`clusterIP: None`): no VIP; DNS answers its name with `addresses`, the pods
+  it selects (a pod whose `subdomain` is the Service and that sets `hostname` is named
+  `hostname.service.namespace.svc`).
+- NodePort and LoadBalancer: a ClusterIP Service whose ports also carry the node port the
+  store allocated (`ServicePort.node_port`); a LoadBalancer answers its `port` on every
+  node's addresses too (servicelb-style), which the node agents program.
+- ExternalName: no VIP, no endpoints; DNS answers with a CNAME to `external_name`.
+
+`sessionAffinity: ClientIP` (its timeout), `externalTrafficPolicy: Local` and
+`internalTrafficPolicy: Local` are carried as they are for the node agents.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 
 from gitops.model import (
@@ -17,12 +32,45 @@ from gitops.model import (
     NodeName,
     ObjectKey,
     Pod,
+    PodAddress,
     ServiceEndpoints,
     ServicePort,
+    ServiceType,
 )
+
+DEFAULT_AFFINITY_SECONDS = 10800  # sessionAffinityConfig.clientIP.timeoutSeconds' default: 3 hours
+EXPOSED = ("NodePort", "LoadBalancer")
+_TYPES: Mapping[str, ServiceType] = {
+    "ClusterIP": "ClusterIP",
+    "NodePort": "NodePort",
+    "LoadBalancer": "LoadBalancer",
+    "ExternalName": "ExternalName",
+}
+
+
+def service_type(service: Manifest) -> ServiceType:
+    return _TYPES.get(str(service.spec.get("type", "ClusterIP")), "ClusterIP")
+
+
+def is_headless(service: Manifest) -> bool:
+    """`clusterIP: None` on a ClusterIP Service: DNS names its pods, there is no VIP."""
+    return service_type(service) == "ClusterIP" and service.spec.get("clusterIP") == "None"
+
+
+def needs_vip(service: Manifest) -> bool:
+    """Whether the Service has a virtual IP: every one but headless and ExternalName."""
+    return not is_headless(service) and service_type(service) != "ExternalName"
+
+
+def port_key(port: ServicePort) -> str:
+    """How a Service port is named in its node port allocation: `"<port>/<protocol>"`."""
+    return f"{port.port}/{port.protocol}"
 
 
 def service_ports(service: Manifest) -> tuple[ServicePort, ...]:
+    """The ports as written; `node_port` is the one asked for (0: allocate one), and only
+    on a NodePort or LoadBalancer Service."""
+    exposed = service_type(service) in EXPOSED
     ports = []
     for p in service.spec.get("ports") or []:
         target = p.get("targetPort", p["port"])
@@ -35,6 +83,7 @@ def service_ports(service: Manifest) -> tuple[ServicePort, ...]:
                 target_port=target_port,
                 protocol=str(p.get("protocol", "TCP")),
                 name=str(p.get("name", "")),
+                node_port=int(p.get("nodePort") or 0) if exposed else 0,
             )
         )
     return tuple(ports)
@@ -56,27 +105,84 @@ def _container_port(pod: Pod, port: ServicePort) -> int | None:
     return None
 
 
+def _affinity_seconds(service: Manifest) -> int:
+    if service.spec.get("sessionAffinity") != "ClientIP":
+        return 0
+    config = (service.spec.get("sessionAffinityConfig") or {}).get("clientIP") or {}
+    return int(config.get("timeoutSeconds") or DEFAULT_AFFINITY_SECONDS)
+
+
+def _serving(pod: Pod, nodes: Mapping[NodeName, Node]) -> bool:
+    """Ready to serve: Running, ready, not stopping, on a known Ready node."""
+    return (
+        pod.phase == "Running"
+        and pod.ready
+        and pod.terminating_at is None
+        and pod.node is not None
+        and pod.node in nodes
+        and nodes[pod.node].ready  # a silent node's pods serve nobody we can vouch for
+    )
+
+
 def endpoints_for(
-    service: Manifest, vip: str, pods: Sequence[Pod], nodes: Mapping[NodeName, Node]
+    service: Manifest,
+    vip: str,
+    pods: Sequence[Pod],
+    nodes: Mapping[NodeName, Node],
+    node_ports: Mapping[str, int] | None = None,
 ) -> ServiceEndpoints:
+    """One Service with its endpoints; `node_ports` are those the store allocated
+    (`port_key` -> node port), else the ones the manifest asks for are shown."""
+    kind = service_type(service)
+    allocated = node_ports or {}
+    ports = tuple(
+        # The store's allocation wins over what is asked: it is what the agents program.
+        dataclasses.replace(p, node_port=allocated[port_key(p)]) if port_key(p) in allocated else p
+        for p in service_ports(service)
+    )
+    base = ServiceEndpoints(
+        namespace=service.key.namespace,
+        name=service.key.name,
+        vip=vip if needs_vip(service) else "",
+        ports=ports,
+        type=kind,
+        headless=is_headless(service),
+        session_affinity_seconds=_affinity_seconds(service),
+        external_local=kind in EXPOSED and service.spec.get("externalTrafficPolicy") == "Local",
+        internal_local=service.spec.get("internalTrafficPolicy") == "Local",
+    )
+    if kind == "ExternalName":
+        return dataclasses.replace(base, external_name=str(service.spec.get("externalName", "")))
+
     selector = {str(k): str(v) for k, v in (service.spec.get("selector") or {}).items()}
-    ports = service_ports(service)
-    ready = [
-        p
-        for p in pods
-        if p.namespace == service.key.namespace
-        and p.phase == "Running"
-        and p.ready
-        and p.terminating_at is None
-        and p.node is not None
-        and p.node in nodes
-        and nodes[p.node].ready  # a silent node's pods serve nobody we can vouch for
-        and selects(selector, p)
-    ]
+    publish_not_ready = service.spec.get("publishNotReadyAddresses") is True
+    published = sorted(
+        (
+            p
+            for p in pods
+            if p.namespace == service.key.namespace
+            and p.pod_ip
+            and p.node is not None
+            and p.node in nodes
+            and selects(selector, p)
+            and (_serving(p, nodes) or (publish_not_ready and p.phase == "Running"))
+        ),
+        key=lambda p: p.name,
+    )
+    addresses = tuple(
+        PodAddress(
+            pod=p.id,
+            ip=p.pod_ip,
+            # Kubernetes names a pod in its Service's DNS only when it asks for a hostname.
+            hostname=p.spec.hostname if p.spec.hostname and p.spec.subdomain == service.key.name else "",
+            ready=_serving(p, nodes),
+        )
+        for p in published
+    )
     per_port = []
     for port in ports:
         found = []
-        for pod in sorted(ready, key=lambda p: p.name):
+        for pod in published:
             container_port = _container_port(pod, port)
             if container_port is None or pod.node is None:
                 continue
@@ -95,13 +201,7 @@ def endpoints_for(
                 )
             )
         per_port.append((port, tuple(found)))
-    return ServiceEndpoints(
-        namespace=service.key.namespace,
-        name=service.key.name,
-        vip=vip,
-        ports=ports,
-        endpoints=tuple(per_port),
-    )
+    return dataclasses.replace(base, endpoints=tuple(per_port), addresses=addresses)
 
 
 def all_endpoints(
@@ -109,10 +209,15 @@ def all_endpoints(
     vips: Mapping[ObjectKey, str],
     pods: Sequence[Pod],
     nodes: Sequence[Node],
+    node_ports: Mapping[ObjectKey, Mapping[str, int]] | None = None,
 ) -> tuple[ServiceEndpoints, ...]:
+    """Every Service's endpoints, by key. A Service that needs a VIP and has none in `vips`
+    (not yet allocated) is left out; headless and ExternalName Services never need one.
+    `node_ports` are the store's allocations (`Store.node_ports()`)."""
     by_name = {n.name: n for n in nodes}
+    allocated = node_ports or {}
     return tuple(
-        endpoints_for(m, vips[m.key], pods, by_name)
+        endpoints_for(m, vips.get(m.key, ""), pods, by_name, allocated.get(m.key))
         for m in sorted(desired, key=lambda m: m.key)
-        if m.key.kind == "Service" and m.key in vips
+        if m.key.kind == "Service" and (m.key in vips or not needs_vip(m))
     )

@@ -150,7 +150,7 @@ def _warnings(head: Sequence[Manifest]) -> list[str]:
             carrying[(key.namespace, label, value)].add(key)
     warnings = []
     for m in head:
-        if m.key.kind == "Service":
+        if m.key.kind == "Service" and m.spec.get("type") != "ExternalName":  # it selects nothing
             selector = {str(k): str(v) for k, v in (m.spec.get("selector") or {}).items()}
             matched: set[ObjectKey] | None = None
             for label, value in selector.items():

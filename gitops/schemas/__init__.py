@@ -2,7 +2,7 @@
 
 In come `SourceFile`s (a path relative to the source root and the raw bytes), as `sync/`
 found them in a git checkout or a watched folder. Each may hold several YAML documents
-of the kinds gitops understands: Namespace, Deployment, Service (ClusterIP), ConfigMap
+of the kinds gitops understands: Namespace, Deployment, Service (every type), ConfigMap
 and Secret. Out comes a `ValidationResult`: the objects as frozen `Manifest`s (sorted by
 key, each with its content hash and where it was written), and `Diagnostic`s that name
 the file, line, column, object and field, and say what would be valid. Fields that

@@ -2,7 +2,10 @@
 
 Names and labels in Kubernetes' syntax, a Deployment's selector against its template,
 one container per pod, quantities and request <= limit, volume mounts against declared
-volumes, Service port names, base64 in Secrets. Each check reads the plain body
+volumes, a pod's DNS settings, Service port names and what each Service type allows
+(ports optional only when headless or ExternalName, nodePorts only on NodePort and
+LoadBalancer, ...), base64 in Secrets. `node_port_claims` says which ports a Service takes
+on every node, for the check across objects in `validate`. Each check reads the plain body
 defensively (the schema may already have found it malformed) and returns `Finding`s:
 a field path and a message; `validate` turns them into located diagnostics.
 """
@@ -21,12 +24,16 @@ from .quantity import QuantityError, parse_cpu, parse_memory
 from .schema import describe_value
 
 __all__ = [
+    "EXPOSED_TYPES",
+    "NODE_PORTS",
     "Finding",
+    "NodePortClaim",
     "check_document",
     "is_label_key",
     "is_label_value",
     "is_subdomain",
     "label_selector_matches",
+    "node_port_claims",
 ]
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -47,6 +54,7 @@ LABEL_KEY_HELP = (
     "a label key (an optional DNS-1123 subdomain prefix and '/', then at most 63 letters, "
     "digits, '-', '_' or '.', starting and ending with a letter or digit)"
 )
+IGNORED_FOR = "field is not acted on by gitops and is ignored for"
 LABEL_VALUE_HELP = (
     "a label value (empty, or at most 63 letters, digits, '-', '_' or '.', "
     "starting and ending with a letter or digit)"
@@ -244,6 +252,7 @@ def _check_pod(spec: Mapping[str, Any], path: FieldPath) -> Iterator[Finding]:
             f'expected "Always" (a Deployment always restarts its pods), got {describe_value(restart)}',
         )
     yield from _check_labels(spec.get("nodeSelector"), (*path, "nodeSelector"))
+    yield from _check_dns_config(spec, path)
     volumes: dict[str, FieldPath] = {}
     for volume_path, volume in _items(spec.get("volumes"), (*path, "volumes")):
         name = volume.get("name")
@@ -272,6 +281,18 @@ def _check_pod(spec: Mapping[str, Any], path: FieldPath) -> Iterator[Finding]:
                     (*mount_path, "name"),
                     f'volume "{name}" is not declared in {where} (declared: {declared})',
                 )
+
+
+def _check_dns_config(spec: Mapping[str, Any], path: FieldPath) -> Iterator[Finding]:
+    """`dnsPolicy: None` takes the whole resolv.conf from `dnsConfig`, so it needs a server."""
+    if spec.get("dnsPolicy") != "None" or _list(_map(spec.get("dnsConfig")).get("nameservers")):
+        return
+    where = (*path, "dnsConfig", "nameservers") if "dnsConfig" in spec else (*path, "dnsPolicy")
+    yield Finding(
+        where,
+        'must provide at least 1 DNS nameserver when dnsPolicy is "None" '
+        f"(in {format_path((*path, 'dnsConfig', 'nameservers'))})",
+    )
 
 
 def _check_host_ports(container: Mapping[str, Any], path: FieldPath) -> Iterator[Finding]:
@@ -339,10 +360,103 @@ def _check_deployment(body: Mapping[str, Any]) -> Iterator[Finding]:
 # --- services, config maps, secrets ---------------------------------------------------------
 
 
+NODE_PORTS = (30000, 32767)
+"""The node port range, as Kubernetes' default `--service-node-port-range`."""
+EXPOSED_TYPES = ("NodePort", "LoadBalancer")
+"""Service types that answer on every node's addresses: on node ports (LoadBalancer on its
+ports too, as k3s's servicelb does without a cloud)."""
+
+
+@dataclass(frozen=True)
+class NodePortClaim:
+    """A port a Service takes on every node: a `nodePort`, or a LoadBalancer's `port`."""
+
+    path: FieldPath
+    number: int
+    protocol: str
+    what: str  # "nodePort" or "LoadBalancer port"
+    port_index: int  # which entry of spec.ports claims it
+
+
+def node_port_claims(body: Mapping[str, Any]) -> list[NodePortClaim]:
+    """The (port, protocol) pairs a Service takes on every node, as written; a Service of
+    another type takes none (its stray nodePorts are errors of `check_document`)."""
+    spec = _map(body.get("spec"))
+    kind = spec.get("type", "ClusterIP")
+    if kind not in EXPOSED_TYPES:
+        return []
+    claims = []
+    for index, (port_path, port) in enumerate(_items(spec.get("ports"), ("spec", "ports"))):
+        protocol = port.get("protocol", "TCP")
+        if not isinstance(protocol, str):
+            continue
+        number = port.get("nodePort")
+        if isinstance(number, int) and not isinstance(number, bool):
+            claims.append(NodePortClaim((*port_path, "nodePort"), number, protocol, "nodePort", index))
+        number = port.get("port")
+        if kind == "LoadBalancer" and isinstance(number, int) and not isinstance(number, bool):
+            claims.append(NodePortClaim((*port_path, "port"), number, protocol, "LoadBalancer port", index))
+    return claims
+
+
+def _check_service_type(spec: Mapping[str, Any]) -> Iterator[Finding]:
+    kind = spec.get("type", "ClusterIP")
+    if not isinstance(kind, str):
+        return
+    headless = spec.get("clusterIP") == "None"
+    if kind == "ExternalName":
+        name = spec.get("externalName")
+        if "externalName" not in spec:
+            yield Finding(("spec", "externalName"), "required field is missing for type ExternalName")
+        elif isinstance(name, str) and name and not is_subdomain(name.removesuffix(".")):
+            yield Finding(
+                ("spec", "externalName"), f"expected a DNS name: {SUBDOMAIN_HELP}, got {describe_value(name)}"
+            )
+        if spec.get("clusterIP"):
+            yield Finding(
+                ("spec", "clusterIP"), "may not be set for type ExternalName (it has no cluster IP)"
+            )
+        if spec.get("selector"):
+            yield Finding(("spec", "selector"), f"{IGNORED_FOR} type ExternalName", at_key=True, warning=True)
+    elif "externalName" in spec:
+        yield Finding(("spec", "externalName"), f"{IGNORED_FOR} type {kind}", at_key=True, warning=True)
+    if kind in EXPOSED_TYPES and headless:
+        yield Finding(
+            ("spec", "clusterIP"), f'may not be "None" for type {kind} (a headless Service has no node ports)'
+        )
+    if kind not in EXPOSED_TYPES and "externalTrafficPolicy" in spec:
+        yield Finding(
+            ("spec", "externalTrafficPolicy"),
+            f"may be set only for type NodePort or LoadBalancer (externally reachable), not {kind}",
+        )
+    affinity = spec.get("sessionAffinity", "None")
+    if "sessionAffinityConfig" in spec and affinity != "ClientIP":
+        yield Finding(
+            ("spec", "sessionAffinityConfig"),
+            f'must not be set when sessionAffinity is {describe_value(affinity)} (only with "ClientIP")',
+        )
+    ports = spec.get("ports")
+    if kind != "ExternalName" and not headless and (ports is None or ports == []):
+        missing = "required field is missing" if ports is None else "expected at least 1 item(s), got 0"
+        yield Finding(
+            ("spec", "ports"),
+            f"{missing} (only a headless Service, clusterIP: None, or an ExternalName Service "
+            "may have no ports)",
+        )
+    if kind not in EXPOSED_TYPES:
+        for port_path, port in _items(ports, ("spec", "ports")):
+            if "nodePort" in port:
+                yield Finding(
+                    (*port_path, "nodePort"),
+                    f"may be used only when type is NodePort or LoadBalancer, not {kind}",
+                )
+
+
 def _check_service(body: Mapping[str, Any]) -> Iterator[Finding]:
     yield from _check_metadata(body, dns1035=True)
     spec = _map(body.get("spec"))
     yield from _check_labels(spec.get("selector"), ("spec", "selector"))
+    yield from _check_service_type(spec)
     ports = list(_items(spec.get("ports"), ("spec", "ports")))
     names: dict[str, FieldPath] = {}
     numbers: dict[tuple[object, object], FieldPath] = {}
@@ -366,6 +480,15 @@ def _check_service(body: Mapping[str, Any]) -> Iterator[Finding]:
                     f"duplicate port {number[0]}/{number[1]} (also {format_path(numbers[number])})",
                 )
             numbers.setdefault(number, port_path)
+    taken: dict[tuple[int, str], NodePortClaim] = {}
+    for claim in node_port_claims(body):
+        first = taken.setdefault((claim.number, claim.protocol), claim)
+        if first is not claim and first.port_index != claim.port_index:
+            yield Finding(
+                claim.path,
+                f"{claim.what} {claim.number}/{claim.protocol} is also the {first.what} of "
+                f"{format_path(first.path)}; a port on the nodes leads to one Service port",
+            )
 
 
 def _check_base64(data: object, path: FieldPath) -> Iterator[Finding]:

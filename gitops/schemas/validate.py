@@ -3,7 +3,8 @@
 `validate_files` loads every document (`loader`), identifies its kind and apiVersion,
 checks it against its kind's JSON Schema (`schema`) and the rules a schema cannot state
 (`checks`), then checks the objects against each other: duplicates, undeclared
-namespaces, references to missing ConfigMaps, Secrets and keys. Every object that could
+namespaces, references to missing ConfigMaps, Secrets and keys, two Services taking one
+port on the nodes (node ports, LoadBalancer ports). Every object that could
 be identified comes out as a `Manifest`, errors or not; the caller decides what to do
 with a result that is not `ok`.
 """
@@ -25,7 +26,7 @@ from gitops.model import (
     content_hash,
 )
 
-from .checks import check_document
+from .checks import NodePortClaim, check_document, node_port_claims
 from .loader import Document, FieldPath, SourceFile, format_path, load_file
 from .schema import describe_value, schema_findings
 
@@ -231,6 +232,27 @@ def _check_references(deployment: _Object, objects: Mapping[ObjectKey, _Object],
             )
 
 
+def _check_node_ports(objects: Mapping[ObjectKey, _Object], report: _Report) -> None:
+    """A port on the nodes (a nodePort, a LoadBalancer's port) leads to one Service: the
+    first to claim it in file order keeps it, each later claim is an error naming it."""
+    taken: dict[tuple[int, str], tuple[_Object, NodePortClaim]] = {}
+    for item in objects.values():
+        if item.key.kind != "Service":
+            continue
+        for claim in node_port_claims(item.body):
+            holder, first = taken.setdefault((claim.number, claim.protocol), (item, claim))
+            if holder is item:
+                continue  # within one Service: `check_document` says so
+            role = f" as its {first.what}" if first.what != claim.what else ""
+            report.add(
+                item.document,
+                claim.path,
+                f"{claim.what} {claim.number}/{claim.protocol} is already used by {holder.key} "
+                f"({holder.document.location(first.path)}){role}",
+                item.key,
+            )
+
+
 def _check_document(document: Document, report: _Report) -> _Object | None:
     identified = _identify(document, report)
     if identified is None:
@@ -292,6 +314,7 @@ def validate_files(files: Sequence[SourceFile]) -> ValidationResult:
             )
         if item.key.kind == "Deployment":
             _check_references(item, objects, report)
+    _check_node_ports(objects, report)
 
     manifests = tuple(
         Manifest(

@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import hmac
 import ipaddress
+import itertools
 import json
 import sqlite3
 import threading
@@ -55,13 +56,16 @@ from gitops.model import (
     PodStatus,
     Revision,
     RolloutState,
+    ServicePort,
     SourceLocation,
     Taint,
     canonical_json,
 )
 from gitops.planner.plan import configs_of
 from gitops.planner.podspec import resolve_template
+from gitops.planner.services import EXPOSED, needs_vip, port_key, service_ports, service_type
 from gitops.redact import Redactor, secret_forms, truncate
+from gitops.schemas.checks import NODE_PORTS as NODE_PORT_RANGE
 from gitops.store.keys import SecretKeyError, SecretKeys, is_sealed
 from gitops.store.migrate import current as current_revision
 from gitops.store.migrate import head as head_revision
@@ -148,6 +152,25 @@ class NodeNameTaken(Exception):
     """A registration under the name of a node that is Ready, without that node's token."""
 
 
+class PodRangeExhausted(Exception):
+    """Every pod subnet of the cluster's pod range is held by a registered node."""
+
+
+def check_ranges(service_cidr: str, cluster_cidr: str, node_mask: int) -> None:
+    """Raise ValueError, saying why, unless the service and pod ranges can serve together."""
+    services = ipaddress.ip_network(service_cidr, strict=False)
+    pods = ipaddress.ip_network(cluster_cidr, strict=False)
+    if pods.version != 4 or services.version != 4:
+        raise ValueError("--cluster-cidr and --service-cidr: expected IPv4 ranges")
+    if services.overlaps(pods):
+        raise ValueError(f"--cluster-cidr {pods} overlaps --service-cidr {services}; give ranges apart")
+    if not pods.prefixlen <= node_mask <= 28:
+        raise ValueError(
+            f"--cluster-cidr {pods}: a node's pod subnet is a /{node_mask}, which must lie inside it "
+            "(and hold at least 16 addresses)"
+        )
+
+
 def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -194,6 +217,7 @@ def _node(row: NodeRow, now: float, grace: float) -> Node:
         ready=not reason,
         max_pods=row.max_pods,
         reason=reason,
+        pod_cidr=row.pod_cidr or "",
     )
 
 
@@ -220,6 +244,100 @@ def _revision(row: RevisionRow) -> RevisionRecord:
     )
 
 
+NODE_PORTS = range(NODE_PORT_RANGE[0], NODE_PORT_RANGE[1] + 1)
+
+
+@dataclass(frozen=True)
+class _PortClaim:
+    """A port a Service takes on every node: (number, protocol), and why."""
+
+    service: tuple[str, str]
+    number: int
+    protocol: str
+    what: str  # "nodePort" or "LoadBalancer port"
+    port: str  # the Service port it leads to, `port_key`
+
+
+def _allocate_node_ports(
+    services: Mapping[tuple[str, str], Manifest],
+    held: Mapping[tuple[str, str], Mapping[str, int]],
+    owners: Mapping[tuple[str, str], str],
+    source: str,
+) -> dict[tuple[str, str], dict[str, int]]:
+    """The node ports of every Service (`port_key` -> node port; empty unless NodePort or
+    LoadBalancer), given those they `held` so far; raises `Refused` naming both Services
+    when a Service of `source` claims a port on the nodes that another one holds.
+
+    A Service keeps its node port for a port as long as that port stays and it asks for no
+    other. Claims in effect before this revision (kept node ports, and every claim of other
+    sources' Services) are settled first; then this source's new claims (asked node ports,
+    LoadBalancer ports); then each port that asks for none gets the first free one from a
+    start that depends on the Service and port only, preferring the node port its
+    other-protocol twin (53/TCP beside 53/UDP) has."""
+    kept: dict[tuple[str, str], dict[str, int]] = {key: {} for key in services}
+    settled: list[_PortClaim] = []
+    new: list[_PortClaim] = []
+    pending: list[tuple[tuple[str, str], ServicePort]] = []
+    for key in sorted(services):
+        m = services[key]
+        if service_type(m) not in EXPOSED:
+            continue
+        ours = owners.get(key, source) == source
+        for p in service_ports(m):
+            name = port_key(p)
+            before = held.get(key, {}).get(name)
+            if before is not None and p.node_port in (0, before):
+                kept[key][name] = before
+                settled.append(_PortClaim(key, before, p.protocol, "nodePort", name))
+            elif p.node_port:
+                kept[key][name] = p.node_port
+                (new if ours else settled).append(_PortClaim(key, p.node_port, p.protocol, "nodePort", name))
+            else:
+                pending.append((key, p))
+            if service_type(m) == "LoadBalancer":
+                claim = _PortClaim(key, p.port, p.protocol, "LoadBalancer port", name)
+                (new if ours else settled).append(claim)
+    taken: dict[tuple[int, str], _PortClaim] = {}
+    for claim in settled:  # in effect already: a clash among them is not this source's to fix
+        taken.setdefault((claim.number, claim.protocol), claim)
+    refusals = []
+    for claim in new:
+        first = taken.setdefault((claim.number, claim.protocol), claim)
+        if first is claim or (first.service == claim.service and first.port == claim.port):
+            continue
+        holder = services[first.service]
+        m = services[claim.service]
+        role = f" as its {first.what}" if first.what != claim.what else ""
+        refusals.append(
+            f"{m.location}: {m.key}: {claim.what} {claim.number}/{claim.protocol} (port {claim.port}) is "
+            f"already used by {holder.key} ({holder.location}, source {owners.get(first.service) or '-'})"
+            f"{role}; a port on the nodes leads to one Service"
+        )
+    if refusals:
+        raise Refused(refusals)
+    for key, p in pending:
+        twins = [n for k, n in kept[key].items() if k.split("/")[0] == str(p.port)]
+        start = int.from_bytes(
+            hashlib.sha256(f"{key[0]}/{key[1]}/{port_key(p)}".encode()).digest()[:8], "big"
+        )
+        candidates = itertools.chain(
+            twins, (NODE_PORTS[(start + i) % len(NODE_PORTS)] for i in range(len(NODE_PORTS)))
+        )
+        number = next((n for n in candidates if (n, p.protocol) not in taken), None)
+        if number is None:
+            m = services[key]
+            raise Refused(
+                [
+                    f"{m.location}: {m.key}: no node port is free for port {port_key(p)}: every one of "
+                    f"{NODE_PORTS[0]}-{NODE_PORTS[-1]}/{p.protocol} is taken; remove NodePort or "
+                    "LoadBalancer Services"
+                ]
+            )
+        kept[key][port_key(p)] = number
+        taken[number, p.protocol] = _PortClaim(key, number, p.protocol, "nodePort", port_key(p))
+    return kept
+
+
 class Store:
     """Cluster state in SQL (SQLite by default, PostgreSQL by URL).
 
@@ -234,15 +352,20 @@ class Store:
         *,
         keys: SecretKeys | None = None,
         service_cidr: str = "10.243.0.0/16",
+        cluster_cidr: str = "10.244.0.0/16",
+        node_cidr_mask: int = 24,
         heartbeat_grace: float = 40.0,
         read_only: bool = False,
     ) -> None:
+        check_ranges(service_cidr, cluster_cidr, node_cidr_mask)
         self.url = url
         self.read_only = read_only
         self.engine = make_engine(url, read_only=read_only)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.keys = keys or SecretKeys.generate()
         self.service_cidr = ipaddress.ip_network(service_cidr)
+        self.cluster_cidr = ipaddress.IPv4Network(cluster_cidr, strict=False)
+        self.node_cidr_mask = node_cidr_mask
         self.heartbeat_grace = heartbeat_grace
         self._redactor: tuple[Any, Redactor] = (object(), Redactor())
         self._redactor_lock = threading.Lock()
@@ -620,7 +743,7 @@ class Store:
             services = [
                 self._manifest(r) for r in s.scalars(select(ObjectRow).where(ObjectRow.kind == "Service"))
             ]
-            self._allocate_vips(s, services)
+            self._allocate_vips(s, services, source)
             summary = {"created": sorted(created), "changed": sorted(changed), "deleted": sorted(deleted)}
             record = RevisionRow(
                 source=source,
@@ -646,15 +769,20 @@ class Store:
             s.flush()
             return _revision(record)
 
-    def _allocate_vips(self, s: Session, services: Sequence[Manifest]) -> None:
-        """Give every Service of every source an address; free those of Services gone."""
+    def _allocate_vips(self, s: Session, services: Sequence[Manifest], source: str = "") -> None:
+        """Give every Service of every source that needs one an address (not a headless or
+        an ExternalName one), and every NodePort and LoadBalancer Service its node ports
+        (`_allocate_node_ports`); free those of Services gone or no longer needing them.
+        `source` is the source being applied: its Services are the ones whose port claims
+        may be refused."""
         rows = {(r.namespace, r.name): r for r in s.scalars(select(ServiceRow))}
-        wanted = {(m.key.namespace, m.key.name): m for m in services}
+        wanted = {(m.key.namespace, m.key.name): m for m in services if needs_vip(m)}
         for key, row in rows.items():
             if key not in wanted:
                 s.delete(row)
         s.flush()
-        used = {r.vip for k, r in rows.items() if k in wanted}
+        rows = {k: r for k, r in rows.items() if k in wanted}
+        used = {r.vip for r in rows.values()}
         net = self.service_cidr
         size = net.num_addresses
         missing = [key for key in sorted(wanted) if key not in rows]
@@ -682,7 +810,22 @@ class Store:
                         vip = candidate
                         break
             used.add(vip)
-            s.add(ServiceRow(namespace=key[0], name=key[1], vip=vip))
+            rows[key] = ServiceRow(namespace=key[0], name=key[1], vip=vip, node_ports={})
+            s.add(rows[key])
+        owners = {
+            (ns, name): owner
+            for ns, name, owner in s.execute(
+                select(ObjectRow.namespace, ObjectRow.name, ObjectRow.source).where(
+                    ObjectRow.kind == "Service"
+                )
+            )
+        }
+        allocated = _allocate_node_ports(
+            wanted, {k: dict(r.node_ports or {}) for k, r in rows.items()}, owners, source
+        )
+        for key, ports in allocated.items():
+            if (rows[key].node_ports or {}) != ports:
+                rows[key].node_ports = ports
 
     def desired(self) -> list[Manifest]:
         with self.session() as s:
@@ -725,15 +868,28 @@ class Store:
             return {ObjectKey(k, ns, n): src for k, ns, n, src in rows}
 
     def vips(self) -> dict[ObjectKey, str]:
+        """The virtual IP of every Service that has one (all but headless and ExternalName)."""
         with self.session() as s:
             return {ObjectKey("Service", r.namespace, r.name): r.vip for r in s.scalars(select(ServiceRow))}
 
+    def node_ports(self) -> dict[ObjectKey, dict[str, int]]:
+        """The node ports of every NodePort and LoadBalancer Service: `"<port>/<protocol>"` ->
+        node port (`gitops.planner.services.port_key`)."""
+        with self.session() as s:
+            return {
+                ObjectKey("Service", r.namespace, r.name): {str(k): int(v) for k, v in r.node_ports.items()}
+                for r in s.scalars(select(ServiceRow))
+                if r.node_ports
+            }
+
     # --- nodes ------------------------------------------------------------------------
 
-    def register_node(self, node: Node, token: str, now: float, *, presented: str = "") -> None:
-        """Register `node` (or update it) with a new token; raises `NodeNameTaken` when a
-        Ready node holds the name and `presented` is not its current token. A NotReady
-        node's name is free to take: its agent is gone or cut off."""
+    def register_node(self, node: Node, token: str, now: float, *, presented: str = "") -> str:
+        """Register `node` (or update it) with a new token and return its pod subnet (kept
+        from its last registration, else the first free one: `PodRangeExhausted` when none
+        is). Raises `NodeNameTaken` when a Ready node holds the name and `presented` is not
+        its current token. A NotReady node's name is free to take: its agent is gone or cut
+        off."""
         with self.session() as s:
             row = s.get(NodeRow, node.name)
             if row is None:
@@ -773,6 +929,57 @@ class Store:
             row.heartbeat_at = now
             row.runtime_error = ""
             row.runtime_error_since = None
+            if not self._holds_subnet(row):
+                row.pod_cidr = self._free_subnet(s, node.name)
+                s.add(
+                    EventRow(
+                        time=now, object=f"node {node.name}", reason="PodSubnetGiven", message=row.pod_cidr
+                    )
+                )
+            return row.pod_cidr or ""
+
+    def _holds_subnet(self, row: NodeRow) -> bool:
+        """Whether the node's subnet is one of this cluster's (the range may have changed)."""
+        if not row.pod_cidr:
+            return False
+        held = ipaddress.IPv4Network(row.pod_cidr)
+        return held.prefixlen == self.node_cidr_mask and held.subnet_of(self.cluster_cidr)
+
+    def _free_subnet(self, s: Session, node: str) -> str:
+        """The first subnet of the pod range no node holds (a node's is kept while it stays
+        registered; a deleted node's is free again)."""
+        held = {r for r in s.scalars(select(NodeRow.pod_cidr).where(NodeRow.pod_cidr.is_not(None)))}
+        for subnet in self.cluster_cidr.subnets(new_prefix=self.node_cidr_mask):
+            if str(subnet) not in held:
+                return str(subnet)
+        count = 2 ** (self.node_cidr_mask - self.cluster_cidr.prefixlen)
+        raise PodRangeExhausted(
+            f"node {node}: the pod range {self.cluster_cidr} holds {count} node subnets of "
+            f"/{self.node_cidr_mask} and every one is taken; delete nodes that are gone "
+            "(gitops node delete NAME), or start the server with a larger --cluster-cidr"
+        )
+
+    def delete_node(self, name: str, now: float) -> int:
+        """Forget node `name`: its pod subnet is free again, and its pods are deleted (their
+        owners place new ones elsewhere), as Kubernetes' pod garbage collector deletes the pods
+        of a deleted node. Returns how many pods were deleted; raises KeyError for an unknown
+        node. An agent still running there registers anew at its next sync."""
+        with self.session() as s:
+            row = s.get(NodeRow, name)
+            if row is None:
+                raise KeyError(name)
+            pods = len(s.scalars(select(PodRow.id).where(PodRow.node == name)).all())
+            s.execute(delete(PodRow).where(PodRow.node == name))
+            s.delete(row)
+            s.add(
+                EventRow(
+                    time=now,
+                    object=f"node {name}",
+                    reason="NodeDeleted",
+                    message=f"subnet {row.pod_cidr or '(none)'} freed; {pods} pod(s) deleted",
+                )
+            )
+            return pods
 
     def _adopt(self, s: Session, node: str, statuses: Sequence[PodStatus], now: float) -> bool:
         """Adopt reported containers of pods the store does not know, as those pods, when their

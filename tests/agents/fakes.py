@@ -23,7 +23,14 @@ class MemoryRuntime:
     down: bool = False  # the engine is stopped: every call raises RuntimeUnavailable
     published_on: dict[PodId, str] = field(default_factory=dict)  # the address each pod's ports got
     stop_gate: threading.Event | None = None  # when given, a stop waits for it (a slow SIGTERM)
+    env: dict[PodId, list[tuple[str, str]]] = field(default_factory=dict)  # service env first
+    networks_of: dict[PodId, str] = field(default_factory=dict)
+    networks: dict[str, str] = field(default_factory=dict)  # name -> subnet
     _ids: itertools.count[int] = field(default_factory=itertools.count)
+
+    def ensure_network(self, name: str, subnet: str, gateway: str, bridge: str) -> str:
+        self.networks[name] = subnet
+        return ""  # no bridge: the agent programs no routes or packet rules
 
     def list(self, node: NodeName) -> list[ContainerInfo]:
         if self.down:
@@ -38,6 +45,8 @@ class MemoryRuntime:
         restart: int = 0,
         *,
         address: str = "",
+        network: str = "",
+        env: Sequence[tuple[str, str]] = (),
     ) -> ContainerInfo:
         if self.down:
             raise RuntimeUnavailable("the Docker engine cannot be reached: connection refused")
@@ -61,6 +70,8 @@ class MemoryRuntime:
         self.containers[cid] = (node, info)
         self.mounts[pod.id] = list(mounts)
         self.published_on[pod.id] = address
+        self.env[pod.id] = [*env, *pod.spec.env]
+        self.networks_of[pod.id] = network
         self.log.append(f"run {pod.id}" + (f" #{restart}" if restart else ""))
         return info
 

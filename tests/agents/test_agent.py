@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from gitops.agents.agent import ARCHES, Agent, AgentConfig, service_rules, well_known_labels
+from gitops.agents.iptables import Backend
 from gitops.agents.probes import Verdict
 from gitops.codec import encode
 from gitops.model import (
@@ -176,7 +177,7 @@ def test_service_rules_reach_local_pods_directly_and_remote_pods_by_host_port() 
     svc = ServiceEndpoints("default", "web", "10.243.0.7", (port,), ((port, eps),))
     (rule,) = service_rules([svc], NODE)
     assert (rule.vip, rule.port, rule.protocol) == ("10.243.0.7", 80, "TCP")
-    assert rule.backends == (("172.17.0.2", 8080), ("192.0.2.11", 32002))
+    assert rule.backends == (Backend("172.17.0.2", 8080, local=True), Backend("192.0.2.11", 32002))
     assert dataclasses.asdict(rule)["service"] == "default/web:http"
 
 

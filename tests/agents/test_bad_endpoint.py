@@ -42,8 +42,10 @@ class PublishingRuntime(MemoryRuntime):
         restart: int = 0,
         *,
         address: str = "",
+        network: str = "",
+        env: Sequence[tuple[str, str]] = (),
     ) -> ContainerInfo:
-        info = super().run(node, pod, mounts, restart, address=address)
+        info = super().run(node, pod, mounts, restart, address=address, network=network, env=env)
         info = dataclasses.replace(info, host_ports=((8080, "TCP", 32000 + len(self.containers)),))
         self.containers[info.id] = (node, info)
         return info

@@ -30,6 +30,18 @@ ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "gitops-example/busybox:1"
 
 
+def remove_pod_networks(client: docker.DockerClient, nodes: list[str]) -> None:
+    """Remove the pod networks the agents of `nodes` made on this engine (their routes and
+    packet rules go with `IptablesProxy.cleanup`, their chains sharing its prefix)."""
+    from gitops.agents.network import pod_network_name
+
+    for node in nodes:
+        try:
+            client.networks.get(pod_network_name(node)).remove()
+        except docker.errors.NotFound:
+            continue
+
+
 def build_image(tag: str = IMAGE) -> None:
     subprocess.run([str(ROOT / "scripts" / "busybox-image"), tag], check=True, capture_output=True)
 
@@ -196,6 +208,7 @@ class Cluster:
                 c.remove(force=True)
             IptablesProxy(self.service_cidr, prefix=prefix).cleanup()
             shutil.rmtree(Path("/dev/shm/gitops") / node, ignore_errors=True)
+        remove_pod_networks(self.docker, list(self.prefixes))
 
     # --- observations -----------------------------------------------------------------
 

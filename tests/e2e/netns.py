@@ -1,9 +1,11 @@
-"""A second node on this machine: a network namespace with its own veth and dockerd.
+"""Another node on this machine: a network namespace with its own veth and dockerd.
 
-The namespace gets `10.251.<n>.2/24`, the host side of the veth `10.251.<n>.1/24`, and a
-default route through the host. Its dockerd has its own data root, exec root, socket and
-bridge (`172.31.<n>.1/24`), and is started through `nsenter --net=...` so it keeps the
-host's cgroups. Everything is removed on `stop()`.
+Every such node hangs off one bridge of the host (`LAN`, `10.251.0.1/24`), so the nodes
+share an L2 segment as the pod network's host-gw routes need: the namespace gets
+`10.251.0.<10+n>/24` and a default route through the host. Its dockerd has its own data
+root, exec root, socket and bridge (`172.31.<n>.1/24`), and is started through `nsenter
+--net=...` so it keeps the host's cgroups. Everything is removed on `stop()` (the bridge
+and its FORWARD rule with the last node).
 """
 
 from __future__ import annotations
@@ -16,9 +18,37 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+LAN = "gitopse2e0"
+LAN_ADDRESS = "10.251.0.1"
+# Docker's FORWARD policy is DROP, and frames crossing a bridge pass FORWARD (br_netfilter).
+LAN_ACCEPT = ["FORWARD", "-i", LAN, "-o", LAN, "-m", "comment", "--comment", "gitops e2e lan", "-j", "ACCEPT"]
+
 
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+def _lan_up() -> None:
+    if subprocess.run(["ip", "link", "show", LAN], capture_output=True, check=False).returncode != 0:
+        _ip("link", "add", LAN, "type", "bridge")
+        _ip("addr", "add", f"{LAN_ADDRESS}/24", "dev", LAN)
+        _ip("link", "set", LAN, "up")
+    if subprocess.run(["iptables", "-C", *LAN_ACCEPT], capture_output=True, check=False).returncode != 0:
+        subprocess.run(
+            ["iptables", "-I", *LAN_ACCEPT[:1], "1", *LAN_ACCEPT[1:]], check=True, capture_output=True
+        )
+
+
+def _lan_down_if_unused() -> None:
+    members = subprocess.run(
+        ["ip", "-o", "link", "show", "master", LAN], capture_output=True, text=True, check=False
+    )
+    if members.returncode == 0 and not members.stdout.strip():
+        while (
+            subprocess.run(["iptables", "-D", *LAN_ACCEPT], capture_output=True, check=False).returncode == 0
+        ):
+            pass
+        subprocess.run(["ip", "link", "del", LAN], capture_output=True, check=False)
 
 
 @dataclass
@@ -32,11 +62,12 @@ class NetnsNode:
 
     @property
     def address(self) -> str:
-        return f"10.251.{self.index}.2"
+        return f"10.251.0.{10 + self.index}"
 
     @property
     def host_address(self) -> str:
-        return f"10.251.{self.index}.1"
+        """The host's address on the nodes' segment (where a control plane listens for them)."""
+        return LAN_ADDRESS
 
     @property
     def docker_host(self) -> str:
@@ -53,7 +84,8 @@ class NetnsNode:
         _ip("netns", "add", self.name)
         _ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if)
         _ip("link", "set", ns_if, "netns", self.name)
-        _ip("addr", "add", f"{self.host_address}/24", "dev", host_if)
+        _lan_up()
+        _ip("link", "set", host_if, "master", LAN)
         _ip("link", "set", host_if, "up")
         _ip("-n", self.name, "addr", "add", f"{self.address}/24", "dev", ns_if)
         _ip("-n", self.name, "link", "set", ns_if, "up")
@@ -113,4 +145,5 @@ class NetnsNode:
         subprocess.run(["umount", "-l", str(self.root / "data")], capture_output=True, check=False)
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True, check=False)
         subprocess.run(["ip", "link", "del", f"gov{self.index}h"], capture_output=True, check=False)
+        _lan_down_if_unused()
         shutil.rmtree(self.root, ignore_errors=True)

@@ -28,7 +28,7 @@ import httpx
 import pytest
 
 from tests.conftest import docker_available, free_port, iptables_available, require, wait_for
-from tests.e2e.cluster import IMAGE, ROOT, build_image
+from tests.e2e.cluster import IMAGE, ROOT, build_image, remove_pod_networks
 from tests.e2e.netns import NetnsNode
 
 pytestmark = pytest.mark.docker
@@ -105,7 +105,7 @@ class FaultCluster:
         (self.folder / "web.yaml").write_text(manifests("one"))
         (self.tmp / "join").write_text("fault-join-token\n")
         self.start_server()
-        self.start_agent(self.host_node, [], [])
+        self.start_agent(self.host_node, [], ["--address", self.netns.host_address])
         self.start_agent(
             self.netns.name,
             self.netns.nsenter,
@@ -189,6 +189,7 @@ class FaultCluster:
         for c in client.containers.list(all=True, filters={"label": f"gitops.node={self.host_node}"}):
             c.remove(force=True)
         IptablesProxy(CIDR, prefix=self.prefix).cleanup()
+        remove_pod_networks(client, [self.host_node])
         subprocess.run(
             [*self.netns.nsenter, "iptables", "-D", "OUTPUT", "-d", self.netns.host_address, "-j", "DROP"],
             capture_output=True,

@@ -20,7 +20,7 @@ from gitops.server import ControlPlane
 from gitops.store import Store
 from gitops.sync.sources import GitSource
 from tests.conftest import docker_available, free_port, iptables_available, require, wait_for
-from tests.e2e.cluster import IMAGE, ROOT, build_image, git, http_get, web_manifests
+from tests.e2e.cluster import IMAGE, ROOT, build_image, git, http_get, remove_pod_networks, web_manifests
 from tests.e2e.netns import NetnsNode
 
 pytestmark = pytest.mark.docker
@@ -70,7 +70,7 @@ class TwoNodes:
             controller_interval=0.5,
         )
         self.plane.start()
-        self._agent([], self.host_node, [])
+        self._agent([], self.host_node, ["--address", self.netns.host_address])
         self._agent(
             self.netns.nsenter,
             self.netns.name,
@@ -124,6 +124,7 @@ class TwoNodes:
         for c in runtime.list(NodeName(self.host_node)):
             runtime.remove(c.id, 0)
         IptablesProxy("10.250.1.0/24", prefix=self.prefix).cleanup()
+        remove_pod_networks(runtime.client, [self.host_node])
         self.netns.stop()
 
 

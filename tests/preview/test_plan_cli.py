@@ -145,6 +145,20 @@ def test_warnings_name_a_service_that_selects_nothing_and_an_unused_configmap(
     assert "cm.yaml:1:1: ConfigMap default/leftover: no Deployment uses this ConfigMap" in out
 
 
+def test_an_external_name_service_selecting_nothing_is_no_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], nodes_file: Path
+) -> None:
+    external = (
+        "apiVersion: v1\nkind: Service\nmetadata: {name: db}\n"
+        "spec: {type: ExternalName, externalName: db.example.com}\n"
+    )
+    repo = Repo(tmp_path / "repo")
+    base = repo.commit({"web.yaml": deployment()}, "base")
+    repo.commit({"db.yaml": external}, "db")
+    _, out, _ = plan(capsys, repo, "--base", base, "--state", str(nodes_file))
+    assert "selects no pods" not in out
+
+
 def test_a_secret_change_shows_which_key_changed_but_never_a_value(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], nodes_file: Path
 ) -> None:

@@ -33,7 +33,6 @@ def test_a_full_deployment_service_and_configmap_load_with_warnings_and_no_error
         "spec.template.spec.containers[0].terminationMessagePath: "
         f"{IGNORED}",
         f"apps/web.yaml:107:1: Deployment default/web: status: {IGNORED}",
-        f"apps/web.yaml:120:3: Service default/web: spec.sessionAffinity: {IGNORED}",
         f"apps/web.yaml:128:1: Service default/web: status: {IGNORED}",
     ]
 

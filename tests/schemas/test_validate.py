@@ -183,15 +183,15 @@ def test_a_label_value_that_is_a_number_is_an_error() -> None:
     ]
 
 
-def test_other_service_types_are_not_supported() -> None:
+def test_a_service_type_outside_kubernetes_four_is_an_error() -> None:
     text = (
         "apiVersion: v1\nkind: Service\nmetadata: {name: web}\n"
-        "spec:\n  type: NodePort\n  ports: [{port: 80}]\n"
+        "spec:\n  type: NodePorts\n  ports: [{port: 80}]\n"
     )
     result = validate_one(text)
     assert errors(result) == [
-        'apps/web.yaml:5:9: Service default/web: spec.type: expected "ClusterIP" '
-        '(NodePort, LoadBalancer and ExternalName services are not supported), got "NodePort"'
+        'apps/web.yaml:5:9: Service default/web: spec.type: expected one of "ClusterIP", "NodePort", '
+        '"LoadBalancer", "ExternalName", got "NodePorts"'
     ]
 
 
