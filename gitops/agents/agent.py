@@ -411,7 +411,12 @@ class Agent:
         try:
             if self._proxy is None:
                 self._proxy = IptablesProxy(
-                    reply["service_cidr"], prefix=self.config.chain_prefix, iptables=self.config.iptables
+                    reply["service_cidr"],
+                    prefix=self.config.chain_prefix,
+                    iptables=self.config.iptables,
+                    # Unchanged endpoints cost nothing; the kernel's chains are read again (and
+                    # repaired if someone changed them) every 10 s.
+                    recheck_seconds=10.0,
                 )
                 self._proxy.install()
             self._proxy.sync(service_rules(services, node, self._cluster_cidr))

@@ -74,7 +74,7 @@ import re
 import shlex
 import subprocess
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -638,7 +638,15 @@ class IptablesProxy:
         iptables: str = "iptables",
         route_localnet: bool = True,
         sysctl_dir: Path = Path("/proc/sys"),
+        recheck_seconds: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`recheck_seconds`: a sync given the same rules as the last one within that time
+        does nothing at all (no `iptables-save`); after it, the kernel's chains are read and
+        repaired again. 0 reads them at every sync."""
+        self.recheck_seconds = recheck_seconds
+        self.clock = clock
+        self._settled: tuple[list[ServiceRule], float] | None = None  # rules last found in place, when
         self.service_cidr = str(ipaddress.IPv4Network(service_cidr, strict=False))
         self.prefix = check_prefix(prefix)
         self.iptables = iptables
@@ -733,6 +741,14 @@ class IptablesProxy:
         if problems and tuple(problems) != self.skipped:
             log.warning("iptables.rules_skipped", skipped=len(problems), first=problems[0])
         self.skipped = tuple(problems)
+        now = self.clock()
+        if (
+            self._settled is not None
+            and self._settled[0] == rules
+            and now - self._settled[1] < self.recheck_seconds
+        ):
+            return False
+        self._settled = None
         saved = {table: self._save(table) for table in TABLES}
         if not self._jumps_present(saved):
             self.install()
@@ -742,10 +758,12 @@ class IptablesProxy:
         present = nat_chains | parse_chains(saved["filter"], self.prefix)
         if text == self._last_applied and parse_chains(text, self.prefix) <= present:
             log.debug("iptables.unchanged", services=len(rules))
+            self._settled = (rules, now)
             return False
         self._last_applied = None
         self._restore(text)
         self._last_applied = text
+        self._settled = (rules, now)
         log.info(
             "iptables.synced",
             services=len(rules),
@@ -771,6 +789,7 @@ class IptablesProxy:
     def cleanup(self) -> None:
         """Remove our jump rules and all our chains; a no-op when nothing is left.
         `route_localnet` stays as it is: other software may rely on it too."""
+        self._settled = None
         removed_jumps = 0
         chains: dict[str, set[str]] = {}
         for table in TABLES:

@@ -175,6 +175,27 @@ def test_sync_of_identical_rules_is_skipped(proxy: IptablesProxy) -> None:
     assert proxy.sync([web((("192.0.2.200", 8080),))]) is True
 
 
+def test_unchanged_rules_within_the_recheck_time_read_nothing_and_later_are_repaired(
+    proxy: IptablesProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent syncs every second: unchanged endpoints cost no iptables-save, and the
+    chains are still read (and repaired) every `recheck_seconds`."""
+    clock = {"now": 100.0}
+    proxy.recheck_seconds, proxy.clock = 10.0, lambda: clock["now"]
+    assert proxy.sync([web()]) is True
+    saves: list[str] = []
+    real_save = proxy._save
+    monkeypatch.setattr(proxy, "_save", lambda table: saves.append(table) or real_save(table))
+    jump = ["-m", "comment", "--comment", "gitops service portals", "-j", f"{proxy.prefix}-SERVICES"]
+    subprocess.run(["iptables", "-t", "nat", "-D", "OUTPUT", *jump], check=True)
+    clock["now"] += 9
+    assert proxy.sync([web()]) is False and saves == []  # not noticed yet
+    clock["now"] += 2
+    assert proxy.sync([web()]) is True and saves  # read again, and repaired
+    assert proxy.sync([web((("192.0.2.200", 8080),))]) is True  # a change applies at once
+    assert f'-A OUTPUT -m comment --comment "gitops service portals" -j {proxy.prefix}-SERVICES' in save()
+
+
 def test_sync_repairs_chains_removed_behind_its_back(proxy: IptablesProxy) -> None:
     """Level-triggered: if someone deletes our jumps and chains, the next sync puts them back."""
     proxy.sync([web()])
