@@ -31,6 +31,9 @@ from tests.agents.fakes import MemoryRuntime
 
 NODE = NodeName("n1")
 
+# These agents talk to no kernel: their service rules fail to apply, and are reported.
+NO_IPTABLES = "/nonexistent/iptables"
+
 
 def pod(name: str, image: str = "web:1", template: str = "aaa", **spec: object) -> Pod:
     return Pod(
@@ -49,7 +52,9 @@ def restarts(rt: MemoryRuntime) -> list[str]:
 
 
 def make_agent(tmp_path: Path, runtime: MemoryRuntime) -> Agent:
-    config = AgentConfig(server="http://127.0.0.1:9", node=NODE, join_token="t", state_dir=tmp_path)
+    config = AgentConfig(
+        iptables=NO_IPTABLES, server="http://127.0.0.1:9", node=NODE, join_token="t", state_dir=tmp_path
+    )
     return Agent(config, runtime, clock=lambda: runtime.now)
 
 
@@ -228,7 +233,12 @@ def test_pod_ports_are_published_on_the_address_the_node_registered_with(tmp_pat
 
     rt = MemoryRuntime()
     config = AgentConfig(
-        server="http://gitops.invalid", node=NODE, join_token="t", state_dir=tmp_path, address="192.0.2.7"
+        iptables=NO_IPTABLES,
+        server="http://gitops.invalid",
+        node=NODE,
+        join_token="t",
+        state_dir=tmp_path,
+        address="192.0.2.7",
     )
     agent = Agent(config, rt, clock=lambda: rt.now)
     agent._http = httpx.Client(transport=httpx.MockTransport(server), base_url="http://gitops.invalid")
@@ -244,6 +254,7 @@ def test_a_node_registers_with_the_labels_kubelet_sets_and_its_own_over_them(tmp
         return httpx.Response(200, json={"token": "tok", "service_cidr": "10.243.0.0/16"})
 
     config = AgentConfig(
+        iptables=NO_IPTABLES,
         server="http://gitops.invalid",
         node=NODE,
         join_token="t",

@@ -24,6 +24,9 @@ from tests.agents.fakes import MemoryRuntime
 NODE = NodeName("n1")
 SECRET = "s3cret-Value-9931"
 
+# These agents talk to no kernel: their service rules fail to apply, and are reported.
+NO_IPTABLES = "/nonexistent/iptables"
+
 
 def secret_pod(name: str = "a", **spec: Any) -> Pod:
     return Pod(
@@ -44,6 +47,7 @@ def _shm(tmp_path: Path) -> Iterator[None]:
 
 def agent(tmp_path: Path, rt: MemoryRuntime, secret_dir: Path | None = None) -> Agent:
     config = AgentConfig(
+        iptables=NO_IPTABLES,
         server="http://gitops.invalid",
         node=NODE,
         join_token="t",

@@ -19,6 +19,9 @@ from tests.agents.fakes import MemoryRuntime
 from tests.conftest import free_port, wait_for
 from tests.planner.factories import deployment, service
 
+# These agents talk to no kernel: their service rules fail to apply, and are reported.
+NO_IPTABLES = "/nonexistent/iptables"
+
 
 class FakeProxy:
     skipped: tuple[str, ...] = ()
@@ -29,6 +32,7 @@ class FakeProxy:
 
 def make_agent(plane: ControlPlane, tmp_path: Path, runtime: MemoryRuntime) -> Agent:
     config = AgentConfig(
+        iptables=NO_IPTABLES,
         server=plane.url,
         node=NodeName("n1"),
         join_token=plane.join_token,

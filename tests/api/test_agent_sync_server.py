@@ -20,6 +20,9 @@ from tests.planner.factories import deployment, service
 
 NODE = {"name": "n1", "address": "192.0.2.10", "cpu_milli": 4000, "memory_bytes": 2**32}
 
+# These agents talk to no kernel: their service rules fail to apply, and are reported.
+NO_IPTABLES = "/nonexistent/iptables"
+
 
 @pytest.fixture
 def plane(tmp_path: Path) -> ControlPlane:
@@ -91,6 +94,7 @@ def test_agents_share_one_computation_of_the_endpoints(
 def test_an_agent_refused_its_name_stops_and_says_why(plane: ControlPlane, tmp_path: Path) -> None:
     register(plane.url, plane.join_token)  # n1 is registered and Ready
     config = AgentConfig(
+        iptables=NO_IPTABLES,
         server=plane.url,
         node=NodeName("n1"),
         join_token=plane.join_token,
@@ -108,6 +112,7 @@ def test_a_restarted_agent_takes_its_own_name_back_with_its_saved_token(
     plane: ControlPlane, tmp_path: Path
 ) -> None:
     config = AgentConfig(
+        iptables=NO_IPTABLES,
         server=plane.url,
         node=NodeName("n7"),
         join_token=plane.join_token,
@@ -132,6 +137,7 @@ def test_gitops_agent_exits_non_zero_saying_why_when_refused(
 
     def agent(args: object, server: str, token: str, state: Path) -> Agent:
         config = AgentConfig(
+            iptables=NO_IPTABLES,
             server=server,
             node=NodeName("n1"),
             join_token=token,
