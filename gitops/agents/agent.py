@@ -441,15 +441,16 @@ class Agent:
             return []
         problems: list[str] = []
         cfg = self.config
-        if not self._network:
-            name = pod_network_name(cfg.node)
-            try:
-                self._bridge = self.runtime.ensure_network(
-                    name, self._pod_cidr, gateway(self._pod_cidr), bridge_name(cfg.node)
-                )
-                self._network = name
-            except (RuntimeFailure, RuntimeUnavailable, OSError) as exc:
-                return [f"pod network {self._pod_cidr}: {exc}"]
+        # Every tick: a network removed behind the agent's back is made again.
+        name = pod_network_name(cfg.node)
+        try:
+            self._bridge = self.runtime.ensure_network(
+                name, self._pod_cidr, gateway(self._pod_cidr), bridge_name(cfg.node)
+            )
+            self._network = name
+        except (RuntimeFailure, RuntimeUnavailable, OSError) as exc:
+            self._network = ""
+            return [f"pod network {self._pod_cidr}: {exc}"]
         if self._bridge:
             if self._net is None:
                 self._net = PodNetwork(prefix=cfg.chain_prefix, iptables=cfg.iptables)

@@ -259,6 +259,15 @@ class DockerRuntime:
 
     def ensure_network(self, name: str, subnet: str, gateway: str, bridge: str) -> str:
         try:
+            return self._ensure_network(name, subnet, gateway, bridge)
+        except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
+            if _unavailable(exc):
+                raise RuntimeUnavailable(f"the Docker engine cannot be reached: {_short(exc)}") from exc
+            explanation = getattr(exc, "explanation", None)
+            raise RuntimeFailure(f"network {name}: {explanation or _short(exc)}") from exc
+
+    def _ensure_network(self, name: str, subnet: str, gateway: str, bridge: str) -> str:
+        try:
             found = self.client.networks.get(name)
         except docker.errors.NotFound:
             found = None

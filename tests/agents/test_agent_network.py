@@ -9,6 +9,7 @@ import httpx
 from gitops.agents.agent import Agent, AgentConfig, service_rules
 from gitops.agents.iptables import Backend
 from gitops.agents.network import pod_network_name
+from gitops.agents.runtime import RuntimeFailure
 from gitops.codec import encode
 from gitops.model import (
     Endpoint,
@@ -83,6 +84,40 @@ def test_pods_run_on_the_nodes_pod_network_with_resolv_conf_and_service_variable
         "nameserver 10.244.5.1\nsearch default.svc.cluster.local svc.cluster.local cluster.local"
     )
     assert "options ndots:5" in text
+
+
+class NoNetworkRuntime(MemoryRuntime):
+    def ensure_network(self, name: str, subnet: str, gateway: str, bridge: str) -> str:
+        raise RuntimeFailure(f"network {name}: Pool overlaps with other one on this address space")
+
+
+def test_a_pod_network_that_cannot_be_made_is_reported_and_pods_still_run(tmp_path: Path) -> None:
+    pod = Pod(
+        "default",
+        PodName("a"),
+        ObjectKey("Deployment", "default", "a"),
+        "h",
+        PodSpec(image="web:1"),
+        node=NODE,
+    )
+
+    def server(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/register"):
+            return httpx.Response(
+                200, json={"token": "t", "service_cidr": "10.243.0.0/16", "pod_cidr": "10.244.5.0/24"}
+            )
+        reply = {"pods": [encode(pod)], "services": [], "service_cidr": "10.243.0.0/16", "routes": []}
+        return httpx.Response(200, json=reply)
+
+    rt = NoNetworkRuntime()
+    config = AgentConfig(
+        server="http://x.invalid", node=NODE, join_token="t", state_dir=tmp_path, iptables="/nonexistent"
+    )
+    agent = Agent(config, rt, clock=lambda: rt.now)
+    agent._http = httpx.Client(transport=httpx.MockTransport(server), base_url="http://x.invalid")
+    agent.tick()
+    assert any("pod network 10.244.5.0/24" in p and "Pool overlaps" in p for p in agent._proxy_problems)
+    assert rt.networks_of[PodId("default/a")] == ""  # on the engine's default network, ports published
 
 
 def test_service_backends_are_pod_addresses_on_every_node_in_the_pod_range() -> None:
