@@ -456,7 +456,11 @@ class Agent:
                 self._net = PodNetwork(prefix=cfg.chain_prefix, iptables=cfg.iptables)
             try:
                 self._net.sync(
-                    self._pod_cidr, self._cluster_cidr or self._pod_cidr, routes, bridge=self._bridge
+                    self._pod_cidr,
+                    self._cluster_cidr or self._pod_cidr,
+                    routes,
+                    bridge=self._bridge,
+                    address=self._address,
                 )
                 problems += self._net.problems
             except NetworkError as exc:

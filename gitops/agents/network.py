@@ -9,8 +9,11 @@ a /24 per node by default). The agent
 - routes every other node's subnet through that node's address, as flannel's host-gw mode
   does (`ip route replace SUBNET via NODE proto 103`; the protocol number marks the routes as
   ours, so a route whose node was deleted is found and removed, and no other route is
-  touched). This needs the nodes on one L2 segment: a next hop must be on a local link.
-  A route that cannot be added is reported, never fatal;
+  touched). A node beyond this node's links is reached through a VXLAN overlay instead
+  (`gvx<hash>`, VNI 1, UDP 8472, the subnet's `.0` as the node's tunnel address, a flooding
+  entry per remote node, so ARP finds the remote tunnel addresses and no MAC address goes
+  through the control plane), as flannel's vxlan backend with DirectRouting does. A route
+  that cannot be added is reported, never fatal;
 - programs two chains of its own (iptables, one `iptables-restore --noflush` per change):
   `{prefix}-PODNET` in the nat table, jumped to from POSTROUTING, masquerades what pods send
   beyond the cluster's pod range (so the Internet sees the node's address, while traffic
@@ -38,6 +41,10 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
+VXLAN_ID = "1"
+VXLAN_PORT = "8472"  # flannel's, and Linux's historical VXLAN port
+VXLAN_MTU = 1450  # 1500 less the 50 bytes of VXLAN encapsulation
+ZERO_MAC = "00:00:00:00:00:00"
 ROUTE_PROTOCOL = "103"  # marks the routes the agent adds (iproute2's table lists 0-18, 42, 99, 186-192)
 JUMP_COMMENT = "gitops pod network"
 _WAIT = ("-w", "10")
@@ -142,6 +149,35 @@ def parse_routes(text: str) -> list[Route]:
     return routes
 
 
+def vxlan_name(prefix: str) -> str:
+    return "gvx" + hashlib.sha256(prefix.encode()).hexdigest()[:10]
+
+
+def tunnel_address(subnet: str) -> str:
+    """A node's address on the overlay: its subnet's `.0`, as flannel's VXLAN backend has it."""
+    return str(ipaddress.IPv4Network(subnet).network_address)
+
+
+def split_routes(
+    routes: Sequence[Route], connected: Sequence[str], local_addresses: Collection[str], own_subnet: str
+) -> tuple[list[Route], list[Route]]:
+    """(routes through a node on one of this node's links: host-gw; the others: VXLAN)."""
+    links = [ipaddress.IPv4Network(c, strict=False) for c in connected]
+    direct: list[Route] = []
+    overlay: list[Route] = []
+    for route in routes:
+        if route.subnet == own_subnet or route.via in local_addresses:
+            direct.append(route)  # dropped by route_changes
+            continue
+        try:
+            via = ipaddress.IPv4Address(route.via)
+        except ValueError:
+            direct.append(route)  # reported by the route command
+            continue
+        (direct if any(via in link for link in links) else overlay).append(route)
+    return direct, overlay
+
+
 def ports_without_hairpin(ip_details: str) -> list[str]:
     """The bridge ports in `ip -d -o link show master BRIDGE` output whose hairpin is off."""
     ports = []
@@ -160,6 +196,8 @@ class PodNetwork:
         self.iptables = iptables
         self.ip = ip
         self._rules: str | None = None
+        self._vxlan_checked = False
+        self.vxlan = vxlan_name(prefix)
         self.problems: tuple[str, ...] = ()  # what the last sync could not do, and why
 
     def _run(self, args: Sequence[str], *, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -195,8 +233,17 @@ class PodNetwork:
             raise NetworkError(f"ip route show failed: {done.stderr.strip()}")
         return parse_routes(done.stdout)
 
-    def sync(self, pod_cidr: str, cluster_cidr: str, routes: Sequence[Route], *, bridge: str = "") -> None:
-        """Make the rules and our routes match, and let the pods of `bridge` reach themselves
+    def sync(
+        self,
+        pod_cidr: str,
+        cluster_cidr: str,
+        routes: Sequence[Route],
+        *,
+        bridge: str = "",
+        address: str = "",
+    ) -> None:
+        """Make the rules and our routes match (through the VXLAN overlay, from this node's
+        `address`, for nodes beyond its links), and let the pods of `bridge` reach themselves
         through a VIP (`hairpin`); what cannot be done is in `problems`."""
         problems: list[str] = []
         if bridge:
@@ -205,26 +252,98 @@ class PodNetwork:
             self._sync_rules(pod_cidr, cluster_cidr)
         except NetworkError as exc:
             problems.append(f"pod network rules: {exc}")
-        add, delete, skipped = route_changes(routes, self.routes(), self.local_addresses(), pod_cidr)
+        local = self.local_addresses()
+        direct, overlay = split_routes(routes, self.connected(), local, pod_cidr)
+        if overlay and not address:
+            problems.append("nodes beyond this node's links need the VXLAN overlay, which needs its address")
+            overlay = []
+        if overlay:
+            try:
+                self._sync_vxlan(pod_cidr, address, [r.via for r in overlay])
+            except NetworkError as exc:
+                problems.append(f"VXLAN overlay: {exc}")
+                overlay = []
+        wanted = [*direct, *(Route(r.subnet, tunnel_address(r.subnet)) for r in overlay)]
+        tunneled = {r.subnet for r in overlay}
+        add, delete, skipped = route_changes(wanted, self.routes(), local, pod_cidr)
         problems += skipped
         for route in delete:
             done = self._run([self.ip, "route", "del", route.subnet, "proto", ROUTE_PROTOCOL])
             if done.returncode == 0:
                 log.info("network.route_deleted", subnet=route.subnet, via=route.via)
         for route in add:
-            done = self._run(
-                [self.ip, "route", "replace", route.subnet, "via", route.via, "proto", ROUTE_PROTOCOL]
-            )
+            via = [self.ip, "route", "replace", route.subnet, "via", route.via]
+            if route.subnet in tunneled:
+                via += ["dev", self.vxlan, "onlink"]
+            done = self._run([*via, "proto", ROUTE_PROTOCOL])
             if done.returncode != 0:
-                problems.append(
-                    f"route to pod subnet {route.subnet} via node {route.via}: {done.stderr.strip()} "
-                    "(host-gw routing needs the nodes on one L2 segment)"
-                )
+                problems.append(f"route to pod subnet {route.subnet} via {route.via}: {done.stderr.strip()}")
             else:
-                log.info("network.route_added", subnet=route.subnet, via=route.via)
+                log.info(
+                    "network.route_added", subnet=route.subnet, via=route.via, vxlan=route.subnet in tunneled
+                )
+        if not overlay:
+            self._drop_vxlan()
         if tuple(problems) != self.problems and problems:
             log.warning("network.problems", count=len(problems), first=problems[0])
         self.problems = tuple(problems)
+
+    def connected(self) -> list[str]:
+        """The subnets on this node's links (`ip route show scope link`)."""
+        done = self._run([self.ip, "-4", "-o", "route", "show", "scope", "link"])
+        return [
+            line.split()[0] for line in done.stdout.splitlines() if line.split() and "/" in line.split()[0]
+        ]
+
+    def _sync_vxlan(self, pod_cidr: str, address: str, remotes: Sequence[str]) -> None:
+        """The VXLAN device (VNI 1, UDP 8472 as flannel's), holding `<subnet>.0/32`, with a
+        flooding entry per remote node: an ARP for a remote subnet's `.0` reaches every remote
+        node, and the one holding it answers; answers are learnt."""
+        dev = self.vxlan
+        self._vxlan_checked = False  # to be removed again when no node needs it
+        if self._run([self.ip, "link", "show", dev]).returncode != 0:
+            made = self._run(
+                [
+                    self.ip,
+                    "link",
+                    "add",
+                    dev,
+                    "type",
+                    "vxlan",
+                    "id",
+                    VXLAN_ID,
+                    "dstport",
+                    VXLAN_PORT,
+                    "local",
+                    address,
+                    "learning",
+                ]
+            )
+            if made.returncode != 0:
+                raise NetworkError(f"ip link add {dev} type vxlan: {made.stderr.strip()}")
+            self._run([self.ip, "link", "set", dev, "mtu", str(VXLAN_MTU)])
+            log.info("network.vxlan_created", device=dev, local=address)
+        self._run([self.ip, "addr", "replace", f"{tunnel_address(pod_cidr)}/32", "dev", dev])
+        self._run([self.ip, "link", "set", dev, "up"])
+        listed = self._run(["bridge", "fdb", "show", "dev", dev]).stdout
+        present = {
+            w[w.index("dst") + 1]
+            for w in (line.split() for line in listed.splitlines())
+            if w and w[0] == ZERO_MAC and "dst" in w
+        }
+        for remote in sorted(set(remotes) - present):
+            done = self._run(["bridge", "fdb", "append", ZERO_MAC, "dev", dev, "dst", remote])
+            if done.returncode != 0:
+                raise NetworkError(f"bridge fdb append {remote}: {done.stderr.strip()}")
+        for gone in sorted(present - set(remotes)):
+            self._run(["bridge", "fdb", "del", ZERO_MAC, "dev", dev, "dst", gone])
+
+    def _drop_vxlan(self) -> None:
+        if self._vxlan_checked:
+            return
+        self._vxlan_checked = True
+        if self._run([self.ip, "link", "show", self.vxlan]).returncode == 0:
+            self._run([self.ip, "link", "del", self.vxlan])
 
     def _sync_rules(self, pod_cidr: str, cluster_cidr: str) -> None:
         text = render_rules(pod_cidr, cluster_cidr, prefix=self.prefix)
@@ -253,9 +372,11 @@ class PodNetwork:
         )
 
     def cleanup(self) -> None:
-        """Remove our routes, jumps and chains; a no-op when nothing is left."""
+        """Remove our routes, VXLAN device, jumps and chains; a no-op when nothing is left."""
         for route in self.routes():
             self._run([self.ip, "route", "del", route.subnet, "proto", ROUTE_PROTOCOL])
+        self._vxlan_checked = False
+        self._drop_vxlan()
         for table, builtin, spec in jump_rules(self.prefix):
             while self._iptables(table, "-D", builtin, *spec).returncode == 0:
                 pass

@@ -10,6 +10,8 @@ from gitops.agents.network import (
     ports_without_hairpin,
     render_rules,
     route_changes,
+    split_routes,
+    tunnel_address,
 )
 
 
@@ -65,3 +67,15 @@ def test_bridge_ports_without_hairpin_are_found_in_ip_details() -> None:
         "7: vethbb7@if6: <UP> master gpod1 \\ bridge_slave hairpin on guard off\n"
     )
     assert ports_without_hairpin(text) == ["vethaa6"]
+
+
+def test_nodes_on_a_link_are_routed_directly_and_the_others_through_the_overlay() -> None:
+    routes = [
+        Route("10.244.1.0/24", "10.251.0.12"),  # on our segment: host-gw
+        Route("10.244.2.0/24", "10.252.4.2"),  # behind a router: VXLAN
+        Route("10.244.3.0/24", "192.0.2.2"),  # this host: no route at all (route_changes drops it)
+    ]
+    direct, overlay = split_routes(routes, ["10.251.0.0/24", "10.244.0.0/24"], {"192.0.2.2"}, "10.244.0.0/24")
+    assert direct == [Route("10.244.1.0/24", "10.251.0.12"), Route("10.244.3.0/24", "192.0.2.2")]
+    assert overlay == [Route("10.244.2.0/24", "10.252.4.2")]
+    assert tunnel_address("10.244.2.0/24") == "10.244.2.0"

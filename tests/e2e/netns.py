@@ -55,6 +55,9 @@ def _lan_down_if_unused() -> None:
 class NetnsNode:
     index: int
     root: Path
+    # False: the node is off the shared segment, on a link of its own to this host, which
+    # routes between them (`10.252.<n>.2/24`): another network, as behind a router.
+    on_lan: bool = True
 
     @property
     def name(self) -> str:
@@ -62,12 +65,35 @@ class NetnsNode:
 
     @property
     def address(self) -> str:
-        return f"10.251.0.{10 + self.index}"
+        return f"10.251.0.{10 + self.index}" if self.on_lan else f"10.252.{self.index}.2"
 
     @property
     def host_address(self) -> str:
-        """The host's address on the nodes' segment (where a control plane listens for them)."""
-        return LAN_ADDRESS
+        """The host's address towards the node (on the shared segment, where a control plane
+        listens for the nodes; or on the node's own link)."""
+        return LAN_ADDRESS if self.on_lan else f"10.252.{self.index}.1"
+
+    def _routed(self, host_if: str, add: bool) -> None:
+        for direction in ("-i", "-o"):
+            rule = [
+                "FORWARD",
+                direction,
+                host_if,
+                "-m",
+                "comment",
+                "--comment",
+                "gitops e2e routed",
+                "-j",
+                "ACCEPT",
+            ]
+            if add:
+                subprocess.run(["iptables", "-I", rule[0], "1", *rule[1:]], check=True, capture_output=True)
+            else:
+                while (
+                    subprocess.run(["iptables", "-D", *rule], capture_output=True, check=False).returncode
+                    == 0
+                ):
+                    pass
 
     @property
     def docker_host(self) -> str:
@@ -84,8 +110,13 @@ class NetnsNode:
         _ip("netns", "add", self.name)
         _ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if)
         _ip("link", "set", ns_if, "netns", self.name)
-        _lan_up()
-        _ip("link", "set", host_if, "master", LAN)
+        if self.on_lan:
+            _lan_up()
+            _ip("link", "set", host_if, "master", LAN)
+        else:
+            _lan_up()  # where the control plane listens
+            _ip("addr", "add", f"{self.host_address}/24", "dev", host_if)
+            self._routed(host_if, add=True)
         _ip("link", "set", host_if, "up")
         _ip("-n", self.name, "addr", "add", f"{self.address}/24", "dev", ns_if)
         _ip("-n", self.name, "link", "set", ns_if, "up")
@@ -145,5 +176,7 @@ class NetnsNode:
         subprocess.run(["umount", "-l", str(self.root / "data")], capture_output=True, check=False)
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True, check=False)
         subprocess.run(["ip", "link", "del", f"gov{self.index}h"], capture_output=True, check=False)
+        if not self.on_lan:
+            self._routed(f"gov{self.index}h", add=False)
         _lan_down_if_unused()
         shutil.rmtree(self.root, ignore_errors=True)

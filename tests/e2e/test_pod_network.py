@@ -1,7 +1,8 @@
-"""Three real nodes (network namespaces on one L2 segment, each with its own dockerd and
-agent): every pod has an address every pod reaches without NAT, cluster DNS answers on
-every node, a VIP spreads over pods on all three, and a deleted node's routes leave the
-others."""
+"""Four real nodes (network namespaces, each with its own dockerd and agent; three on one
+L2 segment, routed there by host-gw, the fourth on another network behind this host,
+reached through the VXLAN overlay): every pod has an address every pod reaches without
+NAT, cluster DNS answers on every node, a VIP spreads over pods on all of them, and a
+deleted node's routes leave the others."""
 
 from __future__ import annotations
 
@@ -78,10 +79,12 @@ spec:
 """
 
 
-class ThreeNodes:
+class Nodes:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.nodes = [NetnsNode(i, tmp / f"n{i}") for i in (1, 2, 3)]
+        self.nodes = [NetnsNode(i, tmp / f"n{i}") for i in (1, 2, 3)] + [
+            NetnsNode(4, tmp / "n4", on_lan=False)
+        ]
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self.plane: ControlPlane | None = None
         self.store: Store | None = None
@@ -196,19 +199,19 @@ class ThreeNodes:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreeNodes]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nodes]:
     require(docker_available(), "a running Docker engine")
     require(iptables_available(), "iptables (as root)")
     build_image()
-    three = ThreeNodes(tmp_path_factory.mktemp("three"))
+    three = Nodes(tmp_path_factory.mktemp("three"))
     try:
         three.start()
 
         def all_ready() -> list[dict[str, Any]] | None:
             pods = [p for p in three.pods() if p["ready"] and p["pod_ip"]]
-            return pods if len(pods) == 3 else None
+            return pods if len(pods) == len(three.nodes) else None
 
-        wait_for(all_ready, timeout=120, what="a ready pod on each of three nodes")
+        wait_for(all_ready, timeout=120, what="a ready pod on each of four nodes")
         yield three
     finally:
         three.stop()
@@ -220,30 +223,49 @@ def http_get(host: str, port: int, path: str = "/") -> str:
     return f'printf "GET {path} HTTP/1.0\\r\\n\\r\\n" | nc -w 3 {host} {port} | tail -n 1'
 
 
-def by_node(cluster: ThreeNodes) -> dict[str, dict[str, Any]]:
+def by_node(cluster: Nodes) -> dict[str, dict[str, Any]]:
     return {p["node"]: p for p in cluster.pods() if p["ready"]}
 
 
-def test_every_node_gets_its_own_pod_subnet_and_pods_their_addresses_in_it(cluster: ThreeNodes) -> None:
+def test_every_node_gets_its_own_pod_subnet_and_pods_their_addresses_in_it(cluster: Nodes) -> None:
     nodes = {n["name"]: n for n in httpx.get(cluster.url + "/api/v1/nodes").json()}
     subnets = {name: nodes[name]["pod_cidr"] for name in nodes}
-    assert len(set(subnets.values())) == 3
+    assert len(set(subnets.values())) == len(cluster.nodes)
     for name, pod in by_node(cluster).items():
         assert pod["pod_ip"].rsplit(".", 1)[0] == subnets[name].rsplit(".", 1)[0]
 
 
 def test_a_pod_reaches_a_pod_on_another_node_by_its_address_and_the_peer_sees_the_callers_address(
-    cluster: ThreeNodes,
+    cluster: Nodes,
 ) -> None:
-    a, _, c = cluster.nodes
+    a, c = cluster.nodes[0], cluster.nodes[2]
     pods = by_node(cluster)
     caller, callee = pods[a.name], pods[c.name]
     seen = cluster.exec(a, caller, "sh", "-c", http_get(callee["pod_ip"], 8080, "/cgi-bin/ip"))
     assert seen.strip().removeprefix("[::ffff:").rstrip("]") == caller["pod_ip"]  # no NAT between pods
 
 
-def test_cluster_dns_answers_on_every_node_and_a_vip_spreads_over_pods_on_all_three(
-    cluster: ThreeNodes,
+def test_a_node_on_another_network_is_reached_through_the_vxlan_overlay_without_nat(cluster: Nodes) -> None:
+    a, far = cluster.nodes[0], cluster.nodes[3]
+    pods = by_node(cluster)
+    for caller_node, callee_node in ((a, far), (far, a)):
+        caller, callee = pods[caller_node.name], pods[callee_node.name]
+        seen = cluster.exec(caller_node, caller, "sh", "-c", http_get(callee["pod_ip"], 8080, "/cgi-bin/ip"))
+        assert seen.strip().removeprefix("[::ffff:").rstrip("]") == caller["pod_ip"]
+    route = subprocess.run(
+        [*a.nsenter, "ip", "-4", "-o", "route", "show", "proto", "103"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    far_subnet = next(
+        n["pod_cidr"] for n in httpx.get(cluster.url + "/api/v1/nodes").json() if n["name"] == far.name
+    )
+    assert any(line.startswith(far_subnet) and "dev gvx" in line for line in route.splitlines()), route
+
+
+def test_cluster_dns_answers_on_every_node_and_a_vip_spreads_over_pods_on_all_of_them(
+    cluster: Nodes,
 ) -> None:
     vip = httpx.get(cluster.url + "/api/v1/services").json()[0]["vip"]
     pods = by_node(cluster)
@@ -257,11 +279,11 @@ def test_cluster_dns_answers_on_every_node_and_a_vip_spreads_over_pods_on_all_th
             script = f"for i in $(seq 30); do {http_get(vip, 80)}; done"
             return set(cluster.exec(node, pod, "sh", "-c", script).split()) == everyone
 
-        wait_for(spread, timeout=30, what=f"the VIP to reach pods on all three nodes from {node.name}")
+        wait_for(spread, timeout=30, what=f"the VIP to reach pods on every node from {node.name}")
 
 
-def test_a_deleted_nodes_route_leaves_the_other_nodes(cluster: ThreeNodes) -> None:
-    a, _, c = cluster.nodes
+def test_a_deleted_nodes_route_leaves_the_other_nodes(cluster: Nodes) -> None:
+    a, c = cluster.nodes[0], cluster.nodes[2]
     assert cluster.store is not None
     subnet = next(
         n["pod_cidr"] for n in httpx.get(cluster.url + "/api/v1/nodes").json() if n["name"] == c.name
