@@ -80,6 +80,10 @@ class _Report:
         (self.warnings if warning else self.errors).append(diagnostic)
 
 
+# The namespaces every Kubernetes cluster has: manifests use them without declaring them.
+BUILTIN_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
+
+
 def _map(value: object) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
@@ -301,10 +305,10 @@ def validate_files(files: Sequence[SourceFile]) -> ValidationResult:
             item.key,
         )
 
-    declared = {key.name for key in objects if key.kind == "Namespace"}
+    declared = {key.name for key in objects if key.kind == "Namespace"} | BUILTIN_NAMESPACES
     for item in objects.values():
         namespace = item.key.namespace
-        if item.key.kind in NAMESPACED_KINDS and namespace != "default" and namespace not in declared:
+        if item.key.kind in NAMESPACED_KINDS and namespace not in declared:
             report.add(
                 item.document,
                 ("metadata", "namespace"),

@@ -45,6 +45,14 @@ def test_an_undeclared_namespace_is_an_error_at_metadata_namespace() -> None:
     ]
 
 
+def test_the_namespaces_every_cluster_has_need_no_declaration() -> None:
+    for namespace in ("kube-system", "kube-public", "kube-node-lease", "default"):
+        text = DEPLOYMENT.replace("  name: web\n", f"  name: web\n  namespace: {namespace}\n", 1)
+        assert validate_one(text).ok, namespace
+    text = DEPLOYMENT.replace("  name: web\n", "  name: web\n  namespace: kube-other\n", 1)
+    assert "is not declared" in errors(validate_one(text))[0]
+
+
 def test_a_namespace_declared_in_another_file_is_enough() -> None:
     text = DEPLOYMENT.replace("  name: web\n", "  name: web\n  namespace: shop\n", 1)
     result = validate(
