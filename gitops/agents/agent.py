@@ -320,6 +320,21 @@ class Agent:
             f.write(token + "\n")
         partial.replace(self._token_file)
 
+    def _saved_subnet(self) -> str:
+        try:
+            return (self.config.state_dir / "pod-cidr").read_text().strip()
+        except OSError:
+            return ""
+
+    def _save_subnet(self, subnet: str) -> None:
+        """Kept beside the node token: after a restart the agent asks for the subnet its
+        pods use, which a control plane that lost its state then gives back."""
+        folder = self.config.state_dir
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        partial = folder / "pod-cidr.new"
+        partial.write_text(subnet + "\n")
+        partial.replace(folder / "pod-cidr")
+
     def register(self) -> str:
         """Register with the join token, presenting this node's last token (kept 0600 in the
         state folder) so that a restarted agent takes its own name back. Raises
@@ -333,6 +348,7 @@ class Agent:
             "memory_bytes": memory,
             "labels": {**well_known_labels(cfg.node, zone=cfg.zone, region=cfg.region), **dict(cfg.labels)},
             "taints": [{"key": t.key, "value": t.value, "effect": t.effect} for t in cfg.taints],
+            "pod_cidr": self._pod_cidr or self._saved_subnet(),
         }
         current = self._token or self._saved_token()
         headers = {"X-Gitops-Join-Token": cfg.join_token}
@@ -347,6 +363,7 @@ class Agent:
         self._address = str(node["address"])
         if body.get("pod_cidr") and body["pod_cidr"] != self._pod_cidr:
             self._pod_cidr, self._network = str(body["pod_cidr"]), ""
+            self._save_subnet(self._pod_cidr)
         self._cluster_cidr = str(body.get("cluster_cidr") or "")
         self._save_token(self._token)
         log.info(

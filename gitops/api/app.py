@@ -197,7 +197,11 @@ def create_app(
         token = secrets.token_urlsafe(32)
         try:
             pod_cidr = store.register_node(
-                node, token, clock(), presented=presented if scheme.lower() == "bearer" else ""
+                node,
+                token,
+                clock(),
+                presented=presented if scheme.lower() == "bearer" else "",
+                subnet_hint=n.pod_cidr,
             )
         except NodeNameTaken as exc:
             log.warning("agent.refused", node=node.name, address=node.address, reason=str(exc))

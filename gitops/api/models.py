@@ -75,6 +75,17 @@ def _pod_ip(value: str) -> str:
         raise ValueError(f'expected an IPv4 address or "", got {value[:80]!r}') from None
 
 
+def _subnet(value: str) -> str:
+    if value == "":
+        return value
+    try:
+        return str(ipaddress.IPv4Network(value))
+    except ValueError:
+        raise ValueError(
+            f'expected an IPv4 subnet such as 10.244.3.0/24, or "", got {value[:80]!r}'
+        ) from None
+
+
 def _pod_id(value: str) -> str:
     if len(value) > 317 or not _POD_ID.match(value):
         raise ValueError("expected namespace/name of a pod")
@@ -115,6 +126,9 @@ class NodeModel(_Strict):
     max_pods: Annotated[int, Field(ge=1, le=100_000)] = 110
     labels: Annotated[dict[str, str], Field(max_length=256), AfterValidator(_labels)] = {}
     taints: Annotated[list[TaintModel], Field(max_length=64)] = []
+    # The pod subnet the node's pods already use (its agent remembers it): kept when free,
+    # so that a control plane rebuilt from git gives every node its subnet back.
+    pod_cidr: Annotated[str, AfterValidator(_subnet)] = ""
 
 
 class RegisterRequest(_Strict):

@@ -884,12 +884,16 @@ class Store:
 
     # --- nodes ------------------------------------------------------------------------
 
-    def register_node(self, node: Node, token: str, now: float, *, presented: str = "") -> str:
+    def register_node(
+        self, node: Node, token: str, now: float, *, presented: str = "", subnet_hint: str = ""
+    ) -> str:
         """Register `node` (or update it) with a new token and return its pod subnet (kept
         from its last registration, else the first free one: `PodRangeExhausted` when none
-        is). Raises `NodeNameTaken` when a Ready node holds the name and `presented` is not
-        its current token. A NotReady node's name is free to take: its agent is gone or cut
-        off."""
+        is). A node the store does not hold a subnet for gets `subnet_hint` (the subnet its
+        pods already use) when it is one of the range's and free: a store rebuilt from git
+        gives every node its subnet back, and no pod has to move. Raises `NodeNameTaken` when
+        a Ready node holds the name and `presented` is not its current token. A NotReady
+        node's name is free to take: its agent is gone or cut off."""
         with self.session() as s:
             row = s.get(NodeRow, node.name)
             if row is None:
@@ -930,7 +934,7 @@ class Store:
             row.runtime_error = ""
             row.runtime_error_since = None
             if not self._holds_subnet(row):
-                row.pod_cidr = self._free_subnet(s, node.name)
+                row.pod_cidr = self._free_subnet(s, node.name, subnet_hint)
                 s.add(
                     EventRow(
                         time=now, object=f"node {node.name}", reason="PodSubnetGiven", message=row.pod_cidr
@@ -945,10 +949,15 @@ class Store:
         held = ipaddress.IPv4Network(row.pod_cidr)
         return held.prefixlen == self.node_cidr_mask and held.subnet_of(self.cluster_cidr)
 
-    def _free_subnet(self, s: Session, node: str) -> str:
-        """The first subnet of the pod range no node holds (a node's is kept while it stays
-        registered; a deleted node's is free again)."""
+    def _free_subnet(self, s: Session, node: str, hint: str = "") -> str:
+        """`hint` when it is a free subnet of the pod range, else the first subnet of the
+        range no node holds (a node's is kept while it stays registered; a deleted node's is
+        free again)."""
         held = {r for r in s.scalars(select(NodeRow.pod_cidr).where(NodeRow.pod_cidr.is_not(None)))}
+        if hint and hint not in held:
+            wanted = ipaddress.IPv4Network(hint)
+            if wanted.prefixlen == self.node_cidr_mask and wanted.subnet_of(self.cluster_cidr):
+                return str(wanted)
         for subnet in self.cluster_cidr.subnets(new_prefix=self.node_cidr_mask):
             if str(subnet) not in held:
                 return str(subnet)

@@ -85,3 +85,15 @@ def test_agents_learn_their_subnet_and_route_every_other_nodes_subnet(tmp_path: 
         "/agent/v1/nodes/a/sync", json={}, headers={"Authorization": f"Bearer {tokens['a']}"}
     ).json()
     assert sync["routes"] == [["10.244.1.0/24", "192.0.2.11"]]
+
+
+def test_a_rebuilt_store_gives_nodes_back_the_subnets_their_pods_use(tmp_path: Path) -> None:
+    """A control plane that lost its database hears from its agents in any order; each asks for
+    the subnet its pods already use, so no pod has to move (a subnet held by another node, or
+    outside the range, is not given)."""
+    store = Store(f"sqlite:///{tmp_path / 's.db'}", cluster_cidr="10.244.0.0/16")
+    assert store.register_node(node("b"), "t", 1.0, subnet_hint="10.244.1.0/24") == "10.244.1.0/24"
+    assert store.register_node(node("a"), "t", 1.0, subnet_hint="10.244.0.0/24") == "10.244.0.0/24"
+    assert store.register_node(node("c"), "t", 1.0, subnet_hint="10.244.1.0/24") == "10.244.2.0/24"
+    assert store.register_node(node("d"), "t", 1.0, subnet_hint="10.99.0.0/24") == "10.244.3.0/24"
+    assert store.register_node(node("e"), "t", 1.0, subnet_hint="10.244.8.0/23") == "10.244.4.0/24"
