@@ -67,7 +67,9 @@ def configure_logging(json_logs: bool, level: str = "info") -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from gitops.schemas.loader import SourceFile  # noqa: PLC0415 - see the imports above
+    """Warnings first, one line per kind (`gitops.diagnostics`), then every error on its own."""
+    from gitops.diagnostics import group_warnings  # noqa: PLC0415 - see the imports above
+    from gitops.schemas.loader import SourceFile  # noqa: PLC0415
     from gitops.schemas.validate import validate_files  # noqa: PLC0415
     from gitops.sync.sources import read_folder  # noqa: PLC0415
 
@@ -87,9 +89,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
             return 1
     result = validate_files(files)
     errors = [*problems, *result.errors]
-    for d in result.warnings:
-        if not args.quiet:
-            print(d)
+    if not args.quiet:
+        for group in group_warnings(result.warnings):
+            print(group)
     for d in errors:
         print(d)
     print(

@@ -1,9 +1,11 @@
 """A preview as text for a terminal, Markdown for a pull-request comment, or JSON for tools.
 
 The JSON document (format `gitops-preview/1`) is described in docs/preview.md and by
-`preview.schema.json` beside this module. The Markdown starts with a summary table,
-puts each object and the pod actions in collapsible sections, escapes everything that
-came from a manifest, and stays under `MARKDOWN_LIMIT` characters, saying what it left out.
+`preview.schema.json` beside this module; it lists every warning on its own, for tools.
+People get them grouped (`gitops.diagnostics`): one line per kind of warning, after the
+pod actions. The Markdown starts with a summary table, puts each object, the pod actions
+and the warnings in collapsible sections, escapes everything that came from a manifest,
+and stays under `MARKDOWN_LIMIT` characters, saying what it left out.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from gitops.diagnostics import group_warnings, parse_diagnostic
 from gitops.preview.compute import PodAction, Preview, RevisionInfo
 from gitops.preview.diff import ObjectChange
 
@@ -89,6 +92,14 @@ def to_json_text(p: Preview) -> str:
 # --- text -----------------------------------------------------------------------------
 
 
+def warning_lines(warnings: Sequence[str]) -> list[str]:
+    """`warnings` as people read them: one line per kind of warning with a count and its
+    first locations; a warning that occurs once exactly as it was written."""
+    parsed = [parse_diagnostic(w) for w in warnings]
+    written = dict(zip(parsed, warnings, strict=True))
+    return [written[g.members[0]] if g.count == 1 else g.line() for g in group_warnings(parsed)]
+
+
 def _field_lines(o: ObjectChange, indent: str) -> list[str]:
     lines = []
     for f in o.fields:
@@ -154,7 +165,7 @@ def to_text(p: Preview) -> str:
             "Unschedulable",
             [f"{u.owner}: {u.pods} pod{'s' if u.pods != 1 else ''}: {u.reason}" for u in p.unschedulable],
         ),
-        ("Warnings", list(p.warnings)),
+        ("Warnings", warning_lines(p.warnings)),
         ("Notes", list(p.notes)),
     ):
         if lines:
@@ -215,6 +226,27 @@ def _pods_section(actions: Sequence[PodAction], limit: int) -> str:
     )
 
 
+def _warnings_section(warnings: Sequence[str], limit: int) -> str:
+    lines = warning_lines(warnings)
+    items: list[str] = []
+    size = 0
+    for line in lines:
+        item = f"- {_md(line)}"
+        if size + len(item) + 1 > limit:
+            break
+        items.append(item)
+        size += len(item) + 1
+    more = len(lines) - len(items)
+    tail = (
+        f"\n\n{more} more kinds of warning not shown (comment size limit); "
+        "`gitops plan --format json` lists every warning.\n"
+        if more
+        else "\n"
+    )
+    summary = f"{len(warnings)} warning{'s' if len(warnings) != 1 else ''}"
+    return f"<details><summary>{summary}</summary>\n\n" + "\n".join(items) + tail + "\n</details>\n"
+
+
 def to_markdown(p: Preview, *, limit: int = MARKDOWN_LIMIT) -> str:
     head = f"`{_md(p.head.id[:12])}`"
     base = f" onto `{_md(p.base.id[:12])}`" if p.base else ""
@@ -247,7 +279,6 @@ def to_markdown(p: Preview, *, limit: int = MARKDOWN_LIMIT) -> str:
     for title, lines in (
         ("Rollouts", [f"{_md(r.deployment)}: {_md(r.summary)}" for r in p.rollouts]),
         ("Unschedulable", [f"{_md(u.owner)}: {u.pods} pods: {_md(u.reason)}" for u in p.unschedulable]),
-        (":warning: Warnings", [_md(w) for w in p.warnings]),
         ("Notes", [_md(n) for n in p.notes]),
     ):
         if lines:
@@ -255,16 +286,19 @@ def to_markdown(p: Preview, *, limit: int = MARKDOWN_LIMIT) -> str:
     sections = [_object_section(o) for o in p.objects]
     if p.actions:
         sections.append(_pods_section(p.actions, limit // 3))
-    return _fit(parts, sections, footer, limit)
+    tail = _warnings_section(p.warnings, limit // 6) if p.warnings else ""
+    return _fit(parts, sections, footer, limit, tail)
 
 
-def _fit(parts: list[str], sections: list[str], footer: str, limit: int) -> str:
-    """Head parts always; collapsible sections while they fit; then the footer."""
+def _fit(parts: list[str], sections: list[str], footer: str, limit: int, tail: str = "") -> str:
+    """Head parts always; collapsible sections while they fit; then the tail (the warnings,
+    room kept for them) and the footer."""
     text = "\n".join(parts)
     reserve = len(footer) + 200
     if len(text) + reserve > limit:
         cut = text[: limit - reserve].rsplit("\n", 1)[0]
         return cut + "\n\n**Truncated** to stay under " + f"{limit:,} characters.\n" + footer
+    reserve += len(tail) + 1 if tail else 0
     left = 0
     for i, section in enumerate(sections):
         if len(text) + len(section) + 1 + reserve > limit:
@@ -276,4 +310,6 @@ def _fit(parts: list[str], sections: list[str], footer: str, limit: int) -> str:
             f"\n**Truncated:** {left} more section{'s' if left != 1 else ''} not shown to stay under "
             f"{limit:,} characters; `gitops plan --format text` shows everything.\n"
         )
+    if tail:
+        text += "\n" + tail
     return text + footer
