@@ -1,18 +1,24 @@
 """Where manifests come from: a git repository or a local folder.
 
 A source answers two questions: what is the newest revision (`latest`), and which manifest
-files does a revision hold (`files`). Only `*.yaml` / `*.yml` files are read. Hostile
-trees are refused file by file with a diagnostic rather than followed: symbolic links that
-leave the repository, and files larger than the loader's limit (checked before reading).
+files does a revision hold (`files`). Only `*.yaml` / `*.yml` files are read, less those a
+`.gitopsignore` at the source's root excludes (`gitops.sync.ignore`). A folder holding a
+`kustomization.yaml` is rendered by kustomize instead, and its folder tree is not read as
+plain manifests (`gitops.sync.kustomize`); a folder on disk and a commit are read the same
+way, from a listing of their files (`_Entry`). Hostile trees are refused file by file with a
+diagnostic rather than followed: symbolic links that leave the repository, and files larger
+than the loader's limit (checked before reading).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -22,6 +28,8 @@ import git
 from gitops.model import Diagnostic, Revision, SourceLocation
 from gitops.redact import redact_url
 from gitops.schemas.loader import MAX_FILE_BYTES, SourceFile
+from gitops.sync import kustomize
+from gitops.sync.ignore import IGNORE_FILE, NO_RULES, IgnoreRules
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 
@@ -53,17 +61,79 @@ def _too_big(path: str, size: int) -> Diagnostic:
 
 
 def _escapes(path: str, target: str) -> Diagnostic:
-    return Diagnostic(
-        "error",
-        f"symbolic link points outside the repository ({target}); refused",
-        SourceLocation(path, 1, 1),
-    )
+    return Diagnostic("error", _leaves(target), SourceLocation(path, 1, 1))
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A regular file of a source (a symbolic link to one stands for the file), read on demand."""
+
+    path: str
+    size: int
+    read: Callable[[], bytes]
+    manifest: bool
+    """named like a manifest, and not hidden from the reader that listed it"""
+    refused: str = ""
+    """why a symbolic link is not followed (it leaves the source, or leads to no file): such
+    an entry is never read, and is reported wherever it would have been"""
+
+
+def _link(path: str, manifest: bool, refused: str) -> _Entry:
+    return _Entry(path, 0, _never_read, manifest, refused)
+
+
+def _never_read() -> bytes:
+    raise AssertionError("a refused link is never read")
+
+
+def _leaves(target: str) -> str:
+    return f"symbolic link points outside the repository ({target}); refused"
+
+
+def _assemble(entries: Sequence[_Entry], problems: list[Diagnostic]) -> Files:
+    """The manifest files of a listing: plain ones, and what its kustomizations render."""
+    by_path = {e.path: e for e in entries}
+    rules = _ignore_rules(by_path.get(IGNORE_FILE), problems)
+    roots = kustomize.roots(p for p, e in by_path.items() if not e.refused and not rules.ignores(p))
+    files: list[SourceFile] = []
+    for entry in sorted(entries, key=lambda e: e.path):
+        kustomized = any(kustomize.covers(root, entry.path) for root in roots)
+        if rules.ignores(entry.path) or not (entry.manifest or kustomized):
+            continue
+        if entry.refused:
+            problems.append(Diagnostic("error", entry.refused, SourceLocation(entry.path)))
+            continue
+        if not entry.manifest:
+            continue
+        if entry.size > MAX_FILE_BYTES:
+            problems.append(_too_big(entry.path, entry.size))
+            continue
+        if not kustomized:
+            files.append(SourceFile(entry.path, entry.read()))
+    if roots:
+        sizes = {p: e.size for p, e in by_path.items() if not e.refused}
+        rendered, trouble = kustomize.render(roots, sizes, lambda path: by_path[path].read())
+        files += rendered
+        problems += trouble
+    return sorted(files, key=lambda f: f.path), problems
+
+
+def _ignore_rules(entry: _Entry | None, problems: list[Diagnostic]) -> IgnoreRules:
+    if entry is None:
+        return NO_RULES
+    if entry.refused:
+        problems.append(Diagnostic("error", entry.refused, SourceLocation(entry.path)))
+        return NO_RULES
+    if entry.size > MAX_FILE_BYTES:
+        problems.append(_too_big(entry.path, entry.size))
+        return NO_RULES
+    return IgnoreRules.parse(entry.read())
 
 
 def read_folder(root: Path) -> Files:
     """Read every manifest under `root`, refusing links that leave it."""
     root = root.resolve()
-    files: list[SourceFile] = []
+    entries: list[_Entry] = []
     problems: list[Diagnostic] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -76,22 +146,17 @@ def read_folder(root: Path) -> Files:
                 if not target.is_relative_to(root):
                     problems.append(_escapes(rel, os.readlink(entry)))
         for name in sorted(filenames):
-            if not _is_manifest(name) or name.startswith("."):
-                continue
             entry = here / name
             rel = entry.relative_to(root).as_posix()
+            manifest = _is_manifest(name) and not name.startswith(".")
             real = entry.resolve()
             if entry.is_symlink() and not real.is_relative_to(root):
-                problems.append(_escapes(rel, os.readlink(entry)))
+                entries.append(_link(rel, manifest, _leaves(os.readlink(entry))))
                 continue
             if not real.is_file():
                 continue
-            size = real.stat().st_size
-            if size > MAX_FILE_BYTES:
-                problems.append(_too_big(rel, size))
-                continue
-            files.append(SourceFile(rel, real.read_bytes()))
-    return files, problems
+            entries.append(_Entry(rel, real.stat().st_size, real.read_bytes, manifest))
+    return _assemble(entries, problems)
 
 
 def folder_digest(files: Sequence[SourceFile], problems: Sequence[Diagnostic], key: bytes = b"") -> str:
@@ -201,7 +266,7 @@ def mirror_folder(root: Path, url: str) -> Path:
 def commit_files(commit: git.Commit, path: str = "") -> Files:
     """The manifest files of `commit` under `path`, refusing links that leave the tree."""
     path = path.strip("/")
-    files: list[SourceFile] = []
+    entries: list[_Entry] = []
     problems: list[Diagnostic] = []
     try:
         tree = commit.tree / path if path else commit.tree
@@ -213,37 +278,36 @@ def commit_files(commit: git.Commit, path: str = "") -> Files:
                 SourceLocation(path),
             )
         )
-        return files, problems
+        return [], problems
     prefix = f"{path}/" if path else ""
     for item in tree.traverse():
-        if not isinstance(item, git.Blob) or not _is_manifest(item.name):
+        if not isinstance(item, git.Blob):
             continue
         rel = str(item.path)[len(prefix) :]
+        manifest = _is_manifest(item.name)
         blob = item
         if item.mode == 0o120000:
             target = item.data_stream.read().decode(errors="replace")
             resolved = posixpath.normpath(posixpath.join(posixpath.dirname(item.path), target))
             if target.startswith("/") or resolved == ".." or resolved.startswith("../"):
-                problems.append(_escapes(rel, target))
+                entries.append(_link(rel, manifest, _leaves(target)))
                 continue
             try:
                 linked = commit.tree / resolved
             except KeyError:
-                problems.append(
-                    Diagnostic("error", f"symbolic link target {target} does not exist", SourceLocation(rel))
-                )
+                entries.append(_link(rel, manifest, f"symbolic link target {target} does not exist"))
                 continue
             if not isinstance(linked, git.Blob) or linked.mode == 0o120000:
-                problems.append(
-                    Diagnostic("error", f"symbolic link target {target} is not a file", SourceLocation(rel))
-                )
+                entries.append(_link(rel, manifest, f"symbolic link target {target} is not a file"))
                 continue
             blob = linked
-        if blob.size > MAX_FILE_BYTES:
-            problems.append(_too_big(rel, blob.size))
-            continue
-        files.append(SourceFile(rel, blob.data_stream.read()))
-    return sorted(files, key=lambda f: f.path), problems
+        entries.append(_Entry(rel, blob.size, functools.partial(_blob_content, blob), manifest))
+    return _assemble(entries, problems)
+
+
+def _blob_content(blob: git.Blob) -> bytes:
+    content: bytes = blob.data_stream.read()
+    return content
 
 
 def revision_of(commit: git.Commit, source: str) -> Revision:
