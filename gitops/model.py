@@ -25,15 +25,43 @@ PodId = NewType("PodId", str)
 Severity = Literal["error", "warning"]
 Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Unknown"]
 
-NAMESPACED_KINDS = frozenset({"Deployment", "Service", "ConfigMap", "Secret"})
-KINDS = NAMESPACED_KINDS | {"Namespace"}
+# The group/version Kubernetes serves today for each kind gitops reads, and only that one.
 API_VERSIONS: Mapping[str, str] = {
     "Namespace": "v1",
     "Deployment": "apps/v1",
     "Service": "v1",
     "ConfigMap": "v1",
     "Secret": "v1",
+    "PersistentVolumeClaim": "v1",
+    # Stored, not acted on (`gitops.schemas.kinds`).
+    "ServiceAccount": "v1",
+    "LimitRange": "v1",
+    "ResourceQuota": "v1",
+    "Role": "rbac.authorization.k8s.io/v1",
+    "ClusterRole": "rbac.authorization.k8s.io/v1",
+    "RoleBinding": "rbac.authorization.k8s.io/v1",
+    "ClusterRoleBinding": "rbac.authorization.k8s.io/v1",
+    "PodDisruptionBudget": "policy/v1",
+    "StorageClass": "storage.k8s.io/v1",
+    "NetworkPolicy": "networking.k8s.io/v1",
+    "Ingress": "networking.k8s.io/v1",
+    "PriorityClass": "scheduling.k8s.io/v1",
+    "CustomResourceDefinition": "apiextensions.k8s.io/v1",
+    "HorizontalPodAutoscaler": "autoscaling/v2",
 }
+KINDS = frozenset(API_VERSIONS)
+# Kinds whose objects belong to no namespace: their key's namespace is "".
+CLUSTER_SCOPED = frozenset(
+    {
+        "Namespace",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "StorageClass",
+        "PriorityClass",
+        "CustomResourceDefinition",
+    }
+)
+NAMESPACED_KINDS = KINDS - CLUSTER_SCOPED
 
 
 def canonical_json(value: Any) -> str:
@@ -47,20 +75,19 @@ def content_hash(value: Any) -> str:
 
 @dataclass(frozen=True, order=True)
 class ObjectKey:
-    """Identity of a manifest object. Namespace objects have namespace ``""``."""
+    """Identity of a manifest object. Cluster-scoped objects (`CLUSTER_SCOPED`: Namespace,
+    ClusterRole, ...) have namespace ``""``."""
 
     kind: str
     namespace: str
     name: str
 
     def __str__(self) -> str:
-        if self.kind == "Namespace":
-            return f"{self.kind} {self.name}"
-        return f"{self.kind} {self.namespace}/{self.name}"
+        return f"{self.kind} {self.ref}"
 
     @property
     def ref(self) -> str:
-        return self.name if self.kind == "Namespace" else f"{self.namespace}/{self.name}"
+        return self.name if self.kind in CLUSTER_SCOPED else f"{self.namespace}/{self.name}"
 
 
 @dataclass(frozen=True)

@@ -133,6 +133,7 @@ class ReadModel:
                 "pods_ready": c.pods_ready,
                 "phases": dict(c.phases),
                 "objects": c.objects,
+                "objects_by_kind": dict(c.kinds),
             },
         }
         out: dict[str, Any] = self._out(view, answer)

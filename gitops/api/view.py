@@ -2,7 +2,8 @@
 
 `build_view` reads the store once (revisions, nodes, pods, rollouts, services, events,
 previews) and turns it into plain frozen rows ready to render: requested resources summed
-per node, rollout counters per Deployment, ready endpoints per Service, and every piece of
+per node, rollout counters per Deployment, ready endpoints per Service, desired objects per
+kind (those gitops only stores, such as RoleBindings, are counted there), and every piece of
 free text (log tails, reasons, event messages, revision errors, labels) passed through the
 store's one `Redactor`, so no Secret value and no URL credential is in it. The status page
 renders this view and the JSON API serialises it (`gitops.api.readmodel`); nothing people
@@ -142,6 +143,7 @@ class Counts:
     workloads: int = 0
     services: int = 0
     objects: int = 0
+    kinds: Mapping[str, int] = field(default_factory=dict)  # desired objects per kind, by kind name
 
 
 @dataclass(frozen=True)
@@ -351,6 +353,9 @@ def build_view(store: Store, sources: Sequence[str], now: float, *, revision_lim
                 error_since=health[name][1] if name in health else 0.0,
             )
         )
+    kinds: dict[str, int] = {}
+    for m in desired:
+        kinds[m.key.kind] = kinds.get(m.key.kind, 0) + 1
     counts = Counts(
         nodes=len(nodes),
         nodes_ready=sum(1 for n in nodes if n.ready),
@@ -360,6 +365,7 @@ def build_view(store: Store, sources: Sequence[str], now: float, *, revision_lim
         workloads=len(workloads),
         services=len(services),
         objects=len(desired),
+        kinds=dict(sorted(kinds.items())),
     )
     return StatusView(
         generation=f"{next(_generations)}-{int(now * 1000):x}",

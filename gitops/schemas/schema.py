@@ -1,11 +1,13 @@
 """The packaged JSON Schemas, and their findings turned into messages for people.
 
 One schema per kind (`deployment.schema.json`, ...) plus `common.schema.json` for the
-shared parts, all draft 2020-12. A schema declares exactly the fields gitops acts on and
-closes every object with `additionalProperties: false`; a field it does not declare is
-valid Kubernetes that gitops ignores, so it becomes a warning, never an error. Two
-keywords of our own: `x-message` replaces the default "expected ..." wording of a field,
-and `x-unsupported` marks a field whose mere presence is an error.
+shared parts (and `kinds.schema.json` for those of the kinds gitops only stores), all draft
+2020-12; a schema may use the definitions of any other (`role.schema.json#/$defs/...`).
+A schema declares exactly the fields gitops acts on (for a kind it only stores: all of the
+kind's Kubernetes fields) and closes every object with `additionalProperties: false`; a
+field it does not declare is valid Kubernetes that gitops ignores, so it becomes a warning,
+never an error. Two keywords of our own: `x-message` replaces the default "expected ..."
+wording of a field, and `x-unsupported` marks a field whose mere presence is an error.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from .loader import FieldPath
 __all__ = ["IGNORED", "SchemaFinding", "describe_value", "schema_findings"]
 
 IGNORED = "field is not acted on by gitops and is ignored"
-_COMMON = "common.schema.json"
 _TYPE_NAMES = {
     "integer": "integer",
     "number": "number",
@@ -59,11 +60,13 @@ def _unsupported(
 _GitopsValidator = extend(Draft202012Validator, {"x-unsupported": _unsupported})
 
 
+@cache
 def _read(name: str) -> Any:
+    """A packaged schema document, parsed once; shared, so never mutated."""
     return json.loads(resources.files("gitops.schemas").joinpath(name).read_text(encoding="utf-8"))
 
 
-def _inline(node: Any, documents: Mapping[str, Any], current: str, depth: int = 0) -> Any:
+def _inline(node: Any, current: str, depth: int = 0) -> Any:
     """`node` with every `$ref` replaced by what it points at.
 
     Validation then never resolves a reference (with the `referencing` library that was
@@ -73,19 +76,19 @@ def _inline(node: Any, documents: Mapping[str, Any], current: str, depth: int = 
     if depth > 50:
         raise ValueError("schema references nest more than 50 levels deep")
     if isinstance(node, list):
-        return [_inline(v, documents, current, depth) for v in node]
+        return [_inline(v, current, depth) for v in node]
     if not isinstance(node, Mapping):
         return node
     ref = node.get("$ref")
-    result = {k: _inline(v, documents, current, depth) for k, v in node.items() if k != "$ref"}
+    result = {k: _inline(v, current, depth) for k, v in node.items() if k != "$ref"}
     if not isinstance(ref, str):
         return result
     file, _, pointer = ref.partition("#")
     name = file or current
-    target: Any = documents[name]
+    target: Any = _read(name)
     for part in pointer.strip("/").split("/") if pointer.strip("/") else []:
         target = target[part]
-    resolved = _inline(target, documents, name, depth + 1)
+    resolved = _inline(target, name, depth + 1)
     siblings = {k: v for k, v in result.items() if k not in ("$defs", "$id", "$schema")}
     if not siblings:
         return resolved
@@ -95,8 +98,7 @@ def _inline(node: Any, documents: Mapping[str, Any], current: str, depth: int = 
 @cache
 def _validator(kind: str) -> Validator:
     name = f"{kind.lower()}.schema.json"
-    documents = {_COMMON: _read(_COMMON), name: _read(name)}
-    schema = _inline(documents[name], documents, name)
+    schema = _inline(_read(name), name)
     validator: Validator = _GitopsValidator(schema)
     return validator
 

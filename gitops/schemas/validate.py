@@ -2,7 +2,8 @@
 
 `validate_files` loads every document (`loader`), identifies its kind and apiVersion,
 checks it against its kind's JSON Schema (`schema`) and the rules a schema cannot state
-(`checks`), then checks the objects against each other: duplicates, undeclared
+(`checks`; `kinds` for the kinds gitops only stores, each of whose objects also gets one
+warning saying so), then checks the objects against each other: duplicates, undeclared
 namespaces, references to missing ConfigMaps, Secrets and keys, two Services taking one
 port on the nodes (node ports, LoadBalancer ports). Every object that could
 be identified comes out as a `Manifest`, errors or not; the caller decides what to do
@@ -17,6 +18,7 @@ from typing import Any
 
 from gitops.model import (
     API_VERSIONS,
+    CLUSTER_SCOPED,
     KINDS,
     NAMESPACED_KINDS,
     Diagnostic,
@@ -27,6 +29,7 @@ from gitops.model import (
 )
 
 from .checks import NodePortClaim, check_document, node_port_claims
+from .kinds import INERT_KINDS, STORED_KINDS, check_stored, not_acted_on
 from .loader import Document, FieldPath, SourceFile, format_path, load_file
 from .schema import describe_value, schema_findings
 
@@ -113,7 +116,7 @@ def _identify(document: Document, report: _Report) -> tuple[str, ObjectKey | Non
     name, namespace = metadata.get("name"), metadata.get("namespace")
     key = None
     if isinstance(name, str) and name:
-        if kind == "Namespace":
+        if kind in CLUSTER_SCOPED:
             namespace = ""
         elif not isinstance(namespace, str) or not namespace:
             namespace = "default"
@@ -272,11 +275,15 @@ def _check_document(document: Document, report: _Report) -> _Object | None:
             at_key=finding.at_key,
             warning=finding.severity == "warning",
         )
-    for check in check_document(kind, body):
+    checks = check_stored(kind, body) if kind in STORED_KINDS else check_document(kind, body)
+    for check in checks:
         message = _hide_secret_value(kind, body, check.path, check.message)
         report.add(document, check.path, message, key, at_key=check.at_key, warning=check.warning)
     if key is None:
         return None
+    if kind in INERT_KINDS:
+        location = document.location(("kind",), key=True)
+        report.warnings.append(Diagnostic("warning", not_acted_on(kind), location, key))
     return _Object(document, key, str(body["apiVersion"]), body)
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import gitops.model
 from gitops.model import Manifest, ObjectKey, SourceLocation, content_hash
 from gitops.schemas import validate_files
 
 from .helpers import DEPLOYMENT, errors, source, validate, validate_one, warnings
 
-KINDS = "ConfigMap, Deployment, Namespace, Secret, Service"
+KINDS = ", ".join(sorted(gitops.model.KINDS))
 
 
 def test_a_valid_deployment_becomes_a_manifest_with_default_namespace_and_hash() -> None:

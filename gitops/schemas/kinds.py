@@ -1,0 +1,172 @@
+"""The kinds gitops stores but does not act on, and the rules of their documents.
+
+Real applications ship RBAC, disruption budgets, network policies, quotas, custom resource
+definitions and the like beside their Deployments. gitops loads them like every other kind:
+each is checked against a JSON Schema of its own (`<kind>.schema.json`, the real Kubernetes
+fields), stored, diffed in previews, shown, and pruned when its source drops it. Nothing
+runs from them: no rule is enforced, no traffic routed, nothing scaled. So that nobody takes
+a stored NetworkPolicy for an enforced one, each such object gets one warning
+(`not_acted_on`), at its `kind:` line.
+
+PersistentVolumeClaims are stored the same way but without that warning: acting on them is
+being built. `STORED_KINDS` are the kinds whose only rules beyond their schema are the ones
+here (`check_stored`): Kubernetes' name syntax, labels, and a few rules a schema cannot
+say. References between these objects (a RoleBinding naming a ServiceAccount) are not
+checked: gitops does not act on them, and the objects they name often live elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from .checks import (
+    DNS1035_HELP,
+    LABEL_KEY_HELP,
+    LABEL_VALUE_HELP,
+    SUBDOMAIN_HELP,
+    Finding,
+    is_dns1035,
+    is_label_key,
+    is_label_value,
+    is_subdomain,
+)
+from .loader import FieldPath
+from .schema import describe_value
+
+__all__ = ["INERT_KINDS", "STORED_KINDS", "check_stored", "not_acted_on"]
+
+INERT_KINDS = frozenset(
+    {
+        "ServiceAccount",
+        "Role",
+        "ClusterRole",
+        "RoleBinding",
+        "ClusterRoleBinding",
+        "PodDisruptionBudget",
+        "StorageClass",
+        "NetworkPolicy",
+        "Ingress",
+        "LimitRange",
+        "ResourceQuota",
+        "PriorityClass",
+        "CustomResourceDefinition",
+        "HorizontalPodAutoscaler",
+    }
+)
+"""Kinds gitops stores, diffs, shows and prunes, and never acts on."""
+
+STORED_KINDS = INERT_KINDS | {"PersistentVolumeClaim"}
+"""Kinds whose document rules are `check_stored` (`checks.check_document` has none for them)."""
+
+_RBAC_KINDS = frozenset({"Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"})
+_SEGMENT_HELP = "a name without '/' or '%' that is not \".\" or \"..\""
+
+
+def not_acted_on(kind: str) -> str:
+    """The one warning each object of an inert `kind` gets."""
+    return f"stored; gitops does not act on {kind} objects"
+
+
+def _map(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _check_metadata(kind: str, body: Mapping[str, Any]) -> Iterator[Finding]:
+    metadata = _map(body.get("metadata"))
+    name = metadata.get("name")
+    if isinstance(name, str) and name:
+        if kind in _RBAC_KINDS:
+            # RBAC names are path segments: `system:aggregate-to-view` is a valid one.
+            if name in (".", "..") or "/" in name or "%" in name:
+                yield Finding(("metadata", "name"), f"expected {_SEGMENT_HELP}, got {describe_value(name)}")
+        elif not is_subdomain(name):
+            yield Finding(("metadata", "name"), f"expected {SUBDOMAIN_HELP}, got {describe_value(name)}")
+    namespace = metadata.get("namespace")
+    if isinstance(namespace, str) and namespace and not is_dns1035(namespace):
+        yield Finding(("metadata", "namespace"), f"expected {DNS1035_HELP}, got {describe_value(namespace)}")
+    for field in ("labels", "annotations"):
+        for key, value in _map(metadata.get(field)).items():
+            path: FieldPath = ("metadata", field, key)
+            if not is_label_key(key):
+                message = f"invalid key: expected {LABEL_KEY_HELP}, got {describe_value(key)}"
+                yield Finding(path, message, at_key=True)
+            if field == "labels" and isinstance(value, str) and not is_label_value(value):
+                yield Finding(path, f"expected {LABEL_VALUE_HELP}, got {describe_value(value)}")
+
+
+def _check_disruption_budget(body: Mapping[str, Any]) -> Iterator[Finding]:
+    spec = _map(body.get("spec"))
+    if "minAvailable" in spec and "maxUnavailable" in spec:
+        yield Finding(("spec", "maxUnavailable"), "expected minAvailable or maxUnavailable, not both")
+
+
+def _check_backend(backend: Mapping[str, Any], path: FieldPath) -> Iterator[Finding]:
+    if ("service" in backend) == ("resource" in backend):
+        yield Finding(path, "expected exactly one of service and resource")
+    port = _map(_map(backend.get("service")).get("port"))
+    if port and ("number" in port) == ("name" in port):
+        yield Finding((*path, "service", "port"), "expected exactly one of number and name")
+
+
+def _check_ingress(body: Mapping[str, Any]) -> Iterator[Finding]:
+    spec = body.get("spec")
+    if not isinstance(spec, Mapping):
+        return  # the schema says so
+    if isinstance(spec.get("defaultBackend"), Mapping):
+        yield from _check_backend(spec["defaultBackend"], ("spec", "defaultBackend"))
+    rules = spec.get("rules")
+    for r_index, rule in enumerate(rules if isinstance(rules, list) else []):
+        paths = _map(_map(rule).get("http")).get("paths")
+        for p_index, item in enumerate(paths if isinstance(paths, list) else []):
+            backend = _map(item).get("backend")
+            if isinstance(backend, Mapping):
+                path: FieldPath = ("spec", "rules", r_index, "http", "paths", p_index, "backend")
+                yield from _check_backend(backend, path)
+    if not spec.get("rules") and "defaultBackend" not in spec:
+        yield Finding(("spec",), "expected rules or a defaultBackend")
+
+
+def _check_custom_resource_definition(body: Mapping[str, Any]) -> Iterator[Finding]:
+    spec = _map(body.get("spec"))
+    plural, group = _map(spec.get("names")).get("plural"), spec.get("group")
+    name = _map(body.get("metadata")).get("name")
+    if isinstance(plural, str) and isinstance(group, str) and isinstance(name, str):
+        expected = f"{plural}.{group}"
+        if name != expected:
+            yield Finding(
+                ("metadata", "name"),
+                f'expected "{expected}" (spec.names.plural and spec.group), got {describe_value(name)}',
+            )
+    versions = spec.get("versions")
+    storage = [v for v in versions if _map(v).get("storage") is True] if isinstance(versions, list) else []
+    if isinstance(versions, list) and versions and len(storage) != 1:
+        yield Finding(
+            ("spec", "versions"), f"expected exactly one version with storage: true, got {len(storage)}"
+        )
+
+
+def _check_autoscaler(body: Mapping[str, Any]) -> Iterator[Finding]:
+    spec = _map(body.get("spec"))
+    low, high = spec.get("minReplicas"), spec.get("maxReplicas")
+    if isinstance(low, int) and isinstance(high, int) and low > high:
+        yield Finding(("spec", "maxReplicas"), f"expected at least minReplicas ({low}), got {high}")
+
+
+_RULES = {
+    "PodDisruptionBudget": _check_disruption_budget,
+    "Ingress": _check_ingress,
+    "CustomResourceDefinition": _check_custom_resource_definition,
+    "HorizontalPodAutoscaler": _check_autoscaler,
+}
+
+
+def check_stored(kind: str, body: Mapping[str, Any]) -> list[Finding]:
+    """The errors of one document of a `STORED_KINDS` kind beyond what its schema checks."""
+    if kind not in STORED_KINDS:
+        raise ValueError(f"{kind} is not a stored-only kind")
+    findings = list(_check_metadata(kind, body))
+    rules = _RULES.get(kind)
+    if rules is not None:
+        findings += rules(body)
+    return findings
