@@ -24,7 +24,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gitops.model import Node, NodeName, ObjectKey, Placements, Pod, PodName, PodSpec, Taint, Toleration
+from gitops.model import (
+    Container,
+    Node,
+    NodeName,
+    ObjectKey,
+    Placements,
+    Pod,
+    PodName,
+    PodSpec,
+    Taint,
+    Toleration,
+)
 from gitops.scheduler import place
 from tests.scheduler.reference import reference_place
 
@@ -73,10 +84,14 @@ def instance(nodes: int, pods: int, seed: int, owners: int = 50) -> Instance:
             tolerations = (Toleration("dedicated", "Equal", "gpu", "NoSchedule"),)
         elif d % 10 == 2:
             tolerations = (Toleration("dedicated", "Exists"), Toleration("spot", "Exists"))
-        spec = PodSpec(
+        container = Container(
+            name="main",
             image=f"app{d}:1",
             cpu_request_milli=rng.choice([0, 50, 100, 250, 500, 1000]),
             memory_request_bytes=rng.choice([64, 128, 256, 512, 1024]) * MiB,
+        )
+        spec = PodSpec(
+            containers=(container,),
             node_selector=selector,
             tolerations=tolerations,
         )

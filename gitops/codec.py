@@ -3,7 +3,8 @@
 The store keeps pod specs as JSON and the agent API sends them over HTTP; both go through
 `encode` / `decode` here so the two can never drift. Encoding follows the dataclass fields
 and their type hints: tuples become lists, bytes become ``{"b64": ...}``, nested
-dataclasses become objects. Decoding rebuilds the exact frozen value.
+dataclasses become objects. Decoding rebuilds the exact frozen value; a class whose shape
+changed since a release says how to read the older shape (`upgrade_encoded`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ def decode(tp: Any, data: Any) -> Any:
         return data
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         hints = _hints(tp)
+        upgrade = getattr(tp, "upgrade_encoded", None)
+        if upgrade is not None:  # a value encoded by an older release
+            data = upgrade(data)
         kwargs = {
             f.name: decode(hints[f.name], data[f.name]) for f in dataclasses.fields(tp) if f.name in data
         }

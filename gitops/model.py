@@ -11,9 +11,10 @@ mutated, and its canonical JSON is what `content_hash` hashes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NewType
 
@@ -178,6 +179,8 @@ class MountedFile:
     content: bytes
     mode: int = 0o644
     secret: bool = False  # from a Secret: sealed at rest, written to tmpfs only, redacted in text
+    # A downward API file: the node writes the value of this field path (`content` is empty).
+    field: str = ""
 
 
 @dataclass(frozen=True)
@@ -225,9 +228,46 @@ class Probe:
 
 
 @dataclass(frozen=True)
-class PodSpec:
-    """What a node needs to run a pod: one container, fully resolved (no references)."""
+class VolumeMount:
+    """A pod volume (`Volume`) mounted into a container."""
 
+    volume: str
+    path: str  # absolute path inside the container
+    read_only: bool = False
+    sub_path: str = ""  # a folder of the volume mounted instead of the whole
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A volume the containers of a pod share: an `emptyDir` (created with the pod, removed
+    with it). ConfigMap, Secret and downward API volumes are `MountedFile`s instead."""
+
+    name: str
+    medium: Literal["", "Memory"] = ""  # "": on the node's disk; "Memory": a tmpfs
+    size_limit_bytes: int = 0  # 0: no limit (a tmpfs then takes at most half the node's memory)
+
+
+@dataclass(frozen=True)
+class SecurityContext:
+    """A container's security settings, the pod's merged under the container's own."""
+
+    run_as_user: int | None = None
+    run_as_group: int | None = None
+    run_as_non_root: bool = False
+    supplemental_groups: tuple[int, ...] = ()  # with the pod's fsGroup first
+    read_only_root_filesystem: bool = False
+    capabilities_add: tuple[str, ...] = ()
+    capabilities_drop: tuple[str, ...] = ()
+    no_new_privileges: bool = False  # allowPrivilegeEscalation: false
+    seccomp: Literal["", "RuntimeDefault", "Unconfined"] = ""  # "": the engine's default profile
+    sysctls: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Container:
+    """One container of a pod, fully resolved (no references)."""
+
+    name: str
     image: str
     command: tuple[str, ...] = ()
     args: tuple[str, ...] = ()
@@ -236,20 +276,63 @@ class PodSpec:
     files: tuple[MountedFile, ...] = ()
     working_dir: str = ""
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
-    restart_policy: Literal["Always", "OnFailure", "Never"] = "Always"
     cpu_request_milli: int = 0
     memory_request_bytes: int = 0
     cpu_limit_milli: int | None = None
     memory_limit_bytes: int | None = None
-    node_selector: tuple[tuple[str, str], ...] = ()
-    tolerations: tuple[Toleration, ...] = ()
-    termination_grace_period_seconds: int = 30
-    container_name: str = "main"
     readiness_probe: Probe | None = None
     liveness_probe: Probe | None = None
     startup_probe: Probe | None = None
     # Names of the `env` entries whose values come from Secrets: sealed at rest, redacted in text.
     secret_env: tuple[str, ...] = ()
+    mounts: tuple[VolumeMount, ...] = ()
+    # Downward API variables the node fills in when it starts the container: (name, fieldPath).
+    field_env: tuple[tuple[str, str], ...] = ()
+    security: SecurityContext = SecurityContext()
+    # An init container with restartPolicy Always is a sidecar: it runs beside the app.
+    restart_policy: Literal["", "Always"] = ""
+
+    @property
+    def probed(self) -> bool:
+        return bool(self.startup_probe or self.liveness_probe or self.readiness_probe)
+
+
+# The fields release 0.1 kept on PodSpec for its single container.
+LEGACY_CONTAINER_FIELDS = (
+    "image",
+    "command",
+    "args",
+    "env",
+    "ports",
+    "files",
+    "working_dir",
+    "image_pull_policy",
+    "cpu_request_milli",
+    "memory_request_bytes",
+    "cpu_limit_milli",
+    "memory_limit_bytes",
+    "readiness_probe",
+    "liveness_probe",
+    "startup_probe",
+    "secret_env",
+)
+
+
+@dataclass(frozen=True)
+class PodSpec:
+    """What a node needs to run a pod: its containers, fully resolved (no references).
+
+    `init_containers` run one at a time, in order, each to success, before `containers`
+    start; those with `restart_policy` "Always" are sidecars that keep running beside them.
+    """
+
+    containers: tuple[Container, ...]
+    init_containers: tuple[Container, ...] = ()
+    volumes: tuple[Volume, ...] = ()
+    restart_policy: Literal["Always", "OnFailure", "Never"] = "Always"
+    node_selector: tuple[tuple[str, str], ...] = ()
+    tolerations: tuple[Toleration, ...] = ()
+    termination_grace_period_seconds: int = 30
     # The pod's own name in DNS: `hostname` (default: the pod's name) and, with `subdomain`
     # naming a headless Service of its namespace, `hostname.subdomain.ns.svc.<domain>`.
     hostname: str = ""
@@ -261,6 +344,71 @@ class PodSpec:
     dns_options: tuple[tuple[str, str], ...] = ()  # (name, value); value "" for a bare option
     # Whether the Services of the pod's namespace are given to it as environment variables.
     enable_service_links: bool = True
+    service_account_name: str = ""  # "" is the namespace's "default"
+    # The template's annotations, kept only when the downward API hands them to a container.
+    annotations: tuple[tuple[str, str], ...] = ()
+
+    @staticmethod
+    def upgrade_encoded(data: dict[str, Any]) -> dict[str, Any]:
+        """An encoded spec of release 0.1 (one container, its fields on the spec) in today's shape."""
+        if "containers" in data:
+            return data
+        data = dict(data)
+        container = {f: data.pop(f) for f in LEGACY_CONTAINER_FIELDS if f in data}
+        container["name"] = data.pop("container_name", "main")
+        data["containers"] = [container]
+        return data
+
+    def with_containers(self, change: Callable[[Container], Container]) -> PodSpec:
+        """This spec with `change` applied to each of its containers (init ones too)."""
+        return dataclasses.replace(
+            self,
+            containers=tuple(change(c) for c in self.containers),
+            init_containers=tuple(change(c) for c in self.init_containers),
+        )
+
+    @property
+    def main(self) -> Container:
+        """The first app container: what a one-line summary shows."""
+        return self.containers[0]
+
+    @property
+    def image(self) -> str:
+        return self.main.image
+
+    @property
+    def sidecars(self) -> tuple[Container, ...]:
+        return tuple(c for c in self.init_containers if c.restart_policy == "Always")
+
+    @property
+    def all_containers(self) -> tuple[Container, ...]:
+        return (*self.init_containers, *self.containers)
+
+    @property
+    def ports(self) -> tuple[ContainerPort, ...]:
+        """The ports of the containers that serve (app containers and sidecars)."""
+        return tuple(p for c in (*self.sidecars, *self.containers) for p in c.ports)
+
+    @property
+    def cpu_request_milli(self) -> int:
+        return self._request(lambda c: c.cpu_request_milli)
+
+    @property
+    def memory_request_bytes(self) -> int:
+        return self._request(lambda c: c.memory_request_bytes)
+
+    def _request(self, of: Callable[[Container], int]) -> int:
+        """Kubernetes' effective pod request: the larger of what runs at the end (app
+        containers and sidecars) and what each init container needs beside the sidecars
+        started before it."""
+        total = sum(of(c) for c in self.containers) + sum(of(c) for c in self.sidecars)
+        sidecars = 0
+        for c in self.init_containers:
+            if c.restart_policy == "Always":
+                sidecars += of(c)
+            else:
+                total = max(total, sidecars + of(c))
+        return total
 
     @property
     def host_port_claims(self) -> tuple[tuple[int, str], ...]:
@@ -269,10 +417,46 @@ class PodSpec:
 
     def secret_values(self) -> tuple[bytes, ...]:
         """The Secret values this spec carries (env values and file contents), for redaction."""
-        names = set(self.secret_env)
-        values = {v.encode(errors="surrogateescape") for k, v in self.env if k in names}
-        values |= {f.content for f in self.files if f.secret}
+        values: set[bytes] = set()
+        for c in self.all_containers:
+            names = set(c.secret_env)
+            values |= {v.encode(errors="surrogateescape") for k, v in c.env if k in names}
+            values |= {f.content for f in c.files if f.secret}
         return tuple(sorted(v for v in values if v))
+
+    @property
+    def qos_class(self) -> Literal["Guaranteed", "Burstable", "BestEffort"]:
+        """Kubernetes' QoS class: Guaranteed when every container limits CPU and memory at
+        its requests, BestEffort when none requests or limits anything."""
+        every = self.all_containers
+        if all(
+            c.cpu_limit_milli is not None
+            and c.memory_limit_bytes is not None
+            and c.cpu_limit_milli == c.cpu_request_milli
+            and c.memory_limit_bytes == c.memory_request_bytes
+            for c in every
+        ):
+            return "Guaranteed"
+        if not any(
+            c.cpu_request_milli or c.memory_request_bytes or c.cpu_limit_milli or c.memory_limit_bytes
+            for c in every
+        ):
+            return "BestEffort"
+        return "Burstable"
+
+
+@dataclass(frozen=True)
+class ContainerStatus:
+    """What an agent reports about one container of a pod (its current run)."""
+
+    name: str
+    state: Literal["waiting", "running", "terminated"] = "waiting"
+    ready: bool = False
+    restarts: int = 0
+    exit_code: int | None = None
+    reason: str = ""  # why it waits or how it ended (`OOMKilled`, `exited with code 1`, ...)
+    init: bool = False  # an init container (a sidecar too)
+    last_log: str = ""  # tail of the log of its last exit
 
 
 @dataclass(frozen=True)
@@ -297,6 +481,7 @@ class Pod:
     last_log: str = ""  # tail of the log of the container's last exit
     terminating_at: float | None = None  # set when stopping: out of endpoints, then SIGTERM
     ready_since: float = 0.0
+    containers: tuple[ContainerStatus, ...] = ()  # per container, as its agent last reported
 
     def available(self, min_ready_seconds: int, now: float) -> bool:
         """Ready for at least `min_ready_seconds` (Kubernetes' availability)."""
@@ -450,6 +635,7 @@ class PodStatus:
     last_log: str = ""
     template_hash: str = ""  # of the container: lets a control plane that lost its state adopt it
     owner: str = ""  # Kind/namespace/name of the pod's owner, from the container's labels
+    containers: tuple[ContainerStatus, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import ipaddress
 import os
@@ -52,18 +53,49 @@ from gitops.agents.plan import (
     BACKOFF_START,
     Outage,
     PodMemory,
+    Start,
+    container_runs,
     crash_loop,
-    current_run,
+    exit_text,
+    has_infra,
     plan_node,
     runs,
     should_restart,
 )
-from gitops.agents.podconf import HostResolv, read_host_resolv, resolv_conf, service_env
+from gitops.agents.podconf import (
+    HostResolv,
+    PodFacts,
+    field_value,
+    pod_uid,
+    read_host_resolv,
+    resolv_conf,
+    service_env,
+)
 from gitops.agents.probes import Prober, Verdict, real_handler
-from gitops.agents.runtime import ContainerInfo, ImageMissing, Runtime, RuntimeFailure, RuntimeUnavailable
+from gitops.agents.runtime import (
+    INFRA,
+    ContainerInfo,
+    ImageMissing,
+    MountSpec,
+    NonRootRefused,
+    RunKey,
+    Runtime,
+    RuntimeFailure,
+    RuntimeUnavailable,
+)
 from gitops.codec import decode_as, encode
 from gitops.loop import Backoff, Loop
-from gitops.model import NodeName, Phase, Pod, PodId, PodStatus, ServiceEndpoints, Taint
+from gitops.model import (
+    Container,
+    ContainerStatus,
+    NodeName,
+    Phase,
+    Pod,
+    PodId,
+    PodStatus,
+    ServiceEndpoints,
+    Taint,
+)
 from gitops.redact import Redactor, truncate
 from gitops.schemas.checks import is_label_value
 
@@ -73,6 +105,7 @@ LOG_TAIL_LINES = 20
 LOG_TAIL_BYTES = 4000
 MAX_TEXT = 1000  # reasons and probe output, as reported
 MEMORY_FILESYSTEMS = ("tmpfs", "ramfs")
+VOLUME_SWEEP_SECONDS = 30.0  # how often emptyDir volumes of pods gone from the node are looked for
 
 
 def private_directory(path: Path) -> None:
@@ -265,7 +298,7 @@ class Agent:
     clock: Callable[[], float] = time.time
     _token: str = ""
     _proxy: IptablesProxy | None = None
-    _memory: dict[PodId, PodMemory] = field(default_factory=dict)
+    _memory: dict[RunKey, PodMemory] = field(default_factory=dict)
     _waiting: dict[PodId, str] = field(default_factory=dict)
     _outages: list[Outage] = field(default_factory=list)
     _outage_since: float | None = None
@@ -273,7 +306,8 @@ class Agent:
     _http: httpx.Client | None = None
     _assigned_cache: dict[PodId, Pod] = field(default_factory=dict)
     prober: Prober | None = None
-    _verdicts: dict[PodId, Verdict] = field(default_factory=dict)
+    _verdicts: dict[RunKey, Verdict] = field(default_factory=dict)
+    _volumes_swept: float = 0.0
     _logs: dict[tuple[str, float], str] = field(default_factory=dict)
     _stopped: list[PodId] = field(default_factory=list)
     _removing: dict[str, threading.Thread] = field(default_factory=dict)
@@ -552,9 +586,22 @@ class Agent:
                 "agent.killing", pod=kill.container.pod, container=kill.container.id[:12], reason=kill.reason
             )
             self._remove(kill.container, kill.grace, keep=True)
+        infra = {c.pod: c for c in live if c.container == INFRA and c.running}
         for start in actions.start:
-            self._start(start.pod, start.restart, start.reason, now)
+            self._start(start, infra.get(start.pod.id), now)
+        if actions.remove or now - self._volumes_swept > VOLUME_SWEEP_SECONDS:
+            self._sweep_volumes(pods, now)
         return actions.changes
+
+    def _sweep_volumes(self, pods: Sequence[Pod], now: float) -> None:
+        """Remove the emptyDir volumes of pods no longer on this node (a volume still used by
+        a container being removed waits for the next sweep)."""
+        self._volumes_swept = now
+        try:
+            for name in self.runtime.remove_volumes(self.config.node, {p.id for p in pods}):
+                log.info("agent.volume_removed", volume=name)
+        except Exception:
+            log.exception("agent.volume_sweep_failed")
 
     def probe(self, pods: Sequence[Pod], containers: Sequence[ContainerInfo]) -> bool:
         """Run due probes. A liveness or startup probe that gave up marks its pod for a kill at
@@ -571,25 +618,34 @@ class Agent:
         by_pod = runs(c for c in containers if c.id not in self._removing)
         targets = []
         for pod in pods:
-            c = current_run(by_pod.get(pod.id, []), pod.template_hash)
-            spec = pod.spec
-            if c is None or not c.running or pod.terminating_at is not None:
+            if pod.terminating_at is not None:
                 continue
-            if spec.startup_probe or spec.liveness_probe or spec.readiness_probe:
-                targets.append((pod.id, c, spec.startup_probe, spec.liveness_probe, spec.readiness_probe))
+            by_name = container_runs(pod, by_pod.get(pod.id, []))
+            infra_runs = by_name.get(INFRA)
+            infra = infra_runs[-1] if infra_runs else None
+            for spec in pod.spec.all_containers:
+                found = by_name.get(spec.name)
+                c = found[-1] if found else None
+                if c is None or not c.running or not spec.probed:
+                    continue
+                if infra is not None:  # probes go to the pod's address, which its infra container holds
+                    c = dataclasses.replace(c, pod_ip=infra.pod_ip)
+                targets.append(
+                    ((pod.id, spec.name), c, spec.startup_probe, spec.liveness_probe, spec.readiness_probe)
+                )
         by_id = {p.id: p for p in pods}
         self._verdicts = {
-            pod_id: dataclasses.replace(
-                v, reason=truncate(self._redactor(by_id.get(pod_id))(v.reason), MAX_TEXT)
+            key: dataclasses.replace(
+                v, reason=truncate(self._redactor(by_id.get(key[0]))(v.reason), MAX_TEXT)
             )
-            for pod_id, v in self.prober.check(targets).items()
+            for key, v in self.prober.check(targets).items()
         }
         self.prober.forget({t[0] for t in targets})
-        for pod_id, verdict in self._verdicts.items():
+        for key, verdict in self._verdicts.items():
             if verdict.restart:
-                log.info("agent.probe_failed", pod=pod_id, reason=verdict.reason)
-                self._memory[pod_id] = dataclasses.replace(
-                    self._memory.get(pod_id, PodMemory()),
+                log.info("agent.probe_failed", pod=key[0], container=key[1], reason=verdict.reason)
+                self._memory[key] = dataclasses.replace(
+                    self._memory.get(key, PodMemory()),
                     last_error=verdict.reason.removesuffix("; restarting"),
                 )
         return any(v.restart for v in self._verdicts.values())
@@ -628,41 +684,97 @@ class Agent:
         for thread in threads:
             thread.join(timeout)
 
-    def _start(self, pod: Pod, restart: int, reason: str, now: float) -> None:
-        state = self._memory.get(pod.id, PodMemory())
+    def _start(self, start: Start, infra: ContainerInfo | None, now: float) -> None:
+        """Carry out a `Start`: the pod's network container, or one of its containers (in
+        the network of `infra` when the pod has one). A failure is remembered with a
+        backoff and reported as the pod's reason."""
+        pod = start.pod
+        spec = next((c for c in pod.spec.all_containers if c.name == start.container), pod.spec.main)
+        name = INFRA if start.container == INFRA else spec.name
+        key = (pod.id, name)
+        state = self._memory.get(key, PodMemory())
+        options: dict[str, Any] = {"address": self._address, "network": self._network}
         try:
-            mounts = self._write_files(pod) + self._write_resolv_conf(pod)
-            options: dict[str, Any] = {
-                "address": self._address,
-                "network": self._network,
-                "env": service_env(self._services, pod.spec, pod.namespace),
-            }
-            try:
-                self.runtime.run(self.config.node, pod, mounts, restart, **options)
-            except ImageMissing:
-                if pod.spec.image_pull_policy == "Never":
-                    raise
-                self.runtime.pull(pod.spec.image)
-                self.runtime.run(self.config.node, pod, mounts, restart, **options)
-        except (ImageMissing, RuntimeFailure, OSError) as exc:
+            if name == INFRA:
+                self.runtime.run_infra(self.config.node, pod, start.restart, **options)
+            else:
+                if infra is not None:
+                    options = {"infra": infra.id}
+                facts = self._facts(pod, infra.pod_ip if infra is not None else "")
+                options["env"] = [
+                    *service_env(self._services, pod.spec, pod.namespace),
+                    *((env, field_value(path, facts)) for env, path in spec.field_env),
+                ]
+                mounts = [
+                    *self._write_files(pod, spec, facts),
+                    *self._write_resolv_conf(pod),
+                    *self._volume_mounts(pod, spec),
+                ]
+                run = functools.partial(
+                    self.runtime.run, self.config.node, pod, mounts, start.restart, container=spec, **options
+                )
+                try:
+                    run()
+                except ImageMissing:
+                    if spec.image_pull_policy == "Never":
+                        raise
+                    self.runtime.pull(spec.image)
+                    run()
+        except (ImageMissing, RuntimeFailure, NonRootRefused, OSError) as exc:
             kind = (
                 "ErrImageNeverPull"
-                if pod.spec.image_pull_policy == "Never" and isinstance(exc, ImageMissing)
-                else ("ErrImagePull" if isinstance(exc, ImageMissing) else "CreateContainerError")
+                if spec.image_pull_policy == "Never" and isinstance(exc, ImageMissing)
+                else "ErrImagePull"
+                if isinstance(exc, ImageMissing)
+                else "CreateContainerConfigError"
+                if isinstance(exc, NonRootRefused)
+                else "CreateContainerError"
             )
+            where = f"container {name}: " if has_infra(pod) else ""
             delay = min(BACKOFF_START * 2 ** min(state.failed_starts, 10), BACKOFF_MAX)
-            self._memory[pod.id] = dataclasses.replace(
+            self._memory[key] = dataclasses.replace(
                 state,
-                last_error=truncate(self._redactor(pod)(f"{kind}: {exc}"), MAX_TEXT),
+                last_error=truncate(self._redactor(pod)(f"{where}{kind}: {exc}"), MAX_TEXT),
                 failed_starts=state.failed_starts + 1,
                 next_attempt=now + delay,
             )
-            log.warning(
-                "agent.start_failed", pod=pod.id, reason=self._memory[pod.id].last_error, retry_in=delay
-            )
+            log.warning("agent.start_failed", pod=pod.id, reason=self._memory[key].last_error, retry_in=delay)
             return
-        self._memory[pod.id] = dataclasses.replace(state, last_error="", failed_starts=0)
-        log.info("agent.started", pod=pod.id, image=pod.spec.image, run=restart, reason=reason)
+        self._memory[key] = dataclasses.replace(state, last_error="", failed_starts=0)
+        log.info(
+            "agent.started",
+            pod=pod.id,
+            container=name,
+            image=spec.image,
+            run=start.restart,
+            reason=start.reason,
+        )
+
+    def _facts(self, pod: Pod, pod_ip: str) -> PodFacts:
+        return PodFacts(
+            name=pod.name,
+            namespace=pod.namespace,
+            uid=pod_uid(pod.id, pod.created_at),
+            node=self.config.node,
+            pod_ip=pod_ip,
+            host_ip=self._address,
+            service_account=pod.spec.service_account_name,
+            labels=pod.labels,
+            annotations=pod.spec.annotations,
+        )
+
+    def _volume_mounts(self, pod: Pod, spec: Container) -> list[MountSpec]:
+        volumes = {v.name: v for v in pod.spec.volumes}
+        mounts = []
+        for m in spec.mounts:
+            volume = volumes[m.volume]
+            if m.sub_path and volume.medium == "Memory":
+                raise RuntimeFailure(
+                    f"subPath {m.sub_path!r} of emptyDir {m.volume}: not supported with medium Memory"
+                )
+            name = self.runtime.ensure_volume(self.config.node, pod, volume)
+            mounts.append(MountSpec(name, m.path, read_only=m.read_only, volume=True, sub_path=m.sub_path))
+        return mounts
 
     # --- files ----------------------------------------------------------------------
 
@@ -693,21 +805,20 @@ class Agent:
             private_directory(folder)
         return root
 
-    def _write_files(self, pod: Pod) -> list[tuple[str, str]]:
-        if not pod.spec.files:
-            return []
+    def _write_files(self, pod: Pod, container: Container, facts: PodFacts) -> list[MountSpec]:
+        """The container's ConfigMap, Secret and downward API files, written on the host."""
         mounts = []
-        for f in pod.spec.files:
+        for f in container.files:
             folder = self._pod_dir(pod.id, secret=f.secret)
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             folder.chmod(0o700)
-            host = folder / hashlib.sha256(f.path.encode()).hexdigest()[:16]
-            host.write_bytes(f.content)
+            host = folder / hashlib.sha256(f"{container.name}:{f.path}".encode()).hexdigest()[:16]
+            host.write_bytes(field_value(f.field, facts).encode() if f.field else f.content)
             host.chmod(f.mode & 0o777)
-            mounts.append((str(host), f.path))
+            mounts.append(MountSpec(str(host), f.path))
         return mounts
 
-    def _write_resolv_conf(self, pod: Pod) -> list[tuple[str, str]]:
+    def _write_resolv_conf(self, pod: Pod) -> list[MountSpec]:
         """The pod's /etc/resolv.conf (`gitops.agents.podconf.resolv_conf`), on a pod network."""
         if not (self._network and self._pod_cidr):
             return []
@@ -725,7 +836,7 @@ class Agent:
         path = folder / "resolv.conf"
         path.write_text(text)
         path.chmod(0o644)
-        return [(str(path), "/etc/resolv.conf")]
+        return [MountSpec(str(path), "/etc/resolv.conf")]
 
     def _forget_files(self, pod_id: PodId) -> None:
         shutil.rmtree(self._pod_dir(pod_id), ignore_errors=True)
@@ -734,54 +845,23 @@ class Agent:
     # --- status ---------------------------------------------------------------------
 
     def _statuses(self, containers: Sequence[ContainerInfo], assigned: dict[PodId, Pod]) -> list[PodStatus]:
-        """A status per pod with a container (its current run), and per assigned pod without.
+        """A status per pod with a container (its current runs), and per assigned pod without.
         A container of a pod the agent was not given is reported with its template and owner,
         so that a control plane that lost its state can adopt it."""
         result: dict[PodId, PodStatus] = {}
         by_pod = runs(c for c in containers if c.id not in self._removing)
         for pod_id, found in by_pod.items():
             pod = assigned.get(pod_id)
-            c = current_run(found, pod.template_hash) if pod is not None else found[-1]
-            if c is None:
-                continue  # only containers of another template: being replaced
-            redact = self._redactor(pod)
-            if c.running:
-                ready, reason = self._readiness(pod)
-                status = PodStatus(pod_id, "Running", ready, reason, c.pod_ip, c.host_ports)
-            elif pod is not None and should_restart(pod, c):
-                reason = crash_loop(c, self._memory.get(pod_id, PodMemory()), self.clock())
-                if c.error:
-                    reason += f" ({c.error})"
-                status = PodStatus(
-                    pod_id,
-                    "Running",
-                    False,
-                    reason,
-                    exit_code=c.exit_code,
-                    last_log=self._log_tail(c, pod),
-                )
-            else:
-                phase: Phase = "Succeeded" if c.exit_code == 0 else "Failed"
-                reason = f"exited with code {c.exit_code}" + (f": {c.error}" if c.error else "")
-                status = PodStatus(
-                    pod_id,
-                    phase,
-                    False,
-                    reason,
-                    exit_code=c.exit_code,
-                    last_log=self._log_tail(c, pod),
-                )
-            result[pod_id] = dataclasses.replace(
-                status,
-                reason=truncate(redact(status.reason), MAX_TEXT),
-                restarts=c.restart,
-                container_id=c.id,
-                template_hash=c.template_hash,
-                owner=c.owner,
-            )
+            if pod is None:
+                result[pod_id] = self._unknown_status(found)
+                continue
+            mine = [c for c in found if c.template_hash == pod.template_hash]
+            if mine:  # else only containers of another template: being replaced
+                result[pod_id] = self._pod_status(pod, mine)
         for pod_id, assigned_pod in assigned.items():
             if pod_id not in result and assigned_pod.terminating_at is None:
-                state = self._memory.get(pod_id, PodMemory())
+                key = (pod_id, INFRA if has_infra(assigned_pod) else assigned_pod.spec.main.name)
+                state = self._memory.get(key, PodMemory())
                 result[pod_id] = PodStatus(
                     pod_id,
                     "Pending",
@@ -790,6 +870,139 @@ class Agent:
                     restarts=assigned_pod.restarts,
                 )
         return list(result.values())
+
+    def _unknown_status(self, found: Sequence[ContainerInfo]) -> PodStatus:
+        """What is known of a pod the agent was not given: whether its containers run."""
+        apps = [c for c in found if c.container != INFRA] or list(found)
+        c = apps[-1]
+        if c.running:
+            status = PodStatus(c.pod, "Running", True, "", c.pod_ip, c.host_ports)
+        else:
+            phase: Phase = "Succeeded" if c.exit_code == 0 else "Failed"
+            status = PodStatus(c.pod, phase, False, exit_text(c), exit_code=c.exit_code)
+        return dataclasses.replace(
+            status, restarts=c.restart, container_id=c.id, template_hash=c.template_hash, owner=c.owner
+        )
+
+    def _container_status(self, pod: Pod, spec: Container, found: Sequence[ContainerInfo]) -> ContainerStatus:
+        init = spec in pod.spec.init_containers
+        state = self._memory.get((pod.id, spec.name), PodMemory())
+        if not found:
+            return ContainerStatus(
+                spec.name, "waiting", reason=state.last_error or "PodInitializing", init=init
+            )
+        c = found[-1]
+        error = f" ({c.error})" if c.error else ""
+        if c.running:
+            ready, reason = self._readiness(pod, spec)
+            return ContainerStatus(spec.name, "running", ready, c.restart, None, reason, init)
+        tail = self._log_tail(c, pod)
+        if should_restart(pod, c, spec):
+            reason = crash_loop(c, state, self.clock()) + error
+            return ContainerStatus(spec.name, "waiting", False, c.restart, c.exit_code, reason, init, tail)
+        reason = (
+            "Completed" if init and c.exit_code == 0 else exit_text(c) + (f": {c.error}" if c.error else "")
+        )
+        return ContainerStatus(spec.name, "terminated", False, c.restart, c.exit_code, reason, init, tail)
+
+    def _pod_status(self, pod: Pod, mine: Sequence[ContainerInfo]) -> PodStatus:
+        """A pod's status from its containers' (`gitops.agents.plan` says what runs when)."""
+        by_name = container_runs(pod, mine)
+        multi = has_infra(pod)
+        statuses = [
+            self._container_status(pod, spec, by_name.get(spec.name, [])) for spec in pod.spec.all_containers
+        ]
+        apps = statuses[len(pod.spec.init_containers) :]
+        inits = statuses[: len(pod.spec.init_containers)]
+        redact = self._redactor(pod)
+
+        def named(status: ContainerStatus) -> str:
+            what = "init container" if status.init else "container"
+            return f"{what} {status.name}: {status.reason}" if multi else status.reason
+
+        holder_runs = by_name.get(INFRA if multi else pod.spec.main.name, [])
+        holder = holder_runs[-1] if holder_runs and holder_runs[-1].running else None
+        address = (holder.pod_ip, holder.host_ports) if holder is not None else ("", ())
+        failed_init = next((s for s in inits if s.state == "terminated" and s.exit_code != 0), None)
+        if all(s.state == "terminated" for s in apps):
+            failed = next((s for s in apps if s.exit_code != 0), None)
+            last = failed or apps[0]
+            status = PodStatus(
+                pod.id,
+                "Failed" if failed else "Succeeded",
+                False,
+                named(last),
+                exit_code=last.exit_code,
+                last_log=last.last_log,
+            )
+        elif failed_init is not None:
+            status = PodStatus(
+                pod.id,
+                "Failed",
+                False,
+                "Init:Error: " + named(failed_init),
+                exit_code=failed_init.exit_code,
+                last_log=failed_init.last_log,
+            )
+        elif any(s.state == "running" or s.restarts or s.exit_code is not None for s in apps):
+            serving = [
+                *apps,
+                *(
+                    s
+                    for s, spec in zip(inits, pod.spec.init_containers, strict=True)
+                    if spec.restart_policy == "Always"
+                ),
+            ]
+            ready = all(s.state == "running" and s.ready for s in serving)
+            problem = next((s for s in serving if not (s.state == "running" and s.ready) and s.reason), None)
+            if problem is None:
+                problem = next((s for s in serving if s.reason), None)
+            status = PodStatus(
+                pod.id,
+                "Running",
+                ready,
+                named(problem) if problem is not None else "",
+                *address,
+                exit_code=problem.exit_code if problem is not None else None,
+                last_log=problem.last_log if problem is not None else "",
+            )
+        else:
+            finished = [
+                (s.state == "terminated" and s.exit_code == 0)
+                or (spec.restart_policy == "Always" and s.state == "running")
+                for s, spec in zip(inits, pod.spec.init_containers, strict=True)
+            ]
+            done = sum(finished)
+            pending = next((s for s, ok in zip(inits, finished, strict=True) if not ok), None)
+            if pending is not None:
+                said = pending.state != "running" and pending.reason not in ("", "PodInitializing")
+                reason = f"Init:{done}/{len(inits)}" + (f" ({named(pending)})" if said else "")
+            else:
+                reason = self._waiting.get(pod.id, "") or next(
+                    (named(s) for s in apps if s.reason and s.reason != "PodInitializing"), "PodInitializing"
+                )
+            status = PodStatus(
+                pod.id,
+                "Pending",
+                False,
+                reason,
+                *address,
+                last_log=pending.last_log if pending is not None else "",
+            )
+        main = by_name.get(pod.spec.main.name) or holder_runs or list(mine)
+        return dataclasses.replace(
+            status,
+            reason=truncate(redact(status.reason), MAX_TEXT),
+            restarts=sum(s.restarts for s in statuses),
+            container_id=main[-1].id,
+            template_hash=pod.template_hash,
+            owner=mine[-1].owner,
+            containers=tuple(
+                dataclasses.replace(s, reason=truncate(redact(s.reason), MAX_TEXT)) for s in statuses
+            )
+            if multi
+            else (),
+        )
 
     def redactor(self) -> Redactor:
         """Redacts the Secret values of every pod this node runs (for its log lines)."""
@@ -814,13 +1027,10 @@ class Agent:
             self._logs[key] = tail[-LOG_TAIL_BYTES:]
         return self._logs[key]
 
-    def _readiness(self, pod: Pod | None) -> tuple[bool, str]:
-        if pod is None:
+    def _readiness(self, pod: Pod, spec: Container) -> tuple[bool, str]:
+        if not spec.probed:
             return True, ""
-        spec = pod.spec
-        if not (spec.startup_probe or spec.liveness_probe or spec.readiness_probe):
-            return True, ""
-        verdict = self._verdicts.get(pod.id)
+        verdict = self._verdicts.get((pod.id, spec.name))
         if verdict is None:
             probed = spec.startup_probe or spec.readiness_probe
             return (False, "waiting for the first probe") if probed else (True, "")

@@ -16,12 +16,17 @@
   part of the pod's template: a Service created later reaches a pod at its next start, as
   with kubelet. The pod's own variables win a clash.
 
-Both are pure functions of their inputs.
+- `field_value`: a downward API field (`metadata.name`, `status.podIP`, labels, ...) of a
+  pod (`PodFacts`), for env variables and downwardAPI volume files.
+
+All are pure functions of their inputs.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -141,3 +146,59 @@ def service_env(services: Sequence[ServiceEndpoints], spec: PodSpec, namespace: 
             env.append((f"{base}_PORT", str(port.port)))
             env.append((f"{base}_ADDR", ip))
     return env
+
+
+@dataclass(frozen=True)
+class PodFacts:
+    """What the downward API can tell a container about its pod, known once it is placed."""
+
+    name: str
+    namespace: str
+    uid: str
+    node: str
+    pod_ip: str = ""
+    host_ip: str = ""
+    service_account: str = "default"
+    labels: tuple[tuple[str, str], ...] = ()
+    annotations: tuple[tuple[str, str], ...] = ()
+
+
+def pod_uid(pod_id: str, created_at: float) -> str:
+    """A pod's uid: stable for the pod, new for a pod of the same name made again."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"gitops:pod:{pod_id}:{created_at!r}"))
+
+
+def _quoted_map(pairs: Sequence[tuple[str, str]]) -> str:
+    """Labels or annotations as a downwardAPI volume file has them: `key="value"` lines."""
+    return "\n".join(f"{k}={json.dumps(v)}" for k, v in sorted(pairs))
+
+
+def field_value(path: str, facts: PodFacts) -> str:
+    """The value of a downward API `fieldPath` (Kubernetes' names; validation has checked
+    them); "" for a label or annotation the pod does not have."""
+    simple = {
+        "metadata.name": facts.name,
+        "metadata.namespace": facts.namespace,
+        "metadata.uid": facts.uid,
+        "spec.nodeName": facts.node,
+        "spec.serviceAccountName": facts.service_account or "default",
+        "status.podIP": facts.pod_ip,
+        "status.podIPs": facts.pod_ip,
+        "status.hostIP": facts.host_ip,
+        "status.hostIPs": facts.host_ip,
+        "metadata.labels": _quoted_map(facts.labels),
+        "metadata.annotations": _quoted_map(facts.annotations),
+    }
+    if path in simple:
+        return simple[path]
+    for prefix, pairs in (("metadata.labels", facts.labels), ("metadata.annotations", facts.annotations)):
+        if path.startswith(prefix + "[") and path.endswith("]"):
+            key = path[len(prefix) + 1 : -1].strip("'\"")
+            return dict(pairs).get(key, "")
+    return ""
+
+
+def needs_pod_ip(spec: PodSpec) -> bool:
+    """Whether a container is told its pod's address (which is known before it starts only
+    when an infra container holds the pod's network)."""
+    return any(path.startswith("status.podIP") for c in spec.all_containers for _, path in c.field_env)

@@ -30,8 +30,8 @@ from typing import Literal, Protocol
 
 import httpx
 
-from gitops.agents.runtime import ContainerInfo, Runtime
-from gitops.model import PodId, Probe
+from gitops.agents.runtime import ContainerInfo, RunKey, Runtime
+from gitops.model import Probe
 from gitops.redact import Redactor, truncate
 
 Kind = Literal["startup", "liveness", "readiness"]
@@ -127,16 +127,16 @@ class Prober:
     handler: ProbeHandler
     clock: Callable[[], float]
     workers: int = 8
-    _states: dict[PodId, _State] = field(default_factory=dict)
+    _states: dict[RunKey, _State] = field(default_factory=dict)
 
-    def _state(self, pod: PodId, container: ContainerInfo, has_startup: bool) -> _State:
+    def _state(self, pod: RunKey, container: ContainerInfo, has_startup: bool) -> _State:
         state = self._states.get(pod)
         if state is None or state.started_at != container.started_at:
             state = _State(started_at=container.started_at, startup_done=not has_startup)
             self._states[pod] = state
         return state
 
-    def forget(self, keep: set[PodId]) -> None:
+    def forget(self, keep: set[RunKey]) -> None:
         for pod in list(self._states):
             if pod not in keep:
                 del self._states[pod]
@@ -148,12 +148,12 @@ class Prober:
         return last is None or now >= last + probe.period_seconds
 
     def check(
-        self, targets: Sequence[tuple[PodId, ContainerInfo, Probe | None, Probe | None, Probe | None]]
-    ) -> dict[PodId, Verdict]:
+        self, targets: Sequence[tuple[RunKey, ContainerInfo, Probe | None, Probe | None, Probe | None]]
+    ) -> dict[RunKey, Verdict]:
         """Run the due probes of running containers; `targets` hold (pod, container,
         startup, liveness, readiness). Returns a verdict for every target."""
         now = self.clock()
-        jobs: list[tuple[PodId, Kind, ContainerInfo, Probe]] = []
+        jobs: list[tuple[RunKey, Kind, ContainerInfo, Probe]] = []
         for pod, container, startup, liveness, readiness in targets:
             state = self._state(pod, container, startup is not None)
             if not state.startup_done:
@@ -168,8 +168,8 @@ class Prober:
         if jobs:
             with ThreadPoolExecutor(max_workers=min(self.workers, len(jobs))) as pool:
                 results = list(pool.map(lambda job: self.handler(job[2], job[3]), jobs))
-        verdicts: dict[PodId, Verdict] = {}
-        restart: dict[PodId, str] = {}
+        verdicts: dict[RunKey, Verdict] = {}
+        restart: dict[RunKey, str] = {}
         for (pod, kind, _, probe), (ok, message) in zip(jobs, results, strict=True):
             state = self._states[pod]
             state.last_run[kind] = now

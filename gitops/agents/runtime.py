@@ -1,11 +1,17 @@
 """The container runtime an agent drives: a `Runtime` protocol and its Docker implementation.
 
 Every container we create carries ownership labels (`gitops.node`, `gitops.pod`,
-`gitops.template`, `gitops.owner`, `gitops.restart`), which is how an agent that restarts
+`gitops.container`, `gitops.template`, `gitops.owner`, `gitops.restart`), which is how an agent that restarts
 finds and adopts its containers instead of recreating them, how a control plane that lost
 its state adopts them too, and how an agent recognises containers of pods that are gone. No
-container without our labels is ever touched. Each run of a pod is a container of its own,
-named after the pod and its restart number.
+container without our labels is ever touched. Each run of a container is a container of
+its own, named after the pod, the container (in a pod of several) and its restart number.
+
+A pod of several containers has an infra container holding its network, made from a
+129-byte program that waits for signals (`pause_binary`, imported as `gitops-pause:1` on the
+engine when missing: no registry needed). Its emptyDir volumes are Docker volumes labelled
+with the pod (`ensure_volume`, `remove_volumes`); securityContext and limits become the
+container's options (`_security_options`; no swap beyond a memory limit).
 
 A runtime that cannot be reached (the Docker engine stopped) raises `RuntimeUnavailable`
 from `list`, which the agent reports as the node's condition.
@@ -15,7 +21,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime as dt
+import hashlib
+import io
 import ipaddress
+import os
+import platform
+import struct
+import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -26,7 +38,7 @@ import docker.types
 import requests
 import structlog
 
-from gitops.model import NodeName, Pod, PodId
+from gitops.model import Container, NodeName, Pod, PodId, Volume
 
 log = structlog.get_logger(__name__)
 
@@ -34,7 +46,14 @@ LABEL_NODE = "gitops.node"
 LABEL_POD = "gitops.pod"
 LABEL_TEMPLATE = "gitops.template"
 LABEL_OWNER = "gitops.owner"  # Kind/namespace/name of the pod's owner
-LABEL_RESTART = "gitops.restart"  # which run of the pod this container is: 0, 1, 2, ...
+LABEL_RESTART = "gitops.restart"  # which run of the container this is: 0, 1, 2, ...
+LABEL_CONTAINER = "gitops.container"  # the pod's container it runs (absent before release 0.3)
+LABEL_VOLUME = "gitops.volume"  # on a pod's emptyDir volume: the volume's name in the pod
+INFRA = "POD"  # the container holding a pod's network (no container of a pod can be named so)
+
+
+RunKey = tuple[PodId, str]
+"""A container of a pod: (pod, container name); (pod, "") for the pod as a whole."""
 
 
 class RuntimeUnavailable(RuntimeError):
@@ -61,8 +80,26 @@ class ContainerInfo:
     started_at: float
     finished_at: float
     error: str = ""
-    restart: int = 0  # the run of the pod this container is (0 for the first)
+    restart: int = 0  # the run of the container this is (0 for the first)
     owner: str = ""  # Kind/namespace/name of the pod's owner
+    container: str = ""  # the pod's container it runs: a name, `INFRA`, or "" (made before 0.3)
+    oom_killed: bool = False  # it ended killed for exceeding its memory limit
+
+
+@dataclass(frozen=True)
+class MountSpec:
+    """What to mount into a container: a host file or folder (`volume` False) or a Docker
+    volume by name, at `target`."""
+
+    source: str
+    target: str
+    read_only: bool = True
+    volume: bool = False
+    sub_path: str = ""  # of a volume: mount this folder of it (made when missing)
+
+
+class NonRootRefused(RuntimeError):
+    """runAsNonRoot is set and the container would run as root."""
 
 
 class Runtime(Protocol):
@@ -72,17 +109,38 @@ class Runtime(Protocol):
         self,
         node: NodeName,
         pod: Pod,
-        mounts: Sequence[tuple[str, str]],
+        mounts: Sequence[MountSpec],
         restart: int = 0,
         *,
+        container: Container | None = None,
+        infra: str = "",
         address: str = "",
         network: str = "",
         env: Sequence[tuple[str, str]] = (),
     ) -> ContainerInfo:
-        """Start run `restart` of `pod` as a fresh container. On a pod `network` (see
+        """Start run `restart` of the pod's `container` (default: its first) as a fresh
+        container. Inside the network of the running `infra` container when given (a pod of
+        several containers); else with a network of its own: on a pod `network` (see
         `ensure_network`) only declared hostPorts are published, at the node's `address`
         (every interface when empty); without one, every port is, the others at a port the
-        engine picks. `env` comes before the pod's own variables (which win a clash)."""
+        engine picks. `env` comes before the container's own variables (which win a clash)."""
+        ...
+
+    def run_infra(
+        self, node: NodeName, pod: Pod, restart: int = 0, *, address: str = "", network: str = ""
+    ) -> ContainerInfo:
+        """Start the container that holds the network of a pod of several containers: it
+        takes the pod's address and publishes every hostPort of its containers."""
+        ...
+
+    def ensure_volume(self, node: NodeName, pod: Pod, volume: Volume) -> str:
+        """Make the pod's emptyDir `volume` exist (empty, writable by any user) and return
+        the Docker volume's name."""
+        ...
+
+    def remove_volumes(self, node: NodeName, keep: set[PodId]) -> tuple[str, ...]:
+        """Remove this node's pod volumes of pods not in `keep` that no container uses; the
+        names of those removed."""
         ...
 
     def ensure_network(self, name: str, subnet: str, gateway: str, bridge: str) -> str:
@@ -111,8 +169,73 @@ def _timestamp(value: str | None) -> float:
     return dt.datetime.fromisoformat(f"{head}.{frac:0<6}+00:00").timestamp()
 
 
-def container_name(node: str, pod: Pod, restart: int = 0) -> str:
-    return f"gitops_{node}_{pod.namespace}_{pod.name}"[:190] + f"_{restart}"
+def container_name(node: str, pod: Pod, restart: int = 0, container: str = "") -> str:
+    """`gitops_<node>_<ns>_<pod>[_<container>]_<run>`: the container named only in a pod of several."""
+    name = f"gitops_{node}_{pod.namespace}_{pod.name}"[:190]
+    return name + (f"_{container.lower()}"[:64] if container else "") + f"_{restart}"
+
+
+def volume_name(node: str, pod: Pod, volume: str) -> str:
+    """The Docker volume of a pod's emptyDir: readable, and unique per pod and volume."""
+    digest = hashlib.sha256(f"{node}/{pod.id}/{volume}".encode()).hexdigest()[:12]
+    return f"gitops_{pod.namespace}_{pod.name}"[:120] + f"_{volume[:40]}_{digest}"
+
+
+PAUSE_IMAGE = "gitops-pause:1"
+
+# The whole program of an infra container: wait for signals forever (pause(2) on x86-64,
+# ppoll(2) with nothing to poll on arm64), as Kubernetes' pause does; a static ELF file of
+# one program header, so no compiler and no registry is needed to make its image.
+_PAUSE_CODE = {
+    "x86_64": (0x3E, bytes.fromhex("b8220000000f05ebf7")),
+    "aarch64": (
+        0xB7,
+        b"".join(
+            struct.pack("<I", word)
+            for word in (0xD2800000, 0xD2800001, 0xD2800002, 0xD2800003, 0xD2800928, 0xD4000001, 0x17FFFFFA)
+        ),
+    ),
+}
+_PAUSE_CODE["amd64"] = _PAUSE_CODE["x86_64"]
+_PAUSE_CODE["arm64"] = _PAUSE_CODE["aarch64"]
+
+
+def pause_binary(machine: str) -> bytes:
+    """A static Linux ELF executable that waits forever, for `machine` (x86-64 or arm64)."""
+    if machine not in _PAUSE_CODE:
+        raise RuntimeFailure(f"no built-in pause program for {machine}; load an image named {PAUSE_IMAGE}")
+    arch, code = _PAUSE_CODE[machine]
+    base, header_size = 0x400000, 64 + 56
+    size = header_size + len(code)
+    elf = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)
+    elf += struct.pack("<HHIQQQIHHHHHH", 2, arch, 1, base + header_size, 64, 0, 0, 64, 56, 1, 0, 0, 0)
+    elf += struct.pack("<IIQQQQQQ", 1, 5, 0, base, base, size, size, 0x1000)
+    return elf + code
+
+
+def _security_options(container: Container) -> dict[str, Any]:
+    """Docker's options for a container's securityContext."""
+    sc = container.security
+    options: dict[str, Any] = {}
+    if sc.run_as_user is not None or sc.run_as_group is not None:
+        user = str(sc.run_as_user if sc.run_as_user is not None else 0)
+        options["user"] = user + (f":{sc.run_as_group}" if sc.run_as_group is not None else "")
+    if sc.supplemental_groups:
+        options["group_add"] = [str(g) for g in sc.supplemental_groups]
+    if sc.read_only_root_filesystem:
+        options["read_only"] = True
+    if sc.capabilities_add:
+        options["cap_add"] = list(sc.capabilities_add)
+    if sc.capabilities_drop:
+        options["cap_drop"] = list(sc.capabilities_drop)
+    security_opt = []
+    if sc.no_new_privileges:
+        security_opt.append("no-new-privileges:true")
+    if sc.seccomp == "Unconfined":
+        security_opt.append("seccomp=unconfined")
+    if security_opt:
+        options["security_opt"] = security_opt
+    return options
 
 
 def owner_label(pod: Pod) -> str:
@@ -160,6 +283,8 @@ class DockerRuntime:
                 break
         restart = str(labels.get(LABEL_RESTART, "0"))
         return ContainerInfo(
+            container=labels.get(LABEL_CONTAINER, ""),
+            oom_killed=bool(state.get("OOMKilled")),
             id=container.id,
             pod=PodId(labels.get(LABEL_POD, "")),
             template_hash=labels.get(LABEL_TEMPLATE, ""),
@@ -189,48 +314,131 @@ class DockerRuntime:
             raise
         return found
 
-    def run(
-        self,
-        node: NodeName,
-        pod: Pod,
-        mounts: Sequence[tuple[str, str]],
-        restart: int = 0,
-        *,
-        address: str = "",
-        network: str = "",
-        env: Sequence[tuple[str, str]] = (),
-    ) -> ContainerInfo:
-        spec = pod.spec
-        name = container_name(node, pod, restart)
+    def _fresh(self, name: str) -> None:
+        """Make way for a container named `name` (a run that was started before and failed)."""
         try:
             stale = self.client.containers.get(name)
         except docker.errors.NotFound:
-            stale = None
-        if stale is not None:
-            stale.remove(force=True)
-        kwargs: dict[str, Any] = {
-            "name": name,
-            "hostname": (spec.hostname or pod.name)[:63].rstrip("-."),
-            "labels": {
-                LABEL_NODE: node,
-                LABEL_POD: pod.id,
-                LABEL_TEMPLATE: pod.template_hash,
-                LABEL_OWNER: owner_label(pod),
-                LABEL_RESTART: str(restart),
-            },
-            "environment": {**dict(env), **dict(spec.env)},
+            return
+        stale.remove(force=True)
+
+    def _labels(self, node: NodeName, pod: Pod, restart: int, container: str) -> dict[str, str]:
+        return {
+            LABEL_NODE: node,
+            LABEL_POD: pod.id,
+            LABEL_TEMPLATE: pod.template_hash,
+            LABEL_OWNER: owner_label(pod),
+            LABEL_RESTART: str(restart),
+            LABEL_CONTAINER: container,
+        }
+
+    def _network_options(
+        self, pod: Pod, *, address: str, network: str, containers: Sequence[Container]
+    ) -> dict[str, Any]:
+        """What gives a pod its address: hostname, network, published ports, network sysctls."""
+        ports = [p for c in containers for p in c.ports]
+        options: dict[str, Any] = {
+            "hostname": (pod.spec.hostname or pod.name)[:63].rstrip("-."),
             "ports": {
                 f"{p.container_port}/{p.protocol.lower()}": (address, p.host_port or None)
                 if address
                 else (p.host_port or None)
-                for p in spec.ports
+                for p in ports
                 if p.host_port or not network
             },
-            "volumes": {host: {"bind": inside, "mode": "ro"} for host, inside in mounts},
-            "detach": True,
         }
         if network:
-            kwargs["network"] = network
+            options["network"] = network
+        sysctls = dict(pod.spec.main.security.sysctls)
+        if sysctls:
+            options["sysctls"] = sysctls
+        return options
+
+    def _create_and_start(
+        self, image: str, node: NodeName, pod: Pod, kwargs: dict[str, Any]
+    ) -> ContainerInfo:
+        try:
+            created = self.client.containers.create(image, **kwargs)
+        except docker.errors.ImageNotFound as exc:
+            raise ImageMissing(f"image {image!r} is not present on node {node}") from exc
+        except docker.errors.APIError as exc:
+            raise RuntimeFailure(str(exc.explanation or exc)) from exc
+        try:
+            created.start()
+        except docker.errors.APIError as exc:
+            created.reload()
+            info = self._info(created)
+            log.warning("runtime.start_failed", pod=pod.id, error=str(exc.explanation or exc))
+            return info
+        created.reload()
+        return self._info(created)
+
+    def _mount(self, mount: MountSpec) -> docker.types.Mount:
+        if not mount.sub_path:
+            kind = "volume" if mount.volume else "bind"
+            return docker.types.Mount(
+                mount.target, mount.source, type=kind, read_only=mount.read_only, no_copy=mount.volume
+            )
+        # Docker of Debian 12 has no subpath for volumes: bind the folder of the volume itself.
+        mountpoint = str(self.client.volumes.get(mount.source).attrs.get("Mountpoint") or "")
+        if not os.path.isdir(mountpoint):
+            raise RuntimeFailure(
+                f"subPath {mount.sub_path!r}: volume {mount.source} has no folder on this node"
+            )
+        folder = os.path.realpath(os.path.join(mountpoint, mount.sub_path))
+        if not folder.startswith(os.path.realpath(mountpoint) + os.sep):
+            raise RuntimeFailure(f"subPath {mount.sub_path!r} leaves its volume")
+        os.makedirs(folder, mode=0o777, exist_ok=True)
+        return docker.types.Mount(mount.target, folder, type="bind", read_only=mount.read_only)
+
+    def _check_non_root(self, container: Container) -> None:
+        """kubelet's runAsNonRoot check: the user the container would run as must be a
+        number other than 0 (a user name cannot be verified)."""
+        if not container.security.run_as_non_root:
+            return
+        user = str(container.security.run_as_user) if container.security.run_as_user is not None else ""
+        if not user:
+            try:
+                config = self.client.images.get(container.image).attrs.get("Config") or {}
+            except docker.errors.ImageNotFound as exc:
+                raise ImageMissing(f"image {container.image!r} is not present") from exc
+            user = str(config.get("User") or "").split(":")[0]
+        if user in ("", "0", "root"):
+            raise NonRootRefused("container has runAsNonRoot and image will run as root")
+        if not user.isdigit():
+            raise NonRootRefused(
+                f"container has runAsNonRoot and image has non-numeric user ({user}), "
+                "cannot verify user is non-root"
+            )
+
+    def run(
+        self,
+        node: NodeName,
+        pod: Pod,
+        mounts: Sequence[MountSpec],
+        restart: int = 0,
+        *,
+        container: Container | None = None,
+        infra: str = "",
+        address: str = "",
+        network: str = "",
+        env: Sequence[tuple[str, str]] = (),
+    ) -> ContainerInfo:
+        spec = container or pod.spec.main
+        self._check_non_root(spec)
+        name = container_name(node, pod, restart, spec.name if infra else "")
+        self._fresh(name)
+        kwargs: dict[str, Any] = {
+            "name": name,
+            "labels": self._labels(node, pod, restart, spec.name),
+            "environment": {**dict(env), **dict(spec.env)},
+            "mounts": [self._mount(m) for m in mounts],
+            "detach": True,
+        }
+        if infra:
+            kwargs["network_mode"] = f"container:{infra}"
+        else:
+            kwargs.update(self._network_options(pod, address=address, network=network, containers=[spec]))
         if spec.command:
             kwargs["entrypoint"] = list(spec.command)
         if spec.args:
@@ -240,22 +448,86 @@ class DockerRuntime:
         if spec.cpu_limit_milli:
             kwargs["nano_cpus"] = spec.cpu_limit_milli * 1_000_000
         if spec.memory_limit_bytes:
-            kwargs["mem_limit"] = spec.memory_limit_bytes
+            # No swap beyond the limit, as kubelet runs containers.
+            kwargs["mem_limit"] = kwargs["memswap_limit"] = spec.memory_limit_bytes
+        kwargs.update(_security_options(spec))
+        return self._create_and_start(spec.image, node, pod, kwargs)
+
+    def run_infra(
+        self, node: NodeName, pod: Pod, restart: int = 0, *, address: str = "", network: str = ""
+    ) -> ContainerInfo:
+        image = self._pause_image()
+        name = container_name(node, pod, restart, INFRA)
+        self._fresh(name)
+        kwargs: dict[str, Any] = {
+            "name": name,
+            "labels": self._labels(node, pod, restart, INFRA),
+            "detach": True,
+            "read_only": True,
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges:true"],
+            "mem_limit": 8 * 1024 * 1024,
+        }
+        kwargs.update(
+            self._network_options(pod, address=address, network=network, containers=pod.spec.all_containers)
+        )
+        return self._create_and_start(image, node, pod, kwargs)
+
+    def _pause_image(self) -> str:
+        """The image of infra containers, made on this engine from `pause_binary` when it is
+        missing (no registry needs to be reachable)."""
         try:
-            container = self.client.containers.create(spec.image, **kwargs)
-        except docker.errors.ImageNotFound as exc:
-            raise ImageMissing(f"image {spec.image!r} is not present on node {node}") from exc
-        except docker.errors.APIError as exc:
-            raise RuntimeFailure(str(exc.explanation or exc)) from exc
+            self.client.images.get(PAUSE_IMAGE)
+        except docker.errors.ImageNotFound:
+            binary = pause_binary(platform.machine())
+            buffer = io.BytesIO()
+            with tarfile.open(fileobj=buffer, mode="w") as tar:
+                entry = tarfile.TarInfo("pause")
+                entry.size, entry.mode = len(binary), 0o755
+                tar.addfile(entry, io.BytesIO(binary))
+            repository, _, tag = PAUSE_IMAGE.partition(":")
+            self.client.api.import_image_from_data(
+                buffer.getvalue(), repository=repository, tag=tag, changes=['CMD ["/pause"]']
+            )
+            log.info("runtime.pause_image_made", image=PAUSE_IMAGE)
+        return PAUSE_IMAGE
+
+    def ensure_volume(self, node: NodeName, pod: Pod, volume: Volume) -> str:
+        name = volume_name(node, pod, volume.name)
         try:
-            container.start()
-        except docker.errors.APIError as exc:
-            container.reload()
-            info = self._info(container)
-            log.warning("runtime.start_failed", pod=pod.id, error=str(exc.explanation or exc))
-            return info
-        container.reload()
-        return self._info(container)
+            self.client.volumes.get(name)
+            return name
+        except docker.errors.NotFound:
+            pass
+        labels = {LABEL_NODE: node, LABEL_POD: pod.id, LABEL_VOLUME: volume.name}
+        if volume.medium == "Memory":
+            size = f",size={volume.size_limit_bytes}" if volume.size_limit_bytes else ""
+            self.client.volumes.create(
+                name,
+                driver="local",
+                driver_opts={"type": "tmpfs", "device": "tmpfs", "o": "mode=1777" + size},
+                labels=labels,
+            )
+        else:
+            created = self.client.volumes.create(name, driver="local", labels=labels)
+            # An emptyDir is writable by whatever user the pod's containers run as.
+            mountpoint = created.attrs.get("Mountpoint") or ""
+            if mountpoint and os.path.isdir(mountpoint):
+                os.chmod(mountpoint, 0o777)  # noqa: S103 - Kubernetes' emptyDir mode
+        return name
+
+    def remove_volumes(self, node: NodeName, keep: set[PodId]) -> tuple[str, ...]:
+        removed = []
+        for volume in self.client.volumes.list(filters={"label": f"{LABEL_NODE}={node}"}):
+            labels = volume.attrs.get("Labels") or {}
+            if LABEL_VOLUME not in labels or labels.get(LABEL_POD) in keep:
+                continue
+            try:
+                volume.remove()
+            except docker.errors.APIError:
+                continue  # still used by a container being removed: the next sweep takes it
+            removed.append(volume.name)
+        return tuple(removed)
 
     def ensure_network(self, name: str, subnet: str, gateway: str, bridge: str) -> str:
         try:

@@ -47,7 +47,7 @@ from gitops.api.readonly import install_read_only
 from gitops.codec import encode
 from gitops.health import Health
 from gitops.metrics import CONTENT_TYPE, Metrics
-from gitops.model import Node, NodeName, PodId, PodStatus, Taint
+from gitops.model import ContainerStatus, Node, NodeName, PodId, PodStatus, Taint
 from gitops.planner import all_endpoints
 from gitops.store import NodeNameTaken, PodRangeExhausted, Store
 
@@ -237,6 +237,7 @@ def create_app(
                 last_log=s.last_log,
                 template_hash=s.template_hash,
                 owner=s.owner,
+                containers=tuple(ContainerStatus(**c.model_dump()) for c in s.containers),
             )
             for s in request.statuses
         ]

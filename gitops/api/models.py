@@ -146,6 +146,19 @@ class RegisterReply(BaseModel):
     pod_cidr: str = ""  # this node's pod subnet: its agent runs pods on a bridge of it
 
 
+class ContainerStatusModel(_Strict):
+    """What an agent reports about one container of a pod of several."""
+
+    name: Annotated[str, Field(min_length=1, max_length=63)]
+    state: Literal["waiting", "running", "terminated"] = "waiting"
+    ready: bool = False
+    restarts: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    exit_code: Annotated[int, Field(ge=-(2**31), le=2**31 - 1)] | None = None
+    reason: Annotated[str, Field(max_length=MAX_REASON)] = ""
+    init: bool = False
+    last_log: Annotated[str, Field(max_length=MAX_LOG)] = ""
+
+
 class PodStatusModel(_Strict):
     """What an agent reports about one pod bound to its node."""
 
@@ -161,6 +174,7 @@ class PodStatusModel(_Strict):
     last_log: Annotated[str, Field(max_length=MAX_LOG)] = ""
     template_hash: Annotated[str, Field(max_length=64)] = ""
     owner: Annotated[str, Field(max_length=600)] = ""
+    containers: Annotated[list[ContainerStatusModel], Field(max_length=64)] = []
 
 
 class SyncRequest(_Strict):

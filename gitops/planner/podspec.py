@@ -22,13 +22,17 @@ from typing import Any
 from gitops.codec import encode
 from gitops.keyed import digest, secret_data
 from gitops.model import (
+    Container,
     ContainerPort,
     Manifest,
     MountedFile,
     ObjectKey,
     PodSpec,
     Probe,
+    SecurityContext,
     Toleration,
+    Volume,
+    VolumeMount,
     content_hash,
 )
 from gitops.schemas.quantity import parse_cpu, parse_memory
@@ -79,13 +83,16 @@ def _env(
     configs: Configs,
     uses: set[ObjectKey],
     hidden: dict[str, str],
-) -> tuple[tuple[str, str], ...]:
-    """The container's environment; `hidden` receives, per variable taken from a Secret, the
-    digest the template hash uses instead of its value."""
+) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
+    """The container's environment, and its downward API variables (name, field path) that
+    the node fills in; `hidden` receives, per variable taken from a Secret, the digest the
+    template hash uses instead of its value."""
     env: dict[str, str] = {}
+    fields: dict[str, str] = {}
 
     def put(name: str, obj: Manifest, key: str, value: bytes) -> None:
         env[name] = value.decode(errors="replace")
+        fields.pop(name, None)
         if obj.key.kind == "Secret":
             hidden[name] = value_digest(obj, key, value)
         else:
@@ -105,11 +112,22 @@ def _env(
                 put(prefix + key, obj, key, value)
     for var in container.get("env") or []:
         name = str(var["name"])
-        if "value" in var:
-            env[name] = "" if var["value"] is None else str(var["value"])
+        if "value" in var or "valueFrom" not in var:
+            env[name] = "" if var.get("value") is None else str(var["value"])
+            fields.pop(name, None)
             hidden.pop(name, None)
             continue
         value_from = var.get("valueFrom") or {}
+        if "fieldRef" in value_from:
+            env.pop(name, None)
+            hidden.pop(name, None)
+            fields[name] = str(value_from["fieldRef"]["fieldPath"])
+            continue
+        if "resourceFieldRef" in value_from:
+            env[name] = resource_value(value_from["resourceFieldRef"], container)
+            fields.pop(name, None)
+            hidden.pop(name, None)
+            continue
         for kind, field in (("ConfigMap", "configMapKeyRef"), ("Secret", "secretKeyRef")):
             ref = value_from.get(field)
             if not ref:
@@ -121,10 +139,48 @@ def _env(
             data = config_values(obj)
             if ref["key"] in data:
                 put(name, obj, ref["key"], data[ref["key"]])
-        if "valueFrom" not in var and "value" not in var:
-            env[name] = ""
-            hidden.pop(name, None)
-    return tuple(env.items())
+    return tuple(env.items()), tuple(fields.items())
+
+
+def resource_value(ref: Mapping[str, Any], container: Mapping[str, Any]) -> str:
+    """A `resourceFieldRef` value as kubelet gives it: the container's request or limit
+    divided by `divisor`, rounded up. A limit that is not set is the request (kubelet gives
+    the node's allocatable, which a template cannot know; the request is what the scheduler
+    counted), and 0 without either."""
+    resource = str(ref["resource"])
+    section, _, name = resource.partition(".")
+    resources = container.get("resources") or {}
+    raw = _quantity(resources, section, name)
+    if raw is None and section == "limits":
+        raw = _quantity(resources, "requests", name)
+    cpu = name == "cpu"
+    parse = parse_cpu if cpu else parse_memory
+    amount = parse(raw) if raw is not None else 0
+    divisor = parse(ref["divisor"]) if ref.get("divisor") not in (None, "", 0, "0") else (1000 if cpu else 1)
+    return str(-(-amount // max(divisor, 1)))
+
+
+def _downward_files(
+    volume: Mapping[str, Any], base: str, sub_path: str, containers: Mapping[str, Mapping[str, Any]]
+) -> list[MountedFile]:
+    """The files of a downwardAPI volume: values of the pod's own (filled in by the node,
+    which knows its name and uid) or of a container's resources (known here)."""
+    source = volume["downwardAPI"]
+    mode = int(source.get("defaultMode", 0o644))
+    files = []
+    for item in source.get("items") or ():
+        rel = str(item["path"])
+        if sub_path and rel != sub_path:
+            continue
+        path = base if sub_path else posixpath.join(base, rel)
+        file_mode = int(item.get("mode", mode))
+        if "fieldRef" in item:
+            files.append(MountedFile(path, b"", file_mode, field=str(item["fieldRef"]["fieldPath"])))
+        elif "resourceFieldRef" in item:
+            ref = item["resourceFieldRef"]
+            container = containers.get(str(ref.get("containerName", ""))) or {}
+            files.append(MountedFile(path, resource_value(ref, container).encode(), file_mode))
+    return files
 
 
 def _files(
@@ -136,13 +192,21 @@ def _files(
     uses: set[ObjectKey],
     hidden: dict[str, str],
 ) -> tuple[MountedFile, ...]:
-    """Files of configMap and secret volumes; `hidden` receives, per file from a Secret, the
-    digest the template hash uses instead of its content."""
+    """Files of configMap, secret and downwardAPI volumes; `hidden` receives, per file from
+    a Secret, the digest the template hash uses instead of its content."""
     volumes = {v["name"]: v for v in pod.get("volumes") or []}
+    by_name = {
+        str(c.get("name")): c for c in (*(pod.get("initContainers") or ()), *pod.get("containers", ()))
+    }
     files: list[MountedFile] = []
     for mount in container.get("volumeMounts") or []:
         volume = volumes.get(mount["name"])
         if volume is None:
+            continue
+        base = str(mount["mountPath"])
+        sub_path = str(mount.get("subPath") or "")
+        if "downwardAPI" in volume:
+            files += _downward_files(volume, base, sub_path, by_name)
             continue
         if "configMap" in volume:
             source, kind, name = volume["configMap"], "ConfigMap", volume["configMap"].get("name")
@@ -163,8 +227,6 @@ def _files(
             if items
             else [(key, key, mode) for key in sorted(data)]
         )
-        base = str(mount["mountPath"])
-        sub_path = mount.get("subPath")
         for key, rel, file_mode in pairs:
             if key not in data:
                 continue
@@ -175,6 +237,66 @@ def _files(
             if secret:
                 hidden[path] = value_digest(obj, key, data[key])
     return tuple(sorted(files, key=lambda f: f.path))
+
+
+def _mounts(pod: Mapping[str, Any], container: Mapping[str, Any]) -> tuple[VolumeMount, ...]:
+    """The container's mounts of the pod's shared volumes (emptyDir)."""
+    shared = {v["name"] for v in pod.get("volumes") or [] if "emptyDir" in v}
+    return tuple(
+        VolumeMount(
+            volume=str(m["name"]),
+            path=str(m["mountPath"]),
+            read_only=bool(m.get("readOnly", False)),
+            sub_path=str(m.get("subPath") or ""),
+        )
+        for m in container.get("volumeMounts") or []
+        if m["name"] in shared
+    )
+
+
+def _volumes(pod: Mapping[str, Any]) -> tuple[Volume, ...]:
+    result = []
+    for v in pod.get("volumes") or []:
+        if "emptyDir" not in v:
+            continue
+        empty = v["emptyDir"] or {}
+        size = empty.get("sizeLimit")
+        result.append(
+            Volume(
+                name=str(v["name"]),
+                medium="Memory" if empty.get("medium") == "Memory" else "",
+                size_limit_bytes=parse_memory(size) if size is not None else 0,
+            )
+        )
+    return tuple(result)
+
+
+def _security(pod: Mapping[str, Any], container: Mapping[str, Any]) -> SecurityContext:
+    """The container's securityContext over the pod's (Kubernetes' precedence)."""
+    pod_ctx = pod.get("securityContext") or {}
+    own = container.get("securityContext") or {}
+
+    def pick(name: str) -> Any:
+        return own[name] if name in own else pod_ctx.get(name)
+
+    groups = [int(g) for g in pod_ctx.get("supplementalGroups") or ()]
+    if pod_ctx.get("fsGroup") is not None:
+        groups.insert(0, int(pod_ctx["fsGroup"]))
+    capabilities = own.get("capabilities") or {}
+    seccomp = (pick("seccompProfile") or {}).get("type", "")
+    user, group = pick("runAsUser"), pick("runAsGroup")
+    return SecurityContext(
+        run_as_user=int(user) if user is not None else None,
+        run_as_group=int(group) if group is not None else None,
+        run_as_non_root=bool(pick("runAsNonRoot")),
+        supplemental_groups=tuple(dict.fromkeys(groups)),
+        read_only_root_filesystem=bool(own.get("readOnlyRootFilesystem", False)),
+        capabilities_add=tuple(str(c) for c in capabilities.get("add") or ()),
+        capabilities_drop=tuple(str(c) for c in capabilities.get("drop") or ()),
+        no_new_privileges=own.get("allowPrivilegeEscalation") is False,
+        seccomp=seccomp if seccomp in ("RuntimeDefault", "Unconfined") else "",
+        sysctls=tuple((str(s["name"]), str(s["value"])) for s in pod_ctx.get("sysctls") or ()),
+    )
 
 
 def _tolerations(pod: Mapping[str, Any]) -> tuple[Toleration, ...]:
@@ -273,12 +395,16 @@ def resolve_template(deployment: Manifest, configs: Configs) -> Template:
     return template
 
 
-def _resolve(deployment: Manifest, configs: Configs) -> Template:
-    namespace = deployment.key.namespace
-    template = deployment.spec.get("template") or {}
-    pod = template.get("spec") or {}
-    container = (pod.get("containers") or [{}])[0]
-    uses: set[ObjectKey] = set()
+def _container(
+    pod: Mapping[str, Any],
+    container: Mapping[str, Any],
+    *,
+    namespace: str,
+    configs: Configs,
+    uses: set[ObjectKey],
+    hidden_files: dict[str, str],
+) -> tuple[Container, dict[str, str]]:
+    """One container resolved, with the digests its Secret-valued variables hash as."""
     resources = container.get("resources") or {}
     limits = resources.get("limits") or {}
     requests = resources.get("requests") or {}
@@ -291,7 +417,7 @@ def _resolve(deployment: Manifest, configs: Configs) -> Template:
     default_policy = (
         "Always"
         if image.endswith(":latest") or ":" not in image.rsplit("/", maxsplit=1)[-1]
-        else ("IfNotPresent")
+        else "IfNotPresent"
     )
     ports = tuple(
         ContainerPort(
@@ -303,9 +429,9 @@ def _resolve(deployment: Manifest, configs: Configs) -> Template:
         for p in container.get("ports") or ()
     )
     hidden_env: dict[str, str] = {}
-    hidden_files: dict[str, str] = {}
-    env = _env(container, namespace, configs, uses, hidden_env)
-    spec = PodSpec(
+    env, field_env = _env(container, namespace, configs, uses, hidden_env)
+    resolved = Container(
+        name=str(container.get("name", "main")),
         image=image,
         command=tuple(str(c) for c in container.get("command") or ()),
         args=tuple(str(a) for a in container.get("args") or ()),
@@ -314,19 +440,56 @@ def _resolve(deployment: Manifest, configs: Configs) -> Template:
         files=_files(pod, container, namespace, configs, uses=uses, hidden=hidden_files),
         working_dir=str(container.get("workingDir", "")),
         image_pull_policy=container.get("imagePullPolicy", default_policy),
-        restart_policy=pod.get("restartPolicy", "Always"),
         cpu_request_milli=cpu_request,
         memory_request_bytes=memory_request,
         cpu_limit_milli=cpu_limit,
         memory_limit_bytes=memory_limit,
-        node_selector=tuple(sorted((str(k), str(v)) for k, v in (pod.get("nodeSelector") or {}).items())),
-        tolerations=_tolerations(pod),
-        termination_grace_period_seconds=int(pod.get("terminationGracePeriodSeconds", 30)),
-        container_name=str(container.get("name", "main")),
         readiness_probe=_probe(container.get("readinessProbe"), ports),
         liveness_probe=_probe(container.get("livenessProbe"), ports),
         startup_probe=_probe(container.get("startupProbe"), ports),
         secret_env=tuple(name for name, _ in env if name in hidden_env),
+        mounts=_mounts(pod, container),
+        field_env=field_env,
+        security=_security(pod, container),
+        restart_policy="Always" if container.get("restartPolicy") == "Always" else "",
+    )
+    return resolved, hidden_env
+
+
+def _resolve(deployment: Manifest, configs: Configs) -> Template:
+    namespace = deployment.key.namespace
+    template = deployment.spec.get("template") or {}
+    pod = template.get("spec") or {}
+    uses: set[ObjectKey] = set()
+    hidden_env: dict[str, dict[str, str]] = {}
+    hidden_files: dict[str, str] = {}
+
+    def resolve(raw: Sequence[Mapping[str, Any]]) -> tuple[Container, ...]:
+        result = []
+        for item in raw:
+            container, hidden = _container(
+                pod, item, namespace=namespace, configs=configs, uses=uses, hidden_files=hidden_files
+            )
+            hidden_env[container.name] = hidden
+            result.append(container)
+        return tuple(result)
+
+    containers = resolve(pod.get("containers") or [{}])
+    init_containers = resolve(pod.get("initContainers") or ())
+    annotations = (template.get("metadata") or {}).get("annotations") or {}
+    wants_annotations = any(
+        path.startswith("metadata.annotations")
+        for c in (*init_containers, *containers)
+        for path in (*(p for _, p in c.field_env), *(f.field for f in c.files))
+    )
+    spec = PodSpec(
+        containers=containers,
+        init_containers=init_containers,
+        volumes=_volumes(pod),
+        restart_policy=pod.get("restartPolicy", "Always"),
+        node_selector=tuple(sorted((str(k), str(v)) for k, v in (pod.get("nodeSelector") or {}).items())),
+        tolerations=_tolerations(pod),
+        termination_grace_period_seconds=int(pod.get("terminationGracePeriodSeconds", 30)),
         hostname=str(pod.get("hostname", "")),
         subdomain=str(pod.get("subdomain", "")),
         dns_policy=pod.get("dnsPolicy", "ClusterFirst"),
@@ -337,6 +500,10 @@ def _resolve(deployment: Manifest, configs: Configs) -> Template:
             for o in (pod.get("dnsConfig") or {}).get("options") or ()
         ),
         enable_service_links=bool(pod.get("enableServiceLinks", True)),
+        service_account_name=str(pod.get("serviceAccountName") or pod.get("serviceAccount") or ""),
+        annotations=tuple(sorted((str(k), str(v)) for k, v in annotations.items()))
+        if wants_annotations
+        else (),
     )
     labels = tuple(
         sorted((str(k), str(v)) for k, v in ((template.get("metadata") or {}).get("labels") or {}).items())
@@ -354,30 +521,104 @@ UNHASHED_DEFAULTS: dict[str, Any] = {
     "dns_searches": [],
     "dns_options": [],
     "enable_service_links": True,
+    "init_containers": [],
+    "volumes": [],
+    "service_account_name": "",
+    "annotations": [],
+}
+UNHASHED_CONTAINER_DEFAULTS: dict[str, Any] = {
+    "mounts": [],
+    "field_env": [],
+    "security": encode(SecurityContext()),
+    "restart_policy": "",
 }
 
 
-def hash_input(spec: PodSpec, hidden_env: Mapping[str, str], hidden_files: Mapping[str, str]) -> Any:
-    """What a template hash covers: the encoded spec with every Secret value replaced by its
-    digest. Fields added after release 0.1 are left out while unset, so that upgrading does
-    not change the hash (and replace the pods) of a template that does not use them."""
-    data = encode(spec)
-    if not spec.secret_env:
+def _hash_container(
+    data: dict[str, Any], hidden_env: Mapping[str, str], hidden_files: Mapping[str, str]
+) -> None:
+    """A container's encoded form as its hash covers it (in place)."""
+    if not data["secret_env"]:
         del data["secret_env"]
-    for name, default in UNHASHED_DEFAULTS.items():
+    for name, default in UNHASHED_CONTAINER_DEFAULTS.items():
         if data[name] == default:
             del data[name]
     for port in data["ports"]:
         if not port["host_port"]:
             del port["host_port"]
     data["env"] = [[k, "secret:" + hidden_env[k]] if k in hidden_env else [k, v] for k, v in data["env"]]
+    files = [{k: v for k, v in f.items() if k != "field" or v} for f in data["files"]]
     data["files"] = [
         {**f, "content": "secret:" + hidden_files[f["path"]]}
         if f["secret"]
         else {k: v for k, v in f.items() if k != "secret"}
-        for f in data["files"]
+        for f in files
     ]
+
+
+def hash_input(
+    spec: PodSpec, hidden_env: Mapping[str, Mapping[str, str]], hidden_files: Mapping[str, str]
+) -> Any:
+    """What a template hash covers: the encoded spec with every Secret value replaced by its
+    digest (`hidden_env` per container name). Fields added after release 0.1 are left out
+    while unset, and the first container's fields sit on the spec as they did when pods had
+    one container, so that upgrading does not change the hash (and replace the pods) of a
+    template that does not use what is new."""
+    data = encode(spec)
+    containers = data.pop("containers")
+    for c, raw in zip(spec.all_containers, [*data["init_containers"], *containers], strict=True):
+        _hash_container(raw, hidden_env.get(c.name, {}), hidden_files)
+    first = containers[0]
+    data.update({k: v for k, v in first.items() if k not in ("name",)})
+    data["container_name"] = first["name"]
+    if len(containers) > 1:
+        data["more_containers"] = containers[1:]
+    for name, default in UNHASHED_DEFAULTS.items():
+        if data[name] == default:
+            del data[name]
     return data
+
+
+def _container_changes(before: Container, after: Container) -> list[str]:
+    changes: list[str] = []
+    for f in dataclasses.fields(Container):
+        old, new = getattr(before, f.name), getattr(after, f.name)
+        if old == new:
+            continue
+        if f.name == "env":
+            b, a = dict(old), dict(new)
+            names = sorted(k for k in set(b) | set(a) if b.get(k) != a.get(k))
+            changes.append("env " + ", ".join(names) + " changed")
+        elif f.name == "files":
+            b_files = {m.path: m for m in old}
+            a_files = {m.path: m for m in new}
+            paths = sorted(p for p in set(b_files) | set(a_files) if b_files.get(p) != a_files.get(p))
+            changes.append("files " + ", ".join(paths) + " changed")
+        elif f.name in ("image", "working_dir", "image_pull_policy"):
+            changes.append(f"{f.name.replace('_', ' ')} changed: {old} -> {new}")
+        elif f.name in ("command", "args"):
+            changes.append(f"{f.name} changed: {list(old)} -> {list(new)}")
+        elif f.name != "name":
+            changes.append(f"{f.name.replace('_', ' ')} changed")
+    return changes
+
+
+def _containers_changes(
+    before: Sequence[Container], after: Sequence[Container], what: str, *, prefix: bool
+) -> list[str]:
+    """Changes of one list of containers, by name; `prefix` names the container in each."""
+    old = {c.name: c for c in before}
+    new = {c.name: c for c in after}
+    changes = [f"{what} {name} removed" for name in old if name not in new]
+    for name, container in new.items():
+        if name not in old:
+            changes.append(f"{what} {name} added")
+            continue
+        found = _container_changes(old[name], container)
+        changes += [f"{what} {name}: {c}" for c in found] if prefix else found
+    if [c.name for c in before if c.name in new] != [c.name for c in after if c.name in old]:
+        changes.append(f"{what}s reordered")
+    return changes
 
 
 def describe_change(
@@ -389,30 +630,24 @@ def describe_change(
 ) -> str:
     """A short human-readable cause for replacing a pod running `old` with `new`.
 
-    Values from Secrets are never shown: env and files only name what changed. When the
-    specs read the same, the change is in the labels, or in a Secret value the caller
-    could not see (a preview on a snapshot, which has no Secret values).
+    Values from Secrets are never shown: env and files only name what changed. A pod of one
+    container (the same on both sides) reads as it did before pods had several: `image
+    changed: web:1 -> web:2`; otherwise each change names its container. When the specs read
+    the same, the change is in the labels, or in a Secret value the caller could not see (a
+    preview on a snapshot, which has no Secret values).
     """
     changes: list[str] = []
     for f in dataclasses.fields(PodSpec):
         before, after = getattr(old, f.name), getattr(new, f.name)
-        if before == after:
+        if before == after or f.name in ("containers", "init_containers"):
             continue
-        if f.name == "env":
-            b, a = dict(before), dict(after)
-            names = sorted(k for k in set(b) | set(a) if b.get(k) != a.get(k))
-            changes.append("env " + ", ".join(names) + " changed")
-        elif f.name == "files":
-            b_files = {m.path: m for m in before}
-            a_files = {m.path: m for m in after}
-            paths = sorted(p for p in set(b_files) | set(a_files) if b_files.get(p) != a_files.get(p))
-            changes.append("files " + ", ".join(paths) + " changed")
-        elif f.name in ("image", "restart_policy", "working_dir", "image_pull_policy"):
-            changes.append(f"{f.name.replace('_', ' ')} changed: {before} -> {after}")
-        elif f.name in ("command", "args"):
-            changes.append(f"{f.name} changed: {list(before)} -> {list(after)}")
+        if f.name == "restart_policy":
+            changes.append(f"restart policy changed: {before} -> {after}")
         else:
             changes.append(f"{f.name.replace('_', ' ')} changed")
+    single = len(old.containers) == len(new.containers) == 1 and old.main.name == new.main.name
+    changes += _containers_changes(old.init_containers, new.init_containers, "init container", prefix=True)
+    changes += _containers_changes(old.containers, new.containers, "container", prefix=not single)
     if not changes:
         secrets = [str(k) for k in new_uses if k.kind == "Secret"]
         if labels_changed or not secrets:
@@ -420,6 +655,6 @@ def describe_change(
         else:
             return "a Secret value changed (uses " + ", ".join(secrets) + ")"
     text = "; ".join(changes)
-    if new_uses and any(c.startswith(("env", "files")) for c in changes):
+    if new_uses and any(c.startswith(("env", "files")) or ": env " in c or ": files " in c for c in changes):
         text += " (uses " + ", ".join(str(k) for k in new_uses) + ")"
     return text

@@ -31,6 +31,7 @@ from typing import Any
 from gitops.codec import decode_as, encode, state_version
 from gitops.model import (
     ClusterState,
+    Container,
     Manifest,
     MountedFile,
     Node,
@@ -76,17 +77,21 @@ def _redact_manifest(m: Manifest) -> Manifest:
 def _redact_pod(pod: Pod, secrets: set[bytes]) -> Pod:
     """Every value the pod took from a Secret (by the spec's own marks: a Secret rotated since
     the pod was made no longer holds its value), and any value equal to a current one."""
-    hidden = set(pod.spec.secret_env)
-    env = tuple(
-        (k, REDACTED if k in hidden or v.encode(errors="surrogateescape") in secrets else v)
-        for k, v in pod.spec.env
-    )
-    files = tuple(
-        dataclasses.replace(f, content=REDACTED.encode()) if f.secret or f.content in secrets else f
-        for f in pod.spec.files
-    )
-    spec = dataclasses.replace(pod.spec, env=env, files=files)
-    return dataclasses.replace(pod, spec=spec, last_log="")
+
+    def redact(container: Container) -> Container:
+        hidden = set(container.secret_env)
+        env = tuple(
+            (k, REDACTED if k in hidden or v.encode(errors="surrogateescape") in secrets else v)
+            for k, v in container.env
+        )
+        files = tuple(
+            dataclasses.replace(f, content=REDACTED.encode()) if f.secret or f.content in secrets else f
+            for f in container.files
+        )
+        return dataclasses.replace(container, env=env, files=files)
+
+    statuses = tuple(dataclasses.replace(c, last_log="") for c in pod.containers)
+    return dataclasses.replace(pod, spec=pod.spec.with_containers(redact), last_log="", containers=statuses)
 
 
 def redacted(state: ClusterState) -> ClusterState:
@@ -142,19 +147,26 @@ def unredact(state: ClusterState, desired: Sequence[Manifest]) -> ClusterState:
     pods = []
     for pod in state.pods:
         spec = templates.get(pod.owner)
-        redacted_env = any(v == REDACTED for _, v in pod.spec.env)
-        redacted_files = any(f.content == REDACTED.encode() for f in pod.spec.files)
-        if spec is None or not (redacted_env or redacted_files):
+        if spec is None:
             pods.append(pod)
             continue
-        wanted_env = dict(spec.env)
-        wanted_files = {f.path: f for f in spec.files}
-        env = tuple((k, wanted_env.get(k, v) if v == REDACTED else v) for k, v in pod.spec.env)
-        files: list[MountedFile] = []
-        for f in pod.spec.files:
-            wanted = wanted_files.get(f.path)
-            files.append(wanted if f.content == REDACTED.encode() and wanted is not None else f)
-        pods.append(dataclasses.replace(pod, spec=dataclasses.replace(pod.spec, env=env, files=tuple(files))))
+        wanted = {c.name: c for c in spec.all_containers}
+
+        def fill(container: Container, wanted: dict[str, Container] = wanted) -> Container:
+            target = wanted.get(container.name)
+            if target is None:
+                return container
+            wanted_env = dict(target.env)
+            wanted_files = {f.path: f for f in target.files}
+            env = tuple((k, wanted_env.get(k, v) if v == REDACTED else v) for k, v in container.env)
+            files: list[MountedFile] = []
+            for f in container.files:
+                found = wanted_files.get(f.path)
+                files.append(found if f.content == REDACTED.encode() and found is not None else f)
+            return dataclasses.replace(container, env=env, files=tuple(files))
+
+        filled = pod.spec.with_containers(fill)
+        pods.append(pod if filled == pod.spec else dataclasses.replace(pod, spec=filled))
     return dataclasses.replace(state, pods=tuple(pods))
 
 

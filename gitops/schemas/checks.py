@@ -1,7 +1,7 @@
 """Rules of one document that a JSON Schema cannot say well.
 
 Names and labels in Kubernetes' syntax, a Deployment's selector against its template,
-one container per pod, quantities and request <= limit, volume mounts against declared
+unique container names, quantities and request <= limit, volume mounts against declared
 volumes, a pod's DNS settings, Service port names and what each Service type allows
 (ports optional only when headless or ExternalName, nodePorts only on NodePort and
 LoadBalancer, ...), base64 in Secrets. `node_port_claims` says which ports a Service takes
@@ -237,14 +237,46 @@ def _check_env(container: Mapping[str, Any], path: FieldPath) -> Iterator[Findin
             yield Finding(env_path, 'expected exactly one of "configMapRef" or "secretRef"')
 
 
+def _check_container_names(spec: Mapping[str, Any], path: FieldPath) -> Iterator[Finding]:
+    """Container names are unique across a pod's init and app containers; only init
+    containers may say `restartPolicy` (Always: a sidecar)."""
+    seen: dict[str, FieldPath] = {}
+    for field in ("initContainers", "containers"):
+        for container_path, container in _items(spec.get(field), (*path, field)):
+            name = container.get("name")
+            if isinstance(name, str):
+                if name in seen:
+                    yield Finding(
+                        (*container_path, "name"),
+                        f'duplicate container name "{name}" (also {format_path(seen[name])})',
+                    )
+                seen.setdefault(name, container_path)
+            if field == "containers" and "restartPolicy" in container:
+                yield Finding(
+                    (*container_path, "restartPolicy"),
+                    "only init containers may set restartPolicy (Always makes one a sidecar)",
+                )
+
+
+def _check_volume_sources(volume: Mapping[str, Any], path: FieldPath) -> Iterator[Finding]:
+    sources = [k for k in VOLUME_SOURCES if k in volume]
+    if len(sources) > 1:
+        yield Finding(path, "expected exactly one volume source, got " + ", ".join(f'"{s}"' for s in sources))
+    empty = _map(volume.get("emptyDir"))
+    if "sizeLimit" in empty:
+        try:
+            parse_memory(empty["sizeLimit"])
+        except QuantityError as error:
+            yield Finding((*path, "emptyDir", "sizeLimit"), str(error))
+
+
+VOLUME_SOURCES = ("configMap", "secret", "emptyDir", "downwardAPI", "persistentVolumeClaim", "hostPath")
+
+
 def _check_pod(spec: Mapping[str, Any], path: FieldPath) -> Iterator[Finding]:
-    containers = _list(spec.get("containers"))
-    if len(containers) > 1:
-        yield Finding(
-            (*path, "containers", 1),
-            "only one container per pod is supported (sidecars are not supported yet); "
-            f"found {len(containers)}",
-        )
+    containers = [*_items(spec.get("initContainers"), (*path, "initContainers"))]
+    containers += _items(spec.get("containers"), (*path, "containers"))
+    yield from _check_container_names(spec, path)
     restart = spec.get("restartPolicy")
     if restart in ("OnFailure", "Never"):
         yield Finding(
@@ -264,10 +296,8 @@ def _check_pod(spec: Mapping[str, Any], path: FieldPath) -> Iterator[Finding]:
             )
         else:
             volumes[name] = volume_path
-        sources = [k for k in ("configMap", "secret") if k in volume]
-        if len(sources) > 1:
-            yield Finding(volume_path, 'expected exactly one of "configMap" or "secret", not both')
-    for container_path, container in _items(containers, (*path, "containers")):
+        yield from _check_volume_sources(volume, volume_path)
+    for container_path, container in containers:
         yield from _check_resources(_map(container.get("resources")), (*container_path, "resources"))
         yield from _check_env(container, container_path)
         yield from _check_probe_hosts(container, container_path)

@@ -45,6 +45,7 @@ from gitops.keyed import seal as seal_manifest
 from gitops.keyed import secret_data
 from gitops.model import (
     ClusterState,
+    ContainerStatus,
     Manifest,
     Node,
     NodeName,
@@ -575,11 +576,14 @@ class Store:
             last_log=row.last_log or "",
             terminating_at=row.terminating_at,
             ready_since=row.ready_since or 0.0,
+            containers=tuple(decode_as(ContainerStatus, c) for c in row.containers or ()),
         )
 
     def _own_secrets(self, row: PodRow) -> list[str]:
-        names = set(row.spec.get("secret_env") or ())
-        if not names and not any(f.get("secret") for f in row.spec.get("files", [])):
+        containers = PodSpec.upgrade_encoded(row.spec)["containers"]
+        if not any(
+            c.get("secret_env") or any(f.get("secret") for f in c.get("files", [])) for c in containers
+        ):
             return []
         return sorted(secret_forms(self._spec_from_row(row.spec).secret_values()))
 
@@ -1257,6 +1261,19 @@ class Store:
                 pod.container_id = status.container_id
                 if status.last_log:
                     pod.last_log = truncate(redact(status.last_log), MAX_LOG)
+                containers = [
+                    encode(
+                        dataclasses.replace(
+                            c,
+                            reason=truncate(redact(c.reason), MAX_REASON),
+                            last_log=truncate(redact(c.last_log), MAX_LOG),
+                        )
+                    )
+                    for c in status.containers
+                ]
+                if containers != (pod.containers or []):
+                    pod.containers = containers
+                    pod.updated_at = now
                 if before != (pod.phase, pod.ready, pod.reason, pod.pod_ip, pod.host_ports):
                     pod.updated_at = now
                     message = (

@@ -104,6 +104,7 @@ class PodRow(Base):
     last_log: Mapped[str] = mapped_column(Text, default="", server_default="")
     terminating_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     ready_since: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    containers: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list, server_default="[]")
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
 

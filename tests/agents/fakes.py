@@ -7,8 +7,15 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from gitops.agents.runtime import ContainerInfo, ImageMissing, RuntimeUnavailable
-from gitops.model import NodeName, Pod, PodId
+from gitops.agents.runtime import (
+    INFRA,
+    ContainerInfo,
+    ImageMissing,
+    MountSpec,
+    RuntimeFailure,
+    RuntimeUnavailable,
+)
+from gitops.model import Container, NodeName, Pod, PodId, Volume
 
 
 @dataclass
@@ -17,7 +24,10 @@ class MemoryRuntime:
     containers: dict[str, tuple[NodeName, ContainerInfo]] = field(default_factory=dict)
     now: float = 1000.0
     log: list[str] = field(default_factory=list)
-    mounts: dict[PodId, list[tuple[str, str]]] = field(default_factory=dict)
+    mounts: dict[PodId, list[tuple[str, str]]] = field(default_factory=dict)  # of the last container started
+    mounts_of: dict[tuple[PodId, str], list[MountSpec]] = field(default_factory=dict)
+    env_of: dict[tuple[PodId, str], dict[str, str]] = field(default_factory=dict)
+    volumes: dict[str, PodId] = field(default_factory=dict)  # emptyDir volumes: name -> pod
     logs: dict[str, str] = field(default_factory=dict)
     exec_results: dict[tuple[str, ...], tuple[int, str]] = field(default_factory=dict)
     down: bool = False  # the engine is stopped: every call raises RuntimeUnavailable
@@ -41,17 +51,35 @@ class MemoryRuntime:
         self,
         node: NodeName,
         pod: Pod,
-        mounts: Sequence[tuple[str, str]],
+        mounts: Sequence[MountSpec],
         restart: int = 0,
         *,
+        container: Container | None = None,
+        infra: str = "",
         address: str = "",
         network: str = "",
         env: Sequence[tuple[str, str]] = (),
     ) -> ContainerInfo:
         if self.down:
             raise RuntimeUnavailable("the Docker engine cannot be reached: connection refused")
-        if pod.spec.image not in self.images:
-            raise ImageMissing(f"image {pod.spec.image!r} is not present on node {node}")
+        spec = container or pod.spec.main
+        if spec.image not in self.images:
+            raise ImageMissing(f"image {spec.image!r} is not present on node {node}")
+        if infra and not any(c.id == infra and c.running for _, c in self.containers.values()):
+            raise RuntimeFailure(f"cannot join the network of container {infra}: it is not running")
+        info = self._add(node, pod, restart, spec.name, "" if infra else "172.17.0.9")
+        self.mounts[pod.id] = [(m.source, m.target) for m in mounts]
+        self.mounts_of[(pod.id, spec.name)] = list(mounts)
+        self.published_on[pod.id] = address
+        self.env[pod.id] = [*env, *spec.env]
+        self.env_of[(pod.id, spec.name)] = dict([*env, *spec.env])
+        self.networks_of[pod.id] = network if not infra else f"container:{infra}"
+        self.log.append(
+            f"run {pod.id}" + (f"/{spec.name}" if infra else "") + (f" #{restart}" if restart else "")
+        )
+        return info
+
+    def _add(self, node: NodeName, pod: Pod, restart: int, name: str, address: str) -> ContainerInfo:
         cid = f"c{next(self._ids)}"
         owner = f"{pod.owner.kind}/{pod.owner.namespace}/{pod.owner.name}"
         info = ContainerInfo(
@@ -60,20 +88,37 @@ class MemoryRuntime:
             pod.template_hash,
             True,
             None,
-            "172.17.0.9",
+            address,
             (),
             self.now,
             0.0,
             restart=restart,
             owner=owner,
+            container=name,
         )
         self.containers[cid] = (node, info)
-        self.mounts[pod.id] = list(mounts)
-        self.published_on[pod.id] = address
-        self.env[pod.id] = [*env, *pod.spec.env]
-        self.networks_of[pod.id] = network
-        self.log.append(f"run {pod.id}" + (f" #{restart}" if restart else ""))
         return info
+
+    def run_infra(
+        self, node: NodeName, pod: Pod, restart: int = 0, *, address: str = "", network: str = ""
+    ) -> ContainerInfo:
+        if self.down:
+            raise RuntimeUnavailable("the Docker engine cannot be reached: connection refused")
+        self.log.append(f"run {pod.id}/POD" + (f" #{restart}" if restart else ""))
+        self.published_on[pod.id] = address
+        return self._add(node, pod, restart, INFRA, "172.17.0.9")
+
+    def ensure_volume(self, node: NodeName, pod: Pod, volume: Volume) -> str:
+        name = f"vol-{pod.name}-{volume.name}"
+        self.volumes[name] = pod.id
+        return name
+
+    def remove_volumes(self, node: NodeName, keep: set[PodId]) -> tuple[str, ...]:
+        live = {info.pod for _, info in self.containers.values()}
+        gone = tuple(n for n, pod in self.volumes.items() if pod not in keep and pod not in live)
+        for name in gone:
+            del self.volumes[name]
+        return gone
 
     def exec(self, container_id: str, command: Sequence[str], timeout: float) -> tuple[int, str]:
         return self.exec_results.get(tuple(command), (0, ""))

@@ -23,11 +23,11 @@ from gitops.model import (
     Pod,
     PodId,
     PodName,
-    PodSpec,
     ServiceEndpoints,
     ServicePort,
 )
 from tests.agents.fakes import MemoryRuntime
+from tests.specs import pod_spec
 
 NODE = NodeName("n1")
 
@@ -41,7 +41,7 @@ def pod(name: str, image: str = "web:1", template: str = "aaa", **spec: object) 
         PodName(name),
         ObjectKey("Deployment", "default", "web"),
         template,
-        PodSpec(image=image, **spec),
+        pod_spec(image=image, **spec),
         node=NODE,
     )  # type: ignore[arg-type]
 
@@ -289,7 +289,9 @@ def test_a_pod_whose_container_is_being_killed_is_not_started_again_meanwhile(tm
     agent = make_agent(tmp_path, rt)
     pods = [pod("a")]
     agent.converge(pods, rt.list(NODE))
-    agent._verdicts = {PodId("default/a"): Verdict(ready=False, restart=True, reason="Liveness probe failed")}
+    agent._verdicts = {
+        (PodId("default/a"), "main"): Verdict(ready=False, restart=True, reason="Liveness probe failed")
+    }
     agent.converge(pods, rt.list(NODE))  # the kill starts; its SIGTERM takes a while
     rt.now += 1
     agent.converge(pods, rt.list(NODE))  # the next tick, the kill still under way

@@ -18,11 +18,11 @@ from gitops.model import (
     Pod,
     PodId,
     PodName,
-    PodSpec,
     ServiceEndpoints,
     ServicePort,
 )
 from tests.agents.fakes import MemoryRuntime
+from tests.specs import pod_spec
 
 NODE = NodeName("n1")
 WEB = ServiceEndpoints("default", "web", "10.243.0.9", (ServicePort(80, 8080, name="http"),))
@@ -34,7 +34,7 @@ def test_pods_run_on_the_nodes_pod_network_with_resolv_conf_and_service_variable
         PodName("a"),
         ObjectKey("Deployment", "default", "a"),
         "h",
-        PodSpec(image="web:1", env=(("WEB_SERVICE_HOST", "mine"),)),
+        pod_spec(image="web:1", env=(("WEB_SERVICE_HOST", "mine"),)),
         node=NODE,
     )
 
@@ -97,7 +97,7 @@ def test_a_pod_network_that_cannot_be_made_is_reported_and_pods_still_run(tmp_pa
         PodName("a"),
         ObjectKey("Deployment", "default", "a"),
         "h",
-        PodSpec(image="web:1"),
+        pod_spec(image="web:1"),
         node=NODE,
     )
 

@@ -18,8 +18,9 @@ from gitops.agents.iptables import ServiceRule
 from gitops.agents.probes import real_handler
 from gitops.agents.runtime import ContainerInfo
 from gitops.codec import encode
-from gitops.model import MountedFile, NodeName, ObjectKey, Pod, PodId, PodName, PodSpec, Probe
+from gitops.model import MountedFile, NodeName, ObjectKey, Pod, PodId, PodName, Probe
 from tests.agents.fakes import MemoryRuntime
+from tests.specs import pod_spec
 
 NODE = NodeName("n1")
 SECRET = "s3cret-Value-9931"
@@ -34,7 +35,7 @@ def secret_pod(name: str = "a", **spec: Any) -> Pod:
         PodName(name),
         ObjectKey("Deployment", "default", "web"),
         "aaa",
-        PodSpec(image="web:1", env=(("TOKEN", SECRET), ("MODE", "prod")), secret_env=("TOKEN",), **spec),
+        pod_spec(image="web:1", env=(("TOKEN", SECRET), ("MODE", "prod")), secret_env=("TOKEN",), **spec),
         node=NODE,
     )
 
@@ -108,7 +109,7 @@ def test_probe_output_is_redacted_and_truncated(tmp_path: Path) -> None:
     rt.exec_results[("check",)] = (1, f"bad token {SECRET} " + "x" * 2000)
     a.converge([p], [])
     a.probe([p], rt.list(NODE))
-    verdict = a._verdicts[p.id]
+    verdict = a._verdicts[(p.id, "main")]
     assert SECRET not in verdict.reason and "[redacted]" in verdict.reason
     assert len(verdict.reason) <= 1000
 
@@ -204,7 +205,7 @@ def test_probe_output_is_redacted_before_it_is_cut(tmp_path: Path) -> None:
     rt.exec_results[("check",)] = (1, "x" * 270 + f" token={SECRET}")
     a.converge([p], [])
     a.probe([p], rt.list(NODE))
-    reason = a._verdicts[p.id].reason
+    reason = a._verdicts[(p.id, "main")].reason
     assert not any(SECRET[:n] in reason for n in range(4, len(SECRET) + 1)), reason
 
 

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -16,7 +17,7 @@ from sqlalchemy import update
 
 from gitops.agents.agent import Agent, AgentConfig
 from gitops.agents.iptables import IptablesProxy
-from gitops.agents.runtime import ContainerInfo
+from gitops.agents.runtime import ContainerInfo, MountSpec
 from gitops.controller import reconcile_once
 from gitops.model import Manifest, NodeName, Pod, Revision, content_hash
 from gitops.server import ControlPlane
@@ -38,14 +39,11 @@ class PublishingRuntime(MemoryRuntime):
         self,
         node: NodeName,
         pod: Pod,
-        mounts: Sequence[tuple[str, str]],
+        mounts: Sequence[MountSpec],
         restart: int = 0,
-        *,
-        address: str = "",
-        network: str = "",
-        env: Sequence[tuple[str, str]] = (),
+        **options: Any,
     ) -> ContainerInfo:
-        info = super().run(node, pod, mounts, restart, address=address, network=network, env=env)
+        info = super().run(node, pod, mounts, restart, **options)
         info = dataclasses.replace(info, host_ports=((8080, "TCP", 32000 + len(self.containers)),))
         self.containers[info.id] = (node, info)
         return info

@@ -9,9 +9,10 @@ from collections.abc import Iterator
 import pytest
 
 from gitops.agents.runtime import DockerRuntime
-from gitops.model import ContainerPort, NodeName, ObjectKey, Pod, PodName, PodSpec
+from gitops.model import ContainerPort, NodeName, ObjectKey, Pod, PodName
 from tests.conftest import docker_available, free_port, require
 from tests.e2e.cluster import IMAGE, build_image
+from tests.specs import pod_spec
 
 pytestmark = pytest.mark.docker
 
@@ -34,7 +35,7 @@ def test_pod_ports_are_published_on_the_node_address_and_a_host_port_as_declared
 ) -> None:
     docker, node = runtime
     host_port = free_port()
-    spec = PodSpec(
+    spec = pod_spec(
         image=IMAGE,
         command=("sleep", "30"),
         ports=(ContainerPort(8080), ContainerPort(53, "UDP", "dns", host_port)),

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from gitops.agents.plan import Outage, PodMemory, plan_node
 from gitops.agents.runtime import ContainerInfo
-from gitops.model import NodeName, ObjectKey, Pod, PodId, PodName, PodSpec
+from gitops.model import NodeName, ObjectKey, Pod, PodId, PodName
+from tests.specs import pod_spec
 
 NODE = NodeName("n1")
 
@@ -20,7 +21,7 @@ def pod(name: str = "a", template: str = "h1", **extra: object) -> Pod:
         PodName(name),
         ObjectKey("Deployment", "default", "web"),
         template,
-        PodSpec("web:1"),
+        pod_spec("web:1"),
         node=NODE,
         **extra,  # type: ignore[arg-type]
     )
@@ -86,7 +87,7 @@ def test_a_crash_restarts_as_a_fresh_container_after_the_backoff_keeping_the_pre
 def test_a_failed_liveness_probe_kills_and_the_restart_waits_for_the_same_backoff() -> None:
     running = container("c0")
     killed = plan_node(
-        [pod()], [running], {}, now=200.0, verdicts={PodId("default/a"): "Liveness probe failed"}
+        [pod()], [running], {}, now=200.0, verdicts={(PodId("default/a"), "main"): "Liveness probe failed"}
     )
     assert [(k.container.id, k.reason) for k in killed.kill] == [("c0", "Liveness probe failed")]
     assert not killed.start
@@ -96,13 +97,13 @@ def test_a_failed_liveness_probe_kills_and_the_restart_waits_for_the_same_backof
 
 
 def test_thirteen_liveness_failures_in_thirty_seconds_restart_at_most_twice() -> None:
-    memory: dict[PodId, PodMemory] = {}
+    memory: dict[tuple[PodId, str], PodMemory] = {}
     containers = [container("c0")]
     starts = 0
     for second in range(30):
         now = 300.0 + second
         current = max(containers, key=lambda c: c.restart)
-        verdicts = {PodId("default/a"): "Liveness probe failed"} if current.running else {}
+        verdicts = {(PodId("default/a"), "main"): "Liveness probe failed"} if current.running else {}
         actions = plan_node([pod()], containers, memory, now=now, verdicts=verdicts)
         memory = dict(actions.memory)
         for kill in actions.kill:
@@ -120,10 +121,10 @@ def test_thirteen_liveness_failures_in_thirty_seconds_restart_at_most_twice() ->
 
 def test_a_container_that_stopped_during_a_runtime_outage_restarts_at_once_without_backoff() -> None:
     stopped = container("c0", running=False, exit_code=0, finished_at=500.0)
-    memory = {PodId("default/a"): PodMemory(backoff=3)}
+    memory = {(PodId("default/a"), "main"): PodMemory(backoff=3)}
     actions = plan_node([pod()], [stopped], memory, now=540.0, outages=(Outage(501.0, 538.0),))
     assert [s.restart for s in actions.start] == [1]
-    assert actions.memory[PodId("default/a")].backoff == 3  # the outage was not a crash
+    assert actions.memory[(PodId("default/a"), "main")].backoff == 3  # the outage was not a crash
 
 
 def test_containers_of_unassigned_pods_are_removed_only_on_an_authoritative_assignment() -> None:
@@ -146,7 +147,7 @@ def test_a_terminating_pod_drains_then_stops_then_is_reported_gone() -> None:
 def test_a_second_running_container_of_a_pod_is_removed_and_the_newest_run_kept() -> None:
     older, newer = container("c0", restart=0), container("c1", restart=1)
     actions = plan_node([pod()], [older, newer], {}, now=1.0)
-    assert [(r.container.id, r.reason) for r in actions.remove] == [("c0", "a second container of the pod")]
+    assert [(r.container.id, r.reason) for r in actions.remove] == [("c0", "a second run of the container")]
     assert not actions.start
 
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from gitops.agents.podconf import HostResolv, parse_resolv_conf, resolv_conf, service_env
-from gitops.model import PodSpec, ServiceEndpoints, ServicePort
+from gitops.model import ServiceEndpoints, ServicePort
+from tests.specs import pod_spec
 
 HOST = HostResolv(("127.0.0.53", "192.0.2.53"), ("corp.example",), (("edns0", ""),))
 
 
 def conf(**spec: object) -> str:
     return resolv_conf(
-        PodSpec(image="x", **spec),  # type: ignore[arg-type]
+        pod_spec(image="x", **spec),  # type: ignore[arg-type]
         "shop",
         cluster_dns="10.244.3.1",
         domain="cluster.local",
@@ -30,7 +31,7 @@ def test_default_gives_the_nodes_resolvers_that_a_pod_can_reach() -> None:
     assert conf(dns_policy="Default") == "nameserver 192.0.2.53\nsearch corp.example\noptions edns0\n"
     only_stub = HostResolv(("127.0.0.53",))
     text = resolv_conf(
-        PodSpec(image="x", dns_policy="Default"),
+        pod_spec(image="x", dns_policy="Default"),
         "shop",
         cluster_dns="10.244.3.1",
         domain="c.l",
@@ -82,7 +83,7 @@ def test_service_variables_are_kubelets_for_services_of_the_pods_namespace_with_
         svc("peers", "", ServicePort(80, 80), headless=True),
         svc("db", "", (), type="ExternalName", external_name="db.example"),
     ]
-    env = dict(service_env(services, PodSpec(image="x"), "shop"))
+    env = dict(service_env(services, pod_spec(image="x"), "shop"))
     assert env == {
         "REDIS_CART_SERVICE_HOST": "10.243.0.7",
         "REDIS_CART_SERVICE_PORT": "6379",
@@ -97,4 +98,4 @@ def test_service_variables_are_kubelets_for_services_of_the_pods_namespace_with_
         "REDIS_CART_PORT_53_UDP_PORT": "53",
         "REDIS_CART_PORT_53_UDP_ADDR": "10.243.0.7",
     }
-    assert service_env(services, PodSpec(image="x", enable_service_links=False), "shop") == []
+    assert service_env(services, pod_spec(image="x", enable_service_links=False), "shop") == []

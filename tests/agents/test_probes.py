@@ -8,8 +8,9 @@ from pathlib import Path
 from gitops.agents.agent import Agent, AgentConfig
 from gitops.agents.probes import Prober
 from gitops.agents.runtime import ContainerInfo
-from gitops.model import NodeName, ObjectKey, Pod, PodId, PodName, PodSpec, Probe
+from gitops.model import NodeName, ObjectKey, Pod, PodId, PodName, Probe
 from tests.agents.fakes import MemoryRuntime
+from tests.specs import pod_spec
 
 POD = PodId("default/a")
 CONTAINER = ContainerInfo("c1", POD, "h", True, None, "172.17.0.2", (), 100.0, 0.0)
@@ -109,7 +110,7 @@ def test_the_agent_reports_readiness_and_restarts_on_liveness(tmp_path: Path) ->
     clock = Clock()
     rt.now = clock.now
     agent = Agent(AgentConfig("http://127.0.0.1:9", NodeName("n1"), "t", tmp_path), rt, clock=clock)
-    spec = PodSpec(
+    spec = pod_spec(
         image="web:1",
         readiness_probe=exec_probe("ready", period_seconds=1),
         liveness_probe=exec_probe("alive", period_seconds=1, failure_threshold=2),

@@ -71,7 +71,7 @@ def test_a_node_receives_only_its_pods_with_resolved_secrets(setup: tuple[Store,
     ).json()["pods"]
     assert len(pods) == 2
     assert all(p["node"] == "n1" for p in pods)
-    assert pods[0]["spec"]["env"] == [["TOKEN", "hunter2"]]
+    assert pods[0]["spec"]["containers"][0]["env"] == [["TOKEN", "hunter2"]]
 
 
 def test_the_read_api_never_shows_secret_values(setup: tuple[Store, TestClient]) -> None:

@@ -79,7 +79,7 @@ def test_agent_routes_still_take_posts(app: FastAPI) -> None:
 
 
 def test_no_answer_carries_a_secret_value(app: FastAPI, store: Store) -> None:
-    assert SECRET_VALUE in {v for p in store.pods() for _, v in p.spec.env}
+    assert SECRET_VALUE in {v for p in store.pods() for _, v in p.spec.main.env}
     assert any("token=[redacted]" in p.last_log for p in store.pods())  # redacted as it came in
     forms = (SECRET_VALUE, base64.b64encode(SECRET_VALUE.encode()).decode())
     client = TestClient(app)

@@ -14,10 +14,11 @@ from gitops.api import view as view_module
 from gitops.api.app import create_app
 from gitops.api.page import PAGES, PER_PAGE
 from gitops.api.view import ViewCache
-from gitops.model import Node, NodeName, ObjectKey, Pod, PodName, PodSpec
+from gitops.model import Node, NodeName, ObjectKey, Pod, PodName
 from gitops.store import Store
 from tests.api.sample import HOSTILE, NOW, SECRET_VALUE, sample_store
 from tests.conftest import wait_for
+from tests.specs import pod_spec
 
 
 @pytest.fixture
@@ -102,7 +103,7 @@ def test_strings_from_manifests_and_nodes_are_escaped(client: TestClient) -> Non
 def _many_pods(store: Store, n: int) -> None:
     owner = ObjectKey("Deployment", "default", "bulk")
     pods = [
-        (Pod("default", PodName(f"bulk-{i:04d}"), owner, "h", PodSpec("bulk:1")), "test") for i in range(n)
+        (Pod("default", PodName(f"bulk-{i:04d}"), owner, "h", pod_spec("bulk:1")), "test") for i in range(n)
     ]
     store.apply_pod_changes(create=pods, stop=[], bind={}, pending_reasons={}, now=NOW)
 
@@ -164,7 +165,7 @@ def test_answers_see_their_own_writes_but_never_wait_for_a_slow_rebuild(
 
     def _one_more(store: Store) -> None:
         owner = ObjectKey("Deployment", "default", "more")
-        pod = Pod("default", PodName(f"more-{next(added)}"), owner, "h", PodSpec("more:1"))
+        pod = Pod("default", PodName(f"more-{next(added)}"), owner, "h", pod_spec("more:1"))
         store.apply_pod_changes(create=[(pod, "test")], stop=[], bind={}, pending_reasons={}, now=NOW)
 
     build = view_module.build_view

@@ -206,6 +206,8 @@ class Cluster:
         for node, prefix in self.prefixes.items():
             for c in self.docker.containers.list(all=True, filters={"label": f"gitops.node={node}"}):
                 c.remove(force=True)
+            for volume in self.docker.volumes.list(filters={"label": f"gitops.node={node}"}):
+                volume.remove(force=True)
             IptablesProxy(self.service_cidr, prefix=prefix).cleanup()
             shutil.rmtree(Path("/dev/shm/gitops") / node, ignore_errors=True)
         remove_pod_networks(self.docker, list(self.prefixes))

@@ -20,10 +20,11 @@ import uvicorn
 
 from gitops.api.app import create_app
 from gitops.api.page import PAGES
-from gitops.model import ObjectKey, Pod, PodName, PodSpec
+from gitops.model import ObjectKey, Pod, PodName
 from gitops.store import Store
 from tests.api.sample import HOSTILE, NOW, SECRET_VALUE, sample_store
 from tests.conftest import free_port, require
+from tests.specs import pod_spec
 
 CHROMIUM = os.environ.get("GITOPS_CHROMIUM", "/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,7 +111,7 @@ def test_a_new_pod_appears_without_a_reload(browser: Any, served: Served) -> Non
     page.evaluate("window.__sameDocument = true")
     assert "newcomer" not in page.inner_text("#live")
     owner = ObjectKey("Deployment", "default", "newcomer")
-    pod = Pod("default", PodName("newcomer-abc12"), owner, "h", PodSpec("newcomer:1"))
+    pod = Pod("default", PodName("newcomer-abc12"), owner, "h", pod_spec("newcomer:1"))
     served.store.apply_pod_changes(create=[(pod, "test")], stop=[], bind={}, pending_reasons={}, now=NOW)
     page.get_by_text("default/newcomer-abc12").wait_for(timeout=15_000)
     assert page.evaluate("window.__sameDocument") is True
@@ -132,7 +133,7 @@ def test_a_script_in_a_label_is_text_and_never_runs(browser: Any, served: Served
 
 def test_the_page_works_without_javascript(browser: Any, served: Served, tmp_path: Path) -> None:
     owner = ObjectKey("Deployment", "default", "bulk")
-    pods = [(Pod("default", PodName(f"bulk-{i:03d}"), owner, "h", PodSpec("b:1")), "t") for i in range(250)]
+    pods = [(Pod("default", PodName(f"bulk-{i:03d}"), owner, "h", pod_spec("b:1")), "t") for i in range(250)]
     served.store.apply_pod_changes(create=pods, stop=[], bind={}, pending_reasons={}, now=NOW)
     context = browser.new_context(java_script_enabled=False)
     page = context.new_page()

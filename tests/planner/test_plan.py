@@ -121,11 +121,11 @@ def test_configmap_and_secret_values_become_env_and_files() -> None:
         {"name": "tok", "secret": {"secretName": "token"}},
     ]
     template = resolve_template(dep, configs_of(desired))
-    env = dict(template.spec.env)
+    env = dict(template.spec.main.env)
     assert env["GREETING"] == "hi"
     assert env["TOKEN"] == "s3cret"
     assert env["CFG_GREETING"] == "hi"
-    files = {f.path: f.content for f in template.spec.files}
+    files = {f.path: f.content for f in template.spec.main.files}
     assert files == {"/etc/app/app.conf": b"x=1", "/run/tok/key": b"s3cret"}
 
 
@@ -152,9 +152,9 @@ def test_resources_are_parsed_and_a_missing_request_defaults_to_the_limit() -> N
     dep = deployment(resources={"limits": {"cpu": "500m", "memory": "64Mi"}, "requests": {"cpu": "100m"}})
     spec = resolve_template(dep, {}).spec
     assert spec.cpu_request_milli == 100
-    assert spec.cpu_limit_milli == 500
+    assert spec.main.cpu_limit_milli == 500
     assert spec.memory_request_bytes == 64 * 2**20
-    assert spec.memory_limit_bytes == 64 * 2**20
+    assert spec.main.memory_limit_bytes == 64 * 2**20
 
 
 def test_pod_names_are_unique_by_construction_even_for_thousands_of_replicas() -> None:

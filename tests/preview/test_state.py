@@ -39,13 +39,13 @@ def secret_cluster(tmp_path: Path) -> Store:
 def test_a_snapshot_holds_no_secret_value_and_round_trips(tmp_path: Path) -> None:
     store = secret_cluster(tmp_path)
     state = store.snapshot(3.0)
-    assert any(v == SECRET for p in state.pods for _, v in p.spec.env)  # the store has it
+    assert any(v == SECRET for p in state.pods for _, v in p.spec.main.env)  # the store has it
     text = json.dumps(to_json(state))
     assert SECRET not in text and base64.b64encode(SECRET.encode()).decode() not in text
     again = from_json(json.loads(text), "snapshot.json")
     assert again.version == state.version
     assert [p.id for p in again.pods] == [p.id for p in state.pods]
-    assert {v for p in again.pods for k, v in p.spec.env if k == "PASSWORD"} == {REDACTED}
+    assert {v for p in again.pods for k, v in p.spec.main.env if k == "PASSWORD"} == {REDACTED}
     back = unredact(again, list(state.desired))
     assert [p.spec for p in back.pods] == [p.spec for p in state.pods]
 

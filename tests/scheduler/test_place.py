@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from gitops.model import ContainerPort, Node, NodeName, ObjectKey, Pod, PodName, PodSpec, Taint, Toleration
+from gitops.model import ContainerPort, Node, NodeName, ObjectKey, Pod, PodName, Taint, Toleration
 from gitops.scheduler import Cluster, place, place_on, tolerates
+from tests.specs import pod_spec
 
 GiB = 2**30
 GPU = Taint("dedicated", "gpu", "NoSchedule")
@@ -29,7 +30,7 @@ def pod(
         PodName(name),
         ObjectKey("Deployment", "default", owner),
         "h-" + owner,
-        PodSpec(image="x", cpu_request_milli=cpu, memory_request_bytes=mem, **spec),  # type: ignore[arg-type]
+        pod_spec(image="x", cpu_request_milli=cpu, memory_request_bytes=mem, **spec),  # type: ignore[arg-type]
         node=NodeName(node_name) if node_name else None,
     )
 

@@ -13,12 +13,12 @@ from gitops.model import (
     Placements,
     Pod,
     PodName,
-    PodSpec,
     Taint,
     Toleration,
 )
 from gitops.scheduler import Cluster, place, place_on
 from tests.scheduler.reference import reference_place, reference_tolerates
+from tests.specs import pod_spec
 
 Case = tuple[list[Pod], list[Node], list[Pod]]
 
@@ -72,7 +72,7 @@ def clusters(draw: st.DrawFn) -> Case:
         (
             ObjectKey("Deployment", "default", f"d{c // 2}"),
             f"h{c}",
-            PodSpec(
+            pod_spec(
                 image="x",
                 cpu_request_milli=draw(requests),
                 memory_request_bytes=draw(requests),
@@ -87,7 +87,7 @@ def clusters(draw: st.DrawFn) -> Case:
     def make(name: str, node: NodeName | None) -> Pod:
         owner, template, spec = classes[draw(st.integers(0, len(classes) - 1))]
         if draw(st.booleans()):  # an equal spec that is not the same object
-            spec = PodSpec(**{f: getattr(spec, f) for f in spec.__dataclass_fields__})
+            spec = pod_spec(**{f: getattr(spec, f) for f in spec.__dataclass_fields__})
         return Pod("default", PodName(name), owner, template, spec, node=node)
 
     pending = [make(f"p{i}", None) for i in range(draw(st.integers(0, 25)))]

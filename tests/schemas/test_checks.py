@@ -118,12 +118,12 @@ def test_label_selectors_match_like_kubernetes(selector: dict[str, object], matc
     assert label_selector_matches(selector, {"app": "web", "tier": "front"}) is matches
 
 
-def test_sidecars_are_not_supported_yet() -> None:
-    text = DEPLOYMENT + "        - name: proxy\n          image: envoy:1.30\n"
-    result = validate_one(text)
+def test_a_second_container_is_accepted_but_not_under_the_same_name() -> None:
+    assert validate_one(DEPLOYMENT + "        - name: proxy\n          image: envoy:1.30\n").ok
+    result = validate_one(DEPLOYMENT + "        - name: web\n          image: envoy:1.30\n")
     assert errors(result) == [
-        "apps/web.yaml:16:11: Deployment default/web: spec.template.spec.containers[1]: "
-        "only one container per pod is supported (sidecars are not supported yet); found 2"
+        "apps/web.yaml:16:17: Deployment default/web: spec.template.spec.containers[1].name: "
+        'duplicate container name "web" (also spec.template.spec.containers[0])'
     ]
 
 

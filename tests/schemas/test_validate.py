@@ -108,26 +108,24 @@ def test_a_missing_name_is_an_error_and_the_object_is_not_returned() -> None:
 
 def test_unknown_fields_are_warnings_at_their_key() -> None:
     text = (
-        DEPLOYMENT.replace("    spec:\n", "    spec:\n      hostNetwork: true\n") + "status:\n  replicas: 2\n"
+        DEPLOYMENT.replace("    spec:\n", "    spec:\n      preemptionPolicy: Never\n")
+        + "status:\n  replicas: 2\n"
     )
     result = validate_one(text)
     assert result.ok
     assert warnings(result) == [
-        "apps/web.yaml:13:7: Deployment default/web: spec.template.spec.hostNetwork: "
+        "apps/web.yaml:13:7: Deployment default/web: spec.template.spec.preemptionPolicy: "
         "field is not acted on by gitops and is ignored (warning)",
         "apps/web.yaml:17:1: Deployment default/web: status: field is not acted on by gitops and is "
         "ignored (warning)",
     ]
 
 
-def test_init_containers_are_not_supported() -> None:
-    text = DEPLOYMENT.replace(
-        "    spec:\n", "    spec:\n      initContainers: [{name: init, image: busybox}]\n"
-    )
-    result = validate_one(text)
-    assert errors(result) == [
-        "apps/web.yaml:13:23: Deployment default/web: spec.template.spec.initContainers: "
-        "init containers are not supported"
+def test_the_host_network_is_refused_at_its_line() -> None:
+    text = DEPLOYMENT.replace("    spec:\n", "    spec:\n      hostNetwork: true\n")
+    assert errors(validate_one(text)) == [
+        "apps/web.yaml:13:20: Deployment default/web: spec.template.spec.hostNetwork: "
+        "host namespaces are refused: pods run in their own network, got true"
     ]
 
 

@@ -164,7 +164,7 @@ def test_a_backup_taken_while_heartbeats_arrive_restores_the_same_running_cluste
 ) -> None:
     source_place, target_place = places("source"), places("target")
     source = running_cluster(source_place, key_file)
-    assert any(SECRET_VALUE in dict(p.spec.env).values() for p in source.pods())
+    assert any(SECRET_VALUE in dict(p.spec.main.env).values() for p in source.pods())
     archive = tmp_path / "gitops.backup"
     key = ("--secret-key-file", str(key_file))
     capsys.readouterr()

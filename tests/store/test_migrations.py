@@ -97,7 +97,7 @@ def test_a_release_0_1_database_is_upgraded_and_loses_nothing(url: str, tmp_path
     secret = next(m for m in store.desired() if m.key.kind == "Secret")
     assert secret.body["stringData"] == {"token": SECRET.decode()}
     assert [p.id for p in store.pods()] == sorted(r["id"] for r in rows["pods"])
-    token_files = {f.path: f for p in store.pods() for f in p.spec.files if f.path.endswith("/token")}
+    token_files = {f.path: f for p in store.pods() for f in p.spec.main.files if f.path.endswith("/token")}
     assert token_files and all(f.content == SECRET and f.secret for f in token_files.values())
     (node,) = store.nodes(now=1003.0)
     assert (node.node.memory_bytes, node.node.ready) == (rows["nodes"][0]["memory_bytes"], True)

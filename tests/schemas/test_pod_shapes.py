@@ -1,0 +1,137 @@
+"""Pods as real apps write them validate: several containers, init containers and
+sidecars, shared volumes, the downward API, security settings; what gitops refuses says
+where and why."""
+
+from __future__ import annotations
+
+from .helpers import errors, validate_one, warnings
+
+APP = """
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: shop
+spec:
+  selector:
+    matchLabels: {app: shop}
+  template:
+    metadata:
+      labels: {app: shop}
+      annotations: {team: payments}
+    spec:
+      serviceAccountName: shop
+      securityContext:
+        runAsUser: 1000
+        runAsGroup: 3000
+        fsGroup: 2000
+        runAsNonRoot: true
+        seccompProfile: {type: RuntimeDefault}
+        sysctls:
+          - {name: net.ipv4.ip_unprivileged_port_start, value: "0"}
+      initContainers:
+        - name: fetch
+          image: busybox:1
+          command: [sh, -c, "echo hi > /work/index.html"]
+          volumeMounts: [{name: work, mountPath: /work}]
+        - name: log-shipper
+          image: busybox:1
+          restartPolicy: Always
+          volumeMounts: [{name: work, mountPath: /logs, readOnly: true}]
+      containers:
+        - name: web
+          image: nginx:1.25
+          env:
+            - name: POD_IP
+              valueFrom: {fieldRef: {fieldPath: status.podIP}}
+            - name: TEAM
+              valueFrom: {fieldRef: {fieldPath: "metadata.annotations['team']"}}
+            - name: MEMORY
+              valueFrom: {resourceFieldRef: {resource: limits.memory, divisor: 1Mi}}
+          resources:
+            limits: {memory: 64Mi, cpu: 500m}
+          securityContext:
+            readOnlyRootFilesystem: true
+            allowPrivilegeEscalation: false
+            capabilities: {drop: [ALL], add: [NET_BIND_SERVICE]}
+          volumeMounts:
+            - {name: work, mountPath: /usr/share/nginx/html, subPath: site}
+            - {name: cache, mountPath: /var/cache/nginx}
+            - {name: info, mountPath: /etc/podinfo}
+        - name: metrics
+          image: busybox:1
+      volumes:
+        - name: work
+          emptyDir: {}
+        - name: cache
+          emptyDir: {medium: Memory, sizeLimit: 16Mi}
+        - name: info
+          downwardAPI:
+            items:
+              - {path: labels, fieldRef: {fieldPath: metadata.labels}}
+              - {path: mem, resourceFieldRef: {containerName: web, resource: limits.memory}}
+"""
+
+
+def test_a_pod_of_several_containers_with_volumes_downward_api_and_security_validates_cleanly() -> None:
+    result = validate_one(APP)
+    assert errors(result) == []
+    assert warnings(result) == []
+
+
+def test_duplicate_container_names_across_init_and_app_containers_are_an_error() -> None:
+    text = APP.replace("- name: metrics", "- name: fetch")
+    assert any(
+        'spec.template.spec.containers[1].name: duplicate container name "fetch"' in e
+        and "spec.template.spec.initContainers[0]" in e
+        for e in errors(validate_one(text))
+    )
+
+
+def test_only_init_containers_may_set_a_restart_policy() -> None:
+    text = APP.replace(
+        "        - name: metrics\n          image: busybox:1\n",
+        "        - name: metrics\n          image: busybox:1\n          restartPolicy: Always\n",
+    )
+    (error,) = errors(validate_one(text))
+    assert "apps/web.yaml:" in error
+    assert (
+        "spec.template.spec.containers[1].restartPolicy: only init containers may set restartPolicy" in error
+    )
+
+
+def test_privileged_containers_and_host_namespaces_are_refused_with_the_field_named() -> None:
+    text = APP.replace(
+        "readOnlyRootFilesystem: true", "readOnlyRootFilesystem: true\n            privileged: true"
+    )
+    text = text.replace("serviceAccountName: shop", "serviceAccountName: shop\n      hostNetwork: true")
+    found = errors(validate_one(text))
+    assert any("spec.template.spec.hostNetwork: host namespaces are refused" in e for e in found)
+    assert any(
+        "spec.template.spec.containers[0].securityContext.privileged: "
+        "privileged containers are refused, got true" in e
+        for e in found
+    )
+
+
+def test_an_unknown_downward_api_field_is_an_error_listing_the_known_ones() -> None:
+    text = APP.replace("fieldPath: status.podIP", "fieldPath: status.phase")
+    (error,) = errors(validate_one(text))
+    assert "containers[0].env[0].valueFrom.fieldRef.fieldPath: expected one of metadata.name" in error
+    assert 'got "status.phase"' in error
+
+
+def test_a_bad_emptydir_size_limit_is_an_error_at_its_line() -> None:
+    text = APP.replace("sizeLimit: 16Mi", "sizeLimit: lots")
+    found = errors(validate_one(text))
+    assert found and all("volumes[1].emptyDir.sizeLimit" in e for e in found)
+    assert found[0].startswith("apps/web.yaml:")
+
+
+def test_a_volume_with_two_sources_is_an_error() -> None:
+    text = APP.replace(
+        "          emptyDir: {}\n", "          emptyDir: {}\n          configMap: {name: x}\n", 1
+    )
+    assert any(
+        'volumes[0]: expected exactly one volume source, got "configMap", "emptyDir"' in e
+        for e in errors(validate_one(text))
+    )
