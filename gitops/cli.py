@@ -5,6 +5,7 @@ gitops serve ...         the control plane alone (sources, store, API, controlle
 gitops agent ...         a node agent for the local Docker engine
 gitops validate PATH...  check manifests; exit 1 on any error
 gitops status            what the cluster runs, and the last rejected revision
+gitops logs POD          a container's log, read through its node's agent (as kubectl logs)
 gitops plan ...          preview what a revision would change (exit 0 none, 2 changes, 1 error)
 gitops state export      the cluster state as a snapshot file for `gitops plan --state`
 gitops backup -o FILE    a copy of the store (Secret values sealed; the key file is not in it)
@@ -35,6 +36,7 @@ from gitops.redact import log_processor, redact_logs_with
 from gitops.terminal import SafeStream, escape
 
 if TYPE_CHECKING:
+    from gitops.schemas.validate import Policy
     from gitops.sync.sources import Source
 
 # Each command imports what only it needs (validation, git, previews, SQLAlchemy) when it
@@ -87,7 +89,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         else:
             print(f"{raw}: no such file or folder", file=sys.stderr)
             return 1
-    result = validate_files(files)
+    result = validate_files(files, policy=_policy(args))
     errors = [*problems, *result.errors]
     if not args.quiet:
         for group in group_warnings(result.warnings):
@@ -100,6 +102,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 1 if errors else 0
+
+
+def _policy(args: argparse.Namespace) -> Policy:
+    """The server's `Policy` from its options (--allow-host-path), as `serve` and `validate`
+    take them."""
+    from gitops.schemas.validate import Policy  # noqa: PLC0415
+
+    try:
+        return Policy(host_paths=tuple(getattr(args, "allow_host_path", None) or ()))
+    except ValueError as exc:
+        raise SystemExit(f"--allow-host-path: {exc}") from None
 
 
 # --- status -----------------------------------------------------------------------------
@@ -152,6 +165,34 @@ def _one_line(value: Any) -> Any:
             for k, v in value.items()
         }
     return value
+
+
+_QUIET = ("", "Completed", "PodInitializing")  # what a container says when all is well or it waits its turn
+
+
+def _pod_lines(p: dict[str, Any]) -> list[str]:
+    """A pod's row as kubectl shows it (READY: ready app containers of all; STATUS such as
+    `Init:1/2`, `CrashLoopBackOff`, `OOMKilled`), then, for a pod of several containers, a line
+    for each container that has something to say, init containers and sidecars marked. A
+    server of before per-container status sends neither: its phase and readiness stand in."""
+    ready = p.get("ready_containers") or ("1/1" if p["ready"] else "0/1")
+    lines = [
+        f"{p['id']:<44} {ready:<5} {p.get('status') or p['phase']:<16} {p['restarts']:>8} "
+        f"{p.get('qos_class') or '-':<10} {p['node'] or '-':<14} {p['pod_ip'] or '-':<15}  {p['reason']}"
+    ]
+    containers = p.get("containers") or []
+    if len(containers) > 1:
+        for c in containers:
+            fine = c["state"] != "running" or c["ready"]
+            if c["reason"] in _QUIET and fine and c["exit_code"] in (None, 0):
+                continue
+            state = c["state"] + (" ready" if c["ready"] else " not ready" if c["state"] == "running" else "")
+            ended = f"exit code {c['exit_code']}" if c["exit_code"] is not None else ""
+            reason = c["reason"] or ended
+            lines.append(
+                f"    {c['kind']:<7} {c['name']:<24} {state:<17} {c['restarts']:>3} restarts  {reason}"
+            )
+    return lines
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -215,9 +256,11 @@ def cmd_status(args: argparse.Namespace) -> int:
                 out.append(f"    HELD: {held['revision'][:12]} rejected, {len(held['errors'])} error(s):")
                 out += [f"      {e}" for e in held["errors"]]
     c = status["counts"]
+    kinds = ", ".join(f"{kind} {n}" for kind, n in (c.get("objects_by_kind") or {}).items())
     out.append(
         f"Nodes: {c['nodes_ready']}/{c['nodes']} ready   "
         f"Pods: {c['pods_ready']}/{c['pods']} ready   Objects: {c['objects']}"
+        + (f" ({kinds})" if kinds else "")
     )
     out.append("")
     out.append(f"{'NODE':<20} {'READY':<6} {'ADDRESS':<16} {'CPU':>8} {'MEMORY':>10} HEARTBEAT")
@@ -239,15 +282,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     out.append("")
     total = status["counts"]["pods"]
-    heading = f"{'POD':<44} {'PHASE':<10} {'READY':<6} {'NODE':<14} {'IP':<15} {'RESTARTS':>8}  REASON"
+    heading = (
+        f"{'POD':<44} {'READY':<5} {'STATUS':<16} {'RESTARTS':>8} {'QOS':<10} {'NODE':<14} {'IP':<15}  REASON"
+    )
     if len(pods) < total:
         heading += f"   (the first {len(pods)} of {total}, problems first; --all for every pod)"
     out.append(heading)
     for p in pods:
-        out.append(
-            f"{p['id']:<44} {p['phase']:<10} {'yes' if p['ready'] else 'no':<6} {p['node'] or '-':<14} "
-            f"{p['pod_ip'] or '-':<15} {p['restarts']:>8}  {p['reason']}"
-        )
+        out += _pod_lines(p)
         if p["last_log"] and not p["ready"]:
             out += [f"    | {line}" for line in p["last_log"].rstrip().splitlines()[-5:]]
     out.append("")
@@ -267,6 +309,81 @@ def cmd_status(args: argparse.Namespace) -> int:
             ports.append("ingress " + ",".join(s["ingress"]))
         out.append(f"{s['namespace'] + '/' + s['name']:<30} {kind:<12} {address:<15} {' '.join(ports)}")
     print("\n".join(out))
+    return 0
+
+
+# --- logs -------------------------------------------------------------------------------
+
+
+def _duration(value: str) -> int:
+    """`--since`: seconds, or a duration such as 30s, 5m, 2h."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (value[:-1], value[-1]) if value[-1:] in units else (value, "s")
+    if not number.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"expected seconds or a duration such as 30s, 5m or 2h, got {value!r}"
+        )
+    return int(number) * units[unit]
+
+
+def _log_text(text: str) -> str:
+    """A log's text for the terminal: control characters escaped, newlines and tabs kept.
+    The server has done so already; done again here, as for everything the CLI prints."""
+    return "\t".join(escape(part, keep_newlines=True) for part in text.replace("\r\n", "\n").split("\t"))
+
+
+def _error_detail(response: httpx.Response) -> str:
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        detail = None
+    return str(detail) if detail else f"HTTP {response.status_code}: {response.text[:200]}"
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """A container's log, streamed by the server from the pod's node (`gitops.api.logs`)."""
+    from urllib.parse import quote  # noqa: PLC0415
+
+    pod = args.pod.removeprefix("pods/").removeprefix("pod/")
+    path = f"/api/v1/pods/{quote(args.namespace, safe='')}/{quote(pod, safe='')}/logs"
+    params: dict[str, Any] = {"previous": args.previous, "follow": args.follow}
+    if args.container:
+        params["container"] = args.container
+    if args.tail >= 0:
+        params["tail"] = args.tail
+    if args.since:
+        params["since"] = args.since
+    # Written past the SafeStream, which would escape tabs too: `_log_text` escapes the rest.
+    out = getattr(sys.stdout, "stream", sys.stdout)
+    node = ""
+    timeout = httpx.Timeout(30.0, read=None if args.follow else 30.0)
+    try:
+        with (
+            httpx.Client(base_url=args.server, headers=_read_headers(args), timeout=timeout) as http,
+            http.stream("GET", path, params=params) as response,
+        ):
+            if response.status_code >= 400:
+                response.read()
+                print(f"error: {_error_detail(response)}", file=sys.stderr)
+                return 1
+            node = response.headers.get("x-gitops-node", "")
+            for text in response.iter_text():
+                out.write(_log_text(text))
+                out.flush()
+    except httpx.RemoteProtocolError:
+        print(
+            f"error: the log from node {node or '?'} broke off before its end "
+            "(its agent stopped answering, or the server stopped)",
+            file=sys.stderr,
+        )
+        return 1
+    except httpx.HTTPError as exc:
+        print(_unauthorized(args.server, exc), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `gitops logs POD | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
     return 0
 
 
@@ -424,6 +541,7 @@ def _control_plane(args: argparse.Namespace, state: Path, sources: list[Source])
             port=args.port,
             poll_interval=args.poll,
             allow_probe_hosts=args.allow_probe_hosts,
+            policy=_policy(args),
             read_token=_read_token(args, state),
             not_ready_toleration=args.not_ready_toleration,
             preview_refspec=getattr(args, "previews", ""),
@@ -725,6 +843,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             settle_base=nodes_only,
             now=time.time(),
             secret_key=secrets.token_bytes(32),
+            policy=_policy(args),
         )
     except (StateError, ValueError) as exc:
         print(f"gitops plan: {exc}", file=sys.stderr)
@@ -929,6 +1048,13 @@ def parser() -> argparse.ArgumentParser:
             "network); by default probes go to the pod's own address",
         )
         sp.add_argument(
+            "--allow-host-path",
+            action="append",
+            metavar="PREFIX",
+            help="let hostPath volumes mount the nodes' files under this absolute folder (repeatable; "
+            "by default none: a revision with a hostPath is refused)",
+        )
+        sp.add_argument(
             "--node-grace",
             type=float,
             default=40.0,
@@ -1025,6 +1151,13 @@ def parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="validate manifest files or folders")
     validate.add_argument("paths", nargs="+")
     validate.add_argument("-q", "--quiet", action="store_true", help="errors only")
+    validate.add_argument(
+        "--allow-host-path",
+        action="append",
+        metavar="PREFIX",
+        help="check hostPath volumes as a server given this --allow-host-path does (repeatable; "
+        "by default every hostPath is an error)",
+    )
     validate.set_defaults(func=cmd_validate)
 
     status = sub.add_parser("status", help="cluster status from a running server")
@@ -1038,6 +1171,37 @@ def parser() -> argparse.ArgumentParser:
         help=f"list every pod (by default the first {STATUS_PODS}, problems first)",
     )
     status.set_defaults(func=cmd_status)
+
+    logs = sub.add_parser(
+        "logs",
+        help="a container's log, read through its node's agent (as kubectl logs)",
+        description="Secret values are redacted and control characters escaped. Exit status 1 when "
+        "the log cannot be read (no such pod or container, its node NotReady or not answering).",
+    )
+    logs.add_argument("pod", metavar="POD")
+    logs.add_argument("-n", "--namespace", default="default")
+    logs.add_argument("-c", "--container", default="", help="the container (needed in a pod of several)")
+    logs.add_argument(
+        "-f", "--follow", action="store_true", help="go on printing what it writes, until it ends (or Ctrl-C)"
+    )
+    logs.add_argument(
+        "-p", "--previous", action="store_true", help="the run before the current one (the one that crashed)"
+    )
+    logs.add_argument(
+        "--tail", type=int, default=-1, metavar="N", help="the last N lines (default: all, at most 10000)"
+    )
+    logs.add_argument(
+        "--since",
+        type=_duration,
+        default=0,
+        metavar="DURATION",
+        help="only what it wrote in the last DURATION (seconds, or 30s, 5m, 2h)",
+    )
+    logs.add_argument("--server", default=os.environ.get("GITOPS_SERVER", "http://127.0.0.1:8080"))
+    logs.add_argument(
+        "--read-token-file", metavar="PATH", help="the server's read token (or GITOPS_READ_TOKEN)"
+    )
+    logs.set_defaults(func=cmd_logs)
 
     plan = sub.add_parser(
         "plan",
@@ -1055,6 +1219,12 @@ def parser() -> argparse.ArgumentParser:
     plan.add_argument("--format", choices=("text", "markdown", "json"), default="text")
     plan.add_argument(
         "--read-token-file", metavar="PATH", help="the server's read token (or GITOPS_READ_TOKEN)"
+    )
+    plan.add_argument(
+        "--allow-host-path",
+        action="append",
+        metavar="PREFIX",
+        help="judge hostPath volumes as a server given this option does (repeatable)",
     )
     plan.set_defaults(func=cmd_plan)
 

@@ -163,6 +163,21 @@ class Manifest:
 # --- pods -----------------------------------------------------------------------------
 
 
+def image_registry(reference: str) -> str:
+    """The registry host of an image reference, as Docker reads it: the first path
+    component when it has a dot or a port or is `localhost`, else Docker Hub (`docker.io`).
+    A registry given as a URL (`https://index.docker.io/v1/`, as docker config files have
+    them) is reduced to its host."""
+    text = reference.split("://", 1)[-1]
+    first, slash, _ = text.partition("/")
+    if not slash and "://" in reference:
+        first = text
+    if "://" in reference or (slash and ("." in first or ":" in first or first == "localhost")):
+        host = first.lower()
+        return "docker.io" if host in ("index.docker.io", "registry-1.docker.io") else host
+    return "docker.io"
+
+
 @dataclass(frozen=True)
 class ContainerPort:
     container_port: int
@@ -204,15 +219,19 @@ class Taint:
 
 @dataclass(frozen=True)
 class Probe:
-    """A resolved container probe (Kubernetes' fields and defaults; ports are numbers)."""
+    """A resolved container probe (Kubernetes' fields and defaults; ports are numbers).
 
-    handler: Literal["exec", "httpGet", "tcpSocket"]
+    `service` is the name a grpc probe asks the gRPC health service about ("": the server
+    as a whole)."""
+
+    handler: Literal["exec", "httpGet", "tcpSocket", "grpc"]
     command: tuple[str, ...] = ()
     port: int = 0
     path: str = "/"
     host: str = ""
     scheme: str = "HTTP"
     headers: tuple[tuple[str, str], ...] = ()
+    service: str = ""  # added after release 0.1: left out of template hashes while ""
     initial_delay_seconds: int = 0
     period_seconds: int = 10
     timeout_seconds: int = 1
@@ -224,6 +243,8 @@ class Probe:
             return "exec " + " ".join(self.command)
         if self.handler == "httpGet":
             return f"{self.scheme.lower()}-get :{self.port}{self.path}"
+        if self.handler == "grpc":
+            return f"grpc :{self.port}" + (f"/{self.service}" if self.service else "")
         return f"tcp-socket :{self.port}"
 
 
@@ -240,11 +261,22 @@ class VolumeMount:
 @dataclass(frozen=True)
 class Volume:
     """A volume the containers of a pod share: an `emptyDir` (created with the pod, removed
-    with it). ConfigMap, Secret and downward API volumes are `MountedFile`s instead."""
+    with it), or a PersistentVolumeClaim's volume (`claim`: `namespace/name`), which lives
+    on the node where the claim was first used for as long as the claim does, or a
+    `hostPath`: a file or folder of the node itself (`host_path`, normalised), allowed only
+    under the folders the server allows. ConfigMap, Secret and downward API volumes are
+    `MountedFile`s instead."""
 
     name: str
     medium: Literal["", "Memory"] = ""  # "": on the node's disk; "Memory": a tmpfs
     size_limit_bytes: int = 0  # 0: no limit (a tmpfs then takes at most half the node's memory)
+    claim: str = ""  # a PersistentVolumeClaim, `namespace/name`
+    host_path: str = ""  # a hostPath volume: the absolute path on the node
+    # What must be at `host_path` (Kubernetes' HostPathType): "" checks nothing (a missing
+    # path becomes a folder, as container runtimes make it), *OrCreate make what is missing.
+    host_path_type: Literal[
+        "", "DirectoryOrCreate", "Directory", "FileOrCreate", "File", "Socket", "CharDevice", "BlockDevice"
+    ] = ""
 
 
 @dataclass(frozen=True)
@@ -291,6 +323,12 @@ class Container:
     security: SecurityContext = SecurityContext()
     # An init container with restartPolicy Always is a sidecar: it runs beside the app.
     restart_policy: Literal["", "Always"] = ""
+    post_start: Hook | None = None
+    pre_stop: Hook | None = None
+    # Where the container may write why it ended (a file the node provides), and whether its
+    # log's last lines stand in when it failed without writing one.
+    termination_message_path: str = "/dev/termination-log"
+    termination_message_policy: Literal["File", "FallbackToLogsOnError"] = "File"
 
     @property
     def probed(self) -> bool:
@@ -316,6 +354,52 @@ LEGACY_CONTAINER_FIELDS = (
     "startup_probe",
     "secret_env",
 )
+
+
+@dataclass(frozen=True)
+class RegistryAuth:
+    """Credentials for one image registry, from an imagePullSecret (sealed at rest, never shown)."""
+
+    registry: str  # a host (and port): `registry.example.com`, `docker.io`
+    username: str
+    password: str
+
+
+@dataclass(frozen=True)
+class Hook:
+    """A container lifecycle handler: `postStart` runs once the container has started (it is
+    not ready until the hook succeeds; a failure kills it), `preStop` before it is stopped
+    (within its grace period). Ports are numbers."""
+
+    handler: Literal["exec", "httpGet", "sleep"]
+    command: tuple[str, ...] = ()
+    port: int = 0
+    path: str = "/"
+    host: str = ""
+    scheme: str = "HTTP"
+    headers: tuple[tuple[str, str], ...] = ()
+    seconds: int = 0  # sleep
+
+    def describe(self) -> str:
+        if self.handler == "exec":
+            return "exec " + " ".join(self.command)
+        if self.handler == "httpGet":
+            return f"{self.scheme.lower()}-get :{self.port}{self.path}"
+        return f"sleep {self.seconds}s"
+
+    def as_probe(self, timeout_seconds: int) -> Probe:
+        """The same call as a probe makes it (exec and httpGet), with `timeout_seconds`."""
+        handler: Literal["exec", "httpGet"] = "exec" if self.handler == "exec" else "httpGet"
+        return Probe(
+            handler,
+            command=self.command,
+            port=self.port,
+            path=self.path,
+            host=self.host,
+            scheme=self.scheme,
+            headers=self.headers,
+            timeout_seconds=max(1, timeout_seconds),
+        )
 
 
 @dataclass(frozen=True)
@@ -347,6 +431,14 @@ class PodSpec:
     service_account_name: str = ""  # "" is the namespace's "default"
     # The template's annotations, kept only when the downward API hands them to a container.
     annotations: tuple[tuple[str, str], ...] = ()
+    # Registry credentials from the pod's imagePullSecrets: not part of the template hash (a
+    # rotated credential replaces no pod, as in Kubernetes).
+    pull_auths: tuple[RegistryAuth, ...] = ()
+
+    def auth_for(self, image: str) -> RegistryAuth | None:
+        """The credentials for `image`'s registry, if the pod has some."""
+        registry = image_registry(image)
+        return next((a for a in self.pull_auths if a.registry == registry), None)
 
     @staticmethod
     def upgrade_encoded(data: dict[str, Any]) -> dict[str, Any]:
@@ -411,6 +503,11 @@ class PodSpec:
         return total
 
     @property
+    def claims(self) -> tuple[str, ...]:
+        """The PersistentVolumeClaims (`namespace/name`) the pod's volumes use."""
+        return tuple(dict.fromkeys(v.claim for v in self.volumes if v.claim))
+
+    @property
     def host_port_claims(self) -> tuple[tuple[int, str], ...]:
         """The (host port, protocol) pairs this pod takes on its node: one pod per node each."""
         return tuple((p.host_port, p.protocol) for p in self.ports if p.host_port)
@@ -422,6 +519,7 @@ class PodSpec:
             names = set(c.secret_env)
             values |= {v.encode(errors="surrogateescape") for k, v in c.env if k in names}
             values |= {f.content for f in c.files if f.secret}
+        values |= {a.password.encode(errors="surrogateescape") for a in self.pull_auths}
         return tuple(sorted(v for v in values if v))
 
     @property
@@ -603,6 +701,8 @@ class ClusterState:
     not_ready_since: Mapping[NodeName, float] = field(default_factory=dict)
     rollouts: Mapping[ObjectKey, RolloutState] = field(default_factory=dict)
     version: str = ""
+    # Each PersistentVolumeClaim (`namespace/name`) that has a volume, and the node it is on.
+    claims: Mapping[str, NodeName] = field(default_factory=dict)
 
 
 # --- sources --------------------------------------------------------------------------

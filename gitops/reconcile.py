@@ -57,7 +57,7 @@ def decide(state: ClusterState, now: float, *, not_ready_toleration: float = 60.
     # Stopping pods hold their node's resources until their agent reports them gone.
     bound = [p for p in pods if p.node is not None and p.id not in gone]
     pending: list[Pod] = [p for p in result.keep if p.node is None] + [a.pod for a in result.create]
-    placements = place(pending, state.nodes, bound)
+    placements = place(pending, state.nodes, bound, state.claims)
     stopped = {a.pod.id for a in result.stop}
     after = [p for p in live if p.id not in stopped] + [a.pod for a in result.create]
     states = _advance(state.desired, effective, state.rollouts, after, now, failed=result.failed)

@@ -25,6 +25,7 @@ from gitops.controller import Controller
 from gitops.health import Health
 from gitops.metrics import Metrics
 from gitops.redact import redact_logs_with
+from gitops.schemas.validate import DEFAULT_POLICY, Policy
 from gitops.store import Store
 from gitops.sync.hosted import HostedRepo
 from gitops.sync.previews import BranchPreviews
@@ -56,6 +57,10 @@ class ControlPlane:
     allow_empty: frozenset[str] = frozenset()
     # Whether agents honour a probe's `host` (else probes go to the pod's own address).
     allow_probe_hosts: bool = False
+    # What manifests may do beyond Kubernetes' rules (the folders hostPath volumes may use):
+    # every revision is validated under it (syncs, pushes, previews), and agents get its
+    # folders to check again.
+    policy: Policy = DEFAULT_POLICY
     # The token reads need (page, API, metrics); None: reads are open (loopback, --public-read).
     read_token: str | None = None
     # After a start, how long agents get to come back and report their containers (to be
@@ -117,6 +122,7 @@ class ControlPlane:
                 interval=self.poll_interval,
                 not_ready_toleration=self.not_ready_toleration,
                 health=self.health,
+                policy=self.policy,
             )
             for s in self.sources
             if isinstance(s, GitSource) and self.preview_refspec
@@ -130,6 +136,7 @@ class ControlPlane:
                 metrics=self.metrics,
                 allow_empty=s.name in self.allow_empty,
                 health=self.health,
+                policy=self.policy,
             )
             for s in self.sources
         ]
@@ -140,6 +147,7 @@ class ControlPlane:
             on_report=self.controller.wake,
             metrics=self.metrics,
             allow_probe_hosts=self.allow_probe_hosts,
+            allow_host_paths=self.policy.host_paths,
             read_token=self.read_token,
             loopback_nodes=is_loopback(self.host),
             loopback_only=is_loopback(self.host) and not self.read_token,
@@ -151,6 +159,7 @@ class ControlPlane:
         app.include_router(webhook_router(self.webhook_secret, lambda: self.syncs, lambda: self.previews))
         if self.hosted:
             for repo in self.hosted:
+                repo.host_paths = self.policy.host_paths
                 repo.ensure()
             app.include_router(git_router(self.hosted, self.push_token, self._pushed))
         config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning", access_log=False)

@@ -13,7 +13,7 @@ from gitops.schemas import SourceFile, validate_files
 from tests.preview.repos import deployment
 
 IGNORED = "field is not acted on by gitops and is ignored"
-SECURITY = "terminationMessagePolicy: File\n"
+SECURITY = "stdin: true\n"
 
 
 def ignored(file: str, line: int, name: str, index: int = 0) -> Diagnostic:
@@ -22,7 +22,7 @@ def ignored(file: str, line: int, name: str, index: int = 0) -> Diagnostic:
         IGNORED,
         SourceLocation(file, line, 9),
         ObjectKey("Deployment", "default", name),
-        f"spec.template.spec.containers[{index}].terminationMessagePolicy",
+        f"spec.template.spec.containers[{index}].stdin",
     )
 
 
@@ -34,7 +34,7 @@ def test_five_warnings_of_one_shape_in_five_files_are_one_line_with_three_places
     assert group.count == 5
     assert group.members == tuple(warnings)
     assert str(group) == (
-        f"warning (5x): spec.template.spec.containers[*].terminationMessagePolicy: {IGNORED} \u2014 "
+        f"warning (5x): spec.template.spec.containers[*].stdin: {IGNORED} \u2014 "
         "apps/a.yaml:10:9, apps/b.yaml:11:9, apps/c.yaml:12:9 and 2 more"
     )
 
@@ -43,7 +43,7 @@ def test_a_warning_that_occurs_once_prints_as_it_always_did() -> None:
     warning = ignored("apps/a.yaml", 20, "a")
     (group,) = group_warnings([warning])
     assert str(group) == str(warning)
-    assert str(group).endswith(f"containers[0].terminationMessagePolicy: {IGNORED} (warning)")
+    assert str(group).endswith(f"containers[0].stdin: {IGNORED} (warning)")
 
 
 def test_different_messages_or_field_shapes_stay_apart_in_the_order_they_came() -> None:
@@ -128,7 +128,7 @@ def test_validate_prints_repeated_warnings_as_one_line_and_counts_each(
     assert main(["validate", str(tmp_path)]) == 0
     captured = capsys.readouterr()
     assert captured.out.splitlines() == [
-        f"warning (5x): spec.template.spec.containers[*].terminationMessagePolicy: {IGNORED} \u2014 "
+        f"warning (5x): spec.template.spec.containers[*].stdin: {IGNORED} \u2014 "
         "a.yaml:16:11, b.yaml:16:11, c.yaml:16:11 and 2 more"
     ]
     assert "5 file(s), 5 object(s): 0 error(s), 5 warning(s)" in captured.err
@@ -145,8 +145,7 @@ def test_validate_prints_a_single_warning_and_every_error_as_before(
     assert main(["validate", str(tmp_path)]) == 1
     out = capsys.readouterr().out.splitlines()
     assert out[0] == (
-        "a.yaml:16:11: Deployment default/a: spec.template.spec.containers[0].terminationMessagePolicy: "
-        f"{IGNORED} (warning)"
+        f"a.yaml:16:11: Deployment default/a: spec.template.spec.containers[0].stdin: {IGNORED} (warning)"
     )
     assert [line.split(": ", 1)[0] for line in out[1:]] == ["b.yaml:6:13", "c.yaml:6:13"]
     assert all("spec.replicas: " in line for line in out[1:])

@@ -46,7 +46,9 @@ from typing import Any
 import httpx
 import structlog
 
+from gitops.agents.hostpath import host_path_source
 from gitops.agents.iptables import Backend, IptablesError, IptablesProxy, ServiceRule
+from gitops.agents.logs import LogStreams
 from gitops.agents.network import NetworkError, PodNetwork, Route, bridge_name, gateway, pod_network_name
 from gitops.agents.plan import (
     BACKOFF_MAX,
@@ -58,6 +60,7 @@ from gitops.agents.plan import (
     crash_loop,
     exit_text,
     has_infra,
+    name_of,
     plan_node,
     runs,
     should_restart,
@@ -88,6 +91,7 @@ from gitops.loop import Backoff, Loop
 from gitops.model import (
     Container,
     ContainerStatus,
+    Hook,
     NodeName,
     Phase,
     Pod,
@@ -105,6 +109,7 @@ LOG_TAIL_LINES = 20
 LOG_TAIL_BYTES = 4000
 MAX_TEXT = 1000  # reasons and probe output, as reported
 MEMORY_FILESYSTEMS = ("tmpfs", "ramfs")
+TERMINATION_MESSAGE_BYTES = 4096
 VOLUME_SWEEP_SECONDS = 30.0  # how often emptyDir volumes of pods gone from the node are looked for
 
 
@@ -308,6 +313,13 @@ class Agent:
     prober: Prober | None = None
     _verdicts: dict[RunKey, Verdict] = field(default_factory=dict)
     _volumes_swept: float = 0.0
+    # The claims whose volumes this node keeps, from an authoritative control plane (None:
+    # not known, and no claim volume is deleted).
+    _claims: set[str] | None = None
+    _claims_changed: bool = False
+    _hooks: set[str] = field(default_factory=set)  # containers whose postStart hook runs
+    _wanted: set[PodId] = field(default_factory=set)  # the pods of the last `converge`: their files stay
+    _hook_handler: Any = None
     _logs: dict[tuple[str, float], str] = field(default_factory=dict)
     _stopped: list[PodId] = field(default_factory=list)
     _removing: dict[str, threading.Thread] = field(default_factory=dict)
@@ -316,6 +328,7 @@ class Agent:
     _loop: Loop | None = None
     _proxy_problems: list[str] = field(default_factory=list)
     allow_probe_hosts: bool = False  # the server's policy, from each sync reply
+    allow_host_paths: tuple[str, ...] = ()  # where hostPath volumes may be: the server's, from each sync
     _address: str = ""  # the node's address as registered: where pod ports are published
     _pod_cidr: str = ""  # this node's pod subnet, from the control plane ("" from an older one)
     _cluster_cidr: str = ""
@@ -326,6 +339,7 @@ class Agent:
     _services: list[ServiceEndpoints] = field(default_factory=list)
     _host_resolv: HostResolv | None = None
     _dns_skipped: list[str] = field(default_factory=list)  # what the zone could not carry
+    _log_streams: LogStreams | None = None  # the logs read for `gitops logs`, once asked for one
 
     # --- control plane --------------------------------------------------------------
 
@@ -452,12 +466,28 @@ class Agent:
         self._runtime_back()
         statuses = self._statuses(containers, self._assigned_cache)
         reply = self._sync_call(statuses)
+        if reply.get("logs"):  # read in threads of their own: a followed log never holds up the tick
+            if self._log_streams is None:
+                self._log_streams = LogStreams(
+                    node,
+                    self.runtime,
+                    server=self.config.server,
+                    token=lambda: self._token,
+                    pod_of=lambda pod_id: self._assigned_cache.get(pod_id),  # noqa: PLW0108 - replaced each tick
+                    stop=self._stop,
+                    clock=self.clock,
+                )
+            self._log_streams.handle(reply["logs"])
         self.allow_probe_hosts = bool(reply.get("allow_probe_hosts", False))
+        self.allow_host_paths = tuple(str(p) for p in reply.get("allow_host_paths") or ())
         authoritative = bool(reply.get("authoritative", True))
         pods = [decode_as(Pod, p) for p in reply["pods"]]
         services = [decode_as(ServiceEndpoints, s) for s in reply["services"]]
         self._assigned_cache = {p.id: p for p in pods}
         self._cluster_cidr = str(reply.get("cluster_cidr") or self._cluster_cidr)
+        claims = set(reply["claims"]) if authoritative and "claims" in reply else None
+        self._claims_changed |= claims != self._claims
+        self._claims = claims
         # Endpoints first: traffic leaves a pod before its container is stopped.
         try:
             if self._proxy is None:
@@ -548,6 +578,7 @@ class Agent:
     ) -> bool:
         """Plan this node (`gitops.agents.plan.plan_node`) and carry the plan out; True when
         something was started, killed or removed."""
+        self._wanted = {p.id for p in pods}
         now = self.clock()
         # A container being removed is out of the plan; one being killed stays in it (running
         # until it has stopped, then exited), so its pod is not started again meanwhile: a
@@ -589,7 +620,7 @@ class Agent:
         infra = {c.pod: c for c in live if c.container == INFRA and c.running}
         for start in actions.start:
             self._start(start, infra.get(start.pod.id), now)
-        if actions.remove or now - self._volumes_swept > VOLUME_SWEEP_SECONDS:
+        if actions.remove or now - self._volumes_swept > VOLUME_SWEEP_SECONDS or self._claims_changed:
             self._sweep_volumes(pods, now)
         return actions.changes
 
@@ -597,8 +628,9 @@ class Agent:
         """Remove the emptyDir volumes of pods no longer on this node (a volume still used by
         a container being removed waits for the next sweep)."""
         self._volumes_swept = now
+        self._claims_changed = False
         try:
-            for name in self.runtime.remove_volumes(self.config.node, {p.id for p in pods}):
+            for name in self.runtime.remove_volumes(self.config.node, {p.id for p in pods}, self._claims):
                 log.info("agent.volume_removed", volume=name)
         except Exception:
             log.exception("agent.volume_sweep_failed")
@@ -656,11 +688,12 @@ class Agent:
 
         def work() -> None:
             try:
+                left = self._pre_stop(container, grace)
                 if keep:
-                    self.runtime.stop(container.id, grace)
+                    self.runtime.stop(container.id, left)
                 else:
-                    self.runtime.remove(container.id, grace)
-                    if container.pod not in self._assigned_cache:
+                    self.runtime.remove(container.id, left)
+                    if container.pod not in self._assigned_cache and container.pod not in self._wanted:
                         self._forget_files(container.pod)
             except Exception:
                 log.exception("agent.remove_failed", pod=container.pod, container=container.id[:12])
@@ -678,6 +711,75 @@ class Agent:
                 self._killing.add(container.id)
         thread.start()
 
+    # --- lifecycle hooks ------------------------------------------------------------
+
+    def _run_hook(self, pod: Pod, hook: Hook, container: ContainerInfo, timeout: float) -> tuple[bool, str]:
+        """Run `hook` for `container` (exec inside it; httpGet to the pod's address, as a probe
+        goes): (succeeded, what it said, redacted)."""
+        if hook.handler == "sleep":
+            self._stop.wait(min(hook.seconds, timeout))
+            return True, f"slept {min(hook.seconds, timeout):g}s"
+        if self._hook_handler is None:
+            self._hook_handler = real_handler(
+                self.runtime,
+                lambda: self.allow_probe_hosts,
+                lambda c: self._redactor(self._assigned_cache.get(c.pod)),
+            )
+        ok, said = self._hook_handler(container, hook.as_probe(int(timeout)))
+        return ok, truncate(self._redactor(pod)(said), MAX_TEXT)
+
+    def _post_start(self, pod: Pod, spec: Container, container: ContainerInfo) -> None:
+        """Run the container's postStart hook in the background: the container is not ready
+        until it succeeds, and a failure kills it (its restart follows the backoff)."""
+        hook = spec.post_start
+        assert hook is not None
+        timeout = float(max(pod.spec.termination_grace_period_seconds, 30))
+
+        def work() -> None:
+            try:
+                ok, said = self._run_hook(pod, hook, container, timeout)
+            except Exception as exc:  # a hook that cannot be run failed
+                ok, said = False, f"{type(exc).__name__}: {exc}"
+            finally:
+                with self._lock:
+                    self._hooks.discard(container.id)
+            if ok:
+                log.info("agent.post_start_done", pod=pod.id, container=spec.name)
+                return
+            reason = f"FailedPostStartHook ({hook.describe()}): {said}"
+            log.warning("agent.post_start_failed", pod=pod.id, container=spec.name, reason=reason)
+            key = (pod.id, spec.name)
+            self._memory[key] = dataclasses.replace(self._memory.get(key, PodMemory()), last_error=reason)
+            self._remove(container, pod.spec.termination_grace_period_seconds, keep=True)
+
+        with self._lock:
+            self._hooks.add(container.id)
+        threading.Thread(target=work, name=f"post-start-{container.id[:12]}", daemon=True).start()
+
+    def _pre_stop(self, container: ContainerInfo, grace: int) -> int:
+        """Run the preStop hook of a running container of a pod this node runs, within
+        `grace`; the grace left for SIGTERM (Kubernetes gives at least 2 more seconds)."""
+        pod = self._assigned_cache.get(container.pod)
+        if pod is None or not container.running or container.container == INFRA:
+            return grace
+        spec = next((c for c in pod.spec.all_containers if c.name == name_of(container, pod)), None)
+        if spec is None or spec.pre_stop is None or grace <= 0:
+            return grace
+        if has_infra(pod):  # httpGet goes to the pod's address, which its infra container holds
+            holder = next(
+                (c for c in self.runtime.list(self.config.node) if c.pod == pod.id and c.container == INFRA),
+                None,
+            )
+            if holder is not None:
+                container = dataclasses.replace(container, pod_ip=holder.pod_ip)
+        started = time.monotonic()
+        try:
+            ok, said = self._run_hook(pod, spec.pre_stop, container, float(grace))
+        except Exception as exc:
+            ok, said = False, f"{type(exc).__name__}: {exc}"
+        log.info("agent.pre_stop", pod=pod.id, container=spec.name, ok=ok, said=said)
+        return max(2, grace - round(time.monotonic() - started))
+
     def wait_removals(self, timeout: float = 60.0) -> None:
         with self._lock:
             threads = list(self._removing.values())
@@ -694,6 +796,7 @@ class Agent:
         key = (pod.id, name)
         state = self._memory.get(key, PodMemory())
         options: dict[str, Any] = {"address": self._address, "network": self._network}
+        hooked: ContainerInfo | None = None  # started, with a postStart hook to run
         try:
             if name == INFRA:
                 self.runtime.run_infra(self.config.node, pod, start.restart, **options)
@@ -709,17 +812,24 @@ class Agent:
                     *self._write_files(pod, spec, facts),
                     *self._write_resolv_conf(pod),
                     *self._volume_mounts(pod, spec),
+                    self._termination_file(pod, spec, start.restart),
                 ]
                 run = functools.partial(
                     self.runtime.run, self.config.node, pod, mounts, start.restart, container=spec, **options
                 )
+                auth = pod.spec.auth_for(spec.image)
+                if spec.image_pull_policy == "Always":
+                    self.runtime.pull(spec.image, auth)  # Kubernetes' Always: every start pulls
                 try:
-                    run()
+                    info = run()
                 except ImageMissing:
-                    if spec.image_pull_policy == "Never":
+                    if spec.image_pull_policy != "IfNotPresent":
                         raise
-                    self.runtime.pull(spec.image)
-                    run()
+                    self.runtime.pull(spec.image, auth)
+                    info = run()
+                if spec.post_start is not None and info.running:
+                    address = infra.pod_ip if infra is not None else info.pod_ip
+                    hooked = dataclasses.replace(info, pod_ip=address)
         except (ImageMissing, RuntimeFailure, NonRootRefused, OSError) as exc:
             kind = (
                 "ErrImageNeverPull"
@@ -741,6 +851,8 @@ class Agent:
             log.warning("agent.start_failed", pod=pod.id, reason=self._memory[key].last_error, retry_in=delay)
             return
         self._memory[key] = dataclasses.replace(state, last_error="", failed_starts=0)
+        if hooked is not None:
+            self._post_start(pod, spec, hooked)
         log.info(
             "agent.started",
             pod=pod.id,
@@ -749,6 +861,36 @@ class Agent:
             run=start.restart,
             reason=start.reason,
         )
+
+    def _termination_path(self, pod_id: PodId, container: str, restart: int) -> Path:
+        return self._pod_dir(pod_id) / f"termination-{container}-{restart}"
+
+    def _termination_file(self, pod: Pod, spec: Container, restart: int) -> MountSpec:
+        """An empty file, writable by any user, mounted at the container's
+        terminationMessagePath: what it holds when the container ends is its message. The
+        file of the run before the previous one goes."""
+        folder = self._pod_dir(pod.id)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder.chmod(0o711)  # the container's user reaches its file, and lists nothing
+        path = self._termination_path(pod.id, spec.name, restart)
+        path.write_bytes(b"")
+        path.chmod(0o666)
+        self._termination_path(pod.id, spec.name, restart - 2).unlink(missing_ok=True)
+        return MountSpec(str(path), spec.termination_message_path, read_only=False)
+
+    def _termination_message(self, pod: Pod, spec: Container, container: ContainerInfo) -> str:
+        """What an exited container wrote to its terminationMessagePath (at most 4 KiB, as
+        kubelet reads), or with FallbackToLogsOnError and nothing written after a failure,
+        its log's last line; redacted, on one line."""
+        try:
+            with self._termination_path(pod.id, spec.name, container.restart).open("rb") as f:
+                message = f.read(TERMINATION_MESSAGE_BYTES).decode(errors="replace").strip()
+        except OSError:
+            message = ""
+        if not message and spec.termination_message_policy == "FallbackToLogsOnError" and container.exit_code:
+            lines = self._log_tail(container, pod).strip().splitlines()
+            message = lines[-1] if lines else ""
+        return " ".join(self._redactor(pod)(message).split())
 
     def _facts(self, pod: Pod, pod_ip: str) -> PodFacts:
         return PodFacts(
@@ -768,6 +910,10 @@ class Agent:
         mounts = []
         for m in spec.mounts:
             volume = volumes[m.volume]
+            if volume.host_path:  # checked again here against the server's allowed folders
+                source = host_path_source(volume, m.sub_path, self.allow_host_paths)
+                mounts.append(MountSpec(source, m.path, read_only=m.read_only))
+                continue
             if m.sub_path and volume.medium == "Memory":
                 raise RuntimeFailure(
                     f"subPath {m.sub_path!r} of emptyDir {m.volume}: not supported with medium Memory"
@@ -894,15 +1040,17 @@ class Agent:
         c = found[-1]
         error = f" ({c.error})" if c.error else ""
         if c.running:
-            ready, reason = self._readiness(pod, spec)
+            ready, reason = self._readiness(pod, spec, c.id)
             return ContainerStatus(spec.name, "running", ready, c.restart, None, reason, init)
         tail = self._log_tail(c, pod)
+        message = self._termination_message(pod, spec, c)
+        said = f"; message: {message}" if message else ""
         if should_restart(pod, c, spec):
-            reason = crash_loop(c, state, self.clock()) + error
+            reason = crash_loop(c, state, self.clock()) + error + said
             return ContainerStatus(spec.name, "waiting", False, c.restart, c.exit_code, reason, init, tail)
         reason = (
             "Completed" if init and c.exit_code == 0 else exit_text(c) + (f": {c.error}" if c.error else "")
-        )
+        ) + said
         return ContainerStatus(spec.name, "terminated", False, c.restart, c.exit_code, reason, init, tail)
 
     def _pod_status(self, pod: Pod, mine: Sequence[ContainerInfo]) -> PodStatus:
@@ -1027,7 +1175,11 @@ class Agent:
             self._logs[key] = tail[-LOG_TAIL_BYTES:]
         return self._logs[key]
 
-    def _readiness(self, pod: Pod, spec: Container) -> tuple[bool, str]:
+    def _readiness(self, pod: Pod, spec: Container, container_id: str = "") -> tuple[bool, str]:
+        with self._lock:
+            hooked = container_id in self._hooks
+        if hooked:
+            return False, "waiting for the postStart hook"
         if not spec.probed:
             return True, ""
         verdict = self._verdicts.get((pod.id, spec.name))

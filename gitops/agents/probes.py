@@ -10,11 +10,11 @@ Per running container the `Prober` keeps counters and decides, each time it is a
   a running container is ready (once its startup probe, if any, has passed).
 
 A probe runs when `initialDelaySeconds` have passed since the container started and
-`periodSeconds` since it last ran. The handlers (exec in the container, HTTP GET or a TCP
-connect to the pod's address) are behind `ProbeHandler`, so the decisions are tested with
-a fake clock and fake results.
+`periodSeconds` since it last ran. The handlers (exec in the container, HTTP GET, a TCP
+connect or a gRPC health check to the pod's address) are behind `ProbeHandler`, so the
+decisions are tested with a fake clock and fake results.
 
-HTTP and TCP probes go to the pod's own address. The agent runs them from the host's
+HTTP, TCP and gRPC probes go to the pod's own address. The agent runs them from the host's
 network, so a manifest's `host` would let it reach any address and read the answer back
 in the pod's reason; `host` is honoured only when the server allows it
 (`--allow-probe-hosts`). What a probe says is cut to `MAX_MESSAGE` characters.
@@ -28,7 +28,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+import grpc
 import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gitops.agents.runtime import ContainerInfo, RunKey, Runtime
 from gitops.model import Probe
@@ -64,6 +66,10 @@ MAX_MESSAGE = 300
 
 MAX_LINE = 65_536
 
+# A health answer is a few bytes; a pod sending more gets a failed probe, not our memory.
+MAX_GRPC_ANSWER = 1024
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
 
 def probe_url(probe: Probe, host: str) -> httpx.URL:
     """The URL an httpGet probe asks, built from its parts: whatever the path holds (an `@`,
@@ -73,13 +79,46 @@ def probe_url(probe: Probe, host: str) -> httpx.URL:
     return url.copy_with(query=query.encode()) if mark else url
 
 
+def grpc_check(host: str, probe: Probe) -> tuple[bool, str]:
+    """Ask `host`'s gRPC health service (grpc.health.v1.Health/Check) about `probe.service`,
+    as Kubernetes' grpc probe does: plaintext, one deadline of `timeoutSeconds` for connecting
+    and answering; only SERVING is a success."""
+    target = f"[{host}]:{probe.port}" if ":" in host else f"{host}:{probe.port}"
+    options = [
+        ("grpc.enable_http_proxy", 0),  # like HTTP probes: never through the agent's proxy
+        ("grpc.max_receive_message_length", MAX_GRPC_ANSWER),
+    ]
+    try:
+        with grpc.insecure_channel(target, options=options) as channel:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=probe.service), timeout=probe.timeout_seconds
+            )
+    except grpc.RpcError as exc:
+        code = exc.code()
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return False, f"{target}: timeout: no answer within {probe.timeout_seconds}s"
+        if code == grpc.StatusCode.UNIMPLEMENTED:
+            return False, f"{target}: the server does not implement the gRPC health checking protocol"
+        if code == grpc.StatusCode.NOT_FOUND:
+            return False, f"{target}: the server does not know the service {probe.service!r}"
+        name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+        return False, f"{target}: {name}: {exc.details() or 'no details'}"
+    status: int = response.status
+    if status == SERVING:
+        return True, f"{target}: SERVING"
+    values = health_pb2.HealthCheckResponse.ServingStatus.values()
+    shown = health_pb2.HealthCheckResponse.ServingStatus.Name(status) if status in values else str(status)
+    return False, f"{target}: service unhealthy (responded with {shown})"
+
+
 def real_handler(
     runtime: Runtime,
     allow_hosts: Callable[[], bool] = lambda: False,
     redactor_for: Callable[[ContainerInfo], Redactor] = lambda _: Redactor(),
 ) -> ProbeHandler:
-    """Probes for real: exec through the runtime, HTTP and TCP to the pod's address (or to
-    the probe's `host` when `allow_hosts()` says the server allows it). What a probe says is
+    """Probes for real: exec through the runtime, HTTP, TCP and gRPC to the pod's address
+    (or, for HTTP and TCP, to the probe's `host` when `allow_hosts()` says the server allows
+    it; a grpc probe has no host, as in Kubernetes). What a probe says is
     redacted (`redactor_for` gives the pod's Secret values) before it is cut short, so no
     part of a value survives a cut."""
 
@@ -113,6 +152,8 @@ def real_handler(
             except httpx.HTTPError as exc:
                 return False, f"GET {url}: {exc or type(exc).__name__}"
             return 200 <= response.status_code < 400, f"GET {url}: HTTP {response.status_code}"
+        if probe.handler == "grpc":
+            return grpc_check(host, probe)
         try:
             with socket.create_connection((host, probe.port), timeout=probe.timeout_seconds):
                 return True, f"connected to {host}:{probe.port}"

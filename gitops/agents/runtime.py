@@ -28,7 +28,7 @@ import os
 import platform
 import struct
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,7 +38,7 @@ import docker.types
 import requests
 import structlog
 
-from gitops.model import Container, NodeName, Pod, PodId, Volume
+from gitops.model import Container, NodeName, Pod, PodId, RegistryAuth, Volume
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +49,7 @@ LABEL_OWNER = "gitops.owner"  # Kind/namespace/name of the pod's owner
 LABEL_RESTART = "gitops.restart"  # which run of the container this is: 0, 1, 2, ...
 LABEL_CONTAINER = "gitops.container"  # the pod's container it runs (absent before release 0.3)
 LABEL_VOLUME = "gitops.volume"  # on a pod's emptyDir volume: the volume's name in the pod
+LABEL_CLAIM = "gitops.claim"  # on a PersistentVolumeClaim's volume: namespace/name
 INFRA = "POD"  # the container holding a pod's network (no container of a pod can be named so)
 
 
@@ -102,6 +103,15 @@ class NonRootRefused(RuntimeError):
     """runAsNonRoot is set and the container would run as root."""
 
 
+class LogStream(Protocol):
+    """A container's log as it is read (`Runtime.logs`): its bytes in pieces, stdout and
+    stderr as the container wrote them. `close` ends the read, from any thread."""
+
+    def __iter__(self) -> Iterator[bytes]: ...
+
+    def close(self) -> None: ...
+
+
 class Runtime(Protocol):
     def list(self, node: NodeName) -> list[ContainerInfo]: ...
 
@@ -134,13 +144,17 @@ class Runtime(Protocol):
         ...
 
     def ensure_volume(self, node: NodeName, pod: Pod, volume: Volume) -> str:
-        """Make the pod's emptyDir `volume` exist (empty, writable by any user) and return
-        the Docker volume's name."""
+        """Make the pod's `volume` exist and return the Docker volume's name: an emptyDir of
+        the pod, or the volume of a PersistentVolumeClaim (one per claim on the node, kept
+        across pods); made empty and writable by any user."""
         ...
 
-    def remove_volumes(self, node: NodeName, keep: set[PodId]) -> tuple[str, ...]:
-        """Remove this node's pod volumes of pods not in `keep` that no container uses; the
-        names of those removed."""
+    def remove_volumes(
+        self, node: NodeName, keep: set[PodId], claims: set[str] | None = None
+    ) -> tuple[str, ...]:
+        """Remove this node's emptyDir volumes of pods not in `keep`, and (when `claims` is
+        given) its claim volumes of claims not in `claims`, that no container uses; the names
+        of those removed."""
         ...
 
     def ensure_network(self, name: str, subnet: str, gateway: str, bridge: str) -> str:
@@ -155,9 +169,21 @@ class Runtime(Protocol):
 
     def remove(self, container_id: str, grace_seconds: int) -> None: ...
 
-    def pull(self, image: str) -> None: ...
+    def pull(self, image: str, auth: RegistryAuth | None = None) -> None:
+        """Pull `image` (with `auth`'s credentials for its registry); ImageMissing if it fails."""
+        ...
 
     def logs_tail(self, container_id: str, lines: int = 20) -> str: ...
+
+    def logs(
+        self, container_id: str, *, tail: int | None = None, follow: bool = False, since: float = 0.0
+    ) -> LogStream:
+        """The log of one container (one run of a pod's container): its last `tail` lines
+        (all when None), only what it wrote after the Unix time `since` (when not 0), and
+        with `follow` what it writes next, until it exits or the stream is closed. Raises
+        `RuntimeFailure` when the container is gone, `RuntimeUnavailable` when the runtime
+        cannot be reached."""
+        ...
 
 
 def _timestamp(value: str | None) -> float:
@@ -179,6 +205,12 @@ def volume_name(node: str, pod: Pod, volume: str) -> str:
     """The Docker volume of a pod's emptyDir: readable, and unique per pod and volume."""
     digest = hashlib.sha256(f"{node}/{pod.id}/{volume}".encode()).hexdigest()[:12]
     return f"gitops_{pod.namespace}_{pod.name}"[:120] + f"_{volume[:40]}_{digest}"
+
+
+def claim_volume_name(claim: str) -> str:
+    """The Docker volume of a PersistentVolumeClaim (`namespace/name`) on its node."""
+    digest = hashlib.sha256(claim.encode()).hexdigest()[:12]
+    return "gitops-claim_" + claim.replace("/", "_")[:120] + f"_{digest}"
 
 
 PAUSE_IMAGE = "gitops-pause:1"
@@ -493,13 +525,17 @@ class DockerRuntime:
         return PAUSE_IMAGE
 
     def ensure_volume(self, node: NodeName, pod: Pod, volume: Volume) -> str:
-        name = volume_name(node, pod, volume.name)
+        name = claim_volume_name(volume.claim) if volume.claim else volume_name(node, pod, volume.name)
         try:
             self.client.volumes.get(name)
             return name
         except docker.errors.NotFound:
             pass
-        labels = {LABEL_NODE: node, LABEL_POD: pod.id, LABEL_VOLUME: volume.name}
+        labels = (
+            {LABEL_NODE: node, LABEL_CLAIM: volume.claim}
+            if volume.claim
+            else {LABEL_NODE: node, LABEL_POD: pod.id, LABEL_VOLUME: volume.name}
+        )
         if volume.medium == "Memory":
             size = f",size={volume.size_limit_bytes}" if volume.size_limit_bytes else ""
             self.client.volumes.create(
@@ -516,11 +552,16 @@ class DockerRuntime:
                 os.chmod(mountpoint, 0o777)  # noqa: S103 - Kubernetes' emptyDir mode
         return name
 
-    def remove_volumes(self, node: NodeName, keep: set[PodId]) -> tuple[str, ...]:
+    def remove_volumes(
+        self, node: NodeName, keep: set[PodId], claims: set[str] | None = None
+    ) -> tuple[str, ...]:
         removed = []
         for volume in self.client.volumes.list(filters={"label": f"{LABEL_NODE}={node}"}):
             labels = volume.attrs.get("Labels") or {}
-            if LABEL_VOLUME not in labels or labels.get(LABEL_POD) in keep:
+            if LABEL_CLAIM in labels:
+                if claims is None or labels[LABEL_CLAIM] in claims:
+                    continue
+            elif LABEL_VOLUME not in labels or labels.get(LABEL_POD) in keep:
                 continue
             try:
                 volume.remove()
@@ -634,9 +675,10 @@ class DockerRuntime:
         except docker.errors.APIError as exc:
             return -1, str(exc.explanation or exc)
 
-    def pull(self, image: str) -> None:
+    def pull(self, image: str, auth: RegistryAuth | None = None) -> None:
+        credentials = {"username": auth.username, "password": auth.password} if auth is not None else None
         try:
-            self.client.images.pull(image)
+            self.client.images.pull(image, auth_config=credentials)
         except docker.errors.APIError as exc:
             raise ImageMissing(f"pull of {image!r} failed: {exc.explanation or exc}") from exc
 
@@ -652,6 +694,24 @@ class DockerRuntime:
         except docker.errors.APIError:
             return ""  # gone, or being removed: nothing worth reporting
         return data.decode(errors="replace")
+
+    def logs(
+        self, container_id: str, *, tail: int | None = None, follow: bool = False, since: float = 0.0
+    ) -> LogStream:
+        options: dict[str, Any] = {"stream": True, "follow": follow, "tail": "all" if tail is None else tail}
+        if since > 0:
+            options["since"] = since
+        try:
+            # docker-py turns off the socket's timeout for a stream: a quiet container is
+            # followed for as long as it runs.
+            stream: LogStream = self.client.api.logs(container_id, stdout=True, stderr=True, **options)
+        except docker.errors.NotFound as exc:
+            raise RuntimeFailure(f"container {container_id[:12]} is gone") from exc
+        except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
+            if _unavailable(exc):
+                raise RuntimeUnavailable(f"the Docker engine cannot be reached: {_short(exc)}") from exc
+            raise RuntimeFailure(str(getattr(exc, "explanation", None) or _short(exc))) from exc
+        return stream
 
 
 def _short(exc: BaseException) -> str:

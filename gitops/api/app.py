@@ -12,7 +12,8 @@ own pods, shares one computation of every Service's endpoints among all agents
 (`SharedEndpoints`), and wakes the controller only when a report changed a pod.
 
 `/api/v1/...` is read-only (GET and HEAD) and comes from the one redacted read model
-(`gitops.api.readmodel`), as does the status page (`gitops.api.page`). `/metrics`,
+(`gitops.api.readmodel`), as does the status page (`gitops.api.page`); a container's log
+is streamed from what its node's agent posts (`gitops.api.logs`). `/metrics`,
 `/openapi.json` and `/docs` are read-only too: every path outside `/agent/`, `/hooks/`
 and `/git/` answers 405 to anything but GET and HEAD (`gitops.api.readonly`).
 """
@@ -33,6 +34,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import IntegrityError
 
 from gitops.api.auth import JOIN_HEADER, AgentGate, LoopbackHosts, ReadAuth
+from gitops.api.logs import LogHub, install_logs
 from gitops.api.models import (
     RegisterReply,
     RegisterRequest,
@@ -116,6 +118,7 @@ def create_app(
     page_cache_seconds: float = 1.0,
     endpoints_cache_seconds: float = 0.5,
     allow_probe_hosts: bool = False,
+    allow_host_paths: Sequence[str] = (),
     read_token: str | None = None,
     loopback_nodes: bool = True,
     loopback_only: bool = False,
@@ -149,6 +152,7 @@ def create_app(
     endpoints = SharedEndpoints(store, clock, ttl=endpoints_cache_seconds)
     proxy_problems: dict[str, tuple[str, ...]] = {}
     app.state.read_model = reads
+    logs = app.state.logs = LogHub()  # `gitops logs` requests, answered by the pods' agents
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -165,6 +169,8 @@ def create_app(
         if not store.node_for_token(name, token):
             raise HTTPException(401, "invalid node token")
         return name
+
+    install_logs(app, store, logs, node_token=node_token, clock=clock)
 
     @app.post(
         "/agent/v1/register",
@@ -263,7 +269,11 @@ def create_app(
             "cluster_cidr": str(store.cluster_cidr),
             "routes": [[subnet, address] for node, subnet, address in endpoints.routes() if node != name],
             "allow_probe_hosts": allow_probe_hosts,
+            "allow_host_paths": list(allow_host_paths),
             "authoritative": authoritative(),
+            "logs": logs.pending(name),
+            # The claims whose volumes this node keeps; any other claim volume of ours it deletes.
+            "claims": sorted(store.claims(node=name)),
         }
 
     def _note_proxy_problems(node: str, reported: tuple[str, ...], now: float) -> None:
@@ -308,6 +318,14 @@ def create_app(
         """Every pod (or the first `limit`, problems first): phase, readiness, node, reason
         (never env values or file contents)."""
         return rendered("pods", max(0, limit))
+
+    @app.get("/api/v1/pods/{namespace}/{name}")
+    def pod(namespace: str, name: str) -> dict[str, Any]:
+        """One pod as `/api/v1/pods` lists it, with its containers; 404 when there is none."""
+        found = reads.pod(namespace, name)
+        if found is None:
+            raise HTTPException(404, f"no pod {namespace}/{name}")
+        return found
 
     @app.get("/api/v1/workloads")
     def workloads() -> Response:

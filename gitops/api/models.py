@@ -177,6 +177,48 @@ class PodStatusModel(_Strict):
     containers: Annotated[list[ContainerStatusModel], Field(max_length=64)] = []
 
 
+MAX_LOG_CHUNK = 32 * 2**10  # bytes of a container's log in one chunk an agent posts
+_BASE64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
+
+
+def _base64(value: str) -> str:
+    if len(value) % 4 or not _BASE64.match(value):
+        raise ValueError("expected base64 (the log's bytes)")
+    return value
+
+
+class LogRequestModel(BaseModel):
+    """A container's log asked for by `gitops logs`, for the agent of the pod's node: the
+    current run of the container, or with `previous` the run before it."""
+
+    id: str
+    pod: str
+    container: str
+    previous: bool = False
+    tail: int  # the last lines only
+    follow: bool = False
+    since: float = 0.0  # only what was written in the last `since` seconds (0: all of it)
+
+
+class LogChunkRequest(_Strict):
+    """`POST /agent/v1/nodes/{name}/logs/{id}`: the next piece of a log this node was asked
+    for (`seq` 0, 1, 2, ...; a chunk posted again is taken once). An empty chunk says the
+    agent is still there; `done` ends the log, with `error` and `problem` when it could not
+    be read, and `cut` when it was longer than the agent sends."""
+
+    seq: Annotated[int, Field(ge=0, le=2**31 - 1)]
+    data: Annotated[str, Field(max_length=(MAX_LOG_CHUNK + 2) // 3 * 4), AfterValidator(_base64)] = ""
+    done: bool = False
+    error: Annotated[str, Field(max_length=2000)] = ""
+    problem: Literal["", "NotFound", "Waiting", "Unavailable", "Failed"] = ""
+    cut: bool = False
+
+
+class LogChunkReply(BaseModel):
+    accepted: bool = True  # False: the reader is behind; post the same chunk again shortly
+    cancelled: bool = False  # the reader is gone: stop reading the log
+
+
 class SyncRequest(_Strict):
     """`POST /agent/v1/nodes/{name}/sync`: a heartbeat with the node's pod statuses, the
     terminating pods it has finished stopping, and the service rules its proxy had to skip."""
@@ -198,9 +240,18 @@ class SyncReply(BaseModel):
     # (pod subnet, node address) of every other node: routed through that node (host-gw).
     routes: list[tuple[str, str]] = []
     allow_probe_hosts: bool = False
+    # The folders of the nodes hostPath volumes may be under (`gitops serve --allow-host-path`):
+    # the agent mounts no other, whatever a pod says.
+    allow_host_paths: list[str] = []
     # False while the control plane may not yet know every pod (just started: it has not read
     # all its sources, or heard from its agents): agents keep containers it did not assign.
     authoritative: bool = True
+    # The PersistentVolumeClaims (namespace/name) whose volumes this node keeps; the agent
+    # deletes its other claim volumes (only when `authoritative`).
+    claims: list[str] = []
+    # Log requests of `gitops logs` for this node's pods, not answered yet (again in each
+    # reply until the agent posts their first chunk).
+    logs: list[LogRequestModel] = []
 
 
 def field_errors(errors: list[dict[str, Any]]) -> str:

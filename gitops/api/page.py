@@ -1,7 +1,8 @@
 """The read-only status page: server-rendered HTML of the cluster, updating itself.
 
 Seven pages share one layout: overview (`/`), `/nodes`, `/workloads`, `/pods`,
-`/services`, `/events` and `/revisions`. Each is complete HTML that works without
+`/services`, `/events` and `/revisions`, and each pod has a page of its own
+(`/pods/{namespace}/{name}`: its containers). Each is complete HTML that works without
 JavaScript (links, a GET form to filter pods, pagination); a small inline script then polls
 the same URL with `?partial=1` every two seconds, sending the version it shows as
 `If-None-Match`, and swaps in the new `<main>` when the answer is not `304 Not Modified`.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
 import html
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -31,8 +33,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from gitops.api.view import StatusView, ViewCache
+from gitops.api.view import ContainerRow, PodRow, StatusView, ViewCache, logs_url, quoted
 from gitops.health import Health, Problem
+from gitops.preview.render import warning_lines
 from gitops.store import RevisionRecord
 
 PER_PAGE = 200
@@ -45,6 +48,7 @@ PAGES: tuple[tuple[str, str], ...] = (
     ("/events", "Events"),
     ("/revisions", "Revisions"),
 )
+POD_PATH = "/pods/{namespace}/{name}"  # a pod's own page, under Pods in the navigation
 POLL_MS = 2000
 
 SCRIPT = """(function () {
@@ -112,6 +116,7 @@ pre { white-space: pre-wrap; margin: .2em 0; }
 .card { border: 1px solid var(--line); border-radius: .4em; padding: .5em .9em; min-width: 10em; }
 .card b { display: block; font-size: 1.4em; }
 details summary { cursor: pointer; }
+table.facts { width: auto; } table.facts th { position: static; background: none; padding-right: 2em; }
 .pager a, .pager span { margin-right: 1em; }
 """
 
@@ -252,12 +257,13 @@ def overview(view: StatusView, _: Mapping[str, str]) -> tuple[str, str]:
     now = view.built_at
     c = view.counts
     phases = ", ".join(f"{esc(k)} {v}" for k, v in sorted(c.phases.items())) or "none"
+    kinds = ", ".join(f"{esc(k)} {v}" for k, v in c.kinds.items()) or "none"
     cards = (
         f'<div class="card">nodes ready<b>{c.nodes_ready} / {c.nodes}</b></div>'
         f'<div class="card">pods ready<b>{c.pods_ready} / {c.pods}</b><small>{phases}</small></div>'
         f'<div class="card">workloads<b>{c.workloads}</b></div>'
         f'<div class="card">services<b>{c.services}</b></div>'
-        f'<div class="card">objects<b>{c.objects}</b></div>'
+        f'<div class="card">objects<b>{c.objects}</b><small>{kinds}</small></div>'
     )
     sources = _sources_table(view, now)
     applied = (
@@ -380,6 +386,56 @@ def _int(value: str | None, default: int) -> int:
         return default
 
 
+def pod_path(p: PodRow) -> str:
+    """The pod's own page. Like `logs_url`, quoted: nothing in it needs HTML escaping."""
+    return f"/pods/{quoted(p.namespace)}/{quoted(p.name)}"
+
+
+_CALM = frozenset({"Running", "Completed", "Succeeded"})
+_WAITING = frozenset({"Pending", "PodInitializing", "ContainerCreating", "Terminating"})
+
+
+def _status(p: PodRow) -> str:
+    """kubectl's STATUS, coloured, with the phase beneath when it says something else."""
+    status = p.status or p.phase
+    initialising = status.startswith("Init:") and status[5:6].isdigit()  # Init:1/2, not Init:Error
+    cls = "ok" if status in _CALM else "warn" if status in _WAITING or initialising else "bad"
+    phase = f'<br><small class="muted">{esc(p.phase)}</small>' if p.phase != status else ""
+    return f'<span class="{cls}">{esc(status)}</span>{phase}'
+
+
+def _ready_cell(p: PodRow) -> str:
+    """kubectl's READY: ready app containers of all app containers."""
+    done, _, total = p.ready_containers.partition("/")
+    cls = "ok" if p.ready and done == total else "muted"
+    return f'<td class="num {cls}" title="ready app containers">{p.ready_containers}</td>'
+
+
+def _logs_links(p: PodRow) -> str:
+    """A link to the pod's logs; one per app container when it has several (the pod's own
+    URL then answers 400 and asks which, as `kubectl logs` does)."""
+    apps = [c.name for c in p.containers if c.kind == "app"]
+    if len(apps) < 2:  # one app container: the pod's own URL reads it
+        return f'<a href="{p.logs_url}">logs</a>'
+    links = ", ".join(f'<a href="{logs_url(p.namespace, p.name, name)}">{esc(name)}</a>' for name in apps)
+    return f"logs: {links}"
+
+
+def _kind(c: ContainerRow) -> str:
+    return "" if c.kind == "app" else f'<span class="chip">{esc(c.kind)}</span>'
+
+
+def _container_reasons(p: PodRow) -> str:
+    """What a pod's containers say beyond its own reason (an init container that completed
+    and one waiting for its turn say nothing worth a line)."""
+    lines = [
+        f"<br><small>{_kind(c)}<b>{esc(c.name)}</b>: {esc(c.reason)}</small>"
+        for c in p.containers
+        if c.reason and c.reason not in ("Completed", "PodInitializing") and c.reason not in p.reason
+    ]
+    return "".join(lines)
+
+
 def pods(view: StatusView, query: Mapping[str, str]) -> tuple[str, str]:
     now = view.built_at
     text = (query.get("q") or "").strip().lower()
@@ -390,17 +446,16 @@ def pods(view: StatusView, query: Mapping[str, str]) -> tuple[str, str]:
     shown = selected[(page - 1) * PER_PAGE : page * PER_PAGE]
     rows = []
     for p in shown:
-        ready = '<span class="ok">ready</span>' if p.ready else '<span class="muted">not ready</span>'
-        phase_cls = {"Running": "ok", "Failed": "bad", "Unknown": "warn"}.get(p.phase, "")
-        reason = esc(p.reason)
+        reason = esc(p.reason) + _container_reasons(p)
         if p.last_log:
             reason += f"<details><summary>last log</summary><pre>{esc(p.last_log)}</pre></details>"
         labels = f"<br><small>{chips(f'{k}={v}' for k, v in p.labels)}</small>" if p.labels else ""
-        terminating = ' <span class="warn">terminating</span>' if p.terminating else ""
         node = esc(p.node) or '<span class="muted">unscheduled</span>'
         rows.append(
-            f'<tr><td><b>{esc(p.id)}</b><br><small class="muted">{esc(p.owner)}</small>{labels}</td>'
-            f'<td><span class="{phase_cls}">{esc(p.phase)}</span>{terminating}<br>{ready}</td>'
+            f'<tr><td><b><a href="{pod_path(p)}">{esc(p.id)}</a></b><br>'
+            f'<small class="muted">{esc(p.owner)} · {p.qos_class} · '
+            f"{_logs_links(p)}</small>{labels}</td>"
+            f"{_ready_cell(p)}<td>{_status(p)}</td>"
             f"<td>{node}</td>"
             f'<td class="mono">{esc(p.pod_ip)}</td>'
             f'<td class="num">{p.restarts}</td><td class="num">{ago(now - p.created_at)}</td>'
@@ -434,8 +489,8 @@ def pods(view: StatusView, query: Mapping[str, str]) -> tuple[str, str]:
         f'<label>Phase <select name="phase">{options}</select></label> '
         '<button type="submit">Show</button></form>'
     )
-    headers = ("Pod", "Phase", "Node", "IP", "Restarts", "Age", "Reason")
-    listing = table(headers, rows, numeric=(4, 5))
+    headers = ("Pod", "Ready", "Status", "Node", "IP", "Restarts", "Age", "Reason")
+    listing = table(headers, rows, numeric=(1, 5, 6))
     body = f'<section id="pods"><h2>Pods</h2>{count}{pager}{listing}{pager}</section>'
     return controls, body
 
@@ -473,6 +528,12 @@ def events(view: StatusView, _: Mapping[str, str]) -> tuple[str, str]:
     return "", f'<section id="events"><h2>Events (newest {len(rows)})</h2>{table(headers, rows)}</section>'
 
 
+@functools.lru_cache(maxsize=256)
+def _grouped(warnings: tuple[str, ...]) -> tuple[str, ...]:
+    """A revision's warnings one line per kind (`gitops.diagnostics`), kept across views."""
+    return tuple(warning_lines(warnings))
+
+
 def revisions(view: StatusView, _: Mapping[str, str]) -> tuple[str, str]:
     now = view.built_at
     rows = []
@@ -487,7 +548,7 @@ def revisions(view: StatusView, _: Mapping[str, str]) -> tuple[str, str]:
                 f'<ul class="bad">{items}</ul></details>'
             )
         if r.warnings:
-            items = "".join(f"<li><pre>{esc(w)}</pre></li>" for w in r.warnings)
+            items = "".join(f"<li><pre>{esc(w)}</pre></li>" for w in _grouped(r.warnings))
             details += f"<details><summary>{len(r.warnings)} warning(s)</summary><ul>{items}</ul></details>"
         rows.append(
             f'<tr><td><code title="{esc(r.revision)}">{esc(short(r.revision))}</code><br>'
@@ -498,6 +559,76 @@ def revisions(view: StatusView, _: Mapping[str, str]) -> tuple[str, str]:
         )
     headers = ("Revision", "Status", "Message", "Committed", "Received", "Changes")
     return "", f'<section id="revisions"><h2>Revisions</h2>{table(headers, rows)}</section>'
+
+
+def _find(view: StatusView, query: Mapping[str, str]) -> PodRow | None:
+    pod_id = f"{query.get('namespace', '')}/{query.get('name', '')}"
+    return next((p for p in view.pods if p.id == pod_id), None)
+
+
+def _state(c: ContainerRow) -> str:
+    cls = {"running": "ok" if c.ready else "warn", "terminated": "ok" if c.exit_code == 0 else "bad"}
+    ready = " ready" if c.state == "running" and c.ready else " not ready" if c.state == "running" else ""
+    return f'<span class="{cls.get(c.state, "warn")}">{esc(c.state)}{ready}</span>'
+
+
+def pod_detail(view: StatusView, query: Mapping[str, str]) -> tuple[str, str]:
+    """One pod: what the list shows, and each of its containers with its own log link."""
+    now = view.built_at
+    p = _find(view, query)
+    if p is None:
+        pod_id = f"{query.get('namespace', '')}/{query.get('name', '')}"
+        return "", (
+            f'<section id="pod"><h2>Pod {esc(pod_id)}</h2><p class="bad">No such pod (any more).</p>'
+            '<p><a href="/pods">All pods</a></p></section>'
+        )
+    facts = (
+        ("Status", _status(p)),
+        (
+            "Ready",
+            f"{esc(p.ready_containers)} app containers" + (", pod ready" if p.ready else ", pod not ready"),
+        ),
+        ("Reason", esc(p.reason) or '<span class="muted">-</span>'),
+        ("Node", esc(p.node) or '<span class="muted">unscheduled</span>'),
+        ("IP", f'<span class="mono">{esc(p.pod_ip) or "-"}</span>'),
+        ("QoS class", esc(p.qos_class)),
+        ("Restarts", str(p.restarts)),
+        ("Created", when(p.created_at, now)),
+        ("Owner", esc(p.owner_key)),
+        ("Template", f"<code>{esc(p.template_hash)}</code>"),
+        ("Host ports", esc(", ".join(f"{h}->{c}/{proto}" for c, proto, h in p.host_ports)) or "-"),
+        ("Labels", chips(f"{k}={v}" for k, v in p.labels)),
+        ("Logs", _logs_links(p)),
+    )
+    summary = "".join(f'<tr><th scope="row">{k}</th><td>{v}</td></tr>' for k, v in facts)
+    last_log = (
+        f"<details open><summary>last log</summary><pre>{esc(p.last_log)}</pre></details>"
+        if p.last_log
+        else ""
+    )
+    rows = []
+    for c in p.containers:
+        log = (
+            f"<details><summary>last log</summary><pre>{esc(c.last_log)}</pre></details>"
+            if c.last_log
+            else ""
+        )
+        exit_code = "" if c.exit_code is None else str(c.exit_code)
+        href = logs_url(p.namespace, p.name, c.name)
+        rows.append(
+            f"<tr><td><b>{esc(c.name)}</b> {_kind(c)}</td><td><code>{esc(c.image)}</code></td>"
+            f'<td>{_state(c)}</td><td class="num">{c.restarts}</td><td class="num">{exit_code}</td>'
+            f'<td>{esc(c.reason)}{log}</td><td><a href="{esc(href)}">logs</a></td></tr>'
+        )
+    headers = ("Container", "Image", "State", "Restarts", "Exit code", "Reason", "Logs")
+    body = (
+        f'<section id="pod"><h2>Pod {esc(p.id)}{" (terminating)" if p.terminating else ""}</h2>'
+        f'<p><a href="/pods">All pods</a></p><table class="facts"><tbody>{summary}</tbody></table>{last_log}'
+        f"<h2>Containers</h2>{table(headers, rows, numeric=(3, 4))}"
+        '<p class="muted"><small>Init containers run one at a time, in order, before the app containers; '
+        "sidecars are init containers that keep running beside them.</small></p></section>"
+    )
+    return "", body
 
 
 Renderer = Callable[[StatusView, Mapping[str, str]], tuple[str, str]]
@@ -533,9 +664,17 @@ def live_fragment(view: StatusView, body: str, banner: str = "") -> str:
 
 
 def layout(
-    path: str, view: StatusView, controls: str, body: str, *, banner: str = "", version: str = ""
+    path: str,
+    view: StatusView,
+    controls: str,
+    body: str,
+    *,
+    banner: str = "",
+    version: str = "",
+    title: str = "",
 ) -> str:
-    title = dict(PAGES)[path]
+    """The complete page of section `path` (`title`: the section's name, or an HTML-escaped own)."""
+    title = title or dict(PAGES)[path]
     current = ' aria-current="page"'
     links = "".join(f'<a href="{href}"{current if href == path else ""}>{name}</a>' for href, name in PAGES)
     return (
@@ -588,11 +727,16 @@ class StatusPage:
         cached = rendered.pages.get(key)
         if cached is not None:
             return cached
-        controls, body = RENDERERS[path](view, query)
+        if path == POD_PATH:
+            controls, body = pod_detail(view, query)
+            section, title = "/pods", esc(f"Pod {query.get('namespace', '')}/{query.get('name', '')}")
+        else:
+            controls, body = RENDERERS[path](view, query)
+            section, title = path, ""
         text = (
             live_fragment(view, body, banner)
             if partial
-            else layout(path, view, controls, body, banner=banner, version=version)
+            else layout(section, view, controls, body, banner=banner, version=version, title=title)
         )
         data = text.encode()
         if len(rendered.pages) >= self.max_cached_pages:
@@ -616,9 +760,15 @@ class StatusPage:
             return Response(status_code=304, headers=headers)
         params = request.query_params
         query = {k: params[k] for k in ("q", "phase", "page") if params.get(k)} if path == "/pods" else {}
+        found = True
+        if path == POD_PATH:
+            query = {"namespace": request.path_params["namespace"], "name": request.path_params["name"]}
+            found = _find(view, query) is not None
         partial = params.get("partial") == "1"
         body = self.render(view, path, query, partial=partial)
-        return Response(body, media_type="text/html; charset=utf-8", headers=headers)
+        return Response(
+            body, status_code=200 if found else 404, media_type="text/html; charset=utf-8", headers=headers
+        )
 
 
 def install_status_page(app: FastAPI, cache: ViewCache, health: Health | None = None) -> StatusPage:
@@ -636,4 +786,7 @@ def install_status_page(app: FastAPI, cache: ViewCache, health: Health | None = 
         app.add_api_route(
             path, route(path), methods=["GET"], include_in_schema=False, name=f"status page: {title}"
         )
+    pod = route(POD_PATH)
+    pod.__name__ = "page_pod"
+    app.add_api_route(POD_PATH, pod, methods=["GET"], include_in_schema=False, name="status page: Pod")
     return page

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gitops.api.view import StatusView, ViewCache, redacted_event, redacted_revision
+from gitops.api.view import PodRow, StatusView, ViewCache, logs_url, redacted_event, redacted_revision
 from gitops.codec import encode
 from gitops.health import Health
 from gitops.preview.state import to_json as state_json
@@ -172,29 +172,18 @@ class ReadModel:
         if limit:
             rows = sorted(rows, key=lambda p: (p.ready and p.phase == "Running" and not p.terminating, p.id))
             rows = rows[:limit]
-        answer = [
-            {
-                "id": p.id,
-                "namespace": p.namespace,
-                "name": p.name,
-                "owner": p.owner_key,
-                "image": p.image,
-                "template_hash": p.template_hash,
-                "node": p.node or None,
-                "phase": p.phase,
-                "ready": p.ready,
-                "reason": p.reason,
-                "pod_ip": p.pod_ip,
-                "host_ports": [list(h) for h in p.host_ports],
-                "restarts": p.restarts,
-                "exit_code": p.exit_code,
-                "created_at": p.created_at,
-                "terminating": p.terminating,
-                "last_log": p.last_log,
-            }
-            for p in rows
-        ]
-        out: list[Any] = self._out(view, answer)
+        # Plain JSON values already (no `encode` needed): only the last redaction pass.
+        out: list[Any] = view.redactor.value([_pod(p) for p in rows])
+        return out
+
+    def pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """One pod as `pods` lists it (its containers, QoS class, log links), or None."""
+        view = self._fresh()
+        pod_id = f"{namespace}/{name}"
+        found = next((p for p in view.pods if p.id == pod_id), None)
+        if found is None:
+            return None
+        out: dict[str, Any] = view.redactor.value(_pod(found))
         return out
 
     def workloads(self) -> list[Any]:
@@ -267,6 +256,50 @@ class ReadModel:
 
     def state_version(self) -> str:
         return self.store.snapshot(self.clock()).version
+
+
+def _pod(p: PodRow) -> dict[str, Any]:
+    """A pod's answer: kubectl's READY (`ready_containers`, app containers) and STATUS
+    (`status`), and each container, init ones (sidecars among them) first. A pod of one
+    container has one, whose status is the pod's own."""
+    return {
+        "id": p.id,
+        "namespace": p.namespace,
+        "name": p.name,
+        "owner": p.owner_key,
+        "image": p.image,
+        "template_hash": p.template_hash,
+        "node": p.node or None,
+        "phase": p.phase,
+        "ready": p.ready,
+        "reason": p.reason,
+        "pod_ip": p.pod_ip,
+        "host_ports": [list(h) for h in p.host_ports],
+        "restarts": p.restarts,
+        "exit_code": p.exit_code,
+        "created_at": p.created_at,
+        "terminating": p.terminating,
+        "last_log": p.last_log,
+        "status": p.status,
+        "ready_containers": p.ready_containers,
+        "qos_class": p.qos_class,
+        "logs_url": p.logs_url,
+        "containers": [
+            {
+                "name": c.name,
+                "kind": c.kind,
+                "image": c.image,
+                "state": c.state,
+                "ready": c.ready,
+                "restarts": c.restarts,
+                "exit_code": c.exit_code,
+                "reason": c.reason,
+                "last_log": c.last_log,
+                "logs_url": logs_url(p.namespace, p.name, c.name),
+            }
+            for c in p.containers
+        ],
+    }
 
 
 def _preview(row: Any, *, full: bool) -> dict[str, Any]:

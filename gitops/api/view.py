@@ -3,9 +3,11 @@
 `build_view` reads the store once (revisions, nodes, pods, rollouts, services, events,
 previews) and turns it into plain frozen rows ready to render: requested resources summed
 per node, rollout counters per Deployment, ready endpoints per Service, desired objects per
-kind (those gitops only stores, such as RoleBindings, are counted there), and every piece of
-free text (log tails, reasons, event messages, revision errors, labels) passed through the
-store's one `Redactor`, so no Secret value and no URL credential is in it. The status page
+kind (those gitops only stores, such as RoleBindings, are counted there), each pod's
+containers with kubectl's summary of them (`READY` 2/2, `STATUS` such as `Init:0/2`,
+`CrashLoopBackOff` or `OOMKilled`) and its QoS class, and every piece of free text (log
+tails, reasons, event messages, revision errors, labels) passed through the store's one
+`Redactor`, so no Secret value and no URL credential is in it. The status page
 renders this view and the JSON API serialises it (`gitops.api.readmodel`); nothing people
 read is built from the store any other way. Reading 5,000 pods from SQL and decoding their
 specs takes a good fraction of a second, far too long to pay per request.
@@ -29,17 +31,19 @@ import ctypes.util
 import dataclasses
 import gc
 import itertools
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, NamedTuple
+from urllib.parse import quote
 
 import structlog
 
 from gitops.codec import encode
 from gitops.health import Health
-from gitops.model import ServiceEndpoints
+from gitops.model import Pod, ServiceEndpoints
 from gitops.planner import all_endpoints, rollouts
 from gitops.redact import Redactor
 from gitops.store import EventRecord, RevisionRecord, Store
@@ -84,6 +88,25 @@ class WorkloadRow:
     error: str = ""  # why the last pass could not plan or write this workload
 
 
+ContainerKind = Literal["init", "sidecar", "app"]
+
+
+class ContainerRow(NamedTuple):
+    """One container of a pod as people see it: init containers (sidecars among them) first,
+    in the order they start, then the app containers. (A NamedTuple: a view holds one for
+    each of thousands of pods, and these are the cheapest frozen values to build.)"""
+
+    name: str
+    kind: ContainerKind  # a sidecar is an init container that keeps running beside the app
+    image: str
+    state: Literal["waiting", "running", "terminated"]
+    ready: bool
+    restarts: int
+    exit_code: int | None
+    reason: str  # why it waits or how it ended: `OOMKilled (exit code 137)`, `Completed`, ...
+    last_log: str = ""  # tail of the log of its last exit
+
+
 @dataclass(frozen=True)
 class PodRow:
     id: str
@@ -106,6 +129,14 @@ class PodRow:
     terminating: bool
     labels: tuple[tuple[str, str], ...]
     search: str  # lower-case text the pod filter matches against
+    containers: tuple[ContainerRow, ...] = ()
+    ready_containers: str = ""  # kubectl's READY: ready app containers / app containers, "2/2"
+    status: str = ""  # kubectl's STATUS: `Running`, `Init:1/2`, `CrashLoopBackOff`, `OOMKilled`, ...
+    qos_class: str = ""  # Guaranteed, Burstable or BestEffort
+
+    @property
+    def logs_url(self) -> str:
+        return logs_url(self.namespace, self.name)
 
 
 @dataclass(frozen=True)
@@ -166,6 +197,162 @@ class StatusView:
     endpoints: tuple[ServiceEndpoints, ...] = ()  # per Service and port; no free text in them
     per_source: tuple[SourceRow, ...] = ()
     redactor: Redactor = field(default_factory=Redactor)  # what the view was redacted with
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9._-]*").fullmatch  # DNS names, as validated: nothing to quote
+
+
+def quoted(part: str) -> str:
+    """`part` fit for a URL path or query value: only unreserved characters and %XX escapes."""
+    return part if _PLAIN(part) else quote(part, safe="")
+
+
+def logs_url(namespace: str, name: str, container: str = "") -> str:
+    """Where the JSON API serves a pod's logs (a container's, when named)."""
+    url = f"/api/v1/pods/{quoted(namespace)}/{quoted(name)}/logs"
+    return f"{url}?container={quoted(container)}" if container else url
+
+
+def _own_state(p: Pod) -> Literal["waiting", "running", "terminated"]:
+    """The state of a pod's one container, from the pod's own status (an agent reports no
+    per-container status for a pod of one container: the pod's is its container's)."""
+    if p.phase in ("Succeeded", "Failed"):
+        return "terminated"
+    if p.phase == "Running" and not p.reason.startswith("CrashLoopBackOff"):
+        return "running"
+    return "waiting"
+
+
+def container_rows(p: Pod, redact: Redactor, image: str) -> tuple[ContainerRow, ...]:
+    """The containers of `p` as its agent last reported them (redacted), in the order of its
+    spec; `image` is its first app container's image, already redacted."""
+    spec = p.spec
+    kinds: dict[str, ContainerKind] = {
+        c.name: "sidecar" if c.restart_policy == "Always" else "init" for c in spec.init_containers
+    }
+    if not p.containers and not spec.init_containers and len(spec.containers) == 1:
+        main = spec.main
+        # The scheduler's words (`Unschedulable: ...`, `scheduled on n1`) are the pod's, not
+        # its container's: those of an unbound pod, or bound and not reported on yet.
+        said = p.node is not None and p.reason != f"scheduled on {p.node}"
+        return (
+            ContainerRow(
+                main.name,
+                "app",
+                image,
+                _own_state(p),
+                p.ready,
+                p.restarts,
+                p.exit_code,
+                redact(p.reason) if said else "",
+                redact(p.last_log),
+            ),
+        )
+    reported = {s.name: s for s in p.containers}
+    rows = []
+    for c in spec.all_containers:
+        kind = kinds.get(c.name, "app")
+        own = image if c is spec.main else redact(c.image)
+        s = reported.pop(c.name, None)
+        if s is None:  # not reported (yet)
+            rows.append(ContainerRow(c.name, kind, own, "waiting", False, 0, None, ""))
+        else:
+            rows.append(
+                ContainerRow(
+                    c.name,
+                    kind,
+                    own,
+                    s.state,
+                    s.ready,
+                    s.restarts,
+                    s.exit_code,
+                    redact(s.reason),
+                    redact(s.last_log),
+                )
+            )
+    for s in reported.values():  # reported, yet not in the spec the store has
+        kind = "init" if s.init else "app"
+        rows.append(
+            ContainerRow(
+                s.name,
+                kind,
+                "",
+                s.state,
+                s.ready,
+                s.restarts,
+                s.exit_code,
+                redact(s.reason),
+                redact(s.last_log),
+            )
+        )
+    return tuple(rows)
+
+
+# The word that leads a reason, as kubectl shows it: `CrashLoopBackOff: exited with code 1;
+# ...`, `OOMKilled (exit code 137)`, `Completed`, `container web: ErrImagePull: ...`; not
+# `exited with code 1` nor `Readiness probe failed: ...`.
+_REASON_WORD = re.compile(r"(?:(?:init )?container [^ :]+: )?([A-Z][A-Za-z]+)(?=$|:| \()")
+
+
+def _word(reason: str) -> str:
+    if not reason:
+        return ""
+    found = _REASON_WORD.match(reason)
+    return found.group(1) if found else ""
+
+
+def _ended(c: ContainerRow) -> str:
+    word = _word(c.reason)
+    if word and word != "Completed":
+        return word
+    return "Completed" if c.exit_code == 0 else "Error"
+
+
+def pod_status(p: Pod, containers: Sequence[ContainerRow]) -> tuple[str, str]:
+    """kubectl's READY and STATUS columns of a pod (`kubectl get pods`): ready app
+    containers of all app containers, and a word for the state of the pod.
+
+    While the pod initialises the status is `Init:N/M` (N of its M init containers, sidecars
+    among them, done) or `Init:` and the reason of the one that fails (`Init:Error`,
+    `Init:CrashLoopBackOff`); after, the reason of the first app container (or sidecar) that
+    waits or ended (`CrashLoopBackOff`, `OOMKilled`, `Error`, `Completed`), else the phase.
+    kubectl (1.29 and later) counts started sidecars in READY too; here READY counts the app
+    containers alone, and a sidecar's trouble shows in STATUS."""
+    apps = [c for c in containers if c.kind == "app"]
+    ready = sum(1 for c in apps if c.state == "running" and c.ready)
+    if not p.ready and p.reason.startswith("NodeNotReady"):
+        # The containers' reports are from before the node was lost: nothing of it is ready now.
+        return f"0/{len(apps)}", "Terminating" if p.terminating_at is not None else "NodeNotReady"
+    counted = f"{ready}/{len(apps)}"
+    if p.terminating_at is not None:
+        return counted, "Terminating"
+    inits = [c for c in containers if c.kind != "app"]
+    started = any(c.state != "waiting" or c.restarts or c.exit_code is not None for c in apps)
+    if p.containers and not started:  # reported, and no app container has started yet
+        for i, c in enumerate(inits):
+            if (c.state == "terminated" and c.exit_code == 0) or (
+                c.kind == "sidecar" and c.state == "running"
+            ):
+                continue
+            word = _word(c.reason)
+            if c.state == "terminated":
+                return counted, f"Init:{_ended(c)}"
+            if c.state == "waiting" and word and word != "PodInitializing":
+                return counted, f"Init:{word}"
+            return counted, f"Init:{i}/{len(inits)}"
+    status: str = p.phase
+    running = False
+    for c in reversed([*apps, *(c for c in inits if c.kind == "sidecar")]):
+        word = _word(c.reason)
+        if c.state == "waiting" and word:
+            status = word
+        elif c.state == "terminated":
+            status = _ended(c)
+        elif c.state == "running" and c.ready:
+            running = True
+    if status == "Completed" and running:
+        status = "Running"
+    return counted, status
 
 
 _generations = itertools.count(1)
@@ -281,6 +468,10 @@ def build_view(store: Store, sources: Sequence[str], now: float, *, revision_lim
         phases[p.phase] = phases.get(p.phase, 0) + 1
         reason = redact(p.reason)
         node = p.node or ""
+        image = redact(p.spec.image)
+        containers = container_rows(p, redact, image)
+        ready_containers, shown = pod_status(p, containers)
+        said = " ".join(c.reason for c in containers if c.reason and c.reason not in reason)
         pod_rows.append(
             PodRow(
                 id=p.id,
@@ -288,7 +479,7 @@ def build_view(store: Store, sources: Sequence[str], now: float, *, revision_lim
                 name=p.name,
                 owner=p.owner.ref,
                 owner_key=str(p.owner),
-                image=redact(p.spec.image),
+                image=image,
                 template_hash=p.template_hash,
                 host_ports=p.host_ports,
                 exit_code=p.exit_code,
@@ -302,7 +493,11 @@ def build_view(store: Store, sources: Sequence[str], now: float, *, revision_lim
                 last_log=redact(p.last_log),
                 terminating=p.terminating_at is not None,
                 labels=tuple((k, redact(v)) for k, v in p.labels),
-                search=f"{p.id} {node} {p.phase} {p.pod_ip} {reason}".lower(),
+                search=f"{p.id} {node} {p.phase} {shown} {p.pod_ip} {reason} {said}".lower(),
+                containers=containers,
+                ready_containers=ready_containers,
+                status=shown,
+                qos_class=p.spec.qos_class,
             )
         )
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,17 +25,21 @@ from gitops.keyed import digest, secret_data
 from gitops.model import (
     Container,
     ContainerPort,
+    Hook,
     Manifest,
     MountedFile,
     ObjectKey,
     PodSpec,
     Probe,
+    RegistryAuth,
     SecurityContext,
     Toleration,
     Volume,
     VolumeMount,
     content_hash,
+    image_registry,
 )
+from gitops.schemas.checks import normal_host_path
 from gitops.schemas.quantity import parse_cpu, parse_memory
 
 Configs = Mapping[ObjectKey, Manifest]
@@ -240,13 +245,19 @@ def _files(
 
 
 def _mounts(pod: Mapping[str, Any], container: Mapping[str, Any]) -> tuple[VolumeMount, ...]:
-    """The container's mounts of the pod's shared volumes (emptyDir)."""
-    shared = {v["name"] for v in pod.get("volumes") or [] if "emptyDir" in v}
+    """The container's mounts of the pod's shared volumes (emptyDir, claims and host
+    paths; a claim the pod mounts read-only is read-only in every mount)."""
+    shared = {
+        v["name"]: v
+        for v in pod.get("volumes") or []
+        if "emptyDir" in v or "persistentVolumeClaim" in v or "hostPath" in v
+    }
     return tuple(
         VolumeMount(
             volume=str(m["name"]),
             path=str(m["mountPath"]),
-            read_only=bool(m.get("readOnly", False)),
+            read_only=bool(m.get("readOnly", False))
+            or bool((shared[m["name"]].get("persistentVolumeClaim") or {}).get("readOnly", False)),
             sub_path=str(m.get("subPath") or ""),
         )
         for m in container.get("volumeMounts") or []
@@ -254,9 +265,23 @@ def _mounts(pod: Mapping[str, Any], container: Mapping[str, Any]) -> tuple[Volum
     )
 
 
-def _volumes(pod: Mapping[str, Any]) -> tuple[Volume, ...]:
+def _volumes(pod: Mapping[str, Any], namespace: str) -> tuple[Volume, ...]:
     result = []
     for v in pod.get("volumes") or []:
+        if "persistentVolumeClaim" in v:
+            claim = str(v["persistentVolumeClaim"]["claimName"])
+            result.append(Volume(name=str(v["name"]), claim=f"{namespace}/{claim}"))
+            continue
+        if "hostPath" in v:
+            host = v["hostPath"]
+            result.append(
+                Volume(
+                    name=str(v["name"]),
+                    host_path=normal_host_path(str(host["path"])),
+                    host_path_type=host.get("type") or "",
+                )
+            )
+            continue
         if "emptyDir" not in v:
             continue
         empty = v["emptyDir"] or {}
@@ -269,6 +294,42 @@ def _volumes(pod: Mapping[str, Any]) -> tuple[Volume, ...]:
             )
         )
     return tuple(result)
+
+
+def registry_auths(secret: Manifest) -> list[RegistryAuth]:
+    """The registry credentials of a `kubernetes.io/dockerconfigjson` (or legacy
+    `kubernetes.io/dockercfg`) Secret; entries it cannot read are left out."""
+    data = config_values(secret)
+    raw = data.get(".dockerconfigjson") or data.get(".dockercfg")
+    try:
+        parsed = json.loads(raw) if raw else {}
+    except ValueError:
+        return []
+    entries = parsed.get("auths", parsed) if isinstance(parsed, dict) else {}
+    result = []
+    for server, entry in (entries if isinstance(entries, dict) else {}).items():
+        if not isinstance(entry, dict):
+            continue
+        username, password = str(entry.get("username") or ""), str(entry.get("password") or "")
+        if not username and entry.get("auth"):
+            try:
+                username, _, password = base64.b64decode(str(entry["auth"])).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                continue
+        if username:
+            host = str(server) if "://" in str(server) else str(server).rstrip("/") + "/image"
+            result.append(RegistryAuth(image_registry(host), username, password))
+    return result
+
+
+def _pull_auths(pod: Mapping[str, Any], namespace: str, configs: Configs) -> tuple[RegistryAuth, ...]:
+    auths: dict[str, RegistryAuth] = {}
+    for ref in pod.get("imagePullSecrets") or ():
+        secret = _lookup(configs, "Secret", namespace, str((ref or {}).get("name", "")))
+        if secret is not None:
+            for auth in registry_auths(secret):
+                auths.setdefault(auth.registry, auth)  # the first secret naming a registry wins
+    return tuple(auths.values())
 
 
 def _security(pod: Mapping[str, Any], container: Mapping[str, Any]) -> SecurityContext:
@@ -291,8 +352,9 @@ def _security(pod: Mapping[str, Any], container: Mapping[str, Any]) -> SecurityC
         run_as_non_root=bool(pick("runAsNonRoot")),
         supplemental_groups=tuple(dict.fromkeys(groups)),
         read_only_root_filesystem=bool(own.get("readOnlyRootFilesystem", False)),
-        capabilities_add=tuple(str(c) for c in capabilities.get("add") or ()),
-        capabilities_drop=tuple(str(c) for c in capabilities.get("drop") or ()),
+        # Runtimes read capability names in any case (sock-shop drops "all").
+        capabilities_add=tuple(str(c).upper() for c in capabilities.get("add") or ()),
+        capabilities_drop=tuple(str(c).upper() for c in capabilities.get("drop") or ()),
         no_new_privileges=own.get("allowPrivilegeEscalation") is False,
         seccomp=seccomp if seccomp in ("RuntimeDefault", "Unconfined") else "",
         sysctls=tuple((str(s["name"]), str(s["value"])) for s in pod_ctx.get("sysctls") or ()),
@@ -312,6 +374,34 @@ def _tolerations(pod: Mapping[str, Any]) -> tuple[Toleration, ...]:
             )
         )
     return tuple(result)
+
+
+def _hook(raw: Mapping[str, Any] | None, ports: Sequence[ContainerPort]) -> Hook | None:
+    """A lifecycle handler (exec, httpGet, sleep; Kubernetes' deprecated tcpSocket is
+    refused by the schema)."""
+    if not raw:
+        return None
+    if "exec" in raw:
+        return Hook("exec", command=tuple(str(c) for c in raw["exec"]["command"]))
+    if "sleep" in raw:
+        return Hook("sleep", seconds=int(raw["sleep"]["seconds"]))
+    if "httpGet" in raw:
+        http = raw["httpGet"]
+        port = http["port"]
+        number = (
+            int(port)
+            if isinstance(port, int) or str(port).isdigit()
+            else next((p.container_port for p in ports if p.name == port), 0)
+        )
+        return Hook(
+            "httpGet",
+            port=number,
+            path=str(http.get("path", "/")),
+            host=str(http.get("host", "")),
+            scheme=str(http.get("scheme", "HTTP")),
+            headers=tuple((str(h["name"]), str(h["value"])) for h in http.get("httpHeaders") or ()),
+        )
+    return None
 
 
 def _probe(raw: Mapping[str, Any] | None, ports: Sequence[ContainerPort]) -> Probe | None:
@@ -348,6 +438,11 @@ def _probe(raw: Mapping[str, Any] | None, ports: Sequence[ContainerPort]) -> Pro
         tcp = raw["tcpSocket"]
         return dataclasses.replace(
             base, handler="tcpSocket", port=port_of(tcp["port"]), host=str(tcp.get("host", ""))
+        )
+    if "grpc" in raw:
+        grpc = raw["grpc"]
+        return dataclasses.replace(
+            base, handler="grpc", port=int(grpc["port"]), service=str(grpc.get("service") or "")
         )
     return None
 
@@ -452,6 +547,10 @@ def _container(
         field_env=field_env,
         security=_security(pod, container),
         restart_policy="Always" if container.get("restartPolicy") == "Always" else "",
+        termination_message_path=str(container.get("terminationMessagePath") or "/dev/termination-log"),
+        termination_message_policy=container.get("terminationMessagePolicy", "File"),
+        post_start=_hook((container.get("lifecycle") or {}).get("postStart"), ports),
+        pre_stop=_hook((container.get("lifecycle") or {}).get("preStop"), ports),
     )
     return resolved, hidden_env
 
@@ -485,7 +584,7 @@ def _resolve(deployment: Manifest, configs: Configs) -> Template:
     spec = PodSpec(
         containers=containers,
         init_containers=init_containers,
-        volumes=_volumes(pod),
+        volumes=_volumes(pod, namespace),
         restart_policy=pod.get("restartPolicy", "Always"),
         node_selector=tuple(sorted((str(k), str(v)) for k, v in (pod.get("nodeSelector") or {}).items())),
         tolerations=_tolerations(pod),
@@ -504,6 +603,7 @@ def _resolve(deployment: Manifest, configs: Configs) -> Template:
         annotations=tuple(sorted((str(k), str(v)) for k, v in annotations.items()))
         if wants_annotations
         else (),
+        pull_auths=_pull_auths(pod, namespace, configs),
     )
     labels = tuple(
         sorted((str(k), str(v)) for k, v in ((template.get("metadata") or {}).get("labels") or {}).items())
@@ -527,11 +627,24 @@ UNHASHED_DEFAULTS: dict[str, Any] = {
     "annotations": [],
 }
 UNHASHED_CONTAINER_DEFAULTS: dict[str, Any] = {
+    "termination_message_path": "/dev/termination-log",
+    "termination_message_policy": "File",
+    "post_start": None,
+    "pre_stop": None,
     "mounts": [],
     "field_env": [],
     "security": encode(SecurityContext()),
     "restart_policy": "",
 }
+UNHASHED_PROBE_DEFAULTS: dict[str, Any] = {
+    "service": "",
+}
+UNHASHED_VOLUME_DEFAULTS: dict[str, Any] = {
+    "claim": "",
+    "host_path": "",
+    "host_path_type": "",
+}
+_PROBES = ("readiness_probe", "liveness_probe", "startup_probe")
 
 
 def _hash_container(
@@ -543,6 +656,10 @@ def _hash_container(
     for name, default in UNHASHED_CONTAINER_DEFAULTS.items():
         if data[name] == default:
             del data[name]
+    for probe in (data[kind] for kind in _PROBES if data[kind] is not None):
+        for name, default in UNHASHED_PROBE_DEFAULTS.items():
+            if probe[name] == default:
+                del probe[name]
     for port in data["ports"]:
         if not port["host_port"]:
             del port["host_port"]
@@ -565,6 +682,7 @@ def hash_input(
     one container, so that upgrading does not change the hash (and replace the pods) of a
     template that does not use what is new."""
     data = encode(spec)
+    del data["pull_auths"]  # credentials: a rotated one replaces no pod
     containers = data.pop("containers")
     for c, raw in zip(spec.all_containers, [*data["init_containers"], *containers], strict=True):
         _hash_container(raw, hidden_env.get(c.name, {}), hidden_files)
@@ -573,6 +691,10 @@ def hash_input(
     data["container_name"] = first["name"]
     if len(containers) > 1:
         data["more_containers"] = containers[1:]
+    for volume in data["volumes"]:
+        for name, default in UNHASHED_VOLUME_DEFAULTS.items():
+            if volume[name] == default:
+                del volume[name]
     for name, default in UNHASHED_DEFAULTS.items():
         if data[name] == default:
             del data[name]

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from gitops.keyed import seal, secret_data
-from gitops.model import ClusterState, Manifest, NodeName, ObjectKey, PodId
+from gitops.model import ClusterState, Manifest, NodeName, ObjectKey, PodId, PodSpec
 from gitops.planner.plan import configs_of
 from gitops.planner.podspec import resolve_template
 from gitops.planner.rollout import strategy_of
@@ -33,7 +33,7 @@ from gitops.preview.diff import ObjectChange, diff_objects
 from gitops.preview.state import unredact
 from gitops.reconcile import Decision, decide, settle
 from gitops.schemas.loader import SourceFile
-from gitops.schemas.validate import validate_files
+from gitops.schemas.validate import DEFAULT_POLICY, Policy, validate_files
 
 MAX_PASSES = 500
 Kind = Literal["create", "replace", "stop"]
@@ -57,6 +57,9 @@ class PodAction:
     owner: str
     node: str | None  # where a new pod lands (None: unschedulable), or where a stopped one ran
     reason: str
+    # A pod of several containers: (name, "init" | "sidecar" | "app") in the order they start.
+    containers: tuple[tuple[str, str], ...] = ()
+    placement: str = ""  # why that node, when something pins it there (a claim's volume)
 
 
 @dataclass(frozen=True)
@@ -125,12 +128,51 @@ def _is_template_change(reason: str) -> bool:
     return reason.startswith("template changed")
 
 
-def _actions(decision: Decision, n: int, nodes_of: Mapping[PodId, NodeName | None]) -> list[PodAction]:
+def _containers(spec: PodSpec) -> tuple[tuple[str, str], ...]:
+    if len(spec.all_containers) == 1:
+        return ()
+    kinds = [(c.name, "sidecar" if c.restart_policy == "Always" else "init") for c in spec.init_containers]
+    return (*kinds, *((c.name, "app") for c in spec.containers))
+
+
+def _placement(spec: PodSpec, node: NodeName | None, held: dict[str, NodeName]) -> str:
+    """Why a pod lands on `node` when a claim pins it: where the claim's volume is (`held`:
+    each claim's node so far; a claim first used here is added)."""
+    reasons = []
+    for claim in spec.claims:
+        if claim in held:
+            reasons.append(f"claim {claim}'s volume is on {held[claim]}")
+        elif node is not None:
+            held[claim] = node
+            reasons.append(f"claim {claim} is first used here: its volume will be on {node}")
+    return "; ".join(reasons)
+
+
+def _actions(
+    decision: Decision, n: int, nodes_of: Mapping[PodId, NodeName | None], state: ClusterState
+) -> list[PodAction]:
     result = []
+    held = dict(state.claims)
+    for pod in state.pods:
+        if pod.node is not None:
+            for claim in pod.spec.claims:
+                held.setdefault(claim, pod.node)
     for a in decision.plan.create:
         kind: Kind = "replace" if _is_template_change(a.reason) else "create"
         node = decision.placements.assigned.get(a.pod.id)
-        result.append(PodAction(n, "create", kind, a.pod.id, str(a.pod.owner), node, a.reason))
+        result.append(
+            PodAction(
+                n,
+                "create",
+                kind,
+                a.pod.id,
+                str(a.pod.owner),
+                node,
+                a.reason,
+                _containers(a.pod.spec),
+                _placement(a.pod.spec, node, held),
+            )
+        )
     for a in (*decision.evicted, *decision.plan.stop):
         kind = "replace" if _is_template_change(a.reason) else "stop"
         result.append(
@@ -242,15 +284,17 @@ def preview(
     settle_base: bool = False,
     not_ready_toleration: float = 60.0,
     problems: Sequence[str] = (),
+    policy: Policy = DEFAULT_POLICY,
 ) -> Preview:
     """Preview applying `files` (the branch) to `state`; `base` is what the diff compares with.
 
     Secrets of the branch and the base are sealed under `secret_key` (`seal_secrets`;
     `cluster_key` says whether it is the cluster's own). `problems` are errors found while
     reading the files (refused links, oversized files). With `settle_base`, `state` holds
-    only nodes and the base revision is settled first.
+    only nodes and the base revision is settled first. `policy` is the server's, which its
+    sync validates under (`gitops.schemas.validate.Policy`).
     """
-    result = validate_files(files)
+    result = validate_files(files, policy=policy)
     info = Preview(head=head, base=base_info, state_version=state.version, state_source=state_source)
     errors = (*problems, *(str(e) for e in result.errors))
     if errors:
@@ -289,7 +333,7 @@ def preview(
         decision = decide(current, t, not_ready_toleration=not_ready_toleration)
         last, last_state = decision, current
         nodes_of = {p.id: p.node for p in current.pods}
-        actions += _actions(decision, n, nodes_of)
+        actions += _actions(decision, n, nodes_of, current)
         if decision.empty:
             converged = True
             passes = n

@@ -63,6 +63,8 @@ def to_json(p: Preview, *, stale: bool | None = None) -> dict[str, Any]:
                 "owner": a.owner,
                 "node": a.node,
                 "reason": a.reason,
+                **({"containers": [{"name": n, "kind": k} for n, k in a.containers]} if a.containers else {}),
+                **({"placement": a.placement} if a.placement else {}),
             }
             for a in p.actions
         ],
@@ -112,10 +114,26 @@ def _field_lines(o: ObjectChange, indent: str) -> list[str]:
     return lines
 
 
+def _shape(a: PodAction) -> str:
+    """` (init: setup; sidecar: proxy; containers: web, metrics)` for a pod of several."""
+    if not a.containers:
+        return ""
+    groups = {"init": [], "sidecar": [], "app": []}  # type: dict[str, list[str]]
+    for name, kind in a.containers:
+        groups[kind].append(name)
+    parts = [
+        f"{label}: {', '.join(groups[kind])}"
+        for kind, label in (("init", "init"), ("sidecar", "sidecar"), ("app", "containers"))
+        if groups[kind]
+    ]
+    return " (" + "; ".join(parts) + ")"
+
+
 def _pod_line(a: PodAction) -> str:
     if a.action == "create":
         where = f"on {a.node}" if a.node else "unschedulable"
-        return f"+ {a.pod} {where}: {a.reason}"
+        placed = f" [{a.placement}]" if a.placement else ""
+        return f"+ {a.pod}{_shape(a)} {where}{placed}: {a.reason}"
     return f"- {a.pod}" + (f" on {a.node}" if a.node else "") + f": {a.reason}"
 
 
@@ -210,7 +228,8 @@ def _pods_section(actions: Sequence[PodAction], limit: int) -> str:
     size = sum(len(r) + 1 for r in rows)
     for a in actions:
         node = a.node or ("unschedulable" if a.action == "create" else "")
-        row = f"| {a.pass_} | {a.action} | {_md(a.pod)} | {_md(node)} | {_md(a.reason)} |"
+        why = a.reason + (f" ({a.placement})" if a.placement else "")
+        row = f"| {a.pass_} | {a.action} | {_md(a.pod + _shape(a))} | {_md(node)} | {_md(why)} |"
         if size + len(row) + 1 > limit:
             break
         rows.append(row)

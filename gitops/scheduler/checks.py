@@ -158,6 +158,27 @@ class TaintsTolerated:
 
 
 @dataclass(frozen=True)
+class ClaimsOnNode:
+    """Every PersistentVolumeClaim the pod uses has its volume on the node, or nowhere yet
+    (then the node the pod lands on will hold it): local volumes pin their pods."""
+
+    reason: str = "volume node affinity conflict"
+    static: bool = False
+
+    def mask(self, usage: Usage, spec: PodSpec) -> BoolArray:
+        mask = usage.all_nodes
+        for claim in spec.claims:
+            node = usage.claim_node(claim)
+            if node is None:
+                continue
+            pinned = np.zeros(len(usage.cluster), dtype=np.bool_)
+            if node >= 0:
+                pinned[node] = True
+            mask = mask & pinned
+        return mask
+
+
+@dataclass(frozen=True)
 class HostPortsFree:
     """No pod bound or placed on the node holds one of the pod's hostPorts (per protocol)."""
 
@@ -264,6 +285,7 @@ class SoftTaints:
 
 CHECKS: tuple[Check, ...] = (
     NodeReady(),
+    ClaimsOnNode(),
     NodeSelectorMatches(),
     TaintsTolerated(),
     HostPortsFree(),

@@ -54,11 +54,17 @@ class Cluster:
     taint_sets: tuple[tuple[Taint, ...], ...]
     owner_pods: Mapping[ObjectKey, IntArray]  # owner -> pods of that owner per node
     host_ports: Mapping[tuple[int, str], BoolArray]  # (hostPort, protocol) -> taken per node
+    claim_nodes: Mapping[str, int]  # claim -> the node holding its volume (-1: not a node here)
 
     @classmethod
-    def build(cls, nodes: Sequence[Node], bound: Sequence[Pod]) -> Cluster:
+    def build(
+        cls, nodes: Sequence[Node], bound: Sequence[Pod], claims: Mapping[str, NodeName] | None = None
+    ) -> Cluster:
+        """Columns of `nodes` with `bound` pods' usage; `claims` say which node holds each
+        PersistentVolumeClaim's volume (a bound pod's claims are on its node too)."""
         n = len(nodes)
         index = {node.name: i for i, node in enumerate(nodes)}
+        claim_nodes = {claim: index.get(node, -1) for claim, node in (claims or {}).items()}
         cpu_used = np.zeros(n, dtype=np.int64)
         memory_used = np.zeros(n, dtype=np.int64)
         pods_used = np.zeros(n, dtype=np.int64)
@@ -72,6 +78,8 @@ class Cluster:
                 if claim not in host_ports:
                     host_ports[claim] = np.zeros(n, dtype=np.bool_)
                 host_ports[claim][i] = True
+            for volume_claim in pod.spec.claims:
+                claim_nodes.setdefault(volume_claim, i)
             cpu_used[i] += pod.spec.cpu_request_milli
             memory_used[i] += pod.spec.memory_request_bytes
             pods_used[i] += 1
@@ -111,6 +119,7 @@ class Cluster:
             taint_sets=tuple(sets),
             owner_pods={owner: _frozen(array) for owner, array in owner_pods.items()},
             host_ports={claim: _frozen(array) for claim, array in host_ports.items()},
+            claim_nodes=claim_nodes,
         )
 
     def __len__(self) -> int:
@@ -139,6 +148,12 @@ class Usage:
         self._owner_pods: dict[ObjectKey, IntArray] = {}
         self._spread: dict[ObjectKey, FloatArray] = {}
         self._host_ports: dict[tuple[int, str], BoolArray] = {}  # copied from the cluster on write
+        self._claim_nodes: dict[str, int] = {}  # claims first used by a pod placed in this run
+
+    def claim_node(self, claim: str) -> int | None:
+        """The node index holding `claim`'s volume (-1: a node not here), None if no node does yet."""
+        found = self._claim_nodes.get(claim)
+        return found if found is not None else self.cluster.claim_nodes.get(claim)
 
     def host_port_taken(self, claim: tuple[int, str]) -> BoolArray | None:
         """Per node, whether a bound or placed pod holds `claim`; None when none does."""
@@ -165,6 +180,9 @@ class Usage:
         return column
 
     def bind(self, i: int, pod: Pod) -> None:
+        for volume_claim in pod.spec.claims:
+            if self.claim_node(volume_claim) is None:
+                self._claim_nodes[volume_claim] = i
         self.cpu_free[i] -= pod.spec.cpu_request_milli
         self.memory_free[i] -= pod.spec.memory_request_bytes
         self.cpu_free_float[i] = self.cpu_free[i]

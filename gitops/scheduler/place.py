@@ -17,7 +17,7 @@ same answer at once.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -148,6 +148,12 @@ def place_on(cluster: Cluster, pending: Sequence[Pod]) -> Placements:
     return Placements(assigned=assigned, unschedulable=unschedulable)
 
 
-def place(pending: Sequence[Pod], nodes: Sequence[Node], bound: Sequence[Pod]) -> Placements:
-    """Place pending pods on nodes, given the pods already bound to them."""
-    return place_on(Cluster.build(nodes, bound), pending)
+def place(
+    pending: Sequence[Pod],
+    nodes: Sequence[Node],
+    bound: Sequence[Pod],
+    claims: Mapping[str, NodeName] | None = None,
+) -> Placements:
+    """Place pending pods on nodes, given the pods already bound to them and the nodes
+    holding PersistentVolumeClaims' volumes."""
+    return place_on(Cluster.build(nodes, bound, claims), pending)

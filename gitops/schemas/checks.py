@@ -4,18 +4,20 @@ Names and labels in Kubernetes' syntax, a Deployment's selector against its temp
 unique container names, quantities and request <= limit, volume mounts against declared
 volumes, a pod's DNS settings, Service port names and what each Service type allows
 (ports optional only when headless or ExternalName, nodePorts only on NodePort and
-LoadBalancer, ...), base64 in Secrets. `node_port_claims` says which ports a Service takes
-on every node, for the check across objects in `validate`. Each check reads the plain body
-defensively (the schema may already have found it malformed) and returns `Finding`s:
-a field path and a message; `validate` turns them into located diagnostics.
+LoadBalancer, ...), base64 in Secrets, and what the server's `Policy` allows (hostPath
+volumes only under the folders its operator named). `node_port_claims` says which ports a
+Service takes on every node, for the check across objects in `validate`. Each check reads
+the plain body defensively (the schema may already have found it malformed) and returns
+`Finding`s: a field path and a message; `validate` turns them into located diagnostics.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import posixpath
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,16 +26,20 @@ from .quantity import QuantityError, parse_cpu, parse_memory
 from .schema import describe_value
 
 __all__ = [
+    "DEFAULT_POLICY",
     "EXPOSED_TYPES",
     "NODE_PORTS",
     "Finding",
     "NodePortClaim",
+    "Policy",
     "check_document",
     "is_label_key",
     "is_label_value",
     "is_subdomain",
     "label_selector_matches",
     "node_port_claims",
+    "normal_host_path",
+    "under_prefix",
 ]
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -69,6 +75,42 @@ class Finding:
     message: str
     at_key: bool = False
     warning: bool = False
+
+
+def normal_host_path(path: str) -> str:
+    """An absolute path on a node, normalised: `..`, `.`, repeated and trailing slashes
+    resolved the way the kernel reads them (no symbolic links followed)."""
+    return "/" + posixpath.normpath("/" + path).lstrip("/")
+
+
+def under_prefix(path: str, prefixes: Sequence[str]) -> bool:
+    """Whether the absolute `path` is one of `prefixes` or inside one, by whole path
+    components of both normalised (/var/log holds /var/log/x, not /var/logs)."""
+    normal = normal_host_path(path)
+    for prefix in prefixes:
+        root = normal_host_path(prefix)
+        if normal == root or normal.startswith(root.rstrip("/") + "/"):
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What a server lets manifests do beyond what Kubernetes itself checks.
+
+    `host_paths`: the folders on the nodes under which `hostPath` volumes may be
+    (`gitops serve --allow-host-path`, normalised absolute paths); none by default."""
+
+    host_paths: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        relative = [p for p in self.host_paths if not p.startswith("/")]
+        if relative:
+            raise ValueError(f"host path prefix {relative[0]!r}: expected an absolute path")
+        object.__setattr__(self, "host_paths", tuple(dict.fromkeys(map(normal_host_path, self.host_paths))))
+
+
+DEFAULT_POLICY = Policy()  # allows nothing beyond Kubernetes' own rules
 
 
 def _map(value: object) -> Mapping[str, Any]:
@@ -268,6 +310,33 @@ def _check_volume_sources(volume: Mapping[str, Any], path: FieldPath) -> Iterato
             parse_memory(empty["sizeLimit"])
         except QuantityError as error:
             yield Finding((*path, "emptyDir", "sizeLimit"), str(error))
+    host_path = _map(volume.get("hostPath")).get("path")
+    if isinstance(host_path, str) and ".." in host_path.split("/"):
+        yield Finding((*path, "hostPath", "path"), f"must not contain '..', got {describe_value(host_path)}")
+
+
+HOST_PATH_HELP = "gitops serve --allow-host-path"
+
+
+def check_host_paths(body: Mapping[str, Any], policy: Policy) -> Iterator[Finding]:
+    """A Deployment's hostPath volumes lie under the folders `policy` allows: a pod gets
+    at the node's files only where the server's operator said it may."""
+    path: FieldPath = ("spec", "template", "spec", "volumes")
+    pod = _map(_map(_map(body.get("spec")).get("template")).get("spec"))
+    allowed = ", ".join(policy.host_paths) or "none"
+    for volume_path, volume in _items(pod.get("volumes"), path):
+        written = _map(volume.get("hostPath")).get("path")
+        if not isinstance(written, str) or not written.startswith("/") or ".." in written.split("/"):
+            continue  # the schema, or the check of its volume, says what is wrong with it
+        if under_prefix(written, policy.host_paths):
+            continue
+        normal = normal_host_path(written)
+        shown = written if normal == (written.rstrip("/") or "/") else f"{written} ({normal})"
+        yield Finding(
+            (*volume_path, "hostPath", "path"),
+            f"hostPath {shown} is not under a prefix this server allows "
+            f"({HOST_PATH_HELP}; allowed: {allowed})",
+        )
 
 
 VOLUME_SOURCES = ("configMap", "secret", "emptyDir", "downwardAPI", "persistentVolumeClaim", "hostPath")
@@ -300,6 +369,7 @@ def _check_pod(spec: Mapping[str, Any], path: FieldPath) -> Iterator[Finding]:
     for container_path, container in containers:
         yield from _check_resources(_map(container.get("resources")), (*container_path, "resources"))
         yield from _check_env(container, container_path)
+        yield from _check_probe_handlers(container, container_path)
         yield from _check_probe_hosts(container, container_path)
         yield from _check_host_ports(container, container_path)
         for mount_path, mount in _items(container.get("volumeMounts"), (*container_path, "volumeMounts")):
@@ -344,6 +414,24 @@ PROBE_HOST_HELP = (
     "probes go to the pod's own address; a probe's host is used only when the server allows it "
     "(gitops serve --allow-probe-hosts), since agents probe from the host's network"
 )
+
+
+PROBES = ("readinessProbe", "livenessProbe", "startupProbe")
+PROBE_HANDLERS = ("exec", "httpGet", "tcpSocket", "grpc")
+
+
+def _check_probe_handlers(container: Mapping[str, Any], path: FieldPath) -> Iterator[Finding]:
+    """A probe says how to probe in exactly one way, as Kubernetes requires."""
+    for probe in PROBES:
+        body = container.get(probe)
+        if not isinstance(body, Mapping):
+            continue
+        handlers = [h for h in PROBE_HANDLERS if h in body]
+        if len(handlers) != 1:
+            got = ", ".join(f'"{h}"' for h in handlers) or "none"
+            yield Finding(
+                (*path, probe), "expected exactly one handler (exec, httpGet, tcpSocket or grpc), got " + got
+            )
 
 
 def _check_probe_hosts(container: Mapping[str, Any], path: FieldPath) -> Iterator[Finding]:
@@ -567,6 +655,10 @@ _CHECKS = {
 }
 
 
-def check_document(kind: str, body: Mapping[str, Any]) -> list[Finding]:
-    """The errors of one document of a known `kind` beyond what its schema checks."""
-    return list(_CHECKS[kind](body))
+def check_document(kind: str, body: Mapping[str, Any], *, policy: Policy = DEFAULT_POLICY) -> list[Finding]:
+    """The errors of one document of a known `kind` beyond what its schema checks, and
+    what `policy` (the server's) does not allow."""
+    findings = list(_CHECKS[kind](body))
+    if kind == "Deployment":
+        findings += check_host_paths(body, policy)
+    return findings

@@ -8,6 +8,10 @@ namespaces, references to missing ConfigMaps, Secrets and keys, two Services tak
 port on the nodes (node ports, LoadBalancer ports). Every object that could
 be identified comes out as a `Manifest`, errors or not; the caller decides what to do
 with a result that is not `ok`.
+
+A `Policy` says what the server's operator allows beyond Kubernetes' rules (the folders
+hostPath volumes may use); every caller validating for a server passes that server's, so a
+sync, a push hook and a preview judge a revision alike. The default allows nothing.
 """
 
 from __future__ import annotations
@@ -28,12 +32,12 @@ from gitops.model import (
     content_hash,
 )
 
-from .checks import NodePortClaim, check_document, node_port_claims
+from .checks import DEFAULT_POLICY, NodePortClaim, Policy, check_document, node_port_claims
 from .kinds import INERT_KINDS, STORED_KINDS, check_stored, not_acted_on
 from .loader import Document, FieldPath, SourceFile, format_path, load_file
 from .schema import describe_value, schema_findings
 
-__all__ = ["ValidationResult", "validate_files"]
+__all__ = ["DEFAULT_POLICY", "Policy", "ValidationResult", "validate_files"]
 
 _KIND_LIST = ", ".join(sorted(KINDS))
 
@@ -154,9 +158,11 @@ def _references(deployment: _Object) -> Iterator[tuple[str, FieldPath, str, Fiel
     """(kind, path of the name, name, path of the key, key or None, optional) per reference."""
     spec_path: FieldPath = ("spec", "template", "spec")
     pod = _map(_map(_map(deployment.body.get("spec")).get("template")).get("spec"))
-    for c_index, written in enumerate(_list(pod.get("containers"))):
+    containers = [("initContainers", i, c) for i, c in enumerate(_list(pod.get("initContainers")))]
+    containers += [("containers", i, c) for i, c in enumerate(_list(pod.get("containers")))]
+    for field_name, c_index, written in containers:
         container = _map(written)
-        base: FieldPath = (*spec_path, "containers", c_index)
+        base: FieldPath = (*spec_path, field_name, c_index)
         for e_index, env in enumerate(_list(container.get("env"))):
             value_from = _map(_map(env).get("valueFrom"))
             for field, kind in (("configMapKeyRef", "ConfigMap"), ("secretKeyRef", "Secret")):
@@ -178,6 +184,10 @@ def _references(deployment: _Object) -> Iterator[tuple[str, FieldPath, str, Fiel
                     path = (*base, "envFrom", e_index, field)
                     yield kind, (*path, "name"), ref["name"], (), None, ref.get("optional") is True
     for v_index, volume in enumerate(_list(pod.get("volumes"))):
+        claim = _map(_map(volume).get("persistentVolumeClaim")).get("claimName")
+        if isinstance(claim, str):
+            path = (*spec_path, "volumes", v_index, "persistentVolumeClaim", "claimName")
+            yield "PersistentVolumeClaim", path, claim, (), None, False
         for field, kind, name_field in (
             ("configMap", "ConfigMap", "name"),
             ("secret", "Secret", "secretName"),
@@ -219,11 +229,13 @@ def _check_references(deployment: _Object, objects: Mapping[ObjectKey, _Object],
         if target is None:
             if not optional and name_path not in missing_reported:
                 missing_reported.add(name_path)
+                how = (
+                    "declare it" if kind == "PersistentVolumeClaim" else 'declare it, or set "optional: true"'
+                )
                 report.add(
                     deployment.document,
                     name_path,
-                    f'{kind} "{name}" does not exist in namespace "{namespace}" '
-                    '(declare it, or set "optional: true")',
+                    f'{kind} "{name}" does not exist in namespace "{namespace}" ({how})',
                     deployment.key,
                 )
             continue
@@ -236,6 +248,22 @@ def _check_references(deployment: _Object, objects: Mapping[ObjectKey, _Object],
                 key_path,
                 f'key "{key}" is not in {target.key} (it has: {", ".join(sorted(keys)) or "no keys"})',
                 deployment.key,
+            )
+
+
+def _check_pull_secrets(deployment: _Object, objects: Mapping[ObjectKey, _Object], report: _Report) -> None:
+    """An imagePullSecret that is not in the source is a warning, as in Kubernetes: images
+    are then pulled without its credentials."""
+    pod = _map(_map(_map(deployment.body.get("spec")).get("template")).get("spec"))
+    for index, ref in enumerate(_list(pod.get("imagePullSecrets"))):
+        name = _map(ref).get("name")
+        if isinstance(name, str) and ObjectKey("Secret", deployment.key.namespace, name) not in objects:
+            report.add(
+                deployment.document,
+                ("spec", "template", "spec", "imagePullSecrets", index, "name"),
+                f'Secret "{name}" is not in the source: images are pulled without its credentials',
+                deployment.key,
+                warning=True,
             )
 
 
@@ -260,7 +288,7 @@ def _check_node_ports(objects: Mapping[ObjectKey, _Object], report: _Report) -> 
             )
 
 
-def _check_document(document: Document, report: _Report) -> _Object | None:
+def _check_document(document: Document, report: _Report, policy: Policy) -> _Object | None:
     identified = _identify(document, report)
     if identified is None:
         return None
@@ -275,7 +303,7 @@ def _check_document(document: Document, report: _Report) -> _Object | None:
             at_key=finding.at_key,
             warning=finding.severity == "warning",
         )
-    checks = check_stored(kind, body) if kind in STORED_KINDS else check_document(kind, body)
+    checks = check_stored(kind, body) if kind in STORED_KINDS else check_document(kind, body, policy=policy)
     for check in checks:
         message = _hide_secret_value(kind, body, check.path, check.message)
         report.add(document, check.path, message, key, at_key=check.at_key, warning=check.warning)
@@ -287,15 +315,16 @@ def _check_document(document: Document, report: _Report) -> _Object | None:
     return _Object(document, key, str(body["apiVersion"]), body)
 
 
-def validate_files(files: Sequence[SourceFile]) -> ValidationResult:
-    """Validate every manifest in `files`; see the module docstring."""
+def validate_files(files: Sequence[SourceFile], *, policy: Policy = DEFAULT_POLICY) -> ValidationResult:
+    """Validate every manifest in `files`; see the module docstring. `policy` is what the
+    server allows beyond Kubernetes' rules (by default: nothing, no hostPath volumes)."""
     report = _Report()
     found: list[_Object] = []
     for file in sorted(files, key=lambda f: f.path):
         documents, problems = load_file(file)
         report.errors += problems
         for document in documents:
-            identified = _check_document(document, report)
+            identified = _check_document(document, report, policy)
             if identified is not None:
                 found.append(identified)
 
@@ -325,6 +354,7 @@ def validate_files(files: Sequence[SourceFile]) -> ValidationResult:
             )
         if item.key.kind == "Deployment":
             _check_references(item, objects, report)
+            _check_pull_secrets(item, objects, report)
     _check_node_ports(objects, report)
 
     manifests = tuple(

@@ -72,6 +72,7 @@ from gitops.store.migrate import current as current_revision
 from gitops.store.migrate import head as head_revision
 from gitops.store.migrate import migrate
 from gitops.store.tables import (
+    ClaimRow,
     EventRow,
     MetaRow,
     NodeRow,
@@ -743,6 +744,7 @@ class Store:
                 if key not in wanted:
                     deleted.append(str(ObjectKey(*key)))
                     s.delete(row)
+            self._release_claims(s, existing, wanted, now, source)
             s.flush()
             services = [
                 self._manifest(r) for r in s.scalars(select(ObjectRow).where(ObjectRow.kind == "Service"))
@@ -1089,6 +1091,7 @@ class Store:
                 r.node.name: r.not_ready_since for r in records if r.not_ready_since is not None
             },
             rollouts=self.rollouts(),
+            claims=self.claims(),
         )
         return dataclasses.replace(state, version=state_version(state))
 
@@ -1168,6 +1171,7 @@ class Store:
             for pod_id, node in bind.items():
                 row = rows.get(pod_id)
                 if row is not None and row.node is None:
+                    self._bind_claims(s, row, node, now)
                     row.node = node
                     row.reason = f"scheduled on {node}"
                     row.updated_at = now
@@ -1182,6 +1186,72 @@ class Store:
                     row.reason = why
                     row.updated_at = now
                     s.add(EventRow(time=now, object=f"pod {pod_id}", reason="Unschedulable", message=why))
+
+    def _release_claims(
+        self,
+        s: Session,
+        existing: Mapping[tuple[str, str, str], ObjectRow],
+        wanted: Mapping[tuple[str, str, str], Manifest],
+        now: float,
+        source: str,
+    ) -> None:
+        """Claims that left git lose their volume (its node's agent deletes it), unless their
+        StorageClass says `reclaimPolicy: Retain`: then it is kept, for a claim of the same
+        name that comes back. A claim in git again takes its kept volume back."""
+        others = {k for k, r in existing.items() if r.source not in ("", source)}
+        declared = {f"{k[1]}/{k[2]}" for k in (*wanted, *others) if k[0] == "PersistentVolumeClaim"}
+        for row in s.scalars(select(ClaimRow)):
+            if row.id in declared:
+                row.released = False
+                continue
+            if row.released:
+                continue
+            namespace, _, name = row.id.partition("/")
+            before = existing.get(("PersistentVolumeClaim", namespace, name))
+            spec = (before.body if before is not None else {}).get("spec") or {}
+            storage_class = str(spec.get("storageClassName") or "")
+            policy = ""
+            for holder in (
+                wanted.get(("StorageClass", "", storage_class)),
+                existing.get(("StorageClass", "", storage_class)),
+            ):
+                if holder is not None:
+                    policy = str(holder.body.get("reclaimPolicy") or "Delete")
+                    break
+            if policy == "Retain":
+                row.released = True
+                message = (
+                    f"the claim left git; its volume stays on {row.node} "
+                    f"(StorageClass {storage_class}: Retain)"
+                )
+            else:
+                s.delete(row)
+                message = f"the claim left git; its volume on {row.node} is deleted"
+            s.add(EventRow(time=now, object=f"claim {row.id}", reason="Released", message=message))
+
+    def _bind_claims(self, s: Session, row: PodRow, node: str, now: float) -> None:
+        """The claims a pod bound to `node` uses have their volume there, if nowhere yet."""
+        volumes = PodSpec.upgrade_encoded(row.spec).get("volumes") or []
+        for claim in dict.fromkeys(str(v["claim"]) for v in volumes if v.get("claim")):
+            if s.get(ClaimRow, claim) is None:
+                s.add(ClaimRow(id=claim, node=node, bound_at=now, released=False))
+                s.add(
+                    EventRow(
+                        time=now,
+                        object=f"claim {claim}",
+                        reason="Bound",
+                        message=f"its volume is on {node}, where pod {row.id} is the first to use it",
+                    )
+                )
+                s.flush()
+
+    def claims(self, node: str | None = None) -> dict[str, NodeName]:
+        """Each claim that has a volume (`namespace/name`), and its node (only `node`'s when given)."""
+        with self.session() as s:
+            query = select(ClaimRow)
+            if node is not None:
+                query = query.where(ClaimRow.node == node)
+            return {r.id: NodeName(r.node) for r in s.scalars(query)}
 
     def heartbeat(
         self,

@@ -80,6 +80,19 @@ class NodeRow(Base):
     pod_cidr: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True, index=True)
 
 
+class ClaimRow(Base):
+    """A PersistentVolumeClaim's volume: the node it is on, from the first pod that used it."""
+
+    __tablename__ = "claims"
+
+    id: Mapped[str] = mapped_column(String(512), primary_key=True)  # namespace/name
+    node: Mapped[str] = mapped_column(String(253), index=True)
+    bound_at: Mapped[float] = mapped_column(Float)
+    # The claim left git and its StorageClass says Retain: the volume stays on its node, and
+    # a claim of the same name added again finds it there.
+    released: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
 class PodRow(Base):
     __tablename__ = "pods"
 

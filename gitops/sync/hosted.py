@@ -60,6 +60,8 @@ class HostedRepo:
 
     def __init__(self, name: str, state_dir: Path, *, branch: str = "main", manifest_path: str = "") -> None:
         self.name = check_name(name)
+        # The server's --allow-host-path, given to the push hook: a push is judged as a sync would.
+        self.host_paths: tuple[str, ...] = ()
         self.branch = branch
         self.manifest_path = manifest_path.strip("/")
         self.root = Path(state_dir).resolve() / "repos"
@@ -95,6 +97,7 @@ class HostedRepo:
                 self.branch,
                 "--path",
                 self.manifest_path,
+                *(arg for prefix in self.host_paths for arg in ("--allow-host-path", prefix)),
             ]
         )
         return (

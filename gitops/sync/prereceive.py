@@ -14,8 +14,9 @@ repository and nothing reaches the store.
   warnings so the pusher learns early.
 - Tags and other refs are accepted as they are.
 
-Run as `python -m gitops.sync.prereceive --branch main [--path DIR]` from the hook script
-that `gitops.sync.hosted` installs.
+Run as `python -m gitops.sync.prereceive --branch main [--path DIR] [--allow-host-path
+PREFIX ...]` from the hook script that `gitops.sync.hosted` installs; the server's policy
+(`--allow-host-path`) must be given to it, so that a push is judged as the sync will judge it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import TextIO
 import git
 
 from gitops.model import Diagnostic
-from gitops.schemas.validate import validate_files
+from gitops.schemas.validate import DEFAULT_POLICY, Policy, validate_files
 from gitops.sync.sources import commit_files
 
 
@@ -67,15 +68,25 @@ def _position(d: Diagnostic) -> tuple[str, int, int]:
     return (loc.file, loc.line, loc.col) if loc is not None else ("", 0, 0)
 
 
-def problems_of(repo: git.Repo, sha: str, path: str) -> tuple[list[str], list[str], int]:
-    """Errors, warnings and the object count of commit `sha`, as the sync service sees them."""
+def problems_of(
+    repo: git.Repo, sha: str, path: str, *, policy: Policy = DEFAULT_POLICY
+) -> tuple[list[str], list[str], int]:
+    """Errors, warnings and the object count of commit `sha`, as the sync service sees them
+    (under the server's `policy`)."""
     files, problems = commit_files(repo.commit(sha), path)
-    result = validate_files(files)
+    result = validate_files(files, policy=policy)
     errors = [str(d) for d in sorted([*problems, *result.errors], key=_position)]
     return errors, [str(d) for d in result.warnings], len(result.manifests)
 
 
-def judge(repo: git.Repo, updates: Sequence[Update], branch: str, path: str = "") -> Verdict:
+def judge(
+    repo: git.Repo,
+    updates: Sequence[Update],
+    branch: str,
+    path: str = "",
+    *,
+    policy: Policy = DEFAULT_POLICY,
+) -> Verdict:
     deployed = f"refs/heads/{branch}"
     lines: list[str] = []
     accepted = True
@@ -89,7 +100,7 @@ def judge(repo: git.Repo, updates: Sequence[Update], branch: str, path: str = ""
                     "would remove everything deployed from this repository"
                 )
                 continue
-            errors, warnings, count = problems_of(repo, update.new, path)
+            errors, warnings, count = problems_of(repo, update.new, path, policy=policy)
             lines += warnings
             if errors:
                 accepted = False
@@ -98,7 +109,7 @@ def judge(repo: git.Repo, updates: Sequence[Update], branch: str, path: str = ""
             else:
                 lines.append(f"gitops: {short} on {branch} is valid ({count} object(s)); deploying it now")
         elif update.ref.startswith("refs/heads/") and not update.deleted:
-            errors, _, _ = problems_of(repo, update.new, path)
+            errors, _, _ = problems_of(repo, update.new, path, policy=policy)
             name = update.ref.removeprefix("refs/heads/")
             if errors:
                 lines += [f"{e} (warning: {name} is not deployed)" for e in errors]
@@ -115,10 +126,12 @@ def main(argv: Sequence[str] | None = None, stdin: TextIO = sys.stdin, stderr: T
     p = argparse.ArgumentParser(prog="gitops-pre-receive")
     p.add_argument("--branch", default="main")
     p.add_argument("--path", default="")
+    p.add_argument("--allow-host-path", action="append", default=[], metavar="PREFIX")
     args = p.parse_args(argv)
     try:
         repo = git.Repo(os.environ.get("GIT_DIR", "."))
-        verdict = judge(repo, parse_updates(stdin.read()), args.branch, args.path)
+        policy = Policy(host_paths=tuple(args.allow_host_path))
+        verdict = judge(repo, parse_updates(stdin.read()), args.branch, args.path, policy=policy)
     except Exception as exc:  # refuse rather than let an unchecked revision through
         print(f"gitops: cannot validate this push ({type(exc).__name__}: {exc}); refused", file=stderr)
         return 1

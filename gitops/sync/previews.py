@@ -27,7 +27,7 @@ from gitops.loop import Backoff, Loop
 from gitops.model import ClusterState, Revision
 from gitops.preview import Preview, RevisionInfo, preview
 from gitops.preview.render import to_json, to_markdown
-from gitops.schemas.validate import validate_files
+from gitops.schemas.validate import DEFAULT_POLICY, Policy, validate_files
 from gitops.store import Store
 from gitops.sync.sources import FetchError, GitSource, commit_files, fetch, read_revision, revision_of
 
@@ -50,14 +50,16 @@ def preview_commits(
     secret_key: bytes,
     cluster_key: bool = False,
     not_ready_toleration: float = 60.0,
+    policy: Policy = DEFAULT_POLICY,
 ) -> Preview:
+    """Preview `head` against `base`, both validated under the server's `policy`."""
     head_files, problems = commit_files(head, path)
     base_manifests = []
     base_info = None
     notes = []
     if base is not None:
         files, base_problems = commit_files(base, path)
-        checked = validate_files(files)
+        checked = validate_files(files, policy=policy)
         broken = {e.object for e in checked.errors}
         base_manifests = [m for m in checked.manifests if m.key not in broken]
         base_info = _info(revision_of(base, ""))
@@ -80,6 +82,7 @@ def preview_commits(
         problems=[str(p) for p in problems],
         secret_key=secret_key,
         cluster_key=cluster_key,
+        policy=policy,
     )
     return dataclasses.replace(result, notes=(*notes, *result.notes)) if notes else result
 
@@ -95,6 +98,7 @@ def preview_revisions(
     settle_base: bool,
     now: float,
     secret_key: bytes,
+    policy: Policy = DEFAULT_POLICY,
 ) -> Preview:
     """`gitops plan`: two revisions of a local repository (names git understands).
     `secret_key` is a one-time key: the cluster's own never leaves its server."""
@@ -113,6 +117,7 @@ def preview_revisions(
         settle_base=settle_base,
         now=now,
         secret_key=secret_key,
+        policy=policy,
     )
 
 
@@ -130,6 +135,7 @@ class BranchPreviews:
         clock: Callable[[], float] = time.time,
         not_ready_toleration: float = 60.0,
         health: Health | None = None,
+        policy: Policy = DEFAULT_POLICY,
     ) -> None:
         if refspec.count("*") != 1 or not refspec.startswith("refs/"):
             raise ValueError(
@@ -142,6 +148,7 @@ class BranchPreviews:
         self.refspec = refspec
         self.clock = clock
         self.not_ready_toleration = not_ready_toleration
+        self.policy = policy  # the server's: a preview judges a branch as its sync would
         self.loop = Loop(
             "previews",
             self.refresh,
@@ -206,6 +213,7 @@ class BranchPreviews:
                     not_ready_toleration=self.not_ready_toleration,
                     secret_key=self.store.keys.digest_key,
                     cluster_key=True,
+                    policy=self.policy,
                 )
                 self.store.save_preview(
                     source=self.name,

@@ -30,7 +30,7 @@ from watchdog.observers import Observer
 from gitops.health import Health
 from gitops.loop import Backoff, Loop, Terminal
 from gitops.metrics import Metrics
-from gitops.schemas.validate import validate_files
+from gitops.schemas.validate import DEFAULT_POLICY, Policy, validate_files
 from gitops.store import Refused, RevisionRecord, Store
 from gitops.sync.sources import FolderSource, Source, SourceMissing
 
@@ -38,10 +38,16 @@ log = structlog.get_logger(__name__)
 
 
 def sync_once(
-    store: Store, source: Source, *, now: float | None = None, allow_empty: bool = False
+    store: Store,
+    source: Source,
+    *,
+    now: float | None = None,
+    allow_empty: bool = False,
+    policy: Policy = DEFAULT_POLICY,
 ) -> RevisionRecord | None:
-    """Bring `source`'s newest revision into the store; None when there was nothing new to
-    record (the revision was seen, or is refused again for the same reasons)."""
+    """Bring `source`'s newest revision into the store, validated under the server's
+    `policy`; None when there was nothing new to record (the revision was seen, or is
+    refused again for the same reasons)."""
     revision = source.latest()
     last = store.last_revision(source.name)
     seen = last is not None and last.revision == revision.id
@@ -49,7 +55,7 @@ def sync_once(
         return None
     started = time.monotonic()
     files, problems = source.files(revision)
-    result = validate_files(files)
+    result = validate_files(files, policy=policy)
     errors = [str(d) for d in sorted([*problems, *result.errors], key=_position)]
     warnings = [str(d) for d in result.warnings]
     now = time.time() if now is None else now
@@ -126,9 +132,11 @@ class SyncService:
         allow_empty: bool = False,
         backoff: Backoff | None = None,
         health: Health | None = None,
+        policy: Policy = DEFAULT_POLICY,
     ) -> None:
         self.store = store
         self.source = source
+        self.policy = policy
         self.metrics = metrics
         self.on_applied = on_applied
         self.debounce = debounce
@@ -160,7 +168,7 @@ class SyncService:
         with self._lock:
             started = time.monotonic()
             try:
-                record = sync_once(self.store, self.source, allow_empty=self.allow_empty)
+                record = sync_once(self.store, self.source, allow_empty=self.allow_empty, policy=self.policy)
             except Exception:
                 self._observe("failed", started)
                 raise

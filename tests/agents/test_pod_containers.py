@@ -233,3 +233,35 @@ def test_downward_api_files_are_written_with_the_pod_s_own_values(tmp_path: Path
     a.converge([p], [])
     files = {inside: Path(host).read_text() for host, inside in rt.mounts[p.id] if inside.startswith("/info")}
     assert files == {"/info/labels": 'app="one"\ntier="a b"', "/info/name": "one"}
+
+
+def test_a_claim_s_volume_outlives_its_pods_and_goes_when_the_control_plane_forgets_the_claim(
+    tmp_path: Path,
+) -> None:
+    rt = MemoryRuntime()
+    spec = PodSpec(
+        containers=(Container("db", "web:1", mounts=(VolumeMount("data", "/var/lib/db"),)),),
+        volumes=(Volume("data", claim="default/data"),),
+    )
+    p = Pod("default", PodName("db-1"), ObjectKey("Deployment", "default", "db"), "h", spec, node=NODE)
+    a = agent(tmp_path, rt)
+    a._claims = {"default/data"}
+    a.converge([p], [])
+    (mount,) = [m for m in rt.mounts_of[(p.id, "db")] if m.volume]
+    assert (mount.source, mount.target) == ("claim-default/data", "/var/lib/db")
+    a.converge([], rt.list(NODE))  # the pod is gone; the claim is not
+    a.wait_removals()
+    a.converge([], rt.list(NODE))
+    assert rt.claim_volumes == {"default/data"}
+    a._claims, a._claims_changed = set(), True  # the claim left git
+    a.converge([], rt.list(NODE))
+    assert rt.claim_volumes == set()
+
+
+def test_claim_volumes_are_kept_while_the_control_plane_is_not_authoritative(tmp_path: Path) -> None:
+    rt = MemoryRuntime()
+    rt.claim_volumes.add("default/data")
+    a = agent(tmp_path, rt)
+    a._claims = None  # a control plane that has not read its sources yet
+    a.converge([], [])
+    assert rt.claim_volumes == {"default/data"}

@@ -12,6 +12,7 @@ from gitops.api.app import create_app
 from gitops.controller import reconcile_once
 from gitops.model import Revision
 from gitops.store import Store
+from gitops.store.tables import ClaimRow
 from tests.planner.factories import deployment, secret
 
 NODE = {"name": "n1", "address": "192.0.2.10", "cpu_milli": 4000, "memory_bytes": 2**32}
@@ -283,3 +284,17 @@ def test_agent_request_bodies_are_bounded(setup: tuple[Store, TestClient]) -> No
     # Without credentials nothing is read at all: 401 before the body.
     assert client.post("/agent/v1/register", content=huge).status_code == 401
     assert client.post("/agent/v1/nodes/n1/sync", content=huge).status_code == 401
+
+
+def test_a_node_is_told_the_claims_whose_volumes_it_keeps(setup: tuple[Store, TestClient]) -> None:
+    store, client = setup
+    t1 = register(client, NODE)
+    register(client, {**NODE, "name": "n2", "address": "192.0.2.11"})
+    with store.session() as s:
+        s.add(ClaimRow(id="default/data", node="n1", bound_at=1.0, released=False))
+        s.add(ClaimRow(id="default/kept", node="n1", bound_at=1.0, released=True))
+        s.add(ClaimRow(id="default/elsewhere", node="n2", bound_at=1.0, released=False))
+    reply = client.post(
+        "/agent/v1/nodes/n1/sync", json={"statuses": []}, headers={"Authorization": f"Bearer {t1}"}
+    ).json()
+    assert reply["claims"] == ["default/data", "default/kept"]

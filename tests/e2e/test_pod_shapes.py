@@ -74,6 +74,9 @@ SHOP = textwrap.dedent(
               readinessProbe:
                 httpGet: {{path: /, port: http}}
                 periodSeconds: 1
+              lifecycle:
+                postStart:
+                  exec: {{command: ["sh", "-c", "echo hooked > /work/hooked"]}}
               volumeMounts:
                 - {{name: work, mountPath: /work}}
                 - {{name: info, mountPath: /etc/podinfo}}
@@ -106,6 +109,26 @@ SHOP = textwrap.dedent(
               command: ["sh", "-c", "x=aaaaaaaaaaaaaaaa; while true; do x=$x$x; done"]
               resources:
                 limits: {{memory: 64Mi}}
+    ---
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata:
+      name: quitter
+    spec:
+      replicas: 1
+      selector:
+        matchLabels: {{app: quitter}}
+      template:
+        metadata:
+          labels: {{app: quitter}}
+        spec:
+          terminationGracePeriodSeconds: 1
+          containers:
+            - name: main
+              image: {IMAGE}
+              imagePullPolicy: Never
+              command: ["sh", "-c", "echo config key db.url missing > /dev/termination-log; exit 3"]
+              securityContext: {{runAsUser: 4242, readOnlyRootFilesystem: true}}
     """
 )
 
@@ -181,6 +204,7 @@ def test_limits_user_and_read_only_root_are_applied(cluster: Cluster) -> None:
     assert run_in(web, "id -u; id -g") == "1000\n1000"
     assert "Read-only file system" in run_in(web, "touch /made-here 2>&1")
     assert run_in(web, "touch /work/ok && echo writable") == "writable"  # the emptyDir is
+    assert run_in(web, "cat /work/hooked") == "hooked"  # its postStart hook ran in it
 
 
 def test_a_container_over_its_memory_limit_shows_oomkilled(cluster: Cluster) -> None:
@@ -192,3 +216,80 @@ def test_a_container_over_its_memory_limit_shows_oomkilled(cluster: Cluster) -> 
         all=True, filters={"label": "gitops.pod=default/" + hog()["name"]}
     )  # type: ignore[index]
     assert any(c.attrs["State"]["OOMKilled"] for c in killed)
+
+
+def journal(version: str) -> str:
+    return textwrap.dedent(
+        f"""\
+        apiVersion: v1
+        kind: PersistentVolumeClaim
+        metadata:
+          name: journal
+        spec:
+          accessModes: [ReadWriteOnce]
+          resources: {{requests: {{storage: 64Mi}}}}
+        ---
+        apiVersion: apps/v1
+        kind: Deployment
+        metadata:
+          name: journal
+        spec:
+          replicas: 1
+          selector:
+            matchLabels: {{app: journal}}
+          template:
+            metadata:
+              labels: {{app: journal}}
+            spec:
+              terminationGracePeriodSeconds: 1
+              containers:
+                - name: main
+                  image: {IMAGE}
+                  imagePullPolicy: Never
+                  command: ["sh", "-c", "echo started {version} >> /data/log && exec sleep 100000"]
+                  volumeMounts: [{{name: data, mountPath: /data}}]
+              volumes:
+                - name: data
+                  persistentVolumeClaim: {{claimName: journal}}
+        """
+    )
+
+
+def test_a_claim_keeps_its_data_across_a_rollout_to_a_new_template_and_goes_with_the_claim(
+    cluster: Cluster,
+) -> None:
+    def journal_pods() -> list[dict[str, Any]]:
+        return [p for p in cluster.ready_pods() if p["name"].startswith("journal-")]
+
+    def log_of(pod: dict[str, Any]) -> str:
+        return run_in(container(cluster, pod, "main"), "cat /data/log")
+
+    cluster.push({"journal.yaml": journal("v1")}, "a journal")
+    wait_for(lambda: len(journal_pods()) == 1, timeout=60, what="the journal pod")
+    first = journal_pods()[0]
+    wait_for(lambda: log_of(first) == "started v1", timeout=20, what="the first line")
+    cluster.push({"journal.yaml": journal("v2")}, "a new template")
+    wait_for(
+        lambda: [p["name"] for p in journal_pods()] not in ([], [first["name"]]) and len(journal_pods()) == 1,
+        timeout=60,
+        what="the new pod",
+    )
+    second = journal_pods()[0]
+    wait_for(lambda: log_of(second) == "started v1\nstarted v2", timeout=20, what="both lines")
+    volumes = cluster.docker.volumes.list(filters={"label": "gitops.claim=default/journal"})
+    assert len(volumes) == 1
+    cluster.push({"journal.yaml": None}, "the journal goes")
+    wait_for(
+        lambda: not cluster.docker.volumes.list(filters={"label": "gitops.claim=default/journal"}),
+        timeout=60,
+        what="the claim's volume to be deleted",
+    )
+
+
+def test_a_container_s_termination_message_is_its_reason(cluster: Cluster) -> None:
+    def quitter() -> str:
+        pod = next((p for p in cluster.api("/api/v1/pods") if p["name"].startswith("quitter-")), None)
+        return str((pod or {}).get("reason") or "")
+
+    wait_for(lambda: "message: config key db.url missing" in quitter(), timeout=60, what="the message")
+    assert "exited with code 3" in quitter()

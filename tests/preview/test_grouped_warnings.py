@@ -17,10 +17,10 @@ from tests.preview.repos import Repo, deployment, nodes
 
 SCHEMA = json.loads((Path(__file__).parents[2] / "gitops" / "preview" / "preview.schema.json").read_text())
 IGNORED = "field is not acted on by gitops and is ignored"
-SECURITY = "terminationMessagePolicy: File\n"
+SECURITY = "stdin: true\n"
 UNUSED = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: leftover\ndata:\n  a: b\n"
 GROUPED = (
-    f"warning (5x): spec.template.spec.containers[*].terminationMessagePolicy: {IGNORED} \u2014 "
+    f"warning (5x): spec.template.spec.containers[*].stdin: {IGNORED} \u2014 "
     "apps/a.yaml:16:11, apps/b.yaml:16:11, apps/c.yaml:16:11 and 2 more"
 )
 SINGLE = "cm.yaml:1:1: ConfigMap default/leftover: no Deployment uses this ConfigMap"
@@ -29,7 +29,7 @@ SINGLE = "cm.yaml:1:1: ConfigMap default/leftover: no Deployment uses this Confi
 def ignored(name: str) -> str:
     return (
         f"apps/{name}.yaml:16:11: Deployment default/{name}: "
-        f"spec.template.spec.containers[0].terminationMessagePolicy: {IGNORED} (warning)"
+        f"spec.template.spec.containers[0].stdin: {IGNORED} (warning)"
     )
 
 
@@ -76,7 +76,7 @@ def test_markdown_folds_the_grouped_warnings_after_the_pod_actions(planned: dict
     assert section.count("\n- ") == 2
     assert f"- {GROUPED}\n" in section
     assert f"- {SINGLE}\n" in section
-    assert "terminationMessagePolicy" not in md[:pods].replace("terminationMessagePolicy: File", "")
+    assert "stdin" not in md[:pods].replace("stdin: true", "")
 
 
 def test_text_prints_the_grouped_warnings_after_the_pod_actions(planned: dict[str, str]) -> None:

@@ -18,6 +18,7 @@ WEIGHT_OWNER_SPREAD = 1.0
 WEIGHT_SOFT_TAINTS = 0.5
 CHECK_ORDER = [
     "not ready",
+    "volume node affinity conflict",
     "node selector mismatch",
     "untolerated taint",
     "host port in use",
@@ -42,11 +43,21 @@ def reference_tolerates(tolerations: Sequence[Toleration], taint: Taint) -> bool
 
 
 def first_failure(
-    node: Node, spec: PodSpec, cpu_free: int, memory_free: int, pods: int, *, ports: set[tuple[int, str]]
+    node: Node,
+    spec: PodSpec,
+    cpu_free: int,
+    memory_free: int,
+    pods: int,
+    *,
+    ports: set[tuple[int, str]],
+    claims: dict[str, NodeName],
 ) -> tuple[str, str] | None:
     """(check, text) of the first check the node fails, or None if the pod fits."""
     if not node.ready:
         return ("not ready", "not ready")
+    for volume in spec.volumes:
+        if volume.claim and volume.claim in claims and claims[volume.claim] != node.name:
+            return ("volume node affinity conflict", "volume node affinity conflict")
     labels = dict(node.labels)
     for key, value in spec.node_selector:
         if key not in labels or labels[key] != value:
@@ -66,7 +77,15 @@ def first_failure(
     return None
 
 
-def reference_place(pending: Sequence[Pod], nodes: Sequence[Node], bound: Sequence[Pod]) -> Placements:
+def reference_place(
+    pending: Sequence[Pod],
+    nodes: Sequence[Node],
+    bound: Sequence[Pod],
+    claims: dict[str, NodeName] | None = None,
+) -> Placements:
+    """`claims`: the node holding each claim's volume; a pod's claims are on its node once
+    it is bound or placed, unless they already were somewhere."""
+    claims = dict(claims or {})
     cpu_free = {node.name: node.cpu_milli for node in nodes}
     memory_free = {node.name: node.memory_bytes for node in nodes}
     pods = {node.name: 0 for node in nodes}
@@ -79,6 +98,9 @@ def reference_place(pending: Sequence[Pod], nodes: Sequence[Node], bound: Sequen
         pods[name] += 1
         ports[name] |= {(p.host_port, p.protocol) for p in pod.spec.ports if p.host_port}
         owned[(pod.owner, name)] = owned.get((pod.owner, name), 0) + 1
+        for volume in pod.spec.volumes:
+            if volume.claim and volume.claim not in claims:
+                claims[volume.claim] = name
 
     for pod in bound:
         if pod.node is not None and pod.node in pods:
@@ -99,6 +121,7 @@ def reference_place(pending: Sequence[Pod], nodes: Sequence[Node], bound: Sequen
                 memory_free[node.name],
                 pods[node.name],
                 ports=ports[node.name],
+                claims=claims,
             )
             if failure is not None:
                 failures[failure] = failures.get(failure, 0) + 1

@@ -15,12 +15,14 @@ from gitops.model import (
     PodName,
     Taint,
     Toleration,
+    Volume,
 )
 from gitops.scheduler import Cluster, place, place_on
 from tests.scheduler.reference import reference_place, reference_tolerates
 from tests.specs import pod_spec
 
-Case = tuple[list[Pod], list[Node], list[Pod]]
+Case = tuple[list[Pod], list[Node], list[Pod], dict[str, NodeName]]
+CLAIMS = ["default/c0", "default/c1"]
 
 KEYS = ["zone", "disk"]
 VALUES = ["a", "b"]
@@ -79,6 +81,12 @@ def clusters(draw: st.DrawFn) -> Case:
                 node_selector=draw(label_sets),
                 tolerations=tuple(draw(st.lists(tolerations, max_size=2))),
                 ports=tuple(draw(st.lists(host_ports, max_size=2))),
+                volumes=tuple(
+                    Volume(f"v{i}", claim=claim)
+                    for i, claim in enumerate(
+                        draw(st.lists(st.sampled_from(CLAIMS), max_size=2, unique=True))
+                    )
+                ),
             ),
         )
         for c in range(draw(st.integers(1, 4)))
@@ -93,28 +101,40 @@ def clusters(draw: st.DrawFn) -> Case:
     pending = [make(f"p{i}", None) for i in range(draw(st.integers(0, 25)))]
     places = [n.name for n in nodes] + [NodeName("gone")]
     bound = [make(f"b{i}", draw(st.sampled_from(places))) for i in range(draw(st.integers(0, 12)))]
-    return pending, nodes, bound
+    claims = draw(st.dictionaries(st.sampled_from(CLAIMS), st.sampled_from(places), max_size=2))
+    return pending, nodes, bound, claims
 
 
 @settings(max_examples=400, deadline=None)
 @given(clusters())
 def test_fast_placement_equals_the_reference(case: Case) -> None:
-    pending, nodes, bound = case
-    assert place(pending, nodes, bound) == reference_place(pending, nodes, bound)
+    pending, nodes, bound, claims = case
+    assert place(pending, nodes, bound, claims) == reference_place(pending, nodes, bound, claims)
 
 
 @settings(max_examples=100, deadline=None)
 @given(clusters())
 def test_a_cluster_can_be_reused_and_placement_is_deterministic(case: Case) -> None:
-    pending, nodes, bound = case
-    cluster = Cluster.build(nodes, bound)
+    pending, nodes, bound, claims = case
+    cluster = Cluster.build(nodes, bound, claims)
     first = place_on(cluster, pending)
     assert place_on(cluster, pending) == first
-    assert place(pending, nodes, bound) == first
+    assert place(pending, nodes, bound, claims) == first
 
 
 def check_invariants(result: Placements, case: Case) -> None:
-    pending, nodes, bound = case
+    pending, nodes, bound, claims = case
+    # Every pod using a claim is where the claim's volume is: all on one node.
+    known = {n.name for n in nodes}
+    holders = dict(claims)
+    for p in bound:
+        if p.node in known:
+            for claim in p.spec.claims:
+                holders.setdefault(claim, p.node)
+    for p in pending:
+        if p.id in result.assigned:
+            for claim in p.spec.claims:
+                assert holders.setdefault(claim, result.assigned[p.id]) == result.assigned[p.id]
     assert set(result.assigned) | set(result.unschedulable) == {p.id for p in pending}
     assert not set(result.assigned) & set(result.unschedulable)
     by_id = {p.id: p for p in pending}

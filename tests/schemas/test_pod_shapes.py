@@ -4,7 +4,7 @@ where and why."""
 
 from __future__ import annotations
 
-from .helpers import errors, validate_one, warnings
+from .helpers import errors, validate, validate_one, warnings
 
 APP = """
 apiVersion: apps/v1
@@ -52,7 +52,7 @@ spec:
           securityContext:
             readOnlyRootFilesystem: true
             allowPrivilegeEscalation: false
-            capabilities: {drop: [ALL], add: [NET_BIND_SERVICE]}
+            capabilities: {drop: [all], add: [NET_BIND_SERVICE]}  # any case, as sock-shop writes it
           volumeMounts:
             - {name: work, mountPath: /usr/share/nginx/html, subPath: site}
             - {name: cache, mountPath: /var/cache/nginx}
@@ -134,4 +134,83 @@ def test_a_volume_with_two_sources_is_an_error() -> None:
     assert any(
         'volumes[0]: expected exactly one volume source, got "configMap", "emptyDir"' in e
         for e in errors(validate_one(text))
+    )
+
+
+CLAIMED = """
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: db
+spec:
+  selector:
+    matchLabels: {app: db}
+  template:
+    metadata:
+      labels: {app: db}
+    spec:
+      containers:
+        - name: db
+          image: postgres:16
+          volumeMounts: [{name: data, mountPath: /var/lib/postgresql/data}]
+      volumes:
+        - name: data
+          persistentVolumeClaim: {claimName: db-data}
+"""
+CLAIM = """
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: db-data
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 1Gi}}
+"""
+
+
+def test_a_volume_of_a_claim_needs_the_claim_in_the_source() -> None:
+    assert errors(validate_one(CLAIMED)) == [
+        "apps/web.yaml:18:46: Deployment default/db: "
+        "spec.template.spec.volumes[0].persistentVolumeClaim.claimName: "
+        'PersistentVolumeClaim "db-data" does not exist in namespace "default" (declare it)'
+    ]
+    result = validate(("apps/db.yaml", CLAIMED), ("apps/claim.yaml", CLAIM))
+    assert errors(result) == [] and warnings(result) == []
+
+
+def test_lifecycle_hooks_validate_and_a_hook_needs_exactly_one_handler() -> None:
+    hooks = (
+        "          lifecycle:\n"
+        "            postStart: {exec: {command: [sh, -c, warm]}}\n"
+        "            preStop: {sleep: {seconds: 5}}\n"
+    )
+    text = APP.replace(
+        "        - name: metrics\n          image: busybox:1\n",
+        "        - name: metrics\n          image: busybox:1\n" + hooks,
+    )
+    result = validate_one(text)
+    assert errors(result) == [] and warnings(result) == []
+    both = text.replace(
+        "preStop: {sleep: {seconds: 5}}", "preStop: {sleep: {seconds: 5}, exec: {command: [x]}}"
+    )
+    (error,) = errors(validate_one(both))
+    assert "containers[1].lifecycle.preStop: expected exactly one of exec, httpGet or sleep" in error
+    legacy = text.replace("preStop: {sleep: {seconds: 5}}", "preStop: {tcpSocket: {port: 80}}")
+    assert [w.split(": ", 2)[2] for w in warnings(validate_one(legacy))] == [
+        "spec.template.spec.containers[1].lifecycle.preStop.tcpSocket: "
+        "field is not acted on by gitops and is ignored (warning)"
+    ]
+
+
+def test_a_pull_secret_not_in_the_source_is_a_warning() -> None:
+    text = APP.replace(
+        "      serviceAccountName: shop\n",
+        "      serviceAccountName: shop\n      imagePullSecrets: [{name: regcred}]\n",
+    )
+    result = validate_one(text)
+    assert errors(result) == []
+    (warning,) = warnings(result)
+    assert warning.endswith(
+        'spec.template.spec.imagePullSecrets[0].name: Secret "regcred" is not in the source: '
+        "images are pulled without its credentials (warning)"
     )

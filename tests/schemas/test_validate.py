@@ -233,13 +233,13 @@ def test_errors_and_warnings_are_sorted_by_file_line_and_column() -> None:
     ]
 
 
-def test_probes_accept_the_three_handlers_and_timing_fields() -> None:
+def test_probes_accept_their_handlers_and_timing_fields() -> None:
     text = DEPLOYMENT.replace(
         "          image: nginx:1.25\n",
         "          image: nginx:1.25\n"
         "          startupProbe: {exec: {command: [true]}, periodSeconds: 1, failureThreshold: 30}\n"
         "          readinessProbe: {httpGet: {path: /, port: 80, scheme: HTTP}, timeoutSeconds: 2}\n"
-        "          livenessProbe: {tcpSocket: {port: http}, periodSeconds: 0, grpc: {port: 9}}\n",
+        "          livenessProbe: {tcpSocket: {port: http}, periodSeconds: 0}\n",
     )
     result = validate_one(text)
     assert errors(result) == [
@@ -250,10 +250,7 @@ def test_probes_accept_the_three_handlers_and_timing_fields() -> None:
         "spec.template.spec.containers[0].livenessProbe.periodSeconds: "
         "expected integer >= 1, got 0",
     ]
-    assert warnings(result) == [
-        "apps/web.yaml:18:70: Deployment default/web: spec.template.spec.containers[0].livenessProbe.grpc: "
-        "field is not acted on by gitops and is ignored (warning)"
-    ]
+    assert warnings(result) == []
 
 
 def test_a_cluster_ip_must_be_an_address_or_none() -> None:
