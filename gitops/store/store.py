@@ -521,33 +521,71 @@ class Store:
         return dataclasses.replace(seal_manifest(manifest, self.keys.digest_key), hash=row.hash)
 
     def _spec_to_row(self, encoded: dict[str, Any]) -> dict[str, Any]:
-        """An encoded pod spec with its Secret values sealed."""
-        names = set(encoded.get("secret_env") or ())
-        if not names and not any(f.get("secret") for f in encoded.get("files", [])):
-            return encoded
-        env = [[k, self.keys.seal(v.encode()) if k in names else v] for k, v in encoded.get("env", [])]
-        files = [
-            {**f, "content": {"sealed": self.keys.seal(_b64_bytes(f["content"]))}} if f.get("secret") else f
-            for f in encoded.get("files", [])
-        ]
-        return {**encoded, "env": env, "files": files}
+        """An encoded pod spec with its Secret values sealed: every container's env values
+        and files taken from Secrets, and registry passwords. A spec of release 0.1's shape
+        is stored in today's."""
+        data = PodSpec.upgrade_encoded(encoded)
+
+        def seal(container: dict[str, Any]) -> dict[str, Any]:
+            names = set(container.get("secret_env") or ())
+            files = container.get("files", [])
+            if not names and not any(f.get("secret") for f in files):
+                return container
+            env = [[k, self.keys.seal(v.encode()) if k in names else v] for k, v in container.get("env", [])]
+            sealed = [
+                {**f, "content": {"sealed": self.keys.seal(_b64_bytes(f["content"]))}}
+                if f.get("secret")
+                else f
+                for f in files
+            ]
+            return {**container, "env": env, "files": sealed}
+
+        return {
+            **data,
+            "containers": [seal(c) for c in data["containers"]],
+            "init_containers": [seal(c) for c in data.get("init_containers", [])],
+            "pull_auths": [
+                {**a, "password": self.keys.seal(str(a["password"]).encode())}
+                for a in data.get("pull_auths", [])
+            ],
+        }
 
     def _spec_from_row(self, stored: Mapping[str, Any]) -> PodSpec:
-        names = set(stored.get("secret_env") or ())
-        if names or any(f.get("secret") for f in stored.get("files", [])):
+        data = PodSpec.upgrade_encoded(dict(stored))
+
+        def open_sealed(container: dict[str, Any]) -> dict[str, Any]:
+            names = set(container.get("secret_env") or ())
+            files = container.get("files", [])
+            if not names and not any(f.get("secret") for f in files):
+                return container
             env = [
                 [k, self.keys.open(v).decode() if k in names and is_sealed(v) else v]
-                for k, v in stored["env"]
+                for k, v in container.get("env", [])
             ]
-            files = []
-            for f in stored.get("files", []):
+            opened = []
+            for f in files:
                 content = f["content"]
                 if isinstance(content, Mapping) and is_sealed(content.get("sealed")):
-                    files.append({**f, "content": encode(self.keys.open(str(content["sealed"])))})
+                    opened.append({**f, "content": encode(self.keys.open(str(content["sealed"])))})
                 else:
-                    files.append(f)
-            stored = {**stored, "env": env, "files": files}
-        return decode_as(PodSpec, stored)
+                    opened.append(f)
+            return {**container, "env": env, "files": opened}
+
+        data = {
+            **data,
+            "containers": [open_sealed(c) for c in data["containers"]],
+            "init_containers": [open_sealed(c) for c in data.get("init_containers", [])],
+            "pull_auths": [
+                {
+                    **a,
+                    "password": self.keys.open(a["password"]).decode()
+                    if is_sealed(a["password"])
+                    else a["password"],
+                }
+                for a in data.get("pull_auths", [])
+            ],
+        }
+        return decode_as(PodSpec, data)
 
     def _pod(self, row: PodRow, specs: dict[tuple[str, str, str, str], PodSpec] | None = None) -> Pod:
         """The pod of `row`. With `specs`, pods of one owner and template hash share one
