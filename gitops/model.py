@@ -34,6 +34,7 @@ API_VERSIONS: Mapping[str, str] = {
     "ConfigMap": "v1",
     "Secret": "v1",
     "PersistentVolumeClaim": "v1",
+    "PersistentVolume": "v1",
     # Stored, not acted on (`gitops.schemas.kinds`).
     "ServiceAccount": "v1",
     "LimitRange": "v1",
@@ -55,6 +56,7 @@ KINDS = frozenset(API_VERSIONS)
 CLUSTER_SCOPED = frozenset(
     {
         "Namespace",
+        "PersistentVolume",
         "ClusterRole",
         "ClusterRoleBinding",
         "StorageClass",

@@ -8,10 +8,11 @@ runs from them: no rule is enforced, no traffic routed, nothing scaled. So that 
 a stored NetworkPolicy for an enforced one, each such object gets one warning
 (`not_acted_on`), at its `kind:` line.
 
-PersistentVolumeClaims are stored the same way but without that warning: acting on them is
-being built. `STORED_KINDS` are the kinds whose only rules beyond their schema are the ones
-here (`check_stored`): Kubernetes' name syntax, labels, and a few rules a schema cannot
-say. References between these objects (a RoleBinding naming a ServiceAccount) are not
+PersistentVolumeClaims are stored the same way but without that warning: gitops acts on
+them (a claim is a local volume that pins its pods; `docs/pods.md`); a StorageClass's
+warning says that its reclaimPolicy is used. `STORED_KINDS` are the kinds whose only rules
+beyond their schema are the ones here (`check_stored`): Kubernetes' name syntax, labels,
+and a few rules a schema cannot say. References between these objects (a RoleBinding naming a ServiceAccount) are not
 checked: gitops does not act on them, and the objects they name often live elsewhere.
 """
 
@@ -52,6 +53,7 @@ INERT_KINDS = frozenset(
         "PriorityClass",
         "CustomResourceDefinition",
         "HorizontalPodAutoscaler",
+        "PersistentVolume",
     }
 )
 """Kinds gitops stores, diffs, shows and prunes, and never acts on."""
@@ -63,9 +65,20 @@ _RBAC_KINDS = frozenset({"Role", "ClusterRole", "RoleBinding", "ClusterRoleBindi
 _SEGMENT_HELP = "a name without '/' or '%' that is not \".\" or \"..\""
 
 
+_ONLY = {
+    "StorageClass": (
+        "stored; gitops uses only its reclaimPolicy (Retain keeps the volume of a claim that leaves git)"
+    ),
+    "PersistentVolume": (
+        "stored; gitops does not act on PersistentVolume objects: a claim's volume is a local "
+        "Docker volume on the node of its first pod"
+    ),
+}
+
+
 def not_acted_on(kind: str) -> str:
     """The one warning each object of an inert `kind` gets."""
-    return f"stored; gitops does not act on {kind} objects"
+    return _ONLY.get(kind, f"stored; gitops does not act on {kind} objects")
 
 
 def _map(value: object) -> Mapping[str, Any]:

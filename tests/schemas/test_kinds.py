@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from gitops.model import CLUSTER_SCOPED, KINDS, ObjectKey
-from gitops.schemas.kinds import INERT_KINDS
+from gitops.schemas.kinds import INERT_KINDS, not_acted_on
 
 from .helpers import errors, validate, validate_one, warnings
 
@@ -185,6 +185,17 @@ LEDGER: dict[str, str] = {
           volumeMode: Filesystem
           resources: {requests: {storage: 5Gi}, limits: {storage: 8Gi}}
     """,
+    "volume.yaml": """
+        apiVersion: v1
+        kind: PersistentVolume
+        metadata: {name: ledger-disk}
+        spec:
+          capacity: {storage: 10Gi}
+          accessModes: [ReadWriteOnce]
+          persistentVolumeReclaimPolicy: Retain
+          storageClassName: ledger-ssd
+          hostPath: {path: /srv/ledger}
+    """,
 }
 
 
@@ -200,12 +211,13 @@ def test_one_object_of_each_stored_kind_loads_with_one_warning_each_and_no_error
     kinds = sorted(m.key.kind for m in result.manifests)
     assert kinds == sorted(INERT_KINDS | {"Namespace", "PersistentVolumeClaim"})
     inert = [m for m in result.manifests if m.key.kind in INERT_KINDS]
-    assert len(inert) == 14
+    assert len(inert) == 15
     assert sorted(warnings(result)) == sorted(
-        f"{m.location.file}:{m.location.line + 1}:1: {m.key}: stored; gitops does not act on "
-        f"{m.key.kind} objects (warning)"
+        f"{m.location.file}:{m.location.line + 1}:1: {m.key}: {not_acted_on(m.key.kind)} (warning)"
         for m in inert
     )
+    assert not_acted_on("Ingress") == "stored; gitops does not act on Ingress objects"
+    assert "reclaimPolicy" in not_acted_on("StorageClass")
     located = {(d.location.file, d.location.line) for d in result.warnings if d.location}
     expected = {(f, line) for f, text in LEDGER.items() for line in kind_lines(text)}
     assert located == expected - {("namespace.yaml", 2), ("storage.yaml", 2)}

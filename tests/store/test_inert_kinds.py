@@ -42,11 +42,12 @@ def test_stored_kinds_are_stored_with_their_bodies_and_warnings(store: Store, tm
     assert record is not None and record.status == "applied"
     assert "ClusterRole ledger:metrics-viewer" in record.summary["created"]
     assert "NetworkPolicy ledger/ledger-api-in" in record.summary["created"]
-    assert len(record.summary["created"]) == 16
-    assert len(record.warnings) == 14
+    assert len(record.summary["created"]) == 17
+    assert len(record.warnings) == 15
     assert (
-        "cluster.yaml:2:1: StorageClass ledger-ssd: stored; gitops does not act on StorageClass objects "
-        "(warning)" in record.warnings
+        "volume.yaml:2:1: PersistentVolume ledger-disk: stored; gitops does not act on PersistentVolume "
+        "objects: a claim's volume is a local Docker volume on the node of its first pod (warning)"
+        in record.warnings
     )
     desired = {m.key: m for m in store.desired()}
     binding = desired[ObjectKey("ClusterRoleBinding", "", "ledger-metrics")]
@@ -84,6 +85,7 @@ def test_removing_stored_objects_from_the_source_prunes_them(store: Store, tmp_p
         "ClusterRoleBinding",
         "Ingress",
         "PersistentVolumeClaim",
+        "PersistentVolume",
     }
 
 
@@ -103,15 +105,15 @@ def test_the_control_loop_runs_nothing_for_stored_objects(tmp_path: Path) -> Non
     sync_once(store, write(tmp_path / "ledger", LEDGER), now=10.0)
     reconcile_once(store, now=11.0)
     assert store.pods() == []
-    assert len(store.desired()) == 16
+    assert len(store.desired()) == 17
 
 
 def test_the_status_answer_counts_desired_objects_per_kind(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 's.db'}")
     sync_once(store, write(tmp_path / "ledger", LEDGER), now=10.0)
     counts = ReadModel(store, clock=lambda: 12.0, ttl=0).status()["counts"]
-    assert counts["objects"] == 16
+    assert counts["objects"] == 17
     assert counts["objects_by_kind"]["RoleBinding"] == 1
     assert counts["objects_by_kind"]["CustomResourceDefinition"] == 1
-    assert sum(counts["objects_by_kind"].values()) == 16
+    assert sum(counts["objects_by_kind"].values()) == 17
     assert list(counts["objects_by_kind"]) == sorted(counts["objects_by_kind"])
