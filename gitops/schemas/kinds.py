@@ -12,8 +12,9 @@ PersistentVolumeClaims are stored the same way but without that warning: gitops 
 them (a claim is a local volume that pins its pods; `docs/pods.md`); a StorageClass's
 warning says that its reclaimPolicy is used. `STORED_KINDS` are the kinds whose only rules
 beyond their schema are the ones here (`check_stored`): Kubernetes' name syntax, labels,
-and a few rules a schema cannot say. References between these objects (a RoleBinding naming a ServiceAccount) are not
-checked: gitops does not act on them, and the objects they name often live elsewhere.
+and a few rules a schema cannot say. References between these objects (a RoleBinding
+naming a ServiceAccount) are not checked: gitops does not act on them, and the objects
+they name often live elsewhere.
 """
 
 from __future__ import annotations
