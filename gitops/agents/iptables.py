@@ -52,10 +52,11 @@ already takes on this node; it says what it skipped (`skipped`), so the agent ca
 declares (so creates or flushes) our chains, fills them and deletes our chains that are no
 longer needed, in one atomic transaction per table. `IptablesProxy` adds the effects:
 listing our chains, one `iptables-restore` call per sync, installing and removing the jump
-rules. Only chains named `{prefix}-...` are ever created, flushed or deleted (a sync
-leaves the pod network's `{prefix}-PODNET`, `gitops.agents.network`, alone; `cleanup`
-removes every chain of the prefix); the jump rules are the only lines we add to built-in
-chains.
+rules. Only chains named `{prefix}-...` are ever created, flushed or deleted; a sync deletes
+only per-service chains no rule needs any more (`{prefix}-SVC-`, `-SVL-`, `-EXT-`, `-SEP-`),
+so the pod network's `{prefix}-PODNET` (`gitops.agents.network`) and anything else of the
+prefix are left alone; `cleanup` removes every chain of the prefix. The jump rules are the
+only lines we add to built-in chains.
 
 Conntrack: the nat table only sees the first packet of a connection, so a connection keeps
 its backend (and its masquerading) for its lifetime. When a backend disappears its
@@ -214,11 +215,6 @@ def filter_chain(prefix: str) -> str:
     return f"{prefix}-FILTER"
 
 
-def podnet_chain(prefix: str) -> str:
-    """The pod network's chain (`gitops.agents.network`): it shares our prefix, not our rules."""
-    return f"{prefix}-PODNET"
-
-
 def static_nat_chains(prefix: str) -> tuple[str, ...]:
     """The nat chains every sync declares, whatever the rules."""
     return (
@@ -262,6 +258,16 @@ def endpoint_chain(rule: ServiceRule, backend: Backend, prefix: str) -> str:
 
 def is_ours(chain: str, prefix: str) -> bool:
     return chain.startswith(f"{prefix}-")
+
+
+PER_SERVICE_FAMILIES = ("SVC", "SVL", "EXT", "SEP")
+
+
+def is_per_service(chain: str, prefix: str) -> bool:
+    """A chain a sync makes per service port or backend (`{prefix}-SVC-{hash}`, ...): the
+    only ones a sync deletes when no rule needs them. Other chains of the prefix (the pod
+    network's, any added later) are never a sync's to delete."""
+    return any(chain.startswith(f"{prefix}-{family}-") for family in PER_SERVICE_FAMILIES)
 
 
 def jump_rules(prefix: str) -> list[tuple[str, str, list[str]]]:
@@ -577,8 +583,7 @@ def render(
 
     plans = [_plan(r, prefix) for r in ordered]
     needed = set(static_nat_chains(prefix)).union(*(p.chains() for p in plans))
-    kept = needed | {filter_chain(prefix), podnet_chain(prefix)}
-    stale = sorted(c for c in set(existing_chains) if is_ours(c, prefix) and c not in kept)
+    stale = sorted(c for c in set(existing_chains) if is_per_service(c, prefix) and c not in needed)
 
     masq, postrouting = mark_masq_chain(prefix), postrouting_chain(prefix)
     nat = ["*nat"]

@@ -628,3 +628,17 @@ def test_vetting_keeps_the_vip_of_a_rule_whose_node_port_is_taken() -> None:
         "'default/b:http' keeps its VIP without that LoadBalancer port"
     ]
     render(kept, service_cidr=CIDR)
+
+
+def test_a_sync_deletes_only_per_service_chains_no_rule_needs() -> None:
+    """Other chains of the prefix (the pod network's, any a later release adds) are not the
+    proxy's to delete; a per-service chain of a service gone is."""
+    existing = [
+        "GITOPS-PODNET",
+        "GITOPS-FUTURE",
+        "GITOPS-SVC-0123456789ABCDEF",
+        "GITOPS-SEP-0123456789ABCDEF",
+    ]
+    parsed = parse(render([WEB], service_cidr=CIDR, existing_chains=existing))
+    assert sorted(parsed.deleted["nat"]) == ["GITOPS-SEP-0123456789ABCDEF", "GITOPS-SVC-0123456789ABCDEF"]
+    assert "GITOPS-FUTURE" not in parsed.declared["nat"]
