@@ -150,6 +150,9 @@ def test_following_prints_new_lines_until_interrupted(cluster: Cluster) -> None:
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
+        # As a terminal has it: a suite started in the background (`cmd &`) ignores SIGINT,
+        # and its children would inherit that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
     )
     try:
         assert follower.stdout is not None
