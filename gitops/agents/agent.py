@@ -3,9 +3,12 @@
 Each tick the agent lists its own containers (by ownership label), reports their status
 with its heartbeat, receives its pods and every service's endpoints, and converges:
 
-- a pod without a container gets one (files from ConfigMaps are written to the agent's
-  state folder, files from Secrets to a tmpfs, never the node's disk; both are
-  bind-mounted read-only);
+- a pod without its containers gets them, as `gitops.agents.plan` orders them (an infra
+  container holding the network of a pod of several, init containers one at a time, then
+  sidecars and app containers). Files from ConfigMaps and the downward API are written to
+  the agent's state folder, files from Secrets to a tmpfs, never the node's disk; both are
+  bind-mounted read-only. emptyDir, claim and hostPath volumes are mounted (`docs/pods.md`);
+  postStart hooks run once a container has started, preStop hooks before it stops;
 - a container whose pod is gone, or whose template differs, is stopped and removed;
 - an exited container is restarted as its restartPolicy says, with Kubernetes' backoff
   (10 s doubling to 5 min, reset after 10 min of running);
