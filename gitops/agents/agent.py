@@ -114,6 +114,7 @@ MAX_TEXT = 1000  # reasons and probe output, as reported
 MEMORY_FILESYSTEMS = ("tmpfs", "ramfs")
 TERMINATION_MESSAGE_BYTES = 4096
 VOLUME_SWEEP_SECONDS = 30.0  # how often emptyDir volumes of pods gone from the node are looked for
+NETWORK_RECHECK_SECONDS = 10.0  # how often an unchanged pod network is read again and repaired
 
 
 def private_directory(path: Path) -> None:
@@ -338,6 +339,10 @@ class Agent:
     _network: str = ""  # the Docker network of the pods, once it exists
     _bridge: str = ""
     _net: PodNetwork | None = None
+    _net_wanted: tuple[Any, ...] = ()  # what the pod network was last synced to
+    _net_synced: float = float("-inf")
+    _net_dirty: bool = False  # a container started since: its bridge port wants hairpin
+    _net_problems: list[str] = field(default_factory=list)
     _dns: Any = None  # the cluster DNS server (gitops.agents.dns.ClusterDns), once started
     _services: list[ServiceEndpoints] = field(default_factory=list)
     _host_resolv: HostResolv | None = None
@@ -538,17 +543,29 @@ class Agent:
         if self._bridge:
             if self._net is None:
                 self._net = PodNetwork(prefix=cfg.chain_prefix, iptables=cfg.iptables)
-            try:
-                self._net.sync(
-                    self._pod_cidr,
-                    self._cluster_cidr or self._pod_cidr,
-                    routes,
-                    bridge=self._bridge,
-                    address=self._address,
-                )
-                problems += self._net.problems
-            except NetworkError as exc:
-                problems.append(f"pod network: {exc}")
+            wanted = (
+                self._pod_cidr,
+                self._cluster_cidr or self._pod_cidr,
+                tuple(routes),
+                self._bridge,
+                self._address,
+            )
+            now = self.clock()
+            # Unchanged, with no container started since (its bridge port wants hairpin), the
+            # kernel's state is read again and repaired every NETWORK_RECHECK_SECONDS only:
+            # a sync runs several processes.
+            if (
+                wanted != self._net_wanted
+                or self._net_dirty
+                or now - self._net_synced >= NETWORK_RECHECK_SECONDS
+            ):
+                self._net_wanted, self._net_synced, self._net_dirty = wanted, now, False
+                try:
+                    self._net.sync(wanted[0], wanted[1], routes, bridge=self._bridge, address=self._address)
+                    self._net_problems = list(self._net.problems)
+                except NetworkError as exc:
+                    self._net_problems = [f"pod network: {exc}"]
+            problems += self._net_problems
             started = False
             if self._dns is None:
                 problems += self._start_dns()
@@ -623,6 +640,7 @@ class Agent:
         infra = {c.pod: c for c in live if c.container == INFRA and c.running}
         for start in actions.start:
             self._start(start, infra.get(start.pod.id), now)
+        self._net_dirty |= bool(actions.start)
         if actions.remove or now - self._volumes_swept > VOLUME_SWEEP_SECONDS or self._claims_changed:
             self._sweep_volumes(pods, now)
         return actions.changes

@@ -136,3 +136,70 @@ def test_service_backends_are_pod_addresses_on_every_node_in_the_pod_range() -> 
     )
     headless = ServiceEndpoints("default", "peers", "", (port,), ((port, eps),), headless=True)
     assert service_rules([headless], NODE, "10.244.0.0/16") == []
+
+
+class _CountingNetwork:
+    """Records each sync of the pod network (a real one runs several processes)."""
+
+    def __init__(self) -> None:
+        self.syncs = 0
+        self.problems: list[str] = []
+
+    def sync(self, *args: object, **kwargs: object) -> None:
+        self.syncs += 1
+
+
+class _BridgedRuntime(MemoryRuntime):
+    def ensure_network(self, name: str, subnet: str, gateway: str, bridge: str) -> str:
+        super().ensure_network(name, subnet, gateway, bridge)
+        return bridge
+
+
+class _Zone:
+    skipped: tuple[str, ...] = ()
+
+
+class _Dns:
+    def update(self, services: object) -> _Zone:
+        return _Zone()
+
+
+def test_an_unchanged_pod_network_is_synced_again_only_after_a_start_or_every_ten_seconds(
+    tmp_path: Path,
+) -> None:
+    from gitops.agents.network import Route
+
+    rt = _BridgedRuntime()
+    config = AgentConfig(
+        iptables="/nonexistent/iptables",
+        server="http://127.0.0.1:9",
+        node=NODE,
+        join_token="t",
+        state_dir=tmp_path,
+    )
+    agent = Agent(config, rt, clock=lambda: rt.now)
+    net = _CountingNetwork()
+    agent._net, agent._dns, agent._pod_cidr, agent._cluster_cidr = (
+        net,
+        _Dns(),
+        "10.244.1.0/24",
+        "10.244.0.0/16",
+    )  # type: ignore[assignment]
+    routes = [Route("10.244.2.0/24", "192.0.2.12")]
+    agent._pod_network([], routes)
+    assert net.syncs == 1
+    for _ in range(5):
+        rt.now += 1
+        agent._pod_network([], routes)
+    assert net.syncs == 1  # nothing changed: no process run
+    agent._pod_network([], [*routes, Route("10.244.3.0/24", "192.0.2.13")])
+    assert net.syncs == 2  # a node joined
+    started = Pod(
+        "default", PodName("a"), ObjectKey("Deployment", "default", "a"), "h", pod_spec(), node=NODE
+    )
+    agent.converge([started], [])  # a container started: its bridge port wants hairpin
+    agent._pod_network([], [*routes, Route("10.244.3.0/24", "192.0.2.13")])
+    assert net.syncs == 3
+    rt.now += 10
+    agent._pod_network([], [*routes, Route("10.244.3.0/24", "192.0.2.13")])
+    assert net.syncs == 4  # the periodic recheck repairs what someone changed
