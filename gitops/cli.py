@@ -779,13 +779,17 @@ def cmd_down(args: argparse.Namespace) -> int:
     for c in runtime.list(NodeName(args.node)):
         runtime.remove(c.id, 10)
         removed += 1
+    # Pods' emptyDir volumes go with their pods; claims' volumes hold data and stay (a
+    # control plane that no longer has the claim makes its agent delete them).
+    volumes = len(runtime.remove_volumes(NodeName(args.node), keep=set()))
     runtime.remove_network(pod_network_name(args.node))
     PodNetwork(prefix=args.chain_prefix, iptables=args.iptables).cleanup()
     IptablesProxy(args.service_cidr, prefix=args.chain_prefix, iptables=args.iptables).cleanup()
     secrets_dir = Path(args.secret_dir) if args.secret_dir else Path("/dev/shm/gitops") / args.node  # noqa: S108
     shutil.rmtree(secrets_dir, ignore_errors=True)
     print(
-        f"removed {removed} container(s) of node {args.node}, its pod network and routes, the "
+        f"removed {removed} container(s) and {volumes} emptyDir volume(s) of node {args.node}, "
+        "its pod network and routes, the "
         f"{args.chain_prefix} iptables chains "
         f"and the Secret files in {secrets_dir}"
     )
