@@ -110,7 +110,10 @@ def _policy(args: argparse.Namespace) -> Policy:
     from gitops.schemas.validate import Policy  # noqa: PLC0415
 
     try:
-        return Policy(host_paths=tuple(getattr(args, "allow_host_path", None) or ()))
+        return Policy(
+            host_paths=tuple(getattr(args, "allow_host_path", None) or ()),
+            privileged=bool(getattr(args, "allow_privileged", False)),
+        )
     except ValueError as exc:
         raise SystemExit(f"--allow-host-path: {exc}") from None
 
@@ -1059,6 +1062,12 @@ def parser() -> argparse.ArgumentParser:
             "by default none: a revision with a hostPath is refused)",
         )
         sp.add_argument(
+            "--allow-privileged",
+            action="store_true",
+            help="let pods run privileged containers and use the host's PID and IPC namespaces "
+            "(by default a revision asking for them is refused; the host's network never is allowed)",
+        )
+        sp.add_argument(
             "--node-grace",
             type=float,
             default=40.0,
@@ -1162,6 +1171,9 @@ def parser() -> argparse.ArgumentParser:
         help="check hostPath volumes as a server given this --allow-host-path does (repeatable; "
         "by default every hostPath is an error)",
     )
+    validate.add_argument(
+        "--allow-privileged", action="store_true", help="check as a server given --allow-privileged does"
+    )
     validate.set_defaults(func=cmd_validate)
 
     status = sub.add_parser("status", help="cluster status from a running server")
@@ -1229,6 +1241,9 @@ def parser() -> argparse.ArgumentParser:
         action="append",
         metavar="PREFIX",
         help="judge hostPath volumes as a server given this option does (repeatable)",
+    )
+    plan.add_argument(
+        "--allow-privileged", action="store_true", help="judge as a server given --allow-privileged does"
     )
     plan.set_defaults(func=cmd_plan)
 

@@ -295,6 +295,7 @@ class SecurityContext:
     no_new_privileges: bool = False  # allowPrivilegeEscalation: false
     seccomp: Literal["", "RuntimeDefault", "Unconfined"] = ""  # "": the engine's default profile
     sysctls: tuple[tuple[str, str], ...] = ()
+    privileged: bool = False  # only where the server allows it (`gitops serve --allow-privileged`)
 
 
 @dataclass(frozen=True)
@@ -431,6 +432,9 @@ class PodSpec:
     # Whether the Services of the pod's namespace are given to it as environment variables.
     enable_service_links: bool = True
     service_account_name: str = ""  # "" is the namespace's "default"
+    # The host's process and IPC namespaces (only where the server allows them).
+    host_pid: bool = False
+    host_ipc: bool = False
     # The template's annotations, kept only when the downward API hands them to a container.
     annotations: tuple[tuple[str, str], ...] = ()
     # Registry credentials from the pod's imagePullSecrets: not part of the template hash (a
@@ -452,6 +456,11 @@ class PodSpec:
         container["name"] = data.pop("container_name", "main")
         data["containers"] = [container]
         return data
+
+    @property
+    def privileged(self) -> bool:
+        """Whether the pod needs what only `--allow-privileged` gives."""
+        return self.host_pid or self.host_ipc or any(c.security.privileged for c in self.all_containers)
 
     def with_containers(self, change: Callable[[Container], Container]) -> PodSpec:
         """This spec with `change` applied to each of its containers (init ones too)."""

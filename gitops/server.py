@@ -148,6 +148,7 @@ class ControlPlane:
             metrics=self.metrics,
             allow_probe_hosts=self.allow_probe_hosts,
             allow_host_paths=self.policy.host_paths,
+            allow_privileged=self.policy.privileged,
             read_token=self.read_token,
             loopback_nodes=is_loopback(self.host),
             loopback_only=is_loopback(self.host) and not self.read_token,
@@ -159,7 +160,7 @@ class ControlPlane:
         app.include_router(webhook_router(self.webhook_secret, lambda: self.syncs, lambda: self.previews))
         if self.hosted:
             for repo in self.hosted:
-                repo.host_paths = self.policy.host_paths
+                repo.policy = self.policy
                 repo.ensure()
             app.include_router(git_router(self.hosted, self.push_token, self._pushed))
         config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning", access_log=False)

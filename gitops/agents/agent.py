@@ -333,6 +333,7 @@ class Agent:
     _proxy_problems: list[str] = field(default_factory=list)
     allow_probe_hosts: bool = False  # the server's policy, from each sync reply
     allow_host_paths: tuple[str, ...] = ()  # where hostPath volumes may be: the server's, from each sync
+    allow_privileged: bool = False  # the server's --allow-privileged, from each sync
     _address: str = ""  # the node's address as registered: where pod ports are published
     _pod_cidr: str = ""  # this node's pod subnet, from the control plane ("" from an older one)
     _cluster_cidr: str = ""
@@ -488,6 +489,7 @@ class Agent:
             self._log_streams.handle(reply["logs"])
         self.allow_probe_hosts = bool(reply.get("allow_probe_hosts", False))
         self.allow_host_paths = tuple(str(p) for p in reply.get("allow_host_paths") or ())
+        self.allow_privileged = bool(reply.get("allow_privileged", False))
         authoritative = bool(reply.get("authoritative", True))
         pods = [decode_as(Pod, p) for p in reply["pods"]]
         services = [decode_as(ServiceEndpoints, s) for s in reply["services"]]
@@ -819,6 +821,11 @@ class Agent:
         options: dict[str, Any] = {"address": self._address, "network": self._network}
         hooked: ContainerInfo | None = None  # started, with a postStart hook to run
         try:
+            if pod.spec.privileged and not self.allow_privileged:
+                # Validation refuses it already; a node checks again what it would give away.
+                raise RuntimeFailure(
+                    "the pod is privileged or uses the host's namespaces, which the server does not allow"
+                )
             if name == INFRA:
                 self.runtime.run_infra(self.config.node, pod, start.restart, **options)
             else:

@@ -267,6 +267,8 @@ def _security_options(container: Container) -> dict[str, Any]:
         security_opt.append("seccomp=unconfined")
     if security_opt:
         options["security_opt"] = security_opt
+    if sc.privileged:
+        options["privileged"] = True
     return options
 
 
@@ -471,6 +473,10 @@ class DockerRuntime:
             kwargs["network_mode"] = f"container:{infra}"
         else:
             kwargs.update(self._network_options(pod, address=address, network=network, containers=[spec]))
+        if pod.spec.host_pid:
+            kwargs["pid_mode"] = "host"
+        if pod.spec.host_ipc:
+            kwargs["ipc_mode"] = "host"
         if spec.command:
             kwargs["entrypoint"] = list(spec.command)
         if spec.args:

@@ -119,6 +119,7 @@ def create_app(
     endpoints_cache_seconds: float = 0.5,
     allow_probe_hosts: bool = False,
     allow_host_paths: Sequence[str] = (),
+    allow_privileged: bool = False,
     read_token: str | None = None,
     loopback_nodes: bool = True,
     loopback_only: bool = False,
@@ -270,6 +271,7 @@ def create_app(
             "routes": [[subnet, address] for node, subnet, address in endpoints.routes() if node != name],
             "allow_probe_hosts": allow_probe_hosts,
             "allow_host_paths": list(allow_host_paths),
+            "allow_privileged": allow_privileged,
             "authoritative": authoritative(),
             "logs": logs.pending(name),
             # The claims whose volumes this node keeps; any other claim volume of ours it deletes.

@@ -243,6 +243,7 @@ class SyncReply(BaseModel):
     # The folders of the nodes hostPath volumes may be under (`gitops serve --allow-host-path`):
     # the agent mounts no other, whatever a pod says.
     allow_host_paths: list[str] = []
+    allow_privileged: bool = False  # privileged containers and the host's PID/IPC namespaces
     # False while the control plane may not yet know every pod (just started: it has not read
     # all its sources, or heard from its agents): agents keep containers it did not assign.
     authoritative: bool = True

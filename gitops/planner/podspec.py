@@ -358,6 +358,7 @@ def _security(pod: Mapping[str, Any], container: Mapping[str, Any]) -> SecurityC
         no_new_privileges=own.get("allowPrivilegeEscalation") is False,
         seccomp=seccomp if seccomp in ("RuntimeDefault", "Unconfined") else "",
         sysctls=tuple((str(s["name"]), str(s["value"])) for s in pod_ctx.get("sysctls") or ()),
+        privileged=own.get("privileged") is True,
     )
 
 
@@ -600,6 +601,8 @@ def _resolve(deployment: Manifest, configs: Configs) -> Template:
         ),
         enable_service_links=bool(pod.get("enableServiceLinks", True)),
         service_account_name=str(pod.get("serviceAccountName") or pod.get("serviceAccount") or ""),
+        host_pid=pod.get("hostPID") is True,
+        host_ipc=pod.get("hostIPC") is True,
         annotations=tuple(sorted((str(k), str(v)) for k, v in annotations.items()))
         if wants_annotations
         else (),
@@ -624,6 +627,8 @@ UNHASHED_DEFAULTS: dict[str, Any] = {
     "init_containers": [],
     "volumes": [],
     "service_account_name": "",
+    "host_pid": False,
+    "host_ipc": False,
     "annotations": [],
 }
 UNHASHED_CONTAINER_DEFAULTS: dict[str, Any] = {

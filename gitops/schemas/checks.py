@@ -99,9 +99,19 @@ class Policy:
     """What a server lets manifests do beyond what Kubernetes itself checks.
 
     `host_paths`: the folders on the nodes under which `hostPath` volumes may be
-    (`gitops serve --allow-host-path`, normalised absolute paths); none by default."""
+    (`gitops serve --allow-host-path`, normalised absolute paths); none by default.
+    `privileged`: privileged containers and the host's process and IPC namespaces are
+    allowed (`gitops serve --allow-privileged`); the host's network never is."""
 
     host_paths: tuple[str, ...] = ()
+    privileged: bool = False
+
+    def options(self) -> list[str]:
+        """This policy as command-line options (for the push hook of a hosted repository)."""
+        return [
+            *(arg for prefix in self.host_paths for arg in ("--allow-host-path", prefix)),
+            *(["--allow-privileged"] if self.privileged else []),
+        ]
 
     def __post_init__(self) -> None:
         relative = [p for p in self.host_paths if not p.startswith("/")]
@@ -337,6 +347,30 @@ def check_host_paths(body: Mapping[str, Any], policy: Policy) -> Iterator[Findin
             f"hostPath {shown} is not under a prefix this server allows "
             f"({HOST_PATH_HELP}; allowed: {allowed})",
         )
+
+
+PRIVILEGED_HELP = "gitops serve --allow-privileged"
+
+
+def check_privileged(body: Mapping[str, Any], policy: Policy) -> Iterator[Finding]:
+    """Privileged containers and the host's process and IPC namespaces only where the
+    server allows them."""
+    if policy.privileged:
+        return
+    base: FieldPath = ("spec", "template", "spec")
+    pod = _map(_map(_map(body.get("spec")).get("template")).get("spec"))
+    for field in ("hostPID", "hostIPC"):
+        if pod.get(field) is True:
+            refused = f"the host's namespaces are refused unless the server allows them ({PRIVILEGED_HELP})"
+            yield Finding((*base, field), f"{refused}, got true")
+    for kind in ("initContainers", "containers"):
+        for container_path, container in _items(pod.get(kind), (*base, kind)):
+            if _map(container.get("securityContext")).get("privileged") is True:
+                yield Finding(
+                    (*container_path, "securityContext", "privileged"),
+                    f"privileged containers are refused unless the server allows them ({PRIVILEGED_HELP}), "
+                    "got true",
+                )
 
 
 VOLUME_SOURCES = ("configMap", "secret", "emptyDir", "downwardAPI", "persistentVolumeClaim", "hostPath")
@@ -661,4 +695,5 @@ def check_document(kind: str, body: Mapping[str, Any], *, policy: Policy = DEFAU
     findings = list(_CHECKS[kind](body))
     if kind == "Deployment":
         findings += check_host_paths(body, policy)
+        findings += check_privileged(body, policy)
     return findings

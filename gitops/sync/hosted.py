@@ -22,6 +22,7 @@ from pathlib import Path
 
 import gitops
 from gitops.model import Revision
+from gitops.schemas.validate import DEFAULT_POLICY
 from gitops.sync.sources import GitSource, SourceMissing
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -60,8 +61,8 @@ class HostedRepo:
 
     def __init__(self, name: str, state_dir: Path, *, branch: str = "main", manifest_path: str = "") -> None:
         self.name = check_name(name)
-        # The server's --allow-host-path, given to the push hook: a push is judged as a sync would.
-        self.host_paths: tuple[str, ...] = ()
+        # The server's policy, given to the push hook: a push is judged as a sync would judge it.
+        self.policy = DEFAULT_POLICY
         self.branch = branch
         self.manifest_path = manifest_path.strip("/")
         self.root = Path(state_dir).resolve() / "repos"
@@ -97,7 +98,7 @@ class HostedRepo:
                 self.branch,
                 "--path",
                 self.manifest_path,
-                *(arg for prefix in self.host_paths for arg in ("--allow-host-path", prefix)),
+                *self.policy.options(),
             ]
         )
         return (

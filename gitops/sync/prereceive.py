@@ -127,10 +127,11 @@ def main(argv: Sequence[str] | None = None, stdin: TextIO = sys.stdin, stderr: T
     p.add_argument("--branch", default="main")
     p.add_argument("--path", default="")
     p.add_argument("--allow-host-path", action="append", default=[], metavar="PREFIX")
+    p.add_argument("--allow-privileged", action="store_true")
     args = p.parse_args(argv)
     try:
         repo = git.Repo(os.environ.get("GIT_DIR", "."))
-        policy = Policy(host_paths=tuple(args.allow_host_path))
+        policy = Policy(host_paths=tuple(args.allow_host_path), privileged=args.allow_privileged)
         verdict = judge(repo, parse_updates(stdin.read()), args.branch, args.path, policy=policy)
     except Exception as exc:  # refuse rather than let an unchecked revision through
         print(f"gitops: cannot validate this push ({type(exc).__name__}: {exc}); refused", file=stderr)

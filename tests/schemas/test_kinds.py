@@ -242,6 +242,7 @@ def test_cluster_scoped_kinds_have_no_namespace_in_their_key_or_name() -> None:
         ObjectKey("StorageClass", "", "ledger-ssd"),
         ObjectKey("PriorityClass", "", "ledger-batch"),
         ObjectKey("CustomResourceDefinition", "", "journals.ledger.example"),
+        ObjectKey("PersistentVolume", "", "ledger-disk"),
     }
     assert str(ObjectKey("StorageClass", "", "ledger-ssd")) == "StorageClass ledger-ssd"
     assert ObjectKey("ClusterRole", "", "ledger:metrics-viewer").ref == "ledger:metrics-viewer"

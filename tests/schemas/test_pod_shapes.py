@@ -4,7 +4,9 @@ where and why."""
 
 from __future__ import annotations
 
-from .helpers import errors, validate, validate_one, warnings
+from gitops.schemas.validate import Policy, validate_files
+
+from .helpers import errors, source, validate, validate_one, warnings
 
 APP = """
 apiVersion: apps/v1
@@ -99,18 +101,29 @@ def test_only_init_containers_may_set_a_restart_policy() -> None:
     )
 
 
-def test_privileged_containers_and_host_namespaces_are_refused_with_the_field_named() -> None:
+def test_privileged_containers_and_host_namespaces_are_refused_unless_the_server_allows_them() -> None:
     text = APP.replace(
         "readOnlyRootFilesystem: true", "readOnlyRootFilesystem: true\n            privileged: true"
     )
-    text = text.replace("serviceAccountName: shop", "serviceAccountName: shop\n      hostNetwork: true")
+    text = text.replace("serviceAccountName: shop", "serviceAccountName: shop\n      hostPID: true")
     found = errors(validate_one(text))
-    assert any("spec.template.spec.hostNetwork: host namespaces are refused" in e for e in found)
+    assert len(found) == 2
     assert any(
-        "spec.template.spec.containers[0].securityContext.privileged: "
-        "privileged containers are refused, got true" in e
+        "spec.template.spec.hostPID: the host's namespaces are refused unless the server allows them "
+        "(gitops serve --allow-privileged), got true" in e
         for e in found
     )
+    assert any(
+        "spec.template.spec.containers[0].securityContext.privileged: privileged containers are refused "
+        "unless the server allows them (gitops serve --allow-privileged), got true" in e
+        for e in found
+    )
+    allowed = validate_files([source("apps/web.yaml", text)], policy=Policy(privileged=True))
+    assert allowed.errors == ()
+    # The host's network never is: a pod's address is on the pod network.
+    hosted = text.replace("hostPID: true", "hostNetwork: true")
+    (error,) = validate_files([source("apps/web.yaml", hosted)], policy=Policy(privileged=True)).errors
+    assert "spec.template.spec.hostNetwork: host namespaces are refused" in str(error)
 
 
 def test_an_unknown_downward_api_field_is_an_error_listing_the_known_ones() -> None:

@@ -169,3 +169,17 @@ def test_the_push_hook_of_a_hosted_repository_is_given_the_server_s_prefixes(tmp
     hook = (repo.path / "hooks" / "pre-receive").read_text()
     assert "--allow-host-path /var/log" in hook
     store.close()
+
+
+def test_allow_privileged_reaches_the_policy_and_the_push_hook(tmp_path: Path) -> None:
+    from gitops.sync.hosted import HostedRepo
+
+    for command in (["serve", "--dir", "m"], ["up", "m"], ["validate", "m"], ["plan"]):
+        assert _policy(parser().parse_args([*command, "--allow-privileged"])).privileged
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    repo = HostedRepo("manifests", tmp_path / "state")
+    plane = ControlPlane(store, [], hosted=[repo], policy=Policy(host_paths=("/var/log",), privileged=True))
+    plane._build()
+    hook = (repo.path / "hooks" / "pre-receive").read_text()
+    assert "--allow-host-path /var/log --allow-privileged" in hook
+    store.close()
