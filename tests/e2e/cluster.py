@@ -21,6 +21,7 @@ import docker
 import docker.errors
 import httpx
 
+from gitops.schemas.validate import DEFAULT_POLICY, Policy
 from gitops.server import ControlPlane
 from gitops.store import Store
 from gitops.sync.sources import GitSource
@@ -108,6 +109,7 @@ class Cluster:
     service_cidr: str = "10.250.0.0/24"
     heartbeat_grace: float = 40.0
     not_ready_toleration: float = 60.0
+    policy: Policy = DEFAULT_POLICY  # what the control plane allows (--allow-host-path, ...)
     plane: ControlPlane | None = None
     agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     prefixes: dict[str, str] = field(default_factory=dict)
@@ -150,6 +152,7 @@ class Cluster:
             poll_interval=0.5,
             controller_interval=0.5,
             not_ready_toleration=self.not_ready_toleration,
+            policy=self.policy,
         )
         self.plane.start()
 

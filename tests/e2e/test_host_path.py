@@ -7,18 +7,14 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gitops.schemas.validate import Policy
-from gitops.server import ControlPlane
-from gitops.store import Store
-from gitops.sync.sources import GitSource
-from tests.conftest import docker_available, free_port, iptables_available, require, wait_for
-from tests.e2e.cluster import IMAGE, Cluster, build_image
+from tests.conftest import wait_for
+from tests.e2e.cluster import IMAGE, Cluster, running_cluster
 
 pytestmark = pytest.mark.docker
 
@@ -67,62 +63,29 @@ def logs(host: str) -> str:
     )
 
 
-@dataclass
-class HostPathCluster(Cluster):
-    """A cluster whose control plane allows hostPath volumes under `allowed` (the shared
-    harness builds its control plane without a policy)."""
-
-    allowed: tuple[str, ...] = ()
-
-    def start_plane(self) -> None:
-        store = Store(
-            f"sqlite:///{self.tmp / 'gitops.db'}",
-            service_cidr=self.service_cidr,
-            heartbeat_grace=self.heartbeat_grace,
-        )
-        source = GitSource(str(self.remote), self.tmp / "cache", branch="main")
-        self.plane = ControlPlane(
-            store,
-            [source],
-            port=free_port(),
-            poll_interval=0.5,
-            controller_interval=0.5,
-            not_ready_toleration=self.not_ready_toleration,
-            policy=Policy(host_paths=self.allowed),
-        )
-        self.plane.start()
-
-
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostPathCluster]:
-    require(docker_available(), "a running Docker engine")
-    require(iptables_available(), "iptables (as root)")
-    build_image()
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("hostpath")
     host = tmp / "node-logs"
     host.mkdir()
     (host / "in.txt").write_text("from the node\n")
-    c = HostPathCluster(tmp, allowed=(str(host),))
-    c.push({"logs.yaml": logs(str(host))}, "ship logs")
-    c.start_plane()
-    c.start_agent()
-    try:
+    with running_cluster(
+        tmp, {"logs.yaml": logs(str(host))}, "ship logs", policy=Policy(host_paths=(str(host),))
+    ) as c:
         wait_for(c.ready_pods, timeout=120, what="the logs pod ready")
         yield c
-    finally:
-        c.stop()
 
 
-def host_of(cluster: HostPathCluster) -> Path:
-    return Path(cluster.allowed[0])
+def host_of(cluster: Cluster) -> Path:
+    return Path(cluster.policy.host_paths[0])
 
 
-def the_pod(cluster: HostPathCluster) -> dict[str, Any]:
+def the_pod(cluster: Cluster) -> dict[str, Any]:
     (pod,) = cluster.ready_pods()
     return pod
 
 
-def test_the_pod_reads_the_node_s_file_and_writes_one_the_node_sees(cluster: HostPathCluster) -> None:
+def test_the_pod_reads_the_node_s_file_and_writes_one_the_node_sees(cluster: Cluster) -> None:
     out = host_of(cluster) / "made" / "out.txt"  # the DirectoryOrCreate folder, made for the pod
     lines = wait_for(lambda: out.exists() and out.read_text().splitlines(), timeout=30, what="out.txt")
     assert lines[0] == "from the node"
@@ -131,7 +94,7 @@ def test_the_pod_reads_the_node_s_file_and_writes_one_the_node_sees(cluster: Hos
     assert not (host_of(cluster) / "x").exists()
 
 
-def test_host_paths_are_bind_mounts_of_the_node_s_folders(cluster: HostPathCluster) -> None:
+def test_host_paths_are_bind_mounts_of_the_node_s_folders(cluster: Cluster) -> None:
     pod = the_pod(cluster)
     (container,) = cluster.docker.containers.list(filters={"label": f"gitops.pod=default/{pod['name']}"})
     mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}
@@ -142,7 +105,7 @@ def test_host_paths_are_bind_mounts_of_the_node_s_folders(cluster: HostPathClust
 
 
 def test_a_host_path_outside_the_allowed_prefix_is_refused_and_nothing_changes(
-    cluster: HostPathCluster,
+    cluster: Cluster,
 ) -> None:
     before = cluster.containers()
     host = str(host_of(cluster))
