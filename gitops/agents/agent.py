@@ -325,6 +325,7 @@ class Agent:
     _wanted: set[PodId] = field(default_factory=set)  # the pods of the last `converge`: their files stay
     _hook_handler: Any = None
     _logs: dict[tuple[str, float], str] = field(default_factory=dict)
+    _messages: dict[tuple[str, float], str] = field(default_factory=dict)  # termination messages, per exit
     _stopped: list[PodId] = field(default_factory=list)
     _removing: dict[str, threading.Thread] = field(default_factory=dict)
     _killing: set[str] = field(default_factory=set)  # of `_removing`: stopped, to be kept
@@ -626,6 +627,7 @@ class Agent:
         self._stopped = list(actions.stopped)
         live_ids = {c.id for c in containers}
         self._logs = {k: v for k, v in self._logs.items() if k[0] in live_ids}
+        self._messages = {k: v for k, v in self._messages.items() if k[0] in live_ids}
         for remove in actions.remove:
             log.info(
                 "agent.removing",
@@ -909,7 +911,13 @@ class Agent:
     def _termination_message(self, pod: Pod, spec: Container, container: ContainerInfo) -> str:
         """What an exited container wrote to its terminationMessagePath (at most 4 KiB, as
         kubelet reads), or with FallbackToLogsOnError and nothing written after a failure,
-        its log's last line; redacted, on one line."""
+        its log's last line; redacted, on one line. Read once per exit, as the log tail is."""
+        key = (container.id, container.finished_at)
+        if key not in self._messages:
+            self._messages[key] = self._read_termination_message(pod, spec, container)
+        return self._messages[key]
+
+    def _read_termination_message(self, pod: Pod, spec: Container, container: ContainerInfo) -> str:
         try:
             with self._termination_path(pod.id, spec.name, container.restart).open("rb") as f:
                 message = f.read(TERMINATION_MESSAGE_BYTES).decode(errors="replace").strip()
