@@ -77,6 +77,7 @@ def reconcile_once(
             actions=_first(result.describe(), 20),
         )
     store.save_rollouts(rollouts, now)
+    store.save_workload_states(decision.states, now)
     actions = Plan(result.create, (*evicted, *result.stop), result.keep, failed=failed, more=result.more)
     return PassResult(actions, len(placements.assigned), len(placements.unschedulable))
 

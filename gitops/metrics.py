@@ -78,6 +78,26 @@ class _StoreCollector(Collector):
         yield age
         yield ready
 
+        # What the agents measured, as cAdvisor's container metrics give it (for the autoscaler too).
+        labels = ["namespace", "pod", "container"]
+        cpu = GaugeMetricFamily(
+            "gitops_container_cpu_usage_millicores",
+            "CPU a container used over its agent's last sampling window, in thousandths of a CPU.",
+            labels=labels,
+        )
+        memory = GaugeMetricFamily(
+            "gitops_container_memory_working_set_bytes",
+            "A container's memory working set (usage minus inactive file pages), as last measured.",
+            labels=labels,
+        )
+        for pod_id, sample in sorted(self.store.usage().items()):
+            namespace, _, name = pod_id.partition("/")
+            for container in sample.containers:
+                cpu.add_metric([namespace, name, container.container], container.cpu_milli)
+                memory.add_metric([namespace, name, container.container], float(container.memory_bytes))
+        yield cpu
+        yield memory
+
 
 class _HealthCollector(Collector):
     """What fails now in the control plane, read at scrape time."""

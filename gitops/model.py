@@ -30,6 +30,10 @@ Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Unknown"]
 API_VERSIONS: Mapping[str, str] = {
     "Namespace": "v1",
     "Deployment": "apps/v1",
+    "StatefulSet": "apps/v1",
+    "DaemonSet": "apps/v1",
+    "Job": "batch/v1",
+    "CronJob": "batch/v1",
     "Service": "v1",
     "ConfigMap": "v1",
     "Secret": "v1",
@@ -440,6 +444,9 @@ class PodSpec:
     # Registry credentials from the pod's imagePullSecrets: not part of the template hash (a
     # rotated credential replaces no pod, as in Kubernetes).
     pull_auths: tuple[RegistryAuth, ...] = ()
+    # The node the pod must run on ("": wherever the scheduler places it): a DaemonSet's
+    # pod names its node here, as does a template's `nodeName`.
+    node_name: str = ""
 
     def auth_for(self, image: str) -> RegistryAuth | None:
         """The credentials for `image`'s registry, if the pod has some."""
@@ -714,6 +721,10 @@ class ClusterState:
     version: str = ""
     # Each PersistentVolumeClaim (`namespace/name`) that has a volume, and the node it is on.
     claims: Mapping[str, NodeName] = field(default_factory=dict)
+    jobs: Mapping[ObjectKey, JobState] = field(default_factory=dict)
+    crons: Mapping[ObjectKey, CronState] = field(default_factory=dict)
+    scales: Mapping[ObjectKey, ScaleState] = field(default_factory=dict)  # per autoscaler
+    usage: Mapping[PodId, PodUsage] = field(default_factory=dict)  # as the agents last measured
 
 
 # --- sources --------------------------------------------------------------------------
@@ -763,3 +774,102 @@ class RolloutState:
     # Templates that completed, oldest first: (hash, spec.template) for rollbacks.
     history: tuple[tuple[str, Any], ...] = ()
     error: str = ""  # why the last pass could not plan or write this workload ("" when it could)
+
+
+@dataclass(frozen=True)
+class JobState:
+    """What the controller remembers of a Job between passes (Kubernetes keeps it in the
+    Job's status): when it started, the pods it has counted as finished, and how it ended.
+
+    `template` is the template hash the run is for: a Job whose template changes in git is
+    a new run (Kubernetes refuses the change; in git the new template is the new run)."""
+
+    job: ObjectKey
+    template: str
+    started_at: float | None = None  # None while suspended before it ever started
+    succeeded: int = 0
+    failed: int = 0  # pods counted against backoffLimit (restarts too, under OnFailure)
+    succeeded_indexes: tuple[int, ...] = ()  # completionMode Indexed
+    counted: tuple[str, ...] = ()  # names of finished pods already counted
+    created: int = 0  # pods created so far: each new pod's name takes the next number
+    last_failure_at: float = 0.0
+    condition: Literal["", "Complete", "Failed", "Suspended"] = ""
+    reason: str = ""  # why it ended or waits (`BackoffLimitExceeded: ...`)
+    finished_at: float | None = None
+    expired: bool = False  # ttlSecondsAfterFinished passed: its pods are deleted
+    error: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.condition in ("Complete", "Failed")
+
+
+# --- CronJobs and autoscalers ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CronRun:
+    """One Job a CronJob started."""
+
+    name: str  # the Job's name
+    scheduled_at: float  # epoch seconds of the schedule time it runs for
+    outcome: Literal["", "Complete", "Failed"] = ""  # "" while active
+
+
+@dataclass(frozen=True)
+class CronState:
+    """What a pass remembers for the next one."""
+
+    cronjob: ObjectKey
+    created_at: float  # when the CronJob first appeared (no runs for earlier times)
+    last_schedule: float | None = None  # scheduled time of the last run started
+    runs: tuple[CronRun, ...] = ()  # runs whose Job exists (active or kept in history), oldest first
+    reason: str = ""  # why the last pass did or did not start a run
+    error: str = ""  # why the CronJob cannot run at all (a bad spec); "" when it can
+
+
+@dataclass(frozen=True)
+class ContainerUsage:
+    """One container's latest sample."""
+
+    container: str
+    cpu_milli: float  # CPU used, millicores (a rate over the agent's sampling interval)
+    memory_bytes: int  # working set
+
+
+@dataclass(frozen=True)
+class PodUsage:
+    """A pod's latest sample, one entry per running container."""
+
+    pod: PodId
+    at: float  # when sampled
+    containers: tuple[ContainerUsage, ...]
+    # How long the CPU rate was measured over, ending at `at`: a starting pod's sample counts
+    # only when all of it was taken after the pod became ready.
+    window: float = 0.0
+
+
+@dataclass(frozen=True)
+class MetricStatus:
+    """One metric as this pass read it."""
+
+    name: str  # "cpu", "memory", or "cpu of container app"
+    current: str  # "83%" or "120m" / "300Mi"; "unknown" when it could not be read
+    target: str
+    proposal: int | None = None  # the replicas this metric alone asks for (None: not computed)
+
+
+@dataclass(frozen=True)
+class ScaleState:
+    """What one pass decided, and what the next pass needs to remember."""
+
+    hpa: ObjectKey
+    target: ObjectKey  # the scaleTargetRef (kind Deployment or StatefulSet, same namespace)
+    replicas: int  # the replica count the autoscaler wants now (what the target runs)
+    last_scale_at: float = 0.0
+    recommendations: tuple[tuple[float, int], ...] = ()  # (time, replicas) within the longest window
+    events: tuple[tuple[float, int], ...] = ()  # (time, replica change) for behavior policies
+    metrics: tuple[MetricStatus, ...] = ()
+    reason: str = ""  # why the last decision (kubectl describe hpa-like)
+    error: str = ""
+    unsupported: tuple[str, ...] = ()

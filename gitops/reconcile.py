@@ -17,13 +17,33 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
-from gitops.model import ClusterState, Manifest, ObjectKey, Placements, Pod, PodId, RolloutState, content_hash
+from gitops.model import (
+    ClusterState,
+    CronState,
+    JobState,
+    Manifest,
+    Node,
+    ObjectKey,
+    Placements,
+    Pod,
+    PodId,
+    RolloutState,
+    ScaleState,
+    content_hash,
+)
 from gitops.planner import Action, Plan, plan, resolve_template, rollouts
+from gitops.planner.actions import Workloads
+from gitops.planner.autoscale import autoscale
+from gitops.planner.cron import cron_step, job_manifest
 from gitops.planner.evict import evictions
 from gitops.planner.plan import configs_of
 from gitops.planner.rollout import advance, rollback_template
 from gitops.scheduler import place
+
+# The workload kinds whose template changes roll out (their `RolloutState` is kept).
+ROLLED_OUT = ("Deployment", "StatefulSet", "DaemonSet")
 
 
 @dataclass(frozen=True)
@@ -34,6 +54,14 @@ class Decision:
     evicted: tuple[Action, ...] = ()  # pods deleted at once: their node is gone too long
     placements: Placements = field(default_factory=Placements)
     rollouts: Mapping[ObjectKey, RolloutState] = field(default_factory=dict)
+    jobs: Mapping[ObjectKey, JobState] = field(default_factory=dict)  # every desired Job's state
+    crons: Mapping[ObjectKey, CronState] = field(default_factory=dict)  # every CronJob's state
+    scales: Mapping[ObjectKey, ScaleState] = field(default_factory=dict)  # every autoscaler's state
+
+    @property
+    def states(self) -> dict[ObjectKey, Any]:
+        """The Job, CronJob and autoscaler states the store keeps (`gitops.store.states`)."""
+        return {**self.jobs, **self.crons, **self.scales}
 
     @property
     def empty(self) -> bool:
@@ -52,16 +80,89 @@ def decide(state: ClusterState, now: float, *, not_ready_toleration: float = 60.
     gone = {a.pod.id for a in evicted}
     live = [p for p in pods if p.terminating_at is None and p.id not in gone]
     draining = {p.name for p in pods if p.terminating_at is not None} | {a.pod.name for a in evicted}
-    effective = [_rolled_back(m, state.rollouts.get(m.key)) for m in state.desired]
-    result = plan(effective, live, now=now, avoid=draining)
+    crons, cron_jobs, ended = _crons(state, now)
+    scales = _autoscale(state, live, now)
+    effective = [_rolled_back(m, state.rollouts.get(m.key)) for m in state.desired] + cron_jobs
+    context = Workloads(
+        now=now,
+        avoid=draining,
+        nodes=state.nodes,
+        rollouts=state.rollouts,
+        jobs=state.jobs,
+        replicas={s.target: s.replicas for s in scales.values()},
+        removed=ended,
+    )
+    result = plan(effective, live, context=context)
     # Stopping pods hold their node's resources until their agent reports them gone.
     bound = [p for p in pods if p.node is not None and p.id not in gone]
     pending: list[Pod] = [p for p in result.keep if p.node is None] + [a.pod for a in result.create]
     placements = place(pending, state.nodes, bound, state.claims)
     stopped = {a.pod.id for a in result.stop}
     after = [p for p in live if p.id not in stopped] + [a.pod for a in result.create]
-    states = _advance(state.desired, effective, state.rollouts, after, now, failed=result.failed)
-    return Decision(result, tuple(evicted), placements, states)
+    states = _advance(
+        state.desired,
+        effective,
+        state.rollouts,
+        after,
+        now,
+        failed=result.failed,
+        nodes=state.nodes,
+        replicas=context.replicas,
+    )
+    return Decision(result, tuple(evicted), placements, states, result.jobs, crons, scales)
+
+
+def _crons(
+    state: ClusterState, now: float
+) -> tuple[dict[ObjectKey, CronState], list[Manifest], dict[ObjectKey, str]]:
+    """Each CronJob's pass: its new state, the Jobs of its runs (desired like any Job), and
+    why each Job it let go (an old run past its history limit, one Replace ended) goes."""
+    crons: dict[ObjectKey, CronState] = {}
+    jobs: list[Manifest] = []
+    ended: dict[ObjectKey, str] = {}
+    for cronjob in sorted((m for m in state.desired if m.key.kind == "CronJob"), key=lambda m: m.key):
+        previous = state.crons.get(cronjob.key)
+        outcomes: dict[str, Literal["Complete", "Failed"]] = {}
+        for run in previous.runs if previous is not None else ():
+            job = state.jobs.get(ObjectKey("Job", cronjob.key.namespace, run.name))
+            if job is not None and job.condition in ("Complete", "Failed"):
+                outcomes[run.name] = "Complete" if job.condition == "Complete" else "Failed"
+        step = cron_step(cronjob, previous, outcomes, now)
+        crons[cronjob.key] = step.state
+        jobs += [job_manifest(cronjob, run) for run in step.state.runs]
+        for run, why in step.ended:
+            ended[ObjectKey("Job", cronjob.key.namespace, run.name)] = f"{cronjob.key}: {why}"
+    return crons, jobs, ended
+
+
+def _autoscale(state: ClusterState, live: Sequence[Pod], now: float) -> dict[ObjectKey, ScaleState]:
+    """Each autoscaler's pass: the replicas it sets its target to, and why."""
+    desired = {m.key: m for m in state.desired}
+    by_owner: dict[ObjectKey, list[Pod]] = {}
+    for pod in live:
+        by_owner.setdefault(pod.owner, []).append(pod)
+    scales: dict[ObjectKey, ScaleState] = {}
+    for hpa in sorted(
+        (m for m in state.desired if m.key.kind == "HorizontalPodAutoscaler"), key=lambda m: m.key
+    ):
+        ref = hpa.spec.get("scaleTargetRef") or {}
+        target = ObjectKey(str(ref.get("kind", "")), hpa.key.namespace, str(ref.get("name", "")))
+        previous = state.scales.get(hpa.key)
+        if previous is not None and previous.target != target:
+            previous = None  # a new target starts afresh
+        workload = desired.get(target)
+        if workload is None:
+            replicas = previous.replicas if previous is not None else 0
+            why = f"{target} is not in the source"
+            scales[hpa.key] = ScaleState(hpa.key, target, replicas, reason=why, error=why)
+            continue
+        current = previous.replicas if previous is not None else int(workload.spec.get("replicas", 1))
+        try:
+            scales[hpa.key] = autoscale(hpa, current, by_owner.get(target, []), state.usage, previous, now)
+        except Exception as exc:  # recorded on the autoscaler; its target keeps its replicas
+            base = previous or ScaleState(hpa.key, target, current)
+            scales[hpa.key] = dataclasses.replace(base, error=f"{type(exc).__name__}: {exc}")
+    return scales
 
 
 def settle(state: ClusterState, decision: Decision, now: float) -> ClusterState:
@@ -81,12 +182,20 @@ def settle(state: ClusterState, decision: Decision, now: float) -> ClusterState:
             )
         else:
             pods.append(pod if why is None else dataclasses.replace(pod, reason=why))
-    return dataclasses.replace(state, pods=tuple(pods), rollouts=dict(decision.rollouts), version="")
+    return dataclasses.replace(
+        state,
+        pods=tuple(pods),
+        rollouts=dict(decision.rollouts),
+        jobs=dict(decision.jobs),
+        crons=dict(decision.crons),
+        scales=dict(decision.scales),
+        version="",
+    )
 
 
 def _rolled_back(manifest: Manifest, state: RolloutState | None) -> Manifest:
     """The manifest to plan with: the source's, or its last good template when rolled back."""
-    template = rollback_template(state) if manifest.key.kind == "Deployment" else None
+    template = rollback_template(state) if manifest.key.kind in ROLLED_OUT else None
     if template is None:
         return manifest
     body = {**manifest.body, "spec": {**manifest.spec, "template": template}}
@@ -102,12 +211,16 @@ def _advance(
     now: float,
     *,
     failed: Mapping[ObjectKey, str],
+    nodes: Sequence[Node],
+    replicas: Mapping[ObjectKey, int],
 ) -> dict[ObjectKey, RolloutState]:
     configs = configs_of(desired)
-    statuses = {s.deployment: s for s in rollouts(effective, pods, now=now)}
+    rolled = sorted((m for m in effective if m.key.kind in ROLLED_OUT), key=lambda m: m.key)
+    found = rollouts(rolled, pods, now=now, nodes=nodes, replicas=replicas)
+    statuses = {(m.key.kind, s.deployment): s for m, s in zip(rolled, found, strict=True)}
     result = {}
     for manifest in desired:
-        if manifest.key.kind != "Deployment":
+        if manifest.key.kind not in ROLLED_OUT:
             continue
         previous = states.get(manifest.key)
         if manifest.key in failed:
@@ -115,6 +228,6 @@ def _advance(
             result[manifest.key] = dataclasses.replace(base, error=failed[manifest.key])
             continue
         target = resolve_template(manifest, configs).hash
-        state = advance(previous, manifest, target, statuses[manifest.key.ref], now=now)
+        state = advance(previous, manifest, target, statuses[(manifest.key.kind, manifest.key.ref)], now=now)
         result[manifest.key] = dataclasses.replace(state, error="") if state.error else state
     return result

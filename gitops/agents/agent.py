@@ -41,7 +41,7 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,7 @@ from gitops.agents.runtime import (
     RuntimeFailure,
     RuntimeUnavailable,
 )
+from gitops.agents.usage import ContainerUsage, UsageSampler
 from gitops.codec import decode_as, encode
 from gitops.loop import Backoff, Loop
 from gitops.model import (
@@ -350,6 +351,8 @@ class Agent:
     _host_resolv: HostResolv | None = None
     _dns_skipped: list[str] = field(default_factory=list)  # what the zone could not carry
     _log_streams: LogStreams | None = None  # the logs read for `gitops logs`, once asked for one
+    _usage: UsageSampler | None = None  # measures the containers' CPU and memory (`gitops.agents.usage`)
+    _usage_sent: Mapping[tuple[PodId, str], ContainerUsage] | None = None  # the figures last reported
 
     # --- control plane --------------------------------------------------------------
 
@@ -449,12 +452,16 @@ class Agent:
     def _sync_call(self, statuses: Sequence[PodStatus], *, runtime_error: str = "") -> dict[str, Any]:
         if not self._token:
             self.register()
-        payload = {
+        payload: dict[str, Any] = {
             "statuses": [encode(s) for s in statuses],
             "stopped": list(self._stopped),
             "proxy_problems": self._proxy_problems[:1000],
             "runtime_error": runtime_error,
         }
+        usage = self._usage.latest if self._usage is not None else None
+        if usage is not None and usage is not self._usage_sent:
+            payload["usage"] = usage_report(usage)
+            self._usage_sent = usage
         url = f"/agent/v1/nodes/{self.config.node}/sync"
         response = self.http.post(url, json=payload, headers={"Authorization": f"Bearer {self._token}"})
         if response.status_code == 401:
@@ -474,6 +481,11 @@ class Agent:
             self._runtime_down(str(exc))
             return
         self._runtime_back()
+        if self._usage is None:
+            self._usage = UsageSampler(self.runtime)
+        self._usage.poll(
+            (c.pod, c.container, c.id) for c in containers if c.running and c.container not in ("", INFRA)
+        )
         statuses = self._statuses(containers, self._assigned_cache)
         reply = self._sync_call(statuses)
         if reply.get("logs"):  # read in threads of their own: a followed log never holds up the tick
@@ -1265,3 +1277,22 @@ class Agent:
     def stop(self) -> None:
         self._stop.set()
         self.loop.trigger()
+        if self._usage is not None:
+            self._usage.close()
+
+
+def usage_report(figures: Mapping[tuple[PodId, str], ContainerUsage]) -> list[dict[str, Any]]:
+    """The figures of a sampler's pass as a sync request carries them: per pod, its containers."""
+    pods: dict[PodId, dict[str, Any]] = {}
+    for (pod, container), figure in sorted(figures.items()):
+        entry = pods.setdefault(pod, {"pod": pod, "at": figure.at, "window": figure.window, "containers": []})
+        entry["at"] = max(entry["at"], figure.at)
+        entry["window"] = min(entry["window"], figure.window)
+        entry["containers"].append(
+            {
+                "container": container,
+                "cpu_milli": round(figure.cpu_milli, 3),
+                "memory_bytes": figure.memory_bytes,
+            }
+        )
+    return list(pods.values())

@@ -15,6 +15,10 @@ container's options (`_security_options`; no swap beyond a memory limit).
 
 A runtime that cannot be reached (the Docker engine stopped) raises `RuntimeUnavailable`
 from `list`, which the agent reports as the node's condition.
+
+`usage` reads one container's counters once (`UsageSample`: CPU time used so far, memory
+working set), from Docker's one-shot stats; `gitops.agents.usage` turns two of them into a
+CPU rate.
 """
 
 from __future__ import annotations
@@ -99,6 +103,15 @@ class MountSpec:
     sub_path: str = ""  # of a volume: mount this folder of it (made when missing)
 
 
+@dataclass(frozen=True)
+class UsageSample:
+    """One reading of a running container's counters, as cAdvisor takes them for kubelet."""
+
+    cpu_ns: int  # CPU time used since the container started, all CPUs, in nanoseconds
+    at: float  # Unix time the counters were read
+    memory_working_set: int  # bytes: memory used less inactive file pages (what may be reclaimed)
+
+
 class NonRootRefused(RuntimeError):
     """runAsNonRoot is set and the container would run as root."""
 
@@ -174,6 +187,12 @@ class Runtime(Protocol):
         ...
 
     def logs_tail(self, container_id: str, lines: int = 20) -> str: ...
+
+    def usage(self, container_id: str) -> UsageSample | None:
+        """One reading of the container's CPU and memory counters; None when the container
+        is gone or not running (it has no counters then). Raises `RuntimeUnavailable` when the
+        runtime cannot be reached."""
+        ...
 
     def logs(
         self, container_id: str, *, tail: int | None = None, follow: bool = False, since: float = 0.0
@@ -272,6 +291,26 @@ def _security_options(container: Container) -> dict[str, Any]:
     return options
 
 
+def usage_from_stats(stats: dict[str, Any]) -> UsageSample | None:
+    """The `UsageSample` in one answer of Docker's stats API; None for a container that is
+    not running (Docker then answers with a zero read time and no counters).
+
+    The working set is kubelet's (cAdvisor's): memory use less the inactive file pages,
+    `total_inactive_file` under cgroup v1 and `inactive_file` under cgroup v2, and 0 rather
+    than negative.
+    """
+    read = _timestamp(stats.get("read"))
+    if not read:
+        return None
+    cpu = int(((stats.get("cpu_stats") or {}).get("cpu_usage") or {}).get("total_usage") or 0)
+    memory = stats.get("memory_stats") or {}
+    used = int(memory.get("usage") or 0)
+    counters = memory.get("stats") or {}
+    inactive = counters.get("total_inactive_file", counters.get("inactive_file"))  # cgroup v1, v2
+    working_set = max(used - int(inactive or 0), 0)
+    return UsageSample(cpu_ns=cpu, at=read, memory_working_set=working_set)
+
+
 def owner_label(pod: Pod) -> str:
     return f"{pod.owner.kind}/{pod.owner.namespace}/{pod.owner.name}"
 
@@ -284,15 +323,21 @@ def _unavailable(exc: BaseException) -> bool:
     return "Error while fetching server API version" in text or "is restarting" in text
 
 
+# Connections kept open to the engine: execs (8 at once), usage readings (`usage.WORKERS`
+# at once), log streams and the agent's own calls share them; docker-py keeps 10, and
+# discards (with a warning) every connection opened beyond that.
+POOL_SIZE = 64
+
+
 class DockerRuntime:
     """Runs pods as Docker containers on one engine."""
 
     def __init__(self, base_url: str | None = None, *, timeout: int = 120) -> None:
         self._exec_pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="exec")
         self.client = (
-            docker.DockerClient(base_url=base_url, timeout=timeout)
+            docker.DockerClient(base_url=base_url, timeout=timeout, max_pool_size=POOL_SIZE)
             if base_url
-            else docker.from_env(timeout=timeout)
+            else docker.from_env(timeout=timeout, max_pool_size=POOL_SIZE)
         )
 
     def ping(self) -> None:
@@ -700,6 +745,29 @@ class DockerRuntime:
         except docker.errors.APIError:
             return ""  # gone, or being removed: nothing worth reporting
         return data.decode(errors="replace")
+
+    def usage(self, container_id: str) -> UsageSample | None:
+        """From Docker's one-shot stats (API 1.41, Docker 20.10, on): one reading, not the two
+        a second apart that plain stats waits for. Docker 20.10 still answers at the next tick
+        of its stats collector (once a second): calls made together share a tick, so a caller
+        measuring many containers makes its calls at once (`gitops.agents.usage`)."""
+        try:
+            try:
+                stats = self.client.api.stats(container_id, stream=False, one_shot=True)
+            except docker.errors.InvalidVersion:
+                # An engine older than API 1.41 knows no one-shot: it waits two ticks.
+                stats = self.client.api.stats(container_id, stream=False)
+        except docker.errors.NotFound:
+            return None
+        except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
+            if _unavailable(exc):
+                raise RuntimeUnavailable(f"the Docker engine cannot be reached: {_short(exc)}") from exc
+            if isinstance(exc, docker.errors.APIError):
+                # Being removed or restarting: it has no counters to give now.
+                log.debug("runtime.usage_unreadable", container=container_id[:12], error=_short(exc))
+                return None
+            raise
+        return usage_from_stats(stats)
 
     def logs(
         self, container_id: str, *, tail: int | None = None, follow: bool = False, since: float = 0.0

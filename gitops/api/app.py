@@ -49,7 +49,7 @@ from gitops.api.readonly import install_read_only
 from gitops.codec import encode
 from gitops.health import Health
 from gitops.metrics import CONTENT_TYPE, Metrics
-from gitops.model import ContainerStatus, Node, NodeName, PodId, PodStatus, Taint
+from gitops.model import ContainerStatus, ContainerUsage, Node, NodeName, PodId, PodStatus, PodUsage, Taint
 from gitops.planner import all_endpoints
 from gitops.store import NodeNameTaken, PodRangeExhausted, Store
 
@@ -258,6 +258,19 @@ def create_app(
             runtime_error=request.runtime_error,
             adopt=adopt,
         )
+        if request.usage is not None:
+            store.record_usage(
+                name,
+                [
+                    PodUsage(
+                        PodId(u.pod),
+                        u.at,
+                        tuple(ContainerUsage(c.container, c.cpu_milli, c.memory_bytes) for c in u.containers),
+                        window=u.window,
+                    )
+                    for u in request.usage
+                ],
+            )
         if changed:
             on_report()
         if adopt and not request.runtime_error:

@@ -219,6 +219,23 @@ class LogChunkReply(BaseModel):
     cancelled: bool = False  # the reader is gone: stop reading the log
 
 
+class ContainerUsageModel(_Strict):
+    """One container's CPU (millicores, over the agent's sampling window) and memory working set."""
+
+    container: Annotated[str, Field(min_length=1, max_length=63)]
+    cpu_milli: Annotated[float, Field(ge=0, le=1e9)]
+    memory_bytes: Annotated[int, Field(ge=0, le=2**62)]
+
+
+class PodUsageModel(_Strict):
+    """What an agent measured of one pod's running containers."""
+
+    pod: PodIdText
+    at: float  # Unix time of the latest reading
+    window: Annotated[float, Field(ge=0, le=86400)] = 0.0  # seconds the CPU figures span
+    containers: Annotated[list[ContainerUsageModel], Field(max_length=64)] = []
+
+
 class SyncRequest(_Strict):
     """`POST /agent/v1/nodes/{name}/sync`: a heartbeat with the node's pod statuses, the
     terminating pods it has finished stopping, and the service rules its proxy had to skip."""
@@ -227,6 +244,8 @@ class SyncRequest(_Strict):
     stopped: Annotated[list[PodIdText], Field(max_length=MAX_PODS_PER_REPORT)] = []
     proxy_problems: Annotated[list[Annotated[str, Field(max_length=2000)]], Field(max_length=1000)] = []
     runtime_error: Annotated[str, Field(max_length=2000)] = ""  # why the container runtime is unreachable
+    # The containers' CPU and memory use, when the agent measured them again since its last report.
+    usage: Annotated[list[PodUsageModel], Field(max_length=MAX_PODS_PER_REPORT)] | None = None
 
 
 class SyncReply(BaseModel):

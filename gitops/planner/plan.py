@@ -19,62 +19,23 @@ workload is planned as usual.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
 
-from gitops.model import Manifest, ObjectKey, Pod, PodName
+from gitops.model import Manifest, Node, ObjectKey, Pod
+from gitops.planner.actions import BURST, Action, Plan, Workloads, merge, pod_name, stop_order
+from gitops.planner.daemonset import daemonset_status, plan_daemonset
+from gitops.planner.job import plan_job
 from gitops.planner.podspec import ConfigIndex, Template, describe_change, resolve_template
 from gitops.planner.rollout import RolloutStatus, rolling_step, rollout_status, strategy_of
+from gitops.planner.statefulset import plan_statefulset, statefulset_status
 
-_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # Kubernetes' safe alphabet: no vowels, no 0/1/3
-
-
-@dataclass(frozen=True)
-class Action:
-    pod: Pod
-    reason: str
-
-
-BURST = 500  # new pods one workload asks for in one pass
-
-
-@dataclass(frozen=True)
-class Plan:
-    create: tuple[Action, ...] = ()
-    stop: tuple[Action, ...] = ()
-    keep: tuple[Pod, ...] = ()
-    failed: Mapping[ObjectKey, str] = field(default_factory=dict)  # workloads that could not be planned
-    more: bool = False  # a workload wanted more than BURST new pods: plan again soon
-
-    @property
-    def empty(self) -> bool:
-        return not self.create and not self.stop
-
-    def describe(self) -> list[str]:
-        lines = [f"create {a.pod.id}: {a.reason}" for a in self.create]
-        lines += [f"stop {a.pod.id}: {a.reason}" for a in self.stop]
-        return lines
-
-
-def pod_suffix(template_hash: str, slot: int) -> str:
-    digest = hashlib.sha256(f"{template_hash}/{slot}".encode()).digest()
-    return "".join(_ALPHABET[b % len(_ALPHABET)] for b in digest[:5])
-
-
-def pod_name(deployment: str, template_hash: str, slot: int) -> PodName:
-    return PodName(f"{deployment}-{template_hash}-{pod_suffix(template_hash, slot)}")
+__all__ = ["BURST", "Action", "Plan", "Workloads", "configs_of", "plan", "pod_name", "rollouts"]
 
 
 def configs_of(desired: Iterable[Manifest]) -> ConfigIndex:
     return ConfigIndex((m.key, m) for m in desired if m.key.kind in ("ConfigMap", "Secret"))
-
-
-def _stop_order(pod: Pod) -> tuple[int, int, float, str]:
-    """Pods least worth keeping first: unplaced, then not ready, then newest."""
-    return (pod.node is not None, pod.ready, -pod.created_at, pod.name)
 
 
 def _new_pods(
@@ -110,13 +71,12 @@ def _new_pods(
     return pods
 
 
-def _plan_deployment(
-    deployment: Manifest, template: Template, owned: Sequence[Pod], now: float, avoid: AbstractSet[str]
-) -> Plan:
-    replicas = int(deployment.spec.get("replicas", 1))
+def _plan_deployment(deployment: Manifest, template: Template, owned: Sequence[Pod], ctx: Workloads) -> Plan:
+    now, avoid = ctx.now, ctx.avoid
+    replicas = ctx.replicas_of(deployment)
     strategy = strategy_of(deployment.spec, replicas)
-    current = sorted((p for p in owned if p.template_hash == template.hash), key=_stop_order, reverse=True)
-    outdated = sorted((p for p in owned if p.template_hash != template.hash), key=_stop_order)
+    current = sorted((p for p in owned if p.template_hash == template.hash), key=stop_order, reverse=True)
+    outdated = sorted((p for p in owned if p.template_hash != template.hash), key=stop_order)
     stop: list[Action] = []
     create: list[Action] = []
     keep = current[:replicas]
@@ -173,71 +133,97 @@ def _plan_deployment(
     )
 
 
+PlanWorkload = Callable[[Manifest, Template, Sequence[Pod], Workloads], Plan]
+PLANNERS: Mapping[str, PlanWorkload] = {
+    "Deployment": _plan_deployment,
+    "StatefulSet": plan_statefulset,
+    "DaemonSet": plan_daemonset,
+    "Job": plan_job,
+}
+"""The workload kinds that own pods, and the planner of each."""
+
+
 def plan(
     desired: Sequence[Manifest],
     pods: Sequence[Pod],
     *,
     now: float = 0.0,
     avoid: AbstractSet[str] = frozenset(),
+    context: Workloads | None = None,
 ) -> Plan:
     """Decide which pods to create, stop and keep so that `pods` converge on `desired`.
 
-    New pods never take a name in `avoid` (pods being stopped outside this plan).
+    New pods never take a name in `avoid` (pods being stopped outside this plan). `context`
+    (nodes, autoscaled replicas, rollout and Job states) replaces `now` and `avoid` when given.
     """
     configs = configs_of(desired)
+    ctx = dataclasses.replace(
+        context if context is not None else Workloads(now=now, avoid=avoid), configs=configs
+    )
     by_owner: Mapping[ObjectKey, list[Pod]] = defaultdict(list)
     for pod in pods:
         by_owner[pod.owner].append(pod)
-    create: list[Action] = []
-    stop: list[Action] = []
-    keep: list[Pod] = []
-    failed: dict[ObjectKey, str] = {}
-    more = False
-    deployments = sorted((m for m in desired if m.key.kind == "Deployment"), key=lambda m: m.key)
-    for deployment in deployments:
-        owned = by_owner.get(deployment.key, [])
+    parts: list[Plan] = []
+    workloads = sorted((m for m in desired if m.key.kind in PLANNERS), key=lambda m: m.key)
+    for workload in workloads:
+        owned = by_owner.get(workload.key, [])
         try:
-            template = resolve_template(deployment, configs)
-            part = _plan_deployment(deployment, template, owned, now, avoid)
+            template = resolve_template(workload, configs)
+            parts.append(PLANNERS[workload.key.kind](workload, template, owned, ctx))
         except Exception as exc:  # one workload's failure must not stop the others
-            failed[deployment.key] = f"{type(exc).__name__}: {exc}"
-            keep += owned  # what runs keeps running
-            continue
-        more |= part.more
-        create += part.create
-        stop += part.stop
-        keep += part.keep
-    wanted = {d.key for d in deployments}
+            previous = ctx.jobs.get(workload.key)
+            jobs = {workload.key: previous} if previous is not None else {}
+            # What runs keeps running.
+            parts.append(
+                Plan(keep=tuple(owned), failed={workload.key: f"{type(exc).__name__}: {exc}"}, jobs=jobs)
+            )
+    wanted = {d.key for d in workloads}
+    stop: list[Action] = []
     for owner in sorted(set(by_owner) - wanted):
+        why = ctx.removed.get(owner, f"{owner} was removed from the source")
         for pod in sorted(by_owner[owner], key=lambda p: p.name):
-            stop.append(Action(pod, f"{owner} was removed from the source"))
-    return Plan(create=tuple(create), stop=tuple(stop), keep=tuple(keep), failed=failed, more=more)
+            stop.append(Action(pod, why))
+    parts.append(Plan(stop=tuple(stop)))
+    return merge(parts)
 
 
-def rollouts(desired: Sequence[Manifest], pods: Sequence[Pod], *, now: float) -> list[RolloutStatus]:
-    """Rollout status of every Deployment in `desired` (one that cannot be resolved says so
-    in its step, and the others are unaffected)."""
+def rollouts(
+    desired: Sequence[Manifest],
+    pods: Sequence[Pod],
+    *,
+    now: float,
+    nodes: Sequence[Node] = (),
+    replicas: Mapping[ObjectKey, int] | None = None,
+) -> list[RolloutStatus]:
+    """Rollout status of every Deployment, StatefulSet and DaemonSet in `desired` (one that
+    cannot be resolved says so in its step, and the others are unaffected). `nodes` are
+    the nodes DaemonSets run on; `replicas` the counts autoscalers set."""
     configs = configs_of(desired)
     by_owner: Mapping[ObjectKey, list[Pod]] = defaultdict(list)
     for pod in pods:
         by_owner[pod.owner].append(pod)
     result = []
-    for deployment in sorted((m for m in desired if m.key.kind == "Deployment"), key=lambda m: m.key):
-        replicas = (
-            int(deployment.spec.get("replicas", 1)) if _is_count(deployment.spec.get("replicas", 1)) else 0
-        )
-        owned = by_owner.get(deployment.key, [])
+    kinds = ("Deployment", "StatefulSet", "DaemonSet")
+    for workload in sorted((m for m in desired if m.key.kind in kinds), key=lambda m: m.key):
+        written = workload.spec.get("replicas", 1)
+        count = (replicas or {}).get(workload.key, int(written) if _is_count(written) else 0)
+        owned = by_owner.get(workload.key, [])
         try:
-            template = resolve_template(deployment, configs)
+            template = resolve_template(workload, configs)
         except Exception as exc:  # reported on the workload; the others go on
-            status = rollout_status(deployment.key.ref, replicas, deployment.spec, "", owned, now=now)
+            status = rollout_status(workload.key.ref, count, workload.spec, "", owned, now=now)
             result.append(
                 dataclasses.replace(status, complete=False, step=f"error: {type(exc).__name__}: {exc}")
             )
             continue
-        result.append(
-            rollout_status(deployment.key.ref, replicas, deployment.spec, template.hash, owned, now=now)
-        )
+        if workload.key.kind == "StatefulSet":
+            result.append(statefulset_status(workload, template.hash, owned, count, now=now))
+        elif workload.key.kind == "DaemonSet":
+            result.append(daemonset_status(workload, template.hash, owned, nodes, now=now))
+        else:
+            result.append(
+                rollout_status(workload.key.ref, count, workload.spec, template.hash, owned, now=now)
+            )
     return result
 
 

@@ -362,7 +362,7 @@ def _security(pod: Mapping[str, Any], container: Mapping[str, Any]) -> SecurityC
     )
 
 
-def _tolerations(pod: Mapping[str, Any]) -> tuple[Toleration, ...]:
+def tolerations_of(pod: Mapping[str, Any]) -> tuple[Toleration, ...]:
     result = []
     for t in pod.get("tolerations") or []:
         result.append(
@@ -556,9 +556,28 @@ def _container(
     return resolved, hidden_env
 
 
+def pod_template(workload: Manifest) -> Mapping[str, Any]:
+    """A workload's pod template (`spec.template`). A StatefulSet's `volumeClaimTemplates`
+    are volumes of it, each a claim named `<template>-<set>` here (each pod's own claim,
+    `<template>-<set>-<ordinal>`, is set by the StatefulSet's planner)."""
+    template = workload.spec.get("template") or {}
+    if workload.key.kind != "StatefulSet":
+        return template
+    pod = dict(template.get("spec") or {})
+    declared = {v.get("name") for v in pod.get("volumes") or []}
+    claims = [
+        {"name": name, "persistentVolumeClaim": {"claimName": f"{name}-{workload.key.name}"}}
+        for t in workload.spec.get("volumeClaimTemplates") or []
+        if (name := (t.get("metadata") or {}).get("name")) and name not in declared
+    ]
+    if not claims:
+        return template
+    return {**template, "spec": {**pod, "volumes": [*(pod.get("volumes") or []), *claims]}}
+
+
 def _resolve(deployment: Manifest, configs: Configs) -> Template:
     namespace = deployment.key.namespace
-    template = deployment.spec.get("template") or {}
+    template = pod_template(deployment)
     pod = template.get("spec") or {}
     uses: set[ObjectKey] = set()
     hidden_env: dict[str, dict[str, str]] = {}
@@ -588,7 +607,7 @@ def _resolve(deployment: Manifest, configs: Configs) -> Template:
         volumes=_volumes(pod, namespace),
         restart_policy=pod.get("restartPolicy", "Always"),
         node_selector=tuple(sorted((str(k), str(v)) for k, v in (pod.get("nodeSelector") or {}).items())),
-        tolerations=_tolerations(pod),
+        tolerations=tolerations_of(pod),
         termination_grace_period_seconds=int(pod.get("terminationGracePeriodSeconds", 30)),
         hostname=str(pod.get("hostname", "")),
         subdomain=str(pod.get("subdomain", "")),
@@ -607,6 +626,7 @@ def _resolve(deployment: Manifest, configs: Configs) -> Template:
         if wants_annotations
         else (),
         pull_auths=_pull_auths(pod, namespace, configs),
+        node_name=str(pod.get("nodeName") or ""),
     )
     labels = tuple(
         sorted((str(k), str(v)) for k, v in ((template.get("metadata") or {}).get("labels") or {}).items())
@@ -630,6 +650,7 @@ UNHASHED_DEFAULTS: dict[str, Any] = {
     "host_pid": False,
     "host_ipc": False,
     "annotations": [],
+    "node_name": "",
 }
 UNHASHED_CONTAINER_DEFAULTS: dict[str, Any] = {
     "termination_message_path": "/dev/termination-log",

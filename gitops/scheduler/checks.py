@@ -29,7 +29,7 @@ from typing import Protocol
 
 import numpy as np
 
-from gitops.model import Pod, PodSpec, Taint, Toleration
+from gitops.model import NodeName, Pod, PodSpec, Taint, Toleration
 from gitops.scheduler.cluster import BoolArray, Cluster, FloatArray, Usage
 
 HARD_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
@@ -87,6 +87,23 @@ class Scorer(Protocol):
     def score(self, usage: Usage, pod: Pod) -> FloatArray:
         """A score for every node (only feasible nodes' scores are looked at)."""
         ...
+
+
+@dataclass(frozen=True)
+class NodeNameMatches:
+    """A pod that names its node (`spec.nodeName`; a DaemonSet's pods do) goes there only."""
+
+    reason: str = "not the node the pod names"
+    static: bool = True
+
+    def mask(self, usage: Usage, spec: PodSpec) -> BoolArray:
+        if not spec.node_name:
+            return usage.all_nodes
+        mask = np.zeros(len(usage.cluster), dtype=np.bool_)
+        i = usage.cluster.index.get(NodeName(spec.node_name))
+        if i is not None:
+            mask[i] = True
+        return mask
 
 
 @dataclass(frozen=True)
@@ -284,6 +301,7 @@ class SoftTaints:
 
 
 CHECKS: tuple[Check, ...] = (
+    NodeNameMatches(),
     NodeReady(),
     ClaimsOnNode(),
     NodeSelectorMatches(),

@@ -55,6 +55,7 @@ class Cluster:
     owner_pods: Mapping[ObjectKey, IntArray]  # owner -> pods of that owner per node
     host_ports: Mapping[tuple[int, str], BoolArray]  # (hostPort, protocol) -> taken per node
     claim_nodes: Mapping[str, int]  # claim -> the node holding its volume (-1: not a node here)
+    index: Mapping[NodeName, int]  # node name -> its index
 
     @classmethod
     def build(
@@ -120,6 +121,7 @@ class Cluster:
             owner_pods={owner: _frozen(array) for owner, array in owner_pods.items()},
             host_ports={claim: _frozen(array) for claim, array in host_ports.items()},
             claim_nodes=claim_nodes,
+            index=index,
         )
 
     def __len__(self) -> int:

@@ -1,14 +1,19 @@
 """Rules of one document that a JSON Schema cannot say well.
 
-Names and labels in Kubernetes' syntax, a Deployment's selector against its template,
-unique container names, quantities and request <= limit, volume mounts against declared
-volumes, a pod's DNS settings, Service port names and what each Service type allows
-(ports optional only when headless or ExternalName, nodePorts only on NodePort and
-LoadBalancer, ...), base64 in Secrets, and what the server's `Policy` allows (hostPath
-volumes only under the folders its operator named). `node_port_claims` says which ports a
-Service takes on every node, for the check across objects in `validate`. Each check reads
-the plain body defensively (the schema may already have found it malformed) and returns
-`Finding`s: a field path and a message; `validate` turns them into located diagnostics.
+Names and labels in Kubernetes' syntax, a workload's selector against its pod template, the
+restartPolicy each workload kind allows (Always for Deployments, StatefulSets and
+DaemonSets; Never or OnFailure, written out, for Jobs and CronJobs' job templates), update
+strategies, a StatefulSet's claim templates against its volumes, a Job's completion mode and
+failure policy, a CronJob's schedule and time zone (`cron`), unique container names,
+quantities and request <= limit, volume mounts against declared volumes, a pod's DNS
+settings, Service port names and what each Service type allows (ports optional only when
+headless or ExternalName, nodePorts only on NodePort and LoadBalancer, ...), base64 in
+Secrets, and what the server's `Policy` allows in every workload's pod template (hostPath
+volumes only under the folders its operator named; privileged containers and host namespaces
+only if allowed). `node_port_claims` says which ports a Service takes on every node, for the
+check across objects in `validate`. Each check reads the plain body defensively (the schema
+may already have found it malformed) and returns `Finding`s: a field path and a message;
+`validate` turns them into located diagnostics.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ import posixpath
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
+from .cron import SCHEDULE_HELP, TZ_HELP, schedule_problem, time_zone_problem
 from .loader import FieldPath, format_path
 from .quantity import QuantityError, parse_cpu, parse_memory
 from .schema import describe_value
@@ -29,6 +35,7 @@ __all__ = [
     "DEFAULT_POLICY",
     "EXPOSED_TYPES",
     "NODE_PORTS",
+    "WORKLOAD_KINDS",
     "Finding",
     "NodePortClaim",
     "Policy",
@@ -39,6 +46,8 @@ __all__ = [
     "label_selector_matches",
     "node_port_claims",
     "normal_host_path",
+    "pod_spec",
+    "pod_template_path",
     "under_prefix",
 ]
 
@@ -137,6 +146,26 @@ def _items(value: object, path: FieldPath) -> Iterator[tuple[FieldPath, Mapping[
             yield (*path, index), item
 
 
+# --- where each workload kind keeps its pods ----------------------------------------------
+
+WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"})
+"""The kinds that run pods from a pod template."""
+
+
+def pod_template_path(kind: str) -> FieldPath:
+    """Where a workload of `kind` keeps its pod template (a CronJob: in its job template)."""
+    return ("spec", "jobTemplate", "spec", "template") if kind == "CronJob" else ("spec", "template")
+
+
+def pod_spec(kind: str, body: Mapping[str, Any]) -> tuple[FieldPath, Mapping[str, Any]]:
+    """The path of the pod spec of a workload of `kind`, and that spec as written ({} if absent)."""
+    path: FieldPath = (*pod_template_path(kind), "spec")
+    node: Mapping[str, Any] = body
+    for part in path:
+        node = _map(node.get(str(part)))
+    return path, node
+
+
 # --- names and labels -------------------------------------------------------------------
 
 
@@ -212,40 +241,42 @@ def label_selector_matches(selector: Mapping[str, Any], labels: Mapping[str, Any
     return True
 
 
-def _check_selector_syntax(selector: Mapping[str, Any]) -> Iterator[Finding]:
-    yield from _check_labels(selector.get("matchLabels"), ("spec", "selector", "matchLabels"))
-    expressions = _items(selector.get("matchExpressions"), ("spec", "selector", "matchExpressions"))
-    for path, expression in expressions:
+def _check_selector_syntax(selector: Mapping[str, Any], path: FieldPath) -> Iterator[Finding]:
+    yield from _check_labels(selector.get("matchLabels"), (*path, "matchLabels"))
+    expressions = _items(selector.get("matchExpressions"), (*path, "matchExpressions"))
+    for item_path, expression in expressions:
         operator, values = expression.get("operator"), expression.get("values")
         key = expression.get("key")
         if isinstance(key, str) and key and not is_label_key(key):
-            yield Finding((*path, "key"), f"expected {LABEL_KEY_HELP}, got {describe_value(key)}")
+            yield Finding((*item_path, "key"), f"expected {LABEL_KEY_HELP}, got {describe_value(key)}")
         if operator in ("In", "NotIn") and not _list(values):
-            yield Finding(path, f'expected a non-empty "values" list for operator {operator}')
+            yield Finding(item_path, f'expected a non-empty "values" list for operator {operator}')
         if operator in ("Exists", "DoesNotExist") and values:
             yield Finding(
-                (*path, "values"), f"expected no values for operator {operator}, got {describe_value(values)}"
+                (*item_path, "values"),
+                f"expected no values for operator {operator}, got {describe_value(values)}",
             )
 
 
-def _check_selector(spec: Mapping[str, Any]) -> Iterator[Finding]:
+def _check_selector(spec: Mapping[str, Any], base: FieldPath = ("spec",)) -> Iterator[Finding]:
+    """A workload's selector (in `spec` at `base`) is well formed, not empty, and selects
+    the labels of its own pod template, as Kubernetes requires of every workload kind."""
     selector = spec.get("selector")
     if not isinstance(selector, Mapping):
         return
-    findings = list(_check_selector_syntax(selector))
+    path: FieldPath = (*base, "selector")
+    findings = list(_check_selector_syntax(selector, path))
     yield from findings
     if findings:
         return  # whether a malformed selector matches its template is not a useful question
     if not _map(selector.get("matchLabels")) and not _list(selector.get("matchExpressions")):
-        yield Finding(("spec", "selector"), "expected a non-empty selector (matchLabels or matchExpressions)")
+        yield Finding(path, "expected a non-empty selector (matchLabels or matchExpressions)")
         return
     template_labels = _map(_map(_map(spec.get("template")).get("metadata")).get("labels"))
     if not label_selector_matches(selector, template_labels):
         shown = ", ".join(f"{k}={v}" for k, v in template_labels.items()) or "none"
-        yield Finding(
-            ("spec", "selector"),
-            f"selector does not match the pod template's labels (spec.template.metadata.labels: {shown})",
-        )
+        where = format_path((*base, "template", "metadata", "labels"))
+        yield Finding(path, f"selector does not match the pod template's labels ({where}: {shown})")
 
 
 # --- deployments --------------------------------------------------------------------------
@@ -328,11 +359,11 @@ def _check_volume_sources(volume: Mapping[str, Any], path: FieldPath) -> Iterato
 HOST_PATH_HELP = "gitops serve --allow-host-path"
 
 
-def check_host_paths(body: Mapping[str, Any], policy: Policy) -> Iterator[Finding]:
-    """A Deployment's hostPath volumes lie under the folders `policy` allows: a pod gets
+def check_host_paths(body: Mapping[str, Any], policy: Policy, kind: str = "Deployment") -> Iterator[Finding]:
+    """A workload's hostPath volumes lie under the folders `policy` allows: a pod gets
     at the node's files only where the server's operator said it may."""
-    path: FieldPath = ("spec", "template", "spec", "volumes")
-    pod = _map(_map(_map(body.get("spec")).get("template")).get("spec"))
+    base, pod = pod_spec(kind, body)
+    path: FieldPath = (*base, "volumes")
     allowed = ", ".join(policy.host_paths) or "none"
     for volume_path, volume in _items(pod.get("volumes"), path):
         written = _map(volume.get("hostPath")).get("path")
@@ -352,19 +383,18 @@ def check_host_paths(body: Mapping[str, Any], policy: Policy) -> Iterator[Findin
 PRIVILEGED_HELP = "gitops serve --allow-privileged"
 
 
-def check_privileged(body: Mapping[str, Any], policy: Policy) -> Iterator[Finding]:
+def check_privileged(body: Mapping[str, Any], policy: Policy, kind: str = "Deployment") -> Iterator[Finding]:
     """Privileged containers and the host's process and IPC namespaces only where the
     server allows them."""
     if policy.privileged:
         return
-    base: FieldPath = ("spec", "template", "spec")
-    pod = _map(_map(_map(body.get("spec")).get("template")).get("spec"))
+    base, pod = pod_spec(kind, body)
     for field in ("hostPID", "hostIPC"):
         if pod.get(field) is True:
             refused = f"the host's namespaces are refused unless the server allows them ({PRIVILEGED_HELP})"
             yield Finding((*base, field), f"{refused}, got true")
-    for kind in ("initContainers", "containers"):
-        for container_path, container in _items(pod.get(kind), (*base, kind)):
+    for field in ("initContainers", "containers"):
+        for container_path, container in _items(pod.get(field), (*base, field)):
             if _map(container.get("securityContext")).get("privileged") is True:
                 yield Finding(
                     (*container_path, "securityContext", "privileged"),
@@ -376,16 +406,15 @@ def check_privileged(body: Mapping[str, Any], policy: Policy) -> Iterator[Findin
 VOLUME_SOURCES = ("configMap", "secret", "emptyDir", "downwardAPI", "persistentVolumeClaim", "hostPath")
 
 
-def _check_pod(spec: Mapping[str, Any], path: FieldPath) -> Iterator[Finding]:
+def _check_pod(
+    spec: Mapping[str, Any], path: FieldPath, claims: Mapping[str, FieldPath] | None = None
+) -> Iterator[Finding]:
+    """The rules of a pod template's spec at `path`; `claims` are a StatefulSet's
+    volumeClaimTemplates by name, which its containers mount like volumes."""
+    claims = claims or {}
     containers = [*_items(spec.get("initContainers"), (*path, "initContainers"))]
     containers += _items(spec.get("containers"), (*path, "containers"))
     yield from _check_container_names(spec, path)
-    restart = spec.get("restartPolicy")
-    if restart in ("OnFailure", "Never"):
-        yield Finding(
-            (*path, "restartPolicy"),
-            f'expected "Always" (a Deployment always restarts its pods), got {describe_value(restart)}',
-        )
     yield from _check_labels(spec.get("nodeSelector"), (*path, "nodeSelector"))
     yield from _check_dns_config(spec, path)
     volumes: dict[str, FieldPath] = {}
@@ -408,9 +437,11 @@ def _check_pod(spec: Mapping[str, Any], path: FieldPath) -> Iterator[Finding]:
         yield from _check_host_ports(container, container_path)
         for mount_path, mount in _items(container.get("volumeMounts"), (*container_path, "volumeMounts")):
             name = mount.get("name")
-            if isinstance(name, str) and name not in volumes:
-                declared = ", ".join(volumes) or "none"
+            if isinstance(name, str) and name not in volumes and name not in claims:
+                declared = ", ".join([*volumes, *(c for c in claims if c not in volumes)]) or "none"
                 where = format_path((*path, "volumes"))
+                if claims:
+                    where += " or spec.volumeClaimTemplates"
                 yield Finding(
                     (*mount_path, "name"),
                     f'volume "{name}" is not declared in {where} (declared: {declared})',
@@ -492,7 +523,33 @@ def _check_strategy(spec: Mapping[str, Any]) -> Iterator[Finding]:
 
 
 def _is_zero(value: object) -> bool:
-    return (isinstance(value, int) and not isinstance(value, bool) and value == 0) or value == "0%"
+    """Whether an int-or-percent (maxSurge, maxUnavailable) is 0 or 0%."""
+    if isinstance(value, str) and value.endswith("%") and value[:-1].isascii() and value[:-1].isdigit():
+        return int(value[:-1]) == 0
+    return isinstance(value, int) and not isinstance(value, bool) and value == 0
+
+
+def _check_template(
+    spec: Mapping[str, Any], base: FieldPath, claims: Mapping[str, FieldPath] | None = None
+) -> Iterator[Finding]:
+    """The pod template in `spec` (at `base`): its labels, annotations and pod spec."""
+    template = _map(spec.get("template"))
+    template_meta = _map(template.get("metadata"))
+    yield from _check_labels(template_meta.get("labels"), (*base, "template", "metadata", "labels"))
+    yield from _check_labels(
+        template_meta.get("annotations"), (*base, "template", "metadata", "annotations"), values=False
+    )
+    yield from _check_pod(_map(template.get("spec")), (*base, "template", "spec"), claims)
+
+
+def _check_restarts_always(kind: str, body: Mapping[str, Any]) -> Iterator[Finding]:
+    path, pod = pod_spec(kind, body)
+    restart = pod.get("restartPolicy")
+    if restart in ("OnFailure", "Never"):
+        yield Finding(
+            (*path, "restartPolicy"),
+            f'expected "Always" (a {kind} always restarts its pods), got {describe_value(restart)}',
+        )
 
 
 def _check_deployment(body: Mapping[str, Any]) -> Iterator[Finding]:
@@ -500,13 +557,308 @@ def _check_deployment(body: Mapping[str, Any]) -> Iterator[Finding]:
     spec = _map(body.get("spec"))
     yield from _check_selector(spec)
     yield from _check_strategy(spec)
-    template = _map(spec.get("template"))
-    template_meta = _map(template.get("metadata"))
-    yield from _check_labels(template_meta.get("labels"), ("spec", "template", "metadata", "labels"))
-    yield from _check_labels(
-        template_meta.get("annotations"), ("spec", "template", "metadata", "annotations"), values=False
+    yield from _check_template(spec, ("spec",))
+    yield from _check_restarts_always("Deployment", body)
+
+
+# --- statefulsets, daemonsets, jobs, cronjobs ------------------------------------------------
+
+
+def _check_statefulset(body: Mapping[str, Any]) -> Iterator[Finding]:
+    yield from _check_metadata(body, dns1035=False)
+    name = _map(body.get("metadata")).get("name")
+    if isinstance(name, str) and is_subdomain(name) and "." in name:
+        yield Finding(
+            ("metadata", "name"),
+            "expected a name without '.' (each pod's hostname is <name>-<ordinal>, a DNS-1123 label), "
+            f"got {describe_value(name)}",
+        )
+    spec = _map(body.get("spec"))
+    yield from _check_selector(spec)
+    claims: dict[str, FieldPath] = {}
+    for claim_path, claim in _items(spec.get("volumeClaimTemplates"), ("spec", "volumeClaimTemplates")):
+        meta = _map(claim.get("metadata"))
+        yield from _check_labels(meta.get("labels"), (*claim_path, "metadata", "labels"))
+        claim_name = meta.get("name")
+        if not isinstance(claim_name, str) or not claim_name:
+            continue
+        yield from _check_name(claim_name, (*claim_path, "metadata", "name"), dns1035=False)
+        if claim_name in claims:
+            yield Finding(
+                (*claim_path, "metadata", "name"),
+                f'duplicate claim template name "{claim_name}" (also {format_path(claims[claim_name])})',
+            )
+        claims.setdefault(claim_name, claim_path)
+    yield from _check_template(spec, ("spec",), claims)
+    yield from _check_restarts_always("StatefulSet", body)
+    pod_path, pod = pod_spec("StatefulSet", body)
+    for volume_path, volume in _items(pod.get("volumes"), (*pod_path, "volumes")):
+        volume_name = volume.get("name")
+        if isinstance(volume_name, str) and volume_name in claims:
+            yield Finding(
+                (*volume_path, "name"),
+                f'volume "{volume_name}" has the name of the claim template '
+                f"{format_path(claims[volume_name])}, which would replace it in every pod; "
+                "expected names distinct from the volumeClaimTemplates",
+            )
+    strategy = _map(spec.get("updateStrategy"))
+    rolling = strategy.get("rollingUpdate")
+    if strategy.get("type") == "OnDelete" and rolling is not None:
+        yield Finding(
+            ("spec", "updateStrategy", "rollingUpdate"),
+            'expected no rollingUpdate when type is "OnDelete" (only allowed for type "RollingUpdate")',
+        )
+    unavailable = _map(rolling).get("maxUnavailable")
+    if _is_zero(unavailable):
+        yield Finding(
+            ("spec", "updateStrategy", "rollingUpdate", "maxUnavailable"),
+            "expected an integer >= 1 or a percentage >= 1% (a rolling update takes at least one pod "
+            f"down at a time), got {describe_value(unavailable)}",
+        )
+
+
+def _check_daemonset(body: Mapping[str, Any]) -> Iterator[Finding]:
+    yield from _check_metadata(body, dns1035=False)
+    spec = _map(body.get("spec"))
+    yield from _check_selector(spec)
+    yield from _check_template(spec, ("spec",))
+    yield from _check_restarts_always("DaemonSet", body)
+    strategy = _map(spec.get("updateStrategy"))
+    rolling = strategy.get("rollingUpdate")
+    path: FieldPath = ("spec", "updateStrategy", "rollingUpdate")
+    if strategy.get("type") == "OnDelete" and rolling is not None:
+        yield Finding(path, f"{IGNORED_FOR} type OnDelete", at_key=True, warning=True)
+        return
+    rolling = _map(rolling)
+    # Kubernetes' defaults for a DaemonSet: maxUnavailable 1, maxSurge 0.
+    if _is_zero(rolling.get("maxUnavailable", 1)) and _is_zero(rolling.get("maxSurge", 0)):
+        yield Finding(
+            (*path, "maxUnavailable"),
+            "may not be 0 when `maxSurge` is 0 (expected maxUnavailable > 0, or maxSurge > 0: "
+            "the rollout could never replace a pod)",
+        )
+
+
+JOB_NAME_MAX = 63
+"""A Job's name is the value of its pods' `batch.kubernetes.io/job-name` label."""
+CRON_JOB_NAME_MAX = 52
+"""A CronJob's Jobs are named `<name>-<11 characters>`, and a Job name has at most 63."""
+
+
+def _mask_trailing_dash(prefix: str) -> str:
+    """A generateName prefix as Kubernetes validates it: its trailing '-' stands for a letter."""
+    return prefix[:-1] + "a" if len(prefix) > 1 and prefix.endswith("-") else prefix
+
+
+def _check_job(body: Mapping[str, Any]) -> Iterator[Finding]:
+    yield from _check_metadata(body, dns1035=False)
+    metadata = _map(body.get("metadata"))
+    name, prefix = metadata.get("name"), metadata.get("generateName")
+    if (
+        isinstance(body.get("metadata"), Mapping)
+        and "name" not in metadata
+        and "generateName" not in metadata
+    ):
+        yield Finding(("metadata", "name"), "required field is missing (or set generateName: a name prefix)")
+    if isinstance(name, str) and len(name) > JOB_NAME_MAX:
+        yield Finding(
+            ("metadata", "name"),
+            f"expected at most {JOB_NAME_MAX} characters (the value of its pods' job-name label), "
+            f"got {len(name)}",
+        )
+    if not name and isinstance(prefix, str) and prefix and not is_subdomain(_mask_trailing_dash(prefix)):
+        yield Finding(
+            ("metadata", "generateName"),
+            f"expected the start of {SUBDOMAIN_HELP}; it may end with '-', got {describe_value(prefix)}",
+        )
+    spec = body.get("spec")
+    if isinstance(spec, Mapping):
+        yield from _check_job_spec(spec, ("spec",))
+
+
+def _check_job_spec(spec: Mapping[str, Any], base: FieldPath) -> Iterator[Finding]:
+    """The rules of a Job's spec at `base` (a Job's, or a CronJob's job template's)."""
+    mode = spec.get("completionMode", "NonIndexed")
+    indexed = mode == "Indexed"
+    mode_shown = (
+        f"this Job's is {describe_value(mode)}"
+        if "completionMode" in spec
+        else 'this Job\'s is "NonIndexed", the default'
     )
-    yield from _check_pod(_map(template.get("spec")), ("spec", "template", "spec"))
+    if indexed and "completions" not in spec:
+        yield Finding(
+            (*base, "completions"),
+            'required field is missing when completionMode is "Indexed" (expected the number of indexes)',
+        )
+    for field in ("backoffLimitPerIndex", "maxFailedIndexes", "successPolicy"):
+        if field in spec and not indexed:
+            yield Finding((*base, field), f'requires completionMode "Indexed" ({mode_shown})')
+    if indexed and "maxFailedIndexes" in spec and "backoffLimitPerIndex" not in spec:
+        yield Finding(
+            (*base, "backoffLimitPerIndex"), "required field is missing when maxFailedIndexes is set"
+        )
+    completions, most = spec.get("completions"), spec.get("maxFailedIndexes")
+    if indexed and _is_int(completions) and _is_int(most) and most > completions:
+        yield Finding(
+            (*base, "maxFailedIndexes"), f"expected at most completions ({completions}), got {most}"
+        )
+    yield from _check_job_selector(spec, base)
+    yield from _check_template(spec, base)
+    template = _map(spec.get("template"))
+    pod = template.get("spec")
+    if not isinstance(pod, Mapping):
+        return  # the schema says so
+    pod_path: FieldPath = (*base, "template", "spec")
+    yield from _check_job_restarts(spec, pod, pod_path)
+    yield from _check_pod_failure_policy(spec, pod, base)
+    for rule_path, rule in _items(
+        _map(spec.get("successPolicy")).get("rules"), (*base, "successPolicy", "rules")
+    ):
+        if "succeededIndexes" not in rule and "succeededCount" not in rule:
+            yield Finding(rule_path, "expected at least one of succeededIndexes or succeededCount")
+        count = rule.get("succeededCount")
+        if _is_int(count) and _is_int(completions) and count > completions:
+            yield Finding(
+                (*rule_path, "succeededCount"), f"expected at most completions ({completions}), got {count}"
+            )
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_job_selector(spec: Mapping[str, Any], base: FieldPath) -> Iterator[Finding]:
+    """Kubernetes writes a Job's selector itself (on a label with the Job's uid) unless
+    `manualSelector: true` says the one written is meant; it refuses a written selector
+    without it ("`selector` not auto-generated")."""
+    manual = spec.get("manualSelector") is True
+    if "selector" not in spec:
+        if manual:
+            yield Finding((*base, "selector"), "required field is missing when manualSelector is true")
+        return
+    if not manual:
+        yield Finding(
+            (*base, "selector"),
+            "expected manualSelector: true with a selector (Kubernetes generates a Job's selector and "
+            "refuses one written without it), or no selector",
+        )
+        return
+    yield from _check_selector(spec, base)
+
+
+def _check_job_restarts(
+    spec: Mapping[str, Any], pod: Mapping[str, Any], path: FieldPath
+) -> Iterator[Finding]:
+    """A Job's pods run to completion: restartPolicy must say so, since the default,
+    Always, is not valid for a Job."""
+    restart = pod.get("restartPolicy")
+    where: FieldPath = (*path, "restartPolicy")
+    if restart is None:
+        yield Finding(
+            where,
+            'required field is missing: expected "Never" or "OnFailure" (a Job\'s pods run to '
+            'completion; the default, "Always", is not valid for a Job)',
+        )
+    elif restart == "Always":
+        yield Finding(
+            where, 'expected "Never" or "OnFailure" (a Job\'s pods run to completion), got "Always"'
+        )
+    elif restart == "OnFailure" and isinstance(spec.get("podFailurePolicy"), Mapping):
+        yield Finding(
+            where, 'expected "Never" (the only restartPolicy podFailurePolicy supports), got "OnFailure"'
+        )
+
+
+def _check_pod_failure_policy(
+    spec: Mapping[str, Any], pod: Mapping[str, Any], base: FieldPath
+) -> Iterator[Finding]:
+    policy = spec.get("podFailurePolicy")
+    if not isinstance(policy, Mapping):
+        return
+    replacement = spec.get("podReplacementPolicy")
+    if isinstance(replacement, str) and replacement != "Failed":
+        yield Finding(
+            (*base, "podReplacementPolicy"),
+            f'expected "Failed" when podFailurePolicy is set, got {describe_value(replacement)}',
+        )
+    names = [
+        c["name"]
+        for field in ("initContainers", "containers")
+        for c in _list(pod.get(field))
+        if isinstance(c, Mapping) and isinstance(c.get("name"), str)
+    ]
+    for rule_path, rule in _items(policy.get("rules"), (*base, "podFailurePolicy", "rules")):
+        codes = rule.get("onExitCodes")
+        conditions = bool(_list(rule.get("onPodConditions")))
+        if codes is not None and conditions:
+            yield Finding(rule_path, "expected onExitCodes or onPodConditions, not both")
+        if codes is None and not conditions:
+            yield Finding(rule_path, "expected one of onExitCodes or onPodConditions")
+        if rule.get("action") == "FailIndex" and "backoffLimitPerIndex" not in spec:
+            yield Finding(
+                (*rule_path, "action"),
+                f'"FailIndex" requires {format_path((*base, "backoffLimitPerIndex"))} to be set',
+            )
+        if isinstance(codes, Mapping):
+            yield from _check_exit_codes(codes, (*rule_path, "onExitCodes"), names)
+
+
+def _check_exit_codes(codes: Mapping[str, Any], path: FieldPath, names: Sequence[str]) -> Iterator[Finding]:
+    container = codes.get("containerName")
+    if isinstance(container, str) and container and container not in names:
+        yield Finding(
+            (*path, "containerName"),
+            "expected the name of a container or init container of the pod template "
+            f"({', '.join(names) or 'none'}), got {describe_value(container)}",
+        )
+    values = [v for v in _list(codes.get("values")) if _is_int(v)]
+    seen: set[int] = set()
+    for index, value in enumerate(_list(codes.get("values"))):
+        if not _is_int(value):
+            continue  # the schema says so
+        if value == 0 and codes.get("operator") == "In":
+            yield Finding(
+                (*path, "values", index),
+                "must not be 0 for the In operator (exit code 0 is success, never a failure); "
+                "expected a non-zero exit code",
+            )
+        if value in seen:
+            yield Finding((*path, "values", index), f"duplicate exit code {value}")
+        seen.add(value)
+    if values != sorted(values):
+        yield Finding((*path, "values"), "must be ordered: expected the exit codes in increasing order")
+
+
+def _check_cronjob(body: Mapping[str, Any]) -> Iterator[Finding]:
+    yield from _check_metadata(body, dns1035=False)
+    name = _map(body.get("metadata")).get("name")
+    if isinstance(name, str) and len(name) > CRON_JOB_NAME_MAX:
+        yield Finding(
+            ("metadata", "name"),
+            f"expected at most {CRON_JOB_NAME_MAX} characters (its Jobs are named after it with an "
+            f"11-character suffix, and a Job name has at most {JOB_NAME_MAX}), got {len(name)}",
+        )
+    spec = _map(body.get("spec"))
+    schedule = spec.get("schedule")
+    if isinstance(schedule, str) and schedule:
+        problem = schedule_problem(schedule)
+        if problem is not None:
+            yield Finding(
+                ("spec", "schedule"), f"{problem}; expected {SCHEDULE_HELP}, got {describe_value(schedule)}"
+            )
+    zone = spec.get("timeZone")
+    if isinstance(zone, str) and zone:
+        problem = time_zone_problem(zone)
+        if problem is not None:
+            yield Finding(("spec", "timeZone"), f"{problem}; expected {TZ_HELP}, got {describe_value(zone)}")
+    job_template = _map(spec.get("jobTemplate"))
+    job_meta = _map(job_template.get("metadata"))
+    base: FieldPath = ("spec", "jobTemplate")
+    yield from _check_labels(job_meta.get("labels"), (*base, "metadata", "labels"))
+    yield from _check_labels(job_meta.get("annotations"), (*base, "metadata", "annotations"), values=False)
+    job_spec = job_template.get("spec")
+    if isinstance(job_spec, Mapping):
+        yield from _check_job_spec(job_spec, (*base, "spec"))
 
 
 # --- services, config maps, secrets ---------------------------------------------------------
@@ -682,6 +1034,10 @@ def _check_namespace(body: Mapping[str, Any]) -> Iterator[Finding]:
 
 _CHECKS = {
     "Deployment": _check_deployment,
+    "StatefulSet": _check_statefulset,
+    "DaemonSet": _check_daemonset,
+    "Job": _check_job,
+    "CronJob": _check_cronjob,
     "Service": _check_service,
     "ConfigMap": _check_configmap,
     "Secret": _check_secret,
@@ -693,7 +1049,7 @@ def check_document(kind: str, body: Mapping[str, Any], *, policy: Policy = DEFAU
     """The errors of one document of a known `kind` beyond what its schema checks, and
     what `policy` (the server's) does not allow."""
     findings = list(_CHECKS[kind](body))
-    if kind == "Deployment":
-        findings += check_host_paths(body, policy)
-        findings += check_privileged(body, policy)
+    if kind in WORKLOAD_KINDS:
+        findings += check_host_paths(body, policy, kind)
+        findings += check_privileged(body, policy, kind)
     return findings

@@ -8,13 +8,16 @@ runs from them: no rule is enforced, no traffic routed, nothing scaled. So that 
 a stored NetworkPolicy for an enforced one, each such object gets one warning
 (`not_acted_on`), at its `kind:` line.
 
-PersistentVolumeClaims are stored the same way but without that warning: gitops acts on
-them (a claim is a local volume that pins its pods; `docs/pods.md`); a StorageClass's
-warning says that its reclaimPolicy is used. `STORED_KINDS` are the kinds whose only rules
-beyond their schema are the ones here (`check_stored`): Kubernetes' name syntax, labels,
-and a few rules a schema cannot say. References between these objects (a RoleBinding
-naming a ServiceAccount) are not checked: gitops does not act on them, and the objects
-they name often live elsewhere.
+PersistentVolumeClaims and HorizontalPodAutoscalers are stored the same way but without
+that warning, since gitops acts on them: a claim is a local volume that pins its pods
+(`docs/pods.md`); an autoscaler scales the Deployment or StatefulSet it names on cpu and
+memory (Resource and ContainerResource metrics; Pods, Object and External metrics get a
+warning: nothing computes them). A StorageClass's warning says that its reclaimPolicy is
+used. `STORED_KINDS` are the kinds whose only rules beyond their schema are the ones here
+(`check_stored`): Kubernetes' name syntax, labels, and a few rules a schema cannot say.
+References between these objects (a RoleBinding naming a ServiceAccount) are not checked:
+gitops does not act on them, and the objects they name often live elsewhere; an
+autoscaler's target is checked across objects, in `validate`.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from .checks import (
 from .loader import FieldPath
 from .schema import describe_value
 
-__all__ = ["INERT_KINDS", "STORED_KINDS", "check_stored", "not_acted_on"]
+__all__ = ["INERT_KINDS", "SCALABLE_KINDS", "STORED_KINDS", "check_stored", "not_acted_on"]
 
 INERT_KINDS = frozenset(
     {
@@ -53,13 +56,12 @@ INERT_KINDS = frozenset(
         "ResourceQuota",
         "PriorityClass",
         "CustomResourceDefinition",
-        "HorizontalPodAutoscaler",
         "PersistentVolume",
     }
 )
 """Kinds gitops stores, diffs, shows and prunes, and never acts on."""
 
-STORED_KINDS = INERT_KINDS | {"PersistentVolumeClaim"}
+STORED_KINDS = INERT_KINDS | {"PersistentVolumeClaim", "HorizontalPodAutoscaler"}
 """Kinds whose document rules are `check_stored` (`checks.check_document` has none for them)."""
 
 _RBAC_KINDS = frozenset({"Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"})
@@ -160,11 +162,82 @@ def _check_custom_resource_definition(body: Mapping[str, Any]) -> Iterator[Findi
         )
 
 
+SCALABLE_KINDS = ("Deployment", "StatefulSet")
+"""The kinds an autoscaler may name in scaleTargetRef (apps/v1)."""
+_METRIC_SOURCES = {
+    "Resource": "resource",
+    "ContainerResource": "containerResource",
+    "Pods": "pods",
+    "Object": "object",
+    "External": "external",
+}
+_MEASURED = ("cpu", "memory")
+
+
 def _check_autoscaler(body: Mapping[str, Any]) -> Iterator[Finding]:
     spec = _map(body.get("spec"))
     low, high = spec.get("minReplicas"), spec.get("maxReplicas")
     if isinstance(low, int) and isinstance(high, int) and low > high:
         yield Finding(("spec", "maxReplicas"), f"expected at least minReplicas ({low}), got {high}")
+    target = _map(spec.get("scaleTargetRef"))
+    kind, api_version = target.get("kind"), target.get("apiVersion")
+    if isinstance(kind, str) and kind and kind not in SCALABLE_KINDS:
+        yield Finding(
+            ("spec", "scaleTargetRef", "kind"),
+            f'expected "Deployment" or "StatefulSet" (the kinds gitops scales), got {describe_value(kind)}',
+        )
+    elif isinstance(api_version, str) and api_version != "apps/v1":
+        yield Finding(
+            ("spec", "scaleTargetRef", "apiVersion"),
+            f'expected "apps/v1" for {kind}, got {describe_value(api_version)}',
+        )
+    metrics = spec.get("metrics")
+    for index, written in enumerate(metrics if isinstance(metrics, list) else []):
+        if isinstance(written, Mapping):
+            yield from _check_metric(written, ("spec", "metrics", index))
+
+
+def _check_metric(metric: Mapping[str, Any], path: FieldPath) -> Iterator[Finding]:
+    kind = metric.get("type")
+    source = _METRIC_SOURCES.get(kind) if isinstance(kind, str) else None
+    if source is None:
+        return  # the schema says so
+    if source not in metric:
+        yield Finding((*path, source), f"required field is missing for type {kind}")
+    for other in _METRIC_SOURCES.values():
+        if other != source and other in metric:
+            yield Finding(
+                (*path, other),
+                f'a field of another metric type: expected only "{source}" for type {kind}',
+                at_key=True,
+            )
+    if kind not in ("Resource", "ContainerResource"):
+        yield Finding(
+            (*path, "type"),
+            f"not computed by gitops: only Resource and ContainerResource cpu and memory metrics are; "
+            f"this {kind} metric is ignored",
+            warning=True,
+        )
+        return
+    written = _map(metric.get(source))
+    name = written.get("name")
+    if isinstance(name, str) and name and name not in _MEASURED:
+        yield Finding(
+            (*path, source, "name"),
+            f'expected "cpu" or "memory" (the resources gitops measures), got {describe_value(name)}',
+        )
+    target = _map(written.get("target"))
+    target_path: FieldPath = (*path, source, "target")
+    aim = target.get("type")
+    if aim == "Value":
+        yield Finding(
+            (*target_path, "type"),
+            'expected "Utilization" or "AverageValue" (a resource metric is averaged over the pods), '
+            'got "Value"',
+        )
+    for aim_type, field in (("Utilization", "averageUtilization"), ("AverageValue", "averageValue")):
+        if aim == aim_type and field not in target:
+            yield Finding((*target_path, field), f'required field is missing for type "{aim_type}"')
 
 
 _RULES = {

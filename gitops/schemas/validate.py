@@ -4,10 +4,20 @@
 checks it against its kind's JSON Schema (`schema`) and the rules a schema cannot state
 (`checks`; `kinds` for the kinds gitops only stores, each of whose objects also gets one
 warning saying so), then checks the objects against each other: duplicates, undeclared
-namespaces, references to missing ConfigMaps, Secrets and keys, two Services taking one
-port on the nodes (node ports, LoadBalancer ports). Every object that could
-be identified comes out as a `Manifest`, errors or not; the caller decides what to do
-with a result that is not `ok`.
+namespaces; in the pod template of every workload (Deployment, StatefulSet, DaemonSet, Job,
+CronJob), references to missing ConfigMaps, Secrets, keys and PersistentVolumeClaims and
+imagePullSecrets not in the source; a StatefulSet's serviceName that is not a headless
+Service (a warning: its pods get no DNS names); an autoscaler's target missing from the
+source (a warning); two Services taking one port on the nodes (node ports, LoadBalancer
+ports). Every object that could be identified comes out as a `Manifest`, errors or not;
+the caller decides what to do with a result that is not `ok`.
+
+A Job may be written with `metadata.generateName` and no name, as Argo CD's hook Jobs are.
+Kubernetes would add 5 random characters; gitops adds 5 characters derived from the content
+hash of the parsed document (from Kubernetes' alphabet for generated names, `generated_name`),
+so the name stays the same from sync to sync while the Job is unchanged and is a new one when
+it changes, which makes a new Job run. The name is in the object's key (`Manifest.key.name`);
+the body stays as written.
 
 A `Policy` says what the server's operator allows beyond Kubernetes' rules (the folders
 hostPath volumes may use); every caller validating for a server passes that server's, so a
@@ -32,12 +42,20 @@ from gitops.model import (
     content_hash,
 )
 
-from .checks import DEFAULT_POLICY, NodePortClaim, Policy, check_document, node_port_claims
+from .checks import (
+    DEFAULT_POLICY,
+    WORKLOAD_KINDS,
+    NodePortClaim,
+    Policy,
+    check_document,
+    node_port_claims,
+    pod_spec,
+)
 from .kinds import INERT_KINDS, STORED_KINDS, check_stored, not_acted_on
 from .loader import Document, FieldPath, SourceFile, format_path, load_file
 from .schema import describe_value, schema_findings
 
-__all__ = ["DEFAULT_POLICY", "Policy", "ValidationResult", "validate_files"]
+__all__ = ["DEFAULT_POLICY", "Policy", "ValidationResult", "generated_name", "validate_files"]
 
 _KIND_LIST = ", ".join(sorted(KINDS))
 
@@ -118,6 +136,9 @@ def _identify(document: Document, report: _Report) -> tuple[str, ObjectKey | Non
     expected = API_VERSIONS[kind]
     metadata = _map(body.get("metadata"))
     name, namespace = metadata.get("name"), metadata.get("namespace")
+    prefix = metadata.get("generateName")
+    if kind == "Job" and not name and isinstance(prefix, str) and prefix:
+        name = generated_name(prefix, body)
     key = None
     if isinstance(name, str) and name:
         if kind in CLUSTER_SCOPED:
@@ -141,6 +162,23 @@ def _identify(document: Document, report: _Report) -> tuple[str, ObjectKey | Non
     return kind, key
 
 
+# The characters Kubernetes draws a generated name's suffix from (no vowels: no words).
+_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+_SUFFIX_LENGTH = 5
+_MAX_NAME = 63
+
+
+def generated_name(prefix: str, body: Mapping[str, Any]) -> str:
+    """The name of an object written with `generateName: prefix` and no name: the prefix
+    (cut as Kubernetes cuts it) and 5 characters derived from the body's content hash."""
+    number = int(content_hash(body), 16)
+    suffix = ""
+    for _ in range(_SUFFIX_LENGTH):
+        number, index = divmod(number, len(_SUFFIX_ALPHABET))
+        suffix += _SUFFIX_ALPHABET[index]
+    return prefix[: _MAX_NAME - _SUFFIX_LENGTH] + suffix
+
+
 def _hide_secret_value(kind: str, body: Mapping[str, Any], path: FieldPath, message: str) -> str:
     """A message about a Secret's data that does not repeat the value: a rejected revision is
     stored, shown and logged, and a Secret value must never be."""
@@ -154,10 +192,11 @@ def _hide_secret_value(kind: str, body: Mapping[str, Any], path: FieldPath, mess
     return message
 
 
-def _references(deployment: _Object) -> Iterator[tuple[str, FieldPath, str, FieldPath, str | None, bool]]:
-    """(kind, path of the name, name, path of the key, key or None, optional) per reference."""
-    spec_path: FieldPath = ("spec", "template", "spec")
-    pod = _map(_map(_map(deployment.body.get("spec")).get("template")).get("spec"))
+def _references(workload: _Object) -> Iterator[tuple[str, FieldPath, str, FieldPath, str | None, bool]]:
+    """(kind, path of the name, name, path of the key, key or None, optional) per reference
+    in the pod template of a workload. A StatefulSet's volumeClaimTemplates are not
+    references: its pods' claims are made from them."""
+    spec_path, pod = pod_spec(workload.key.kind, workload.body)
     containers = [("initContainers", i, c) for i, c in enumerate(_list(pod.get("initContainers")))]
     containers += [("containers", i, c) for i, c in enumerate(_list(pod.get("containers")))]
     for field_name, c_index, written in containers:
@@ -221,10 +260,10 @@ def _data_keys(target: _Object) -> set[str]:
     return set(_map(target.body.get("data"))) | set(_map(target.body.get("stringData")))
 
 
-def _check_references(deployment: _Object, objects: Mapping[ObjectKey, _Object], report: _Report) -> None:
-    namespace = deployment.key.namespace
+def _check_references(workload: _Object, objects: Mapping[ObjectKey, _Object], report: _Report) -> None:
+    namespace = workload.key.namespace
     missing_reported: set[FieldPath] = set()
-    for kind, name_path, name, key_path, key, optional in _references(deployment):
+    for kind, name_path, name, key_path, key, optional in _references(workload):
         target = objects.get(ObjectKey(kind, namespace, name))
         if target is None:
             if not optional and name_path not in missing_reported:
@@ -233,10 +272,10 @@ def _check_references(deployment: _Object, objects: Mapping[ObjectKey, _Object],
                     "declare it" if kind == "PersistentVolumeClaim" else 'declare it, or set "optional: true"'
                 )
                 report.add(
-                    deployment.document,
+                    workload.document,
                     name_path,
                     f'{kind} "{name}" does not exist in namespace "{namespace}" ({how})',
-                    deployment.key,
+                    workload.key,
                 )
             continue
         if key is None or optional:
@@ -244,27 +283,67 @@ def _check_references(deployment: _Object, objects: Mapping[ObjectKey, _Object],
         keys = _data_keys(target)
         if key not in keys:
             report.add(
-                deployment.document,
+                workload.document,
                 key_path,
                 f'key "{key}" is not in {target.key} (it has: {", ".join(sorted(keys)) or "no keys"})',
-                deployment.key,
+                workload.key,
             )
 
 
-def _check_pull_secrets(deployment: _Object, objects: Mapping[ObjectKey, _Object], report: _Report) -> None:
+def _check_pull_secrets(workload: _Object, objects: Mapping[ObjectKey, _Object], report: _Report) -> None:
     """An imagePullSecret that is not in the source is a warning, as in Kubernetes: images
     are then pulled without its credentials."""
-    pod = _map(_map(_map(deployment.body.get("spec")).get("template")).get("spec"))
+    spec_path, pod = pod_spec(workload.key.kind, workload.body)
     for index, ref in enumerate(_list(pod.get("imagePullSecrets"))):
         name = _map(ref).get("name")
-        if isinstance(name, str) and ObjectKey("Secret", deployment.key.namespace, name) not in objects:
+        if isinstance(name, str) and ObjectKey("Secret", workload.key.namespace, name) not in objects:
             report.add(
-                deployment.document,
-                ("spec", "template", "spec", "imagePullSecrets", index, "name"),
+                workload.document,
+                (*spec_path, "imagePullSecrets", index, "name"),
                 f'Secret "{name}" is not in the source: images are pulled without its credentials',
-                deployment.key,
+                workload.key,
                 warning=True,
             )
+
+
+def _check_service_name(stateful: _Object, objects: Mapping[ObjectKey, _Object], report: _Report) -> None:
+    """A StatefulSet's serviceName names the headless Service that gives each pod its DNS
+    name (<pod>.<service>); without one the pods run but cannot be found by name."""
+    name = _map(stateful.body.get("spec")).get("serviceName")
+    if not isinstance(name, str) or not name:
+        return
+    service = objects.get(ObjectKey("Service", stateful.key.namespace, name))
+    if service is None:
+        problem = f'Service "{name}" is not in the source in namespace "{stateful.key.namespace}"'
+    elif _map(service.body.get("spec")).get("clusterIP") != "None":
+        problem = f"{service.key} is not headless"
+    else:
+        return
+    report.add(
+        stateful.document,
+        ("spec", "serviceName"),
+        f"{problem}: expected a headless Service (clusterIP: None), which gives the pods their DNS names",
+        stateful.key,
+        warning=True,
+    )
+
+
+def _check_scale_target(autoscaler: _Object, objects: Mapping[ObjectKey, _Object], report: _Report) -> None:
+    """An autoscaler whose target is not in the source scales nothing."""
+    target = _map(_map(autoscaler.body.get("spec")).get("scaleTargetRef"))
+    kind, name = target.get("kind"), target.get("name")
+    if kind not in ("Deployment", "StatefulSet") or not isinstance(name, str) or not name:
+        return  # `check_stored` says what is wrong with it
+    if ObjectKey(kind, autoscaler.key.namespace, name) in objects:
+        return
+    report.add(
+        autoscaler.document,
+        ("spec", "scaleTargetRef", "name"),
+        f'{kind} "{name}" is not in the source in namespace "{autoscaler.key.namespace}": '
+        "this autoscaler scales nothing",
+        autoscaler.key,
+        warning=True,
+    )
 
 
 def _check_node_ports(objects: Mapping[ObjectKey, _Object], report: _Report) -> None:
@@ -352,9 +431,13 @@ def validate_files(files: Sequence[SourceFile], *, policy: Policy = DEFAULT_POLI
                 f'"{namespace}" or use "default"',
                 item.key,
             )
-        if item.key.kind == "Deployment":
+        if item.key.kind in WORKLOAD_KINDS:
             _check_references(item, objects, report)
             _check_pull_secrets(item, objects, report)
+        if item.key.kind == "StatefulSet":
+            _check_service_name(item, objects, report)
+        if item.key.kind == "HorizontalPodAutoscaler":
+            _check_scale_target(item, objects, report)
     _check_node_ports(objects, report)
 
     manifests = tuple(

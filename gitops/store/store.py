@@ -46,6 +46,9 @@ from gitops.keyed import secret_data
 from gitops.model import (
     ClusterState,
     ContainerStatus,
+    ContainerUsage,
+    CronState,
+    JobState,
     Manifest,
     Node,
     NodeName,
@@ -55,8 +58,10 @@ from gitops.model import (
     PodName,
     PodSpec,
     PodStatus,
+    PodUsage,
     Revision,
     RolloutState,
+    ScaleState,
     ServicePort,
     SourceLocation,
     Taint,
@@ -65,12 +70,14 @@ from gitops.model import (
 from gitops.planner.plan import configs_of
 from gitops.planner.podspec import resolve_template
 from gitops.planner.services import EXPOSED, needs_vip, port_key, service_ports, service_type
+from gitops.planner.statefulset import claim_fates
 from gitops.redact import Redactor, secret_forms, truncate
 from gitops.schemas.checks import NODE_PORTS as NODE_PORT_RANGE
 from gitops.store.keys import SecretKeyError, SecretKeys, is_sealed
 from gitops.store.migrate import current as current_revision
 from gitops.store.migrate import head as head_revision
 from gitops.store.migrate import migrate
+from gitops.store.states import STATE_TYPES, state_event
 from gitops.store.tables import (
     ClaimRow,
     EventRow,
@@ -83,6 +90,8 @@ from gitops.store.tables import (
     RolloutRow,
     ServiceRow,
     SourceHealthRow,
+    UsageRow,
+    WorkloadStateRow,
 )
 
 log = structlog.get_logger(__name__)
@@ -587,14 +596,17 @@ class Store:
         }
         return decode_as(PodSpec, data)
 
-    def _pod(self, row: PodRow, specs: dict[tuple[str, str, str, str], PodSpec] | None = None) -> Pod:
+    def _pod(self, row: PodRow, specs: dict[tuple[str, str, str, str, str], PodSpec] | None = None) -> Pod:
         """The pod of `row`. With `specs`, pods of one owner and template hash share one
         decoded spec (the hash names the spec): 5,000 replicas decode it once, not 5,000 times."""
         owner = ObjectKey(row.owner_kind, row.owner_namespace, row.owner_name)
         if specs is None:
             spec = self._spec_from_row(row.spec)
         else:
-            key = (row.owner_kind, row.owner_namespace, row.owner_name, row.template_hash)
+            # A Deployment's replicas share their spec; other kinds' pods each have their own
+            # (a StatefulSet's claims, a DaemonSet's node, a Job's completion index).
+            own = "" if row.owner_kind == "Deployment" else row.name
+            key = (row.owner_kind, row.owner_namespace, row.owner_name, row.template_hash, own)
             spec = specs.get(key) or specs.setdefault(key, self._spec_from_row(row.spec))
         return Pod(
             namespace=row.namespace,
@@ -1121,6 +1133,7 @@ class Store:
         """The whole state one control-loop pass reads, with its version."""
         now = time.time() if now is None else now
         records = self.nodes(now)
+        states = self.workload_states()
         state = ClusterState(
             desired=tuple(self.desired()),
             pods=tuple(self.pods()),
@@ -1130,6 +1143,10 @@ class Store:
             },
             rollouts=self.rollouts(),
             claims=self.claims(),
+            jobs={k: v for k, v in states.items() if isinstance(v, JobState)},
+            crons={k: v for k, v in states.items() if isinstance(v, CronState)},
+            scales={k: v for k, v in states.items() if isinstance(v, ScaleState)},
+            usage=self.usage(),
         )
         return dataclasses.replace(state, version=state_version(state))
 
@@ -1140,7 +1157,7 @@ class Store:
             query = select(PodRow).order_by(PodRow.id)
             if node is not None:
                 query = query.where(PodRow.node == node)
-            specs: dict[tuple[str, str, str, str], PodSpec] = {}
+            specs: dict[tuple[str, str, str, str, str], PodSpec] = {}
             return [self._pod(r, specs) for r in s.scalars(query)]
 
     def apply_pod_changes(
@@ -1238,11 +1255,30 @@ class Store:
         name that comes back. A claim in git again takes its kept volume back."""
         others = {k for k, r in existing.items() if r.source not in ("", source)}
         declared = {f"{k[1]}/{k[2]}" for k in (*wanted, *others) if k[0] == "PersistentVolumeClaim"}
-        for row in s.scalars(select(ClaimRow)):
-            if row.id in declared:
+        rows = list(s.scalars(select(ClaimRow)))
+        sets = [m for k, m in wanted.items() if k[0] == "StatefulSet"]
+        sets += [self._manifest(existing[k]) for k in others if k[0] == "StatefulSet"]
+        left = [
+            self._manifest(r)
+            for k, r in existing.items()
+            if k[0] == "StatefulSet" and k not in wanted and k not in others
+        ]
+        fates = claim_fates(sets, left, [r.id for r in rows if r.id not in declared])
+        for row in rows:
+            fate = fates.get(row.id)
+            if row.id in declared or (fate is not None and fate[0] == "keep"):
                 row.released = False
                 continue
             if row.released:
+                continue
+            if fate is not None:
+                if fate[0] == "retain":
+                    row.released = True
+                    message = f"its volume stays on {row.node}: {fate[1]}"
+                else:
+                    s.delete(row)
+                    message = f"its volume on {row.node} is deleted: {fate[1]}"
+                s.add(EventRow(time=now, object=f"claim {row.id}", reason="Released", message=message))
                 continue
             namespace, _, name = row.id.partition("/")
             before = existing.get(("PersistentVolumeClaim", namespace, name))
@@ -1423,6 +1459,78 @@ class Store:
                 if before is None or before.status != state.status or before.target != state.target:
                     message = f"{state.status} {state.target}" + (f": {state.reason}" if state.reason else "")
                     s.add(EventRow(time=now, object=str(key), reason="Rollout", message=message))
+
+    # --- Jobs, CronJobs and autoscalers ------------------------------------------------
+
+    def workload_states(self) -> dict[ObjectKey, Any]:
+        """What the controller remembers of each Job, CronJob and autoscaler (`STATE_TYPES`)."""
+        with self.session() as s:
+            return {
+                ObjectKey(r.kind, r.namespace, r.name): decode_as(STATE_TYPES[r.kind], r.state)
+                for r in s.scalars(select(WorkloadStateRow))
+                if r.kind in STATE_TYPES
+            }
+
+    def save_workload_states(self, states: Mapping[ObjectKey, Any], now: float) -> None:
+        """Store the states of the pass; drop those of objects not in `states`; record a
+        changed condition (a Job that completed, an autoscaler that scaled) as an event."""
+        with self.session() as s:
+            rows = {ObjectKey(r.kind, r.namespace, r.name): r for r in s.scalars(select(WorkloadStateRow))}
+            for old_key, old_row in rows.items():
+                if old_key not in states:
+                    s.delete(old_row)
+            for key, state in states.items():
+                encoded = encode(state)
+                row = rows.get(key)
+                if row is not None and row.state == encoded:
+                    continue
+                before = row.state if row is not None else {}
+                if row is None:
+                    row = WorkloadStateRow(kind=key.kind, namespace=key.namespace, name=key.name)
+                    s.add(row)
+                row.state = encoded
+                row.updated_at = now
+                event = state_event(key.kind, before, encoded)
+                if event:
+                    s.add(EventRow(time=now, object=str(key), reason=event[0], message=event[1]))
+
+    def usage(self) -> dict[PodId, PodUsage]:
+        """Each pod's latest measured CPU and memory use (for autoscalers and `/metrics`)."""
+        with self.session() as s:
+            return {
+                PodId(r.pod): PodUsage(
+                    PodId(r.pod),
+                    r.at,
+                    tuple(
+                        ContainerUsage(str(c["container"]), float(c["cpu_milli"]), int(c["memory_bytes"]))
+                        for c in r.containers
+                    ),
+                    window=float(r.containers[0].get("window", 0.0)) if r.containers else 0.0,
+                )
+                for r in s.scalars(select(UsageRow))
+            }
+
+    def record_usage(self, node: str, samples: Sequence[PodUsage]) -> None:
+        """Store what `node`'s agent measured of its pods; drop what it no longer reports."""
+        with self.session() as s:
+            rows = {r.pod: r for r in s.scalars(select(UsageRow).where(UsageRow.node == node))}
+            for sample in samples:
+                containers = [
+                    {
+                        "container": c.container,
+                        "cpu_milli": c.cpu_milli,
+                        "memory_bytes": c.memory_bytes,
+                        "window": sample.window,
+                    }
+                    for c in sample.containers
+                ]
+                row = rows.pop(sample.pod, None) or s.get(UsageRow, sample.pod)
+                if row is None:
+                    s.add(UsageRow(pod=sample.pod, node=node, at=sample.at, containers=containers))
+                else:
+                    row.node, row.at, row.containers = node, sample.at, containers
+            for stale in rows.values():
+                s.delete(stale)
 
     # --- events -----------------------------------------------------------------------
 

@@ -141,6 +141,31 @@ class RolloutRow(Base):
     state: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
+class WorkloadStateRow(Base):
+    """What the controller remembers of a Job, a CronJob or a HorizontalPodAutoscaler between
+    passes (`JobState`, `CronState`, `ScaleState`), keyed by the object."""
+
+    __tablename__ = "workload_states"
+
+    kind: Mapped[str] = mapped_column(String(64), primary_key=True)
+    namespace: Mapped[str] = mapped_column(String(253), primary_key=True)
+    name: Mapped[str] = mapped_column(String(253), primary_key=True)
+    state: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class UsageRow(Base):
+    """A pod's containers' CPU and memory use, as its agent last measured them."""
+
+    __tablename__ = "pod_usage"
+
+    pod: Mapped[str] = mapped_column(String(512), primary_key=True)  # namespace/name
+    node: Mapped[str] = mapped_column(String(253), index=True)
+    at: Mapped[float] = mapped_column(Float)
+    # [{"container": name, "cpu_milli": float, "memory_bytes": int}]
+    containers: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+
+
 class EventRow(Base):
     __tablename__ = "events"
 

@@ -14,6 +14,7 @@ from gitops.agents.runtime import (
     MountSpec,
     RuntimeFailure,
     RuntimeUnavailable,
+    UsageSample,
 )
 from gitops.model import Container, NodeName, Pod, PodId, RegistryAuth, Volume
 
@@ -63,6 +64,8 @@ class MemoryRuntime:
     networks_of: dict[PodId, str] = field(default_factory=dict)
     networks: dict[str, str] = field(default_factory=dict)  # name -> subnet
     _ids: itertools.count[int] = field(default_factory=itertools.count)
+    cpu_ns: dict[str, int] = field(default_factory=dict)  # container id -> CPU time used so far
+    working_set: dict[str, int] = field(default_factory=dict)  # container id -> memory bytes
 
     def __post_init__(self) -> None:
         self.logs.runtime = self
@@ -189,6 +192,15 @@ class MemoryRuntime:
     def logs_tail(self, container_id: str, lines: int = 20) -> str:
         self.log.append(f"logs {container_id}")
         return self.logs.get(container_id, "")
+
+    def usage(self, container_id: str) -> UsageSample | None:
+        """`cpu_ns` and `working_set` of a running container, read at `now`."""
+        if self.down:
+            raise RuntimeUnavailable("the Docker engine cannot be reached: connection refused")
+        entry = self.containers.get(container_id)
+        if entry is None or not entry[1].running:
+            return None
+        return UsageSample(self.cpu_ns.get(container_id, 0), self.now, self.working_set.get(container_id, 0))
 
     def exit(self, pod: PodId, code: int) -> None:
         for cid, (node, info) in self.containers.items():

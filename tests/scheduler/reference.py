@@ -17,6 +17,7 @@ WEIGHT_LEAST_ALLOCATED = 1.0
 WEIGHT_OWNER_SPREAD = 1.0
 WEIGHT_SOFT_TAINTS = 0.5
 CHECK_ORDER = [
+    "not the node the pod names",
     "not ready",
     "volume node affinity conflict",
     "node selector mismatch",
@@ -53,6 +54,8 @@ def first_failure(
     claims: dict[str, NodeName],
 ) -> tuple[str, str] | None:
     """(check, text) of the first check the node fails, or None if the pod fits."""
+    if spec.node_name and spec.node_name != node.name:
+        return ("not the node the pod names", "not the node the pod names")
     if not node.ready:
         return ("not ready", "not ready")
     for volume in spec.volumes:

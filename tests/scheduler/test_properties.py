@@ -87,6 +87,8 @@ def clusters(draw: st.DrawFn) -> Case:
                         draw(st.lists(st.sampled_from(CLAIMS), max_size=2, unique=True))
                     )
                 ),
+                # A DaemonSet's pod names its node (sometimes one that is not registered).
+                node_name=draw(st.sampled_from(["", "", "", "n0", "n1", "gone"])),
             ),
         )
         for c in range(draw(st.integers(1, 4)))

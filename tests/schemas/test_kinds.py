@@ -1,17 +1,19 @@
 """Kinds gitops stores without acting on them load like the others: each is checked against
 its own schema, gets one warning saying gitops does not act on it (a PersistentVolumeClaim
-gets none), and an old apiVersion or an unknown kind is an error saying what would do."""
+and a HorizontalPodAutoscaler, which gitops acts on, get none), and an old apiVersion or an
+unknown kind is an error saying what would do."""
 
 from __future__ import annotations
 
 import pytest
 
 from gitops.model import CLUSTER_SCOPED, KINDS, ObjectKey
-from gitops.schemas.kinds import INERT_KINDS, not_acted_on
+from gitops.schemas.kinds import INERT_KINDS, STORED_KINDS, not_acted_on
 
 from .helpers import errors, validate, validate_one, warnings
 
-# A small bookkeeping app ("ledger") that ships one object of every kind gitops only stores.
+# A small bookkeeping app ("ledger") that ships one object of every kind gitops only stores
+# (`STORED_KINDS`, the HorizontalPodAutoscaler included), and no Deployment.
 LEDGER: dict[str, str] = {
     "namespace.yaml": """
         apiVersion: v1
@@ -205,23 +207,39 @@ def kind_lines(text: str) -> list[int]:
     return [n for n, line in enumerate(lines, 1) if line.startswith("kind:")]
 
 
+AUTOSCALER_WARNINGS = [
+    "policies.yaml:50:65: HorizontalPodAutoscaler ledger/ledger-api: spec.scaleTargetRef.name: Deployment "
+    '"ledger-api" is not in the source in namespace "ledger": this autoscaler scales nothing (warning)',
+    "policies.yaml:56:13: HorizontalPodAutoscaler ledger/ledger-api: spec.metrics[1].type: not computed "
+    "by gitops: only Resource and ContainerResource cpu and memory metrics are; this Pods metric is "
+    "ignored (warning)",
+]
+
+
 def test_one_object_of_each_stored_kind_loads_with_one_warning_each_and_no_errors() -> None:
     result = validate(*LEDGER.items())
     assert errors(result) == []
     kinds = sorted(m.key.kind for m in result.manifests)
-    assert kinds == sorted(INERT_KINDS | {"Namespace", "PersistentVolumeClaim"})
+    assert kinds == sorted(STORED_KINDS | {"Namespace"})
     inert = [m for m in result.manifests if m.key.kind in INERT_KINDS]
-    assert len(inert) == 15
-    assert sorted(warnings(result)) == sorted(
+    assert len(inert) == 14
+    not_acted = [d for d in result.warnings if not d.field]
+    assert sorted(map(str, not_acted)) == sorted(
         f"{m.location.file}:{m.location.line + 1}:1: {m.key}: {not_acted_on(m.key.kind)} (warning)"
         for m in inert
     )
     assert not_acted_on("Ingress") == "stored; gitops does not act on Ingress objects"
     assert "reclaimPolicy" in not_acted_on("StorageClass")
-    located = {(d.location.file, d.location.line) for d in result.warnings if d.location}
+    located = {(d.location.file, d.location.line) for d in not_acted if d.location}
     expected = {(f, line) for f, text in LEDGER.items() for line in kind_lines(text)}
-    assert located == expected - {("namespace.yaml", 2), ("storage.yaml", 2)}
-    assert all(d.field == "" for d in result.warnings)
+    assert located == expected - {("namespace.yaml", 2), ("storage.yaml", 2), ("policies.yaml", 47)}
+    # The autoscaler is acted on: no "not acted on" warning, but its own two.
+    assert [str(d) for d in result.warnings if d.field] == AUTOSCALER_WARNINGS
+
+
+def test_a_horizontal_pod_autoscaler_is_not_an_inert_kind() -> None:
+    assert "HorizontalPodAutoscaler" not in INERT_KINDS
+    assert "HorizontalPodAutoscaler" in STORED_KINDS
 
 
 def test_a_persistent_volume_claim_gets_no_warning() -> None:
@@ -441,9 +459,11 @@ def test_an_old_api_version_is_an_error_naming_the_one_to_use(kind: str, old: st
 
 
 def test_an_unknown_kind_is_an_error_listing_every_known_kind() -> None:
-    result = validate_one("apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: nightly}\n")
+    result = validate_one("apiVersion: apps/v1\nkind: ReplicaSet\nmetadata: {name: web}\n")
     [error] = errors(result)
-    assert error.startswith('apps/web.yaml:2:7: kind: unknown kind "CronJob"; expected one of ClusterRole, ')
+    assert error.startswith(
+        'apps/web.yaml:2:7: kind: unknown kind "ReplicaSet"; expected one of ClusterRole, '
+    )
     listed = error.split("expected one of ", 1)[1].split(", ")
     assert listed == sorted(KINDS)
     assert {"ServiceAccount", "ClusterRoleBinding", "PersistentVolumeClaim", "Ingress"} <= set(listed)

@@ -1,0 +1,102 @@
+"""The planner's output shapes and the helpers every workload kind's planner shares.
+
+A `Plan` is Nomad-style buckets: pods to create (pending, not yet placed), pods to stop and
+pods to keep, each action with the reason a person would ask for. `Workloads` is what a
+kind's planner may read besides its own manifest and pods: the clock, the nodes, the names
+of pods still draining, replica counts set by autoscalers, rollout and Job states. Pod
+names are deterministic (`pod_suffix`), so planning is reproducible and the same plan run
+twice creates nothing the second time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
+
+from gitops.model import JobState, Manifest, Node, ObjectKey, Pod, PodName, RolloutState
+
+_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # Kubernetes' safe alphabet: no vowels, no 0/1/3
+
+
+@dataclass(frozen=True)
+class Action:
+    pod: Pod
+    reason: str
+
+
+BURST = 500  # new pods one workload asks for in one pass
+
+
+@dataclass(frozen=True)
+class Plan:
+    create: tuple[Action, ...] = ()
+    stop: tuple[Action, ...] = ()
+    keep: tuple[Pod, ...] = ()
+    failed: Mapping[ObjectKey, str] = field(default_factory=dict)  # workloads that could not be planned
+    more: bool = False  # a workload wanted more than BURST new pods: plan again soon
+    jobs: Mapping[ObjectKey, JobState] = field(
+        default_factory=dict
+    )  # every desired Job's state after this pass
+
+    @property
+    def empty(self) -> bool:
+        return not self.create and not self.stop
+
+    def describe(self) -> list[str]:
+        lines = [f"create {a.pod.id}: {a.reason}" for a in self.create]
+        lines += [f"stop {a.pod.id}: {a.reason}" for a in self.stop]
+        return lines
+
+
+@dataclass(frozen=True)
+class Workloads:
+    """What a workload's planner reads besides its manifest and its pods."""
+
+    now: float = 0.0
+    avoid: AbstractSet[str] = frozenset()  # names of pods being stopped outside this plan
+    nodes: Sequence[Node] = ()
+    replicas: Mapping[ObjectKey, int] = field(default_factory=dict)  # set by autoscalers
+    rollouts: Mapping[ObjectKey, RolloutState] = field(default_factory=dict)
+    jobs: Mapping[ObjectKey, JobState] = field(default_factory=dict)
+    # Why a workload that left the desired set did (a CronJob ended the run, say); the
+    # default is "removed from the source".
+    removed: Mapping[ObjectKey, str] = field(default_factory=dict)
+    configs: Mapping[ObjectKey, Manifest] = field(default_factory=dict)  # ConfigMaps and Secrets
+
+    def replicas_of(self, manifest: Manifest) -> int:
+        """The replica count to run: an autoscaler's, else the manifest's (default 1)."""
+        scaled = self.replicas.get(manifest.key)
+        return scaled if scaled is not None else int(manifest.spec.get("replicas", 1))
+
+
+def pod_suffix(template_hash: str, slot: int) -> str:
+    digest = hashlib.sha256(f"{template_hash}/{slot}".encode()).digest()
+    return "".join(_ALPHABET[b % len(_ALPHABET)] for b in digest[:5])
+
+
+def pod_name(deployment: str, template_hash: str, slot: int) -> PodName:
+    return PodName(f"{deployment}-{template_hash}-{pod_suffix(template_hash, slot)}")
+
+
+def stop_order(pod: Pod) -> tuple[int, int, float, str]:
+    """Pods least worth keeping first: unplaced, then not ready, then newest."""
+    return (pod.node is not None, pod.ready, -pod.created_at, pod.name)
+
+
+def merge(parts: Sequence[Plan]) -> Plan:
+    """One plan of several workloads' plans."""
+    return Plan(
+        create=tuple(a for p in parts for a in p.create),
+        stop=tuple(a for p in parts for a in p.stop),
+        keep=tuple(pod for p in parts for pod in p.keep),
+        failed={k: v for p in parts for k, v in p.failed.items()},
+        more=any(p.more for p in parts),
+        jobs={k: v for p in parts for k, v in p.jobs.items()},
+    )
+
+
+def finished(pod: Pod) -> bool:
+    """The pod ran to its end (restartPolicy Never or OnFailure): Succeeded or Failed."""
+    return pod.phase in ("Succeeded", "Failed")
