@@ -696,6 +696,7 @@ def _agent(args: argparse.Namespace, server: str, token: str, state: Path) -> An
         chain_prefix=args.chain_prefix,
         secret_dir=Path(args.secret_dir) if args.secret_dir else None,
         cluster_domain=_cluster_domain(args.cluster_domain),
+        usage_interval=max(1.0, float(args.usage_interval)),
     )
     agent = Agent(config, runtime)
     redact_logs_with(agent.redactor)
@@ -952,6 +953,22 @@ def cmd_node_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pod_delete(args: argparse.Namespace) -> int:
+    store = _open_store(args, Path(args.state_dir))
+    namespace, _, name = args.name.rpartition("/")
+    pod_id = f"{namespace or args.namespace}/{name}"
+    try:
+        store.delete_pod(pod_id, time.time())
+    except KeyError:
+        print(f"gitops pod delete: no pod {pod_id!r}", file=sys.stderr)
+        return 1
+    print(
+        f"pod {pod_id} is terminating: it leaves its Services' endpoints and its containers stop "
+        "within its grace period; its workload replaces it (a StatefulSet's under the same name)"
+    )
+    return 0
+
+
 def _backup_parsers(sub: Any) -> None:
     where = "the store's SQLAlchemy URL (or GITOPS_DB; default: SQLite in the state folder)"
     key = "the key that seals the store's Secret values (default: STATE_DIR/secret.key)"
@@ -989,6 +1006,19 @@ def _backup_parsers(sub: Any) -> None:
     delete.add_argument("--state-dir", default=str(DEFAULT_STATE))
     delete.add_argument("--secret-key-file", metavar="PATH", help=key)
     delete.set_defaults(func=cmd_node_delete)
+    pod = sub.add_parser("pod", help="pods the control plane runs")
+    pod_sub = pod.add_subparsers(dest="pod_command", required=True)
+    delete_pod = pod_sub.add_parser(
+        "delete",
+        help="stop a pod gracefully; its workload replaces it (kubectl delete pod)",
+        description="Works on the store directly, while the server runs.",
+    )
+    delete_pod.add_argument("name", metavar="[NAMESPACE/]NAME")
+    delete_pod.add_argument("-n", "--namespace", default="default")
+    delete_pod.add_argument("--db", help=where)
+    delete_pod.add_argument("--state-dir", default=str(DEFAULT_STATE))
+    delete_pod.add_argument("--secret-key-file", metavar="PATH", help=key)
+    delete_pod.set_defaults(func=cmd_pod_delete)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -1101,6 +1131,13 @@ def parser() -> argparse.ArgumentParser:
             "--secret-dir",
             metavar="PATH",
             help="folder on tmpfs for the files of Secret volumes (default: /dev/shm/gitops/NODE)",
+        )
+        sp.add_argument(
+            "--usage-interval",
+            type=float,
+            default=15.0,
+            metavar="SECONDS",
+            help="how often containers' CPU and memory use is measured, for autoscalers (default 15)",
         )
 
     up = sub.add_parser("up", help="control plane and a local agent on a folder")

@@ -34,7 +34,7 @@ from gitops.model import (
     content_hash,
 )
 from gitops.planner import Action, Plan, plan, resolve_template, rollouts
-from gitops.planner.actions import Workloads
+from gitops.planner.actions import Workloads, finished
 from gitops.planner.autoscale import autoscale
 from gitops.planner.cron import cron_step, job_manifest
 from gitops.planner.evict import evictions
@@ -93,8 +93,9 @@ def decide(state: ClusterState, now: float, *, not_ready_toleration: float = 60.
         removed=ended,
     )
     result = plan(effective, live, context=context)
-    # Stopping pods hold their node's resources until their agent reports them gone.
-    bound = [p for p in pods if p.node is not None and p.id not in gone]
+    # Stopping pods hold their node's resources until their agent reports them gone; pods
+    # that ran to their end (a Job's) hold none, as kube-scheduler counts them.
+    bound = [p for p in pods if p.node is not None and p.id not in gone and not finished(p)]
     pending: list[Pod] = [p for p in result.keep if p.node is None] + [a.pod for a in result.create]
     placements = place(pending, state.nodes, bound, state.claims)
     stopped = {a.pod.id for a in result.stop}

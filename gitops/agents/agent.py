@@ -299,6 +299,7 @@ class AgentConfig:
     secret_dir: Path | None = None
     cluster_domain: str = "cluster.local"
     dns_port: int = 53  # where the cluster DNS answers, on the pod bridge's gateway address
+    usage_interval: float = 15.0  # seconds between measurements of the containers' CPU and memory
 
 
 @dataclass
@@ -482,7 +483,7 @@ class Agent:
             return
         self._runtime_back()
         if self._usage is None:
-            self._usage = UsageSampler(self.runtime)
+            self._usage = UsageSampler(self.runtime, interval=self.config.usage_interval)
         self._usage.poll(
             (c.pod, c.container, c.id) for c in containers if c.running and c.container not in ("", INFRA)
         )

@@ -1242,6 +1242,15 @@ class Store:
                     row.updated_at = now
                     s.add(EventRow(time=now, object=f"pod {pod_id}", reason="Unschedulable", message=why))
 
+    def delete_pod(self, pod_id: str, now: float, reason: str = "deleted by gitops pod delete") -> None:
+        """Stop a pod gracefully (as `kubectl delete pod`): its workload replaces it."""
+        with self.session() as s:
+            row = s.get(PodRow, pod_id)
+            if row is None:
+                raise KeyError(pod_id)
+            pod = self._pod(row)
+        self.apply_pod_changes(create=[], stop=[(pod, reason)], bind={}, pending_reasons={}, now=now)
+
     def _release_claims(
         self,
         s: Session,

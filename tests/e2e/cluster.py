@@ -110,6 +110,7 @@ class Cluster:
     heartbeat_grace: float = 40.0
     not_ready_toleration: float = 60.0
     policy: Policy = DEFAULT_POLICY  # what the control plane allows (--allow-host-path, ...)
+    agent_args: tuple[str, ...] = ()  # more options of every agent (`--usage-interval 2`, ...)
     plane: ControlPlane | None = None
     agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     prefixes: dict[str, str] = field(default_factory=dict)
@@ -182,6 +183,7 @@ class Cluster:
                 prefix,
                 "--state-dir",
                 str(self.tmp / "state"),
+                *self.agent_args,
             ],
             stdout=log,
             stderr=log,

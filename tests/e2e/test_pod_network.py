@@ -153,6 +153,12 @@ class Nodes:
             env={**os.environ, "GITOPS_JOIN_TOKEN": self.plane.join_token},
         )
 
+    def push(self, name: str, text: str, message: str) -> None:
+        (self.work / name).write_text(text)
+        git(self.work, "add", "-A")
+        git(self.work, "commit", "-m", message)
+        git(self.work, "push", str(self.tmp / "remote.git"), "main")
+
     def stop_agent(self, node: NetnsNode) -> None:
         agent = self.agents.pop(node.name)
         agent.terminate()
@@ -280,6 +286,48 @@ def test_cluster_dns_answers_on_every_node_and_a_vip_spreads_over_pods_on_all_of
             return set(cluster.exec(node, pod, "sh", "-c", script).split()) == everyone
 
         wait_for(spread, timeout=30, what=f"the VIP to reach pods on every node from {node.name}")
+
+
+DAEMONSET = f"""\
+apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: nodeinfo
+spec:
+  selector:
+    matchLabels: {{app: nodeinfo}}
+  template:
+    metadata:
+      labels: {{app: nodeinfo}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: info
+          image: {IMAGE}
+          imagePullPolicy: Never
+          command: ["sh", "-c", "exec sleep 100000"]
+"""
+
+
+def test_a_daemonset_runs_one_pod_on_every_node_and_on_a_node_that_joins(cluster: Nodes) -> None:
+    assert cluster.store is not None
+    far = cluster.nodes[3]
+
+    def daemons() -> dict[str, str]:
+        pods = [p for p in cluster.pods() if p["name"].startswith("nodeinfo-") and p["ready"]]
+        return {p["node"]: p["name"] for p in pods}
+
+    cluster.push("nodeinfo.yaml", DAEMONSET, "a pod on every node")
+    everywhere = {n.name for n in cluster.nodes}
+    wait_for(lambda: set(daemons()) == everywhere, timeout=90, what="a nodeinfo pod on each of four nodes")
+    assert len([p for p in cluster.pods() if p["name"].startswith("nodeinfo-")]) == 4  # one each
+    # The far node leaves (its agent stops, the node is deleted): its pod goes with it.
+    cluster.stop_agent(far)
+    cluster.store.delete_node(far.name, time.time())
+    wait_for(lambda: set(daemons()) == everywhere - {far.name}, timeout=30, what="three nodeinfo pods")
+    # It joins again: it gets its pod.
+    cluster.start_agent(far)
+    wait_for(lambda: set(daemons()) == everywhere, timeout=90, what="a nodeinfo pod on the node that joined")
 
 
 def test_a_deleted_nodes_route_leaves_the_other_nodes(cluster: Nodes) -> None:
