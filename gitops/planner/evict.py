@@ -6,6 +6,10 @@ tolerates the `node.kubernetes.io/not-ready` or `node.kubernetes.io/unreachable`
 taint (`tolerationSeconds`), or the cluster default; after that it is stopped, and the
 planner creates its replacement on a ready node. A toleration without `tolerationSeconds`
 keeps the pod forever, as in Kubernetes.
+
+A StatefulSet's pod is never evicted: as in Kubernetes, it stays bound to its node until
+the node reports again or is deleted (`gitops node delete`), because a node that only lost
+its network may still run it, and two pods of one ordinal must never run at once.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ def evictions(
     """Pods to stop because their node has been NotReady longer than they tolerate."""
     actions = []
     for pod in sorted(pods, key=lambda p: p.id):
-        if pod.node is None or pod.node not in not_ready_since:
+        if pod.node is None or pod.node not in not_ready_since or pod.owner.kind == "StatefulSet":
             continue
         tolerated = tolerated_seconds(pod, default_toleration)
         since = not_ready_since[pod.node]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from gitops.model import NodeName, Pod, Toleration
+from gitops.model import NodeName, ObjectKey, Pod, Toleration
 from gitops.planner import plan
 from gitops.planner.evict import evictions
 from tests.planner.factories import deployment
@@ -39,3 +39,9 @@ def test_toleration_seconds_per_pod_and_for_ever_without_them() -> None:
     since = {NodeName("n1"): 1000.0}
     assert [a.pod for a in evictions([quick, forever], since, now=1005.0, default_toleration=60)] == [quick]
     assert evictions([forever], since, now=10**9, default_toleration=60) == []
+
+
+def test_a_statefulsets_pod_stays_bound_to_its_notready_node_however_long() -> None:
+    """Two pods of one ordinal must never run: the node may only have lost its network."""
+    pod = dataclasses.replace(on("n1"), owner=ObjectKey("StatefulSet", "default", "db"))
+    assert evictions([pod], {NodeName("n1"): 0.0}, now=1e9, default_toleration=60) == []
