@@ -693,6 +693,19 @@ def _check_job_spec(spec: Mapping[str, Any], base: FieldPath) -> Iterator[Findin
     for field in ("backoffLimitPerIndex", "maxFailedIndexes", "successPolicy"):
         if field in spec and not indexed:
             yield Finding((*base, field), f'requires completionMode "Indexed" ({mode_shown})')
+        elif field in spec:
+            yield Finding(
+                (*base, field),
+                "not acted on: gitops counts failures against backoffLimit for the whole Job "
+                "and completes it when every index succeeded",
+                warning=True,
+            )
+    if spec.get("podReplacementPolicy") == "Failed":
+        yield Finding(
+            (*base, "podReplacementPolicy"),
+            'not acted on: gitops replaces a pod as soon as it is terminating ("TerminatingOrFailed")',
+            warning=True,
+        )
     if indexed and "maxFailedIndexes" in spec and "backoffLimitPerIndex" not in spec:
         yield Finding(
             (*base, "backoffLimitPerIndex"), "required field is missing when maxFailedIndexes is set"
@@ -794,6 +807,13 @@ def _check_pod_failure_policy(
             yield Finding(rule_path, "expected onExitCodes or onPodConditions, not both")
         if codes is None and not conditions:
             yield Finding(rule_path, "expected one of onExitCodes or onPodConditions")
+        if conditions and codes is None:
+            yield Finding(
+                (*rule_path, "onPodConditions"),
+                "matches nothing: gitops sets no pod conditions (an evicted or deleted pod is not "
+                "counted as a failure at all)",
+                warning=True,
+            )
         if rule.get("action") == "FailIndex" and "backoffLimitPerIndex" not in spec:
             yield Finding(
                 (*rule_path, "action"),

@@ -943,3 +943,38 @@ def test_a_resource_metric_is_cpu_or_memory() -> None:
         f'{HPA_KEY.format("10:24")}: spec.metrics[0].resource.name: expected "cpu" or "memory" '
         '(the resources gitops measures), got "ephemeral-storage"'
     ]
+
+
+def test_job_fields_gitops_does_not_act_on_are_warnings_naming_the_field() -> None:
+    job = """
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: shards
+spec:
+  completionMode: Indexed
+  completions: 4
+  backoffLimitPerIndex: 1
+  podFailurePolicy:
+    rules:
+      - action: Ignore
+        onPodConditions: [{type: DisruptionTarget, status: "True"}]
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: work, image: busybox}]
+"""
+    result = check("jobs/shards.yaml", job)
+    assert errors(result) == []
+    assert [w.split(": ", 3)[2:] for w in warnings(result)] == [
+        [
+            "spec.backoffLimitPerIndex",
+            "not acted on: gitops counts failures against backoffLimit for the whole Job and completes "
+            "it when every index succeeded (warning)",
+        ],
+        [
+            "spec.podFailurePolicy.rules[0].onPodConditions",
+            "matches nothing: gitops sets no pod conditions (an evicted or deleted pod is not counted as "
+            "a failure at all) (warning)",
+        ],
+    ]
