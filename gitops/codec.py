@@ -96,6 +96,7 @@ def state_version(state: ClusterState) -> str:
         h.update(f"n {canonical_json(encode(n))} {state.not_ready_since.get(n.name)}\n".encode())
     for key in sorted(state.rollouts):
         h.update(f"r {key} {canonical_json(encode(state.rollouts[key]))}\n".encode())
-    for key in sorted(state.jobs):
-        h.update(f"j {key} {canonical_json(encode(state.jobs[key]))}\n".encode())
+    for kind, states in (("j", state.jobs), ("c", state.crons), ("s", state.scales)):
+        for key in sorted(states):
+            h.update(f"{kind} {key} {canonical_json(encode(states[key]))}\n".encode())
     return h.hexdigest()[:16]

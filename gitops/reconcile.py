@@ -168,9 +168,12 @@ def _autoscale(state: ClusterState, live: Sequence[Pod], now: float) -> dict[Obj
 
 def settle(state: ClusterState, decision: Decision, now: float) -> ClusterState:
     """`state` after the agents carried out `decision`: bound pods run and are ready,
-    stopped and evicted pods are gone."""
+    stopped and evicted pods are gone, and a claim a pod is bound with first has its volume
+    on that pod's node, as the store records it (so a StatefulSet's pod that is replaced
+    returns to its data)."""
     gone: set[PodId] = {a.pod.id for a in decision.plan.stop} | {a.pod.id for a in decision.evicted}
     assigned = decision.placements.assigned
+    claims = dict(state.claims)
     pods: list[Pod] = []
     for pod in [*state.pods, *(a.pod for a in decision.plan.create)]:
         if pod.id in gone or pod.terminating_at is not None:
@@ -178,6 +181,8 @@ def settle(state: ClusterState, decision: Decision, now: float) -> ClusterState:
         node = assigned.get(pod.id)
         why = decision.placements.unschedulable.get(pod.id)
         if node is not None:
+            for claim in pod.spec.claims:
+                claims.setdefault(claim, node)
             pods.append(
                 dataclasses.replace(pod, node=node, phase="Running", ready=True, ready_since=now, reason="")
             )
@@ -190,6 +195,7 @@ def settle(state: ClusterState, decision: Decision, now: float) -> ClusterState:
         jobs=dict(decision.jobs),
         crons=dict(decision.crons),
         scales=dict(decision.scales),
+        claims=claims,
         version="",
     )
 

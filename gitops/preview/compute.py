@@ -10,7 +10,12 @@ the preview carries the state's version so a stale one can be recognised.
 To show a whole rollout, the preview then lets `settle` play the agents (bound pods start
 and become ready, stopped pods go) and runs the next pass, until nothing is left to do.
 Later passes assume every pod becomes ready at once: they show where pods would land and
-how many steps a rollout takes, not how long.
+how many steps a rollout takes, not how long. Every pass runs at the same time, `now`, so
+the preview shows what the branch does, not what time does: no schedule comes due, no
+deadline or toleration runs out. The pods `settle` starts are ready since a time set back
+by the longest `minReadySeconds` of the workloads, so that they count as available at
+once. Pods never finish: a Job shows the pods it starts first (`gitops.preview.workloads`
+says what each kind does besides its pod actions).
 
 A cluster described only by its nodes holds no pods; the preview first settles the base
 revision on it, so the branch is compared with a cluster running the base.
@@ -25,13 +30,24 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from gitops.keyed import seal, secret_data
-from gitops.model import ClusterState, Manifest, NodeName, ObjectKey, PodId, PodSpec
-from gitops.planner.plan import configs_of
-from gitops.planner.podspec import resolve_template
-from gitops.planner.rollout import strategy_of
+from gitops.model import (
+    ClusterState,
+    CronRun,
+    CronState,
+    Manifest,
+    NodeName,
+    ObjectKey,
+    PodId,
+    PodSpec,
+    ScaleState,
+)
+from gitops.planner.cron import job_manifest
+from gitops.planner.plan import PLANNERS, configs_of
+from gitops.planner.podspec import Template, resolve_template
 from gitops.preview.diff import ObjectChange, diff_objects
 from gitops.preview.state import unredact
-from gitops.reconcile import Decision, decide, settle
+from gitops.preview.workloads import CronPlan, JobPlan, RolloutPlan, ScalePlan, summarise
+from gitops.reconcile import ROLLED_OUT, Decision, decide, settle
 from gitops.schemas.loader import SourceFile
 from gitops.schemas.validate import DEFAULT_POLICY, Policy, validate_files
 
@@ -70,18 +86,6 @@ class Unschedulable:
 
 
 @dataclass(frozen=True)
-class RolloutPlan:
-    deployment: str
-    replicas: int
-    strategy: str
-    steps: int
-
-    @property
-    def summary(self) -> str:
-        return f"{self.replicas} replicas, {self.strategy}: {self.steps} step{'s' if self.steps != 1 else ''}"
-
-
-@dataclass(frozen=True)
 class Preview:
     head: RevisionInfo
     base: RevisionInfo | None
@@ -93,6 +97,9 @@ class Preview:
     actions: tuple[PodAction, ...] = ()
     unschedulable: tuple[Unschedulable, ...] = ()
     rollouts: tuple[RolloutPlan, ...] = ()
+    jobs: tuple[JobPlan, ...] = ()
+    cronjobs: tuple[CronPlan, ...] = ()
+    autoscalers: tuple[ScalePlan, ...] = ()
     passes: int = 0
     converged: bool = True
     notes: tuple[str, ...] = ()
@@ -114,13 +121,20 @@ class Preview:
         return tuple(a for a in self.actions if a.pass_ == 0)
 
 
+def min_ready(desired: Sequence[Manifest]) -> int:
+    """The longest `minReadySeconds` of the workloads that wait for it."""
+    values = (m.spec.get("minReadySeconds", 0) for m in desired if m.key.kind in ROLLED_OUT)
+    return max((v for v in values if isinstance(v, int) and not isinstance(v, bool)), default=0)
+
+
 def converge(state: ClusterState, now: float, *, toleration: float = 60.0) -> ClusterState:
-    """`state` once every pass has run and every placed pod is ready."""
+    """`state` once every pass has run (all at `now`) and every placed pod is available."""
+    ready_at = now - min_ready(state.desired)
     for _ in range(MAX_PASSES):
         decision = decide(state, now, not_ready_toleration=toleration)
         if decision.empty:
             return dataclasses.replace(state, rollouts=dict(decision.rollouts))
-        state = settle(state, decision, now)
+        state = settle(state, decision, ready_at)
     return state
 
 
@@ -149,8 +163,15 @@ def _placement(spec: PodSpec, node: NodeName | None, held: dict[str, NodeName]) 
 
 
 def _actions(
-    decision: Decision, n: int, nodes_of: Mapping[PodId, NodeName | None], state: ClusterState
+    decision: Decision,
+    n: int,
+    nodes_of: Mapping[PodId, NodeName | None],
+    state: ClusterState,
+    replaced: set[tuple[str, str]],
 ) -> list[PodAction]:
+    """Pass `n`'s pod actions. `replaced` holds the places (a StatefulSet's pod name, a
+    DaemonSet's node) of pods stopped for a template change in earlier passes; a pod that
+    later starts in that place is their replacement, whatever its own reason says."""
     result = []
     held = dict(state.claims)
     for pod in state.pods:
@@ -158,8 +179,10 @@ def _actions(
             for claim in pod.spec.claims:
                 held.setdefault(claim, pod.node)
     for a in decision.plan.create:
-        kind: Kind = "replace" if _is_template_change(a.reason) else "create"
         node = decision.placements.assigned.get(a.pod.id)
+        place = _place(str(a.pod.owner), a.pod.id, a.pod.spec.node_name)
+        kind: Kind = "replace" if _is_template_change(a.reason) or place in replaced else "create"
+        replaced.discard(place)
         result.append(
             PodAction(
                 n,
@@ -175,17 +198,37 @@ def _actions(
         )
     for a in (*decision.evicted, *decision.plan.stop):
         kind = "replace" if _is_template_change(a.reason) else "stop"
+        if kind == "replace":
+            replaced.add(_place(str(a.pod.owner), a.pod.id, nodes_of.get(a.pod.id) or a.pod.spec.node_name))
         result.append(
             PodAction(n, "stop", kind, a.pod.id, str(a.pod.owner), nodes_of.get(a.pod.id), a.reason)
         )
     return result
 
 
-def _warnings(head: Sequence[Manifest]) -> list[str]:
+def _place(owner: str, pod: PodId, node: str | None) -> tuple[str, str]:
+    """Where a pod runs, as its replacement takes it over: a DaemonSet's node, else its name."""
+    return (owner, f"node {node}") if owner.startswith("DaemonSet ") else (owner, pod)
+
+
+def _templates(head: Sequence[Manifest]) -> dict[ObjectKey, Template]:
+    """The pod template of every workload, a CronJob's as its runs' Jobs have it."""
     configs = configs_of(head)
-    templates = {m.key: resolve_template(m, configs) for m in head if m.key.kind == "Deployment"}
+    templates = {}
+    for m in head:
+        workload = job_manifest(m, CronRun(m.key.name, 0.0)) if m.key.kind == "CronJob" else m
+        if workload.key.kind in PLANNERS:
+            try:
+                templates[m.key] = resolve_template(workload, configs)
+            except Exception:  # noqa: S112 - the planner reports it on the workload
+                continue
+    return templates
+
+
+def _warnings(head: Sequence[Manifest]) -> list[str]:
+    templates = _templates(head)
     used = {k for t in templates.values() for k in t.uses}
-    # (namespace, label, value) -> Deployments whose pods carry it: a selector intersects.
+    # (namespace, label, value) -> workloads whose pods carry it: a selector intersects.
     carrying: dict[tuple[str, str, str], set[ObjectKey]] = defaultdict(set)
     for key, template in templates.items():
         for label, value in template.labels:
@@ -202,25 +245,8 @@ def _warnings(head: Sequence[Manifest]) -> list[str]:
                 shown = ", ".join(f"{k}={v}" for k, v in sorted(selector.items())) or "(empty)"
                 warnings.append(f"{m.location}: {m.key}: spec.selector: selects no pods ({shown})")
         elif m.key.kind == "ConfigMap" and m.key not in used:
-            warnings.append(f"{m.location}: {m.key}: no Deployment uses this ConfigMap")
+            warnings.append(f"{m.location}: {m.key}: no workload uses this ConfigMap")
     return warnings
-
-
-def _rollouts(head: Sequence[Manifest], actions: Sequence[PodAction]) -> list[RolloutPlan]:
-    """Deployments whose template changes, with the number of passes that start new pods."""
-    rolling = {a.owner for a in actions if a.kind == "replace"}
-    waves: dict[str, set[int]] = {owner: set() for owner in rolling}
-    for a in actions:
-        if a.owner in rolling and a.action == "create":
-            waves[a.owner].add(a.pass_)
-    result = []
-    for m in sorted(head, key=lambda m: m.key):
-        if str(m.key) not in waves:
-            continue
-        replicas = int(m.spec.get("replicas", 1))
-        strategy = strategy_of(m.spec, replicas).describe()
-        result.append(RolloutPlan(str(m.key), replicas, strategy, len(waves[str(m.key)])))
-    return result
 
 
 def _unschedulable(state: ClusterState, decision: Decision) -> list[Unschedulable]:
@@ -320,31 +346,45 @@ def preview(
                 f"({differ} object versions differ); pod actions are computed from what it runs"
             )
     current = unredact(dataclasses.replace(current, desired=tuple(manifests)), manifests)
+    start = current
     actions: list[PodAction] = []
-    t = now
+    replaced: set[tuple[str, str]] = set()
+    crons: list[Mapping[ObjectKey, CronState]] = []
+    scales: list[Mapping[ObjectKey, ScaleState]] = []
     last: Decision | None = None
     last_state = current
     converged = False
     passes = 0
-    min_ready = max(
-        (int(m.spec.get("minReadySeconds", 0)) for m in manifests if m.key.kind == "Deployment"), default=0
-    )
+    ready_at = now - min_ready(manifests)
     for n in range(MAX_PASSES):
-        decision = decide(current, t, not_ready_toleration=not_ready_toleration)
+        decision = decide(current, now, not_ready_toleration=not_ready_toleration)
         last, last_state = decision, current
+        crons.append(decision.crons)
+        scales.append(decision.scales)
         nodes_of = {p.id: p.node for p in current.pods}
-        actions += _actions(decision, n, nodes_of, current)
+        actions += _actions(decision, n, nodes_of, current, replaced)
         if decision.empty:
             converged = True
             passes = n
             break
-        current = settle(current, decision, t)
-        t += min_ready + 1
+        current = settle(current, decision, ready_at)
     else:
         passes = MAX_PASSES
         notes.append(f"the rollout did not settle within {MAX_PASSES} passes; later passes are not shown")
     assert last is not None
     unschedulable = _unschedulable(last_state, last)
+    changed = {o.key for o in objects if o.change != "deleted"}
+    summaries = summarise(
+        manifests,
+        actions,
+        changed=changed,
+        before=start,
+        after=last_state,
+        last=last,
+        crons=crons,
+        scales=scales,
+        now=now,
+    )
     counts = {
         "objects_created": sum(1 for o in objects if o.change == "created"),
         "objects_changed": sum(1 for o in objects if o.change == "changed"),
@@ -360,7 +400,10 @@ def preview(
         objects=tuple(objects),
         actions=tuple(actions),
         unschedulable=tuple(unschedulable),
-        rollouts=tuple(_rollouts(manifests, actions)),
+        rollouts=summaries.rollouts,
+        jobs=summaries.jobs,
+        cronjobs=summaries.cronjobs,
+        autoscalers=summaries.autoscalers,
         passes=passes,
         converged=converged,
         notes=tuple(notes),
@@ -368,4 +411,15 @@ def preview(
     )
 
 
-__all__ = ["PodAction", "Preview", "RevisionInfo", "Unschedulable", "converge", "preview"]
+__all__ = [
+    "CronPlan",
+    "JobPlan",
+    "PodAction",
+    "Preview",
+    "RevisionInfo",
+    "RolloutPlan",
+    "ScalePlan",
+    "Unschedulable",
+    "converge",
+    "preview",
+]

@@ -11,7 +11,7 @@ and stays under `MARKDOWN_LIMIT` characters, saying what it left out.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from gitops.diagnostics import group_warnings, parse_diagnostic
@@ -71,12 +71,58 @@ def to_json(p: Preview, *, stale: bool | None = None) -> dict[str, Any]:
         "rollouts": [
             {
                 "deployment": r.deployment,
+                "workload": r.deployment,
                 "replicas": r.replicas,
                 "strategy": r.strategy,
                 "steps": r.steps,
+                "order": list(r.order),
+                "skipped": list(r.skipped),
                 "summary": r.summary,
             }
             for r in p.rollouts
+        ],
+        "jobs": [
+            {
+                "job": j.job,
+                "completions": j.completions,
+                "parallelism": j.parallelism,
+                "indexed": j.indexed,
+                "started": list(j.started),
+                "status": j.status,
+                "cronjob": j.cronjob,
+                "summary": j.summary,
+            }
+            for j in p.jobs
+        ],
+        "cronjobs": [
+            {
+                "cronjob": c.cronjob,
+                "schedule": c.schedule,
+                "time_zone": c.zone,
+                "next_runs": list(c.next_runs),
+                "started": list(c.started),
+                "suspended": c.suspended,
+                "reason": c.reason,
+                "error": c.error,
+                "summary": c.summary,
+            }
+            for c in p.cronjobs
+        ],
+        "autoscalers": [
+            {
+                "autoscaler": a.hpa,
+                "target": a.target,
+                "min_replicas": a.min_replicas,
+                "max_replicas": a.max_replicas,
+                "metrics": [{"name": n, "target": t, "current": c} for n, t, c in a.metrics],
+                "unsupported": list(a.unsupported),
+                "replicas": a.replicas,
+                "before": a.before,
+                "reason": a.reason,
+                "error": a.error,
+                "summary": a.summary,
+            }
+            for a in p.autoscalers
         ],
         "unschedulable": [{"owner": u.owner, "pods": u.pods, "reason": u.reason} for u in p.unschedulable],
         "passes": p.passes,
@@ -137,6 +183,16 @@ def _pod_line(a: PodAction) -> str:
     return f"- {a.pod}" + (f" on {a.node}" if a.node else "") + f": {a.reason}"
 
 
+def _workload_sections(p: Preview, show: Callable[[str], str]) -> list[tuple[str, list[str]]]:
+    """What each workload does besides its pod actions, a line each (`gitops.preview.workloads`)."""
+    return [
+        ("Rollouts", [f"{show(r.deployment)}: {show(r.summary)}" for r in p.rollouts]),
+        ("Jobs", [f"{show(j.job)}: {show(j.summary)}" for j in p.jobs]),
+        ("CronJobs", [f"{show(c.cronjob)}: {show(c.summary)}" for c in p.cronjobs]),
+        ("Autoscalers", [f"{show(a.hpa)}: {show(a.summary)}" for a in p.autoscalers]),
+    ]
+
+
 def _headline(p: Preview) -> str:
     head = f"{p.head.id[:12]}" + (f" ({p.head.message.splitlines()[0]})" if p.head.message else "")
     base = f" onto {p.base.id[:12]}" if p.base else ""
@@ -178,7 +234,7 @@ def to_text(p: Preview) -> str:
         out.append(f"  pass {n}{' (what the next control pass does)' if n == 0 else ''}:")
         out += [f"    {_pod_line(a)}" for a in p.actions if a.pass_ == n]
     for title, lines in (
-        ("Rollouts", [f"{r.deployment}: {r.summary}" for r in p.rollouts]),
+        *_workload_sections(p, str),
         (
             "Unschedulable",
             [f"{u.owner}: {u.pods} pod{'s' if u.pods != 1 else ''}: {u.reason}" for u in p.unschedulable],
@@ -198,7 +254,8 @@ def to_text(p: Preview) -> str:
 def _md(text: str) -> str:
     """Inline text from a manifest, safe in a table cell or a summary line."""
     text = text.replace("&", "&amp;").replace("<", "&lt;")
-    return text.replace("|", "\\|").replace("`", "&#96;").replace("\n", " ")
+    # `*` too: a schedule (`*/15 * * * *`) must not turn into emphasis.
+    return text.replace("|", "\\|").replace("`", "&#96;").replace("*", "\\*").replace("\n", " ")
 
 
 def _fenced(lines: Sequence[str], lang: str = "diff") -> str:
@@ -296,7 +353,7 @@ def to_markdown(p: Preview, *, limit: int = MARKDOWN_LIMIT) -> str:
         f"| {c.get('pods_unschedulable', 0)} |\n"
     )
     for title, lines in (
-        ("Rollouts", [f"{_md(r.deployment)}: {_md(r.summary)}" for r in p.rollouts]),
+        *_workload_sections(p, _md),
         ("Unschedulable", [f"{_md(u.owner)}: {u.pods} pods: {_md(u.reason)}" for u in p.unschedulable]),
         ("Notes", [_md(n) for n in p.notes]),
     ):

@@ -1,10 +1,12 @@
 """Cluster state a preview runs on: a snapshot file, an API answer, or a nodes file.
 
 A snapshot is `ClusterState` as JSON (`gitops state export`, `GET /api/v1/state`), format
-`gitops-state/1`. It never holds a Secret value: Secret data, every pod env value and
-mounted file taken from a Secret (or equal to a current Secret value) are replaced by
-`<redacted>`, and log tails are dropped. A
-preview does not need them: pods are compared by template hash, and `unredact` puts the
+`gitops-state/1`: desired objects, pods, nodes, and what the controller remembers between
+passes (rollout, Job, CronJob and autoscaler states, each claim's node, the pods' latest
+usage samples), so a preview from it decides as the controller would. It never holds a
+Secret value: Secret data, every pod env value and mounted file taken from a Secret (or
+equal to a current Secret value) are replaced by `<redacted>`, and log tails are dropped.
+A preview does not need them: pods are compared by template hash, and `unredact` puts the
 branch's own values back where a redacted one sat, so reasons name what really changed.
 
 A nodes file describes an empty cluster for previews without a running server:
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,16 +35,21 @@ from gitops.codec import decode_as, encode, state_version
 from gitops.model import (
     ClusterState,
     Container,
+    CronState,
+    JobState,
     Manifest,
     MountedFile,
     Node,
     NodeName,
     Pod,
+    PodUsage,
     RolloutState,
+    ScaleState,
     SourceLocation,
     Taint,
 )
-from gitops.planner.plan import configs_of
+from gitops.planner.cron import job_manifest
+from gitops.planner.plan import PLANNERS, configs_of
 from gitops.planner.podspec import config_values, resolve_template
 from gitops.schemas.loader import Document, SourceFile, format_path, load_file
 from gitops.schemas.quantity import parse_cpu, parse_memory
@@ -115,6 +123,14 @@ def to_json(state: ClusterState) -> dict[str, Any]:
         "nodes": [encode(n) for n in clean.nodes],
         "not_ready_since": dict(clean.not_ready_since),
         "rollouts": [encode(r) for r in clean.rollouts.values()],
+        "claims": dict(clean.claims),
+        "jobs": [encode(j) for j in clean.jobs.values()],
+        "crons": [encode(c) for c in clean.crons.values()],
+        "scales": [encode(s) for s in clean.scales.values()],
+        # A sample with a non-finite reading is no sample to an autoscaler, and is not JSON.
+        "usage": [
+            encode(u) for u in clean.usage.values() if all(math.isfinite(c.cpu_milli) for c in u.containers)
+        ],
     }
 
 
@@ -124,6 +140,10 @@ def from_json(data: Any, where: str) -> ClusterState:
         raise StateError(f"{where}: not a gitops state snapshot (format {found!r}, expected {FORMAT!r})")
     try:
         rollouts = [decode_as(RolloutState, r) for r in data.get("rollouts") or []]
+        jobs = [decode_as(JobState, j) for j in data.get("jobs") or []]
+        crons = [decode_as(CronState, c) for c in data.get("crons") or []]
+        scales = [decode_as(ScaleState, s) for s in data.get("scales") or []]
+        usage = [decode_as(PodUsage, u) for u in data.get("usage") or []]
         return ClusterState(
             desired=tuple(decode_as(Manifest, m) for m in data.get("desired") or []),
             pods=tuple(decode_as(Pod, p) for p in data.get("pods") or []),
@@ -131,6 +151,11 @@ def from_json(data: Any, where: str) -> ClusterState:
             not_ready_since={NodeName(k): float(v) for k, v in (data.get("not_ready_since") or {}).items()},
             rollouts={r.deployment: r for r in rollouts},
             version=str(data.get("version") or ""),
+            claims={str(k): NodeName(str(v)) for k, v in (data.get("claims") or {}).items()},
+            jobs={j.job: j for j in jobs},
+            crons={c.cronjob: c for c in crons},
+            scales={s.hpa: s for s in scales},
+            usage={u.pod: u for u in usage},
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise StateError(f"{where}: malformed state snapshot: {exc}") from exc
@@ -140,10 +165,20 @@ def unredact(state: ClusterState, desired: Sequence[Manifest]) -> ClusterState:
     """Put `desired`'s values where a pod's env value or file was redacted.
 
     A redacted value is taken to equal what the branch asks for, so a Secret value
-    change alone shows in the object diff, not as a pod env change.
+    change alone shows in the object diff, not as a pod env change. Pods of every workload
+    kind are filled, a CronJob's runs' pods from its job template.
     """
     configs = configs_of(desired)
-    templates = {m.key: resolve_template(m, configs).spec for m in desired if m.key.kind == "Deployment"}
+    workloads = [m for m in desired if m.key.kind in PLANNERS]
+    for cronjob in (m for m in desired if m.key.kind == "CronJob"):
+        runs = state.crons[cronjob.key].runs if cronjob.key in state.crons else ()
+        workloads += [job_manifest(cronjob, run) for run in runs]
+    templates = {}
+    for m in workloads:
+        try:
+            templates[m.key] = resolve_template(m, configs).spec
+        except Exception:  # noqa: S112 - the planner reports it on the workload
+            continue
     pods = []
     for pod in state.pods:
         spec = templates.get(pod.owner)

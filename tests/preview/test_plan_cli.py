@@ -142,7 +142,7 @@ def test_warnings_name_a_service_that_selects_nothing_and_an_unused_configmap(
     code, out, _ = plan(capsys, repo, "--base", base, "--state", str(nodes_file))
     assert code == 2
     assert "svc.yaml:1:1: Service default/api: spec.selector: selects no pods (app=api)" in out
-    assert "cm.yaml:1:1: ConfigMap default/leftover: no Deployment uses this ConfigMap" in out
+    assert "cm.yaml:1:1: ConfigMap default/leftover: no workload uses this ConfigMap" in out
 
 
 def test_an_external_name_service_selecting_nothing_is_no_warning(
