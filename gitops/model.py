@@ -32,6 +32,8 @@ API_VERSIONS: Mapping[str, str] = {
     "Deployment": "apps/v1",
     "StatefulSet": "apps/v1",
     "DaemonSet": "apps/v1",
+    "ReplicaSet": "apps/v1",
+    "ReplicationController": "v1",
     "Job": "batch/v1",
     "CronJob": "batch/v1",
     "Service": "v1",

@@ -1,4 +1,5 @@
-"""The HorizontalPodAutoscaler: how many replicas a Deployment or StatefulSet should run.
+"""The HorizontalPodAutoscaler: how many replicas a Deployment, StatefulSet, ReplicaSet or
+ReplicationController should run.
 
 Kubernetes' autoscaling/v2 algorithm (`pkg/controller/podautoscaler`: horizontal.go and
 replica_calculator.go) as one pure function, `autoscale(hpa, current, pods, usage, state,
@@ -52,6 +53,7 @@ from gitops.model import (
     ScaleState,
 )
 from gitops.schemas.quantity import QuantityError, parse_cpu, parse_memory
+from gitops.schemas.kinds import SCALABLE_KINDS
 from gitops.schemas.schema import describe_value
 
 __all__ = [
@@ -73,7 +75,12 @@ TOLERANCE = Fraction(1, 10)
 # was taken since: start-up work (JIT, cache warming) is not load.
 CPU_INITIALIZATION_PERIOD = 300.0
 DEFAULT_CPU_UTILIZATION = 80  # the metric Kubernetes gives an HPA that lists none
-TARGET_KINDS = ("Deployment", "StatefulSet")
+TARGET_KINDS = SCALABLE_KINDS
+
+
+def _kinds() -> str:
+    return ", ".join(TARGET_KINDS[:-1]) + f" or {TARGET_KINDS[-1]}"
+
 
 Resource = Literal["cpu", "memory"]
 _RESOURCES: Mapping[str, Resource] = {"cpu": "cpu", "memory": "memory"}
@@ -152,11 +159,9 @@ def read_spec(hpa: Manifest) -> ScaleSpec:
     spec = hpa.spec
     target = _target(hpa)
     if target.kind not in TARGET_KINDS:
-        raise SpecError(
-            f"spec.scaleTargetRef.kind: expected Deployment or StatefulSet, got {describe_value(target.kind)}"
-        )
+        raise SpecError(f"spec.scaleTargetRef.kind: expected {_kinds()}, got {describe_value(target.kind)}")
     if not target.name:
-        raise SpecError("spec.scaleTargetRef.name: expected the name of a Deployment or StatefulSet")
+        raise SpecError(f"spec.scaleTargetRef.name: expected the name of a {_kinds()}")
     low = _whole(spec.get("minReplicas", 1), "spec.minReplicas", 1, note=" (gitops does not scale to zero)")
     high = _whole(spec.get("maxReplicas"), "spec.maxReplicas", 1)
     if high < low:

@@ -10,6 +10,10 @@ derived from the hash and a slot number, so planning is reproducible and running
 plan twice creates nothing the second time. Names are unique by construction: a slot whose
 suffix is taken (by a pod that exists, or one this plan already named) is skipped.
 
+The other kinds that own pods have planners of their own (`PLANNERS`): StatefulSets,
+DaemonSets, Jobs, and ReplicaSets and ReplicationControllers, which keep a number of pods
+without ever replacing one for a new template (`replicaset`).
+
 A workload asks for at most `BURST` new pods per pass (as Kubernetes' ReplicaSet controller
 does); `Plan.more` says some wanted more, so the controller runs again at once. A
 workload whose planning fails is recorded in `Plan.failed` with the error, and every other
@@ -28,6 +32,7 @@ from gitops.planner.actions import BURST, Action, Plan, Workloads, merge, pod_na
 from gitops.planner.daemonset import daemonset_status, plan_daemonset
 from gitops.planner.job import plan_job
 from gitops.planner.podspec import ConfigIndex, Template, describe_change, resolve_template
+from gitops.planner.replicaset import plan_replicaset
 from gitops.planner.rollout import RolloutStatus, rolling_step, rollout_status, strategy_of
 from gitops.planner.statefulset import plan_statefulset, statefulset_status
 
@@ -138,6 +143,8 @@ PLANNERS: Mapping[str, PlanWorkload] = {
     "Deployment": _plan_deployment,
     "StatefulSet": plan_statefulset,
     "DaemonSet": plan_daemonset,
+    "ReplicaSet": plan_replicaset,
+    "ReplicationController": plan_replicaset,  # the same controller, with a plain-labels selector
     "Job": plan_job,
 }
 """The workload kinds that own pods, and the planner of each."""

@@ -1,8 +1,10 @@
 """Rules of one document that a JSON Schema cannot say well.
 
-Names and labels in Kubernetes' syntax, a workload's selector against its pod template, the
-restartPolicy each workload kind allows (Always for Deployments, StatefulSets and
-DaemonSets; Never or OnFailure, written out, for Jobs and CronJobs' job templates), update
+Names and labels in Kubernetes' syntax, a workload's selector against its pod template (a
+ReplicationController's is a plain map of labels, by default the template's), the
+restartPolicy each workload kind allows (Always for Deployments, StatefulSets, DaemonSets,
+ReplicaSets and ReplicationControllers; Never or OnFailure, written out, for Jobs and
+CronJobs' job templates), update
 strategies, a StatefulSet's claim templates against its volumes, a Job's completion mode and
 failure policy, a CronJob's schedule and time zone (`cron`), unique container names,
 quantities and request <= limit, volume mounts against declared volumes, a pod's DNS
@@ -148,7 +150,9 @@ def _items(value: object, path: FieldPath) -> Iterator[tuple[FieldPath, Mapping[
 
 # --- where each workload kind keeps its pods ----------------------------------------------
 
-WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"})
+WORKLOAD_KINDS = frozenset(
+    {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "ReplicationController", "Job", "CronJob"}
+)
 """The kinds that run pods from a pod template."""
 
 
@@ -272,11 +276,45 @@ def _check_selector(spec: Mapping[str, Any], base: FieldPath = ("spec",)) -> Ite
     if not _map(selector.get("matchLabels")) and not _list(selector.get("matchExpressions")):
         yield Finding(path, "expected a non-empty selector (matchLabels or matchExpressions)")
         return
-    template_labels = _map(_map(_map(spec.get("template")).get("metadata")).get("labels"))
+    yield from _check_selects_template(selector, spec, base)
+
+
+def _template_labels(spec: Mapping[str, Any]) -> Mapping[str, Any]:
+    return _map(_map(_map(spec.get("template")).get("metadata")).get("labels"))
+
+
+def _check_selects_template(
+    selector: Mapping[str, Any], spec: Mapping[str, Any], base: FieldPath
+) -> Iterator[Finding]:
+    """The LabelSelector `selector` (at `base`.selector) selects the labels of the pod
+    template in `spec`: a workload's pods must be its own."""
+    template_labels = _template_labels(spec)
     if not label_selector_matches(selector, template_labels):
         shown = ", ".join(f"{k}={v}" for k, v in template_labels.items()) or "none"
         where = format_path((*base, "template", "metadata", "labels"))
-        yield Finding(path, f"selector does not match the pod template's labels ({where}: {shown})")
+        yield Finding(
+            (*base, "selector"), f"selector does not match the pod template's labels ({where}: {shown})"
+        )
+
+
+def _check_map_selector(spec: Mapping[str, Any], base: FieldPath = ("spec",)) -> Iterator[Finding]:
+    """A ReplicationController's selector: a plain map of labels, by default (absent or
+    empty) the pod template's labels, which then must not be empty; one written must
+    select the template's labels, as a LabelSelector's matchLabels would."""
+    selector = spec.get("selector")
+    path: FieldPath = (*base, "selector")
+    if isinstance(selector, Mapping) and selector:
+        findings = list(_check_labels(selector, path))
+        yield from findings
+        # A value that is not a string (say, a LabelSelector written here) is the schema's to report.
+        if not findings and all(isinstance(v, str) for v in selector.values()):
+            yield from _check_selects_template({"matchLabels": selector}, spec, base)
+    elif selector in (None, {}) and isinstance(spec.get("template"), Mapping) and not _template_labels(spec):
+        where = format_path((*base, "template", "metadata", "labels"))
+        problem = "required field is missing" if selector is None else "expected a non-empty selector"
+        yield Finding(
+            path, f"{problem} when {where} is empty (the selector defaults to the template's labels)"
+        )
 
 
 # --- deployments --------------------------------------------------------------------------
@@ -637,6 +675,22 @@ def _check_daemonset(body: Mapping[str, Any]) -> Iterator[Finding]:
             "may not be 0 when `maxSurge` is 0 (expected maxUnavailable > 0, or maxSurge > 0: "
             "the rollout could never replace a pod)",
         )
+
+
+def _check_replicaset(body: Mapping[str, Any]) -> Iterator[Finding]:
+    yield from _check_metadata(body, dns1035=False)
+    spec = _map(body.get("spec"))
+    yield from _check_selector(spec)
+    yield from _check_template(spec, ("spec",))
+    yield from _check_restarts_always("ReplicaSet", body)
+
+
+def _check_replication_controller(body: Mapping[str, Any]) -> Iterator[Finding]:
+    yield from _check_metadata(body, dns1035=False)
+    spec = _map(body.get("spec"))
+    yield from _check_map_selector(spec)
+    yield from _check_template(spec, ("spec",))
+    yield from _check_restarts_always("ReplicationController", body)
 
 
 JOB_NAME_MAX = 63
@@ -1056,6 +1110,8 @@ _CHECKS = {
     "Deployment": _check_deployment,
     "StatefulSet": _check_statefulset,
     "DaemonSet": _check_daemonset,
+    "ReplicaSet": _check_replicaset,
+    "ReplicationController": _check_replication_controller,
     "Job": _check_job,
     "CronJob": _check_cronjob,
     "Service": _check_service,

@@ -10,20 +10,22 @@ a stored NetworkPolicy for an enforced one, each such object gets one warning
 
 PersistentVolumeClaims and HorizontalPodAutoscalers are stored the same way but without
 that warning, since gitops acts on them: a claim is a local volume that pins its pods
-(`docs/pods.md`); an autoscaler scales the Deployment or StatefulSet it names on cpu and
-memory (Resource and ContainerResource metrics; Pods, Object and External metrics get a
-warning: nothing computes them). A StorageClass's warning says that its reclaimPolicy is
-used. `STORED_KINDS` are the kinds whose only rules beyond their schema are the ones here
-(`check_stored`): Kubernetes' name syntax, labels, and a few rules a schema cannot say.
-References between these objects (a RoleBinding naming a ServiceAccount) are not checked:
-gitops does not act on them, and the objects they name often live elsewhere; an
-autoscaler's target is checked across objects, in `validate`.
+(`docs/pods.md`); an autoscaler scales the Deployment, StatefulSet, ReplicaSet or
+ReplicationController it names on cpu and memory (Resource and ContainerResource metrics;
+Pods, Object and External metrics get a warning: nothing computes them). A StorageClass's
+warning says that its reclaimPolicy is used. `STORED_KINDS` are the kinds whose only rules
+beyond their schema are the ones here (`check_stored`): Kubernetes' name syntax, labels,
+and a few rules a schema cannot say. References between these objects (a RoleBinding naming
+a ServiceAccount) are not checked: gitops does not act on them, and the objects they name
+often live elsewhere; an autoscaler's target is checked across objects, in `validate`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from typing import Any
+
+from gitops.model import API_VERSIONS
 
 from .checks import (
     DNS1035_HELP,
@@ -162,8 +164,11 @@ def _check_custom_resource_definition(body: Mapping[str, Any]) -> Iterator[Findi
         )
 
 
-SCALABLE_KINDS = ("Deployment", "StatefulSet")
-"""The kinds an autoscaler may name in scaleTargetRef (apps/v1)."""
+SCALABLE_KINDS = ("Deployment", "StatefulSet", "ReplicaSet", "ReplicationController")
+"""The kinds an autoscaler may name in scaleTargetRef (those with a scale subresource that
+gitops runs), each with its apiVersion (`API_VERSIONS`)."""
+_SCALABLE_HELP = ", ".join(f'"{k}"' for k in SCALABLE_KINDS[:-1]) + f' or "{SCALABLE_KINDS[-1]}"'
+
 _METRIC_SOURCES = {
     "Resource": "resource",
     "ContainerResource": "containerResource",
@@ -184,12 +189,12 @@ def _check_autoscaler(body: Mapping[str, Any]) -> Iterator[Finding]:
     if isinstance(kind, str) and kind and kind not in SCALABLE_KINDS:
         yield Finding(
             ("spec", "scaleTargetRef", "kind"),
-            f'expected "Deployment" or "StatefulSet" (the kinds gitops scales), got {describe_value(kind)}',
+            f"expected {_SCALABLE_HELP} (the kinds gitops scales), got {describe_value(kind)}",
         )
-    elif isinstance(api_version, str) and api_version != "apps/v1":
+    elif kind in SCALABLE_KINDS and isinstance(api_version, str) and api_version != API_VERSIONS[kind]:
         yield Finding(
             ("spec", "scaleTargetRef", "apiVersion"),
-            f'expected "apps/v1" for {kind}, got {describe_value(api_version)}',
+            f'expected "{API_VERSIONS[kind]}" for {kind}, got {describe_value(api_version)}',
         )
     metrics = spec.get("metrics")
     for index, written in enumerate(metrics if isinstance(metrics, list) else []):

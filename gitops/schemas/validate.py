@@ -4,13 +4,14 @@
 checks it against its kind's JSON Schema (`schema`) and the rules a schema cannot state
 (`checks`; `kinds` for the kinds gitops only stores, each of whose objects also gets one
 warning saying so), then checks the objects against each other: duplicates, undeclared
-namespaces; in the pod template of every workload (Deployment, StatefulSet, DaemonSet, Job,
-CronJob), references to missing ConfigMaps, Secrets, keys and PersistentVolumeClaims and
-imagePullSecrets not in the source; a StatefulSet's serviceName that is not a headless
-Service (a warning: its pods get no DNS names); an autoscaler's target missing from the
-source (a warning); two Services taking one port on the nodes (node ports, LoadBalancer
-ports). Every object that could be identified comes out as a `Manifest`, errors or not;
-the caller decides what to do with a result that is not `ok`.
+namespaces; in the pod template of every workload (Deployment, StatefulSet, DaemonSet,
+ReplicaSet, ReplicationController, Job, CronJob), references to missing ConfigMaps,
+Secrets, keys and PersistentVolumeClaims and imagePullSecrets not in the source; a
+StatefulSet's serviceName that is not a headless Service (a warning: its pods get no DNS
+names); an autoscaler's target missing from the source (a warning); two Services taking one
+port on the nodes (node ports, LoadBalancer ports). Every object that could be identified
+comes out as a `Manifest`, errors or not; the caller decides what to do with a result that
+is not `ok`.
 
 A Job may be written with `metadata.generateName` and no name, as Argo CD's hook Jobs are.
 Kubernetes would add 5 random characters; gitops adds 5 characters derived from the content
@@ -51,7 +52,7 @@ from .checks import (
     node_port_claims,
     pod_spec,
 )
-from .kinds import INERT_KINDS, STORED_KINDS, check_stored, not_acted_on
+from .kinds import INERT_KINDS, SCALABLE_KINDS, STORED_KINDS, check_stored, not_acted_on
 from .loader import Document, FieldPath, SourceFile, format_path, load_file
 from .schema import describe_value, schema_findings
 
@@ -332,7 +333,7 @@ def _check_scale_target(autoscaler: _Object, objects: Mapping[ObjectKey, _Object
     """An autoscaler whose target is not in the source scales nothing."""
     target = _map(_map(autoscaler.body.get("spec")).get("scaleTargetRef"))
     kind, name = target.get("kind"), target.get("name")
-    if kind not in ("Deployment", "StatefulSet") or not isinstance(name, str) or not name:
+    if kind not in SCALABLE_KINDS or not isinstance(name, str) or not name:
         return  # `check_stored` says what is wrong with it
     if ObjectKey(kind, autoscaler.key.namespace, name) in objects:
         return

@@ -358,10 +358,10 @@ def test_an_hpa_gitops_cannot_act_on_says_which_field() -> None:
     assert state.replicas == 2
     assert state.error == "spec.minReplicas: expected an integer >= 1 (gitops does not scale to zero), got 0"
     assert state.reason == f"cannot autoscale: {state.error}: stays at 2"
-    replica_set = hpa(scaleTargetRef={"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web"})
-    assert (
-        seen(replica_set, 2).error
-        == 'spec.scaleTargetRef.kind: expected Deployment or StatefulSet, got "ReplicaSet"'
+    daemons = hpa(scaleTargetRef={"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "web"})
+    assert seen(daemons, 2).error == (
+        "spec.scaleTargetRef.kind: expected Deployment, StatefulSet, ReplicaSet or ReplicationController, "
+        'got "DaemonSet"'
     )
 
 

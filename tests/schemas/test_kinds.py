@@ -459,10 +459,10 @@ def test_an_old_api_version_is_an_error_naming_the_one_to_use(kind: str, old: st
 
 
 def test_an_unknown_kind_is_an_error_listing_every_known_kind() -> None:
-    result = validate_one("apiVersion: apps/v1\nkind: ReplicaSet\nmetadata: {name: web}\n")
+    result = validate_one("apiVersion: v1\nkind: PodTemplate\nmetadata: {name: web}\n")
     [error] = errors(result)
     assert error.startswith(
-        'apps/web.yaml:2:7: kind: unknown kind "ReplicaSet"; expected one of ClusterRole, '
+        'apps/web.yaml:2:7: kind: unknown kind "PodTemplate"; expected one of ClusterRole, '
     )
     listed = error.split("expected one of ", 1)[1].split(", ")
     assert listed == sorted(KINDS)

@@ -3,7 +3,8 @@ kind against its schema (the pod template is the Deployment's), the rules of its
 (restartPolicy, selector against template, update strategies, Job completion modes and
 failure policies, cron schedules and time zones), the server's policy on every pod template,
 and the references of its pods across objects. A HorizontalPodAutoscaler is acted on: it
-must name a Deployment or StatefulSet and scale on cpu or memory."""
+must name a Deployment, StatefulSet, ReplicaSet or ReplicationController and scale on cpu or
+memory."""
 
 from __future__ import annotations
 
@@ -842,11 +843,11 @@ def test_a_cron_jobs_references_are_checked_in_its_job_template() -> None:
 # --- HorizontalPodAutoscaler -----------------------------------------------------------------
 
 
-def test_an_autoscaler_scales_only_a_deployment_or_a_stateful_set() -> None:
-    result = validate((STS, MYSQL), (HPA, AUTOSCALER.replace("kind: StatefulSet", "kind: ReplicaSet")))
+def test_an_autoscaler_scales_only_the_kinds_gitops_scales() -> None:
+    result = validate((STS, MYSQL), (HPA, AUTOSCALER.replace("kind: StatefulSet", "kind: DaemonSet")))
     assert errors(result) == [
-        f'{HPA_KEY.format("5:47")}: spec.scaleTargetRef.kind: expected "Deployment" or "StatefulSet" '
-        '(the kinds gitops scales), got "ReplicaSet"'
+        f'{HPA_KEY.format("5:47")}: spec.scaleTargetRef.kind: expected "Deployment", "StatefulSet", '
+        '"ReplicaSet" or "ReplicationController" (the kinds gitops scales), got "DaemonSet"'
     ]
 
 
