@@ -198,6 +198,66 @@ def _pod_lines(p: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _listed(http: httpx.Client, path: str) -> list[Any]:
+    """A list the server answers, or none from a server of before that route."""
+    response = http.get(path)
+    if response.status_code == 404:
+        return []
+    answer: list[Any] = response.raise_for_status().json()
+    return answer
+
+
+def _jobs_table(jobs: list[dict[str, Any]]) -> list[str]:
+    """`kubectl get jobs`, with the reason a Job ended or waits; nothing when there are none."""
+    if not jobs:
+        return []
+    out = [f"{'JOB':<40} {'COMPLETIONS':<12} {'DURATION':>8}  {'STATUS':<10} REASON"]
+    for j in jobs:
+        took = _age(j["duration"]) if j["duration"] is not None else "-"
+        reason = j["reason"] + (f"  ERROR: {j['error']}" if j.get("error") else "")
+        name = f"{j['namespace']}/{j['name']}"
+        out.append(f"{name:<40} {j['completions']:<12} {took:>8}  {j['condition']:<10} {reason}".rstrip())
+    return [*out, ""]
+
+
+def _cronjobs_table(cronjobs: list[dict[str, Any]], now: float) -> list[str]:
+    """`kubectl get cronjobs`, with when each runs next; nothing when there are none."""
+    if not cronjobs:
+        return []
+    out = [f"{'CRONJOB':<30} {'SCHEDULE':<16} {'SUSPEND':<7} {'ACTIVE':>6}  {'LAST-SCHEDULE':<13} NEXT-RUN"]
+    for c in cronjobs:
+        last = f"{_age(now - c['last_schedule'])} ago" if c["last_schedule"] is not None else "<none>"
+        if c["next_run"] is not None:
+            upcoming = f"in {_age(c['next_run'] - now)} ({c['next_run_text']})"
+        else:
+            upcoming = "<suspended>" if c["suspend"] else "<none>"
+        if c.get("error"):
+            upcoming += f"  ERROR: {c['error']}"
+        name = f"{c['namespace']}/{c['name']}"
+        out.append(
+            f"{name:<30} {c['schedule']:<16} {c['suspend']!s:<7} {len(c['active']):>6}  {last:<13} {upcoming}"
+        )
+    return [*out, ""]
+
+
+def _autoscalers_table(autoscalers: list[dict[str, Any]]) -> list[str]:
+    """`kubectl get hpa`, with the reason of the last decision; nothing when there are none."""
+    if not autoscalers:
+        return []
+    out = [f"{'AUTOSCALER':<30} {'TARGET':<30} {'MIN':>4} {'MAX':>4} {'REPLICAS':>8}  {'METRICS':<24} REASON"]
+    for a in autoscalers:
+        target = f"{a['target']['kind']}/{a['target']['name']}"
+        replicas = str(a["replicas"]) if a["replicas"] is not None else "-"
+        metrics = ", ".join(m["text"] for m in a["metrics"]) or "-"
+        reason = a["reason"] + (f"  ERROR: {a['error']}" if a.get("error") else "")
+        name = f"{a['namespace']}/{a['name']}"
+        out.append(
+            f"{name:<30} {target:<30} {a['min_replicas']:>4} {a['max_replicas']:>4} {replicas:>8}  "
+            f"{metrics:<24} {reason}".rstrip()
+        )
+    return [*out, ""]
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     try:
         with httpx.Client(base_url=args.server, timeout=10, headers=_read_headers(args)) as http:
@@ -207,15 +267,23 @@ def cmd_status(args: argparse.Namespace) -> int:
             pods = http.get("/api/v1/pods", params={"limit": shown}).raise_for_status().json()
             services = http.get("/api/v1/services").raise_for_status().json()
             workloads = http.get("/api/v1/workloads").raise_for_status().json()
+            jobs, cronjobs, autoscalers = (
+                _listed(http, "/api/v1/jobs"),
+                _listed(http, "/api/v1/cronjobs"),
+                _listed(http, "/api/v1/autoscalers"),
+            )
     except httpx.HTTPError as exc:
         print(_unauthorized(args.server, exc), file=sys.stderr)
         return 1
-    status, nodes, pods, services, workloads = (
+    status, nodes, pods, services, workloads, jobs, cronjobs, autoscalers = (
         _one_line(status),
         _one_line(nodes),
         _one_line(pods),
         _one_line(services),
         _one_line(workloads),
+        _one_line(jobs),
+        _one_line(cronjobs),
+        _one_line(autoscalers),
     )
     now = time.time()
     out = []
@@ -275,15 +343,21 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{n['heartbeat_age']}s ago" + (f"  {n.get('reason')}" if n.get("reason") else "")
         )
     out.append("")
-    out.append(f"{'DEPLOYMENT':<30} {'DESIRED':>7} {'UPDATED':>7} {'READY':>5} {'AVAILABLE':>9}  STEP")
+    out.append(
+        f"{'WORKLOAD':<30} {'KIND':<11} {'DESIRED':>7} {'UPDATED':>7} {'READY':>5} {'AVAILABLE':>9}  STEP"
+    )
     for w in workloads:
         out.append(
-            f"{w['deployment']:<30} {w['desired']:>7} {w['updated']:>7} {w['ready']:>5} "
-            f"{w['available']:>9}  {w['state'].upper() if w['state'] in ('failed', 'rolled back') else ''}"
+            f"{w['deployment']:<30} {w.get('kind', 'Deployment'):<11} {w['desired']:>7} {w['updated']:>7} "
+            f"{w['ready']:>5} {w['available']:>9}  "
+            f"{w['state'].upper() if w['state'] in ('failed', 'rolled back') else ''}"
             f"{': ' + w['reason'] if w['reason'] else w['step']}"
             + (f"  ERROR: {w['error']}" if w.get("error") else "")
         )
     out.append("")
+    out += _jobs_table(jobs)
+    out += _cronjobs_table(cronjobs, now)
+    out += _autoscalers_table(autoscalers)
     total = status["counts"]["pods"]
     heading = (
         f"{'POD':<44} {'READY':<5} {'STATUS':<16} {'RESTARTS':>8} {'QOS':<10} {'NODE':<14} {'IP':<15}  REASON"

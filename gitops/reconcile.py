@@ -222,9 +222,9 @@ def _advance(
     replicas: Mapping[ObjectKey, int],
 ) -> dict[ObjectKey, RolloutState]:
     configs = configs_of(desired)
-    rolled = sorted((m for m in effective if m.key.kind in ROLLED_OUT), key=lambda m: m.key)
-    found = rollouts(rolled, pods, now=now, nodes=nodes, replicas=replicas)
-    statuses = {(m.key.kind, s.deployment): s for m, s in zip(rolled, found, strict=True)}
+    # All of `effective`: the templates resolve against its ConfigMaps and Secrets.
+    found = rollouts(effective, pods, now=now, nodes=nodes, replicas=replicas)
+    statuses = {(s.kind, s.deployment): s for s in found}
     result = {}
     for manifest in desired:
         if manifest.key.kind not in ROLLED_OUT:

@@ -213,3 +213,21 @@ def test_node_labels_and_topology_flags_are_checked_before_the_agent_registers()
         _parse_labels(["disk=s s"])
     with pytest.raises(SystemExit, match=r"--zone 'eu 1': expected a label value"):
         _topology("--zone", "eu 1")
+
+
+def test_gitops_status_reads_no_job_tables_from_a_server_of_before_those_routes() -> None:
+    """A server without `/api/v1/jobs` (404) has none to show; other errors still fail."""
+    from gitops.cli import _listed
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/v1/jobs":
+            return httpx.Response(404, json={"detail": "Not Found"})
+        if request.url.path == "/api/v1/cronjobs":
+            return httpx.Response(200, json=[{"name": "report"}])
+        return httpx.Response(401, json={"detail": "missing read token"})
+
+    with httpx.Client(base_url="http://server", transport=httpx.MockTransport(answer)) as http:
+        assert _listed(http, "/api/v1/jobs") == []
+        assert _listed(http, "/api/v1/cronjobs") == [{"name": "report"}]
+        with pytest.raises(httpx.HTTPStatusError):
+            _listed(http, "/api/v1/autoscalers")

@@ -177,3 +177,22 @@ def test_a_pass_over_many_pending_pods_reads_them_in_a_few_queries_and_rewrites_
     reconcile_once(store, now=110.0)
     assert store.change_marker() == marker  # nothing written
     assert len(statements) < 30, len(statements)
+
+
+def test_a_rollout_of_a_deployment_using_a_configmap_completes_and_stays_complete(tmp_path: Path) -> None:
+    """The rollout's template hash is the pods' (resolved with the ConfigMap), so a rollout
+    whose pods all run is complete, and no progress deadline fails it later."""
+    from gitops.model import PodStatus
+    from tests.planner.factories import configmap
+
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store.register_node(Node(NodeName("n1"), "192.0.2.10", 4000, 2**30), "t", now=0.0)
+    env = [{"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "web", "key": "greeting"}}}]
+    objects = [configmap("web", greeting="hello"), deployment(replicas=2, env=env)]
+    store.apply_revision(Revision("git:x", "a" * 40), objects, [], now=0.0)
+    reconcile_once(store, now=1.0)
+    store.heartbeat("n1", [PodStatus(p.id, "Running", True) for p in store.pods()], now=2.0)
+    reconcile_once(store, now=3.0)
+    reconcile_once(store, now=700.0)
+    (state,) = store.rollouts().values()
+    assert state.status == "complete", state

@@ -344,7 +344,23 @@ def create_app(
 
     @app.get("/api/v1/workloads")
     def workloads() -> Response:
+        """Deployments, StatefulSets and DaemonSets: rollout counters, step, state and reason."""
         return rendered("workloads")
+
+    @app.get("/api/v1/jobs")
+    def jobs() -> Response:
+        """Jobs, those CronJobs started among them: condition, completions, counters, times, reason."""
+        return rendered("jobs")
+
+    @app.get("/api/v1/cronjobs")
+    def cronjobs() -> Response:
+        """CronJobs: schedule, zone, suspend, next run (Unix time) and the next three, runs, reason."""
+        return rendered("cronjobs")
+
+    @app.get("/api/v1/autoscalers")
+    def autoscalers() -> Response:
+        """HorizontalPodAutoscalers: target, min and max, replicas, each metric against its target."""
+        return rendered("autoscalers")
 
     @app.get("/api/v1/services")
     def services() -> Response:

@@ -1,6 +1,7 @@
 """The read-only status page: server-rendered HTML of the cluster, updating itself.
 
-Seven pages share one layout: overview (`/`), `/nodes`, `/workloads`, `/pods`,
+Seven pages share one layout: overview (`/`), `/nodes`, `/workloads` (a section per kind:
+Deployments, StatefulSets, DaemonSets, Jobs, CronJobs, Autoscalers), `/pods`,
 `/services`, `/events` and `/revisions`, and each pod has a page of its own
 (`/pods/{namespace}/{name}`: its containers). Each is complete HTML that works without
 JavaScript (links, a GET form to filter pods, pagination); a small inline script then polls
@@ -33,8 +34,21 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from gitops.api.view import ContainerRow, PodRow, StatusView, ViewCache, logs_url, quoted
+from gitops.api.view import (
+    WORKLOAD_KINDS,
+    AutoscalerRow,
+    ContainerRow,
+    CronJobRow,
+    JobRow,
+    PodRow,
+    StatusView,
+    ViewCache,
+    WorkloadRow,
+    logs_url,
+    quoted,
+)
 from gitops.health import Health, Problem
+from gitops.model import MetricStatus
 from gitops.preview.render import warning_lines
 from gitops.store import RevisionRecord
 
@@ -258,11 +272,16 @@ def overview(view: StatusView, _: Mapping[str, str]) -> tuple[str, str]:
     c = view.counts
     phases = ", ".join(f"{esc(k)} {v}" for k, v in sorted(c.phases.items())) or "none"
     kinds = ", ".join(f"{esc(k)} {v}" for k, v in c.kinds.items()) or "none"
+    rolled = ", ".join(f"{esc(k)} {v}" for k, v in c.workload_kinds.items())
+    conditions = ", ".join(f"{esc(k)} {v}" for k, v in c.job_conditions.items())
     cards = (
         f'<div class="card">nodes ready<b>{c.nodes_ready} / {c.nodes}</b></div>'
         f'<div class="card">pods ready<b>{c.pods_ready} / {c.pods}</b><small>{phases}</small></div>'
-        f'<div class="card">workloads<b>{c.workloads}</b></div>'
-        f'<div class="card">services<b>{c.services}</b></div>'
+        f'<div class="card">workloads<b>{c.workloads}</b><small>{rolled}</small></div>'
+        + (f'<div class="card">jobs<b>{c.jobs}</b><small>{conditions}</small></div>' if c.jobs else "")
+        + (f'<div class="card">cronjobs<b>{c.cronjobs}</b></div>' if c.cronjobs else "")
+        + (f'<div class="card">autoscalers<b>{c.autoscalers}</b></div>' if c.autoscalers else "")
+        + f'<div class="card">services<b>{c.services}</b></div>'
         f'<div class="card">objects<b>{c.objects}</b><small>{kinds}</small></div>'
     )
     sources = _sources_table(view, now)
@@ -343,40 +362,204 @@ def nodes(view: StatusView, _: Mapping[str, str]) -> tuple[str, str]:
     return "", f'<section id="nodes"><h2>Nodes</h2>{table(headers, rows, numeric=(7,))}</section>'
 
 
-def workloads(view: StatusView, _: Mapping[str, str]) -> tuple[str, str]:
-    rows = []
-    for w in view.workloads:
-        cls = {"complete": "ok", "failed": "bad", "rolled back": "warn"}.get(w.state, "")
-        progress = bar(
-            w.updated_available,
-            w.desired,
-            f"{w.updated_available} / {w.desired} updated and available",
-            done_when_full=True,
-        )
-        history = chips(short(h) for h in w.history)
-        reason = f'<br><span class="muted">{esc(w.reason)}</span>' if w.reason else ""
-        if w.error:
-            reason += f'<br><span class="bad">error: {esc(w.error)}</span>'
-        rows.append(
-            f'<tr><td><b>{esc(w.name)}</b><br><small class="muted">{esc(w.strategy)}</small></td>'
-            f'<td class="num">{w.desired}</td><td class="num">{w.updated}</td>'
-            f'<td class="num">{w.ready}</td><td class="num">{w.available}</td>'
-            f"<td>{progress}</td>"
-            f'<td><span class="{cls}">{esc(w.state)}</span>{reason}<br><small>{esc(w.step)}</small></td>'
-            f'<td><code title="current template">{esc(short(w.template_hash))}</code><br>{history}</td></tr>'
-        )
-    headers = (
-        "Deployment",
-        "Desired",
-        "Updated",
-        "Ready",
-        "Available",
-        "Rollout",
-        "State",
-        "Template, history",
+_PLURAL = {"Deployment": "Deployments", "StatefulSet": "StatefulSets", "DaemonSet": "DaemonSets"}
+
+
+def duration(seconds: float) -> str:
+    """kubectl's way with a duration: `45s`, `3m12s`, `2h5m`, `3d4h`."""
+    whole = max(0, int(seconds))
+    minutes, secs = divmod(whole, 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d{hours}h" if hours else f"{days}d"
+    if hours:
+        return f"{hours}h{minutes}m" if minutes else f"{hours}h"
+    if minutes:
+        return f"{minutes}m{secs}s" if secs and minutes < 10 else f"{minutes}m"
+    return f"{secs}s"
+
+
+def until(ts: float, now: float) -> str:
+    """A time to come, `in 5m`, with its date in UTC on hover (`due now` once it has passed:
+    the view has not been rebuilt since)."""
+    iso = dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    soon = f"in {ago(ts - now)}" if ts > now else "due now"
+    return f'<time datetime="{iso}" title="{iso}">{soon}</time>'
+
+
+def _rollout_row(w: WorkloadRow) -> str:
+    cls = {"complete": "ok", "failed": "bad", "rolled back": "warn"}.get(w.state, "")
+    progress = bar(
+        w.updated_available,
+        w.desired,
+        f"{w.updated_available} / {w.desired} updated and available",
+        done_when_full=True,
     )
-    listing = table(headers, rows, numeric=(1, 2, 3, 4))
-    return "", f'<section id="workloads"><h2>Workloads</h2>{listing}</section>'
+    history = chips(short(h) for h in w.history)
+    reason = f'<br><span class="muted">{esc(w.reason)}</span>' if w.reason else ""
+    if w.error:
+        reason += f'<br><span class="bad">error: {esc(w.error)}</span>'
+    scaled = f"<br><small>replicas set by autoscaler {esc(w.autoscaler)}</small>" if w.autoscaler else ""
+    return (
+        f'<tr><td><b>{esc(w.name)}</b><br><small class="muted">{esc(w.strategy)}</small>{scaled}</td>'
+        f'<td class="num">{w.desired}</td><td class="num">{w.updated}</td>'
+        f'<td class="num">{w.ready}</td><td class="num">{w.available}</td>'
+        f"<td>{progress}</td>"
+        f'<td><span class="{cls}">{esc(w.state)}</span>{reason}<br><small>{esc(w.step)}</small></td>'
+        f'<td><code title="current template">{esc(short(w.template_hash))}</code><br>{history}</td></tr>'
+    )
+
+
+def _rollouts_section(kind: str, rows: Sequence[WorkloadRow]) -> str:
+    """Deployments, StatefulSets or DaemonSets: counters, rollout progress, state and step
+    (a StatefulSet's names the next ordinal, a DaemonSet's counts nodes)."""
+    desired = "Desired nodes" if kind == "DaemonSet" else "Desired"
+    headers = (kind, desired, "Updated", "Ready", "Available", "Rollout", "State", "Template, history")
+    listing = table(headers, (_rollout_row(w) for w in rows), numeric=(1, 2, 3, 4))
+    title = _PLURAL.get(kind, kind)
+    return f'<section id="{title.lower()}"><h2>{title}</h2>{listing}</section>'
+
+
+_JOB_CLASS = {"Complete": "ok", "Failed": "bad", "Suspended": "warn", "Pending": "warn"}
+
+
+def _job_row(j: JobRow, now: float) -> str:
+    cls = _JOB_CLASS.get(j.condition, "ok" if not j.failed else "warn")
+    owner = f"<br><small>started by CronJob {esc(j.owner)}</small>" if j.owner else ""
+    if j.wanted is not None:
+        progress = bar(j.done, j.wanted, f"{j.completions} completions", done_when_full=True)
+    else:
+        progress = f'<small class="muted">{j.done} succeeded (work queue)</small>'
+    reason = esc(j.reason)
+    if j.expired:
+        reason += '<br><small class="muted">ttlSecondsAfterFinished passed: its pods are gone</small>'
+    if j.error:
+        reason += f'<br><span class="bad">error: {esc(j.error)}</span>'
+    took = duration(j.duration) if j.duration is not None else '<span class="muted">-</span>'
+    started = when(j.started_at, now) if j.started_at is not None else '<span class="muted">-</span>'
+    return (
+        f"<tr><td><b>{esc(j.name)}</b><br>"
+        f'<small class="muted">parallelism {j.parallelism}</small>{owner}</td>'
+        f'<td class="{cls}">{esc(j.condition)}</td><td>{progress}</td>'
+        f'<td class="num">{j.active}</td><td class="num">{j.succeeded}</td>'
+        f'<td class="num{" bad" if j.failed else ""}">{j.failed}</td>'
+        f'<td class="num">{took}</td><td>{started}</td><td>{reason}</td></tr>'
+    )
+
+
+def _jobs_section(view: StatusView) -> str:
+    headers = (
+        "Job",
+        "Condition",
+        "Completions",
+        "Active",
+        "Succeeded",
+        "Failed",
+        "Duration",
+        "Started",
+        "Reason",
+    )
+    listing = table(headers, (_job_row(j, view.built_at) for j in view.jobs), numeric=(3, 4, 5, 6))
+    return f'<section id="jobs"><h2>Jobs</h2>{listing}</section>'
+
+
+_OUTCOME_CLASS = {"Complete": "ok", "Failed": "bad"}
+
+
+def _cronjob_row(c: CronJobRow, now: float) -> str:
+    schedule = (
+        f"<code>{esc(c.schedule)}</code><br>"
+        f'<small class="muted">{esc(c.time_zone)} · {esc(c.concurrency_policy)}</small>'
+    )
+    suspend = '<span class="warn">yes</span>' if c.suspended else "no"
+    if c.next_run is not None:
+        upcoming = f"{esc(c.next_run_text)}<br><small>{until(c.next_run, now)}</small>"
+    elif c.suspended:
+        upcoming = '<span class="muted">suspended</span>'
+    else:
+        upcoming = '<span class="muted">-</span>'
+    last = c.last_run
+    if last is not None:
+        cls = _OUTCOME_CLASS.get(last.outcome, "warn")
+        ran = (
+            f'{esc(last.name)}<br><small class="{cls}">{esc(last.outcome or "active")}</small>'
+            f' <small class="muted">scheduled {when(last.scheduled_at, now)}</small>'
+        )
+    else:
+        ran = '<span class="muted">none yet</span>'
+    active = f"<br><small>{esc(', '.join(c.active))}</small>" if c.active else ""
+    reason = esc(c.reason)
+    if c.error:
+        reason += f'<br><span class="bad">error: {esc(c.error)}</span>'
+    last_schedule = (
+        when(c.last_schedule, now) if c.last_schedule is not None else '<span class="muted">-</span>'
+    )
+    return (
+        f"<tr><td><b>{esc(c.name)}</b></td><td>{schedule}</td><td>{suspend}</td>"
+        f'<td class="num">{len(c.active)}{active}</td><td>{last_schedule}</td>'
+        f"<td>{upcoming}</td><td>{ran}</td><td>{reason}</td></tr>"
+    )
+
+
+def _cronjobs_section(view: StatusView) -> str:
+    headers = ("CronJob", "Schedule", "Suspend", "Active", "Last schedule", "Next run", "Last run", "Reason")
+    listing = table(headers, (_cronjob_row(c, view.built_at) for c in view.cronjobs), numeric=(3,))
+    return f'<section id="cronjobs"><h2>CronJobs</h2>{listing}</section>'
+
+
+def _metric(m: MetricStatus) -> str:
+    current = (
+        f'<b class="warn">{esc(m.current)}</b>' if m.current == "unknown" else f"<b>{esc(m.current)}</b>"
+    )
+    return f"{esc(m.name)} {current} / {esc(m.target)}"
+
+
+def _autoscaler_row(a: AutoscalerRow) -> str:
+    if a.replicas is None:
+        replicas = '<span class="muted">-</span>'
+    elif a.replicas >= a.max_replicas > 0:  # wants more, perhaps, and may not have them
+        replicas = f'{a.replicas} <small class="warn">at max</small>'
+    elif a.replicas <= a.min_replicas:
+        replicas = f'{a.replicas} <small class="muted">at min</small>'
+    else:
+        replicas = str(a.replicas)
+    metrics = "<br>".join(_metric(m) for m in a.metrics) or '<span class="muted">-</span>'
+    if a.unsupported:
+        metrics += f'<br><small class="muted">not read: {esc(", ".join(a.unsupported))}</small>'
+    reason = esc(a.reason)
+    if a.error:
+        reason += f'<br><span class="bad">error: {esc(a.error)}</span>'
+    return (
+        f"<tr><td><b>{esc(a.name)}</b></td><td>{esc(a.target)}</td>"
+        f'<td class="num">{a.min_replicas}</td><td class="num">{a.max_replicas}</td>'
+        f'<td class="num">{replicas}</td><td>{metrics}</td><td>{reason}</td></tr>'
+    )
+
+
+def _autoscalers_section(view: StatusView) -> str:
+    headers = ("Autoscaler", "Target", "Min", "Max", "Replicas", "Metrics (current / target)", "Reason")
+    listing = table(headers, (_autoscaler_row(a) for a in view.autoscalers), numeric=(2, 3, 4))
+    return f'<section id="autoscalers"><h2>Autoscalers</h2>{listing}</section>'
+
+
+def workloads(view: StatusView, _: Mapping[str, str]) -> tuple[str, str]:
+    """A section per kind that has objects: Deployments, StatefulSets, DaemonSets, Jobs,
+    CronJobs, Autoscalers (Deployments, empty, when there is nothing at all)."""
+    sections = []
+    for kind in WORKLOAD_KINDS:
+        rows = [w for w in view.workloads if w.kind == kind]
+        if rows:
+            sections.append(_rollouts_section(kind, rows))
+    if view.jobs:
+        sections.append(_jobs_section(view))
+    if view.cronjobs:
+        sections.append(_cronjobs_section(view))
+    if view.autoscalers:
+        sections.append(_autoscalers_section(view))
+    if not sections:
+        sections.append(_rollouts_section("Deployment", ()))
+    return "", f'<section id="workloads">{"".join(sections)}</section>'
 
 
 def _int(value: str | None, default: int) -> int:

@@ -134,6 +134,12 @@ class ReadModel:
                 "phases": dict(c.phases),
                 "objects": c.objects,
                 "objects_by_kind": dict(c.kinds),
+                "workloads": c.workloads,
+                "workloads_by_kind": dict(c.workload_kinds),
+                "jobs": c.jobs,
+                "jobs_by_condition": dict(c.job_conditions),
+                "cronjobs": c.cronjobs,
+                "autoscalers": c.autoscalers,
             },
         }
         out: dict[str, Any] = self._out(view, answer)
@@ -187,9 +193,13 @@ class ReadModel:
         return out
 
     def workloads(self) -> list[Any]:
+        """Deployments, StatefulSets and DaemonSets (in that order): rollout counters, step and
+        state. `deployment` is the object's `namespace/name` whatever its kind (the key of
+        the first release, kept); `kind`, `namespace` and `name` say which object it is."""
         view = self._fresh()
         answer = [
             {
+                **_named(w.kind, w.name),
                 "deployment": w.name,
                 "strategy": w.strategy,
                 "template_hash": w.template_hash,
@@ -205,8 +215,96 @@ class ReadModel:
                 "reason": w.reason,
                 "history": list(w.history),
                 "error": w.error,
+                "autoscaler": w.autoscaler or None,
             }
             for w in view.workloads
+        ]
+        out: list[Any] = self._out(view, answer)
+        return out
+
+    def jobs(self) -> list[Any]:
+        """Jobs from the sources and those CronJobs started (`owner`), as `kubectl get jobs`
+        shows them, with their condition, counters, times and reason."""
+        view = self._fresh()
+        answer = [
+            {
+                **_named("Job", j.name),
+                "owner": j.owner or None,
+                "condition": j.condition,
+                "completions": j.completions,
+                "wanted": j.wanted,
+                "parallelism": j.parallelism,
+                "active": j.active,
+                "succeeded": j.succeeded,
+                "failed": j.failed,
+                "started_at": j.started_at,
+                "finished_at": j.finished_at,
+                "duration": None if j.duration is None else round(j.duration, 1),
+                "reason": j.reason,
+                "error": j.error,
+                "expired": j.expired,
+            }
+            for j in view.jobs
+        ]
+        out: list[Any] = self._out(view, answer)
+        return out
+
+    def cronjobs(self) -> list[Any]:
+        """CronJobs: schedule, zone, when they run next (`next_run`, Unix time; None while
+        suspended) and the schedule's next three times, their runs, and why the last pass did
+        or did not start one."""
+        view = self._fresh()
+        answer = [
+            {
+                **_named("CronJob", c.name),
+                "schedule": c.schedule,
+                "time_zone": c.time_zone,
+                "suspend": c.suspended,
+                "concurrency_policy": c.concurrency_policy,
+                "last_schedule": c.last_schedule,
+                "next_run": c.next_run,
+                "next_run_text": c.next_run_text if c.next_run is not None else "",
+                "next_runs": list(c.next_runs),
+                "active": list(c.active),
+                "runs": [
+                    {"job": r.name, "scheduled_at": r.scheduled_at, "outcome": r.outcome or None}
+                    for r in c.runs
+                ],
+                "reason": c.reason,
+                "error": c.error,
+            }
+            for c in view.cronjobs
+        ]
+        out: list[Any] = self._out(view, answer)
+        return out
+
+    def autoscalers(self) -> list[Any]:
+        """HorizontalPodAutoscalers: target, bounds, the replicas they set, each metric's
+        current value against its target, and why the last decision."""
+        view = self._fresh()
+        answer = [
+            {
+                **_named("HorizontalPodAutoscaler", a.name),
+                "target": {"kind": a.target_kind, "name": a.target_name},
+                "min_replicas": a.min_replicas,
+                "max_replicas": a.max_replicas,
+                "replicas": a.replicas,
+                "metrics": [
+                    {
+                        "name": m.name,
+                        "current": m.current,
+                        "target": m.target,
+                        "proposal": m.proposal,
+                        "text": text,
+                    }
+                    for m, text in zip(a.metrics, a.metric_texts, strict=True)
+                ],
+                "unsupported": list(a.unsupported),
+                "last_scale_at": a.last_scale_at or None,
+                "reason": a.reason,
+                "error": a.error,
+            }
+            for a in view.autoscalers
         ]
         out: list[Any] = self._out(view, answer)
         return out
@@ -256,6 +354,12 @@ class ReadModel:
 
     def state_version(self) -> str:
         return self.store.snapshot(self.clock()).version
+
+
+def _named(kind: str, ref: str) -> dict[str, str]:
+    """Which object a row is: its kind, namespace and name (`ref` is `namespace/name`)."""
+    namespace, _, name = ref.rpartition("/")
+    return {"kind": kind, "namespace": namespace, "name": name}
 
 
 def _pod(p: PodRow) -> dict[str, Any]:

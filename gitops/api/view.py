@@ -1,8 +1,11 @@
 """The read model: the cluster as people see it, computed once per store change, shared by all.
 
-`build_view` reads the store once (revisions, nodes, pods, rollouts, services, events,
-previews) and turns it into plain frozen rows ready to render: requested resources summed
-per node, rollout counters per Deployment, ready endpoints per Service, desired objects per
+`build_view` reads the store once (revisions, nodes, pods, rollouts, the Job, CronJob and
+autoscaler states, services, events, previews) and turns it into plain frozen rows ready to
+render: requested resources summed per node, rollout counters per Deployment, StatefulSet
+and DaemonSet (with the replicas an autoscaler set), each Job's completions and condition
+(those CronJobs started too), each CronJob's next runs, each autoscaler's metrics against
+their targets, ready endpoints per Service, desired objects per
 kind (those gitops only stores, such as RoleBindings, are counted there), each pod's
 containers with kubectl's summary of them (`READY` 2/2, `STATUS` such as `Init:0/2`,
 `CrashLoopBackOff` or `OOMKilled`) and its QoS class, and every piece of free text (log
@@ -43,9 +46,23 @@ import structlog
 
 from gitops.codec import encode
 from gitops.health import Health
-from gitops.model import Pod, ServiceEndpoints
+from gitops.model import (
+    CronRun,
+    CronState,
+    JobState,
+    Manifest,
+    MetricStatus,
+    ObjectKey,
+    Pod,
+    ScaleState,
+    ServiceEndpoints,
+)
 from gitops.planner import all_endpoints, rollouts
+from gitops.planner.autoscale import read_spec
+from gitops.planner.cron import describe_time, job_manifest, next_runs
+from gitops.planner.job import job_counts
 from gitops.redact import Redactor
+from gitops.schemas.cron import read_time_zone
 from gitops.store import EventRecord, RevisionRecord, Store
 
 log = structlog.get_logger(__name__)
@@ -86,6 +103,85 @@ class WorkloadRow:
     reason: str
     history: tuple[str, ...]
     error: str = ""  # why the last pass could not plan or write this workload
+    kind: str = "Deployment"  # or StatefulSet, DaemonSet
+    autoscaler: str = ""  # namespace/name of the HorizontalPodAutoscaler that sets `desired`
+
+
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
+"""The kinds with a rollout, in the order they are shown."""
+
+JobCondition = Literal["Complete", "Failed", "Suspended", "Running", "Pending"]
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """A Job from the source, or one a CronJob started (`owner`), as `kubectl get jobs` shows it."""
+
+    name: str  # namespace/name
+    owner: str  # namespace/name of the CronJob that started it; "" for a Job from the source
+    condition: JobCondition  # Pending: not seen by the controller yet
+    completions: str  # kubectl's COMPLETIONS: "2/3", or "1/work queue" without spec.completions
+    done: int  # succeeded pods (indexes, when Indexed)
+    wanted: int | None  # spec.completions; None for a work queue
+    parallelism: int
+    active: int
+    succeeded: int
+    failed: int  # counted against backoffLimit
+    started_at: float | None
+    finished_at: float | None
+    duration: float | None  # seconds from start to finish (or to the view's time while it runs)
+    reason: str
+    error: str = ""
+    expired: bool = False  # ttlSecondsAfterFinished passed: its pods are gone
+
+
+@dataclass(frozen=True)
+class CronJobRow:
+    name: str  # namespace/name
+    schedule: str
+    time_zone: str  # spec.timeZone, or UTC
+    suspended: bool
+    concurrency_policy: str
+    last_schedule: float | None  # the schedule time of the last run started
+    next_runs: tuple[float, ...]  # the schedule's next three times
+    next_run_text: str  # the first of them in the CronJob's zone: `2026-12-01 10:05 CET`
+    active: tuple[str, ...]  # the Jobs of its runs still running
+    runs: tuple[CronRun, ...]  # its runs whose Job exists, oldest first
+    reason: str  # why the last pass did or did not start a run
+    error: str = ""  # why it cannot run at all (a bad schedule or zone)
+
+    @property
+    def next_run(self) -> float | None:
+        """When its next run starts; None while it is suspended or its schedule is unreadable."""
+        return self.next_runs[0] if self.next_runs and not self.suspended else None
+
+    @property
+    def last_run(self) -> CronRun | None:
+        return self.runs[-1] if self.runs else None
+
+
+@dataclass(frozen=True)
+class AutoscalerRow:
+    name: str  # namespace/name
+    target_kind: str
+    target_name: str
+    min_replicas: int
+    max_replicas: int
+    replicas: int | None  # what it set its target to; None before its first pass
+    metrics: tuple[MetricStatus, ...]  # each metric's current value against its target
+    reason: str  # why its last decision
+    error: str = ""
+    unsupported: tuple[str, ...] = ()  # metrics gitops cannot read, as written
+    last_scale_at: float = 0.0
+
+    @property
+    def target(self) -> str:
+        return f"{self.target_kind}/{self.target_name}"
+
+    @property
+    def metric_texts(self) -> tuple[str, ...]:
+        """`cpu 83%/60%`: each metric's current value over its target, as kubectl's TARGETS."""
+        return tuple(f"{m.name} {m.current}/{m.target}" for m in self.metrics)
 
 
 ContainerKind = Literal["init", "sidecar", "app"]
@@ -175,6 +271,11 @@ class Counts:
     services: int = 0
     objects: int = 0
     kinds: Mapping[str, int] = field(default_factory=dict)  # desired objects per kind, by kind name
+    workload_kinds: Mapping[str, int] = field(default_factory=dict)  # Deployment, StatefulSet, DaemonSet
+    jobs: int = 0  # CronJobs' runs included
+    job_conditions: Mapping[str, int] = field(default_factory=dict)  # jobs per condition
+    cronjobs: int = 0
+    autoscalers: int = 0
 
 
 @dataclass(frozen=True)
@@ -197,6 +298,9 @@ class StatusView:
     endpoints: tuple[ServiceEndpoints, ...] = ()  # per Service and port; no free text in them
     per_source: tuple[SourceRow, ...] = ()
     redactor: Redactor = field(default_factory=Redactor)  # what the view was redacted with
+    jobs: tuple[JobRow, ...] = ()
+    cronjobs: tuple[CronJobRow, ...] = ()
+    autoscalers: tuple[AutoscalerRow, ...] = ()
 
 
 _PLAIN = re.compile(r"[A-Za-z0-9._-]*").fullmatch  # DNS names, as validated: nothing to quote
@@ -400,6 +504,149 @@ def _previews(store: Store, redact: Redactor, now: float) -> tuple[Mapping[str, 
     return tuple(rows)
 
 
+def _whole(value: object, default: int) -> int:
+    """A count from a spec as written, `default` when it is absent or not a count (validation
+    refuses such specs; the view must not fail on one that slipped through)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default
+
+
+def _job_row(
+    job: Manifest, owner: str, state: JobState | None, owned: Sequence[Pod], *, redact: Redactor, now: float
+) -> JobRow:
+    spec = job.spec
+    counts = job_counts(state, owned)
+    parallelism = _whole(spec.get("parallelism"), 1)
+    # Kubernetes' default: one completion when neither is set; a work queue when only
+    # parallelism is (for one pod at a time the planner's work queue is the same thing).
+    written = spec.get("completions")
+    wanted = _whole(written, 1) if written is not None or spec.get("parallelism") is None else None
+    indexed = spec.get("completionMode") == "Indexed"
+    done = len(state.succeeded_indexes) if state is not None and indexed else counts["succeeded"]
+    condition: JobCondition
+    if state is None:
+        condition = "Suspended" if spec.get("suspend") is True else "Pending"
+    else:
+        condition = state.condition or "Running"
+    started = state.started_at if state is not None else None
+    finished = state.finished_at if state is not None else None
+    duration = None if started is None else max(0.0, (now if finished is None else finished) - started)
+    return JobRow(
+        name=job.key.ref,
+        owner=owner,
+        condition=condition,
+        completions=f"{done}/{wanted if wanted is not None else 'work queue'}",
+        done=done,
+        wanted=wanted,
+        parallelism=parallelism,
+        active=counts["active"],
+        succeeded=counts["succeeded"],
+        failed=counts["failed"],
+        started_at=started,
+        finished_at=finished,
+        duration=duration,
+        reason=redact(state.reason) if state is not None else "",
+        error=redact(state.error) if state is not None else "",
+        expired=state.expired if state is not None else False,
+    )
+
+
+def _cronjob_row(cronjob: Manifest, state: CronState | None, redact: Redactor, now: float) -> CronJobRow:
+    spec = cronjob.spec
+    zone = str(spec.get("timeZone") or "UTC")
+    try:
+        zone = read_time_zone(spec.get("timeZone"))
+        upcoming = tuple(next_runs(spec, now, 3))
+        text = describe_time(upcoming[0], zone) if upcoming else ""
+        error = ""
+    except ValueError as exc:  # validation refuses it; reported here should one slip through
+        upcoming, text, error = (), "", str(exc)
+    runs = state.runs if state is not None else ()
+    policy = spec.get("concurrencyPolicy")
+    return CronJobRow(
+        name=cronjob.key.ref,
+        schedule=redact(str(spec.get("schedule", ""))),
+        time_zone=redact(zone),
+        suspended=spec.get("suspend") is True,
+        concurrency_policy=policy if isinstance(policy, str) and policy else "Allow",
+        last_schedule=state.last_schedule if state is not None else None,
+        next_runs=upcoming,
+        next_run_text=text,
+        active=tuple(r.name for r in runs if not r.outcome),
+        runs=runs,
+        reason=redact(state.reason) if state is not None else "",
+        error=redact(state.error if state is not None and state.error else error),
+    )
+
+
+def _jobs_and_cronjobs(
+    desired: Sequence[Manifest],
+    kept: Mapping[ObjectKey, Any],
+    by_owner: Mapping[ObjectKey, Sequence[Pod]],
+    redact: Redactor,
+    now: float,
+) -> tuple[tuple[JobRow, ...], tuple[CronJobRow, ...]]:
+    """The Jobs of the source and those of the CronJobs' runs (which exist only in the
+    CronJob's state), and the CronJobs."""
+    found: dict[ObjectKey, tuple[Manifest, str]] = {m.key: (m, "") for m in desired if m.key.kind == "Job"}
+    cronjobs = []
+    for cronjob in sorted((m for m in desired if m.key.kind == "CronJob"), key=lambda m: m.key):
+        state = kept.get(cronjob.key)
+        state = state if isinstance(state, CronState) else None
+        cronjobs.append(_cronjob_row(cronjob, state, redact, now))
+        for run in state.runs if state is not None else ():
+            try:
+                job = job_manifest(cronjob, run)
+            except (AttributeError, TypeError):  # a jobTemplate validation would have refused
+                continue
+            found.setdefault(job.key, (job, cronjob.key.ref))
+    jobs = []
+    for key in sorted(found):
+        job, owner = found[key]
+        state = kept.get(key)
+        jobs.append(
+            _job_row(
+                job,
+                owner,
+                state if isinstance(state, JobState) else None,
+                by_owner.get(key, ()),
+                redact=redact,
+                now=now,
+            )
+        )
+    return tuple(jobs), tuple(cronjobs)
+
+
+def _autoscaler_row(hpa: Manifest, state: ScaleState | None, redact: Redactor) -> AutoscalerRow:
+    spec = hpa.spec
+    ref = spec.get("scaleTargetRef")
+    ref = ref if isinstance(ref, Mapping) else {}
+    metrics: tuple[MetricStatus, ...] = state.metrics if state is not None else ()
+    unsupported: tuple[str, ...] = state.unsupported if state is not None else ()
+    error = ""
+    if state is None:  # not decided on yet: what it will measure, nothing measured
+        try:
+            read = read_spec(hpa)
+            metrics = tuple(MetricStatus(m.name, "unknown", m.target) for m in read.metrics)
+            unsupported = read.unsupported
+        except ValueError as exc:
+            error = str(exc)
+    return AutoscalerRow(
+        name=hpa.key.ref,
+        target_kind=state.target.kind if state is not None else str(ref.get("kind", "")),
+        target_name=state.target.name if state is not None else str(ref.get("name", "")),
+        min_replicas=_whole(spec.get("minReplicas"), 1),
+        max_replicas=_whole(spec.get("maxReplicas"), 0),
+        replicas=state.replicas if state is not None else None,
+        metrics=tuple(
+            MetricStatus(redact(m.name), redact(m.current), redact(m.target), m.proposal) for m in metrics
+        ),
+        reason=redact(state.reason) if state is not None else "",
+        error=redact(state.error if state is not None else error),
+        unsupported=tuple(redact(u) for u in unsupported),
+        last_scale_at=state.last_scale_at if state is not None else 0.0,
+    )
+
+
 def build_view(store: Store, sources: Sequence[str], now: float, *, revision_limit: int = 50) -> StatusView:
     """Read the store once and compute what the page shows."""
     desired = store.desired()
@@ -438,10 +685,22 @@ def build_view(store: Store, sources: Sequence[str], now: float, *, revision_lim
         for r in records
     )
 
-    states = {k.ref: s for k, s in store.rollouts().items()}
+    kept = store.workload_states()
+    hpas = sorted((m for m in desired if m.key.kind == "HorizontalPodAutoscaler"), key=lambda m: m.key)
+    scales = {m.key: s for m in hpas if isinstance(s := kept.get(m.key), ScaleState)}
+    scaled = {s.target: s.replicas for s in scales.values()}
+    scaled_by = {s.target: key.ref for key, s in scales.items()}
+    states = store.rollouts()
+    rolled = sorted((m for m in desired if m.key.kind in WORKLOAD_KINDS), key=lambda m: m.key)
+    # All of `desired`, as templates resolve against its ConfigMaps and Secrets; the answer
+    # is one status per workload in key order, the order of `rolled`.
+    statuses = rollouts(desired, pods, now=now, nodes=[r.node for r in records], replicas=scaled)
     workloads = []
-    for status in rollouts(desired, pods, now=now):
-        state = states.get(status.deployment)
+    ordered = sorted(
+        zip(rolled, statuses, strict=True), key=lambda ms: (WORKLOAD_KINDS.index(ms[0].key.kind), ms[0].key)
+    )
+    for manifest, status in ordered:
+        state = states.get(manifest.key)  # by kind too: a StatefulSet may share a Deployment's name
         workloads.append(
             WorkloadRow(
                 name=status.deployment,
@@ -454,13 +713,20 @@ def build_view(store: Store, sources: Sequence[str], now: float, *, revision_lim
                 available=status.available,
                 updated_available=status.updated_available,
                 complete=status.complete,
-                step=status.step,
+                step=redact(status.step),
                 state=state.status if state else ("complete" if status.complete else "progressing"),
                 reason=redact(state.reason) if state else "",
                 history=tuple(h for h, _ in state.history) if state else (),
                 error=redact(state.error) if state else "",
+                kind=manifest.key.kind,
+                autoscaler=scaled_by.get(manifest.key, ""),
             )
         )
+    by_owner: dict[ObjectKey, list[Pod]] = {}
+    for p in pods:
+        by_owner.setdefault(p.owner, []).append(p)
+    jobs, cronjobs = _jobs_and_cronjobs(desired, kept, by_owner, redact, now)
+    autoscalers = tuple(_autoscaler_row(m, scales.get(m.key), redact) for m in hpas)
 
     pod_rows = []
     phases: dict[str, int] = {}
@@ -551,6 +817,12 @@ def build_view(store: Store, sources: Sequence[str], now: float, *, revision_lim
     kinds: dict[str, int] = {}
     for m in desired:
         kinds[m.key.kind] = kinds.get(m.key.kind, 0) + 1
+    workload_kinds: dict[str, int] = {}
+    for w in workloads:
+        workload_kinds[w.kind] = workload_kinds.get(w.kind, 0) + 1
+    job_conditions: dict[str, int] = {}
+    for j in jobs:
+        job_conditions[j.condition] = job_conditions.get(j.condition, 0) + 1
     counts = Counts(
         nodes=len(nodes),
         nodes_ready=sum(1 for n in nodes if n.ready),
@@ -561,6 +833,11 @@ def build_view(store: Store, sources: Sequence[str], now: float, *, revision_lim
         services=len(services),
         objects=len(desired),
         kinds=dict(sorted(kinds.items())),
+        workload_kinds=workload_kinds,
+        jobs=len(jobs),
+        job_conditions=dict(sorted(job_conditions.items())),
+        cronjobs=len(cronjobs),
+        autoscalers=len(autoscalers),
     )
     return StatusView(
         generation=f"{next(_generations)}-{int(now * 1000):x}",
@@ -579,6 +856,9 @@ def build_view(store: Store, sources: Sequence[str], now: float, *, revision_lim
         endpoints=tuple(endpoints),
         redactor=redact,
         per_source=tuple(per_source),
+        jobs=jobs,
+        cronjobs=cronjobs,
+        autoscalers=autoscalers,
     )
 
 

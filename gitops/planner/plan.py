@@ -219,18 +219,16 @@ def rollouts(
             template = resolve_template(workload, configs)
         except Exception as exc:  # reported on the workload; the others go on
             status = rollout_status(workload.key.ref, count, workload.spec, "", owned, now=now)
-            result.append(
-                dataclasses.replace(status, complete=False, step=f"error: {type(exc).__name__}: {exc}")
-            )
+            step = f"error: {type(exc).__name__}: {exc}"
+            result.append(dataclasses.replace(status, complete=False, step=step, kind=workload.key.kind))
             continue
         if workload.key.kind == "StatefulSet":
-            result.append(statefulset_status(workload, template.hash, owned, count, now=now))
+            status = statefulset_status(workload, template.hash, owned, count, now=now)
         elif workload.key.kind == "DaemonSet":
-            result.append(daemonset_status(workload, template.hash, owned, nodes, now=now))
+            status = daemonset_status(workload, template.hash, owned, nodes, now=now)
         else:
-            result.append(
-                rollout_status(workload.key.ref, count, workload.spec, template.hash, owned, now=now)
-            )
+            status = rollout_status(workload.key.ref, count, workload.spec, template.hash, owned, now=now)
+        result.append(dataclasses.replace(status, kind=workload.key.kind))
     return result
 
 

@@ -89,9 +89,10 @@ def rolling_step(
 
 @dataclass(frozen=True)
 class RolloutStatus:
-    """Where a Deployment's rollout stands, Kubernetes' counters plus the current step."""
+    """Where a Deployment's rollout stands, Kubernetes' counters plus the current step
+    (a StatefulSet's and a DaemonSet's too: `kind` says which)."""
 
-    deployment: str
+    deployment: str  # the workload's ref, `namespace/name`
     strategy: str
     template_hash: str
     desired: int
@@ -102,6 +103,7 @@ class RolloutStatus:
     updated_available: int
     complete: bool
     step: str
+    kind: str = "Deployment"
 
 
 def rollout_status(

@@ -1612,7 +1612,9 @@ class Store:
         Heartbeat times are left out on purpose: they move every second on a live cluster."""
         with self.session() as s:
             pods = s.execute(select(func.count(PodRow.id), func.max(PodRow.updated_at))).one()
+            states = s.execute(select(func.count(), func.max(WorkloadStateRow.updated_at))).one()
             return (
+                *states,
                 s.scalar(select(func.max(EventRow.id))),
                 s.scalar(select(func.max(RevisionRow.id))),
                 s.scalar(select(func.count(NodeRow.name))),
