@@ -52,8 +52,8 @@ from gitops.model import (
     PodUsage,
     ScaleState,
 )
-from gitops.schemas.quantity import QuantityError, parse_cpu, parse_memory
 from gitops.schemas.kinds import SCALABLE_KINDS
+from gitops.schemas.quantity import QuantityError, parse_cpu, parse_memory
 from gitops.schemas.schema import describe_value
 
 __all__ = [

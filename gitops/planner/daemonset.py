@@ -15,8 +15,9 @@ node that leaves, or stops being eligible, has its pod stopped.
 `updateStrategy: RollingUpdate` replaces outdated pods node by node: with `maxSurge` 0 (the
 default) it stops up to `maxUnavailable` (default 1) old pods while the others serve, and
 the next pass starts their replacements; with `maxSurge` it starts a new pod beside the old
-one on up to that many nodes, and stops the old one once the new one is available. Both
-round percentages of the eligible nodes up. `OnDelete` replaces a pod only once it is gone.
+one on up to that many nodes, and stops the old one once the new one is available (a node
+keeps at most one old pod beside the new one). Both round percentages of the eligible nodes
+up. `OnDelete` replaces a pod only once it is gone.
 """
 
 from __future__ import annotations
@@ -188,10 +189,17 @@ def plan_daemonset(manifest: Manifest, template: Template, owned: Sequence[Pod],
         stop += [Action(p, f"pod failed ({p.reason or 'Failed'}): replaced on {node.name}") for p in failed]
         pods = [p for p in pods if p.phase != "Failed"]
         new = sorted(
-            (p for p in pods if p.template_hash == template.hash), key=lambda p: (not p.ready, p.name)
+            (p for p in pods if p.template_hash == template.hash),
+            key=lambda p: (not available(p), not p.ready, p.name),
         )
-        old = [p for p in pods if p.template_hash != template.hash]
-        stop += [Action(p, f"more than one pod on node {node.name}") for p in new[1:]]
+        # At most one old pod beside the current one (templates changed during a surge):
+        # the one that serves stays.
+        old = sorted(
+            (p for p in pods if p.template_hash != template.hash),
+            key=lambda p: (not available(p), p.created_at, p.name),
+        )
+        stop += [Action(p, f"more than one pod on node {node.name}") for p in (*new[1:], *old[1:])]
+        old = old[:1]
         current = new[0] if new else None
         if current is None and not old:
             create.append(
@@ -202,8 +210,8 @@ def plan_daemonset(manifest: Manifest, template: Template, owned: Sequence[Pod],
             )
             unavailable += 1
             continue
-        if current is None or not available(current):
-            unavailable += 1
+        if not any(p is not None and available(p) for p in (current, *old)):
+            unavailable += 1  # no pod serves on this node (an old one still serving counts)
         if old:
             outdated_nodes.append((node.name, current, old))
     if not on_delete:

@@ -2,8 +2,9 @@
 
 A Job runs pods until `completions` of them succeed (`completionMode: Indexed`: one success
 per index `0..completions-1`, each pod told its index in `JOB_COMPLETION_INDEX`), at most
-`parallelism` at a time. Without `completions` it is a work queue: once one pod succeeds,
-no new ones start, and the Job completes when none is left running.
+`parallelism` at a time; a Job that sets neither runs one pod to success (both default to
+1). With `parallelism` but without `completions` it is a work queue: once one pod succeeds,
+no new ones start, those running finish, and the Job completes when none is left running.
 
 A failed pod counts against `backoffLimit` (default 6; under `restartPolicy: OnFailure`
 each container restart counts), and the next pod waits 10 s, 20 s, 40 s ... (at most six
@@ -61,8 +62,9 @@ def _rule_matches(rule: Mapping[str, Any], pod: Pod) -> str:
     container = codes.get("containerName")
     values = {int(v) for v in codes.get("values") or []}
     operator = codes.get("operator", "In")
-    for status in pod.containers:
-        if status.exit_code is None or status.state != "terminated" or status.init:
+    # App containers first, then init containers (sidecars too), as Kubernetes matches them.
+    for status in sorted(pod.containers, key=lambda c: c.init):
+        if status.exit_code is None or status.state != "terminated":
             continue
         if container and status.name != container:
             continue
@@ -167,6 +169,8 @@ def plan_job(job: Manifest, template: Template, owned: Sequence[Pod], ctx: Workl
     restarts = sum(p.restarts for p in active) if template.spec.restart_policy == "OnFailure" else 0
     backoff_limit = int(spec.get("backoffLimit", DEFAULT_BACKOFF_LIMIT))
     completions: int | None = int(spec["completions"]) if spec.get("completions") is not None else None
+    if completions is None and spec.get("parallelism") is None:
+        completions = 1  # Kubernetes' default when neither is set: one pod, run to success
     parallelism = int(spec.get("parallelism", 1))
     indexes = completions if spec.get("completionMode") == "Indexed" and completions is not None else None
     indexed = indexes is not None
@@ -227,20 +231,28 @@ def plan_job(job: Manifest, template: Template, owned: Sequence[Pod], ctx: Workl
 
     create: list[Action] = []
     if indexes is not None:
+        remaining = indexes - len(state.succeeded_indexes)
+    elif completions is not None:
+        remaining = completions - state.succeeded
+    else:
+        # A work queue: once a pod succeeded no new one starts, and those running finish.
+        remaining = parallelism if state.succeeded == 0 else len(active)
+    target = max(0, min(parallelism, remaining))
+    excess = len(active) - target
+    if excess > 0:  # parallelism lowered, or fewer completions left than pods running: the newest go
+        newest = sorted(active, key=lambda p: (-p.created_at, p.name))[:excess]
+        stop += [
+            Action(p, f"{len(active)} pods running, {target} wanted (parallelism {parallelism})")
+            for p in newest
+        ]
+    room = max(0, target - len(active))
+    wanted: list[int | None]
+    if indexes is not None:
         running = {index_of(p) for p in active}
         todo = [i for i in range(indexes) if i not in state.succeeded_indexes and i not in running]
-        room = max(0, parallelism - len(active))
-        wanted: list[int | None] = list(todo[:room])
+        wanted = list(todo[:room])
     else:
-        if completions is not None:
-            target = min(parallelism, completions - state.succeeded)
-        else:
-            target = parallelism if state.succeeded == 0 else 0
-        excess = len(active) - max(target, 0)
-        if excess > 0:  # parallelism lowered: the newest go
-            newest = sorted(active, key=lambda p: (-p.created_at, p.name))[:excess]
-            stop += [Action(p, f"parallelism {parallelism}: {len(active)} pods running") for p in newest]
-        wanted = [None] * max(0, target - len(active))
+        wanted = [None] * room
     if wanted:
         wait = state.last_failure_at + backoff_delay(state.failed) - now if state.failed else 0.0
         if wait > 0:
@@ -256,7 +268,11 @@ def plan_job(job: Manifest, template: Template, owned: Sequence[Pod], ctx: Workl
                 pod = _new_pod(job, template, number, index, now)
             number += 1
             done = len(state.succeeded_indexes) if indexed else state.succeeded
-            goal = f"{completions} completions" if completions is not None else "a work queue"
+            goal = (
+                "a work queue"
+                if completions is None
+                else f"{completions} completion" + ("s" if completions != 1 else "")
+            )
             why = f"{job.key} runs {goal} ({done} done, parallelism {parallelism})"
             if index is not None:
                 why += f": index {index}"

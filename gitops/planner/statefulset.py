@@ -5,12 +5,13 @@ hostname `<set>-<i>` and the subdomain `spec.serviceName`, so the headless Servi
 name gives it the DNS name `<set>-<i>.<service>.<ns>.svc.<domain>`. Each
 `volumeClaimTemplates` entry gives each pod its own claim, `<template>-<set>-<i>`: the
 first pod to use it decides its node, and every later pod of that ordinal returns there
-with the same data (`claim_ids` says which claims the set keeps).
+with the same data (`claim_fates` says which claims the set keeps).
 
 `podManagementPolicy: OrderedReady` (the default) creates pod `i+1` only once pods `0..i`
 are Running and ready (for `minReadySeconds`), removes pods highest ordinal first, one at a
-time, and only while every other pod is ready; `Parallel` creates and removes them all at
-once. A pod of a failed phase is removed and returns under its name.
+time (the next once the previous is gone), and only while every pod it keeps is Running and
+ready; `Parallel` creates and removes them all at once. A pod of a failed phase is removed
+and returns under its name.
 
 `updateStrategy: RollingUpdate` replaces pods whose template is outdated from the highest
 ordinal down, `maxUnavailable` (default 1) at a time, and only ordinals at or above
@@ -200,11 +201,7 @@ def plan_statefulset(manifest: Manifest, template: Template, owned: Sequence[Pod
                         dataclasses.replace(manifest, body=body, hash=content_hash(body)), ctx.configs
                     )
                 use = previous
-        why = (
-            f"{manifest.key} wants {replicas} replicas: {pod_name} (ordinal {ordinal})"
-            if existing is None
-            else f"recreated under its name: {pod_name}"
-        )
+        why = f"{manifest.key} wants {replicas} replicas: {pod_name} (ordinal {ordinal})"
         if ordered and ordinal > wanted.start:
             why += f"; {name}-{ordinal - 1} is Running and ready"
         create.append(
@@ -224,9 +221,11 @@ def plan_statefulset(manifest: Manifest, template: Template, owned: Sequence[Pod
         )
         waiting = waiting or ordered
 
+    # Pods stopping are no longer among `owned`: their names are in `avoid` until they are gone.
+    draining = {o for n in ctx.avoid if (o := ordinal_of(name, n)) is not None}
+
     # Scale down, highest ordinal first.
     condemned = sorted((o for o in by_ordinal if o not in wanted), reverse=True)
-    live = [p for o, p in by_ordinal.items() if p.name not in stopping]
     if condemned:
         if not ordered:
             for ordinal in condemned:
@@ -235,10 +234,15 @@ def plan_statefulset(manifest: Manifest, template: Template, owned: Sequence[Pod
                     stop.append(
                         Action(pod, f"scale down: {len(by_ordinal)} -> {replicas} replicas (Parallel)")
                     )
-        elif not create and not any(p.name in ctx.avoid for p in owned):
+        else:
             top = by_ordinal[condemned[0]]
-            others_ready = all(healthy(p) for p in live if p is not top)
-            if top.name not in stopping and (others_ready or not healthy(top)):
+            # As Kubernetes: only once every pod kept is Running and ready and the pod
+            # removed before is gone. The other condemned pods' health does not matter, so
+            # an unready one below the top never stalls the scale-down.
+            settled = all(
+                (p := by_ordinal.get(o)) is not None and p.name not in stopping and healthy(p) for o in wanted
+            )
+            if settled and not draining and top.name not in stopping:
                 stop.append(
                     Action(
                         top,
@@ -248,8 +252,10 @@ def plan_statefulset(manifest: Manifest, template: Template, owned: Sequence[Pod
                 )
         stopping = {a.pod.name for a in stop}
 
-    # Rolling update, highest ordinal first, at or above the partition.
-    if _update_type(spec) == "RollingUpdate" and not create:
+    # Rolling update, highest ordinal first, at or above the partition; under OrderedReady
+    # a scale-down finishes first, as in Kubernetes.
+    scaling = ordered and (bool(condemned) or any(o not in wanted for o in draining))
+    if _update_type(spec) == "RollingUpdate" and not create and not scaling:
         partition = _partition(spec)
         budget = _max_unavailable(spec, replicas)
         current = [by_ordinal.get(o) for o in wanted]
