@@ -10,7 +10,9 @@ and `unschedulable` NoSchedule taints.
 
 Each pod names its node (`PodSpec.node_name`): the scheduler places it there or explains
 why it cannot (resources, a hostPort). A node that joins gets its pod in the next pass; a
-node that leaves, or stops being eligible, has its pod stopped.
+node that leaves, or stops matching the selector or affinity, or gains a NoExecute taint the
+pod does not tolerate, has its pod stopped. A new NoSchedule taint only keeps new pods off:
+the pod already there stays (and is not updated), as in Kubernetes.
 
 `updateStrategy: RollingUpdate` replaces outdated pods node by node: with `maxSurge` 0 (the
 default) it stops up to `maxUnavailable` (default 1) old pods while the others serve, and
@@ -90,8 +92,16 @@ def _term_matches(term: Mapping[str, Any], node: Node) -> bool:
     return True
 
 
-def ineligible(pod: Mapping[str, Any], tolerations: Sequence[Toleration], node: Node) -> str:
-    """Why a DaemonSet's pod does not belong on `node` ("" when it does)."""
+def ineligible(
+    pod: Mapping[str, Any],
+    tolerations: Sequence[Toleration],
+    node: Node,
+    *,
+    effects: Sequence[str] = ("NoSchedule", "NoExecute"),
+) -> str:
+    """Why a DaemonSet's pod does not belong on `node` ("" when it does). With `effects`
+    ("NoExecute" only), why a pod already there must go: as in Kubernetes, a NoSchedule taint
+    keeps new pods off a node but lets the one running there stay."""
     labels = node.label_map
     for key, value in (pod.get("nodeSelector") or {}).items():
         if labels.get(str(key)) != str(value):
@@ -103,7 +113,7 @@ def ineligible(pod: Mapping[str, Any], tolerations: Sequence[Toleration], node: 
     if terms is not None and not any(_term_matches(t, node) for t in terms):
         return "required node affinity does not match"
     for taint in node.taints:
-        if taint.effect in ("NoSchedule", "NoExecute") and not _tolerated(tolerations, taint):
+        if taint.effect in effects and not _tolerated(tolerations, taint):
             return f"taint {taint} is not tolerated"
     return ""
 
@@ -171,8 +181,10 @@ def plan_daemonset(manifest: Manifest, template: Template, owned: Sequence[Pod],
         if held in wanted:
             continue
         if NodeName(held) in known:
-            reason = ineligible(pod_template, tolerations, known[NodeName(held)])
-            why = f"node {held} is no longer eligible: {reason}"
+            node = known[NodeName(held)]
+            if not ineligible(pod_template, tolerations, node, effects=("NoExecute",)):
+                continue  # a NoSchedule taint only: the pod there stays, none is made
+            why = f"node {held} is no longer eligible: {ineligible(pod_template, tolerations, node)}"
         else:
             why = f"node {held} left the cluster"
         stop += [Action(p, why) for p in pods]

@@ -6,9 +6,10 @@ per index `0..completions-1`, each pod told its index in `JOB_COMPLETION_INDEX`)
 1). With `parallelism` but without `completions` it is a work queue: once one pod succeeds,
 no new ones start, those running finish, and the Job completes when none is left running.
 
-A failed pod counts against `backoffLimit` (default 6; under `restartPolicy: OnFailure`
-each container restart counts), and the next pod waits 10 s, 20 s, 40 s ... (at most six
-minutes) after the last failure. `podFailurePolicy` rules look at a failed pod's container
+A Job fails once more pods failed than `backoffLimit` (default 6), or, under
+`restartPolicy: OnFailure`, once its running pods' container restarts reach it (any restart
+with a limit of 0), as Kubernetes decides; the next pod after a failure waits 10 s, 20 s,
+40 s ... (at most six minutes). `podFailurePolicy` rules look at a failed pod's container
 exit codes first: `FailJob` fails the Job at once, `Ignore` does not count the failure,
 `Count` counts it. Past `activeDeadlineSeconds` from its start, the Job fails and its
 running pods are stopped. `suspend: true` stops its running pods and starts none; the
@@ -177,12 +178,19 @@ def plan_job(job: Manifest, template: Template, owned: Sequence[Pod], ctx: Workl
     deadline = spec.get("activeDeadlineSeconds")
 
     if not state.finished:
-        if state.failed + restarts > backoff_limit:
+        # Kubernetes' two tests: more failed pods than the limit, or (OnFailure) restarts of
+        # the running pods reaching it.
+        restarted_out = restarts > 0 if backoff_limit == 0 else restarts >= backoff_limit
+        if state.failed > backoff_limit or (restarts and restarted_out):
+            counted = (
+                f"{state.failed} failure(s)"
+                if state.failed > backoff_limit
+                else f"{restarts} container restart(s) of running pods"
+            )
             state = dataclasses.replace(
                 state,
                 condition="Failed",
-                reason=f"BackoffLimitExceeded: {state.failed + restarts} failure(s), "
-                f"backoffLimit {backoff_limit}",
+                reason=f"BackoffLimitExceeded: {counted}, backoffLimit {backoff_limit}",
             )
         elif (
             deadline is not None and state.started_at is not None and now - state.started_at >= int(deadline)

@@ -258,6 +258,18 @@ def test_the_pod_of_a_node_that_is_no_longer_eligible_is_stopped() -> None:
     ]
 
 
+def test_a_new_noschedule_taint_keeps_the_running_pod_and_makes_no_new_one() -> None:
+    """As Kubernetes: NoSchedule keeps new pods off; only NoExecute makes a running pod go."""
+    pods = converge(daemonset(), cluster(2))
+    tainted = (node("n1", Taint("maintenance", "", "NoSchedule")), node("n2"))
+    result = step(daemonset(), pods, tainted)
+    assert not result.stop and not result.create
+    assert sorted(node_of(p) for p in result.keep) == ["n1", "n2"]
+    # A pod that is gone from such a node is not made again.
+    result = step(daemonset(), [p for p in pods if node_of(p) == "n2"], tainted)
+    assert not result.create
+
+
 def test_a_failed_pod_is_replaced_on_its_node() -> None:
     nodes = cluster(2)
     pods = converge(daemonset(), nodes)

@@ -251,17 +251,24 @@ def test_backoff_limit_counts_failed_pods_and_then_fails_the_job() -> None:
     assert not result.create
 
 
-def test_under_on_failure_container_restarts_count_against_the_backoff_limit() -> None:
+def test_under_on_failure_restarts_reaching_the_backoff_limit_fail_the_job() -> None:
+    """Kubernetes' test for OnFailure: the running pods' restarts reach backoffLimit (with
+    backoffLimit 0, any restart)."""
     manifest = job(restart="OnFailure", backoffLimit=2)
     result, state = step(manifest, [])
-    pods = [running(p, restarts=2) for p in apply([], result)]
+    pods = [running(p, restarts=1) for p in apply([], result)]
     _, state = step(manifest, pods, now=NOW + 1, state=state)
     assert state.condition == ""
-    pods = [running(p, restarts=3) for p in pods]
+    pods = [running(p, restarts=2) for p in pods]
     result, state = step(manifest, pods, now=NOW + 2, state=state)
     assert state.condition == "Failed"
-    assert state.reason.startswith("BackoffLimitExceeded")
+    assert state.reason == "BackoffLimitExceeded: 2 container restart(s) of running pods, backoffLimit 2"
     assert names(result.stop) == [pods[0].name]
+    strict = job(restart="OnFailure", backoffLimit=0)
+    result, state = step(strict, [])
+    pods = [running(p, restarts=1) for p in apply([], result)]
+    _, state = step(strict, pods, now=NOW + 1, state=state)
+    assert state.condition == "Failed"
 
 
 def test_each_replacement_waits_ten_seconds_doubling_after_each_failure() -> None:
