@@ -134,6 +134,24 @@ def _new_pod(manifest: Manifest, template: Template, node: NodeName, avoid: set[
             break
         slot += 1
     avoid.add(name)
+    return _pod(manifest, template, name, node, now)
+
+
+def adopted(
+    manifest: Manifest, template: Template, name: str, *, node: Node, owned: Sequence[Pod], now: float
+) -> Pod | None:
+    """The pod `name` is, when a container of it is found running on `node` that the store
+    does not know (a control plane that lost its database): the set's pod of an eligible node
+    that has none."""
+    pod_template = (manifest.spec.get("template") or {}).get("spec") or {}
+    if ineligible(pod_template, (*template.spec.tolerations, *DEFAULT_TOLERATIONS), node):
+        return None
+    if any(node_of(p) == node.name for p in owned):
+        return None
+    return _pod(manifest, template, PodName(name), node.name, now)
+
+
+def _pod(manifest: Manifest, template: Template, name: PodName, node: NodeName, now: float) -> Pod:
     spec = dataclasses.replace(
         template.spec,
         node_name=node,

@@ -27,7 +27,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 
-from gitops.model import Manifest, Node, ObjectKey, Pod
+from gitops.model import Manifest, Node, ObjectKey, Pod, PodName
+from gitops.planner import daemonset, statefulset
 from gitops.planner.actions import BURST, Action, Plan, Workloads, merge, pod_name, stop_order
 from gitops.planner.daemonset import daemonset_status, plan_daemonset
 from gitops.planner.job import plan_job
@@ -192,6 +193,34 @@ def plan(
             stop.append(Action(pod, why))
     parts.append(Plan(stop=tuple(stop)))
     return merge(parts)
+
+
+def adoptable(
+    workload: Manifest, template: Template, name: str, *, node: Node, owned: Sequence[Pod], now: float
+) -> Pod | None:
+    """The pod a running container of `workload` found on `node` is, when the store does not
+    know it (a control plane that lost its database adopts what runs rather than starting it
+    again), or None when the workload has no place for it. A Job's pods are not adopted: what
+    the Job counted went with the database."""
+    kind = workload.key.kind
+    if kind == "StatefulSet":
+        return statefulset.adopted(workload, template, name, owned=owned, now=now)
+    if kind == "DaemonSet":
+        return daemonset.adopted(workload, template, name, node=node, owned=owned, now=now)
+    if kind not in ("Deployment", "ReplicaSet", "ReplicationController"):
+        return None
+    live = [p for p in owned if p.template_hash == template.hash and p.terminating_at is None]
+    if len(live) >= int(workload.spec.get("replicas", 1)):
+        return None
+    return Pod(
+        namespace=workload.key.namespace,
+        name=PodName(name),
+        owner=workload.key,
+        template_hash=template.hash,
+        spec=template.spec,
+        labels=template.labels,
+        created_at=now,
+    )
 
 
 def rollouts(

@@ -127,6 +127,26 @@ def _labels(template: Template, name: str, ordinal: int) -> tuple[tuple[str, str
     )
 
 
+def adopted(
+    manifest: Manifest, template: Template, name: str, *, owned: Sequence[Pod], now: float
+) -> Pod | None:
+    """The pod `name` is, when a container of it is found running that the store does not
+    know (a control plane that lost its database): an ordinal the set wants and has no pod of."""
+    ordinal = ordinal_of(manifest.key.name, name)
+    wanted = ordinals(manifest, int(manifest.spec.get("replicas", 1)))
+    if ordinal is None or ordinal not in wanted or any(p.name == name for p in owned):
+        return None
+    return Pod(
+        namespace=manifest.key.namespace,
+        name=PodName(name),
+        owner=manifest.key,
+        template_hash=template.hash,
+        spec=_pod_spec(manifest, template.spec, name, ordinal),
+        labels=_labels(template, name, ordinal),
+        created_at=now,
+    )
+
+
 def _max_unavailable(spec: Mapping[str, Any], replicas: int) -> int:
     rolling = (spec.get("updateStrategy") or {}).get("rollingUpdate") or {}
     value = rolling.get("maxUnavailable", 1)

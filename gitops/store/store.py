@@ -67,7 +67,7 @@ from gitops.model import (
     Taint,
     canonical_json,
 )
-from gitops.planner.plan import configs_of
+from gitops.planner.plan import adoptable, configs_of
 from gitops.planner.podspec import resolve_template
 from gitops.planner.services import EXPOSED, needs_vip, port_key, service_ports, service_type
 from gitops.planner.statefulset import claim_fates
@@ -1048,60 +1048,64 @@ class Store:
 
     def _adopt(self, s: Session, node: str, statuses: Sequence[PodStatus], now: float) -> bool:
         """Adopt reported containers of pods the store does not know, as those pods, when their
-        owner is desired with the same template and has fewer pods than replicas."""
+        owner is desired with the same template and has a place for them (`adoptable`: a
+        Deployment's or ReplicaSet's below its replicas, a StatefulSet's ordinal, a
+        DaemonSet's pod of this node)."""
         unknown = [st for st in statuses if st.template_hash and s.get(PodRow, st.pod) is None]
-        if not unknown:
+        node_row = s.get(NodeRow, node)
+        if not unknown or node_row is None:
             return False
         desired = [self._manifest(r) for r in s.scalars(select(ObjectRow))]
         configs = configs_of(desired)
-        deployments = {m.key: m for m in desired if m.key.kind == "Deployment"}
+        workloads = {m.key: m for m in desired}
+        here = _node(node_row, now, self.heartbeat_grace)
         adopted = False
         for status in unknown:
             namespace, _, name = status.pod.partition("/")
             owner = _owner_of(status, namespace, name)
-            wanted = deployments.get(owner) if owner is not None else None
+            wanted = workloads.get(owner) if owner is not None else None
             if wanted is None:
                 continue
-            template = resolve_template(wanted, configs)
+            try:
+                template = resolve_template(wanted, configs)
+            except Exception as exc:  # the controller reports it on the workload
+                log.info("store.not_adopted", pod=status.pod, error=str(exc))
+                continue
             if template.hash != status.template_hash:
                 continue
-            have = s.scalar(
-                select(func.count())
-                .select_from(PodRow)
-                .where(
+            rows = s.scalars(
+                select(PodRow).where(
                     PodRow.owner_kind == wanted.key.kind,
                     PodRow.owner_namespace == wanted.key.namespace,
                     PodRow.owner_name == wanted.key.name,
-                    PodRow.template_hash == template.hash,
-                    PodRow.terminating_at.is_(None),
                 )
             )
-            if (have or 0) >= int(wanted.spec.get("replicas", 1)):
+            pod = adoptable(wanted, template, name, node=here, owned=[self._pod(r) for r in rows], now=now)
+            if pod is None:
                 continue
-            s.add(
-                PodRow(
-                    id=status.pod,
-                    namespace=namespace,
-                    name=name,
-                    owner_kind=wanted.key.kind,
-                    owner_namespace=wanted.key.namespace,
-                    owner_name=wanted.key.name,
-                    template_hash=template.hash,
-                    spec=self._spec_to_row(encode(template.spec)),
-                    labels=[list(kv) for kv in template.labels],
-                    node=node,
-                    phase="Pending",
-                    ready=False,
-                    reason=f"adopted: its container kept running on node {node}",
-                    pod_ip="",
-                    host_ports=[],
-                    restarts=status.restarts,
-                    exit_code=None,
-                    container_id=status.container_id,
-                    created_at=now,
-                    updated_at=now,
-                )
+            row = PodRow(
+                id=status.pod,
+                namespace=namespace,
+                name=name,
+                owner_kind=wanted.key.kind,
+                owner_namespace=wanted.key.namespace,
+                owner_name=wanted.key.name,
+                template_hash=template.hash,
+                spec=self._spec_to_row(encode(pod.spec)),
+                labels=[list(kv) for kv in pod.labels],
+                node=node,
+                phase="Pending",
+                ready=False,
+                reason=f"adopted: its container kept running on node {node}",
+                pod_ip="",
+                host_ports=[],
+                restarts=status.restarts,
+                exit_code=None,
+                container_id=status.container_id,
+                created_at=now,
+                updated_at=now,
             )
+            s.add(row)
             s.add(
                 EventRow(
                     time=now,
@@ -1111,6 +1115,7 @@ class Store:
                 )
             )
             s.flush()
+            self._bind_claims(s, row, node, now)  # a StatefulSet's claim is where its pod runs
             adopted = True
         return adopted
 
