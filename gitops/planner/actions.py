@@ -11,11 +11,12 @@ twice creates nothing the second time.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from gitops.model import JobState, Manifest, Node, ObjectKey, Pod, PodName, RolloutState
+from gitops.planner.podspec import Template
 
 _ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # Kubernetes' safe alphabet: no vowels, no 0/1/3
 
@@ -78,6 +79,42 @@ def pod_suffix(template_hash: str, slot: int) -> str:
 
 def pod_name(deployment: str, template_hash: str, slot: int) -> PodName:
     return PodName(f"{deployment}-{template_hash}-{pod_suffix(template_hash, slot)}")
+
+
+def new_pods(
+    workload: Manifest,
+    template: Template,
+    owned: Sequence[Pod],
+    count: int,
+    *,
+    now: float,
+    avoid: AbstractSet[str],
+    name_of: Callable[[int], PodName],
+) -> list[Pod]:
+    """Up to `count` (at most `BURST`) new pods of `template`, named by `name_of(slot)` for
+    slots 0, 1, ..., skipping names taken by `owned` pods or in `avoid`."""
+    used = {p.name for p in owned} | set(avoid)
+    pods: list[Pod] = []
+    slot = 0
+    while len(pods) < min(count, BURST):
+        name = name_of(slot)
+        slot += 1
+        if name in used:
+            continue
+        used.add(name)
+        pods.append(
+            Pod(
+                namespace=workload.key.namespace,
+                name=name,
+                owner=workload.key,
+                template_hash=template.hash,
+                spec=template.spec,
+                labels=template.labels,
+                reason="waiting to be scheduled",
+                created_at=now,
+            )
+        )
+    return pods
 
 
 def stop_order(pod: Pod) -> tuple[int, int, float, str]:

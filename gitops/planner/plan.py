@@ -29,7 +29,7 @@ from collections.abc import Set as AbstractSet
 
 from gitops.model import Manifest, Node, ObjectKey, Pod, PodName
 from gitops.planner import daemonset, statefulset
-from gitops.planner.actions import BURST, Action, Plan, Workloads, merge, pod_name, stop_order
+from gitops.planner.actions import BURST, Action, Plan, Workloads, merge, new_pods, pod_name, stop_order
 from gitops.planner.daemonset import daemonset_status, plan_daemonset
 from gitops.planner.job import plan_job
 from gitops.planner.podspec import ConfigIndex, Template, describe_change, resolve_template
@@ -53,28 +53,10 @@ def _new_pods(
     now: float,
     avoid: AbstractSet[str],
 ) -> list[Pod]:
-    used = {p.name for p in owned} | set(avoid)
-    pods: list[Pod] = []
-    slot = 0
-    while len(pods) < min(count, BURST):
-        name = pod_name(deployment.key.name, template.hash, slot)
-        slot += 1
-        if name in used:
-            continue
-        used.add(name)
-        pods.append(
-            Pod(
-                namespace=deployment.key.namespace,
-                name=name,
-                owner=deployment.key,
-                template_hash=template.hash,
-                spec=template.spec,
-                labels=template.labels,
-                reason="waiting to be scheduled",
-                created_at=now,
-            )
-        )
-    return pods
+    def name_of(slot: int) -> PodName:
+        return pod_name(deployment.key.name, template.hash, slot)
+
+    return new_pods(deployment, template, owned, count, now=now, avoid=avoid, name_of=name_of)
 
 
 def _plan_deployment(deployment: Manifest, template: Template, owned: Sequence[Pod], ctx: Workloads) -> Plan:

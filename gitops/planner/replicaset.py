@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gitops.model import Manifest, Pod, PodName
-from gitops.planner.actions import BURST, Action, Plan, Workloads, finished, pod_suffix, stop_order
+from gitops.planner.actions import BURST, Action, Plan, Workloads, finished, new_pods, pod_suffix, stop_order
 from gitops.planner.podspec import Template
 from gitops.planner.rollout import RolloutStatus
 
@@ -50,28 +50,10 @@ def new_pod_name(manifest: Manifest, template: Template, slot: int) -> PodName:
 def _new_pods(
     manifest: Manifest, template: Template, owned: Sequence[Pod], count: int, ctx: Workloads
 ) -> list[Pod]:
-    used = {p.name for p in owned} | set(ctx.avoid)
-    pods: list[Pod] = []
-    slot = 0
-    while len(pods) < min(count, BURST):
-        name = new_pod_name(manifest, template, slot)
-        slot += 1
-        if name in used:
-            continue
-        used.add(name)
-        pods.append(
-            Pod(
-                namespace=manifest.key.namespace,
-                name=name,
-                owner=manifest.key,
-                template_hash=template.hash,
-                spec=template.spec,
-                labels=template.labels,
-                reason="waiting to be scheduled",
-                created_at=ctx.now,
-            )
-        )
-    return pods
+    def name_of(slot: int) -> PodName:
+        return new_pod_name(manifest, template, slot)
+
+    return new_pods(manifest, template, owned, count, now=ctx.now, avoid=ctx.avoid, name_of=name_of)
 
 
 def _ended(pod: Pod) -> str:
