@@ -298,3 +298,33 @@ def test_a_node_is_told_the_claims_whose_volumes_it_keeps(setup: tuple[Store, Te
         "/agent/v1/nodes/n1/sync", json={"statuses": []}, headers={"Authorization": f"Bearer {t1}"}
     ).json()
     assert reply["claims"] == ["default/data", "default/kept"]
+
+
+def test_usage_an_agent_measured_is_stored_and_exported_in_metrics(setup: tuple[Store, TestClient]) -> None:
+    """What cAdvisor gives kubelet: each container's CPU (millicores) and memory working set."""
+    store, client = setup
+    token = register(
+        client, {"name": "n1", "address": "192.0.2.10", "cpu_milli": 4000, "memory_bytes": 2**32}
+    )
+    usage = [
+        {
+            "pod": "default/web-1",
+            "at": 99.0,
+            "window": 15.0,
+            "containers": [{"container": "main", "cpu_milli": 250.5, "memory_bytes": 2**20}],
+        }
+    ]
+    auth = {"Authorization": f"Bearer {token}"}
+    assert client.post("/agent/v1/nodes/n1/sync", json={"usage": usage}, headers=auth).status_code == 200
+    (sample,) = store.usage().values()
+    assert (sample.pod, sample.window, sample.containers[0].cpu_milli) == ("default/web-1", 15.0, 250.5)
+    metrics = client.get("/metrics").text
+    labels = '{container="main",namespace="default",pod="web-1"}'
+    assert f"gitops_container_cpu_usage_millicores{labels} 250.5" in metrics
+    assert f"gitops_container_memory_working_set_bytes{labels} 1.048576e+06" in metrics
+    # A report without usage keeps the last figures; a negative figure is refused naming the field.
+    assert client.post("/agent/v1/nodes/n1/sync", json={}, headers=auth).status_code == 200
+    assert len(store.usage()) == 1
+    usage[0]["containers"][0]["cpu_milli"] = -1  # type: ignore[index]
+    refused = client.post("/agent/v1/nodes/n1/sync", json={"usage": usage}, headers=auth)
+    assert refused.status_code == 422 and "usage.0.containers.0.cpu_milli" in refused.text
