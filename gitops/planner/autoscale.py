@@ -316,8 +316,10 @@ class _Reading:
     notes: tuple[str, ...] = ()  # how pods without a usable sample were counted, and what followed
     error: str = ""
 
-    def says(self, current: int) -> str:
-        change = f"stays at {current}" if self.proposal == current else f"{current} -> {self.proposal}"
+    def says(self, current: int, replicas: int | None = None) -> str:
+        """`head: current -> replicas` (what is done; the proposal by default)."""
+        done = self.proposal if replicas is None else replicas
+        change = f"stays at {current}" if done == current else f"{current} -> {done}"
         return f"{self.head}: {change}"
 
 
@@ -555,8 +557,9 @@ def autoscale(  # noqa: PLR0917 - the agreed interface; callers pass all six in 
         notes.append("largest proposal; " + ", ".join(others))
     if failed and desired < current:
         # Kubernetes scales down only when every metric agrees.
+        notes.insert(0, f"wants {desired}")
         notes.append(f"held at {current}: no scale-down while {', '.join(failed)} cannot be computed")
-        return replace(kept, reason=_explain(best.says(current), notes))
+        return replace(kept, reason=_explain(best.says(current, current), notes))
 
     up, down = spec.scale_up, spec.scale_down
     recent = [(t, r) for t, r in kept.recommendations if t > now - max(up.window, down.window)]
@@ -571,7 +574,9 @@ def autoscale(  # noqa: PLR0917 - the agreed interface; callers pass all six in 
     replicas, limited = _rate_limited(spec, current, stabilized, kept.events, now)
     if limited:
         notes.append(limited)
-    return _scaled(kept, spec, replicas, now, _explain(best.says(current), notes))
+    if replicas != desired:
+        notes.insert(0, f"wants {desired}")  # the arrow says what is done
+    return _scaled(kept, spec, replicas, now, _explain(best.says(current, replicas), notes))
 
 
 def _explain(clause: str, notes: Iterable[str]) -> str:

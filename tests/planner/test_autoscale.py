@@ -318,8 +318,8 @@ def test_another_metric_still_scales_up_but_never_down_while_one_is_unknown() ->
     state = again(down, pods, usage, seen(down, 2))
     assert state.replicas == 2
     assert state.reason == (
-        "memory 600Mi per pod < target 2Gi: 2 -> 1 "
-        "(largest proposal; cpu unknown; held at 2: no scale-down while cpu cannot be computed)"
+        "memory 600Mi per pod < target 2Gi: stays at 2 "
+        "(wants 1; largest proposal; cpu unknown; held at 2: no scale-down while cpu cannot be computed)"
     )
 
 
@@ -402,11 +402,14 @@ def test_proposals_beyond_the_bounds_stop_at_them() -> None:
     high = again(autoscaler, pods, usage, seen(autoscaler, 8))
     assert (high.replicas, high.reason) == (
         10,
-        "cpu 200% of requests > target 50%: 8 -> 32 (at maxReplicas 10)",
+        "cpu 200% of requests > target 50%: 8 -> 10 (wants 32; at maxReplicas 10)",
     )
     low_bound = hpa(utilization("cpu", 50), min_replicas=2, behavior=NO_DOWN_WINDOW)
     low = again(low_bound, *fleet(5, 5, 5), seen(low_bound, 3))
-    assert (low.replicas, low.reason) == (2, "cpu 5% of requests < target 50%: 3 -> 1 (at minReplicas 2)")
+    assert (low.replicas, low.reason) == (
+        2,
+        "cpu 5% of requests < target 50%: 3 -> 2 (wants 1; at minReplicas 2)",
+    )
 
 
 # --- behavior: policies and stabilization -----------------------------------------------------
@@ -418,17 +421,19 @@ def test_the_default_scale_up_adds_at_most_4_pods_or_100_percent_per_15_seconds(
     assert first.replicas == 5
     assert (
         first.reason
-        == "cpu 1000% of requests > target 50%: 1 -> 20 (limited to 5 by the scale-up policy Pods 4 per 15s)"
+        == "cpu 1000% of requests > target 50%: 1 -> 5 (wants 20; limited to 5 by the scale-up policy Pods 4 per 15s)"
     )
     hot = [1000.0] * 5
     within = again(autoscaler, *fleet(*hot), first, NOW + 10)
     assert within.replicas == 5  # the period started at 1 replica
-    assert within.reason.endswith("(limited to 5 by the scale-up policy Pods 4 per 15s)")
+    assert within.reason.endswith(
+        "stays at 5 (wants 100; limited to 5 by the scale-up policy Pods 4 per 15s)"
+    )
     after = again(autoscaler, *fleet(*hot), within, NOW + 15)
     assert after.replicas == 10
     assert after.reason == (
-        "cpu 1000% of requests > target 50%: 5 -> 100 "
-        "(limited to 10 by the scale-up policy Percent 100 per 15s)"
+        "cpu 1000% of requests > target 50%: 5 -> 10 "
+        "(wants 100; limited to 10 by the scale-up policy Percent 100 per 15s)"
     )
     assert after.events == ((NOW + 15, 5),)  # the first scale-up is past every period
 
@@ -441,8 +446,8 @@ def test_a_drop_in_load_is_held_for_the_300_second_scale_down_window_then_applie
         state = again(autoscaler, *fleet(*quiet), state, at)
         assert state.replicas == 5
         assert state.reason == (
-            "cpu 10% of requests < target 50%: 5 -> 1 "
-            "(within the 300s scale-down stabilization window: held at 5)"
+            "cpu 10% of requests < target 50%: stays at 5 "
+            "(wants 1; within the 300s scale-down stabilization window: held at 5)"
         )
     state = again(autoscaler, *fleet(*quiet), state, NOW + 300)
     assert (state.replicas, state.reason) == (1, "cpu 10% of requests < target 50%: 5 -> 1")
@@ -457,8 +462,8 @@ def test_the_highest_recommendation_in_the_window_holds_a_scale_down() -> None:
     state = again(autoscaler, pods, usage, state)
     assert state.replicas == 4
     assert state.reason == (
-        "memory 40% of requests < target 70%: 5 -> 3 "
-        "(within the 300s scale-down stabilization window: held at 4)"
+        "memory 40% of requests < target 70%: 5 -> 4 "
+        "(wants 3; within the 300s scale-down stabilization window: held at 4)"
     )
 
 
@@ -467,7 +472,7 @@ def test_a_scale_up_window_applies_the_lowest_recent_recommendation() -> None:
     held = again(autoscaler, *fleet(90, 90), seen(autoscaler, 2))
     assert held.replicas == 2
     assert held.reason == (
-        "cpu 90% of requests > target 50%: 2 -> 4 (within the 60s scale-up stabilization window: held at 2)"
+        "cpu 90% of requests > target 50%: stays at 2 (wants 4; within the 60s scale-up stabilization window: held at 2)"
     )
     assert again(autoscaler, *fleet(90, 90), held, NOW + 46).replicas == 4
 
@@ -483,7 +488,7 @@ def test_custom_policies_count_from_the_start_of_their_period() -> None:
     state = again(autoscaler, *fleet(*[5.0] * 8), seen(autoscaler, 8))
     assert state.replicas == 4
     assert state.reason == (
-        "cpu 5% of requests < target 50%: 8 -> 1 (limited to 4 by the scale-down policy Percent 50 per 60s)"
+        "cpu 5% of requests < target 50%: 8 -> 4 (wants 1; limited to 4 by the scale-down policy Percent 50 per 60s)"
     )
     assert again(autoscaler, *fleet(*[5.0] * 4), state, NOW + 30).replicas == 4
     assert again(autoscaler, *fleet(*[5.0] * 4), state, NOW + 60).replicas == 2
@@ -502,7 +507,7 @@ def test_select_policy_min_takes_the_policy_allowing_the_smallest_change() -> No
     autoscaler = hpa(utilization("cpu", 50), behavior=behavior)
     state = again(autoscaler, *fleet(1000), seen(autoscaler, 1))
     assert state.replicas == 2
-    assert state.reason.endswith("(limited to 2 by the scale-up policy Percent 100 per 60s)")
+    assert state.reason.endswith("1 -> 2 (wants 20; limited to 2 by the scale-up policy Percent 100 per 60s)")
 
 
 def test_select_policy_disabled_turns_one_direction_off() -> None:
@@ -511,7 +516,7 @@ def test_select_policy_disabled_turns_one_direction_off() -> None:
     state = again(no_down, *fleet(*[5.0] * 5), state)
     assert state.replicas == 5
     assert state.reason == (
-        "cpu 5% of requests < target 50%: 5 -> 1 (scale-down is disabled by selectPolicy Disabled: held at 5)"
+        "cpu 5% of requests < target 50%: stays at 5 (wants 1; scale-down is disabled by selectPolicy Disabled: held at 5)"
     )
     assert again(no_down, *fleet(*[200.0] * 5), state, NOW + 15).replicas == 10
 
