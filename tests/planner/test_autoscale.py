@@ -420,8 +420,8 @@ def test_the_default_scale_up_adds_at_most_4_pods_or_100_percent_per_15_seconds(
     first = again(autoscaler, *fleet(1000), seen(autoscaler, 1))
     assert first.replicas == 5
     assert (
-        first.reason
-        == "cpu 1000% of requests > target 50%: 1 -> 5 (wants 20; limited to 5 by the scale-up policy Pods 4 per 15s)"
+        first.reason == "cpu 1000% of requests > target 50%: 1 -> 5 "
+        "(wants 20; limited to 5 by the scale-up policy Pods 4 per 15s)"
     )
     hot = [1000.0] * 5
     within = again(autoscaler, *fleet(*hot), first, NOW + 10)
@@ -472,7 +472,8 @@ def test_a_scale_up_window_applies_the_lowest_recent_recommendation() -> None:
     held = again(autoscaler, *fleet(90, 90), seen(autoscaler, 2))
     assert held.replicas == 2
     assert held.reason == (
-        "cpu 90% of requests > target 50%: stays at 2 (wants 4; within the 60s scale-up stabilization window: held at 2)"
+        "cpu 90% of requests > target 50%: stays at 2 "
+        "(wants 4; within the 60s scale-up stabilization window: held at 2)"
     )
     assert again(autoscaler, *fleet(90, 90), held, NOW + 46).replicas == 4
 
@@ -488,7 +489,8 @@ def test_custom_policies_count_from_the_start_of_their_period() -> None:
     state = again(autoscaler, *fleet(*[5.0] * 8), seen(autoscaler, 8))
     assert state.replicas == 4
     assert state.reason == (
-        "cpu 5% of requests < target 50%: 8 -> 4 (wants 1; limited to 4 by the scale-down policy Percent 50 per 60s)"
+        "cpu 5% of requests < target 50%: 8 -> 4 "
+        "(wants 1; limited to 4 by the scale-down policy Percent 50 per 60s)"
     )
     assert again(autoscaler, *fleet(*[5.0] * 4), state, NOW + 30).replicas == 4
     assert again(autoscaler, *fleet(*[5.0] * 4), state, NOW + 60).replicas == 2
@@ -516,7 +518,8 @@ def test_select_policy_disabled_turns_one_direction_off() -> None:
     state = again(no_down, *fleet(*[5.0] * 5), state)
     assert state.replicas == 5
     assert state.reason == (
-        "cpu 5% of requests < target 50%: stays at 5 (wants 1; scale-down is disabled by selectPolicy Disabled: held at 5)"
+        "cpu 5% of requests < target 50%: stays at 5 "
+        "(wants 1; scale-down is disabled by selectPolicy Disabled: held at 5)"
     )
     assert again(no_down, *fleet(*[200.0] * 5), state, NOW + 15).replicas == 10
 
