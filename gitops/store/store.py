@@ -1035,6 +1035,7 @@ class Store:
                 raise KeyError(name)
             pods = len(s.scalars(select(PodRow.id).where(PodRow.node == name)).all())
             s.execute(delete(PodRow).where(PodRow.node == name))
+            s.execute(delete(UsageRow).where(UsageRow.node == name))
             s.delete(row)
             s.add(
                 EventRow(

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from gitops.api.app import create_app
 from gitops.controller import reconcile_once
-from gitops.model import Node, NodeName, Revision
+from gitops.model import ContainerUsage, Node, NodeName, PodUsage, Revision
 from gitops.store import PodRangeExhausted, Store
 from tests.planner.factories import deployment
 
@@ -59,7 +59,10 @@ def test_a_deleted_nodes_pods_are_deleted_and_placed_again_elsewhere(tmp_path: P
     store.register_node(node("a"), "t", 1.0)
     reconcile_once(store, now=2.0)
     assert {p.node for p in store.pods()} == {"a"}
+    pod = store.pods()[0].id
+    store.record_usage("a", [PodUsage(pod, 2.0, (ContainerUsage("main", 5.0, 1024),))])
     assert store.delete_node("a", 3.0) == 2
+    assert store.usage() == {}  # what its agent measured goes with it
     store.register_node(node("b"), "t", 3.0)
     reconcile_once(store, now=4.0)
     assert {p.node for p in store.pods()} == {"b"} and len(store.pods()) == 2
