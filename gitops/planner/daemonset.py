@@ -29,10 +29,11 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from gitops.model import Manifest, Node, NodeName, Pod, PodName, Taint, Toleration
+from gitops.model import Manifest, Node, NodeName, Pod, PodName, Toleration
 from gitops.planner.actions import Action, Plan, Workloads, pod_suffix
 from gitops.planner.podspec import Template, describe_change, tolerations_of
 from gitops.planner.rollout import RolloutStatus
+from gitops.scheduler import tolerates
 
 # The tolerations Kubernetes' DaemonSet controller adds to every pod it makes.
 DEFAULT_TOLERATIONS = (
@@ -43,17 +44,6 @@ DEFAULT_TOLERATIONS = (
     Toleration("node.kubernetes.io/pid-pressure", "Exists", "", "NoSchedule"),
     Toleration("node.kubernetes.io/unschedulable", "Exists", "", "NoSchedule"),
 )
-
-
-def _tolerated(tolerations: Sequence[Toleration], taint: Taint) -> bool:
-    for t in tolerations:
-        if t.effect and t.effect != taint.effect:
-            continue
-        if t.operator == "Exists" and (not t.key or t.key == taint.key):
-            return True
-        if t.operator == "Equal" and t.key == taint.key and t.value == taint.value:
-            return True
-    return False
 
 
 def _expression_matches(expression: Mapping[str, Any], value: str | None) -> bool:
@@ -113,7 +103,7 @@ def ineligible(
     if terms is not None and not any(_term_matches(t, node) for t in terms):
         return "required node affinity does not match"
     for taint in node.taints:
-        if taint.effect in effects and not _tolerated(tolerations, taint):
+        if taint.effect in effects and not tolerates(tolerations, taint):
             return f"taint {taint} is not tolerated"
     return ""
 
