@@ -225,6 +225,144 @@ class Taint:
         return f"{self.key}={self.value}:{self.effect}" if self.value else f"{self.key}:{self.effect}"
 
 
+# --- scheduling constraints ------------------------------------------------------------
+#
+# The pod's scheduling fields as Kubernetes defines them, resolved: `matchLabelKeys` are
+# already merged into their selector, a term's namespaces are explicit (its own namespace
+# when the manifest names none), and priorityClassName is the number it stands for.
+
+REQUIREMENT_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt")
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """One `matchExpressions` entry: `key operator values`. Gt and Lt (node affinity only)
+    compare integers and hold one value."""
+
+    key: str
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"]
+    values: tuple[str, ...] = ()
+
+    def matches(self, value: str | None) -> bool:
+        """Whether a label of this key with `value` (None: no such label) satisfies it."""
+        if self.operator == "In":
+            return value is not None and value in self.values
+        if self.operator == "NotIn":
+            return value is None or value not in self.values
+        if self.operator == "Exists":
+            return value is not None
+        if self.operator == "DoesNotExist":
+            return value is None
+        if value is None or len(self.values) != 1:
+            return False
+        try:
+            number, bound = int(value), int(self.values[0])
+        except ValueError:
+            return False
+        return number > bound if self.operator == "Gt" else number < bound
+
+    def __str__(self) -> str:
+        if self.operator in ("Exists", "DoesNotExist"):
+            return f"{self.key} {self.operator}"
+        if self.operator in ("Gt", "Lt"):
+            return f"{self.key} {self.operator} {self.values[0] if self.values else ''}"
+        return f"{self.key} {self.operator} ({', '.join(self.values)})"
+
+
+@dataclass(frozen=True)
+class LabelSelector:
+    """A label selector: every `match_labels` pair and every requirement holds. The empty
+    selector matches every set of labels (a missing one is None where it is allowed)."""
+
+    match_labels: tuple[tuple[str, str], ...] = ()
+    expressions: tuple[Requirement, ...] = ()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        return all(labels.get(k) == v for k, v in self.match_labels) and all(
+            e.matches(labels.get(e.key)) for e in self.expressions
+        )
+
+    def __str__(self) -> str:
+        parts = [f"{k}={v}" for k, v in self.match_labels] + [str(e) for e in self.expressions]
+        return ", ".join(parts) if parts else "all pods"
+
+
+@dataclass(frozen=True)
+class NodeSelectorTerm:
+    """One term of node affinity: every expression on the node's labels and every field
+    expression (`metadata.name` only) holds. A term with neither matches no node."""
+
+    expressions: tuple[Requirement, ...] = ()
+    fields: tuple[Requirement, ...] = ()
+
+    def matches(self, name: str, labels: Mapping[str, str]) -> bool:
+        if not self.expressions and not self.fields:
+            return False
+        return all(e.matches(labels.get(e.key)) for e in self.expressions) and all(
+            f.matches(name if f.key == "metadata.name" else None) for f in self.fields
+        )
+
+    def __str__(self) -> str:
+        return ", ".join([str(e) for e in self.expressions] + [str(f) for f in self.fields])
+
+
+@dataclass(frozen=True)
+class PreferredNodeTerm:
+    weight: int  # 1..100
+    term: NodeSelectorTerm
+
+
+@dataclass(frozen=True)
+class PodAffinityTerm:
+    """Pods matching `selector` in the term's namespaces, on nodes with the same value of
+    `topology_key` as the node judged. Namespaces: those in `namespaces`, and those whose
+    labels `namespace_selector` matches (None: none by selector; empty: all)."""
+
+    selector: LabelSelector | None  # None matches no pod
+    topology_key: str
+    namespaces: tuple[str, ...] = ()
+    namespace_selector: LabelSelector | None = None
+
+    def __str__(self) -> str:
+        return f"{self.selector if self.selector is not None else 'no pods'} on {self.topology_key}"
+
+
+@dataclass(frozen=True)
+class WeightedPodAffinityTerm:
+    weight: int  # 1..100
+    term: PodAffinityTerm
+
+
+@dataclass(frozen=True)
+class Affinity:
+    """`spec.affinity`. `node_required` None means no requirement; otherwise the node must
+    match one of its terms."""
+
+    node_required: tuple[NodeSelectorTerm, ...] | None = None
+    node_preferred: tuple[PreferredNodeTerm, ...] = ()
+    pod_required: tuple[PodAffinityTerm, ...] = ()
+    pod_preferred: tuple[WeightedPodAffinityTerm, ...] = ()
+    anti_required: tuple[PodAffinityTerm, ...] = ()
+    anti_preferred: tuple[WeightedPodAffinityTerm, ...] = ()
+
+
+@dataclass(frozen=True)
+class TopologySpreadConstraint:
+    """`spec.topologySpreadConstraints[]`, as Kubernetes defines it; `selector` None counts
+    no pods. `min_domains` only applies with DoNotSchedule."""
+
+    max_skew: int
+    topology_key: str
+    when_unsatisfiable: Literal["DoNotSchedule", "ScheduleAnyway"] = "DoNotSchedule"
+    selector: LabelSelector | None = None
+    min_domains: int = 1
+    node_affinity_policy: Literal["Honor", "Ignore"] = "Honor"
+    node_taints_policy: Literal["Honor", "Ignore"] = "Ignore"
+
+    def __str__(self) -> str:
+        return f"maxSkew {self.max_skew} on {self.topology_key}"
+
+
 @dataclass(frozen=True)
 class Probe:
     """A resolved container probe (Kubernetes' fields and defaults; ports are numbers).
@@ -449,6 +587,13 @@ class PodSpec:
     # The node the pod must run on ("": wherever the scheduler places it): a DaemonSet's
     # pod names its node here, as does a template's `nodeName`.
     node_name: str = ""
+    # Scheduling constraints and priority (resolved: see `Affinity`); a spec without them
+    # encodes and hashes as it did before they existed.
+    affinity: Affinity = Affinity()
+    topology_spread: tuple[TopologySpreadConstraint, ...] = ()
+    priority: int = 0
+    priority_class_name: str = ""
+    preemption_policy: Literal["PreemptLowerPriority", "Never"] = "PreemptLowerPriority"
 
     def auth_for(self, image: str) -> RegistryAuth | None:
         """The credentials for `image`'s registry, if the pod has some."""
@@ -697,11 +842,36 @@ class ServiceEndpoints:
 
 
 @dataclass(frozen=True)
+class DisruptionBudget:
+    """A PodDisruptionBudget as preemption weighs it: how many of the pods it selects (in
+    its namespace) may be disrupted now."""
+
+    namespace: str
+    name: str
+    selector: LabelSelector | None  # None selects no pod
+    allowed: int
+
+
+@dataclass(frozen=True)
+class Preemption:
+    """A pod that fits once `victims` (lower-priority pods on `node`) are gone."""
+
+    node: NodeName
+    victims: tuple[PodId, ...]
+
+
+@dataclass(frozen=True)
 class Placements:
-    """Scheduler output: pods placed on nodes, and pods that fit nowhere with why."""
+    """Scheduler output: pods placed on nodes, and pods that fit nowhere with why.
+
+    `preemptions` holds the pods among `unschedulable` that will fit on a node once the
+    lower-priority pods named are stopped; `why` (when asked for) says for each placed pod
+    why that node: its score against the runner-up's, term by term."""
 
     assigned: Mapping[PodId, NodeName] = field(default_factory=dict)
     unschedulable: Mapping[PodId, str] = field(default_factory=dict)
+    preemptions: Mapping[PodId, Preemption] = field(default_factory=dict)
+    why: Mapping[PodId, str] = field(default_factory=dict)
 
 
 # --- the cluster as a whole -------------------------------------------------------------

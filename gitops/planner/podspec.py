@@ -23,6 +23,7 @@ from typing import Any
 from gitops.codec import encode
 from gitops.keyed import digest, secret_data
 from gitops.model import (
+    Affinity,
     Container,
     ContainerPort,
     Hook,
@@ -651,6 +652,10 @@ UNHASHED_DEFAULTS: dict[str, Any] = {
     "host_ipc": False,
     "annotations": [],
     "node_name": "",
+    "affinity": encode(Affinity()),
+    "topology_spread": [],
+    "priority_class_name": "",
+    "preemption_policy": "PreemptLowerPriority",
 }
 UNHASHED_CONTAINER_DEFAULTS: dict[str, Any] = {
     "termination_message_path": "/dev/termination-log",
@@ -709,6 +714,9 @@ def hash_input(
     template that does not use what is new."""
     data = encode(spec)
     del data["pull_auths"]  # credentials: a rotated one replaces no pod
+    # The number a PriorityClass stands for: the class's name is hashed, and a class whose
+    # value changes replaces no pod (Kubernetes sets priority when a pod is created).
+    del data["priority"]
     containers = data.pop("containers")
     for c, raw in zip(spec.all_containers, [*data["init_containers"], *containers], strict=True):
         _hash_container(raw, hidden_env.get(c.name, {}), hidden_files)
