@@ -14,9 +14,37 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, NewType
+from typing import Any, Generic, Literal, NewType, TypeVar, overload
+
+_Value = TypeVar("_Value")
+
+
+class _cached(Generic[_Value]):
+    """A property computed once per (frozen) instance: functools.cached_property without its
+    lock (Python 3.11 takes one on every first read, which costs more than the value here)."""
+
+    def __init__(self, compute: Callable[[Any], _Value]) -> None:
+        self.compute = compute
+        self.name = compute.__name__
+        self.__doc__ = compute.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, instance: None, owner: type | None = None) -> _cached[_Value]: ...
+    @overload
+    def __get__(self, instance: object, owner: type | None = None) -> _Value: ...
+    def __get__(self, instance: object | None, owner: type | None = None) -> _Value | _cached[_Value]:
+        if instance is None:
+            return self
+        value = self.compute(instance)
+        instance.__dict__[self.name] = value  # read from there from now on
+        return value
+
 
 NodeName = NewType("NodeName", str)
 PodName = NewType("PodName", str)
@@ -41,6 +69,8 @@ API_VERSIONS: Mapping[str, str] = {
     "Secret": "v1",
     "PersistentVolumeClaim": "v1",
     "PersistentVolume": "v1",
+    "PodDisruptionBudget": "policy/v1",  # weighed by preemption
+    "PriorityClass": "scheduling.k8s.io/v1",  # gives pods their priority
     # Stored, not acted on (`gitops.schemas.kinds`).
     "ServiceAccount": "v1",
     "LimitRange": "v1",
@@ -49,11 +79,9 @@ API_VERSIONS: Mapping[str, str] = {
     "ClusterRole": "rbac.authorization.k8s.io/v1",
     "RoleBinding": "rbac.authorization.k8s.io/v1",
     "ClusterRoleBinding": "rbac.authorization.k8s.io/v1",
-    "PodDisruptionBudget": "policy/v1",
     "StorageClass": "storage.k8s.io/v1",
     "NetworkPolicy": "networking.k8s.io/v1",
     "Ingress": "networking.k8s.io/v1",
-    "PriorityClass": "scheduling.k8s.io/v1",
     "CustomResourceDefinition": "apiextensions.k8s.io/v1",
     "HorizontalPodAutoscaler": "autoscaling/v2",
 }
@@ -232,6 +260,16 @@ class Taint:
 # when the manifest names none), and priorityClassName is the number it stands for.
 
 REQUIREMENT_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt")
+_GO_INT = re.compile(r"[+-]?[0-9]+")
+
+
+def _go_int(text: str) -> int | None:
+    """`text` as Go's strconv.ParseInt(text, 10, 64) reads it (as Kubernetes compares Gt/Lt):
+    ASCII digits with an optional sign, within int64; None otherwise."""
+    if not _GO_INT.fullmatch(text):
+        return None
+    number = int(text)
+    return number if -(2**63) <= number < 2**63 else None
 
 
 @dataclass(frozen=True)
@@ -255,9 +293,8 @@ class Requirement:
             return value is None
         if value is None or len(self.values) != 1:
             return False
-        try:
-            number, bound = int(value), int(self.values[0])
-        except ValueError:
+        number, bound = _go_int(value), _go_int(self.values[0])
+        if number is None or bound is None:
             return False
         return number > bound if self.operator == "Gt" else number < bound
 
@@ -303,7 +340,7 @@ class NodeSelectorTerm:
         )
 
     def __str__(self) -> str:
-        return ", ".join([str(e) for e in self.expressions] + [str(f) for f in self.fields])
+        return ", ".join([str(e) for e in self.expressions] + [str(f) for f in self.fields]) or "(empty term)"
 
 
 @dataclass(frozen=True)
@@ -633,24 +670,24 @@ class PodSpec:
     def image(self) -> str:
         return self.main.image
 
-    @property
+    @_cached
     def sidecars(self) -> tuple[Container, ...]:
         return tuple(c for c in self.init_containers if c.restart_policy == "Always")
 
-    @property
+    @_cached
     def all_containers(self) -> tuple[Container, ...]:
         return (*self.init_containers, *self.containers)
 
-    @property
+    @_cached
     def ports(self) -> tuple[ContainerPort, ...]:
         """The ports of the containers that serve (app containers and sidecars)."""
         return tuple(p for c in (*self.sidecars, *self.containers) for p in c.ports)
 
-    @property
+    @_cached
     def cpu_request_milli(self) -> int:
         return self._request(lambda c: c.cpu_request_milli)
 
-    @property
+    @_cached
     def memory_request_bytes(self) -> int:
         return self._request(lambda c: c.memory_request_bytes)
 
@@ -667,12 +704,12 @@ class PodSpec:
                 total = max(total, sidecars + of(c))
         return total
 
-    @property
+    @_cached
     def claims(self) -> tuple[str, ...]:
         """The PersistentVolumeClaims (`namespace/name`) the pod's volumes use."""
         return tuple(dict.fromkeys(v.claim for v in self.volumes if v.claim))
 
-    @property
+    @_cached
     def host_port_claims(self) -> tuple[tuple[int, str], ...]:
         """The (host port, protocol) pairs this pod takes on its node: one pod per node each."""
         return tuple((p.host_port, p.protocol) for p in self.ports if p.host_port)

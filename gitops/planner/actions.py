@@ -64,7 +64,8 @@ class Workloads:
     # Why a workload that left the desired set did (a CronJob ended the run, say); the
     # default is "removed from the source".
     removed: Mapping[ObjectKey, str] = field(default_factory=dict)
-    configs: Mapping[ObjectKey, Manifest] = field(default_factory=dict)  # ConfigMaps and Secrets
+    # ConfigMaps, Secrets and PriorityClasses: what templates refer to.
+    configs: Mapping[ObjectKey, Manifest] = field(default_factory=dict)
 
     def replicas_of(self, manifest: Manifest) -> int:
         """The replica count to run: an autoscaler's, else the manifest's (default 1)."""

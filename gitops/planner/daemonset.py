@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-from gitops.model import Manifest, Node, NodeName, Pod, PodName, Toleration
+from gitops.model import Manifest, Node, NodeName, Pod, PodName, PodSpec, Toleration
 from gitops.planner.actions import Action, Plan, Workloads, pod_suffix
-from gitops.planner.podspec import Template, describe_change, tolerations_of
+from gitops.planner.podspec import Template, describe_change
 from gitops.planner.rollout import RolloutStatus
 from gitops.scheduler import tolerates
 
@@ -46,61 +45,23 @@ DEFAULT_TOLERATIONS = (
 )
 
 
-def _expression_matches(expression: Mapping[str, Any], value: str | None) -> bool:
-    operator = expression.get("operator")
-    values = [str(v) for v in expression.get("values") or []]
-    if operator == "In":
-        return value is not None and value in values
-    if operator == "NotIn":
-        return value is None or value not in values
-    if operator == "Exists":
-        return value is not None
-    if operator == "DoesNotExist":
-        return value is None
-    if operator in ("Gt", "Lt") and value is not None and values:
-        try:
-            number, bound = int(value), int(values[0])
-        except ValueError:
-            return False
-        return number > bound if operator == "Gt" else number < bound
-    return False
-
-
-def _term_matches(term: Mapping[str, Any], node: Node) -> bool:
-    labels = node.label_map
-    expressions = term.get("matchExpressions") or []
-    fields = term.get("matchFields") or []
-    if not expressions and not fields:
-        return False  # an empty term matches nothing, as in Kubernetes
-    for expression in expressions:
-        if not _expression_matches(expression, labels.get(str(expression.get("key", "")))):
-            return False
-    for expression in fields:
-        value = node.name if expression.get("key") == "metadata.name" else None
-        if not _expression_matches(expression, value):
-            return False
-    return True
-
-
 def ineligible(
-    pod: Mapping[str, Any],
+    spec: PodSpec,
     tolerations: Sequence[Toleration],
     node: Node,
     *,
     effects: Sequence[str] = ("NoSchedule", "NoExecute"),
 ) -> str:
-    """Why a DaemonSet's pod does not belong on `node` ("" when it does). With `effects`
-    ("NoExecute" only), why a pod already there must go: as in Kubernetes, a NoSchedule taint
-    keeps new pods off a node but lets the one running there stay."""
+    """Why a DaemonSet's pod of the resolved `spec` does not belong on `node` ("" when it
+    does). With `effects` ("NoExecute" only), why a pod already there must go: as in
+    Kubernetes, a NoSchedule taint keeps new pods off a node but lets the one running there
+    stay."""
     labels = node.label_map
-    for key, value in (pod.get("nodeSelector") or {}).items():
-        if labels.get(str(key)) != str(value):
+    for key, value in spec.node_selector:
+        if labels.get(key) != value:
             return f"node selector {key}={value} does not match"
-    affinity = ((pod.get("affinity") or {}).get("nodeAffinity") or {}).get(
-        "requiredDuringSchedulingIgnoredDuringExecution"
-    ) or {}
-    terms = affinity.get("nodeSelectorTerms")
-    if terms is not None and not any(_term_matches(t, node) for t in terms):
+    terms = spec.affinity.node_required
+    if terms is not None and not any(t.matches(node.name, labels) for t in terms):
         return "required node affinity does not match"
     for taint in node.taints:
         if taint.effect in effects and not tolerates(tolerations, taint):
@@ -133,8 +94,7 @@ def adopted(
     """The pod `name` is, when a container of it is found running on `node` that the store
     does not know (a control plane that lost its database): the set's pod of an eligible node
     that has none."""
-    pod_template = (manifest.spec.get("template") or {}).get("spec") or {}
-    if ineligible(pod_template, (*template.spec.tolerations, *DEFAULT_TOLERATIONS), node):
+    if ineligible(template.spec, (*template.spec.tolerations, *DEFAULT_TOLERATIONS), node):
         return None
     if any(node_of(p) == node.name for p in owned):
         return None
@@ -165,13 +125,12 @@ def node_of(pod: Pod) -> str:
 
 def plan_daemonset(manifest: Manifest, template: Template, owned: Sequence[Pod], ctx: Workloads) -> Plan:
     spec = manifest.spec
-    pod_template = (spec.get("template") or {}).get("spec") or {}
     tolerations = (*template.spec.tolerations, *DEFAULT_TOLERATIONS)
     min_ready = int(spec.get("minReadySeconds", 0))
     now = ctx.now
     strategy = spec.get("updateStrategy") or {}
     on_delete = strategy.get("type") == "OnDelete"
-    eligible = [n for n in ctx.nodes if not ineligible(pod_template, tolerations, n)]
+    eligible = [n for n in ctx.nodes if not ineligible(template.spec, tolerations, n)]
     rolling = strategy.get("rollingUpdate") or {}
     surge = _budget(rolling.get("maxSurge"), len(eligible), 0)
     max_unavailable = _budget(rolling.get("maxUnavailable"), len(eligible), 1 if not surge else 0)
@@ -190,9 +149,9 @@ def plan_daemonset(manifest: Manifest, template: Template, owned: Sequence[Pod],
             continue
         if NodeName(held) in known:
             node = known[NodeName(held)]
-            if not ineligible(pod_template, tolerations, node, effects=("NoExecute",)):
+            if not ineligible(template.spec, tolerations, node, effects=("NoExecute",)):
                 continue  # a NoSchedule taint only: the pod there stays, none is made
-            why = f"node {held} is no longer eligible: {ineligible(pod_template, tolerations, node)}"
+            why = f"node {held} is no longer eligible: {ineligible(template.spec, tolerations, node)}"
         else:
             why = f"node {held} left the cluster"
         stop += [Action(p, why) for p in pods]
@@ -269,12 +228,12 @@ def plan_daemonset(manifest: Manifest, template: Template, owned: Sequence[Pod],
 
 
 def daemonset_counts(
-    manifest: Manifest, template_hash: str, pods: Sequence[Pod], nodes: Sequence[Node], *, now: float
+    manifest: Manifest, template: Template, pods: Sequence[Pod], nodes: Sequence[Node], *, now: float
 ) -> dict[str, int]:
     """Kubernetes' DaemonSet status counters: desired, current, ready, updated, available."""
-    pod_template = (manifest.spec.get("template") or {}).get("spec") or {}
-    tolerations = (*tolerations_of(pod_template), *DEFAULT_TOLERATIONS)
-    eligible = {n.name for n in nodes if not ineligible(pod_template, tolerations, n)}
+    template_hash = template.hash
+    tolerations = (*template.spec.tolerations, *DEFAULT_TOLERATIONS)
+    eligible = {n.name for n in nodes if not ineligible(template.spec, tolerations, n)}
     live = [p for p in pods if p.terminating_at is None and node_of(p) in eligible]
     min_ready = int(manifest.spec.get("minReadySeconds", 0))
     return {
@@ -287,10 +246,11 @@ def daemonset_counts(
 
 
 def daemonset_status(
-    manifest: Manifest, template_hash: str, pods: Sequence[Pod], nodes: Sequence[Node], *, now: float
+    manifest: Manifest, template: Template, pods: Sequence[Pod], nodes: Sequence[Node], *, now: float
 ) -> RolloutStatus:
     """Where a DaemonSet's rollout stands, in the shape of a Deployment's."""
-    counts = daemonset_counts(manifest, template_hash, pods, nodes, now=now)
+    template_hash = template.hash
+    counts = daemonset_counts(manifest, template, pods, nodes, now=now)
     desired = counts["desired"]
     live = [p for p in pods if p.terminating_at is None]
     min_ready = int(manifest.spec.get("minReadySeconds", 0))

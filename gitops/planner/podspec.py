@@ -4,10 +4,15 @@ References are resolved here, once, so an agent never needs the manifests: env v
 ConfigMaps and Secrets, `envFrom`, and configMap/secret volumes turned into files. The
 template hash is the hash of that resolved spec and the pod labels, so a change of a
 ConfigMap value a pod uses changes its hash and replaces the pod, with the reason saying
-which ConfigMap changed.
+which ConfigMap changed. The scheduling fields (affinity, topology spread, priority) are
+resolved by `affinity`; a pod's priority comes from the PriorityClasses among the configs
+(`configs_of` puts them there), and is set when the pod is made: the value and preemption
+policy a class gives are not hashed (as in Kubernetes, a class that changes replaces no
+pod), the class's name and a policy the template writes are.
 
 Input is assumed valid (the schemas room has checked it); a reference that is still
-missing here is one marked `optional: true`, and is skipped as Kubernetes does.
+missing here is one marked `optional: true`, and is skipped as Kubernetes does. A
+PriorityClass that is missing is an error: Kubernetes would refuse the pod.
 """
 
 from __future__ import annotations
@@ -40,7 +45,9 @@ from gitops.model import (
     content_hash,
     image_registry,
 )
+from gitops.planner.affinity import affinity_of, priority_of, topology_spread_of
 from gitops.schemas.checks import normal_host_path
+from gitops.schemas.kinds import default_priority_class
 from gitops.schemas.quantity import parse_cpu, parse_memory
 
 Configs = Mapping[ObjectKey, Manifest]
@@ -455,11 +462,31 @@ def _quantity(resources: Mapping[str, Any], section: str, name: str) -> str | in
     return value
 
 
+PriorityClasses = tuple[Mapping[str, Mapping[str, Any]], str]
+"""PriorityClass bodies by name, and the name of the global default class ("" for none)."""
+
+
+def _priority_classes(configs: Configs) -> PriorityClasses:
+    classes = {
+        key.name: manifest.body for key, manifest in sorted(configs.items()) if key.kind == "PriorityClass"
+    }
+    return classes, default_priority_class(classes)
+
+
 class ConfigIndex(dict[ObjectKey, Manifest]):
-    """ConfigMaps and Secrets by key, with a fingerprint of their content hashes, so that a
-    resolved template can be reused while neither the Deployment nor any config changed."""
+    """ConfigMaps, Secrets and PriorityClasses by key, with a fingerprint of their content
+    hashes, so that a resolved template can be reused while neither the Deployment nor any
+    config changed."""
 
     _fingerprint: str | None = None
+    _classes: PriorityClasses | None = None
+
+    @property
+    def priority_classes(self) -> PriorityClasses:
+        """The PriorityClasses among the configs, found once."""
+        if self._classes is None:
+            self._classes = _priority_classes(self)
+        return self._classes
 
     @property
     def fingerprint(self) -> str:
@@ -602,6 +629,14 @@ def _resolve(deployment: Manifest, configs: Configs) -> Template:
         for c in (*init_containers, *containers)
         for path in (*(p for _, p in c.field_env), *(f.field for f in c.files))
     )
+    labels = tuple(
+        sorted((str(k), str(v)) for k, v in ((template.get("metadata") or {}).get("labels") or {}).items())
+    )
+    label_map = dict(labels)
+    classes, default_class = (
+        configs.priority_classes if isinstance(configs, ConfigIndex) else _priority_classes(configs)
+    )
+    priority = priority_of(pod, classes, default_class)
     spec = PodSpec(
         containers=containers,
         init_containers=init_containers,
@@ -628,11 +663,17 @@ def _resolve(deployment: Manifest, configs: Configs) -> Template:
         else (),
         pull_auths=_pull_auths(pod, namespace, configs),
         node_name=str(pod.get("nodeName") or ""),
+        affinity=affinity_of(pod, namespace=namespace, labels=label_map),
+        topology_spread=topology_spread_of(pod, labels=label_map),
+        priority=priority.value,
+        priority_class_name=str(pod.get("priorityClassName") or ""),
+        preemption_policy=priority.preemption_policy,
     )
-    labels = tuple(
-        sorted((str(k), str(v)) for k, v in ((template.get("metadata") or {}).get("labels") or {}).items())
+    # What the template writes is hashed, not what its class gives (see the module docstring).
+    written = dataclasses.replace(
+        spec, preemption_policy="Never" if pod.get("preemptionPolicy") == "Never" else "PreemptLowerPriority"
     )
-    hashed = content_hash({"spec": hash_input(spec, hidden_env, hidden_files), "labels": labels})[:10]
+    hashed = content_hash({"spec": hash_input(written, hidden_env, hidden_files), "labels": labels})[:10]
     return Template(spec=spec, labels=labels, hash=hashed, uses=tuple(sorted(uses)))
 
 

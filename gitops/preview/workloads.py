@@ -253,11 +253,10 @@ def _ineligible(daemonset: Manifest, head: Sequence[Manifest], state: ClusterSta
         template = resolve_template(daemonset, configs_of(head))
     except Exception:  # the planner reports it on the workload
         return ()
-    pod = (daemonset.spec.get("template") or {}).get("spec") or {}
     tolerations = (*template.spec.tolerations, *DEFAULT_TOLERATIONS)
     skipped = []
     for node in sorted(state.nodes, key=lambda n: n.name):
-        why = ineligible(pod, tolerations, node)
+        why = ineligible(template.spec, tolerations, node)
         if why:
             skipped.append(f"{node.name} ({why})")
     return tuple(skipped)

@@ -8,8 +8,11 @@ CronJobs' job templates), update
 strategies, a StatefulSet's claim templates against its volumes, a Job's completion mode and
 failure policy, a CronJob's schedule and time zone (`cron`), unique container names,
 quantities and request <= limit, volume mounts against declared volumes, a pod's DNS
-settings, Service port names and what each Service type allows (ports optional only when
-headless or ExternalName, nodePorts only on NodePort and LoadBalancer, ...), base64 in
+settings, a pod's scheduling fields (node selector requirements with the values their
+operators need, label keys, `matchLabelKeys` beside and apart from their labelSelector,
+`minDomains` only with DoNotSchedule, one topology spread constraint per key and
+whenUnsatisfiable), Service port names and what each Service type allows (ports optional
+only when headless or ExternalName, nodePorts only on NodePort and LoadBalancer, ...), base64 in
 Secrets, and what the server's `Policy` allows in every workload's pod template (hostPath
 volumes only under the folders its operator named; privileged containers and host namespaces
 only if allowed). `node_port_claims` says which ports a Service takes on every node, for the
@@ -455,6 +458,10 @@ def _check_pod(
     yield from _check_container_names(spec, path)
     yield from _check_labels(spec.get("nodeSelector"), (*path, "nodeSelector"))
     yield from _check_dns_config(spec, path)
+    yield from _check_affinity(_map(spec.get("affinity")), (*path, "affinity"))
+    yield from _check_topology_spread(
+        spec.get("topologySpreadConstraints"), (*path, "topologySpreadConstraints")
+    )
     volumes: dict[str, FieldPath] = {}
     for volume_path, volume in _items(spec.get("volumes"), (*path, "volumes")):
         name = volume.get("name")
@@ -484,6 +491,153 @@ def _check_pod(
                     (*mount_path, "name"),
                     f'volume "{name}" is not declared in {where} (declared: {declared})',
                 )
+
+
+# --- scheduling: node and pod affinity, topology spread ------------------------------------
+
+_REQUIRED = "requiredDuringSchedulingIgnoredDuringExecution"
+_PREFERRED = "preferredDuringSchedulingIgnoredDuringExecution"
+
+
+def _check_node_requirement(
+    requirement: Mapping[str, Any], path: FieldPath, *, field: bool
+) -> Iterator[Finding]:
+    """One `matchExpressions` (node labels) or `matchFields` (`metadata.name`) entry: its
+    values as its operator needs them, as Kubernetes validates a node selector."""
+    key, operator, values = requirement.get("key"), requirement.get("operator"), requirement.get("values")
+    if not field and isinstance(key, str) and key and not is_label_key(key):
+        yield Finding((*path, "key"), f"expected {LABEL_KEY_HELP}, got {describe_value(key)}")
+    where: FieldPath = (*path, "values") if "values" in requirement else path
+    items = _list(values)
+    if field and operator in ("In", "NotIn") and len(items) != 1:
+        yield Finding(
+            where,
+            f"expected exactly one value (a node name) for {operator} on metadata.name, got {len(items)}",
+        )
+    elif operator in ("In", "NotIn") and not items:
+        yield Finding(where, f'expected a non-empty "values" list for operator {operator}')
+    elif operator in ("Exists", "DoesNotExist") and values:
+        yield Finding(where, f"expected no values for operator {operator}, got {describe_value(values)}")
+    elif operator in ("Gt", "Lt") and (len(items) != 1 or not _is_integer_text(items[0])):
+        got = describe_value(items[0]) if len(items) == 1 else f"{len(items)} values"
+        yield Finding(
+            where,
+            f"expected exactly one integer value for operator {operator} (the label is compared as a "
+            f"number), got {got}",
+        )
+
+
+def _is_integer_text(value: object) -> bool:
+    return isinstance(value, str) and bool(re.fullmatch(r"[+-]?[0-9]+", value)) and len(value) <= 19
+
+
+def _check_node_term(term: Mapping[str, Any], path: FieldPath) -> Iterator[Finding]:
+    for item_path, requirement in _items(term.get("matchExpressions"), (*path, "matchExpressions")):
+        yield from _check_node_requirement(requirement, item_path, field=False)
+    for item_path, requirement in _items(term.get("matchFields"), (*path, "matchFields")):
+        yield from _check_node_requirement(requirement, item_path, field=True)
+
+
+def _selector_keys(selector: Mapping[str, Any]) -> set[str]:
+    keys = set(_map(selector.get("matchLabels")))
+    keys |= {str(e.get("key")) for _, e in _items(selector.get("matchExpressions"), ())}
+    return keys
+
+
+def _check_label_keys(
+    written: Mapping[str, Any], path: FieldPath, fields: Sequence[str]
+) -> Iterator[Finding]:
+    """`matchLabelKeys` (and `mismatchLabelKeys`) of a pod affinity term or a topology spread
+    constraint: label keys, only beside a labelSelector, none of them already in it (the
+    pod's values of these keys are added to the selector), and no key in both lists."""
+    selector = written.get("labelSelector")
+    keys = _selector_keys(selector) if isinstance(selector, Mapping) else set()
+    seen: dict[str, str] = {}
+    for field in fields:
+        listed = _list(written.get(field))
+        if listed and not isinstance(selector, Mapping):
+            yield Finding((*path, field), "may be set only with a labelSelector (its keys are added to it)")
+        for index, key in enumerate(listed):
+            if not isinstance(key, str) or not key:
+                continue  # the schema says so
+            where: FieldPath = (*path, field, index)
+            if not is_label_key(key):
+                yield Finding(where, f"expected {LABEL_KEY_HELP}, got {describe_value(key)}")
+            elif key in keys:
+                yield Finding(
+                    where,
+                    f'key "{key}" is also in {format_path((*path, "labelSelector"))}: expected a key '
+                    "the labelSelector does not use (the pod's value of it is added to the selector)",
+                )
+            elif key in seen and seen[key] != field:
+                yield Finding(where, f'key "{key}" is also in {seen[key]}: expected it in one of them')
+            seen.setdefault(key, field)
+
+
+def _check_topology_key(written: Mapping[str, Any], path: FieldPath) -> Iterator[Finding]:
+    key = written.get("topologyKey")
+    if isinstance(key, str) and key and not is_label_key(key):
+        yield Finding((*path, "topologyKey"), f"expected {LABEL_KEY_HELP}, got {describe_value(key)}")
+
+
+def _check_pod_term(term: Mapping[str, Any], path: FieldPath) -> Iterator[Finding]:
+    for field in ("labelSelector", "namespaceSelector"):
+        selector = term.get(field)
+        if isinstance(selector, Mapping):
+            yield from _check_selector_syntax(selector, (*path, field))
+    for index, namespace in enumerate(_list(term.get("namespaces"))):
+        if isinstance(namespace, str) and namespace and not is_dns1035(namespace):
+            yield Finding(
+                (*path, "namespaces", index), f"expected {DNS1035_HELP}, got {describe_value(namespace)}"
+            )
+    yield from _check_topology_key(term, path)
+    yield from _check_label_keys(term, path, ("matchLabelKeys", "mismatchLabelKeys"))
+
+
+def _check_affinity(affinity: Mapping[str, Any], path: FieldPath) -> Iterator[Finding]:
+    """A pod's `affinity`, beyond its schema: node selector requirements as their operators
+    need them, label keys, and `matchLabelKeys` against the labelSelector."""
+    node = _map(affinity.get("nodeAffinity"))
+    node_path: FieldPath = (*path, "nodeAffinity")
+    terms_path: FieldPath = (*node_path, _REQUIRED, "nodeSelectorTerms")
+    for term_path, term in _items(_map(node.get(_REQUIRED)).get("nodeSelectorTerms"), terms_path):
+        yield from _check_node_term(term, term_path)
+    for item_path, item in _items(node.get(_PREFERRED), (*node_path, _PREFERRED)):
+        yield from _check_node_term(_map(item.get("preference")), (*item_path, "preference"))
+    for kind in ("podAffinity", "podAntiAffinity"):
+        pod = _map(affinity.get(kind))
+        for term_path, term in _items(pod.get(_REQUIRED), (*path, kind, _REQUIRED)):
+            yield from _check_pod_term(term, term_path)
+        for item_path, item in _items(pod.get(_PREFERRED), (*path, kind, _PREFERRED)):
+            yield from _check_pod_term(_map(item.get("podAffinityTerm")), (*item_path, "podAffinityTerm"))
+
+
+def _check_topology_spread(constraints: object, path: FieldPath) -> Iterator[Finding]:
+    """A pod's `topologySpreadConstraints`, beyond their schema: `minDomains` only with
+    DoNotSchedule, label keys, `matchLabelKeys` against the labelSelector, and one
+    constraint per topologyKey and whenUnsatisfiable."""
+    seen: dict[tuple[object, object], FieldPath] = {}
+    for item_path, constraint in _items(constraints, path):
+        when = constraint.get("whenUnsatisfiable")
+        if "minDomains" in constraint and isinstance(when, str) and when != "DoNotSchedule":
+            yield Finding(
+                (*item_path, "minDomains"),
+                f'may be set only when whenUnsatisfiable is "DoNotSchedule", got {describe_value(when)}',
+            )
+        selector = constraint.get("labelSelector")
+        if isinstance(selector, Mapping):
+            yield from _check_selector_syntax(selector, (*item_path, "labelSelector"))
+        yield from _check_topology_key(constraint, item_path)
+        yield from _check_label_keys(constraint, item_path, ("matchLabelKeys",))
+        pair = (constraint.get("topologyKey"), when)
+        if isinstance(pair[0], str) and isinstance(when, str):
+            if pair in seen:
+                yield Finding(
+                    item_path,
+                    f"duplicate constraint: topologyKey {describe_value(pair[0])} with whenUnsatisfiable "
+                    f"{describe_value(when)} is also {format_path(seen[pair])}",
+                )
+            seen.setdefault(pair, item_path)
 
 
 def _check_dns_config(spec: Mapping[str, Any], path: FieldPath) -> Iterator[Finding]:

@@ -4,26 +4,32 @@ Real applications ship RBAC, disruption budgets, network policies, quotas, custo
 definitions and the like beside their Deployments. gitops loads them like every other kind:
 each is checked against a JSON Schema of its own (`<kind>.schema.json`, the real Kubernetes
 fields), stored, diffed in previews, shown, and pruned when its source drops it. Nothing
-runs from them: no rule is enforced, no traffic routed, nothing scaled. So that nobody takes
-a stored NetworkPolicy for an enforced one, each such object gets one warning
-(`not_acted_on`), at its `kind:` line.
+runs from most of them (`INERT_KINDS`): no rule is enforced, no traffic routed, nothing
+scaled. So that nobody takes a stored NetworkPolicy for an enforced one, each such object
+gets one warning (`not_acted_on`), at its `kind:` line.
 
-PersistentVolumeClaims and HorizontalPodAutoscalers are stored the same way but without
-that warning, since gitops acts on them: a claim is a local volume that pins its pods
-(`docs/pods.md`); an autoscaler scales the Deployment, StatefulSet, ReplicaSet or
-ReplicationController it names on cpu and memory (Resource and ContainerResource metrics;
-Pods, Object and External metrics get a warning: nothing computes them). A StorageClass's
-warning says that its reclaimPolicy is used. `STORED_KINDS` are the kinds whose only rules
-beyond their schema are the ones here (`check_stored`): Kubernetes' name syntax, labels,
-and a few rules a schema cannot say. References between these objects (a RoleBinding naming
-a ServiceAccount) are not checked: gitops does not act on them, and the objects they name
-often live elsewhere; an autoscaler's target is checked across objects, in `validate`.
+PersistentVolumeClaims, HorizontalPodAutoscalers, PriorityClasses and PodDisruptionBudgets
+are stored the same way but without that warning, since gitops acts on them: a claim is a
+local volume that pins its pods (`docs/pods.md`); an autoscaler scales the Deployment,
+StatefulSet, ReplicaSet or ReplicationController it names on cpu and memory (Resource and
+ContainerResource metrics; Pods, Object and External metrics get a warning: nothing
+computes them); a PriorityClass gives the pods that name it (or, with `globalDefault`,
+those that name none) their priority (`pod_priority`), which orders scheduling and lets
+preemption take the room of lower-priority pods; a PodDisruptionBudget limits how many of
+the pods it selects preemption may disrupt (`docs/scheduler.md`). A StorageClass's warning
+says that its reclaimPolicy is used. `STORED_KINDS` are the kinds whose only rules beyond
+their schema are the ones here (`check_stored`): Kubernetes' name syntax, labels, and a few
+rules a schema cannot say. References between these objects (a RoleBinding naming a
+ServiceAccount) are not checked: gitops does not act on them, and the objects they name
+often live elsewhere; an autoscaler's target, a pod's PriorityClass and the one global
+default class are checked across objects, in `validate`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from gitops.model import API_VERSIONS
 
@@ -41,7 +47,18 @@ from .checks import (
 from .loader import FieldPath
 from .schema import describe_value
 
-__all__ = ["INERT_KINDS", "SCALABLE_KINDS", "STORED_KINDS", "check_stored", "not_acted_on"]
+__all__ = [
+    "BUILTIN_PRIORITY_CLASSES",
+    "HIGHEST_USER_PRIORITY",
+    "INERT_KINDS",
+    "SCALABLE_KINDS",
+    "STORED_KINDS",
+    "PodPriority",
+    "check_stored",
+    "default_priority_class",
+    "not_acted_on",
+    "pod_priority",
+]
 
 INERT_KINDS = frozenset(
     {
@@ -50,20 +67,23 @@ INERT_KINDS = frozenset(
         "ClusterRole",
         "RoleBinding",
         "ClusterRoleBinding",
-        "PodDisruptionBudget",
         "StorageClass",
         "NetworkPolicy",
         "Ingress",
         "LimitRange",
         "ResourceQuota",
-        "PriorityClass",
         "CustomResourceDefinition",
         "PersistentVolume",
     }
 )
 """Kinds gitops stores, diffs, shows and prunes, and never acts on."""
 
-STORED_KINDS = INERT_KINDS | {"PersistentVolumeClaim", "HorizontalPodAutoscaler"}
+STORED_KINDS = INERT_KINDS | {
+    "PersistentVolumeClaim",
+    "HorizontalPodAutoscaler",
+    "PriorityClass",
+    "PodDisruptionBudget",
+}
 """Kinds whose document rules are `check_stored` (`checks.check_document` has none for them)."""
 
 _RBAC_KINDS = frozenset({"Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"})
@@ -114,9 +134,94 @@ def _check_metadata(kind: str, body: Mapping[str, Any]) -> Iterator[Finding]:
 
 
 def _check_disruption_budget(body: Mapping[str, Any]) -> Iterator[Finding]:
-    spec = _map(body.get("spec"))
+    spec = body.get("spec")
+    if not isinstance(spec, Mapping):
+        return  # the schema says so
     if "minAvailable" in spec and "maxUnavailable" in spec:
         yield Finding(("spec", "maxUnavailable"), "expected minAvailable or maxUnavailable, not both")
+    elif "minAvailable" not in spec and "maxUnavailable" not in spec:
+        yield Finding(
+            ("spec",),
+            "neither minAvailable nor maxUnavailable: as in Kubernetes, this budget allows no disruption "
+            "of the pods it selects",
+            at_key=True,
+            warning=True,
+        )
+
+
+# --- priorities ---------------------------------------------------------------------------
+
+HIGHEST_USER_PRIORITY = 1_000_000_000
+"""The highest value a PriorityClass may have unless its name starts with `system-`."""
+_INT32_MAX = 2_147_483_647  # beyond it, the schema says what is wrong
+BUILTIN_PRIORITY_CLASSES: Mapping[str, int] = {
+    "system-cluster-critical": 2_000_000_000,
+    "system-node-critical": 2_000_001_000,
+}
+"""The classes every Kubernetes cluster has without a manifest, with their values."""
+
+PreemptionPolicy = Literal["PreemptLowerPriority", "Never"]
+
+
+@dataclass(frozen=True)
+class PodPriority:
+    """A pod's priority as Kubernetes' admission sets it: the value of its class (`source`,
+    "" when it has none) and the preemption policy of the class unless the pod says one."""
+
+    value: int
+    preemption_policy: PreemptionPolicy
+    source: str
+
+
+def _policy(value: object) -> PreemptionPolicy:
+    return "Never" if value == "Never" else "PreemptLowerPriority"
+
+
+def default_priority_class(classes: Mapping[str, Mapping[str, Any]]) -> str:
+    """The name of the class with `globalDefault: true` among `classes` (bodies by name, in
+    source order: the first when several claim it, which `validate` refuses), or ""."""
+    return next((name for name, body in classes.items() if body.get("globalDefault") is True), "")
+
+
+def pod_priority(
+    pod: Mapping[str, Any], classes: Mapping[str, Mapping[str, Any]], default: str | None = None
+) -> PodPriority | None:
+    """The priority of a pod spec `pod` as written, from its `priorityClassName` (a class of
+    `classes`, PriorityClass bodies by name, or a built-in one), else the global default
+    class (`default`, found in `classes` when None), else 0; None when it names a class
+    that does not exist. A `preemptionPolicy` the pod writes wins over its class's."""
+    name = pod.get("priorityClassName")
+    written = pod.get("preemptionPolicy")
+    if isinstance(name, str) and name:
+        body = classes.get(name)
+        if body is not None:
+            value = body.get("value")
+            number = value if isinstance(value, int) and not isinstance(value, bool) else 0
+            return PodPriority(number, _policy(written or body.get("preemptionPolicy")), name)
+        if name in BUILTIN_PRIORITY_CLASSES:
+            return PodPriority(BUILTIN_PRIORITY_CLASSES[name], _policy(written), name)
+        return None
+    fallback = default_priority_class(classes) if default is None else default
+    if fallback:
+        return pod_priority({**pod, "priorityClassName": fallback}, classes, fallback)
+    return PodPriority(0, _policy(written), "")
+
+
+def _check_priority_class(body: Mapping[str, Any]) -> Iterator[Finding]:
+    value = body.get("value")
+    name = _map(body.get("metadata")).get("name")
+    if (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and HIGHEST_USER_PRIORITY < value <= _INT32_MAX
+        and isinstance(name, str)
+        and not name.startswith("system-")
+    ):
+        yield Finding(
+            ("value",),
+            f"expected at most {HIGHEST_USER_PRIORITY} for a user-defined class (higher values are "
+            f"reserved for classes named system-...), got {value}",
+        )
 
 
 def _check_backend(backend: Mapping[str, Any], path: FieldPath) -> Iterator[Finding]:
@@ -247,6 +352,7 @@ def _check_metric(metric: Mapping[str, Any], path: FieldPath) -> Iterator[Findin
 
 _RULES = {
     "PodDisruptionBudget": _check_disruption_budget,
+    "PriorityClass": _check_priority_class,
     "Ingress": _check_ingress,
     "CustomResourceDefinition": _check_custom_resource_definition,
     "HorizontalPodAutoscaler": _check_autoscaler,

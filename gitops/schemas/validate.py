@@ -4,9 +4,11 @@
 checks it against its kind's JSON Schema (`schema`) and the rules a schema cannot state
 (`checks`; `kinds` for the kinds gitops only stores, each of whose objects also gets one
 warning saying so), then checks the objects against each other: duplicates, undeclared
-namespaces; in the pod template of every workload (Deployment, StatefulSet, DaemonSet,
-ReplicaSet, ReplicationController, Job, CronJob), references to missing ConfigMaps,
-Secrets, keys and PersistentVolumeClaims and imagePullSecrets not in the source; a
+namespaces, more than one PriorityClass with globalDefault; in the pod template of every
+workload (Deployment, StatefulSet, DaemonSet, ReplicaSet, ReplicationController, Job,
+CronJob), references to missing ConfigMaps, Secrets, keys, PersistentVolumeClaims and
+PriorityClasses, a `priority` other than its class's, and imagePullSecrets not in the
+source; a
 StatefulSet's serviceName that is not a headless Service (a warning: its pods get no DNS
 names); an autoscaler's target missing from the source (a warning); two Services taking one
 port on the nodes (node ports, LoadBalancer ports). Every object that could be identified
@@ -49,10 +51,19 @@ from .checks import (
     NodePortClaim,
     Policy,
     check_document,
+    is_subdomain,
     node_port_claims,
     pod_spec,
 )
-from .kinds import INERT_KINDS, SCALABLE_KINDS, STORED_KINDS, check_stored, not_acted_on
+from .kinds import (
+    BUILTIN_PRIORITY_CLASSES,
+    INERT_KINDS,
+    SCALABLE_KINDS,
+    STORED_KINDS,
+    check_stored,
+    not_acted_on,
+    pod_priority,
+)
 from .loader import Document, FieldPath, SourceFile, format_path, load_file
 from .schema import describe_value, schema_findings
 
@@ -347,6 +358,64 @@ def _check_scale_target(autoscaler: _Object, objects: Mapping[ObjectKey, _Object
     )
 
 
+def _check_global_default(objects: Mapping[ObjectKey, _Object], report: _Report) -> str:
+    """At most one PriorityClass may be the global default: the first in file order is,
+    each later one is an error naming it. Returns the default's name ("" for none)."""
+    first: _Object | None = None
+    for item in objects.values():
+        if item.key.kind != "PriorityClass" or item.body.get("globalDefault") is not True:
+            continue
+        if first is None:
+            first = item
+            continue
+        report.add(
+            item.document,
+            ("globalDefault",),
+            f"{first.key} ({first.document.location(('globalDefault',))}) is already the global "
+            "default: at most one PriorityClass may have globalDefault: true",
+            item.key,
+        )
+    return first.key.name if first is not None else ""
+
+
+def _check_priority(
+    workload: _Object, classes: Mapping[str, Mapping[str, Any]], default: str, report: _Report
+) -> None:
+    """A pod template's priorityClassName names a PriorityClass of the source or a built-in
+    one, and a `priority` written beside it is the value that class gives (Kubernetes sets
+    a pod's priority from its class and refuses a pod whose priority disagrees)."""
+    spec_path, pod = pod_spec(workload.key.kind, workload.body)
+    name = pod.get("priorityClassName")
+    if name is not None and not (isinstance(name, str) and is_subdomain(name)):
+        return  # the schema says what is wrong with it
+    priority = pod_priority(pod, classes, default)
+    if priority is None:
+        builtin = " or ".join(BUILTIN_PRIORITY_CLASSES)
+        report.add(
+            workload.document,
+            (*spec_path, "priorityClassName"),
+            f'PriorityClass "{name}" does not exist (declare it, or use {builtin})',
+            workload.key,
+        )
+        return
+    written = pod.get("priority")
+    if not isinstance(written, int) or isinstance(written, bool) or written == priority.value:
+        return
+    if priority.source and priority.source == name:
+        why = f'the value of its PriorityClass "{priority.source}"'
+    elif priority.source:
+        why = f'the value of PriorityClass "{priority.source}", the global default'
+    else:
+        why = "no priorityClassName and no global default PriorityClass"
+    report.add(
+        workload.document,
+        (*spec_path, "priority"),
+        f"expected {priority.value} ({why}) or no priority: Kubernetes sets a pod's priority from its "
+        f"PriorityClass and refuses one that disagrees, got {written}",
+        workload.key,
+    )
+
+
 def _check_node_ports(objects: Mapping[ObjectKey, _Object], report: _Report) -> None:
     """A port on the nodes (a nodePort, a LoadBalancer's port) leads to one Service: the
     first to claim it in file order keeps it, each later claim is an error naming it."""
@@ -422,6 +491,8 @@ def validate_files(files: Sequence[SourceFile], *, policy: Policy = DEFAULT_POLI
         )
 
     declared = {key.name for key in objects if key.kind == "Namespace"} | BUILTIN_NAMESPACES
+    default_class = _check_global_default(objects, report)
+    classes = {key.name: item.body for key, item in objects.items() if key.kind == "PriorityClass"}
     for item in objects.values():
         namespace = item.key.namespace
         if item.key.kind in NAMESPACED_KINDS and namespace not in declared:
@@ -435,6 +506,7 @@ def validate_files(files: Sequence[SourceFile], *, policy: Policy = DEFAULT_POLI
         if item.key.kind in WORKLOAD_KINDS:
             _check_references(item, objects, report)
             _check_pull_secrets(item, objects, report)
+            _check_priority(item, classes, default_class, report)
         if item.key.kind == "StatefulSet":
             _check_service_name(item, objects, report)
         if item.key.kind == "HorizontalPodAutoscaler":

@@ -16,6 +16,7 @@ from gitops.model import Manifest, Node, NodeName, Pod, PodName, Taint
 from gitops.planner import Plan, plan
 from gitops.planner.actions import Workloads
 from gitops.planner.daemonset import DEFAULT_TOLERATIONS, daemonset_counts, daemonset_status, node_of
+from gitops.planner.podspec import resolve_template
 from gitops.schemas import SourceFile, validate_files
 
 NOW = 10_000.0
@@ -422,14 +423,16 @@ def test_status_counts_nodes_and_says_how_far_the_rollout_is() -> None:
     nodes = cluster(3)
     pods = converge(daemonset("agent:1"), nodes)
     manifest = daemonset("agent:1")
+    template = resolve_template(manifest, {})
     template_hash = pods[0].template_hash
-    assert daemonset_counts(manifest, template_hash, pods, nodes, now=NOW) == {
+    assert template.hash == template_hash
+    assert daemonset_counts(manifest, template, pods, nodes, now=NOW) == {
         "desired": 3,
         "current": 3,
         "ready": 3,
         "updated": 3,
         "available": 3,
     }
-    status = daemonset_status(manifest, template_hash, pods, nodes, now=NOW)
+    status = daemonset_status(manifest, template, pods, nodes, now=NOW)
     assert status.complete
     assert status.step == f"complete: 3/3 nodes run {template_hash}"

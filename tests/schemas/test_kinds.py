@@ -1,7 +1,7 @@
 """Kinds gitops stores without acting on them load like the others: each is checked against
-its own schema, gets one warning saying gitops does not act on it (a PersistentVolumeClaim
-and a HorizontalPodAutoscaler, which gitops acts on, get none), and an old apiVersion or an
-unknown kind is an error saying what would do."""
+its own schema, gets one warning saying gitops does not act on it (a PersistentVolumeClaim,
+a HorizontalPodAutoscaler, a PriorityClass and a PodDisruptionBudget, which gitops acts on,
+get none), and an old apiVersion or an unknown kind is an error saying what would do."""
 
 from __future__ import annotations
 
@@ -222,7 +222,7 @@ def test_one_object_of_each_stored_kind_loads_with_one_warning_each_and_no_error
     kinds = sorted(m.key.kind for m in result.manifests)
     assert kinds == sorted(STORED_KINDS | {"Namespace"})
     inert = [m for m in result.manifests if m.key.kind in INERT_KINDS]
-    assert len(inert) == 14
+    assert len(inert) == 12
     not_acted = [d for d in result.warnings if not d.field]
     assert sorted(map(str, not_acted)) == sorted(
         f"{m.location.file}:{m.location.line + 1}:1: {m.key}: {not_acted_on(m.key.kind)} (warning)"
@@ -232,14 +232,21 @@ def test_one_object_of_each_stored_kind_loads_with_one_warning_each_and_no_error
     assert "reclaimPolicy" in not_acted_on("StorageClass")
     located = {(d.location.file, d.location.line) for d in not_acted if d.location}
     expected = {(f, line) for f, text in LEDGER.items() for line in kind_lines(text)}
-    assert located == expected - {("namespace.yaml", 2), ("storage.yaml", 2), ("policies.yaml", 47)}
-    # The autoscaler is acted on: no "not acted on" warning, but its own two.
+    acted_on = {("policies.yaml", 2), ("policies.yaml", 47), ("cluster.yaml", 13)}
+    assert located == expected - {("namespace.yaml", 2), ("storage.yaml", 2), *acted_on}
+    # The autoscaler, the budget and the priority class are acted on: no "not acted on"
+    # warning; the autoscaler has its own two.
     assert [str(d) for d in result.warnings if d.field] == AUTOSCALER_WARNINGS
 
 
 def test_a_horizontal_pod_autoscaler_is_not_an_inert_kind() -> None:
     assert "HorizontalPodAutoscaler" not in INERT_KINDS
     assert "HorizontalPodAutoscaler" in STORED_KINDS
+
+
+def test_priority_classes_and_disruption_budgets_are_not_inert_kinds() -> None:
+    assert not {"PriorityClass", "PodDisruptionBudget"} & INERT_KINDS
+    assert {"PriorityClass", "PodDisruptionBudget"} <= STORED_KINDS
 
 
 def test_a_persistent_volume_claim_gets_no_warning() -> None:
@@ -275,8 +282,6 @@ def test_a_namespace_on_a_cluster_scoped_object_is_ignored_with_a_warning() -> N
     assert result.ok
     assert [m.key for m in result.manifests] == [ObjectKey("PriorityClass", "", "nightly")]
     assert warnings(result) == [
-        "apps/web.yaml:2:1: PriorityClass nightly: stored; gitops does not act on PriorityClass objects "
-        "(warning)",
         "apps/web.yaml:3:27: PriorityClass nightly: metadata.namespace: field is not acted on by gitops "
         "and is ignored (warning)",
     ]
@@ -310,8 +315,6 @@ def test_an_undeclared_field_of_a_stored_kind_is_a_warning_at_its_key() -> None:
     )
     assert result.ok
     assert warnings(result) == [
-        "apps/web.yaml:2:1: PodDisruptionBudget default/web: stored; gitops does not act on "
-        "PodDisruptionBudget objects (warning)",
         "apps/web.yaml:6:3: PodDisruptionBudget default/web: spec.minAvailible: field is not acted on "
         "by gitops and is ignored (warning)",
     ]

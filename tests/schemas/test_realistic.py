@@ -25,7 +25,6 @@ def test_a_full_deployment_service_and_configmap_load_with_warnings_and_no_error
         f"apps/web.yaml:8:3: ConfigMap default/web-config: metadata.resourceVersion: {IGNORED}",
         f"apps/web.yaml:9:3: ConfigMap default/web-config: metadata.creationTimestamp: {IGNORED}",
         f"apps/web.yaml:26:3: Deployment default/web: metadata.generation: {IGNORED}",
-        f"apps/web.yaml:49:7: Deployment default/web: spec.template.spec.affinity: {IGNORED}",
         f"apps/web.yaml:107:1: Deployment default/web: status: {IGNORED}",
         f"apps/web.yaml:128:1: Service default/web: status: {IGNORED}",
     ]

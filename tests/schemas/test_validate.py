@@ -108,13 +108,13 @@ def test_a_missing_name_is_an_error_and_the_object_is_not_returned() -> None:
 
 def test_unknown_fields_are_warnings_at_their_key() -> None:
     text = (
-        DEPLOYMENT.replace("    spec:\n", "    spec:\n      preemptionPolicy: Never\n")
+        DEPLOYMENT.replace("    spec:\n", "    spec:\n      shareProcessNamespace: true\n")
         + "status:\n  replicas: 2\n"
     )
     result = validate_one(text)
     assert result.ok
     assert warnings(result) == [
-        "apps/web.yaml:13:7: Deployment default/web: spec.template.spec.preemptionPolicy: "
+        "apps/web.yaml:13:7: Deployment default/web: spec.template.spec.shareProcessNamespace: "
         "field is not acted on by gitops and is ignored (warning)",
         "apps/web.yaml:17:1: Deployment default/web: status: field is not acted on by gitops and is "
         "ignored (warning)",

@@ -43,7 +43,7 @@ def test_stored_kinds_are_stored_with_their_bodies_and_warnings(store: Store, tm
     assert "ClusterRole ledger:metrics-viewer" in record.summary["created"]
     assert "NetworkPolicy ledger/ledger-api-in" in record.summary["created"]
     assert len(record.summary["created"]) == 17
-    assert len(record.warnings) == 16
+    assert len(record.warnings) == 14  # the PodDisruptionBudget and PriorityClass are acted on
     assert (
         "volume.yaml:2:1: PersistentVolume ledger-disk: stored; gitops does not act on PersistentVolume "
         "objects: a claim's volume is a local Docker volume on the node of its first pod (warning)"
