@@ -8,18 +8,25 @@ batches against it. `Usage` is the working copy one placement run mutates as it 
 
 Node names are the store's keys, hence unique; bound pods on a node not in `nodes` are
 ignored (their node is gone, the evictor replaces them).
+
+Pod affinity, anti-affinity and topology spread count pods per *topology domain* (the
+nodes sharing a value of a label). `Cluster.domains(key)` gives every node the code of its
+value of `key`, with one extra code for "no such label", so that a count per domain is one
+`bincount` and a count per node one gather. `Usage` counts, per node, the pods matching
+each selector a pod asked about (bound ones once, then every pod placed in the run), so a
+domain count never rescans pods.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from gitops.model import Node, NodeName, ObjectKey, Pod, Taint
+from gitops.model import LabelSelector, Node, NodeName, ObjectKey, Pod, PodAffinityTerm, PodId, Taint
 
 BoolArray = npt.NDArray[np.bool_]
 IntArray = npt.NDArray[np.int64]
@@ -52,29 +59,40 @@ class Cluster:
     label_vocab: Mapping[str, Mapping[str, int]]  # key -> value -> code
     taint_group: IntArray  # node -> index into taint_sets
     taint_sets: tuple[tuple[Taint, ...], ...]
-    owner_pods: Mapping[ObjectKey, IntArray]  # owner -> pods of that owner per node
+    owner_pods: Mapping[Revision, IntArray]  # (owner, template hash) -> its pods per node
     host_ports: Mapping[tuple[int, str], BoolArray]  # (hostPort, protocol) -> taken per node
     claim_nodes: Mapping[str, int]  # claim -> the node holding its volume (-1: not a node here)
     index: Mapping[NodeName, int]  # node name -> its index
+    pods: tuple[tuple[int, Pod], ...]  # the bound pods on these nodes, with their node's index
+    namespace_labels: Mapping[str, Mapping[str, str]]  # namespace -> its labels
+    _domains: dict[str, IntArray]  # key -> per-node domain code (cache of `domains`)
+    _members: dict[str, list[IntArray]]  # key -> nodes per domain code (cache of `members`)
 
     @classmethod
     def build(
-        cls, nodes: Sequence[Node], bound: Sequence[Pod], claims: Mapping[str, NodeName] | None = None
+        cls,
+        nodes: Sequence[Node],
+        bound: Sequence[Pod],
+        claims: Mapping[str, NodeName] | None = None,
+        namespaces: Mapping[str, Sequence[tuple[str, str]]] | None = None,
     ) -> Cluster:
         """Columns of `nodes` with `bound` pods' usage; `claims` say which node holds each
-        PersistentVolumeClaim's volume (a bound pod's claims are on its node too)."""
+        PersistentVolumeClaim's volume (a bound pod's claims are on its node too);
+        `namespaces` the labels of each namespace (see `namespace_labels`)."""
         n = len(nodes)
         index = {node.name: i for i, node in enumerate(nodes)}
         claim_nodes = {claim: index.get(node, -1) for claim, node in (claims or {}).items()}
         cpu_used = np.zeros(n, dtype=np.int64)
         memory_used = np.zeros(n, dtype=np.int64)
         pods_used = np.zeros(n, dtype=np.int64)
-        owner_pods: dict[ObjectKey, IntArray] = {}
+        owner_pods: dict[Revision, IntArray] = {}
         host_ports: dict[tuple[int, str], BoolArray] = {}
+        on_nodes: list[tuple[int, Pod]] = []
         for pod in bound:
             i = index.get(pod.node) if pod.node is not None else None
             if i is None:
                 continue
+            on_nodes.append((i, pod))
             for claim in pod.spec.host_port_claims:
                 if claim not in host_ports:
                     host_ports[claim] = np.zeros(n, dtype=np.bool_)
@@ -84,9 +102,10 @@ class Cluster:
             cpu_used[i] += pod.spec.cpu_request_milli
             memory_used[i] += pod.spec.memory_request_bytes
             pods_used[i] += 1
-            if pod.owner not in owner_pods:
-                owner_pods[pod.owner] = np.zeros(n, dtype=np.int64)
-            owner_pods[pod.owner][i] += 1
+            revision = (pod.owner, pod.template_hash)
+            if revision not in owner_pods:
+                owner_pods[revision] = np.zeros(n, dtype=np.int64)
+            owner_pods[revision][i] += 1
 
         vocab: dict[str, dict[str, int]] = {}
         codes: dict[str, IntArray] = {}
@@ -122,10 +141,82 @@ class Cluster:
             host_ports={claim: _frozen(array) for claim, array in host_ports.items()},
             claim_nodes=claim_nodes,
             index=index,
+            pods=tuple(on_nodes),
+            namespace_labels={name: dict(labels) for name, labels in (namespaces or {}).items()},
+            _domains={},
+            _members={},
         )
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def domains(self, key: str) -> IntArray:
+        """Per node, the code of its value of label `key` (`label_vocab[key]`), or
+        `no_domain(key)` for a node without the label."""
+        found = self._domains.get(key)
+        if found is None:
+            codes = self.label_codes.get(key)
+            if codes is None:
+                found = np.zeros(len(self), dtype=np.int64)
+            else:
+                found = np.where(codes >= 0, codes, len(self.label_vocab[key]))
+            self._domains[key] = found = _frozen(found)
+        return found
+
+    def members(self, key: str) -> list[IntArray]:
+        """Per domain code of `key`, the indexes of its nodes (cached)."""
+        found = self._members.get(key)
+        if found is None:
+            domains = self.domains(key)
+            order = np.argsort(domains, kind="stable")
+            bounds = np.searchsorted(domains[order], np.arange(self.no_domain(key) + 1))
+            found = self._members[key] = list(np.split(order, bounds[1:]))
+        return found
+
+    def no_domain(self, key: str) -> int:
+        """The code `domains(key)` gives nodes without the label (also the number of values)."""
+        return len(self.label_vocab.get(key, {}))
+
+    def labels_of_namespace(self, namespace: str) -> Mapping[str, str]:
+        """A namespace's labels; one git has no Namespace manifest for has only its name label."""
+        found = self.namespace_labels.get(namespace)
+        return found if found is not None else {"kubernetes.io/metadata.name": namespace}
+
+
+ZONE = "topology.kubernetes.io/zone"
+Revision = tuple[ObjectKey, str]  # a workload and a template hash: whose pods spread apart
+
+# What a count of pods is about (`Usage.node_counts`): pods matching one affinity term
+# ("term", term); pods matching all of several ("all", terms); or the pods a topology spread
+# constraint counts, those of a namespace matching a selector and not terminating
+# ("spread", selector, namespace).
+Counted = tuple[Any, ...]
+
+
+def term_matches(cluster: Cluster, term: PodAffinityTerm, pod: Pod) -> bool:
+    """Whether `pod` is one the affinity term is about: its labels match the selector and
+    its namespace is one of the term's (listed, or with labels its namespace selector matches)."""
+    if term.selector is None or not term.selector.matches(pod.label_map):
+        return False
+    if pod.namespace in term.namespaces:
+        return True
+    selector = term.namespace_selector
+    return selector is not None and selector.matches(cluster.labels_of_namespace(pod.namespace))
+
+
+def _counts_pod(cluster: Cluster, counted: Counted, pod: Pod) -> bool:
+    what = counted[0]
+    if what == "term":
+        return term_matches(cluster, counted[1], pod)
+    if what == "all":
+        return all(term_matches(cluster, t, pod) for t in counted[1])
+    selector = counted[1]
+    return (
+        pod.terminating_at is None
+        and pod.namespace == counted[2]
+        and isinstance(selector, LabelSelector)
+        and selector.matches(pod.label_map)
+    )
 
 
 class Usage:
@@ -133,7 +224,9 @@ class Usage:
 
     Starts as a copy of the cluster's bound usage; `bind` updates one node. The spread
     column of an owner, `1 / (1 + pods of the owner on the node)`, is kept as floats and
-    updated in place, so scoring never recomputes it for all nodes.
+    updated in place, so scoring never recomputes it for all nodes. Pods matching what
+    affinity and spread ask about are counted per node on first request and kept up to
+    date by `bind`; so are the domains holding pods with required anti-affinity.
     """
 
     def __init__(self, cluster: Cluster) -> None:
@@ -141,16 +234,78 @@ class Usage:
         self.cpu_free = cluster.cpu_free.copy()
         self.memory_free = cluster.memory_free.copy()
         self.pods_free = cluster.pods_free.copy()
+        self.has_slot: BoolArray = self.pods_free > 0
         # Float twins of the free columns (exact: requests are integers far below 2**53),
         # so scoring divides floats by floats without converting 5,000 integers per pod.
         self.cpu_free_float = cluster.cpu_free.astype(np.float64)
         self.memory_free_float = cluster.memory_free.astype(np.float64)
         self.all_nodes: BoolArray = _frozen(np.ones(len(cluster), dtype=np.bool_))
-        self._no_pods: FloatArray = _frozen(np.ones(len(cluster), dtype=np.float64))
-        self._owner_pods: dict[ObjectKey, IntArray] = {}
-        self._spread: dict[ObjectKey, FloatArray] = {}
+        self._placed_owners: dict[Revision, int] = {}
+        self._owner_sparse: dict[Revision, dict[int, int]] = {}
+        self._zone_pods: dict[Revision, FloatArray] = {}
+        self._owner_pods: dict[Revision, IntArray] = {}
+        self._spread: dict[Revision, FloatArray] = {}
         self._host_ports: dict[tuple[int, str], BoolArray] = {}  # copied from the cluster on write
         self._claim_nodes: dict[str, int] = {}  # claims first used by a pod placed in this run
+        self.placed: list[tuple[int, Pod]] = []  # pods placed in this run, with their node
+        self.touched: list[int] = []  # every node whose room changed, in order (may repeat)
+        self.reserved: list[tuple[int, Pod]] = []  # preemptors holding room, with their node
+        self.disruptions: list[int] = []  # what each disruption budget still allows (preemption)
+        self.static: dict[Hashable, Any] = {}  # what static checks and scorers computed, by key
+        self.preempted: set[PodId] = set()  # bound pods whose room preemption gave away
+        self._on_nodes: dict[int, list[Pod]] | None = None
+        self._counts: dict[Counted, IntArray] = {}
+        self._matches: dict[tuple[Counted, str, tuple[tuple[str, str], ...], bool], bool] = {}
+        # Required anti-affinity terms of pods in the cluster -> pods holding each per domain.
+        self.repelling: dict[PodAffinityTerm, IntArray] = {}
+        for i, pod in cluster.pods:
+            self._hold(i, pod)
+
+    def counts_pod(self, counted: Counted, pod: Pod) -> bool:
+        """Whether `pod` is one of those `counted` counts (cached per namespace and labels)."""
+        key = (counted, pod.namespace, pod.labels, pod.terminating_at is None)
+        found = self._matches.get(key)
+        if found is None:
+            found = self._matches[key] = _counts_pod(self.cluster, counted, pod)
+        return found
+
+    def node_counts(self, counted: Counted) -> IntArray:
+        """Per node, the pods in the cluster (bound or placed) that `counted` counts."""
+        counts = self._counts.get(counted)
+        if counts is None:
+            counts = np.zeros(len(self.cluster), dtype=np.int64)
+            for i, pod in (*self.cluster.pods, *self.placed):
+                if self.counts_pod(counted, pod):
+                    counts[i] += 1
+            self._counts[counted] = counts
+        return counts
+
+    def domain_counts(self, counted: Counted, key: str, nodes: BoolArray | None = None) -> FloatArray:
+        """Per domain code of `key` (see `Cluster.domains`), the pods `counted` counts on
+        `nodes` (all nodes when None) of that domain; 0 at the no-label code."""
+        cluster = self.cluster
+        domains = cluster.domains(key)
+        counts = self.node_counts(counted)
+        if nodes is None:
+            per_domain = np.bincount(domains, weights=counts, minlength=cluster.no_domain(key) + 1)
+        else:
+            per_domain = np.bincount(
+                domains[nodes], weights=counts[nodes], minlength=cluster.no_domain(key) + 1
+            )
+        result: FloatArray = per_domain.astype(np.float64, copy=False)
+        result[cluster.no_domain(key)] = 0.0
+        return result
+
+    def _hold(self, i: int, pod: Pod) -> None:
+        for term in pod.spec.affinity.anti_required:
+            held = self.repelling.get(term)
+            if held is None:
+                held = self.repelling[term] = np.zeros(
+                    self.cluster.no_domain(term.topology_key) + 1, dtype=np.int64
+                )
+            domain = int(self.cluster.domains(term.topology_key)[i])
+            if domain != self.cluster.no_domain(term.topology_key):
+                held[domain] += 1
 
     def claim_node(self, claim: str) -> int | None:
         """The node index holding `claim`'s volume (-1: a node not here), None if no node does yet."""
@@ -162,43 +317,117 @@ class Usage:
         taken = self._host_ports.get(claim)
         return taken if taken is not None else self.cluster.host_ports.get(claim)
 
-    def owner_pods(self, owner: ObjectKey) -> IntArray:
+    def owner_pods(self, owner: Revision) -> IntArray:
+        """The owner's pods per node (bound and placed)."""
         counts = self._owner_pods.get(owner)
         if counts is None:
             shared = self.cluster.owner_pods.get(owner)
             counts = np.zeros(len(self.cluster), dtype=np.int64) if shared is None else shared.copy()
+            for i, placed in self._owner_sparse.pop(owner, {}).items():
+                counts[i] += placed
             self._owner_pods[owner] = counts
         return counts
 
-    def spread(self, owner: ObjectKey) -> FloatArray:
-        """`1 / (1 + pods of owner)` per node; read-only view for owners never seen."""
+    def spread(self, owner: Revision) -> FloatArray | None:
+        """Kubernetes' default spreading of the pods of one owner and revision (its template
+        hash, as a ReplicaSet's selector has it), per node: `h = 1 / (1 + those pods on the
+        node)`, and when nodes have zones `(h + z) / 2` with `z` the same per zone (`z = h`
+        on a node without one). None while there is no such pod at all (the score would be 1
+        everywhere). Kept up to date by `bind`."""
         known = self._spread.get(owner)
         if known is not None:
             return known
-        if owner not in self.cluster.owner_pods and owner not in self._owner_pods:
-            return self._no_pods
-        column: FloatArray = (1.0 / (1.0 + self.owner_pods(owner))).astype(np.float64)
-        self._spread[owner] = column
-        return column
+        if owner not in self.cluster.owner_pods and not self._placed_owners.get(owner):
+            return None
+        counts = self.owner_pods(owner)
+        by_node: FloatArray = (1.0 / (1.0 + counts)).astype(np.float64)
+        cluster = self.cluster
+        if ZONE in cluster.label_codes:
+            zones = cluster.domains(ZONE)
+            per_zone = np.bincount(zones, weights=counts, minlength=cluster.no_domain(ZONE) + 1).astype(
+                np.float64
+            )
+            self._zone_pods[owner] = per_zone
+            by_zone = np.where(zones != cluster.no_domain(ZONE), 1.0 / (1.0 + per_zone[zones]), by_node)
+            by_node += by_zone
+            by_node /= 2.0
+        self._spread[owner] = by_node
+        return by_node
 
-    def bind(self, i: int, pod: Pod) -> None:
-        for volume_claim in pod.spec.claims:
-            if self.claim_node(volume_claim) is None:
-                self._claim_nodes[volume_claim] = i
-        self.cpu_free[i] -= pod.spec.cpu_request_milli
-        self.memory_free[i] -= pod.spec.memory_request_bytes
+    def _spread_bound(self, i: int, owner: Revision, count: int) -> None:
+        """Update the owner's spread column for one more of its pods on node `i`."""
+        column = self._spread.get(owner)
+        if column is None:
+            return
+        cluster = self.cluster
+        if ZONE not in cluster.label_codes:
+            column[i] = 1.0 / (1.0 + float(count))
+            return
+        zone = int(cluster.domains(ZONE)[i])
+        if zone == cluster.no_domain(ZONE):
+            by_node = 1.0 / (1.0 + float(count))
+            column[i] = (by_node + by_node) / 2.0
+            return
+        per_zone = self._zone_pods[owner]
+        per_zone[zone] += 1.0
+        members = cluster.members(ZONE)[zone]
+        column[members] = (1.0 / (1.0 + self.owner_pods(owner)[members]) + 1.0 / (1.0 + per_zone[zone])) / 2.0
+
+    def pods_on_nodes(self) -> dict[int, list[Pod]]:
+        """The bound pods of each node index, in `bound` order (built once per run)."""
+        if self._on_nodes is None:
+            self._on_nodes = {}
+            for i, pod in self.cluster.pods:
+                self._on_nodes.setdefault(i, []).append(pod)
+        return self._on_nodes
+
+    def _room(self, i: int, pod: Pod, sign: int) -> None:
+        """Take (`sign` 1) or give back (-1) the pod's cpu, memory, pod slot and host ports."""
+        self.touched.append(i)
+        self.cpu_free[i] -= sign * pod.spec.cpu_request_milli
+        self.memory_free[i] -= sign * pod.spec.memory_request_bytes
         self.cpu_free_float[i] = self.cpu_free[i]
         self.memory_free_float[i] = self.memory_free[i]
-        self.pods_free[i] -= 1
-        counts = self.owner_pods(pod.owner)
-        counts[i] += 1
-        column = self._spread.get(pod.owner)
-        if column is not None:
-            column[i] = 1.0 / (1.0 + float(counts[i]))
+        self.pods_free[i] -= sign
+        self.has_slot[i] = self.pods_free[i] > 0
         for claim in pod.spec.host_port_claims:
             taken = self._host_ports.get(claim)
             if taken is None:
                 shared = self.cluster.host_ports.get(claim)
                 taken = np.zeros(len(self.cluster), dtype=np.bool_) if shared is None else shared.copy()
                 self._host_ports[claim] = taken
-            taken[i] = True
+            taken[i] = sign > 0
+
+    def reserve(self, i: int, pod: Pod) -> None:
+        """Hold the pod's room on node `i` (a preemptor waiting for its victims to go)."""
+        self._room(i, pod, 1)
+        self.reserved.append((i, pod))
+
+    def release(self, i: int, pod: Pod) -> None:
+        """Give back the room of a bound pod of node `i` that preemption removes."""
+        self._room(i, pod, -1)
+        self.preempted.add(pod.id)
+
+    def bind(self, i: int, pod: Pod) -> None:
+        for volume_claim in pod.spec.claims:
+            if self.claim_node(volume_claim) is None:
+                self._claim_nodes[volume_claim] = i
+        self._room(i, pod, 1)
+        owner = (pod.owner, pod.template_hash)
+        self._placed_owners[owner] = self._placed_owners.get(owner, 0) + 1
+        counts = self._owner_pods.get(owner)
+        if counts is None and owner not in self.cluster.owner_pods:
+            # An owner nobody asked about yet: counted sparsely (10,000 owners of one pod
+            # each are not 10,000 columns).
+            sparse = self._owner_sparse.setdefault(owner, {})
+            sparse[i] = sparse.get(i, 0) + 1
+        else:
+            counts = self.owner_pods(owner)
+            counts[i] += 1
+            self._spread_bound(i, owner, int(counts[i]))
+        self.placed.append((i, pod))
+        for counted, node_counts in self._counts.items():
+            if self.counts_pod(counted, pod):
+                node_counts[i] += 1
+        if pod.spec.affinity.anti_required:
+            self._hold(i, pod)

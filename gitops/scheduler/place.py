@@ -1,32 +1,48 @@
 """Placement: pending pods in, a node for each (or the reason there is none) out.
 
-`place(pending, nodes, bound)` builds a `Cluster` of node columns and places the pods in
-the given order; `place_on(cluster, pending)` does the same on a cluster a caller built
-once. Both are pure: no clock, no randomness, no I/O, and the cluster is not modified.
+`place(pending, nodes, bound)` builds a `Cluster` of node columns and places the pods, the
+highest priority first and otherwise in the given order; `place_on(cluster, pending)` does
+the same on a cluster a caller built once. Both are pure: no clock, no randomness, no I/O,
+and the cluster is not modified.
 
 For each pod: AND the masks of all checks (see `checks.py`), weigh the scores of the
 feasible nodes, take the first best with one `argmax` (ties go to the lowest node index,
-i.e. the order nodes were given in), and bind the pod there in the run's `Usage`.
+i.e. the order nodes were given in), and bind the pod there in the run's `Usage`. A pod
+that fits nowhere may preempt lower-priority pods (`preempt.py`).
 
-Pods with the same owner and template hash share a spec, an equivalence class: the static
-masks (ready, node selector, taints) and static scores (soft taints) are computed once per
-class. When a pod of a class fits nowhere and nothing was bound since, its twins get the
-same answer at once.
+Static masks and scores (ready, node selector, node affinity, taints) are computed once per
+distinct value of what they read and shared. Pods with the same owner and template hash
+share a spec, an equivalence class: they reuse those at once, and when a pod of a class fits
+nowhere and nothing was bound since, its twins (with the same labels) get the same answer.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
-from gitops.model import Node, NodeName, ObjectKey, Placements, Pod, PodId, PodSpec
-from gitops.scheduler.checks import CHECKS, SCORERS, NodeSelectorMatches, TaintsTolerated
+from gitops.model import (
+    DisruptionBudget,
+    Node,
+    NodeName,
+    ObjectKey,
+    Placements,
+    Pod,
+    PodId,
+    PodSpec,
+    Preemption,
+)
+from gitops.scheduler.checks import CHECKS, SCORERS, Scorer, static_mask
 from gitops.scheduler.cluster import BoolArray, Cluster, FloatArray, Usage
+from gitops.scheduler.preempt import preempt
 
 NO_NODES = "0/0 nodes: no nodes registered"
+_DYNAMIC = tuple(check for check in CHECKS if not check.static)
 
 
 @dataclass
@@ -36,30 +52,44 @@ class _EquivalenceClass:
     spec: PodSpec
     static_masks: tuple[BoolArray | None, ...]  # per check; None for a dynamic check
     static_feasible: BoolArray
-    static_scores: tuple[FloatArray | None, ...]  # weighted, per scorer; None if dynamic
-    failed_after_binds: int = -1  # binds done when a pod of the class last fit nowhere
+    static_scores: tuple[FloatArray | None, ...]  # weighted, per scorer; None if dynamic or 0
+    failed_after_binds: int = -1  # `len(usage.touched)` when a pod of the class last fit nowhere
+    failed_labels: tuple[tuple[str, str], ...] = ()
     reason: str = ""
 
     @classmethod
     def of(cls, usage: Usage, pod: Pod) -> _EquivalenceClass:
-        masks = tuple(check.mask(usage, pod.spec) if check.static else None for check in CHECKS)
-        feasible = np.ones(len(usage.cluster), dtype=np.bool_)
-        for mask in masks:
-            if mask is not None:
-                feasible &= mask
-        scores = tuple(
-            scorer.weight * scorer.score(usage, pod) if scorer.static else None for scorer in SCORERS
-        )
+        masks = tuple(static_mask(usage, check, pod) if check.static else None for check in CHECKS)
+        key = ("feasible", *(check.key(pod) for check in CHECKS if check.static))
+        feasible: BoolArray | None = usage.static.get(key)
+        if feasible is None:
+            feasible = np.ones(len(usage.cluster), dtype=np.bool_)
+            for mask in masks:
+                if mask is not None:
+                    feasible &= mask
+            usage.static[key] = feasible
+        scores = tuple(_static_score(usage, scorer, pod) if scorer.static else None for scorer in SCORERS)
         return cls(pod.spec, masks, feasible, scores)
 
 
-def explain(usage: Usage, spec: PodSpec, static_masks: Sequence[BoolArray | None] = ()) -> str:
+def _static_score(usage: Usage, scorer: Scorer, pod: Pod) -> FloatArray | None:
+    """A static scorer's weighted score for `pod`, computed once per distinct key in the run."""
+    key = ("score", scorer, scorer.key(pod))
+    if key not in usage.static:
+        score = scorer.score(usage, pod)
+        usage.static[key] = (
+            None if score is None else (score if scorer.weight == 1.0 else scorer.weight * score)
+        )
+    found: FloatArray | None = usage.static[key]
+    return found
+
+
+def explain(usage: Usage, pod: Pod, static_masks: Sequence[BoolArray | None] = ()) -> str:
     """Why no node fits: each node counted under the first check it fails.
 
     `0/3 nodes: 2 insufficient memory, 1 untolerated taint {dedicated=gpu:NoSchedule}`;
-    groups by count, most first, then in check order. Taints and node selectors are named:
-    each node under its first untolerated taint, or the first `key=value` of the pod's
-    nodeSelector it lacks (`3 node selector mismatch {kubernetes.io/os=windows}`).
+    groups by count, most first, then in check order, then by text. Each check names what
+    fails where it can: the selector pair, the taint, the affinity term or spread constraint.
     """
     cluster = usage.cluster
     n = len(cluster)
@@ -69,83 +99,314 @@ def explain(usage: Usage, spec: PodSpec, static_masks: Sequence[BoolArray | None
     groups: Counter[tuple[int, str]] = Counter()
     for order, check in enumerate(CHECKS):
         known = static_masks[order] if order < len(static_masks) else None
-        ok = known if known is not None else check.mask(usage, spec)
+        ok = known if known is not None else check.mask(usage, pod)
         first = remaining & ~ok
         remaining &= ok
         if not first.any():
             continue
-        if isinstance(check, NodeSelectorMatches):
-            for pair, count in check.mismatches(cluster, spec, first):
-                groups[(order, f"{check.reason} {{{pair[0]}={pair[1]}}}")] += count
-        elif isinstance(check, TaintsTolerated):
-            per_set = np.bincount(cluster.taint_group[first], minlength=len(cluster.taint_sets))
-            for taint_set in np.flatnonzero(per_set):
-                node = int(np.flatnonzero(first & (cluster.taint_group == taint_set))[0])
-                groups[(order, f"{check.reason} {{{check.blocking(cluster, spec, node)}}}")] += int(
-                    per_set[taint_set]
-                )
-        else:
-            groups[(order, check.reason)] += int(first.sum())
+        for text, count in check.explain(usage, pod, first):
+            groups[(order, text)] += count
     parts = sorted(groups.items(), key=lambda item: (-item[1], item[0]))
     return f"0/{n} nodes: " + ", ".join(f"{count} {text}" for (_, text), count in parts)
 
 
-def _best(usage: Usage, pod: Pod, klass: _EquivalenceClass, feasible: BoolArray) -> int | None:
-    """Index of the first feasible node with the highest total score, None if none is."""
-    if len(feasible) == 0:
-        return None
-    total: FloatArray | None = None
-    owned = False  # whether `total` is our own array, safe to add to in place
+def _scores(usage: Usage, pod: Pod, klass: _EquivalenceClass) -> list[tuple[str, FloatArray]]:
+    """The weighted score arrays of the pod, per scorer that has something to say."""
+    parts = []
     for scorer, static_score in zip(SCORERS, klass.static_scores, strict=True):
-        if static_score is not None:
+        if scorer.static:
             part = static_score
         else:
             part = scorer.score(usage, pod)
-            if scorer.weight != 1.0:  # x * 1.0 == x: skip a pass over all nodes
+            if part is not None and scorer.weight != 1.0:  # x * 1.0 == x: skip a pass over all nodes
                 part = scorer.weight * part
-        if total is None:
-            total = part
-        elif owned:
+        if part is not None:
+            parts.append((scorer.name, part))
+    return parts
+
+
+def _total(parts: Sequence[tuple[str, FloatArray]]) -> FloatArray:
+    total: FloatArray = parts[0][1]
+    owned = False  # whether `total` is our own array, safe to add to in place
+    for _, part in parts[1:]:
+        if owned:
             total += part
         else:
             total, owned = total + part, True
-    assert total is not None  # SCORERS is not empty
-    best = int(np.argmax(np.where(feasible, total, -np.inf)))
-    return best if feasible[best] else None
+    return total
 
 
-def place_on(cluster: Cluster, pending: Sequence[Pod]) -> Placements:
-    """Place `pending` in order on `cluster`; `cluster` itself is left as it was."""
+def _why(
+    cluster: Cluster,
+    names: Sequence[str],
+    at: tuple[FloatArray, FloatArray],
+    totals: tuple[float, float],
+    pair: tuple[int, int],
+) -> str:
+    """Why the first node of `pair`: its total against the runner-up's, and the terms
+    (`names`, their values `at` each) that differ most."""
+    second = pair[1]
+    terms = sorted(
+        (
+            (float(mine - theirs), name, float(mine), float(theirs))
+            for name, mine, theirs in zip(names, at[0], at[1], strict=True)
+        ),
+        key=lambda item: (-abs(item[0]), item[1]),
+    )
+    shown = ", ".join(
+        f"{name} {mine:.2f} vs {theirs:.2f}" for delta, name, mine, theirs in terms[:3] if delta
+    )
+    return f"score {totals[0]:.2f} against {totals[1]:.2f} on {cluster.names[second]}" + (
+        f": {shown}" if shown else ", the first of equals in node order"
+    )
+
+
+def _runner_up(scores: FloatArray, best: int) -> int | None:
+    rest = scores.copy()
+    rest[best] = -np.inf
+    second = int(np.argmax(rest))
+    return second if np.isfinite(rest[second]) else None
+
+
+ONLY_NODE = "the only node that passes every check"
+MAX_LOCAL_CLASSES = 256  # kept per run, the oldest first dropped: 256 x 5,000 nodes is 10 MiB
+
+
+@dataclass
+class _LocalClass:
+    """Pods whose checks and scores read only per-node columns (room, static masks and
+    scores: no claims, pod affinity or spread constraints): the same for every pod with the
+    same requests, host ports and static keys, whatever its owner. Their totals are kept
+    between pods and recomputed only at the nodes whose room changed since (`touched`);
+    the owner's default spread is added at the end."""
+
+    static_feasible: BoolArray
+    static_parts: tuple[tuple[str, FloatArray], ...]  # weighted static scores
+    static_masks: tuple[BoolArray | None, ...]
+    masked: FloatArray | None = None  # per node: the total, -inf where the pod does not fit
+    seen: int = 0  # `len(usage.touched)` when `masked` was last brought up to date
+    failed_at: int = -1  # `len(usage.touched)` when a pod of the class last fit nowhere
+    reason: str = ""
+
+    def parts(
+        self, usage: Usage, pod: Pod, at: npt.NDArray[np.int64] | None
+    ) -> tuple[BoolArray, list[tuple[str, FloatArray]]]:
+        """Feasibility and the weighted score parts at nodes `at` (all when None)."""
+        spec = pod.spec
+        feasible = self.static_feasible if at is None else self.static_feasible[at]
+        cpu, memory = spec.cpu_request_milli, spec.memory_request_bytes
+        cpu_free = usage.cpu_free if at is None else usage.cpu_free[at]
+        memory_free = usage.memory_free if at is None else usage.memory_free[at]
+        feasible = feasible & (usage.has_slot if at is None else usage.has_slot[at])
+        if cpu:
+            feasible &= cpu_free >= cpu
+        if memory:
+            feasible &= memory_free >= memory
+        for claim in spec.host_port_claims:
+            taken = usage.host_port_taken(claim)
+            if taken is not None:
+                feasible &= ~(taken if at is None else taken[at])
+        cluster = usage.cluster
+        cpu_float = usage.cpu_free_float if at is None else usage.cpu_free_float[at]
+        memory_float = usage.memory_free_float if at is None else usage.memory_free_float[at]
+        least = cpu_float - float(cpu)
+        least /= cluster.cpu_scale if at is None else cluster.cpu_scale[at]
+        memory_part = memory_float - float(memory)
+        memory_part /= cluster.memory_scale if at is None else cluster.memory_scale[at]
+        least += memory_part
+        least /= 2.0
+        parts = [("least allocated", least)]
+        parts += [(name, part if at is None else part[at]) for name, part in self.static_parts]
+        return feasible, parts
+
+    def at_node(self, usage: Usage, pod: Pod, i: int) -> float:
+        """`parts` for one node, in plain floats (the same operations, the same result)."""
+        spec = pod.spec
+        cpu, memory = spec.cpu_request_milli, spec.memory_request_bytes
+        if not self.static_feasible[i] or usage.pods_free[i] <= 0:
+            return -math.inf
+        if (cpu and usage.cpu_free[i] < cpu) or (memory and usage.memory_free[i] < memory):
+            return -math.inf
+        for claim in spec.host_port_claims:
+            taken = usage.host_port_taken(claim)
+            if taken is not None and taken[i]:
+                return -math.inf
+        cluster = usage.cluster
+        least = (float(usage.cpu_free_float[i]) - float(cpu)) / float(cluster.cpu_scale[i])
+        memory_part = (float(usage.memory_free_float[i]) - float(memory)) / float(cluster.memory_scale[i])
+        total = (least + memory_part) / 2.0
+        for _, part in self.static_parts:
+            total += float(part[i])
+        return total
+
+    def update(self, usage: Usage, pod: Pod) -> FloatArray:
+        """`masked`, brought up to date with what changed since it was computed."""
+        touched = usage.touched
+        n = len(usage.cluster)
+        if self.masked is None or len(touched) - self.seen > n // 8:
+            feasible, parts = self.parts(usage, pod, None)
+            self.masked = np.where(feasible, _total(parts), -np.inf)
+        elif len(touched) - self.seen <= 2:  # a pod of the class just before: one node or two
+            for i in touched[self.seen :]:
+                self.masked[i] = self.at_node(usage, pod, i)
+        elif len(touched) > self.seen:
+            at = np.array(touched[self.seen :], dtype=np.int64)  # repeats just recompute twice
+            feasible, parts = self.parts(usage, pod, at)
+            self.masked[at] = np.where(feasible, _total(parts), -np.inf)
+        self.seen = len(touched)
+        return self.masked
+
+
+_STATIC_CHECKS = tuple(check for check in CHECKS if check.static)
+_STATIC_SCORERS = tuple(scorer for scorer in SCORERS if scorer.static)
+
+
+def _local_class(usage: Usage, pod: Pod, checks: Hashable) -> _LocalClass:
+    """A new class; `checks` are the pod's static check keys (its feasibility's cache key)."""
+    masks = tuple(static_mask(usage, check, pod) if check.static else None for check in CHECKS)
+    key = ("feasible", checks)
+    feasible: BoolArray | None = usage.static.get(key)
+    if feasible is None:
+        feasible = np.ones(len(usage.cluster), dtype=np.bool_)
+        for mask in masks:
+            if mask is not None:
+                feasible &= mask
+        usage.static[key] = feasible
+    parts = []
+    for scorer in _STATIC_SCORERS:
+        part = _static_score(usage, scorer, pod)
+        if part is not None:
+            parts.append((scorer.name, part))
+    return _LocalClass(feasible, tuple(parts), masks)
+
+
+def _signature(pod: Pod) -> tuple[Hashable, Hashable]:
+    """What decides where a pod of a `_LocalClass` goes (its owner's spread aside), and the
+    part of it that is the static checks' keys."""
+    spec = pod.spec
+    checks = tuple(check.key(pod) for check in _STATIC_CHECKS)
+    scorers = tuple(scorer.key(pod) for scorer in _STATIC_SCORERS)
+    return (checks, scorers, spec.cpu_request_milli, spec.memory_request_bytes, spec.host_port_claims), checks
+
+
+def _is_local(usage: Usage, pod: Pod) -> bool:
+    """Whether only per-node columns decide where `pod` goes (see `_LocalClass`)."""
+    spec = pod.spec
+    affinity = spec.affinity
+    if spec.claims or spec.topology_spread or affinity.pod_required or affinity.anti_required:
+        return False
+    if affinity.pod_preferred or affinity.anti_preferred:
+        return False
+    return not any(usage.counts_pod(("term", term), pod) for term in usage.repelling)
+
+
+def place_on(
+    cluster: Cluster,
+    pending: Sequence[Pod],
+    *,
+    budgets: Sequence[DisruptionBudget] = (),
+    explain_placements: bool = False,
+) -> Placements:
+    """Place `pending` on `cluster`, the highest priority first (stably); `cluster` itself
+    is left as it was. With `explain_placements`, say why each pod went where it did."""
     usage = Usage(cluster)
-    dynamic = [check for check in CHECKS if not check.static]
     assigned: dict[PodId, NodeName] = {}
     unschedulable: dict[PodId, str] = {}
+    preemptions: dict[PodId, Preemption] = {}
+    why: dict[PodId, str] = {}
     classes: dict[tuple[ObjectKey, str], _EquivalenceClass] = {}
-    binds = 0
+    if any(pod.spec.priority != pending[0].spec.priority for pod in pending):
+        pending = sorted(pending, key=lambda pod: -pod.spec.priority)
+    local: dict[Hashable, _LocalClass] = {}
+    signatures: dict[int, tuple[PodSpec, tuple[Hashable, Hashable]]] = {}  # id(spec) -> (spec, signature)
     for pod in pending:
+        if _is_local(usage, pod):
+            spec = pod.spec
+            known = signatures.get(id(spec))
+            if known is None or known[0] is not spec:
+                known = signatures[id(spec)] = (spec, _signature(pod))
+            signature, checks = known[1]
+            same = local.get(signature)
+            if same is None:
+                same = local[signature] = _local_class(usage, pod, checks)
+                if len(local) > MAX_LOCAL_CLASSES:  # all-distinct specs: keep memory bounded
+                    del local[next(iter(local))]
+            elif same.failed_at == len(usage.touched):
+                unschedulable[pod.id] = same.reason
+                continue
+            masked = same.update(usage, pod)
+            spread = usage.spread((pod.owner, pod.template_hash))
+            scores = masked if spread is None else masked + spread
+            top = int(np.argmax(scores)) if len(scores) else -1
+            if top >= 0 and np.isfinite(scores[top]):
+                if explain_placements:
+                    why[pod.id] = _why_local(usage, pod, same, scores, top)
+                usage.bind(top, pod)
+                assigned[pod.id] = cluster.names[top]
+                continue
+            reason = explain(usage, pod, same.static_masks)
+            chosen = preempt(usage, pod, same.static_feasible, budgets)
+            if chosen is not None:
+                preemptions[pod.id] = chosen
+                unschedulable[pod.id] = reason + chosen_text(chosen)
+                continue
+            same.failed_at, same.reason = len(usage.touched), reason
+            unschedulable[pod.id] = reason
+            continue
         key = (pod.owner, pod.template_hash)
         klass = classes.get(key)
         if klass is None or (klass.spec is not pod.spec and klass.spec != pod.spec):
             # A template hash names one spec; a differing spec still gets a correct answer.
             klass = classes[key] = _EquivalenceClass.of(usage, pod)
-        elif klass.failed_after_binds == binds:
+        elif klass.failed_after_binds == len(usage.touched) and klass.failed_labels == pod.labels:
             unschedulable[pod.id] = klass.reason
             continue
         feasible = klass.static_feasible
-        for check in dynamic:
-            mask = check.mask(usage, pod.spec)
+        for check in _DYNAMIC:
+            mask = check.mask(usage, pod)
             if mask is not usage.all_nodes:  # a check with nothing to say (no request, no hostPort)
                 feasible = feasible & mask
-        best = _best(usage, pod, klass, feasible)
+        best: int | None = None
+        if len(feasible) and feasible.any():
+            parts = _scores(usage, pod, klass)
+            total = _total(parts)
+            best = int(np.argmax(np.where(feasible, total, -np.inf)))
+            if explain_placements:
+                scores = np.where(feasible, total, -np.inf)
+                second = _runner_up(scores, best)
+                names = [name for name, _ in parts]
+                why[pod.id] = (
+                    ONLY_NODE
+                    if second is None
+                    else _why(
+                        cluster,
+                        names,
+                        (np.array([p[best] for _, p in parts]), np.array([p[second] for _, p in parts])),
+                        (float(scores[best]), float(scores[second])),
+                        (best, second),
+                    )
+                )
         if best is None:
-            klass.failed_after_binds = binds
-            klass.reason = explain(usage, pod.spec, klass.static_masks)
-            unschedulable[pod.id] = klass.reason
+            reason = explain(usage, pod, klass.static_masks)
+            chosen = preempt(usage, pod, klass.static_feasible, budgets)
+            if chosen is not None:
+                preemptions[pod.id] = chosen
+                unschedulable[pod.id] = reason + chosen_text(chosen)
+                continue
+            klass.failed_after_binds = len(usage.touched)
+            klass.failed_labels = pod.labels
+            klass.reason = reason
+            unschedulable[pod.id] = reason
             continue
         usage.bind(best, pod)
-        binds += 1
         assigned[pod.id] = cluster.names[best]
-    return Placements(assigned=assigned, unschedulable=unschedulable)
+    return Placements(assigned=assigned, unschedulable=unschedulable, preemptions=preemptions, why=why)
+
+
+def chosen_text(chosen: Preemption) -> str:
+    if not chosen.victims:
+        return f"; waiting for terminating pods to leave {chosen.node}"
+    return f"; preempting {len(chosen.victims)} pod(s) on {chosen.node}: {', '.join(chosen.victims)}"
 
 
 def place(
@@ -153,7 +414,31 @@ def place(
     nodes: Sequence[Node],
     bound: Sequence[Pod],
     claims: Mapping[str, NodeName] | None = None,
+    *,
+    namespaces: Mapping[str, Sequence[tuple[str, str]]] | None = None,
+    budgets: Sequence[DisruptionBudget] = (),
+    explain_placements: bool = False,
 ) -> Placements:
-    """Place pending pods on nodes, given the pods already bound to them and the nodes
-    holding PersistentVolumeClaims' volumes."""
-    return place_on(Cluster.build(nodes, bound, claims), pending)
+    """Place pending pods on nodes, given the pods already bound to them, the nodes holding
+    PersistentVolumeClaims' volumes, the labels of namespaces (for namespace selectors) and
+    the disruption budgets preemption respects."""
+    return place_on(
+        Cluster.build(nodes, bound, claims, namespaces),
+        pending,
+        budgets=budgets,
+        explain_placements=explain_placements,
+    )
+
+
+def _why_local(usage: Usage, pod: Pod, klass: _LocalClass, scores: FloatArray, best: int) -> str:
+    second = _runner_up(scores, best)
+    if second is None:
+        return ONLY_NODE
+    pair = np.array([best, second], dtype=np.int64)
+    _, parts = klass.parts(usage, pod, pair)
+    spread = usage.spread((pod.owner, pod.template_hash))
+    if spread is not None:
+        parts.append(("spread", spread[pair]))
+    names = [name for name, _ in parts]
+    at = (np.array([p[0] for _, p in parts]), np.array([p[1] for _, p in parts]))
+    return _why(usage.cluster, names, at, (float(scores[best]), float(scores[second])), (best, second))
