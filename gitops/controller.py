@@ -78,7 +78,8 @@ def reconcile_once(
         )
     store.save_rollouts(rollouts, now)
     store.save_workload_states(decision.states, now)
-    actions = Plan(result.create, (*evicted, *result.stop), result.keep, failed=failed, more=result.more)
+    stopped = (*evicted, *decision.preempted, *result.stop)
+    actions = Plan(result.create, stopped, result.keep, failed=failed, more=result.more)
     return PassResult(actions, len(placements.assigned), len(placements.unschedulable))
 
 
@@ -92,9 +93,10 @@ def _write(store: Store, decision: Decision, now: float, *, owners: set[ObjectKe
     pods = {a.pod.id: a.pod for a in plan.create} | {p.id: p for p in plan.keep}
     store.apply_pod_changes(
         create=[(a.pod, a.reason) for a in plan.create if mine(a.pod)],
-        stop=[(a.pod, a.reason) for a in plan.stop if mine(a.pod)],
+        stop=[(a.pod, a.reason) for a in (*plan.stop, *decision.preempted) if mine(a.pod)],
         delete_now=[(a.pod, a.reason) for a in decision.evicted if mine(a.pod)],
         bind={p: n for p, n in placements.assigned.items() if p in pods and mine(pods[p])},
+        placed_because=placements.why,
         # Only reasons that changed: 8,000 pending pods are not 8,000 reads per pass.
         pending_reasons={
             p: r
@@ -110,7 +112,8 @@ def _write_each(store: Store, decision: Decision, now: float) -> dict[ObjectKey,
     fails, with the error (the others' changes are written)."""
     plan = decision.plan
     owners = sorted(
-        {a.pod.owner for a in (*plan.create, *plan.stop, *decision.evicted)} | {p.owner for p in plan.keep}
+        {a.pod.owner for a in (*plan.create, *plan.stop, *decision.evicted, *decision.preempted)}
+        | {p.owner for p in plan.keep}
     )
     failed = {}
     for owner in owners:

@@ -35,7 +35,9 @@ from gitops.model import (
 )
 from gitops.planner import Action, Plan, plan, resolve_template, rollouts
 from gitops.planner.actions import Workloads, finished
+from gitops.planner.affinity import namespace_labels
 from gitops.planner.autoscale import autoscale
+from gitops.planner.budgets import disruption_budgets
 from gitops.planner.cron import cron_step, job_manifest
 from gitops.planner.evict import evictions
 from gitops.planner.plan import configs_of
@@ -52,6 +54,7 @@ class Decision:
 
     plan: Plan  # create / stop / keep from the planner
     evicted: tuple[Action, ...] = ()  # pods deleted at once: their node is gone too long
+    preempted: tuple[Action, ...] = ()  # pods stopped to make room for pods of higher priority
     placements: Placements = field(default_factory=Placements)
     rollouts: Mapping[ObjectKey, RolloutState] = field(default_factory=dict)
     jobs: Mapping[ObjectKey, JobState] = field(default_factory=dict)  # every desired Job's state
@@ -97,7 +100,16 @@ def decide(state: ClusterState, now: float, *, not_ready_toleration: float = 60.
     # that ran to their end (a Job's) hold none, as kube-scheduler counts them.
     bound = [p for p in pods if p.node is not None and p.id not in gone and not finished(p)]
     pending: list[Pod] = [p for p in result.keep if p.node is None] + [a.pod for a in result.create]
-    placements = place(pending, state.nodes, bound, state.claims)
+    placements = place(
+        pending,
+        state.nodes,
+        bound,
+        state.claims,
+        namespaces=namespace_labels(state.desired),
+        budgets=disruption_budgets(state.desired, pods),
+        explain_placements=True,
+    )
+    preempted = _victims(placements, pending, bound)
     stopped = {a.pod.id for a in result.stop}
     after = [p for p in live if p.id not in stopped] + [a.pod for a in result.create]
     states = _advance(
@@ -110,7 +122,25 @@ def decide(state: ClusterState, now: float, *, not_ready_toleration: float = 60.
         nodes=state.nodes,
         replicas=context.replicas,
     )
-    return Decision(result, tuple(evicted), placements, states, result.jobs, crons, scales)
+    return Decision(result, tuple(evicted), preempted, placements, states, result.jobs, crons, scales)
+
+
+def _victims(placements: Placements, pending: Sequence[Pod], bound: Sequence[Pod]) -> tuple[Action, ...]:
+    """The pods preemption stops, each with the pod it makes room for."""
+    by_id = {p.id: p for p in bound}
+    priority = {p.id: p.spec.priority for p in pending}
+    actions = []
+    for pod_id, preemption in sorted(placements.preemptions.items()):
+        for victim in preemption.victims:
+            pod = by_id[victim]
+            actions.append(
+                Action(
+                    pod,
+                    f"preempted by {pod_id} on {preemption.node} "
+                    f"(priority {priority.get(pod_id, 0)} > {pod.spec.priority})",
+                )
+            )
+    return tuple(actions)
 
 
 def _crons(
@@ -171,7 +201,7 @@ def settle(state: ClusterState, decision: Decision, now: float) -> ClusterState:
     stopped and evicted pods are gone, and a claim a pod is bound with first has its volume
     on that pod's node, as the store records it (so a StatefulSet's pod that is replaced
     returns to its data)."""
-    gone: set[PodId] = {a.pod.id for a in decision.plan.stop} | {a.pod.id for a in decision.evicted}
+    gone: set[PodId] = {a.pod.id for a in (*decision.plan.stop, *decision.evicted, *decision.preempted)}
     assigned = decision.placements.assigned
     claims = dict(state.claims)
     pods: list[Pod] = []

@@ -23,7 +23,7 @@ workload is planned as usual.
 from __future__ import annotations
 
 import dataclasses
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 
@@ -41,7 +41,7 @@ __all__ = ["BURST", "Action", "Plan", "Workloads", "configs_of", "plan", "pod_na
 
 
 def configs_of(desired: Iterable[Manifest]) -> ConfigIndex:
-    return ConfigIndex((m.key, m) for m in desired if m.key.kind in ("ConfigMap", "Secret"))
+    return ConfigIndex((m.key, m) for m in desired if m.key.kind in ("ConfigMap", "Secret", "PriorityClass"))
 
 
 def _new_pods(
@@ -111,8 +111,12 @@ def _plan_deployment(deployment: Manifest, template: Template, owned: Sequence[P
     ]
     for pod in old_unready[: step.stop_unready_old]:
         stop.append(Action(pod, f"template changed: {change} ({how}: old pod not ready)"))
-    # Oldest ready pods first among those the budget allows.
-    for pod in sorted(old_ready, key=lambda p: (p.created_at, p.name))[: step.stop_ready_old]:
+    # Among those the budget allows, as Kubernetes' ReplicaSet controller ranks them: pods on
+    # the node holding most of the Deployment's pods first (so that a rolling update ends
+    # as spread as it began), then the oldest.
+    colocated = Counter(p.node for p in owned if p.node is not None)
+    ranked = sorted(old_ready, key=lambda p: (-colocated[p.node] if p.node else 0, p.created_at, p.name))
+    for pod in ranked[: step.stop_ready_old]:
         stop.append(Action(pod, f"template changed: {change} ({how}: old pod replaced)"))
     stopped = {a.pod.id for a in stop}
     kept = keep + [p for p in outdated if p.id not in stopped]
@@ -236,7 +240,7 @@ def rollouts(
         if workload.key.kind == "StatefulSet":
             status = statefulset_status(workload, template.hash, owned, count, now=now)
         elif workload.key.kind == "DaemonSet":
-            status = daemonset_status(workload, template.hash, owned, nodes, now=now)
+            status = daemonset_status(workload, template, owned, nodes, now=now)
         else:
             status = rollout_status(workload.key.ref, count, workload.spec, template.hash, owned, now=now)
         result.append(dataclasses.replace(status, kind=workload.key.kind))

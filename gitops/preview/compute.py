@@ -75,7 +75,8 @@ class PodAction:
     reason: str
     # A pod of several containers: (name, "init" | "sidecar" | "app") in the order they start.
     containers: tuple[tuple[str, str], ...] = ()
-    placement: str = ""  # why that node, when something pins it there (a claim's volume)
+    # Why that node: what pins it there (a claim's volume), its score against the runner-up.
+    placement: str = ""
 
 
 @dataclass(frozen=True)
@@ -193,10 +194,14 @@ def _actions(
                 node,
                 a.reason,
                 _containers(a.pod.spec),
-                _placement(a.pod.spec, node, held),
+                "; ".join(
+                    why
+                    for why in (_placement(a.pod.spec, node, held), decision.placements.why.get(a.pod.id, ""))
+                    if why
+                ),
             )
         )
-    for a in (*decision.evicted, *decision.plan.stop):
+    for a in (*decision.evicted, *decision.preempted, *decision.plan.stop):
         kind = "replace" if _is_template_change(a.reason) else "stop"
         if kind == "replace":
             replaced.add(_place(str(a.pod.owner), a.pod.id, nodes_of.get(a.pod.id) or a.pod.spec.node_name))

@@ -224,6 +224,9 @@ def _string_map(doc: Document, path: tuple[str | int, ...], value: Any) -> tuple
     return tuple(sorted((str(k), str(v)) for k, v in value.items()))
 
 
+HOSTNAME = "kubernetes.io/hostname"
+
+
 def _node_entries(doc: Document, i: int, entry: Any) -> list[Node]:
     path: tuple[str | int, ...] = ("nodes", i)
     if not isinstance(entry, Mapping):
@@ -275,9 +278,16 @@ def _node_entries(doc: Document, i: int, entry: Any) -> list[Node]:
         taints=tuple(taints),
         max_pods=max_pods,
     )
-    if not count:
-        return [node]
-    return [dataclasses.replace(node, name=NodeName(f"{name}-{k}")) for k in range(1, count + 1)]
+    names = [name] if not count else [f"{name}-{k}" for k in range(1, count + 1)]
+    # Each node has its hostname label, as an agent gives its node (unless the file sets it).
+    return [
+        dataclasses.replace(
+            node,
+            name=NodeName(each),
+            labels=tuple(sorted({HOSTNAME: each, **dict(node.labels)}.items())),
+        )
+        for each in names
+    ]
 
 
 def nodes_file(path: str, content: bytes) -> ClusterState:

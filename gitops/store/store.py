@@ -1175,9 +1175,11 @@ class Store:
         pending_reasons: Mapping[PodId, str],
         now: float,
         delete_now: Sequence[tuple[Pod, str]] = (),
+        placed_because: Mapping[PodId, str] | None = None,
     ) -> None:
         """Create pods, stop pods (terminating, or deleted outright when `delete_now` or never
-        placed), bind pods to nodes, and note why others stay pending."""
+        placed), bind pods to nodes (the Scheduled event says why that node, `placed_because`, when given),
+        and note why others stay pending."""
         with self.session() as s:
             # The rows this write looks at, read in a few queries rather than one per pod.
             wanted = {p.id for p, _ in stop} | set(bind) | set(pending_reasons)
@@ -1236,11 +1238,9 @@ class Store:
                     row.node = node
                     row.reason = f"scheduled on {node}"
                     row.updated_at = now
-                    s.add(
-                        EventRow(
-                            time=now, object=f"pod {pod_id}", reason="Scheduled", message=f"placed on {node}"
-                        )
-                    )
+                    because = (placed_because or {}).get(pod_id)
+                    message = f"placed on {node}" + (f": {because}" if because else "")
+                    s.add(EventRow(time=now, object=f"pod {pod_id}", reason="Scheduled", message=message))
             for pod_id, why in pending_reasons.items():
                 row = rows.get(pod_id)
                 if row is not None and row.node is None and row.reason != why:

@@ -63,7 +63,9 @@ def test_a_nodes_file_expands_counts_and_reads_quantities_labels_and_taints(tmp_
         ("web-2", 1500, 2 * 2**30, 110),
         ("gpu", 8000, 10**9, 4),
     ]
-    assert state.nodes[0].labels == (("zone", "a"),)
+    # Each node has its hostname label, as an agent's node has.
+    assert state.nodes[0].labels == (("kubernetes.io/hostname", "web-1"), ("zone", "a"))
+    assert state.nodes[2].labels == (("kubernetes.io/hostname", "gpu"),)
     assert state.nodes[2].taints == (Taint("dedicated", "gpu", "NoSchedule"),)
     assert not state.pods and state.version
 

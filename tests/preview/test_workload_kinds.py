@@ -204,7 +204,10 @@ def test_a_stateful_set_update_replaces_pods_highest_ordinal_first_on_their_clai
     )
     for old, new in zip(result.actions[::2], result.actions[1::2], strict=True):
         assert new.node == old.node  # the pod's claim holds its data there
-        assert new.placement == f"claim {new.pod.replace('/', '/data-')}'s volume is on {old.node}"
+        assert new.placement == (
+            f"claim {new.pod.replace('/', '/data-')}'s volume is on {old.node}; "
+            "the only node that passes every check"
+        )
     assert (result.counts["pods_created"], result.counts["pods_replaced"]) == (0, 3)
     (rollout,) = result.rollouts
     assert rollout.order == ("db-2", "db-1", "db-0")
