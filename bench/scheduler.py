@@ -3,6 +3,7 @@ per-node twin, both run in this process on the same seeded instances.
 
     python bench/scheduler.py [--nodes 5000] [--cases all|basic,anti-affinity,...]
         [--pods 10000] [--seed 7] [--sample 200] [--budget 30] [--repeat 1]
+        [--order grouped|interleaved]
 
 Every case runs on a cluster of `--nodes` nodes of mixed sizes and `max_pods`, labelled as
 agents label them (`kubernetes.io/hostname` = the node's name, `kubernetes.io/arch`,
@@ -27,6 +28,10 @@ thresholds its CI holds `scheduler_perf` to, for context):
 - `distinct` (goal 25,000 pods/s and a peak under 200 MiB): `--pods` pods, each its own
   owner and spec (image, requests, selector, tolerations), the worst case for
   equivalence classes: nothing is shared between pods.
+
+Pending pods come workload by workload (`--order grouped`, the default), as a control pass
+lists them: the planner creates each workload's pods together. `--order interleaved` draws
+each pod's workload at random instead, the harder order for classes kept between pods.
 
 For each case: `place` on all of it (building the cluster columns included, best of
 `--repeat` runs), its pods/s, placed and unschedulable counts; then the baseline,
@@ -229,13 +234,20 @@ def basic_templates(rng: random.Random, count: int = 50, prefix: str = "app") ->
     return templates
 
 
+ORDER = {"order": "grouped"}  # set from --order in main()
+
+
 def pods_of(templates: Sequence[Template], count: int, rng: random.Random, prefix: str = "") -> list[Pod]:
-    """`count` pending pods, each of a template drawn at random (interleaved owners)."""
-    pods = []
+    """`count` pending pods, each of a template drawn at random; with `--order grouped` (the
+    default) listed workload by workload, as a control pass creates them, with
+    `--order interleaved` in the order drawn (owners interleaved at random)."""
+    drawn = []
     for i in range(count):
-        template = templates[rng.randrange(len(templates))]
-        pods.append(template.pod(f"{prefix}{template.owner.name}-{i}"))
-    return pods
+        k = rng.randrange(len(templates))
+        drawn.append((k, templates[k].pod(f"{prefix}{templates[k].owner.name}-{i}")))
+    if ORDER["order"] == "grouped":
+        drawn.sort(key=lambda item: item[0])
+    return [pod for _, pod in drawn]
 
 
 def bound_pods(
@@ -524,9 +536,16 @@ def main() -> None:
     )
     parser.add_argument("--repeat", type=int, default=1, help="runs of place per case; the best is kept")
     parser.add_argument(
+        "--order",
+        choices=("grouped", "interleaved"),
+        default="grouped",
+        help="pending pods workload by workload (as a control pass lists them) or interleaved at random",
+    )
+    parser.add_argument(
         "--cases", default="all", help=f"'all' or a comma-separated subset of {','.join(names)}"
     )
     args = parser.parse_args()
+    ORDER["order"] = args.order
     chosen = (
         names if args.cases == "all" else [name.strip() for name in args.cases.split(",") if name.strip()]
     )
@@ -535,7 +554,7 @@ def main() -> None:
         parser.error(f"--cases: unknown {', '.join(unknown)}; expected 'all' or some of {', '.join(names)}")
 
     results = {case.name: run(case, args) for case in CASES if case.name in chosen}
-    report: dict[str, Any] = {"nodes": args.nodes, "seed": args.seed, "cases": results}
+    report: dict[str, Any] = {"nodes": args.nodes, "seed": args.seed, "order": args.order, "cases": results}
     if "distinct" in results:
         report["distinct_peak_mib"] = results["distinct"].get("peak_mib")
     report["rss_mib"] = round(rss_mib(), 1)

@@ -371,8 +371,27 @@ def _first_failing(failing: BoolArray, parts: Sequence[tuple[str, BoolArray]]) -
     return list(found.items())
 
 
+class _ByParts(_Plain):
+    """A check made of parts (a term, a constraint): a node passes when it passes every
+    part, and a failing node is named under the first part it fails."""
+
+    reason: str
+
+    def _parts(self, usage: Usage, pod: Pod) -> list[tuple[str, BoolArray]]:
+        raise NotImplementedError
+
+    def mask(self, usage: Usage, pod: Pod) -> BoolArray:
+        mask = usage.all_nodes
+        for _, ok in self._parts(usage, pod):
+            mask = mask & ok
+        return mask
+
+    def explain(self, usage: Usage, pod: Pod, failing: BoolArray) -> list[tuple[str, int]]:
+        return _first_failing(failing, self._parts(usage, pod))
+
+
 @dataclass(frozen=True)
-class ExistingAntiAffinity(_Plain):
+class ExistingAntiAffinity(_ByParts):
     """Symmetry: no pod in the cluster has required anti-affinity to this pod in the node's
     domain (an existing pod's "not beside pods like you" repels the newcomer too)."""
 
@@ -385,21 +404,12 @@ class ExistingAntiAffinity(_Plain):
             if not usage.counts_pod(("term", term), pod):
                 continue
             held = usage.repelling[term]
-            parts.append((f"{self.reason} ({term})", held[usage.cluster.domains(term.topology_key)] == 0))
+            parts.append((f"{self.reason} ({term})", (held == 0)[usage.cluster.domains(term.topology_key)]))
         return parts
-
-    def mask(self, usage: Usage, pod: Pod) -> BoolArray:
-        mask = usage.all_nodes
-        for _, ok in self._parts(usage, pod):
-            mask = mask & ok
-        return mask
-
-    def explain(self, usage: Usage, pod: Pod, failing: BoolArray) -> list[tuple[str, int]]:
-        return _first_failing(failing, self._parts(usage, pod))
 
 
 @dataclass(frozen=True)
-class PodAntiAffinity(_Plain):
+class PodAntiAffinity(_ByParts):
     """The pod's own required anti-affinity: no matching pod in the node's domain of each
     term's key (a node without the key passes)."""
 
@@ -411,22 +421,13 @@ class PodAntiAffinity(_Plain):
         for term in pod.spec.affinity.anti_required:
             per_domain = usage.domain_counts(("term", term), term.topology_key)
             parts.append(
-                (f"{self.reason} ({term})", per_domain[usage.cluster.domains(term.topology_key)] == 0)
+                (f"{self.reason} ({term})", (per_domain == 0)[usage.cluster.domains(term.topology_key)])
             )
         return parts
 
-    def mask(self, usage: Usage, pod: Pod) -> BoolArray:
-        mask = usage.all_nodes
-        for _, ok in self._parts(usage, pod):
-            mask = mask & ok
-        return mask
-
-    def explain(self, usage: Usage, pod: Pod, failing: BoolArray) -> list[tuple[str, int]]:
-        return _first_failing(failing, self._parts(usage, pod))
-
 
 @dataclass(frozen=True)
-class PodAffinity(_Plain):
+class PodAffinity(_ByParts):
     """The pod's own required affinity: for every term, a pod matching all the terms in the
     node's domain of the term's key; the node must have every key. Kubernetes' exception:
     when no such pod exists anywhere and the pod matches all its own terms, any node with
@@ -446,28 +447,9 @@ class PodAffinity(_Plain):
         if not any(counts.any() for counts in per_domain) and usage.counts_pod(counted, pod):
             return [(f"{self.reason} ({t})", has) for t, has in zip(terms, has_keys, strict=True)]
         return [
-            (f"{self.reason} ({term})", has & (counts[cluster.domains(term.topology_key)] > 0))
+            (f"{self.reason} ({term})", has & (counts > 0)[cluster.domains(term.topology_key)])
             for term, has, counts in zip(terms, has_keys, per_domain, strict=True)
         ]
-
-    def mask(self, usage: Usage, pod: Pod) -> BoolArray:
-        terms = pod.spec.affinity.pod_required
-        if not terms:
-            return usage.all_nodes
-        cluster = usage.cluster
-        counted = ("all", terms)
-        mask = np.ones(len(cluster), dtype=np.bool_)
-        for term in terms:
-            mask &= cluster.domains(term.topology_key) != cluster.no_domain(term.topology_key)
-        per_domain = [usage.domain_counts(counted, t.topology_key) for t in terms]
-        if not any(counts.any() for counts in per_domain) and usage.counts_pod(counted, pod):
-            return mask
-        for term, counts in zip(terms, per_domain, strict=True):
-            mask &= counts[cluster.domains(term.topology_key)] > 0
-        return mask
-
-    def explain(self, usage: Usage, pod: Pod, failing: BoolArray) -> list[tuple[str, int]]:
-        return _first_failing(failing, self._parts(usage, pod))
 
 
 def static_mask(usage: Usage, check: Check, pod: Pod) -> BoolArray:
@@ -481,16 +463,30 @@ def static_mask(usage: Usage, check: Check, pod: Pod) -> BoolArray:
 
 def _eligible(usage: Usage, pod: Pod, constraint: TopologySpreadConstraint) -> BoolArray:
     """The nodes whose pods a spread constraint counts: ready, with the key, and matching
-    the pod's node selector and affinity (policy Honor) and tolerated (policy Honor)."""
+    the pod's node selector and affinity (policy Honor) and tolerated (policy Honor). One
+    array per distinct answer in the run (its identity keys the counts kept on it)."""
+    affinity = constraint.node_affinity_policy == "Honor"
+    taints = constraint.node_taints_policy == "Honor"
+    key = (
+        "eligible",
+        constraint.topology_key,
+        NodeSelectorMatches().key(pod) if affinity else None,
+        NodeAffinityMatches().key(pod) if affinity else None,
+        TaintsTolerated().key(pod) if taints else None,
+    )
+    found: BoolArray | None = usage.static.get(key)
+    if found is not None:
+        return found
     cluster = usage.cluster
     mask: BoolArray = cluster.ready & (
         cluster.domains(constraint.topology_key) != cluster.no_domain(constraint.topology_key)
     )
-    if constraint.node_affinity_policy == "Honor":
+    if affinity:
         mask &= static_mask(usage, NodeSelectorMatches(), pod)
         mask &= static_mask(usage, NodeAffinityMatches(), pod)
-    if constraint.node_taints_policy == "Honor":
+    if taints:
         mask &= static_mask(usage, TaintsTolerated(), pod)
+    usage.static[key] = mask
     return mask
 
 
@@ -500,8 +496,21 @@ def spread_counts(usage: Usage, pod: Pod, constraint: TopologySpreadConstraint) 
     return usage.domain_counts(counted, constraint.topology_key, _eligible(usage, pod, constraint))
 
 
+def _present(usage: Usage, key: str, eligible: BoolArray) -> BoolArray:
+    """Per domain code of `key`, whether an eligible node has it (cached per mask)."""
+    cached = ("present", key, id(eligible))
+    found: BoolArray | None = usage.static.get(cached)
+    if found is None:
+        found = (
+            np.bincount(usage.cluster.domains(key)[eligible], minlength=usage.cluster.no_domain(key) + 1) > 0
+        )
+        found[usage.cluster.no_domain(key)] = False
+        usage.static[cached] = found
+    return found
+
+
 @dataclass(frozen=True)
-class TopologySpread(_Plain):
+class TopologySpread(_ByParts):
     """Each DoNotSchedule topology spread constraint: placing the pod in the node's domain
     keeps the skew against the emptiest domain within `maxSkew` (docs/scheduler.md)."""
 
@@ -517,30 +526,19 @@ class TopologySpread(_Plain):
             key = constraint.topology_key
             eligible = _eligible(usage, pod, constraint)
             counts = usage.domain_counts(("spread", constraint.selector, pod.namespace), key, eligible)
-            present = np.bincount(cluster.domains(key)[eligible], minlength=cluster.no_domain(key) + 1)
-            present[cluster.no_domain(key)] = 0
+            present = _present(usage, key, eligible)
             domains = int(np.count_nonzero(present))
             lowest = 0.0
             if domains and domains >= constraint.min_domains:
-                lowest = float(counts[present > 0].min())
+                lowest = float(counts[present].min())
             own = (
                 1.0 if constraint.selector is not None and constraint.selector.matches(pod.label_map) else 0.0
             )
-            node_domains = cluster.domains(key)
-            ok = (node_domains != cluster.no_domain(key)) & (
-                counts[node_domains] + own - lowest <= constraint.max_skew
-            )
+            allowed = counts + own - lowest <= constraint.max_skew  # per domain
+            allowed[cluster.no_domain(key)] = False  # a node without the key never passes
+            ok = allowed[cluster.domains(key)]
             parts.append((f"{self.reason} ({constraint})", ok))
         return parts
-
-    def mask(self, usage: Usage, pod: Pod) -> BoolArray:
-        mask = usage.all_nodes
-        for _, ok in self._parts(usage, pod):
-            mask = mask & ok
-        return mask
-
-    def explain(self, usage: Usage, pod: Pod, failing: BoolArray) -> list[tuple[str, int]]:
-        return _first_failing(failing, self._parts(usage, pod))
 
 
 # --- scorers ----------------------------------------------------------------------------

@@ -254,8 +254,16 @@ class Usage:
         self.static: dict[Hashable, Any] = {}  # what static checks and scorers computed, by key
         self.preempted: set[PodId] = set()  # bound pods whose room preemption gave away
         self._on_nodes: dict[int, list[Pod]] | None = None
-        self._counts: dict[Counted, IntArray] = {}
-        self._matches: dict[tuple[Counted, str, tuple[tuple[str, str], ...], bool], bool] = {}
+        # What pods are counted for: each `Counted` gets a number (hashing a selector once),
+        # each (namespace, labels, terminating) a number, and whether one counts for the
+        # other is cached by the two numbers.
+        self._counted: dict[Counted, int] = {}
+        self._counted_list: list[Counted] = []
+        self._kinds: dict[tuple[str, tuple[tuple[str, str], ...], bool], int] = {}
+        self._matches: dict[tuple[int, int], bool] = {}
+        self._counts: dict[int, IntArray] = {}  # counted -> per node
+        # (counted, key, id of the node mask) -> (counted, the mask, per domain, node domains).
+        self._domain_counts: dict[Hashable, tuple[int, BoolArray | None, FloatArray, IntArray, int]] = {}
         # Required anti-affinity terms of pods in the cluster -> pods holding each per domain.
         self.repelling: dict[PodAffinityTerm, IntArray] = {}
         for i, pod in cluster.pods:
@@ -263,37 +271,60 @@ class Usage:
 
     def counts_pod(self, counted: Counted, pod: Pod) -> bool:
         """Whether `pod` is one of those `counted` counts (cached per namespace and labels)."""
-        key = (counted, pod.namespace, pod.labels, pod.terminating_at is None)
-        found = self._matches.get(key)
+        return self._counts_kind(self._counted_number(counted), counted, self._kind(pod), pod)
+
+    def _counted_number(self, counted: Counted) -> int:
+        number = self._counted.get(counted)
+        if number is None:
+            number = self._counted[counted] = len(self._counted)
+            self._counted_list.append(counted)
+        return number
+
+    def _kind(self, pod: Pod) -> int:
+        kind = (pod.namespace, pod.labels, pod.terminating_at is None)
+        number = self._kinds.get(kind)
+        if number is None:
+            number = self._kinds[kind] = len(self._kinds)
+        return number
+
+    def _counts_kind(self, number: int, counted: Counted, kind: int, pod: Pod) -> bool:
+        found = self._matches.get((number, kind))
         if found is None:
-            found = self._matches[key] = _counts_pod(self.cluster, counted, pod)
+            found = self._matches[(number, kind)] = _counts_pod(self.cluster, counted, pod)
         return found
 
     def node_counts(self, counted: Counted) -> IntArray:
         """Per node, the pods in the cluster (bound or placed) that `counted` counts."""
-        counts = self._counts.get(counted)
+        number = self._counted_number(counted)
+        counts = self._counts.get(number)
         if counts is None:
             counts = np.zeros(len(self.cluster), dtype=np.int64)
             for i, pod in (*self.cluster.pods, *self.placed):
-                if self.counts_pod(counted, pod):
+                if self._counts_kind(number, counted, self._kind(pod), pod):
                     counts[i] += 1
-            self._counts[counted] = counts
+            self._counts[number] = counts
         return counts
 
     def domain_counts(self, counted: Counted, key: str, nodes: BoolArray | None = None) -> FloatArray:
         """Per domain code of `key` (see `Cluster.domains`), the pods `counted` counts on
-        `nodes` (all nodes when None) of that domain; 0 at the no-label code."""
+        `nodes` (all nodes when None; a mask the caller keeps for the run) of that domain;
+        0 at the no-label code. Computed once, then kept up to date by `bind`: read only."""
+        cached = (counted, key, None if nodes is None else id(nodes))
+        found = self._domain_counts.get(cached)
+        if found is not None:
+            return found[2]
         cluster = self.cluster
         domains = cluster.domains(key)
         counts = self.node_counts(counted)
+        size = cluster.no_domain(key) + 1
         if nodes is None:
-            per_domain = np.bincount(domains, weights=counts, minlength=cluster.no_domain(key) + 1)
+            per_domain = np.bincount(domains, weights=counts, minlength=size)
         else:
-            per_domain = np.bincount(
-                domains[nodes], weights=counts[nodes], minlength=cluster.no_domain(key) + 1
-            )
+            per_domain = np.bincount(domains[nodes], weights=counts[nodes], minlength=size)
         result: FloatArray = per_domain.astype(np.float64, copy=False)
         result[cluster.no_domain(key)] = 0.0
+        number = self._counted_number(counted)
+        self._domain_counts[cached] = (number, nodes, result, domains, cluster.no_domain(key))
         return result
 
     def _hold(self, i: int, pod: Pod) -> None:
@@ -404,9 +435,17 @@ class Usage:
         self.reserved.append((i, pod))
 
     def release(self, i: int, pod: Pod) -> None:
-        """Give back the room of a bound pod of node `i` that preemption removes."""
-        self._room(i, pod, -1)
+        """Give back the room of a bound pod of node `i` that preemption removes (a host port
+        stays taken while another pod there holds it too: bound pods may share one)."""
         self.preempted.add(pod.id)
+        self._room(i, pod, -1)
+        staying = [p for p in self.pods_on_nodes().get(i, []) if p.id not in self.preempted]
+        staying += [p for j, p in (*self.placed, *self.reserved) if j == i]
+        for claim in pod.spec.host_port_claims:
+            if any(claim in p.spec.host_port_claims for p in staying):
+                taken = self.host_port_taken(claim)
+                assert taken is not None  # _room made this run's copy
+                taken[i] = True
 
     def bind(self, i: int, pod: Pod) -> None:
         for volume_claim in pod.spec.claims:
@@ -426,8 +465,16 @@ class Usage:
             counts[i] += 1
             self._spread_bound(i, owner, int(counts[i]))
         self.placed.append((i, pod))
-        for counted, node_counts in self._counts.items():
-            if self.counts_pod(counted, pod):
-                node_counts[i] += 1
+        if self._counted:
+            kind = self._kind(pod)
+            matching = [self._counts_kind(n, c, kind, pod) for n, c in enumerate(self._counted_list)]
+            for number, node_counts in self._counts.items():
+                if matching[number]:
+                    node_counts[i] += 1
+            for number, nodes, per_domain, domains, none in self._domain_counts.values():
+                if matching[number] and (nodes is None or nodes[i]):
+                    domain = int(domains[i])
+                    if domain != none:
+                        per_domain[domain] += 1.0
         if pod.spec.affinity.anti_required:
             self._hold(i, pod)

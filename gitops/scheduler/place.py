@@ -30,46 +30,26 @@ from gitops.model import (
     DisruptionBudget,
     Node,
     NodeName,
-    ObjectKey,
     Placements,
     Pod,
     PodId,
     PodSpec,
     Preemption,
 )
-from gitops.scheduler.checks import CHECKS, SCORERS, Scorer, static_mask
+from gitops.scheduler.checks import (
+    CHECKS,
+    SCORERS,
+    CpuFits,
+    HostPortsFree,
+    MemoryFits,
+    PodSlotFree,
+    Scorer,
+    static_mask,
+)
 from gitops.scheduler.cluster import BoolArray, Cluster, FloatArray, Usage
 from gitops.scheduler.preempt import preempt
 
 NO_NODES = "0/0 nodes: no nodes registered"
-_DYNAMIC = tuple(check for check in CHECKS if not check.static)
-
-
-@dataclass
-class _EquivalenceClass:
-    """What the pods of one owner and template share, computed on the first of them."""
-
-    spec: PodSpec
-    static_masks: tuple[BoolArray | None, ...]  # per check; None for a dynamic check
-    static_feasible: BoolArray
-    static_scores: tuple[FloatArray | None, ...]  # weighted, per scorer; None if dynamic or 0
-    failed_after_binds: int = -1  # `len(usage.touched)` when a pod of the class last fit nowhere
-    failed_labels: tuple[tuple[str, str], ...] = ()
-    reason: str = ""
-
-    @classmethod
-    def of(cls, usage: Usage, pod: Pod) -> _EquivalenceClass:
-        masks = tuple(static_mask(usage, check, pod) if check.static else None for check in CHECKS)
-        key = ("feasible", *(check.key(pod) for check in CHECKS if check.static))
-        feasible: BoolArray | None = usage.static.get(key)
-        if feasible is None:
-            feasible = np.ones(len(usage.cluster), dtype=np.bool_)
-            for mask in masks:
-                if mask is not None:
-                    feasible &= mask
-            usage.static[key] = feasible
-        scores = tuple(_static_score(usage, scorer, pod) if scorer.static else None for scorer in SCORERS)
-        return cls(pod.spec, masks, feasible, scores)
 
 
 def _static_score(usage: Usage, scorer: Scorer, pod: Pod) -> FloatArray | None:
@@ -108,21 +88,6 @@ def explain(usage: Usage, pod: Pod, static_masks: Sequence[BoolArray | None] = (
             groups[(order, text)] += count
     parts = sorted(groups.items(), key=lambda item: (-item[1], item[0]))
     return f"0/{n} nodes: " + ", ".join(f"{count} {text}" for (_, text), count in parts)
-
-
-def _scores(usage: Usage, pod: Pod, klass: _EquivalenceClass) -> list[tuple[str, FloatArray]]:
-    """The weighted score arrays of the pod, per scorer that has something to say."""
-    parts = []
-    for scorer, static_score in zip(SCORERS, klass.static_scores, strict=True):
-        if scorer.static:
-            part = static_score
-        else:
-            part = scorer.score(usage, pod)
-            if part is not None and scorer.weight != 1.0:  # x * 1.0 == x: skip a pass over all nodes
-                part = scorer.weight * part
-        if part is not None:
-            parts.append((scorer.name, part))
-    return parts
 
 
 def _total(parts: Sequence[tuple[str, FloatArray]]) -> FloatArray:
@@ -314,92 +279,50 @@ def place_on(
     unschedulable: dict[PodId, str] = {}
     preemptions: dict[PodId, Preemption] = {}
     why: dict[PodId, str] = {}
-    classes: dict[tuple[ObjectKey, str], _EquivalenceClass] = {}
     if any(pod.spec.priority != pending[0].spec.priority for pod in pending):
         pending = sorted(pending, key=lambda pod: -pod.spec.priority)
     local: dict[Hashable, _LocalClass] = {}
     signatures: dict[int, tuple[PodSpec, tuple[Hashable, Hashable]]] = {}  # id(spec) -> (spec, signature)
     for pod in pending:
-        if _is_local(usage, pod):
-            spec = pod.spec
-            known = signatures.get(id(spec))
-            if known is None or known[0] is not spec:
-                known = signatures[id(spec)] = (spec, _signature(pod))
-            signature, checks = known[1]
-            same = local.get(signature)
-            if same is None:
-                same = local[signature] = _local_class(usage, pod, checks)
-                if len(local) > MAX_LOCAL_CLASSES:  # all-distinct specs: keep memory bounded
-                    del local[next(iter(local))]
-            elif same.failed_at == len(usage.touched):
-                unschedulable[pod.id] = same.reason
-                continue
-            masked = same.update(usage, pod)
-            spread = usage.spread((pod.owner, pod.template_hash))
-            scores = masked if spread is None else masked + spread
-            top = int(np.argmax(scores)) if len(scores) else -1
-            if top >= 0 and np.isfinite(scores[top]):
-                if explain_placements:
-                    why[pod.id] = _why_local(usage, pod, same, scores, top)
-                usage.bind(top, pod)
-                assigned[pod.id] = cluster.names[top]
-                continue
-            reason = explain(usage, pod, same.static_masks)
-            chosen = preempt(usage, pod, same.static_feasible, budgets)
-            if chosen is not None:
-                preemptions[pod.id] = chosen
-                unschedulable[pod.id] = reason + chosen_text(chosen)
-                continue
-            same.failed_at, same.reason = len(usage.touched), reason
-            unschedulable[pod.id] = reason
+        spec = pod.spec
+        known = signatures.get(id(spec))
+        if known is None or known[0] is not spec:
+            known = signatures[id(spec)] = (spec, _signature(pod))
+        signature, checks = known[1]
+        same = local.get(signature)
+        only_local = _is_local(usage, pod)
+        if same is None:
+            same = local[signature] = _local_class(usage, pod, checks)
+            if len(local) > MAX_LOCAL_CLASSES:  # all-distinct specs: keep memory bounded
+                del local[next(iter(local))]
+        elif only_local and same.failed_at == len(usage.touched):
+            unschedulable[pod.id] = same.reason
             continue
-        key = (pod.owner, pod.template_hash)
-        klass = classes.get(key)
-        if klass is None or (klass.spec is not pod.spec and klass.spec != pod.spec):
-            # A template hash names one spec; a differing spec still gets a correct answer.
-            klass = classes[key] = _EquivalenceClass.of(usage, pod)
-        elif klass.failed_after_binds == len(usage.touched) and klass.failed_labels == pod.labels:
-            unschedulable[pod.id] = klass.reason
-            continue
-        feasible = klass.static_feasible
-        for check in _DYNAMIC:
-            mask = check.mask(usage, pod)
-            if mask is not usage.all_nodes:  # a check with nothing to say (no request, no hostPort)
-                feasible = feasible & mask
-        best: int | None = None
-        if len(feasible) and feasible.any():
-            parts = _scores(usage, pod, klass)
-            total = _total(parts)
-            best = int(np.argmax(np.where(feasible, total, -np.inf)))
+        masked = same.update(usage, pod)
+        extra = _extra_scores(usage, pod)
+        scores = masked
+        for _, part in extra:
+            scores = scores + part
+        if not only_local:
+            fits = _beyond_room(usage, pod)
+            if fits is not None:
+                scores = np.where(fits, scores, -np.inf)
+        top = int(np.argmax(scores)) if len(scores) else -1
+        if top >= 0 and np.isfinite(scores[top]):
             if explain_placements:
-                scores = np.where(feasible, total, -np.inf)
-                second = _runner_up(scores, best)
-                names = [name for name, _ in parts]
-                why[pod.id] = (
-                    ONLY_NODE
-                    if second is None
-                    else _why(
-                        cluster,
-                        names,
-                        (np.array([p[best] for _, p in parts]), np.array([p[second] for _, p in parts])),
-                        (float(scores[best]), float(scores[second])),
-                        (best, second),
-                    )
-                )
-        if best is None:
-            reason = explain(usage, pod, klass.static_masks)
-            chosen = preempt(usage, pod, klass.static_feasible, budgets)
-            if chosen is not None:
-                preemptions[pod.id] = chosen
-                unschedulable[pod.id] = reason + chosen_text(chosen)
-                continue
-            klass.failed_after_binds = len(usage.touched)
-            klass.failed_labels = pod.labels
-            klass.reason = reason
-            unschedulable[pod.id] = reason
+                why[pod.id] = _why_node(usage, pod, same, extra=extra, scores=scores, best=top)
+            usage.bind(top, pod)
+            assigned[pod.id] = cluster.names[top]
             continue
-        usage.bind(best, pod)
-        assigned[pod.id] = cluster.names[best]
+        reason = explain(usage, pod, same.static_masks)
+        chosen = preempt(usage, pod, same.static_feasible, budgets)
+        if chosen is not None:
+            preemptions[pod.id] = chosen
+            unschedulable[pod.id] = reason + chosen_text(chosen)
+            continue
+        if only_local:
+            same.failed_at, same.reason = len(usage.touched), reason
+        unschedulable[pod.id] = reason
     return Placements(assigned=assigned, unschedulable=unschedulable, preemptions=preemptions, why=why)
 
 
@@ -430,15 +353,48 @@ def place(
     )
 
 
-def _why_local(usage: Usage, pod: Pod, klass: _LocalClass, scores: FloatArray, best: int) -> str:
+_ROOM = (HostPortsFree, PodSlotFree, CpuFits, MemoryFits)  # what `_LocalClass` computes itself
+_BEYOND_ROOM = tuple(check for check in CHECKS if not check.static and not isinstance(check, _ROOM))
+_EXTRA_SCORERS = tuple(scorer for scorer in SCORERS if scorer.name in ("preferred pod affinity", "spread"))
+
+
+def _extra_scores(usage: Usage, pod: Pod) -> list[tuple[str, FloatArray]]:
+    """The weighted scores that read more than the node's own columns (preferred pod
+    affinity, spread), those that have something to say, in `SCORERS` order."""
+    parts = []
+    for scorer in _EXTRA_SCORERS:
+        part = scorer.score(usage, pod)
+        if part is not None:
+            parts.append((scorer.name, part if scorer.weight == 1.0 else scorer.weight * part))
+    return parts
+
+
+def _beyond_room(usage: Usage, pod: Pod) -> BoolArray | None:
+    """Where the checks beyond room (claims, spread, pod affinity, anti-affinity) let the
+    pod go; None when none of them has anything to say."""
+    fits: BoolArray | None = None
+    for check in _BEYOND_ROOM:
+        mask = check.mask(usage, pod)
+        if mask is not usage.all_nodes:
+            fits = mask if fits is None else fits & mask
+    return fits
+
+
+def _why_node(
+    usage: Usage,
+    pod: Pod,
+    klass: _LocalClass,
+    *,
+    extra: Sequence[tuple[str, FloatArray]],
+    scores: FloatArray,
+    best: int,
+) -> str:
     second = _runner_up(scores, best)
     if second is None:
         return ONLY_NODE
     pair = np.array([best, second], dtype=np.int64)
     _, parts = klass.parts(usage, pod, pair)
-    spread = usage.spread((pod.owner, pod.template_hash))
-    if spread is not None:
-        parts.append(("spread", spread[pair]))
+    parts += [(name, part[pair]) for name, part in extra]
     names = [name for name, _ in parts]
     at = (np.array([p[0] for _, p in parts]), np.array([p[1] for _, p in parts]))
     return _why(usage.cluster, names, at, (float(scores[best]), float(scores[second])), (best, second))

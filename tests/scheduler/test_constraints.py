@@ -8,6 +8,7 @@ from collections import Counter
 
 from gitops.model import (
     Affinity,
+    ContainerPort,
     DisruptionBudget,
     LabelSelector,
     Node,
@@ -294,3 +295,18 @@ def test_each_placement_can_say_why_that_node() -> None:
     alone = place(replicas(1), [node("a")], [], explain_placements=True)
     assert alone.why == {"default/web-0": "the only node that passes every check"}
     assert place(replicas(1), nodes, []).why == {}
+
+
+def test_a_host_port_two_bound_pods_share_stays_taken_when_preemption_removes_one() -> None:
+    """Found by the property test: preempting one of two pods holding a port freed it."""
+    nodes = [Node(NodeName("n0"), cpu_milli=4000, memory_bytes=8 * GiB, max_pods=3)]
+    port = (ContainerPort(80, "TCP", "", 80),)
+    bound = [
+        pod("a", "a", on="n0", ports=port),
+        pod("b", "b", on="n0", ports=port),
+        pod("c", "c", on="n0", priority=5),  # kept first: the highest priority is reprieved first
+    ]
+    vip = pod("vip", "vip", priority=10)
+    result = place([vip, pod("web", "web", ports=port)], nodes, bound)
+    assert result.preemptions["default/vip"].victims == ("default/b",)  # the last of equals walked
+    assert result.unschedulable["default/web"] == "0/1 nodes: 1 host port in use"
