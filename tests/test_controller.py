@@ -38,6 +38,24 @@ def test_a_pass_binds_what_fits_and_records_why_the_rest_waits(tmp_path: Path) -
     assert store.events() == recorded
 
 
+def test_each_scheduled_event_says_why_that_node(tmp_path: Path) -> None:
+    """The API's events (`/api/v1/events`) say why each pod went where it did."""
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    for name, cpu in (("big", 4000), ("small", 1000)):
+        store.register_node(
+            Node(NodeName(name), "192.0.2.10", cpu_milli=cpu, memory_bytes=2**30), "t", now=100.0
+        )
+    dep = deployment(replicas=2, resources={"requests": {"cpu": "500m", "memory": "64Mi"}})
+    store.apply_revision(Revision("git:x", "a" * 40), [dep], [], now=100.0)
+    reconcile_once(store, now=101.0)
+    scheduled = sorted(e.message for e in store.events() if e.reason == "Scheduled")
+    assert scheduled == [
+        "placed on big: score 0.91 against 0.72 on small: least allocated 0.91 vs 0.72",
+        # The first replica is on big: spreading now outweighs big's larger free share.
+        "placed on small: score 1.72 against 1.31 on big: spread 1.00 vs 0.50, least allocated 0.72 vs 0.81",
+    ]
+
+
 def test_pods_wait_for_a_node_and_are_placed_when_one_registers(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 's.db'}")
     store.apply_revision(Revision("git:x", "a" * 40), [deployment(replicas=2)], [], now=100.0)

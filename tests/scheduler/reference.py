@@ -657,7 +657,10 @@ class _Candidate:
         is lowest of all), smallest sum of priorities, fewest victims, first node."""
         priorities = [v.priority for v in self.victims]
         highest = max(priorities) if priorities else -math.inf
-        return (self.violations, highest, sum(priorities), len(priorities), self.node.index)
+        # Priorities counted from the lowest possible one, as kube-scheduler sums them: more
+        # victims never sum to less.
+        offset = sum(priority + 2**31 for priority in priorities)
+        return (self.violations, highest, offset, len(priorities), self.node.index)
 
 
 def _room_without(state: _PreFilter, node: _Node, removed: set[_Resident]) -> Failure | None:

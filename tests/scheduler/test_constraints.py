@@ -18,6 +18,7 @@ from gitops.model import (
     Pod,
     PodAffinityTerm,
     PodName,
+    Preemption,
     PreferredNodeTerm,
     Requirement,
     TopologySpreadConstraint,
@@ -310,3 +311,16 @@ def test_a_host_port_two_bound_pods_share_stays_taken_when_preemption_removes_on
     result = place([vip, pod("web", "web", ports=port)], nodes, bound)
     assert result.preemptions["default/vip"].victims == ("default/b",)  # the last of equals walked
     assert result.unschedulable["default/web"] == "0/1 nodes: 1 host port in use"
+
+
+def test_fewer_victims_of_negative_priority_are_preferred_to_more() -> None:
+    """Found by the property test: sums of priorities are counted from the lowest possible
+    one (as kube-scheduler does), so two victims at -10 never beat one."""
+    nodes = [node("n0", cpu=1000), node("n1", cpu=1000)]
+    bound = [
+        pod("a", "a", on="n0", cpu=500, priority=-10),
+        pod("b", "b", on="n0", cpu=500, priority=-10),
+        pod("c", "c", on="n1", cpu=1000, priority=-10),
+    ]
+    result = place([pod("vip", "vip", cpu=1000, priority=10)], nodes, bound)
+    assert result.preemptions["default/vip"] == Preemption(NodeName("n1"), ("default/c",))
