@@ -142,7 +142,10 @@ class Cluster:
             claim_nodes=claim_nodes,
             index=index,
             pods=tuple(on_nodes),
-            namespace_labels={name: dict(labels) for name, labels in (namespaces or {}).items()},
+            # A namespace's name is always one of its labels, as Kubernetes sets it.
+            namespace_labels={
+                name: {**dict(labels), NAMESPACE_NAME: name} for name, labels in (namespaces or {}).items()
+            },
             _domains={},
             _members={},
         )
@@ -180,10 +183,11 @@ class Cluster:
     def labels_of_namespace(self, namespace: str) -> Mapping[str, str]:
         """A namespace's labels; one git has no Namespace manifest for has only its name label."""
         found = self.namespace_labels.get(namespace)
-        return found if found is not None else {"kubernetes.io/metadata.name": namespace}
+        return found if found is not None else {NAMESPACE_NAME: namespace}
 
 
 ZONE = "topology.kubernetes.io/zone"
+NAMESPACE_NAME = "kubernetes.io/metadata.name"
 Revision = tuple[ObjectKey, str]  # a workload and a template hash: whose pods spread apart
 
 # What a count of pods is about (`Usage.node_counts`): pods matching one affinity term

@@ -324,3 +324,15 @@ def test_fewer_victims_of_negative_priority_are_preferred_to_more() -> None:
     ]
     result = place([pod("vip", "vip", cpu=1000, priority=10)], nodes, bound)
     assert result.preemptions["default/vip"] == Preemption(NodeName("n1"), ("default/c",))
+
+
+def test_a_namespace_selector_on_the_name_label_matches_though_the_labels_given_lack_it() -> None:
+    """Found by the property test: a namespace's name is one of its labels whatever
+    `namespaces` says, as Kubernetes sets `kubernetes.io/metadata.name` itself."""
+    nodes = zoned(2, 1)
+    cache = pod("cache", "cache", on="n00", namespace="other")
+    by_name = LabelSelector(match_labels=(("kubernetes.io/metadata.name", "other"),))
+    beside = Affinity(pod_required=(PodAffinityTerm(app("cache"), ZONE, (), by_name),))
+    result = place(replicas(1, affinity=beside), nodes, [cache], namespaces={"other": (), "default": ()})
+    assert list(result.assigned) == ["default/web-0"]  # in the cache's zone, z0
+    assert place(replicas(1, affinity=beside), nodes, [], namespaces={"other": ()}).assigned == {}
