@@ -226,32 +226,38 @@ _STATIC_CHECKS = tuple(check for check in CHECKS if check.static)
 _STATIC_SCORERS = tuple(scorer for scorer in SCORERS if scorer.static)
 
 
-def _local_class(usage: Usage, pod: Pod, checks: Hashable) -> _LocalClass:
-    """A new class; `checks` are the pod's static check keys (its feasibility's cache key)."""
-    masks = tuple(static_mask(usage, check, pod) if check.static else None for check in CHECKS)
-    key = ("feasible", checks)
-    feasible: BoolArray | None = usage.static.get(key)
-    if feasible is None:
+def _local_class(usage: Usage, pod: Pod, checks: Hashable, scorers: Hashable) -> _LocalClass:
+    """A new class; `checks` and `scorers` are the pod's static checks' and scorers' keys
+    (what they share with other classes is computed once per run)."""
+    shared_key = ("class", checks, scorers)
+    shared: tuple[BoolArray, tuple[tuple[str, FloatArray], ...], tuple[BoolArray | None, ...]] | None
+    shared = usage.static.get(shared_key)
+    if shared is None:
+        masks = tuple(static_mask(usage, check, pod) if check.static else None for check in CHECKS)
         feasible = np.ones(len(usage.cluster), dtype=np.bool_)
         for mask in masks:
             if mask is not None:
                 feasible &= mask
-        usage.static[key] = feasible
-    parts = []
-    for scorer in _STATIC_SCORERS:
-        part = _static_score(usage, scorer, pod)
-        if part is not None:
-            parts.append((scorer.name, part))
-    return _LocalClass(feasible, tuple(parts), masks)
+        parts = []
+        for scorer in _STATIC_SCORERS:
+            part = _static_score(usage, scorer, pod)
+            if part is not None:
+                parts.append((scorer.name, part))
+        shared = usage.static[shared_key] = (feasible, tuple(parts), masks)
+    return _LocalClass(*shared)
 
 
-def _signature(pod: Pod) -> tuple[Hashable, Hashable]:
-    """What decides where a pod of a `_LocalClass` goes (its owner's spread aside), and the
-    part of it that is the static checks' keys."""
+def _signature(pod: Pod) -> tuple[Hashable, Hashable, Hashable]:
+    """What decides where a pod of a `_LocalClass` goes (its owner's spread aside), and
+    the parts of it that are the static checks' and scorers' keys."""
     spec = pod.spec
     checks = tuple(check.key(pod) for check in _STATIC_CHECKS)
     scorers = tuple(scorer.key(pod) for scorer in _STATIC_SCORERS)
-    return (checks, scorers, spec.cpu_request_milli, spec.memory_request_bytes, spec.host_port_claims), checks
+    return (
+        (checks, scorers, spec.cpu_request_milli, spec.memory_request_bytes, spec.host_port_claims),
+        checks,
+        scorers,
+    )
 
 
 def _is_local(usage: Usage, pod: Pod) -> bool:
@@ -282,17 +288,17 @@ def place_on(
     if any(pod.spec.priority != pending[0].spec.priority for pod in pending):
         pending = sorted(pending, key=lambda pod: -pod.spec.priority)
     local: dict[Hashable, _LocalClass] = {}
-    signatures: dict[int, tuple[PodSpec, tuple[Hashable, Hashable]]] = {}  # id(spec) -> (spec, signature)
+    signatures: dict[int, tuple[PodSpec, tuple[Hashable, Hashable, Hashable]]] = {}  # id(spec) -> signature
     for pod in pending:
         spec = pod.spec
         known = signatures.get(id(spec))
         if known is None or known[0] is not spec:
             known = signatures[id(spec)] = (spec, _signature(pod))
-        signature, checks = known[1]
+        signature, checks, scorers = known[1]
         same = local.get(signature)
         only_local = _is_local(usage, pod)
         if same is None:
-            same = local[signature] = _local_class(usage, pod, checks)
+            same = local[signature] = _local_class(usage, pod, checks, scorers)
             if len(local) > MAX_LOCAL_CLASSES:  # all-distinct specs: keep memory bounded
                 del local[next(iter(local))]
         elif only_local and same.failed_at == len(usage.touched):
