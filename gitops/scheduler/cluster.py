@@ -247,6 +247,7 @@ class Usage:
         self._placed_owners: dict[Revision, int] = {}
         self._owner_sparse: dict[Revision, dict[int, int]] = {}
         self._zone_pods: dict[Revision, FloatArray] = {}
+        self._by_node: dict[Revision, FloatArray] = {}  # h of `spread`, per revision
         self._owner_pods: dict[Revision, IntArray] = {}
         self._spread: dict[Revision, FloatArray] = {}
         self._host_ports: dict[tuple[int, str], BoolArray] = {}  # copied from the cluster on write
@@ -376,6 +377,7 @@ class Usage:
             return None
         counts = self.owner_pods(owner)
         by_node: FloatArray = (1.0 / (1.0 + counts)).astype(np.float64)
+        self._by_node[owner] = by_node.copy()
         cluster = self.cluster
         if ZONE in cluster.label_codes:
             zones = cluster.domains(ZONE)
@@ -395,18 +397,19 @@ class Usage:
         if column is None:
             return
         cluster = self.cluster
+        by_node = 1.0 / (1.0 + float(count))
         if ZONE not in cluster.label_codes:
-            column[i] = 1.0 / (1.0 + float(count))
+            column[i] = by_node
             return
+        self._by_node[owner][i] = by_node
         zone = int(cluster.domains(ZONE)[i])
         if zone == cluster.no_domain(ZONE):
-            by_node = 1.0 / (1.0 + float(count))
             column[i] = (by_node + by_node) / 2.0
             return
         per_zone = self._zone_pods[owner]
         per_zone[zone] += 1.0
         members = cluster.members(ZONE)[zone]
-        column[members] = (1.0 / (1.0 + self.owner_pods(owner)[members]) + 1.0 / (1.0 + per_zone[zone])) / 2.0
+        column[members] = (self._by_node[owner][members] + 1.0 / (1.0 + per_zone[zone])) / 2.0
 
     def pods_on_nodes(self) -> dict[int, list[Pod]]:
         """The bound pods of each node index, in `bound` order (built once per run)."""
