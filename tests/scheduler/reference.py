@@ -743,6 +743,7 @@ def reference_place(
     *,
     namespaces: Mapping[str, tuple[tuple[str, str], ...]] | None = None,
     budgets: Sequence[DisruptionBudget] = (),
+    explain_placements: bool = False,  # accepted for the same signature: the twin does not say why
 ) -> Placements:
     """Place `pending` by docs/scheduler.md. `claims`: the node holding each claim's volume
     (a pod's claims are on its node once it is bound or placed, unless they already were
