@@ -224,7 +224,7 @@ def _counts_pod(cluster: Cluster, counted: Counted, pod: Pod) -> bool:
 
 
 class Usage:
-    """What one placement run has used so far: free resources and owner spread per node.
+    """What one placement run has used so far: free resources and spread columns per node.
 
     Starts as a copy of the cluster's bound usage; `bind` updates one node. The spread
     column of an owner, `1 / (1 + pods of the owner on the node)`, is kept as floats and
