@@ -234,18 +234,15 @@ def basic_templates(rng: random.Random, count: int = 50, prefix: str = "app") ->
     return templates
 
 
-ORDER = {"order": "grouped"}  # set from --order in main()
-
-
-def pods_of(templates: Sequence[Template], count: int, rng: random.Random, prefix: str = "") -> list[Pod]:
+def pods_of(templates: Sequence[Template], count: int, rng: random.Random, *, order: str) -> list[Pod]:
     """`count` pending pods, each of a template drawn at random; with `--order grouped` (the
     default) listed workload by workload, as a control pass creates them, with
     `--order interleaved` in the order drawn (owners interleaved at random)."""
     drawn = []
     for i in range(count):
         k = rng.randrange(len(templates))
-        drawn.append((k, templates[k].pod(f"{prefix}{templates[k].owner.name}-{i}")))
-    if ORDER["order"] == "grouped":
+        drawn.append((k, templates[k].pod(f"{templates[k].owner.name}-{i}")))
+    if order == "grouped":
         drawn.sort(key=lambda item: item[0])
     return [pod for _, pod in drawn]
 
@@ -268,7 +265,7 @@ def basic(args: argparse.Namespace) -> Instance:
     nodes = cluster_nodes(args.nodes, rng)
     templates = basic_templates(rng)
     return Instance(
-        pods_of(templates, args.pods, rng),
+        pods_of(templates, args.pods, rng, order=args.order),
         nodes,
         bound_pods(templates, nodes, args.nodes, rng),
         len(templates),
@@ -295,7 +292,9 @@ def anti_affinity(args: argparse.Namespace) -> Instance:
     for d, template in enumerate(templates):
         for i, node in enumerate(rng.sample(nodes, earlier // len(templates))):
             bound.append(template.pod(f"old-{template.owner.name}-{d}-{i}", node=node.name))
-    return Instance(pods_of(templates, replicas * len(templates), rng), nodes, bound, len(templates))
+    return Instance(
+        pods_of(templates, replicas * len(templates), rng, order=args.order), nodes, bound, len(templates)
+    )
 
 
 def topology_spread(args: argparse.Namespace) -> Instance:
@@ -311,7 +310,7 @@ def topology_spread(args: argparse.Namespace) -> Instance:
     earlier = args.nodes // 5
     bound = bound_pods(background, nodes, args.nodes - earlier, rng)
     bound += bound_pods(templates, nodes, earlier, rng)
-    pending = pods_of(templates, (args.nodes // 10) * len(templates), rng)
+    pending = pods_of(templates, (args.nodes // 10) * len(templates), rng, order=args.order)
     return Instance(pending, nodes, bound, len(templates))
 
 
@@ -332,7 +331,7 @@ def node_affinity(args: argparse.Namespace) -> Instance:
         )
         templates.append(Template(ObjectKey("Deployment", NAMESPACE, name), spec, app_labels(name)))
     return Instance(
-        pods_of(templates, args.pods, rng),
+        pods_of(templates, args.pods, rng, order=args.order),
         nodes,
         bound_pods(templates, nodes, args.nodes, rng),
         len(templates),
@@ -545,7 +544,6 @@ def main() -> None:
         "--cases", default="all", help=f"'all' or a comma-separated subset of {','.join(names)}"
     )
     args = parser.parse_args()
-    ORDER["order"] = args.order
     chosen = (
         names if args.cases == "all" else [name.strip() for name in args.cases.split(",") if name.strip()]
     )

@@ -32,6 +32,7 @@ a manifest says it prefers weighs twice as much.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -371,14 +372,15 @@ def _first_failing(failing: BoolArray, parts: Sequence[tuple[str, BoolArray]]) -
     return list(found.items())
 
 
-class _ByParts(_Plain):
+class _ByParts(_Plain, ABC):
     """A check made of parts (a term, a constraint): a node passes when it passes every
     part, and a failing node is named under the first part it fails."""
 
     reason: str
 
+    @abstractmethod
     def _parts(self, usage: Usage, pod: Pod) -> list[tuple[str, BoolArray]]:
-        raise NotImplementedError
+        """(text naming the part, the nodes passing it) for each part, in order."""
 
     def mask(self, usage: Usage, pod: Pod) -> BoolArray:
         mask = usage.all_nodes
@@ -691,6 +693,14 @@ CHECKS: tuple[Check, ...] = (
     PodAffinity(),
     PodAntiAffinity(),
     ExistingAntiAffinity(),
+)
+# The checks of room on a node: what preemption can free.
+ROOM_CHECKS: tuple[Check, ...] = tuple(
+    check for check in CHECKS if isinstance(check, HostPortsFree | PodSlotFree | CpuFits | MemoryFits)
+)
+# The checks that depend on what is placed but not on room: claims, spread, pod affinity.
+BEYOND_ROOM: tuple[Check, ...] = tuple(
+    check for check in CHECKS if not check.static and check not in ROOM_CHECKS
 )
 SCORERS: tuple[Scorer, ...] = (
     LeastAllocated(),

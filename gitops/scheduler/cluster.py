@@ -255,7 +255,7 @@ class Usage:
         self.placed: list[tuple[int, Pod]] = []  # pods placed in this run, with their node
         self.touched: list[int] = []  # every node whose room changed, in order (may repeat)
         self.reserved: list[tuple[int, Pod]] = []  # preemptors holding room, with their node
-        self.disruptions: list[int] = []  # what each disruption budget still allows (preemption)
+        self.disruptions: list[int] = []  # what each disruption budget still allows (set by the run)
         self.static: dict[Hashable, Any] = {}  # what static checks and scorers computed, by key
         self.preempted: set[PodId] = set()  # bound pods whose room preemption gave away
         self._on_nodes: dict[int, list[Pod]] | None = None

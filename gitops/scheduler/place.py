@@ -5,15 +5,14 @@ highest priority first and otherwise in the given order; `place_on(cluster, pend
 the same on a cluster a caller built once. Both are pure: no clock, no randomness, no I/O,
 and the cluster is not modified.
 
-For each pod: AND the masks of all checks (see `checks.py`), weigh the scores of the
-feasible nodes, take the first best with one `argmax` (ties go to the lowest node index,
-i.e. the order nodes were given in), and bind the pod there in the run's `Usage`. A pod
-that fits nowhere may preempt lower-priority pods (`preempt.py`).
-
-Static masks and scores (ready, node selector, node affinity, taints) are computed once per
-distinct value of what they read and shared. Pods with the same owner and template hash
-share a spec, an equivalence class: they reuse those at once, and when a pod of a class fits
-nowhere and nothing was bound since, its twins (with the same labels) get the same answer.
+For each pod: its class (`_LocalClass`: pods with the same static keys, requests and host
+ports) keeps the totals of what only per-node columns decide, brought up to date at the
+nodes touched since; the scores that read more (preferred pod affinity, spread) are added
+and the checks beyond room (claims, spread, pod affinity) applied; one `argmax` takes the
+first best node (ties go to the lowest node index, i.e. the order nodes were given in), and
+the pod is bound there in the run's `Usage`. A pod that fits nowhere may preempt
+lower-priority pods (`preempt.py`). When a pod only per-node columns decide fits nowhere
+and nothing changed since, the next of its class gets the same answer at once.
 """
 
 from __future__ import annotations
@@ -36,16 +35,7 @@ from gitops.model import (
     PodSpec,
     Preemption,
 )
-from gitops.scheduler.checks import (
-    CHECKS,
-    SCORERS,
-    CpuFits,
-    HostPortsFree,
-    MemoryFits,
-    PodSlotFree,
-    Scorer,
-    static_mask,
-)
+from gitops.scheduler.checks import BEYOND_ROOM, CHECKS, SCORERS, Scorer, static_mask
 from gitops.scheduler.cluster import BoolArray, Cluster, FloatArray, Usage
 from gitops.scheduler.preempt import preempt
 
@@ -281,6 +271,7 @@ def place_on(
     """Place `pending` on `cluster`, the highest priority first (stably); `cluster` itself
     is left as it was. With `explain_placements`, say why each pod went where it did."""
     usage = Usage(cluster)
+    usage.disruptions = [budget.allowed for budget in budgets]
     assigned: dict[PodId, NodeName] = {}
     unschedulable: dict[PodId, str] = {}
     preemptions: dict[PodId, Preemption] = {}
@@ -359,8 +350,6 @@ def place(
     )
 
 
-_ROOM = (HostPortsFree, PodSlotFree, CpuFits, MemoryFits)  # what `_LocalClass` computes itself
-_BEYOND_ROOM = tuple(check for check in CHECKS if not check.static and not isinstance(check, _ROOM))
 _EXTRA_SCORERS = tuple(scorer for scorer in SCORERS if scorer.name in ("preferred pod affinity", "spread"))
 
 
@@ -379,7 +368,7 @@ def _beyond_room(usage: Usage, pod: Pod) -> BoolArray | None:
     """Where the checks beyond room (claims, spread, pod affinity, anti-affinity) let the
     pod go; None when none of them has anything to say."""
     fits: BoolArray | None = None
-    for check in _BEYOND_ROOM:
+    for check in BEYOND_ROOM:  # room itself is `_LocalClass`'s
         mask = check.mask(usage, pod)
         if mask is not usage.all_nodes:
             fits = mask if fits is None else fits & mask

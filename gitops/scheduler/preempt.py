@@ -22,10 +22,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from gitops.model import DisruptionBudget, Pod, Preemption
-from gitops.scheduler.checks import CHECKS, CpuFits, HostPortsFree, MemoryFits, PodSlotFree
+from gitops.scheduler.checks import BEYOND_ROOM
 from gitops.scheduler.cluster import BoolArray, Usage
 
-_ROOM = (HostPortsFree, PodSlotFree, CpuFits, MemoryFits)
 _OFFSET = 2**31  # priorities made positive before they are summed, as kube-scheduler does
 
 
@@ -84,9 +83,8 @@ def preempt(
     cluster = usage.cluster
     on_node = usage.pods_on_nodes()
     candidates = static_feasible.copy()
-    for check in CHECKS:
-        if not check.static and not isinstance(check, _ROOM):
-            candidates &= check.mask(usage, pod)
+    for check in BEYOND_ROOM:
+        candidates &= check.mask(usage, pod)
     best: tuple[tuple[int, int, int, int, int], int, list[Pod]] | None = None
     for i in np.flatnonzero(candidates):
         node = int(i)
@@ -96,8 +94,6 @@ def preempt(
             continue
         leaving = [p for p in removable if p.terminating_at is not None]
         ranked = sorted((p for p in removable if p.terminating_at is None), key=lambda p: -p.spec.priority)
-        if len(usage.disruptions) != len(budgets):
-            usage.disruptions = [b.allowed for b in budgets]
         violating = _violating(ranked, budgets, usage.disruptions)
         order = [p for k, p in enumerate(ranked) if k in violating] + [
             p for k, p in enumerate(ranked) if k not in violating
