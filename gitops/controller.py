@@ -1,7 +1,9 @@
 """The control loop: read state, plan, schedule, write state; level-triggered.
 
-Each pass re-reads everything from the store (it never trusts what woke it), runs the pure
-`gitops.reconcile.decide` (planner and scheduler), and writes the decision back. Running a pass
+Each pass reads the state from the store (it never trusts what woke it), runs the pure
+`gitops.reconcile.decide` (planner and scheduler), and writes the decision back. The pods,
+most of the state, come through a `PodCache` that reads only the rows written since its
+last read, and all of them every few minutes or after an error. Running a pass
 twice changes nothing the second time. Passes run on a timer and whenever a sync or an
 agent report wakes the loop.
 """
@@ -22,6 +24,7 @@ from gitops.model import ObjectKey, Pod
 from gitops.planner import Plan
 from gitops.reconcile import Decision, decide
 from gitops.store import Store
+from gitops.store.podcache import PodCache
 
 log = structlog.get_logger(__name__)
 
@@ -40,11 +43,14 @@ def reconcile_once(
     not_ready_toleration: float = 60.0,
     metrics: Metrics | None = None,
     not_ready_before: float = 0.0,
+    pods: PodCache | None = None,
 ) -> PassResult:
     """One pass. A node's NotReady time counts from `not_ready_before` at the earliest (the
     control plane's start): a server that was down does not evict every pod at its first
-    pass because it heard nothing while it was down."""
-    state = store.snapshot(now)
+    pass because it heard nothing while it was down. With `pods`, the pods are read through
+    that cache (only the rows written since its last read); a write that fails makes it
+    read everything again next time."""
+    state = store.snapshot(now, pods=pods.pods if pods is not None else None, versioned=False)
     if not_ready_before:
         since = {n: max(t, not_ready_before) for n, t in state.not_ready_since.items()}
         state = dataclasses.replace(state, not_ready_since=since)
@@ -54,6 +60,8 @@ def reconcile_once(
     try:
         _write(store, decision, now, owners=None)
     except Exception as exc:  # written again workload by workload, below
+        if pods is not None:
+            pods.invalidate()
         log.warning("controller.write_failed", error=str(exc), retry="workload by workload")
         failed |= _write_each(store, decision, now)
     for key, error in sorted(failed.items()):
@@ -172,13 +180,18 @@ class Controller:
                 log.info("controller.waiting", reason="sources not synced or agents not heard from yet")
                 self._waited = True
             return
+        started, written = time.perf_counter(), self.store.written()
         result = reconcile_once(
             self.store,
             self.clock(),
             not_ready_toleration=self.not_ready_toleration,
             metrics=self.metrics,
             not_ready_before=self.not_ready_before(),
+            pods=self.store.pod_cache,  # each pass reads only the pods written since the last
         )
+        if self.metrics is not None:
+            self.metrics.controller_pass.observe(time.perf_counter() - started)
+            self.metrics.controller_pass_writes.set(self.store.written() - written)
         if result.plan.more:
             self.loop.trigger()  # workloads wanted more new pods than one pass creates
 

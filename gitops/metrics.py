@@ -16,6 +16,9 @@ Names (all prefixed `gitops_`):
 - `revisions_total{status}`: revisions recorded in the store, `applied` or `rejected`
 - `pods{phase}` gauge
 - `scheduling_latency_seconds` histogram: pod creation to bind
+- `controller_pass_seconds` histogram: one control-loop pass, reading to writing;
+  `controller_pass_writes` gauge: the write statements (rows) of the last pass (0 when it
+  had nothing to do)
 - `node_heartbeat_age_seconds{node}` and `node_ready{node}` gauges
 - `proxy_rules_skipped{node}` gauge: service rules a node's proxy skipped as invalid
 - `problem_seconds{component}` gauge: how long a part of the control plane (the controller,
@@ -40,6 +43,7 @@ SYNC_OUTCOMES = ("applied", "rejected", "unchanged", "failed")
 REVISION_STATUSES = ("applied", "rejected")
 
 _SYNC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_PASS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 _SCHEDULING_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 
 
@@ -139,6 +143,17 @@ class Metrics:
             "gitops_scheduling_latency_seconds",
             "Time from a pod's creation to its bind to a node.",
             buckets=_SCHEDULING_BUCKETS,
+            registry=self.registry,
+        )
+        self.controller_pass = Histogram(
+            "gitops_controller_pass_seconds",
+            "Time of one control-loop pass, from reading the state to writing the decision.",
+            buckets=_PASS_BUCKETS,
+            registry=self.registry,
+        )
+        self.controller_pass_writes = Gauge(
+            "gitops_controller_pass_writes",
+            "Write statements (rows) the last control-loop pass sent to the database.",
             registry=self.registry,
         )
         self.proxy_rules_skipped = Gauge(

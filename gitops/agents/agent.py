@@ -334,6 +334,9 @@ class Agent:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _loop: Loop | None = None
     _proxy_problems: list[str] = field(default_factory=list)
+    # The last pods, Services and routes the control plane sent, with their versions: a
+    # reply leaves out (null) what has not changed since the versions a request names.
+    _held: dict[str, Any] = field(default_factory=dict)
     allow_probe_hosts: bool = False  # the server's policy, from each sync reply
     allow_host_paths: tuple[str, ...] = ()  # where hostPath volumes may be: the server's, from each sync
     allow_privileged: bool = False  # the server's --allow-privileged, from each sync
@@ -458,6 +461,8 @@ class Agent:
             "stopped": list(self._stopped),
             "proxy_problems": self._proxy_problems[:1000],
             "runtime_error": runtime_error,
+            "have_pods": self._held.get("pods_version", ""),
+            "have_services": self._held.get("services_version", ""),
         }
         usage = self._usage.latest if self._usage is not None else None
         if usage is not None and usage is not self._usage_sent:
@@ -470,7 +475,22 @@ class Agent:
             response = self.http.post(url, json=payload, headers={"Authorization": f"Bearer {self._token}"})
         response.raise_for_status()
         result: dict[str, Any] = response.json()
-        return result
+        return self._complete(result)
+
+    def _complete(self, reply: dict[str, Any]) -> dict[str, Any]:
+        """`reply` with what it left out as unchanged filled in from the replies before."""
+        for part, version, along in (
+            ("pods", "pods_version", ()),
+            ("services", "services_version", ("routes",)),
+        ):
+            if reply.get(part) is None and reply.get(version) and reply[version] == self._held.get(version):
+                for name in (part, *along):
+                    reply[name] = self._held[name]
+            else:
+                self._held[version] = reply.get(version, "")
+                for name in (part, *along):
+                    self._held[name] = reply[name] = reply.get(name) or []
+        return reply
 
     # --- one tick -------------------------------------------------------------------
 

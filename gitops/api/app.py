@@ -9,7 +9,9 @@ refused (409) unless it presents that node's current token.
 
 The sync route runs in a worker thread (never on the event loop), reads only the node's
 own pods, shares one computation of every Service's endpoints among all agents
-(`SharedEndpoints`), and wakes the controller only when a report changed a pod.
+(`SharedEndpoints`), and wakes the controller only when a report changed a pod. A report
+like the last one costs no write, and what the agent holds already is not sent again
+(`gitops.api.agentsync`).
 
 `/api/v1/...` is read-only (GET and HEAD) and comes from the one redacted read model
 (`gitops.api.readmodel`), as does the status page (`gitops.api.page`); a container's log
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import hmac
 import secrets
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -33,6 +34,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import IntegrityError
 
+from gitops.api.agentsync import AgentReports, SharedEndpoints, report_digest
 from gitops.api.auth import JOIN_HEADER, AgentGate, LoopbackHosts, ReadAuth
 from gitops.api.logs import LogHub, install_logs
 from gitops.api.models import (
@@ -50,7 +52,6 @@ from gitops.codec import encode
 from gitops.health import Health
 from gitops.metrics import CONTENT_TYPE, Metrics
 from gitops.model import ContainerStatus, ContainerUsage, Node, NodeName, PodId, PodStatus, PodUsage, Taint
-from gitops.planner import all_endpoints
 from gitops.store import NodeNameTaken, PodRangeExhausted, Store
 
 log = structlog.get_logger(__name__)
@@ -61,50 +62,6 @@ def _bearer(authorization: str = Header(default="")) -> str:
     if scheme.lower() != "bearer" or not token:
         raise HTTPException(401, "missing bearer token")
     return token
-
-
-class SharedEndpoints:
-    """Every Service's endpoints, encoded for agents: computed once per change of what they
-    depend on (desired objects, pods, nodes' readiness and addresses) and shared by all
-    agents' syncs. The store is asked whether anything moved at most every `ttl` seconds."""
-
-    def __init__(self, store: Store, clock: Callable[[], float], ttl: float = 0.5) -> None:
-        self.store = store
-        self.clock = clock
-        self.ttl = ttl
-        self._lock = threading.Lock()
-        self._checked = float("-inf")
-        self._key: Any = None
-        self._value: list[Any] = []
-        self._routes: list[tuple[str, str, str]] = []
-
-    def routes(self) -> list[tuple[str, str, str]]:
-        """(node, pod subnet, node address) of every node holding a subnet: where each
-        node's pods are reached from the others (NotReady nodes too: their routes go only
-        when they are deleted)."""
-        self.get()
-        return self._routes
-
-    def get(self) -> list[Any]:
-        with self._lock:
-            if time.monotonic() - self._checked < self.ttl:
-                return self._value
-            now = self.clock()
-            nodes = [r.node for r in self.store.nodes(now)]
-            self._routes = [(n.name, n.pod_cidr, n.address) for n in nodes if n.pod_cidr]
-            key = (self.store.change_marker(), tuple((n.name, n.address, n.ready) for n in nodes))
-            if key != self._key:
-                services = all_endpoints(
-                    self.store.desired(),
-                    self.store.vips(),
-                    self.store.pods(),
-                    nodes,
-                    self.store.node_ports(),
-                )
-                self._value = [encode(s) for s in services]
-                self._key = key
-            self._checked = time.monotonic()
-            return self._value
 
 
 def create_app(
@@ -151,6 +108,7 @@ def create_app(
     observed.watch_store(store, clock)
     observed.watch_health(health)
     endpoints = SharedEndpoints(store, clock, ttl=endpoints_cache_seconds)
+    reports = app.state.agent_reports = AgentReports(store)
     proxy_problems: dict[str, tuple[str, ...]] = {}
     app.state.read_model = reads
     logs = app.state.logs = LogHub()  # `gitops logs` requests, answered by the pods' agents
@@ -250,14 +208,25 @@ def create_app(
         ]
         now = clock()
         adopt = adopting()
-        changed = store.heartbeat(
-            name,
-            statuses,
-            now,
-            stopped=list(request.stopped),
-            runtime_error=request.runtime_error,
-            adopt=adopt,
-        )
+        digest = report_digest(statuses, request.runtime_error)
+        pods_version, _known = store.node_pods_version(name)
+        changed = False
+        if not request.stopped and reports.unchanged(name, digest, pods_version):
+            reports.beat(name, now)  # the same report again: only the heartbeat time is new
+        else:
+            changed = store.heartbeat(
+                name,
+                statuses,
+                now,
+                stopped=list(request.stopped),
+                runtime_error=request.runtime_error,
+                adopt=adopt,
+            )
+            pods_version, known = store.node_pods_version(name)
+            if adopt and any(s.pod not in known for s in statuses):
+                reports.forget(name)  # containers of pods not here: adopted once their owner wants them
+            else:
+                reports.written(name, digest, pods_version)
         if request.usage is not None:
             store.record_usage(
                 name,
@@ -276,12 +245,17 @@ def create_app(
         if adopt and not request.runtime_error:
             on_sync(name)  # its containers are known now: adopted, or not wanted
         _note_proxy_problems(name, tuple(request.proxy_problems), now)
+        services, routes = endpoints.get(), endpoints.routes()
+        services_version = endpoints.version()
+        same_services = request.have_services == services_version
         return {
-            "pods": [encode(p) for p in store.pods(node=name)],
-            "services": endpoints.get(),
+            "pods": None if request.have_pods == pods_version else [encode(p) for p in store.pods(node=name)],
+            "pods_version": pods_version,
+            "services": None if same_services else services,
+            "services_version": services_version,
             "service_cidr": str(store.service_cidr),
             "cluster_cidr": str(store.cluster_cidr),
-            "routes": [[subnet, address] for node, subnet, address in endpoints.routes() if node != name],
+            "routes": None if same_services else [[s, a] for node, s, a in routes if node != name],
             "allow_probe_hosts": allow_probe_hosts,
             "allow_host_paths": list(allow_host_paths),
             "allow_privileged": allow_privileged,

@@ -246,18 +246,26 @@ class SyncRequest(_Strict):
     runtime_error: Annotated[str, Field(max_length=2000)] = ""  # why the container runtime is unreachable
     # The containers' CPU and memory use, when the agent measured them again since its last report.
     usage: Annotated[list[PodUsageModel], Field(max_length=MAX_PODS_PER_REPORT)] | None = None
+    # The versions of the node's pods and of the Services (with the routes) the agent holds,
+    # from earlier replies: what has not changed since is not sent again.
+    have_pods: Annotated[str, Field(max_length=128)] = ""
+    have_services: Annotated[str, Field(max_length=128)] = ""
 
 
 class SyncReply(BaseModel):
     """The node's pods (with their resolved Secret values: only this node receives them) and
-    every Service's endpoints."""
+    every Service's endpoints, each with its version; null when the request said it holds
+    that version already (the agent keeps what it has)."""
 
-    pods: list[dict[str, Any]]
-    services: list[dict[str, Any]]
+    pods: list[dict[str, Any]] | None
+    pods_version: str = ""
+    services: list[dict[str, Any]] | None
+    services_version: str = ""
     service_cidr: str
     cluster_cidr: str = ""
     # (pod subnet, node address) of every other node: routed through that node (host-gw).
-    routes: list[tuple[str, str]] = []
+    # Null with `services` (they share a version).
+    routes: list[tuple[str, str]] | None = []
     allow_probe_hosts: bool = False
     # The folders of the nodes hostPath volumes may be under (`gitops serve --allow-host-path`):
     # the agent mounts no other, whatever a pod says.

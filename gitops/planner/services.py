@@ -213,11 +213,30 @@ def all_endpoints(
 ) -> tuple[ServiceEndpoints, ...]:
     """Every Service's endpoints, by key. A Service that needs a VIP and has none in `vips`
     (not yet allocated) is left out; headless and ExternalName Services never need one.
-    `node_ports` are the store's allocations (`Store.node_ports()`)."""
+    `node_ports` are the store's allocations (`Store.node_ports()`).
+
+    Each Service looks only at the pods carrying the rarest pair of its selector in its
+    namespace (an index built once): 1,500 Services over 150,000 pods are not 225 million
+    label checks."""
     by_name = {n.name: n for n in nodes}
     allocated = node_ports or {}
+    in_namespace: dict[str, list[Pod]] = {}
+    by_pair: dict[tuple[str, str, str], list[Pod]] = {}
+    for pod in pods:
+        in_namespace.setdefault(pod.namespace, []).append(pod)
+        for key, value in pod.labels:
+            by_pair.setdefault((pod.namespace, key, value), []).append(pod)
+
+    def candidates(service: Manifest) -> Sequence[Pod]:
+        namespace = service.key.namespace
+        selector = service.spec.get("selector") or {}
+        if not isinstance(selector, Mapping) or not selector:
+            return in_namespace.get(namespace, [])
+        lists = [by_pair.get((namespace, str(k), str(v)), []) for k, v in selector.items()]
+        return min(lists, key=len)
+
     return tuple(
-        endpoints_for(m, vips.get(m.key, ""), pods, by_name, allocated.get(m.key))
+        endpoints_for(m, vips.get(m.key, ""), candidates(m), by_name, allocated.get(m.key))
         for m in sorted(desired, key=lambda m: m.key)
         if m.key.kind == "Service" and (m.key in vips or not needs_vip(m))
     )

@@ -29,13 +29,25 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
-from sqlalchemy import create_engine, delete, event, func, select, text
+from sqlalchemy import (
+    Table,
+    bindparam,
+    case,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -184,6 +196,22 @@ def check_ranges(service_cidr: str, cluster_cidr: str, node_mask: int) -> None:
 
 def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+if TYPE_CHECKING:
+    from gitops.store.podcache import PodCache
+
+_INSERT_BATCH = 5000  # rows per multi-row INSERT (each batch is one executemany)
+_WRITES = frozenset({"INSERT", "UPDATE", "DELETE"})
+SpecKey = tuple[str, str, str, str, str]
+
+
+def spec_key(row: Any) -> SpecKey:
+    """What names a pod row's spec: a Deployment's replicas share their spec (its template
+    hash names it); other kinds' pods each have their own (a StatefulSet's claims, a
+    DaemonSet's node, a Job's completion index)."""
+    own = "" if row.owner_kind == "Deployment" else row.name
+    return (row.owner_kind, row.owner_namespace, row.owner_name, row.template_hash, own)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -381,10 +409,38 @@ class Store:
         self._redactor: tuple[Any, Redactor] = (object(), Redactor())
         self._redactor_lock = threading.Lock()
         self._redactor_checked = float("-inf")
+        self._written = threading.local()
+        self._pod_cache: PodCache | None = None
+        self._pod_cache_lock = threading.Lock()
+        event.listen(self.engine, "before_cursor_execute", self._note_statement)
         if read_only:
             self._check_readable()
         else:
             migrate(self.engine, then=self._check_key)
+
+    def _note_statement(
+        self, _conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, executemany: bool
+    ) -> None:
+        if statement.lstrip()[:6].upper() in _WRITES:
+            rows = len(parameters) if executemany else 1
+            self._written.count = getattr(self._written, "count", 0) + rows
+
+    @property
+    def pod_cache(self) -> PodCache:
+        """This process's pods in memory, shared by its readers (`gitops.store.podcache`)."""
+        with self._pod_cache_lock:
+            if self._pod_cache is None:
+                from gitops.store.podcache import PodCache  # noqa: PLC0415 - it builds on this module
+
+                self._pod_cache = PodCache(self)
+            return self._pod_cache
+
+    def written(self) -> int:
+        """Write statements (INSERT, UPDATE, DELETE; each row of an executemany) this thread
+        has sent to the database through this store: a caller compares two readings to
+        know what a piece of work wrote."""
+        count: int = getattr(self._written, "count", 0)
+        return count
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -559,7 +615,7 @@ class Store:
             ],
         }
 
-    def _spec_from_row(self, stored: Mapping[str, Any]) -> PodSpec:
+    def spec_from_row(self, stored: Mapping[str, Any]) -> PodSpec:
         data = PodSpec.upgrade_encoded(dict(stored))
 
         def open_sealed(container: dict[str, Any]) -> dict[str, Any]:
@@ -596,27 +652,27 @@ class Store:
         }
         return decode_as(PodSpec, data)
 
-    def _pod(self, row: PodRow, specs: dict[tuple[str, str, str, str, str], PodSpec] | None = None) -> Pod:
+    def _pod(self, row: PodRow, specs: dict[SpecKey, PodSpec] | None = None) -> Pod:
         """The pod of `row`. With `specs`, pods of one owner and template hash share one
         decoded spec (the hash names the spec): 5,000 replicas decode it once, not 5,000 times."""
-        owner = ObjectKey(row.owner_kind, row.owner_namespace, row.owner_name)
         if specs is None:
-            spec = self._spec_from_row(row.spec)
+            spec = self.spec_from_row(row.spec)
         else:
-            # A Deployment's replicas share their spec; other kinds' pods each have their own
-            # (a StatefulSet's claims, a DaemonSet's node, a Job's completion index).
-            own = "" if row.owner_kind == "Deployment" else row.name
-            key = (row.owner_kind, row.owner_namespace, row.owner_name, row.template_hash, own)
-            spec = specs.get(key) or specs.setdefault(key, self._spec_from_row(row.spec))
+            key = spec_key(row)
+            spec = specs.get(key) or specs.setdefault(key, self.spec_from_row(row.spec))
+        return self.pod_from_row(row, spec)
+
+    def pod_from_row(self, row: Any, spec: PodSpec) -> Pod:
+        """The pod of `row` (a `PodRow`, or a result row with its columns but the spec)."""
         return Pod(
             namespace=row.namespace,
             name=PodName(row.name),
-            owner=owner,
+            owner=ObjectKey(row.owner_kind, row.owner_namespace, row.owner_name),
             template_hash=row.template_hash,
             spec=spec,
             labels=tuple((str(k), str(v)) for k, v in row.labels),
             node=NodeName(row.node) if row.node else None,
-            phase=row.phase,  # type: ignore[arg-type]
+            phase=row.phase,
             ready=row.ready,
             reason=row.reason,
             pod_ip=row.pod_ip,
@@ -636,7 +692,7 @@ class Store:
             c.get("secret_env") or any(f.get("secret") for f in c.get("files", [])) for c in containers
         ):
             return []
-        return sorted(secret_forms(self._spec_from_row(row.spec).secret_values()))
+        return sorted(secret_forms(self.spec_from_row(row.spec).secret_values()))
 
     def redactor(self, *, max_age: float = 0.0) -> Redactor:
         """A redactor of every Secret value desired now (rebuilt when a revision applies).
@@ -1135,14 +1191,22 @@ class Store:
                 records.append(NodeRecord(node, r.heartbeat_at, r.registered_at, since))
             return records
 
-    def snapshot(self, now: float | None = None) -> ClusterState:
-        """The whole state one control-loop pass reads, with its version."""
+    def snapshot(
+        self,
+        now: float | None = None,
+        *,
+        pods: Callable[[], Sequence[Pod]] | None = None,
+        versioned: bool = True,
+    ) -> ClusterState:
+        """The whole state one control-loop pass reads, with its version (unless not
+        `versioned`: hashing 150,000 pods is not free); `pods` reads the pods instead of
+        `self.pods` (a `PodCache`'s, which reads only what changed)."""
         now = time.time() if now is None else now
         records = self.nodes(now)
         states = self.workload_states()
         state = ClusterState(
             desired=tuple(self.desired()),
-            pods=tuple(self.pods()),
+            pods=tuple((pods or self.pods)()),
             nodes=tuple(r.node for r in records),
             not_ready_since={
                 r.node.name: r.not_ready_since for r in records if r.not_ready_since is not None
@@ -1154,7 +1218,7 @@ class Store:
             scales={k: v for k, v in states.items() if isinstance(v, ScaleState)},
             usage=self.usage(),
         )
-        return dataclasses.replace(state, version=state_version(state))
+        return dataclasses.replace(state, version=state_version(state)) if versioned else state
 
     # --- pods -------------------------------------------------------------------------
 
@@ -1206,31 +1270,9 @@ class Store:
                     row.updated_at = now
                 s.add(EventRow(time=now, object=f"pod {pod.id}", reason="Stopped", message=reason))
             s.flush()
-            for pod, reason in create:
-                rows[pod.id] = created = PodRow(
-                    id=pod.id,
-                    namespace=pod.namespace,
-                    name=pod.name,
-                    owner_kind=pod.owner.kind,
-                    owner_namespace=pod.owner.namespace,
-                    owner_name=pod.owner.name,
-                    template_hash=pod.template_hash,
-                    spec=self._spec_to_row(encode(pod.spec)),
-                    labels=[list(kv) for kv in pod.labels],
-                    node=pod.node,
-                    phase="Pending",
-                    ready=False,
-                    reason=pod.reason,
-                    pod_ip="",
-                    host_ports=[],
-                    restarts=0,
-                    exit_code=None,
-                    container_id="",
-                    created_at=now,
-                    updated_at=now,
-                )
-                s.add(created)
-                s.add(EventRow(time=now, object=f"pod {pod.id}", reason="Created", message=reason))
+            bind = self._create_pods(
+                s, create, bind, rows, now=now, placed_because=placed_because or {}, pending=pending_reasons
+            )
             for pod_id, node in bind.items():
                 row = rows.get(pod_id)
                 if row is not None and row.node is None:
@@ -1247,6 +1289,81 @@ class Store:
                     row.reason = why
                     row.updated_at = now
                     s.add(EventRow(time=now, object=f"pod {pod_id}", reason="Unschedulable", message=why))
+
+    def _create_pods(
+        self,
+        s: Session,
+        create: Sequence[tuple[Pod, str]],
+        bind: Mapping[PodId, NodeName],
+        rows: dict[str, PodRow],
+        *,
+        now: float,
+        placed_because: Mapping[PodId, str],
+        pending: Mapping[PodId, str],
+    ) -> Mapping[PodId, NodeName]:
+        """Insert the `create` pods, those bound in this very write already on their node
+        and those found unschedulable with why (their Created, Scheduled and Unschedulable
+        events too), in a few multi-row statements: 150,000 pods are not 150,000 ORM
+        objects. A pod using claims is added as a row object (`rows`), so that the binds
+        after bind its claims. The binds still to do come back."""
+        inserted: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        encoded: dict[
+            int, tuple[PodSpec, dict[str, Any]]
+        ] = {}  # id(spec) -> its row form: replicas share one
+        bound_now: set[PodId] = set()
+        for pod, reason in create:
+            known = encoded.get(id(pod.spec))
+            if known is None or known[0] is not pod.spec:
+                known = encoded[id(pod.spec)] = (pod.spec, self._spec_to_row(encode(pod.spec)))
+            values: dict[str, Any] = {
+                "id": pod.id,
+                "namespace": pod.namespace,
+                "name": pod.name,
+                "owner_kind": pod.owner.kind,
+                "owner_namespace": pod.owner.namespace,
+                "owner_name": pod.owner.name,
+                "template_hash": pod.template_hash,
+                "spec": known[1],
+                "labels": [list(kv) for kv in pod.labels],
+                "node": pod.node,
+                "phase": "Pending",
+                "ready": False,
+                "reason": pod.reason,
+                "pod_ip": "",
+                "host_ports": [],
+                "restarts": 0,
+                "exit_code": None,
+                "container_id": "",
+                "created_at": now,
+                "updated_at": now,
+            }
+            events.append({"time": now, "object": f"pod {pod.id}", "reason": "Created", "message": reason})
+            if pod.spec.claims:
+                rows[pod.id] = PodRow(**values)
+                s.add(rows[pod.id])
+                continue
+            node = bind.get(pod.id)
+            if node is not None and pod.node is None:
+                bound_now.add(pod.id)
+                values["node"], values["reason"] = node, f"scheduled on {node}"
+                because = placed_because.get(pod.id)
+                message = f"placed on {node}" + (f": {because}" if because else "")
+                events.append(
+                    {"time": now, "object": f"pod {pod.id}", "reason": "Scheduled", "message": message}
+                )
+            elif (why := pending.get(pod.id)) is not None and pod.node is None and why != pod.reason:
+                values["reason"] = why
+                events.append(
+                    {"time": now, "object": f"pod {pod.id}", "reason": "Unschedulable", "message": why}
+                )
+            inserted.append(values)
+        for start in range(0, len(inserted), _INSERT_BATCH):
+            s.execute(insert(PodRow), inserted[start : start + _INSERT_BATCH])
+        for start in range(0, len(events), _INSERT_BATCH):
+            s.execute(insert(EventRow), events[start : start + _INSERT_BATCH])
+        s.flush()
+        return {p: n for p, n in bind.items() if p not in bound_now}
 
     def delete_pod(self, pod_id: str, now: float, reason: str = "deleted by gitops pod delete") -> None:
         """Stop a pod gracefully (as `kubectl delete pod`): its workload replaces it."""
@@ -1341,6 +1458,32 @@ class Store:
             if node is not None:
                 query = query.where(ClaimRow.node == node)
             return {r.id: NodeName(r.node) for r in s.scalars(query)}
+
+    def node_pods_version(self, node: str) -> tuple[str, frozenset[str]]:
+        """A version of the pods bound to `node` (and their claims): it moves whenever one
+        of their rows is written, one is bound there or one is gone; and their ids. One
+        indexed read."""
+        with self.session() as s:
+            rows = s.execute(
+                select(PodRow.id, PodRow.written_at).where(PodRow.node == node).order_by(PodRow.id)
+            ).all()
+            claims = s.execute(select(ClaimRow.id).where(ClaimRow.node == node).order_by(ClaimRow.id)).all()
+        digest = hashlib.blake2b(digest_size=12)
+        for pod_id, written in rows:
+            digest.update(f"{pod_id}\0{written!r}\n".encode())
+        for (claim,) in claims:
+            digest.update(f"claim {claim}\n".encode())
+        return digest.hexdigest(), frozenset(pod_id for pod_id, _ in rows)
+
+    def record_heartbeats(self, beats: Mapping[str, float]) -> None:
+        """Heartbeat times of several nodes in one statement (a time never goes back)."""
+        if not beats:
+            return
+        table = cast(Table, NodeRow.__table__)
+        later = case((table.c.heartbeat_at < bindparam("at"), bindparam("at")), else_=table.c.heartbeat_at)
+        statement = update(table).where(table.c.name == bindparam("node")).values(heartbeat_at=later)
+        with self.engine.begin() as conn:
+            conn.execute(statement, [{"node": node, "at": at} for node, at in beats.items()])
 
     def heartbeat(
         self,

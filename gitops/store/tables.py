@@ -13,6 +13,7 @@ two agree.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Boolean, Float, Integer, String, Text
@@ -120,6 +121,11 @@ class PodRow(Base):
     containers: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list, server_default="[]")
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
+    # The wall clock of the last insert or update of the row, whatever `now` its writer was
+    # given (`updated_at`): what `gitops.store.podcache` reads changes since.
+    written_at: Mapped[float] = mapped_column(
+        Float, default=time.time, onupdate=time.time, server_default="0", index=True
+    )
 
 
 class ServiceRow(Base):

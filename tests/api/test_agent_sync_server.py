@@ -1,5 +1,6 @@
 """The agent sync route on a real server: a slow sync never stalls other requests, agents
-share one computation of the endpoints, and an agent refused its name stops."""
+share one computation of the endpoints, a report like the last costs no write and gets
+back only what changed, and an agent refused its name stops."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import event
 
 from gitops.agents.agent import Agent, AgentConfig, NodeRefused
+from gitops.controller import reconcile_once
 from gitops.model import NodeName, Revision
 from gitops.server import ControlPlane
 from gitops.store import Store
@@ -71,7 +74,7 @@ def test_a_slow_sync_does_not_stall_the_server(plane: ControlPlane, monkeypatch:
 def test_agents_share_one_computation_of_the_endpoints(
     plane: ControlPlane, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gitops.api.app as app_module
+    import gitops.api.agentsync as app_module
 
     calls: list[int] = []
     original = app_module.all_endpoints
@@ -89,6 +92,91 @@ def test_agents_share_one_computation_of_the_endpoints(
         answer = httpx.post(f"{plane.url}/agent/v1/nodes/{name}/sync", json={}, headers=auth)
         assert answer.status_code == 200 and len(answer.json()["services"]) == 1
     assert len(calls) <= 1
+
+
+def _writes(store: Store) -> list[str]:
+    """Every write statement sent to the store's database from now on (any thread)."""
+    seen: list[str] = []
+
+    def note(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if statement.lstrip()[:6].upper() in ("INSERT", "UPDATE", "DELETE"):
+            seen.append(
+                statement.split(maxsplit=1)[0]
+                + " "
+                + statement.split()[
+                    1 if statement.startswith("DELETE") else 2 if statement.startswith("INSERT") else 1
+                ]
+            )
+
+    event.listen(store.engine, "before_cursor_execute", note)
+    return seen
+
+
+def test_a_report_like_the_last_writes_nothing_and_gets_back_only_versions(plane: ControlPlane) -> None:
+    """A second identical report: no write at all (its heartbeat time waits for the
+    batch), and null pods and services, as the request holds their versions already. A
+    heartbeat batch, when due, is one statement for every node that waited."""
+    token = register(plane.url, plane.join_token)
+    reconcile_once(plane.store, time.time())  # the Deployment's two pods, bound to n1
+    auth = {"Authorization": f"Bearer {token}"}
+    url = f"{plane.url}/agent/v1/nodes/n1/sync"
+    pods = plane.store.pods(node="n1")
+    report = {
+        "statuses": [
+            {"pod": p.id, "phase": "Running", "ready": True, "pod_ip": f"10.244.0.{i + 2}"}
+            for i, p in enumerate(pods)
+        ]
+    }
+    first = httpx.post(url, json=report, headers=auth).json()
+    assert len(first["pods"]) == 2 and len(first["services"]) == 1 and first["routes"] == []
+    # The reply carries the version of the pods as the report left them.
+    have = {"have_pods": first["pods_version"], "have_services": first["services_version"]}
+    writes = _writes(plane.store)
+    third = httpx.post(url, json={**report, **have}, headers=auth).json()
+    assert writes == []
+    assert (third["pods"], third["services"], third["routes"]) == (None, None, None)
+    assert (third["pods_version"], third["services_version"]) == (have["have_pods"], have["have_services"])
+    beat = next(r for r in plane.store.nodes() if r.node.name == "n1").heartbeat_at
+    time.sleep(1.1)  # the batch is due: the next call writes it
+    httpx.post(url, json={**report, **have}, headers=auth)
+    assert writes == ["UPDATE nodes"]
+    assert next(r for r in plane.store.nodes() if r.node.name == "n1").heartbeat_at > beat
+    # A changed status is written at once, and the node's pods come back with a new version.
+    report["statuses"][0]["ready"] = False
+    fourth = httpx.post(url, json={**report, **have}, headers=auth).json()
+    assert any(w == "UPDATE pods" for w in writes)
+    assert fourth["pods_version"] != have["have_pods"] and len(fourth["pods"]) == 2
+    assert not [p for p in plane.store.pods(node="n1") if p.pod_ip == "10.244.0.2" and p.ready]
+
+
+def test_an_agent_keeps_what_a_reply_leaves_out(plane: ControlPlane, tmp_path: Path) -> None:
+    """The real agent names the versions it holds and fills in what the reply leaves out."""
+    config = AgentConfig(
+        iptables=NO_IPTABLES,
+        server=plane.url,
+        node=NodeName("n3"),
+        join_token=plane.join_token,
+        state_dir=tmp_path / "agent",
+        address="192.0.2.30",
+        capacity=(4000, 2**32),
+    )
+    agent = Agent(config, MemoryRuntime())
+    agent.register()
+    reconcile_once(plane.store, time.time())  # the Deployment's two pods, bound to n3
+    replies: list[dict[str, object]] = []
+
+    def seen(response: httpx.Response) -> None:
+        if response.url.path.endswith("/sync"):
+            response.read()
+            replies.append(response.json())
+
+    agent.http.event_hooks["response"].append(seen)
+    for _ in range(4):
+        agent.tick()
+    assert any(r["pods"] is None and r["services"] is None for r in replies)
+    assert sorted(agent._assigned_cache) == sorted(p.id for p in plane.store.pods())
+    held = agent._held
+    assert len(held["pods"]) == 2 and len(held["services"]) == 1
 
 
 def test_an_agent_refused_its_name_stops_and_says_why(plane: ControlPlane, tmp_path: Path) -> None:

@@ -1,0 +1,578 @@
+"""Scale: the real control plane against N hollow agents, as kubemark and kwok do it.
+
+    python bench/scale.py [--nodes 1000] [--pods 20000] [--deployments 200] [--db URL]
+        [--interval 1.0] [--connections 32] [--settle 10] [--quiet 10] [--timeout 600]
+
+`gitops serve` runs as a child process (its own interpreter, SQLite in a temporary folder
+unless `--db` names a database, a folder source, the API on a free loopback port), exactly
+as a user starts it. This process then runs `--nodes` hollow agents: each registers
+through `POST /agent/v1/register` with the join token, then calls
+`POST /agent/v1/nodes/{name}/sync` every `--interval` seconds, the real agent protocol,
+reporting the pods the reply assigns it as Running and ready (an address of its pod
+subnet each) and the terminating ones as stopped, without Docker. The agents share
+`--connections` keep-alive HTTP connections and speak HTTP/1.1 over asyncio streams, so
+that they cost little of the machine the control plane runs on.
+
+Phases, each printed with its time:
+
+1. start: the server answers, and every hollow node is registered and has synced once;
+2. commit to bound: `--deployments` Deployments holding `--pods` replicas in all are
+   written into the source folder (the commit), and the bench waits until every pod is
+   bound to a node (`commit_to_bound_s`) and then Running (`commit_to_running_s`),
+   counting in the database;
+3. quiet: `--quiet` seconds with nothing to do; the controller's passes in that window
+   (its `gitops_controller_pass_seconds` histogram and `gitops_controller_pass_writes`
+   gauge at /metrics) give `noop_pass_s` and `noop_pass_writes`, and the agents' calls
+   give `sync_call_ms_p50` / `_p99` (as the agents measure them) and the server's CPU per
+   call (its user+system time over the calls it answered), hence how many nodes one core
+   keeps in sync at one call per node per second (`nodes_per_core`).
+
+The server's peak RSS (`VmHWM`) is `rss_mib`. Figures are printed, never asserted; the
+last line is one JSON object with them. The baseline is the same process's own
+arithmetic: kube-scheduler at its CI threshold of 810 pods/s would bind `--pods` in
+pods/810 seconds (`kube_scheduler_s`), printed beside ours as a ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import json
+import os
+import random
+import re
+import secrets
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.request import urlopen
+
+from sqlalchemy import create_engine, text
+
+ROOT = Path(__file__).resolve().parent.parent
+KUBE_SCHEDULER_PODS_PER_S = 810.0  # scheduler_perf's CI threshold for basic pods at 5,000 nodes
+SERVICE_CIDR = "10.96.0.0/16"
+CLUSTER_CIDR = "10.128.0.0/9"  # /24 per node: room for 32,768 nodes
+MiB = 2**20
+
+
+# --- a small HTTP/1.1 client ------------------------------------------------------------
+
+
+class HttpError(Exception):
+    pass
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection (the server answers with Content-Length)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(
+        self, method: str, path: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, bytes]:
+        for attempt in (1, 2):  # a connection the server closed while idle is opened again once
+            if self.writer is None:
+                self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+            assert self.reader is not None
+            head = [
+                f"{method} {path} HTTP/1.1",
+                f"Host: {self.host}:{self.port}",
+                f"Content-Length: {len(body)}",
+            ]
+            head += [f"{k}: {v}" for k, v in headers.items()]
+            self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+            try:
+                await self.writer.drain()
+                status_line = await self.reader.readline()
+                if not status_line:
+                    raise ConnectionResetError("closed by the server")
+                length = 0
+                close = False
+                while True:
+                    line = await self.reader.readline()
+                    if line in (b"\r\n", b""):
+                        break
+                    name, _, value = line.decode("latin-1").partition(":")
+                    name = name.strip().lower()
+                    if name == "content-length":
+                        length = int(value)
+                    elif name == "transfer-encoding":
+                        raise HttpError(f"unexpected transfer-encoding {value.strip()}")
+                    elif name == "connection" and value.strip().lower() == "close":
+                        close = True
+                payload = await self.reader.readexactly(length)
+                if close:
+                    self.close()
+                return int(status_line.split()[1]), payload
+            except (ConnectionError, asyncio.IncompleteReadError):
+                self.close()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+class Pool:
+    def __init__(self, host: str, port: int, size: int) -> None:
+        self.free: asyncio.Queue[Connection] = asyncio.Queue()
+        for _ in range(size):
+            self.free.put_nowait(Connection(host, port))
+
+    async def request(
+        self, method: str, path: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, bytes]:
+        conn = await self.free.get()
+        try:
+            return await conn.request(method, path, body, headers)
+        finally:
+            self.free.put_nowait(conn)
+
+    async def close(self) -> None:
+        while not self.free.empty():
+            self.free.get_nowait().close()
+
+
+# --- hollow agents ----------------------------------------------------------------------
+
+
+@dataclass
+class Calls:
+    """What the agents' sync calls took, as they measured them."""
+
+    seconds: list[float] = field(default_factory=list)
+    failures: int = 0
+    last_error: str = ""
+
+    def reset(self) -> None:
+        self.seconds.clear()
+        self.failures = 0
+
+
+@dataclass
+class HollowAgent:
+    """A node that runs nothing: it reports its pods Running and ready, its stopped ones gone."""
+
+    name: str
+    address: str
+    pool: Pool
+    join_token: str
+    calls: Calls
+    token: str = ""
+    subnet: ipaddress.IPv4Network | None = None
+    pods: dict[str, dict[str, Any]] = field(default_factory=dict)  # pod id -> the status reported
+    stopped: list[str] = field(default_factory=list)
+    synced: bool = False
+    free_ips: list[str] = field(default_factory=list)
+
+    async def register(self) -> None:
+        body = json.dumps(
+            {
+                "node": {
+                    "name": self.name,
+                    "address": self.address,
+                    "cpu_milli": 32000,
+                    "memory_bytes": 128 * 2**30,
+                    "max_pods": 110,
+                    "labels": {
+                        "kubernetes.io/hostname": self.name,
+                        "topology.kubernetes.io/zone": f"zone-{int(self.name.rsplit('-', 1)[1]) % 10}",
+                    },
+                }
+            }
+        ).encode()
+        status, reply = await self.pool.request(
+            "POST",
+            "/agent/v1/register",
+            body,
+            {"Content-Type": "application/json", "X-Gitops-Join-Token": self.join_token},
+        )
+        if status != 200:
+            raise HttpError(f"register {self.name}: {status} {reply[:300]!r}")
+        answer = json.loads(reply)
+        self.token = answer["token"]
+        self.subnet = ipaddress.IPv4Network(answer["pod_cidr"])
+        self.free_ips = [str(a) for a in list(self.subnet.hosts())[1:]][::-1]
+
+    async def sync(self) -> None:
+        body = json.dumps({"statuses": list(self.pods.values()), "stopped": self.stopped}).encode()
+        start = time.perf_counter()
+        try:
+            status, reply = await self.pool.request(
+                "POST",
+                f"/agent/v1/nodes/{self.name}/sync",
+                body,
+                {"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"},
+            )
+        except (OSError, HttpError) as exc:
+            self.calls.failures += 1
+            self.calls.last_error = f"{type(exc).__name__}: {exc}"
+            return
+        self.calls.seconds.append(time.perf_counter() - start)
+        if status != 200:
+            self.calls.failures += 1
+            self.calls.last_error = f"{status}: {reply[:300]!r}"
+            return
+        self.stopped = []
+        self.apply(json.loads(reply))
+        self.synced = True
+
+    def apply(self, answer: dict[str, Any]) -> None:
+        assigned = set()
+        for pod in answer.get("pods") or ():
+            pod_id = f"{pod['namespace']}/{pod['name']}"
+            if pod.get("terminating_at") is not None:
+                self.forget(pod_id)
+                self.stopped.append(pod_id)
+                continue
+            assigned.add(pod_id)
+            if pod_id not in self.pods:
+                self.pods[pod_id] = {
+                    "pod": pod_id,
+                    "phase": "Running",
+                    "ready": True,
+                    "pod_ip": self.free_ips.pop() if self.free_ips else "",
+                    "container_id": secrets.token_hex(8),
+                    "template_hash": pod.get("template_hash", ""),
+                }
+        for pod_id in set(self.pods) - assigned:
+            self.forget(pod_id)
+
+    def forget(self, pod_id: str) -> None:
+        status = self.pods.pop(pod_id, None)
+        if status is not None and status["pod_ip"]:
+            self.free_ips.append(status["pod_ip"])
+
+    async def run(self, interval: float, stop: asyncio.Event) -> None:
+        await asyncio.sleep(random.random() * interval)  # spread over the interval, as real agents are
+        while not stop.is_set():
+            started = time.monotonic()
+            await self.sync()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.0, interval - (time.monotonic() - started)))
+
+
+# --- the control plane ------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def deployments(count: int, pods: int) -> str:
+    """`count` Deployments holding `pods` replicas in all, as one multi-document file."""
+    docs = []
+    for d in range(count):
+        replicas = pods // count + (1 if d < pods % count else 0)
+        docs.append(
+            textwrap.dedent(
+                f"""\
+                apiVersion: apps/v1
+                kind: Deployment
+                metadata: {{name: app{d}}}
+                spec:
+                  replicas: {replicas}
+                  selector: {{matchLabels: {{app: app{d}}}}}
+                  template:
+                    metadata: {{labels: {{app: app{d}}}}}
+                    spec:
+                      containers:
+                        - name: app
+                          image: app{d}:1
+                          resources: {{requests: {{cpu: 10m, memory: 16Mi}}}}
+                """
+            )
+        )
+    return "---\n".join(docs)
+
+
+PLACEHOLDER = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: scale-bench}\ndata: {started: 'yes'}\n"
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    port: int
+    db: str
+    folder: Path
+    log: Path
+
+    def metrics(self) -> str:
+        with urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=30) as reply:
+            text: str = reply.read().decode()
+            return text
+
+    def rss_mib(self) -> float:
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        found = re.search(r"VmHWM:\s+(\d+) kB", status)
+        return int(found.group(1)) / 1024 if found else float("nan")
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def counts(self) -> tuple[int, int, int]:
+        """(pods, bound, running) in the database."""
+        running = "coalesce(sum(CASE WHEN phase = 'Running' THEN 1 ELSE 0 END), 0)"
+        query = f"SELECT count(*), count(node), {running} FROM pods"  # noqa: S608 - no input in it
+        if self.db.startswith("sqlite"):
+            path = self.db.removeprefix("sqlite:///")
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as conn:
+                row = conn.execute(query).fetchone()
+        else:
+            engine = create_engine(self.db)
+            with engine.connect() as conn:
+                row = conn.execute(text(query)).one()
+            engine.dispose()
+        return int(row[0]), int(row[1]), int(row[2])
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_server(tmp: Path, db: str, join_token: str) -> Server:
+    folder = tmp / "manifests"
+    folder.mkdir()
+    (folder / "placeholder.yaml").write_text(PLACEHOLDER)
+    port = free_port()
+    log = tmp / "server.log"
+    token_file = tmp / "join-token"
+    token_file.write_text(join_token)
+    token_file.chmod(0o600)
+    env = {**os.environ, "GITOPS_DB": db, "PYTHONPATH": str(ROOT)}  # a password stays off argv
+    args = [sys.executable, "-m", "gitops.cli", "--log-level", "warning", "serve", "--dir", str(folder)]
+    args += ["--join-token-file", str(token_file)]
+    args += ["--port", str(port), "--state-dir", str(tmp / "state"), "--poll", "1"]
+    args += ["--service-cidr", SERVICE_CIDR, "--cluster-cidr", CLUSTER_CIDR]
+    with log.open("wb") as out:
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=tmp, env=env)
+    server = Server(process, port, db, folder, log)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gitops serve exited {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return server
+        except OSError:
+            time.sleep(0.1)
+    server.stop()
+    raise RuntimeError("gitops serve did not listen within 60 s")
+
+
+def histogram(metrics: str, name: str) -> tuple[float, float]:
+    """(sum, count) of a histogram without labels in Prometheus text."""
+    total = re.search(rf"^{name}_sum (\S+)$", metrics, re.MULTILINE)
+    count = re.search(rf"^{name}_count (\S+)$", metrics, re.MULTILINE)
+    return (float(total.group(1)) if total else 0.0, float(count.group(1)) if count else 0.0)
+
+
+def gauge(metrics: str, name: str) -> float:
+    found = re.search(rf"^{name} (\S+)$", metrics, re.MULTILINE)
+    return float(found.group(1)) if found else float("nan")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+# --- the run ----------------------------------------------------------------------------
+
+
+async def wait_for(what: str, done: Any, timeout: float, every: float = 0.5) -> float:
+    """Seconds until `done()` is true, printing progress; raises after `timeout`."""
+    start = time.monotonic()
+    shown = start
+    while True:
+        state = done()
+        if state is True:
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise TimeoutError(f"{what}: not done after {timeout:.0f} s ({state})")
+        if time.monotonic() - shown >= 5:
+            say(f"  ... {what}: {state} after {time.monotonic() - start:.0f} s")
+            shown = time.monotonic()
+        await asyncio.sleep(every)
+
+
+async def run(args: argparse.Namespace, server: Server, join_token: str, figures: dict[str, Any]) -> None:
+    pool = Pool("127.0.0.1", server.port, args.connections)
+    calls = Calls()
+    agents = [
+        HollowAgent(
+            f"hollow-{i}", f"127.{(i >> 16) & 255}.{(i >> 8) & 255}.{(i & 255) or 1}", pool, join_token, calls
+        )
+        for i in range(args.nodes)
+    ]
+    stop = asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        start = time.monotonic()
+        for first in range(0, len(agents), 200):
+            await asyncio.gather(*(a.register() for a in agents[first : first + 200]))
+        tasks = [asyncio.create_task(a.run(args.interval, stop)) for a in agents]
+        await wait_for(
+            "agents synced",
+            lambda: all(a.synced for a in agents) or f"{sum(a.synced for a in agents)} synced",
+            120,
+        )
+        figures["start_s"] = round(time.monotonic() - start, 2)
+        say(f"start: {args.nodes} hollow nodes registered and synced in {figures['start_s']} s")
+
+        committed = time.monotonic()
+        cpu_before = server.cpu_seconds()
+        (server.folder / "apps.yaml").write_text(deployments(args.deployments, args.pods))
+
+        def bound() -> bool | str:
+            total, on_nodes, running = server.counts()
+            return (
+                total == args.pods and on_nodes == args.pods
+            ) or f"{total} pods, {on_nodes} bound, {running} running"
+
+        figures["commit_to_bound_s"] = round(await wait_for("bind", bound, args.timeout), 2)
+        figures["bound"] = server.counts()[1]
+        say(f"commit to bound: {figures['bound']} pods in {figures['commit_to_bound_s']} s")
+
+        def all_running() -> bool | str:
+            running = server.counts()[2]
+            return running == args.pods or f"{running} running"
+
+        await wait_for("running", all_running, args.timeout)
+        figures["commit_to_running_s"] = round(time.monotonic() - committed, 2)
+        figures["first_pass_cpu_s"] = round(server.cpu_seconds() - cpu_before, 1)
+        cpu_text = f"server CPU {figures['first_pass_cpu_s']} s"
+        say(f"commit to running: {figures['commit_to_running_s']} s ({cpu_text})")
+
+        await asyncio.sleep(args.settle)  # the last statuses written, the passes after them done
+        metrics = server.metrics()
+        pass_sum, pass_count = histogram(metrics, "gitops_controller_pass_seconds")
+        calls.reset()
+        cpu_before = server.cpu_seconds()
+        await asyncio.sleep(args.quiet)
+        cpu = server.cpu_seconds() - cpu_before
+        metrics = server.metrics()
+        after_sum, after_count = histogram(metrics, "gitops_controller_pass_seconds")
+        passes = after_count - pass_count
+        figures["noop_passes"] = int(passes)
+        figures["noop_pass_s"] = round((after_sum - pass_sum) / passes, 4) if passes else None
+        figures["noop_pass_writes"] = gauge(metrics, "gitops_controller_pass_writes")
+        answered = len(calls.seconds)
+        figures["sync_calls_per_s"] = round(answered / args.quiet, 1)
+        figures["sync_call_ms_p50"] = round(percentile(calls.seconds, 0.50) * 1000, 2)
+        figures["sync_call_ms_p99"] = round(percentile(calls.seconds, 0.99) * 1000, 2)
+        figures["sync_failures"] = calls.failures
+        # Server CPU per answered call, the controller's passes included (they are part of
+        # what keeping nodes in sync costs).
+        per_call = cpu / answered if answered else float("nan")
+        figures["server_cpu_ms_per_call"] = round(per_call * 1000, 3)
+        figures["nodes_per_core"] = int(1.0 / per_call) if answered and per_call > 0 else None
+        say(
+            f"quiet {args.quiet:.0f} s: {figures['noop_passes']} passes of {figures['noop_pass_s']} s "
+            f"({figures['noop_pass_writes']:.0f} writes in the last); {answered} sync calls "
+            f"({figures['sync_calls_per_s']}/s, {calls.failures} failed), "
+            f"p50 {figures['sync_call_ms_p50']} ms, p99 {figures['sync_call_ms_p99']} ms; "
+            f"server CPU {cpu:.1f} s = {figures['server_cpu_ms_per_call']} ms per call: "
+            f"one core keeps {figures['nodes_per_core']} nodes at one call per second"
+        )
+        if calls.last_error:
+            say(f"  last failed call: {calls.last_error}")
+    finally:
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await pool.close()
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--pods", type=int, default=20000)
+    parser.add_argument("--deployments", type=int, default=200)
+    parser.add_argument("--db", default="", help="SQLAlchemy URL (default: SQLite in a temporary folder)")
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between an agent's sync calls")
+    parser.add_argument("--connections", type=int, default=32, help="keep-alive connections the agents share")
+    parser.add_argument(
+        "--settle", type=float, default=10.0, help="seconds after all pods run before measuring"
+    )
+    parser.add_argument("--quiet", type=float, default=10.0, help="seconds of the no-op measurement")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds each phase may take")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temporary folder (database, server log)"
+    )
+    args = parser.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="gitops-scale-"))
+    db = args.db or f"sqlite:///{tmp / 'state.db'}"
+    join_token = secrets.token_hex(24)
+    figures: dict[str, Any] = {"nodes": args.nodes, "pods": args.pods, "deployments": args.deployments}
+    figures["db"] = "sqlite" if db.startswith("sqlite") else db.split(":", 1)[0]
+    say(
+        f"scale: {args.nodes} hollow nodes, {args.pods} pods in {args.deployments} Deployments, "
+        f"{figures['db']}"
+    )
+    server = start_server(tmp, db, join_token)
+    try:
+        asyncio.run(run(args, server, join_token, figures))
+    except Exception as exc:  # the figures so far are still printed
+        figures["error"] = f"{type(exc).__name__}: {exc}"
+        say(f"error: {figures['error']}")
+        say(f"server log (last lines):\n{server.log.read_text()[-2000:]}")
+    finally:
+        figures["rss_mib"] = round(server.rss_mib(), 1)
+        server.stop()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            say(f"kept {tmp}")
+    if figures.get("commit_to_bound_s"):
+        kube = args.pods / KUBE_SCHEDULER_PODS_PER_S
+        figures["kube_scheduler_s"] = round(kube, 1)
+        say(
+            f"baseline: kube-scheduler at {KUBE_SCHEDULER_PODS_PER_S:.0f} pods/s binds {args.pods} pods in "
+            f"{kube:.1f} s; commit to bound here {figures['commit_to_bound_s']} s "
+            f"({kube / figures['commit_to_bound_s']:.2f}x)"
+        )
+    say(f"server peak RSS {figures['rss_mib']} MiB")
+    print(json.dumps(figures), flush=True)
+    return figures
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""What an agent's sync call costs when nothing changed: next to nothing.
+
+Every agent calls `POST /agent/v1/nodes/{name}/sync` every second. Most calls report what
+the last one reported, and should get back what the last reply held; at thousands of nodes
+neither side may cost a write, a full read or a re-encoding per call.
+
+- `AgentReports` remembers, per node, the digest of the last report written and the
+  version of the node's pods just after writing it (`Store.node_pods_version`, one indexed
+  read). A report with the same digest, against pods nobody wrote since, would change no row
+  (a report is applied idempotently): only its heartbeat time is kept, in memory, and
+  written for all nodes in one statement at most every `flush_seconds` (by whichever call
+  finds the batch due). Anything else (a changed status, a stopped pod, a runtime error,
+  an adoption) is written at once, as before.
+- `SharedEndpoints` computes every Service's endpoints (and the nodes' pod routes) once per
+  change of what they depend on, with a version; all agents share it.
+- A reply carries the version of the node's pods and of the Services; a request names the
+  versions it holds, and gets null for what has not moved since.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+
+from gitops.codec import encode
+from gitops.model import PodStatus
+from gitops.planner import all_endpoints
+from gitops.store import Store
+
+log = structlog.get_logger(__name__)
+
+
+class SharedEndpoints:
+    """Every Service's endpoints, encoded for agents: computed once per change of what they
+    depend on (desired objects, pods, nodes' readiness and addresses) and shared by all
+    agents' syncs, with a version that moves when they do. The store is asked whether
+    anything moved at most every `ttl` seconds; pods are read through the store's
+    `PodCache` (only the rows written since)."""
+
+    def __init__(self, store: Store, clock: Callable[[], float], ttl: float = 0.5) -> None:
+        self.store = store
+        self.clock = clock
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        self._checked = float("-inf")
+        self._key: Any = None
+        self._value: list[Any] = []
+        self._routes: list[tuple[str, str, str]] = []
+        self._version = ""
+
+    def routes(self) -> list[tuple[str, str, str]]:
+        """(node, pod subnet, node address) of every node holding a subnet: where each
+        node's pods are reached from the others (NotReady nodes too: their routes go only
+        when they are deleted)."""
+        self.get()
+        return self._routes
+
+    def version(self) -> str:
+        """Moves whenever `get()` or `routes()` would give something else."""
+        self.get()
+        return self._version
+
+    def get(self) -> list[Any]:
+        with self._lock:
+            if time.monotonic() - self._checked < self.ttl:
+                return self._value
+            now = self.clock()
+            nodes = [r.node for r in self.store.nodes(now)]
+            routes = [(str(n.name), n.pod_cidr, n.address) for n in nodes if n.pod_cidr]
+            key = (
+                self.store.change_marker(),
+                tuple((n.name, n.address, n.ready) for n in nodes),
+                tuple(routes),
+            )
+            if key != self._key:
+                services = all_endpoints(
+                    self.store.desired(),
+                    self.store.vips(),
+                    self.store.pod_cache.pods(),
+                    nodes,
+                    self.store.node_ports(),
+                )
+                self._value = [encode(s) for s in services]
+                self._routes = routes
+                self._key = key
+                self._version = hashlib.blake2b(repr(key).encode(), digest_size=12).hexdigest()
+            self._checked = time.monotonic()
+            return self._value
+
+
+def report_digest(statuses: Sequence[PodStatus], runtime_error: str) -> str:
+    digest = hashlib.blake2b(runtime_error.encode(), digest_size=16)
+    for status in statuses:
+        digest.update(repr(status).encode())
+    return digest.hexdigest()
+
+
+class AgentReports:
+    """Agents' reports: written when they change something, else only their heartbeat
+    time, batched (see the module's docstring)."""
+
+    def __init__(self, store: Store, *, flush_seconds: float = 1.0) -> None:
+        self.store = store
+        self.flush_seconds = flush_seconds
+        self._lock = threading.Lock()
+        self._flushing = threading.Lock()
+        self._last: dict[str, tuple[str, str]] = {}  # node -> (report digest, pods version after it)
+        self._beats: dict[str, float] = {}
+        self._due = float("inf")  # monotonic time the buffered heartbeats are to be written by
+        self.skipped = 0  # reports found unchanged (for tests and figures)
+
+    def unchanged(self, node: str, digest: str, pods_version: str) -> bool:
+        """Whether the report `digest` is the node's last written one, and its pods were
+        not written since (at `pods_version`)."""
+        with self._lock:
+            return self._last.get(node) == (digest, pods_version)
+
+    def written(self, node: str, digest: str, pods_version: str) -> None:
+        """The report `digest` was written; the node's pods are at `pods_version` after it."""
+        with self._lock:
+            self._last[node] = (digest, pods_version)
+
+    def forget(self, node: str) -> None:
+        with self._lock:
+            self._last.pop(node, None)
+
+    def beat(self, node: str, now: float) -> None:
+        """Keep the node's heartbeat time; write the batch when it is due."""
+        with self._lock:
+            self.skipped += 1
+            self._beats[node] = max(now, self._beats.get(node, now))
+            if self._due == float("inf"):
+                self._due = time.monotonic() + self.flush_seconds
+            due = time.monotonic() >= self._due
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered heartbeat times (one statement); kept for the next try if it fails."""
+        if not self._flushing.acquire(blocking=False):
+            return  # another call is writing them
+        try:
+            with self._lock:
+                beats, self._beats, self._due = self._beats, {}, float("inf")
+            try:
+                self.store.record_heartbeats(beats)
+            except Exception as exc:  # kept: written with the next batch
+                log.warning("agent.heartbeats_not_written", nodes=len(beats), error=str(exc))
+                with self._lock:
+                    for node, at in beats.items():
+                        self._beats[node] = max(at, self._beats.get(node, at))
+                    self._due = time.monotonic() + self.flush_seconds
+        finally:
+            self._flushing.release()

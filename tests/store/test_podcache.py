@@ -1,0 +1,75 @@
+"""`PodCache` gives what a full read of the store gives, reading only what changed."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Iterator
+
+import pytest
+
+from gitops.model import Node, NodeName, ObjectKey, Pod, PodName, PodStatus
+from gitops.store import Store
+from gitops.store.podcache import PodCache
+from tests.specs import pod_spec
+
+
+@pytest.fixture
+def store() -> Iterator[Store]:
+    s = Store("sqlite://")
+    yield s
+    s.close()
+
+
+def _pod(i: int, owner: int = 0) -> Pod:
+    return Pod(
+        "default",
+        PodName(f"web-{i}"),
+        ObjectKey("Deployment", "default", f"web{owner}"),
+        f"h{owner}",
+        pod_spec(f"web{owner}:1"),
+        labels=(("app", f"web{owner}"),),
+    )
+
+
+def test_a_cache_reads_only_the_rows_written_since_and_agrees_with_a_full_read(store: Store) -> None:
+    """Creates, binds, status reports and deletions between reads: each read equals
+    `store.pods()`, and once the slack has passed a read with nothing written reads no row."""
+    cache = PodCache(store, slack=0.0)
+    store.apply_pod_changes(
+        create=[(_pod(i, i % 3), "new") for i in range(30)], stop=[], bind={}, pending_reasons={}, now=1.0
+    )
+    assert cache.pods() == tuple(store.pods())
+    assert cache.rows_read == 30
+    rng = random.Random(5)
+    for step in range(12):
+        pods = store.pods()
+        pick = rng.sample(pods, 4)
+        store.apply_pod_changes(
+            create=[(_pod(100 + step, step % 3), "new")],
+            stop=[(pick[0], "gone")],
+            bind={pick[1].id: NodeName("n1")} if pick[1].node is None else {},
+            pending_reasons={pick[2].id: f"waiting {step}"} if pick[2].node is None else {},
+            now=2.0 + step,
+        )
+        assert cache.pods() == tuple(store.pods()), step
+    assert cache.pods() == tuple(store.pods())
+    assert cache.rows_read == 0
+    assert len(cache.pods()) > 30
+
+
+def test_a_status_report_that_changes_only_restarts_is_seen(store: Store) -> None:
+    """Restarts, exit codes and container ids count as a change of the row (the cache reads
+    rows by when they were written)."""
+    store.register_node(Node(NodeName("n1"), "192.0.2.10", 4000, 2**32), "t", now=1.0)
+    store.apply_pod_changes(create=[(_pod(1), "new")], stop=[], bind={}, pending_reasons={}, now=1.0)
+    pod = store.pods()[0]
+    store.apply_pod_changes(create=[], stop=[], bind={pod.id: NodeName("n1")}, pending_reasons={}, now=2.0)
+    cache = PodCache(store, slack=0.0)
+    cache.pods()
+    running = PodStatus(pod=pod.id, phase="Running", ready=True, pod_ip="10.244.0.5")
+    store.heartbeat("n1", [running], now=3.0)
+    assert cache.pods() == tuple(store.pods())
+    store.heartbeat("n1", [dataclasses.replace(running, restarts=2)], now=4.0)
+    assert cache.pods() == tuple(store.pods())
+    assert cache.pods()[0].restarts == 2
