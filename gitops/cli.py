@@ -11,16 +11,21 @@ gitops state export      the cluster state as a snapshot file for `gitops plan -
 gitops backup -o FILE    a copy of the store (Secret values sealed; the key file is not in it)
 gitops restore FILE      put a backup back into a database no server is using
 gitops down              remove this node's containers and iptables chains
+
+The module itself imports only what building the parser needs (the standard library and
+`gitops.terminal`); each command imports what it uses when it runs: httpx for the commands
+that ask a server, structlog for all but `validate` (which logs nothing), the schemas for
+`validate`, SQLAlchemy, git, Docker and the web framework for the rest. `gitops --help`
+starts in a few hundredths of a second, `gitops status` (which must answer within a second
+at 8,000 pods) carries no database or validation code, and `gitops validate` no server
+(bench/cli_start.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
-import secrets
-import shutil
 import signal
 import sys
 import time
@@ -28,24 +33,25 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
-import structlog
-
-from gitops.model import ClusterState, Diagnostic, NodeName, Taint
-from gitops.redact import log_processor, redact_logs_with
 from gitops.terminal import SafeStream, escape
 
 if TYPE_CHECKING:
+    import httpx
+
+    from gitops.model import ClusterState, Diagnostic, Taint
     from gitops.schemas.validate import Policy
     from gitops.sync.sources import Source
-
-# Each command imports what only it needs (validation, git, previews, SQLAlchemy) when it
-# runs: `gitops status` must answer within a second, and those imports alone took 0.7 s.
 
 DEFAULT_STATE = Path(os.environ.get("GITOPS_STATE_DIR", ".gitops"))
 
 
 def configure_logging(json_logs: bool, level: str = "info") -> None:
+    import logging  # noqa: PLC0415 - see the module docstring
+
+    import structlog  # noqa: PLC0415
+
+    from gitops.redact import log_processor  # noqa: PLC0415
+
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if json_logs
@@ -146,6 +152,8 @@ def _read_headers(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _unauthorized(url: str, exc: httpx.HTTPError) -> str:
+    import httpx  # noqa: PLC0415 - see the module docstring
+
     if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 401:
         return f"{url}: the server needs its read token (GITOPS_READ_TOKEN or --read-token-file)"
     return f"cannot reach the gitops server at {url}: {exc}"
@@ -259,6 +267,8 @@ def _autoscalers_table(autoscalers: list[dict[str, Any]]) -> list[str]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    import httpx  # noqa: PLC0415 - see the module docstring
+
     try:
         with httpx.Client(base_url=args.server, timeout=10, headers=_read_headers(args)) as http:
             status = http.get("/api/v1/status").raise_for_status().json()
@@ -420,6 +430,8 @@ def _error_detail(response: httpx.Response) -> str:
 def cmd_logs(args: argparse.Namespace) -> int:
     """A container's log, streamed by the server from the pod's node (`gitops.api.logs`)."""
     from urllib.parse import quote  # noqa: PLC0415
+
+    import httpx  # noqa: PLC0415 - see the module docstring
 
     pod = args.pod.removeprefix("pods/").removeprefix("pod/")
     path = f"/api/v1/pods/{quote(args.namespace, safe='')}/{quote(pod, safe='')}/logs"
@@ -586,6 +598,8 @@ def _cluster_domain(value: str) -> str:
 
 
 def _parse_taints(values: Sequence[str]) -> tuple[Taint, ...]:
+    from gitops.model import Taint  # noqa: PLC0415 - see the module docstring
+
     taints = []
     for v in values:
         kv, sep, effect = v.rpartition(":")
@@ -631,10 +645,12 @@ def _control_plane(args: argparse.Namespace, state: Path, sources: list[Source])
 
 
 def _read_token(args: argparse.Namespace, state: Path) -> str | None:
-    from gitops.api.auth import is_loopback  # noqa: PLC0415 - the HTTP side only when serving
-
     """The token reads need: none on loopback or with --public-read; else --read-token-file,
     GITOPS_READ_TOKEN, or STATE_DIR/read-token (generated 0600 on first start)."""
+    import secrets  # noqa: PLC0415 - see the module docstring
+
+    from gitops.api.auth import is_loopback  # noqa: PLC0415 - the HTTP side only when serving
+
     if getattr(args, "public_read", False):
         return None
     given = getattr(args, "read_token_file", None) or os.environ.get("GITOPS_READ_TOKEN")
@@ -667,6 +683,8 @@ def _refuse_token_argument(args: argparse.Namespace) -> None:
 def _join_token(args: argparse.Namespace, state: Path, *, create: bool) -> str:
     """The join token from --join-token-file or GITOPS_JOIN_TOKEN; for a server without either,
     the one in STATE_DIR/join-token, generated (0600) on first start."""
+    import secrets  # noqa: PLC0415 - see the module docstring
+
     _refuse_token_argument(args)
     if getattr(args, "join_token_file", None):
         return _read_secret(args.join_token_file, "--join-token-file")
@@ -723,6 +741,8 @@ def _push_token_path(args: argparse.Namespace, state: Path) -> Path:
 
 def _push_options(args: argparse.Namespace, state: Path) -> dict[str, Any]:
     """Hosted repositories, their push token and the webhook secret (read from files only)."""
+    import secrets  # noqa: PLC0415 - see the module docstring
+
     from gitops.sync.hosted import HostedRepo  # noqa: PLC0415
 
     options: dict[str, Any] = {}
@@ -752,6 +772,8 @@ def _push_options(args: argparse.Namespace, state: Path) -> dict[str, Any]:
 def _agent(args: argparse.Namespace, server: str, token: str, state: Path) -> Any:
     from gitops.agents.agent import Agent, AgentConfig  # noqa: PLC0415
     from gitops.agents.runtime import DockerRuntime  # noqa: PLC0415
+    from gitops.model import NodeName  # noqa: PLC0415
+    from gitops.redact import redact_logs_with  # noqa: PLC0415
 
     runtime = DockerRuntime(args.docker)
     runtime.ping()
@@ -768,6 +790,7 @@ def _agent(args: argparse.Namespace, server: str, token: str, state: Path) -> An
         region=_topology("--region", args.region),
         iptables=args.iptables,
         chain_prefix=args.chain_prefix,
+        proxy_mode=args.proxy_mode,
         secret_dir=Path(args.secret_dir) if args.secret_dir else None,
         cluster_domain=_cluster_domain(args.cluster_domain),
         usage_interval=max(1.0, float(args.usage_interval)),
@@ -848,9 +871,12 @@ Press Ctrl-C to stop (containers keep running; `gitops down` removes them).
 
 
 def cmd_down(args: argparse.Namespace) -> int:
+    import shutil  # noqa: PLC0415 - see the module docstring
+
     from gitops.agents.iptables import IptablesProxy  # noqa: PLC0415
     from gitops.agents.network import PodNetwork, pod_network_name  # noqa: PLC0415
     from gitops.agents.runtime import DockerRuntime  # noqa: PLC0415
+    from gitops.model import NodeName  # noqa: PLC0415
 
     runtime = DockerRuntime(args.docker)
     removed = 0
@@ -882,6 +908,9 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def _read_state(source: str | None, headers: dict[str, str]) -> tuple[ClusterState, str, bool]:
     """The state to preview on, where it came from, and whether it is nodes only."""
+    import httpx  # noqa: PLC0415 - see the module docstring
+
+    from gitops.model import ClusterState  # noqa: PLC0415
     from gitops.preview.state import StateError, from_json, load_state  # noqa: PLC0415
 
     if source is None:
@@ -909,6 +938,8 @@ def _read_state(source: str | None, headers: dict[str, str]) -> tuple[ClusterSta
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    import secrets  # noqa: PLC0415 - see the module docstring
+
     from gitops.preview.render import to_json_text, to_markdown, to_text  # noqa: PLC0415
     from gitops.preview.state import StateError  # noqa: PLC0415
     from gitops.sync.previews import preview_revisions  # noqa: PLC0415
@@ -944,6 +975,8 @@ def cmd_state_export(args: argparse.Namespace) -> int:
 
         document = ReadModel(_open_store(args, Path(args.state_dir), read_only=True)).state()
     else:
+        import httpx  # noqa: PLC0415 - see the module docstring
+
         url = args.server.rstrip("/") + "/api/v1/state"
         try:
             response = httpx.get(url, timeout=30, trust_env=False, headers=_read_headers(args))
@@ -1197,6 +1230,13 @@ def parser() -> argparse.ArgumentParser:
         )
         sp.add_argument("--chain-prefix", default="GITOPS")
         sp.add_argument(
+            "--proxy-mode",
+            choices=("auto", "nftables", "iptables"),
+            default="auto",
+            help="program Services with nftables or iptables; auto (default): nftables where it works, "
+            "unless --iptables names another binary",
+        )
+        sp.add_argument(
             "--cluster-domain",
             default="cluster.local",
             help="the domain of Service names in the cluster DNS (default cluster.local)",
@@ -1381,13 +1421,20 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# `validate` writes no log line, so it leaves logging alone: importing structlog (and rich,
+# which structlog brings) would take longer than validating a small folder. Commands that
+# ask a server configure it, as `main` called in a process that runs a server expects.
+SILENT_COMMANDS = (cmd_validate,)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     # Nothing this command prints (pod reasons, log tails, manifest text) drives the terminal.
     real = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = SafeStream(real[0]), SafeStream(real[1])
     try:
-        configure_logging(args.log_json, args.log_level)
+        if args.func not in SILENT_COMMANDS:
+            configure_logging(args.log_json, args.log_level)
         code: int = args.func(args)
     finally:
         sys.stdout, sys.stderr = real

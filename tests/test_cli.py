@@ -3,6 +3,7 @@ status shows the applied and the rejected revision."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -231,3 +232,43 @@ def test_gitops_status_reads_no_job_tables_from_a_server_of_before_those_routes(
         assert _listed(http, "/api/v1/cronjobs") == [{"name": "report"}]
         with pytest.raises(httpx.HTTPStatusError):
             _listed(http, "/api/v1/autoscalers")
+
+
+def _loaded_after(argv: list[str], modules: tuple[str, ...]) -> tuple[list[str], str]:
+    """Which of `modules` a fresh interpreter holds after `gitops ARGV`, and what it printed."""
+    code = (
+        "import contextlib, json, sys\n"
+        "from gitops.cli import main\n"
+        "with contextlib.suppress(SystemExit):\n"
+        f"    main({argv!r})\n"
+        f"print(json.dumps([m for m in {modules!r} if m in sys.modules]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    *printed, loaded = done.stdout.splitlines()
+    return json.loads(loaded), "\n".join(printed) + done.stderr
+
+
+SERVER_SIDE = ("sqlalchemy", "alembic", "fastapi", "starlette", "uvicorn", "numpy", "docker", "git")
+
+
+def test_gitops_help_imports_no_server_http_logging_or_manifest_code() -> None:
+    modules = (*SERVER_SIDE, "httpx", "structlog", "rich", "jsonschema", "yaml", "gitops.model")
+    loaded, printed = _loaded_after(["--help"], modules)
+    assert "{up,serve,agent,validate," in printed
+    assert loaded == []
+
+
+def test_gitops_validate_imports_the_schemas_but_no_git_store_http_or_logging(tmp_path: Path) -> None:
+    """Nor croniter without a CronJob, nor pathspec without a `.gitopsignore`."""
+    (tmp_path / "cfg.yaml").write_text(GOOD)
+    modules = (*SERVER_SIDE, "httpx", "structlog", "croniter", "pathspec", "jsonschema")
+    loaded, printed = _loaded_after(["validate", str(tmp_path)], modules)
+    assert "1 file(s), 1 object(s): 0 error(s), 0 warning(s)" in printed
+    assert loaded == ["jsonschema"]
+
+
+def test_gitops_status_imports_httpx_but_no_store_or_schema_code() -> None:
+    modules = (*SERVER_SIDE, "jsonschema", "yaml", "httpx")
+    loaded, printed = _loaded_after(["status", "--server", f"http://127.0.0.1:{free_port()}"], modules)
+    assert "cannot reach the gitops server" in printed
+    assert loaded == ["httpx"]

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import pathspec
+if TYPE_CHECKING:
+    import pathspec
 
 IGNORE_FILE = ".gitopsignore"
 
@@ -26,6 +28,8 @@ class IgnoreRules:
 
     @classmethod
     def parse(cls, content: bytes) -> IgnoreRules:
+        import pathspec  # noqa: PLC0415 - 20 ms to import: only for a source that has the file
+
         lines = content.decode("utf-8", errors="replace").removeprefix("\ufeff").splitlines()
         return cls(pathspec.GitIgnoreSpec.from_lines(lines))
 

@@ -20,16 +20,20 @@ import posixpath
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote, urlsplit, urlunsplit
-
-import git
 
 from gitops.model import Diagnostic, Revision, SourceLocation
 from gitops.redact import redact_url
 from gitops.schemas.loader import MAX_FILE_BYTES, SourceFile
 from gitops.sync import kustomize
 from gitops.sync.ignore import IGNORE_FILE, NO_RULES, IgnoreRules
+
+if TYPE_CHECKING:
+    import git
+
+# GitPython (80 ms to import) is imported by the functions that read git, so that reading a
+# folder (`gitops validate`) does not pay for it.
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 
@@ -211,6 +215,8 @@ class GitSource:
         self._repo: git.Repo | None = None
 
     def mirror(self) -> git.Repo:
+        import git  # noqa: PLC0415 - see the imports
+
         if self._repo is None:
             if (self.cache_dir / "HEAD").exists():
                 self._repo = git.Repo(self.cache_dir)
@@ -240,6 +246,8 @@ _CREDENTIALS = '!f() { echo "username=$GITOPS_GIT_USERNAME"; echo "password=$GIT
 def fetch(repo: git.Repo, url: str, refspec: str) -> None:
     """`git fetch url refspec --prune --no-tags` into `repo`. Credentials written in the URL
     go to git through the environment, not its command line, and never into messages."""
+    import git  # noqa: PLC0415 - see the imports
+
     parts = urlsplit(url)
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
     options: list[str] = []
@@ -265,6 +273,8 @@ def mirror_folder(root: Path, url: str) -> Path:
 
 def commit_files(commit: git.Commit, path: str = "") -> Files:
     """The manifest files of `commit` under `path`, refusing links that leave the tree."""
+    import git  # noqa: PLC0415 - see the imports
+
     path = path.strip("/")
     entries: list[_Entry] = []
     problems: list[Diagnostic] = []
@@ -322,6 +332,8 @@ def revision_of(commit: git.Commit, source: str) -> Revision:
 
 def read_revision(repo_dir: Path, rev: str, path: str = "") -> tuple[Revision, Files]:
     """A revision (any name git understands: branch, tag, sha, HEAD~1) of a local repository."""
+    import git  # noqa: PLC0415 - see the imports
+
     try:
         repo = git.Repo(repo_dir)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
