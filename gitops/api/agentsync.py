@@ -10,7 +10,8 @@ neither side may cost a write, a full read or a re-encoding per call.
   (a report is applied idempotently): only its heartbeat time is kept, in memory, and
   written for all nodes in one statement at most every `flush_seconds` (by whichever call
   finds the batch due). Anything else (a changed status, a stopped pod, a runtime error,
-  an adoption) is written at once, as before.
+  an adoption) is written before the call returns; such reports arriving together are
+  written in one transaction (`AgentReports.write`).
 - `SharedEndpoints` computes every Service's endpoints (and the nodes' pod routes) once per
   change of what they depend on, with a version; all agents share it.
 - A reply carries the version of the node's pods and of the Services; a request names the
@@ -23,6 +24,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -30,7 +32,7 @@ import structlog
 from gitops.codec import encode
 from gitops.model import PodStatus
 from gitops.planner import all_endpoints
-from gitops.store import Store
+from gitops.store import Report, Store
 
 log = structlog.get_logger(__name__)
 
@@ -100,19 +102,50 @@ def report_digest(statuses: Sequence[PodStatus], runtime_error: str) -> str:
     return digest.hexdigest()
 
 
+@dataclass
+class _Ticket:
+    report: Report
+    done: bool = False
+    result: bool | Exception = False
+
+
 class AgentReports:
     """Agents' reports: written when they change something, else only their heartbeat
-    time, batched (see the module's docstring)."""
+    time, batched (see the module's docstring). Reports to write that arrive while another
+    batch is being written are written together, in one transaction, by whichever of their
+    calls gets the turn next (group commit); each call still returns once its own report
+    is written."""
 
     def __init__(self, store: Store, *, flush_seconds: float = 1.0) -> None:
         self.store = store
         self.flush_seconds = flush_seconds
         self._lock = threading.Lock()
         self._flushing = threading.Lock()
+        self._turn = threading.Lock()  # one batch of reports written at a time
+        self._queue: list[_Ticket] = []
+        self.batches = 0  # transactions that wrote reports (for figures)
         self._last: dict[str, tuple[str, str]] = {}  # node -> (report digest, pods version after it)
         self._beats: dict[str, float] = {}
         self._due = float("inf")  # monotonic time the buffered heartbeats are to be written by
         self.skipped = 0  # reports found unchanged (for tests and figures)
+
+    def write(self, report: Report) -> bool:
+        """Write `report` (with the others waiting); whether it changed a pod (`Store.heartbeat`)."""
+        ticket = _Ticket(report)
+        with self._lock:
+            self._queue.append(ticket)
+        with self._turn:
+            if not ticket.done:
+                with self._lock:
+                    batch, self._queue = self._queue, []
+                self.batches += 1
+                for waiting, result in zip(
+                    batch, self.store.heartbeats([t.report for t in batch]), strict=True
+                ):
+                    waiting.result, waiting.done = result, True
+        if isinstance(ticket.result, Exception):
+            raise ticket.result
+        return ticket.result
 
     def unchanged(self, node: str, digest: str, pods_version: str) -> bool:
         """Whether the report `digest` is the node's last written one, and its pods were

@@ -52,7 +52,7 @@ from gitops.codec import encode
 from gitops.health import Health
 from gitops.metrics import CONTENT_TYPE, Metrics
 from gitops.model import ContainerStatus, ContainerUsage, Node, NodeName, PodId, PodStatus, PodUsage, Taint
-from gitops.store import NodeNameTaken, PodRangeExhausted, Store
+from gitops.store import NodeNameTaken, PodRangeExhausted, Report, Store
 
 log = structlog.get_logger(__name__)
 
@@ -214,14 +214,15 @@ def create_app(
         if not request.stopped and reports.unchanged(name, digest, pods_version):
             reports.beat(name, now)  # the same report again: only the heartbeat time is new
         else:
-            changed = store.heartbeat(
+            report = Report(
                 name,
-                statuses,
+                tuple(statuses),
                 now,
-                stopped=list(request.stopped),
+                tuple(request.stopped),
                 runtime_error=request.runtime_error,
                 adopt=adopt,
             )
+            changed = reports.write(report)
             pods_version, known = store.node_pods_version(name)
             if adopt and any(s.pod not in known for s in statuses):
                 reports.forget(name)  # containers of pods not here: adopted once their owner wants them

@@ -153,6 +153,18 @@ class EventRecord:
 
 
 @dataclass(frozen=True)
+class Report:
+    """One agent's report (see `Store.heartbeat`)."""
+
+    node: str
+    statuses: tuple[PodStatus, ...]
+    now: float
+    stopped: tuple[str, ...] = ()
+    runtime_error: str = ""
+    adopt: bool = False
+
+
+@dataclass(frozen=True)
 class NodeRecord:
     node: Node
     heartbeat_at: float
@@ -214,7 +226,16 @@ def spec_key(row: Any) -> SpecKey:
     return (row.owner_kind, row.owner_namespace, row.owner_name, row.template_hash, own)
 
 
+IMMEDIATE = "gitops_sqlite_immediate"  # an execution option: the transaction begins IMMEDIATE
+
+
+def _sqlite_begin(conn: Any) -> None:
+    """Begin transactions ourselves (the driver's own BEGIN is off): IMMEDIATE for writers."""
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(IMMEDIATE) else "BEGIN")
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # no implicit BEGIN: `_sqlite_begin` says which
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
@@ -235,6 +256,7 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
             return create_engine("sqlite://", creator=connect)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(url, pool_pre_ping=True)
 
@@ -410,6 +432,7 @@ class Store:
         self._redactor_lock = threading.Lock()
         self._redactor_checked = float("-inf")
         self._written = threading.local()
+        self._write_lock = threading.RLock() if self.engine.dialect.name == "sqlite" else None
         self._pod_cache: PodCache | None = None
         self._pod_cache_lock = threading.Lock()
         event.listen(self.engine, "before_cursor_execute", self._note_statement)
@@ -447,6 +470,21 @@ class Store:
         with self._sessions.begin() as session:
             yield session
 
+    @contextmanager
+    def write_session(self) -> Iterator[Session]:
+        """A session for work that writes. On SQLite, this process's writers take turns (a
+        lock, not the database's busy loop) and each transaction takes the database's
+        write lock when it begins (`BEGIN IMMEDIATE`): one that first read and then found
+        another writer committed in between would fail with "database is locked" at once,
+        whatever the busy timeout."""
+        if self._write_lock is None:
+            with self.session() as session:
+                yield session
+            return
+        with self._write_lock, self._sessions.begin() as session:
+            session.connection(execution_options={IMMEDIATE: True})
+            yield session
+
     def close(self) -> None:
         """Close the pooled connections; on SQLite first fold the write-ahead log into the
         database file and empty it, so a cleanly stopped control plane leaves one
@@ -466,7 +504,7 @@ class Store:
         """Refuse a key other than the one this database was sealed with; seal what an older
         release stored in the clear."""
         check = self.keys.check_value()
-        with self.session() as s:
+        with self.write_session() as s:
             row = s.get(MetaRow, KEY_CHECK)
             if row is None:
                 sealed = s.scalar(
@@ -763,7 +801,7 @@ class Store:
     ) -> RevisionRecord:
         """Record a revision that was not applied; desired state is left untouched.
         `retry` marks one the sync tries again while the source stays at it."""
-        with self.session() as s:
+        with self.write_session() as s:
             row = RevisionRow(
                 source=revision.source,
                 revision=revision.id,
@@ -803,7 +841,7 @@ class Store:
         `allow_empty`, or needs more service addresses than the range holds."""
         source = revision.source
         keyed = [seal_manifest(m, self.keys.digest_key) for m in manifests]
-        with self.session() as s:
+        with self.write_session() as s:
             if self.engine.dialect.name == "postgresql":
                 # Read, check, write: two servers (or two sources) applying at once must not
                 # interleave (a claim checked against a state another transaction changes).
@@ -946,7 +984,7 @@ class Store:
     def source_failed(self, source: str, error: str, now: float) -> None:
         """Record that `source` cannot be read (the error; `since` stays the first failure's)."""
         error = truncate(self.redactor(max_age=1.0)(error), MAX_REASON)
-        with self.session() as s:
+        with self.write_session() as s:
             row = s.get(SourceHealthRow, source)
             if row is None:
                 s.add(SourceHealthRow(source=source, error=error, since=now, checked_at=now))
@@ -955,7 +993,7 @@ class Store:
             row.error, row.checked_at = error, now
 
     def source_ok(self, source: str, now: float) -> None:
-        with self.session() as s:
+        with self.write_session() as s:
             row = s.get(SourceHealthRow, source)
             if row is not None:
                 s.delete(row)
@@ -1006,7 +1044,7 @@ class Store:
         gives every node its subnet back, and no pod has to move. Raises `NodeNameTaken` when
         a Ready node holds the name and `presented` is not its current token. A NotReady
         node's name is free to take: its agent is gone or cut off."""
-        with self.session() as s:
+        with self.write_session() as s:
             row = s.get(NodeRow, node.name)
             if row is None:
                 row = NodeRow(name=node.name, registered_at=now)
@@ -1085,7 +1123,7 @@ class Store:
         owners place new ones elsewhere), as Kubernetes' pod garbage collector deletes the pods
         of a deleted node. Returns how many pods were deleted; raises KeyError for an unknown
         node. An agent still running there registers anew at its next sync."""
-        with self.session() as s:
+        with self.write_session() as s:
             row = s.get(NodeRow, name)
             if row is None:
                 raise KeyError(name)
@@ -1244,7 +1282,7 @@ class Store:
         """Create pods, stop pods (terminating, or deleted outright when `delete_now` or never
         placed), bind pods to nodes (the Scheduled event says why that node, `placed_because`, when given),
         and note why others stay pending."""
-        with self.session() as s:
+        with self.write_session() as s:
             # The rows this write looks at, read in a few queries rather than one per pod.
             wanted = {p.id for p, _ in stop} | set(bind) | set(pending_reasons)
             ids = sorted(wanted)
@@ -1482,8 +1520,8 @@ class Store:
         table = cast(Table, NodeRow.__table__)
         later = case((table.c.heartbeat_at < bindparam("at"), bindparam("at")), else_=table.c.heartbeat_at)
         statement = update(table).where(table.c.name == bindparam("node")).values(heartbeat_at=later)
-        with self.engine.begin() as conn:
-            conn.execute(statement, [{"node": node, "at": at} for node, at in beats.items()])
+        with self.write_session() as s:
+            s.connection().execute(statement, [{"node": node, "at": at} for node, at in beats.items()])
 
     def heartbeat(
         self,
@@ -1506,86 +1544,108 @@ class Store:
         With `adopt`, a reported container of a pod the store does not know is adopted as
         that pod when its owner wants it (`_adopt`): a control plane that lost its state
         takes over running containers instead of recreating them."""
-        redactor = self.redactor() if statuses or runtime_error else Redactor()
+        result = self.heartbeats(
+            [Report(node, tuple(statuses), now, tuple(stopped), runtime_error=runtime_error, adopt=adopt)]
+        )[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def heartbeats(self, reports: Sequence[Report]) -> list[bool | Exception]:
+        """`heartbeat` for several reports in one transaction (agents' reports arriving
+        together are written together); each one's answer, or the error that kept it from
+        being written: when the transaction fails, each report is tried alone, so that one
+        bad report costs only itself."""
+        # Asked before the write begins: a fresh one is one read, and `Redactor()` redacts nothing.
+        fresh = self.redactor() if any(r.statuses or r.runtime_error for r in reports) else Redactor()
+        try:
+            with self.write_session() as s:
+                return [self._heartbeat_in(s, r, fresh) for r in reports]
+        except Exception as exc:
+            if len(reports) == 1:
+                return [exc]
+        return [self.heartbeats([r])[0] for r in reports]
+
+    def _heartbeat_in(self, s: Session, report: Report, redactor: Redactor) -> bool:
+        node, statuses, now, stopped = report.node, report.statuses, report.now, report.stopped
+        runtime_error, adopt = report.runtime_error, report.adopt
         changed = False
-        with self.session() as s:
-            row = s.get(NodeRow, node)
-            if row is None:
-                return False
-            row.heartbeat_at = now
-            error = truncate(redactor(runtime_error), MAX_REASON)
-            if error != row.runtime_error:
+        row = s.get(NodeRow, node)
+        if row is None:
+            return False
+        row.heartbeat_at = now
+        reported = [st.pod for st in statuses]
+        for start in range(0, len(reported), 500):  # into the session at once, not one read per status
+            s.scalars(select(PodRow).where(PodRow.id.in_(reported[start : start + 500]))).all()
+        error = truncate(redactor(runtime_error), MAX_REASON)
+        if error != row.runtime_error:
+            changed = True
+            row.runtime_error = error
+            row.runtime_error_since = now if error else None
+            s.add(
+                EventRow(
+                    time=now,
+                    object=f"node {node}",
+                    reason="NodeNotReady" if error else "NodeReady",
+                    message=f"container runtime: {error}" if error else "the container runtime is back",
+                )
+            )
+        if error:
+            for held in s.scalars(select(PodRow).where(PodRow.node == node, PodRow.ready.is_(True))):
+                held.ready = False
+                held.reason = f"NodeNotReady: {error}"
+                held.updated_at = now
+            return changed
+        if adopt:
+            changed |= self._adopt(s, node, statuses, now)
+        for pod_id in stopped:
+            done = s.get(PodRow, pod_id)
+            if done is not None and done.node == node and done.terminating_at is not None:
+                s.delete(done)
                 changed = True
-                row.runtime_error = error
-                row.runtime_error_since = now if error else None
-                s.add(
-                    EventRow(
-                        time=now,
-                        object=f"node {node}",
-                        reason="NodeNotReady" if error else "NodeReady",
-                        message=f"container runtime: {error}" if error else "the container runtime is back",
+        for status in statuses:
+            pod = s.get(PodRow, status.pod)
+            if pod is None or pod.node != node or pod.terminating_at is not None:
+                continue
+            redact = redactor
+            if status.reason or status.last_log:
+                # The values this pod holds too: its Secret may have changed since it started.
+                redact = redactor.merged(self._own_secrets(pod))
+            reason = truncate(redact(status.reason), MAX_REASON)
+            before = (pod.phase, pod.ready, pod.reason, pod.pod_ip, pod.host_ports)
+            if (pod.phase, pod.ready) != (status.phase, status.ready):
+                changed = True
+            pod.phase = status.phase
+            if status.ready and not pod.ready:
+                pod.ready_since = now
+            pod.ready = status.ready
+            pod.reason = reason
+            pod.pod_ip = status.pod_ip
+            pod.host_ports = [list(hp) for hp in status.host_ports]
+            pod.restarts = max(pod.restarts, status.restarts)
+            pod.exit_code = status.exit_code
+            pod.container_id = status.container_id
+            if status.last_log:
+                pod.last_log = truncate(redact(status.last_log), MAX_LOG)
+            containers = [
+                encode(
+                    dataclasses.replace(
+                        c,
+                        reason=truncate(redact(c.reason), MAX_REASON),
+                        last_log=truncate(redact(c.last_log), MAX_LOG),
                     )
                 )
-            if error:
-                for held in s.scalars(select(PodRow).where(PodRow.node == node, PodRow.ready.is_(True))):
-                    held.ready = False
-                    held.reason = f"NodeNotReady: {error}"
-                    held.updated_at = now
-                return changed
-            if adopt:
-                changed |= self._adopt(s, node, statuses, now)
-            for pod_id in stopped:
-                done = s.get(PodRow, pod_id)
-                if done is not None and done.node == node and done.terminating_at is not None:
-                    s.delete(done)
-                    changed = True
-            for status in statuses:
-                pod = s.get(PodRow, status.pod)
-                if pod is None or pod.node != node or pod.terminating_at is not None:
-                    continue
-                redact = redactor
-                if status.reason or status.last_log:
-                    # The values this pod holds too: its Secret may have changed since it started.
-                    redact = redactor.merged(self._own_secrets(pod))
-                reason = truncate(redact(status.reason), MAX_REASON)
-                before = (pod.phase, pod.ready, pod.reason, pod.pod_ip, pod.host_ports)
-                if (pod.phase, pod.ready) != (status.phase, status.ready):
-                    changed = True
-                pod.phase = status.phase
-                if status.ready and not pod.ready:
-                    pod.ready_since = now
-                pod.ready = status.ready
-                pod.reason = reason
-                pod.pod_ip = status.pod_ip
-                pod.host_ports = [list(hp) for hp in status.host_ports]
-                pod.restarts = max(pod.restarts, status.restarts)
-                pod.exit_code = status.exit_code
-                pod.container_id = status.container_id
-                if status.last_log:
-                    pod.last_log = truncate(redact(status.last_log), MAX_LOG)
-                containers = [
-                    encode(
-                        dataclasses.replace(
-                            c,
-                            reason=truncate(redact(c.reason), MAX_REASON),
-                            last_log=truncate(redact(c.last_log), MAX_LOG),
-                        )
-                    )
-                    for c in status.containers
-                ]
-                if containers != (pod.containers or []):
-                    pod.containers = containers
-                    pod.updated_at = now
-                if before != (pod.phase, pod.ready, pod.reason, pod.pod_ip, pod.host_ports):
-                    pod.updated_at = now
-                    message = (
-                        status.phase + (" ready" if status.ready else "") + (f": {reason}" if reason else "")
-                    )
-                    s.add(
-                        EventRow(
-                            time=now, object=f"pod {status.pod}", reason="StatusChanged", message=message
-                        )
-                    )
+                for c in status.containers
+            ]
+            if containers != (pod.containers or []):
+                pod.containers = containers
+                pod.updated_at = now
+            if before != (pod.phase, pod.ready, pod.reason, pod.pod_ip, pod.host_ports):
+                pod.updated_at = now
+                message = (
+                    status.phase + (" ready" if status.ready else "") + (f": {reason}" if reason else "")
+                )
+                s.add(EventRow(time=now, object=f"pod {status.pod}", reason="StatusChanged", message=message))
         return changed
 
     # --- rollouts ------------------------------------------------------------------
@@ -1600,7 +1660,7 @@ class Store:
     def save_rollouts(self, states: Mapping[ObjectKey, RolloutState], now: float) -> None:
         """Store rollout states; drop those of Deployments not in `states`; record changes
         of status as events."""
-        with self.session() as s:
+        with self.write_session() as s:
             rows = {ObjectKey(r.kind, r.namespace, r.name): r for r in s.scalars(select(RolloutRow))}
             for old_key, old_row in rows.items():
                 if old_key not in states:
@@ -1632,7 +1692,7 @@ class Store:
     def save_workload_states(self, states: Mapping[ObjectKey, Any], now: float) -> None:
         """Store the states of the pass; drop those of objects not in `states`; record a
         changed condition (a Job that completed, an autoscaler that scaled) as an event."""
-        with self.session() as s:
+        with self.write_session() as s:
             rows = {ObjectKey(r.kind, r.namespace, r.name): r for r in s.scalars(select(WorkloadStateRow))}
             for old_key, old_row in rows.items():
                 if old_key not in states:
@@ -1670,7 +1730,7 @@ class Store:
 
     def record_usage(self, node: str, samples: Sequence[PodUsage]) -> None:
         """Store what `node`'s agent measured of its pods; drop what it no longer reports."""
-        with self.session() as s:
+        with self.write_session() as s:
             rows = {r.pod: r for r in s.scalars(select(UsageRow).where(UsageRow.node == node))}
             for sample in samples:
                 containers = [
@@ -1693,7 +1753,7 @@ class Store:
     # --- events -----------------------------------------------------------------------
 
     def add_event(self, obj: str, reason: str, message: str, now: float) -> None:
-        with self.session() as s:
+        with self.write_session() as s:
             s.add(EventRow(time=now, object=obj, reason=reason, message=message))
 
     def events(self, limit: int = 100) -> list[EventRecord]:
@@ -1715,7 +1775,7 @@ class Store:
         report: Mapping[str, Any],
         markdown: str,
     ) -> None:
-        with self.session() as s:
+        with self.write_session() as s:
             row = s.get(PreviewRow, (source, ref))
             if row is None:
                 row = PreviewRow(source=source, ref=ref)
@@ -1747,7 +1807,7 @@ class Store:
 
     def forget_previews(self, source: str, keep: set[str]) -> None:
         """Drop the previews of `source`'s refs that are not in `keep` (deleted branches)."""
-        with self.session() as s:
+        with self.write_session() as s:
             for row in s.scalars(select(PreviewRow).where(PreviewRow.source == source)):
                 if row.ref not in keep:
                     s.delete(row)

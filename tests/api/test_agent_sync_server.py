@@ -50,14 +50,14 @@ def register(url: str, token: str, node: dict[str, object] = NODE) -> str:
 def test_a_slow_sync_does_not_stall_the_server(plane: ControlPlane, monkeypatch: pytest.MonkeyPatch) -> None:
     token = register(plane.url, plane.join_token)
     slow = threading.Event()
-    original = plane.store.heartbeat
+    original = plane.store.heartbeats
 
-    def heartbeat(*args: object, **kwargs: object) -> bool:
+    def heartbeats(*args: object, **kwargs: object) -> list[bool | Exception]:
         slow.set()
         time.sleep(2.0)  # a store under load
         return original(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(plane.store, "heartbeat", heartbeat)
+    monkeypatch.setattr(plane.store, "heartbeats", heartbeats)
     auth = {"Authorization": f"Bearer {token}"}
     syncing = threading.Thread(
         target=lambda: httpx.post(f"{plane.url}/agent/v1/nodes/n1/sync", json={}, headers=auth, timeout=10)

@@ -1,0 +1,71 @@
+"""`AgentReports`: reports arriving together are written together, each caller still
+getting its own answer after its report is written."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from gitops.api.agentsync import AgentReports
+from gitops.model import Node, NodeName
+from gitops.store import Report, Store
+
+
+def test_reports_arriving_while_one_is_written_are_written_in_one_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    for i in range(8):
+        store.register_node(Node(NodeName(f"n{i}"), f"192.0.2.{i + 10}", 4000, 2**32), "t", now=0.0)
+    reports = AgentReports(store)
+    batches: list[int] = []
+    original = store.heartbeats
+
+    def slow(batch: list[Report]) -> list[bool | Exception]:
+        batches.append(len(batch))
+        time.sleep(0.3)  # while this batch is written, the other reports arrive
+        return original(batch)
+
+    monkeypatch.setattr(store, "heartbeats", slow)
+    answers: dict[str, bool] = {}
+
+    def report(node: str) -> None:
+        answers[node] = reports.write(Report(node, (), now=5.0, runtime_error="docker is gone"))
+
+    first = threading.Thread(target=report, args=("n0",))
+    first.start()
+    time.sleep(0.1)
+    others = [threading.Thread(target=report, args=(f"n{i}",)) for i in range(1, 8)]
+    for thread in others:
+        thread.start()
+    for thread in (first, *others):
+        thread.join(10)
+    assert batches == [1, 7]
+    assert answers == {f"n{i}": True for i in range(8)}  # each node's runtime went away: a change
+    assert {r.node.name: r.heartbeat_at for r in store.nodes()} == {f"n{i}": 5.0 for i in range(8)}
+    store.close()
+
+
+def test_a_report_that_cannot_be_written_fails_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One report of a batch fails to write: the others are written, and only its caller
+    gets the error."""
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    for name in ("n1", "n2", "n3"):
+        store.register_node(Node(NodeName(name), "192.0.2.10", 4000, 2**32), "t", now=0.0)
+    original = store._heartbeat_in
+
+    def failing(s: object, report: Report, redactor: object) -> bool:
+        if report.node == "n2":
+            raise RuntimeError("disk full")
+        return original(s, report, redactor)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "_heartbeat_in", failing)
+    results = store.heartbeats([Report(n, (), now=7.0) for n in ("n1", "n2", "n3")])
+    assert results[0] is False and results[2] is False
+    assert isinstance(results[1], RuntimeError)
+    beats = {r.node.name: r.heartbeat_at for r in store.nodes()}
+    assert beats == {"n1": 7.0, "n2": 0.0, "n3": 7.0}
+    store.close()
