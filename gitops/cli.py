@@ -875,6 +875,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
     from gitops.agents.iptables import IptablesProxy  # noqa: PLC0415
     from gitops.agents.network import PodNetwork, pod_network_name  # noqa: PLC0415
+    from gitops.agents.nftables import NftablesProxy, nftables_works  # noqa: PLC0415
     from gitops.agents.runtime import DockerRuntime  # noqa: PLC0415
     from gitops.model import NodeName  # noqa: PLC0415
 
@@ -889,6 +890,8 @@ def cmd_down(args: argparse.Namespace) -> int:
     runtime.remove_network(pod_network_name(args.node))
     PodNetwork(prefix=args.chain_prefix, iptables=args.iptables).cleanup()
     IptablesProxy(args.service_cidr, prefix=args.chain_prefix, iptables=args.iptables).cleanup()
+    if not nftables_works():  # the nftables proxy's table, when the agent chose it
+        NftablesProxy(args.service_cidr, prefix=args.chain_prefix).cleanup()
     secrets_dir = Path(args.secret_dir) if args.secret_dir else Path("/dev/shm/gitops") / args.node  # noqa: S108
     shutil.rmtree(secrets_dir, ignore_errors=True)
     print(

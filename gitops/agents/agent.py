@@ -50,9 +50,10 @@ import httpx
 import structlog
 
 from gitops.agents.hostpath import host_path_source
-from gitops.agents.iptables import Backend, IptablesError, IptablesProxy, ServiceRule
+from gitops.agents.iptables import Backend, IptablesProxy, ServiceRule
 from gitops.agents.logs import LogStreams
 from gitops.agents.network import NetworkError, PodNetwork, Route, bridge_name, gateway, pod_network_name
+from gitops.agents.nftables import PROXY_ERRORS, NftablesError, NftablesProxy, choose_proxy
 from gitops.agents.plan import (
     BACKOFF_MAX,
     BACKOFF_START,
@@ -291,6 +292,9 @@ class AgentConfig:
     interval: float = 1.0
     iptables: str = "iptables"
     chain_prefix: str = "GITOPS"
+    # Services on nftables or iptables: "auto" takes nftables where it works (and `iptables`
+    # is the default one), gitops.agents.nftables.choose_proxy.
+    proxy_mode: str = "auto"
     # How long a terminating pod keeps running after it left the endpoints: every agent
     # syncs its iptables within one interval, so two intervals cover them all.
     drain_seconds: float = 2.0
@@ -308,7 +312,7 @@ class Agent:
     runtime: Runtime
     clock: Callable[[], float] = time.time
     _token: str = ""
-    _proxy: IptablesProxy | None = None
+    _proxy: IptablesProxy | NftablesProxy | None = None
     _memory: dict[RunKey, PodMemory] = field(default_factory=dict)
     _waiting: dict[PodId, str] = field(default_factory=dict)
     _outages: list[Outage] = field(default_factory=list)
@@ -535,20 +539,22 @@ class Agent:
         # Endpoints first: traffic leaves a pod before its container is stopped.
         try:
             if self._proxy is None:
-                self._proxy = IptablesProxy(
+                self._proxy = choose_proxy(
+                    self.config.proxy_mode,
                     reply["service_cidr"],
                     prefix=self.config.chain_prefix,
                     iptables=self.config.iptables,
-                    # Unchanged endpoints cost nothing; the kernel's chains are read again (and
+                    # Unchanged endpoints cost nothing; the kernel's rules are read again (and
                     # repaired if someone changed them) every 10 s.
                     recheck_seconds=10.0,
                 )
                 self._proxy.install()
             self._proxy.sync(service_rules(services, node, self._cluster_cidr))
             self._proxy_problems = list(self._proxy.skipped)
-        except IptablesError as exc:
+        except PROXY_ERRORS as exc:
             # The node's pods still run and keep being converged; the failure is reported.
-            self._proxy_problems = [f"iptables failed: {exc}"]
+            kind = "nftables" if isinstance(exc, NftablesError) else "iptables"
+            self._proxy_problems = [f"{kind} failed: {exc}"]
             log.error("agent.proxy_failed", error=str(exc))
         self._proxy_problems += self._pod_network(services, [Route(s, a) for s, a in reply.get("routes", [])])
         self.probe(pods, containers)

@@ -1,10 +1,12 @@
 """One endpoint that cannot be rendered (written by an older release, or by a broken agent
 before requests were validated) costs only itself: every node programs every other Service
-and says what it skipped (0.1 raised on it and programmed nothing, on every node)."""
+and says what it skipped (0.1 raised on it and programmed nothing, on every node). With
+the iptables proxy and with the nftables one."""
 
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -17,6 +19,7 @@ from sqlalchemy import update
 
 from gitops.agents.agent import Agent, AgentConfig
 from gitops.agents.iptables import IptablesProxy
+from gitops.agents.nftables import NftablesProxy
 from gitops.agents.runtime import ContainerInfo, MountSpec
 from gitops.controller import reconcile_once
 from gitops.model import Manifest, NodeName, Pod, Revision, content_hash
@@ -26,6 +29,7 @@ from gitops.store.tables import NodeRow
 from tests.agents.fakes import MemoryRuntime
 from tests.agents.test_iptables_real import require_real_iptables
 from tests.agents.test_iptables_real import save as iptables_save
+from tests.agents.test_nftables_real import require_nft
 from tests.conftest import free_port
 from tests.planner.factories import deployment, service
 
@@ -58,9 +62,35 @@ def pinned(name: str, node: str) -> Manifest:
     return dataclasses.replace(written, body=body, hash=content_hash(body))
 
 
-@pytest.fixture
-def agents(tmp_path: Path) -> Iterator[tuple[Store, dict[str, Agent], str]]:
+def programmed(proxy: IptablesProxy | NftablesProxy | None) -> int:
+    """How many Service ports with backends `proxy` has in the kernel."""
+    if isinstance(proxy, IptablesProxy):
+        return sum("-SVC-" in c for c in proxy.chains())
+    assert proxy is not None
+    listing = subprocess.run(
+        ["nft", "list", "map", "ip", proxy.table, "service-ips"], capture_output=True, text=True, check=True
+    ).stdout
+    return listing.count(": goto ")
+
+
+def refused(proxy: IptablesProxy | NftablesProxy, service: str) -> bool:
+    """Whether `proxy` refuses connections to `service` for want of endpoints."""
+    if isinstance(proxy, IptablesProxy):
+        return f"{service} has no endpoints" in iptables_save()
+    listing = subprocess.run(
+        ["nft", "list", "map", "ip", proxy.table, "no-endpoint-services"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return f'comment "{service}" : goto reject-chain' in listing
+
+
+@pytest.fixture(params=["iptables", "nftables"])
+def agents(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Store, dict[str, Agent], str]]:
     require_real_iptables()
+    if request.param == "nftables":
+        require_nft()
     store = Store(f"sqlite:///{tmp_path / 's.db'}", service_cidr=CIDR)
     store.apply_revision(
         Revision("git:x", "1" * 40),
@@ -87,6 +117,7 @@ def agents(tmp_path: Path) -> Iterator[tuple[Store, dict[str, Agent], str]]:
                 capacity=(4000, 2**33),
                 labels=(("at", name),),
                 chain_prefix="GB" + uuid.uuid4().hex[:4].upper(),
+                proxy_mode=request.param,
                 secret_dir=Path("/dev/shm/gitops-test") / tmp_path.name / name,
             )
             made[name] = Agent(config, PublishingRuntime())
@@ -95,6 +126,8 @@ def agents(tmp_path: Path) -> Iterator[tuple[Store, dict[str, Agent], str]]:
     finally:
         for agent in made.values():
             IptablesProxy(CIDR, prefix=agent.config.chain_prefix).cleanup()
+            if request.param == "nftables":
+                NftablesProxy(CIDR, prefix=agent.config.chain_prefix).cleanup()
         plane.stop()
 
 
@@ -110,7 +143,7 @@ def test_one_unrenderable_endpoint_leaves_every_other_service_working_on_every_n
     time.sleep(0.6)
     for agent in nodes.values():
         agent.tick()
-    assert all(sum("-SVC-" in c for c in a._proxy.chains()) == 2 for a in nodes.values() if a._proxy)
+    assert all(programmed(a._proxy) == 2 for a in nodes.values() if a._proxy)
     # A node address no request can set any more, as a 0.1 database may hold it: n2 reaches
     # service one's pod through it.
     with store.session() as s:
@@ -122,10 +155,11 @@ def test_one_unrenderable_endpoint_leaves_every_other_service_working_on_every_n
 
     n1, n2 = nodes["n1"]._proxy, nodes["n2"]._proxy
     assert n1 is not None and n2 is not None
-    assert sum("-SVC-" in c for c in n1.chains()) == 2 and not n1.skipped  # one is local to n1
-    assert sum("-SVC-" in c for c in n2.chains()) == 1  # two works; one's only backend is skipped
+    assert isinstance(n1, NftablesProxy if nodes["n1"].config.proxy_mode == "nftables" else IptablesProxy)
+    assert programmed(n1) == 2 and not n1.skipped  # one is local to n1
+    assert programmed(n2) == 1  # two works; one's only backend is skipped
     assert len(n2.skipped) == 1 and "default/one:http" in n2.skipped[0] and "not-an-address" in n2.skipped[0]
-    assert "default/one:http has no endpoints" in iptables_save()
+    assert refused(n2, "default/one:http")
     events = [e for e in store.events(limit=500) if e.reason == "ProxyRulesSkipped"]
     assert [e.object for e in events] == ["node n2"]
     assert "not-an-address" in events[0].message

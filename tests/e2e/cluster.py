@@ -181,6 +181,11 @@ class Cluster:
                 node,
                 "--chain-prefix",
                 prefix,
+                # The spine reads its Services' iptables chains; the nftables proxy has its
+                # own real-kernel tests (tests/agents/test_nftables_real.py) and the other
+                # end-to-end clusters run the default mode.
+                "--proxy-mode",
+                "iptables",
                 "--state-dir",
                 str(self.tmp / "state"),
                 *self.agent_args,
@@ -207,6 +212,7 @@ class Cluster:
         if self.plane is not None:
             self.plane.stop()
         from gitops.agents.iptables import IptablesProxy
+        from gitops.agents.nftables import NftablesProxy
 
         for node, prefix in self.prefixes.items():
             for c in self.docker.containers.list(all=True, filters={"label": f"gitops.node={node}"}):
@@ -214,6 +220,7 @@ class Cluster:
             for volume in self.docker.volumes.list(filters={"label": f"gitops.node={node}"}):
                 volume.remove(force=True)
             IptablesProxy(self.service_cidr, prefix=prefix).cleanup()
+            NftablesProxy(self.service_cidr, prefix=prefix).cleanup()
             shutil.rmtree(Path("/dev/shm/gitops") / node, ignore_errors=True)
         remove_pod_networks(self.docker, list(self.prefixes))
 

@@ -184,11 +184,13 @@ class FaultCluster:
                 except subprocess.TimeoutExpired:
                     process.kill()
         from gitops.agents.iptables import IptablesProxy
+        from gitops.agents.nftables import NftablesProxy
 
         client = docker.from_env()
         for c in client.containers.list(all=True, filters={"label": f"gitops.node={self.host_node}"}):
             c.remove(force=True)
         IptablesProxy(CIDR, prefix=self.prefix).cleanup()
+        NftablesProxy(CIDR, prefix=self.prefix).cleanup()
         remove_pod_networks(client, [self.host_node])
         subprocess.run(
             [*self.netns.nsenter, "iptables", "-D", "OUTPUT", "-d", self.netns.host_address, "-j", "DROP"],

@@ -118,12 +118,14 @@ class TwoNodes:
         if self.plane is not None:
             self.plane.stop()
         from gitops.agents.iptables import IptablesProxy
+        from gitops.agents.nftables import NftablesProxy
         from gitops.agents.runtime import DockerRuntime
 
         runtime = DockerRuntime()
         for c in runtime.list(NodeName(self.host_node)):
             runtime.remove(c.id, 0)
         IptablesProxy("10.250.1.0/24", prefix=self.prefix).cleanup()
+        NftablesProxy("10.250.1.0/24", prefix=self.prefix).cleanup()
         remove_pod_networks(runtime.client, [self.host_node])
         self.netns.stop()
 
