@@ -367,7 +367,8 @@ def start_server(tmp: Path, db: str, join_token: str) -> Server:
     token_file = tmp / "join-token"
     token_file.write_text(join_token)
     token_file.chmod(0o600)
-    env = {**os.environ, "GITOPS_DB": db, "PYTHONPATH": str(ROOT)}  # a password stays off argv
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "GITOPS_DB": db, "PYTHONPATH": path}  # a password stays off argv
     args = [sys.executable, "-m", "gitops.cli", "--log-level", "warning", "serve", "--dir", str(folder)]
     args += ["--join-token-file", str(token_file)]
     args += ["--port", str(port), "--state-dir", str(tmp / "state"), "--poll", "1"]

@@ -484,16 +484,22 @@ class Agent:
     def _complete(self, reply: dict[str, Any]) -> dict[str, Any]:
         """`reply` with what it left out as unchanged filled in from the replies before."""
         for part, version, along in (
-            ("pods", "pods_version", ()),
+            ("pods", "pods_version", ("claims",)),
             ("services", "services_version", ("routes",)),
         ):
             if reply.get(part) is None and reply.get(version) and reply[version] == self._held.get(version):
                 for name in (part, *along):
-                    reply[name] = self._held[name]
-            else:
-                self._held[version] = reply.get(version, "")
-                for name in (part, *along):
-                    self._held[name] = reply[name] = reply.get(name) or []
+                    if name in self._held:
+                        reply[name] = self._held[name]
+                continue
+            self._held[version] = reply.get(version, "")
+            self._held[part] = reply[part] = reply.get(part) or []
+            for name in along:  # absent from an older server's reply: left absent
+                if reply.get(name) is not None:
+                    self._held[name] = reply[name]
+                else:
+                    self._held.pop(name, None)
+                    reply.pop(name, None)
         return reply
 
     # --- one tick -------------------------------------------------------------------

@@ -249,8 +249,9 @@ def create_app(
         services, routes = endpoints.get(), endpoints.routes()
         services_version = endpoints.version()
         same_services = request.have_services == services_version
+        same_pods = request.have_pods == pods_version
         return {
-            "pods": None if request.have_pods == pods_version else [encode(p) for p in store.pods(node=name)],
+            "pods": None if same_pods else [encode(p) for p in store.pods(node=name)],
             "pods_version": pods_version,
             "services": None if same_services else services,
             "services_version": services_version,
@@ -262,8 +263,9 @@ def create_app(
             "allow_privileged": allow_privileged,
             "authoritative": authoritative(),
             "logs": logs.pending(name),
-            # The claims whose volumes this node keeps; any other claim volume of ours it deletes.
-            "claims": sorted(store.claims(node=name)),
+            # The claims whose volumes this node keeps; any other claim volume of ours it
+            # deletes. Null with `pods` (the pods' version covers them).
+            "claims": None if same_pods else sorted(store.claims(node=name)),
         }
 
     def _note_proxy_problems(node: str, reported: tuple[str, ...], now: float) -> None:

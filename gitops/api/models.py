@@ -275,8 +275,8 @@ class SyncReply(BaseModel):
     # all its sources, or heard from its agents): agents keep containers it did not assign.
     authoritative: bool = True
     # The PersistentVolumeClaims (namespace/name) whose volumes this node keeps; the agent
-    # deletes its other claim volumes (only when `authoritative`).
-    claims: list[str] = []
+    # deletes its other claim volumes (only when `authoritative`). Null with `pods`.
+    claims: list[str] | None = []
     # Log requests of `gitops logs` for this node's pods, not answered yet (again in each
     # reply until the agent posts their first chunk).
     logs: list[LogRequestModel] = []

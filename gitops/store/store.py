@@ -213,6 +213,7 @@ def token_digest(token: str) -> str:
 if TYPE_CHECKING:
     from gitops.store.podcache import PodCache
 
+TOKEN_MEMORY = 10.0  # seconds a node token that matched is trusted without asking the database
 _INSERT_BATCH = 5000  # rows per multi-row INSERT (each batch is one executemany)
 _WRITES = frozenset({"INSERT", "UPDATE", "DELETE"})
 SpecKey = tuple[str, str, str, str, str]
@@ -254,7 +255,11 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
                 return sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=30)
 
             return create_engine("sqlite://", creator=connect)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # As many pooled connections as threads that may use them at once (the API's 40
+        # workers, the controller, the syncs): a connection opened past the pool is closed
+        # again after each use, and opening one (its pragmas) costs more than its query.
+        pooled: dict[str, Any] = {"pool_size": 48, "max_overflow": 16} if path and path != ":memory:" else {}
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pooled)
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
@@ -432,6 +437,7 @@ class Store:
         self._redactor_lock = threading.Lock()
         self._redactor_checked = float("-inf")
         self._written = threading.local()
+        self._tokens: dict[str, tuple[str, float]] = {}  # node -> (token digest, when it matched)
         self._write_lock = threading.RLock() if self.engine.dialect.name == "sqlite" else None
         self._pod_cache: PodCache | None = None
         self._pod_cache_lock = threading.Lock()
@@ -1044,6 +1050,7 @@ class Store:
         gives every node its subnet back, and no pod has to move. Raises `NodeNameTaken` when
         a Ready node holds the name and `presented` is not its current token. A NotReady
         node's name is free to take: its agent is gone or cut off."""
+        self._tokens.pop(node.name, None)  # the old token, if any, is no longer good
         with self.write_session() as s:
             row = s.get(NodeRow, node.name)
             if row is None:
@@ -1123,6 +1130,7 @@ class Store:
         owners place new ones elsewhere), as Kubernetes' pod garbage collector deletes the pods
         of a deleted node. Returns how many pods were deleted; raises KeyError for an unknown
         node. An agent still running there registers anew at its next sync."""
+        self._tokens.pop(name, None)
         with self.write_session() as s:
             row = s.get(NodeRow, name)
             if row is None:
@@ -1215,9 +1223,21 @@ class Store:
         return adopted
 
     def node_for_token(self, name: str, token: str) -> bool:
+        """Whether `token` is node `name`'s. A match is remembered for `TOKEN_MEMORY`
+        seconds (every agent call asks, twice): a token this process replaces is forgotten
+        at once, one another server replaces within that time."""
+        digest = token_digest(token)
+        known = self._tokens.get(name)
+        if known is not None and known[0] == digest and time.monotonic() - known[1] < TOKEN_MEMORY:
+            return True
         with self.session() as s:
             row = s.get(NodeRow, name)
-            return row is not None and hmac.compare_digest(row.token_hash, token_digest(token))
+            valid = row is not None and hmac.compare_digest(row.token_hash, digest)
+        if valid:
+            self._tokens[name] = (digest, time.monotonic())
+        else:
+            self._tokens.pop(name, None)
+        return valid
 
     def nodes(self, now: float | None = None) -> list[NodeRecord]:
         now = time.time() if now is None else now
