@@ -14,6 +14,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -27,6 +28,31 @@ from gitops.store import Store
 from gitops.store.podcache import PodCache
 
 log = structlog.get_logger(__name__)
+
+
+MAX_REST = 5.0  # seconds a pass waits at most after the last one
+
+
+@dataclass
+class QuietPasses:
+    """A pass whose inputs (every pod row as written, and the rest of the state) are those
+    of the last pass that decided nothing decides nothing again without deciding, for up to
+    `resync` seconds since that pass decided: what the clock alone brings about (a progress
+    deadline, a CronJob's time, minReadySeconds) waits at most that long."""
+
+    resync: float = 5.0
+    inputs: Any = None
+    decided_at: float = float("-inf")
+    skipped: int = 0
+
+    def quiet(self, inputs: Any, now: float) -> bool:
+        if inputs == self.inputs and now - self.decided_at < self.resync:
+            self.skipped += 1
+            return True
+        return False
+
+    def decided(self, inputs: Any, now: float, *, empty: bool) -> None:
+        self.inputs, self.decided_at = (inputs, now) if empty else (None, float("-inf"))
 
 
 @dataclass(frozen=True)
@@ -44,16 +70,21 @@ def reconcile_once(
     metrics: Metrics | None = None,
     not_ready_before: float = 0.0,
     pods: PodCache | None = None,
+    quiet: QuietPasses | None = None,
 ) -> PassResult:
     """One pass. A node's NotReady time counts from `not_ready_before` at the earliest (the
     control plane's start): a server that was down does not evict every pod at its first
     pass because it heard nothing while it was down. With `pods`, the pods are read through
     that cache (only the rows written since its last read); a write that fails makes it
-    read everything again next time."""
+    read everything again next time. With `quiet` (and `pods`), a pass whose inputs did not
+    change since the last pass that decided nothing does not decide again (`QuietPasses`)."""
     state = store.snapshot(now, pods=pods.pods if pods is not None else None, versioned=False)
     if not_ready_before:
         since = {n: max(t, not_ready_before) for n, t in state.not_ready_since.items()}
         state = dataclasses.replace(state, not_ready_since=since)
+    inputs = None if pods is None or quiet is None else (pods.generation, dataclasses.replace(state, pods=()))
+    if quiet is not None and quiet.quiet(inputs, now):
+        return PassResult(Plan((), (), ()), 0, 0)
     decision = decide(state, now, not_ready_toleration=not_ready_toleration)
     result, placements, evicted = decision.plan, decision.placements, decision.evicted
     failed = dict(result.failed)
@@ -86,6 +117,8 @@ def reconcile_once(
         )
     store.save_rollouts(rollouts, now)
     store.save_workload_states(decision.states, now)
+    if quiet is not None:
+        quiet.decided(inputs, now, empty=decision.empty and not failed)
     stopped = (*evicted, *decision.preempted, *result.stop)
     actions = Plan(result.create, stopped, result.keep, failed=failed, more=result.more)
     return PassResult(actions, len(placements.assigned), len(placements.unschedulable))
@@ -159,6 +192,8 @@ class Controller:
         self.metrics = metrics
         self.not_ready_toleration = not_ready_toleration
         self.clock = clock
+        self.quiet = QuietPasses()
+        self._took, self._ended = 0.0, float("-inf")  # how long the last pass took, when it ended
         self.loop = Loop(
             "controller",
             self._pass,
@@ -180,6 +215,11 @@ class Controller:
                 log.info("controller.waiting", reason="sources not synced or agents not heard from yet")
                 self._waited = True
             return
+        # Woken again right after a long pass (agents' reports wake it): leave the API as
+        # long again first, so that passes take at most about half of the process.
+        rest = self._took - (time.perf_counter() - self._ended)
+        if rest > 0:
+            time.sleep(min(rest, MAX_REST))
         started, written = time.perf_counter(), self.store.written()
         result = reconcile_once(
             self.store,
@@ -188,9 +228,12 @@ class Controller:
             metrics=self.metrics,
             not_ready_before=self.not_ready_before(),
             pods=self.store.pod_cache,  # each pass reads only the pods written since the last
+            quiet=self.quiet,
         )
+        self._ended = time.perf_counter()
+        self._took = self._ended - started
         if self.metrics is not None:
-            self.metrics.controller_pass.observe(time.perf_counter() - started)
+            self.metrics.controller_pass.observe(self._took)
             self.metrics.controller_pass_writes.set(self.store.written() - written)
         if result.plan.more:
             self.loop.trigger()  # workloads wanted more new pods than one pass creates

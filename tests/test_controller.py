@@ -214,3 +214,46 @@ def test_a_rollout_of_a_deployment_using_a_configmap_completes_and_stays_complet
     reconcile_once(store, now=700.0)
     (state,) = store.rollouts().values()
     assert state.status == "complete", state
+
+
+def test_a_pass_with_nothing_new_does_not_decide_again_until_the_resync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing written since a pass that decided nothing: the next pass skips deciding (and
+    writes nothing); a pod's status report, or `resync` seconds, bring a real pass back."""
+    import gitops.controller as controller
+    from gitops.controller import QuietPasses
+    from gitops.model import PodStatus
+
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store.register_node(Node(NodeName("n1"), "192.0.2.10", 4000, 2**32), "t", now=0.0)
+    store.apply_revision(Revision("git:x", "a" * 40), [deployment(replicas=2)], [], now=0.0)
+    decided: list[float] = []
+    original = controller.decide
+
+    def counting(state: object, now: float, **kwargs: object) -> object:
+        decided.append(now)
+        return original(state, now, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(controller, "decide", counting)
+    quiet = QuietPasses(resync=5.0)
+    cache = store.pod_cache
+    reconcile_once(store, 1.0, pods=cache, quiet=quiet)  # creates and binds the two pods
+    store.heartbeat("n1", [], now=1.0)
+    reconcile_once(store, 1.5, pods=cache, quiet=quiet)  # sees them bound: decides nothing
+    written = store.written()
+    reconcile_once(store, 2.0, pods=cache, quiet=quiet)
+    reconcile_once(store, 3.0, pods=cache, quiet=quiet)
+    assert decided == [1.0, 1.5]
+    assert store.written() == written
+    pod = store.pods()[0]
+    store.heartbeat("n1", [PodStatus(pod.id, "Running", ready=True, pod_ip="10.244.0.5")], now=3.5)
+    reconcile_once(store, 4.0, pods=cache, quiet=quiet)  # a status changed: a real pass
+    reconcile_once(store, 4.5, pods=cache, quiet=quiet)  # (the rollout's bookkeeping moved)
+    assert decided == [1.0, 1.5, 4.0, 4.5]
+    reconcile_once(store, 5.0, pods=cache, quiet=quiet)
+    reconcile_once(store, 9.0, pods=cache, quiet=quiet)
+    assert decided == [1.0, 1.5, 4.0, 4.5]
+    reconcile_once(store, 9.5, pods=cache, quiet=quiet)  # 5 s since it last decided
+    assert decided == [1.0, 1.5, 4.0, 4.5, 9.5]
+    store.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -35,7 +36,7 @@ class PodCache:
         self,
         store: Store,
         *,
-        slack: float = 30.0,
+        slack: float = 5.0,
         full_every: float = 300.0,
     ) -> None:
         self.store = store
@@ -48,6 +49,8 @@ class PodCache:
         self._since: float | None = None  # the next read starts at rows written from here
         self._full_at = float("-inf")  # when everything was last read
         self.rows_read = 0  # rows the last `pods()` read (every row after a full read)
+        self.generation = 0  # moves whenever `pods()` may give something else than before
+        self._stamps: dict[str, float] = {}  # pod id -> `written_at` of the row as read
 
     def pods(self) -> tuple[Pod, ...]:
         """Every pod in the store, in id order, as of this call."""
@@ -71,7 +74,12 @@ class PodCache:
 
     def _read_all(self, started: float) -> None:
         self._specs = {}
+        with self.store.session() as s:  # before the rows: a row written in between is read again
+            self._stamps = {
+                pod_id: written for pod_id, written in s.execute(select(PodRow.id, PodRow.written_at))
+            }
         pods = self.store.pods()
+        self.generation += 1
         self._pods = {p.id: p for p in pods}
         self._listed = tuple(pods)
         self._full_at = started
@@ -80,7 +88,15 @@ class PodCache:
     def _read_changes(self, since: float) -> None:
         store = self.store
         with store.session() as s:
-            rows = s.execute(select(*_COLUMNS).where(PodRow.written_at >= since)).all()
+            # First only when each row in the window was written: rows read already at that
+            # stamp (the window overlaps the last one by `slack`) are not read again.
+            stamps = s.execute(select(PodRow.id, PodRow.written_at).where(PodRow.written_at >= since)).all()
+            changed = sorted(pod_id for pod_id, written in stamps if self._stamps.get(pod_id) != written)
+            rows: list[Any] = []
+            for start in range(0, len(changed), _CHUNK):
+                rows += s.execute(
+                    select(*_COLUMNS).where(PodRow.id.in_(changed[start : start + _CHUNK]))
+                ).all()
             count = s.scalar(select(func.count(PodRow.id))) or 0
             missing = sorted(
                 {key: row.id for row in rows if (key := spec_key(row)) not in self._specs}.values()
@@ -98,13 +114,17 @@ class PodCache:
                 pod = store.pod_from_row(row, spec)
                 added |= pod.id not in self._pods
                 self._pods[pod.id] = pod
+                self._stamps[pod.id] = row.written_at
             removed = False
             if count != len(self._pods):
                 present = set(s.scalars(select(PodRow.id)))
                 for pod_id in [p for p in self._pods if p not in present]:
                     del self._pods[pod_id]
+                    self._stamps.pop(pod_id, None)
                     removed = True
         self.rows_read = len(rows)
+        if rows or removed:
+            self.generation += 1
         if added or removed:
             self._listed = tuple(self._pods[p] for p in sorted(self._pods))
         elif rows:
