@@ -21,6 +21,7 @@ neither side may cost a write, a full read or a re-encoding per call.
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -72,14 +73,10 @@ class SharedEndpoints:
             if time.monotonic() - self._checked < self.ttl:
                 return self._value
             now = self.clock()
-            nodes = [r.node for r in self.store.nodes(now)]
-            routes = [(str(n.name), n.pod_cidr, n.address) for n in nodes if n.pod_cidr]
-            key = (
-                self.store.change_marker(),
-                tuple((n.name, n.address, n.ready) for n in nodes),
-                tuple(routes),
-            )
+            places = self.store.node_places(now)  # (name, address, pod subnet, ready): one light read
+            key = (self.store.change_marker(), places)
             if key != self._key:
+                nodes = [r.node for r in self.store.nodes(now)]
                 services = all_endpoints(
                     self.store.desired(),
                     self.store.vips(),
@@ -87,10 +84,13 @@ class SharedEndpoints:
                     nodes,
                     self.store.node_ports(),
                 )
-                self._value = [encode(s) for s in services]
-                self._routes = routes
-                self._key = key
-                self._version = hashlib.blake2b(repr(key).encode(), digest_size=12).hexdigest()
+                value = [encode(s) for s in services]
+                routes = [(name, subnet, address) for name, address, subnet, _ in places if subnet]
+                # The version names the content: a pod write that changes no endpoint (most of
+                # them) does not send every agent every Service again.
+                content = json.dumps([value, routes], sort_keys=True, separators=(",", ":")).encode()
+                self._value, self._routes, self._key = value, routes, key
+                self._version = hashlib.blake2b(content, digest_size=12).hexdigest()
             self._checked = time.monotonic()
             return self._value
 

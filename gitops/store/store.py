@@ -1115,10 +1115,15 @@ class Store:
             wanted = ipaddress.IPv4Network(hint)
             if wanted.prefixlen == self.node_cidr_mask and wanted.subnet_of(self.cluster_cidr):
                 return str(wanted)
-        for subnet in self.cluster_cidr.subnets(new_prefix=self.node_cidr_mask):
-            if str(subnet) not in held:
-                return str(subnet)
+        # By number, not by `subnets()`: a network object per subnet per registration made
+        # 1,000 registrations cost 36 s.
         count = 2 ** (self.node_cidr_mask - self.cluster_cidr.prefixlen)
+        size = 2 ** (32 - self.node_cidr_mask)
+        taken = {int(ipaddress.IPv4Network(h, strict=False).network_address) for h in held if h}
+        first = int(self.cluster_cidr.network_address)
+        for index in range(count):
+            if first + index * size not in taken:
+                return f"{ipaddress.IPv4Address(first + index * size)}/{self.node_cidr_mask}"
         raise PodRangeExhausted(
             f"node {node}: the pod range {self.cluster_cidr} holds {count} node subnets of "
             f"/{self.node_cidr_mask} and every one is taken; delete nodes that are gone "
@@ -1238,6 +1243,24 @@ class Store:
         else:
             self._tokens.pop(name, None)
         return valid
+
+    def node_places(self, now: float) -> tuple[tuple[str, str, str, bool], ...]:
+        """(name, address, pod subnet or "", Ready) of every node, by name: what Services'
+        endpoints and the pod routes depend on of the nodes, without decoding them."""
+        with self.session() as s:
+            rows = s.execute(
+                select(
+                    NodeRow.name,
+                    NodeRow.address,
+                    NodeRow.pod_cidr,
+                    NodeRow.heartbeat_at,
+                    NodeRow.runtime_error,
+                ).order_by(NodeRow.name)
+            ).all()
+        return tuple(
+            (name, address, cidr or "", not now - beat > self.heartbeat_grace and not error)
+            for name, address, cidr, beat, error in rows
+        )
 
     def nodes(self, now: float | None = None) -> list[NodeRecord]:
         now = time.time() if now is None else now
