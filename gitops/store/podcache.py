@@ -3,9 +3,11 @@
 At 150,000 pods, reading and decoding every row costs seconds, and a control pass needs
 them all every pass. A `PodCache` reads them all once; each later `pods()` reads only the
 rows whose `written_at` (the wall clock of their last insert or update, whatever `now`
-their writer was given) is at or after the start of the previous read minus `slack`, so a
-transaction that stamped its rows earlier and committed later is still seen, up to `slack`
-seconds late. Rows deleted since are found by counting: after the changed rows are read,
+their writer was given) is at or after the start of the previous read, or of the oldest
+write of this process still under way then, minus `slack`: a transaction that stamped its
+rows earlier and committed later is still seen (this process's however long they take,
+another's up to `slack` seconds late). Of those, only rows whose stamp moved since they
+were last read are read whole. Rows deleted since are found by counting: after the changed rows are read,
 the cache holds every row still in the table plus those deleted, so the two counts differ
 exactly when a row is gone; then one read of the ids drops them. A pod's spec is decoded
 once (a pod row's spec is never rewritten; pods sharing a spec share one value).
@@ -21,12 +23,14 @@ import threading
 import time
 from typing import Any
 
+import structlog
 from sqlalchemy import func, select
 
 from gitops.model import Pod, PodId, PodSpec
 from gitops.store.store import SpecKey, Store, spec_key
 from gitops.store.tables import PodRow
 
+log = structlog.get_logger(__name__)
 _COLUMNS = tuple(c for c in PodRow.__table__.columns if c.name != "spec")
 _CHUNK = 500  # ids per IN (...) list
 
@@ -36,7 +40,7 @@ class PodCache:
         self,
         store: Store,
         *,
-        slack: float = 5.0,
+        slack: float = 10.0,
         full_every: float = 300.0,
     ) -> None:
         self.store = store
@@ -49,6 +53,7 @@ class PodCache:
         self._since: float | None = None  # the next read starts at rows written from here
         self._full_at = float("-inf")  # when everything was last read
         self.rows_read = 0  # rows the last `pods()` read (every row after a full read)
+        self._stale = False  # a read found rows its window missed: the next reads everything
         self.generation = 0  # moves whenever `pods()` may give something else than before
         self._stamps: dict[str, float] = {}  # pod id -> `written_at` of the row as read
 
@@ -57,14 +62,17 @@ class PodCache:
         with self._lock:
             started = time.time()  # the clock `written_at` is stamped with
             try:
-                if self._since is None or started - self._full_at >= self.full_every:
+                if self._since is None or self._stale or started - self._full_at >= self.full_every:
                     self._read_all(started)
                 else:
                     self._read_changes(self._since)
             except Exception:
                 self._since = None  # the next call reads everything again
                 raise
-            self._since = started - self.slack
+            # Not past a write of this process still under way: its rows, stamped since it
+            # began, become visible only when it commits, however long it takes.
+            oldest = self.store.oldest_write()
+            self._since = min(started, oldest if oldest is not None else started) - self.slack
             return self._listed
 
     def invalidate(self) -> None:
@@ -73,7 +81,7 @@ class PodCache:
             self._since = None
 
     def _read_all(self, started: float) -> None:
-        self._specs = {}
+        self._specs, self._stale = {}, False
         with self.store.session() as s:  # before the rows: a row written in between is read again
             self._stamps = {
                 pod_id: written for pod_id, written in s.execute(select(PodRow.id, PodRow.written_at))
@@ -122,6 +130,9 @@ class PodCache:
                     del self._pods[pod_id]
                     self._stamps.pop(pod_id, None)
                     removed = True
+                if present - self._pods.keys():  # a row the window missed (another process's
+                    self._stale = True  # write that committed later than `slack`): read all next time
+                    log.warning("podcache.missed_rows", rows=len(present - self._pods.keys()))
         self.rows_read = len(rows)
         if rows or removed:
             self.generation += 1

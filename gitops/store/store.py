@@ -437,6 +437,8 @@ class Store:
         self._redactor_lock = threading.Lock()
         self._redactor_checked = float("-inf")
         self._written = threading.local()
+        self._writing: dict[object, float] = {}  # writes under way -> when each began
+        self._writing_lock = threading.Lock()
         self._tokens: dict[str, tuple[str, float]] = {}  # node -> (token digest, when it matched)
         self._write_lock = threading.RLock() if self.engine.dialect.name == "sqlite" else None
         self._pod_cache: PodCache | None = None
@@ -483,13 +485,26 @@ class Store:
         write lock when it begins (`BEGIN IMMEDIATE`): one that first read and then found
         another writer committed in between would fail with "database is locked" at once,
         whatever the busy timeout."""
-        if self._write_lock is None:
-            with self.session() as session:
+        token = object()
+        with self._writing_lock:
+            self._writing[token] = time.time()
+        try:
+            if self._write_lock is None:
+                with self.session() as session:
+                    yield session
+                return
+            with self._write_lock, self._sessions.begin() as session:
+                session.connection(execution_options={IMMEDIATE: True})
                 yield session
-            return
-        with self._write_lock, self._sessions.begin() as session:
-            session.connection(execution_options={IMMEDIATE: True})
-            yield session
+        finally:
+            with self._writing_lock:
+                del self._writing[token]
+
+    def oldest_write(self) -> float | None:
+        """When the oldest write of this process still under way began (wall clock): rows
+        it writes are stamped later but seen only once it commits (`PodCache`)."""
+        with self._writing_lock:
+            return min(self._writing.values(), default=None)
 
     def close(self) -> None:
         """Close the pooled connections; on SQLite first fold the write-ahead log into the

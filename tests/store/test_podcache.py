@@ -73,3 +73,36 @@ def test_a_status_report_that_changes_only_restarts_is_seen(store: Store) -> Non
     store.heartbeat("n1", [dataclasses.replace(running, restarts=2)], now=4.0)
     assert cache.pods() == tuple(store.pods())
     assert cache.pods()[0].restarts == 2
+
+
+def test_rows_of_a_long_write_are_seen_when_it_commits(tmp_path: object) -> None:
+    """A write that stamps its rows and commits only after the slack has passed (a big
+    first pass) is still read: the cache's window starts no later than it began."""
+    import threading
+    import time
+    from pathlib import Path
+
+    assert isinstance(tmp_path, Path)
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    cache = PodCache(store, slack=0.0)
+    cache.pods()
+    inserted, release = threading.Event(), threading.Event()
+
+    def long_write() -> None:
+        with store.write_session() as s:
+            store._create_pods(  # noqa: SLF001 - the rows of a write under way
+                s, [(_pod(1), "new")], {}, {}, now=1.0, placed_because={}, pending={}
+            )
+            inserted.set()
+            release.wait(10)
+
+    writer = threading.Thread(target=long_write)
+    writer.start()
+    assert inserted.wait(10)
+    time.sleep(0.05)
+    assert cache.pods() == ()  # not committed yet
+    time.sleep(0.05)
+    release.set()
+    writer.join(10)
+    assert [p.name for p in cache.pods()] == ["web-1"]
+    store.close()
