@@ -48,7 +48,6 @@ from gitops.api.models import (
 from gitops.api.page import install_status_page
 from gitops.api.readmodel import ReadModel
 from gitops.api.readonly import install_read_only
-from gitops.codec import encode
 from gitops.health import Health
 from gitops.metrics import CONTENT_TYPE, Metrics
 from gitops.model import ContainerStatus, ContainerUsage, Node, NodeName, PodId, PodStatus, PodUsage, Taint
@@ -209,7 +208,7 @@ def create_app(
         now = clock()
         adopt = adopting()
         digest = report_digest(statuses, request.runtime_error)
-        pods_version, _known = store.node_pods_version(name)
+        pods_version, pods = store.pod_cache.node_view(name)
         changed = False
         if not request.stopped and reports.unchanged(name, digest, pods_version):
             reports.beat(name, now)  # the same report again: only the heartbeat time is new
@@ -223,7 +222,8 @@ def create_app(
                 adopt=adopt,
             )
             changed = reports.write(report)
-            pods_version, known = store.node_pods_version(name)
+            pods_version, pods = store.pod_cache.node_view(name, read_after=time.monotonic())
+            known = {f"{p['namespace']}/{p['name']}" for p in pods}
             if adopt and any(s.pod not in known for s in statuses):
                 reports.forget(name)  # containers of pods not here: adopted once their owner wants them
             else:
@@ -251,7 +251,7 @@ def create_app(
         same_services = request.have_services == services_version
         same_pods = request.have_pods == pods_version
         return {
-            "pods": None if same_pods else [encode(p) for p in store.pods(node=name)],
+            "pods": None if same_pods else pods,
             "pods_version": pods_version,
             "services": None if same_services else services,
             "services_version": services_version,
