@@ -221,7 +221,7 @@ def test_a_pass_with_nothing_new_does_not_decide_again_until_the_resync(
 ) -> None:
     """Nothing written since a pass that decided nothing: the next pass skips deciding (and
     writes nothing); a pod's status report, or `resync` seconds, bring a real pass back."""
-    import gitops.controller as controller
+    from gitops import controller
     from gitops.controller import QuietPasses
     from gitops.model import PodStatus
 

@@ -107,6 +107,7 @@ class _Ticket:
     report: Report
     done: bool = False
     result: bool | Exception = False
+    written_at: float = 0.0  # monotonic time its batch was written
 
 
 class AgentReports:
@@ -129,8 +130,10 @@ class AgentReports:
         self._due = float("inf")  # monotonic time the buffered heartbeats are to be written by
         self.skipped = 0  # reports found unchanged (for tests and figures)
 
-    def write(self, report: Report) -> bool:
-        """Write `report` (with the others waiting); whether it changed a pod (`Store.heartbeat`)."""
+    def write(self, report: Report) -> tuple[bool, float]:
+        """Write `report` (with the others waiting); whether it changed a pod
+        (`Store.heartbeat`), and the monotonic time its batch was written (a read that
+        begins after it sees it: one read serves the whole batch)."""
         ticket = _Ticket(report)
         with self._lock:
             self._queue.append(ticket)
@@ -139,13 +142,13 @@ class AgentReports:
                 with self._lock:
                     batch, self._queue = self._queue, []
                 self.batches += 1
-                for waiting, result in zip(
-                    batch, self.store.heartbeats([t.report for t in batch]), strict=True
-                ):
-                    waiting.result, waiting.done = result, True
+                results = self.store.heartbeats([t.report for t in batch])
+                written_at = time.monotonic()
+                for waiting, result in zip(batch, results, strict=True):
+                    waiting.result, waiting.done, waiting.written_at = result, True, written_at
         if isinstance(ticket.result, Exception):
             raise ticket.result
-        return ticket.result
+        return ticket.result, ticket.written_at
 
     def unchanged(self, node: str, digest: str, pods_version: str) -> bool:
         """Whether the report `digest` is the node's last written one, and its pods were

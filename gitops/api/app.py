@@ -221,8 +221,8 @@ def create_app(
                 runtime_error=request.runtime_error,
                 adopt=adopt,
             )
-            changed = reports.write(report)
-            pods_version, pods = store.pod_cache.node_view(name, read_after=time.monotonic())
+            changed, written_at = reports.write(report)
+            pods_version, pods = store.pod_cache.node_view(name, read_after=written_at)
             known = {f"{p['namespace']}/{p['name']}" for p in pods}
             if adopt and any(s.pod not in known for s in statuses):
                 reports.forget(name)  # containers of pods not here: adopted once their owner wants them

@@ -42,7 +42,7 @@ class PodCache:
         self,
         store: Store,
         *,
-        slack: float = 10.0,
+        slack: float = 2.0,
         full_every: float = 300.0,
     ) -> None:
         self.store = store

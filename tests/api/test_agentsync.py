@@ -33,7 +33,7 @@ def test_reports_arriving_while_one_is_written_are_written_in_one_transaction(
     answers: dict[str, bool] = {}
 
     def report(node: str) -> None:
-        answers[node] = reports.write(Report(node, (), now=5.0, runtime_error="docker is gone"))
+        answers[node] = reports.write(Report(node, (), now=5.0, runtime_error="docker is gone"))[0]
 
     first = threading.Thread(target=report, args=("n0",))
     first.start()
