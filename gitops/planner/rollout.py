@@ -189,6 +189,8 @@ def advance(
         return RolloutState(deployment.key, target, now, now, mark, "progressing", "", history)
     if state.status in ("failed", "rolled back"):
         return state
+    if status.complete and state.status == "complete" and mark == state.progress_mark:
+        return state  # complete already and nothing moved: a pass has nothing to write
     if status.complete:
         template = spec.get("template") or {}
         history = (*(h for h in state.history if h[0] != target), (target, template))

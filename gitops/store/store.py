@@ -1725,13 +1725,16 @@ class Store:
                     s.delete(old_row)
             for key, state in states.items():
                 row = rows.get(key)
-                before = decode_as(RolloutState, row.state) if row is not None else None
-                if before == state:
+                encoded = encode(state)
+                # By the stored form: a decoded state may differ from the pass's in form only
+                # (a list for a tuple), and rewriting it every pass is a write per Deployment.
+                if row is not None and row.state == encoded:
                     continue
+                before = decode_as(RolloutState, row.state) if row is not None else None
                 if row is None:
                     row = RolloutRow(kind=key.kind, namespace=key.namespace, name=key.name)
                     s.add(row)
-                row.state = encode(state)
+                row.state = encoded
                 if before is None or before.status != state.status or before.target != state.target:
                     message = f"{state.status} {state.target}" + (f": {state.reason}" if state.reason else "")
                     s.add(EventRow(time=now, object=str(key), reason="Rollout", message=message))

@@ -119,3 +119,19 @@ def test_min_ready_seconds_holds_old_pods_until_new_ones_have_been_ready_long_en
     assert stop.pod == pods[0]
     (status,) = rollouts([new], [*pods, fresh], now=105.0)
     assert (status.ready, status.available) == (2, 1)
+
+
+def test_a_complete_rollout_with_nothing_new_keeps_its_state() -> None:
+    """Pass after pass on a finished rollout gives the very same state (it used to move
+    `progress_at` to the pass's time, so every pass rewrote every Deployment's row)."""
+    from gitops.planner.rollout import RolloutStatus, advance
+
+    web = deployment(replicas=2)
+    done = RolloutStatus(
+        "default/web", "RollingUpdate", "h1", 2, 2, 2, 2, 2, 2, True, "complete: 2/2 pods on h1"
+    )
+    first = advance(None, web, "h1", done, now=10.0)
+    complete = advance(first, web, "h1", done, now=20.0)
+    assert complete.status == "complete"
+    assert advance(complete, web, "h1", done, now=30.0) == complete
+    assert advance(advance(complete, web, "h1", done, now=30.0), web, "h1", done, now=40.0) == complete
