@@ -90,9 +90,7 @@ def test_rows_of_a_long_write_are_seen_when_it_commits(tmp_path: object) -> None
 
     def long_write() -> None:
         with store.write_session() as s:
-            store._create_pods(
-                s, [(_pod(1), "new")], {}, {}, now=1.0, placed_because={}, pending={}
-            )
+            store._create_pods(s, [(_pod(1), "new")], {}, {}, now=1.0, placed_because={}, pending={})
             inserted.set()
             release.wait(10)
 
