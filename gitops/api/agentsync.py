@@ -5,8 +5,8 @@ the last one reported, and should get back what the last reply held; at thousand
 neither side may cost a write, a full read or a re-encoding per call.
 
 - `AgentReports` remembers, per node, the digest of the last report written and the
-  version of the node's pods just after writing it (`Store.node_pods_version`, one indexed
-  read). A report with the same digest, against pods nobody wrote since, would change no row
+  version of the node's pods just after writing it (`PodCache.node_view`, from memory).
+  A report with the same digest, against pods nobody wrote since, would change no row
   (a report is applied idempotently): only its heartbeat time is kept, in memory, and
   written for all nodes in one statement at most every `flush_seconds` (by whichever call
   finds the batch due). Anything else (a changed status, a stopped pod, a runtime error,

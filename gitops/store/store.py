@@ -1555,22 +1555,6 @@ class Store:
                 query = query.where(ClaimRow.node == node)
             return {r.id: NodeName(r.node) for r in s.scalars(query)}
 
-    def node_pods_version(self, node: str) -> tuple[str, frozenset[str]]:
-        """A version of the pods bound to `node` (and their claims): it moves whenever one
-        of their rows is written, one is bound there or one is gone; and their ids. One
-        indexed read."""
-        with self.session() as s:
-            rows = s.execute(
-                select(PodRow.id, PodRow.written_at).where(PodRow.node == node).order_by(PodRow.id)
-            ).all()
-            claims = s.execute(select(ClaimRow.id).where(ClaimRow.node == node).order_by(ClaimRow.id)).all()
-        digest = hashlib.blake2b(digest_size=12)
-        for pod_id, written in rows:
-            digest.update(f"{pod_id}\0{written!r}\n".encode())
-        for (claim,) in claims:
-            digest.update(f"claim {claim}\n".encode())
-        return digest.hexdigest(), frozenset(pod_id for pod_id, _ in rows)
-
     def record_heartbeats(self, beats: Mapping[str, float]) -> None:
         """Heartbeat times of several nodes in one statement (a time never goes back)."""
         if not beats:
