@@ -636,6 +636,7 @@ def _control_plane(args: argparse.Namespace, state: Path, sources: list[Source])
             read_token=_read_token(args, state),
             not_ready_toleration=args.not_ready_toleration,
             preview_refspec=getattr(args, "previews", ""),
+            name=getattr(args, "name", ""),
             **push,
         )
     except ValueError as exc:
@@ -1276,6 +1277,12 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--branch", default="main")
     serve.add_argument("--path", default="", help="folder inside the repository")
     serve.add_argument(
+        "--name",
+        default="",
+        help="this control plane's name among several on one database (shown as the leader's; "
+        "default: host:port)",
+    )
+    serve.add_argument(
         "--previews",
         default="refs/heads/*",
         metavar="REFSPEC",
@@ -1304,7 +1311,12 @@ def parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     agent = sub.add_parser("agent", help="a node agent for the local Docker engine")
-    agent.add_argument("--server", default="http://127.0.0.1:8080")
+    agent.add_argument(
+        "--server",
+        default="http://127.0.0.1:8080",
+        help="the control plane's URL, or several separated by commas (control planes on one "
+        "database): the agent moves to the next when one cannot be reached",
+    )
     agent.add_argument(
         "--join-token-file",
         metavar="PATH",

@@ -13,13 +13,14 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from gitops.health import Health
-from gitops.loop import Backoff, Loop
+from gitops.loop import Backoff, Ended, Loop
 from gitops.metrics import Metrics
 from gitops.model import ObjectKey, Pod
 from gitops.planner import Plan
@@ -90,6 +91,8 @@ def reconcile_once(
     failed = dict(result.failed)
     try:
         _write(store, decision, now, owners=None)
+    except Ended:  # the lease passed on: this process writes nothing more
+        raise
     except Exception as exc:  # written again workload by workload, below
         if pods is not None:
             pods.invalidate()
@@ -160,6 +163,8 @@ def _write_each(store: Store, decision: Decision, now: float) -> dict[ObjectKey,
     for owner in owners:
         try:
             _write(store, decision, now, owners={owner})
+        except Ended:
+            raise
         except Exception as exc:  # recorded on the workload; the others go on
             failed[owner] = f"the pass could not write its pods: {type(exc).__name__}: {str(exc)[:300]}"
     return failed
@@ -184,6 +189,7 @@ class Controller:
         ready: Callable[[], bool] = lambda: True,
         not_ready_before: Callable[[], float] = lambda: 0.0,
         health: Health | None = None,
+        fence: Callable[[], AbstractContextManager[object]] | None = None,
     ) -> None:
         self.store = store
         self.ready = ready
@@ -201,6 +207,7 @@ class Controller:
             backoff=Backoff(first=interval, cap=60.0),
             health=health,
             component="controller",
+            around=fence,  # the leader's lease: a pass of a control plane that lost it writes nothing
         )
 
     @property

@@ -4,7 +4,8 @@ The controller, each source's sync, the branch previews and the node agent all r
 way. A `Loop` calls its `step` every `interval` seconds, or at once when `trigger()`ed
 (any number of triggers during a step cause one more step, not a pile of them). The step
 re-reads what it acts on each time (level-triggered), so it never needs to know why it
-was woken.
+was woken. A loop may run each step within a context (`around`): the leader's loops run
+theirs fenced by its lease, so a step that finds the lease gone fails before it writes.
 
 What the step raises decides what happens next:
 
@@ -13,6 +14,8 @@ What the step raises decides what happens next:
   logs it once and carries on at its normal pace.
 - one of the loop's `fatal` exceptions ends the loop: `run()` raises it (a node agent
   whose name is held by another live node has nothing to do but exit).
+- `Ended` ends the loop quietly, as a stop would: its work is no longer this process's
+  to do (a control plane that lost the leader's lease, `gitops.store.lease.NotLeader`).
 - anything else is transient (a locked database, an unreachable git server or Docker
   engine): the loop retries with exponential backoff and jitter (`Backoff`), logging each
   failure with the delay, and returns to its interval after the next success.
@@ -23,6 +26,7 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import structlog
@@ -34,6 +38,10 @@ log = structlog.get_logger(__name__)
 
 class Terminal(Exception):
     """An error the step has recorded and that retrying cannot fix."""
+
+
+class Ended(Exception):
+    """The loop's work is no longer this process's to do: the loop ends without an error."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,7 @@ class Loop:
         fatal: tuple[type[BaseException], ...] = (),
         health: Health | None = None,
         component: str = "",
+        around: Callable[[], AbstractContextManager[object]] | None = None,
         **context: object,
     ) -> None:
         self.name = name
@@ -76,6 +85,7 @@ class Loop:
         self.fatal = fatal
         self.health = health
         self.component = component or name
+        self.around = around  # what each step runs within (a leader's fence: gitops.store.lease)
         self.error: BaseException | None = None  # the fatal error that ended the loop
         self.failures = 0
         self.last_error = ""
@@ -94,7 +104,13 @@ class Loop:
         """Run the step once; the delay before the next one."""
         self._wake.clear()
         try:
-            self.step()
+            if self.around is None:
+                self.step()
+            else:
+                with self.around():
+                    self.step()
+        except Ended:
+            raise
         except self.fatal:
             raise
         except Terminal as exc:
@@ -130,6 +146,10 @@ class Loop:
         while not self._stop.is_set():
             try:
                 delay = self.once()
+            except Ended as exc:
+                log.info(f"{self.name}.ended", reason=str(exc), **self.context)
+                self._stop.set()
+                return
             except self.fatal as exc:
                 self.error = exc
                 self._stop.set()

@@ -156,6 +156,11 @@ class Metrics:
             "Write statements (rows) the last control-loop pass sent to the database.",
             registry=self.registry,
         )
+        self.leader = Gauge(
+            "gitops_leader",
+            "1 while this control plane leads (holds the lease: syncs, previews, the controller), else 0.",
+            registry=self.registry,
+        )
         self.proxy_rules_skipped = Gauge(
             "gitops_proxy_rules_skipped",
             "Service rules a node's proxy could not program and skipped (see the node's events).",

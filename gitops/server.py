@@ -3,15 +3,25 @@
 `ControlPlane` owns the long-running parts and starts them in the right order (store,
 HTTP, sync, controller); `serve()` runs the HTTP server in the calling thread, and
 `start()` runs it in a background thread (used by `gitops up` and by tests).
+
+Several control planes may share one database (high availability on PostgreSQL). Each
+serves the page, the API and agents; the one that holds the lease (`gitops.store.lease`)
+leads: only it syncs the sources, computes previews and runs the controller, each step
+fenced by the lease. The others try to take the lease every `lease_ttl / 5` seconds and
+take over once it expires; until then they serve by what the leader published with its
+lease (whether its sources are read and it has settled). A control plane alone on its
+database leads from its start.
 """
 
 from __future__ import annotations
 
 import secrets
 import signal
+import socket
 import threading
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import structlog
@@ -27,6 +37,7 @@ from gitops.metrics import Metrics
 from gitops.redact import redact_logs_with
 from gitops.schemas.validate import DEFAULT_POLICY, Policy
 from gitops.store import Store
+from gitops.store.lease import TTL, Lease
 from gitops.sync.hosted import HostedRepo
 from gitops.sync.previews import BranchPreviews
 from gitops.sync.service import SyncService
@@ -67,6 +78,15 @@ class ControlPlane:
     # adopted) before the controller creates pods, unless every known node reports sooner.
     # Agents retry an unreachable server at least every 10 s.
     settle_seconds: float = 12.0
+    # Who this control plane is among those sharing the database (the lease's holder, with
+    # a random suffix per start); "" for host:port.
+    name: str = ""
+    lease_ttl: float = TTL  # how long the leader's lease holds without renewal
+    lease: Lease | None = None
+    _leading: bool = False
+    _keeping: threading.Thread | None = None  # renews or tries to take the lease
+    _stopping: threading.Event = field(default_factory=threading.Event)
+    _leader_lock: threading.Lock = field(default_factory=threading.Lock)
     _started: float = field(default_factory=time.monotonic)
     _started_at: float = field(default_factory=time.time)
     _settled: bool = False
@@ -104,6 +124,65 @@ class ControlPlane:
         self._started, self._started_at, self._settled = time.monotonic(), time.time(), False
         self._reported = set()
         self._known = frozenset(r.node.name for r in self.store.nodes())
+        holder = f"{self.name or f'{socket.gethostname()}:{self.port}'}#{secrets.token_hex(3)}"
+        self.lease = Lease(self.store, holder, ttl=self.lease_ttl)
+        app = create_app(
+            self.store,
+            join_token=self.join_token,
+            sources=[s.name for s in self.sources],
+            on_report=self._report_came,
+            metrics=self.metrics,
+            allow_probe_hosts=self.allow_probe_hosts,
+            allow_host_paths=self.policy.host_paths,
+            allow_privileged=self.policy.privileged,
+            read_token=self.read_token,
+            loopback_nodes=is_loopback(self.host),
+            loopback_only=is_loopback(self.host) and not self.read_token,
+            authoritative=self.settled,
+            on_sync=self._reported.add,
+            adopting=self.sources_read,
+            health=self.health,
+            leadership=self.leadership,
+        )
+        app.include_router(
+            webhook_router(
+                self.webhook_secret, lambda: self.syncs, lambda: self.previews, follower=self.following
+            )
+        )
+        if self.hosted:
+            for repo in self.hosted:
+                repo.policy = self.policy
+                repo.ensure()
+            app.include_router(git_router(self.hosted, self.push_token, self._pushed))
+        config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning", access_log=False)
+        return uvicorn.Server(config)
+
+    def _lead(self) -> None:
+        """This control plane took the lease: sync the sources, compute previews and run the
+        controller."""
+        assert self.lease is not None
+        self._settled = False  # its sources are to be read again (another leader may have changed them)
+        self.store.pod_cache.invalidate()  # another leader wrote since this one last read
+        self._leader_loops()
+        for sync in self.syncs:
+            sync.start()
+        for previews in self.previews:
+            previews.start()
+        assert self.controller is not None
+        self.controller.start()
+        self._leading = True
+        self.metrics.leader.set(1)
+        log.info("server.leading", holder=self.lease.holder, epoch=self.lease.epoch)
+
+    def _leader_loops(self) -> None:
+        """The leader's syncs, previews and controller, each step fenced by the lease (a step
+        after the lease passed on fails before it writes)."""
+        lease = self.lease
+        assert lease is not None
+
+        def fence() -> AbstractContextManager[None]:
+            return self.store.fenced(lease)
+
         self.controller = Controller(
             self.store,
             interval=self.controller_interval,
@@ -112,6 +191,7 @@ class ControlPlane:
             ready=self.settled,
             not_ready_before=lambda: self._started_at,
             health=self.health,
+            fence=fence,
         )
         self.previews = [
             BranchPreviews(
@@ -123,6 +203,7 @@ class ControlPlane:
                 not_ready_toleration=self.not_ready_toleration,
                 health=self.health,
                 policy=self.policy,
+                fence=fence,
             )
             for s in self.sources
             if isinstance(s, GitSource) and self.preview_refspec
@@ -137,38 +218,86 @@ class ControlPlane:
                 allow_empty=s.name in self.allow_empty,
                 health=self.health,
                 policy=self.policy,
+                fence=fence,
             )
             for s in self.sources
         ]
-        app = create_app(
-            self.store,
-            join_token=self.join_token,
-            sources=[s.name for s in self.sources],
-            on_report=self.controller.wake,
-            metrics=self.metrics,
-            allow_probe_hosts=self.allow_probe_hosts,
-            allow_host_paths=self.policy.host_paths,
-            allow_privileged=self.policy.privileged,
-            read_token=self.read_token,
-            loopback_nodes=is_loopback(self.host),
-            loopback_only=is_loopback(self.host) and not self.read_token,
-            authoritative=self.settled,
-            on_sync=self._reported.add,
-            adopting=self.sources_read,
-            health=self.health,
-        )
-        app.include_router(webhook_router(self.webhook_secret, lambda: self.syncs, lambda: self.previews))
-        if self.hosted:
-            for repo in self.hosted:
-                repo.policy = self.policy
-                repo.ensure()
-            app.include_router(git_router(self.hosted, self.push_token, self._pushed))
-        config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning", access_log=False)
-        return uvicorn.Server(config)
+
+    def _follow(self) -> None:
+        """This control plane no longer holds the lease: stop its leader's loops."""
+        was = self._leading
+        self._leading = False
+        self.metrics.leader.set(0)
+        for sync in self.syncs:
+            sync.stop()
+        for previews in self.previews:
+            previews.stop()
+        if self.controller is not None:
+            self.controller.stop()
+        self.syncs, self.previews, self.controller = [], [], None
+        if was and not self._stopping.is_set():
+            leader = self.lease.leader if self.lease is not None else None
+            log.warning("server.following", leader=leader.holder if leader else "")
+
+    def _keep_lease(self) -> None:
+        """Renew the lease while leading, or take it once it is free; lead or follow as that
+        turns out. A renewal that fails (the database unreachable) keeps leading only while
+        the lease would still hold."""
+        lease = self.lease
+        assert lease is not None
+        with self._leader_lock:
+            if self._stopping.is_set():
+                return
+            try:
+                held = lease.hold(
+                    sources_read=self._leading and self.sources_read(),
+                    settled=self._leading and self.settled(),
+                )
+            except Exception as exc:  # the database may be away: the lease's own clock decides
+                log.warning("lease.failed", error=str(exc), holder=lease.holder)
+                held = lease.held
+            if held and not self._leading:
+                self._lead()
+            elif not held and self._leading:
+                self._follow()
+
+    def _keep_leasing(self) -> None:
+        assert self.lease is not None
+        while not self._stopping.wait(self.lease.ttl / 5):
+            self._keep_lease()
+
+    def leadership(self) -> dict[str, object]:
+        """Whether this control plane leads, and who does (`/api/v1/status`)."""
+        leader = self.lease.leader if self.lease is not None else None
+        current = leader is not None and leader.expires_in > 0
+        return {
+            "leader": self._leading,
+            "name": self.lease.holder if self.lease is not None else "",
+            "led_by": leader.holder if leader is not None and current else "",
+            "epoch": leader.epoch if leader is not None and current else 0,
+        }
+
+    def following(self) -> str:
+        """Why this control plane does not sync sources itself ("" while it leads)."""
+        if self._leading:
+            return ""
+        leader = self.lease.leader if self.lease is not None else None
+        if leader is None or leader.expires_in <= 0:
+            return "this control plane does not lead, and no other does yet"
+        return f"this control plane does not lead; {leader.holder} does"
+
+    def _report_came(self) -> None:
+        controller = self.controller
+        if controller is not None:
+            controller.wake()
 
     def sources_read(self) -> bool:
         """Whether every source has been read once since the start (the desired state is known,
-        so reported containers can be matched to what is wanted)."""
+        so reported containers can be matched to what is wanted). A follower goes by what the
+        leader published."""
+        if not self._leading:
+            leader = self.lease.leader if self.lease is not None else None
+            return leader is not None and leader.expires_in > 0 and leader.sources_read
         return all(sync.synced_once for sync in self.syncs)
 
     def settled(self) -> bool:
@@ -178,6 +307,9 @@ class ControlPlane:
         start (lost or new) waits `settle_seconds` whatever reports: it cannot know which
         agents are still to come back, and they come back within that. No node waits longer
         than `settle_seconds`."""
+        if not self._leading:
+            leader = self.lease.leader if self.lease is not None else None
+            return leader is not None and leader.expires_in > 0 and leader.settled
         if self._settled:
             return True
         if not self.sources_read():
@@ -209,12 +341,12 @@ class ControlPlane:
                 previews.trigger()
 
     def _start_loops(self) -> None:
-        assert self.controller is not None
-        for sync in self.syncs:
-            sync.start()
-        for previews in self.previews:
-            previews.start()
-        self.controller.start()
+        """Lead at once if the lease is free (a control plane alone on its database), and
+        keep renewing it, or trying to take it, in a thread of its own."""
+        self._stopping.clear()
+        self._keep_lease()
+        self._keeping = threading.Thread(target=self._keep_leasing, name="lease", daemon=True)
+        self._keeping.start()
 
     def start(self) -> None:
         """Run everything in background threads; returns once the API answers."""
@@ -253,12 +385,16 @@ class ControlPlane:
             log.info("server.stopped", url=self.url)
 
     def stop(self) -> None:
-        for sync in self.syncs:
-            sync.stop()
-        for previews in self.previews:
-            previews.stop()
-        if self.controller is not None:
-            self.controller.stop()
+        self._stopping.set()
+        if self._keeping is not None:
+            self._keeping.join(timeout=10)
+        with self._leader_lock:
+            self._follow()
+            if self.lease is not None:
+                try:
+                    self.lease.release()  # another control plane takes over at once
+                except Exception as exc:  # it expires by itself
+                    log.warning("lease.release_failed", error=str(exc))
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:

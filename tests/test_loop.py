@@ -8,7 +8,7 @@ import time
 
 from structlog.testing import capture_logs
 
-from gitops.loop import Backoff, Loop, Terminal
+from gitops.loop import Backoff, Ended, Loop, Terminal
 from tests.conftest import wait_for
 
 
@@ -69,3 +69,16 @@ def test_triggers_during_a_step_cause_one_more_step_not_a_pile() -> None:
         assert len(steps) == 2
     finally:
         loop.stop()
+
+
+def test_a_step_that_raises_ended_ends_the_loop_quietly() -> None:
+    steps: list[int] = []
+
+    def step() -> None:
+        steps.append(1)
+        raise Ended("no longer ours")
+
+    loop = Loop("ending", step, interval=0.01)
+    loop.run()  # returns: no error raised, no retry
+    assert steps == [1]
+    assert loop.error is None and loop.failures == 0

@@ -280,6 +280,8 @@ def _detail(response: httpx.Response) -> str:
 
 @dataclass(frozen=True)
 class AgentConfig:
+    # The control plane's URL, or several separated by commas (control planes sharing one
+    # database): the agent talks to one and moves to the next when it cannot reach it.
     server: str
     node: NodeName
     join_token: str
@@ -319,6 +321,7 @@ class Agent:
     _outage_since: float | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _http: httpx.Client | None = None
+    _server_index: int = 0  # which of the control planes given this agent talks to
     _assigned_cache: dict[PodId, Pod] = field(default_factory=dict)
     prober: Prober | None = None
     _verdicts: dict[RunKey, Verdict] = field(default_factory=dict)
@@ -365,10 +368,36 @@ class Agent:
     # --- control plane --------------------------------------------------------------
 
     @property
+    def server(self) -> str:
+        """The control plane this agent talks to now (one of `AgentConfig.server`)."""
+        servers = [s.strip() for s in self.config.server.split(",") if s.strip()]
+        return servers[self._server_index % len(servers)]
+
+    @property
     def http(self) -> httpx.Client:
         if self._http is None:
-            self._http = httpx.Client(base_url=self.config.server, timeout=30.0)
+            self._http = httpx.Client(base_url=self.server, timeout=30.0)
         return self._http
+
+    def _next_server(self, error: Exception) -> None:
+        """The control plane could not be reached: the next call goes to the next one given."""
+        if "," not in self.config.server:
+            return
+        unreachable = self.server
+        self._server_index += 1
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+        if self._log_streams is not None:
+            self._log_streams.server = self.server
+        log.warning("agent.server_unreachable", server=unreachable, error=str(error), next=self.server)
+
+    def _tick_or_move(self) -> None:
+        try:
+            self.tick()
+        except httpx.TransportError as exc:
+            self._next_server(exc)
+            raise
 
     @property
     def _token_file(self) -> Path:
@@ -524,7 +553,7 @@ class Agent:
                 self._log_streams = LogStreams(
                     node,
                     self.runtime,
-                    server=self.config.server,
+                    server=self.server,
                     token=lambda: self._token,
                     pod_of=lambda pod_id: self._assigned_cache.get(pod_id),  # noqa: PLW0108 - replaced each tick
                     stop=self._stop,
@@ -1277,7 +1306,7 @@ class Agent:
             interval = self.config.interval
             self._loop = Loop(
                 "agent",
-                self.tick,
+                self._tick_or_move,
                 interval=interval,
                 # A control plane that restarted expects its agents back within seconds.
                 backoff=Backoff(first=interval, cap=10.0),

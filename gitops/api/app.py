@@ -25,7 +25,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -83,6 +83,7 @@ def create_app(
     on_sync: Callable[[str], None] = lambda _: None,
     adopting: Callable[[], bool] = lambda: True,
     health: Health | None = None,
+    leadership: Callable[[], Mapping[str, Any]] = lambda: {"leader": True},
 ) -> FastAPI:
     """The app; with `read_token`, reads need it (`gitops.api.auth`), else they are open.
     `loopback_nodes` lets nodes register a loopback address (a server on loopback, whose
@@ -91,7 +92,8 @@ def create_app(
     whether the control plane knows every pod yet (after a start it has read all its
     sources, and heard from its agents): until then agents keep containers it did not assign
     to them; `adopting` says whether it knows what is desired yet (reported containers
-    are adopted then)."""
+    are adopted then). `leadership` says whether this control plane leads and who does,
+    for `/api/v1/status` (`gitops.server.ControlPlane.leadership`)."""
     # No Swagger UI or ReDoc: they load their assets from a CDN. /docs is ours, offline.
     app = FastAPI(title="gitops", version="0.2.0", docs_url=None, redoc_url=None)
     install_read_only(app)
@@ -294,8 +296,9 @@ def create_app(
 
     @app.get("/api/v1/status")
     def status() -> dict[str, Any]:
-        """Sources, the last applied and rejected revisions, counts, and what fails now."""
-        return reads.status()
+        """Sources, the last applied and rejected revisions, counts, what fails now, and
+        whether this control plane leads (and who does)."""
+        return {**reads.status(), **leadership()}
 
     @app.get("/api/v1/revisions")
     def revisions(limit: int = 50) -> Response:

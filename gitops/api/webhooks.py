@@ -271,9 +271,13 @@ def webhook_router(
     previews: Callable[[], Sequence[BranchPreviews]] = tuple,
     *,
     max_body: int = MAX_BODY_BYTES,
+    follower: Callable[[], str] = str,
 ) -> APIRouter:
     """The `/hooks/{provider}` endpoints; `syncs` gives the current sync services, and
-    `previews` the branch previews a push to another branch of their repository refreshes."""
+    `previews` the branch previews a push to another branch of their repository refreshes.
+    `follower` says why this control plane does not sync ("" while it leads): a push sent
+    to a follower is answered 503 with that, so the sender can send it to the leader (which
+    also finds the push at its next poll)."""
     router = APIRouter()
     seen = Deliveries()
 
@@ -309,6 +313,10 @@ def webhook_router(
                 client=request.client.host if request.client else "",
             )
             return _answer(401, "unauthorized", problem)
+        following = follower()  # before deliveries are remembered: a retry is not a duplicate
+        if following:
+            log.info("webhook.not_leader", provider=kind, reason=following)
+            return _answer(503, "not leader", following)
         delivery = delivery_id(kind, request.headers)
         keys = [f"{kind}:delivery:{delivery}" if delivery else "", f"body:{hashlib.sha256(body).hexdigest()}"]
         if not seen.first_time(keys):

@@ -211,6 +211,7 @@ def token_digest(token: str) -> str:
 
 
 if TYPE_CHECKING:
+    from gitops.store.lease import Lease
     from gitops.store.podcache import PodCache
 
 TOKEN_MEMORY = 10.0  # seconds a node token that matched is trusted without asking the database
@@ -228,6 +229,7 @@ def spec_key(row: Any) -> SpecKey:
 
 
 IMMEDIATE = "gitops_sqlite_immediate"  # an execution option: the transaction begins IMMEDIATE
+IDLE_IN_TRANSACTION = 15.0  # seconds a PostgreSQL session may sit in a transaction without a statement
 
 
 def _sqlite_begin(conn: Any) -> None:
@@ -263,7 +265,10 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # A session left open by a process that stopped (SIGSTOP, a hung thread) loses its
+    # connection and its locks after this long: a leader's lease can pass on (gitops.store.lease).
+    options = f"-c idle_in_transaction_session_timeout={int(IDLE_IN_TRANSACTION * 1000)}"
+    return create_engine(url, pool_pre_ping=True, connect_args={"options": options})
 
 
 def _node(row: NodeRow, now: float, grace: float) -> Node:
@@ -437,6 +442,7 @@ class Store:
         self._redactor_lock = threading.Lock()
         self._redactor_checked = float("-inf")
         self._written = threading.local()
+        self._fence = threading.local()  # .lease: the lease this thread's transactions check
         self._writing: dict[object, float] = {}  # writes under way -> when each began
         self._writing_lock = threading.Lock()
         self._tokens: dict[str, tuple[str, float]] = {}  # node -> (token digest, when it matched)
@@ -476,7 +482,25 @@ class Store:
     @contextmanager
     def session(self) -> Iterator[Session]:
         with self._sessions.begin() as session:
+            self._check_fence(session)
             yield session
+
+    @contextmanager
+    def fenced(self, lease: Lease) -> Iterator[None]:
+        """Within this block, every transaction this thread opens through the store first
+        checks that `lease` is still held (`Lease.check`), and fails with `NotLeader` if
+        not: leader-only work cannot write once another control plane leads."""
+        before = getattr(self._fence, "lease", None)
+        self._fence.lease = lease
+        try:
+            yield
+        finally:
+            self._fence.lease = before
+
+    def _check_fence(self, session: Session) -> None:
+        lease: Lease | None = getattr(self._fence, "lease", None)
+        if lease is not None:
+            lease.check(session)
 
     @contextmanager
     def write_session(self) -> Iterator[Session]:
@@ -495,6 +519,7 @@ class Store:
                 return
             with self._write_lock, self._sessions.begin() as session:
                 session.connection(execution_options={IMMEDIATE: True})
+                self._check_fence(session)
                 yield session
         finally:
             with self._writing_lock:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Float, Integer, String, Text, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -216,3 +216,20 @@ class SourceHealthRow(Base):
     error: Mapped[str] = mapped_column(Text)
     since: Mapped[float] = mapped_column(Float)
     checked_at: Mapped[float] = mapped_column(Float)
+
+
+class LeaseRow(Base):
+    """Who leads the control planes sharing this database (`gitops.store.lease`): the
+    holder, the epoch that fences its writes (one more at each change of holder), until
+    when it holds (the database's clock, seconds since the epoch), and what the leader
+    knows that the others serve by (whether its sources are read, whether it is settled)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(512))
+    epoch: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[float] = mapped_column(Float)
+    acquired_at: Mapped[float] = mapped_column(Float)
+    sources_read: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    settled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())

@@ -17,6 +17,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import git
@@ -136,6 +137,7 @@ class BranchPreviews:
         not_ready_toleration: float = 60.0,
         health: Health | None = None,
         policy: Policy = DEFAULT_POLICY,
+        fence: Callable[[], AbstractContextManager[object]] | None = None,
     ) -> None:
         if refspec.count("*") != 1 or not refspec.startswith("refs/"):
             raise ValueError(
@@ -157,6 +159,7 @@ class BranchPreviews:
             source=self.name,
             health=health,
             component=f"previews {self.name}",
+            around=fence,
         )
         self._lock = threading.Lock()
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import structlog
@@ -28,7 +29,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from gitops.health import Health
-from gitops.loop import Backoff, Loop, Terminal
+from gitops.loop import Backoff, Ended, Loop, Terminal
 from gitops.metrics import Metrics
 from gitops.schemas.validate import DEFAULT_POLICY, Policy, validate_files
 from gitops.store import Refused, RevisionRecord, Store
@@ -133,6 +134,7 @@ class SyncService:
         backoff: Backoff | None = None,
         health: Health | None = None,
         policy: Policy = DEFAULT_POLICY,
+        fence: Callable[[], AbstractContextManager[object]] | None = None,
     ) -> None:
         self.store = store
         self.source = source
@@ -153,6 +155,7 @@ class SyncService:
             source=source.name,
             health=health,
             component=f"sync {source.name}",
+            around=fence,
         )
         self._observer: Observer | None = None  # type: ignore[valid-type]
         self._lock = threading.Lock()
@@ -189,6 +192,8 @@ class SyncService:
             self.synced_once = True
             self._unreadable(str(exc), now)
             raise Terminal(str(exc)) from exc
+        except Ended:
+            raise
         except Exception as exc:  # transient: retried with backoff by the loop, shown meanwhile
             self._unreadable(str(exc) or type(exc).__name__, now)
             raise

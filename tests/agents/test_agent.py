@@ -27,6 +27,7 @@ from gitops.model import (
     ServicePort,
 )
 from tests.agents.fakes import MemoryRuntime
+from tests.conftest import free_port
 from tests.specs import pod_spec
 
 NODE = NodeName("n1")
@@ -305,3 +306,32 @@ def test_a_pod_whose_container_is_being_killed_is_not_started_again_meanwhile(tm
     rt.now += 10
     agent.converge(pods, rt.list(NODE))
     assert restarts(rt) == ["run default/a #1"]
+
+
+def test_an_agent_given_several_control_planes_moves_to_the_next_when_one_cannot_be_reached(
+    tmp_path: Path,
+) -> None:
+    unreachable = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    calls: list[str] = []
+
+    def other(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        return httpx.Response(200, json={"token": "tok", "service_cidr": "10.243.0.0/16"})
+
+    config = AgentConfig(
+        iptables=NO_IPTABLES,
+        server=f"{unreachable}, http://other.invalid",
+        node=NODE,
+        join_token="t",
+        state_dir=tmp_path,
+        address="192.0.2.7",
+    )
+    agent = Agent(config, MemoryRuntime())
+    assert agent.server == unreachable
+    agent.loop.once()  # the tick fails to connect: retried later, at the next control plane
+    assert agent.loop.failures == 1
+    assert agent.server == "http://other.invalid"
+    assert str(agent.http.base_url) == "http://other.invalid"
+    agent._http = httpx.Client(transport=httpx.MockTransport(other), base_url=agent.server)
+    agent.register()
+    assert calls == ["/agent/v1/register"]

@@ -346,3 +346,18 @@ def signed_raw(body: bytes) -> tuple[bytes, dict[str, str]]:
         "X-GitHub-Delivery": str(uuid.uuid4()),
         "X-Hub-Signature-256": f"sha256={digest}",
     }
+
+
+def test_a_push_sent_to_a_control_plane_that_does_not_lead_is_refused_and_can_be_sent_again() -> None:
+    source = FakeSource()
+    sync = Recorder(source)
+    leading = {"reason": "this control plane does not lead; cp1#ab12cd does"}
+    client = client_for([sync], follower=lambda: leading["reason"])
+    body, headers = signed("github", github_push())
+    refused = post(client, "github", body, headers)
+    assert refused.status_code == 503
+    assert refused.json()["status"] == "not leader" and "cp1#ab12cd does" in refused.json()["message"]
+    assert sync.triggers == 0
+    leading["reason"] = ""  # this one leads now: the same delivery is not taken for a duplicate
+    assert post(client, "github", body, headers).status_code == 200
+    assert sync.triggers == 1

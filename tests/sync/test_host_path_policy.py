@@ -132,6 +132,7 @@ def test_a_control_plane_hands_its_policy_to_its_syncs_previews_and_agents(tmp_p
     source = GitSource(str(repo.path), tmp_path / "mirror", branch="main")
     plane = ControlPlane(store, [source], policy=LOGS)
     plane._build()
+    plane._leader_loops()
     assert [s.policy for s in plane.syncs] == [LOGS]
     assert [p.policy for p in plane.previews] == [LOGS]
     store.close()

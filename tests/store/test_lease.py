@@ -1,0 +1,148 @@
+"""The leader's lease and its fencing (`gitops.store.lease`), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from gitops.store import Store
+from gitops.store.lease import Lease, NotLeader
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.db'}"
+    database: str = request.getfixturevalue("postgres_database")
+    return database
+
+
+@pytest.fixture
+def two(url: str) -> tuple[Store, Store]:
+    """Two control planes' stores on one database (one key: they are one cluster's)."""
+    first = Store(url)
+    second = Store(url, keys=first.keys)
+    yield first, second
+    first.close()
+    second.close()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_one_holder_at_a_time_and_the_other_takes_over_when_it_expires(two: tuple[Store, Store]) -> None:
+    a_store, b_store = two
+    a = Lease(a_store, "a", ttl=1.0)
+    b = Lease(b_store, "b", ttl=1.0)
+    assert a.hold() and a.epoch == 1
+    assert not b.hold() and b.epoch == 0
+    assert b.leader is not None and b.leader.holder == "a" and b.leader.epoch == 1
+    assert a.hold() and a.epoch == 1  # a renewal keeps the epoch
+    time.sleep(1.3)  # a stops renewing: the lease expires by the database's clock
+    assert b.hold() and b.epoch == 2
+    assert not a.hold() and a.epoch == 0 and not a.held
+    assert a.leader is not None and a.leader.holder == "b"
+
+
+def test_a_released_lease_is_taken_at_once(two: tuple[Store, Store]) -> None:
+    a = Lease(two[0], "a", ttl=30.0)
+    b = Lease(two[1], "b", ttl=30.0)
+    assert a.hold()
+    a.release()
+    assert b.hold() and b.epoch == 2
+
+
+def test_a_fenced_write_of_a_holder_that_lost_the_lease_fails_and_writes_nothing(
+    two: tuple[Store, Store],
+) -> None:
+    a_store, b_store = two
+    a = Lease(a_store, "a", ttl=1.0)
+    b = Lease(b_store, "b", ttl=1.0)
+    assert a.hold()
+    with a_store.fenced(a):
+        a_store.add_event("x", "Before", "written while a leads", 1.0)
+    time.sleep(1.3)
+    assert b.hold()
+    # a has not noticed (it did not renew): its own clock still says it holds... until the
+    # check in the transaction says otherwise.
+    a.valid_until = float("inf")
+    with a_store.fenced(a), pytest.raises(NotLeader, match="passed to another"):
+        a_store.add_event("x", "After", "written after a lost the lease", 2.0)
+    assert [e.reason for e in b_store.events()] == ["Before"]
+    # Outside the fence (an agent's report, a read) a follower still writes.
+    a_store.add_event("x", "Report", "any replica writes what agents report", 3.0)
+    assert {e.reason for e in b_store.events()} == {"Before", "Report"}
+
+
+def test_a_holder_whose_renewals_fail_stops_trusting_its_lease_after_the_ttl(
+    two: tuple[Store, Store],
+) -> None:
+    clock = Clock()
+    a = Lease(two[0], "a", ttl=5.0, clock=clock)
+    assert a.hold() and a.held
+    clock.now += 5.0  # no renewal for a whole ttl, by this process's clock
+    assert not a.held
+    with two[0].fenced(a), pytest.raises(NotLeader, match="does not hold"):
+        two[0].add_event("x", "Late", "no write once the lease may have passed", 1.0)
+
+
+def test_taking_the_lease_waits_for_the_old_holders_open_checked_transaction(postgres_database: str) -> None:
+    """On PostgreSQL the old holder's checked transaction holds the lease row: the new
+    holder's epoch is not committed until it ends, and the old holder's next transaction
+    fails. (On SQLite writers take turns on the database's write lock.)"""
+    a_store = Store(postgres_database)
+    b_store = Store(postgres_database, keys=a_store.keys)
+    try:
+        a = Lease(a_store, "a", ttl=1.0)
+        b = Lease(b_store, "b", ttl=1.0)
+        assert a.hold()
+        a.valid_until = float("inf")
+        inside, finish = threading.Event(), threading.Event()
+
+        def old_leader() -> None:
+            with a_store.fenced(a), a_store.session() as s:
+                inside.set()
+                finish.wait(10)
+                from gitops.store.tables import EventRow
+
+                s.add(EventRow(time=1.0, object="x", reason="Slow", message="open across the expiry"))
+
+        thread = threading.Thread(target=old_leader)
+        thread.start()
+        assert inside.wait(10)
+        time.sleep(1.3)  # expired by the clock, but the row is held by the open transaction
+        assert not b.hold()  # waited 1 s for the row lock, gave up, will try again
+        finish.set()
+        thread.join(10)
+        assert b.hold() and b.epoch == 2
+        assert [e.reason for e in b_store.events()] == ["Slow"]
+        with a_store.fenced(a), pytest.raises(NotLeader):
+            a_store.add_event("x", "After", "fenced", 2.0)
+    finally:
+        a_store.close()
+        b_store.close()
+
+
+def test_a_renewal_is_not_held_up_by_the_leaders_own_open_checked_transaction(url: str) -> None:
+    store = Store(url)
+    try:
+        lease = Lease(store, "a", ttl=30.0)
+        assert lease.hold()
+        renewed: list[bool] = []
+        with store.fenced(lease), store.session():
+            thread = threading.Thread(target=lambda: renewed.append(lease.hold(settled=True)))
+            thread.start()
+            thread.join(5)
+        thread.join(10)
+        assert renewed == [True]
+        assert lease.leader is not None and lease.leader.settled
+    finally:
+        store.close()
