@@ -23,9 +23,24 @@ from gitops.model import ClusterState, canonical_json
 T = TypeVar("T")
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+_FIELDS: dict[type, tuple[str, ...] | None] = {}  # a class -> its dataclass fields' names, or None
+
+
+def _field_names(cls: type) -> tuple[str, ...] | None:
+    names = _FIELDS[cls] = (
+        tuple(f.name for f in dataclasses.fields(cls)) if dataclasses.is_dataclass(cls) else None
+    )
+    return names
+
+
 def encode(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    cls = type(value)
+    if cls in _SCALARS:  # most values: one set lookup, where the generic checks cost ten
+        return value
+    names = _FIELDS[cls] if cls in _FIELDS else _field_names(cls)
+    if names is not None:
+        return {name: encode(getattr(value, name)) for name in names}
     if isinstance(value, bytes):
         return {"b64": base64.b64encode(value).decode()}
     if isinstance(value, tuple | list):

@@ -19,6 +19,7 @@ in id order, as `Store.pods()` gives them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 import time
@@ -35,6 +36,7 @@ from gitops.store.tables import PodRow
 log = structlog.get_logger(__name__)
 _COLUMNS = tuple(c for c in PodRow.__table__.columns if c.name != "spec")
 _CHUNK = 500  # ids per IN (...) list
+_POD_FIELDS = tuple(f.name for f in dataclasses.fields(Pod))
 
 
 class PodCache:
@@ -58,6 +60,7 @@ class PodCache:
         self._stale = False  # a read found rows its window missed: the next reads everything
         self._by_node: dict[str, set[PodId]] = {}
         self._encoded: dict[PodId, tuple[float, dict[str, Any]]] = {}  # pod -> (its stamp, encode(pod))
+        self._spec_encoded: dict[int, tuple[PodSpec, Any]] = {}  # id(spec) -> (the spec, encode(spec))
         self._read_at = float("-inf")  # monotonic time of the last read
         self.generation = 0  # moves whenever `pods()` may give something else than before
         self._stamps: dict[str, float] = {}  # pod id -> `written_at` of the row as read
@@ -96,7 +99,7 @@ class PodCache:
         pods = self.store.pods()
         self.generation += 1
         self._pods = {p.id: p for p in pods}
-        self._encoded = {}
+        self._encoded, self._spec_encoded = {}, {}
         self._by_node = {}
         for pod in pods:
             if pod.node is not None:
@@ -133,9 +136,21 @@ class PodCache:
                 digest.update(f"{pod_id}\0{stamp!r}\n".encode())
                 known = self._encoded.get(pod_id)
                 if known is None or known[0] != stamp:
-                    known = self._encoded[pod_id] = (stamp, encode(self._pods[pod_id]))
+                    known = self._encoded[pod_id] = (stamp, self._encode(self._pods[pod_id]))
                 encoded.append(known[1])
             return digest.hexdigest(), encoded
+
+    def _encode(self, pod: Pod) -> dict[str, Any]:
+        """`encode(pod)`, its spec encoded once for all the pods that share it (a pod's row
+        is rewritten at each status its agent reports; its spec never is)."""
+        spec = pod.spec
+        known = self._spec_encoded.get(id(spec))
+        if known is None or known[0] is not spec:
+            known = self._spec_encoded[id(spec)] = (spec, encode(spec))
+        encoded: dict[str, Any] = {
+            name: known[1] if name == "spec" else encode(getattr(pod, name)) for name in _POD_FIELDS
+        }
+        return encoded
 
     def _read_changes(self, since: float) -> None:
         store = self.store

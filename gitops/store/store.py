@@ -26,6 +26,7 @@ import hmac
 import ipaddress
 import itertools
 import json
+import socket
 import sqlite3
 import threading
 import time
@@ -1159,7 +1160,7 @@ class Store:
         # 1,000 registrations cost 36 s.
         count = 2 ** (self.node_cidr_mask - self.cluster_cidr.prefixlen)
         size = 2 ** (32 - self.node_cidr_mask)
-        taken = {int(ipaddress.IPv4Network(h, strict=False).network_address) for h in held if h}
+        taken = {int.from_bytes(socket.inet_aton(h.partition("/")[0]), "big") for h in held if h}
         first = int(self.cluster_cidr.network_address)
         for index in range(count):
             if first + index * size not in taken:
@@ -1194,12 +1195,15 @@ class Store:
             )
             return pods
 
-    def _adopt(self, s: Session, node: str, statuses: Sequence[PodStatus], now: float) -> bool:
+    def _adopt(
+        self, s: Session, node: str, statuses: Sequence[PodStatus], now: float, rows: dict[str, PodRow]
+    ) -> bool:
         """Adopt reported containers of pods the store does not know, as those pods, when their
         owner is desired with the same template and has a place for them (`adoptable`: a
         Deployment's or ReplicaSet's below its replicas, a StatefulSet's ordinal, a
-        DaemonSet's pod of this node)."""
-        unknown = [st for st in statuses if st.template_hash and s.get(PodRow, st.pod) is None]
+        DaemonSet's pod of this node). `rows` holds the reported pods' rows; adopted ones
+        are added to it."""
+        unknown = [st for st in statuses if st.template_hash and st.pod not in rows]
         node_row = s.get(NodeRow, node)
         if not unknown or node_row is None:
             return False
@@ -1221,14 +1225,14 @@ class Store:
                 continue
             if template.hash != status.template_hash:
                 continue
-            rows = s.scalars(
+            owned = s.scalars(
                 select(PodRow).where(
                     PodRow.owner_kind == wanted.key.kind,
                     PodRow.owner_namespace == wanted.key.namespace,
                     PodRow.owner_name == wanted.key.name,
                 )
             )
-            pod = adoptable(wanted, template, name, node=here, owned=[self._pod(r) for r in rows], now=now)
+            pod = adoptable(wanted, template, name, node=here, owned=[self._pod(r) for r in owned], now=now)
             if pod is None:
                 continue
             row = PodRow(
@@ -1254,6 +1258,7 @@ class Store:
                 updated_at=now,
             )
             s.add(row)
+            rows[status.pod] = row
             s.add(
                 EventRow(
                     time=now,
@@ -1642,8 +1647,14 @@ class Store:
             return False
         row.heartbeat_at = now
         reported = [st.pod for st in statuses]
-        for start in range(0, len(reported), 500):  # into the session at once, not one read per status
-            s.scalars(select(PodRow).where(PodRow.id.in_(reported[start : start + 500]))).all()
+        # Read at once and held here: the session's identity map holds unchanged rows only
+        # weakly, so `s.get` after a read that kept no reference read each row again.
+        rows: dict[str, PodRow] = {}
+        for start in range(0, len(reported), 500):
+            rows.update(
+                (r.id, r)
+                for r in s.scalars(select(PodRow).where(PodRow.id.in_(reported[start : start + 500])))
+            )
         error = truncate(redactor(runtime_error), MAX_REASON)
         if error != row.runtime_error:
             changed = True
@@ -1664,14 +1675,14 @@ class Store:
                 held.updated_at = now
             return changed
         if adopt:
-            changed |= self._adopt(s, node, statuses, now)
+            changed |= self._adopt(s, node, statuses, now, rows)
         for pod_id in stopped:
             done = s.get(PodRow, pod_id)
             if done is not None and done.node == node and done.terminating_at is not None:
                 s.delete(done)
                 changed = True
         for status in statuses:
-            pod = s.get(PodRow, status.pod)
+            pod = rows.get(status.pod)
             if pod is None or pod.node != node or pod.terminating_at is not None:
                 continue
             redact = redactor
