@@ -3,12 +3,18 @@
     sudo python bench/proxy.py [--services 1000] [--backends 3] [--mode both|nft|iptables]
                                [--naive-services 100] [--compare-layouts]
 
-nft (`NftablesProxy`, one table, one transaction per sync): render alone, install, the first
-(full) sync, an unchanged sync (the table's layout read and compared), one within the
-recheck time, one endpoint removed from one service, one service losing all but one
-backend, a full rewrite of the existing table, cleanup; with libnftables in this process
-and with one `nft -f -` process per transaction. CPU seconds are shown beside wall time
-(this machine is shared: wall time grows with its load, CPU time much less).
+nft (`NftablesProxy`, one table, one transaction per sync): install, the first (full) sync
+first of all, as an agent's is (its layout through nft, its elements in one netlink batch
+of the proxy's own), the same written in one nft transaction, render alone, an unchanged
+sync (the table's layout read and compared), one within the recheck time, one endpoint
+removed from one service, one service losing all but one backend, a full rewrite of the
+existing table, cleanup; with libnftables in this process and with one `nft -f -` process
+per transaction. Then the agent's side (`gitops.agents.agent.ServiceMemo`): the same
+Services as the JSON a sync reply carries, decoded and turned into rules, then one endpoint
+fewer in a reply that is all new JSON (as the server sends it), through the memo and the
+proxy, and as the agent did it before (every Service decoded and every rule built anew).
+CPU seconds are shown beside wall time (this machine is shared: wall time grows with its
+load, CPU time much less).
 `--compare-layouts` also times the endpoint selection of the layouts we did not choose
 (kube-proxy's chain and anonymous map per service, a named map per service, one map for
 every endpoint used by a chain per service) on the same services.
@@ -26,6 +32,7 @@ removed at the end, also on failure. The last line is one JSON object of the fig
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import ipaddress
 import json
@@ -43,8 +50,11 @@ import structlog
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gitops.agents import nftables
+from gitops.agents.agent import ServiceMemo, service_rules
 from gitops.agents.iptables import IptablesProxy, ServiceRule, render
 from gitops.agents.nftables import LibraryNft, NftablesProxy
+from gitops.codec import decode_as, encode
+from gitops.model import Endpoint, NodeName, PodId, ServiceEndpoints, ServicePort, ServiceType
 
 CIDR = "10.251.0.0/16"
 
@@ -62,6 +72,29 @@ def make_rules(services: int, backends: int) -> list[ServiceRule]:
         )
         for i in range(services)
     ]
+
+
+def make_services(services: int, backends: int) -> list[ServiceEndpoints]:
+    """`make_rules`' Services as the control plane hands them to an agent."""
+    base = int(ipaddress.IPv4Address("10.251.0.1"))
+    out = []
+    for i in range(services):
+        port = ServicePort(80, 8000, "TCP", "http", 30000 + i if i % 10 == 0 else 0)
+        endpoints = tuple(
+            Endpoint(
+                PodId(f"bench/svc{i}-{b}"),
+                NodeName(f"node{b % 3}"),
+                f"198.51.100.{1 + (i * backends + b) % 250}",
+                8000 + b,
+                f"192.0.2.{b % 3}",
+                0,
+            )
+            for b in range(backends)
+        )
+        kind: ServiceType = "NodePort" if i % 10 == 0 else "ClusterIP"
+        vip = str(ipaddress.IPv4Address(base + i))
+        out.append(ServiceEndpoints("bench", f"svc{i}", vip, (port,), ((port, endpoints),), type=kind))
+    return out
 
 
 def naive_apply(rules: list[ServiceRule], prefix: str, iptables: str) -> int:
@@ -93,18 +126,34 @@ def one_endpoint_less(rules: list[ServiceRule]) -> list[ServiceRule]:
     return [*rules[:-1], dataclasses.replace(rules[-1], backends=rules[-1].backends[:-1])]
 
 
+def first_sync_in_one_transaction(rules: list[ServiceRule], backend: str) -> float:
+    """The first sync written as one nft transaction (`netlink=False`), in s."""
+    proxy = NftablesProxy(
+        CIDR, prefix=f"GOB{secrets.token_hex(2)}", route_localnet=False, backend=backend, netlink=False
+    )
+    try:
+        proxy.install()
+        return timed("the same in one nft transaction (netlink=False)", lambda: proxy.sync(rules))
+    finally:
+        proxy.cleanup()
+
+
 def bench_nft(rules: list[ServiceRule], backend: str) -> dict[str, float]:
     """The nftables proxy's figures, in ms."""
     proxy = NftablesProxy(CIDR, prefix=f"GOB{secrets.token_hex(2)}", route_localnet=False, backend=backend)
     out: dict[str, float] = {}
     try:
         print(f"nftables through {proxy.nft.description} (table {proxy.table}):")
-        if backend == "library":
-            out["render_ms"] = timed("render only", lambda: nftables.render(rules, service_cidr=CIDR))
         timed("install (the table, its frame, the CIDR reject)", proxy.install)
         cpu = time.process_time()
+        # First, as an agent's first sync is: nothing read or cached yet in this process.
         out["full_sync_ms"] = timed(f"first sync, {len(rules)} services", lambda: proxy.sync(rules))
         out["full_sync_cpu_ms"] = time.process_time() - cpu
+        if not proxy.netlink:
+            print("  (the netlink batch was refused: written in one nft transaction)")
+        out["full_sync_one_transaction_ms"] = first_sync_in_one_transaction(rules, backend)
+        if backend == "library":
+            out["render_ms"] = timed("render only", lambda: nftables.render(rules, service_cidr=CIDR))
         out["unchanged_checked_ms"] = timed(
             "unchanged sync, layout read and compared", lambda: proxy.sync(rules)
         )
@@ -131,6 +180,43 @@ def bench_nft(rules: list[ServiceRule], backend: str) -> dict[str, float]:
         proxy.resync_seconds = 0.0
         out["full_rewrite_ms"] = timed("full rewrite of the existing table", lambda: proxy.sync(rules))
         out["cleanup_ms"] = timed("cleanup", proxy.cleanup)
+    finally:
+        proxy.cleanup()
+    return {k: round(v * 1000, 1) for k, v in out.items()}
+
+
+def bench_agent(services: int, backends: int) -> dict[str, float]:
+    """What an agent pays for its Services each tick, through the memo and the proxy
+    (libnftables, the 10 s recheck), in ms. The JSON is parsed before the clock starts."""
+    node, cluster = NodeName("node0"), "198.51.100.0/24"
+    encoded = [encode(s) for s in make_services(services, backends)]
+    fewer = copy.deepcopy(encoded)
+    fewer[-1]["endpoints"][0][1].pop()  # the last Service's port loses its last endpoint
+    replies = [json.loads(json.dumps(encoded)) for _ in range(2)]  # every reply is all new JSON
+    fewer = json.loads(json.dumps(fewer))
+    proxy = NftablesProxy(CIDR, prefix=f"GOB{secrets.token_hex(2)}", route_localnet=False, recheck_seconds=10)
+    memo = ServiceMemo(node)
+    out: dict[str, float] = {}
+
+    def tick(reply: list[dict[str, object]]) -> None:
+        _, rules = memo.update(reply, cluster)
+        proxy.sync(rules)
+
+    def tick_before(reply: list[dict[str, object]]) -> None:
+        decoded = [decode_as(ServiceEndpoints, s) for s in reply]
+        proxy.sync(service_rules(decoded, node, cluster))
+
+    try:
+        print(f"the agent's side, {services} services as sync replies carry them (table {proxy.table}):")
+        proxy.install()
+        out["agent_first_ms"] = timed("first tick: every service decoded, first sync", lambda: tick(encoded))
+        out["agent_unchanged_ms"] = timed("a tick with the same reply (held)", lambda: tick(encoded))
+        out["agent_new_json_ms"] = timed("a reply of new but equal JSON", lambda: tick(replies[0]))
+        out["agent_one_endpoint_ms"] = timed("a reply with one endpoint fewer", lambda: tick(fewer))
+        timed("back again", lambda: tick(replies[1]))
+        out["agent_one_endpoint_before_ms"] = timed(
+            "the same as the agent did it before (all decoded, all rules new)", lambda: tick_before(fewer)
+        )
     finally:
         proxy.cleanup()
     return {k: round(v * 1000, 1) for k, v in out.items()}
@@ -215,6 +301,7 @@ def main() -> int:
         print(version.strip())
         figures.update(bench_nft(rules, "library"))
         figures["process"] = bench_nft(rules, "process")
+        figures.update(bench_agent(args.services, args.backends))
         if args.compare_layouts:
             figures["layouts_ms"] = compare_layouts(rules)
     if args.mode in ("both", "iptables"):

@@ -67,15 +67,17 @@ at it; flushing those entries is not done here.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import ipaddress
 import re
 import shlex
+import socket
 import subprocess
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -158,6 +160,10 @@ class ServiceRule:
         return tuple(ports)
 
 
+RuleKey = tuple[str, str, int]
+"""(PROTOCOL, vip, port): what a Service port is known by (`rule_key`)."""
+
+
 def service_rule(service: ServiceEndpoints, port: ServicePort, backends: Sequence[Backend]) -> ServiceRule:
     """The rule of one port of `service` (which must have a VIP) with `backends`, which
     the caller chooses: each endpoint's pod address and container port, `local` when the
@@ -226,13 +232,14 @@ def static_nat_chains(prefix: str) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _digest(*parts: object) -> str:
+def digest(*parts: object) -> str:
+    """16 base32 characters of the sha256 of `parts`: stable names across agents and restarts."""
     key = "\0".join(str(p) for p in parts).encode()
     return base64.b32encode(hashlib.sha256(key).digest()).decode()[:HASH_LENGTH]
 
 
 def _rule_digest(rule: ServiceRule) -> str:
-    return _digest(rule.service, rule.protocol.upper(), rule.vip, rule.port)
+    return digest(rule.service, rule.protocol.upper(), rule.vip, rule.port)
 
 
 def service_chain(rule: ServiceRule, prefix: str) -> str:
@@ -253,7 +260,7 @@ def external_chain(rule: ServiceRule, prefix: str) -> str:
 def endpoint_chain(rule: ServiceRule, backend: Backend, prefix: str) -> str:
     """`{prefix}-SEP-{hash16}` of one backend of one service port: it DNATs there. Also the
     name of the `recent` list that remembers the clients sent there (session affinity)."""
-    return f"{prefix}-SEP-{_digest(rule.service, rule.protocol.upper(), rule.vip, rule.port, *backend[:2])}"
+    return f"{prefix}-SEP-{digest(rule.service, rule.protocol.upper(), rule.vip, rule.port, *backend[:2])}"
 
 
 def is_ours(chain: str, prefix: str) -> bool:
@@ -304,39 +311,59 @@ def _comment(text: str) -> str:
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _address(text: str) -> int:
+def address_number(text: str) -> int:
     """The IPv4 address as a number; ValueError (ipaddress' own words) when it is not one.
-    Cached: every sync reads the same few thousand addresses again."""
+    Cached: every sync reads the same few thousand addresses again. A string is read by the
+    C library's inet_pton first, ten times quicker than ipaddress and taking exactly the
+    strings it takes (a property test checks it)."""
+    if type(text) is str:
+        with contextlib.suppress(OSError, ValueError):  # not a dotted quad: ipaddress says why
+            return int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
     return int(ipaddress.IPv4Address(text))
 
 
-def _is_port(value: object) -> bool:
+def is_port(value: object) -> bool:
+    """An int (not a bool) from 1 to 65535."""
     return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
+
+
+def set_route_localnet(sysctl_dir: Path) -> str:
+    """Set `net.ipv4.conf.all.route_localnet=1` under `sysctl_dir` (node ports answer on
+    127.0.0.1 only with it); "" when it is set, else what stops node ports answering there."""
+    path = sysctl_dir / ROUTE_LOCALNET
+    try:
+        if path.read_text().strip() != "1":
+            path.write_text("1\n")
+    except OSError as exc:
+        return f"node ports do not answer on 127.0.0.1: cannot set net.ipv4.conf.all.route_localnet=1 ({exc})"
+    return ""
 
 
 def _validate(rule: ServiceRule) -> None:
     where = f"service rule {rule.service!r}"
     try:
-        _address(rule.vip)
+        address_number(rule.vip)
         for backend in rule.backends:
-            _address(backend.ip)
+            address_number(backend.ip)
     except (ValueError, TypeError) as e:
         raise ValueError(f"{where}: {e}; expected dotted-quad IPv4 addresses") from None
     if rule.protocol.upper() not in PROTOCOLS:
         raise ValueError(f"{where}: protocol {rule.protocol!r}: expected one of {', '.join(PROTOCOLS)}")
     for port in (rule.port, *(b.port for b in rule.backends)):
-        if not _is_port(port):
+        if not is_port(port):
             raise ValueError(f"{where}: port {port}: expected 1..65535")
-    if rule.node_port and not _is_port(rule.node_port):
+    if rule.node_port and not is_port(rule.node_port):
         raise ValueError(f"{where}: node port {rule.node_port}: expected 1..65535 (or 0 for none)")
     seconds = rule.affinity_seconds
     if not isinstance(seconds, int) or not 0 <= seconds <= MAX_AFFINITY_SECONDS:
         raise ValueError(f"{where}: affinity seconds {seconds!r}: expected 0..{MAX_AFFINITY_SECONDS}")
 
 
-def _order(rule: ServiceRule) -> tuple[int, int, str, str]:
+def rule_order(rule: ServiceRule) -> tuple[int, int, str, str]:
+    """The order `vet` takes rules in (VIP, port, protocol, name): who wins a conflict.
+    Defined for invalid rules too (they sort first)."""
     try:
-        address = _address(rule.vip)
+        address = address_number(rule.vip)
     except (ValueError, TypeError):
         address = -1
     return (
@@ -347,12 +374,52 @@ def _order(rule: ServiceRule) -> tuple[int, int, str, str]:
     )
 
 
-def _node_claims(rule: ServiceRule) -> list[tuple[str, int, str]]:
-    """(protocol, port, what) of each port `rule` takes on this node's addresses."""
+def rule_key(rule: ServiceRule) -> RuleKey:
+    """What a Service port is known by: no two kept rules share it."""
+    return (rule.protocol.upper(), rule.vip, rule.port)
+
+
+def node_claims(rule: ServiceRule) -> list[tuple[str, int, str]]:
+    """(PROTOCOL, port, what) of each port `rule` takes on this node's addresses."""
     claims = [(rule.protocol.upper(), rule.node_port, "node port")] if rule.node_port else []
     if rule.load_balancer and rule.port != rule.node_port:
         claims.append((rule.protocol.upper(), rule.port, "LoadBalancer port"))
     return claims
+
+
+def settle_claims(
+    candidate: ServiceRule,
+    seen: dict[RuleKey, str],
+    node_seen: dict[tuple[str, int], tuple[RuleKey, str]],
+    problems: list[str],
+) -> ServiceRule | None:
+    """What is kept of `candidate` (valid on its own) beside the rules kept before it, whose
+    claims are in `seen` (VIP:port -> service) and `node_seen` (a port of this node -> the
+    key and service of the rule holding it): None when its VIP:port is taken, else the rule
+    without the node and LoadBalancer ports another rule took. Records its own claims and
+    says in `problems` what it lost."""
+    key = rule_key(candidate)
+    if key in seen:
+        claim = f"{candidate.vip}:{candidate.port}/{candidate.protocol.upper()}"
+        problems.append(
+            f"service rules {seen[key]!r} and {candidate.service!r} both claim {claim}; "
+            f"{candidate.service!r} skipped"
+        )
+        return None
+    seen[key] = candidate.service
+    for protocol, port, what in node_claims(candidate):
+        holder_key, holder = node_seen.setdefault((protocol, port), (key, candidate.service))
+        if holder_key != key:
+            problems.append(
+                f"service rules {holder!r} and {candidate.service!r} both claim port {port}/{protocol} "
+                f"on this node; {candidate.service!r} keeps its VIP without that {what}"
+            )
+            candidate = dataclasses.replace(
+                candidate,
+                node_port=0 if candidate.node_port == port else candidate.node_port,
+                load_balancer=candidate.load_balancer and candidate.port != port,
+            )
+    return candidate
 
 
 def vet(rules: Sequence[ServiceRule]) -> tuple[list[ServiceRule], list[str]]:
@@ -364,16 +431,15 @@ def vet(rules: Sequence[ServiceRule]) -> tuple[list[ServiceRule], list[str]]:
     (a node port, a LoadBalancer port) the first keeps it, the other loses that port only."""
     kept: list[ServiceRule] = []
     problems: list[str] = []
-    seen: dict[tuple[str, str, int], str] = {}
-    node_seen: dict[tuple[str, int], tuple[tuple[str, str, int], str]] = {}  # -> (rule key, service)
-
-    for rule in sorted(rules, key=_order):
+    seen: dict[RuleKey, str] = {}
+    node_seen: dict[tuple[str, int], tuple[RuleKey, str]] = {}
+    for rule in sorted(rules, key=rule_order):
         backends = []
         for backend in rule.backends:
             ip, port = backend[0], backend[1]
             try:
-                _address(ip)
-                if not _is_port(port):
+                address_number(ip)
+                if not is_port(port):
                     raise ValueError(f"port {port!r}: expected 1..65535")
             except (ValueError, TypeError) as exc:
                 problems.append(f"service rule {rule.service!r}: backend {ip}:{port} skipped: {exc}")
@@ -385,28 +451,9 @@ def vet(rules: Sequence[ServiceRule]) -> tuple[list[ServiceRule], list[str]]:
         except ValueError as exc:
             problems.append(f"{exc}; rule skipped")
             continue
-        key = (candidate.protocol.upper(), candidate.vip, candidate.port)
-        if key in seen:
-            claim = f"{candidate.vip}:{candidate.port}/{candidate.protocol.upper()}"
-            problems.append(
-                f"service rules {seen[key]!r} and {candidate.service!r} both claim {claim}; "
-                f"{candidate.service!r} skipped"
-            )
-            continue
-        seen[key] = candidate.service
-        for protocol, port, what in _node_claims(candidate):
-            holder_key, holder = node_seen.setdefault((protocol, port), (key, candidate.service))
-            if holder_key != key:
-                problems.append(
-                    f"service rules {holder!r} and {candidate.service!r} both claim port {port}/{protocol} "
-                    f"on this node; {candidate.service!r} keeps its VIP without that {what}"
-                )
-                candidate = dataclasses.replace(
-                    candidate,
-                    node_port=0 if candidate.node_port == port else candidate.node_port,
-                    load_balancer=candidate.load_balancer and candidate.port != port,
-                )
-        kept.append(candidate)
+        settled = settle_claims(candidate, seen, node_seen, problems)
+        if settled is not None:
+            kept.append(settled)
     return kept, problems
 
 
@@ -561,19 +608,19 @@ def render(
     check_prefix(prefix)
     cidr = str(ipaddress.IPv4Network(service_cidr, strict=False))
 
-    seen: dict[tuple[str, str, int], str] = {}
-    node_seen: dict[tuple[str, int], tuple[tuple[str, str, int], str]] = {}  # -> (rule key, service)
-    ordered = sorted(rules, key=_order)
+    seen: dict[RuleKey, str] = {}
+    node_seen: dict[tuple[str, int], tuple[RuleKey, str]] = {}  # -> (rule key, service)
+    ordered = sorted(rules, key=rule_order)
     for rule in ordered:
         _validate(rule)
-        key = (rule.protocol.upper(), rule.vip, rule.port)
+        key = rule_key(rule)
         if key in seen:
             raise ValueError(
                 f"service rules {seen[key]!r} and {rule.service!r} both claim "
                 f"{rule.vip}:{rule.port}/{rule.protocol.upper()}; a VIP:port belongs to one service"
             )
         seen[key] = rule.service
-        for protocol, port, _ in _node_claims(rule):
+        for protocol, port, _ in node_claims(rule):
             holder_key, holder = node_seen.setdefault((protocol, port), (key, rule.service))
             if holder_key != key:
                 raise ValueError(
@@ -626,6 +673,18 @@ def parse_chains(save_output: str, prefix: str) -> set[str]:
         for line in save_output.splitlines()
         if line.startswith(":") and is_ours(line[1:].split()[0], prefix)
     }
+
+
+def deletion(chains: Mapping[str, Collection[str]]) -> str:
+    """The `iptables-restore --noflush` input that flushes and deletes `chains` (table ->
+    chain names); "" when there are none."""
+    text = ""
+    for table, names in chains.items():
+        if names:
+            ordered = sorted(names)
+            text += f"*{table}\n" + "".join(f":{c} - [0:0]\n" for c in ordered)
+            text += "".join(f"-X {c}\n" for c in ordered) + "COMMIT\n"
+    return text
 
 
 class IptablesProxy:
@@ -713,17 +772,9 @@ class IptablesProxy:
         )
 
     def _set_route_localnet(self) -> None:
-        path = self.sysctl_dir / ROUTE_LOCALNET
-        try:
-            if path.read_text().strip() != "1":
-                path.write_text("1\n")
-            self._localnet_problem = ""
-        except OSError as exc:
-            self._localnet_problem = (
-                "node ports do not answer on 127.0.0.1: cannot set "
-                f"net.ipv4.conf.all.route_localnet=1 ({exc})"
-            )
-            log.warning("iptables.route_localnet_failed", error=str(exc))
+        self._localnet_problem = set_route_localnet(self.sysctl_dir)
+        if self._localnet_problem:
+            log.warning("iptables.route_localnet_failed", error=self._localnet_problem)
 
     def _ensure(self, table: str, chain: str, spec: list[str], *, append: bool = False) -> bool:
         if self._iptables(table, "-C", chain, *spec).returncode == 0:
@@ -814,12 +865,7 @@ class IptablesProxy:
                             f"iptables -t {table} -D {shlex.join(words[1:])}: {done.stderr.strip()}"
                         )
                     removed_jumps += 1
-        text = ""
-        for table in TABLES:
-            if chains[table]:
-                ordered = sorted(chains[table])
-                text += f"*{table}\n" + "".join(f":{c} - [0:0]\n" for c in ordered)
-                text += "".join(f"-X {c}\n" for c in ordered) + "COMMIT\n"
+        text = deletion(chains)
         if text:
             self._restore(text)
         self._last_applied = None

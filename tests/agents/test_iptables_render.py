@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from gitops.agents.iptables import (
     Backend,
     ServiceRule,
+    address_number,
     check_prefix,
     endpoint_chain,
     external_chain,
@@ -593,6 +594,36 @@ def declared_needed(parsed: Parsed) -> set[str]:
     return {str(opt(r, "-j")) for rules in parsed.rules["nat"].values() for r in rules} | set(
         parsed.rules["nat"]
     )
+
+
+def _by_ipaddress(text: object) -> int | None:
+    try:
+        return int(ipaddress.IPv4Address(text))  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        return None
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    text=st.one_of(
+        st.text(alphabet="0123456789.x/ -+\n\x00a", max_size=18),
+        st.lists(
+            st.sampled_from(["0", "00", "01", "1", "10", "99", "255", "256", "0255", ""]), max_size=5
+        ).map(".".join),
+        st.text(max_size=10),
+        st.integers(-1, 2**33),
+    )
+)
+def test_address_number_takes_exactly_what_ipaddress_takes(text: object) -> None:
+    """The quick reading of dotted quads (inet_pton) accepts and refuses as ipaddress does:
+    leading zeros, short forms, spaces, other digits; ints are ipaddress' to read."""
+    expected = _by_ipaddress(text)
+    address_number.cache_clear()
+    if expected is None:
+        with pytest.raises(ValueError):
+            address_number(text)  # type: ignore[arg-type]
+    else:
+        assert address_number(text) == expected  # type: ignore[arg-type]
 
 
 def test_vetting_keeps_every_valid_rule_and_says_what_it_skipped() -> None:

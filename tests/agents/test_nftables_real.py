@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from gitops.agents import nftables
 from gitops.agents.iptables import ROUTE_LOCALNET, Backend, IptablesProxy, ServiceRule, vet
 from gitops.agents.nftables import (
     SERVICE_IPS,
@@ -173,6 +174,71 @@ def test_sync_programs_elements_and_an_identical_sync_does_nothing(proxy: Nftabl
     assert len(found[SERVICE_IPS]) == 2 and len(found["vip-tcp-80-to8080-ep1"]) == 1
     assert "vip-tcp-80-to8080-of2" in proxy.chains() and "ext-tcp-to9000-of1" in proxy.chains()
     assert proxy.sync([web((("192.0.2.200", 8080),)), api()]) is True
+
+
+def every_kind_of_element() -> list[ServiceRule]:
+    """Services with every kind of element and chain: node ports, a LoadBalancer, both Local
+    policies, session affinity, UDP, no backends, mixed target ports."""
+    local, remote = Backend("192.0.2.200", 8080, local=True), Backend("192.0.2.201", 8080)
+    return [
+        web(),
+        api(),
+        ServiceRule(
+            "default/mixed:http", "10.249.0.12", 80, "TCP", (("192.0.2.202", 8080), ("192.0.2.203", 9090))
+        ),
+        ServiceRule(
+            "default/local:http", "10.249.0.13", 80, "TCP", (local, remote), 31190, external_local=True
+        ),
+        ServiceRule("default/lb:https", "10.249.0.14", 18443, "TCP", (local,), 31191, load_balancer=True),
+        ServiceRule(
+            "default/sticky:http", "10.249.0.15", 80, "TCP", (local, remote), 31192, affinity_seconds=60
+        ),
+        ServiceRule("default/inside:http", "10.249.0.16", 80, "TCP", (remote,), internal_local=True),
+        ServiceRule("kube/dns:dns", "10.249.0.53", 53, "UDP", (("192.0.2.204", 53),)),
+        ServiceRule("default/idle:80", "10.249.0.17", 80, "UDP", (), 31193),
+    ]
+
+
+def layout_listing(proxy: NftablesProxy) -> str:
+    return subprocess.run(
+        ["nft", "-t", "list", "table", "ip", proxy.table], capture_output=True, text=True, check=True
+    ).stdout
+
+
+@both_backends
+def test_the_first_write_through_netlink_is_the_table_one_nft_transaction_writes(
+    proxy: NftablesProxy,
+) -> None:
+    """After `install`, the layout goes through nft and the elements follow in a netlink
+    batch of the proxy's own: nft lists the table it makes as the one a single nft
+    transaction makes, chain for chain and element for element (comments included)."""
+    rules = every_kind_of_element()
+    with capture_logs() as logs:
+        assert proxy.sync(rules) is True
+    assert proxy.netlink and not [e for e in logs if e["event"] == "nftables.netlink_failed"]
+    through_netlink = (layout_listing(proxy), elements(proxy))
+    proxy.cleanup()
+    proxy.netlink = False
+    proxy.install()
+    assert proxy.sync(rules) is True
+    assert (layout_listing(proxy), elements(proxy)) == through_netlink
+    assert len(through_netlink[1][SERVICE_IPS]) == 7
+
+
+def test_a_refused_netlink_batch_is_written_in_one_nft_transaction_instead(
+    proxy: NftablesProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing is lost when the kernel refuses the batch: the same sync writes the table in
+    one nft transaction, and the proxy does not try netlink again."""
+    real = nftables.element_batch
+    monkeypatch.setattr(
+        nftables, "element_batch", lambda table, maps, items: real(f"{table}-missing", maps, items)
+    )
+    with capture_logs() as logs:
+        assert proxy.sync([web(), api()]) is True
+    [failed] = [e for e in logs if e["event"] == "nftables.netlink_failed"]
+    assert "No such file or directory" in failed["error"] and not proxy.netlink
+    assert len(elements(proxy)[SERVICE_IPS]) == 2 and len(elements(proxy)["vip-tcp-80-to8080-ep1"]) == 1
 
 
 def test_a_change_to_one_service_touches_only_its_elements(proxy: NftablesProxy) -> None:

@@ -2,22 +2,29 @@
 
 Beside layout checks, the rendered table is run by hand (`tests.agents.nft_reference`) and
 compared with the slow twin's plain statement of what should happen to a connection and
-with what the iptables proxy's rules do with it, on the same random Services; and every
+with what the iptables proxy's rules do with it, on the same random Services; every
 incremental transaction, applied to the table it changes, gives what writing it all anew
-gives.
+gives; the netlink batch of a first write, read back, adds exactly the elements the nft
+transaction adds; and an agent tick with unchanged Services costs the proxy nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import json
 import re
+import struct
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gitops.agents import iptables, nftables
-from gitops.agents.iptables import Backend, ServiceRule, vet
+from gitops.agents.agent import ServiceMemo, service_rules
+from gitops.agents.iptables import Backend, ServiceRule, rule_order, vet
 from gitops.agents.nftables import (
     HAIRPIN,
     NO_ENDPOINT_NODEPORTS,
@@ -29,8 +36,10 @@ from gitops.agents.nftables import (
     Vetter,
     affinity_set,
     changes,
+    element_batch,
     endpoint_chain,
     fragment,
+    layout,
     render,
     render_changes,
     render_full,
@@ -39,6 +48,8 @@ from gitops.agents.nftables import (
     table_block,
     table_name,
 )
+from gitops.codec import encode
+from gitops.model import Endpoint, NodeName, PodId, ServiceEndpoints, ServicePort
 from tests.agents import nft_reference
 from tests.agents.nft_reference import Table, parse
 from tests.agents.proxy_reference import NODE_ADDRESS, Outcome, Packet, outcomes, reference, same
@@ -119,7 +130,7 @@ def test_a_service_port_is_an_element_pointing_at_a_selector_shared_by_its_shape
     )
     table = table_of([WEB, other, odd])
     shared = "goto vip-tcp-80-to8080-of2"
-    mixed = f"goto vip-tcp-80-to{nftables._digest(8080, 9090)[:8].lower()}-of2"
+    mixed = f"goto vip-tcp-80-to{iptables.digest(8080, 9090)[:8].lower()}-of2"
     assert table.elements[SERVICE_IPS] == {
         "10.250.0.10 . tcp . 80": shared,
         "10.250.0.12 . tcp . 80": shared,
@@ -432,7 +443,7 @@ def test_vetting_keeps_and_skips_what_the_iptables_proxy_does_with_the_same_word
     for _ in range(2):  # the second time from what it remembers
         kept, problems = vetter.vet(rules)
         assert problems == expected_problems
-        assert sorted(kept, key=nftables._order) == expected_kept
+        assert sorted(kept, key=rule_order) == expected_kept
 
 
 def test_table_block_finds_our_table_in_a_listing() -> None:
@@ -474,3 +485,163 @@ def test_patching_the_last_rules_gives_what_vetting_them_all_gives(
         else:
             _, found, wanted = proxy._vetted(rules)
             assert found == problems and wanted == expected
+
+
+# --- the first write's elements, as netlink messages of our own ------------------------------
+
+
+def _attributes(data: bytes) -> Iterator[tuple[int, bytes]]:
+    at = 0
+    while at + 4 <= len(data):
+        size, kind = struct.unpack_from("=HH", data, at)
+        yield kind & 0x3FFF, data[at + 4 : at + size]
+        at += (size + 3) & ~3
+
+
+def _field(name: str, data: bytes) -> str:
+    if name == "ipv4_addr":
+        return str(ipaddress.IPv4Address(data[:4]))
+    if name == "inet_proto":
+        return {6: "tcp", 17: "udp"}[data[0]]
+    assert name == "inet_service", name
+    return str(int.from_bytes(data[:2], "big"))
+
+
+def batch_elements(data: bytes, maps: dict[str, str]) -> dict[str, list[str]]:
+    """Every element a batch adds, map by map, as `add element` writes it; checks that the
+    batch is one transaction of element messages for one table."""
+    out: dict[str, list[str]] = {}
+    kinds, at = [], 0
+    while at < len(data):
+        size, kind = struct.unpack_from("=IH", data, at)
+        kinds.append(kind)
+        attrs = dict(_attributes(data[at + 20 : at + size]))
+        at += size
+        if kind != (10 << 8) | 12:  # NFT_MSG_NEWSETELEM
+            continue
+        assert attrs[1] == f"{TABLE}\0".encode()
+        name = attrs[2].rstrip(b"\0").decode()
+        declared = maps[name].split(";")[0].removeprefix("type ").strip()
+        key_types, _, value_type = declared.partition(" : ")
+        fields = key_types.split(" . ")
+        for _, element in _attributes(attrs[3]):
+            parts = dict(_attributes(element))
+            key = dict(_attributes(parts[1]))[1]
+            width = 4 if len(fields) > 1 else len(key)
+            text = " . ".join(_field(f, key[i * width : (i + 1) * width]) for i, f in enumerate(fields))
+            assert len(key) == width * len(fields)
+            if 6 in parts:  # libnftnl's comment: type 0, length, text, NUL
+                assert parts[6][0] == 0 and parts[6][1] == len(parts[6]) - 2 and parts[6][-1] == 0
+                text += f' comment "{parts[6][2:-1].decode()}"'
+            if value_type:
+                value = dict(_attributes(parts[2]))
+                if value_type == "verdict":
+                    verdict = dict(_attributes(value[2]))
+                    code = struct.unpack("!i", verdict[1])[0]
+                    word = {0: "drop", -3: "jump", -4: "goto"}[code]
+                    chain = verdict.get(2, b"").rstrip(b"\0").decode()
+                    text += f" : {word} {chain}".rstrip()
+                else:
+                    text += f" : {_field(value_type, value[1])}"
+            out.setdefault(name, []).append(text)
+    assert kinds[0] == 0x10 and kinds[-1] == 0x11 and 0x10 not in kinds[1:-1]  # one batch
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(rules=rule_sets)
+def test_the_netlink_batch_adds_exactly_the_elements_of_the_nft_transaction(rules: list[ServiceRule]) -> None:
+    """Read back, the first write's netlink batch holds every element `render_full` adds,
+    with its key, value and comment, in the maps declared for them, and nothing else."""
+    items = list(fragments(rules).values())
+    maps = layout(items, CIDR).maps
+    found = batch_elements(element_batch(TABLE, maps, items).data, maps)
+    expected: dict[str, list[str]] = {}
+    for line in render_full(items, service_cidr=CIDR, table=TABLE).splitlines():
+        if line.startswith("add element "):
+            name, entries = line.split()[4], line.split(" { ", 1)[1].rsplit(" }", 1)[0]
+            expected[name] = entries.split(", ")
+    assert {name: sorted(e) for name, e in found.items()} == {name: sorted(e) for name, e in expected.items()}
+
+
+def test_netlink_elements_are_encoded_as_nft_encodes_them() -> None:
+    """Byte for byte what `nft --debug=mnl add element ...` (nftables 1.0.6) sends."""
+    maps = {
+        SERVICE_IPS: "type ipv4_addr . inet_proto . inet_service : verdict ;",
+        "v": nftables.ENDPOINT_MAP,
+        "b": nftables.NODE_ENDPOINT_MAP,
+        HAIRPIN: "type ipv4_addr . ipv4_addr ;",
+    }
+    item = Fragment(
+        elements=((SERVICE_IPS, (nftables.Element("10.1.2.5 . tcp . 81", "goto c", "x"),)),),
+        picks=(
+            nftables.Picks(("v",), "10.249.0.10", ("192.0.2.200",)),
+            nftables.Picks(("b",), "30080", ("10.0.0.9",)),
+        ),
+        hairpin=("1.2.3.4",),
+    )
+    data = element_batch(TABLE, maps, [item]).data
+    verdict_element = bytes.fromhex(
+        "38000180 14000180 10000100 0a010205 06000000 00510000"
+        " 18000280 14000280 08000100 fffffffc 06000200 63000000 08000600 00027800"
+    )
+    vip_element = bytes.fromhex("1c000180 0c000180 08000100 0af9000a 0c000280 08000100 c00002c8")
+    node_element = bytes.fromhex("1c000180 0c000180 06000100 75800000 0c000280 08000100 0a000009")
+    hairpin_element = bytes.fromhex("14000180 10000180 0c000100 01020304 01020304")
+    for element in (verdict_element, vip_element, node_element, hairpin_element):
+        assert element in data
+
+
+def test_an_agent_keeps_the_rules_of_unchanged_services_and_the_proxy_sends_nothing_for_them() -> None:
+    """A tick whose reply carries the same Services (new but equal JSON, as the server
+    sends it) hands the proxy the very rule objects of the last tick, and no transaction is
+    sent; one endpoint fewer makes new rules for that Service only, and one transaction
+    that names nothing else."""
+    node, cluster = NodeName("node0"), "10.244.0.0/16"
+
+    def service(i: int, pods: int) -> ServiceEndpoints:
+        port = ServicePort(80, 8080, "TCP", "http")
+        endpoints = tuple(
+            Endpoint(PodId(f"default/p{i}-{n}"), NodeName(f"node{n}"), f"10.244.{n}.{i}", 8080, "", 0)
+            for n in range(pods)
+        )
+        return ServiceEndpoints("default", f"s{i}", f"10.250.0.{i}", (port,), ((port, endpoints),))
+
+    def reply(*services: ServiceEndpoints) -> list[Any]:
+        encoded: list[Any] = json.loads(json.dumps([encode(s) for s in services]))
+        return encoded
+
+    memo = ServiceMemo(node)
+    first_services, first = memo.update(reply(service(1, 2), service(2, 2), service(3, 2)), cluster)
+    assert first == service_rules(first_services, node, cluster)
+    services, again = memo.update(reply(service(1, 2), service(2, 2), service(3, 2)), cluster)
+    assert all(a is b for a, b in zip(first, again, strict=True))
+    assert all(a is b for a, b in zip(first_services, services, strict=True))
+    services, fewer = memo.update(reply(service(1, 2), service(2, 1), service(3, 2)), cluster)
+    assert [a is b for a, b in zip(again, fewer, strict=True)] == [True, False, True]
+    assert fewer == service_rules([service(1, 2), service(2, 1), service(3, 2)], node, cluster)
+    assert services[1] == service(2, 1)
+    _, elsewhere = memo.update(reply(service(1, 2), service(2, 1), service(3, 2)), "10.245.0.0/16")
+    assert not any(a is b for a, b in zip(fewer, elsewhere, strict=True))  # built for the new range
+
+    sent: list[str] = []
+
+    class Recorder:
+        description = "recorder"
+
+        def run(self, commands: str) -> str:
+            sent.append(commands)
+            return ""
+
+    proxy = nftables.NftablesProxy(CIDR, prefix="GOTx", route_localnet=False, recheck_seconds=1e9)
+    proxy._nft = Recorder()
+    proxy.clock = lambda: 0.0
+    assert proxy.sync(first) is True
+    sent.clear()
+    assert proxy.sync(again) is False
+    assert sent == []
+    assert proxy.sync(fewer) is True
+    [transaction] = [text for text in sent if not text.startswith("list ")]
+    assert (
+        "10.250.0.2" in transaction and "10.250.0.1 " not in transaction and "10.250.0.3" not in transaction
+    )
