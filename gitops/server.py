@@ -272,6 +272,9 @@ class ControlPlane:
         current = leader is not None and leader.expires_in > 0
         return {
             "leader": self._leading,
+            # Whether the control plane knows every pod (after a start: sources read, agents
+            # heard from); until then it creates no pods and agents keep unknown containers.
+            "settled": self.settled(),
             "name": self.lease.holder if self.lease is not None else "",
             "led_by": leader.holder if leader is not None and current else "",
             "epoch": leader.epoch if leader is not None and current else 0,

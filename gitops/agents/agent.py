@@ -33,6 +33,7 @@ import dataclasses
 import functools
 import hashlib
 import ipaddress
+import json
 import os
 import platform
 import shutil
@@ -109,6 +110,9 @@ from gitops.redact import Redactor, truncate
 from gitops.schemas.checks import is_label_value
 
 log = structlog.get_logger(__name__)
+
+WATCH_SECONDS = 25.0  # how long one long-poll waits for news before it is asked again
+_HELD = ("pods", "services", "routes", "claims")  # parts of a reply kept in `Agent._held`
 
 LOG_TAIL_LINES = 20
 LOG_TAIL_BYTES = 4000
@@ -219,9 +223,14 @@ def default_address() -> str:
     return socket.gethostbyname(socket.gethostname())
 
 
+@functools.lru_cache(maxsize=64)
+def _network(cidr: str) -> ipaddress.IPv4Network:
+    return ipaddress.IPv4Network(cidr)
+
+
 def _in_range(address: str, cluster_cidr: str) -> bool:
     try:
-        return bool(cluster_cidr) and ipaddress.IPv4Address(address) in ipaddress.IPv4Network(cluster_cidr)
+        return bool(cluster_cidr) and ipaddress.IPv4Address(address) in _network(cluster_cidr)
     except ValueError:
         return False
 
@@ -261,6 +270,36 @@ def service_rules(
     return rules
 
 
+class ServiceMemo:
+    """The Services of each sync reply, decoded, with their proxy rules, kept per Service
+    while its JSON stays the same: a tick decodes and builds rules for the Services that
+    changed only (decoding 5,000 Services takes seconds), and hands the proxy the very rule
+    objects of the last tick for the others, so that it looks at the changed ones only."""
+
+    def __init__(self, node: NodeName) -> None:
+        self.node = node
+        self._kept: dict[tuple[str, str], tuple[Any, str, ServiceEndpoints, list[ServiceRule]]] = {}
+
+    def update(
+        self, encoded: Sequence[Any], cluster_cidr: str
+    ) -> tuple[list[ServiceEndpoints], list[ServiceRule]]:
+        """The Services of `encoded` (a reply's JSON, never changed in place) and their rules."""
+        kept: dict[tuple[str, str], tuple[Any, str, ServiceEndpoints, list[ServiceRule]]] = {}
+        services: list[ServiceEndpoints] = []
+        rules: list[ServiceRule] = []
+        for data in encoded:
+            key = (str(data.get("namespace")), str(data.get("name")))
+            seen = self._kept.get(key)
+            if seen is None or seen[1] != cluster_cidr or not (seen[0] is data or seen[0] == data):
+                service = decode_as(ServiceEndpoints, data)
+                seen = (data, cluster_cidr, service, service_rules([service], self.node, cluster_cidr))
+            kept[key] = seen
+            services.append(seen[2])
+            rules += seen[3]
+        self._kept = kept
+        return services, rules
+
+
 class NodeRefused(Exception):
     """The server will not have this node (its name is held by a live node, a bad join
     token, or a node description it cannot accept): the agent stops."""
@@ -291,7 +330,14 @@ class AgentConfig:
     taints: tuple[Taint, ...] = ()
     zone: str = ""  # topology.kubernetes.io/zone
     region: str = ""  # topology.kubernetes.io/region
+    # Seconds between ticks: the node's containers are looked at, and the control plane is
+    # told when something changed here.
     interval: float = 1.0
+    # Between changes the agent waits on the control plane's long-poll (`/watch`), which
+    # answers within 0.1 s of a change of its pods or the Services, and syncs only to report
+    # a change of its own or, at least every `heartbeat_seconds`, that it is alive. 0: sync
+    # every tick (as with a control plane without `/watch`).
+    heartbeat_seconds: float = 10.0
     iptables: str = "iptables"
     chain_prefix: str = "GITOPS"
     # Services on nftables or iptables: "auto" takes nftables where it works (and `iptables`
@@ -315,6 +361,7 @@ class Agent:
     clock: Callable[[], float] = time.time
     _token: str = ""
     _proxy: IptablesProxy | NftablesProxy | None = None
+    _service_memo: ServiceMemo | None = None  # the last Services and their rules, kept while unchanged
     _memory: dict[RunKey, PodMemory] = field(default_factory=dict)
     _waiting: dict[PodId, str] = field(default_factory=dict)
     _outages: list[Outage] = field(default_factory=list)
@@ -322,6 +369,12 @@ class Agent:
     _stop: threading.Event = field(default_factory=threading.Event)
     _http: httpx.Client | None = None
     _server_index: int = 0  # which of the control planes given this agent talks to
+    _watching: bool = False  # a long-poll is answered: syncs may wait for news or the heartbeat
+    _news: bool = False  # the long-poll saw the pods, Services or a log request move
+    _synced: threading.Event = field(default_factory=threading.Event)  # set after each sync call
+    _sent: tuple[str, float] = ("", float("-inf"))  # digest of the last report sent, and when
+    _last_reply: dict[str, Any] | None = None  # the last reply, for ticks that skip the call
+    _watcher: threading.Thread | None = None
     _assigned_cache: dict[PodId, Pod] = field(default_factory=dict)
     prober: Prober | None = None
     _verdicts: dict[RunKey, Verdict] = field(default_factory=dict)
@@ -501,6 +554,15 @@ class Agent:
         if usage is not None and usage is not self._usage_sent:
             payload["usage"] = usage_report(usage)
             self._usage_sent = usage
+        said = hashlib.blake2b(
+            json.dumps(
+                [payload[k] for k in ("statuses", "stopped", "proxy_problems", "runtime_error")]
+            ).encode(),
+            digest_size=16,
+        ).hexdigest()
+        if self._may_skip(said) and "usage" not in payload:
+            return self._complete(self._quiet_reply())
+        self._news = False
         url = f"/agent/v1/nodes/{self.config.node}/sync"
         response = self.http.post(url, json=payload, headers={"Authorization": f"Bearer {self._token}"})
         if response.status_code == 401:
@@ -508,7 +570,87 @@ class Agent:
             response = self.http.post(url, json=payload, headers={"Authorization": f"Bearer {self._token}"})
         response.raise_for_status()
         result: dict[str, Any] = response.json()
-        return self._complete(result)
+        self._sent = (said, time.monotonic())
+        completed = self._complete(result)
+        self._last_reply = {k: v for k, v in completed.items() if k not in _HELD}
+        self._synced.set()
+        return completed
+
+    def _may_skip(self, said: str) -> bool:
+        """Whether this tick need not call: the long-poll is on and saw nothing new, this
+        report says what the last one did, the heartbeat is not due, and the last reply
+        was a settled control plane's with no log request in it."""
+        last = self._last_reply
+        return (
+            self.config.heartbeat_seconds > 0
+            and self._watching
+            and not self._news
+            and last is not None
+            and bool(last.get("authoritative", True))
+            and not last.get("logs")
+            and said == self._sent[0]
+            and time.monotonic() - self._sent[1] < self.config.heartbeat_seconds
+        )
+
+    def _quiet_reply(self) -> dict[str, Any]:
+        """The reply a call would get now: the last one, with what the agent holds."""
+        assert self._last_reply is not None
+        return {
+            **self._last_reply,
+            "pods": None,
+            "services": None,
+            "pods_version": self._held.get("pods_version", ""),
+            "services_version": self._held.get("services_version", ""),
+            "logs": [],
+        }
+
+    def _watch(self) -> None:
+        """Long-poll the control plane for news (in a thread of its own): a change of this
+        node's pods, of the Services, or a log request wakes the tick at once. Stops
+        watching for good when the control plane has no `/watch` (an older release)."""
+        http: httpx.Client | None = None
+        failures = 0
+        try:
+            while not self._stop.is_set():
+                if not self._token or "pods_version" not in self._held:
+                    self._stop.wait(self.config.interval)
+                    continue
+                server = self.server
+                if http is None or str(http.base_url).rstrip("/") != server.rstrip("/"):
+                    if http is not None:
+                        http.close()
+                    http = httpx.Client(base_url=server, timeout=WATCH_SECONDS + 10.0)
+                try:
+                    response = http.post(
+                        f"/agent/v1/nodes/{self.config.node}/watch",
+                        json={
+                            "have_pods": self._held.get("pods_version", ""),
+                            "have_services": self._held.get("services_version", ""),
+                            "timeout": WATCH_SECONDS,
+                        },
+                        headers={"Authorization": f"Bearer {self._token}"},
+                    )
+                    if response.status_code in (404, 405):
+                        log.info("agent.no_watch", server=server, reason="the control plane has no /watch")
+                        return
+                    response.raise_for_status()
+                except httpx.HTTPError as exc:
+                    self._watching = False  # every tick calls until the long-poll is back
+                    failures += 1
+                    log.debug("agent.watch_failed", error=str(exc), failures=failures)
+                    self._stop.wait(min(float(failures), 5.0))
+                    continue
+                failures = 0
+                self._watching = True
+                if response.json().get("changed"):
+                    self._synced.clear()
+                    self._news = True
+                    self.loop.trigger()
+                    self._synced.wait(5.0)  # the next long-poll holds what this sync brings
+        finally:
+            self._watching = False
+            if http is not None:
+                http.close()
 
     def _complete(self, reply: dict[str, Any]) -> dict[str, Any]:
         """`reply` with what it left out as unchanged filled in from the replies before."""
@@ -565,9 +707,11 @@ class Agent:
         self.allow_privileged = bool(reply.get("allow_privileged", False))
         authoritative = bool(reply.get("authoritative", True))
         pods = [decode_as(Pod, p) for p in reply["pods"]]
-        services = [decode_as(ServiceEndpoints, s) for s in reply["services"]]
         self._assigned_cache = {p.id: p for p in pods}
         self._cluster_cidr = str(reply.get("cluster_cidr") or self._cluster_cidr)
+        if self._service_memo is None:
+            self._service_memo = ServiceMemo(node)
+        services, rules = self._service_memo.update(reply["services"], self._cluster_cidr)
         claims = set(reply["claims"]) if authoritative and "claims" in reply else None
         self._claims_changed |= claims != self._claims
         self._claims = claims
@@ -584,7 +728,7 @@ class Agent:
                     recheck_seconds=10.0,
                 )
                 self._proxy.install()
-            self._proxy.sync(service_rules(services, node, self._cluster_cidr))
+            self._proxy.sync(rules)
             self._proxy_problems = list(self._proxy.skipped)
         except PROXY_ERRORS as exc:
             # The node's pods still run and keep being converged; the failure is reported.
@@ -1319,9 +1463,13 @@ class Agent:
     def run(self) -> None:
         """Tick until stopped; raises `NodeRefused` when the server will not have this node.
         The cluster DNS stops with the loop (not in `stop`, which a signal handler calls)."""
+        if self.config.heartbeat_seconds > 0 and self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch, name="agent-watch", daemon=True)
+            self._watcher.start()
         try:
             self.loop.run()
         finally:
+            self._stop.set()
             if self._dns is not None:
                 self._dns.stop()
 

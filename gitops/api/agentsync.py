@@ -16,10 +16,15 @@ neither side may cost a write, a full read or a re-encoding per call.
   change of what they depend on, with a version; all agents share it.
 - A reply carries the version of the node's pods and of the Services; a request names the
   versions it holds, and gets null for what has not moved since.
+- `NodeWatch` answers agents' long-polls: an agent that holds those versions waits on
+  `POST /agent/v1/nodes/{name}/watch` until one moves (or a `gitops logs` request comes
+  for it), and then syncs; between changes it syncs only to report a change of its own or
+  a heartbeat (`AgentConfig.heartbeat_seconds`), not every second.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import threading
@@ -193,3 +198,138 @@ class AgentReports:
                     self._due = time.monotonic() + self.flush_seconds
         finally:
             self._flushing.release()
+
+
+@dataclass
+class _Waiter:
+    node: str
+    have_pods: str
+    have_services: str
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[dict[str, Any]]
+    checked: bool = False  # compared once with the state (a new waiter may be behind already)
+
+
+class NodeWatch:
+    """Long-polls of agents (`POST /agent/v1/nodes/{name}/watch`): each waits until its
+    node's pods, the Services (with the routes) or a `gitops logs` request for it differ
+    from what it holds, and is answered within `interval` of the change.
+
+    One thread does the watching for every waiting agent. It looks when this process has
+    written to the store (`Store.after_write`), at most every `interval` seconds, and every
+    `poll` seconds for the writes of other control planes on the database: it reads the
+    pods written since its last look (`PodCache`, one indexed query when nothing moved) and
+    compares only the waiting nodes whose pods changed (`PodCache.changed_nodes`), or every
+    waiting node when the Services' version moved. A waiting agent costs a future, not a
+    thread or a database read."""
+
+    def __init__(
+        self,
+        store: Store,
+        endpoints: SharedEndpoints,
+        logs_pending: Callable[[], set[str]],
+        *,
+        interval: float = 0.05,
+        poll: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.endpoints = endpoints
+        self.logs_pending = logs_pending
+        self.interval = interval
+        self.poll = poll
+        store.after_write.append(self.poke)
+        self._lock = threading.Lock()
+        self._waiting: dict[str, list[_Waiter]] = {}
+        self._arrived = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._generation = -1
+        self._services = ""
+
+    async def wait(self, node: str, have_pods: str, have_services: str, timeout: float) -> dict[str, Any]:
+        """What moved for `node` (`changed`, the versions, `logs`), once something has, or
+        after `timeout` seconds with `changed` false."""
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(node, have_pods, have_services, loop, loop.create_future())
+        with self._lock:
+            self._waiting.setdefault(node, []).append(waiter)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="agent-watch", daemon=True)
+                self._thread.start()
+        self._arrived.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
+        except TimeoutError:
+            return {
+                "changed": False,
+                "pods_version": have_pods,
+                "services_version": have_services,
+                "logs": False,
+            }
+        finally:
+            with self._lock:
+                waiters = self._waiting.get(node, [])
+                if waiter in waiters:
+                    waiters.remove(waiter)
+                if not waiters:
+                    self._waiting.pop(node, None)
+
+    @property
+    def waiting(self) -> int:
+        with self._lock:
+            return sum(len(w) for w in self._waiting.values())
+
+    def poke(self) -> None:
+        """Something may have moved (this process wrote to the store): look soon."""
+        self._arrived.set()
+
+    def _run(self) -> None:
+        while True:
+            # Woken by this process's writes and by new waiters; other processes' writes
+            # (control planes sharing the database) are looked for every `poll` seconds.
+            self._arrived.wait(self.poll)
+            self._arrived.clear()
+            started = time.monotonic()
+            try:
+                self.look()
+            except Exception as exc:  # the next look tries again; waiters time out meanwhile
+                log.warning("agent.watch_failed", error=str(exc))
+            time.sleep(max(0.0, self.interval - (time.monotonic() - started)))  # one look per interval
+
+    def look(self) -> None:
+        """Answer the waiters whose node's state moved (one look; the thread repeats it)."""
+        with self._lock:
+            if not self._waiting:
+                return
+        cache = self.store.pod_cache
+        cache.pods()  # only the rows written since the last read
+        generation = cache.generation
+        changed = cache.changed_nodes(self._generation) if generation != self._generation else set()
+        self._generation = generation
+        services = self.endpoints.version()
+        every = changed is None or services != self._services
+        self._services = services
+        logs = self.logs_pending()
+        with self._lock:
+            due = [
+                w
+                for node, waiters in self._waiting.items()
+                for w in waiters
+                if every or not w.checked or node in logs or (changed is not None and node in changed)
+            ]
+        for waiter in due:
+            waiter.checked = True
+            pods = cache.node_version(waiter.node)
+            has_logs = waiter.node in logs
+            if pods != waiter.have_pods or services != waiter.have_services or has_logs:
+                answer = {
+                    "changed": True,
+                    "pods_version": pods,
+                    "services_version": services,
+                    "logs": has_logs,
+                }
+                waiter.loop.call_soon_threadsafe(_settle, waiter.future, answer)
+
+
+def _settle(future: asyncio.Future[dict[str, Any]], answer: dict[str, Any]) -> None:
+    if not future.done():
+        future.set_result(answer)

@@ -26,15 +26,15 @@ import hmac
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import structlog
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import IntegrityError
 
-from gitops.api.agentsync import AgentReports, SharedEndpoints, report_digest
+from gitops.api.agentsync import AgentReports, NodeWatch, SharedEndpoints, report_digest
 from gitops.api.auth import JOIN_HEADER, AgentGate, LoopbackHosts, ReadAuth
 from gitops.api.logs import LogHub, install_logs
 from gitops.api.models import (
@@ -42,11 +42,13 @@ from gitops.api.models import (
     RegisterRequest,
     SyncReply,
     SyncRequest,
+    WatchReply,
+    WatchRequest,
     address_problem,
     field_errors,
 )
 from gitops.api.page import install_status_page
-from gitops.api.readmodel import ReadModel
+from gitops.api.readmodel import BadContinue, ExpiredContinue, PodOrder, ReadModel
 from gitops.api.readonly import install_read_only
 from gitops.health import Health
 from gitops.metrics import CONTENT_TYPE, Metrics
@@ -113,6 +115,7 @@ def create_app(
     proxy_problems: dict[str, tuple[str, ...]] = {}
     app.state.read_model = reads
     logs = app.state.logs = LogHub()  # `gitops logs` requests, answered by the pods' agents
+    watch = app.state.node_watch = NodeWatch(store, endpoints, logs.pending_nodes)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -270,6 +273,12 @@ def create_app(
             "claims": None if same_pods else sorted(store.claims(node=name)),
         }
 
+    @app.post("/agent/v1/nodes/{name}/watch", response_model=WatchReply)
+    async def agent_watch(name: str, request: WatchRequest, _: str = Depends(node_token)) -> dict[str, Any]:
+        """Long-poll: answered once the node's pods or the Services move from the versions
+        the agent holds, or a log request waits for it; else after `timeout` seconds."""
+        return await watch.wait(name, request.have_pods, request.have_services, request.timeout)
+
     def _note_proxy_problems(node: str, reported: tuple[str, ...], now: float) -> None:
         """Rules a node's proxy skipped: an event when they change, a metric, a log line."""
         problems: tuple[str, ...] = ()
@@ -308,11 +317,35 @@ def create_app(
     def nodes() -> list[Any]:
         return reads.nodes()
 
-    @app.get("/api/v1/pods")
-    def pods(limit: int = 0) -> Response:
-        """Every pod (or the first `limit`, problems first): phase, readiness, node, reason
-        (never env values or file contents)."""
-        return rendered("pods", max(0, limit))
+    @app.get(
+        "/api/v1/pods",
+        responses={
+            400: {"description": "`continue` is not a continue token"},
+            410: {"description": "the list the token pages through is no longer kept; `continue` goes on"},
+        },
+    )
+    def pods(
+        limit: Annotated[int, Query(ge=0, description="at most this many pods, a page (0: every pod)")] = 0,
+        token: Annotated[
+            str,
+            Query(alias="continue", max_length=2000, description="`metadata.continue` of the page before"),
+        ] = "",
+        order: Annotated[
+            PodOrder, Query(description="`name`, or `problems` first (pods not running ready)")
+        ] = "name",
+    ) -> Response:
+        """Every pod: phase, readiness, node, reason, containers (never env values or file
+        contents). With `limit` (or `continue`), one page of the list, Kubernetes style: `{kind,
+        apiVersion, metadata: {resourceVersion, continue, remainingItemCount}, items}`, where
+        `continue` (absent on the last page) asks for the next page of the same list."""
+        try:
+            return Response(
+                reads.pod_list(limit=limit, token=token, order=order), media_type="application/json"
+            )
+        except ExpiredContinue as exc:
+            return JSONResponse({"detail": str(exc), "continue": exc.resume}, status_code=410)
+        except BadContinue as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=400)
 
     @app.get("/api/v1/pods/{namespace}/{name}")
     def pod(namespace: str, name: str) -> dict[str, Any]:

@@ -187,6 +187,11 @@ class LogHub:
             self._open[rid] = request
             return request
 
+    def pending_nodes(self) -> set[str]:
+        """The nodes with requests their agents have not started answering."""
+        with self._lock:
+            return {r.node for r in self._open.values() if not r.started}
+
     def pending(self, node: str) -> list[dict[str, Any]]:
         """The requests for `node` its agent has not started answering."""
         with self._lock:

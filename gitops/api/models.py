@@ -252,6 +252,22 @@ class SyncRequest(_Strict):
     have_services: Annotated[str, Field(max_length=128)] = ""
 
 
+class WatchRequest(_Strict):
+    """`POST /agent/v1/nodes/{name}/watch`: the versions the agent holds (from its last sync
+    reply); answered when one of them moves or a log request comes, or after `timeout`."""
+
+    have_pods: Annotated[str, Field(max_length=128)] = ""
+    have_services: Annotated[str, Field(max_length=128)] = ""
+    timeout: Annotated[float, Field(ge=0, le=60)] = 25.0
+
+
+class WatchReply(BaseModel):
+    changed: bool  # false: the timeout passed with nothing new
+    pods_version: str
+    services_version: str
+    logs: bool = False  # a `gitops logs` request waits for this node: sync to get it
+
+
 class SyncReply(BaseModel):
     """The node's pods (with their resolved Secret values: only this node receives them) and
     every Service's endpoints, each with its version; null when the request said it holds

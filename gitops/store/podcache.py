@@ -64,6 +64,8 @@ class PodCache:
         self._read_at = float("-inf")  # monotonic time of the last read
         self.generation = 0  # moves whenever `pods()` may give something else than before
         self._stamps: dict[str, float] = {}  # pod id -> `written_at` of the row as read
+        self._node_generations: dict[str, int] = {}  # node -> the generation its pods last changed in
+        self._full_generation = 0  # the generation of the last full read
 
     def pods(self) -> tuple[Pod, ...]:
         """Every pod in the store, in id order, as of this call."""
@@ -98,6 +100,7 @@ class PodCache:
             }
         pods = self.store.pods()
         self.generation += 1
+        self._full_generation = self.generation
         self._pods = {p.id: p for p in pods}
         self._encoded, self._spec_encoded = {}, {}
         self._by_node = {}
@@ -109,7 +112,11 @@ class PodCache:
         self.rows_read = len(pods)
 
     def _place(self, before: Pod | None, after: Pod | None) -> None:
-        """Keep the pods-by-node index as a pod row moves (or comes, or goes)."""
+        """Keep the pods-by-node index as a pod row moves (or comes, or goes), and note the
+        nodes touched with the generation this read gives (`changed_nodes`)."""
+        for pod in (before, after):
+            if pod is not None and pod.node is not None:
+                self._node_generations[pod.node] = self.generation + 1
         if before is not None and before.node is not None and (after is None or after.node != before.node):
             self._by_node.get(before.node, set()).discard(before.id)
         if after is not None and after.node is not None:
@@ -129,16 +136,33 @@ class PodCache:
             self.pods()
         with self._lock:
             ids = sorted(self._by_node.get(node, ()))
-            digest = hashlib.blake2b(digest_size=12)
             encoded = []
             for pod_id in ids:
                 stamp = self._stamps.get(pod_id, 0.0)
-                digest.update(f"{pod_id}\0{stamp!r}\n".encode())
                 known = self._encoded.get(pod_id)
                 if known is None or known[0] != stamp:
                     known = self._encoded[pod_id] = (stamp, self._encode(self._pods[pod_id]))
                 encoded.append(known[1])
-            return digest.hexdigest(), encoded
+            return self._version(ids), encoded
+
+    def node_version(self, node: str) -> str:
+        """The version `node_view` gives for `node`, from the cache as it is (no read)."""
+        with self._lock:
+            return self._version(sorted(self._by_node.get(node, ())))
+
+    def _version(self, ids: list[PodId]) -> str:
+        digest = hashlib.blake2b(digest_size=12)
+        for pod_id in ids:
+            digest.update(f"{pod_id}\0{self._stamps.get(pod_id, 0.0)!r}\n".encode())
+        return digest.hexdigest()
+
+    def changed_nodes(self, since: int) -> set[str] | None:
+        """The nodes one of whose pods came, went or was written after generation `since`
+        (None: any may have, after a full read)."""
+        with self._lock:
+            if since < self._full_generation:
+                return None
+            return {node for node, generation in self._node_generations.items() if generation > since}
 
     def _encode(self, pod: Pod) -> dict[str, Any]:
         """`encode(pod)`, its spec encoded once for all the pods that share it (a pod's row

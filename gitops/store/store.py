@@ -444,6 +444,9 @@ class Store:
         self._redactor_checked = float("-inf")
         self._written = threading.local()
         self._fence = threading.local()  # .lease: the lease this thread's transactions check
+        # Called after each write transaction of this process commits (`write_session`):
+        # agents' long-polls look at once (`gitops.api.agentsync.NodeWatch`).
+        self.after_write: list[Callable[[], None]] = []
         self._writing: dict[object, float] = {}  # writes under way -> when each began
         self._writing_lock = threading.Lock()
         self._tokens: dict[str, tuple[str, float]] = {}  # node -> (token digest, when it matched)
@@ -517,14 +520,16 @@ class Store:
             if self._write_lock is None:
                 with self.session() as session:
                     yield session
-                return
-            with self._write_lock, self._sessions.begin() as session:
-                session.connection(execution_options={IMMEDIATE: True})
-                self._check_fence(session)
-                yield session
+            else:
+                with self._write_lock, self._sessions.begin() as session:
+                    session.connection(execution_options={IMMEDIATE: True})
+                    self._check_fence(session)
+                    yield session
         finally:
             with self._writing_lock:
                 del self._writing[token]
+        for written in self.after_write:  # committed
+            written()
 
     def oldest_write(self) -> float | None:
         """When the oldest write of this process still under way began (wall clock): rows

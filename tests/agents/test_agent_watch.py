@@ -1,0 +1,61 @@
+"""An agent that long-polls its control plane (`AgentConfig.heartbeat_seconds`) syncs only
+when it has news, a change of its own to report, or a heartbeat due."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from gitops.agents.agent import Agent, AgentConfig
+from gitops.model import NodeName
+from gitops.server import ControlPlane
+from tests.agents.fakes import MemoryRuntime
+from tests.api.test_agent_sync_server import NO_IPTABLES, NODE
+from tests.api.test_agent_watch import plane
+
+__all__ = ["plane"]  # the fixture
+
+
+def test_a_watching_agent_calls_only_with_news_a_change_or_a_heartbeat_due(
+    plane: ControlPlane, tmp_path: Path
+) -> None:
+    config = AgentConfig(
+        iptables=NO_IPTABLES,
+        server=plane.url,
+        node=NodeName("n1"),
+        join_token=plane.join_token,
+        state_dir=tmp_path,
+        address=NODE["address"],  # type: ignore[arg-type]
+        capacity=(4000, 2**32),
+        heartbeat_seconds=3.0,
+    )
+    agent = Agent(config, MemoryRuntime())
+    calls: list[str] = []
+    original = agent._sync_call
+
+    def counted(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        before = agent._sent[1]
+        reply = original(*args, **kwargs)
+        if agent._sent[1] != before:
+            calls.append("sync")
+        return reply
+
+    agent._sync_call = counted  # type: ignore[method-assign]
+    agent.tick()  # registers, first sync
+    agent.tick()  # reports what the first tick found (its proxy cannot program rules here)
+    assert agent._last_reply is not None and agent._last_reply["authoritative"] is True
+    agent._watching = True  # as when its long-poll is answered
+    calls.clear()
+    for _ in range(5):
+        agent.tick()
+    assert calls == []  # nothing to say, nothing new
+    agent._news = True  # the long-poll saw something move
+    agent.tick()
+    assert calls == ["sync"] and agent._news is False
+    agent._sent = (agent._sent[0], time.monotonic() - 3.0)  # the heartbeat is due
+    agent.tick()
+    assert calls == ["sync", "sync"]
+    agent._watching = False  # the long-poll is down: every tick calls
+    agent.tick()
+    assert calls == ["sync", "sync", "sync"]

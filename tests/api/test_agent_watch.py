@@ -1,0 +1,102 @@
+"""Agents' long-poll (`POST /agent/v1/nodes/{name}/watch`, `gitops.api.agentsync.NodeWatch`)
+on a real server: answered as soon as the node's pods, the Services or a log request
+moves, else after its timeout; and an agent that watches syncs only when it has news, a
+change of its own to report, or a heartbeat due."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gitops.controller import reconcile_once
+from gitops.model import Revision
+from gitops.server import ControlPlane
+from gitops.store import Store
+from tests.api.test_agent_sync_server import register
+from tests.conftest import free_port, wait_for
+from tests.planner.factories import deployment, service
+
+
+@pytest.fixture
+def plane(tmp_path: Path) -> ControlPlane:
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store.apply_revision(Revision("git:x", "1" * 40), [service("web", {"app": "web"})], [], 1.0)
+    plane = ControlPlane(store, [], port=free_port(), controller_interval=3600, settle_seconds=0.0)
+    plane.start()
+    yield plane
+    plane.stop()
+
+
+def sync(plane: ControlPlane, token: str, **body: Any) -> dict[str, Any]:
+    auth = {"Authorization": f"Bearer {token}"}
+    answer: dict[str, Any] = httpx.post(
+        f"{plane.url}/agent/v1/nodes/n1/sync", json=body, headers=auth, timeout=10
+    ).json()
+    return answer
+
+
+def watch(plane: ControlPlane, token: str, held: dict[str, Any], timeout: float) -> dict[str, Any]:
+    answer: dict[str, Any] = httpx.post(
+        f"{plane.url}/agent/v1/nodes/n1/watch",
+        json={
+            "have_pods": held["pods_version"],
+            "have_services": held["services_version"],
+            "timeout": timeout,
+        },
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=timeout + 10,
+    ).json()
+    return answer
+
+
+def test_a_watch_waits_while_nothing_moves_and_answers_at_once_when_the_nodes_pods_do(
+    plane: ControlPlane,
+) -> None:
+    token = register(plane.url, plane.join_token)
+    held = sync(plane, token)
+    started = time.monotonic()
+    quiet = watch(plane, token, held, timeout=0.5)
+    assert quiet["changed"] is False and time.monotonic() - started >= 0.5
+    answers: list[dict[str, Any]] = []
+    waiting = threading.Thread(target=lambda: answers.append(watch(plane, token, held, timeout=20)))
+    waiting.start()
+    wait_for(lambda: plane._server.config.app.state.node_watch.waiting == 1, what="the watch waiting")  # type: ignore[union-attr]
+    plane.store.apply_revision(
+        Revision("git:x", "2" * 40), [deployment(replicas=2), service("web", {"app": "web"})], [], 2.0
+    )
+    reconcile_once(plane.store, 3.0)  # two pods bound to n1, the only node
+    waiting.join(10)
+    (answer,) = answers
+    assert answer["changed"] is True and answer["pods_version"] != held["pods_version"]
+    fresh = sync(plane, token, have_pods=held["pods_version"], have_services=held["services_version"])
+    assert len(fresh["pods"]) == 2 and fresh["pods_version"] == answer["pods_version"]
+
+
+def test_a_watch_behind_already_is_answered_at_once(plane: ControlPlane) -> None:
+    token = register(plane.url, plane.join_token)
+    held = sync(plane, token)
+    answer = watch(plane, token, {**held, "services_version": "an older one"}, timeout=20)
+    assert answer["changed"] is True and answer["services_version"] == held["services_version"]
+
+
+def test_a_watch_is_answered_when_a_log_request_waits_for_its_node(plane: ControlPlane) -> None:
+    token = register(plane.url, plane.join_token)
+    held = sync(plane, token)
+    hub = plane._server.config.app.state.logs  # type: ignore[union-attr]
+    answers: list[dict[str, Any]] = []
+    waiting = threading.Thread(target=lambda: answers.append(watch(plane, token, held, timeout=20)))
+    waiting.start()
+    wait_for(lambda: plane._server.config.app.state.node_watch.waiting == 1, what="the watch waiting")  # type: ignore[union-attr]
+
+    async def ask() -> None:  # as `gitops logs` does, on the server's event loop
+        hub.open("n1", {"pod": "default/web-1", "container": "app"})
+
+    asyncio.run(ask())
+    waiting.join(10)
+    assert answers and answers[0]["changed"] is True and answers[0]["logs"] is True
