@@ -301,7 +301,7 @@ class NodeWatch:
             if not self._waiting:
                 return
         cache = self.store.pod_cache
-        cache.pods()  # only the rows written since the last read
+        cache.refresh()  # only the rows written since the last read
         generation = cache.generation
         changed = cache.changed_nodes(self._generation) if generation != self._generation else set()
         self._generation = generation

@@ -53,7 +53,8 @@ class PodCache:
         self._lock = threading.Lock()
         self._pods: dict[PodId, Pod] = {}
         self._specs: dict[SpecKey, PodSpec] = {}
-        self._listed: tuple[Pod, ...] = ()  # `_pods` in id order, while nothing changed
+        self._listed: tuple[Pod, ...] | None = ()  # `_pods` in id order; None: to be built again
+        self._order: tuple[PodId, ...] | None = ()  # the ids in order; None: to be sorted again
         self._since: float | None = None  # the next read starts at rows written from here
         self._full_at = float("-inf")  # when everything was last read
         self.rows_read = 0  # rows the last `pods()` read (every row after a full read)
@@ -70,22 +71,34 @@ class PodCache:
     def pods(self) -> tuple[Pod, ...]:
         """Every pod in the store, in id order, as of this call."""
         with self._lock:
-            began = time.monotonic()
-            started = time.time()  # the clock `written_at` is stamped with
-            try:
-                if self._since is None or self._stale or started - self._full_at >= self.full_every:
-                    self._read_all(started)
-                else:
-                    self._read_changes(self._since)
-            except Exception:
-                self._since = None  # the next call reads everything again
-                raise
-            # Not past a write of this process still under way: its rows, stamped since it
-            # began, become visible only when it commits, however long it takes.
-            self._read_at = began
-            oldest = self.store.oldest_write()
-            self._since = min(started, oldest if oldest is not None else started) - self.slack
+            self._refresh()
+            if self._listed is None:  # built when asked for: agents' syncs and watches never ask
+                if self._order is None:
+                    self._order = tuple(sorted(self._pods))
+                self._listed = tuple(self._pods[p] for p in self._order)
             return self._listed
+
+    def refresh(self) -> None:
+        """Read what was written since the last read (`pods` without the list)."""
+        with self._lock:
+            self._refresh()
+
+    def _refresh(self) -> None:
+        began = time.monotonic()
+        started = time.time()  # the clock `written_at` is stamped with
+        try:
+            if self._since is None or self._stale or started - self._full_at >= self.full_every:
+                self._read_all(started)
+            else:
+                self._read_changes(self._since)
+        except Exception:
+            self._since = None  # the next call reads everything again
+            raise
+        # Not past a write of this process still under way: its rows, stamped since it
+        # began, become visible only when it commits, however long it takes.
+        self._read_at = began
+        oldest = self.store.oldest_write()
+        self._since = min(started, oldest if oldest is not None else started) - self.slack
 
     def invalidate(self) -> None:
         """Read everything again on the next call."""
@@ -107,7 +120,7 @@ class PodCache:
         for pod in pods:
             if pod.node is not None:
                 self._by_node.setdefault(pod.node, set()).add(pod.id)
-        self._listed = tuple(pods)
+        self._listed, self._order = tuple(pods), tuple(p.id for p in pods)
         self._full_at = started
         self.rows_read = len(pods)
 
@@ -133,7 +146,7 @@ class PodCache:
         if time.monotonic() - self._read_at >= max_age or (
             read_after is not None and self._read_at < read_after
         ):
-            self.pods()
+            self.refresh()
         with self._lock:
             ids = sorted(self._by_node.get(node, ()))
             encoded = []
@@ -223,6 +236,6 @@ class PodCache:
         if rows or removed:
             self.generation += 1
         if added or removed:
-            self._listed = tuple(self._pods[p] for p in sorted(self._pods))
-        elif rows:
-            self._listed = tuple(self._pods[p.id] for p in self._listed)
+            self._order = None
+        if rows or removed:
+            self._listed = None
