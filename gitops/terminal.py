@@ -44,11 +44,14 @@ class SafeStream(io.TextIOBase):
         self.stream = stream
 
     def write(self, text: str) -> int:
+        if self.stream.closed:  # a log line after its stream went (a stop logging at exit): dropped
+            return len(text)
         self.stream.write(escape(text, keep_newlines=True))
         return len(text)
 
     def flush(self) -> None:
-        self.stream.flush()
+        if not self.stream.closed:
+            self.stream.flush()
 
     def isatty(self) -> bool:
         return self.stream.isatty()
