@@ -22,7 +22,8 @@ def plane(tmp_path: Path, name: str, store: Store) -> ControlPlane:
         [FolderSource(str(tmp_path / "manifests"))],
         port=free_port(),
         name=name,
-        lease_ttl=1.0,
+        # The default lease (5 s): a shorter one can lapse on a loaded machine between
+        # renewals, and the epochs below would move.
         controller_interval=0.2,
         settle_seconds=0.0,
     )
@@ -61,7 +62,7 @@ def test_one_of_two_control_planes_leads_and_the_other_takes_over_when_it_stops(
         wait_for(second.settled, what="the follower settled by the leader's word")
 
         first.stop()  # a clean stop gives the lease up: the other leads at once
-        wait_for(lambda: status(second)["leader"] is True, timeout=5, interval=0.05, what="the other leading")
+        wait_for(lambda: status(second)["leader"] is True, timeout=10, interval=0.05, what="the other leading")
         led = status(second)
         assert str(led["led_by"]).startswith("two#") and led["epoch"] == 2
         assert second.controller is not None and len(second.syncs) == 1
