@@ -62,7 +62,9 @@ def test_one_of_two_control_planes_leads_and_the_other_takes_over_when_it_stops(
         wait_for(second.settled, what="the follower settled by the leader's word")
 
         first.stop()  # a clean stop gives the lease up: the other leads at once
-        wait_for(lambda: status(second)["leader"] is True, timeout=10, interval=0.05, what="the other leading")
+        wait_for(
+            lambda: status(second)["leader"] is True, timeout=10, interval=0.05, what="the other leading"
+        )
         led = status(second)
         assert str(led["led_by"]).startswith("two#") and led["epoch"] == 2
         assert second.controller is not None and len(second.syncs) == 1
