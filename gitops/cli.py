@@ -206,6 +206,16 @@ def _pod_lines(p: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _first_pods(http: httpx.Client, limit: int) -> list[Any]:
+    """The first `limit` pods, those with a problem first (every pod, by name, for 0): the
+    first page of the paged list, or the plain list a server of before paging answers (its
+    `limit` meant the same and it ignores `order`)."""
+    params: dict[str, Any] = {"limit": limit, "order": "problems"} if limit else {}
+    answer = http.get("/api/v1/pods", params=params).raise_for_status().json()
+    pods: list[Any] = answer["items"] if isinstance(answer, dict) else answer
+    return pods
+
+
 def _listed(http: httpx.Client, path: str) -> list[Any]:
     """A list the server answers, or none from a server of before that route."""
     response = http.get(path)
@@ -273,8 +283,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         with httpx.Client(base_url=args.server, timeout=10, headers=_read_headers(args)) as http:
             status = http.get("/api/v1/status").raise_for_status().json()
             nodes = http.get("/api/v1/nodes").raise_for_status().json()
-            shown = 0 if getattr(args, "all", False) else STATUS_PODS
-            pods = http.get("/api/v1/pods", params={"limit": shown}).raise_for_status().json()
+            pods = _first_pods(http, 0 if getattr(args, "all", False) else STATUS_PODS)
             services = http.get("/api/v1/services").raise_for_status().json()
             workloads = http.get("/api/v1/workloads").raise_for_status().json()
             jobs, cronjobs, autoscalers = (

@@ -44,6 +44,7 @@ from gitops.api.view import (
     StatusView,
     ViewCache,
     WorkloadRow,
+    find_pod,
     logs_url,
     quoted,
 )
@@ -745,8 +746,7 @@ def revisions(view: StatusView, _: Mapping[str, str]) -> tuple[str, str]:
 
 
 def _find(view: StatusView, query: Mapping[str, str]) -> PodRow | None:
-    pod_id = f"{query.get('namespace', '')}/{query.get('name', '')}"
-    return next((p for p in view.pods if p.id == pod_id), None)
+    return find_pod(view, f"{query.get('namespace', '')}/{query.get('name', '')}")
 
 
 def _state(c: ContainerRow) -> str:

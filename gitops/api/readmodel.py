@@ -13,23 +13,162 @@ few aggregate queries) and, if it did, waits up to `wait` seconds (0.3) for the 
 else answers from the last view (with its `built_at`) while the rebuild goes on: a big
 cluster's rebuild (about a second per 5,000 pods) never makes a request wait for it. `json()` keeps
 each answer rendered to bytes for as long as its view lives, so a thousand clients asking
-for 5,000 pods cost one serialisation, not a thousand.
+for 5,000 pods cost one serialisation, not a thousand; and each pod's JSON is kept for as
+long as its row is (a view keeps the rows of pods that did not change), so a new view
+costs the JSON of the pods that changed.
+
+The pod list is paged as Kubernetes pages lists: `limit` pods at a time, in a stable order
+(`name`: by namespace and name; `problems`: pods not running ready first), each page's
+`metadata.continue` a token for the next. Tokens page through the list as it was when the
+first page was asked for (its `pods_version`, kept a while: the last 16 lists and five
+minutes at most, within a memory budget), so a walk sees every pod of that list exactly
+once however the pods change meanwhile. A token of a list no longer kept is answered 410
+with a token that goes on from the same place in the current list (pods that changed in
+between may then be missed or seen twice); one that is not a token at all, 400.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import bisect
 import json
+import operator
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
-from gitops.api.view import PodRow, StatusView, ViewCache, logs_url, redacted_event, redacted_revision
+from gitops.api.view import (
+    PodRow,
+    StatusView,
+    ViewCache,
+    find_pod,
+    logs_url,
+    redacted_event,
+    redacted_revision,
+)
 from gitops.codec import encode
 from gitops.health import Health
 from gitops.preview.state import to_json as state_json
 from gitops.redact import Redactor
 from gitops.store import Store
+
+PodOrder = Literal["name", "problems"]
+PodKey = str | tuple[int, str]  # where a pod is in an order: its id, or (0 if it has a problem else 1, id)
+
+KEPT_LISTS = 16  # pod lists continue tokens page through, at most
+KEPT_SECONDS = 300.0  # and for this long at most
+MAX_RENDERED = 512  # answers kept rendered per view
+
+
+class BadContinue(ValueError):
+    """A `continue` that is not a token this server gives (400)."""
+
+
+class ExpiredContinue(Exception):
+    """A continue token of a pod list no longer kept (410). `resume` goes on from the same
+    place in the current list."""
+
+    def __init__(self, message: str, resume: str) -> None:
+        super().__init__(message)
+        self.resume = resume
+
+
+def _healthy(p: PodRow) -> bool:
+    return p.ready and p.phase == "Running" and not p.terminating
+
+
+def pod_key(p: PodRow, order: PodOrder) -> PodKey:
+    return p.id if order == "name" else (int(_healthy(p)), p.id)
+
+
+def continue_token(version: str, order: PodOrder, after: PodKey) -> str:
+    """The token of the page after the pod at `after` in list `version` in `order`."""
+    raw = json.dumps([version, order, after], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def read_token(token: str) -> tuple[str, PodOrder, PodKey]:
+    """The list, order and place a continue token names; `BadContinue` saying why when it
+    is not a token at all."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        version, order, after = json.loads(raw)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise BadContinue(
+            "continue: not a continue token (pass metadata.continue of the page before, as it is)"
+        ) from exc
+    if not isinstance(version, str) or order not in ("name", "problems"):
+        raise BadContinue(
+            "continue: not a continue token (pass metadata.continue of the page before, as it is)"
+        )
+    if order == "name" and isinstance(after, str):
+        return version, "name", after
+    if (
+        order == "problems"
+        and isinstance(after, list)
+        and len(after) == 2
+        and after[0] in (0, 1)
+        and isinstance(after[1], str)
+    ):
+        return version, "problems", (int(after[0]), after[1])
+    raise BadContinue("continue: not a continue token (pass metadata.continue of the page before, as it is)")
+
+
+class _KeptLists:
+    """The pod lists of recent views, by `pods_version`, for continue tokens: at most
+    `most` of them, none older than `seconds`, and, since successive lists share the rows
+    of the pods that did not change, no more rows of their own in all than four lists' worth
+    of the newest."""
+
+    def __init__(self, most: int = KEPT_LISTS, seconds: float = KEPT_SECONDS) -> None:
+        self.most, self.seconds = most, seconds
+        self._lock = threading.Lock()
+        # version -> (when kept, its rows by id, rows not shared with the list kept before it)
+        self._lists: OrderedDict[str, tuple[float, tuple[PodRow, ...], int]] = OrderedDict()
+        self._orders: dict[tuple[str, PodOrder], tuple[Sequence[PodRow], list[PodKey]]] = {}
+
+    def keep(self, version: str, rows: tuple[PodRow, ...]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if version in self._lists:
+                self._lists.move_to_end(version)
+                return
+            last = next(reversed(self._lists.values()))[1] if self._lists else ()
+            own = len(rows) - sum(map(operator.is_, rows, last))
+            self._lists[version] = (now, rows, own)
+            while len(self._lists) > 1:
+                oldest, (kept_at, first, _) = next(iter(self._lists.items()))
+                held = len(first) + sum(o for _, _, o in list(self._lists.values())[1:])
+                if (
+                    len(self._lists) <= self.most
+                    and now - kept_at <= self.seconds
+                    and held <= 4 * len(rows) + 1000
+                ):
+                    break
+                del self._lists[oldest]
+                for order in ("name", "problems"):
+                    self._orders.pop((oldest, order), None)
+
+    def ordered(self, version: str, order: PodOrder) -> tuple[Sequence[PodRow], list[PodKey]] | None:
+        """List `version` in `order`, and each pod's key in it; None when it is not kept."""
+        with self._lock:
+            found = self._lists.get(version)
+            if found is None or time.monotonic() - found[0] > self.seconds:
+                return None
+            done = self._orders.get((version, order))
+        if done is not None:
+            return done
+        rows: Sequence[PodRow] = found[1]
+        if order != "name":
+            rows = sorted(rows, key=lambda p: pod_key(p, order))
+        done = (rows, [pod_key(p, order) for p in rows])
+        with self._lock:
+            if version in self._lists:
+                self._orders[(version, order)] = done
+        return done
 
 
 class ReadModel:
@@ -51,6 +190,8 @@ class ReadModel:
         self._lock = threading.Lock()
         self._rendered: dict[tuple[str, tuple[Any, ...]], bytes] = {}
         self._rendered_for = ""
+        self._pod_answers: dict[str, tuple[PodRow, Redactor, bytes]] = {}  # pod id -> (row, redactor, JSON)
+        self._lists = _KeptLists()
 
     def view(self) -> StatusView:
         """The page's view: cached, refreshed in the background."""
@@ -58,20 +199,107 @@ class ReadModel:
 
     def json(self, name: str, *args: Any) -> bytes:
         """The answer of method `name` (with `args`) as JSON bytes, rendered once per view."""
-        view = self._fresh()
-        key = (name, args)
+        return self._memo(
+            self._fresh(),
+            (name, args),
+            lambda: json.dumps(
+                getattr(self, name)(*args), ensure_ascii=False, separators=(",", ":")
+            ).encode(),
+        )
+
+    def _memo(self, view: StatusView, key: tuple[str, tuple[Any, ...]], render: Callable[[], bytes]) -> bytes:
+        """`render()`, kept for the life of `view` (at most `MAX_RENDERED` answers per view)."""
         with self._lock:
             if self._rendered_for != view.generation:
                 self._rendered, self._rendered_for = {}, view.generation
             found = self._rendered.get(key)
         if found is not None:
             return found
-        value = getattr(self, name)(*args)
-        rendered = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+        rendered = render()
         with self._lock:
             if self._rendered_for == view.generation:
+                if len(self._rendered) >= MAX_RENDERED:
+                    self._rendered.clear()
                 self._rendered[key] = rendered
         return rendered
+
+    def _pod_json(self, rows: Sequence[PodRow], view: StatusView) -> list[bytes]:
+        """Each pod's answer as JSON, kept while its row and the redactor are the same (rows
+        of an older list are redacted with what `view` knows)."""
+        known, redact = self._pod_answers, view.redactor
+        out = []
+        for row in rows:
+            found = known.get(row.id)
+            if found is None or found[0] is not row or found[1] is not redact:
+                data = json.dumps(redact.value(_pod(row)), ensure_ascii=False, separators=(",", ":")).encode()
+                found = known[row.id] = (row, redact, data)
+            out.append(found[2])
+        if len(known) > 2 * len(view.pods) + 1000:  # many pods gone: forget theirs
+            current = {row.id for row in view.pods}
+            for pod_id in [i for i in list(known) if i not in current]:
+                known.pop(pod_id, None)
+        return out
+
+    def pod_list(self, *, limit: int = 0, token: str = "", order: PodOrder = "name") -> bytes:
+        """The answer of `/api/v1/pods` as JSON bytes. Without `limit` and `token`, every pod in
+        `order` as an array (as it always was); else a page of at most `limit` pods (every one
+        left when 0) as a Kubernetes list: `{"kind": "PodList", "apiVersion": "v1",
+        "metadata": {"resourceVersion", "continue", "remainingItemCount"}, "items"}`, where
+        `continue` (absent on the last page) asks for the next page of the same list.
+        `BadContinue` for a token that is not one, `ExpiredContinue` for one of a list no
+        longer kept."""
+        view = self._fresh()
+        if not limit and not token:
+            self._lists.keep(view.pods_version, view.pods)
+            rows = self._ordered(view.pods_version, order)[0]
+            return self._memo(
+                view,
+                ("pods", (order,)),
+                lambda: b"[" + b",".join(self._pod_json(rows, view)) + b"]",
+            )
+        return self._memo(
+            view, ("pods", (limit, token, order)), lambda: self._page(view, limit, token, order)
+        )
+
+    def _ordered(self, version: str, order: PodOrder) -> tuple[Sequence[PodRow], list[PodKey]]:
+        found = self._lists.ordered(version, order)
+        assert found is not None  # kept just now
+        return found
+
+    def _page(self, view: StatusView, limit: int, token: str, order: PodOrder) -> bytes:
+        after: PodKey | None = None
+        version = view.pods_version
+        if token:
+            version, asked, after = read_token(token)
+            if asked != order:
+                raise BadContinue(f"continue: the token pages in order={asked}, not order={order}")
+        else:
+            self._lists.keep(version, view.pods)
+        found = self._lists.ordered(version, order)
+        if found is None:
+            assert after is not None
+            self._lists.keep(view.pods_version, view.pods)
+            raise ExpiredContinue(
+                "continue: the list this token pages through is no longer kept (the pods changed "
+                "since, or it is older than five minutes); start again without continue, or go on "
+                "in the current list with the continue of this answer (pods that changed in between "
+                "may be missed or seen twice)",
+                continue_token(view.pods_version, order, after),
+            )
+        rows, keys = found
+        start = 0 if after is None else bisect.bisect_right(keys, after)
+        end = len(rows) if not limit else min(len(rows), start + limit)
+        metadata: dict[str, Any] = {"resourceVersion": version}
+        if end < len(rows):
+            metadata["continue"] = continue_token(version, order, keys[end - 1])
+        metadata["remainingItemCount"] = len(rows) - end
+        # Free text of an older list is redacted again with what the current view knows:
+        # a value that became a Secret's since is not shown.
+        items = self._pod_json(rows[start:end], view)
+        head = json.dumps(
+            {"kind": "PodList", "apiVersion": "v1", "metadata": metadata}, separators=(",", ":")
+        )
+        return head[:-1].encode() + b',"items":[' + b",".join(items) + b"]}"
 
     def _fresh(self) -> StatusView:
         if self.cache.ttl <= 0:
@@ -170,23 +398,17 @@ class ReadModel:
         out: list[Any] = self._out(view, answer)
         return out
 
-    def pods(self, limit: int = 0) -> list[Any]:
-        """Every pod, or (with `limit`) the first `limit`, those with a problem first (not
-        ready, not running, terminating), then by name."""
+    def pods(self) -> list[Any]:
+        """Every pod, by namespace and name, as `/api/v1/pods` lists them."""
         view = self._fresh()
-        rows = list(view.pods)
-        if limit:
-            rows = sorted(rows, key=lambda p: (p.ready and p.phase == "Running" and not p.terminating, p.id))
-            rows = rows[:limit]
         # Plain JSON values already (no `encode` needed): only the last redaction pass.
-        out: list[Any] = view.redactor.value([_pod(p) for p in rows])
+        out: list[Any] = view.redactor.value([_pod(p) for p in view.pods])
         return out
 
     def pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         """One pod as `pods` lists it (its containers, QoS class, log links), or None."""
         view = self._fresh()
-        pod_id = f"{namespace}/{name}"
-        found = next((p for p in view.pods if p.id == pod_id), None)
+        found = find_pod(view, f"{namespace}/{name}")
         if found is None:
             return None
         out: dict[str, Any] = view.redactor.value(_pod(found))

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from gitops.api import view as view_module
 from gitops.api.app import create_app
 from gitops.api.page import PAGES, PER_PAGE
 from gitops.api.view import ViewCache
@@ -168,14 +167,14 @@ def test_answers_see_their_own_writes_but_never_wait_for_a_slow_rebuild(
         pod = Pod("default", PodName(f"more-{next(added)}"), owner, "h", pod_spec("more:1"))
         store.apply_pod_changes(create=[(pod, "test")], stop=[], bind={}, pending_reasons={}, now=NOW)
 
-    build = view_module.build_view
-
-    def slow_build(*args: Any, **kwargs: Any) -> Any:
-        time.sleep(delay[0])
-        return build(*args, **kwargs)
-
-    monkeypatch.setattr(view_module, "build_view", slow_build)
     cache = ViewCache(store, clock=lambda: NOW, ttl=60, max_age=60)
+    build = cache.builder.build
+
+    def slow_build(now: float) -> Any:
+        time.sleep(delay[0])
+        return build(now)
+
+    monkeypatch.setattr(cache.builder, "build", slow_build)
     first = cache.fresh(0.3)
     _one_more(store)
     seen = cache.fresh(0.3)  # a quick rebuild: the write is seen at once
