@@ -764,9 +764,8 @@ class ViewBuilder:
         self._pods_version = ""
         self._desired: list[Manifest] | None = None
         self._nodes: list[Node] | None = None  # as statuses and endpoints see them (`_placing`)
-        self._events: tuple[int, Redactor, float, tuple[EventRecord, ...]] | None = (
-            None  # newest, by, read at
-        )
+        # The newest events: (the newest's id, the redactor, when all were read, the events).
+        self._events: tuple[int, Redactor, float, tuple[EventRecord, ...]] | None = None
         # workload -> (the replicas an autoscaler set, its status)
         self._statuses: dict[ObjectKey, tuple[int | None, RolloutStatus]] = {}
         self._services: tuple[Mapping[ObjectKey, str], Mapping[ObjectKey, Mapping[str, int]]] | None = None
@@ -778,16 +777,18 @@ class ViewBuilder:
         if self.pause > 0:
             time.sleep(self.pause)
 
-    def _diff(self, pods: Sequence[Pod]) -> tuple[list[Change] | None, list[int] | None]:
+    def _diff(self, pods: Sequence[Pod]) -> tuple[list[Change] | None, list[int] | None, list[Change]]:
         """The pods that changed since the last build, each as (before, after), None for a
-        pod that came or went (no list when there is no last build to compare with), and
-        when no pod came or went, where the changed ones are in `pods`. A pod is the same
-        when it is the very object of the last build (the `PodCache` keeps those of rows
-        not written since) or an equal one."""
+        pod that came or went (no list when there is no last build to compare with); when
+        no pod came or went, where the changed ones are in `pods`; and the pods that are the
+        same but another object (read again: their rows stay, the tally takes the new
+        objects). A pod is the same when it is the very object of the last build (the
+        `PodCache` keeps those of rows not written since) or an equal one."""
         last = self._pods
         if not (self.incremental and self._redactor is not None):
-            return None, None
+            return None, None, []
         changed: list[Change] = []
+        swapped: list[Change] = []
         if len(pods) == len(last):  # the usual change: a few pods written, none come or gone
             where = []
             same = list(map(operator.is_, pods, last))
@@ -798,16 +799,20 @@ class ViewBuilder:
                 if p != before:
                     changed.append((before, p))
                     where.append(i)
+                else:
+                    swapped.append((before, p))
             else:
-                return changed, where
-            changed = []
+                return changed, where, swapped
+            changed, swapped = [], []
         known: dict[str, Pod] = {p.id: p for p in last}
         for p in pods:
             was = known.pop(p.id) if p.id in known else None
             if was is None or (was is not p and was != p):
                 changed.append((was, p))
+            elif was is not p:
+                swapped.append((was, p))
         changed += ((p, None) for p in known.values())  # gone
-        return changed, None
+        return changed, None, swapped
 
     def _rows_of(
         self, pods: Sequence[Pod], redact: Redactor, changed: list[Change] | None, where: list[int] | None
@@ -974,14 +979,14 @@ class ViewBuilder:
         self._breathe()
         pods: Sequence[Pod] = store.pod_cache.pods() if self.incremental else store.pods()
         self._breathe()
-        changed, where = self._diff(pods)
+        changed, where, swapped = self._diff(pods)
         tally = self._tally
         if changed is None:  # everything from scratch
             tally = _Tally()
             for p in pods:
                 tally.add(p)
         else:
-            for before, after in changed:
+            for before, after in [*changed, *swapped]:
                 if before is not None:
                     tally.add(before, -1)
                 if after is not None:

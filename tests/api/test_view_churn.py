@@ -1,5 +1,6 @@
 """Incremental views: after any sequence of changes to the store (pods reported, scaled,
-deleted, a Secret rotated, nodes going quiet, events), a view built from the one before
+deleted, a Secret rotated, nodes going quiet, events, the pod cache reading everything
+again), a view built from the one before
 equals a view built from scratch, and a change to one pod recomputes that pod's row, its
 workload and its Services, nothing else."""
 
@@ -116,6 +117,7 @@ CHANGES = st.one_of(
     st.tuples(st.just("event"), st.sampled_from(["plain", f"mentions {TOKEN}"])),
     st.tuples(st.just("beat"), st.sampled_from(["n1", "n2"])),
     st.tuples(st.just("ready")),
+    st.tuples(st.just("reread")),
     st.tuples(st.just("wait"), st.integers(1, 45)),
 )
 
@@ -144,6 +146,8 @@ def _change(store: Store, change: tuple[Any, ...], now: float, token: list[str])
         store.add_event("pod default/x", "Said", change[1], now)
     elif kind == "beat":
         store.heartbeat(change[1], [], now)
+    elif kind == "reread":  # the pod cache reads every row again: every `Pod` a new object
+        store.pod_cache.invalidate()
     elif kind == "ready":  # every pod runs and is ready (and available minReadySeconds later)
         for n, pod in enumerate(p for p in store.pods() if p.node is not None):
             assert pod.node is not None
@@ -225,3 +229,35 @@ def test_a_rotated_secret_rebuilds_every_row_with_the_new_redactor(tmp_path: Pat
     assert builder.rows_built == after.counts.pods
     assert not any(late in p.reason for p in after.pods)
     assert _same(after) == _same(build_view(store, SOURCES, START + 5))
+
+
+def test_after_the_pod_cache_reads_everything_again_a_secret_no_pod_holds_is_forgotten(
+    tmp_path: Path,
+) -> None:
+    """Pods read again are new objects, equal to the old: their rows are kept, and what the
+    view tallies (the specs whose Secret values the redactor knows) follows the new ones."""
+    store = _store(tmp_path)
+    builder = ViewBuilder(store, SOURCES)
+    builder.build(START + 1)
+    store.pod_cache.invalidate()
+    kept = builder.build(START + 2)
+    assert builder.rows_built == 0 and TOKEN in " ".join(kept.redactor.values)
+    store.apply_revision(
+        Revision("git:repo", "c" * 40), _manifests(token="Rotated-Value-3333"), [], START + 3
+    )
+    now = START + 3
+    for _ in range(8):  # the rolling update, each new pod reported ready, each stopped one gone
+        now += 1
+        reconcile_once(store, now)
+        for node in ("n1", "n2"):
+            mine = [p for p in store.pods() if p.node == node]
+            ready = [
+                PodStatus(p.id, "Running", True, "", "172.17.2.2") for p in mine if p.terminating_at is None
+            ]
+            store.heartbeat(node, ready, now, stopped=[p.id for p in mine if p.terminating_at is not None])
+        builder.build(now)
+    assert not any(p.terminating_at is not None for p in store.pods())
+    view, full = builder.build(now + 1), build_view(store, SOURCES, now + 1)
+    assert TOKEN not in " ".join(full.redactor.values)
+    assert view.redactor.values == full.redactor.values
+    assert _same(view) == _same(full)
