@@ -219,7 +219,7 @@ class HollowAgent:
         self.free_ips = [str(a) for a in list(self.subnet.hosts())[1:]][::-1]
 
     async def sync(self) -> None:
-        report = json.dumps({"statuses": list(self.pods.values()), "stopped": self.stopped})
+        report = self.report()
         body = json.dumps(
             {
                 "statuses": list(self.pods.values()),
@@ -280,7 +280,11 @@ class HollowAgent:
             self.free_ips.append(status["pod_ip"])
 
     def to_say(self) -> bool:
-        return json.dumps({"statuses": list(self.pods.values()), "stopped": self.stopped}) != self.said
+        return self.report() != self.said
+
+    def report(self) -> str:
+        """What a sync would report now (compared with what the last one did)."""
+        return json.dumps({"statuses": list(self.pods.values()), "stopped": self.stopped})
 
     async def run(self, interval: float, heartbeat: float, stop: asyncio.Event) -> None:
         """Sync every `interval` seconds; with `heartbeat`, as the real agent does with a

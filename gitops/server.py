@@ -37,7 +37,7 @@ from gitops.metrics import Metrics
 from gitops.redact import redact_logs_with
 from gitops.schemas.validate import DEFAULT_POLICY, Policy
 from gitops.store import Store
-from gitops.store.lease import TTL, Lease
+from gitops.store.lease import TTL, Leader, Lease
 from gitops.sync.hosted import HostedRepo
 from gitops.sync.previews import BranchPreviews
 from gitops.sync.service import SyncService
@@ -236,7 +236,7 @@ class ControlPlane:
             self.controller.stop()
         self.syncs, self.previews, self.controller = [], [], None
         if was and not self._stopping.is_set():
-            leader = self.lease.leader if self.lease is not None else None
+            leader = self._leader()
             log.warning("server.following", leader=leader.holder if leader else "")
 
     def _keep_lease(self) -> None:
@@ -266,26 +266,30 @@ class ControlPlane:
         while not self._stopping.wait(self.lease.ttl / 5):
             self._keep_lease()
 
+    def _leader(self) -> Leader | None:
+        """Who leads, as the lease was last read, if that lease had not expired."""
+        leader = self.lease.leader if self.lease is not None else None
+        return leader if leader is not None and leader.expires_in > 0 else None
+
     def leadership(self) -> dict[str, object]:
         """Whether this control plane leads, and who does (`/api/v1/status`)."""
-        leader = self.lease.leader if self.lease is not None else None
-        current = leader is not None and leader.expires_in > 0
+        leader = self._leader()
         return {
             "leader": self._leading,
             # Whether the control plane knows every pod (after a start: sources read, agents
             # heard from); until then it creates no pods and agents keep unknown containers.
             "settled": self.settled(),
             "name": self.lease.holder if self.lease is not None else "",
-            "led_by": leader.holder if leader is not None and current else "",
-            "epoch": leader.epoch if leader is not None and current else 0,
+            "led_by": leader.holder if leader is not None else "",
+            "epoch": leader.epoch if leader is not None else 0,
         }
 
     def following(self) -> str:
         """Why this control plane does not sync sources itself ("" while it leads)."""
         if self._leading:
             return ""
-        leader = self.lease.leader if self.lease is not None else None
-        if leader is None or leader.expires_in <= 0:
+        leader = self._leader()
+        if leader is None:
             return "this control plane does not lead, and no other does yet"
         return f"this control plane does not lead; {leader.holder} does"
 
@@ -299,8 +303,8 @@ class ControlPlane:
         so reported containers can be matched to what is wanted). A follower goes by what the
         leader published."""
         if not self._leading:
-            leader = self.lease.leader if self.lease is not None else None
-            return leader is not None and leader.expires_in > 0 and leader.sources_read
+            leader = self._leader()
+            return leader is not None and leader.sources_read
         return all(sync.synced_once for sync in self.syncs)
 
     def settled(self) -> bool:
@@ -311,8 +315,8 @@ class ControlPlane:
         agents are still to come back, and they come back within that. No node waits longer
         than `settle_seconds`."""
         if not self._leading:
-            leader = self.lease.leader if self.lease is not None else None
-            return leader is not None and leader.expires_in > 0 and leader.settled
+            leader = self._leader()
+            return leader is not None and leader.settled
         if self._settled:
             return True
         if not self.sources_read():
