@@ -102,6 +102,17 @@ def test_a_never_ready_rollout_keeps_serving_fails_at_its_deadline_and_rolls_bac
 
     wait_for(both_complete, timeout=90, what="both apps complete")
     vips = {s["name"]: s["vip"] for s in cluster.api("/api/v1/services")}
+
+    def serving(vip: str) -> bool:
+        try:
+            return http_get(vip, 80).startswith("v1 from ")
+        except OSError:
+            return False
+
+    # "complete" is the control plane's view; the node's proxy learns the endpoints a moment
+    # later (as kube-proxy does), so the client starts once both Services answer.
+    for vip in vips.values():
+        wait_for(lambda vip=vip: serving(vip), timeout=10, what=f"{vip} to answer")
     failures: list[str] = []
     answers: dict[str, set[str]] = {"stuck": set(), "safe": set()}
     stop = threading.Event()
