@@ -228,7 +228,7 @@ class HollowAgent:
                 "have_services": self.versions[1],
             }
         ).encode()
-        start = time.perf_counter()
+        start, began = time.perf_counter(), time.monotonic()
         try:
             status, reply = await self.pool.request(
                 "POST",
@@ -247,7 +247,7 @@ class HollowAgent:
             return
         self.stopped = []
         answer = json.loads(reply)
-        self.said, self.sent_at = report, time.monotonic()
+        self.said, self.sent_at = report, began  # the next heartbeat is due a period after this one began
         self.versions = (answer.get("pods_version", ""), answer.get("services_version", ""))
         if answer.get("pods") is not None:
             self.apply(answer)

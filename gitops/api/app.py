@@ -7,11 +7,12 @@ Pydantic models (`gitops.api.models`): anything malformed is answered 422 naming
 and never reaches the store. A registration under the name of a node that is Ready is
 refused (409) unless it presents that node's current token.
 
-The sync route runs in a worker thread (never on the event loop), reads only the node's
-own pods, shares one computation of every Service's endpoints among all agents
-(`SharedEndpoints`), and wakes the controller only when a report changed a pod. A report
-like the last one costs no write, and what the agent holds already is not sent again
-(`gitops.api.agentsync`).
+A sync that changes nothing for an agent that long-polls (most calls of a quiet cluster)
+is answered on the event loop from memory: no read, no write, no worker thread. Any other
+runs in a worker thread, reads only the node's own pods, shares one computation of every
+Service's endpoints among all agents (`SharedEndpoints`), and wakes the controller only
+when a report changed a pod. A report like the last one costs no write, and what the agent
+holds already is not sent again (`gitops.api.agentsync`).
 
 `/api/v1/...` is read-only (GET and HEAD) and comes from the one redacted read model
 (`gitops.api.readmodel`), as does the status page (`gitops.api.page`); a container's log
@@ -33,9 +34,10 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
 
 from gitops.api.agentsync import AgentReports, NodeWatch, SharedEndpoints, report_digest
-from gitops.api.auth import JOIN_HEADER, AgentGate, LoopbackHosts, ReadAuth
+from gitops.api.auth import GATED_NODE, JOIN_HEADER, AgentGate, LoopbackHosts, ReadAuth
 from gitops.api.logs import LogHub, install_logs
 from gitops.api.models import (
     RegisterReply,
@@ -56,9 +58,12 @@ from gitops.model import ContainerStatus, ContainerUsage, Node, NodeName, PodId,
 from gitops.store import NodeNameTaken, PodRangeExhausted, Report, Store
 
 log = structlog.get_logger(__name__)
+# Seconds old the pods and Services a heartbeat is answered from memory against may be
+# (`NodeWatch` reads them at least every second while agents wait).
+QUIET_MAX_AGE = 2.0
 
 
-def _bearer(authorization: str = Header(default="")) -> str:
+async def _bearer(authorization: str = Header(default="")) -> str:
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise HTTPException(401, "missing bearer token")
@@ -99,7 +104,12 @@ def create_app(
     # No Swagger UI or ReDoc: they load their assets from a CDN. /docs is ours, offline.
     app = FastAPI(title="gitops", version="0.2.0", docs_url=None, redoc_url=None)
     install_read_only(app)
-    app.add_middleware(AgentGate, join_token=join_token, node_token_ok=store.node_for_token)
+    app.add_middleware(
+        AgentGate,
+        join_token=join_token,
+        node_token_ok=store.node_for_token,
+        node_token_remembered=store.node_token_remembered,
+    )
     if read_token:
         app.add_middleware(ReadAuth, token=read_token)  # added last: runs first
     elif loopback_only:
@@ -128,8 +138,10 @@ def create_app(
     def prometheus() -> Response:
         return Response(observed.render(), media_type=CONTENT_TYPE)
 
-    def node_token(name: str, token: str = Depends(_bearer)) -> str:
-        if not store.node_for_token(name, token):
+    async def node_token(name: str, request: Request, token: str = Depends(_bearer)) -> str:
+        # `AgentGate` checked it before the body was read, as it does for every node's path.
+        checked = request.scope.get("state", {}).get(GATED_NODE) == name
+        if not checked and not await run_in_threadpool(store.node_for_token, name, token):
             raise HTTPException(401, "invalid node token")
         return name
 
@@ -190,8 +202,70 @@ def create_app(
         )
 
     @app.post("/agent/v1/nodes/{name}/sync", response_model=SyncReply)
-    def agent_sync(name: str, request: SyncRequest, _: str = Depends(node_token)) -> dict[str, Any]:
+    async def agent_sync(name: str, request: SyncRequest, _: str = Depends(node_token)) -> dict[str, Any]:
         """Heartbeat and pod statuses in; this node's pods and every Service's endpoints out."""
+        digest = report_digest(request)
+        reply = _unchanged(name, request, digest)
+        if reply is None:
+            return await run_in_threadpool(_sync, name, request, digest)
+        if reports.beat(name, clock()):
+            await run_in_threadpool(reports.flush)
+        return reply
+
+    def _unchanged(name: str, request: SyncRequest, digest: str) -> dict[str, Any] | None:
+        """The reply to a heartbeat that says what the node's last report said and holds what
+        the last reply gave, from memory, on the event loop (most calls of a quiet cluster);
+        None when the call must read or write (`_sync`, in a worker thread). Only for an agent
+        that long-polls: the pods and Services it compares with are those `NodeWatch` keeps
+        fresh while agents wait, at most `QUIET_MAX_AGE` seconds old, and a change since
+        reaches the agent through its watch."""
+        if request.stopped or request.usage is not None or request.proxy_problems or proxy_problems.get(name):
+            return None
+        if not watch.watched(name, within=QUIET_MAX_AGE):
+            return None
+        cache = store.pod_cache
+        services_version = endpoints.cached_version(QUIET_MAX_AGE)
+        if services_version != request.have_services or cache.age() >= QUIET_MAX_AGE:
+            return None
+        pods_version = cache.node_version(name)
+        if pods_version != request.have_pods or not reports.unchanged(name, digest, pods_version):
+            return None
+        if adopting() and not request.runtime_error:
+            on_sync(name)
+        observed.proxy_rules_skipped.labels(node=name).set(0)
+        return _reply(name, pods_version, services_version)
+
+    def _reply(
+        name: str,
+        pods_version: str,
+        services_version: str,
+        *,
+        pods: list[dict[str, Any]] | None = None,
+        services: list[Any] | None = None,
+        routes: list[list[str]] | None = None,
+        claims: list[str] | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "pods": pods,
+            "pods_version": pods_version,
+            "services": services,
+            "services_version": services_version,
+            "service_cidr": str(store.service_cidr),
+            "cluster_cidr": str(store.cluster_cidr),
+            "routes": routes,
+            "allow_probe_hosts": allow_probe_hosts,
+            "allow_host_paths": list(allow_host_paths),
+            "allow_privileged": allow_privileged,
+            "authoritative": authoritative(),
+            "logs": logs.pending(name),
+            # The claims whose volumes this node keeps; any other claim volume of ours it
+            # deletes. Null with `pods` (the pods' version covers them).
+            "claims": claims,
+        }
+
+    def _sync(name: str, request: SyncRequest, digest: str) -> dict[str, Any]:
+        """A sync that reads or writes: the report written (unless it is the last one again),
+        and what the agent does not hold yet."""
         statuses = [
             PodStatus(
                 pod=PodId(s.pod),
@@ -212,11 +286,12 @@ def create_app(
         ]
         now = clock()
         adopt = adopting()
-        digest = report_digest(statuses, request.runtime_error)
         pods_version, pods = store.pod_cache.node_view(name)
         changed = False
         if not request.stopped and reports.unchanged(name, digest, pods_version):
-            reports.beat(name, now)  # the same report again: only the heartbeat time is new
+            # The same report again: only the heartbeat time is new.
+            if reports.beat(name, now):
+                reports.flush()
         else:
             report = Report(
                 name,
@@ -255,23 +330,15 @@ def create_app(
         services_version = endpoints.version()
         same_services = request.have_services == services_version
         same_pods = request.have_pods == pods_version
-        return {
-            "pods": None if same_pods else pods,
-            "pods_version": pods_version,
-            "services": None if same_services else services,
-            "services_version": services_version,
-            "service_cidr": str(store.service_cidr),
-            "cluster_cidr": str(store.cluster_cidr),
-            "routes": None if same_services else [[s, a] for node, s, a in routes if node != name],
-            "allow_probe_hosts": allow_probe_hosts,
-            "allow_host_paths": list(allow_host_paths),
-            "allow_privileged": allow_privileged,
-            "authoritative": authoritative(),
-            "logs": logs.pending(name),
-            # The claims whose volumes this node keeps; any other claim volume of ours it
-            # deletes. Null with `pods` (the pods' version covers them).
-            "claims": None if same_pods else sorted(store.claims(node=name)),
-        }
+        return _reply(
+            name,
+            pods_version,
+            services_version,
+            pods=None if same_pods else pods,
+            services=None if same_services else services,
+            routes=None if same_services else [[s, a] for node, s, a in routes if node != name],
+            claims=None if same_pods else sorted(store.claims(node=name)),
+        )
 
     @app.post("/agent/v1/nodes/{name}/watch", response_model=WatchReply)
     async def agent_watch(name: str, request: WatchRequest, _: str = Depends(node_token)) -> dict[str, Any]:

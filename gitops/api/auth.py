@@ -176,13 +176,19 @@ class LoopbackHosts:
 JOIN_HEADER = "x-gitops-join-token"
 
 
+GATED_NODE = "gitops.node"  # `scope["state"]` key: the node whose token the gate checked
+
+
 class AgentGate:
     """ASGI middleware in front of `/agent/`: credentials first, then a bounded body.
 
-    A registration must carry the join token in the `X-Gitops-Join-Token` header, a sync
-    its node's token (`Authorization: Bearer`); both are checked before a byte of the body
-    is read, so no one without credentials makes the server read or parse anything. Bodies
-    are then read up to the route's limit (413 beyond it) and handed to the route."""
+    A registration must carry the join token in the `X-Gitops-Join-Token` header, a node's
+    call (`/agent/v1/nodes/{name}/...`: sync, watch, log chunks) its node's token
+    (`Authorization: Bearer`); both are checked before a byte of the body is read, so no
+    one without credentials makes the server read or parse anything. A token remembered as
+    valid is checked without leaving the event loop; the gate names the node it checked in
+    the request's state (`GATED_NODE`), so the route need not ask again. Bodies are then
+    read up to the route's limit (413 beyond it) and handed to the route."""
 
     def __init__(
         self,
@@ -190,12 +196,14 @@ class AgentGate:
         *,
         join_token: str,
         node_token_ok: Callable[[str, str], bool],
+        node_token_remembered: Callable[[str, str], bool] = lambda _node, _token: False,
         register_limit: int = 64 * 2**10,
         sync_limit: int = 32 * 2**20,
     ) -> None:
         self.app = app
         self.join_token = join_token.encode()
         self.node_token_ok = node_token_ok
+        self.node_token_remembered = node_token_remembered
         self.register_limit = register_limit
         self.sync_limit = sync_limit
 
@@ -211,13 +219,17 @@ class AgentGate:
             if not (given and hmac.compare_digest(given, self.join_token)):
                 await _json(send, 401, "invalid join token (send it in the X-Gitops-Join-Token header)")
                 return
-        elif path.startswith("/agent/v1/nodes/") and path.endswith("/sync"):
-            node = path.removeprefix("/agent/v1/nodes/").removesuffix("/sync")
+        elif path.startswith("/agent/v1/nodes/"):
+            node = path.removeprefix("/agent/v1/nodes/").partition("/")[0]
             scheme, _, token = headers.get("authorization", "").partition(" ")
             valid = scheme.lower() == "bearer" and bool(token)
-            if not valid or not await run_in_threadpool(self.node_token_ok, node, token):
+            if not valid or not (
+                self.node_token_remembered(node, token)
+                or await run_in_threadpool(self.node_token_ok, node, token)
+            ):
                 await _json(send, 401, "invalid node token")
                 return
+            scope.setdefault("state", {})[GATED_NODE] = node
             limit = self.sync_limit
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:

@@ -320,7 +320,7 @@ def install_logs(
     store: Store,
     hub: LogHub,
     *,
-    node_token: Callable[..., str],
+    node_token: Callable[..., Any],
     clock: Callable[[], float] = time.time,
 ) -> None:
     """Add the log route of the read API and the agents' chunk route; `node_token` is the

@@ -158,6 +158,10 @@ class PodCache:
                 encoded.append(known[1])
             return self._version(ids), encoded
 
+    def age(self) -> float:
+        """Seconds since the cache last read the store."""
+        return time.monotonic() - self._read_at
+
     def node_version(self, node: str) -> str:
         """The version `node_view` gives for `node`, from the cache as it is (no read)."""
         with self._lock:

@@ -215,7 +215,10 @@ if TYPE_CHECKING:
     from gitops.store.lease import Lease
     from gitops.store.podcache import PodCache
 
-TOKEN_MEMORY = 10.0  # seconds a node token that matched is trusted without asking the database
+# Seconds a node token that matched is trusted without asking the database: longer than
+# agents' heartbeats (10 s), so that a quiet node's call reads nothing. A token another
+# control plane replaced (the node registered again there) is still taken that long here.
+TOKEN_MEMORY = 60.0
 _INSERT_BATCH = 5000  # rows per multi-row INSERT (each batch is one executemany)
 _WRITES = frozenset({"INSERT", "UPDATE", "DELETE"})
 SpecKey = tuple[str, str, str, str, str]
@@ -1281,10 +1284,9 @@ class Store:
         """Whether `token` is node `name`'s. A match is remembered for `TOKEN_MEMORY`
         seconds (every agent call asks, twice): a token this process replaces is forgotten
         at once, one another server replaces within that time."""
-        digest = token_digest(token)
-        known = self._tokens.get(name)
-        if known is not None and known[0] == digest and time.monotonic() - known[1] < TOKEN_MEMORY:
+        if self.node_token_remembered(name, token):
             return True
+        digest = token_digest(token)
         with self.session() as s:
             row = s.get(NodeRow, name)
             valid = row is not None and hmac.compare_digest(row.token_hash, digest)
@@ -1293,6 +1295,16 @@ class Store:
         else:
             self._tokens.pop(name, None)
         return valid
+
+    def node_token_remembered(self, name: str, token: str) -> bool:
+        """Whether `token` matched node `name`'s within `TOKEN_MEMORY` seconds (no read: safe
+        to ask on the event loop)."""
+        known = self._tokens.get(name)
+        return (
+            known is not None
+            and time.monotonic() - known[1] < TOKEN_MEMORY
+            and hmac.compare_digest(known[0], token_digest(token))
+        )
 
     def node_places(self, now: float) -> tuple[tuple[str, str, str, bool], ...]:
         """(name, address, pod subnet or "", Ready) of every node, by name: what Services'

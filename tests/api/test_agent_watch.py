@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import event
 
 from gitops.controller import reconcile_once
 from gitops.model import Revision
@@ -100,3 +101,47 @@ def test_a_watch_is_answered_when_a_log_request_waits_for_its_node(plane: Contro
     asyncio.run(ask())
     waiting.join(10)
     assert answers and answers[0]["changed"] is True and answers[0]["logs"] is True
+
+
+def test_a_watching_agents_heartbeat_that_changes_nothing_reads_and_writes_nothing(
+    plane: ControlPlane,
+) -> None:
+    token = register(plane.url, plane.join_token)
+    held = sync(plane, token)
+    waiting = threading.Thread(target=lambda: watch(plane, token, held, timeout=3))
+    waiting.start()
+    wait_for(lambda: plane._server.config.app.state.node_watch.waiting == 1, what="the watch waiting")  # type: ignore[union-attr]
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    versions = {"have_pods": held["pods_version"], "have_services": held["services_version"]}
+    event.listen(plane.store.engine, "before_cursor_execute", count)
+    try:
+        beat = sync(plane, token, **versions)
+    finally:
+        event.remove(plane.store.engine, "before_cursor_execute", count)
+    assert beat["pods"] is None and beat["services"] is None and beat["claims"] is None
+    assert (beat["pods_version"], beat["services_version"]) == (
+        held["pods_version"],
+        held["services_version"],
+    )
+    assert statements == []
+    before = plane.store.nodes()[0].heartbeat_at
+    time.sleep(1.1)  # the heartbeat times kept in memory are written once a second
+    sync(plane, token, **versions)
+    wait_for(lambda: plane.store.nodes()[0].heartbeat_at > before, timeout=5, what="the heartbeat written")
+    waiting.join(10)
+
+
+def test_a_node_path_with_a_wrong_token_is_refused_before_its_body_is_read(plane: ControlPlane) -> None:
+    register(plane.url, plane.join_token)
+    for path in ("watch", "sync", "logs/some-request"):
+        answer = httpx.post(
+            f"{plane.url}/agent/v1/nodes/n1/{path}",
+            content=b"{not json",
+            headers={"Authorization": "Bearer wrong", "Content-Type": "application/json"},
+            timeout=10,
+        )
+        assert answer.status_code == 401 and answer.json()["detail"] == "invalid node token", path
