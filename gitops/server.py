@@ -23,10 +23,12 @@ import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from types import FrameType
 
 import structlog
 import uvicorn
 
+from gitops.api.agentsync import NodeWatch
 from gitops.api.app import create_app
 from gitops.api.auth import is_loopback
 from gitops.api.githttp import git_router
@@ -44,6 +46,20 @@ from gitops.sync.service import SyncService
 from gitops.sync.sources import FolderSource, GitSource, Source
 
 log = structlog.get_logger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which answers the agents' long-polls at once when it is to stop: a
+    waiting one would hold its graceful shutdown for up to 25 s."""
+
+    def __init__(self, config: uvicorn.Config, watch: NodeWatch) -> None:
+        super().__init__(config)
+        self.watch = watch
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # In a signal handler: `close` takes a lock the interrupted code may hold.
+        threading.Thread(target=self.watch.close, name="watch-close", daemon=True).start()
+        super().handle_exit(sig, frame)
 
 
 @dataclass
@@ -93,7 +109,7 @@ class ControlPlane:
     _reported: set[str] = field(default_factory=set)  # nodes whose containers were offered for adoption
     _known: frozenset[str] = frozenset()  # the nodes the store held at the start
     health: Health = field(default_factory=Health)  # what fails now: shown on the page and in /metrics
-    _server: uvicorn.Server | None = None
+    _server: _Server | None = None
     _thread: threading.Thread | None = None
     syncs: list[SyncService] = field(default_factory=list)
     controller: Controller | None = None
@@ -119,7 +135,7 @@ class ControlPlane:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def _build(self) -> uvicorn.Server:
+    def _build(self) -> _Server:
         redact_logs_with(lambda: self.store.redactor(max_age=1.0), key=("store", id(self.store)))
         self._started, self._started_at, self._settled = time.monotonic(), time.time(), False
         self._reported = set()
@@ -155,7 +171,7 @@ class ControlPlane:
                 repo.ensure()
             app.include_router(git_router(self.hosted, self.push_token, self._pushed))
         config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning", access_log=False)
-        return uvicorn.Server(config)
+        return _Server(config, app.state.node_watch)
 
     def _lead(self) -> None:
         """This control plane took the lease: sync the sources, compute previews and run the
@@ -404,6 +420,7 @@ class ControlPlane:
                     log.warning("lease.release_failed", error=str(exc))
         if self._server is not None:
             self._server.should_exit = True
+            self._server.watch.close()  # agents' long-polls would hold the shutdown
         if self._thread is not None:
             self._thread.join(timeout=10)
         self.store.close()

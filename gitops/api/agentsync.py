@@ -256,6 +256,17 @@ class NodeWatch:
         self._generation = -1
         self._services = ""
         self._watched: dict[str, float] = {}  # node -> monotonic time it last began or ended a wait
+        self._closed = False
+
+    def close(self) -> None:
+        """The server is stopping: every waiting agent is answered now (nothing changed), and
+        so is every later wait, so that no long-poll holds the server's shutdown."""
+        with self._lock:
+            self._closed = True
+            waiters = [w for waiting in self._waiting.values() for w in waiting]
+        for waiter in waiters:
+            answer = _unchanged(waiter.have_pods, waiter.have_services)
+            waiter.loop.call_soon_threadsafe(_settle, waiter.future, answer)
 
     def watched(self, node: str, within: float) -> bool:
         """Whether `node`'s agent long-polls: it waits here now or did in the last `within`
@@ -267,6 +278,8 @@ class NodeWatch:
         after `timeout` seconds with `changed` false."""
         loop = asyncio.get_running_loop()
         waiter = _Waiter(node, have_pods, have_services, loop, loop.create_future())
+        if self._closed:
+            return _unchanged(have_pods, have_services)
         with self._lock:
             self._watched[node] = time.monotonic()
             self._waiting.setdefault(node, []).append(waiter)
@@ -277,12 +290,7 @@ class NodeWatch:
         try:
             return await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
         except TimeoutError:
-            return {
-                "changed": False,
-                "pods_version": have_pods,
-                "services_version": have_services,
-                "logs": False,
-            }
+            return _unchanged(have_pods, have_services)
         finally:
             with self._lock:
                 self._watched[node] = time.monotonic()
@@ -347,6 +355,10 @@ class NodeWatch:
                     "logs": has_logs,
                 }
                 waiter.loop.call_soon_threadsafe(_settle, waiter.future, answer)
+
+
+def _unchanged(have_pods: str, have_services: str) -> dict[str, Any]:
+    return {"changed": False, "pods_version": have_pods, "services_version": have_services, "logs": False}
 
 
 def _settle(future: asyncio.Future[dict[str, Any]], answer: dict[str, Any]) -> None:

@@ -145,3 +145,28 @@ def test_a_node_path_with_a_wrong_token_is_refused_before_its_body_is_read(plane
             timeout=10,
         )
         assert answer.status_code == 401 and answer.json()["detail"] == "invalid node token", path
+
+
+def test_a_stopping_server_answers_the_waiting_watches_instead_of_waiting_for_them(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    plane = ControlPlane(store, [], port=free_port(), controller_interval=3600, settle_seconds=0.0)
+    plane.start()
+    token = register(plane.url, plane.join_token)
+    held = sync(plane, token)
+    answers: list[dict[str, Any]] = []
+    waiting = threading.Thread(target=lambda: answers.append(watch(plane, token, held, timeout=60)))
+    waiting.start()
+    wait_for(lambda: plane._server.config.app.state.node_watch.waiting == 1, what="the watch waiting")  # type: ignore[union-attr]
+    stopping = threading.Thread(target=plane.stop)
+    stopping.start()
+    stopping.join(20)  # the server's shutdown waits at most 10 s for its requests
+    waiting.join(20)
+    assert not stopping.is_alive() and not waiting.is_alive()
+    assert answers == [
+        {
+            "changed": False,
+            "pods_version": held["pods_version"],
+            "services_version": held["services_version"],
+            "logs": False,
+        }
+    ]

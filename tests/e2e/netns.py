@@ -10,6 +10,7 @@ and its FORWARD rule with the last node).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -37,6 +38,19 @@ def _lan_up() -> None:
         subprocess.run(
             ["iptables", "-I", *LAN_ACCEPT[:1], "1", *LAN_ACCEPT[1:]], check=True, capture_output=True
         )
+
+
+def _ended(pid: int) -> bool:
+    """Whether process `pid` has exited. The dockerd a test started is this process's child:
+    once it exits it is a zombie, which `kill(pid, 0)` still finds, until it is reaped here."""
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")
 
 
 def _lan_down_if_unused() -> None:
@@ -168,7 +182,8 @@ class NetnsNode:
                 pid = int(pidfile.read_text())
                 os.kill(pid, signal.SIGTERM)
                 for _ in range(300):
-                    os.kill(pid, 0)
+                    if _ended(pid):
+                        break
                     time.sleep(0.1)
             except (ValueError, ProcessLookupError):
                 pass
