@@ -96,20 +96,27 @@ def decide(state: ClusterState, now: float, *, not_ready_toleration: float = 60.
         removed=ended,
     )
     result = plan(effective, live, context=context)
+    pending: list[Pod] = [p for p in result.keep if p.node is None] + [a.pod for a in result.create]
     # Stopping pods hold their node's resources until their agent reports them gone; pods
     # that ran to their end (a Job's) hold none, as kube-scheduler counts them.
-    bound = [p for p in pods if p.node is not None and p.id not in gone and not finished(p)]
-    pending: list[Pod] = [p for p in result.keep if p.node is None] + [a.pod for a in result.create]
-    placements = place(
-        pending,
-        state.nodes,
-        bound,
-        state.claims,
-        namespaces=namespace_labels(state.desired),
-        budgets=disruption_budgets(state.desired, pods),
-        explain_placements=True,
+    bound = (
+        [p for p in pods if p.node is not None and p.id not in gone and not finished(p)] if pending else []
     )
-    preempted = _victims(placements, pending, bound)
+    # Nothing to place (most passes of a settled cluster): the nodes' arrays are not built.
+    placements = (
+        place(
+            pending,
+            state.nodes,
+            bound,
+            state.claims,
+            namespaces=namespace_labels(state.desired),
+            budgets=disruption_budgets(state.desired, pods),
+            explain_placements=True,
+        )
+        if pending
+        else Placements()
+    )
+    preempted = _victims(placements, pending, bound) if placements.preemptions else ()
     stopped = {a.pod.id for a in result.stop}
     after = [p for p in live if p.id not in stopped] + [a.pod for a in result.create]
     states = _advance(
@@ -168,6 +175,8 @@ def _crons(
 
 def _autoscale(state: ClusterState, live: Sequence[Pod], now: float) -> dict[ObjectKey, ScaleState]:
     """Each autoscaler's pass: the replicas it sets its target to, and why."""
+    if not any(m.key.kind == "HorizontalPodAutoscaler" for m in state.desired):
+        return {}
     desired = {m.key: m for m in state.desired}
     by_owner: dict[ObjectKey, list[Pod]] = {}
     for pod in live:

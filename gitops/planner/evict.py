@@ -44,6 +44,8 @@ def evictions(
     pods: Sequence[Pod], not_ready_since: Mapping[NodeName, float], *, now: float, default_toleration: float
 ) -> list[Action]:
     """Pods to stop because their node has been NotReady longer than they tolerate."""
+    if not not_ready_since:
+        return []
     actions = []
     for pod in sorted(pods, key=lambda p: p.id):
         if pod.node is None or pod.node not in not_ready_since or pod.owner.kind == "StatefulSet":
