@@ -63,6 +63,8 @@ class SharedEndpoints:
         self._key: Any = None
         self._value: list[Any] = []
         self._routes: list[tuple[str, str, str]] = []
+        self._wanted_routes: list[tuple[str, str, str]] = []  # the routes as the store has them now
+        self._routes_at = float("-inf")  # monotonic time the routes given last moved
         self._version = ""
 
     def routes(self) -> list[tuple[str, str, str]]:
@@ -85,6 +87,13 @@ class SharedEndpoints:
             return self._version
         return None
 
+    def routes_every(self) -> float:
+        """Seconds at least between two moves of the routes alone: every agent fetches all
+        of them when they move, so while nodes join, n nodes would cost n^2 routes a move.
+        1 s up to 500 nodes, then a second per 500 more, 10 s at most (Kubernetes'
+        route reconciliation period)."""
+        return min(10.0, max(1.0, len(self._wanted_routes) / 500))
+
     def get(self) -> list[Any]:
         with self._lock:
             if time.monotonic() - self._checked < self.ttl:
@@ -92,6 +101,7 @@ class SharedEndpoints:
             now = self.clock()
             places = self.store.node_places(now)  # (name, address, pod subnet, ready): one light read
             key = (self.store.change_marker(), places)
+            moved = False
             if key != self._key:
                 nodes = [r.node for r in self.store.nodes(now)]
                 services = all_endpoints(
@@ -102,11 +112,23 @@ class SharedEndpoints:
                     self.store.node_ports(),
                 )
                 value = [encode(s) for s in services]
-                routes = [(name, subnet, address) for name, address, subnet, _ in places if subnet]
+                moved = value != self._value
+                self._value, self._key = value, key
+                self._wanted_routes = [
+                    (name, subnet, address) for name, address, subnet, _ in places if subnet
+                ]
+            # Routes alone (a node joined or left) move at most every `routes_every()` seconds;
+            # with the endpoints, at once.
+            if self._wanted_routes != self._routes and (
+                moved or time.monotonic() - self._routes_at >= self.routes_every()
+            ):
+                self._routes, self._routes_at, moved = self._wanted_routes, time.monotonic(), True
+            if moved or not self._version:
                 # The version names the content: a pod write that changes no endpoint (most of
                 # them) does not send every agent every Service again.
-                content = json.dumps([value, routes], sort_keys=True, separators=(",", ":")).encode()
-                self._value, self._routes, self._key = value, routes, key
+                content = json.dumps(
+                    [self._value, self._routes], sort_keys=True, separators=(",", ":")
+                ).encode()
                 self._version = hashlib.blake2b(content, digest_size=12).hexdigest()
             self._checked = time.monotonic()
             return self._value

@@ -219,6 +219,7 @@ if TYPE_CHECKING:
 # agents' heartbeats (10 s), so that a quiet node's call reads nothing. A token another
 # control plane replaced (the node registered again there) is still taken that long here.
 TOKEN_MEMORY = 60.0
+_SUBNET_PROBES = 32  # subnets looked up one by one before the whole range is read
 _INSERT_BATCH = 5000  # rows per multi-row INSERT (each batch is one executemany)
 _WRITES = frozenset({"INSERT", "UPDATE", "DELETE"})
 SpecKey = tuple[str, str, str, str, str]
@@ -453,6 +454,7 @@ class Store:
         self._writing: dict[object, float] = {}  # writes under way -> when each began
         self._writing_lock = threading.Lock()
         self._tokens: dict[str, tuple[str, float]] = {}  # node -> (token digest, when it matched)
+        self._subnet_cursor = 0  # the index of the pod subnet to try first for a new node
         self._write_lock = threading.RLock() if self.engine.dialect.name == "sqlite" else None
         self._pod_cache: PodCache | None = None
         self._pod_cache_lock = threading.Lock()
@@ -1156,23 +1158,43 @@ class Store:
         return held.prefixlen == self.node_cidr_mask and held.subnet_of(self.cluster_cidr)
 
     def _free_subnet(self, s: Session, node: str, hint: str = "") -> str:
-        """`hint` when it is a free subnet of the pod range, else the first subnet of the
-        range no node holds (a node's is kept while it stays registered; a deleted node's is
-        free again)."""
-        held = {r for r in s.scalars(select(NodeRow.pod_cidr).where(NodeRow.pod_cidr.is_not(None)))}
-        if hint and hint not in held:
+        """`hint` when it is a free subnet of the pod range, else the next subnet of the range
+        no node holds, from the one after the last given (as Kubernetes' range allocator
+        does: a node's subnet is kept while it stays registered; a deleted node's is free
+        again, given once the cursor comes round). Each candidate is one indexed lookup:
+        reading every held subnet per registration made registering n nodes cost n^2."""
+
+        def held(cidr: str) -> bool:
+            return s.scalar(select(NodeRow.name).where(NodeRow.pod_cidr == cidr).limit(1)) is not None
+
+        if hint:
             wanted = ipaddress.IPv4Network(hint)
-            if wanted.prefixlen == self.node_cidr_mask and wanted.subnet_of(self.cluster_cidr):
+            if (
+                wanted.prefixlen == self.node_cidr_mask
+                and wanted.subnet_of(self.cluster_cidr)
+                and not held(str(wanted))
+            ):
                 return str(wanted)
-        # By number, not by `subnets()`: a network object per subnet per registration made
-        # 1,000 registrations cost 36 s.
         count = 2 ** (self.node_cidr_mask - self.cluster_cidr.prefixlen)
         size = 2 ** (32 - self.node_cidr_mask)
-        taken = {int.from_bytes(socket.inet_aton(h.partition("/")[0]), "big") for h in held if h}
         first = int(self.cluster_cidr.network_address)
+
+        def subnet(index: int) -> str:
+            return f"{ipaddress.IPv4Address(first + index * size)}/{self.node_cidr_mask}"
+
+        for step in range(min(count, _SUBNET_PROBES)):
+            index = (self._subnet_cursor + step) % count
+            if not held(subnet(index)):
+                self._subnet_cursor = index + 1
+                return subnet(index)
+        # A crowded range: every held subnet read at once, by number (a network object per
+        # subnet made 1,000 registrations cost 36 s).
+        rows = s.scalars(select(NodeRow.pod_cidr).where(NodeRow.pod_cidr.is_not(None)))
+        taken = {int.from_bytes(socket.inet_aton(h.partition("/")[0]), "big") for h in rows if h}
         for index in range(count):
             if first + index * size not in taken:
-                return f"{ipaddress.IPv4Address(first + index * size)}/{self.node_cidr_mask}"
+                self._subnet_cursor = index + 1
+                return subnet(index)
         raise PodRangeExhausted(
             f"node {node}: the pod range {self.cluster_cidr} holds {count} node subnets of "
             f"/{self.node_cidr_mask} and every one is taken; delete nodes that are gone "

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gitops.api.agentsync import AgentReports
+from gitops.api.agentsync import AgentReports, SharedEndpoints
 from gitops.model import Node, NodeName
 from gitops.store import Report, Store
 
@@ -69,3 +69,19 @@ def test_a_report_that_cannot_be_written_fails_alone(tmp_path: Path, monkeypatch
     beats = {r.node.name: r.heartbeat_at for r in store.nodes()}
     assert beats == {"n1": 7.0, "n2": 0.0, "n3": 7.0}
     store.close()
+
+
+def test_nodes_joining_move_the_routes_at_most_once_a_routes_period_and_endpoints_at_once(
+    tmp_path: Path,
+) -> None:
+    """Every agent fetches every route when they move: while many nodes join, the routes
+    alone move at most every `routes_every()` seconds (1 s for a small cluster)."""
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    shared = SharedEndpoints(store, clock=lambda: 1.0, ttl=0.0)
+    store.register_node(Node(NodeName("n0"), "192.0.2.10", 4000, 2**32), "t", now=1.0)
+    first = shared.version()
+    assert [name for name, _, _ in shared.routes()] == ["n0"]
+    store.register_node(Node(NodeName("n1"), "192.0.2.11", 4000, 2**32), "t", now=1.0)
+    assert shared.version() == first and len(shared.routes()) == 1  # within a second of the last move
+    time.sleep(shared.routes_every())
+    assert shared.version() != first and [name for name, _, _ in shared.routes()] == ["n0", "n1"]

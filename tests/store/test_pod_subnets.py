@@ -11,6 +11,7 @@ from gitops.api.app import create_app
 from gitops.controller import reconcile_once
 from gitops.model import ContainerUsage, Node, NodeName, PodUsage, Revision
 from gitops.store import PodRangeExhausted, Store
+from tests.conftest import wait_for
 from tests.planner.factories import deployment
 
 
@@ -31,9 +32,21 @@ def test_subnets_are_given_in_order_kept_across_registrations_and_freed_when_a_n
         "b": "10.244.1.0/24",
     }
     store.delete_node("a", 3.0)
-    assert store.register_node(node("c"), "t5", 3.0) == "10.244.0.0/24"
+    # The next subnet after the last given, as Kubernetes' range allocator does; the freed
+    # one is given again once the cursor comes round.
+    assert store.register_node(node("c"), "t5", 3.0) == "10.244.2.0/24"
     with pytest.raises(KeyError):
         store.delete_node("a", 4.0)
+
+
+def test_a_freed_subnet_is_given_again_once_the_range_comes_round(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 's.db'}", cluster_cidr="10.244.0.0/22")
+    given = [store.register_node(node(name), "t", 1.0) for name in "abcd"]
+    assert given == ["10.244.0.0/24", "10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"]
+    store.delete_node("b", 2.0)
+    assert store.register_node(node("e"), "t", 2.0) == "10.244.1.0/24"
+    with pytest.raises(PodRangeExhausted):
+        store.register_node(node("f"), "t", 2.0)
 
 
 def test_a_full_range_refuses_the_next_node_saying_what_to_do(tmp_path: Path) -> None:
@@ -84,10 +97,13 @@ def test_agents_learn_their_subnet_and_route_every_other_nodes_subnet(tmp_path: 
     ).json()
     assert sync["routes"] == [["10.244.1.0/24", "192.0.2.11"], ["10.244.2.0/24", "192.0.2.12"]]
     store.delete_node("c", 101.0)
-    sync = client.post(
-        "/agent/v1/nodes/a/sync", json={}, headers={"Authorization": f"Bearer {tokens['a']}"}
-    ).json()
-    assert sync["routes"] == [["10.244.1.0/24", "192.0.2.11"]]
+
+    def routes() -> list[list[str]]:
+        auth = {"Authorization": f"Bearer {tokens['a']}"}
+        return list(client.post("/agent/v1/nodes/a/sync", json={}, headers=auth).json()["routes"])
+
+    # Routes alone move at most once a second (`SharedEndpoints.routes_every`).
+    wait_for(lambda: routes() == [["10.244.1.0/24", "192.0.2.11"]], timeout=5, what="c's route gone")
 
 
 def test_a_rebuilt_store_gives_nodes_back_the_subnets_their_pods_use(tmp_path: Path) -> None:
