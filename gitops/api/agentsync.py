@@ -65,6 +65,9 @@ class SharedEndpoints:
         self._routes: list[tuple[str, str, str]] = []
         self._wanted_routes: list[tuple[str, str, str]] = []  # the routes as the store has them now
         self._routes_at = float("-inf")  # monotonic time the routes given last moved
+        self._pairs: list[list[str]] = []  # `_routes` as replies carry them (`routes_for`)
+        self._index: dict[str, int] = {}  # node -> its place in `_pairs`
+        self._pairs_of: object = None  # the `_routes` list `_pairs` was built from
         self._version = ""
 
     def routes(self) -> list[tuple[str, str, str]]:
@@ -86,6 +89,19 @@ class SharedEndpoints:
         if time.monotonic() - self._checked < max_age:
             return self._version
         return None
+
+    def routes_for(self, node: str) -> list[list[str]]:
+        """[pod subnet, node address] of every node holding a subnet but `node` (a node does
+        not route its own subnet), as a reply carries them: built once per move of the
+        routes, then only sliced (an agent's sync at 5,000 nodes does not walk 5,000)."""
+        self.get()
+        with self._lock:
+            if self._pairs_of is not self._routes:
+                self._pairs = [[subnet, address] for _, subnet, address in self._routes]
+                self._index = {name: i for i, (name, _, _) in enumerate(self._routes)}
+                self._pairs_of = self._routes
+            pairs, at = self._pairs, self._index.get(node)
+        return list(pairs) if at is None else pairs[:at] + pairs[at + 1 :]
 
     def routes_every(self) -> float:
         """Seconds at least between two moves of the routes alone: every agent fetches all

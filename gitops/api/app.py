@@ -326,7 +326,7 @@ def create_app(
         if adopt and not request.runtime_error:
             on_sync(name)  # its containers are known now: adopted, or not wanted
         _note_proxy_problems(name, tuple(request.proxy_problems), now)
-        services, routes = endpoints.get(), endpoints.routes()
+        services = endpoints.get()
         services_version = endpoints.version()
         same_services = request.have_services == services_version
         same_pods = request.have_pods == pods_version
@@ -336,7 +336,7 @@ def create_app(
             services_version,
             pods=None if same_pods else pods,
             services=None if same_services else services,
-            routes=None if same_services else [[s, a] for node, s, a in routes if node != name],
+            routes=None if same_services else endpoints.routes_for(name),
             claims=None if same_pods else sorted(store.claims(node=name)),
         )
 
