@@ -41,6 +41,7 @@ import structlog
 
 from gitops.api.models import SyncRequest
 from gitops.codec import encode
+from gitops.model import Node, NodeName
 from gitops.planner import all_endpoints
 from gitops.store import Report, Store
 
@@ -119,7 +120,12 @@ class SharedEndpoints:
             key = (self.store.change_marker(), places)
             moved = False
             if key != self._key:
-                nodes = [r.node for r in self.store.nodes(now)]
+                # Endpoints read of a node only its address and readiness: the light read has
+                # them (decoding every node's row cost 0.45 s at 3,000 nodes, every 0.5 s).
+                nodes = [
+                    Node(NodeName(name), address, ready=ready, pod_cidr=subnet)
+                    for name, address, subnet, ready in places
+                ]
                 services = all_endpoints(
                     self.store.desired(),
                     self.store.vips(),
