@@ -272,22 +272,10 @@ class ControlPlane:
             except Exception as exc:  # the database may be away: the lease's own clock decides
                 log.warning("lease.failed", error=str(exc), holder=lease.holder)
                 held = lease.held
-            if held and self._leading and self._loops_ended():
-                # A renewal that came late (its turn behind a long write) let the leader's
-                # loops see the lease lapse and end; it is held again: lead again.
-                log.warning("server.leading_again", reason="a leader loop ended while the lease lapsed")
-                self._follow()
-                self._lead()
-            elif held and not self._leading:
+            if held and not self._leading:
                 self._lead()
             elif not held and self._leading:
                 self._follow()
-
-    def _loops_ended(self) -> bool:
-        loops = [*(s.loop for s in self.syncs), *(p.loop for p in self.previews)]
-        if self.controller is not None:
-            loops.append(self.controller.loop)
-        return any(loop.ended for loop in loops)
 
     def _keep_leasing(self) -> None:
         assert self.lease is not None

@@ -178,10 +178,9 @@ class AgentReports:
     calls gets the turn next (group commit); each call still returns once its own report
     is written."""
 
-    def __init__(self, store: Store, *, flush_seconds: float = 1.0, max_batch: int = 200) -> None:
+    def __init__(self, store: Store, *, flush_seconds: float = 1.0) -> None:
         self.store = store
         self.flush_seconds = flush_seconds
-        self.max_batch = max_batch
         self._lock = threading.Lock()
         self._flushing = threading.Lock()
         self._turn = threading.Lock()  # one batch of reports written at a time
@@ -199,19 +198,12 @@ class AgentReports:
         ticket = _Ticket(report)
         with self._lock:
             self._queue.append(ticket)
-        while not ticket.done:
-            with self._turn:
-                if ticket.done:
-                    break
+        with self._turn:
+            if not ticket.done:
                 with self._lock:
-                    # At most `max_batch` a transaction: the store's write lock turns over
-                    # (a lease renewal waits its turn behind it).
-                    batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+                    batch, self._queue = self._queue, []
                 self.batches += 1
-                try:
-                    results: list[bool | Exception] = self.store.heartbeats([t.report for t in batch])
-                except Exception as exc:  # every caller of the batch hears of it
-                    results = [exc] * len(batch)
+                results = self.store.heartbeats([t.report for t in batch])
                 written_at = time.monotonic()
                 for waiting, result in zip(batch, results, strict=True):
                     waiting.result, waiting.done, waiting.written_at = result, True, written_at

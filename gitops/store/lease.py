@@ -127,11 +127,7 @@ class Lease:
         return and_(LeaseRow.name == self.name, LeaseRow.holder == self.holder, LeaseRow.epoch == epoch)
 
     def _renew(self, sources_read: bool, settled: bool) -> bool:
-        # A write like the others: on SQLite it waits its turn among this process's writers.
-        # As a plain session it waited on SQLite's busy handler instead, which a steady
-        # stream of this process's writes (agents' reports at 1,000 nodes) never let in: the
-        # renewal failed "database is locked" and a lone control plane lost its own lease.
-        with self.store.write_session() as s:
+        with self.store.session() as s:
             done = s.execute(
                 update(LeaseRow)
                 .where(self._mine(self.epoch))
