@@ -68,7 +68,6 @@ class SharedEndpoints:
         self._routes_at = float("-inf")  # monotonic time the routes given last moved
         self._pairs: list[list[str]] = []  # `_routes` as replies carry them (`routes_for`)
         self._index: dict[str, int] = {}  # node -> its place in `_pairs`
-        self._pairs_of: object = None  # the `_routes` list `_pairs` was built from
         self._version = ""
 
     def routes(self) -> list[tuple[str, str, str]]:
@@ -97,10 +96,6 @@ class SharedEndpoints:
         routes, then only sliced (an agent's sync at 5,000 nodes does not walk 5,000)."""
         self.get()
         with self._lock:
-            if self._pairs_of is not self._routes:
-                self._pairs = [[subnet, address] for _, subnet, address in self._routes]
-                self._index = {name: i for i, (name, _, _) in enumerate(self._routes)}
-                self._pairs_of = self._routes
             pairs, at = self._pairs, self._index.get(node)
         return list(pairs) if at is None else pairs[:at] + pairs[at + 1 :]
 
@@ -145,6 +140,8 @@ class SharedEndpoints:
                 moved or time.monotonic() - self._routes_at >= self.routes_every()
             ):
                 self._routes, self._routes_at, moved = self._wanted_routes, time.monotonic(), True
+                self._pairs = [[subnet, address] for _, subnet, address in self._routes]
+                self._index = {name: i for i, (name, _, _) in enumerate(self._routes)}
             if moved or not self._version:
                 # The version names the content: a pod write that changes no endpoint (most of
                 # them) does not send every agent every Service again.
@@ -320,10 +317,10 @@ class NodeWatch:
     async def wait(self, node: str, have_pods: str, have_services: str, timeout: float) -> dict[str, Any]:
         """What moved for `node` (`changed`, the versions, `logs`), once something has, or
         after `timeout` seconds with `changed` false."""
-        loop = asyncio.get_running_loop()
-        waiter = _Waiter(node, have_pods, have_services, loop, loop.create_future())
         if self._closed:
             return _unchanged(have_pods, have_services)
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(node, have_pods, have_services, loop, loop.create_future())
         with self._lock:
             self._watched[node] = time.monotonic()
             self._waiting.setdefault(node, []).append(waiter)

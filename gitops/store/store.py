@@ -1304,7 +1304,7 @@ class Store:
 
     def node_for_token(self, name: str, token: str) -> bool:
         """Whether `token` is node `name`'s. A match is remembered for `TOKEN_MEMORY`
-        seconds (every agent call asks, twice): a token this process replaces is forgotten
+        seconds (`AgentGate` asks it first from memory): a token this process replaces is forgotten
         at once, one another server replaces within that time."""
         if self.node_token_remembered(name, token):
             return True
