@@ -164,6 +164,11 @@ class Loop:
         except self.fatal as exc:
             log.error(f"{self.name}.stopped", error=str(exc), **self.context)
 
+    @property
+    def ended(self) -> bool:
+        """Whether the loop was started and its thread has ended (stopped, `Ended`, fatal)."""
+        return self._thread is not None and not self._thread.is_alive()
+
     def start(self) -> threading.Thread:
         self._thread = threading.Thread(target=self._run_in_thread, name=self.name, daemon=True)
         self._thread.start()

@@ -103,6 +103,7 @@ class ControlPlane:
     _keeping: threading.Thread | None = None  # renews or tries to take the lease
     _stopping: threading.Event = field(default_factory=threading.Event)
     _leader_lock: threading.Lock = field(default_factory=threading.Lock)
+    _led_epoch: int = 0  # the epoch of the lease this process last led by (0: none since it started)
     _started: float = field(default_factory=time.monotonic)
     _started_at: float = field(default_factory=time.time)
     _settled: bool = False
@@ -142,6 +143,8 @@ class ControlPlane:
         self._known = frozenset(r.node.name for r in self.store.nodes())
         holder = f"{self.name or f'{socket.gethostname()}:{self.port}'}#{secrets.token_hex(3)}"
         self.lease = Lease(self.store, holder, ttl=self.lease_ttl)
+        self.lease.renew_with_writes()  # SQLite: this process's own writes never starve it
+        self._led_epoch = 0
         app = create_app(
             self.store,
             join_token=self.join_token,
@@ -177,8 +180,14 @@ class ControlPlane:
         """This control plane took the lease: sync the sources, compute previews and run the
         controller."""
         assert self.lease is not None
-        self._settled = False  # its sources are to be read again (another leader may have changed them)
-        self.store.pod_cache.invalidate()  # another leader wrote since this one last read
+        epoch, led = self.lease.epoch, self._led_epoch
+        if not led or epoch not in (led, led + 1):
+            # Another leader may have led in between (a lease taken again right after this
+            # process held it is `led + 1`: no one else did): it may have changed what the
+            # sources hold and written pods this process has not read.
+            self._settled = False  # its sources are to be read again
+            self.store.pod_cache.invalidate()
+        self._led_epoch = epoch
         self._leader_loops()
         for sync in self.syncs:
             sync.start()
@@ -239,9 +248,9 @@ class ControlPlane:
             for s in self.sources
         ]
 
-    def _follow(self) -> None:
+    def _follow(self, *, to_lead_again: bool = False) -> None:
         """This control plane no longer holds the lease: stop its leader's loops."""
-        was = self._leading
+        was = self._leading and not to_lead_again
         self._leading = False
         self.metrics.leader.set(0)
         for sync in self.syncs:
@@ -272,10 +281,22 @@ class ControlPlane:
             except Exception as exc:  # the database may be away: the lease's own clock decides
                 log.warning("lease.failed", error=str(exc), holder=lease.holder)
                 held = lease.held
-            if held and not self._leading:
+            if held and self._leading and self._loops_ended():
+                # The lease lapsed on this process's clock for a moment (a renewal late behind
+                # a long write) and a loop saw it and ended; it is held again: lead again.
+                log.warning("server.leading_again", reason="a leader's loop ended while the lease lapsed")
+                self._follow(to_lead_again=True)
+                self._lead()
+            elif held and not self._leading:
                 self._lead()
             elif not held and self._leading:
                 self._follow()
+
+    def _loops_ended(self) -> bool:
+        loops = [*(s.loop for s in self.syncs), *(p.loop for p in self.previews)]
+        if self.controller is not None:
+            loops.append(self.controller.loop)
+        return any(loop.ended for loop in loops)
 
     def _keep_leasing(self) -> None:
         assert self.lease is not None

@@ -4,9 +4,14 @@ leader stops. End to end on PostgreSQL and real Docker: tests/e2e/test_failover.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
+from sqlalchemy.exc import OperationalError
 
 from gitops.server import ControlPlane
 from gitops.store import Store
@@ -16,7 +21,7 @@ from tests.conftest import free_port, wait_for
 CONFIGMAP = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: shared}\ndata: {a: '1'}\n"
 
 
-def plane(tmp_path: Path, name: str, store: Store) -> ControlPlane:
+def plane(tmp_path: Path, name: str, store: Store, **options: Any) -> ControlPlane:
     return ControlPlane(
         store,
         [FolderSource(str(tmp_path / "manifests"))],
@@ -26,6 +31,7 @@ def plane(tmp_path: Path, name: str, store: Store) -> ControlPlane:
         # renewals, and the epochs below would move.
         controller_interval=0.2,
         settle_seconds=0.0,
+        **options,
     )
 
 
@@ -71,3 +77,63 @@ def test_one_of_two_control_planes_leads_and_the_other_takes_over_when_it_stops(
     finally:
         second.stop()
         first.stop()
+
+
+def test_a_lone_leader_on_sqlite_keeps_its_lease_while_its_own_writes_keep_the_database_busy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 3,000 hollow nodes the lease thread's renewal never got SQLite's write lock between
+    the process's own report batches ("database is locked" after the busy timeout), the lease
+    lapsed and the only control plane stopped its controller for good. Its writes renew it."""
+    (tmp_path / "manifests").mkdir()
+    (tmp_path / "manifests" / "c.yaml").write_text(CONFIGMAP)
+    store = Store(f"sqlite:///{tmp_path / 'state.db'}")
+    cp = plane(tmp_path, "one", store, lease_ttl=2.0)
+    cp.start()
+    try:
+        wait_for(cp.settled, what="the sources read")
+        controller = cp.controller
+        assert cp.lease is not None and controller is not None
+
+        def starved(*_args: object) -> bool:
+            raise OperationalError("UPDATE leases", {}, sqlite3.OperationalError("database is locked"))
+
+        monkeypatch.setattr(cp.lease, "_renew", starved)
+        deadline = time.monotonic() + 3 * cp.lease.ttl
+        while time.monotonic() < deadline:  # agents' reports, written by this process
+            store.add_event("node-1", "Report", "a write of this process", time.time())
+            time.sleep(0.05)
+            assert cp.lease.held
+        assert status(cp)["leader"] is True and status(cp)["epoch"] == 1
+        assert cp.controller is controller and not controller.loop.ended
+    finally:
+        cp.stop()
+
+
+def test_a_leader_whose_renewal_came_late_runs_its_loops_again(tmp_path: Path) -> None:
+    """A renewal late behind a long write lets the lease lapse on this process's clock: the
+    leader's loops see it and end. Once it is renewed, the control plane, still the only
+    holder, leads again (with what it knew: no one else led meanwhile) instead of leading
+    with no controller."""
+    (tmp_path / "manifests").mkdir()
+    (tmp_path / "manifests" / "c.yaml").write_text(CONFIGMAP)
+    cp = plane(tmp_path, "one", Store(f"sqlite:///{tmp_path / 'state.db'}"))
+    cp.start()
+    try:
+        wait_for(cp.settled, what="the sources read")
+        before = cp.controller
+        assert before is not None and cp.lease is not None
+        with cp._leader_lock:  # no renewal meanwhile
+            cp.lease.valid_until = float("-inf")  # as if the renewal were late: the next pass ends the loop
+            wait_for(lambda: before.loop.ended, timeout=10, what="the controller's loop ending")
+        wait_for(
+            lambda: (
+                cp.controller is not None and cp.controller is not before and not cp.controller.loop.ended
+            ),
+            timeout=10,
+            what="a controller running again",
+        )
+        assert status(cp)["leader"] is True and status(cp)["epoch"] == 1
+        assert cp._settled  # no one else led: what it knew still holds
+    finally:
+        cp.stop()

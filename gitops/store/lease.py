@@ -24,7 +24,13 @@ syncs the sources, computes previews and runs the controller. Who leads is a row
   committed cannot write.
 - **Renewals** do not lock against checked transactions (`UPDATE` of non-key columns
   takes `FOR NO KEY UPDATE`, which `FOR KEY SHARE` allows), so a long pass never holds up
-  its own leader's renewal.
+  its own leader's renewal. On SQLite every write takes the one write lock, and a renewal
+  on its own waits on SQLite's busy handler, which a steady stream of this process's own
+  writes (agents' reports from thousands of nodes) may never let in: the lone control
+  plane would lose its own lease and stop its controller. There, the leader's own writes
+  renew the lease (`Lease.renew_with_writes`): each write transaction of the process ends
+  by renewing it, at most every `ttl / 10` seconds, and the lease thread renews on its own
+  only when no write did for `ttl / 5` seconds (then the lock is free to take).
 
 The row also carries what the leader knows that the others serve by: whether its sources
 are read once and whether it has settled (`gitops.server.ControlPlane.settled`).
@@ -32,6 +38,7 @@ are read once and whether it has settled (`gitops.server.ControlPlane.settled`).
 
 from __future__ import annotations
 
+import threading
 import time
 import typing
 from collections.abc import Callable
@@ -99,6 +106,10 @@ class Lease:
         self.epoch = 0  # the epoch held; 0 while not holding
         self.valid_until = float("-inf")  # by `clock`: a lease not renewed by then is lost
         self.leader: Leader | None = None  # who holds it, as the last `hold` or `read` found
+        self._renewed_at = float("-inf")  # by `clock`: when the last renewal that succeeded began
+        self._published = (False, False)  # sources_read and settled, as last given to `hold`
+        self._by_writes = False  # this process's write transactions renew it (`renew_with_writes`)
+        self._lock = threading.Lock()  # epoch, valid_until and _renewed_at move together
         self._postgresql = store.engine.dialect.name == "postgresql"
         self._now = _now(store.engine.dialect.name)
 
@@ -110,33 +121,73 @@ class Lease:
         """Renew the lease if held, else take it if it is free or expired; whether this
         process holds it now. `sources_read` and `settled` are published with a renewal."""
         started = self.clock()
-        if self.epoch and self._renew(sources_read, settled):
-            self.valid_until = started + self.ttl
+        published, self._published = self._published, (sources_read, settled)
+        if (
+            self._by_writes
+            and published == self._published
+            and started - self._renewed_at < self.ttl / 5
+            and self.held
+        ):
+            return True  # a write of this process renewed it just now
+        epoch = self.epoch
+        if epoch and self._renew(epoch):
+            self._renewed(started, epoch)
             return True
-        if self.epoch:
-            log.warning("lease.lost", lease=self.name, holder=self.holder, epoch=self.epoch)
-            self.epoch, self.valid_until = 0, float("-inf")
+        if epoch:
+            log.warning("lease.lost", lease=self.name, holder=self.holder, epoch=epoch)
+            with self._lock:
+                self.epoch, self.valid_until, self._renewed_at = 0, float("-inf"), float("-inf")
         epoch = self._take()
         if epoch:
-            self.epoch, self.valid_until = epoch, started + self.ttl
+            with self._lock:
+                self.epoch, self.valid_until, self._renewed_at = epoch, started + self.ttl, started
             log.info("lease.taken", lease=self.name, holder=self.holder, epoch=epoch)
             return True
         return False
 
+    def _renewed(self, started: float, epoch: int) -> None:
+        """A renewal of `epoch` that began at `started` committed: the lease holds `ttl` from
+        then (unless it was lost and taken again meanwhile)."""
+        with self._lock:
+            if self.epoch == epoch:
+                self._renewed_at = max(self._renewed_at, started)
+                self.valid_until = max(self.valid_until, started + self.ttl)
+
+    def renew_with_writes(self) -> None:
+        """On SQLite, let this process's write transactions renew the lease while it is held
+        (`Store.write_session` calls `renew_within`; see the module docstring)."""
+        if not self._postgresql:
+            self._by_writes = True
+            self.store.renewing = self
+
+    def renew_within(self, s: Session) -> Callable[[], None] | None:
+        """Renew the lease in `s`, a write transaction of this process about to commit, if
+        it is held and was not renewed in the last `ttl / 10` seconds: what to call once the
+        transaction committed (the renewal counts from then on), or None."""
+        epoch, started = self.epoch, self.clock()
+        if not epoch or started - self._renewed_at < self.ttl / 10:
+            return None
+        if not self._renew_in(s, epoch):
+            return None
+        return lambda: self._renewed(started, epoch)
+
     def _mine(self, epoch: int) -> ColumnElement[bool]:
         return and_(LeaseRow.name == self.name, LeaseRow.holder == self.holder, LeaseRow.epoch == epoch)
 
-    def _renew(self, sources_read: bool, settled: bool) -> bool:
+    def _renew(self, epoch: int) -> bool:
         with self.store.session() as s:
-            done = s.execute(
-                update(LeaseRow)
-                .where(self._mine(self.epoch))
-                .values(expires_at=self._now + self.ttl, sources_read=sources_read, settled=settled)
-                .execution_options(synchronize_session=False)
-            )
-            renewed = bool(typing.cast("CursorResult[Any]", done).rowcount)
-            self.leader = self._read(s)
-        return renewed
+            return self._renew_in(s, epoch)
+
+    def _renew_in(self, s: Session, epoch: int) -> bool:
+        sources_read, settled = self._published
+        done = s.execute(
+            update(LeaseRow)
+            .where(self._mine(epoch))
+            .values(expires_at=self._now + self.ttl, sources_read=sources_read, settled=settled)
+            .execution_options(synchronize_session=False)
+        )
+        self.leader = self._read(s)
+        return bool(typing.cast("CursorResult[Any]", done).rowcount)
 
     def _take(self) -> int:
         """Take the lease if free or expired: the new epoch, or 0 if another holds it (or a
@@ -219,7 +270,13 @@ class Lease:
         """Give the lease up (a clean stop): another may take it at once."""
         if not self.epoch:
             return
-        epoch, self.epoch, self.valid_until = self.epoch, 0, float("-inf")
+        with self._lock:
+            epoch, self.epoch, self.valid_until, self._renewed_at = (
+                self.epoch,
+                0,
+                float("-inf"),
+                float("-inf"),
+            )
         with self.store.session() as s:
             s.execute(
                 update(LeaseRow)

@@ -28,6 +28,7 @@ import itertools
 import json
 import socket
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -234,6 +235,7 @@ def spec_key(row: Any) -> SpecKey:
 
 
 IMMEDIATE = "gitops_sqlite_immediate"  # an execution option: the transaction begins IMMEDIATE
+LONG_WRITE = 2.0  # seconds: a SQLite write transaction holding the write lock longer is logged
 IDLE_IN_TRANSACTION = 15.0  # seconds a PostgreSQL session may sit in a transaction without a statement
 
 
@@ -456,6 +458,7 @@ class Store:
         self._tokens: dict[str, tuple[str, float]] = {}  # node -> (token digest, when it matched)
         self._subnet_cursor = 0  # the index of the pod subnet to try first for a new node
         self._write_lock = threading.RLock() if self.engine.dialect.name == "sqlite" else None
+        self.renewing: Lease | None = None  # SQLite: the lease this process's writes renew
         self._pod_cache: PodCache | None = None
         self._pod_cache_lock = threading.Lock()
         event.listen(self.engine, "before_cursor_execute", self._note_statement)
@@ -517,8 +520,10 @@ class Store:
         lock, not the database's busy loop) and each transaction takes the database's
         write lock when it begins (`BEGIN IMMEDIATE`): one that first read and then found
         another writer committed in between would fail with "database is locked" at once,
-        whatever the busy timeout."""
+        whatever the busy timeout. There, a write also renews the lease this process leads
+        by, if any (`Lease.renew_with_writes`), just before it commits."""
         token = object()
+        renewed = None
         with self._writing_lock:
             self._writing[token] = time.time()
         try:
@@ -527,12 +532,21 @@ class Store:
                     yield session
             else:
                 with self._write_lock, self._sessions.begin() as session:
+                    began = time.monotonic()
                     session.connection(execution_options={IMMEDIATE: True})
                     self._check_fence(session)
                     yield session
+                    lease = self.renewing
+                    renewed = lease.renew_within(session) if lease is not None else None
+                held = time.monotonic() - began
+                if held > LONG_WRITE:  # every other writer of this process waited that long
+                    by = sys._getframe(2).f_code.co_qualname  # the caller, past contextlib's __exit__
+                    log.warning("store.long_write", seconds=round(held, 2), by=by)
         finally:
             with self._writing_lock:
                 del self._writing[token]
+        if renewed is not None:
+            renewed()
         for written in self.after_write:  # committed
             written()
 

@@ -146,3 +146,46 @@ def test_a_renewal_is_not_held_up_by_the_leaders_own_open_checked_transaction(ur
         assert lease.leader is not None and lease.leader.settled
     finally:
         store.close()
+
+
+def test_on_sqlite_the_leaders_own_writes_renew_its_lease(tmp_path: Path) -> None:
+    """On SQLite a renewal on its own waits on the busy handler, which a steady stream of
+    this process's writes may never let in (3,000 hollow nodes' reports): the lone control
+    plane lost its own lease. Its writes renew it instead, at most every ttl / 10 s."""
+    from sqlalchemy import event, update
+
+    from gitops.store.tables import LeaseRow
+
+    store = Store(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        clock = Clock()
+        lease = Lease(store, "a", ttl=5.0, clock=clock)
+        lease.renew_with_writes()
+        assert lease.hold()
+        with store.session() as s:  # as if the last renewal were long ago by the database's clock
+            s.execute(update(LeaseRow).values(expires_at=LeaseRow.expires_at - 4.5))
+        for _ in range(5):
+            clock.now += 2.0  # 10 s in all with no renewal of the lease thread's own
+            store.add_event("x", "Report", "a write any replica makes", clock.now)
+        assert lease.held and lease.valid_until == clock.now + 5.0
+        leader = lease.read()
+        assert leader is not None and leader.expires_in > 4.0 and leader.epoch == 1
+
+        statements: list[str] = []
+        event.listen(store.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+        clock.now += 0.1  # within ttl / 10 of the last renewal: this write does not renew again
+        store.add_event("x", "Report", "again", clock.now)
+        assert not [q for q in statements if "leases" in q]
+        assert lease.valid_until == clock.now - 0.1 + 5.0
+        statements.clear()
+        assert lease.hold()  # renewed by a write within ttl / 5: the lease thread has nothing to do
+        assert statements == []
+        assert lease.hold(settled=True)  # something new to publish: it renews itself
+        assert [q for q in statements if q.lstrip().startswith("UPDATE leases")]
+        assert lease.read() is not None and lease.leader is not None and lease.leader.settled
+        lease.release()
+        statements.clear()
+        store.add_event("x", "Report", "after the lease was given up", clock.now + 10)
+        assert not [q for q in statements if "leases" in q]
+    finally:
+        store.close()
