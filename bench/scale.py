@@ -226,6 +226,7 @@ class HollowAgent:
                 "stopped": self.stopped,
                 "have_pods": self.versions[0],
                 "have_services": self.versions[1],
+                "service_deltas": True,  # as the real agent: what changed since the version held
             }
         ).encode()
         start, began = time.perf_counter(), time.monotonic()
@@ -556,12 +557,22 @@ async def run(args: argparse.Namespace, server: Server, join_token: str, figures
         figures["bound"] = server.counts()[1]
         say(f"commit to bound: {figures['bound']} pods in {figures['commit_to_bound_s']} s")
 
+        calls.reset()  # the agents' calls while pods come up: how the server keeps up under churn
+        seen = [0]  # calls already shown
+
         def all_running() -> bool | str:
             running = server.counts()[2]
-            return running == args.pods or f"{running} running"
+            recent, seen[0] = calls.seconds[seen[0] :], len(calls.seconds)
+            return running == args.pods or (
+                f"{running} running; {len(recent)} sync calls, p50 {percentile(recent, 0.5) * 1000:.0f} ms,"
+                f" p99 {percentile(recent, 0.99) * 1000:.0f} ms, {calls.failures} failed in all"
+            )
 
-        await wait_for("running", all_running, args.timeout)
+        await wait_for("running", all_running, args.timeout, every=5.0)
         figures["commit_to_running_s"] = round(time.monotonic() - committed, 2)
+        figures["running_sync_ms_p50"] = round(percentile(calls.seconds, 0.50) * 1000, 2)
+        figures["running_sync_ms_p99"] = round(percentile(calls.seconds, 0.99) * 1000, 2)
+        figures["running_sync_failures"] = calls.failures
         figures["first_pass_cpu_s"] = round(server.cpu_seconds() - cpu_before, 1)
         cpu_text = f"server CPU {figures['first_pass_cpu_s']} s"
         say(f"commit to running: {figures['commit_to_running_s']} s ({cpu_text})")

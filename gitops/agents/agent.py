@@ -300,6 +300,20 @@ class ServiceMemo:
         return services, rules
 
 
+def changed_services(
+    held: Sequence[dict[str, Any]], changed: Sequence[dict[str, Any]], removed: Sequence[Sequence[str]]
+) -> list[dict[str, Any]]:
+    """The Services `held` (a reply's JSON, in the control plane's order: by namespace and
+    name) with those `changed` since put in their place and those `removed` (namespace,
+    name) taken out."""
+    by_key = {(str(s.get("namespace")), str(s.get("name"))): s for s in held}
+    for namespace, name in removed:
+        by_key.pop((namespace, name), None)
+    for service in changed:
+        by_key[(str(service.get("namespace")), str(service.get("name")))] = service
+    return [by_key[key] for key in sorted(by_key)]
+
+
 class NodeRefused(Exception):
     """The server will not have this node (its name is held by a live node, a bad join
     token, or a node description it cannot accept): the agent stops."""
@@ -549,6 +563,7 @@ class Agent:
             "runtime_error": runtime_error,
             "have_pods": self._held.get("pods_version", ""),
             "have_services": self._held.get("services_version", ""),
+            "service_deltas": True,  # what changed since `have_services` will do (`_complete`)
         }
         usage = self._usage.latest if self._usage is not None else None
         if usage is not None and usage is not self._usage_sent:
@@ -653,7 +668,21 @@ class Agent:
                 http.close()
 
     def _complete(self, reply: dict[str, Any]) -> dict[str, Any]:
-        """`reply` with what it left out as unchanged filled in from the replies before."""
+        """`reply` with what it left out as unchanged filled in from the replies before, and
+        the Services changed since the version held applied to those held."""
+        if reply.get("services") is None and reply.get("services_changed") is not None:
+            if reply.get("services_from") == self._held.get("services_version") and "services" in self._held:
+                self._held["services"] = changed_services(
+                    self._held["services"], reply["services_changed"], reply.get("services_removed") or []
+                )
+                self._held["services_version"] = reply["services_version"]
+                if reply.get("routes") is not None:
+                    self._held["routes"] = reply["routes"]
+            else:  # changes to another version than this agent's: keep what it has, ask for all
+                self._held["services_version"] = ""
+            reply["services"] = self._held.get("services", [])
+            reply["routes"] = self._held.get("routes", [])
+            reply["services_version"] = self._held["services_version"]
         for part, version, along in (
             ("pods", "pods_version", ("claims",)),
             ("services", "services_version", ("routes",)),

@@ -36,7 +36,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
-from gitops.api.agentsync import AgentReports, NodeWatch, SharedEndpoints, report_digest
+from gitops.api.agentsync import AgentReports, NodeWatch, SharedEndpoints, json_object, report_digest
 from gitops.api.auth import GATED_NODE, JOIN_HEADER, AgentGate, LoopbackHosts, ReadAuth
 from gitops.api.logs import LogHub, install_logs
 from gitops.api.models import (
@@ -202,7 +202,9 @@ def create_app(
         )
 
     @app.post("/agent/v1/nodes/{name}/sync", response_model=SyncReply)
-    async def agent_sync(name: str, request: SyncRequest, _: str = Depends(node_token)) -> dict[str, Any]:
+    async def agent_sync(
+        name: str, request: SyncRequest, _: str = Depends(node_token)
+    ) -> dict[str, Any] | Response:
         """Heartbeat and pod statuses in; this node's pods and every Service's endpoints out."""
         digest = report_digest(request)
         reply = _unchanged(name, request, digest)
@@ -241,18 +243,17 @@ def create_app(
         services_version: str,
         *,
         pods: list[dict[str, Any]] | None = None,
-        services: list[Any] | None = None,
-        routes: list[list[str]] | None = None,
         claims: list[str] | None = None,
     ) -> dict[str, Any]:
+        """A sync reply with the Services and routes left null (as held)."""
         return {
             "pods": pods,
             "pods_version": pods_version,
-            "services": services,
+            "services": None,
             "services_version": services_version,
             "service_cidr": str(store.service_cidr),
             "cluster_cidr": str(store.cluster_cidr),
-            "routes": routes,
+            "routes": None,
             "allow_probe_hosts": allow_probe_hosts,
             "allow_host_paths": list(allow_host_paths),
             "allow_privileged": allow_privileged,
@@ -263,7 +264,7 @@ def create_app(
             "claims": claims,
         }
 
-    def _sync(name: str, request: SyncRequest, digest: str) -> dict[str, Any]:
+    def _sync(name: str, request: SyncRequest, digest: str) -> Response:
         """A sync that reads or writes: the report written (unless it is the last one again),
         and what the agent does not hold yet."""
         statuses = [
@@ -326,19 +327,20 @@ def create_app(
         if adopt and not request.runtime_error:
             on_sync(name)  # its containers are known now: adopted, or not wanted
         _note_proxy_problems(name, tuple(request.proxy_problems), now)
-        services = endpoints.get()
-        services_version = endpoints.version()
-        same_services = request.have_services == services_version
+        # The Services' part is JSON text encoded once for every agent holding what this one
+        # holds (`SharedEndpoints.reply_parts`); only the rest is encoded for this call.
+        services_version, services = endpoints.reply_parts(
+            request.have_services, name, deltas=request.service_deltas
+        )
         same_pods = request.have_pods == pods_version
-        return _reply(
+        fields = _reply(
             name,
             pods_version,
             services_version,
             pods=None if same_pods else pods,
-            services=None if same_services else services,
-            routes=None if same_services else endpoints.routes_for(name),
             claims=None if same_pods else sorted(store.claims(node=name)),
         )
+        return Response(json_object(fields, services), media_type="application/json")
 
     @app.post("/agent/v1/nodes/{name}/watch", response_model=WatchReply)
     async def agent_watch(name: str, request: WatchRequest, _: str = Depends(node_token)) -> dict[str, Any]:

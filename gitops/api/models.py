@@ -250,6 +250,10 @@ class SyncRequest(_Strict):
     # from earlier replies: what has not changed since is not sent again.
     have_pods: Annotated[str, Field(max_length=128)] = ""
     have_services: Annotated[str, Field(max_length=128)] = ""
+    # The agent takes the Services as what changed since `have_services` (`services_from`,
+    # `services_changed`, `services_removed` in the reply) when the server still knows that
+    # version; without it, every Service each time they move (an older agent).
+    service_deltas: bool = False
 
 
 class WatchRequest(_Strict):
@@ -277,10 +281,16 @@ class SyncReply(BaseModel):
     pods_version: str = ""
     services: list[dict[str, Any]] | None
     services_version: str = ""
+    # Instead of `services` (then null), to an agent that asked for deltas: the Services
+    # changed since version `services_from` (each whole) and the (namespace, name) of those
+    # removed; the others are as in that version.
+    services_from: str = ""
+    services_changed: list[dict[str, Any]] | None = None
+    services_removed: list[tuple[str, str]] | None = None
     service_cidr: str
     cluster_cidr: str = ""
     # (pod subnet, node address) of every other node: routed through that node (host-gw).
-    # Null with `services` (they share a version).
+    # Null when unchanged since the version the agent holds (they share a version).
     routes: list[tuple[str, str]] | None = []
     allow_probe_hosts: bool = False
     # The folders of the nodes hostPath volumes may be under (`gitops serve --allow-host-path`):

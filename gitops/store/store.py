@@ -26,6 +26,7 @@ import hmac
 import ipaddress
 import itertools
 import json
+import random
 import socket
 import sqlite3
 import sys
@@ -1323,11 +1324,14 @@ class Store:
         if self.node_token_remembered(name, token):
             return True
         digest = token_digest(token)
-        with self.session() as s:
-            row = s.get(NodeRow, name)
-            valid = row is not None and hmac.compare_digest(row.token_hash, digest)
+        with self.session() as s:  # the one column: loading the whole row cost more than the call
+            held = s.scalar(select(NodeRow.token_hash).where(NodeRow.name == name))
+            valid = held is not None and hmac.compare_digest(held, digest)
         if valid:
-            self._tokens[name] = (digest, time.monotonic())
+            # Remembered for TOKEN_MEMORY seconds less up to a half, at random: nodes that
+            # joined together do not all come back to the database in the same second.
+            spread = random.random() * TOKEN_MEMORY / 2  # noqa: S311 - spreading load, not a secret
+            self._tokens[name] = (digest, time.monotonic() - spread)
         else:
             self._tokens.pop(name, None)
         return valid

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -179,6 +180,52 @@ def test_an_agent_keeps_what_a_reply_leaves_out(plane: ControlPlane, tmp_path: P
     assert sorted(agent._assigned_cache) == sorted(p.id for p in plane.store.pods())
     held = agent._held
     assert len(held["pods"]) == 2 and len(held["services"]) == 1
+
+
+def test_the_agent_takes_the_services_changed_since_the_version_it_holds(
+    plane: ControlPlane, tmp_path: Path
+) -> None:
+    """After a Service is added, the real agent gets that Service alone and holds every
+    Service as a full reply would give them."""
+    config = AgentConfig(
+        iptables=NO_IPTABLES,
+        server=plane.url,
+        node=NodeName("n4"),
+        join_token=plane.join_token,
+        state_dir=tmp_path / "agent",
+        address="192.0.2.40",
+        capacity=(4000, 2**32),
+    )
+    agent = Agent(config, MemoryRuntime())
+    agent.register()
+    replies: list[dict[str, Any]] = []
+
+    def seen(response: httpx.Response) -> None:
+        if response.url.path.endswith("/sync"):
+            response.read()
+            replies.append(response.json())
+
+    agent.http.event_hooks["response"].append(seen)
+    agent.tick()
+    assert [s["name"] for s in agent._held["services"]] == ["web"]
+    plane.store.apply_revision(
+        Revision("git:x", "2" * 40),
+        [deployment(replicas=2), service("web", {"app": "web"}), service("api", {"app": "api"})],
+        [],
+        2.0,
+    )
+    deadline = time.monotonic() + 10
+    while [s["name"] for s in agent._held["services"]] != ["api", "web"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+        agent.tick()
+    delta = replies[-1]
+    assert delta["services"] is None and [s["name"] for s in delta["services_changed"]] == ["api"]
+    assert delta["services_removed"] == []
+    everything = httpx.post(  # as an older agent asks: every Service
+        f"{plane.url}/agent/v1/nodes/n4/sync", json={}, headers={"Authorization": f"Bearer {agent._token}"}
+    ).json()
+    assert agent._held["services"] == everything["services"]
+    assert agent._held["services_version"] == everything["services_version"]
 
 
 def test_an_agent_refused_its_name_stops_and_says_why(plane: ControlPlane, tmp_path: Path) -> None:
