@@ -298,9 +298,10 @@ class AgentReports:
     calls gets the turn next (group commit); each call still returns once its own report
     is written."""
 
-    def __init__(self, store: Store, *, flush_seconds: float = 1.0) -> None:
+    def __init__(self, store: Store, *, flush_seconds: float = 1.0, max_batch: int = 200) -> None:
         self.store = store
         self.flush_seconds = flush_seconds
+        self.max_batch = max_batch
         self._lock = threading.Lock()
         self._flushing = threading.Lock()
         self._turn = threading.Lock()  # one batch of reports written at a time
@@ -318,12 +319,20 @@ class AgentReports:
         ticket = _Ticket(report)
         with self._lock:
             self._queue.append(ticket)
-        with self._turn:
-            if not ticket.done:
+        while not ticket.done:
+            with self._turn:
+                if ticket.done:
+                    break
                 with self._lock:
-                    batch, self._queue = self._queue, []
+                    # At most `max_batch` a transaction: the store's write lock turns over,
+                    # and the leader's lease, renewed as a write commits, is renewed between
+                    # them (6-s batches at 3,000 nodes let it lapse).
+                    batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
                 self.batches += 1
-                results = self.store.heartbeats([t.report for t in batch])
+                try:
+                    results: list[bool | Exception] = self.store.heartbeats([t.report for t in batch])
+                except Exception as exc:  # every caller of the batch hears of it
+                    results = [exc] * len(batch)
                 written_at = time.monotonic()
                 for waiting, result in zip(batch, results, strict=True):
                     waiting.result, waiting.done, waiting.written_at = result, True, written_at

@@ -16,13 +16,15 @@ from gitops.model import Node, NodeName
 from gitops.store import Report, Store
 
 
+@pytest.mark.parametrize(("max_batch", "expected"), [(200, [1, 7]), (3, [1, 3, 3, 1])])
 def test_reports_arriving_while_one_is_written_are_written_in_one_transaction(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_batch: int, expected: list[int]
 ) -> None:
+    """... of at most `max_batch` reports, so that the store's write lock turns over."""
     store = Store(f"sqlite:///{tmp_path / 's.db'}")
     for i in range(8):
         store.register_node(Node(NodeName(f"n{i}"), f"192.0.2.{i + 10}", 4000, 2**32), "t", now=0.0)
-    reports = AgentReports(store)
+    reports = AgentReports(store, max_batch=max_batch)
     batches: list[int] = []
     original = store.heartbeats
 
@@ -45,7 +47,7 @@ def test_reports_arriving_while_one_is_written_are_written_in_one_transaction(
         thread.start()
     for thread in (first, *others):
         thread.join(10)
-    assert batches == [1, 7]
+    assert batches == expected
     assert answers == {f"n{i}": True for i in range(8)}  # each node's runtime went away: a change
     assert {r.node.name: r.heartbeat_at for r in store.nodes()} == {f"n{i}": 5.0 for i in range(8)}
     store.close()
