@@ -83,7 +83,7 @@ from gitops.model import (
     canonical_json,
 )
 from gitops.planner.plan import adoptable, configs_of
-from gitops.planner.podspec import resolve_template
+from gitops.planner.podspec import ConfigIndex, resolve_template
 from gitops.planner.services import EXPOSED, needs_vip, port_key, service_ports, service_type
 from gitops.planner.statefulset import claim_fates
 from gitops.redact import Redactor, secret_forms, truncate
@@ -233,6 +233,19 @@ def spec_key(row: Any) -> SpecKey:
     DaemonSet's node, a Job's completion index)."""
     own = "" if row.owner_kind == "Deployment" else row.name
     return (row.owner_kind, row.owner_namespace, row.owner_name, row.template_hash, own)
+
+
+_ADOPTION = "gitops_adoption"  # Session.info key: an `_Adoption` for the transaction's reports
+
+
+@dataclass
+class _Adoption:
+    """What adopting reported containers reads, read once in a transaction: the desired
+    workloads, their configs, and each workload's pods as adoptions add to them."""
+
+    workloads: dict[ObjectKey, Manifest]
+    configs: ConfigIndex
+    owned: dict[ObjectKey, list[Pod]] = dataclasses.field(default_factory=dict)
 
 
 IMMEDIATE = "gitops_sqlite_immediate"  # an execution option: the transaction begins IMMEDIATE
@@ -1249,12 +1262,19 @@ class Store:
         DaemonSet's pod of this node). `rows` holds the reported pods' rows; adopted ones
         are added to it."""
         unknown = [st for st in statuses if st.template_hash and st.pod not in rows]
-        node_row = s.get(NodeRow, node)
-        if not unknown or node_row is None:
+        if not unknown:
             return False
-        desired = [self._manifest(r) for r in s.scalars(select(ObjectRow))]
-        configs = configs_of(desired)
-        workloads = {m.key: m for m in desired}
+        node_row = s.get(NodeRow, node)
+        if node_row is None:
+            return False
+        # What adopting reads, read once per transaction (a batch of reports): evicted pods'
+        # containers, reported until their nodes hear of it, read every object and decoded a
+        # workload's pods for each report at 1,000 nodes.
+        adoption: _Adoption | None = s.info.get(_ADOPTION)
+        if adoption is None:
+            desired = [self._manifest(r) for r in s.scalars(select(ObjectRow))]
+            adoption = s.info[_ADOPTION] = _Adoption({m.key: m for m in desired}, configs_of(desired))
+        workloads, configs = adoption.workloads, adoption.configs
         here = _node(node_row, now, self.heartbeat_grace)
         adopted = False
         for status in unknown:
@@ -1270,14 +1290,17 @@ class Store:
                 continue
             if template.hash != status.template_hash:
                 continue
-            owned = s.scalars(
-                select(PodRow).where(
-                    PodRow.owner_kind == wanted.key.kind,
-                    PodRow.owner_namespace == wanted.key.namespace,
-                    PodRow.owner_name == wanted.key.name,
+            owned = adoption.owned.get(wanted.key)
+            if owned is None:
+                rows_owned = s.scalars(
+                    select(PodRow).where(
+                        PodRow.owner_kind == wanted.key.kind,
+                        PodRow.owner_namespace == wanted.key.namespace,
+                        PodRow.owner_name == wanted.key.name,
+                    )
                 )
-            )
-            pod = adoptable(wanted, template, name, node=here, owned=[self._pod(r) for r in owned], now=now)
+                owned = adoption.owned[wanted.key] = [self._pod(r) for r in rows_owned]
+            pod = adoptable(wanted, template, name, node=here, owned=owned, now=now)
             if pod is None:
                 continue
             row = PodRow(
@@ -1313,6 +1336,7 @@ class Store:
                 )
             )
             s.flush()
+            owned.append(self._pod(row))  # counted by the next report's adoptions
             self._bind_claims(s, row, node, now)  # a StatefulSet's claim is where its pod runs
             adopted = True
         return adopted

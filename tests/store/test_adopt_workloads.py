@@ -78,3 +78,40 @@ def test_running_pods_of_statefulsets_and_daemonsets_are_adopted_where_they_have
     assert store.claims() == {"default/data-db-1": "n1"}  # the data is where the pod runs
     assert pods["agent-bcdfg"].spec.node_name == "n1"
     assert {e.reason for e in store.events()} >= {"Adopted"}
+
+
+def test_reports_written_together_adopt_no_more_than_the_workload_has_places_for(tmp_path: Path) -> None:
+    """Reports of one batch (one transaction) read the desired objects once and see each
+    other's adoptions: two nodes reporting a container each of a Deployment with one
+    replica get one adopted, and every object is read once for the batch."""
+    from sqlalchemy import event
+
+    from gitops.store import Report
+    from tests.planner.factories import deployment
+
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    for name in ("n1", "n2"):
+        store.register_node(Node(NodeName(name), "192.0.2.10", 4000, 2**32), "t", now=0.0)
+    web = deployment(replicas=1)
+    store.apply_revision(Revision("git:x", "a" * 40), [web], [], now=0.0)
+    template = resolve_template(web, configs_of([web])).hash
+    selects: list[str] = []
+    event.listen(
+        store.engine,
+        "before_cursor_execute",
+        lambda *a: selects.append(a[2]) if a[2].rstrip().endswith("FROM objects") else None,  # every object
+    )
+
+    def found(suffix: str) -> PodStatus:
+        pod = f"default/web-{template}-{suffix}"
+        return PodStatus(pod, "Running", True, template_hash=template, owner="Deployment/default/web")  # type: ignore[arg-type]
+
+    results = store.heartbeats(
+        [
+            Report("n1", (found("bcdfg"),), now=5.0, adopt=True),
+            Report("n2", (found("hjklm"),), now=5.0, adopt=True),
+        ]
+    )
+    assert len(selects) == 1
+    assert results == [True, False]  # the second found the one replica taken by the first's adoption
+    assert [(p.name, p.node) for p in store.pods()] == [(f"web-{template}-bcdfg", "n1")]
