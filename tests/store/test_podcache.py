@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -103,4 +104,41 @@ def test_rows_of_a_long_write_are_seen_when_it_commits(tmp_path: object) -> None
     release.set()
     writer.join(10)
     assert [p.name for p in cache.pods()] == ["web-1"]
+    store.close()
+
+
+def test_calls_that_wrote_together_share_one_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Agents' reports written in one batch each ask for their node's pods as of after the
+    write (`read_after`): while one reads, the others wait, and are then served by that read
+    instead of each reading again in turn."""
+    import threading
+    import time
+
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")  # one database for every thread
+    cache = PodCache(store, slack=0.0)
+    store.apply_pod_changes(create=[(_pod(1), "new")], stop=[], bind={}, pending_reasons={}, now=1.0)
+    cache.pods()
+    written_at = time.monotonic()  # as a batch of reports was written
+    reads: list[float] = []
+    original = cache._read_changes
+
+    def slow(since: float) -> None:
+        reads.append(since)
+        time.sleep(0.2)  # the other calls arrive while this one reads
+        original(since)
+
+    monkeypatch.setattr(cache, "_read_changes", slow)
+    answered: list[str] = []
+    calls = [
+        threading.Thread(
+            target=lambda node: answered.append(cache.node_view(node, read_after=written_at)[0]),
+            args=(f"n{i}",),
+        )
+        for i in range(8)
+    ]
+    for call in calls:
+        call.start()
+    for call in calls:
+        call.join(10)
+    assert len(answered) == 8 and len(reads) == 1
     store.close()
