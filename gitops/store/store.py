@@ -501,7 +501,8 @@ class Store:
     def written(self) -> int:
         """Write statements (INSERT, UPDATE, DELETE; each row of an executemany) this thread
         has sent to the database through this store: a caller compares two readings to
-        know what a piece of work wrote."""
+        know what a piece of work wrote (a lease renewal its transaction carried, on SQLite,
+        is not counted: `Lease.renew_with_writes`)."""
         count: int = getattr(self._written, "count", 0)
         return count
 
@@ -551,7 +552,11 @@ class Store:
                     self._check_fence(session)
                     yield session
                     lease = self.renewing
-                    renewed = lease.renew_within(session) if lease is not None else None
+                    if lease is not None:
+                        session.flush()  # the work's own writes counted first
+                        count = self.written()
+                        renewed = lease.renew_within(session)
+                        self._written.count = count  # the lease's, not a write of the work (`written`)
                 held = time.monotonic() - began
                 if held > LONG_WRITE:  # every other writer of this process waited that long
                     by = sys._getframe(2).f_code.co_qualname  # the caller, past contextlib's __exit__

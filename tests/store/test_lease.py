@@ -164,9 +164,11 @@ def test_on_sqlite_the_leaders_own_writes_renew_its_lease(tmp_path: Path) -> Non
         assert lease.hold()
         with store.session() as s:  # as if the last renewal were long ago by the database's clock
             s.execute(update(LeaseRow).values(expires_at=LeaseRow.expires_at - 4.5))
+        written = store.written()
         for _ in range(5):
             clock.now += 2.0  # 10 s in all with no renewal of the lease thread's own
             store.add_event("x", "Report", "a write any replica makes", clock.now)
+        assert store.written() - written == 5  # the events: the renewals they carried are the lease's
         assert lease.held and lease.valid_until == clock.now + 5.0
         leader = lease.read()
         assert leader is not None and leader.expires_in > 4.0 and leader.epoch == 1
