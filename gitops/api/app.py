@@ -345,7 +345,15 @@ def create_app(
     @app.post("/agent/v1/nodes/{name}/watch", response_model=WatchReply)
     async def agent_watch(name: str, request: WatchRequest, _: str = Depends(node_token)) -> dict[str, Any]:
         """Long-poll: answered once the node's pods or the Services move from the versions
-        the agent holds, or a log request waits for it; else after `timeout` seconds."""
+        the agent holds, or a log request waits for it; else after `timeout` seconds.
+
+        A watch is a heartbeat too (kept in memory, written with the others' in one
+        statement), as a kubelet's Lease renewal is apart from its status updates: an agent
+        whose sync calls queue behind others' report writes (3,000 nodes while 30,000 pods
+        come up: minutes) is still alive, and its node must not go NotReady and lose its
+        pods for the server's slowness."""
+        if reports.beat(name, clock()):
+            await run_in_threadpool(reports.flush)
         return await watch.wait(name, request.have_pods, request.have_services, request.timeout)
 
     def _note_proxy_problems(node: str, reported: tuple[str, ...], now: float) -> None:

@@ -170,3 +170,20 @@ def test_a_stopping_server_answers_the_waiting_watches_instead_of_waiting_for_th
             "logs": False,
         }
     ]
+
+
+def test_a_watch_is_a_heartbeat(plane: ControlPlane) -> None:
+    """An agent whose sync calls queue behind other nodes' report writes still long-polls:
+    its watches keep the node's heartbeat (written with the others', in one statement), so
+    the node does not go NotReady and lose its pods for the server's slowness."""
+    token = register(plane.url, plane.join_token)
+
+    def beat() -> float:
+        return next(r.heartbeat_at for r in plane.store.nodes() if r.node.name == "n1")
+
+    registered = beat()
+    time.sleep(0.05)
+    watch(plane, token, {"pods_version": "", "services_version": ""}, timeout=0)
+    time.sleep(1.1)  # the buffered heartbeats are due: the next call writes them
+    watch(plane, token, {"pods_version": "", "services_version": ""}, timeout=0)
+    assert beat() > registered
