@@ -475,6 +475,7 @@ class Store:
         self.renewing: Lease | None = None  # SQLite: the lease this process's writes renew
         self._pod_cache: PodCache | None = None
         self._pod_cache_lock = threading.Lock()
+        self._desired: tuple[tuple[Any, ...], tuple[Manifest, ...]] | None = None  # (marker, objects)
         event.listen(self.engine, "before_cursor_execute", self._note_statement)
         if read_only:
             self._check_readable()
@@ -1068,8 +1069,22 @@ class Store:
                 rows[key].node_ports = ports
 
     def desired(self) -> list[Manifest]:
+        """Every desired object. Objects change only with a revision (`apply_revision`
+        records one in the same transaction, on any control plane sharing the database): the
+        decoded list is kept while the newest revision and the count of objects stay the
+        same (every controller pass and every move of the endpoints asked for it, decoding
+        every object: 600 at 3,000 hollow nodes, every half second)."""
         with self.session() as s:
-            return [self._manifest(r) for r in s.scalars(select(ObjectRow))]
+            marker = (
+                s.scalar(select(func.max(RevisionRow.id))),
+                s.scalar(select(func.count()).select_from(ObjectRow)),
+            )
+            kept = self._desired
+            if kept is not None and kept[0] == marker:
+                return list(kept[1])
+            manifests = [self._manifest(r) for r in s.scalars(select(ObjectRow))]
+        self._desired = (marker, tuple(manifests))
+        return manifests
 
     def source_failed(self, source: str, error: str, now: float) -> None:
         """Record that `source` cannot be read (the error; `since` stays the first failure's)."""

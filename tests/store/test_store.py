@@ -162,3 +162,29 @@ def test_real_nodes_register_whatever_their_size(store: Store) -> None:
     store.register_node(Node(NodeName("normal"), "192.0.2.31", 16_000, 64 * 2**30), "u", now=1.0)
     sizes = {r.node.name: (r.node.cpu_milli, r.node.memory_bytes) for r in store.nodes(now=1.0)}
     assert sizes == {"big": (256_000, 4 * 2**40), "normal": (16_000, 64 * 2**30)}
+
+
+def test_the_desired_objects_are_decoded_again_only_after_a_revision(tmp_path: Path) -> None:
+    """Every controller pass and every move of the endpoints asks for every desired object:
+    they are read again only once a revision was applied, here or by another control plane
+    sharing the database."""
+    from sqlalchemy import event
+
+    first = Store(f"sqlite:///{tmp_path / 's.db'}")
+    second = Store(f"sqlite:///{tmp_path / 's.db'}", keys=first.keys)  # another server, one database
+    first.apply_revision(Revision("git:x", "1" * 40), [deployment(), service("web", {"app": "web"})], [], 1.0)
+    reads: list[str] = []
+    event.listen(
+        first.engine,
+        "before_cursor_execute",
+        lambda *a: reads.append(a[2]) if a[2].startswith("SELECT objects.kind") else None,  # whole rows
+    )
+    assert sorted(str(m.key) for m in first.desired()) == ["Deployment default/web", "Service default/web"]
+    assert len(first.desired()) == 2 and len(reads) == 1
+    second.apply_revision(Revision("git:x", "2" * 40), [deployment(replicas=5)], [], 2.0)
+    assert [(str(m.key), m.body["spec"]["replicas"]) for m in first.desired()] == [
+        ("Deployment default/web", 5)
+    ]
+    assert len(reads) == 2
+    first.close()
+    second.close()
