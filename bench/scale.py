@@ -535,7 +535,7 @@ async def run(args: argparse.Namespace, server: Server, join_token: str, figures
         await wait_for(
             "agents synced",
             lambda: all(a.synced for a in agents) or f"{sum(a.synced for a in agents)} synced",
-            120,
+            max(120.0, args.nodes * 0.04),  # 200 s for 5,000 nodes
         )
         figures["start_s"] = round(time.monotonic() - start, 2)
         say(f"start: {args.nodes} hollow nodes registered and synced in {figures['start_s']} s")
