@@ -113,6 +113,7 @@ log = structlog.get_logger(__name__)
 
 WATCH_SECONDS = 25.0  # how long one long-poll waits for news before it is asked again
 _HELD = ("pods", "services", "routes", "claims")  # parts of a reply kept in `Agent._held`
+_DELTA = ("services_from", "services_changed", "services_removed")  # applied by `_complete`, then dropped
 
 LOG_TAIL_LINES = 20
 LOG_TAIL_BYTES = 4000
@@ -669,11 +670,13 @@ class Agent:
 
     def _complete(self, reply: dict[str, Any]) -> dict[str, Any]:
         """`reply` with what it left out as unchanged filled in from the replies before, and
-        the Services changed since the version held applied to those held."""
-        if reply.get("services") is None and reply.get("services_changed") is not None:
-            if reply.get("services_from") == self._held.get("services_version") and "services" in self._held:
+        the Services changed since the version held applied to those held (and dropped from
+        it: a later quiet tick must not apply them again to the next version)."""
+        delta = {key: reply.pop(key) for key in _DELTA if key in reply}
+        if reply.get("services") is None and delta.get("services_changed") is not None:
+            if delta.get("services_from") == self._held.get("services_version") and "services" in self._held:
                 self._held["services"] = changed_services(
-                    self._held["services"], reply["services_changed"], reply.get("services_removed") or []
+                    self._held["services"], delta["services_changed"], delta.get("services_removed") or []
                 )
                 self._held["services_version"] = reply["services_version"]
                 if reply.get("routes") is not None:

@@ -226,6 +226,12 @@ def test_the_agent_takes_the_services_changed_since_the_version_it_holds(
     ).json()
     assert agent._held["services"] == everything["services"]
     assert agent._held["services_version"] == everything["services_version"]
+    # A tick that skips its call (watching, nothing new) completes the last reply again: the
+    # changes it carried are not applied to the version they led to (the agent then held
+    # no version and fetched every Service after every delta).
+    agent._complete(agent._quiet_reply())
+    assert agent._held["services_version"] == everything["services_version"]
+    assert agent._held["services"] == everything["services"]
 
 
 def test_an_agent_refused_its_name_stops_and_says_why(plane: ControlPlane, tmp_path: Path) -> None:
