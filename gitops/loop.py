@@ -165,6 +165,11 @@ class Loop:
             log.error(f"{self.name}.stopped", error=str(exc), **self.context)
 
     @property
+    def alive(self) -> bool:
+        """Whether the loop's thread runs (a stopped loop's until its step ends)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
     def ended(self) -> bool:
         """Whether the loop was started and its thread has ended (stopped, `Ended`, fatal)."""
         return self._thread is not None and not self._thread.is_alive()

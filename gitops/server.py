@@ -35,6 +35,7 @@ from gitops.api.githttp import git_router
 from gitops.api.webhooks import webhook_router
 from gitops.controller import Controller
 from gitops.health import Health
+from gitops.loop import Loop
 from gitops.metrics import Metrics
 from gitops.redact import redact_logs_with
 from gitops.schemas.validate import DEFAULT_POLICY, Policy
@@ -104,6 +105,7 @@ class ControlPlane:
     _stopping: threading.Event = field(default_factory=threading.Event)
     _leader_lock: threading.Lock = field(default_factory=threading.Lock)
     _led_epoch: int = 0  # the epoch of the lease this process last led by (0: none since it started)
+    _stopped_loops: list[Loop] = field(default_factory=list)  # the last leader's, still in a step
     _started: float = field(default_factory=time.monotonic)
     _started_at: float = field(default_factory=time.time)
     _settled: bool = False
@@ -180,6 +182,12 @@ class ControlPlane:
         """This control plane took the lease: sync the sources, compute previews and run the
         controller."""
         assert self.lease is not None
+        if any(loop.alive for loop in self._stopped_loops):
+            # A step of the loops stopped last is still running (a long sync or pass): with
+            # the same epoch it would pass the fence beside its replacement. Next time.
+            log.info("server.lead_deferred", reason="a step of the last leader's loops still runs")
+            return
+        self._stopped_loops = []
         epoch, led = self.lease.epoch, self._led_epoch
         if not led or epoch not in (led, led + 1):
             # Another leader may have led in between (a lease taken again right after this
@@ -253,6 +261,7 @@ class ControlPlane:
         was = self._leading and not to_lead_again
         self._leading = False
         self.metrics.leader.set(0)
+        loops = self._loops()
         for sync in self.syncs:
             sync.stop()
         for previews in self.previews:
@@ -260,6 +269,7 @@ class ControlPlane:
         if self.controller is not None:
             self.controller.stop()
         self.syncs, self.previews, self.controller = [], [], None
+        self._stopped_loops = [loop for loop in loops if loop.alive]  # a step past the stop's wait
         if was and not self._stopping.is_set():
             leader = self._leader()
             log.warning("server.following", leader=leader.holder if leader else "")
@@ -292,11 +302,14 @@ class ControlPlane:
             elif not held and self._leading:
                 self._follow()
 
-    def _loops_ended(self) -> bool:
+    def _loops(self) -> list[Loop]:
         loops = [*(s.loop for s in self.syncs), *(p.loop for p in self.previews)]
         if self.controller is not None:
             loops.append(self.controller.loop)
-        return any(loop.ended for loop in loops)
+        return loops
+
+    def _loops_ended(self) -> bool:
+        return any(loop.ended for loop in self._loops())
 
     def _keep_leasing(self) -> None:
         assert self.lease is not None

@@ -137,3 +137,29 @@ def test_a_leader_whose_renewal_came_late_runs_its_loops_again(tmp_path: Path) -
         assert cp._settled  # no one else led: what it knew still holds
     finally:
         cp.stop()
+
+
+def test_a_leader_does_not_start_its_loops_again_while_a_step_of_the_old_ones_runs(tmp_path: Path) -> None:
+    """Leading again with the same epoch, a step of the old loops still running past the
+    stop's wait (a long sync or pass) would pass the fence beside its replacement: the new
+    loops start only once it has ended."""
+    (tmp_path / "manifests").mkdir()
+    (tmp_path / "manifests" / "c.yaml").write_text(CONFIGMAP)
+    cp = plane(tmp_path, "one", Store(f"sqlite:///{tmp_path / 'state.db'}"))
+    cp.start()
+    try:
+        wait_for(cp.settled, what="the sources read")
+
+        class Running:
+            alive = True  # as a loop whose step outlived `Loop.stop`'s wait
+
+        with cp._leader_lock:
+            cp._follow(to_lead_again=True)
+            cp._stopped_loops = [Running()]  # type: ignore[list-item]
+            cp._lead()
+            assert not cp._leading and cp.controller is None
+            Running.alive = False
+        wait_for(lambda: cp._leading and cp.controller is not None, timeout=10, what="leading again")
+        assert status(cp)["epoch"] == 1
+    finally:
+        cp.stop()

@@ -109,6 +109,7 @@ class Lease:
         self._renewed_at = float("-inf")  # by `clock`: when the last renewal that succeeded began
         self._published = (False, False)  # sources_read and settled, as last given to `hold`
         self._by_writes = False  # this process's write transactions renew it (`renew_with_writes`)
+        self._asked_at = float("-inf")  # by `clock`: when `hold` was last called (the lease thread lives)
         self._lock = threading.Lock()  # epoch, valid_until and _renewed_at move together
         self._postgresql = store.engine.dialect.name == "postgresql"
         self._now = _now(store.engine.dialect.name)
@@ -120,7 +121,7 @@ class Lease:
     def hold(self, *, sources_read: bool = False, settled: bool = False) -> bool:
         """Renew the lease if held, else take it if it is free or expired; whether this
         process holds it now. `sources_read` and `settled` are published with a renewal."""
-        started = self.clock()
+        started = self._asked_at = self.clock()
         published, self._published = self._published, (sources_read, settled)
         if (
             self._by_writes
@@ -163,9 +164,12 @@ class Lease:
     def renew_within(self, s: Session) -> Callable[[], None] | None:
         """Renew the lease in `s`, a write transaction of this process about to commit, if
         it is held and was not renewed in the last `ttl / 10` seconds: what to call once the
-        transaction committed (the renewal counts from then on), or None."""
+        transaction committed (the renewal counts from then on), or None. Only while the
+        lease thread lives (it called `hold` in the last `3 * ttl` seconds, time for a
+        renewal of its own waiting out SQLite's 10 s busy timeout): agents' writes must not
+        keep a lease whose holder no longer leads."""
         epoch, started = self.epoch, self.clock()
-        if not epoch or started - self._renewed_at < self.ttl / 10:
+        if not epoch or started - self._renewed_at < self.ttl / 10 or started - self._asked_at > 3 * self.ttl:
             return None
         if not self._renew_in(s, epoch):
             return None

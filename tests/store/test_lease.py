@@ -185,6 +185,11 @@ def test_on_sqlite_the_leaders_own_writes_renew_its_lease(tmp_path: Path) -> Non
         assert lease.hold(settled=True)  # something new to publish: it renews itself
         assert [q for q in statements if q.lstrip().startswith("UPDATE leases")]
         assert lease.read() is not None and lease.leader is not None and lease.leader.settled
+        clock.now += 16.0  # the lease thread has not asked for 3 ttl: it is gone or stuck
+        statements.clear()
+        store.add_event("x", "Report", "a write while no lease thread asks", clock.now)
+        assert not [q for q in statements if "leases" in q] and not lease.held
+        assert lease.hold()  # the lease thread again: its own renewal
         lease.release()
         statements.clear()
         store.add_event("x", "Report", "after the lease was given up", clock.now + 10)
