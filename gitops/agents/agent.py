@@ -112,6 +112,7 @@ from gitops.schemas.checks import is_label_value
 log = structlog.get_logger(__name__)
 
 WATCH_SECONDS = 25.0  # how long one long-poll waits for news before it is asked again
+TICK_STUCK_SECONDS = 90.0  # no tick began for this long (three sync timeouts): stop watching
 _HELD = ("pods", "services", "routes", "claims")  # parts of a reply kept in `Agent._held`
 _DELTA = ("services_from", "services_changed", "services_removed")  # applied by `_complete`, then dropped
 
@@ -388,6 +389,7 @@ class Agent:
     _news: bool = False  # the long-poll saw the pods, Services or a log request move
     _synced: threading.Event = field(default_factory=threading.Event)  # set after each sync call
     _sent: tuple[str, float] = ("", float("-inf"))  # digest of the last report sent, and when
+    _ticked_at: float = float("-inf")  # monotonic time the last tick began (`_may_watch`)
     _last_reply: dict[str, Any] | None = None  # the last reply, for ticks that skip the call
     _watcher: threading.Thread | None = None
     _assigned_cache: dict[PodId, Pod] = field(default_factory=dict)
@@ -620,6 +622,17 @@ class Agent:
             "logs": [],
         }
 
+    def _may_watch(self) -> bool:
+        """Whether to long-poll now: registered, holding a reply's versions, and ticking. A
+        watch is a heartbeat to the control plane: an agent whose ticks stopped (a Docker
+        call that never returns) stops watching after `TICK_STUCK_SECONDS`, so that its
+        node goes NotReady and its pods are replaced."""
+        return (
+            bool(self._token)
+            and "pods_version" in self._held
+            and time.monotonic() - self._ticked_at < TICK_STUCK_SECONDS
+        )
+
     def _watch(self) -> None:
         """Long-poll the control plane for news (in a thread of its own): a change of this
         node's pods, of the Services, or a log request wakes the tick at once. Stops
@@ -628,7 +641,8 @@ class Agent:
         failures = 0
         try:
             while not self._stop.is_set():
-                if not self._token or "pods_version" not in self._held:
+                if not self._may_watch():
+                    self._watching = False
                     self._stop.wait(self.config.interval)
                     continue
                 server = self.server
@@ -708,6 +722,7 @@ class Agent:
     # --- one tick -------------------------------------------------------------------
 
     def tick(self) -> None:
+        self._ticked_at = time.monotonic()
         node = self.config.node
         try:
             containers = self.runtime.list(node)

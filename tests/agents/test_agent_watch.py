@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gitops.agents.agent import Agent, AgentConfig
+from gitops.agents.agent import TICK_STUCK_SECONDS, Agent, AgentConfig
 from gitops.model import NodeName
 from gitops.server import ControlPlane
 from tests.agents.fakes import MemoryRuntime
@@ -59,3 +59,26 @@ def test_a_watching_agent_calls_only_with_news_a_change_or_a_heartbeat_due(
     agent._watching = False  # the long-poll is down: every tick calls
     agent.tick()
     assert calls == ["sync", "sync", "sync"]
+
+
+def test_an_agent_whose_ticks_stopped_stops_watching(plane: ControlPlane, tmp_path: Path) -> None:
+    """A watch is a heartbeat to the control plane: an agent whose tick hangs (a Docker call
+    that never returns) must not keep its node Ready by watching alone."""
+    config = AgentConfig(
+        iptables=NO_IPTABLES,
+        server=plane.url,
+        node=NodeName("n1"),
+        join_token=plane.join_token,
+        state_dir=tmp_path,
+        address=NODE["address"],  # type: ignore[arg-type]
+        capacity=(4000, 2**32),
+        heartbeat_seconds=3.0,
+    )
+    agent = Agent(config, MemoryRuntime())
+    assert not agent._may_watch()  # nothing held yet
+    agent.tick()
+    assert agent._may_watch()
+    agent._ticked_at = time.monotonic() - TICK_STUCK_SECONDS  # no tick began since
+    assert not agent._may_watch()
+    agent.tick()
+    assert agent._may_watch()
