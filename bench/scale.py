@@ -326,7 +326,12 @@ class HollowAgent:
                     await asyncio.sleep(0.5)
                     continue
                 body = json.dumps(
-                    {"have_pods": self.versions[0], "have_services": self.versions[1], "timeout": 25}
+                    {
+                        "have_pods": self.versions[0],
+                        "have_services": self.versions[1],
+                        "timeout": 25,
+                        "service_deltas": True,  # as the real agent: a move of the Services comes along
+                    }
                 ).encode()
                 try:
                     status, reply = await self.watch_connection.request(
@@ -338,7 +343,17 @@ class HollowAgent:
                 except (OSError, HttpError):
                     await asyncio.sleep(1.0)
                     continue
-                if status == 200 and json.loads(reply).get("changed"):
+                answer = json.loads(reply) if status == 200 else {}
+                if (
+                    answer.get("changed")
+                    and answer.get("services_changed") is not None
+                    and answer.get("pods_version") == self.versions[0]
+                    and not answer.get("logs")
+                ):
+                    # Only the Services moved, and their changes came along: held, no sync call
+                    # (these agents program no proxy).
+                    self.versions = (self.versions[0], answer["services_version"])
+                elif answer.get("changed"):
                     held = self.versions
                     self.news.set()
                     for _ in range(50):  # until the sync it wakes brought the new versions

@@ -390,6 +390,8 @@ class Agent:
     _synced: threading.Event = field(default_factory=threading.Event)  # set after each sync call
     _sent: tuple[str, float] = ("", float("-inf"))  # digest of the last report sent, and when
     _ticked_at: float = float("-inf")  # monotonic time the last tick began (`_may_watch`)
+    _arrived: dict[str, Any] | None = None  # a watch answer with Services changes, for the next tick
+    _arrived_lock: threading.Lock = field(default_factory=threading.Lock)
     _last_reply: dict[str, Any] | None = None  # the last reply, for ticks that skip the call
     _watcher: threading.Thread | None = None
     _assigned_cache: dict[PodId, Pod] = field(default_factory=dict)
@@ -657,6 +659,7 @@ class Agent:
                             "have_pods": self._held.get("pods_version", ""),
                             "have_services": self._held.get("services_version", ""),
                             "timeout": WATCH_SECONDS,
+                            "service_deltas": True,  # a move of the Services comes with what changed
                         },
                         headers={"Authorization": f"Bearer {self._token}"},
                     )
@@ -672,11 +675,21 @@ class Agent:
                     continue
                 failures = 0
                 self._watching = True
-                if response.json().get("changed"):
+                answer = response.json()
+                if answer.get("changed"):
                     self._synced.clear()
-                    self._news = True
+                    brought = answer.get("services_changed") is not None
+                    if brought:  # the Services' changes came along: the next tick applies them
+                        with self._arrived_lock:
+                            self._arrived = answer
+                    if (
+                        not brought
+                        or answer.get("logs")
+                        or answer.get("pods_version") != self._held.get("pods_version")
+                    ):
+                        self._news = True  # something only a sync call brings
                     self.loop.trigger()
-                    self._synced.wait(5.0)  # the next long-poll holds what this sync brings
+                    self._synced.wait(5.0)  # the next long-poll holds what this brings
         finally:
             self._watching = False
             if http is not None:
@@ -687,6 +700,20 @@ class Agent:
         the Services changed since the version held applied to those held (and dropped from
         it: a later quiet tick must not apply them again to the next version)."""
         delta = {key: reply.pop(key) for key in _DELTA if key in reply}
+        with self._arrived_lock:
+            arrived, self._arrived = self._arrived, None
+        held = self._held.get("services_version", "")
+        if (
+            arrived is not None
+            and not delta
+            and reply.get("services") is None
+            and reply.get("services_version", "") in ("", held)
+        ):
+            # Changes a watch answer brought (this reply brought nothing newer): applied as a
+            # sync reply's would be, with no call made for them.
+            delta = {key: arrived[key] for key in _DELTA if key in arrived}
+            reply["services_version"], reply["routes"] = arrived["services_version"], arrived.get("routes")
+            self._synced.set()  # the watch may ask again, holding them
         if reply.get("services") is None and delta.get("services_changed") is not None:
             if delta.get("services_from") == self._held.get("services_version") and "services" in self._held:
                 self._held["services"] = changed_services(

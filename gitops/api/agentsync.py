@@ -27,6 +27,9 @@ neither side may cost a write, a full read or a re-encoding per call.
   of saturating the server (kube-proxy's `minSyncPeriod` bounds the same cost per node).
 - A reply carries the version of the node's pods and of the Services; a request names the
   versions it holds, and gets null for what has not moved since.
+- To an agent that takes deltas, a long-poll answered for a move of the Services carries
+  the same changes (`WatchReply.services_changed`): it applies them with no sync call, so a
+  move costs each agent one answer, not an answer and a call.
 - A heartbeat of an agent that long-polls, saying what its last report said and holding the
   versions of the last reply, is answered on the event loop from memory (the app's
   `_unchanged`): the token remembered, the digest of the report compared, the versions as

@@ -342,8 +342,10 @@ def create_app(
         )
         return Response(json_object(fields, services), media_type="application/json")
 
-    @app.post("/agent/v1/nodes/{name}/watch", response_model=WatchReply)
-    async def agent_watch(name: str, request: WatchRequest, _: str = Depends(node_token)) -> dict[str, Any]:
+    @app.post("/agent/v1/nodes/{name}/watch", response_model=WatchReply, response_model_exclude_none=True)
+    async def agent_watch(
+        name: str, request: WatchRequest, _: str = Depends(node_token)
+    ) -> dict[str, Any] | Response:
         """Long-poll: answered once the node's pods or the Services move from the versions
         the agent holds, or a log request waits for it; else after `timeout` seconds.
 
@@ -351,10 +353,25 @@ def create_app(
         statement), as a kubelet's Lease renewal is apart from its status updates: an agent
         whose sync calls queue behind others' report writes (3,000 nodes while 30,000 pods
         come up: minutes) is still alive, and its node must not go NotReady and lose its
-        pods for the server's slowness."""
+        pods for the server's slowness.
+
+        To an agent that takes deltas, an answer for a move of the Services carries the
+        Services changed since the version it holds (as a sync reply would, text encoded
+        once): every move otherwise cost every agent a watch answer and a sync call."""
         if reports.beat(name, clock()):
             await run_in_threadpool(reports.flush)
-        return await watch.wait(name, request.have_pods, request.have_services, request.timeout)
+        answer = await watch.wait(name, request.have_pods, request.have_services, request.timeout)
+        if (
+            request.service_deltas
+            and answer["changed"]
+            and answer["services_version"] != request.have_services
+        ):
+            version, parts = await run_in_threadpool(
+                endpoints.reply_parts, request.have_services, name, deltas=True
+            )
+            if version == answer["services_version"] and "services_changed" in parts:
+                return Response(json_object(answer, parts), media_type="application/json")
+        return answer
 
     def _note_proxy_problems(node: str, reported: tuple[str, ...], now: float) -> None:
         """Rules a node's proxy skipped: an event when they change, a metric, a log line."""

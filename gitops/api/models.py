@@ -263,6 +263,9 @@ class WatchRequest(_Strict):
     have_pods: Annotated[str, Field(max_length=128)] = ""
     have_services: Annotated[str, Field(max_length=128)] = ""
     timeout: Annotated[float, Field(ge=0, le=60)] = 25.0
+    # The answer to a move of the Services may carry what changed since `have_services`
+    # (as `SyncRequest.service_deltas`): no sync call is needed for it.
+    service_deltas: bool = False
 
 
 class WatchReply(BaseModel):
@@ -270,6 +273,13 @@ class WatchReply(BaseModel):
     pods_version: str
     services_version: str
     logs: bool = False  # a `gitops logs` request waits for this node: sync to get it
+    # To an agent that asked for deltas, when the Services moved and the server still holds
+    # the version the agent holds: the Services changed since `services_from`, the keys
+    # removed, and the routes (null: unchanged), as in `SyncReply`; absent otherwise.
+    services_from: str | None = None
+    services_changed: list[dict[str, Any]] | None = None
+    services_removed: list[tuple[str, str]] | None = None
+    routes: list[tuple[str, str]] | None = None
 
 
 class SyncReply(BaseModel):

@@ -7,12 +7,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from gitops.agents.agent import TICK_STUCK_SECONDS, Agent, AgentConfig
-from gitops.model import NodeName
+from gitops.model import NodeName, Revision
 from gitops.server import ControlPlane
 from tests.agents.fakes import MemoryRuntime
 from tests.api.test_agent_sync_server import NO_IPTABLES, NODE
 from tests.api.test_agent_watch import plane
+from tests.planner.factories import deployment, service
 
 __all__ = ["plane"]  # the fixture
 
@@ -82,3 +85,52 @@ def test_an_agent_whose_ticks_stopped_stops_watching(plane: ControlPlane, tmp_pa
     assert not agent._may_watch()
     agent.tick()
     assert agent._may_watch()
+
+
+def test_the_agent_applies_the_services_a_watch_answer_brought_without_a_call(
+    plane: ControlPlane, tmp_path: Path
+) -> None:
+    """A move of the Services reaches a watching agent in its watch answer: its next tick
+    applies the changes with no sync call, and holds what a full reply would give."""
+    config = AgentConfig(
+        iptables=NO_IPTABLES,
+        server=plane.url,
+        node=NodeName("n5"),
+        join_token=plane.join_token,
+        state_dir=tmp_path / "agent",
+        address="192.0.2.50",
+        capacity=(4000, 2**32),
+        heartbeat_seconds=30.0,
+    )
+    agent = Agent(config, MemoryRuntime())
+    agent.register()
+    calls: list[str] = []
+    agent.http.event_hooks["response"].append(lambda r: calls.append(r.url.path))
+    agent.tick()
+    agent.tick()  # reports what the first tick found
+    plane.store.apply_revision(
+        Revision("git:x", "2" * 40),
+        [deployment(replicas=2), service("web", {"app": "web"}), service("api", {"app": "api"})],
+        [],
+        2.0,
+    )
+    auth = {"Authorization": f"Bearer {agent._token}"}
+    answer = httpx.post(  # what the agent's watch thread asks and gets
+        f"{plane.url}/agent/v1/nodes/n5/watch",
+        json={
+            "have_pods": agent._held["pods_version"],
+            "have_services": agent._held["services_version"],
+            "timeout": 10,
+            "service_deltas": True,
+        },
+        headers=auth,
+        timeout=20,
+    ).json()
+    assert [s["name"] for s in answer["services_changed"]] == ["api"]
+    agent._arrived, agent._watching = answer, True
+    calls.clear()
+    agent.tick()
+    assert calls == []  # no sync call for it
+    everything = httpx.post(f"{plane.url}/agent/v1/nodes/n5/sync", json={}, headers=auth).json()
+    assert agent._held["services"] == everything["services"]
+    assert agent._held["services_version"] == everything["services_version"] == answer["services_version"]

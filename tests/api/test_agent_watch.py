@@ -187,3 +187,28 @@ def test_a_watch_is_a_heartbeat(plane: ControlPlane) -> None:
     time.sleep(1.1)  # the buffered heartbeats are due: the next call writes them
     watch(plane, token, {"pods_version": "", "services_version": ""}, timeout=0)
     assert beat() > registered
+
+
+def test_a_watch_answer_for_a_move_of_the_services_carries_what_changed(plane: ControlPlane) -> None:
+    """Every move of the Services cost every agent a watch answer and a sync call: to an
+    agent that takes deltas, the answer carries the Services changed since its version."""
+    token = register(plane.url, plane.join_token)
+    held = sync(plane, token, service_deltas=True)
+    plane.store.apply_revision(
+        Revision("git:x", "2" * 40), [service("web", {"app": "web"}), service("api", {"app": "api"})], [], 2.0
+    )
+    request = {
+        "have_pods": held["pods_version"],
+        "have_services": held["services_version"],
+        "timeout": 10,
+        "service_deltas": True,
+    }
+    auth = {"Authorization": f"Bearer {token}"}
+    answer = httpx.post(f"{plane.url}/agent/v1/nodes/n1/watch", json=request, headers=auth, timeout=20).json()
+    assert answer["changed"] is True and answer["services_version"] != held["services_version"]
+    assert answer["services_from"] == held["services_version"]
+    assert [s["name"] for s in answer["services_changed"]] == ["api"] and answer["services_removed"] == []
+    assert answer["pods_version"] == held["pods_version"]
+    # An agent that does not take deltas is told only that something moved.
+    plain = watch(plane, token, held, timeout=10)
+    assert plain["changed"] is True and plain.get("services_changed") is None
