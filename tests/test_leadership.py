@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,20 @@ def plane(tmp_path: Path, name: str, store: Store, **options: Any) -> ControlPla
         settle_seconds=0.0,
         **options,
     )
+
+
+@contextmanager
+def lone_leader(tmp_path: Path, store: Store | None = None, **options: Any) -> Iterator[ControlPlane]:
+    """A control plane alone on a SQLite file, leading, its sources read; stopped after."""
+    (tmp_path / "manifests").mkdir()
+    (tmp_path / "manifests" / "c.yaml").write_text(CONFIGMAP)
+    cp = plane(tmp_path, "one", store or Store(f"sqlite:///{tmp_path / 'state.db'}"), **options)
+    cp.start()
+    try:
+        wait_for(cp.settled, what="the sources read")
+        yield cp
+    finally:
+        cp.stop()
 
 
 def status(cp: ControlPlane) -> dict[str, object]:
@@ -85,15 +101,9 @@ def test_a_lone_leader_on_sqlite_keeps_its_lease_while_its_own_writes_keep_the_d
     """At 3,000 hollow nodes the lease thread's renewal never got SQLite's write lock between
     the process's own report batches ("database is locked" after the busy timeout), the lease
     lapsed and the only control plane stopped its controller for good. Its writes renew it."""
-    (tmp_path / "manifests").mkdir()
-    (tmp_path / "manifests" / "c.yaml").write_text(CONFIGMAP)
     store = Store(f"sqlite:///{tmp_path / 'state.db'}")
-    cp = plane(tmp_path, "one", store, lease_ttl=3.0)
-    cp.start()
-    try:
-        wait_for(cp.settled, what="the sources read")
-        controller = cp.controller
-        assert cp.lease is not None and controller is not None
+    with lone_leader(tmp_path, store, lease_ttl=3.0) as cp:
+        assert cp.lease is not None and cp.controller is not None
 
         def starved(*_args: object) -> bool:
             raise OperationalError("UPDATE leases", {}, sqlite3.OperationalError("database is locked"))
@@ -109,8 +119,6 @@ def test_a_lone_leader_on_sqlite_keeps_its_lease_while_its_own_writes_keep_the_d
         wait_for(lambda: status(cp)["leader"] is True, timeout=10, what="leading")
         assert status(cp)["epoch"] == 1 and cp.lease.held
         assert cp.controller is not None and not cp.controller.loop.ended
-    finally:
-        cp.stop()
 
 
 def test_a_leader_whose_renewal_came_late_runs_its_loops_again(tmp_path: Path) -> None:
@@ -118,12 +126,7 @@ def test_a_leader_whose_renewal_came_late_runs_its_loops_again(tmp_path: Path) -
     leader's loops see it and end. Once it is renewed, the control plane, still the only
     holder, leads again (with what it knew: no one else led meanwhile) instead of leading
     with no controller."""
-    (tmp_path / "manifests").mkdir()
-    (tmp_path / "manifests" / "c.yaml").write_text(CONFIGMAP)
-    cp = plane(tmp_path, "one", Store(f"sqlite:///{tmp_path / 'state.db'}"))
-    cp.start()
-    try:
-        wait_for(cp.settled, what="the sources read")
+    with lone_leader(tmp_path) as cp:
         before = cp.controller
         assert before is not None and cp.lease is not None
         with cp._leader_lock:  # no renewal meanwhile
@@ -138,20 +141,13 @@ def test_a_leader_whose_renewal_came_late_runs_its_loops_again(tmp_path: Path) -
         )
         assert status(cp)["leader"] is True and status(cp)["epoch"] == 1
         assert cp._settled  # no one else led: what it knew still holds
-    finally:
-        cp.stop()
 
 
 def test_a_leader_does_not_start_its_loops_again_while_a_step_of_the_old_ones_runs(tmp_path: Path) -> None:
     """Leading again with the same epoch, a step of the old loops still running past the
     stop's wait (a long sync or pass) would pass the fence beside its replacement: the new
     loops start only once it has ended."""
-    (tmp_path / "manifests").mkdir()
-    (tmp_path / "manifests" / "c.yaml").write_text(CONFIGMAP)
-    cp = plane(tmp_path, "one", Store(f"sqlite:///{tmp_path / 'state.db'}"))
-    cp.start()
-    try:
-        wait_for(cp.settled, what="the sources read")
+    with lone_leader(tmp_path) as cp:
 
         class Running:
             alive = True  # as a loop whose step outlived `Loop.stop`'s wait
@@ -164,5 +160,3 @@ def test_a_leader_does_not_start_its_loops_again_while_a_step_of_the_old_ones_ru
             Running.alive = False
         wait_for(lambda: cp._leading and cp.controller is not None, timeout=10, what="leading again")
         assert status(cp)["epoch"] == 1
-    finally:
-        cp.stop()

@@ -20,20 +20,27 @@ from tests.planner.factories import deployment, service
 __all__ = ["plane"]  # the fixture
 
 
-def test_a_watching_agent_calls_only_with_news_a_change_or_a_heartbeat_due(
-    plane: ControlPlane, tmp_path: Path
-) -> None:
+def watching_agent(
+    plane: ControlPlane, tmp_path: Path, *, node: str = "n1", heartbeat_seconds: float = 3.0
+) -> Agent:
+    """An agent of `plane` with a long-poll heartbeat, on no Docker and no kernel."""
     config = AgentConfig(
         iptables=NO_IPTABLES,
         server=plane.url,
-        node=NodeName("n1"),
+        node=NodeName(node),
         join_token=plane.join_token,
-        state_dir=tmp_path,
-        address=NODE["address"],  # type: ignore[arg-type]
+        state_dir=tmp_path / node,
+        address=NODE["address"] if node == "n1" else "192.0.2.50",  # type: ignore[arg-type]
         capacity=(4000, 2**32),
-        heartbeat_seconds=3.0,
+        heartbeat_seconds=heartbeat_seconds,
     )
-    agent = Agent(config, MemoryRuntime())
+    return Agent(config, MemoryRuntime())
+
+
+def test_a_watching_agent_calls_only_with_news_a_change_or_a_heartbeat_due(
+    plane: ControlPlane, tmp_path: Path
+) -> None:
+    agent = watching_agent(plane, tmp_path)
     calls: list[str] = []
     original = agent._sync_call
 
@@ -67,17 +74,7 @@ def test_a_watching_agent_calls_only_with_news_a_change_or_a_heartbeat_due(
 def test_an_agent_whose_ticks_stopped_stops_watching(plane: ControlPlane, tmp_path: Path) -> None:
     """A watch is a heartbeat to the control plane: an agent whose tick hangs (a Docker call
     that never returns) must not keep its node Ready by watching alone."""
-    config = AgentConfig(
-        iptables=NO_IPTABLES,
-        server=plane.url,
-        node=NodeName("n1"),
-        join_token=plane.join_token,
-        state_dir=tmp_path,
-        address=NODE["address"],  # type: ignore[arg-type]
-        capacity=(4000, 2**32),
-        heartbeat_seconds=3.0,
-    )
-    agent = Agent(config, MemoryRuntime())
+    agent = watching_agent(plane, tmp_path)
     assert not agent._may_watch()  # nothing held yet
     agent.tick()
     assert agent._may_watch()
@@ -92,17 +89,7 @@ def test_the_agent_applies_the_services_a_watch_answer_brought_without_a_call(
 ) -> None:
     """A move of the Services reaches a watching agent in its watch answer: its next tick
     applies the changes with no sync call, and holds what a full reply would give."""
-    config = AgentConfig(
-        iptables=NO_IPTABLES,
-        server=plane.url,
-        node=NodeName("n5"),
-        join_token=plane.join_token,
-        state_dir=tmp_path / "agent",
-        address="192.0.2.50",
-        capacity=(4000, 2**32),
-        heartbeat_seconds=30.0,
-    )
-    agent = Agent(config, MemoryRuntime())
+    agent = watching_agent(plane, tmp_path, node="n5", heartbeat_seconds=30.0)
     agent.register()
     calls: list[str] = []
     agent.http.event_hooks["response"].append(lambda r: calls.append(r.url.path))
