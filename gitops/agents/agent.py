@@ -601,15 +601,19 @@ class Agent:
         report says what the last one did, the heartbeat is not due, and the last reply
         was a settled control plane's with no log request in it."""
         last = self._last_reply
+        if last is None:
+            return False
+        # The control plane says how often it needs a heartbeat (a quarter of its NotReady
+        # grace): an agent heartbeating every 10 s made a 6-s grace flap.
+        every = min(self.config.heartbeat_seconds, float(last.get("heartbeat_seconds") or "inf"))
         return (
             self.config.heartbeat_seconds > 0
             and self._watching
             and not self._news
-            and last is not None
             and bool(last.get("authoritative", True))
             and not last.get("logs")
             and said == self._sent[0]
-            and time.monotonic() - self._sent[1] < self.config.heartbeat_seconds
+            and time.monotonic() - self._sent[1] < every
         )
 
     def _quiet_reply(self) -> dict[str, Any]:

@@ -258,6 +258,10 @@ def create_app(
             "allow_host_paths": list(allow_host_paths),
             "allow_privileged": allow_privileged,
             "authoritative": authoritative(),
+            # How often this control plane needs to hear from the agent: a quarter of the
+            # grace before it counts the node NotReady (Kubernetes' node status every 10 s
+            # against a 40 s grace).
+            "heartbeat_seconds": store.heartbeat_grace / 4,
             "logs": logs.pending(name),
             # The claims whose volumes this node keeps; any other claim volume of ours it
             # deletes. Null with `pods` (the pods' version covers them).

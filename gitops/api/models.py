@@ -310,6 +310,9 @@ class SyncReply(BaseModel):
     # False while the control plane may not yet know every pod (just started: it has not read
     # all its sources, or heard from its agents): agents keep containers it did not assign.
     authoritative: bool = True
+    # The longest the agent may go without a sync when it has nothing new to say: a quarter
+    # of the control plane's NotReady grace (the agent's own, if shorter, holds).
+    heartbeat_seconds: float | None = None
     # The PersistentVolumeClaims (namespace/name) whose volumes this node keeps; the agent
     # deletes its other claim volumes (only when `authoritative`). Null with `pods`.
     claims: list[str] | None = []

@@ -121,3 +121,19 @@ def test_the_agent_applies_the_services_a_watch_answer_brought_without_a_call(
     everything = httpx.post(f"{plane.url}/agent/v1/nodes/n5/sync", json={}, headers=auth).json()
     assert agent._held["services"] == everything["services"]
     assert agent._held["services_version"] == everything["services_version"] == answer["services_version"]
+
+
+def test_an_agent_heartbeats_as_often_as_its_control_plane_needs(plane: ControlPlane, tmp_path: Path) -> None:
+    """The control plane says how often it needs to hear from a quiet agent (a quarter of
+    its NotReady grace, 40 s here): an agent set to 30 s syncs after 10 s all the same (one
+    heartbeating every 10 s made a 6-s grace flap its node NotReady)."""
+    agent = watching_agent(plane, tmp_path, heartbeat_seconds=30.0)
+    agent.tick()
+    agent.tick()
+    assert agent._last_reply is not None and agent._last_reply["heartbeat_seconds"] == 10.0
+    agent._watching = True
+    said = agent._sent[0]
+    agent._sent = (said, time.monotonic() - 9.0)
+    assert agent._may_skip(said)
+    agent._sent = (said, time.monotonic() - 10.5)
+    assert not agent._may_skip(said)
