@@ -152,21 +152,25 @@ def test_a_report_like_the_last_writes_nothing_and_gets_back_only_versions(plane
     assert not [p for p in plane.store.pods(node="n1") if p.pod_ip == "10.244.0.2" and p.ready]
 
 
-def test_an_agent_keeps_what_a_reply_leaves_out(plane: ControlPlane, tmp_path: Path) -> None:
-    """The real agent names the versions it holds and fills in what the reply leaves out."""
+def registered_agent(plane: ControlPlane, tmp_path: Path, node: str, address: str) -> Agent:
+    """A real agent of `plane` on no Docker and no kernel, registered."""
     config = AgentConfig(
         iptables=NO_IPTABLES,
         server=plane.url,
-        node=NodeName("n3"),
+        node=NodeName(node),
         join_token=plane.join_token,
         state_dir=tmp_path / "agent",
-        address="192.0.2.30",
+        address=address,
         capacity=(4000, 2**32),
     )
     agent = Agent(config, MemoryRuntime())
     agent.register()
-    reconcile_once(plane.store, time.time())  # the Deployment's two pods, bound to n3
-    replies: list[dict[str, object]] = []
+    return agent
+
+
+def sync_replies(agent: Agent) -> list[dict[str, Any]]:
+    """The replies to `agent`'s sync calls from now on, as it received them."""
+    replies: list[dict[str, Any]] = []
 
     def seen(response: httpx.Response) -> None:
         if response.url.path.endswith("/sync"):
@@ -174,6 +178,14 @@ def test_an_agent_keeps_what_a_reply_leaves_out(plane: ControlPlane, tmp_path: P
             replies.append(response.json())
 
     agent.http.event_hooks["response"].append(seen)
+    return replies
+
+
+def test_an_agent_keeps_what_a_reply_leaves_out(plane: ControlPlane, tmp_path: Path) -> None:
+    """The real agent names the versions it holds and fills in what the reply leaves out."""
+    agent = registered_agent(plane, tmp_path, "n3", "192.0.2.30")
+    reconcile_once(plane.store, time.time())  # the Deployment's two pods, bound to n3
+    replies = sync_replies(agent)
     for _ in range(4):
         agent.tick()
     assert any(r["pods"] is None and r["services"] is None for r in replies)
@@ -187,25 +199,8 @@ def test_the_agent_takes_the_services_changed_since_the_version_it_holds(
 ) -> None:
     """After a Service is added, the real agent gets that Service alone and holds every
     Service as a full reply would give them."""
-    config = AgentConfig(
-        iptables=NO_IPTABLES,
-        server=plane.url,
-        node=NodeName("n4"),
-        join_token=plane.join_token,
-        state_dir=tmp_path / "agent",
-        address="192.0.2.40",
-        capacity=(4000, 2**32),
-    )
-    agent = Agent(config, MemoryRuntime())
-    agent.register()
-    replies: list[dict[str, Any]] = []
-
-    def seen(response: httpx.Response) -> None:
-        if response.url.path.endswith("/sync"):
-            response.read()
-            replies.append(response.json())
-
-    agent.http.event_hooks["response"].append(seen)
+    agent = registered_agent(plane, tmp_path, "n4", "192.0.2.40")
+    replies = sync_replies(agent)
     agent.tick()
     assert [s["name"] for s in agent._held["services"]] == ["web"]
     plane.store.apply_revision(
