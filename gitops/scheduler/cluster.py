@@ -223,6 +223,23 @@ def _counts_pod(cluster: Cluster, counted: Counted, pod: Pod) -> bool:
     )
 
 
+class RevisionPods:
+    """One owner and revision's pods in a placement run: their count per node (kept sparse
+    while no pod asked to spread from them), how many the run placed, and once asked for,
+    their spread column (`Usage.spread`) with its parts, kept up to date by `Usage.bind`."""
+
+    __slots__ = ("bound", "by_node", "column", "counts", "per_zone", "placed", "sparse")
+
+    def __init__(self, bound: IntArray | None) -> None:
+        self.bound = bound  # the bound pods per node (the cluster's column, read-only)
+        self.placed = 0
+        self.sparse: dict[int, int] | None = None  # node -> pods placed there, while `counts` is None
+        self.counts: IntArray | None = None  # bound and placed pods per node
+        self.column: FloatArray | None = None  # the spread score per node
+        self.by_node: FloatArray | None = None  # its `h` part
+        self.per_zone: FloatArray | None = None  # pods per zone code
+
+
 class Usage:
     """What one placement run has used so far: free resources and spread columns per node.
 
@@ -244,12 +261,13 @@ class Usage:
         self.cpu_free_float = cluster.cpu_free.astype(np.float64)
         self.memory_free_float = cluster.memory_free.astype(np.float64)
         self.all_nodes: BoolArray = _frozen(np.ones(len(cluster), dtype=np.bool_))
-        self._placed_owners: dict[Revision, int] = {}
-        self._owner_sparse: dict[Revision, dict[int, int]] = {}
-        self._zone_pods: dict[Revision, FloatArray] = {}
-        self._by_node: dict[Revision, FloatArray] = {}  # h of `spread`, per revision
-        self._owner_pods: dict[Revision, IntArray] = {}
-        self._spread: dict[Revision, FloatArray] = {}
+        self._revisions: dict[Revision, RevisionPods] = {}
+        # Each node's zone code as a plain int, and the nodes of each zone (for `spread`).
+        self._zones: list[int] | None = (
+            cluster.domains(ZONE).tolist() if ZONE in cluster.label_codes else None
+        )
+        self._zone_members = cluster.members(ZONE) if self._zones is not None else []
+        self._no_zone = cluster.no_domain(ZONE)
         self._host_ports: dict[tuple[int, str], BoolArray] = {}  # copied from the cluster on write
         self._claim_nodes: dict[str, int] = {}  # claims first used by a pod placed in this run
         self.placed: list[tuple[int, Pod]] = []  # pods placed in this run, with their node
@@ -271,8 +289,20 @@ class Usage:
         self._domain_counts: dict[Hashable, tuple[int, BoolArray | None, FloatArray, IntArray, int]] = {}
         # Required anti-affinity terms of pods in the cluster -> pods holding each per domain.
         self.repelling: dict[PodAffinityTerm, IntArray] = {}
+        self._repelled: dict[tuple[int, int], bool] = {}  # (kind, terms held) -> whether repelled
         for i, pod in cluster.pods:
             self._hold(i, pod)
+
+    def repelled(self, pod: Pod) -> bool:
+        """Whether some pod in the cluster has a required anti-affinity term `pod` matches
+        (cached per namespace and labels while no new term is held: terms are only added)."""
+        if not self.repelling:
+            return False
+        key = (self._kind(pod), len(self.repelling))
+        found = self._repelled.get(key)
+        if found is None:
+            found = self._repelled[key] = any(self.counts_pod(("term", term), pod) for term in self.repelling)
+        return found
 
     def counts_pod(self, counted: Counted, pod: Pod) -> bool:
         """Whether `pod` is one of those `counted` counts (cached per namespace and labels)."""
@@ -353,63 +383,74 @@ class Usage:
         taken = self._host_ports.get(claim)
         return taken if taken is not None else self.cluster.host_ports.get(claim)
 
+    def revision(self, owner: Revision) -> RevisionPods:
+        """The run's record of one owner and revision's pods (`bind` and `spread` take it)."""
+        found = self._revisions.get(owner)
+        if found is None:
+            found = self._revisions[owner] = RevisionPods(self.cluster.owner_pods.get(owner))
+        return found
+
     def owner_pods(self, owner: Revision) -> IntArray:
         """The owner's pods per node (bound and placed)."""
-        counts = self._owner_pods.get(owner)
+        return self._owner_counts(self.revision(owner))
+
+    def _owner_counts(self, revision: RevisionPods) -> IntArray:
+        counts = revision.counts
         if counts is None:
-            shared = self.cluster.owner_pods.get(owner)
+            shared = revision.bound
             counts = np.zeros(len(self.cluster), dtype=np.int64) if shared is None else shared.copy()
-            for i, placed in self._owner_sparse.pop(owner, {}).items():
+            for i, placed in (revision.sparse or {}).items():
                 counts[i] += placed
-            self._owner_pods[owner] = counts
+            revision.sparse = None
+            revision.counts = counts
         return counts
 
-    def spread(self, owner: Revision) -> FloatArray | None:
+    def spread(self, owner: Revision | RevisionPods) -> FloatArray | None:
         """Kubernetes' default spreading of the pods of one owner and revision (its template
         hash, as a ReplicaSet's selector has it), per node: `h = 1 / (1 + those pods on the
         node)`, and when nodes have zones `(h + z) / 2` with `z` the same per zone (`z = h`
         on a node without one). None while there is no such pod at all (the score would be 1
         everywhere). Kept up to date by `bind`."""
-        known = self._spread.get(owner)
-        if known is not None:
-            return known
-        if owner not in self.cluster.owner_pods and not self._placed_owners.get(owner):
+        revision = owner if isinstance(owner, RevisionPods) else self.revision(owner)
+        if revision.column is not None:
+            return revision.column
+        if revision.bound is None and not revision.placed:
             return None
-        counts = self.owner_pods(owner)
+        counts = self._owner_counts(revision)
         by_node: FloatArray = (1.0 / (1.0 + counts)).astype(np.float64)
-        self._by_node[owner] = by_node.copy()
-        cluster = self.cluster
-        if ZONE in cluster.label_codes:
+        revision.by_node = by_node.copy()
+        if self._zones is not None:
+            cluster = self.cluster
             zones = cluster.domains(ZONE)
-            per_zone = np.bincount(zones, weights=counts, minlength=cluster.no_domain(ZONE) + 1).astype(
-                np.float64
-            )
-            self._zone_pods[owner] = per_zone
-            by_zone = np.where(zones != cluster.no_domain(ZONE), 1.0 / (1.0 + per_zone[zones]), by_node)
+            per_zone = np.bincount(zones, weights=counts, minlength=self._no_zone + 1).astype(np.float64)
+            revision.per_zone = per_zone
+            by_zone = np.where(zones != self._no_zone, 1.0 / (1.0 + per_zone[zones]), by_node)
             by_node += by_zone
             by_node /= 2.0
-        self._spread[owner] = by_node
+        revision.column = by_node
         return by_node
 
-    def _spread_bound(self, i: int, owner: Revision, count: int) -> None:
-        """Update the owner's spread column for one more of its pods on node `i`."""
-        column = self._spread.get(owner)
+    def _spread_bound(self, i: int, revision: RevisionPods, count: int) -> None:
+        """Update the revision's spread column (if asked for) for one more of its pods on node `i`."""
+        column = revision.column
         if column is None:
             return
-        cluster = self.cluster
         by_node = 1.0 / (1.0 + float(count))
-        if ZONE not in cluster.label_codes:
+        zones = self._zones
+        if zones is None:
             column[i] = by_node
             return
-        self._by_node[owner][i] = by_node
-        zone = int(cluster.domains(ZONE)[i])
-        if zone == cluster.no_domain(ZONE):
+        h = revision.by_node
+        per_zone = revision.per_zone
+        assert h is not None and per_zone is not None  # set with the column
+        h[i] = by_node
+        zone = zones[i]
+        if zone == self._no_zone:
             column[i] = (by_node + by_node) / 2.0
             return
-        per_zone = self._zone_pods[owner]
         per_zone[zone] += 1.0
-        members = cluster.members(ZONE)[zone]
-        column[members] = (self._by_node[owner][members] + 1.0 / (1.0 + per_zone[zone])) / 2.0
+        members = self._zone_members[zone]
+        column[members] = (h[members] + 1.0 / (1.0 + per_zone[zone])) / 2.0
 
     def pods_on_nodes(self) -> dict[int, list[Pod]]:
         """The bound pods of each node index, in `bound` order (built once per run)."""
@@ -454,23 +495,27 @@ class Usage:
                 assert taken is not None  # _room made this run's copy
                 taken[i] = True
 
-    def bind(self, i: int, pod: Pod) -> None:
+    def bind(self, i: int, pod: Pod, revision: RevisionPods | None = None) -> None:
+        """Place `pod` on node `i`; `revision` is `revision()` of its owner and template
+        hash, when the caller has it at hand."""
         for volume_claim in pod.spec.claims:
             if self.claim_node(volume_claim) is None:
                 self._claim_nodes[volume_claim] = i
         self._room(i, pod, 1)
-        owner = (pod.owner, pod.template_hash)
-        self._placed_owners[owner] = self._placed_owners.get(owner, 0) + 1
-        counts = self._owner_pods.get(owner)
-        if counts is None and owner not in self.cluster.owner_pods:
+        if revision is None:
+            revision = self.revision((pod.owner, pod.template_hash))
+        revision.placed += 1
+        if revision.counts is None and revision.bound is None:
             # An owner nobody asked about yet: counted sparsely (10,000 owners of one pod
             # each are not 10,000 columns).
-            sparse = self._owner_sparse.setdefault(owner, {})
-            sparse[i] = sparse.get(i, 0) + 1
+            if revision.sparse is None:
+                revision.sparse = {i: 1}
+            else:
+                revision.sparse[i] = revision.sparse.get(i, 0) + 1
         else:
-            counts = self.owner_pods(owner)
+            counts = self._owner_counts(revision)
             counts[i] += 1
-            self._spread_bound(i, owner, int(counts[i]))
+            self._spread_bound(i, revision, int(counts[i]))
         self.placed.append((i, pod))
         if self._counted:
             kind = self._kind(pod)

@@ -17,9 +17,11 @@ and nothing changed since, the next of its class gets the same answer at once.
 
 from __future__ import annotations
 
+import gc
 import math
 from collections import Counter
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,7 +38,7 @@ from gitops.model import (
     Preemption,
 )
 from gitops.scheduler.checks import BEYOND_ROOM, CHECKS, SCORERS, Scorer, static_mask
-from gitops.scheduler.cluster import BoolArray, Cluster, FloatArray, Usage
+from gitops.scheduler.cluster import BoolArray, Cluster, FloatArray, RevisionPods, Usage
 from gitops.scheduler.preempt import preempt
 
 NO_NODES = "0/0 nodes: no nodes registered"
@@ -133,74 +135,121 @@ class _LocalClass:
     scores: no claims, pod affinity or spread constraints): the same for every pod with the
     same requests, host ports and static keys, whatever its owner. Their totals are kept
     between pods and recomputed only at the nodes whose room changed since (`touched`);
-    the owner's default spread is added at the end."""
+    the owner's default spread is added at the end.
+
+    `masked` is -inf where a static check fails; where the room is short it may still hold
+    a total until `exact` makes it -inf there too. A total computed everywhere skips the
+    room checks (a third of its cost), since the node it picks nearly always has the room:
+    it is the one with the most room left. The node picked is checked (`has_room`); only
+    when it lacks room is the array made exact and the pick made again. Either way the pick
+    is the first best node that fits: every node that fits has its true total in `masked`,
+    and no node before the pick has a higher one."""
 
     static_feasible: BoolArray
     static_parts: tuple[tuple[str, FloatArray], ...]  # weighted static scores
     static_masks: tuple[BoolArray | None, ...]
-    masked: FloatArray | None = None  # per node: the total, -inf where the pod does not fit
+    static_blocking: tuple[FloatArray, ...]  # the static scores, -inf where a static check fails
+    masked: FloatArray | None = None  # per node: the total, -inf where the pod does not fit (see above)
+    exact: bool = False  # whether `masked` is -inf at every node whose room is short too
     seen: int = 0  # `len(usage.touched)` when `masked` was last brought up to date
     failed_at: int = -1  # `len(usage.touched)` when a pod of the class last fit nowhere
     reason: str = ""
+    dropped: bool = False  # no longer kept by the run (its `masked` freed)
 
     def parts(
-        self, usage: Usage, pod: Pod, at: npt.NDArray[np.int64] | None
+        self, usage: Usage, pod: Pod, at: npt.NDArray[np.int64]
     ) -> tuple[BoolArray, list[tuple[str, FloatArray]]]:
-        """Feasibility and the weighted score parts at nodes `at` (all when None)."""
+        """Feasibility and the weighted score parts at nodes `at`."""
         spec = pod.spec
-        feasible = self.static_feasible if at is None else self.static_feasible[at]
         cpu, memory = spec.cpu_request_milli, spec.memory_request_bytes
-        cpu_free = usage.cpu_free if at is None else usage.cpu_free[at]
-        memory_free = usage.memory_free if at is None else usage.memory_free[at]
-        feasible = feasible & (usage.has_slot if at is None else usage.has_slot[at])
+        feasible = self.static_feasible[at] & usage.has_slot[at]
         if cpu:
-            feasible &= cpu_free >= cpu
+            feasible &= usage.cpu_free[at] >= cpu
         if memory:
-            feasible &= memory_free >= memory
+            feasible &= usage.memory_free[at] >= memory
         for claim in spec.host_port_claims:
             taken = usage.host_port_taken(claim)
             if taken is not None:
-                feasible &= ~(taken if at is None else taken[at])
+                feasible &= ~taken[at]
         cluster = usage.cluster
-        cpu_float = usage.cpu_free_float if at is None else usage.cpu_free_float[at]
-        memory_float = usage.memory_free_float if at is None else usage.memory_free_float[at]
-        least = cpu_float - float(cpu)
-        least /= cluster.cpu_scale if at is None else cluster.cpu_scale[at]
-        memory_part = memory_float - float(memory)
-        memory_part /= cluster.memory_scale if at is None else cluster.memory_scale[at]
+        least = usage.cpu_free_float[at] - float(cpu)
+        least /= cluster.cpu_scale[at]
+        memory_part = usage.memory_free_float[at] - float(memory)
+        memory_part /= cluster.memory_scale[at]
         least += memory_part
         least /= 2.0
         parts = [("least allocated", least)]
-        parts += [(name, part if at is None else part[at]) for name, part in self.static_parts]
+        parts += [(name, part[at]) for name, part in self.static_parts]
         return feasible, parts
 
     def at_node(self, usage: Usage, pod: Pod, i: int) -> float:
         """`parts` for one node, in plain floats (the same operations, the same result)."""
+        if not self.static_feasible[i] or not self.has_room(usage, pod, i):
+            return -math.inf
         spec = pod.spec
-        cpu, memory = spec.cpu_request_milli, spec.memory_request_bytes
-        if not self.static_feasible[i] or usage.pods_free[i] <= 0:
-            return -math.inf
-        if (cpu and usage.cpu_free[i] < cpu) or (memory and usage.memory_free[i] < memory):
-            return -math.inf
-        for claim in spec.host_port_claims:
-            taken = usage.host_port_taken(claim)
-            if taken is not None and taken[i]:
-                return -math.inf
         cluster = usage.cluster
-        least = (float(usage.cpu_free_float[i]) - float(cpu)) / float(cluster.cpu_scale[i])
-        memory_part = (float(usage.memory_free_float[i]) - float(memory)) / float(cluster.memory_scale[i])
+        least = (float(usage.cpu_free_float[i]) - float(spec.cpu_request_milli)) / float(cluster.cpu_scale[i])
+        memory_part = (float(usage.memory_free_float[i]) - float(spec.memory_request_bytes)) / float(
+            cluster.memory_scale[i]
+        )
         total = (least + memory_part) / 2.0
         for _, part in self.static_parts:
             total += float(part[i])
         return total
+
+    @staticmethod
+    def has_room(usage: Usage, pod: Pod, i: int) -> bool:
+        """Whether node `i` has a pod slot, the cpu, memory and host ports `pod` asks for."""
+        spec = pod.spec
+        cpu, memory = spec.cpu_request_milli, spec.memory_request_bytes
+        if usage.pods_free[i] <= 0:
+            return False
+        if (cpu and usage.cpu_free[i] < cpu) or (memory and usage.memory_free[i] < memory):
+            return False
+        for claim in spec.host_port_claims:
+            taken = usage.host_port_taken(claim)
+            if taken is not None and taken[i]:
+                return False
+        return True
+
+    def everywhere(self, usage: Usage, pod: Pod) -> FloatArray:
+        """The totals at every node, -inf where a static check fails (room left unchecked)."""
+        spec = pod.spec
+        cluster = usage.cluster
+        total = usage.cpu_free_float - float(spec.cpu_request_milli)
+        total /= cluster.cpu_scale
+        memory_part = usage.memory_free_float - float(spec.memory_request_bytes)
+        memory_part /= cluster.memory_scale
+        total += memory_part
+        total *= 0.5  # `/ 2.0`, exactly (both round the same real number)
+        for part in self.static_blocking:  # the static scores in order, adding 0.0 where none
+            total += part
+        return total
+
+    def make_exact(self, usage: Usage, pod: Pod) -> FloatArray:
+        """`masked`, with -inf also at every node whose room is short."""
+        assert self.masked is not None
+        spec = pod.spec
+        cpu, memory = spec.cpu_request_milli, spec.memory_request_bytes
+        short = ~usage.has_slot
+        if cpu:
+            short |= usage.cpu_free < cpu
+        if memory:
+            short |= usage.memory_free < memory
+        for claim in spec.host_port_claims:
+            taken = usage.host_port_taken(claim)
+            if taken is not None:
+                short |= taken
+        np.putmask(self.masked, short, -np.inf)
+        self.exact = True
+        return self.masked
 
     def update(self, usage: Usage, pod: Pod) -> FloatArray:
         """`masked`, brought up to date with what changed since it was computed."""
         touched = usage.touched
         n = len(usage.cluster)
         if self.masked is None or len(touched) - self.seen > n // 8:
-            feasible, parts = self.parts(usage, pod, None)
-            self.masked = np.where(feasible, _total(parts), -np.inf)
+            self.masked, self.exact = self.everywhere(usage, pod), False
         elif len(touched) - self.seen <= 2:  # a pod of the class just before: one node or two
             for i in touched[self.seen :]:
                 self.masked[i] = self.at_node(usage, pod, i)
@@ -214,13 +263,23 @@ class _LocalClass:
 
 _STATIC_CHECKS = tuple(check for check in CHECKS if check.static)
 _STATIC_SCORERS = tuple(scorer for scorer in SCORERS if scorer.static)
+_STATIC_CHECK_KEYS = tuple(check.key for check in _STATIC_CHECKS)
+_STATIC_SCORER_KEYS = tuple(scorer.key for scorer in _STATIC_SCORERS)
 
 
 def _local_class(usage: Usage, pod: Pod, checks: Hashable, scorers: Hashable) -> _LocalClass:
     """A new class; `checks` and `scorers` are the pod's static checks' and scorers' keys
     (what they share with other classes is computed once per run)."""
     shared_key = ("class", checks, scorers)
-    shared: tuple[BoolArray, tuple[tuple[str, FloatArray], ...], tuple[BoolArray | None, ...]] | None
+    shared: (
+        tuple[
+            BoolArray,
+            tuple[tuple[str, FloatArray], ...],
+            tuple[BoolArray | None, ...],
+            tuple[FloatArray, ...],
+        ]
+        | None
+    )
     shared = usage.static.get(shared_key)
     if shared is None:
         masks = tuple(static_mask(usage, check, pod) if check.static else None for check in CHECKS)
@@ -233,7 +292,11 @@ def _local_class(usage: Usage, pod: Pod, checks: Hashable, scorers: Hashable) ->
             part = _static_score(usage, scorer, pod)
             if part is not None:
                 parts.append((scorer.name, part))
-        shared = usage.static[shared_key] = (feasible, tuple(parts), masks)
+        blocking: tuple[FloatArray, ...] = ()
+        if parts or not feasible.all():
+            first = parts[0][1] if parts else np.zeros(len(usage.cluster), dtype=np.float64)
+            blocking = (np.where(feasible, first, -np.inf), *(part for _, part in parts[1:]))
+        shared = usage.static[shared_key] = (feasible, tuple(parts), masks, blocking)
     return _LocalClass(*shared)
 
 
@@ -241,8 +304,8 @@ def _signature(pod: Pod) -> tuple[Hashable, Hashable, Hashable]:
     """What decides where a pod of a `_LocalClass` goes (its owner's spread aside), and
     the parts of it that are the static checks' and scorers' keys."""
     spec = pod.spec
-    checks = tuple(check.key(pod) for check in _STATIC_CHECKS)
-    scorers = tuple(scorer.key(pod) for scorer in _STATIC_SCORERS)
+    checks = tuple([key(pod) for key in _STATIC_CHECK_KEYS])
+    scorers = tuple([key(pod) for key in _STATIC_SCORER_KEYS])
     return (
         (checks, scorers, spec.cpu_request_milli, spec.memory_request_bytes, spec.host_port_claims),
         checks,
@@ -250,15 +313,44 @@ def _signature(pod: Pod) -> tuple[Hashable, Hashable, Hashable]:
     )
 
 
-def _is_local(usage: Usage, pod: Pod) -> bool:
-    """Whether only per-node columns decide where `pod` goes (see `_LocalClass`)."""
-    spec = pod.spec
+def _spec_is_local(spec: PodSpec) -> bool:
+    """Whether, by its spec, only per-node columns decide where a pod goes (`_LocalClass`):
+    no claims, topology spread constraints or pod affinity of its own."""
     affinity = spec.affinity
     if spec.claims or spec.topology_spread or affinity.pod_required or affinity.anti_required:
         return False
-    if affinity.pod_preferred or affinity.anti_preferred:
-        return False
-    return not any(usage.counts_pod(("term", term), pod) for term in usage.repelling)
+    return not (affinity.pod_preferred or affinity.anti_preferred)
+
+
+@dataclass
+class _Spec:
+    """What a run works out once per pod spec object: its class's signature and keys,
+    whether the spec alone leaves it to per-node columns, and its class while kept."""
+
+    spec: PodSpec  # held, so that the `id` this is filed under stays its own
+    signature: Hashable
+    checks: Hashable
+    scorers: Hashable
+    local: bool
+    klass: _LocalClass | None = None
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cycle collector held off for one run. A run allocates many small objects
+    (its per-spec records, counts, results) and makes no reference cycles, so collecting
+    during it frees nothing, while each full collection the allocations trigger walks every
+    object of the process (a control plane holding 150,000 pods has millions). Measured on
+    `bench/scheduler.py`'s distinct case: a quarter of the run. Reference counting still
+    frees what the run drops; the collector runs again after it."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def place_on(
@@ -270,6 +362,17 @@ def place_on(
 ) -> Placements:
     """Place `pending` on `cluster`, the highest priority first (stably); `cluster` itself
     is left as it was. With `explain_placements`, say why each pod went where it did."""
+    with _collector_paused():
+        return _place_on(cluster, pending, budgets=budgets, explain_placements=explain_placements)
+
+
+def _place_on(
+    cluster: Cluster,
+    pending: Sequence[Pod],
+    *,
+    budgets: Sequence[DisruptionBudget],
+    explain_placements: bool,
+) -> Placements:
     usage = Usage(cluster)
     usage.disruptions = [budget.allowed for budget in budgets]
     assigned: dict[PodId, NodeName] = {}
@@ -279,36 +382,43 @@ def place_on(
     if any(pod.spec.priority != pending[0].spec.priority for pod in pending):
         pending = sorted(pending, key=lambda pod: -pod.spec.priority)
     local: dict[Hashable, _LocalClass] = {}
-    signatures: dict[int, tuple[PodSpec, tuple[Hashable, Hashable, Hashable]]] = {}  # id(spec) -> signature
+    specs: dict[int, _Spec] = {}  # id(spec) ->
+    revision = None
     for pod in pending:
         spec = pod.spec
-        known = signatures.get(id(spec))
-        if known is None or known[0] is not spec:
-            known = signatures[id(spec)] = (spec, _signature(pod))
-        signature, checks, scorers = known[1]
-        same = local.get(signature)
-        only_local = _is_local(usage, pod)
-        if same is None:
-            same = local[signature] = _local_class(usage, pod, checks, scorers)
-            if len(local) > MAX_LOCAL_CLASSES:  # all-distinct specs: keep memory bounded
-                del local[next(iter(local))]
-        elif only_local and same.failed_at == len(usage.touched):
+        known = specs.get(id(spec))
+        if known is None or known.spec is not spec:
+            signature, checks, scorers = _signature(pod)
+            known = specs[id(spec)] = _Spec(spec, signature, checks, scorers, _spec_is_local(spec))
+        same = known.klass
+        if same is None or same.dropped:
+            same = local.get(known.signature)
+            if same is None:
+                same = local[known.signature] = _local_class(usage, pod, known.checks, known.scorers)
+                if len(local) > MAX_LOCAL_CLASSES:  # all-distinct specs: keep memory bounded
+                    oldest = local.pop(next(iter(local)))
+                    oldest.dropped, oldest.masked = True, None
+            known.klass = same
+        only_local = known.local and not usage.repelled(pod)
+        if only_local and same.failed_at == len(usage.touched):
             unschedulable[pod.id] = same.reason
             continue
         masked = same.update(usage, pod)
-        extra = _extra_scores(usage, pod)
-        scores = masked
-        for _, part in extra:
-            scores = scores + part
-        if not only_local:
-            fits = _beyond_room(usage, pod)
-            if fits is not None:
-                scores = np.where(fits, scores, -np.inf)
-        top = int(np.argmax(scores)) if len(scores) else -1
-        if top >= 0 and np.isfinite(scores[top]):
+        if explain_placements and not same.exact:  # the runner-up must fit too
+            masked = same.make_exact(usage, pod)
+        if revision is None or revision[0] is not pod.owner or revision[1] != pod.template_hash:
+            revision = (pod.owner, pod.template_hash, usage.revision((pod.owner, pod.template_hash)))
+        while True:
+            scores, extra = _scores(usage, pod, masked, revision[2], only_local=only_local)
+            top = int(scores.argmax()) if len(scores) else -1
+            found = top >= 0 and scores[top] != -math.inf
+            if not found or same.exact or same.has_room(usage, pod, top):
+                break
+            masked = same.make_exact(usage, pod)  # the pick lacks room: pick again among those with it
+        if found:
             if explain_placements:
                 why[pod.id] = _why_node(usage, pod, same, extra=extra, scores=scores, best=top)
-            usage.bind(top, pod)
+            usage.bind(top, pod, revision[2])
             assigned[pod.id] = cluster.names[top]
             continue
         reason = explain(usage, pod, same.static_masks)
@@ -342,12 +452,13 @@ def place(
     """Place pending pods on nodes, given the pods already bound to them, the nodes holding
     PersistentVolumeClaims' volumes, the labels of namespaces (for namespace selectors) and
     the disruption budgets preemption respects."""
-    return place_on(
-        Cluster.build(nodes, bound, claims, namespaces),
-        pending,
-        budgets=budgets,
-        explain_placements=explain_placements,
-    )
+    with _collector_paused():
+        return _place_on(
+            Cluster.build(nodes, bound, claims, namespaces),
+            pending,
+            budgets=budgets,
+            explain_placements=explain_placements,
+        )
 
 
 _EXTRA_SCORERS = tuple(scorer for scorer in SCORERS if scorer.name in ("preferred pod affinity", "spread"))
@@ -362,6 +473,26 @@ def _extra_scores(usage: Usage, pod: Pod) -> list[tuple[str, FloatArray]]:
         if part is not None:
             parts.append((scorer.name, part if scorer.weight == 1.0 else scorer.weight * part))
     return parts
+
+
+def _scores(
+    usage: Usage, pod: Pod, masked: FloatArray, revision: RevisionPods, *, only_local: bool
+) -> tuple[FloatArray, list[tuple[str, FloatArray]]]:
+    """The pod's total per node (-inf where it does not fit) from its class's `masked`, and
+    the scores added to it."""
+    if only_local:  # of the extra scores, only the owner's default spread has something to say
+        spread = usage.spread(revision)
+        if spread is None:
+            return masked, []
+        return masked + spread, [("spread", spread)]
+    extra = _extra_scores(usage, pod)
+    scores = masked
+    for _, part in extra:
+        scores = scores + part
+    fits = _beyond_room(usage, pod)
+    if fits is not None:
+        scores = np.where(fits, scores, -np.inf)
+    return scores, extra
 
 
 def _beyond_room(usage: Usage, pod: Pod) -> BoolArray | None:

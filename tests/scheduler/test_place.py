@@ -3,6 +3,8 @@ why a pod fits nowhere."""
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 
 from gitops.model import ContainerPort, Node, NodeName, ObjectKey, Pod, PodName, Taint, Toleration
@@ -300,3 +302,55 @@ def test_a_cluster_is_not_changed_by_placing_on_it() -> None:
     assert place_on(cluster, [pod("b")]).assigned == {"default/b": "n1"}
     assert not cluster.pods_free.flags.writeable
     assert np.array_equal(cluster.pods_free, [1])
+
+
+# --- the pick is checked for room -----------------------------------------------------
+
+
+def _short_of_cpu_but_best_scored() -> tuple[list[Node], list[Pod]]:
+    """n1 has the most room left by the score (its memory is nearly all free) but 100m of
+    cpu left; n2 has 1000m and a fifth of its memory."""
+    nodes = [node("n1", cpu=1000, mem=64 * GiB), node("n2", cpu=4000, mem=10 * GiB)]
+    bound = [
+        pod("x", cpu=900, mem=0, owner="other", node_name="n1"),
+        pod("y", cpu=3000, mem=8 * GiB, owner="other", node_name="n2"),
+    ]
+    return nodes, bound
+
+
+def test_the_best_scored_node_short_of_room_is_passed_over() -> None:
+    nodes, bound = _short_of_cpu_but_best_scored()
+    result = place([pod("a", cpu=200), pod("b", cpu=200), pod("c", cpu=700)], nodes, bound)
+    assert result.assigned == {"default/a": "n2", "default/b": "n2"}
+    assert result.unschedulable == {"default/c": "0/2 nodes: 2 insufficient cpu"}
+    # A pod that fits n1 goes there: the score did favour it.
+    assert place([pod("a", cpu=100)], nodes, bound).assigned == {"default/a": "n1"}
+
+
+def test_the_runner_up_named_in_a_placement_has_room_too() -> None:
+    nodes, bound = _short_of_cpu_but_best_scored()  # n1 scores second best but lacks cpu
+    result = place([pod("a", cpu=200)], [node("n0"), *nodes], bound, explain_placements=True)
+    assert result.assigned == {"default/a": "n0"}
+    assert " on n2: " in result.why["default/a"]
+    assert place([pod("a", cpu=200)], nodes, bound, explain_placements=True).why == {
+        "default/a": "the only node that passes every check"
+    }
+
+
+def test_the_best_scored_node_without_a_pod_slot_is_passed_over() -> None:
+    nodes = [node("n1", cpu=8000, mem=64 * GiB, max_pods=1), node("n2")]
+    result = place([pod("a", owner="other")], nodes, [pod("x", cpu=0, mem=0, node_name="n1")])
+    assert result.assigned == {"default/a": "n2"}
+
+
+def test_placing_leaves_the_garbage_collector_as_it_was() -> None:
+    nodes, bound = _short_of_cpu_but_best_scored()
+    assert gc.isenabled()
+    place([pod("a", cpu=100)], nodes, bound)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        place([pod("a", cpu=100)], nodes, bound)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
