@@ -39,6 +39,7 @@ from gitops.model import (
     ObjectKey,
     PodId,
     PodSpec,
+    Preemption,
     ScaleState,
 )
 from gitops.planner.cron import job_manifest
@@ -52,7 +53,7 @@ from gitops.schemas.loader import SourceFile
 from gitops.schemas.validate import DEFAULT_POLICY, Policy, validate_files
 
 MAX_PASSES = 500
-Kind = Literal["create", "replace", "stop"]
+Kind = Literal["create", "replace", "stop", "place"]
 
 
 @dataclass(frozen=True)
@@ -64,11 +65,13 @@ class RevisionInfo:
 
 @dataclass(frozen=True)
 class PodAction:
-    """One pod the branch creates or stops, in which pass, on which node, and why."""
+    """One pod the branch creates, stops or places, in which pass, on which node, and why."""
 
     pass_: int
-    action: Literal["create", "stop"]
-    kind: Kind  # create: a new pod; replace: new or old side of a template change; stop: removal
+    action: Literal["create", "stop", "place"]
+    # create: a new pod; replace: new or old side of a template change; stop: removal;
+    # place: a pod pending since an earlier pass (one that waited for preemption's victims) lands
+    kind: Kind
     pod: str
     owner: str
     node: str | None  # where a new pod lands (None: unschedulable), or where a stopped one ran
@@ -179,8 +182,9 @@ def _actions(
         if pod.node is not None:
             for claim in pod.spec.claims:
                 held.setdefault(claim, pod.node)
+    placements = decision.placements
     for a in decision.plan.create:
-        node = decision.placements.assigned.get(a.pod.id)
+        node = placements.assigned.get(a.pod.id)
         place = _place(str(a.pod.owner), a.pod.id, a.pod.spec.node_name)
         kind: Kind = "replace" if _is_template_change(a.reason) or place in replaced else "create"
         replaced.discard(place)
@@ -196,11 +200,23 @@ def _actions(
                 _containers(a.pod.spec),
                 "; ".join(
                     why
-                    for why in (_placement(a.pod.spec, node, held), decision.placements.why.get(a.pod.id, ""))
+                    for why in (
+                        _placement(a.pod.spec, node, held),
+                        placements.why.get(a.pod.id, ""),
+                        _waiting(placements.preemptions.get(a.pod.id)),
+                    )
                     if why
                 ),
             )
         )
+    for pod in state.pods:  # pending pods of earlier passes this pass places
+        node = placements.assigned.get(pod.id) if pod.node is None else None
+        if node is not None:
+            why = "; ".join(
+                w for w in (_placement(pod.spec, node, held), placements.why.get(pod.id, "")) if w
+            )
+            reason = f"was pending: {pod.reason}" if pod.reason else "was pending"
+            result.append(PodAction(n, "place", "place", pod.id, str(pod.owner), node, reason, placement=why))
     for a in (*decision.evicted, *decision.preempted, *decision.plan.stop):
         kind = "replace" if _is_template_change(a.reason) else "stop"
         if kind == "replace":
@@ -209,6 +225,16 @@ def _actions(
             PodAction(n, "stop", kind, a.pod.id, str(a.pod.owner), nodes_of.get(a.pod.id), a.reason)
         )
     return result
+
+
+def _waiting(preemption: Preemption | None) -> str:
+    """Where a pod that preempts will land, and whom it waits for."""
+    if preemption is None:
+        return ""
+    if not preemption.victims:
+        return f"to land on {preemption.node} once its terminating pods are gone"
+    verb = "is" if len(preemption.victims) == 1 else "are"
+    return f"to land on {preemption.node} once {', '.join(preemption.victims)} {verb} gone (preempted)"
 
 
 def _place(owner: str, pod: PodId, node: str | None) -> tuple[str, str]:
@@ -398,6 +424,7 @@ def preview(
         "pods_replaced": sum(1 for a in actions if a.kind == "replace" and a.action == "stop"),
         "pods_stopped": sum(1 for a in actions if a.kind == "stop"),
         "pods_unschedulable": sum(u.pods for u in unschedulable),
+        "pods_placed": sum(1 for a in actions if a.kind == "place"),
     }
     return dataclasses.replace(
         info,

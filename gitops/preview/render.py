@@ -180,6 +180,9 @@ def _pod_line(a: PodAction) -> str:
         where = f"on {a.node}" if a.node else "unschedulable"
         placed = f" [{a.placement}]" if a.placement else ""
         return f"+ {a.pod}{_shape(a)} {where}{placed}: {a.reason}"
+    if a.action == "place":
+        placed = f" [{a.placement}]" if a.placement else ""
+        return f"> {a.pod} lands on {a.node}{placed}: {a.reason}"
     return f"- {a.pod}" + (f" on {a.node}" if a.node else "") + f": {a.reason}"
 
 

@@ -275,7 +275,7 @@ class Usage:
         self.reserved: list[tuple[int, Pod]] = []  # preemptors holding room, with their node
         self.disruptions: list[int] = []  # what each disruption budget still allows (set by the run)
         self.static: dict[Hashable, Any] = {}  # what static checks and scorers computed, by key
-        self.preempted: set[PodId] = set()  # bound pods whose room preemption gave away
+        self.preempted: set[PodId] = set()  # bound pods chosen as victims: leaving, room held till gone
         self._on_nodes: dict[int, list[Pod]] | None = None
         # What pods are counted for: each `Counted` gets a number (hashing a selector once),
         # each (namespace, labels, terminating) a number, and whether one counts for the
@@ -460,14 +460,17 @@ class Usage:
                 self._on_nodes.setdefault(i, []).append(pod)
         return self._on_nodes
 
-    def _room(self, i: int, pod: Pod, sign: int) -> None:
-        """Take (`sign` 1) or give back (-1) the pod's cpu, memory, pod slot and host ports."""
+    def _room(self, i: int, pod: Pod) -> None:
+        """Take the pod's cpu, memory, pod slot and host ports on node `i`."""
         self.touched.append(i)
-        self.cpu_free[i] -= sign * pod.spec.cpu_request_milli
-        self.memory_free[i] -= sign * pod.spec.memory_request_bytes
-        self.cpu_free_float[i] = self.cpu_free[i]
-        self.memory_free_float[i] = self.memory_free[i]
-        self.pods_free[i] -= sign
+        spec = pod.spec
+        if spec.cpu_request_milli:
+            self.cpu_free[i] -= spec.cpu_request_milli
+            self.cpu_free_float[i] = self.cpu_free[i]
+        if spec.memory_request_bytes:
+            self.memory_free[i] -= spec.memory_request_bytes
+            self.memory_free_float[i] = self.memory_free[i]
+        self.pods_free[i] -= 1
         self.has_slot[i] = self.pods_free[i] > 0
         for claim in pod.spec.host_port_claims:
             taken = self._host_ports.get(claim)
@@ -475,25 +478,12 @@ class Usage:
                 shared = self.cluster.host_ports.get(claim)
                 taken = np.zeros(len(self.cluster), dtype=np.bool_) if shared is None else shared.copy()
                 self._host_ports[claim] = taken
-            taken[i] = sign > 0
+            taken[i] = True
 
     def reserve(self, i: int, pod: Pod) -> None:
         """Hold the pod's room on node `i` (a preemptor waiting for its victims to go)."""
-        self._room(i, pod, 1)
+        self._room(i, pod)
         self.reserved.append((i, pod))
-
-    def release(self, i: int, pod: Pod) -> None:
-        """Give back the room of a bound pod of node `i` that preemption removes (a host port
-        stays taken while another pod there holds it too: bound pods may share one)."""
-        self.preempted.add(pod.id)
-        self._room(i, pod, -1)
-        staying = [p for p in self.pods_on_nodes().get(i, []) if p.id not in self.preempted]
-        staying += [p for j, p in (*self.placed, *self.reserved) if j == i]
-        for claim in pod.spec.host_port_claims:
-            if any(claim in p.spec.host_port_claims for p in staying):
-                taken = self.host_port_taken(claim)
-                assert taken is not None  # _room made this run's copy
-                taken[i] = True
 
     def bind(self, i: int, pod: Pod, revision: RevisionPods | None = None) -> None:
         """Place `pod` on node `i`; `revision` is `revision()` of its owner and template
@@ -501,7 +491,7 @@ class Usage:
         for volume_claim in pod.spec.claims:
             if self.claim_node(volume_claim) is None:
                 self._claim_nodes[volume_claim] = i
-        self._room(i, pod, 1)
+        self._room(i, pod)
         if revision is None:
             revision = self.revision((pod.owner, pod.template_hash))
         revision.placed += 1

@@ -11,8 +11,11 @@ that is coming anyway: they are removed at no cost and never victims (their room
 taken until they are gone).
 
 Only room is freed: a pod kept off a node by affinity or spread does not preempt. The pod
-itself is not placed in this run; its room on the chosen node is held for it (and the
-victims' released) so that later pods of the run do not take it.
+itself is not placed in this run; its room on the chosen node is held for it so that later
+pods of the run do not take it. Its victims keep their room until they are gone, as
+terminating pods do (kube-scheduler counts them until they are deleted): a later pod of
+the run does not land beside a pod still stopping, and a later preemptor may count them
+as leaving, as the next pass will.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ def _fits(pod: Pod, usage: Usage, i: int, freed: Sequence[Pod]) -> bool:
         return False
     if not spec.host_port_claims:
         return True
-    gone = {p.id for p in freed} | usage.preempted
+    gone = {p.id for p in freed}
     staying = [p for p in usage.pods_on_nodes().get(i, []) if p.id not in gone]
     staying += [p for j, p in (*usage.placed, *usage.reserved) if j == i]
     held = {claim for p in staying for claim in p.spec.host_port_claims}
@@ -76,7 +79,7 @@ def preempt(
     usage: Usage, pod: Pod, static_feasible: BoolArray, budgets: Sequence[DisruptionBudget]
 ) -> Preemption | None:
     """The node and victims that make room for `pod`, or None; on success the run's usage
-    holds the pod's room there and has the victims' released."""
+    holds the pod's room there and counts the victims as leaving."""
     if pod.spec.preemption_policy == "Never":
         return None
     priority = pod.spec.priority
@@ -89,11 +92,14 @@ def preempt(
     for i in np.flatnonzero(candidates):
         node = int(i)
         pods = on_node.get(node, [])
-        removable = [p for p in pods if p.spec.priority < priority and p.id not in usage.preempted]
+        removable = [p for p in pods if p.spec.priority < priority]
         if not removable or not _fits(pod, usage, node, removable):
             continue
-        leaving = [p for p in removable if p.terminating_at is not None]
-        ranked = sorted((p for p in removable if p.terminating_at is None), key=lambda p: -p.spec.priority)
+        leaving = [p for p in removable if p.terminating_at is not None or p.id in usage.preempted]
+        ranked = sorted(
+            (p for p in removable if p.terminating_at is None and p.id not in usage.preempted),
+            key=lambda p: -p.spec.priority,
+        )
         violating = _violating(ranked, budgets, usage.disruptions)
         order = [p for k, p in enumerate(ranked) if k in violating] + [
             p for k, p in enumerate(ranked) if k not in violating
@@ -117,7 +123,7 @@ def preempt(
         return None
     _, node, victims = best
     for victim in victims:
-        usage.release(node, victim)
+        usage.preempted.add(victim.id)
         for b, budget in enumerate(budgets):
             if _selects(budget, victim):
                 usage.disruptions[b] -= 1

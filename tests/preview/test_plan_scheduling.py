@@ -116,3 +116,47 @@ def test_more_anti_affine_replicas_than_nodes_place_one_per_node_and_name_the_re
     assert unschedulable["reason"] == (
         "0/48 nodes: 48 would violate pod anti-affinity (app=crowd on kubernetes.io/hostname)"
     )
+
+
+HIGH = """\
+apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata:
+  name: high
+value: 1000
+"""
+
+
+def test_a_preview_names_the_victims_of_preemption_and_where_the_preemptors_land(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every node runs a 3-cpu batch pod of 4; two 2-cpu pods of higher priority come."""
+    nodes = tmp_path / "nodes.yaml"
+    nodes.write_text(NODES)
+    repo = Repo(tmp_path / "repo")
+    repo.commit({"batch.yaml": deployment("batch", replicas=48, cpu="3")}, "batch")
+    api = deployment("api", replicas=2, cpu="2", extra="priorityClassName: high\n")
+    repo.commit({"api.yaml": api, "high.yaml": HIGH}, "api")
+    args = ["plan", "--repo", str(repo.path), "--base", "HEAD~1", "--state", str(nodes), "--format", "json"]
+    assert main(args) == 2
+    document = json.loads(capsys.readouterr().out)
+    first = [p for p in document["pods"] if p["pass"] == 0]
+    (victim,) = [p for p in first if p["action"] == "stop"]
+    assert victim["owner"] == "Deployment default/batch"
+    preemptor, follower = (p for p in first if p["action"] == "create")
+    node = victim["node"]
+    assert victim["reason"] == f"preempted by {preemptor['pod']} on {node} (priority 1000 > 0)"
+    assert preemptor["node"] is None and follower["node"] is None  # nothing lands beside a pod stopping
+    assert preemptor["placement"] == f"to land on {node} once {victim['pod']} is gone (preempted)"
+    assert follower["placement"] == f"to land on {node} once its terminating pods are gone"
+    landed = [p for p in document["pods"] if p["action"] == "place"]
+    assert {(p["pod"], p["node"], p["pass"]) for p in landed} == {
+        (preemptor["pod"], node, 1),
+        (follower["pod"], node, 1),
+    }
+    assert document["counts"]["pods_placed"] == 2 and document["counts"]["pods_stopped"] == 1
+    # The text form shows the same.
+    assert main(args[:-2]) == 2
+    text = capsys.readouterr().out
+    assert f"- {victim['pod']} on {node}: preempted by {preemptor['pod']}" in text
+    assert f"> {preemptor['pod']} lands on {node}" in text

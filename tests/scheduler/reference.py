@@ -29,9 +29,10 @@ Where the document is silent, this twin reads it as Kubernetes does:
   affinity term, then `- w * f(c)` for each anti-affinity term, divided by the weights.
 - Preemption: a preempting pod holds its host ports, a pod slot, cpu and memory on its
   node for the rest of the run (not its claims), and is not a pod in the cluster (no
-  affinity, spread or owner counts); its victims free the same, stay pods in the cluster
-  (they are still bound and not yet terminating), are never chosen again, and each takes
-  one disruption from every budget that selects it for the rest of the run. Victims are
+  affinity, spread or owner counts); its victims stay pods in the cluster and keep their
+  room until they are gone, as terminating pods do (a later preemptor of the run removes
+  them at no cost, as the next pass will), are never chosen again, and each takes one
+  disruption from every budget that selects it for the rest of the run. Victims are
   listed in the order of the reprieve walk (violating ones first, each group by priority,
   highest first), as kube-scheduler lists them. Terminating pods on the chosen node keep
   their room until they are gone, as in kube-scheduler. A budget's empty selector selects
@@ -216,10 +217,15 @@ class _Resident:
     labels: dict[str, str]
     bound: bool
     need: _Need
+    victim: bool = False  # chosen by a preemptor in this run: leaving, its room held till gone
 
     @property
     def priority(self) -> int:
         return self.pod.spec.priority
+
+    @property
+    def leaving(self) -> bool:
+        return self.victim or self.pod.terminating_at is not None
 
 
 @dataclass(slots=True, eq=False)
@@ -314,13 +320,6 @@ class _Cluster:
         self.cpu_free[node.index] -= need.cpu
         self.memory_free[node.index] -= need.memory
         self.ports[node.index].update(need.ports)
-
-    def free_room(self, resident: _Resident, node: _Node) -> None:
-        need = resident.need
-        self.residents[node.index].remove(resident)
-        self.cpu_free[node.index] += need.cpu
-        self.memory_free[node.index] += need.memory
-        self.ports[node.index].subtract(need.ports)
 
 
 def room_failure(
@@ -688,7 +687,7 @@ def _candidate(state: _PreFilter, node: _Node) -> _Candidate | None:
     if _room_without(state, node, removed) is not None:
         return None
     # Reprieve: highest priority first (a stable sort keeps `bound` order among equals).
-    running = sorted((r for r in removable if r.pod.terminating_at is None), key=lambda r: -r.priority)
+    running = sorted((r for r in removable if not r.leaving), key=lambda r: -r.priority)
     allowed = list(cluster.allowed)
     violating: list[_Resident] = []
     others: list[_Resident] = []
@@ -780,7 +779,7 @@ def reference_place(
         if candidate is not None:
             node, victims = candidate.node, candidate.victims
             for victim in victims:
-                cluster.free_room(victim, node)
+                victim.victim = True
                 for b, budget in enumerate(cluster.budgets):
                     if budget_selects(budget, victim.pod.namespace, victim.labels):
                         cluster.allowed[b] -= 1

@@ -25,6 +25,7 @@ from gitops.model import (
     WeightedPodAffinityTerm,
 )
 from gitops.scheduler import place
+from tests.scheduler.reference import reference_place
 from tests.specs import pod_spec
 
 GiB = 2**30
@@ -279,6 +280,27 @@ def test_room_held_for_a_preemptor_is_not_taken_by_later_pods() -> None:
     bound = [pod("a", "a", on="n0", cpu=1000)]
     result = place([pod("vip", "vip", cpu=600, priority=100), pod("z", "z", cpu=500)], nodes, bound)
     assert "default/vip" in result.preemptions and "default/z" in result.unschedulable
+
+
+def test_a_victim_keeps_its_room_until_it_is_gone() -> None:
+    """Found previewing a high-priority Deployment: its second pod was bound in the victim's
+    room while the victim was still stopping. As in kube-scheduler, a victim holds its room
+    until it is gone; the second pod waits for it too instead of taking a second victim."""
+    nodes = [node("n0"), node("n1")]
+    bound = [pod("a", "a", on="n0", cpu=3000), pod("b", "b", on="n1", cpu=3000)]
+    pending = [pod(f"vip{i}", "vip", cpu=2000, priority=100) for i in (1, 2)]
+    for result in (place(pending, nodes, bound), reference_place(pending, nodes, bound)):
+        assert result.assigned == {}
+        assert result.preemptions == {
+            "default/vip1": Preemption(NodeName("n0"), ("default/a",)),
+            "default/vip2": Preemption(NodeName("n0"), ()),
+        }
+        assert result.unschedulable["default/vip2"].endswith("; waiting for terminating pods to leave n0")
+    # A third needs a victim of its own: the room the first victim leaves is spoken for.
+    third = [*pending, pod("vip3", "vip", cpu=2000, priority=100)]
+    assert place(third, nodes, bound).preemptions["default/vip3"] == Preemption(
+        NodeName("n1"), ("default/b",)
+    )
 
 
 # --- why that node ----------------------------------------------------------------------

@@ -441,6 +441,14 @@ def check_invariants(result: Placements, case: Case) -> None:
             assert sum(p.spec.memory_request_bytes for p in pods) <= n.memory_bytes
         assert len(pods) <= n.max_pods
         assert n.ready
+        # A pod placed in the run fits beside every pod there now: victims and terminating
+        # pods hold their room until they are gone.
+        present = mine + [p for p in on_nodes if p.node == n.name]
+        if any(p.spec.cpu_request_milli for p in mine):
+            assert sum(p.spec.cpu_request_milli for p in present) <= n.cpu_milli
+        if any(p.spec.memory_request_bytes for p in mine):
+            assert sum(p.spec.memory_request_bytes for p in present) <= n.memory_bytes
+        assert not mine or len(present) <= n.max_pods
         for p in admitted:  # it shares none of its hostPorts with another pod there
             others = {c for q in pods if q is not p for c in q.spec.host_port_claims}
             assert not set(p.spec.host_port_claims) & others

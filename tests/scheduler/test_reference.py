@@ -898,15 +898,20 @@ def test_a_pod_kept_off_by_affinity_or_spread_does_not_preempt() -> None:
 
 
 def test_a_preempting_pod_holds_its_room_for_the_rest_of_the_run() -> None:
-    """p takes 1000 of the 3000 its victim frees: 2000 are left for the next pods."""
+    """p takes 1000 of the 3000 its victim will free, and the victim keeps its 3000 until it
+    is gone: m1 waits for it too (the 2000 left once it is gone), m2 finds no room at all."""
     pending = [
         pod("p", "p", cpu=1000, priority=100),
         pod("m1", "m", cpu=2000, priority=50),
         pod("m2", "m", cpu=1000, priority=50),
     ]
     result = reference_place(pending, [node("n1", cpu=3000)], [pod("low", "low", cpu=3000, on="n1")])
-    assert result.assigned == {"default/m1": "n1"}
-    assert result.preemptions == {"default/p": preempting("n1", "default/low")}
+    assert result.assigned == {}
+    assert result.preemptions == {
+        "default/p": preempting("n1", "default/low"),
+        "default/m1": preempting("n1"),
+    }
+    assert result.unschedulable[PodId("default/m1")].endswith("; waiting for terminating pods to leave n1")
     assert result.unschedulable[PodId("default/m2")] == "0/1 nodes: 1 insufficient cpu"
 
 
