@@ -24,6 +24,7 @@ from gitops.loop import Backoff, Ended, Loop
 from gitops.metrics import Metrics
 from gitops.model import ObjectKey, Pod
 from gitops.planner import Plan
+from gitops.planner.settled import Settled
 from gitops.reconcile import Decision, decide
 from gitops.store import Store
 from gitops.store.podcache import PodCache
@@ -72,13 +73,16 @@ def reconcile_once(
     not_ready_before: float = 0.0,
     pods: PodCache | None = None,
     quiet: QuietPasses | None = None,
+    settled: Settled | None = None,
 ) -> PassResult:
     """One pass. A node's NotReady time counts from `not_ready_before` at the earliest (the
     control plane's start): a server that was down does not evict every pod at its first
     pass because it heard nothing while it was down. With `pods`, the pods are read through
     that cache (only the rows written since its last read); a write that fails makes it
     read everything again next time. With `quiet` (and `pods`), a pass whose inputs did not
-    change since the last pass that decided nothing does not decide again (`QuietPasses`)."""
+    change since the last pass that decided nothing does not decide again (`QuietPasses`).
+    With `settled` (kept between passes), settled Deployments are not planned again while
+    their pods are the same (`gitops.planner.settled`)."""
     state = store.snapshot(now, pods=pods.pods if pods is not None else None, versioned=False)
     if not_ready_before:
         since = {n: max(t, not_ready_before) for n, t in state.not_ready_since.items()}
@@ -86,7 +90,7 @@ def reconcile_once(
     inputs = None if pods is None or quiet is None else (pods.generation, dataclasses.replace(state, pods=()))
     if quiet is not None and quiet.quiet(inputs, now):
         return PassResult(Plan((), (), ()), 0, 0)
-    decision = decide(state, now, not_ready_toleration=not_ready_toleration)
+    decision = decide(state, now, not_ready_toleration=not_ready_toleration, settled=settled)
     result, placements, evicted = decision.plan, decision.placements, decision.evicted
     failed = dict(result.failed)
     try:
@@ -134,7 +138,11 @@ def _write(store: Store, decision: Decision, now: float, *, owners: set[ObjectKe
         return owners is None or pod.owner in owners
 
     plan, placements = decision.plan, decision.placements
-    pods = {a.pod.id: a.pod for a in plan.create} | {p.id: p for p in plan.keep}
+    # Placements are of pending pods only: 150,000 kept pods are not 150,000 ids a pass.
+    pending = (
+        (p for p in plan.keep if p.node is None) if placements.assigned or placements.unschedulable else ()
+    )
+    pods = {a.pod.id: a.pod for a in plan.create} | {p.id: p for p in pending}
     store.apply_pod_changes(
         create=[(a.pod, a.reason) for a in plan.create if mine(a.pod)],
         stop=[(a.pod, a.reason) for a in (*plan.stop, *decision.preempted) if mine(a.pod)],
@@ -199,6 +207,7 @@ class Controller:
         self.not_ready_toleration = not_ready_toleration
         self.clock = clock
         self.quiet = QuietPasses()
+        self.settled = Settled()
         self._took, self._ended = 0.0, float("-inf")  # how long the last pass took, when it ended
         self.loop = Loop(
             "controller",
@@ -236,6 +245,7 @@ class Controller:
             not_ready_before=self.not_ready_before(),
             pods=self.store.pod_cache,  # each pass reads only the pods written since the last
             quiet=self.quiet,
+            settled=self.settled,
         )
         self._ended = time.perf_counter()
         self._took = self._ended - started

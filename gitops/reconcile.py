@@ -34,7 +34,7 @@ from gitops.model import (
     content_hash,
 )
 from gitops.planner import Action, Plan, plan, resolve_template, rollouts
-from gitops.planner.actions import Workloads, finished
+from gitops.planner.actions import Workloads, finished, group_by_owner
 from gitops.planner.affinity import namespace_labels
 from gitops.planner.autoscale import autoscale
 from gitops.planner.budgets import disruption_budgets
@@ -42,6 +42,7 @@ from gitops.planner.cron import cron_step, job_manifest
 from gitops.planner.evict import evictions
 from gitops.planner.plan import configs_of
 from gitops.planner.rollout import advance, rollback_template
+from gitops.planner.settled import Settled
 from gitops.scheduler import place
 
 # The workload kinds whose template changes roll out (their `RolloutState` is kept).
@@ -72,7 +73,11 @@ class Decision:
         return self.plan.empty and not self.evicted and not self.placements.assigned
 
 
-def decide(state: ClusterState, now: float, *, not_ready_toleration: float = 60.0) -> Decision:
+def decide(
+    state: ClusterState, now: float, *, not_ready_toleration: float = 60.0, settled: Settled | None = None
+) -> Decision:
+    """One pass over `state` at `now`. `settled`, kept by the caller between passes, spares
+    recomputing settled Deployments (`gitops.planner.settled`); the decision is the same."""
     pods = state.pods
     # When no node at all is Ready, the fault is likelier ours (the control plane's network,
     # or it was down) than every node's: nothing is evicted (Kubernetes' full disruption mode).
@@ -81,7 +86,7 @@ def decide(state: ClusterState, now: float, *, not_ready_toleration: float = 60.
     else:
         evicted = []
     gone = {a.pod.id for a in evicted}
-    live = [p for p in pods if p.terminating_at is None and p.id not in gone]
+    live = [p for p in pods if p.terminating_at is None and (not gone or p.id not in gone)]
     draining = {p.name for p in pods if p.terminating_at is not None} | {a.pod.name for a in evicted}
     crons, cron_jobs, ended = _crons(state, now)
     scales = _autoscale(state, live, now)
@@ -95,7 +100,8 @@ def decide(state: ClusterState, now: float, *, not_ready_toleration: float = 60.
         replicas={s.target: s.replicas for s in scales.values()},
         removed=ended,
     )
-    result = plan(effective, live, context=context)
+    grouped = group_by_owner(live)
+    result = plan(effective, live, context=context, settled=settled, grouped=grouped)
     pending: list[Pod] = [p for p in result.keep if p.node is None] + [a.pod for a in result.create]
     # Stopping pods hold their node's resources until their agent reports them gone; pods
     # that ran to their end (a Job's) hold none, as kube-scheduler counts them.
@@ -118,7 +124,8 @@ def decide(state: ClusterState, now: float, *, not_ready_toleration: float = 60.
     )
     preempted = _victims(placements, pending, bound) if placements.preemptions else ()
     stopped = {a.pod.id for a in result.stop}
-    after = [p for p in live if p.id not in stopped] + [a.pod for a in result.create]
+    after = [p for p in live if not stopped or p.id not in stopped] + [a.pod for a in result.create]
+    unchanged = not stopped and not result.create  # `after` holds the pods of `live`, grouped alike
     states = _advance(
         state.desired,
         effective,
@@ -128,6 +135,8 @@ def decide(state: ClusterState, now: float, *, not_ready_toleration: float = 60.
         failed=result.failed,
         nodes=state.nodes,
         replicas=context.replicas,
+        settled=settled,
+        grouped=grouped if unchanged else None,
     )
     return Decision(result, tuple(evicted), preempted, placements, states, result.jobs, crons, scales)
 
@@ -259,10 +268,14 @@ def _advance(
     failed: Mapping[ObjectKey, str],
     nodes: Sequence[Node],
     replicas: Mapping[ObjectKey, int],
+    settled: Settled | None,
+    grouped: Mapping[ObjectKey, list[Pod]] | None,
 ) -> dict[ObjectKey, RolloutState]:
     configs = configs_of(desired)
     # All of `effective`: the templates resolve against its ConfigMaps and Secrets.
-    found = rollouts(effective, pods, now=now, nodes=nodes, replicas=replicas)
+    found = rollouts(
+        effective, pods, now=now, nodes=nodes, replicas=replicas, settled=settled, grouped=grouped
+    )
     statuses = {(s.kind, s.deployment): s for s in found}
     result = {}
     for manifest in desired:

@@ -11,9 +11,10 @@ twice creates nothing the second time.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from itertools import chain
 
 from gitops.model import JobState, Manifest, Node, ObjectKey, Pod, PodName, RolloutState
 from gitops.planner.podspec import Template
@@ -123,12 +124,28 @@ def stop_order(pod: Pod) -> tuple[int, int, float, str]:
     return (pod.node is not None, pod.ready, -pod.created_at, pod.name)
 
 
+def group_by_owner(pods: Iterable[Pod]) -> dict[ObjectKey, list[Pod]]:
+    """The pods of each owner, in the order given. Consecutive pods with the very same owner
+    object (the store gives a workload's pods one) skip hashing it: at 150,000 pods the
+    dataclass's hash was a third of grouping them."""
+    groups: dict[ObjectKey, list[Pod]] = {}
+    owner: ObjectKey | None = None
+    group: list[Pod] = []
+    for pod in pods:
+        if pod.owner is not owner:
+            owner = pod.owner
+            found = groups.get(owner)
+            group = groups[owner] = [] if found is None else found
+        group.append(pod)
+    return groups
+
+
 def merge(parts: Sequence[Plan]) -> Plan:
     """One plan of several workloads' plans."""
     return Plan(
-        create=tuple(a for p in parts for a in p.create),
-        stop=tuple(a for p in parts for a in p.stop),
-        keep=tuple(pod for p in parts for pod in p.keep),
+        create=tuple(chain.from_iterable(p.create for p in parts)),
+        stop=tuple(chain.from_iterable(p.stop for p in parts)),
+        keep=tuple(chain.from_iterable(p.keep for p in parts)),
         failed={k: v for p in parts for k, v in p.failed.items()},
         more=any(p.more for p in parts),
         jobs={k: v for p in parts for k, v in p.jobs.items()},

@@ -23,18 +23,29 @@ workload is planned as usual.
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 
 from gitops.model import Manifest, Node, ObjectKey, Pod, PodName
 from gitops.planner import daemonset, statefulset
-from gitops.planner.actions import BURST, Action, Plan, Workloads, merge, new_pods, pod_name, stop_order
+from gitops.planner.actions import (
+    BURST,
+    Action,
+    Plan,
+    Workloads,
+    group_by_owner,
+    merge,
+    new_pods,
+    pod_name,
+    stop_order,
+)
 from gitops.planner.daemonset import daemonset_status, plan_daemonset
 from gitops.planner.job import plan_job
 from gitops.planner.podspec import ConfigIndex, Template, describe_change, resolve_template
 from gitops.planner.replicaset import plan_replicaset
 from gitops.planner.rollout import RolloutStatus, rolling_step, rollout_status, strategy_of
+from gitops.planner.settled import Settled, clockless
 from gitops.planner.statefulset import plan_statefulset, statefulset_status
 
 __all__ = ["BURST", "Action", "Plan", "Workloads", "configs_of", "plan", "pod_name", "rollouts"]
@@ -144,26 +155,39 @@ def plan(
     now: float = 0.0,
     avoid: AbstractSet[str] = frozenset(),
     context: Workloads | None = None,
+    settled: Settled | None = None,
+    grouped: Mapping[ObjectKey, list[Pod]] | None = None,
 ) -> Plan:
     """Decide which pods to create, stop and keep so that `pods` converge on `desired`.
 
     New pods never take a name in `avoid` (pods being stopped outside this plan). `context`
     (nodes, autoscaled replicas, rollout and Job states) replaces `now` and `avoid` when given.
+    `settled` keeps the parts of settled Deployments between calls (`gitops.planner.settled`);
+    `grouped` is `group_by_owner(pods)` when the caller has it.
     """
     configs = configs_of(desired)
     ctx = dataclasses.replace(
         context if context is not None else Workloads(now=now, avoid=avoid), configs=configs
     )
-    by_owner: Mapping[ObjectKey, list[Pod]] = defaultdict(list)
-    for pod in pods:
-        by_owner[pod.owner].append(pod)
+    by_owner = grouped if grouped is not None else group_by_owner(pods)
     parts: list[Plan] = []
     workloads = sorted((m for m in desired if m.key.kind in PLANNERS), key=lambda m: m.key)
     for workload in workloads:
         owned = by_owner.get(workload.key, [])
         try:
             template = resolve_template(workload, configs)
-            parts.append(PLANNERS[workload.key.kind](workload, template, owned, ctx))
+            if settled is None or not clockless(workload):
+                parts.append(PLANNERS[workload.key.kind](workload, template, owned, ctx))
+                continue
+            inputs = (workload.hash, template.hash, ctx.replicas_of(workload))
+            part = settled.plans.find(workload.key, inputs, owned)
+            if part is None:
+                part = PLANNERS[workload.key.kind](workload, template, owned, ctx)
+                if part.empty and not part.more:
+                    settled.plans.keep(workload.key, inputs, owned, part)
+                else:
+                    settled.plans.drop(workload.key)
+            parts.append(part)
         except Exception as exc:  # one workload's failure must not stop the others
             previous = ctx.jobs.get(workload.key)
             jobs = {workload.key: previous} if previous is not None else {}
@@ -172,6 +196,8 @@ def plan(
                 Plan(keep=tuple(owned), failed={workload.key: f"{type(exc).__name__}: {exc}"}, jobs=jobs)
             )
     wanted = {d.key for d in workloads}
+    if settled is not None:
+        settled.plans.only(wanted)
     stop: list[Action] = []
     for owner in sorted(set(by_owner) - wanted):
         why = ctx.removed.get(owner, f"{owner} was removed from the source")
@@ -216,14 +242,16 @@ def rollouts(
     now: float,
     nodes: Sequence[Node] = (),
     replicas: Mapping[ObjectKey, int] | None = None,
+    settled: Settled | None = None,
+    grouped: Mapping[ObjectKey, list[Pod]] | None = None,
 ) -> list[RolloutStatus]:
     """Rollout status of every Deployment, StatefulSet and DaemonSet in `desired` (one that
     cannot be resolved says so in its step, and the others are unaffected). `nodes` are
-    the nodes DaemonSets run on; `replicas` the counts autoscalers set."""
+    the nodes DaemonSets run on; `replicas` the counts autoscalers set; `settled` keeps
+    Deployments' statuses between calls (`gitops.planner.settled`); `grouped` is
+    `group_by_owner(pods)` when the caller has it."""
     configs = configs_of(desired)
-    by_owner: Mapping[ObjectKey, list[Pod]] = defaultdict(list)
-    for pod in pods:
-        by_owner[pod.owner].append(pod)
+    by_owner = grouped if grouped is not None else group_by_owner(pods)
     result = []
     kinds = ("Deployment", "StatefulSet", "DaemonSet")
     for workload in sorted((m for m in desired if m.key.kind in kinds), key=lambda m: m.key):
@@ -241,9 +269,22 @@ def rollouts(
             status = statefulset_status(workload, template.hash, owned, count, now=now)
         elif workload.key.kind == "DaemonSet":
             status = daemonset_status(workload, template, owned, nodes, now=now)
+        elif settled is not None and clockless(workload):
+            inputs = (workload.hash, template.hash, count)
+            found = settled.statuses.find(workload.key, inputs, owned)
+            if found is None:
+                found = rollout_status(workload.key.ref, count, workload.spec, template.hash, owned, now=now)
+                settled.statuses.keep(workload.key, inputs, owned, found)
+            status = found
         else:
             status = rollout_status(workload.key.ref, count, workload.spec, template.hash, owned, now=now)
-        result.append(dataclasses.replace(status, kind=workload.key.kind))
+        result.append(
+            status
+            if status.kind == workload.key.kind
+            else dataclasses.replace(status, kind=workload.key.kind)
+        )
+    if settled is not None:
+        settled.statuses.only({m.key for m in desired})
     return result
 
 

@@ -1,0 +1,97 @@
+"""A `Settled` kept between passes spares planning settled Deployments again, and changes no
+decision: every pass below is decided twice, with it and without, and must agree."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from gitops.model import ClusterState, Manifest, Node, NodeName
+from gitops.planner.settled import Settled
+from gitops.reconcile import Decision, decide, settle
+from tests.planner.factories import deployment, manifest
+
+GiB = 2**30
+NODES = tuple(Node(NodeName(f"n{i}"), cpu_milli=4000, memory_bytes=8 * GiB) for i in range(3))
+
+
+def both(state: ClusterState, now: float, settled: Settled) -> Decision:
+    kept = decide(state, now, settled=settled)
+    assert kept == decide(state, now)
+    return kept
+
+
+def passes(state: ClusterState, now: float, settled: Settled, count: int = 30) -> tuple[ClusterState, float]:
+    """Passes a second apart until one changes nothing, then one more (a no-op)."""
+    for _ in range(count):
+        decision = both(state, now, settled)
+        if decision.empty:
+            both(state, now + 1.0, settled)
+            return state, now + 2.0
+        state = settle(state, decision, now)
+        now += 1.0
+    raise AssertionError("no fixed point")
+
+
+def with_desired(state: ClusterState, *desired: Manifest) -> ClusterState:
+    return dataclasses.replace(state, desired=desired)
+
+
+def test_settled_deployments_are_reused_and_every_change_is_decided_as_without() -> None:
+    settled = Settled()
+    state = ClusterState(
+        desired=(deployment("web", replicas=5), deployment("api", replicas=2)), pods=(), nodes=NODES
+    )
+    state, now = passes(state, 1.0, settled)
+    reused = settled.plans.reused
+    both(state, now, settled)
+    assert settled.plans.reused == reused + 2 and settled.statuses.reused >= 2  # both reused
+
+    # A new template rolls out pass by pass; the untouched Deployment stays reused.
+    state, now = passes(
+        with_desired(state, deployment("web", replicas=5, image="web:2"), state.desired[1]), now, settled
+    )
+    assert all(p.spec.containers[0].image == "web:2" for p in state.pods if p.owner.name == "web")
+    # Scaling down, a pod going unready (a new object for its row), one removed workload.
+    state, now = passes(
+        with_desired(state, deployment("web", replicas=3, image="web:2"), state.desired[1]), now, settled
+    )
+    sick = next(p for p in state.pods if p.owner.name == "api")
+    pods = tuple(dataclasses.replace(p, ready=False) if p is sick else p for p in state.pods)
+    reused = settled.plans.reused
+    decision = both(dataclasses.replace(state, pods=pods), now, settled)
+    assert settled.plans.reused == reused + 1  # web's; api's pod is a new object: planned again
+    assert decision.rollouts[sick.owner].progress_mark == (2, 1)  # its status was computed again
+    state, now = passes(with_desired(state, state.desired[0]), now, settled)
+    assert {p.owner.name for p in state.pods} == {"web"}
+    assert set(settled.plans.entries) == {state.desired[0].key}
+
+
+def test_a_pod_equal_but_not_the_same_object_is_planned_again() -> None:
+    settled = Settled()
+    state, now = passes(
+        ClusterState(desired=(deployment("web", replicas=3),), pods=(), nodes=NODES), 1.0, settled
+    )
+    copies = tuple(dataclasses.replace(p) for p in state.pods)
+    reused = settled.plans.reused
+    both(dataclasses.replace(state, pods=copies), now, settled)
+    assert settled.plans.reused == reused
+
+
+def test_a_deployment_that_reads_the_clock_is_never_kept() -> None:
+    settled = Settled()
+    slow = manifest(
+        "Deployment",
+        "slow",
+        spec={
+            "replicas": 2,
+            "minReadySeconds": 30,
+            "selector": {"matchLabels": {"app": "slow"}},
+            "template": {
+                "metadata": {"labels": {"app": "slow"}},
+                "spec": {"containers": [{"name": "m", "image": "s:1"}]},
+            },
+        },
+    )
+    state, now = passes(ClusterState(desired=(slow,), pods=(), nodes=NODES), 1.0, settled)
+    state, now = passes(with_desired(state, dataclasses.replace(slow)), now + 60.0, settled)
+    assert settled.plans.entries == {} and settled.statuses.entries == {}
