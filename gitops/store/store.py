@@ -476,6 +476,9 @@ class Store:
         self._pod_cache: PodCache | None = None
         self._pod_cache_lock = threading.Lock()
         self._desired: tuple[tuple[Any, ...], tuple[Manifest, ...]] | None = None  # (marker, objects)
+        # One key object per owner for the pods read: a workload's 5,000 pods share one, and
+        # grouping pods by owner skips hashing it (`gitops.planner.actions.group_by_owner`).
+        self._owners: dict[tuple[str, str, str], ObjectKey] = {}
         event.listen(self.engine, "before_cursor_execute", self._note_statement)
         if read_only:
             self._check_readable()
@@ -791,12 +794,21 @@ class Store:
             spec = specs.get(key) or specs.setdefault(key, self.spec_from_row(row.spec))
         return self.pod_from_row(row, spec)
 
+    def _owner(self, kind: str, namespace: str, name: str) -> ObjectKey:
+        fields = (kind, namespace, name)
+        found = self._owners.get(fields)
+        if found is None:
+            if len(self._owners) > 100_000:  # owners come and go: never more than this many kept
+                self._owners.clear()
+            found = self._owners.setdefault(fields, ObjectKey(kind, namespace, name))
+        return found
+
     def pod_from_row(self, row: Any, spec: PodSpec) -> Pod:
         """The pod of `row` (a `PodRow`, or a result row with its columns but the spec)."""
         return Pod(
             namespace=row.namespace,
             name=PodName(row.name),
-            owner=ObjectKey(row.owner_kind, row.owner_namespace, row.owner_name),
+            owner=self._owner(row.owner_kind, row.owner_namespace, row.owner_name),
             template_hash=row.template_hash,
             spec=spec,
             labels=tuple((str(k), str(v)) for k, v in row.labels),

@@ -59,6 +59,16 @@ def test_a_cache_reads_only_the_rows_written_since_and_agrees_with_a_full_read(s
     assert len(cache.pods()) > 30
 
 
+def test_the_pods_of_one_owner_share_one_owner_key(store: Store) -> None:
+    """So that grouping 150,000 pods by owner hashes each owner once, not each pod's."""
+    store.apply_pod_changes(
+        create=[(_pod(i, i % 2), "new") for i in range(6)], stop=[], bind={}, pending_reasons={}, now=1.0
+    )
+    for pods in (store.pods(), PodCache(store).pods()):
+        owners = {id(p.owner) for p in pods}
+        assert len(owners) == 2 and {p.owner.name for p in pods} == {"web0", "web1"}
+
+
 def test_a_status_report_that_changes_only_restarts_is_seen(store: Store) -> None:
     """Restarts, exit codes and container ids count as a change of the row (the cache reads
     rows by when they were written)."""
