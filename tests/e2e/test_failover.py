@@ -211,8 +211,13 @@ def test_the_other_control_plane_takes_over_a_rollout_when_the_leader_is_killed(
         first = cluster.leader()
         assert first is not None
         follower = 1 - first
-        status = cluster.status(cluster.ports[follower])
-        assert status is not None and status["leader"] is False and status["led_by"].startswith(f"cp{first}#")
+        # The follower reads the lease every fifth of its ttl: it names the leader after its next read.
+        status = wait_for(
+            lambda: (s := cluster.status(cluster.ports[follower])) and s["led_by"] and s,
+            timeout=10,
+            what="the follower naming the leader",
+        )
+        assert status["leader"] is False and status["led_by"].startswith(f"cp{first}#")
         cluster.start_agent()
         store = Store(postgres_database, keys=SecretKeys.from_file(tmp_path / "cluster.key"))
         wait_for(lambda: settled_on(cluster, store, "one"), timeout=90, what="four ready pods saying one")
