@@ -458,7 +458,7 @@ class Server:
                 self.process.wait()
 
 
-def start_server(tmp: Path, db: str, join_token: str) -> Server:
+def start_server(tmp: Path, db: str, join_token: str, log_level: str = "warning") -> Server:
     folder = tmp / "manifests"
     folder.mkdir()
     (folder / "placeholder.yaml").write_text(PLACEHOLDER)
@@ -469,7 +469,7 @@ def start_server(tmp: Path, db: str, join_token: str) -> Server:
     token_file.chmod(0o600)
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "GITOPS_DB": db, "PYTHONPATH": path}  # a password stays off argv
-    args = [sys.executable, "-m", "gitops.cli", "--log-level", "warning", "serve", "--dir", str(folder)]
+    args = [sys.executable, "-m", "gitops.cli", "--log-level", log_level, "serve", "--dir", str(folder)]
     args += ["--join-token-file", str(token_file)]
     args += ["--port", str(port), "--state-dir", str(tmp / "state"), "--poll", "1"]
     args += ["--service-cidr", SERVICE_CIDR, "--cluster-cidr", CLUSTER_CIDR]
@@ -668,6 +668,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--keep", action="store_true", help="keep the temporary folder (database, server log)"
     )
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="the server's log level (its log is kept with --keep)",
+    )
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="gitops-scale-"))
     db = args.db or f"sqlite:///{tmp / 'state.db'}"
@@ -678,7 +684,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"scale: {args.nodes} hollow nodes, {args.pods} pods in {args.deployments} Deployments, "
         f"{figures['db']}"
     )
-    server = start_server(tmp, db, join_token)
+    server = start_server(tmp, db, join_token, args.log_level)
     try:
         asyncio.run(run(args, server, join_token, figures))
     except Exception as exc:  # the figures so far are still printed

@@ -1,0 +1,143 @@
+"""A controller pass with nothing to do, decided over a large settled cluster: `decide`
+with the `Settled` memo the controller keeps between passes, against `decide` without it
+(what every pass did before the memo), both in this process on the same state.
+
+    python bench/noop_pass.py [--nodes 5000] [--pods 150000] [--deployments 1500] [--repeat 5]
+
+The state: `--nodes` Ready nodes (64 cores, 256 GiB, 110 pods each) and `--deployments`
+Deployments of `--pods / --deployments` replicas each (one container asking 10m and
+16 MiB), every pod created by earlier passes, bound, Running and ready, and every rollout
+complete. It is reached as the controller reaches it: passes of `decide`, each followed by
+`settle` (the agents doing what it said), until one decides nothing.
+
+Then `--repeat` no-op passes are timed each way (the memo's first pass after the fixed
+point fills it and is not counted; the best of the rest is). Both ways must decide
+nothing, and the same. This is the planner, scheduler and rollouts alone: reading the
+pods from the store (the `PodCache` hands out the same objects between passes) and the
+pass's write are not part of it; `bench/scale.py` measures whole passes in the server.
+
+The last line is one JSON object of the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gitops.model import ClusterState, Manifest, Node, NodeName, ObjectKey, SourceLocation, content_hash
+from gitops.planner.settled import Settled
+from gitops.reconcile import decide, settle
+
+GiB = 2**30
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def deployment(i: int, replicas: int) -> Manifest:
+    name = f"app-{i:05d}"
+    labels = {"app": name}
+    container = {
+        "name": "main",
+        "image": f"img-{i % 50}:1",
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
+    }
+    body = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
+        },
+    }
+    key = ObjectKey("Deployment", "default", name)
+    return Manifest(key, "apps/v1", body, SourceLocation(f"{name}.yaml"), content_hash(body))
+
+
+def steady(args: argparse.Namespace) -> tuple[ClusterState, float]:
+    """The cluster once passes decide nothing more."""
+    nodes = tuple(
+        Node(NodeName(f"node-{i:05d}"), cpu_milli=64_000, memory_bytes=256 * GiB, max_pods=110)
+        for i in range(args.nodes)
+    )
+    replicas = max(1, args.pods // args.deployments)
+    desired = tuple(deployment(i, replicas) for i in range(args.deployments))
+    state, now = ClusterState(desired=desired, pods=(), nodes=nodes), 1_000_000.0
+    for n in range(1, 50):
+        started = time.perf_counter()
+        decision = decide(state, now)
+        took = time.perf_counter() - started
+        if decision.empty:
+            say(f"  pass {n}: nothing to do ({took * 1000:.0f} ms); {len(state.pods)} pods")
+            return state, now + 1.0
+        say(
+            f"  pass {n}: {len(decision.plan.create)} to create, {len(decision.plan.stop)} to stop, "
+            f"{len(decision.placements.assigned)} placed ({took * 1000:.0f} ms)"
+        )
+        state, now = settle(state, decision, now), now + 1.0
+    raise SystemExit("no fixed point after 50 passes")
+
+
+def timed(state: ClusterState, now: float, repeat: int, settled: Settled | None) -> tuple[float, bool]:
+    """The best time of `repeat` passes a second apart, and whether each decided nothing and
+    the same as a pass without the memo at its time."""
+    best, same = float("inf"), True
+    for _ in range(repeat):
+        gc.collect()
+        started = time.perf_counter()
+        decision = decide(state, now, settled=settled)
+        best = min(best, time.perf_counter() - started)
+        same = same and decision.empty and (settled is None or decision == decide(state, now))
+        now += 1.0
+    return best, same
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--nodes", type=int, default=5000)
+    parser.add_argument("--pods", type=int, default=150_000)
+    parser.add_argument("--deployments", type=int, default=1500)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args(argv)
+    say(f"noop pass: {args.nodes} nodes, {args.pods} pods in {args.deployments} Deployments")
+    state, now = steady(args)
+
+    baseline, plain = timed(state, now, args.repeat, None)
+    say(f"without the memo (every Deployment planned): {baseline * 1000:.1f} ms")
+    settled = Settled()
+    decide(state, now, settled=settled)  # fills the memo, as the pass after any change does
+    memo, kept = timed(state, now + 1.0, args.repeat, settled)
+    say(
+        f"with the memo: {memo * 1000:.1f} ms ({settled.plans.reused} plan parts and "
+        f"{settled.statuses.reused} rollout statuses reused)"
+    )
+    same = plain and kept
+    say(f"both decide nothing, and the same: {same}")
+    say(f"ratio: {baseline / memo:.1f}x")
+    figures = {
+        "nodes": args.nodes,
+        "pods": len(state.pods),
+        "deployments": args.deployments,
+        "noop_decide_ms": round(memo * 1000, 1),
+        "baseline_ms": round(baseline * 1000, 1),
+        "ratio": round(baseline / memo, 2),
+        "same": same,
+    }
+    print(json.dumps(figures), flush=True)
+    return figures
+
+
+if __name__ == "__main__":
+    main()
