@@ -31,37 +31,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gitops.model import ClusterState, Manifest, Node, NodeName, ObjectKey, SourceLocation, content_hash
+from gitops.model import ClusterState, Node, NodeName
 from gitops.planner.settled import Settled
 from gitops.reconcile import decide, settle
+from tests.planner.factories import deployment
 
 GiB = 2**30
 
 
 def say(line: str) -> None:
     print(line, flush=True)
-
-
-def deployment(i: int, replicas: int) -> Manifest:
-    name = f"app-{i:05d}"
-    labels = {"app": name}
-    container = {
-        "name": "main",
-        "image": f"img-{i % 50}:1",
-        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
-    }
-    body = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
-        },
-    }
-    key = ObjectKey("Deployment", "default", name)
-    return Manifest(key, "apps/v1", body, SourceLocation(f"{name}.yaml"), content_hash(body))
 
 
 def steady(args: argparse.Namespace) -> tuple[ClusterState, float]:
@@ -71,7 +50,11 @@ def steady(args: argparse.Namespace) -> tuple[ClusterState, float]:
         for i in range(args.nodes)
     )
     replicas = max(1, args.pods // args.deployments)
-    desired = tuple(deployment(i, replicas) for i in range(args.deployments))
+    requests = {"requests": {"cpu": "10m", "memory": "16Mi"}}
+    desired = tuple(
+        deployment(f"app-{i:05d}", replicas, image=f"img-{i % 50}:1", resources=requests)
+        for i in range(args.deployments)
+    )
     state, now = ClusterState(desired=desired, pods=(), nodes=nodes), 1_000_000.0
     for n in range(1, 50):
         started = time.perf_counter()
