@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -22,7 +23,7 @@ import structlog
 from gitops.health import Health
 from gitops.loop import Backoff, Ended, Loop
 from gitops.metrics import Metrics
-from gitops.model import ObjectKey, Pod
+from gitops.model import NodeName, ObjectKey, Pod, PodId
 from gitops.planner import Plan
 from gitops.planner.settled import Settled
 from gitops.reconcile import Decision, decide
@@ -33,6 +34,10 @@ log = structlog.get_logger(__name__)
 
 
 MAX_REST = 5.0  # seconds a pass waits at most after the last one
+# Pod changes one transaction holds at most (whole workloads at a time, so one may hold
+# more). A pass creating 150,000 pods held SQLite's write lock for 65 s in one transaction:
+# the leader's lease, renewed by its writes as they commit, lapsed under it.
+WRITE_BATCH = 5_000
 
 
 @dataclass
@@ -93,15 +98,16 @@ def reconcile_once(
     decision = decide(state, now, not_ready_toleration=not_ready_toleration, settled=settled)
     result, placements, evicted = decision.plan, decision.placements, decision.evicted
     failed = dict(result.failed)
+    changes, written = _changes(decision), set[ObjectKey]()
     try:
-        _write(store, decision, now, owners=None)
+        _write(store, changes, decision, now, written=written)
     except Ended:  # the lease passed on: this process writes nothing more
         raise
-    except Exception as exc:  # written again workload by workload, below
+    except Exception as exc:  # what is not written yet is written again workload by workload
         if pods is not None:
             pods.invalidate()
         log.warning("controller.write_failed", error=str(exc), retry="workload by workload")
-        failed |= _write_each(store, decision, now)
+        failed |= _write_each(store, {k: c for k, c in changes.items() if k not in written}, decision, now)
     for key, error in sorted(failed.items()):
         log.error("controller.workload_failed", workload=str(key), error=error)
     rollouts = {
@@ -131,46 +137,97 @@ def reconcile_once(
     return PassResult(actions, len(placements.assigned), len(placements.unschedulable))
 
 
-def _write(store: Store, decision: Decision, now: float, *, owners: set[ObjectKey] | None) -> None:
-    """Write the pod changes of `decision` (only those of `owners`' pods, when given)."""
+@dataclass
+class _Changes:
+    """The pod changes of a pass of one workload, or of several written together."""
 
-    def mine(pod: Pod) -> bool:
-        return owners is None or pod.owner in owners
+    create: list[tuple[Pod, str]] = field(default_factory=list)
+    stop: list[tuple[Pod, str]] = field(default_factory=list)
+    delete_now: list[tuple[Pod, str]] = field(default_factory=list)
+    bind: dict[PodId, NodeName] = field(default_factory=dict)
+    pending_reasons: dict[PodId, str] = field(default_factory=dict)
 
+    def __len__(self) -> int:
+        return (
+            len(self.create)
+            + len(self.stop)
+            + len(self.delete_now)
+            + len(self.bind)
+            + len(self.pending_reasons)
+        )
+
+    def add(self, other: _Changes) -> None:
+        self.create += other.create
+        self.stop += other.stop
+        self.delete_now += other.delete_now
+        self.bind |= other.bind
+        self.pending_reasons |= other.pending_reasons
+
+
+def _changes(decision: Decision) -> dict[ObjectKey, _Changes]:
+    """The pod changes of `decision`, by workload."""
     plan, placements = decision.plan, decision.placements
-    # Placements are of pending pods only: 150,000 kept pods are not 150,000 ids a pass.
-    pending = (
-        (p for p in plan.keep if p.node is None) if placements.assigned or placements.unschedulable else ()
-    )
-    pods = {a.pod.id: a.pod for a in plan.create} | {p.id: p for p in pending}
-    store.apply_pod_changes(
-        create=[(a.pod, a.reason) for a in plan.create if mine(a.pod)],
-        stop=[(a.pod, a.reason) for a in (*plan.stop, *decision.preempted) if mine(a.pod)],
-        delete_now=[(a.pod, a.reason) for a in decision.evicted if mine(a.pod)],
-        bind={p: n for p, n in placements.assigned.items() if p in pods and mine(pods[p])},
-        placed_because=placements.why,
+    changes: defaultdict[ObjectKey, _Changes] = defaultdict(_Changes)
+    for action in plan.create:
+        changes[action.pod.owner].create.append((action.pod, action.reason))
+    for action in (*plan.stop, *decision.preempted):
+        changes[action.pod.owner].stop.append((action.pod, action.reason))
+    for action in decision.evicted:
+        changes[action.pod.owner].delete_now.append((action.pod, action.reason))
+    if placements.assigned or placements.unschedulable:
+        # Placements are of pending pods only: 150,000 kept pods are not 150,000 ids a pass.
+        pods = {a.pod.id: a.pod for a in plan.create} | {p.id: p for p in plan.keep if p.node is None}
+        for pod_id, node in placements.assigned.items():
+            if pod_id in pods:
+                changes[pods[pod_id].owner].bind[pod_id] = node
         # Only reasons that changed: 8,000 pending pods are not 8,000 reads per pass.
-        pending_reasons={
-            p: r
-            for p, r in placements.unschedulable.items()
-            if p in pods and mine(pods[p]) and pods[p].reason != r
-        },
-        now=now,
-    )
+        for pod_id, reason in placements.unschedulable.items():
+            pod = pods.get(pod_id)
+            if pod is not None and pod.reason != reason:
+                changes[pod.owner].pending_reasons[pod_id] = reason
+    return dict(changes)
 
 
-def _write_each(store: Store, decision: Decision, now: float) -> dict[ObjectKey, str]:
+def _write(
+    store: Store,
+    changes: dict[ObjectKey, _Changes],
+    decision: Decision,
+    now: float,
+    *,
+    written: set[ObjectKey] | None = None,
+) -> None:
+    """Write `changes`, whole workloads at a time, in transactions of about `WRITE_BATCH`
+    pod changes at most; each transaction adds its workloads to `written` once committed.
+    Nothing to write opens no transaction."""
+    batch, owners = _Changes(), []
+    for i, owner in enumerate(sorted(changes)):
+        batch.add(changes[owner])
+        owners.append(owner)
+        if len(batch) >= WRITE_BATCH or i == len(changes) - 1:
+            if batch:
+                store.apply_pod_changes(
+                    create=batch.create,
+                    stop=batch.stop,
+                    delete_now=batch.delete_now,
+                    bind=batch.bind,
+                    placed_because=decision.placements.why,
+                    pending_reasons=batch.pending_reasons,
+                    now=now,
+                )
+            if written is not None:
+                written.update(owners)
+            batch, owners = _Changes(), []
+
+
+def _write_each(
+    store: Store, changes: dict[ObjectKey, _Changes], decision: Decision, now: float
+) -> dict[ObjectKey, str]:
     """Write each workload's changes in a transaction of its own; the workloads whose write
     fails, with the error (the others' changes are written)."""
-    plan = decision.plan
-    owners = sorted(
-        {a.pod.owner for a in (*plan.create, *plan.stop, *decision.evicted, *decision.preempted)}
-        | {p.owner for p in plan.keep}
-    )
     failed = {}
-    for owner in owners:
+    for owner in sorted(changes):
         try:
-            _write(store, decision, now, owners={owner})
+            _write(store, {owner: changes[owner]}, decision, now)
         except Ended:
             raise
         except Exception as exc:  # recorded on the workload; the others go on

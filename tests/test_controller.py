@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import event
 
+from gitops import controller
 from gitops.controller import reconcile_once
 from gitops.model import Node, NodeName, ObjectKey, Revision
 from gitops.store import Store
@@ -139,11 +141,17 @@ def test_when_no_node_is_ready_nothing_is_evicted(tmp_path: Path) -> None:
 
 
 @pytest.mark.filterwarnings("ignore:New instance .* conflicts with persistent instance")  # the squatter
-def test_a_workload_whose_pods_cannot_be_written_fails_alone_and_says_why(tmp_path: Path) -> None:
-    """One failing write once stopped every other workload: no pod anywhere was created again."""
+@pytest.mark.parametrize("batch", [controller.WRITE_BATCH, 1])
+def test_a_workload_whose_pods_cannot_be_written_fails_alone_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch: int
+) -> None:
+    """One failing write once stopped every other workload: no pod anywhere was created again.
+    With one workload a transaction, api's pods are committed before web's write fails, and
+    are not written twice (which would fail api too)."""
     from gitops.model import Pod, PodName
     from gitops.planner import plan
 
+    monkeypatch.setattr(controller, "WRITE_BATCH", batch)
     store = Store(f"sqlite:///{tmp_path / 's.db'}")
     store.register_node(Node(NodeName("n1"), "192.0.2.10", 16000, 64 * 2**30), "t", now=100.0)
     web, api = deployment("web", replicas=2), deployment("api", replicas=2)
@@ -166,6 +174,34 @@ def test_a_workload_whose_pods_cannot_be_written_fails_alone_and_says_why(tmp_pa
 
 def other_owner() -> ObjectKey:
     return ObjectKey("Deployment", "default", "somebody-else")
+
+
+def test_a_pass_writes_whole_workloads_in_transactions_of_a_bounded_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first pass creating 150,000 pods held SQLite's write lock for 65 s in one
+    transaction, and the leader's lease (renewed as its writes commit) lapsed under it."""
+    monkeypatch.setattr(controller, "WRITE_BATCH", 500)
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store.register_node(Node(NodeName("n1"), "192.0.2.10", 64000, 256 * 2**30, max_pods=1000), "t", now=100.0)
+    apps = [deployment(name, replicas=200) for name in ("a", "b", "c", "d")]
+    store.apply_revision(Revision("git:x", "a" * 40), apps, [], now=100.0)
+    transactions: list[list[str]] = []
+    apply = store.apply_pod_changes
+
+    def spy(**changes: Any) -> None:
+        transactions.append(sorted({pod.owner.name for pod, _ in changes["create"]}))
+        apply(**changes)
+
+    monkeypatch.setattr(store, "apply_pod_changes", spy)
+    result = reconcile_once(store, now=101.0)
+    assert result.bound == 800
+    # 400 changes a workload (200 created, 200 bound): whole workloads, up to 500 or just past
+    assert transactions == [["a", "b"], ["c", "d"]]
+    assert len(store.pods()) == 800 and all(p.node == "n1" for p in store.pods())
+    transactions.clear()
+    reconcile_once(store, now=102.0)
+    assert transactions == []  # nothing to write opens no transaction
 
 
 def test_a_huge_replica_count_creates_pods_in_bursts_and_the_pass_says_there_is_more(tmp_path: Path) -> None:
@@ -257,3 +293,31 @@ def test_a_pass_with_nothing_new_does_not_decide_again_until_the_resync(
     reconcile_once(store, 9.5, pods=cache, quiet=quiet)  # 5 s since it last decided
     assert decided == [1.0, 1.5, 4.0, 4.5, 9.5]
     store.close()
+
+
+def test_a_pass_that_changes_nothing_begins_no_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A no-op pass over 1,500 settled Deployments loaded their 1,500 rollout rows under the
+    write lock, to write none of them."""
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store.register_node(Node(NodeName("n1"), "192.0.2.10", 16000, 64 * 2**30), "t", now=100.0)
+    apps = [deployment(name, replicas=2) for name in ("a", "b")]
+    store.apply_revision(Revision("git:x", "a" * 40), apps, [], now=100.0)
+    reconcile_once(store, now=101.0)
+    reconcile_once(store, now=102.0)
+    rollouts = store.rollouts()
+    writes = []
+    write_session = store.write_session
+
+    def spy() -> Any:
+        writes.append(1)
+        return write_session()
+
+    monkeypatch.setattr(store, "write_session", spy)
+    result = reconcile_once(store, now=103.0)
+    assert (result.plan.create, result.plan.stop, result.bound) == ((), (), 0)
+    assert writes == []
+    monkeypatch.undo()
+    # A change is written still: one Deployment gone, its rollout state with it.
+    store.apply_revision(Revision("git:x", "b" * 40), apps[:1], [], now=104.0)
+    reconcile_once(store, now=105.0)
+    assert set(store.rollouts()) == {apps[0].key} and store.rollouts()[apps[0].key] == rollouts[apps[0].key]
