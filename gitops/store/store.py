@@ -26,7 +26,6 @@ import hmac
 import ipaddress
 import itertools
 import json
-import random
 import socket
 import sqlite3
 import sys
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING, Any, cast
 import structlog
 from sqlalchemy import (
     Table,
+    Text,
     bindparam,
     case,
     create_engine,
@@ -51,6 +51,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -293,19 +294,14 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
 
 
 def _node(row: NodeRow, now: float, grace: float) -> Node:
-    silent = now - row.heartbeat_at > grace
-    reason = (
-        f"no heartbeat for {now - row.heartbeat_at:.0f}s"
-        if silent
-        else (f"container runtime: {row.runtime_error}" if row.runtime_error else "")
-    )
+    reason = _not_ready_reason(now - row.heartbeat_at, grace, row.runtime_error)
     return Node(
         name=NodeName(row.name),
         address=row.address,
         cpu_milli=row.cpu_milli,
         memory_bytes=row.memory_bytes,
         labels=tuple(sorted(row.labels.items())),
-        taints=tuple(Taint(t["key"], t.get("value", ""), t.get("effect", "NoSchedule")) for t in row.taints),  # type: ignore[arg-type]
+        taints=_taints(row.taints),
         ready=not reason,
         max_pods=row.max_pods,
         reason=reason,
@@ -313,11 +309,42 @@ def _node(row: NodeRow, now: float, grace: float) -> Node:
     )
 
 
+# Rows of a table of states, by key: (the row's text, its JSON, the state it holds).
+_Seen = dict[ObjectKey, tuple[str, Any, Any]]
+
+
+def _as_read(seen: _Seen | None, states: Mapping[ObjectKey, Any]) -> bool:
+    """Whether `states` are, in their stored form, the rows as last read (`seen`, None when
+    not read since the last write): then writing them would write nothing. A no-op pass over
+    1,500 Deployments loaded their 1,500 rows under the write lock to write none. Only the
+    leader writes states, and each of its passes reads them before it writes them."""
+    return (
+        seen is not None
+        and seen.keys() == states.keys()
+        and all(encode(state) == seen[key][1] for key, state in states.items())
+    )
+
+
+def _taints(taints: list[dict[str, str]]) -> tuple[Taint, ...]:
+    return tuple(Taint(t["key"], t.get("value", ""), t.get("effect", "NoSchedule")) for t in taints)  # type: ignore[arg-type]
+
+
+def _not_ready_reason(silent_for: float, grace: float, runtime_error: str) -> str:
+    """Why a node is NotReady ("" when it is Ready)."""
+    if silent_for > grace:
+        return f"no heartbeat for {silent_for:.0f}s"
+    return f"container runtime: {runtime_error}" if runtime_error else ""
+
+
 def _not_ready_since(row: NodeRow, grace: float) -> float:
     """When a NotReady node became so: its runtime failed, or its heartbeat stopped."""
-    if row.runtime_error and row.runtime_error_since is not None:
-        return row.runtime_error_since
-    return row.heartbeat_at + grace
+    return _since(row.heartbeat_at, grace, row.runtime_error, row.runtime_error_since)
+
+
+def _since(heartbeat_at: float, grace: float, runtime_error: str, runtime_error_since: float | None) -> float:
+    if runtime_error and runtime_error_since is not None:
+        return runtime_error_since
+    return heartbeat_at + grace
 
 
 def _revision(row: RevisionRow) -> RevisionRecord:
@@ -469,7 +496,12 @@ class Store:
         self.after_write: list[Callable[[], None]] = []
         self._writing: dict[object, float] = {}  # writes under way -> when each began
         self._writing_lock = threading.Lock()
-        self._tokens: dict[str, tuple[str, float]] = {}  # node -> (token digest, when it matched)
+        self._tokens: dict[str, tuple[str, float]] = {}  # node -> (its token's digest, when read)
+        self._tokens_read_at = float("-inf")  # monotonic time of the last read of every node's token
+        self._nodes_seen: dict[str, tuple[tuple[Any, ...], Node]] = {}  # name -> (its row, as of `nodes`)
+        # The states as the last `rollouts` and `workload_states` read them (`_read_states`).
+        self._rollouts_seen: _Seen | None = None
+        self._workload_states_seen: _Seen | None = None
         self._subnet_cursor = 0  # the index of the pod subnet to try first for a new node
         self._write_lock = threading.RLock() if self.engine.dialect.name == "sqlite" else None
         self.renewing: Lease | None = None  # SQLite: the lease this process's writes renew
@@ -1381,23 +1413,25 @@ class Store:
         return adopted
 
     def node_for_token(self, name: str, token: str) -> bool:
-        """Whether `token` is node `name`'s. A match is remembered for `TOKEN_MEMORY`
-        seconds (`AgentGate` asks it first from memory): a token this process replaces is forgotten
-        at once, one another server replaces within that time."""
+        """Whether `token` is node `name`'s. Nodes' token hashes are remembered for
+        `TOKEN_MEMORY` seconds (`AgentGate` asks it first from memory), every node's from one
+        read when a call finds its node's forgotten, at most once a second (in between, its
+        node's alone): 5,000 nodes read one by one about once a minute each were 110 reads a
+        second, 13% of the server's core while pods came up. A token this process replaces
+        is forgotten at once, one another server replaces within `TOKEN_MEMORY`."""
         if self.node_token_remembered(name, token):
             return True
-        digest = token_digest(token)
-        with self.session() as s:  # the one column: loading the whole row cost more than the call
-            held = s.scalar(select(NodeRow.token_hash).where(NodeRow.name == name))
-            valid = held is not None and hmac.compare_digest(held, digest)
-        if valid:
-            # Remembered for TOKEN_MEMORY seconds less up to a half, at random: nodes that
-            # joined together do not all come back to the database in the same second.
-            spread = random.random() * TOKEN_MEMORY / 2  # noqa: S311 - spreading load, not a secret
-            self._tokens[name] = (digest, time.monotonic() - spread)
-        else:
-            self._tokens.pop(name, None)
-        return valid
+        now = time.monotonic()
+        with self.session() as s:  # the one column: loading whole rows cost more than the call
+            if now - self._tokens_read_at >= 1.0:
+                self._tokens_read_at = now
+                self._tokens = {n: (h, now) for n, h in s.execute(select(NodeRow.name, NodeRow.token_hash))}
+                held = self._tokens.get(name, (None, now))[0]
+            else:
+                held = s.scalar(select(NodeRow.token_hash).where(NodeRow.name == name))
+                if held is not None:
+                    self._tokens[name] = (held, now)
+        return held is not None and hmac.compare_digest(held, token_digest(token))
 
     def node_token_remembered(self, name: str, token: str) -> bool:
         """Whether `token` matched node `name`'s within `TOKEN_MEMORY` seconds (no read: safe
@@ -1428,14 +1462,53 @@ class Store:
         )
 
     def nodes(self, now: float | None = None) -> list[NodeRecord]:
+        """Every node, by name. Read as plain columns, and a node whose row (its heartbeat
+        aside) and readiness are as at the last call is the same `Node` object as then:
+        decoding 5,000 rows into new nodes cost 80-150 ms of every controller pass."""
         now = time.time() if now is None else now
+        grace = self.heartbeat_grace
         with self.session() as s:
-            records = []
-            for r in s.scalars(select(NodeRow).order_by(NodeRow.name)):
-                node = _node(r, now, self.heartbeat_grace)
-                since = None if node.ready else _not_ready_since(r, self.heartbeat_grace)
-                records.append(NodeRecord(node, r.heartbeat_at, r.registered_at, since))
-            return records
+            rows = s.execute(
+                select(
+                    NodeRow.name,
+                    NodeRow.address,
+                    NodeRow.cpu_milli,
+                    NodeRow.memory_bytes,
+                    NodeRow.max_pods,
+                    sql_cast(NodeRow.labels, Text),  # compared as text; decoded only when it changed
+                    sql_cast(NodeRow.taints, Text),
+                    NodeRow.pod_cidr,
+                    NodeRow.runtime_error,
+                    NodeRow.runtime_error_since,
+                    NodeRow.heartbeat_at,
+                    NodeRow.registered_at,
+                ).order_by(NodeRow.name)
+            ).all()
+        known, seen, records = self._nodes_seen, {}, []
+        for name, address, cpu, memory, max_pods, labels, taints, cidr, error, error_since, beat, at in rows:
+            reason = _not_ready_reason(now - beat, grace, error)
+            key = (address, cpu, memory, max_pods, labels, taints, cidr, reason)
+            cached = known.get(name)
+            if cached is not None and cached[0] == key:
+                node = cached[1]
+            else:
+                node = Node(
+                    name=NodeName(name),
+                    address=address,
+                    cpu_milli=cpu,
+                    memory_bytes=memory,
+                    labels=tuple(sorted(json.loads(labels).items())),
+                    taints=_taints(json.loads(taints)),
+                    ready=not reason,
+                    max_pods=max_pods,
+                    reason=reason,
+                    pod_cidr=cidr or "",
+                )
+            seen[name] = (key, node)
+            since = None if node.ready else _since(beat, grace, error, error_since)
+            records.append(NodeRecord(node, beat, at, since))
+        self._nodes_seen = seen
+        return records
 
     def snapshot(
         self,
@@ -1848,16 +1921,43 @@ class Store:
 
     # --- rollouts ------------------------------------------------------------------
 
-    def rollouts(self) -> dict[ObjectKey, RolloutState]:
+    def _read_states(
+        self,
+        table: type[RolloutRow] | type[WorkloadStateRow],
+        known: _Seen | None,
+        decode: Callable[[str, Any], Any],
+    ) -> _Seen:
+        """Every row of a table of states, by key, as (its text, its JSON, `decode(kind,
+        JSON)`); a row whose text is in `known` alike is not decoded again."""
         with self.session() as s:
-            return {
-                ObjectKey(r.kind, r.namespace, r.name): decode_as(RolloutState, r.state)
-                for r in s.scalars(select(RolloutRow))
-            }
+            rows = s.execute(
+                select(table.kind, table.namespace, table.name, sql_cast(table.state, Text))
+            ).all()
+        seen: _Seen = {}
+        for kind, namespace, name, text_ in rows:
+            key = ObjectKey(kind, namespace, name)
+            cached = None if known is None else known.get(key)
+            if cached is None or cached[0] != text_:
+                stored = json.loads(text_)
+                cached = (text_, stored, decode(kind, stored))
+            seen[key] = cached
+        return seen
+
+    def rollouts(self) -> dict[ObjectKey, RolloutState]:
+        """Every stored rollout state; one whose row is as at the last read is the same
+        object as then."""
+        self._rollouts_seen = seen = self._read_states(
+            RolloutRow, self._rollouts_seen, lambda _, stored: decode_as(RolloutState, stored)
+        )
+        return {key: cached[2] for key, cached in seen.items()}
 
     def save_rollouts(self, states: Mapping[ObjectKey, RolloutState], now: float) -> None:
         """Store rollout states; drop those of Deployments not in `states`; record changes
-        of status as events."""
+        of status as events. When every state is, in its stored form, what the last
+        `rollouts` read, no write begins (`_as_read`)."""
+        if _as_read(self._rollouts_seen, states):
+            return
+        self._rollouts_seen = None  # written: read again before a write is spared
         with self.write_session() as s:
             rows = {ObjectKey(r.kind, r.namespace, r.name): r for r in s.scalars(select(RolloutRow))}
             for old_key, old_row in rows.items():
@@ -1883,16 +1983,20 @@ class Store:
 
     def workload_states(self) -> dict[ObjectKey, Any]:
         """What the controller remembers of each Job, CronJob and autoscaler (`STATE_TYPES`)."""
-        with self.session() as s:
-            return {
-                ObjectKey(r.kind, r.namespace, r.name): decode_as(STATE_TYPES[r.kind], r.state)
-                for r in s.scalars(select(WorkloadStateRow))
-                if r.kind in STATE_TYPES
-            }
+        self._workload_states_seen = seen = self._read_states(
+            WorkloadStateRow,
+            self._workload_states_seen,
+            lambda kind, stored: decode_as(STATE_TYPES[kind], stored) if kind in STATE_TYPES else None,
+        )
+        return {key: cached[2] for key, cached in seen.items() if cached[2] is not None}
 
     def save_workload_states(self, states: Mapping[ObjectKey, Any], now: float) -> None:
         """Store the states of the pass; drop those of objects not in `states`; record a
-        changed condition (a Job that completed, an autoscaler that scaled) as an event."""
+        changed condition (a Job that completed, an autoscaler that scaled) as an event.
+        When every state is what the last `workload_states` read, no write begins."""
+        if _as_read(self._workload_states_seen, states):
+            return
+        self._workload_states_seen = None
         with self.write_session() as s:
             rows = {ObjectKey(r.kind, r.namespace, r.name): r for r in s.scalars(select(WorkloadStateRow))}
             for old_key, old_row in rows.items():
