@@ -2,7 +2,7 @@
 with the `Settled` memo the controller keeps between passes, against `decide` without it
 (what every pass did before the memo), both in this process on the same state.
 
-    python bench/noop_pass.py [--nodes 5000] [--pods 150000] [--deployments 1500] [--repeat 5]
+    python bench/noop_pass.py [--nodes 5000] [--pods 150000] [--deployments 1500] [--repeat 5] [--store]
 
 The state: `--nodes` Ready nodes (64 cores, 256 GiB, 110 pods each) and `--deployments`
 Deployments of `--pods / --deployments` replicas each (one container asking 10m and
@@ -16,6 +16,16 @@ nothing, and the same. This is the planner, scheduler and rollouts alone: readin
 pods from the store (the `PodCache` hands out the same objects between passes) and the
 pass's write are not part of it; `bench/scale.py` measures whole passes in the server.
 
+With `--store`, the same cluster is also written to a SQLite store (in a temporary
+folder) the way the server reaches it: nodes registered, the Deployments applied as a
+revision, controller passes (`reconcile_once`) creating and binding the pods, and agents'
+reports making them Running and ready, until a pass decides nothing. Then whole controller
+passes are timed: the server's (pods through the `PodCache`, the `Settled` memo; it
+decides: one pass in `QuietPasses.resync` seconds does), the server's quiet pass (the
+inputs are those of the last pass that decided nothing: it does not decide), and a
+baseline pass that reads every pod again and plans every Deployment (what each pass did
+before the cache and the memo). Each must write nothing.
+
 The last line is one JSON object of the figures.
 """
 
@@ -25,15 +35,19 @@ import argparse
 import gc
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gitops.model import ClusterState, Node, NodeName
+from gitops.controller import QuietPasses, reconcile_once
+from gitops.model import ClusterState, Node, NodeName, PodStatus, Revision
 from gitops.planner.settled import Settled
 from gitops.reconcile import decide, settle
+from gitops.store import Store
+from gitops.store.store import Report
 from tests.planner.factories import deployment
 
 GiB = 2**30
@@ -85,6 +99,74 @@ def timed(state: ClusterState, now: float, repeat: int, settled: Settled | None)
     return best, same
 
 
+def stored(state: ClusterState, now: float, folder: str) -> Store:
+    """`state`'s nodes and Deployments in a store, its pods made by controller passes and
+    brought up by agents' reports, until a pass decides nothing."""
+    store = Store(f"sqlite:///{folder}/state.db", cluster_cidr="10.128.0.0/9", service_cidr="10.96.0.0/16")
+    started = time.perf_counter()
+    for i, node in enumerate(state.nodes):
+        store.register_node(node, f"token-{i}", now=now)
+    say(f"  {len(state.nodes)} nodes registered ({time.perf_counter() - started:.1f} s)")
+    store.apply_revision(Revision("bench", "a" * 40), list(state.desired), [], now=now)
+    settled = Settled()
+    for n in range(1, 50):
+        started = time.perf_counter()
+        result = reconcile_once(store, now, pods=store.pod_cache, settled=settled)
+        took = time.perf_counter() - started
+        if not (result.plan.create or result.plan.stop or result.bound):
+            say(f"  store pass {n}: nothing to do ({took * 1000:.0f} ms)")
+            return store
+        started = time.perf_counter()
+        by_node: dict[str, list[PodStatus]] = {}
+        for pod in store.pods():
+            if pod.node is not None:
+                by_node.setdefault(pod.node, []).append(PodStatus(pod.id, "Running", ready=True))
+        reports = [Report(node, tuple(statuses), now) for node, statuses in sorted(by_node.items())]
+        for at in range(0, len(reports), 200):
+            store.heartbeats(reports[at : at + 200])
+        say(
+            f"  store pass {n}: {len(result.plan.create)} created, {result.bound} bound ({took:.1f} s); "
+            f"agents reported them running ({time.perf_counter() - started:.1f} s)"
+        )
+        now += 1.0
+    raise SystemExit("no fixed point in the store after 50 passes")
+
+
+def passes(store: Store, now: float, repeat: int, **memo: Any) -> tuple[float, int]:
+    """The best time of `repeat` controller passes (after one that fills what `memo` holds),
+    and the rows they wrote."""
+    reconcile_once(store, now, **memo)
+    best, written = float("inf"), store.written()
+    for n in range(repeat):
+        gc.collect()
+        started = time.perf_counter()
+        result = reconcile_once(store, now + 1.0 + n * 0.1, **memo)
+        best = min(best, time.perf_counter() - started)
+        assert not (result.plan.create or result.plan.stop or result.bound), result.plan.describe()[:5]
+    return best, store.written() - written
+
+
+def whole_passes(state: ClusterState, now: float, repeat: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="gitops-noop-") as folder:
+        store = stored(state, now, folder)
+        baseline, wrote_baseline = passes(store, now, repeat)
+        say(f"whole pass, every pod read and every Deployment planned: {baseline * 1000:.1f} ms")
+        server, wrote_server = passes(store, now, repeat, pods=store.pod_cache, settled=Settled())
+        say(f"whole pass, as the server decides one: {server * 1000:.1f} ms")
+        quiet, wrote_quiet = passes(store, now, repeat, pods=store.pod_cache, quiet=QuietPasses(resync=1e9))
+        say(f"whole pass, as the server skips deciding one: {quiet * 1000:.1f} ms")
+        writes = wrote_baseline + wrote_server + wrote_quiet
+        say(f"rows written by these passes: {writes}; ratio: {baseline / server:.1f}x")
+        store.close()
+    return {
+        "noop_pass_ms": round(server * 1000, 1),
+        "quiet_pass_ms": round(quiet * 1000, 1),
+        "pass_baseline_ms": round(baseline * 1000, 1),
+        "pass_ratio": round(baseline / server, 2),
+        "pass_writes": writes,
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -93,6 +175,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--pods", type=int, default=150_000)
     parser.add_argument("--deployments", type=int, default=1500)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--store", action="store_true", help="time whole controller passes over a store too")
     args = parser.parse_args(argv)
     say(f"noop pass: {args.nodes} nodes, {args.pods} pods in {args.deployments} Deployments")
     state, now = steady(args)
@@ -118,6 +201,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ratio": round(baseline / memo, 2),
         "same": same,
     }
+    if args.store:
+        figures |= whole_passes(state, now, args.repeat)
     print(json.dumps(figures), flush=True)
     return figures
 
