@@ -217,7 +217,14 @@ def all_endpoints(
 
     Each Service looks only at the pods carrying the rarest pair of its selector in its
     namespace (an index built once): 1,500 Services over 150,000 pods are not 225 million
-    label checks."""
+    label checks; without a Service, no index."""
+    services = [
+        m
+        for m in sorted(desired, key=lambda m: m.key)
+        if m.key.kind == "Service" and (m.key in vips or not needs_vip(m))
+    ]
+    if not services:
+        return ()
     by_name = {n.name: n for n in nodes}
     allocated = node_ports or {}
     in_namespace: dict[str, list[Pod]] = {}
@@ -236,7 +243,5 @@ def all_endpoints(
         return min(lists, key=len)
 
     return tuple(
-        endpoints_for(m, vips.get(m.key, ""), candidates(m), by_name, allocated.get(m.key))
-        for m in sorted(desired, key=lambda m: m.key)
-        if m.key.kind == "Service" and (m.key in vips or not needs_vip(m))
+        endpoints_for(m, vips.get(m.key, ""), candidates(m), by_name, allocated.get(m.key)) for m in services
     )
