@@ -3,7 +3,7 @@
 Each pass reads the state from the store (it never trusts what woke it), runs the pure
 `gitops.reconcile.decide` (planner and scheduler), and writes the decision back. The pods,
 most of the state, come through a `PodCache` that reads only the rows written since its
-last read, and all of them every few minutes or after an error. Running a pass
+last read (every row's stamp every few minutes, every row after an error). Running a pass
 twice changes nothing the second time. Passes run on a timer and whenever a sync or an
 agent report wakes the loop.
 """
