@@ -88,6 +88,12 @@ class PodCache:
     def _refresh(self) -> None:
         began = time.monotonic()
         started = time.time()  # the clock `written_at` is stamped with
+        # Not past a write of this process under way as the read begins: its rows, stamped
+        # since it began, become visible only when it commits, however long it takes. Asked
+        # before the read: a write that commits during the read is not seen by it, and asked
+        # after, it was no longer under way, and its rows fell before the next window. (One
+        # that begins after `started` stamps its rows after it.)
+        oldest = self.store.oldest_write()
         try:
             if self._since is None:
                 self._read_all(started)
@@ -101,10 +107,7 @@ class PodCache:
         except Exception:
             self._since = None  # the next call reads everything again
             raise
-        # Not past a write of this process still under way: its rows, stamped since it
-        # began, become visible only when it commits, however long it takes.
         self._read_at = began
-        oldest = self.store.oldest_write()
         self._since = min(started, oldest if oldest is not None else started) - self.slack
 
     def invalidate(self) -> None:

@@ -8,10 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
 from gitops.model import Node, NodeName, ObjectKey, Pod, PodName, PodStatus
 from gitops.store import Store
 from gitops.store.podcache import PodCache
+from gitops.store.tables import PodRow
 from tests.specs import pod_spec
 
 
@@ -158,10 +160,6 @@ def test_the_periodic_resync_compares_every_stamp_and_decodes_only_what_moved(st
     """A row written with a stamp before the window (another process's commit later than the
     slack) is put right by the resync every `full_every` seconds, which decoded every row
     again (20 s at 150,000 pods); now only the rows whose stamp moved are read."""
-    from sqlalchemy import update
-
-    from gitops.store.tables import PodRow
-
     store.apply_pod_changes(
         create=[(_pod(i), "new") for i in range(30)], stop=[], bind={}, pending_reasons={}, now=1.0
     )
@@ -176,3 +174,43 @@ def test_the_periodic_resync_compares_every_stamp_and_decodes_only_what_moved(st
     assert after[hidden].reason == "changed" and cache.rows_read == 1
     assert all(after[pod_id] is pod for pod_id, pod in before.items() if pod_id != hidden)
     assert cache.pods() == tuple(store.pods())
+
+
+def test_a_write_that_commits_while_the_cache_reads_is_seen_by_the_next_read(tmp_path: Path) -> None:
+    """The window of the next read began at the oldest write still under way as sampled after
+    the read: a write that began before the read and committed during it was no longer under
+    way, and its rows, stamped before the read began, fell before the window. A bind missed
+    so stayed unseen until the resync, minutes later."""
+    import threading
+    import time
+
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store.register_node(Node(NodeName("n1"), "192.0.2.10", 4000, 2**32), "t", now=1.0)
+    store.apply_pod_changes(create=[(_pod(1), "new")], stop=[], bind={}, pending_reasons={}, now=1.0)
+    cache = PodCache(store, slack=0.0)
+    (pod,) = cache.pods()
+    stamped, release = threading.Event(), threading.Event()
+
+    def long_bind() -> None:
+        with store.write_session() as s:
+            s.execute(update(PodRow).where(PodRow.id == pod.id).values(node="n1", written_at=time.time()))
+            stamped.set()
+            release.wait(10)
+
+    writer = threading.Thread(target=long_bind)
+    writer.start()
+    assert stamped.wait(10)
+    time.sleep(0.02)  # the read begins after the rows were stamped
+    read_changes = cache._read_changes
+
+    def read_then_commit(since: float) -> None:
+        read_changes(since)  # the write is not committed yet: not seen
+        release.set()
+        writer.join(10)
+
+    cache._read_changes = read_then_commit  # type: ignore[method-assign]
+    assert cache.pods()[0].node is None
+    cache._read_changes = read_changes  # type: ignore[method-assign]
+    time.sleep(0.02)
+    assert cache.pods()[0].node == "n1"
+    store.close()
