@@ -643,6 +643,10 @@ async def run(args: argparse.Namespace, server: Server, join_token: str, figures
         await pool.close()
 
 
+def _exit_on_term(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -685,6 +689,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"{figures['db']}"
     )
     server = start_server(tmp, db, join_token, args.log_level)
+    # Stopped with SIGTERM, the bench stops its server too (and removes its folder): it
+    # left the server running.
+    terminated = signal.signal(signal.SIGTERM, _exit_on_term)
     try:
         asyncio.run(run(args, server, join_token, figures))
     except Exception as exc:  # the figures so far are still printed
@@ -693,6 +700,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         say(f"server log (last lines):\n{server.log.read_text()[-2000:]}")
     finally:
         figures["rss_mib"] = round(server.rss_mib(), 1)
+        signal.signal(signal.SIGTERM, terminated)
         server.stop()
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
