@@ -199,24 +199,29 @@ def _write(
     """Write `changes`, whole workloads at a time, in transactions of about `WRITE_BATCH`
     pod changes at most; each transaction adds its workloads to `written` once committed.
     Nothing to write opens no transaction."""
+
+    def flush(batch: _Changes, owners: list[ObjectKey]) -> None:
+        if batch:
+            store.apply_pod_changes(
+                create=batch.create,
+                stop=batch.stop,
+                delete_now=batch.delete_now,
+                bind=batch.bind,
+                placed_because=decision.placements.why,
+                pending_reasons=batch.pending_reasons,
+                now=now,
+            )
+        if written is not None:
+            written.update(owners)
+
     batch, owners = _Changes(), []
-    for i, owner in enumerate(sorted(changes)):
+    for owner in sorted(changes):
         batch.add(changes[owner])
         owners.append(owner)
-        if len(batch) >= WRITE_BATCH or i == len(changes) - 1:
-            if batch:
-                store.apply_pod_changes(
-                    create=batch.create,
-                    stop=batch.stop,
-                    delete_now=batch.delete_now,
-                    bind=batch.bind,
-                    placed_because=decision.placements.why,
-                    pending_reasons=batch.pending_reasons,
-                    now=now,
-                )
-            if written is not None:
-                written.update(owners)
+        if len(batch) >= WRITE_BATCH:
+            flush(batch, owners)
             batch, owners = _Changes(), []
+    flush(batch, owners)
 
 
 def _write_each(

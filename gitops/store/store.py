@@ -313,15 +313,15 @@ def _node(row: NodeRow, now: float, grace: float) -> Node:
 _Seen = dict[ObjectKey, tuple[str, Any, Any]]
 
 
-def _as_read(seen: _Seen | None, states: Mapping[ObjectKey, Any]) -> bool:
-    """Whether `states` are, in their stored form, the rows as last read (`seen`, None when
-    not read since the last write): then writing them would write nothing. A no-op pass over
-    1,500 Deployments loaded their 1,500 rows under the write lock to write none. Only the
-    leader writes states, and each of its passes reads them before it writes them."""
+def _as_read(seen: _Seen | None, encoded: Mapping[ObjectKey, Any]) -> bool:
+    """Whether states in their stored form (`encoded`) are the rows as last read (`seen`,
+    None when not read since the last write): then writing them would write nothing. A no-op
+    pass over 1,500 Deployments loaded their 1,500 rows under the write lock to write none.
+    Only the leader writes states, and each of its passes reads them before it writes them."""
     return (
         seen is not None
-        and seen.keys() == states.keys()
-        and all(encode(state) == seen[key][1] for key, state in states.items())
+        and seen.keys() == encoded.keys()
+        and all(value == seen[key][1] for key, value in encoded.items())
     )
 
 
@@ -1959,7 +1959,8 @@ class Store:
         """Store rollout states; drop those of Deployments not in `states`; record changes
         of status as events. When every state is, in its stored form, what the last
         `rollouts` read, no write begins (`_as_read`)."""
-        if _as_read(self._rollouts_seen, states):
+        encoded = {key: encode(state) for key, state in states.items()}
+        if _as_read(self._rollouts_seen, encoded):
             return
         seen, self._rollouts_seen = self._rollouts_seen, None  # written: read again before a write is spared
         with self.write_session() as s:
@@ -1967,7 +1968,6 @@ class Store:
                 seen = self._read_states(RolloutRow, None, _rollout, session=s)
             # Only what differs from the rows as read, in a few statements and no row loaded:
             # while 150,000 pods came up, loading 1,500 rows each pass was 10% of a core.
-            encoded = {key: encode(state) for key, state in states.items()}
             changed = [key for key, value in encoded.items() if key not in seen or seen[key][1] != value]
             for key in [key for key in seen if key not in states]:
                 s.execute(
@@ -2006,7 +2006,8 @@ class Store:
         """Store the states of the pass; drop those of objects not in `states`; record a
         changed condition (a Job that completed, an autoscaler that scaled) as an event.
         When every state is what the last `workload_states` read, no write begins."""
-        if _as_read(self._workload_states_seen, states):
+        encoded = {key: encode(state) for key, state in states.items()}
+        if _as_read(self._workload_states_seen, encoded):
             return
         self._workload_states_seen = None
         with self.write_session() as s:
@@ -2014,18 +2015,17 @@ class Store:
             for old_key, old_row in rows.items():
                 if old_key not in states:
                     s.delete(old_row)
-            for key, state in states.items():
-                encoded = encode(state)
+            for key, value in encoded.items():
                 row = rows.get(key)
-                if row is not None and row.state == encoded:
+                if row is not None and row.state == value:
                     continue
                 before = row.state if row is not None else {}
                 if row is None:
                     row = WorkloadStateRow(kind=key.kind, namespace=key.namespace, name=key.name)
                     s.add(row)
-                row.state = encoded
+                row.state = value
                 row.updated_at = now
-                event = state_event(key.kind, before, encoded)
+                event = state_event(key.kind, before, value)
                 if event:
                     s.add(EventRow(time=now, object=str(key), reason=event[0], message=event[1]))
 
