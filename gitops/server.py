@@ -175,7 +175,17 @@ class ControlPlane:
                 repo.policy = self.policy
                 repo.ensure()
             app.include_router(git_router(self.hosted, self.push_token, self._pushed))
-        config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning", access_log=False)
+        # httptools and uvloop: thousands of agents' calls a second are mostly HTTP parsing and
+        # event-loop work, which they do in C (docs/scale.md).
+        config = uvicorn.Config(
+            app,
+            host=self.host,
+            port=self.port,
+            log_level="warning",
+            access_log=False,
+            http="httptools",
+            loop="uvloop",
+        )
         return _Server(config, app.state.node_watch)
 
     def _lead(self) -> None:
