@@ -12,7 +12,9 @@ is answered on the event loop from memory: no read, no write, no worker thread. 
 runs in a worker thread, reads only the node's own pods, shares one computation of every
 Service's endpoints among all agents (`SharedEndpoints`), and wakes the controller only
 when a report changed a pod. A report like the last one costs no write, and what the agent
-holds already is not sent again (`gitops.api.agentsync`).
+holds already is not sent again (`gitops.api.agentsync`). Sync and watch calls, every
+agent's about once a second, are served on a lean route (`gitops.api.noderoute`): the body
+parsed by its model in one step, the reply sent as built.
 
 `/api/v1/...` is read-only (GET and HEAD) and comes from the one redacted read model
 (`gitops.api.readmodel`), as does the status page (`gitops.api.page`); a container's log
@@ -49,6 +51,7 @@ from gitops.api.models import (
     address_problem,
     field_errors,
 )
+from gitops.api.noderoute import node_call
 from gitops.api.page import install_status_page
 from gitops.api.readmodel import BadContinue, ExpiredContinue, PodOrder, ReadModel
 from gitops.api.readonly import install_read_only
@@ -102,7 +105,15 @@ def create_app(
     are adopted then). `leadership` says whether this control plane leads and who does,
     for `/api/v1/status` (`gitops.server.ControlPlane.leadership`)."""
     # No Swagger UI or ReDoc: they load their assets from a CDN. /docs is ours, offline.
-    app = FastAPI(title="gitops", version="0.2.0", docs_url=None, redoc_url=None)
+    # No OpenTelemetry: gitops exports Prometheus metrics (`/metrics`). FastAPI would look for
+    # OpenTelemetry providers at every request (9% of an agent's quiet sync call).
+    app = FastAPI(
+        title="gitops",
+        version="0.2.0",
+        docs_url=None,
+        redoc_url=None,
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
     install_read_only(app)
     app.add_middleware(
         AgentGate,
@@ -123,6 +134,7 @@ def create_app(
     endpoints = SharedEndpoints(store, clock, ttl=endpoints_cache_seconds)
     reports = app.state.agent_reports = AgentReports(store)
     proxy_problems: dict[str, tuple[str, ...]] = {}
+    ranges = (str(store.service_cidr), str(store.cluster_cidr))  # fixed when the store is opened
     app.state.read_model = reads
     logs = app.state.logs = LogHub()  # `gitops logs` requests, answered by the pods' agents
     watch = app.state.node_watch = NodeWatch(store, endpoints, logs.pending_nodes)
@@ -201,10 +213,8 @@ def create_app(
             pod_cidr=pod_cidr,
         )
 
-    @app.post("/agent/v1/nodes/{name}/sync", response_model=SyncReply)
-    async def agent_sync(
-        name: str, request: SyncRequest, _: str = Depends(node_token)
-    ) -> dict[str, Any] | Response:
+    @node_call(app, "/agent/v1/nodes/{name}/sync", response_model=SyncReply)
+    async def agent_sync(name: str, request: SyncRequest) -> dict[str, Any] | bytes:
         """Heartbeat and pod statuses in; this node's pods and every Service's endpoints out."""
         digest = report_digest(request)
         reply = _unchanged(name, request, digest)
@@ -245,14 +255,18 @@ def create_app(
         pods: list[dict[str, Any]] | None = None,
         claims: list[str] | None = None,
     ) -> dict[str, Any]:
-        """A sync reply with the Services and routes left null (as held)."""
+        """A sync reply with the Services and routes left null (as held): every field of
+        `SyncReply` (sent as it is: `gitops.api.noderoute`)."""
         return {
             "pods": pods,
             "pods_version": pods_version,
             "services": None,
             "services_version": services_version,
-            "service_cidr": str(store.service_cidr),
-            "cluster_cidr": str(store.cluster_cidr),
+            "services_from": "",
+            "services_changed": None,
+            "services_removed": None,
+            "service_cidr": ranges[0],
+            "cluster_cidr": ranges[1],
             "routes": None,
             "allow_probe_hosts": allow_probe_hosts,
             "allow_host_paths": list(allow_host_paths),
@@ -268,7 +282,7 @@ def create_app(
             "claims": claims,
         }
 
-    def _sync(name: str, request: SyncRequest, digest: str) -> Response:
+    def _sync(name: str, request: SyncRequest, digest: str) -> bytes:
         """A sync that reads or writes: the report written (unless it is the last one again),
         and what the agent does not hold yet."""
         statuses = [
@@ -344,12 +358,12 @@ def create_app(
             pods=None if same_pods else pods,
             claims=None if same_pods else sorted(store.claims(node=name)),
         )
-        return Response(json_object(fields, services), media_type="application/json")
+        return json_object(fields, services)
 
-    @app.post("/agent/v1/nodes/{name}/watch", response_model=WatchReply, response_model_exclude_none=True)
-    async def agent_watch(
-        name: str, request: WatchRequest, _: str = Depends(node_token)
-    ) -> dict[str, Any] | Response:
+    @node_call(
+        app, "/agent/v1/nodes/{name}/watch", response_model=WatchReply, response_model_exclude_none=True
+    )
+    async def agent_watch(name: str, request: WatchRequest) -> dict[str, Any] | bytes:
         """Long-poll: answered once the node's pods or the Services move from the versions
         the agent holds, or a log request waits for it; else after `timeout` seconds.
 
@@ -374,7 +388,7 @@ def create_app(
                 endpoints.reply_parts, request.have_services, name, deltas=True
             )
             if version == answer["services_version"] and "services_changed" in parts:
-                return Response(json_object(answer, parts), media_type="application/json")
+                return json_object(answer, parts)
         return answer
 
     def _note_proxy_problems(node: str, reported: tuple[str, ...], now: float) -> None:

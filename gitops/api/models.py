@@ -240,9 +240,12 @@ class SyncRequest(_Strict):
     """`POST /agent/v1/nodes/{name}/sync`: a heartbeat with the node's pod statuses, the
     terminating pods it has finished stopping, and the service rules its proxy had to skip."""
 
-    statuses: Annotated[list[PodStatusModel], Field(max_length=MAX_PODS_PER_REPORT)] = []
-    stopped: Annotated[list[PodIdText], Field(max_length=MAX_PODS_PER_REPORT)] = []
-    proxy_problems: Annotated[list[Annotated[str, Field(max_length=2000)]], Field(max_length=1000)] = []
+    # (Lists made for each request, not a default deep-copied: every agent sends one a second.)
+    statuses: Annotated[list[PodStatusModel], Field(max_length=MAX_PODS_PER_REPORT, default_factory=list)]
+    stopped: Annotated[list[PodIdText], Field(max_length=MAX_PODS_PER_REPORT, default_factory=list)]
+    proxy_problems: Annotated[
+        list[Annotated[str, Field(max_length=2000)]], Field(max_length=1000, default_factory=list)
+    ]
     runtime_error: Annotated[str, Field(max_length=2000)] = ""  # why the container runtime is unreachable
     # The containers' CPU and memory use, when the agent measured them again since its last report.
     usage: Annotated[list[PodUsageModel], Field(max_length=MAX_PODS_PER_REPORT)] | None = None

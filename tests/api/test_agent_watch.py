@@ -15,6 +15,7 @@ import httpx
 import pytest
 from sqlalchemy import event
 
+from gitops.api.models import SyncReply
 from gitops.controller import reconcile_once
 from gitops.model import Revision
 from gitops.server import ControlPlane
@@ -123,6 +124,7 @@ def test_a_watching_agents_heartbeat_that_changes_nothing_reads_and_writes_nothi
     finally:
         event.remove(plane.store.engine, "before_cursor_execute", count)
     assert beat["pods"] is None and beat["services"] is None and beat["claims"] is None
+    assert set(beat) == set(SyncReply.model_fields)  # answered from memory, in the reply's shape
     assert (beat["pods_version"], beat["services_version"]) == (
         held["pods_version"],
         held["services_version"],
