@@ -66,8 +66,15 @@ def address_problem(address: str, service_cidr: str, *, loopback_ok: bool) -> st
     return None
 
 
+_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+# An IPv4 address as `ipaddress` writes it (no leading zeros): such a value is valid and
+# already canonical. Agents report every pod's address in each sync; parsing each one
+# through `ipaddress` and writing it back was a third of validating a sync's body.
+_CANONICAL_IPV4 = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}")
+
+
 def _pod_ip(value: str) -> str:
-    if value == "":
+    if value == "" or _CANONICAL_IPV4.fullmatch(value):
         return value
     try:
         return str(ipaddress.IPv4Address(value))
@@ -167,14 +174,17 @@ class PodStatusModel(_Strict):
     ready: bool = False
     reason: Annotated[str, Field(max_length=MAX_REASON)] = ""
     pod_ip: Annotated[str, AfterValidator(_pod_ip)] = ""
-    host_ports: Annotated[list[tuple[Port, Literal["TCP", "UDP", "SCTP"], Port]], Field(max_length=1024)] = []
+    # Mutable defaults as factories: a plain `[]` is deep-copied for every status validated.
+    host_ports: Annotated[
+        list[tuple[Port, Literal["TCP", "UDP", "SCTP"], Port]], Field(max_length=1024, default_factory=list)
+    ]
     restarts: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
     exit_code: Annotated[int, Field(ge=-(2**31), le=2**31 - 1)] | None = None
     container_id: Annotated[str, Field(max_length=128)] = ""
     last_log: Annotated[str, Field(max_length=MAX_LOG)] = ""
     template_hash: Annotated[str, Field(max_length=64)] = ""
     owner: Annotated[str, Field(max_length=600)] = ""
-    containers: Annotated[list[ContainerStatusModel], Field(max_length=64)] = []
+    containers: Annotated[list[ContainerStatusModel], Field(max_length=64, default_factory=list)]
 
 
 MAX_LOG_CHUNK = 32 * 2**10  # bytes of a container's log in one chunk an agent posts
