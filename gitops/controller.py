@@ -14,14 +14,14 @@ import dataclasses
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
 from gitops.health import Health
-from gitops.loop import Backoff, Ended, Loop
+from gitops.loop import Backoff, Ended, Loop, Precedence
 from gitops.metrics import Metrics
 from gitops.model import NodeName, ObjectKey, Pod, PodId
 from gitops.planner import Plan
@@ -79,6 +79,7 @@ def reconcile_once(
     pods: PodCache | None = None,
     quiet: QuietPasses | None = None,
     settled: Settled | None = None,
+    precedence: Precedence | None = None,
 ) -> PassResult:
     """One pass. A node's NotReady time counts from `not_ready_before` at the earliest (the
     control plane's start): a server that was down does not evict every pod at its first
@@ -87,7 +88,8 @@ def reconcile_once(
     read everything again next time. With `quiet` (and `pods`), a pass whose inputs did not
     change since the last pass that decided nothing does not decide again (`QuietPasses`).
     With `settled` (kept between passes), settled Deployments are not planned again while
-    their pods are the same (`gitops.planner.settled`)."""
+    their pods are the same (`gitops.planner.settled`). With `precedence`, a write of more
+    than `WRITE_BATCH` pod changes holds it while it goes on."""
     state = store.snapshot(now, pods=pods.pods if pods is not None else None, versioned=False)
     if not_ready_before:
         since = {n: max(t, not_ready_before) for n, t in state.not_ready_since.items()}
@@ -99,15 +101,20 @@ def reconcile_once(
     result, placements, evicted = decision.plan, decision.placements, decision.evicted
     failed = dict(result.failed)
     changes, written = _changes(decision), set[ObjectKey]()
-    try:
-        _write(store, changes, decision, now, written=written)
-    except Ended:  # the lease passed on: this process writes nothing more
-        raise
-    except Exception as exc:  # what is not written yet is written again workload by workload
-        if pods is not None:
-            pods.invalidate()
-        log.warning("controller.write_failed", error=str(exc), retry="workload by workload")
-        failed |= _write_each(store, {k: c for k, c in changes.items() if k not in written}, decision, now)
+    # A write of more than one transaction (thousands of pods created and bound) takes
+    # precedence over the agents' calls: they wait while it goes on (`Precedence`).
+    many = sum(len(c) for c in changes.values()) > WRITE_BATCH
+    with precedence.held() if precedence is not None and many else nullcontext():
+        try:
+            _write(store, changes, decision, now, written=written)
+        except Ended:  # the lease passed on: this process writes nothing more
+            raise
+        except Exception as exc:  # what is not written yet is written again workload by workload
+            if pods is not None:
+                pods.invalidate()
+            log.warning("controller.write_failed", error=str(exc), retry="workload by workload")
+            left = {k: c for k, c in changes.items() if k not in written}
+            failed |= _write_each(store, left, decision, now)
     for key, error in sorted(failed.items()):
         log.error("controller.workload_failed", workload=str(key), error=error)
     rollouts = {
@@ -260,8 +267,10 @@ class Controller:
         not_ready_before: Callable[[], float] = lambda: 0.0,
         health: Health | None = None,
         fence: Callable[[], AbstractContextManager[object]] | None = None,
+        precedence: Precedence | None = None,
     ) -> None:
         self.store = store
+        self.precedence = precedence or Precedence()  # held while a pass writes many pod changes
         self.ready = ready
         self.not_ready_before = not_ready_before
         self._waited = False
@@ -271,6 +280,8 @@ class Controller:
         self.quiet = QuietPasses()
         self.settled = Settled()
         self._took, self._ended = 0.0, float("-inf")  # how long the last pass took, when it ended
+        self._desired: tuple[object, ...] | None = None  # the desired objects the last pass began with
+        self._more = False  # the last pass left workloads wanting more new pods
         self.loop = Loop(
             "controller",
             self._pass,
@@ -299,16 +310,29 @@ class Controller:
         if rest > 0:
             time.sleep(min(rest, MAX_REST))
         started, written = time.perf_counter(), self.store.written()
-        result = reconcile_once(
-            self.store,
-            self.clock(),
-            not_ready_toleration=self.not_ready_toleration,
-            metrics=self.metrics,
-            not_ready_before=self.not_ready_before(),
-            pods=self.store.pod_cache,  # each pass reads only the pods written since the last
-            quiet=self.quiet,
-            settled=self.settled,
+        # The first pass of a new revision (and one going on with what the last left) may
+        # create and bind thousands of pods: it decides before the agents' calls, as it
+        # writes (a big write holds the precedence within `reconcile_once` too).
+        desired = tuple(self.store.desired())  # the very objects while no revision is applied
+        last, self._desired = self._desired, desired
+        new = (
+            last is None
+            or len(desired) != len(last)
+            or any(a is not b for a, b in zip(desired, last, strict=True))
         )
+        with self.precedence.held() if new or self._more else nullcontext():
+            result = reconcile_once(
+                self.store,
+                self.clock(),
+                not_ready_toleration=self.not_ready_toleration,
+                metrics=self.metrics,
+                not_ready_before=self.not_ready_before(),
+                pods=self.store.pod_cache,  # each pass reads only the pods written since the last
+                quiet=self.quiet,
+                settled=self.settled,
+                precedence=self.precedence,
+            )
+        self._more = result.plan.more
         self._ended = time.perf_counter()
         self._took = self._ended - started
         if self.metrics is not None:

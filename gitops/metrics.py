@@ -21,6 +21,8 @@ Names (all prefixed `gitops_`):
   had nothing to do)
 - `node_heartbeat_age_seconds{node}` and `node_ready{node}` gauges
 - `proxy_rules_skipped{node}` gauge: service rules a node's proxy skipped as invalid
+- `agent_calls_yielded_seconds_total` counter: how long agents' sync calls waited, in all,
+  for the controller deciding or writing thousands of pods (`gitops.loop.Precedence`)
 - `problem_seconds{component}` gauge: how long a part of the control plane (the controller,
   a source's sync, the status view) has been failing; absent while it works
 """
@@ -165,6 +167,11 @@ class Metrics:
             "gitops_proxy_rules_skipped",
             "Service rules a node's proxy could not program and skipped (see the node's events).",
             ["node"],
+            registry=self.registry,
+        )
+        self.agent_calls_yielded = Counter(
+            "gitops_agent_calls_yielded_seconds",
+            "Seconds agents' sync calls waited, in all, for the controller deciding or writing many pods.",
             registry=self.registry,
         )
         self._store_collector: _StoreCollector | None = None

@@ -35,7 +35,7 @@ from gitops.api.githttp import git_router
 from gitops.api.webhooks import webhook_router
 from gitops.controller import Controller
 from gitops.health import Health
-from gitops.loop import Loop
+from gitops.loop import Loop, Precedence
 from gitops.metrics import Metrics
 from gitops.redact import redact_logs_with
 from gitops.schemas.validate import DEFAULT_POLICY, Policy
@@ -118,6 +118,8 @@ class ControlPlane:
     controller: Controller | None = None
     metrics: Metrics = field(default_factory=Metrics)  # served at /metrics
     previews: list[BranchPreviews] = field(default_factory=list)
+    # The controller's big writes go before the agents' calls (`gitops.loop.Precedence`).
+    precedence: Precedence = field(default_factory=Precedence)
 
     def __post_init__(self) -> None:
         for source in self.sources:
@@ -164,6 +166,7 @@ class ControlPlane:
             adopting=self.sources_read,
             health=self.health,
             leadership=self.leadership,
+            precedence=self.precedence,
         )
         app.include_router(
             webhook_router(
@@ -235,6 +238,7 @@ class ControlPlane:
             not_ready_before=lambda: self._started_at,
             health=self.health,
             fence=fence,
+            precedence=self.precedence,
         )
         self.previews = [
             BranchPreviews(

@@ -321,3 +321,58 @@ def test_a_pass_that_changes_nothing_begins_no_write(tmp_path: Path, monkeypatch
     store.apply_revision(Revision("git:x", "b" * 40), apps[:1], [], now=104.0)
     reconcile_once(store, now=105.0)
     assert set(store.rollouts()) == {apps[0].key} and store.rollouts()[apps[0].key] == rollouts[apps[0].key]
+
+
+@pytest.mark.parametrize(("replicas", "held"), [(3, [True, True]), (1, [False])])
+def test_a_pass_writing_more_than_one_transaction_holds_precedence_over_the_agents_calls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replicas: int, held: list[bool]
+) -> None:
+    """While a pass created and bound 150,000 pods, the agents' calls took most of the one
+    core, and binding them all took three times what the pass alone takes: a pass writing
+    more than `WRITE_BATCH` pod changes holds its `Precedence` while it writes, a small one
+    does not."""
+    from gitops.loop import Precedence
+
+    monkeypatch.setattr(controller, "WRITE_BATCH", 2)
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store.register_node(Node(NodeName("n1"), "192.0.2.10", 64000, 256 * 2**30), "t", now=100.0)
+    apps = [deployment(name, replicas=replicas) for name in ("a", "b")[: 2 if replicas > 1 else 1]]
+    store.apply_revision(Revision("git:x", "a" * 40), apps, [], now=100.0)
+    precedence, holding = Precedence(), []
+    apply = store.apply_pod_changes
+
+    def spy(**changes: Any) -> None:
+        holding.append(precedence.holding)
+        apply(**changes)
+
+    monkeypatch.setattr(store, "apply_pod_changes", spy)
+    assert reconcile_once(store, now=101.0, precedence=precedence).bound == len(apps) * replicas
+    assert holding == held
+    assert not precedence.holding  # given back once the pass has written
+
+
+def test_the_first_pass_of_a_new_revision_decides_holding_precedence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deciding 150,000 new pods (planning and placing them) takes seconds of the one core
+    the agents' calls share: the pass after a revision is applied, and one going on with
+    what the last pass left, hold the precedence from the start; a pass after agents'
+    reports does not."""
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store.register_node(Node(NodeName("n1"), "192.0.2.10", 64000, 256 * 2**30), "t", now=100.0)
+    store.apply_revision(Revision("git:x", "a" * 40), [deployment("web", replicas=2)], [], now=100.0)
+    ctl = controller.Controller(store, interval=3600, clock=lambda: 101.0)
+    holding: list[bool] = []
+    real = controller.reconcile_once
+
+    def spy(*args: Any, **kwargs: Any) -> controller.PassResult:
+        holding.append(ctl.precedence.holding)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(controller, "reconcile_once", spy)
+    ctl._pass()  # the revision is new to it
+    ctl._pass()  # nothing new
+    store.apply_revision(Revision("git:x", "b" * 40), [deployment("web", replicas=3)], [], now=102.0)
+    ctl._pass()
+    assert holding == [True, False, True]
+    assert not ctl.precedence.holding and len(store.pods()) == 3

@@ -3,12 +3,13 @@ terminal errors are logged once per step and never slow the loop down, triggers 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
 from structlog.testing import capture_logs
 
-from gitops.loop import Backoff, Ended, Loop, Terminal
+from gitops.loop import Backoff, Ended, Loop, Precedence, Terminal
 from tests.conftest import wait_for
 
 
@@ -82,3 +83,52 @@ def test_a_step_that_raises_ended_ends_the_loop_quietly() -> None:
     loop.run()  # returns: no error raised, no retry
     assert steps == [1]
     assert loop.error is None and loop.failures == 0
+
+
+def test_precedence_makes_waiters_wait_until_every_holder_is_done_or_their_patience_ends() -> None:
+    precedence = Precedence()
+    assert precedence.wait(0.0) and not precedence.holding  # free: at once
+    waited: list[tuple[bool, float]] = []
+
+    def waiter(patience: float) -> None:
+        began = time.monotonic()
+        waited.append((precedence.wait(patience), time.monotonic() - began))
+
+    first, second = precedence.held(), precedence.held()
+    first.__enter__()
+    second.__enter__()
+    assert precedence.holding
+    impatient = threading.Thread(target=waiter, args=(0.05,))
+    impatient.start()
+    impatient.join(5)
+    assert waited == [(False, waited[0][1])] and 0.05 <= waited[0][1] < 1.0  # gave up, still held
+    patient = threading.Thread(target=waiter, args=(30.0,))
+    patient.start()
+    first.__exit__(None, None, None)
+    time.sleep(0.1)
+    assert patient.is_alive()  # one holder still holds it
+    second.__exit__(None, None, None)
+    patient.join(5)
+    assert not patient.is_alive() and waited[1][0] and waited[1][1] < 5
+    assert not precedence.holding
+
+
+def test_a_paused_coroutine_leaves_its_event_loop_running_and_goes_on_when_precedence_is_given_back() -> None:
+    precedence = Precedence()
+
+    async def scenario() -> tuple[bool, bool, bool, int]:
+        assert await precedence.pause(0.0)  # free: at once
+        holding = precedence.held()
+        holding.__enter__()
+        paused = asyncio.ensure_future(precedence.pause(30.0))
+        gave_up = await precedence.pause(0.05)  # patience ends first
+        ticks = 0
+        for _ in range(5):  # the loop goes on while `paused` waits
+            await asyncio.sleep(0.01)
+            ticks += 1
+        still = not paused.done()
+        threading.Thread(target=holding.__exit__, args=(None, None, None)).start()  # given back elsewhere
+        return gave_up, still, await asyncio.wait_for(paused, 5), ticks
+
+    assert asyncio.run(scenario()) == (False, True, True, 5)
+    assert not precedence.holding and precedence.waited > 0.05

@@ -55,6 +55,7 @@ import structlog
 
 from gitops.api.models import SyncRequest
 from gitops.codec import encode
+from gitops.loop import Precedence
 from gitops.model import Node, NodeName
 from gitops.planner import all_endpoints
 from gitops.store import Report, Store
@@ -416,7 +417,8 @@ class NodeWatch:
     pods written since its last look (`PodCache`, one indexed query when nothing moved) and
     compares only the waiting nodes whose pods changed (`PodCache.changed_nodes`), or every
     waiting node when the Services' version moved. A waiting agent costs a future, not a
-    thread or a database read."""
+    thread or a database read. While `precedence` is held (the controller deciding or
+    writing thousands of pods) it does not look, for `yield_seconds` at most."""
 
     def __init__(
         self,
@@ -426,8 +428,12 @@ class NodeWatch:
         *,
         interval: float = 0.05,
         poll: float = 1.0,
+        precedence: Precedence | None = None,
+        yield_seconds: float = 60.0,
     ) -> None:
         self.store = store
+        self.precedence = precedence or Precedence()
+        self.yield_seconds = yield_seconds
         self.endpoints = endpoints
         self.logs_pending = logs_pending
         self.interval = interval
@@ -499,6 +505,11 @@ class NodeWatch:
             # (control planes sharing the database) are looked for every `poll` seconds.
             self._arrived.wait(self.poll)
             self._arrived.clear()
+            # While the controller decides or writes thousands of pods, wait (at most
+            # `yield_seconds`): the agents it would wake are to wait for it too, and reading
+            # its rows as each batch commits competed with it for the one core
+            # (`gitops.loop.Precedence`). Waiting agents' long-polls time out meanwhile.
+            self.precedence.wait(self.yield_seconds)
             started = time.monotonic()
             try:
                 self.look()

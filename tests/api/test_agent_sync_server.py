@@ -294,3 +294,50 @@ def test_gitops_agent_exits_non_zero_saying_why_when_refused(
     # `cli.main` pointed structlog at pytest's captured stream, closed after the test: the
     # control plane's stop (in the fixture, before `_fresh_structlog` resets it) logs.
     structlog.reset_defaults()
+
+
+def test_a_sync_that_reads_or_writes_waits_while_the_controller_writes_many_pods(
+    plane: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the controller writes a pass of thousands of pods it holds its precedence
+    (`gitops.loop.Precedence`): an agent's report waits, on the event loop (the server goes
+    on answering), until the write is done or the call's patience (`YIELD_SECONDS`) ends."""
+    from gitops.api import app as api
+
+    token = register(plane.url, plane.join_token)
+    reconcile_once(plane.store, 2.0)  # both pods bound to n1
+    auth = {"Authorization": f"Bearer {token}"}
+    pods = sorted(p.id for p in plane.store.pods())
+    running = [{"pod": p, "phase": "Running", "ready": True, "pod_ip": "10.128.0.5"} for p in pods]
+    answered: list[float] = []
+
+    def report(statuses: list[dict[str, Any]]) -> None:
+        began = time.monotonic()
+        response = httpx.post(
+            f"{plane.url}/agent/v1/nodes/n1/sync", json={"statuses": statuses}, headers=auth, timeout=20
+        )
+        assert response.status_code == 200, response.text
+        answered.append(time.monotonic() - began)
+
+    holding = plane.precedence.held()
+    holding.__enter__()
+    try:
+        syncing = threading.Thread(target=report, args=(running,))
+        syncing.start()
+        time.sleep(0.5)
+        assert syncing.is_alive() and not answered  # waiting for the controller's write
+        assert httpx.get(f"{plane.url}/healthz", timeout=5).status_code == 200  # the server answers
+        assert {p.phase for p in plane.store.pods()} == {"Pending"}  # nothing written yet
+    finally:
+        holding.__exit__(None, None, None)
+    syncing.join(10)
+    assert len(answered) == 1 and answered[0] >= 0.5
+    assert {p.phase for p in plane.store.pods()} == {"Running"}
+    waited = plane.metrics.registry.get_sample_value("gitops_agent_calls_yielded_seconds_total")
+    assert waited is not None and 0.4 <= waited <= answered[0]  # what /metrics tells operators
+
+    # Held longer than a call's patience: it waits that long, then goes on.
+    monkeypatch.setattr(api, "YIELD_SECONDS", 0.3)
+    with plane.precedence.held():
+        report([{**s, "ready": False} for s in running])
+    assert answered[1] >= 0.3 and {p.ready for p in plane.store.pods()} == {False}
