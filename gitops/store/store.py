@@ -226,6 +226,9 @@ _SUBNET_PROBES = 32  # subnets looked up one by one before the whole range is re
 _INSERT_BATCH = 5000  # rows per multi-row INSERT (each batch is one executemany)
 _WRITES = frozenset({"INSERT", "UPDATE", "DELETE"})
 SpecKey = tuple[str, str, str, str, str]
+# Pod rows with their spec given as JSON text already (`spec_text`): what the JSON column
+# stores, on SQLite and PostgreSQL alike.
+_INSERT_PODS = insert(cast(Table, PodRow.__table__)).values(spec=bindparam("spec_text", type_=Text))
 
 
 def spec_key(row: Any) -> SpecKey:
@@ -1631,14 +1634,16 @@ class Store:
         after bind its claims. The binds still to do come back."""
         inserted: list[dict[str, Any]] = []
         events: list[dict[str, Any]] = []
-        encoded: dict[
-            int, tuple[PodSpec, dict[str, Any]]
-        ] = {}  # id(spec) -> its row form: replicas share one
+        # id(spec) -> its row form, and that as JSON text: replicas share one. The rows go
+        # in with the text (`_INSERT_PODS`): the column's type made JSON of each row's spec
+        # again, 10% of writing 150,000 pods.
+        encoded: dict[int, tuple[PodSpec, dict[str, Any], str]] = {}
         bound_now: set[PodId] = set()
         for pod, reason in create:
             known = encoded.get(id(pod.spec))
             if known is None or known[0] is not pod.spec:
-                known = encoded[id(pod.spec)] = (pod.spec, self._spec_to_row(encode(pod.spec)))
+                row_form = self._spec_to_row(encode(pod.spec))
+                known = encoded[id(pod.spec)] = (pod.spec, row_form, json.dumps(row_form))
             values: dict[str, Any] = {
                 "id": pod.id,
                 "namespace": pod.namespace,
@@ -1647,7 +1652,6 @@ class Store:
                 "owner_namespace": pod.owner.namespace,
                 "owner_name": pod.owner.name,
                 "template_hash": pod.template_hash,
-                "spec": known[1],
                 "labels": [list(kv) for kv in pod.labels],
                 "node": pod.node,
                 "phase": "Pending",
@@ -1663,9 +1667,10 @@ class Store:
             }
             events.append({"time": now, "object": f"pod {pod.id}", "reason": "Created", "message": reason})
             if pod.spec.claims:
-                rows[pod.id] = PodRow(**values)
+                rows[pod.id] = PodRow(**values, spec=known[1])
                 s.add(rows[pod.id])
                 continue
+            values["spec_text"] = known[2]
             node = bind.get(pod.id)
             if node is not None and pod.node is None:
                 bound_now.add(pod.id)
@@ -1682,7 +1687,7 @@ class Store:
                 )
             inserted.append(values)
         for start in range(0, len(inserted), _INSERT_BATCH):
-            s.execute(insert(PodRow), inserted[start : start + _INSERT_BATCH])
+            s.execute(_INSERT_PODS, inserted[start : start + _INSERT_BATCH])
         for start in range(0, len(events), _INSERT_BATCH):
             s.execute(insert(EventRow), events[start : start + _INSERT_BATCH])
         s.flush()
