@@ -161,11 +161,13 @@ class Calls:
 
     seconds: list[float] = field(default_factory=list)
     failures: int = 0
+    deferred: int = 0  # answered 429: the controller was writing many pods (sent again, as the agent does)
     last_error: str = ""
 
     def reset(self) -> None:
         self.seconds.clear()
         self.failures = 0
+        self.deferred = 0
 
 
 @dataclass
@@ -242,6 +244,9 @@ class HollowAgent:
             self.calls.last_error = f"{type(exc).__name__}: {exc}"
             return
         self.calls.seconds.append(time.perf_counter() - start)
+        if status == 429:  # the control plane is busy writing: the same report goes again next time
+            self.calls.deferred += 1
+            return
         if status != 200:
             self.calls.failures += 1
             self.calls.last_error = f"{status}: {reply[:300]!r}"
@@ -572,6 +577,7 @@ async def run(args: argparse.Namespace, server: Server, join_token: str, figures
         figures["bound"] = server.counts()[1]
         say(f"commit to bound: {figures['bound']} pods in {figures['commit_to_bound_s']} s")
 
+        figures["bind_sync_deferred"] = calls.deferred  # answered 429 while the pass wrote
         calls.reset()  # the agents' calls while pods come up: how the server keeps up under churn
         seen = [0]  # calls already shown
 
@@ -580,7 +586,8 @@ async def run(args: argparse.Namespace, server: Server, join_token: str, figures
             recent, seen[0] = calls.seconds[seen[0] :], len(calls.seconds)
             return running == args.pods or (
                 f"{running} running; {len(recent)} sync calls, p50 {percentile(recent, 0.5) * 1000:.0f} ms,"
-                f" p99 {percentile(recent, 0.99) * 1000:.0f} ms, {calls.failures} failed in all"
+                f" p99 {percentile(recent, 0.99) * 1000:.0f} ms, {calls.failures} failed and"
+                f" {calls.deferred} deferred (429) in all"
             )
 
         await wait_for("running", all_running, args.timeout, every=5.0)
@@ -588,6 +595,7 @@ async def run(args: argparse.Namespace, server: Server, join_token: str, figures
         figures["running_sync_ms_p50"] = round(percentile(calls.seconds, 0.50) * 1000, 2)
         figures["running_sync_ms_p99"] = round(percentile(calls.seconds, 0.99) * 1000, 2)
         figures["running_sync_failures"] = calls.failures
+        figures["running_sync_deferred"] = calls.deferred
         figures["first_pass_cpu_s"] = round(server.cpu_seconds() - cpu_before, 1)
         cpu_text = f"server CPU {figures['first_pass_cpu_s']} s"
         say(f"commit to running: {figures['commit_to_running_s']} s ({cpu_text})")

@@ -408,6 +408,7 @@ class Agent:
     _logs: dict[tuple[str, float], str] = field(default_factory=dict)
     _messages: dict[tuple[str, float], str] = field(default_factory=dict)  # termination messages, per exit
     _stopped: list[PodId] = field(default_factory=list)
+    _busy: bool = False  # the control plane answered the last sync 429 (busy writing): said once
     _removing: dict[str, threading.Thread] = field(default_factory=dict)
     _killing: set[str] = field(default_factory=set)  # of `_removing`: stopped, to be kept
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -582,12 +583,23 @@ class Agent:
         ).hexdigest()
         if self._may_skip(said) and "usage" not in payload:
             return self._complete(self._quiet_reply())
-        self._news = False
+        news, self._news = self._news, False
         url = f"/agent/v1/nodes/{self.config.node}/sync"
         response = self.http.post(url, json=payload, headers={"Authorization": f"Bearer {self._token}"})
         if response.status_code == 401:
             self.register()
             response = self.http.post(url, json=payload, headers={"Authorization": f"Bearer {self._token}"})
+        if response.status_code == 429 and self._last_reply is not None:
+            # The control plane is writing a pass of many pods: it took the heartbeat, and the
+            # report goes again next tick (not marked sent); what the agent holds stands.
+            self._news = self._news or news
+            if "usage" in payload:
+                self._usage_sent = None
+            if not self._busy:
+                log.info("agent.server_busy", detail=_detail(response))
+            self._busy = True
+            return self._complete(self._quiet_reply())
+        self._busy = False
         response.raise_for_status()
         result: dict[str, Any] = response.json()
         self._sent = (said, time.monotonic())

@@ -66,9 +66,9 @@ log = structlog.get_logger(__name__)
 # (`NodeWatch` reads them at least every second while agents wait).
 QUIET_MAX_AGE = 2.0
 # Seconds at most an agent's sync call that reads or writes waits while the controller
-# decides or writes a pass of many pod changes (`gitops.loop.Precedence`): agents give a
-# call 30 s, and a call let through after 10 s at 5,000 nodes still took a third of the
-# core from a pass writing 150,000 pods.
+# decides or writes a pass of many pod changes (`gitops.loop.Precedence`), within the
+# agent's 30 s; then it is answered 429 (send it again). Calls let through after their
+# wait at 5,000 nodes took a third of the core from a pass writing 150,000 pods.
 YIELD_SECONDS = 20.0
 
 
@@ -111,8 +111,9 @@ def create_app(
     to them; `adopting` says whether it knows what is desired yet (reported containers
     are adopted then). `leadership` says whether this control plane leads and who does,
     for `/api/v1/status` (`gitops.server.ControlPlane.leadership`). Agents' calls that read
-    or write the store wait (`YIELD_SECONDS` at most) while `precedence` is held: the
-    controller writing thousands of pods goes first."""
+    or write the store wait while `precedence` is held (the controller deciding or writing
+    thousands of pods goes first), and are answered 429 if it still is after
+    `YIELD_SECONDS`; heartbeats that report nothing new are answered from memory meanwhile."""
     # No Swagger UI or ReDoc: they load their assets from a CDN. /docs is ours, offline.
     # No OpenTelemetry: gitops exports Prometheus metrics (`/metrics`). FastAPI would look for
     # OpenTelemetry providers at every request (9% of an agent's quiet sync call).
@@ -231,8 +232,17 @@ def create_app(
         if reply is None:
             if yielding.holding:  # the controller decides or writes thousands of pods: it goes first
                 began = time.monotonic()
-                await yielding.pause(YIELD_SECONDS)  # on the event loop: no worker thread waits
+                free = await yielding.pause(YIELD_SECONDS)  # on the event loop: no worker thread waits
                 observed.agent_calls_yielded.inc(time.monotonic() - began)
+                if not free:
+                    # Still writing: the node is alive, and its report is to come again
+                    # (as Kubernetes' API Priority and Fairness answers a full queue).
+                    reports.beat(name, clock())
+                    raise HTTPException(
+                        429,
+                        "the controller is writing a pass of many pods; send the report again",
+                        headers={"Retry-After": "1"},
+                    )
             return await run_in_threadpool(_sync, name, request, digest)
         if reports.beat(name, clock()):
             await run_in_threadpool(reports.flush)
@@ -250,8 +260,11 @@ def create_app(
         if not watch.watched(name, within=QUIET_MAX_AGE):
             return None
         cache = store.pod_cache
-        services_version = endpoints.cached_version(QUIET_MAX_AGE)
-        if services_version != request.have_services or cache.age() >= QUIET_MAX_AGE:
+        # While the controller decides or writes thousands of pods, the watch does not read
+        # (`NodeWatch`): what it last read is what agents get until the write is done.
+        max_age = float("inf") if yielding.holding else QUIET_MAX_AGE
+        services_version = endpoints.cached_version(max_age)
+        if services_version != request.have_services or cache.age() >= max_age:
             return None
         pods_version = cache.node_version(name)
         if pods_version != request.have_pods or not reports.unchanged(name, digest, pods_version):

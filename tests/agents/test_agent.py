@@ -7,9 +7,11 @@ import json
 import platform
 import threading
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from gitops.agents.agent import ARCHES, Agent, AgentConfig, service_rules, well_known_labels
 from gitops.agents.iptables import Backend
@@ -335,3 +337,48 @@ def test_an_agent_given_several_control_planes_moves_to_the_next_when_one_cannot
     agent._http = httpx.Client(transport=httpx.MockTransport(other), base_url=agent.server)
     agent.register()
     assert calls == ["/agent/v1/register"]
+
+
+def test_a_busy_control_plane_s_429_keeps_what_the_agent_holds_and_the_report_goes_again(
+    tmp_path: Path,
+) -> None:
+    """While the controller writes a pass of thousands of pods, a sync that would read or
+    write is answered 429 (`gitops.api.app.YIELD_SECONDS`): the agent keeps running what it
+    holds, says so once, and sends the same report on its next tick, not as sent already."""
+    bodies: list[dict[str, Any]] = []
+    busy = [False]
+
+    def server(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/register"):
+            return httpx.Response(200, json={"token": "tok", "service_cidr": "10.243.0.0/16"})
+        bodies.append(json.loads(request.content))
+        if busy[0]:
+            return httpx.Response(429, json={"detail": "busy"}, headers={"Retry-After": "1"})
+        return httpx.Response(
+            200,
+            json={
+                "pods": [encode(pod("a"))],
+                "pods_version": "v1",
+                "services": [],
+                "services_version": "s1",
+                "service_cidr": "10.243.0.0/16",
+            },
+        )
+
+    rt = MemoryRuntime()
+    agent = make_agent(tmp_path, rt)
+    agent._http = httpx.Client(transport=httpx.MockTransport(server), base_url="http://gitops.invalid")
+    agent.tick()  # a's container runs
+    assert rt.log == ["run default/a"]
+    busy[0] = True
+    with capture_logs() as logs:
+        agent.tick()
+        agent.tick()
+    assert [e["event"] for e in logs if e["event"] == "agent.server_busy"] == ["agent.server_busy"]
+    assert rt.log == ["run default/a"]  # nothing stopped or started again for the busy answers
+    assert bodies[-1]["statuses"] == bodies[-2]["statuses"] != []  # the report, each tick
+    said, calls = bodies[-1]["statuses"], len(bodies)
+    busy[0] = False
+    agent.tick()
+    assert len(bodies) > calls and bodies[calls]["statuses"] == said  # sent again, and taken
+    assert rt.log == ["run default/a"]

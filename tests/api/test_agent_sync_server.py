@@ -336,8 +336,22 @@ def test_a_sync_that_reads_or_writes_waits_while_the_controller_writes_many_pods
     waited = plane.metrics.registry.get_sample_value("gitops_agent_calls_yielded_seconds_total")
     assert waited is not None and 0.4 <= waited <= answered[0]  # what /metrics tells operators
 
-    # Held longer than a call's patience: it waits that long, then goes on.
+    # Held longer than a call's patience: answered 429 then (send it again), the report
+    # not written, the node's heartbeat kept.
     monkeypatch.setattr(api, "YIELD_SECONDS", 0.3)
+    beat_before = plane.store.nodes()[0].heartbeat_at
     with plane.precedence.held():
-        report([{**s, "ready": False} for s in running])
-    assert answered[1] >= 0.3 and {p.ready for p in plane.store.pods()} == {False}
+        began = time.monotonic()
+        busy = httpx.post(
+            f"{plane.url}/agent/v1/nodes/n1/sync",
+            json={"statuses": [{**s, "ready": False} for s in running]},
+            headers=auth,
+            timeout=20,
+        )
+        assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
+        assert time.monotonic() - began >= 0.3
+    assert {p.ready for p in plane.store.pods()} == {True}
+    plane._server.config.app.state.agent_reports.flush()  # type: ignore[union-attr]
+    assert plane.store.nodes()[0].heartbeat_at > beat_before
+    report([{**s, "ready": False} for s in running])  # sent again: taken
+    assert {p.ready for p in plane.store.pods()} == {False}

@@ -214,3 +214,34 @@ def test_a_watch_answer_for_a_move_of_the_services_carries_what_changed(plane: C
     # An agent that does not take deltas is told only that something moved.
     plain = watch(plane, token, held, timeout=10)
     assert plain["changed"] is True and plain.get("services_changed") is None
+
+
+def test_a_heartbeat_with_nothing_new_is_answered_from_memory_while_the_controller_writes_many_pods(
+    plane: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the controller holds its precedence the watch does not read the store, so what
+    it last read ages; a heartbeat that reports nothing new is still answered at once from
+    it (not made to wait for the write, then told 429), and the node stays alive."""
+    from gitops.api import app as api
+
+    monkeypatch.setattr(api, "YIELD_SECONDS", 3.0)
+    token = register(plane.url, plane.join_token)
+    held = sync(plane, token)
+    versions = {"have_pods": held["pods_version"], "have_services": held["services_version"]}
+    waiting = threading.Thread(target=lambda: watch(plane, token, held, timeout=15))
+    waiting.start()
+    wait_for(lambda: plane._server.config.app.state.node_watch.waiting == 1, what="the watch waiting")  # type: ignore[union-attr]
+    sync(plane, token, **versions)  # the same report again: its digest is the one written
+    with plane.precedence.held():
+        time.sleep(2.5)  # past QUIET_MAX_AGE since the watch last read
+        began = time.monotonic()
+        answer = httpx.post(
+            f"{plane.url}/agent/v1/nodes/n1/sync",
+            json=versions,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        took = time.monotonic() - began
+    assert answer.status_code == 200 and took < 1.0
+    assert answer.json()["pods"] is None and answer.json()["pods_version"] == held["pods_version"]
+    waiting.join(20)
