@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from gitops.model import SourceLocation
-from gitops.schemas.loader import SourceFile, format_path, load_file
+from gitops.schemas.loader import MAX_DEPTH, SourceFile, format_path, load_file
 
 from .helpers import source
 
@@ -122,3 +123,29 @@ def test_libyaml_and_the_bounded_python_scanner_give_the_same_documents_and_erro
     slow = [load_file(f) for f in samples]
     assert fast == slow
     assert any(errors for _, errors in fast)  # the samples include refusals, not only clean files
+
+
+def test_a_file_of_many_flow_collections_is_read_by_libyaml_with_the_same_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """libyaml once read only files opening at most `MAX_DEPTH` flow collections in all: a
+    file of 1,500 Deployments written with `{...}` went through PyYAML's scanner alone.
+    Now libyaml reads any file, and only one nested past the limit is read again by the
+    bounded scanner (whose refusal is the one users see: `test_hostile`)."""
+    deployment = (
+        "kind: Deployment\nmetadata: {name: app%d, labels: {app: a%d}}\nspec: {replicas: 2, x: [1, [2]]}\n"
+    )
+    text = "---\n".join(deployment % (i, i) for i in range(200)).encode()
+    assert text.count(b"{") + text.count(b"[") > 4 * MAX_DEPTH
+    made: list[str] = []
+    real = yaml.CBaseLoader
+
+    def spy(stream: str) -> Any:
+        made.append("libyaml")
+        return real(stream)
+
+    monkeypatch.setattr(yaml, "CBaseLoader", spy)
+    fast = load_file(SourceFile("many.yaml", text))
+    assert made == ["libyaml"] and len(fast[0]) == 200 and fast[1] == []
+    monkeypatch.delattr(yaml, "CBaseLoader")
+    assert load_file(SourceFile("many.yaml", text)) == fast  # positions and all
