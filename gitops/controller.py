@@ -314,7 +314,7 @@ class Controller:
         # create and bind thousands of pods: it decides before the agents' calls, as it
         # writes (a big write holds the precedence within `reconcile_once` too).
         desired = tuple(self.store.desired())  # the very objects while no revision is applied
-        last, self._desired = self._desired, desired
+        last = self._desired  # those of the last pass that ended: one that failed is tried again first
         new = (
             last is None
             or len(desired) != len(last)
@@ -332,7 +332,7 @@ class Controller:
                 settled=self.settled,
                 precedence=self.precedence,
             )
-        self._more = result.plan.more
+        self._desired, self._more = desired, result.plan.more
         self._ended = time.perf_counter()
         self._took = self._ended - started
         if self.metrics is not None:

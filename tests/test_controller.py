@@ -373,6 +373,18 @@ def test_the_first_pass_of_a_new_revision_decides_holding_precedence(
     ctl._pass()  # the revision is new to it
     ctl._pass()  # nothing new
     store.apply_revision(Revision("git:x", "b" * 40), [deployment("web", replicas=3)], [], now=102.0)
+    failing = [True]
+
+    def flaky(*args: Any, **kwargs: Any) -> controller.PassResult:
+        holding.append(ctl.precedence.holding)
+        if failing.pop():
+            raise RuntimeError("database is locked")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(controller, "reconcile_once", flaky)
+    with pytest.raises(RuntimeError):
+        ctl._pass()  # the new revision's pass fails: the next one is its first again
+    failing.append(False)
     ctl._pass()
-    assert holding == [True, False, True]
+    assert holding == [True, False, True, True]
     assert not ctl.precedence.holding and len(store.pods()) == 3
