@@ -20,6 +20,8 @@ from gitops.model import JobState, Manifest, Node, ObjectKey, Pod, PodName, Roll
 from gitops.planner.podspec import Template
 
 _ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # Kubernetes' safe alphabet: no vowels, no 0/1/3
+# byte b -> `_ALPHABET[b % len(_ALPHABET)]`, for `bytes.translate`: a plan names 150,000 pods.
+_SUFFIX_TABLE = bytes(ord(_ALPHABET[b % len(_ALPHABET)]) for b in range(256))
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ class Workloads:
 
 def pod_suffix(template_hash: str, slot: int) -> str:
     digest = hashlib.sha256(f"{template_hash}/{slot}".encode()).digest()
-    return "".join(_ALPHABET[b % len(_ALPHABET)] for b in digest[:5])
+    return digest[:5].translate(_SUFFIX_TABLE).decode("ascii")
 
 
 def pod_name(deployment: str, template_hash: str, slot: int) -> PodName:

@@ -94,35 +94,33 @@ def _total(parts: Sequence[tuple[str, FloatArray]]) -> FloatArray:
 
 
 def _why(
-    cluster: Cluster,
-    names: Sequence[str],
-    at: tuple[FloatArray, FloatArray],
+    runner_up: str,
+    terms: Sequence[tuple[str, float, float]],
     totals: tuple[float, float],
-    pair: tuple[int, int],
 ) -> str:
-    """Why the first node of `pair`: its total against the runner-up's, and the terms
-    (`names`, their values `at` each) that differ most."""
-    second = pair[1]
-    terms = sorted(
-        (
-            (float(mine - theirs), name, float(mine), float(theirs))
-            for name, mine, theirs in zip(names, at[0], at[1], strict=True)
-        ),
+    """Why the node picked: its total against the runner-up's (on the node named
+    `runner_up`), and the terms (name, the value at each) that differ most."""
+    differing = sorted(
+        ((mine - theirs, name, mine, theirs) for name, mine, theirs in terms if mine != theirs),
         key=lambda item: (-abs(item[0]), item[1]),
     )
-    shown = ", ".join(
-        f"{name} {mine:.2f} vs {theirs:.2f}" for delta, name, mine, theirs in terms[:3] if delta
-    )
-    return f"score {totals[0]:.2f} against {totals[1]:.2f} on {cluster.names[second]}" + (
+    shown = ", ".join(f"{name} {mine:.2f} vs {theirs:.2f}" for _, name, mine, theirs in differing[:3])
+    return f"score {totals[0]:.2f} against {totals[1]:.2f} on {runner_up}" + (
         f": {shown}" if shown else ", the first of equals in node order"
     )
 
 
 def _runner_up(scores: FloatArray, best: int) -> int | None:
-    rest = scores.copy()
-    rest[best] = -np.inf
-    second = int(np.argmax(rest))
-    return second if np.isfinite(rest[second]) else None
+    """The first best node but `best`, if any fits. `best` is masked in place for the
+    `argmax` and put back: a copy of 5,000 totals per pod placed cost more than the argmax."""
+    kept = scores[best]
+    scores[best] = -np.inf
+    try:
+        second = int(scores.argmax())
+        found = math.isfinite(scores.item(second))
+    finally:
+        scores[best] = kept
+    return second if found else None
 
 
 ONLY_NODE = "the only node that passes every check"
@@ -183,19 +181,17 @@ class _LocalClass:
         return feasible, parts
 
     def at_node(self, usage: Usage, pod: Pod, i: int) -> float:
-        """`parts` for one node, in plain floats (the same operations, the same result)."""
+        """`parts` for one node, summed, in plain floats (the same operations, the same result)."""
         if not self.static_feasible[i] or not self.has_room(usage, pod, i):
             return -math.inf
-        spec = pod.spec
-        cluster = usage.cluster
-        least = (float(usage.cpu_free_float[i]) - float(spec.cpu_request_milli)) / float(cluster.cpu_scale[i])
-        memory_part = (float(usage.memory_free_float[i]) - float(spec.memory_request_bytes)) / float(
-            cluster.memory_scale[i]
-        )
-        total = (least + memory_part) / 2.0
+        total = _least_allocated(usage, pod.spec, i)
         for _, part in self.static_parts:
-            total += float(part[i])
+            total += part.item(i)
         return total
+
+    def terms_at(self, usage: Usage, pod: Pod, i: int) -> list[float]:
+        """The weighted score parts at node `i` (`parts`' values there), in plain floats."""
+        return [_least_allocated(usage, pod.spec, i), *(part.item(i) for _, part in self.static_parts)]
 
     @staticmethod
     def has_room(usage: Usage, pod: Pod, i: int) -> bool:
@@ -259,6 +255,15 @@ class _LocalClass:
             self.masked[at] = np.where(feasible, _total(parts), -np.inf)
         self.seen = len(touched)
         return self.masked
+
+
+def _least_allocated(usage: Usage, spec: PodSpec, i: int) -> float:
+    """The least-allocated score at node `i`, as `_LocalClass.parts` computes it there."""
+    cluster = usage.cluster
+    least = (usage.cpu_free_float.item(i) - float(spec.cpu_request_milli)) / cluster.cpu_scale.item(i)
+    memory = usage.memory_free_float.item(i) - float(spec.memory_request_bytes)
+    memory_part = memory / cluster.memory_scale.item(i)
+    return (least + memory_part) / 2.0
 
 
 _STATIC_CHECKS = tuple(check for check in CHECKS if check.static)
@@ -518,9 +523,8 @@ def _why_node(
     second = _runner_up(scores, best)
     if second is None:
         return ONLY_NODE
-    pair = np.array([best, second], dtype=np.int64)
-    _, parts = klass.parts(usage, pod, pair)
-    parts += [(name, part[pair]) for name, part in extra]
-    names = [name for name, _ in parts]
-    at = (np.array([p[0] for _, p in parts]), np.array([p[1] for _, p in parts]))
-    return _why(usage.cluster, names, at, (float(scores[best]), float(scores[second])), (best, second))
+    names = ["least allocated", *(name for name, _ in klass.static_parts), *(name for name, _ in extra)]
+    mine = klass.terms_at(usage, pod, best) + [part.item(best) for _, part in extra]
+    theirs = klass.terms_at(usage, pod, second) + [part.item(second) for _, part in extra]
+    totals = (scores.item(best), scores.item(second))
+    return _why(usage.cluster.names[second], list(zip(names, mine, theirs, strict=True)), totals)

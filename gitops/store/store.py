@@ -226,9 +226,16 @@ _SUBNET_PROBES = 32  # subnets looked up one by one before the whole range is re
 _INSERT_BATCH = 5000  # rows per multi-row INSERT (each batch is one executemany)
 _WRITES = frozenset({"INSERT", "UPDATE", "DELETE"})
 SpecKey = tuple[str, str, str, str, str]
-# Pod rows with their spec given as JSON text already (`spec_text`): what the JSON column
-# stores, on SQLite and PostgreSQL alike.
-_INSERT_PODS = insert(cast(Table, PodRow.__table__)).values(spec=bindparam("spec_text", type_=Text))
+# New pod rows with their JSON columns given as JSON text already (`spec_text`,
+# `labels_text`), what those columns store on SQLite and PostgreSQL alike, and every column
+# given: a row's Python-side defaults (`[]` made JSON, the clock read) cost per row.
+_INSERT_PODS = insert(cast(Table, PodRow.__table__)).values(
+    spec=bindparam("spec_text", type_=Text),
+    labels=bindparam("labels_text", type_=Text),
+    host_ports=bindparam("empty_list", type_=Text),
+    containers=bindparam("empty_list", type_=Text),
+)
+_INSERT_EVENTS = insert(cast(Table, EventRow.__table__))  # Core: no ORM bookkeeping per row
 
 
 def spec_key(row: Any) -> SpecKey:
@@ -1571,8 +1578,10 @@ class Store:
         placed), bind pods to nodes (the Scheduled event says why that node, `placed_because`, when given),
         and note why others stay pending."""
         with self.write_session() as s:
-            # The rows this write looks at, read in a few queries rather than one per pod.
-            wanted = {p.id for p, _ in stop} | set(bind) | set(pending_reasons)
+            # The rows this write looks at, read in a few queries rather than one per pod;
+            # not those of the pods it creates (a first pass binds 150,000 of them).
+            created = {p.id for p, _ in create}
+            wanted = {p.id for p, _ in stop} | (set(bind) - created) | (set(pending_reasons) - created)
             ids = sorted(wanted)
             rows: dict[str, PodRow] = {}
             for start in range(0, len(ids), 500):
@@ -1638,7 +1647,9 @@ class Store:
         # in with the text (`_INSERT_PODS`): the column's type made JSON of each row's spec
         # again, 10% of writing 150,000 pods.
         encoded: dict[int, tuple[PodSpec, dict[str, Any], str]] = {}
+        labels_text: dict[tuple[tuple[str, str], ...], str] = {}
         bound_now: set[PodId] = set()
+        written_at = time.time()  # the clock, as the column's default reads it
         for pod, reason in create:
             known = encoded.get(id(pod.spec))
             if known is None or known[0] is not pod.spec:
@@ -1670,7 +1681,19 @@ class Store:
                 rows[pod.id] = PodRow(**values, spec=known[1])
                 s.add(rows[pod.id])
                 continue
-            values["spec_text"] = known[2]
+            labels = labels_text.get(pod.labels)
+            if labels is None:
+                labels = labels_text[pod.labels] = json.dumps(values["labels"])
+            del values["labels"], values["host_ports"]
+            values |= {
+                "spec_text": known[2],
+                "labels_text": labels,
+                "empty_list": "[]",
+                "last_log": "",
+                "terminating_at": None,
+                "ready_since": 0.0,
+                "written_at": written_at,
+            }
             node = bind.get(pod.id)
             if node is not None and pod.node is None:
                 bound_now.add(pod.id)
@@ -1689,7 +1712,7 @@ class Store:
         for start in range(0, len(inserted), _INSERT_BATCH):
             s.execute(_INSERT_PODS, inserted[start : start + _INSERT_BATCH])
         for start in range(0, len(events), _INSERT_BATCH):
-            s.execute(insert(EventRow), events[start : start + _INSERT_BATCH])
+            s.execute(_INSERT_EVENTS, events[start : start + _INSERT_BATCH])
         s.flush()
         return {p: n for p, n in bind.items() if p not in bound_now}
 

@@ -3,6 +3,7 @@ why a pod fits nowhere."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 
 import numpy as np
@@ -354,3 +355,19 @@ def test_placing_leaves_the_garbage_collector_as_it_was() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_explaining_placements_moves_no_pod() -> None:
+    """The runner-up is found in the very scores the pick was made from (the pick masked
+    and put back): explaining one pod changes nothing for the next."""
+    nodes = [node(f"n{i}", cpu=1000 * (1 + i % 3)) for i in range(6)]
+    first = pod("p0", cpu=300)
+    pending = [dataclasses.replace(first, name=PodName(f"p{i}")) for i in range(20)]
+    plain = place(pending, nodes, [])
+    explained = place(pending, nodes, [], explain_placements=True)
+    assert explained.assigned == plain.assigned
+    assert len(explained.why) == len(pending)
+    for pod_id, text in explained.why.items():
+        runner_up = text.split(" on ", 1)[1].split(":")[0].split(",")[0]
+        assert runner_up in {n.name for n in nodes}
+        assert runner_up != explained.assigned[pod_id]
