@@ -25,18 +25,21 @@ import dataclasses
 import hashlib
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import structlog
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from gitops.codec import encode
 from gitops.model import Pod, PodId, PodSpec
-from gitops.store.store import SpecKey, Store, spec_key
+from gitops.store.store import POD_TEXT_COLUMNS, SpecKey, Store, spec_key
 from gitops.store.tables import PodRow
 
 log = structlog.get_logger(__name__)
-_COLUMNS = tuple(c for c in PodRow.__table__.columns if c.name != "spec")
+# Every column but the spec, the JSON ones as their text: decoded once per distinct text.
+_COLUMNS = tuple(POD_TEXT_COLUMNS.get(c.name, c) for c in PodRow.__table__.columns if c.name != "spec")
 _CHUNK = 500  # ids per IN (...) list
 _POD_FIELDS = tuple(f.name for f in dataclasses.fields(Pod))
 
@@ -121,7 +124,9 @@ class PodCache:
             self._stamps = {
                 pod_id: written for pod_id, written in s.execute(select(PodRow.id, PodRow.written_at))
             }
-        pods = self.store.pods()
+        with self.store.session() as s:
+            rows = s.execute(select(*_COLUMNS).order_by(PodRow.id)).all()
+            pods = [pod for _, pod in self._decode(s, rows)]
         self.generation += 1
         self._full_generation = self.generation
         self._pods = {p.id: p for p in pods}
@@ -207,6 +212,20 @@ class PodCache:
         }
         return encoded
 
+    def _decode(self, s: Session, rows: Sequence[Any]) -> Iterator[tuple[Any, Pod]]:
+        """Each of `rows` (`_COLUMNS`) with its pod; the specs not known yet are read, once
+        per spec (`spec_key`). A row whose spec is gone (deleted between the reads) is left
+        out: the next read drops it."""
+        missing = sorted({key: row.id for row in rows if (key := spec_key(row)) not in self._specs}.values())
+        for start in range(0, len(missing), _CHUNK):
+            chunk = missing[start : start + _CHUNK]
+            for row in s.execute(select(*_COLUMNS, PodRow.spec).where(PodRow.id.in_(chunk))):
+                self._specs[spec_key(row)] = self.store.spec_from_row(row.spec)
+        for row in rows:
+            spec = self._specs.get(spec_key(row))
+            if spec is not None:
+                yield row, self.store.pod_from_row(row, spec)
+
     def _read_changes(self, since: float) -> None:
         store = self.store
         with store.session() as s:
@@ -220,20 +239,8 @@ class PodCache:
                     select(*_COLUMNS).where(PodRow.id.in_(changed[start : start + _CHUNK]))
                 ).all()
             count = s.scalar(select(func.count(PodRow.id))) or 0
-            missing = sorted(
-                {key: row.id for row in rows if (key := spec_key(row)) not in self._specs}.values()
-            )
-            for start in range(0, len(missing), _CHUNK):
-                chunk = missing[start : start + _CHUNK]
-                for row in s.execute(select(*_COLUMNS, PodRow.spec).where(PodRow.id.in_(chunk))):
-                    self._specs[spec_key(row)] = store.spec_from_row(row.spec)
             added = False
-            for row in rows:
-                key = spec_key(row)
-                spec = self._specs.get(key)
-                if spec is None:  # deleted between the two reads: the next read drops it
-                    continue
-                pod = store.pod_from_row(row, spec)
+            for row, pod in self._decode(s, rows):
                 added |= pod.id not in self._pods
                 self._place(self._pods.get(pod.id), pod)
                 self._pods[pod.id] = pod

@@ -246,6 +246,19 @@ def spec_key(row: Any) -> SpecKey:
     return (row.owner_kind, row.owner_namespace, row.owner_name, row.template_hash, own)
 
 
+# A pod row's JSON columns, each as its `Pod` field (`Store.pod_from_row`).
+_POD_COLUMN_VALUES: dict[str, Callable[[Any], Any]] = {
+    "labels": lambda value: tuple((str(k), str(v)) for k, v in value),
+    "host_ports": lambda value: tuple((int(c), str(p), int(h)) for c, p, h in value),
+    "containers": lambda value: tuple(decode_as(ContainerStatus, c) for c in value or ()),
+}
+# Those columns selected as their JSON text (no decoding per row; PostgreSQL's driver
+# would decode a JSON column itself), for `pod_from_row`.
+POD_TEXT_COLUMNS = {
+    name: sql_cast(cast(Table, PodRow.__table__).c[name], Text).label(name) for name in _POD_COLUMN_VALUES
+}
+
+
 _ADOPTION = "gitops_adoption"  # Session.info key: an `_Adoption` for the transaction's reports
 
 
@@ -525,6 +538,9 @@ class Store:
         # One key object per owner for the pods read: a workload's 5,000 pods share one, and
         # grouping pods by owner skips hashing it (`gitops.planner.actions.group_by_owner`).
         self._owners: dict[tuple[str, str, str], ObjectKey] = {}
+        # (column, its JSON text) -> the value a `Pod` holds: replicas share their labels,
+        # and most pods the same container statuses (`pod_from_row`).
+        self._column_values: dict[tuple[str, str], Any] = {}
         event.listen(self.engine, "before_cursor_execute", self._note_statement)
         if read_only:
             self._check_readable()
@@ -850,28 +866,42 @@ class Store:
         return found
 
     def pod_from_row(self, row: Any, spec: PodSpec) -> Pod:
-        """The pod of `row` (a `PodRow`, or a result row with its columns but the spec)."""
+        """The pod of `row` (a `PodRow`, or a result row with its columns but the spec,
+        whose JSON columns may be their JSON text: `POD_TEXT_COLUMNS`)."""
         return Pod(
             namespace=row.namespace,
             name=PodName(row.name),
             owner=self._owner(row.owner_kind, row.owner_namespace, row.owner_name),
             template_hash=row.template_hash,
             spec=spec,
-            labels=tuple((str(k), str(v)) for k, v in row.labels),
+            labels=self._column_value("labels", row.labels),
             node=NodeName(row.node) if row.node else None,
             phase=row.phase,
             ready=row.ready,
             reason=row.reason,
             pod_ip=row.pod_ip,
-            host_ports=tuple((int(c), str(p), int(h)) for c, p, h in row.host_ports),
+            host_ports=self._column_value("host_ports", row.host_ports),
             restarts=row.restarts,
             exit_code=row.exit_code,
             created_at=row.created_at,
             last_log=row.last_log or "",
             terminating_at=row.terminating_at,
             ready_since=row.ready_since or 0.0,
-            containers=tuple(decode_as(ContainerStatus, c) for c in row.containers or ()),
+            containers=self._column_value("containers", row.containers),
         )
+
+    def _column_value(self, column: str, value: Any) -> Any:
+        """A pod row's JSON `column` as its `Pod` field; from JSON text, decoded once per
+        distinct text (the values are immutable: pods share them)."""
+        if not isinstance(value, str):  # decoded already (an ORM row; PostgreSQL's driver)
+            return _POD_COLUMN_VALUES[column](value)
+        key = (column, value)
+        found = self._column_values.get(key)
+        if found is None:
+            if len(self._column_values) > 100_000:  # never more than this many kept
+                self._column_values.clear()
+            found = self._column_values[key] = _POD_COLUMN_VALUES[column](json.loads(value))
+        return found
 
     def _own_secrets(self, row: PodRow) -> list[str]:
         containers = PodSpec.upgrade_encoded(row.spec)["containers"]

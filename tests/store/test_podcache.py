@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from gitops.model import Node, NodeName, ObjectKey, Pod, PodName, PodStatus
+from gitops.model import ContainerStatus, Node, NodeName, ObjectKey, Pod, PodName, PodStatus
 from gitops.store import Store
 from gitops.store.podcache import PodCache
 from gitops.store.tables import PodRow
@@ -20,6 +20,14 @@ from tests.specs import pod_spec
 @pytest.fixture
 def store() -> Iterator[Store]:
     s = Store("sqlite://")
+    yield s
+    s.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    """On PostgreSQL too: its driver hands JSON columns out decoded, SQLite as text."""
+    s = Store("sqlite://" if request.param == "sqlite" else request.getfixturevalue("postgres_database"))
     yield s
     s.close()
 
@@ -69,6 +77,34 @@ def test_the_pods_of_one_owner_share_one_owner_key(store: Store) -> None:
     for pods in (store.pods(), PodCache(store).pods()):
         owners = {id(p.owner) for p in pods}
         assert len(owners) == 2 and {p.owner.name for p in pods} == {"web0", "web1"}
+
+
+def test_pods_read_share_their_labels_and_container_statuses(any_store: Store) -> None:
+    """The cache reads a row's JSON columns as text and decodes each distinct text once:
+    replicas share their labels, and pods reporting alike their container statuses. What
+    it gives still equals a full read."""
+    store = any_store
+    store.register_node(Node(NodeName("n1"), "192.0.2.10", 4000, 2**32), "t", now=1.0)
+    store.apply_pod_changes(
+        create=[(_pod(i, i % 2), "new") for i in range(6)],
+        stop=[],
+        bind={f"default/web-{i}": NodeName("n1") for i in range(6)},
+        pending_reasons={},
+        now=1.0,
+    )
+    app = ContainerStatus("app", "running", ready=True)
+    port = ((80, "TCP", 8080),)
+    statuses = [
+        PodStatus(f"default/web-{i}", "Running", ready=True, containers=(app,), host_ports=port)
+        for i in range(6)
+    ]
+    store.heartbeat("n1", statuses, now=2.0)
+    pods = PodCache(store).pods()
+    assert pods == tuple(store.pods())
+    assert {p.labels for p in pods} == {(("app", "web0"),), (("app", "web1"),)}
+    assert len({id(p.labels) for p in pods}) == 2
+    assert {p.containers for p in pods} == {(app,)} and len({id(p.containers) for p in pods}) == 1
+    assert {p.host_ports for p in pods} == {((80, "TCP", 8080),)}
 
 
 def test_a_status_report_that_changes_only_restarts_is_seen(store: Store) -> None:
