@@ -2191,11 +2191,15 @@ class Store:
 
     def change_marker(self) -> tuple[Any, ...]:
         """A cheap fingerprint that moves whenever a revision, a pod, a rollout or an event is
-        written (every store change above records an event or touches a pod's `updated_at`) or
-        a preview is saved.
-        Heartbeat times are left out on purpose: they move every second on a live cluster."""
+        written (every store change above records an event or writes a pod row, which stamps
+        its `written_at`) or a preview is saved.
+        Heartbeat times are left out on purpose: they move every second on a live cluster.
+
+        The pods' part is two statements: the count, and the newest `written_at` (one step
+        down its index). As one statement SQLite read every row of the table for the
+        maximum: 122 ms at 150,000 pods, against 12 ms, and agents' syncs ask it twice a
+        second (`SharedEndpoints`)."""
         with self.session() as s:
-            pods = s.execute(select(func.count(PodRow.id), func.max(PodRow.updated_at))).one()
             states = s.execute(select(func.count(), func.max(WorkloadStateRow.updated_at))).one()
             return (
                 *states,
@@ -2203,7 +2207,8 @@ class Store:
                 s.scalar(select(func.max(RevisionRow.id))),
                 s.scalar(select(func.count(NodeRow.name))),
                 s.scalar(select(func.max(PreviewRow.computed_at))),
-                *pods,
+                s.scalar(select(func.count(PodRow.id))),
+                s.scalar(select(func.max(PodRow.written_at))),
             )
 
     def pod_phase_counts(self) -> dict[str, int]:

@@ -159,6 +159,35 @@ def test_pods_are_created_bound_and_report_status_only_from_their_node(store: St
     )
 
 
+def test_the_change_marker_moves_with_every_pod_write_and_only_then(store: Store) -> None:
+    """Its pods' part is the count and the newest `written_at`: a status report, a bind,
+    a new pod and a deleted one each move it; a report that changes nothing does not."""
+    store.register_node(Node(NodeName("n1"), "192.0.2.10", 16000, 64 * 2**30), "token-1", now=1.0)
+    result = plan([deployment(replicas=2)], [])
+    marker = store.change_marker()
+    store.apply_pod_changes(
+        create=[(a.pod, a.reason) for a in result.create], stop=[], bind={}, pending_reasons={}, now=2.0
+    )
+    assert store.change_marker() != marker
+    a, b = (p.id for p in store.pods())
+    moves = [
+        lambda: store.apply_pod_changes(create=[], stop=[], bind={a: "n1"}, pending_reasons={}, now=3.0),
+        lambda: store.heartbeat("n1", [PodStatus(a, "Running", True, pod_ip="172.17.0.2")], now=4.0),
+        lambda: store.heartbeat("n1", [PodStatus(a, "Running", False, pod_ip="172.17.0.2")], now=4.0),
+        lambda: store.apply_pod_changes(
+            create=[], stop=[], bind={}, pending_reasons={}, now=5.0, delete_now=[(store.pods()[1], "gone")]
+        ),
+    ]
+    for step, move in enumerate(moves):
+        before = store.change_marker()
+        move()
+        assert store.change_marker() != before, step
+    assert [p.id for p in store.pods()] == [a] and b
+    before = store.change_marker()
+    store.heartbeat("n1", [PodStatus(a, "Running", False, pod_ip="172.17.0.2")], now=6.0)  # as before
+    assert store.change_marker() == before
+
+
 def test_a_node_without_heartbeat_is_not_ready(store: Store) -> None:
     store.register_node(Node(NodeName("n1"), "192.0.2.10", 16000, 64 * 2**30), "t", now=100.0)
     assert store.nodes(now=120.0)[0].node.ready
