@@ -42,6 +42,8 @@ log = structlog.get_logger(__name__)
 _COLUMNS = tuple(POD_TEXT_COLUMNS.get(c.name, c) for c in PodRow.__table__.columns if c.name != "spec")
 _CHUNK = 500  # ids per IN (...) list
 _POD_FIELDS = tuple(f.name for f in dataclasses.fields(Pod))
+_PLAIN = frozenset({str, int, float, bool, type(None)})  # what `encode` gives as it is
+_MAX_VALUES = 100_000  # encoded field values kept (`PodCache._encode`)
 
 
 class PodCache:
@@ -66,7 +68,9 @@ class PodCache:
         self._stale = False  # a read found rows its window missed: the next compares every stamp
         self._by_node: dict[str, set[PodId]] = {}
         self._encoded: dict[PodId, tuple[float, dict[str, Any]]] = {}  # pod -> (its stamp, encode(pod))
-        self._spec_encoded: dict[int, tuple[PodSpec, Any]] = {}  # id(spec) -> (the spec, encode(spec))
+        # id(value) -> (the value, encode(value)), for a pod's fields that are objects: pods
+        # share their spec, owner key, labels and most their container statuses.
+        self._values_encoded: dict[int, tuple[Any, Any]] = {}
         self._read_at = float("-inf")  # monotonic time of the last read
         self.generation = 0  # moves whenever `pods()` may give something else than before
         self._stamps: dict[str, float] = {}  # pod id -> `written_at` of the row as read
@@ -130,7 +134,7 @@ class PodCache:
         self.generation += 1
         self._full_generation = self.generation
         self._pods = {p.id: p for p in pods}
-        self._encoded, self._spec_encoded = {}, {}
+        self._encoded, self._values_encoded = {}, {}
         self._by_node = {}
         for pod in pods:
             if pod.node is not None:
@@ -201,15 +205,23 @@ class PodCache:
             return {node for node, generation in self._node_generations.items() if generation > since}
 
     def _encode(self, pod: Pod) -> dict[str, Any]:
-        """`encode(pod)`, its spec encoded once for all the pods that share it (a pod's row
-        is rewritten at each status its agent reports; its spec never is)."""
-        spec = pod.spec
-        known = self._spec_encoded.get(id(spec))
-        if known is None or known[0] is not spec:
-            known = self._spec_encoded[id(spec)] = (spec, encode(spec))
-        encoded: dict[str, Any] = {
-            name: known[1] if name == "spec" else encode(getattr(pod, name)) for name in _POD_FIELDS
-        }
+        """`encode(pod)`, each field that is an object (spec, owner, labels, container
+        statuses) encoded once for all the pods that share it (a pod's row is rewritten at
+        each status its agent reports; its spec never is). The encoded values are shared
+        between pods: read them, never change them."""
+        encoded: dict[str, Any] = {}
+        values = self._values_encoded
+        for name in _POD_FIELDS:
+            value = getattr(pod, name)
+            if type(value) in _PLAIN:
+                encoded[name] = value
+                continue
+            known = values.get(id(value))
+            if known is None or known[0] is not value:
+                if len(values) > _MAX_VALUES:
+                    values.clear()
+                known = values[id(value)] = (value, encode(value))
+            encoded[name] = known[1]
         return encoded
 
     def _decode(self, s: Session, rows: Sequence[Any]) -> Iterator[tuple[Any, Pod]]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
+from gitops.codec import encode
 from gitops.model import ContainerStatus, Node, NodeName, ObjectKey, Pod, PodName, PodStatus
 from gitops.store import Store
 from gitops.store.podcache import PodCache
@@ -105,6 +106,34 @@ def test_pods_read_share_their_labels_and_container_statuses(any_store: Store) -
     assert len({id(p.labels) for p in pods}) == 2
     assert {p.containers for p in pods} == {(app,)} and len({id(p.containers) for p in pods}) == 1
     assert {p.host_ports for p in pods} == {((80, "TCP", 8080),)}
+
+
+def test_a_node_view_encodes_each_pod_as_encode_does_sharing_what_pods_share(store: Store) -> None:
+    """Spec, owner, labels and container statuses are encoded once for the pods sharing
+    them; every pod's encoding still equals `encode(pod)`, before and after a report."""
+    store.register_node(Node(NodeName("n1"), "192.0.2.10", 4000, 2**32), "t", now=1.0)
+    store.apply_pod_changes(
+        create=[(_pod(i, i % 2), "new") for i in range(4)],
+        stop=[],
+        bind={f"default/web-{i}": NodeName("n1") for i in range(4)},
+        pending_reasons={},
+        now=1.0,
+    )
+    cache = PodCache(store, slack=0.0)
+    for step in range(2):
+        _, encoded = cache.node_view("n1", max_age=0.0)
+        by_id = {p.id: p for p in store.pods()}
+        assert [e["name"] for e in encoded] == [f"web-{i}" for i in range(4)]
+        for item in encoded:
+            assert item == encode(by_id[f"{item['namespace']}/{item['name']}"])
+        assert encoded[0]["labels"] is encoded[2]["labels"] and encoded[0]["spec"] is encoded[2]["spec"]
+        assert encoded[0]["owner"] is encoded[2]["owner"]
+        app = ContainerStatus("app", "running", ready=True, restarts=step)
+        store.heartbeat(
+            "n1",
+            [PodStatus(f"default/web-{i}", "Running", ready=True, containers=(app,)) for i in range(4)],
+            now=2.0 + step,
+        )
 
 
 def test_a_status_report_that_changes_only_restarts_is_seen(store: Store) -> None:
