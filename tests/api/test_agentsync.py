@@ -91,6 +91,37 @@ def test_nodes_joining_move_the_routes_at_most_once_a_routes_period_and_endpoint
     assert shared.version() != first and [name for name, _, _ in shared.routes()] == ["n0", "n1"]
 
 
+def test_the_nodes_places_are_read_at_most_every_places_period(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every `ttl` on a small cluster; at 5,000 nodes at most every 2 s (each read is 5,000
+    rows), however often what else the endpoints depend on moves."""
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    reads: list[int] = []
+    original = store.node_places
+
+    def counted(now: float) -> tuple[tuple[str, str, str, bool], ...]:
+        reads.append(1)
+        return original(now)
+
+    monkeypatch.setattr(store, "node_places", counted)
+    shared = SharedEndpoints(store, clock=lambda: 1.0, ttl=0.0)
+    store.register_node(Node(NodeName("n0"), "192.0.2.10", 4000, 2**32), "t", now=1.0)
+    shared.version()
+    shared.version()
+    assert len(reads) == 2 and shared.places_every() == 0.0
+    shared._nodes = (shared._nodes[0], shared._nodes[1] * 5000)  # as if it had 5,000 nodes
+    assert shared.places_every() == 2.0
+    shared._places_at = time.monotonic()
+    _services(store, "a", ("web", 80))  # endpoints move: read again, the nodes' places not
+    shared.version()
+    assert len(reads) == 2 and [s["name"] for s in shared.get()] == ["web"]
+    shared._places_at -= 2.0
+    shared.version()
+    assert len(reads) == 3
+    store.close()
+
+
 def _services(store: Store, sha: str, *services: tuple[str, int]) -> None:
     from gitops.model import Revision
     from tests.planner.factories import service
