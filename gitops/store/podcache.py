@@ -126,10 +126,11 @@ class PodCache:
         self._specs, self._stale = {}, False
         with self.store.session() as s:  # before the rows: a row written in between is read again
             self._stamps = {
-                pod_id: written for pod_id, written in s.execute(select(PodRow.id, PodRow.written_at))
+                pod_id: written
+                for pod_id, written in s.connection().execute(select(PodRow.id, PodRow.written_at))
             }
         with self.store.session() as s:
-            rows = s.execute(select(*_COLUMNS).order_by(PodRow.id)).all()
+            rows = s.connection().execute(select(*_COLUMNS).order_by(PodRow.id)).all()
             pods = [pod for _, pod in self._decode(s, rows)]
         self.generation += 1
         self._full_generation = self.generation
@@ -227,11 +228,12 @@ class PodCache:
     def _decode(self, s: Session, rows: Sequence[Any]) -> Iterator[tuple[Any, Pod]]:
         """Each of `rows` (`_COLUMNS`) with its pod; the specs not known yet are read, once
         per spec (`spec_key`). A row whose spec is gone (deleted between the reads) is left
-        out: the next read drops it."""
+        out: the next read drops it. Rows are read as Core rows (`s.connection()`): the
+        ORM's processing of each row of a column select cost as much as the query."""
         missing = sorted({key: row.id for row in rows if (key := spec_key(row)) not in self._specs}.values())
         for start in range(0, len(missing), _CHUNK):
             chunk = missing[start : start + _CHUNK]
-            for row in s.execute(select(*_COLUMNS, PodRow.spec).where(PodRow.id.in_(chunk))):
+            for row in s.connection().execute(select(*_COLUMNS, PodRow.spec).where(PodRow.id.in_(chunk))):
                 self._specs[spec_key(row)] = self.store.spec_from_row(row.spec)
         for row in rows:
             spec = self._specs.get(spec_key(row))
@@ -243,11 +245,12 @@ class PodCache:
         with store.session() as s:
             # First only when each row in the window was written: rows read already at that
             # stamp (the window overlaps the last one by `slack`) are not read again.
-            stamps = s.execute(select(PodRow.id, PodRow.written_at).where(PodRow.written_at >= since)).all()
+            db = s.connection()  # Core rows (see `_decode`)
+            stamps = db.execute(select(PodRow.id, PodRow.written_at).where(PodRow.written_at >= since)).all()
             changed = sorted(pod_id for pod_id, written in stamps if self._stamps.get(pod_id) != written)
             rows: list[Any] = []
             for start in range(0, len(changed), _CHUNK):
-                rows += s.execute(
+                rows += db.execute(
                     select(*_COLUMNS).where(PodRow.id.in_(changed[start : start + _CHUNK]))
                 ).all()
             count = s.scalar(select(func.count(PodRow.id))) or 0
