@@ -37,7 +37,7 @@ from gitops.model import (
     PodSpec,
     Preemption,
 )
-from gitops.scheduler.checks import BEYOND_ROOM, CHECKS, SCORERS, Scorer, static_mask
+from gitops.scheduler.checks import BEYOND_ROOM, CHECKS, SCORERS, LeastAllocated, Scorer, static_mask
 from gitops.scheduler.cluster import BoolArray, Cluster, FloatArray, RevisionPods, Usage
 from gitops.scheduler.preempt import preempt
 
@@ -124,6 +124,7 @@ def _runner_up(scores: FloatArray, best: int) -> int | None:
 
 
 ONLY_NODE = "the only node that passes every check"
+LEAST_ALLOCATED = LeastAllocated.name  # the first of a placement's terms (`_LocalClass.parts`)
 MAX_LOCAL_CLASSES = 256  # kept per run, the oldest first dropped: 256 x 5,000 nodes is 10 MiB
 
 
@@ -176,7 +177,7 @@ class _LocalClass:
         memory_part /= cluster.memory_scale[at]
         least += memory_part
         least /= 2.0
-        parts = [("least allocated", least)]
+        parts = [(LEAST_ALLOCATED, least)]
         parts += [(name, part[at]) for name, part in self.static_parts]
         return feasible, parts
 
@@ -523,7 +524,7 @@ def _why_node(
     second = _runner_up(scores, best)
     if second is None:
         return ONLY_NODE
-    names = ["least allocated", *(name for name, _ in klass.static_parts), *(name for name, _ in extra)]
+    names = [LEAST_ALLOCATED, *(name for name, _ in klass.static_parts), *(name for name, _ in extra)]
     mine = klass.terms_at(usage, pod, best) + [part.item(best) for _, part in extra]
     theirs = klass.terms_at(usage, pod, second) + [part.item(second) for _, part in extra]
     totals = (scores.item(best), scores.item(second))
