@@ -18,7 +18,9 @@ though, are served by `handle`:
   pass for this node is answered 401;
 - the body, which the gate read already, is parsed and validated by the endpoint's request
   model in one `model_validate_json`; what does not fit raises FastAPI's
-  `RequestValidationError`, answered 422 by the app's handler as on any other route;
+  `RequestValidationError`, answered 422 by the app's handler as on any other route. As
+  on FastAPI's routes, a body is read as JSON only without a `Content-Type` or with a JSON
+  one (`application/json`, `application/*+json`); any other is refused 422, saying so;
 - the endpoint is called with the node's name and the parsed request, and returns the
   reply as JSON text (`bytes`) or as a dict already in the response model's shape, sent
   as it is (the endpoints build it so; their tests hold them to the model).
@@ -66,6 +68,10 @@ class NodeRoute(APIRoute):
             await _send(send, 401, b'{"detail":"invalid node token"}')
             return
         body = await _body(receive)
+        refused = _not_json(scope)
+        if refused is not None:
+            wrong = {"type": "content_type", "loc": ("body",), "msg": refused, "input": None}
+            raise RequestValidationError([wrong], body=body)
         try:
             request = self.request_model.model_validate_json(body)
         except ValidationError as exc:
@@ -91,6 +97,19 @@ def node_call(app: FastAPI, path: str, **route: Any) -> Callable[[NodeEndpoint],
         return endpoint
 
     return register
+
+
+def _not_json(scope: Scope) -> str | None:
+    """Why the request's `Content-Type` says its body is not JSON; None when it is JSON or
+    not given (as FastAPI reads a body)."""
+    for key, value in scope.get("headers", ()):
+        if key == b"content-type":
+            given = value.decode("latin-1")
+            kind = given.split(";", 1)[0].strip().lower()
+            if kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json")):
+                return None
+            return f"Content-Type must be application/json, not {given}"
+    return None
 
 
 def _encode(reply: dict[str, Any]) -> bytes:

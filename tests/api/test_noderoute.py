@@ -53,6 +53,22 @@ def test_a_body_that_is_not_a_json_object_is_refused_saying_so(
     assert refused.status_code == 422 and refused.json()["detail"].startswith("timeout: ")
 
 
+def test_a_body_is_read_as_json_only_without_a_content_type_or_with_a_json_one(
+    agent: tuple[TestClient, dict[str, str]],
+) -> None:
+    """As FastAPI's routes read a body: any other content type is refused, saying which."""
+    client, auth = agent
+    sync = "/agent/v1/nodes/n1/sync"
+    for kind in ("text/plain", "application/x-www-form-urlencoded", "application/jsonx"):
+        refused = client.post(sync, content=b"{}", headers={**auth, "Content-Type": kind})
+        assert refused.status_code == 422, kind
+        assert refused.json()["detail"] == f"(request): Content-Type must be application/json, not {kind}"
+    for kind in ("application/json; charset=utf-8", "Application/JSON", "application/merge-patch+json"):
+        taken = client.post(sync, content=b"{}", headers={**auth, "Content-Type": kind})
+        assert taken.status_code == 200, kind
+    assert client.post("/agent/v1/nodes/n1/watch", content=b'{"timeout": 0}', headers=auth).status_code == 200
+
+
 def test_a_sync_reply_holds_every_field_of_its_model(agent: tuple[TestClient, dict[str, str]]) -> None:
     client, auth = agent
     first = client.post("/agent/v1/nodes/n1/sync", json={}, headers=auth)
