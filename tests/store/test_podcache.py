@@ -136,6 +136,59 @@ def test_a_node_view_encodes_each_pod_as_encode_does_sharing_what_pods_share(sto
         )
 
 
+def test_a_node_version_kept_between_calls_moves_only_with_that_nodes_pods(store: Store) -> None:
+    """Made again only when the node's pods moved since: it always equals what a fresh
+    cache computes, moves when one of the node's pods is written, comes or goes, and stays
+    when only another node's do."""
+    for name in ("n1", "n2"):
+        store.register_node(Node(NodeName(name), "192.0.2.10", 4000, 2**32), "t", now=1.0)
+    store.apply_pod_changes(
+        create=[(_pod(i), "new") for i in range(4)],
+        stop=[],
+        bind={f"default/web-{i}": NodeName(f"n{1 + i % 2}") for i in range(4)},
+        pending_reasons={},
+        now=1.0,
+    )
+    cache = PodCache(store, slack=0.0)
+
+    def fresh() -> dict[str, str]:
+        other = PodCache(store)
+        other.refresh()
+        return {n: other.node_version(n) for n in ("n1", "n2")}
+
+    steps = [
+        ("n1", lambda: store.heartbeat("n1", [PodStatus("default/web-0", "Running", ready=True)], now=2.0)),
+        ("n2", lambda: store.heartbeat("n2", [PodStatus("default/web-1", "Running", ready=True)], now=3.0)),
+        (
+            "n1",
+            lambda: store.apply_pod_changes(
+                create=[(_pod(9), "new")],
+                stop=[],
+                bind={"default/web-9": NodeName("n1")},
+                pending_reasons={},
+                now=4.0,
+            ),
+        ),
+        (
+            "n2",
+            lambda: store.apply_pod_changes(
+                create=[], stop=[], bind={}, pending_reasons={}, now=5.0, delete_now=[(_pod(3), "gone")]
+            ),
+        ),
+    ]
+    for moved, step in steps:
+        cache.refresh()
+        before = {n: cache.node_version(n) for n in ("n1", "n2")}
+        assert before == fresh()
+        step()
+        cache.refresh()
+        after = {n: cache.node_version(n) for n in ("n1", "n2")}
+        assert after == fresh()
+        assert after[moved] != before[moved]
+        assert [after[n] == before[n] for n in ("n1", "n2") if n != moved] == [True]
+        assert cache.node_view(moved, max_age=0.0)[0] == after[moved]
+
+
 def test_a_status_report_that_changes_only_restarts_is_seen(store: Store) -> None:
     """Restarts, exit codes and container ids count as a change of the row (the cache reads
     rows by when they were written)."""
