@@ -453,6 +453,7 @@ class NodeWatch:
         store.after_write.append(self.poke)
         self._lock = threading.Lock()
         self._waiting: dict[str, list[_Waiter]] = {}
+        self._new: list[_Waiter] = []  # waiters since the last look (not compared with the state yet)
         self._arrived = threading.Event()
         self._thread: threading.Thread | None = None
         self._generation = -1
@@ -485,6 +486,7 @@ class NodeWatch:
         with self._lock:
             self._watched[node] = time.monotonic()
             self._waiting.setdefault(node, []).append(waiter)
+            self._new.append(waiter)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="agent-watch", daemon=True)
                 self._thread.start()
@@ -543,13 +545,18 @@ class NodeWatch:
         every = changed is None or services != self._services
         self._services = services
         logs = self.logs_pending()
+        # Only the waiters of nodes whose state moved, and those new since the last look
+        # (unless every node's moved): walking all 5,000 waiting agents 20 times a second was
+        # a tenth of a quiet server's interpreter.
         with self._lock:
-            due = [
-                w
-                for node, waiters in self._waiting.items()
-                for w in waiters
-                if every or not w.checked or node in logs or (changed is not None and node in changed)
-            ]
+            new, self._new = self._new, []
+            if every or changed is None:
+                due = [w for waiters in self._waiting.values() for w in waiters]
+            else:
+                moved = changed | logs
+                due = [w for node in moved for w in self._waiting.get(node, ())]
+                still = [w for w in new if w.node not in moved and not w.checked]
+                due += [w for w in still if w in self._waiting.get(w.node, ())]
         for waiter in due:
             waiter.checked = True
             pods = cache.node_version(waiter.node)

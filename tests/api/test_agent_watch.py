@@ -245,3 +245,46 @@ def test_a_heartbeat_with_nothing_new_is_answered_from_memory_while_the_controll
     assert answer.status_code == 200 and took < 1.0
     assert answer.json()["pods"] is None and answer.json()["pods_version"] == held["pods_version"]
     waiting.join(20)
+
+
+def test_a_look_compares_only_new_waiters_and_those_of_nodes_that_moved(tmp_path: Path) -> None:
+    """Each look walks the waiters of the nodes whose pods moved and those new since the
+    last look, not every waiting agent (5,000 of them, 20 looks a second)."""
+    from gitops.api.agentsync import NodeWatch, SharedEndpoints
+    from gitops.model import Node, NodeName, PodStatus
+
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    for name in ("n1", "n2", "n3"):
+        store.register_node(Node(NodeName(name), "192.0.2.10", 4000, 2**32), "t", now=1.0)
+    store.apply_revision(Revision("git:x", "1" * 40), [deployment(replicas=3)], [], 1.0)
+    reconcile_once(store, 2.0)  # a pod on each node
+    on = {p.node: p.id for p in store.pods()}
+    endpoints = SharedEndpoints(store, clock=time.time, ttl=0.0)
+    watch = NodeWatch(store, endpoints, set, poll=0.2)
+    compared: list[str] = []
+    original = store.pod_cache.node_version
+
+    def counted(node: str) -> str:
+        compared.append(node)
+        return original(node)
+
+    store.pod_cache.node_version = counted  # type: ignore[method-assign]
+
+    async def main() -> dict[str, Any]:
+        services = endpoints.version()
+        nodes = ("n1", "n2", "n3")
+        waits = {n: asyncio.create_task(watch.wait(n, original(n), services, timeout=20)) for n in nodes}
+        while sorted(compared) != ["n1", "n2", "n3"]:  # each new waiter compared once
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # looks that find nothing new compare nothing
+        assert sorted(compared) == ["n1", "n2", "n3"]
+        compared.clear()
+        await asyncio.to_thread(store.heartbeat, "n2", [PodStatus(on["n2"], "Running", True)], 3.0)
+        answer = await asyncio.wait_for(waits["n2"], 10)
+        assert set(compared) == {"n2"} and not waits["n1"].done() and not waits["n3"].done()
+        watch.close()
+        await asyncio.gather(waits["n1"], waits["n3"])
+        return answer
+
+    assert asyncio.run(main())["changed"] is True
+    store.close()
