@@ -1688,13 +1688,11 @@ class Store:
                 "owner_namespace": pod.owner.namespace,
                 "owner_name": pod.owner.name,
                 "template_hash": pod.template_hash,
-                "labels": [list(kv) for kv in pod.labels],
                 "node": pod.node,
                 "phase": "Pending",
                 "ready": False,
                 "reason": pod.reason,
                 "pod_ip": "",
-                "host_ports": [],
                 "restarts": 0,
                 "exit_code": None,
                 "container_id": "",
@@ -1703,13 +1701,13 @@ class Store:
             }
             events.append({"time": now, "object": f"pod {pod.id}", "reason": "Created", "message": reason})
             if pod.spec.claims:
-                rows[pod.id] = PodRow(**values, spec=known[1])
+                labels_row = [list(kv) for kv in pod.labels]
+                rows[pod.id] = PodRow(**values, labels=labels_row, host_ports=[], spec=known[1])
                 s.add(rows[pod.id])
                 continue
             labels = labels_text.get(pod.labels)
             if labels is None:
-                labels = labels_text[pod.labels] = json.dumps(values["labels"])
-            del values["labels"], values["host_ports"]
+                labels = labels_text[pod.labels] = json.dumps([list(kv) for kv in pod.labels])
             values |= {
                 "spec_text": known[2],
                 "labels_text": labels,
