@@ -25,6 +25,8 @@ Names (all prefixed `gitops_`):
   for the controller deciding or writing thousands of pods (`gitops.loop.Precedence`)
 - `problem_seconds{component}` gauge: how long a part of the control plane (the controller,
   a source's sync, the status view) has been failing; absent while it works
+- `gc_seconds_total{generation}` counter: the interpreter's cyclic garbage collector's time,
+  by generation (0 and 1 young, 2 full), since the process began counting (`gitops.heap`)
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from gitops.health import Health
+from gitops.heap import HEAP
 from gitops.store import Store
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -123,6 +126,20 @@ class _HealthCollector(Collector):
         yield failing
 
 
+class _HeapCollector(Collector):
+    """The collector's time by generation (`gitops.heap.HEAP`), read at scrape time."""
+
+    def collect(self) -> Iterable[Metric]:
+        seconds = CounterMetricFamily(
+            "gitops_gc_seconds",
+            "Seconds the interpreter's cyclic garbage collector took, by generation (2: full collections).",
+            labels=["generation"],
+        )
+        for generation, spent in enumerate(HEAP.seconds):
+            seconds.add_metric([str(generation)], spent)
+        yield seconds
+
+
 class Metrics:
     """The control plane's metrics, in a registry of their own."""
 
@@ -176,6 +193,8 @@ class Metrics:
         )
         self._store_collector: _StoreCollector | None = None
         self._health_collector: _HealthCollector | None = None
+        HEAP.count_time()
+        self.registry.register(_HeapCollector())
 
     def watch_store(self, store: Store, clock: Callable[[], float] = time.time) -> None:
         """Expose the store's figures (once; later calls are ignored)."""

@@ -35,6 +35,7 @@ from gitops.api.githttp import git_router
 from gitops.api.webhooks import webhook_router
 from gitops.controller import Controller
 from gitops.health import Health
+from gitops.heap import HEAP
 from gitops.loop import Loop, Precedence
 from gitops.metrics import Metrics
 from gitops.redact import redact_logs_with
@@ -102,6 +103,7 @@ class ControlPlane:
     lease: Lease | None = None
     _leading: bool = False
     _keeping: threading.Thread | None = None  # renews or tries to take the lease
+    _heap: threading.Thread | None = None  # settles the collector (`gitops.heap`)
     _stopping: threading.Event = field(default_factory=threading.Event)
     _leader_lock: threading.Lock = field(default_factory=threading.Lock)
     _led_epoch: int = 0  # the epoch of the lease this process last led by (0: none since it started)
@@ -418,6 +420,11 @@ class ControlPlane:
         self._keep_lease()
         self._keeping = threading.Thread(target=self._keep_leasing, name="lease", daemon=True)
         self._keeping.start()
+        # What the control plane holds long (the pod cache, the controller's state) is kept
+        # out of the collector's full collections (`gitops.heap`).
+        if self._heap is None or not self._heap.is_alive():
+            self._heap = threading.Thread(target=HEAP.keep, args=(self._stopping,), name="heap", daemon=True)
+            self._heap.start()
 
     def start(self) -> None:
         """Run everything in background threads; returns once the API answers."""

@@ -38,10 +38,7 @@ builds its own view from scratch (the uncached path, kept for the benchmark's ba
 from __future__ import annotations
 
 import bisect
-import ctypes
-import ctypes.util
 import dataclasses
-import gc
 import itertools
 import operator
 import re
@@ -58,6 +55,7 @@ import structlog
 
 from gitops.codec import encode
 from gitops.health import Health
+from gitops.heap import HEAP
 from gitops.model import (
     CronRun,
     CronState,
@@ -485,16 +483,6 @@ def pod_status(p: Pod, containers: Sequence[ContainerRow]) -> tuple[str, str]:
 
 
 _generations = itertools.count(1)
-
-
-def release_memory() -> None:
-    """Hand memory the process freed back to the system (glibc keeps freed heap pages for
-    reuse otherwise, so a process that once held a huge view stays that big)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        return  # not glibc: nothing to do
 
 
 def redacted_revision(r: RevisionRecord, redact: Redactor) -> RevisionRecord:
@@ -1325,7 +1313,6 @@ class ViewCache:
         self._refreshing = False
         self._refreshed = threading.Event()  # set when the running background refresh ends
         self._refreshed.set()
-        self._collected = 0.0  # time.monotonic() of the last full garbage collection
         self._build_seconds = 0.0  # how long the last full build took
         self._asked = float("-inf")  # time.monotonic() of the last request for the view
 
@@ -1344,22 +1331,13 @@ class ViewCache:
             sys.setswitchinterval(switch)
         # A view of 5,000 pods is a few hundred thousand objects. Left to the collector,
         # full collections walk them all at random moments and stall requests for 100 ms
-        # or more. So freeze what exists after each build (later collections skip it), and
-        # now and then unfreeze and collect fully, here in the background thread, so that
-        # cyclic garbage that got frozen (a few hundred objects a minute) is found: once a
-        # minute when no request came for a second (the collection, 100-250 ms at 5,000
-        # pods, stalls nobody then), else every ten minutes. When the cluster shrank (a huge
-        # scale-up undone), the old view's memory is handed back to the system at once, not
-        # kept by the allocator.
+        # or more. So what exists is frozen after each build (`gitops.heap`), here in the
+        # background thread; a full collection, when due, comes sooner when no request came
+        # for a second (100-250 ms at 5,000 pods, it stalls nobody then). When the cluster
+        # shrank (a huge scale-up undone), the old view's memory is handed back at once.
         shrank = self._view is not None and len(view.pods) < len(self._view.pods) // 2
         self._view, self._marker, self._built = view, marker, time.monotonic()  # the old one goes
-        since = self._built - self._collected
-        if shrank or since > 600.0 or (since > 60.0 and self._built - self._asked > 1.0):
-            gc.unfreeze()
-            gc.collect()
-            release_memory()
-            self._collected = time.monotonic()
-        gc.freeze()
+        HEAP.settle(idle=self._built - self._asked > 1.0, shrank=shrank)
         self._build_seconds = self._built - started
         self._next_build = self._built + self.pace * self._build_seconds
         return view

@@ -1,0 +1,96 @@
+"""The collector policy of a control plane (`gitops.heap`): what lives long is frozen out of
+full collections, cyclic garbage is still found by the full collection due, and the
+collector's time is counted."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+
+import pytest
+
+from gitops.heap import Heap
+
+
+class Cyclic:
+    def __init__(self) -> None:
+        self.me = self
+
+
+@pytest.fixture
+def heap() -> Iterator[Heap]:
+    heap = Heap(full_every=3600.0, idle_every=60.0)
+    yield heap
+    gc.unfreeze()
+
+
+def test_a_settle_freezes_what_lives_so_collections_do_not_walk_it(heap: Heap) -> None:
+    kept = [[i] for i in range(50_000)]  # a state held long: 50,000 tracked lists
+    assert not heap.settle()
+    assert gc.get_freeze_count() >= len(kept)
+    # The collector's generations, which every collection walks, no longer hold them.
+    tracked = {id(o) for o in gc.get_objects()}
+    assert not any(id(item) in tracked for item in kept)
+    gc.unfreeze()
+    tracked = {id(o) for o in gc.get_objects()}
+    assert all(id(item) in tracked for item in kept)
+
+
+def test_cyclic_garbage_frozen_is_found_by_the_full_collection_due(heap: Heap) -> None:
+    cycle = Cyclic()
+    gone = weakref.ref(cycle)
+    heap.settle()  # frozen while alive
+    del cycle
+    gc.collect()
+    assert gone() is not None  # frozen: the collector does not see it
+    heap.settle()  # no full collection due yet
+    assert gone() is not None
+    heap.full_every = 0.0
+    assert heap.settle()
+    assert gone() is None
+    assert gc.get_freeze_count() > 0  # what is left is frozen again
+
+
+def test_young_garbage_goes_before_the_freeze(heap: Heap) -> None:
+    cycle = Cyclic()
+    gone = weakref.ref(cycle)
+    del cycle
+    heap.settle()
+    assert gone() is None
+
+
+def test_a_full_collection_comes_sooner_when_idle_and_at_once_when_the_state_shrank(heap: Heap) -> None:
+    heap.idle_every = 0.0
+    assert not heap.settle()  # busy: the hour is not up
+    assert heap.settle(idle=True)
+    heap.idle_every = 3600.0
+    assert not heap.settle(idle=True)
+    assert heap.settle(shrank=True)
+    assert heap.full_collections == 2
+
+
+def test_keep_settles_until_stopped_and_the_last_keeper_unfreezes(heap: Heap) -> None:
+    stop = threading.Event()
+    keeper = threading.Thread(target=heap.keep, args=(stop,), kwargs={"every": 0.01})
+    kept = [[i] for i in range(1000)]
+    keeper.start()
+    deadline = time.monotonic() + 5
+    while gc.get_freeze_count() < len(kept) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert gc.get_freeze_count() >= len(kept)
+    stop.set()
+    keeper.join(5)
+    assert gc.get_freeze_count() == 0
+
+
+def test_the_collectors_time_is_counted_by_generation(heap: Heap) -> None:
+    heap.count_time()
+    heap.count_time()  # once: one callback
+    assert sum(1 for c in gc.callbacks if getattr(c, "__self__", None) is heap) == 1
+    gc.collect(0)
+    gc.collect()
+    assert heap.seconds[0] > 0 and heap.seconds[2] > 0
+    gc.callbacks.remove(heap._timed)
