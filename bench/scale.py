@@ -27,6 +27,9 @@ Phases, each printed with its time:
    call (its user+system time over the calls it answered), hence how many nodes one core
    keeps in sync at one call per node per second (`nodes_per_core`).
 
+The server's cyclic garbage collector's time (its `gitops_gc_seconds_total`) is given for
+the pods coming up (`running_gc_s`) and as a share of the quiet window (`quiet_gc_share`).
+
 The server's peak RSS (`VmHWM`) is `rss_mib`. Figures are printed, never asserted; the
 last line is one JSON object with them. The baseline is the same process's own
 arithmetic: kube-scheduler at its CI threshold of 810 pods/s would bind `--pods` in
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import ipaddress
 import json
 import os
@@ -187,6 +191,7 @@ class HollowAgent:
     free_ips: list[str] = field(default_factory=list)
     versions: tuple[str, str] = ("", "")  # the pods' and the Services' versions held
     said: str = ""  # the last report sent
+    held: str | None = None  # the digest of its report the server holds (None: it compares none)
     sent_at: float = float("-inf")
     news: asyncio.Event = field(default_factory=asyncio.Event)  # the long-poll saw something move
     watch_connection: Connection | None = None  # a long-poll holds a connection of its own
@@ -222,23 +227,24 @@ class HollowAgent:
 
     async def sync(self) -> None:
         report = self.report()
-        body = json.dumps(
-            {
-                "statuses": list(self.pods.values()),
-                "stopped": self.stopped,
-                "have_pods": self.versions[0],
-                "have_services": self.versions[1],
-                "service_deltas": True,  # as the real agent: what changed since the version held
-            }
-        ).encode()
+        fields: dict[str, Any] = {
+            "statuses": list(self.pods.values()),
+            "stopped": self.stopped,
+            "have_pods": self.versions[0],
+            "have_services": self.versions[1],
+            "service_deltas": True,  # as the real agent: what changed since the version held
+        }
+        digest = hashlib.blake2b(report.encode(), digest_size=16).hexdigest()
+        if self.held is not None:  # as the real agent: a report the server holds is not sent again
+            fields["report_digest"] = digest
+        omitted = self.held == digest and not self.stopped
         start, began = time.perf_counter(), time.monotonic()
         try:
-            status, reply = await self.pool.request(
-                "POST",
-                f"/agent/v1/nodes/{self.name}/sync",
-                body,
-                {"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"},
+            status, reply = await self._post_sync(
+                {**fields, "statuses": [], "report_omitted": True} if omitted else fields
             )
+            if omitted and status == 200 and json.loads(reply).get("report_held") != digest:
+                status, reply = await self._post_sync(fields)  # no longer held: sent whole
         except (OSError, HttpError) as exc:
             self.calls.failures += 1
             self.calls.last_error = f"{type(exc).__name__}: {exc}"
@@ -255,9 +261,18 @@ class HollowAgent:
         answer = json.loads(reply)
         self.said, self.sent_at = report, began  # the next heartbeat is due a period after this one began
         self.versions = (answer.get("pods_version", ""), answer.get("services_version", ""))
+        self.held = answer.get("report_held")
         if answer.get("pods") is not None:
             self.apply(answer)
         self.synced = True
+
+    async def _post_sync(self, fields: dict[str, Any]) -> tuple[int, bytes]:
+        return await self.pool.request(
+            "POST",
+            f"/agent/v1/nodes/{self.name}/sync",
+            json.dumps(fields).encode(),
+            {"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"},
+        )
 
     def apply(self, answer: dict[str, Any]) -> None:
         assigned = set()
@@ -501,6 +516,11 @@ def histogram(metrics: str, name: str) -> tuple[float, float]:
     return (float(total.group(1)) if total else 0.0, float(count.group(1)) if count else 0.0)
 
 
+def counter_total(metrics: str, name: str) -> float:
+    """The sum of a counter's samples over all its labels in Prometheus text."""
+    return sum(float(v) for v in re.findall(rf"^{name}_total(?:{{[^}}]*}})? (\S+)$", metrics, re.MULTILINE))
+
+
 def gauge(metrics: str, name: str) -> float:
     found = re.search(rf"^{name} (\S+)$", metrics, re.MULTILINE)
     return float(found.group(1)) if found else float("nan")
@@ -565,6 +585,7 @@ async def run(args: argparse.Namespace, server: Server, join_token: str, figures
 
         committed = time.monotonic()
         cpu_before = server.cpu_seconds()
+        gc_before = counter_total(server.metrics(), "gitops_gc_seconds")
         (server.folder / "apps.yaml").write_text(deployments(args.deployments, args.pods))
 
         def bound() -> bool | str:
@@ -597,7 +618,8 @@ async def run(args: argparse.Namespace, server: Server, join_token: str, figures
         figures["running_sync_failures"] = calls.failures
         figures["running_sync_deferred"] = calls.deferred
         figures["first_pass_cpu_s"] = round(server.cpu_seconds() - cpu_before, 1)
-        cpu_text = f"server CPU {figures['first_pass_cpu_s']} s"
+        figures["running_gc_s"] = round(counter_total(server.metrics(), "gitops_gc_seconds") - gc_before, 1)
+        cpu_text = f"server CPU {figures['first_pass_cpu_s']} s, {figures['running_gc_s']} s in the collector"
         say(f"commit to running: {figures['commit_to_running_s']} s ({cpu_text})")
 
         await asyncio.sleep(args.settle)  # the last statuses written, the passes after them done
@@ -605,9 +627,13 @@ async def run(args: argparse.Namespace, server: Server, join_token: str, figures
         pass_sum, pass_count = histogram(metrics, "gitops_controller_pass_seconds")
         calls.reset()
         cpu_before = server.cpu_seconds()
+        gc_before = counter_total(metrics, "gitops_gc_seconds")
         await asyncio.sleep(args.quiet)
         cpu = server.cpu_seconds() - cpu_before
         metrics = server.metrics()
+        figures["quiet_gc_share"] = round(
+            (counter_total(metrics, "gitops_gc_seconds") - gc_before) / args.quiet, 3
+        )
         after_sum, after_count = histogram(metrics, "gitops_controller_pass_seconds")
         passes = after_count - pass_count
         figures["noop_passes"] = int(passes)
@@ -632,7 +658,8 @@ async def run(args: argparse.Namespace, server: Server, join_token: str, figures
             f"({figures['noop_pass_writes']:.0f} writes in the last); {answered} sync calls "
             f"({figures['sync_calls_per_s']}/s, {calls.failures} failed), "
             f"p50 {figures['sync_call_ms_p50']} ms, p99 {figures['sync_call_ms_p99']} ms; "
-            f"server CPU {cpu:.1f} s = {figures['server_cpu_ms_per_call']} ms per call; "
+            f"server CPU {cpu:.1f} s = {figures['server_cpu_ms_per_call']} ms per call "
+            f"({figures['quiet_gc_share']:.1%} of the time collecting garbage); "
             f"{figures['calls_answered_of_due']:.0%} of the calls due answered; "
             f"one core keeps {figures['nodes_per_core']} nodes"
             + (

@@ -227,7 +227,9 @@ def create_app(
     @node_call(app, "/agent/v1/nodes/{name}/sync", response_model=SyncReply)
     async def agent_sync(name: str, request: SyncRequest) -> dict[str, Any] | bytes:
         """Heartbeat and pod statuses in; this node's pods and every Service's endpoints out."""
-        digest = report_digest(request)
+        # Reports compare by the agent's digest when it gives one (no digest made of 30
+        # statuses at each heartbeat), else by the server's own.
+        digest = f"agent:{request.report_digest}" if request.report_digest else report_digest(request)
         reply = _unchanged(name, request, digest)
         if reply is None:
             if yielding.holding:  # the controller decides or writes thousands of pods: it goes first
@@ -272,7 +274,7 @@ def create_app(
         if adopting() and not request.runtime_error:
             on_sync(name)
         observed.proxy_rules_skipped.labels(node=name).set(0)
-        return _reply(name, pods_version, services_version)
+        return _reply(name, pods_version, services_version, report_held=request.report_digest)
 
     def _reply(
         name: str,
@@ -281,6 +283,7 @@ def create_app(
         *,
         pods: list[dict[str, Any]] | None = None,
         claims: list[str] | None = None,
+        report_held: str = "",
     ) -> dict[str, Any]:
         """A sync reply with the Services and routes left null (as held): every field of
         `SyncReply` (sent as it is: `gitops.api.noderoute`)."""
@@ -307,6 +310,7 @@ def create_app(
             # The claims whose volumes this node keeps; any other claim volume of ours it
             # deletes. Null with `pods` (the pods' version covers them).
             "claims": claims,
+            "report_held": report_held,
         }
 
     def _sync(name: str, request: SyncRequest, digest: str) -> bytes:
@@ -333,9 +337,16 @@ def create_app(
         now = clock()
         adopt = adopting()
         pods_version, pods = store.pod_cache.node_view(name)
-        changed = False
+        changed = unheard = False
         if not request.stopped and reports.unchanged(name, digest, pods_version):
             # The same report again: only the heartbeat time is new.
+            if reports.beat(name, now):
+                reports.flush()
+        elif request.report_omitted:
+            # A report not sent again that this server no longer holds as the node's last (its
+            # pods moved since, or the server restarted): nothing to write; the node is alive,
+            # and the reply's empty `report_held` has the agent send it whole.
+            unheard = True
             if reports.beat(name, now):
                 reports.flush()
         else:
@@ -369,7 +380,7 @@ def create_app(
             )
         if changed:
             on_report()
-        if adopt and not request.runtime_error:
+        if adopt and not request.runtime_error and not unheard:
             on_sync(name)  # its containers are known now: adopted, or not wanted
         _note_proxy_problems(name, tuple(request.proxy_problems), now)
         # The Services' part is JSON text encoded once for every agent holding what this one
@@ -378,12 +389,14 @@ def create_app(
             request.have_services, name, deltas=request.service_deltas
         )
         same_pods = request.have_pods == pods_version
+        held = bool(request.report_digest) and reports.unchanged(name, digest, pods_version)
         fields = _reply(
             name,
             pods_version,
             services_version,
             pods=None if same_pods else pods,
             claims=None if same_pods else sorted(store.claims(node=name)),
+            report_held=request.report_digest if held else "",
         )
         return json_object(fields, services)
 

@@ -13,7 +13,7 @@ import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from gitops.schemas.checks import is_label_key, is_label_value, is_subdomain
 
@@ -267,6 +267,21 @@ class SyncRequest(_Strict):
     # `services_changed`, `services_removed` in the reply) when the server still knows that
     # version; without it, every Service each time they move (an older agent).
     service_deltas: bool = False
+    # The agent's own digest of what it reports (its statuses, stopped pods, proxy problems
+    # and runtime error): the server compares reports by it, not by digesting them itself.
+    report_digest: Annotated[str, Field(max_length=128)] = ""
+    # The statuses (and stopped pods, none) are those of the report `report_digest`, which
+    # the last reply said this server holds (`SyncReply.report_held`): not sent again, as a
+    # kubelet sends a pod's status only when it changed. If the server no longer holds it
+    # (the node's pods moved since, or it restarted), it keeps the heartbeat, writes
+    # nothing, and its reply's `report_held` is empty: the agent sends the report whole.
+    report_omitted: bool = False
+
+    @model_validator(mode="after")
+    def _omitted_report_named(self) -> SyncRequest:
+        if self.report_omitted and (not self.report_digest or self.statuses or self.stopped):
+            raise ValueError("report_omitted needs report_digest, and no statuses or stopped")
+        return self
 
 
 class WatchRequest(_Strict):
@@ -332,6 +347,11 @@ class SyncReply(BaseModel):
     # Log requests of `gitops logs` for this node's pods, not answered yet (again in each
     # reply until the agent posts their first chunk).
     logs: list[LogRequestModel] = []
+    # The request's `report_digest` when this server now holds that report as the node's
+    # last (written, or the same as the last written, against the node's pods as they are):
+    # the next heartbeat saying the same may omit it (`SyncRequest.report_omitted`). Empty
+    # otherwise, and to a request without a digest.
+    report_held: str = ""
 
 
 def field_errors(errors: list[dict[str, Any]]) -> str:

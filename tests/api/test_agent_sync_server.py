@@ -4,6 +4,7 @@ back only what changed, and an agent refused its name stops."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -355,3 +356,105 @@ def test_a_sync_that_reads_or_writes_waits_while_the_controller_writes_many_pods
     assert plane.store.nodes()[0].heartbeat_at > beat_before
     report([{**s, "ready": False} for s in running])  # sent again: taken
     assert {p.ready for p in plane.store.pods()} == {False}
+
+
+def test_a_heartbeat_omits_a_report_the_server_holds(plane: ControlPlane) -> None:
+    """An agent that names its report by a digest sends it once: a heartbeat saying the same
+    omits it, costs no write and leaves the statuses as they are. Once the node's pods move,
+    the server no longer holds it and says so (`report_held` empty), writing nothing of it;
+    the report sent whole again is taken."""
+    token = register(plane.url, plane.join_token)
+    reconcile_once(plane.store, time.time())  # the Deployment's two pods, bound to n1
+    auth = {"Authorization": f"Bearer {token}"}
+    url = f"{plane.url}/agent/v1/nodes/n1/sync"
+    running = [
+        {"pod": p.id, "phase": "Running", "ready": True, "pod_ip": f"10.244.0.{i + 2}"}
+        for i, p in enumerate(plane.store.pods(node="n1"))
+    ]
+    older = httpx.post(url, json={"statuses": running}, headers=auth).json()
+    assert older["report_held"] == ""  # no digest given (an older agent): none held
+    first = httpx.post(url, json={"statuses": running, "report_digest": "r1"}, headers=auth).json()
+    assert first["report_held"] == "r1"
+    have = {"have_pods": first["pods_version"], "have_services": first["services_version"]}
+    omitted = {"report_digest": "r1", "report_omitted": True, **have}
+    writes = _writes(plane.store)
+    second = httpx.post(url, json=omitted, headers=auth).json()
+    assert writes == []
+    assert (second["report_held"], second["pods"], second["pods_version"]) == ("r1", None, have["have_pods"])
+    assert {(p.phase, p.ready) for p in plane.store.pods(node="n1")} == {("Running", True)}
+
+    # A third replica lands on n1: the report held was one against the pods as they were.
+    plane.store.apply_revision(
+        Revision("git:x", "2" * 40), [deployment(replicas=3), service("web", {"app": "web"})], [], 2.0
+    )
+    reconcile_once(plane.store, time.time())
+    time.sleep(0.2)  # past the age the server's pods may have (`PodCache.node_view`)
+    writes.clear()
+    third = httpx.post(url, json=omitted, headers=auth).json()
+    assert third["report_held"] == "" and len(third["pods"]) == 3
+    assert [w for w in writes if not w.startswith("UPDATE nodes")] == []  # nothing of a report
+    assert sorted((p.phase, p.ready) for p in plane.store.pods(node="n1")) == [
+        ("Pending", False),
+        ("Running", True),
+        ("Running", True),
+    ]
+    whole = {"statuses": running, "report_digest": "r1", "have_pods": third["pods_version"]}
+    assert httpx.post(url, json=whole, headers=auth).json()["report_held"] == "r1"
+    again = httpx.post(url, json={**omitted, "have_pods": third["pods_version"]}, headers=auth).json()
+    assert again["report_held"] == "r1" and again["pods"] is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"report_omitted": True},
+        {"report_omitted": True, "report_digest": "r1", "stopped": ["default/web-1"]},
+        {
+            "report_omitted": True,
+            "report_digest": "r1",
+            "statuses": [{"pod": "default/web-1", "phase": "Running", "ready": True}],
+        },
+    ],
+)
+def test_an_omitted_report_is_named_and_alone(plane: ControlPlane, body: dict[str, Any]) -> None:
+    token = register(plane.url, plane.join_token)
+    response = httpx.post(
+        f"{plane.url}/agent/v1/nodes/n1/sync", json=body, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert response.status_code == 422
+    assert "report_omitted needs report_digest, and no statuses or stopped" in response.text
+
+
+def test_the_agent_sends_its_report_once_and_again_when_the_server_lets_it_go(
+    plane: ControlPlane, tmp_path: Path
+) -> None:
+    """The real agent names its report; once a reply says the server holds it, heartbeats
+    omit it. When the server no longer holds it (the node's pods moved), the agent sends it
+    whole in the same tick, and the new pod is reported."""
+    agent = registered_agent(plane, tmp_path, "n1", "192.0.2.10")
+    reconcile_once(plane.store, time.time())  # the Deployment's two pods, bound to n1
+    bodies: list[dict[str, Any]] = []
+
+    def sent(request: httpx.Request) -> None:
+        if request.url.path.endswith("/sync"):
+            bodies.append(json.loads(request.content))
+
+    agent.http.event_hooks["request"].append(sent)
+    for _ in range(4):
+        agent.tick()
+    assert "report_digest" not in bodies[0]  # the server's support is known from its first reply
+    assert [b.get("report_omitted", False) for b in bodies[-2:]] == [True, True]
+    assert all(b["statuses"] == [] for b in bodies[-2:])
+    assert {p.phase for p in plane.store.pods(node="n1")} == {"Running"}
+    bodies.clear()
+    plane.store.apply_revision(
+        Revision("git:x", "2" * 40), [deployment(replicas=3), service("web", {"app": "web"})], [], 2.0
+    )
+    reconcile_once(plane.store, time.time())
+    time.sleep(0.2)  # past the age the server's pods may have (`PodCache.node_view`)
+    agent.tick()
+    assert [b.get("report_omitted", False) for b in bodies[:2]] == [True, False]
+    assert len(bodies[1]["statuses"]) == 2  # the report whole, as the agent knew its pods
+    for _ in range(3):
+        agent.tick()
+    assert [p.phase for p in plane.store.pods(node="n1")] == ["Running"] * 3
