@@ -9,13 +9,14 @@ neither side may cost a write, a full read or a re-encoding per call.
   A report with the same digest, against pods nobody wrote since, would change no row
   (a report is applied idempotently): only its heartbeat time is kept, in memory, and
   written for all nodes in one statement at most every `flush_seconds` (by whichever call
-  finds the batch due). An agent that names its report by a digest of its own
-  (`SyncRequest.report_digest`) has reports compared by it, and is told when the server
-  holds its report (`SyncReply.report_held`): its heartbeats then leave the report out
-  (`report_omitted`), as a kubelet sends a pod's status only when it changed. At 30 pods
-  a node, parsing the statuses of every heartbeat was a fifth of a quiet server's time. Anything else (a changed status, a stopped pod, a runtime error,
+  finds the batch due). Anything else (a changed status, a stopped pod, a runtime error,
   an adoption) is written before the call returns; such reports arriving together are
   written in one transaction (`AgentReports.write`).
+- An agent that names its report by a digest of its own (`SyncRequest.report_digest`)
+  has reports compared by it, and is told when the server holds its report
+  (`SyncReply.report_held`): its heartbeats then leave the report out
+  (`report_omitted`), as a kubelet sends a pod's status only when it changed. At 30 pods
+  a node, parsing the statuses of every heartbeat was a fifth of a quiet server's time.
 - `SharedEndpoints` computes every Service's endpoints (and the nodes' pod routes) once per
   change of what they depend on, with a version; all agents share it. It keeps each
   Service as JSON text, encoded once, and the last `HISTORY` versions: an agent that holds

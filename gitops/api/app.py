@@ -281,14 +281,13 @@ def create_app(
         pods_version: str,
         services_version: str,
         *,
-        pods: list[dict[str, Any]] | None = None,
         claims: list[str] | None = None,
         report_held: str = "",
     ) -> dict[str, Any]:
-        """A sync reply with the Services and routes left null (as held): every field of
-        `SyncReply` (sent as it is: `gitops.api.noderoute`)."""
+        """A sync reply with the pods, the Services and the routes left null (as held): every
+        field of `SyncReply` (sent as it is: `gitops.api.noderoute`)."""
         return {
-            "pods": pods,
+            "pods": None,
             "pods_version": pods_version,
             "services": None,
             "services_version": services_version,
@@ -336,7 +335,7 @@ def create_app(
         ]
         now = clock()
         adopt = adopting()
-        pods_version, pods = store.pod_cache.node_view(name)
+        pods_version, ids, pods = store.pod_cache.node_view(name)
         changed = unheard = False
         if not request.stopped and reports.unchanged(name, digest, pods_version):
             # The same report again: only the heartbeat time is new.
@@ -359,9 +358,8 @@ def create_app(
                 adopt=adopt,
             )
             changed, written_at = reports.write(report)
-            pods_version, pods = store.pod_cache.node_view(name, read_after=written_at)
-            known = {f"{p['namespace']}/{p['name']}" for p in pods}
-            if adopt and any(s.pod not in known for s in statuses):
+            pods_version, ids, pods = store.pod_cache.node_view(name, read_after=written_at)
+            if adopt and any(s.pod not in set(ids) for s in statuses):
                 reports.forget(name)  # containers of pods not here: adopted once their owner wants them
             else:
                 reports.written(name, digest, pods_version)
@@ -384,8 +382,9 @@ def create_app(
             on_sync(name)  # its containers are known now: adopted, or not wanted
         _note_proxy_problems(name, tuple(request.proxy_problems), now)
         # The Services' part is JSON text encoded once for every agent holding what this one
-        # holds (`SharedEndpoints.reply_parts`); only the rest is encoded for this call.
-        services_version, services = endpoints.reply_parts(
+        # holds (`SharedEndpoints.reply_parts`), the pods' joined from texts the pod cache
+        # keeps; only the rest is encoded for this call.
+        services_version, raw = endpoints.reply_parts(
             request.have_services, name, deltas=request.service_deltas
         )
         same_pods = request.have_pods == pods_version
@@ -394,11 +393,10 @@ def create_app(
             name,
             pods_version,
             services_version,
-            pods=None if same_pods else pods,
             claims=None if same_pods else sorted(store.claims(node=name)),
             report_held=request.report_digest if held else "",
         )
-        return json_object(fields, services)
+        return json_object(fields, raw if same_pods else {**raw, "pods": pods})
 
     @node_call(
         app, "/agent/v1/nodes/{name}/watch", response_model=WatchReply, response_model_exclude_none=True

@@ -521,6 +521,9 @@ class Store:
         # Called after each write transaction of this process commits (`write_session`):
         # agents' long-polls look at once (`gitops.api.agentsync.NodeWatch`).
         self.after_write: list[Callable[[], None]] = []
+        # Writes of this process that deleted pod rows, committed (`PodCache` counts the
+        # rows again after one; another process's it finds within its `count_every`).
+        self.pod_deletions = 0
         self._writing: dict[object, float] = {}  # writes under way -> when each began
         self._writing_lock = threading.Lock()
         self._tokens: dict[str, tuple[str, float]] = {}  # node -> (its token's digest, when read)
@@ -553,6 +556,8 @@ class Store:
         if statement.lstrip()[:6].upper() in _WRITES:
             rows = len(parameters) if executemany else 1
             self._written.count = getattr(self._written, "count", 0) + rows
+            if statement.lstrip()[:17].upper() == "DELETE FROM PODS ":
+                self._written.deleted_pods = True  # counted once the write commits
 
     @property
     def pod_cache(self) -> PodCache:
@@ -632,6 +637,10 @@ class Store:
                 del self._writing[token]
         if renewed is not None:
             renewed()
+        if getattr(self._written, "deleted_pods", False):
+            self._written.deleted_pods = False
+            with self._writing_lock:
+                self.pod_deletions += 1
         for written in self.after_write:  # committed
             written()
 
@@ -2010,7 +2019,13 @@ class Store:
         """Store rollout states; drop those of Deployments not in `states`; record changes
         of status as events. When every state is, in its stored form, what the last
         `rollouts` read, no write begins (`_as_read`)."""
-        encoded = {key: encode(state) for key, state in states.items()}
+        # A state equal to the one read has the stored form read: 1,500 states encoded at
+        # every pass were 5% of a quiet server at 5,000 nodes.
+        read = self._rollouts_seen or {}
+        encoded = {
+            key: known[1] if (known := read.get(key)) is not None and known[2] == state else encode(state)
+            for key, state in states.items()
+        }
         if _as_read(self._rollouts_seen, encoded):
             return
         seen, self._rollouts_seen = self._rollouts_seen, None  # written: read again before a write is spared

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,7 +111,8 @@ def test_pods_read_share_their_labels_and_container_statuses(any_store: Store) -
 
 def test_a_node_view_encodes_each_pod_as_encode_does_sharing_what_pods_share(store: Store) -> None:
     """Spec, owner, labels and container statuses are encoded once for the pods sharing
-    them; every pod's encoding still equals `encode(pod)`, before and after a report."""
+    them, as JSON text; every pod's encoding still reads as `encode(pod)`, before and after
+    a report."""
     store.register_node(Node(NodeName("n1"), "192.0.2.10", 4000, 2**32), "t", now=1.0)
     store.apply_pod_changes(
         create=[(_pod(i, i % 2), "new") for i in range(4)],
@@ -121,13 +123,15 @@ def test_a_node_view_encodes_each_pod_as_encode_does_sharing_what_pods_share(sto
     )
     cache = PodCache(store, slack=0.0)
     for step in range(2):
-        _, encoded = cache.node_view("n1", max_age=0.0)
+        _, ids, text = cache.node_view("n1", max_age=0.0)
+        encoded = json.loads(text)
         by_id = {p.id: p for p in store.pods()}
         assert [e["name"] for e in encoded] == [f"web-{i}" for i in range(4)]
+        assert ids == [f"default/web-{i}" for i in range(4)]
         for item in encoded:
             assert item == encode(by_id[f"{item['namespace']}/{item['name']}"])
-        assert encoded[0]["labels"] is encoded[2]["labels"] and encoded[0]["spec"] is encoded[2]["spec"]
-        assert encoded[0]["owner"] is encoded[2]["owner"]
+        specs = {id(cache._encoded[pod_id][2]) for pod_id in ids}
+        assert len(specs) == 2  # one spec text for each owner's pods
         app = ContainerStatus("app", "running", ready=True, restarts=step)
         store.heartbeat(
             "n1",
@@ -331,4 +335,41 @@ def test_a_write_that_commits_while_the_cache_reads_is_seen_by_the_next_read(tmp
     cache._read_changes = read_changes  # type: ignore[method-assign]
     time.sleep(0.02)
     assert cache.pods()[0].node == "n1"
+    store.close()
+
+
+def test_rows_are_counted_again_after_a_delete_of_this_process_or_after_count_every(tmp_path: Path) -> None:
+    """Counting 150,000 rows at each read (many a second while pods come up) held the lock
+    every agent's sync waits on: a read counts them after this process deleted a pod, and
+    every `count_every` seconds for the deletes of another process sharing the database."""
+    from sqlalchemy import delete, event
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    store = Store(url)
+    other = Store(url, keys=store.keys)
+    store.apply_pod_changes(
+        create=[(_pod(i), "new") for i in range(6)], stop=[], bind={}, pending_reasons={}, now=1.0
+    )
+    cache = PodCache(store, slack=0.0, count_every=3600.0)
+    counts: list[str] = []
+    event.listen(
+        store.engine,
+        "before_cursor_execute",
+        lambda _c, _k, statement, *_: counts.append(statement) if "count(" in statement else None,
+    )
+    assert len(cache.pods()) == 6
+    first, second = sorted(cache.pods(), key=lambda p: p.id)[:2]  # the first read since: counted
+    counts.clear()
+    store.apply_pod_changes(create=[], stop=[], bind={}, pending_reasons={first.id: "waiting"}, now=2.0)
+    assert {p.id: p.reason for p in cache.pods()}[first.id] == "waiting"
+    assert counts == []  # a write that deleted nothing: no count
+    store.apply_pod_changes(create=[], stop=[(first, "gone")], bind={}, pending_reasons={}, now=3.0)
+    assert first.id not in {p.id for p in cache.pods()} and len(counts) == 1  # never placed: deleted
+    with other.write_session() as s:  # another process deletes one
+        s.execute(delete(PodRow).where(PodRow.id == second.id))
+    assert second.id in {p.id for p in cache.pods()}  # not counted yet
+    cache.count_every = 0.0
+    assert second.id not in {p.id for p in cache.pods()}
+    assert cache.pods() == tuple(store.pods())
+    other.close()
     store.close()
