@@ -199,6 +199,7 @@ class HollowAgent:
     held: str | None = None  # the digest of its report the server holds (None: it compares none)
     sent_at: float = float("-inf")
     news: asyncio.Event = field(default_factory=asyncio.Event)  # the long-poll saw something move
+    wake: asyncio.Future[None] | None = None  # the sync loop's wait: done on news or at its next tick
     watch_connection: Connection | None = None  # a long-poll holds a connection of its own
 
     async def register(self) -> None:
@@ -305,6 +306,10 @@ class HollowAgent:
         if status is not None and status["pod_ip"]:
             self.free_ips.append(status["pod_ip"])
 
+    def _wake(self) -> None:
+        if self.wake is not None and not self.wake.done():
+            self.wake.set_result(None)
+
     def to_say(self) -> bool:
         return self.report() != self.said
 
@@ -318,6 +323,7 @@ class HollowAgent:
         heartbeat is due."""
         await asyncio.sleep(random.random() * interval)  # spread over the interval, as real agents are
         watching = asyncio.create_task(self.watch(stop)) if heartbeat else None
+        loop = asyncio.get_running_loop()
         try:
             while not stop.is_set():
                 started = time.monotonic()
@@ -329,14 +335,16 @@ class HollowAgent:
                 ):
                     self.news.clear()
                     await self.sync()
-                waits = {asyncio.ensure_future(self.news.wait()), asyncio.ensure_future(stop.wait())}
-                await asyncio.wait(
-                    waits,
-                    timeout=max(0.0, interval - (time.monotonic() - started)),
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                for waiting in waits:
-                    waiting.cancel()
+                if self.news.is_set():
+                    continue
+                # Until news or the next tick: a future and a timer, not tasks made and
+                # cancelled at each tick (5,000 agents' cancelled waits were cyclic garbage
+                # whose collections stalled this process's loop; the run is stopped by
+                # cancelling this task).
+                self.wake = loop.create_future()
+                timer = loop.call_later(max(0.0, interval - (time.monotonic() - started)), self._wake)
+                await self.wake
+                timer.cancel()
         finally:
             if watching is not None:
                 watching.cancel()
@@ -381,6 +389,7 @@ class HollowAgent:
                 elif answer.get("changed"):
                     held = self.versions
                     self.news.set()
+                    self._wake()
                     for _ in range(50):  # until the sync it wakes brought the new versions
                         if self.versions != held:
                             break
