@@ -198,7 +198,7 @@ class HollowAgent:
     said: str = ""  # the last report sent
     held: str | None = None  # the digest of its report the server holds (None: it compares none)
     sent_at: float = float("-inf")
-    news: asyncio.Event = field(default_factory=asyncio.Event)  # the long-poll saw something move
+    news: bool = False  # the long-poll saw something move (the sync loop is woken: `wake`)
     wake: asyncio.Future[None] | None = None  # the sync loop's wait: done on news or at its next tick
     watch_connection: Connection | None = None  # a long-poll holds a connection of its own
 
@@ -327,15 +327,10 @@ class HollowAgent:
         try:
             while not stop.is_set():
                 started = time.monotonic()
-                if (
-                    not heartbeat
-                    or self.news.is_set()
-                    or self.to_say()
-                    or started - self.sent_at >= heartbeat
-                ):
-                    self.news.clear()
+                if not heartbeat or self.news or self.to_say() or started - self.sent_at >= heartbeat:
+                    self.news = False
                     await self.sync()
-                if self.news.is_set():
+                if self.news:
                     continue
                 # Until news or the next tick: a future and a timer, not tasks made and
                 # cancelled at each tick (5,000 agents' cancelled waits were cyclic garbage
@@ -388,7 +383,7 @@ class HollowAgent:
                     self.versions = (self.versions[0], answer["services_version"])
                 elif answer.get("changed"):
                     held = self.versions
-                    self.news.set()
+                    self.news = True
                     self._wake()
                     for _ in range(50):  # until the sync it wakes brought the new versions
                         if self.versions != held:

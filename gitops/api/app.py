@@ -336,16 +336,13 @@ def create_app(
         now = clock()
         adopt = adopting()
         pods_version, ids, pods = store.pod_cache.node_view(name)
-        changed = unheard = False
-        if not request.stopped and reports.unchanged(name, digest, pods_version):
-            # The same report again: only the heartbeat time is new.
-            if reports.beat(name, now):
-                reports.flush()
-        elif request.report_omitted:
-            # A report not sent again that this server no longer holds as the node's last (its
-            # pods moved since, or the server restarted): nothing to write; the node is alive,
-            # and the reply's empty `report_held` has the agent send it whole.
-            unheard = True
+        changed = False
+        same = not request.stopped and reports.unchanged(name, digest, pods_version)
+        # A report not sent again that this server no longer holds as the node's last (its
+        # pods moved since, or the server restarted): nothing to write; the node is alive,
+        # and the reply's empty `report_held` has the agent send it whole.
+        unheard = request.report_omitted and not same
+        if same or unheard:  # only the heartbeat time is new
             if reports.beat(name, now):
                 reports.flush()
         else:
@@ -359,7 +356,8 @@ def create_app(
             )
             changed, written_at = reports.write(report)
             pods_version, ids, pods = store.pod_cache.node_view(name, read_after=written_at)
-            if adopt and any(s.pod not in set(ids) for s in statuses):
+            known = set(ids)
+            if adopt and any(s.pod not in known for s in statuses):
                 reports.forget(name)  # containers of pods not here: adopted once their owner wants them
             else:
                 reports.written(name, digest, pods_version)

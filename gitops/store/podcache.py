@@ -11,8 +11,8 @@ were last read are read whole. Rows deleted since are found by counting: after t
 rows are read, the cache holds every row still in the table plus those deleted, so the two
 counts differ exactly when a row is gone; then one read of the ids drops them. The rows are
 counted after a write of this process deleted some, and every `count_every` seconds for
-other processes' deletes. A pod's spec is decoded
-once (a pod row's spec is never rewritten; pods sharing a spec share one value).
+other processes' deletes. A pod's spec is decoded once (a pod row's spec is never
+rewritten; pods sharing a spec share one value).
 
 It stays level-triggered: every `full_every` seconds, and when a read finds a row it
 lacks, it compares every row's stamp (no window), so what a write committed too late for
@@ -178,13 +178,12 @@ class PodCache:
     ) -> tuple[str, list[PodId], bytes]:
         """The pods bound to `node`: their ids, and a JSON array of them, each as `encode`
         gives it, with a version that moves whenever one of their rows is written, one comes
-        or one goes; all from one state
-        of the cache, read again when it is older than `max_age` seconds or was read before
-        `read_after` (monotonic: a caller that just wrote). Agents' syncs ask this:
-        thousands of calls a second cost no database read. Ages count from the call's
-        arrival, and whether to read is decided holding the lock: calls waiting on another's
-        read (a batch of reports written together) are served by it, not each read again in
-        turn (at 1,000 nodes each re-read thousands of rows)."""
+        or one goes; all from one state of the cache, read again when it is older than
+        `max_age` seconds or was read before `read_after` (monotonic: a caller that just
+        wrote). Agents' syncs ask this: thousands of calls a second cost no database read.
+        Ages count from the call's arrival, and whether to read is decided holding the lock:
+        calls waiting on another's read (a batch of reports written together) are served by
+        it, not each read again in turn (at 1,000 nodes each re-read thousands of rows)."""
         wanted = time.monotonic() - max_age  # a read begun since will do
         if read_after is not None:
             wanted = max(wanted, read_after)
@@ -285,10 +284,8 @@ class PodCache:
         `count_every` seconds ago (another process's deletes wait that long at most). Counting
         150,000 rows took 10 ms, under the lock every agent's sync waits on, at each of the
         many reads a second while pods come up."""
-        deletions, now = (
-            self.store.pod_deletions,
-            time.monotonic(),
-        )  # before the count: a later one is seen next time
+        # Read before the count: a delete committed after it is counted next time.
+        deletions, now = self.store.pod_deletions, time.monotonic()
         if not every and deletions == self._counted[0] and now - self._counted[1] < self.count_every:
             return None
         self._counted = (deletions, now)
