@@ -29,6 +29,7 @@ from gitops.model import (
     Placements,
     Pod,
     PodId,
+    PodName,
     RolloutState,
     ScaleState,
     content_hash,
@@ -42,7 +43,7 @@ from gitops.planner.cron import cron_step, job_manifest
 from gitops.planner.evict import evictions
 from gitops.planner.plan import configs_of
 from gitops.planner.rollout import advance, rollback_template
-from gitops.planner.settled import Settled
+from gitops.planner.settled import Live, Settled
 from gitops.scheduler import place
 
 # The workload kinds whose template changes roll out (their `RolloutState` is kept).
@@ -85,9 +86,8 @@ def decide(
         evicted = evictions(pods, state.not_ready_since, now=now, default_toleration=not_ready_toleration)
     else:
         evicted = []
+    live, draining, grouped = _live(pods, evicted, settled)
     gone = {a.pod.id for a in evicted}
-    live = [p for p in pods if p.terminating_at is None and (not gone or p.id not in gone)]
-    draining = {p.name for p in pods if p.terminating_at is not None} | {a.pod.name for a in evicted}
     crons, cron_jobs, ended = _crons(state, now)
     scales = _autoscale(state, live, now)
     effective = [_rolled_back(m, state.rollouts.get(m.key)) for m in state.desired] + cron_jobs
@@ -100,7 +100,6 @@ def decide(
         replicas={s.target: s.replicas for s in scales.values()},
         removed=ended,
     )
-    grouped = group_by_owner(live)
     result = plan(effective, live, context=context, settled=settled, grouped=grouped)
     pending: list[Pod] = [p for p in result.keep if p.node is None] + [a.pod for a in result.create]
     # Stopping pods hold their node's resources until their agent reports them gone; pods
@@ -124,8 +123,8 @@ def decide(
     )
     preempted = _victims(placements, pending, bound) if placements.preemptions else ()
     stopped = {a.pod.id for a in result.stop}
-    after = [p for p in live if not stopped or p.id not in stopped] + [a.pod for a in result.create]
-    unchanged = not stopped and not result.create  # `after` holds the pods of `live`, grouped alike
+    unchanged = not stopped and not result.create  # the pods after the pass are those of `live`
+    after = live if unchanged else [p for p in live if p.id not in stopped] + [a.pod for a in result.create]
     states = _advance(
         state.desired,
         effective,
@@ -139,6 +138,24 @@ def decide(
         grouped=grouped if unchanged else None,
     )
     return Decision(result, tuple(evicted), preempted, placements, states, result.jobs, crons, scales)
+
+
+def _live(
+    pods: tuple[Pod, ...], evicted: Sequence[Action], settled: Settled | None
+) -> tuple[list[Pod], set[PodName], dict[ObjectKey, list[Pod]]]:
+    """The pods not terminating nor evicted (and grouped by owner), and the names of those
+    going away: the last pass's (`Settled.live`) when it had the very same pods and
+    evictions. The lists are shared between passes: no one changes them."""
+    gone = frozenset(a.pod.id for a in evicted)
+    kept = settled.live if settled is not None else None
+    if kept is not None and kept.pods is pods and kept.gone == gone:
+        return kept.live, kept.draining, kept.grouped
+    live = [p for p in pods if p.terminating_at is None and (not gone or p.id not in gone)]
+    draining = {p.name for p in pods if p.terminating_at is not None} | {a.pod.name for a in evicted}
+    grouped = group_by_owner(live)
+    if settled is not None:
+        settled.live = Live(pods, gone, live, draining, grouped)
+    return live, draining, grouped
 
 
 def _victims(placements: Placements, pending: Sequence[Pod], bound: Sequence[Pod]) -> tuple[Action, ...]:

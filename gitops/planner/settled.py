@@ -23,7 +23,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from gitops.model import Manifest, ObjectKey, Pod
+from gitops.model import Manifest, ObjectKey, Pod, PodId, PodName
 from gitops.planner.actions import Plan
 from gitops.planner.rollout import RolloutStatus
 
@@ -64,9 +64,27 @@ class _Table(Generic[Answer]):
             del self.entries[key]
 
 
+@dataclass(frozen=True)
+class Live:
+    """The pods a pass works on, worked out from every pod and the pods evicted at once:
+    those not terminating nor evicted (`live`, and grouped by owner), and the names of the
+    pods going away (`draining`). Kept with the very pod tuple they came from."""
+
+    pods: tuple[Pod, ...]
+    gone: frozenset[PodId]
+    live: list[Pod]
+    draining: set[PodName]
+    grouped: dict[ObjectKey, list[Pod]]
+
+
 @dataclass
 class Settled:
-    """Plan parts and rollout statuses of settled Deployments (see the module)."""
+    """Plan parts and rollout statuses of settled Deployments (see the module), and the
+    last pass's `Live`: a pass over the very pod tuple of the last one, with the same pods
+    evicted, works on the same live pods (the controller's `PodCache` gives the same tuple
+    while no row changed; sorting 150,000 pods out and grouping them was a third of a
+    settled cluster's pass)."""
 
     plans: _Table[Plan] = field(default_factory=_Table)
     statuses: _Table[RolloutStatus] = field(default_factory=_Table)
+    live: Live | None = None

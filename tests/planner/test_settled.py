@@ -95,3 +95,31 @@ def test_a_deployment_that_reads_the_clock_is_never_kept() -> None:
     state, now = passes(ClusterState(desired=(slow,), pods=(), nodes=NODES), 1.0, settled)
     state, now = passes(with_desired(state, dataclasses.replace(slow)), now + 60.0, settled)
     assert settled.plans.entries == {} and settled.statuses.entries == {}
+
+
+def test_the_live_pods_are_reused_for_the_same_pods_and_evictions_only() -> None:
+    settled = Settled()
+    state, now = passes(
+        ClusterState(desired=(deployment("web", replicas=4),), pods=(), nodes=NODES), 1.0, settled
+    )
+    both(state, now, settled)
+    kept = settled.live
+    assert kept is not None and kept.pods is state.pods and len(kept.live) == 4
+    both(state, now + 1.0, settled)
+    assert settled.live is kept  # the very pod tuple, nothing evicted: not worked out again
+
+    # The same pods in a new tuple (the cache read a row again): worked out again.
+    copies = dataclasses.replace(state, pods=tuple(list(state.pods)))
+    assert copies.pods is not state.pods
+    both(copies, now + 2.0, settled)
+    assert settled.live is not kept and settled.live.pods is copies.pods
+
+    # The same tuple, but a node NotReady past the toleration: its pods are evicted, and the
+    # live pods are those of the other nodes (decided as without a `Settled`).
+    kept = settled.live
+    node = next(p.node for p in copies.pods if p.node is not None)
+    gone = dataclasses.replace(copies, not_ready_since={node: now})
+    decision = both(gone, now + 100.0, settled)
+    assert decision.evicted and {a.pod.node for a in decision.evicted} == {node}
+    assert settled.live is not kept and node not in {p.node for p in settled.live.live}
+    assert settled.live.draining == {a.pod.name for a in decision.evicted}
