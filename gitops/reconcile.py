@@ -142,7 +142,7 @@ def decide(
 
 def _live(
     pods: tuple[Pod, ...], evicted: Sequence[Action], settled: Settled | None
-) -> tuple[list[Pod], set[PodName], dict[ObjectKey, list[Pod]]]:
+) -> tuple[list[Pod], set[PodName], dict[ObjectKey, tuple[Pod, ...]]]:
     """The pods not terminating nor evicted (and grouped by owner), and the names of those
     going away: the last pass's (`Settled.live`) when it had the very same pods and
     evictions. The lists are shared between passes: no one changes them."""
@@ -286,7 +286,7 @@ def _advance(
     nodes: Sequence[Node],
     replicas: Mapping[ObjectKey, int],
     settled: Settled | None,
-    grouped: Mapping[ObjectKey, list[Pod]] | None,
+    grouped: Mapping[ObjectKey, tuple[Pod, ...]] | None,
 ) -> dict[ObjectKey, RolloutState]:
     configs = configs_of(desired)
     # All of `effective`: the templates resolve against its ConfigMaps and Secrets.

@@ -126,10 +126,11 @@ def stop_order(pod: Pod) -> tuple[int, int, float, str]:
     return (pod.node is not None, pod.ready, -pod.created_at, pod.name)
 
 
-def group_by_owner(pods: Iterable[Pod]) -> dict[ObjectKey, list[Pod]]:
-    """The pods of each owner, in the order given. Consecutive pods with the very same owner
-    object (the store gives a workload's pods one) skip hashing it: at 150,000 pods the
-    dataclass's hash was a third of grouping them."""
+def group_by_owner(pods: Iterable[Pod]) -> dict[ObjectKey, tuple[Pod, ...]]:
+    """The pods of each owner, in the order given, as tuples (which a `Settled` compares by
+    identity). Consecutive pods with the very same owner object (the store gives a
+    workload's pods one) skip hashing it: at 150,000 pods the dataclass's hash was a third
+    of grouping them."""
     groups: dict[ObjectKey, list[Pod]] = {}
     owner: ObjectKey | None = None
     group: list[Pod] = []
@@ -139,7 +140,7 @@ def group_by_owner(pods: Iterable[Pod]) -> dict[ObjectKey, list[Pod]]:
             found = groups.get(owner)
             group = groups[owner] = [] if found is None else found
         group.append(pod)
-    return groups
+    return {owner: tuple(group) for owner, group in groups.items()}
 
 
 def merge(parts: Sequence[Plan]) -> Plan:

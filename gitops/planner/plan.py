@@ -156,7 +156,7 @@ def plan(
     avoid: AbstractSet[str] = frozenset(),
     context: Workloads | None = None,
     settled: Settled | None = None,
-    grouped: Mapping[ObjectKey, list[Pod]] | None = None,
+    grouped: Mapping[ObjectKey, tuple[Pod, ...]] | None = None,
 ) -> Plan:
     """Decide which pods to create, stop and keep so that `pods` converge on `desired`.
 
@@ -173,7 +173,7 @@ def plan(
     parts: list[Plan] = []
     workloads = sorted((m for m in desired if m.key.kind in PLANNERS), key=lambda m: m.key)
     for workload in workloads:
-        owned = by_owner.get(workload.key, [])
+        owned = by_owner.get(workload.key, ())
         try:
             template = resolve_template(workload, configs)
             if settled is None or not clockless(workload):
@@ -243,7 +243,7 @@ def rollouts(
     nodes: Sequence[Node] = (),
     replicas: Mapping[ObjectKey, int] | None = None,
     settled: Settled | None = None,
-    grouped: Mapping[ObjectKey, list[Pod]] | None = None,
+    grouped: Mapping[ObjectKey, tuple[Pod, ...]] | None = None,
 ) -> list[RolloutStatus]:
     """Rollout status of every Deployment, StatefulSet and DaemonSet in `desired` (one that
     cannot be resolved says so in its step, and the others are unaffected). `nodes` are
@@ -257,7 +257,7 @@ def rollouts(
     for workload in sorted((m for m in desired if m.key.kind in kinds), key=lambda m: m.key):
         written = workload.spec.get("replicas", 1)
         count = (replicas or {}).get(workload.key, int(written) if _is_count(written) else 0)
-        owned = by_owner.get(workload.key, [])
+        owned = by_owner.get(workload.key, ())
         try:
             template = resolve_template(workload, configs)
         except Exception as exc:  # reported on the workload; the others go on

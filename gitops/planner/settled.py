@@ -44,16 +44,20 @@ class _Table(Generic[Answer]):
 
     def find(self, key: ObjectKey, inputs: Hashable, pods: Sequence[Pod]) -> Answer | None:
         entry = self.entries.get(key)
-        if entry is None or entry[0] != inputs or len(entry[1]) != len(pods):
+        if entry is None or entry[0] != inputs:
             return None
-        if not all(map(operator.is_, entry[1], pods)):
+        # The very tuple (the pass's pods grouped again only when one changed: `Live`), or
+        # the very pod objects in order.
+        if entry[1] is not pods and (
+            len(entry[1]) != len(pods) or not all(map(operator.is_, entry[1], pods))
+        ):
             return None
         self.reused += 1
         return entry[2]
 
     def keep(self, key: ObjectKey, inputs: Hashable, pods: Sequence[Pod], answer: Answer) -> None:
         # The pods are held, so that no other object takes one's identity while kept.
-        self.entries[key] = (inputs, tuple(pods), answer)
+        self.entries[key] = (inputs, tuple(pods), answer)  # a tuple is kept as itself
 
     def drop(self, key: ObjectKey) -> None:
         self.entries.pop(key, None)
@@ -74,7 +78,7 @@ class Live:
     gone: frozenset[PodId]
     live: list[Pod]
     draining: set[PodName]
-    grouped: dict[ObjectKey, list[Pod]]
+    grouped: dict[ObjectKey, tuple[Pod, ...]]
 
 
 @dataclass
