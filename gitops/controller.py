@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 
+from gitops.handover import quick_handover
 from gitops.health import Health
 from gitops.loop import Backoff, Ended, Loop, Precedence
 from gitops.metrics import Metrics
@@ -320,7 +321,9 @@ class Controller:
             or len(desired) != len(last)
             or any(a is not b for a, b in zip(desired, last, strict=True))
         )
-        with self.precedence.held() if new or self._more else nullcontext():
+        # The API's event loop gets the interpreter within 0.5 ms while the pass computes
+        # (`gitops.handover`).
+        with self.precedence.held() if new or self._more else nullcontext(), quick_handover():
             result = reconcile_once(
                 self.store,
                 self.clock(),

@@ -43,7 +43,6 @@ import itertools
 import operator
 import re
 import secrets
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -54,6 +53,7 @@ from urllib.parse import quote
 import structlog
 
 from gitops.codec import encode
+from gitops.handover import quick_handover
 from gitops.health import Health
 from gitops.heap import HEAP
 from gitops.model import (
@@ -1323,12 +1323,8 @@ class ViewCache:
         # for it after 0.5 ms rather than 5: a request hands it over at every socket read
         # and write (a page of 200 pods takes several writes), and would wait that long
         # each time.
-        switch = sys.getswitchinterval()
-        sys.setswitchinterval(min(switch, self.switch))
-        try:
+        with quick_handover(self.switch):
             view = self.builder.build(self.clock())
-        finally:
-            sys.setswitchinterval(switch)
         # A view of 5,000 pods is a few hundred thousand objects. Left to the collector,
         # full collections walk them all at random moments and stall requests for 100 ms
         # or more. So what exists is frozen after each build (`gitops.heap`), here in the
