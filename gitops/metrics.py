@@ -21,6 +21,8 @@ Names (all prefixed `gitops_`):
   had nothing to do)
 - `node_heartbeat_age_seconds{node}` and `node_ready{node}` gauges
 - `proxy_rules_skipped{node}` gauge: service rules a node's proxy skipped as invalid
+- `agent_sync_seconds` histogram: an agent's sync call in the server, from its handler's
+  start to its answer (a quiet heartbeat answered from memory, or one that reads or writes)
 - `agent_calls_yielded_seconds_total` counter: how long agents' sync calls waited, in all,
   for the controller deciding or writing thousands of pods (`gitops.loop.Precedence`)
 - `problem_seconds{component}` gauge: how long a part of the control plane (the controller,
@@ -49,6 +51,7 @@ REVISION_STATUSES = ("applied", "rejected")
 
 _SYNC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _PASS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+_AGENT_SYNC_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _SCHEDULING_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 
 
@@ -184,6 +187,12 @@ class Metrics:
             "gitops_proxy_rules_skipped",
             "Service rules a node's proxy could not program and skipped (see the node's events).",
             ["node"],
+            registry=self.registry,
+        )
+        self.agent_sync = Histogram(
+            "gitops_agent_sync_seconds",
+            "Time of an agent's sync call in the server, from its handler's start to its answer.",
+            buckets=_AGENT_SYNC_BUCKETS,
             registry=self.registry,
         )
         self.agent_calls_yielded = Counter(

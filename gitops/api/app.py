@@ -227,6 +227,13 @@ def create_app(
     @node_call(app, "/agent/v1/nodes/{name}/sync", response_model=SyncReply)
     async def agent_sync(name: str, request: SyncRequest) -> dict[str, Any] | bytes:
         """Heartbeat and pod statuses in; this node's pods and every Service's endpoints out."""
+        began = time.perf_counter()
+        try:
+            return await _agent_sync(name, request)
+        finally:
+            observed.agent_sync.observe(time.perf_counter() - began)
+
+    async def _agent_sync(name: str, request: SyncRequest) -> dict[str, Any] | bytes:
         # Reports compare by the agent's digest when it gives one (no digest made of 30
         # statuses at each heartbeat), else by the server's own.
         digest = f"agent:{request.report_digest}" if request.report_digest else report_digest(request)

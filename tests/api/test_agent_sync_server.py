@@ -336,6 +336,11 @@ def test_a_sync_that_reads_or_writes_waits_while_the_controller_writes_many_pods
     assert {p.phase for p in plane.store.pods()} == {"Running"}
     waited = plane.metrics.registry.get_sample_value("gitops_agent_calls_yielded_seconds_total")
     assert waited is not None and 0.4 <= waited <= answered[0]  # what /metrics tells operators
+    # The call's whole time in the server, its wait included, is in the agent sync histogram.
+    sample = plane.metrics.registry.get_sample_value
+    assert sample("gitops_agent_sync_seconds_count") == 1
+    assert 0.5 <= (sample("gitops_agent_sync_seconds_sum") or 0.0) <= answered[0]
+    assert sample("gitops_agent_sync_seconds_bucket", {"le": "0.25"}) == 0
 
     # Held longer than a call's patience: answered 429 then (send it again), the report
     # not written, the node's heartbeat kept.
