@@ -8,10 +8,11 @@ neither side may cost a write, a full read or a re-encoding per call.
   version of the node's pods just after writing it (`PodCache.node_view`, from memory).
   A report with the same digest, against pods nobody wrote since, would change no row
   (a report is applied idempotently): only its heartbeat time is kept, in memory, and
-  written for all nodes in one statement at most every `flush_seconds` (by whichever call
-  finds the batch due). Anything else (a changed status, a stopped pod, a runtime error,
-  an adoption) is written before the call returns; such reports arriving together are
-  written in one transaction (`AgentReports.write`).
+  written for all nodes in one statement at most every `flush_seconds` (the call that
+  finds the batch due has it written in a worker thread, and does not wait). Anything
+  else (a changed status, a stopped pod, a runtime error, an adoption) is written before
+  the call returns; such reports arriving together are written in one transaction
+  (`AgentReports.write`).
 - An agent that names its report by a digest of its own (`SyncRequest.report_digest`)
   has reports compared by it, and is told when the server holds its report
   (`SyncReply.report_held`): its heartbeats then leave the report out
@@ -385,14 +386,18 @@ class AgentReports:
             self._last.pop(node, None)
 
     def beat(self, node: str, now: float) -> bool:
-        """Keep the node's heartbeat time (no write); whether the buffered times are due to be
-        written (`flush`, by the caller)."""
+        """Keep the node's heartbeat time (no write); True for the one call that finds the
+        buffered times due to be written: it has them written (`flush`), and the calls after
+        it keep theirs for the next time due."""
         with self._lock:
             self.skipped += 1
             self._beats[node] = max(now, self._beats.get(node, now))
             if self._due == float("inf"):
                 self._due = time.monotonic() + self.flush_seconds
-            return time.monotonic() >= self._due
+            if time.monotonic() < self._due:
+                return False
+            self._due = float("inf")
+            return True
 
     def flush(self) -> None:
         """Write the buffered heartbeat times (one statement); kept for the next try if it fails."""

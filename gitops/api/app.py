@@ -25,6 +25,7 @@ and `/git/` answers 405 to anything but GET and HEAD (`gitops.api.readonly`).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import secrets
 import time
@@ -246,16 +247,28 @@ def create_app(
                 if not free:
                     # Still writing: the node is alive, and its report is to come again
                     # (as Kubernetes' API Priority and Fairness answers a full queue).
-                    reports.beat(name, clock())
+                    beat(name)
                     raise HTTPException(
                         429,
                         "the controller is writing a pass of many pods; send the report again",
                         headers={"Retry-After": "1"},
                     )
             return await run_in_threadpool(_sync, name, request, digest)
-        if reports.beat(name, clock()):
-            await run_in_threadpool(reports.flush)
+        beat(name)
         return reply
+
+    flushing: set[asyncio.Future[None]] = set()
+
+    def beat(name: str) -> None:
+        """Keep the node's heartbeat in memory; when the kept ones are due, have them written
+        in a worker thread, the call not waiting for it (`AgentReports`). Waiting, the call
+        that found them due (one a second) and those that came while the thread was handed
+        the write waited for the database and the interpreter: the p99 of quiet calls at
+        5,000 nodes was 15-50 ms in the server against a p50 of 0.1 ms."""
+        if reports.beat(name, clock()):
+            writing = asyncio.get_running_loop().run_in_executor(None, reports.flush)
+            flushing.add(writing)
+            writing.add_done_callback(flushing.discard)
 
     def _unchanged(name: str, request: SyncRequest, digest: str) -> dict[str, Any] | None:
         """The reply to a heartbeat that says what the node's last report said and holds what
@@ -419,8 +432,7 @@ def create_app(
         To an agent that takes deltas, an answer for a move of the Services carries the
         Services changed since the version it holds (as a sync reply would, text encoded
         once): every move otherwise cost every agent a watch answer and a sync call."""
-        if reports.beat(name, clock()):
-            await run_in_threadpool(reports.flush)
+        beat(name)
         answer = await watch.wait(name, request.have_pods, request.have_services, request.timeout)
         if (
             request.service_deltas

@@ -186,9 +186,9 @@ def test_a_watch_is_a_heartbeat(plane: ControlPlane) -> None:
     registered = beat()
     time.sleep(0.05)
     watch(plane, token, {"pods_version": "", "services_version": ""}, timeout=0)
-    time.sleep(1.1)  # the buffered heartbeats are due: the next call writes them
+    time.sleep(1.1)  # the buffered heartbeats are due: the next call has them written
     watch(plane, token, {"pods_version": "", "services_version": ""}, timeout=0)
-    assert beat() > registered
+    wait_for(lambda: beat() > registered, timeout=5, what="the heartbeat written")
 
 
 def test_a_watch_answer_for_a_move_of_the_services_carries_what_changed(plane: ControlPlane) -> None:

@@ -186,3 +186,22 @@ def test_a_costly_move_of_the_services_holds_the_next_one_back(
     shared.pace = 0.0
     assert shared.version() != second
     store.close()
+
+
+def test_kept_heartbeats_due_are_handed_to_one_call_to_write(tmp_path: Path) -> None:
+    """Heartbeats are kept in memory; once they are due, one call is told to have them
+    written (in the background: it does not wait), and those after it keep theirs for the
+    next time due, instead of each queueing for the same write."""
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    for i in range(3):
+        store.register_node(Node(NodeName(f"n{i}"), f"192.0.2.{i + 10}", 4000, 2**32), "t", now=0.0)
+    reports = AgentReports(store, flush_seconds=0.2)
+    assert [reports.beat("n0", 5.0), reports.beat("n1", 5.0)] == [False, False]
+    time.sleep(0.25)
+    told = [reports.beat(f"n{i}", 6.0) for i in range(3)]
+    assert told == [True, False, False]  # the first call that found them due, only
+    reports.flush()
+    assert {r.node.name: r.heartbeat_at for r in store.nodes(7.0)} == {"n0": 6.0, "n1": 6.0, "n2": 6.0}
+    assert not reports.beat("n0", 7.0)  # the next batch is due a period later
+    time.sleep(0.25)
+    assert reports.beat("n1", 7.5)
