@@ -29,7 +29,6 @@ from gitops.model import (
     Placements,
     Pod,
     PodId,
-    PodName,
     RolloutState,
     ScaleState,
     content_hash,
@@ -86,8 +85,8 @@ def decide(
         evicted = evictions(pods, state.not_ready_since, now=now, default_toleration=not_ready_toleration)
     else:
         evicted = []
-    live, draining, grouped = _live(pods, evicted, settled)
-    gone = {a.pod.id for a in evicted}
+    working = _live(pods, evicted, settled)
+    live, draining, grouped, gone = working.live, working.draining, working.grouped, working.gone
     crons, cron_jobs, ended = _crons(state, now)
     scales = _autoscale(state, live, now)
     effective = [_rolled_back(m, state.rollouts.get(m.key)) for m in state.desired] + cron_jobs
@@ -140,22 +139,21 @@ def decide(
     return Decision(result, tuple(evicted), preempted, placements, states, result.jobs, crons, scales)
 
 
-def _live(
-    pods: tuple[Pod, ...], evicted: Sequence[Action], settled: Settled | None
-) -> tuple[list[Pod], set[PodName], dict[ObjectKey, tuple[Pod, ...]]]:
-    """The pods not terminating nor evicted (and grouped by owner), and the names of those
-    going away: the last pass's (`Settled.live`) when it had the very same pods and
-    evictions. The lists are shared between passes: no one changes them."""
+def _live(pods: tuple[Pod, ...], evicted: Sequence[Action], settled: Settled | None) -> Live:
+    """The pods a pass works on (`Live`): the last pass's (`Settled.live`) when it had the
+    very same pods and evictions."""
     gone = frozenset(a.pod.id for a in evicted)
     kept = settled.live if settled is not None else None
     if kept is not None and kept.pods is pods and kept.gone == gone:
-        return kept.live, kept.draining, kept.grouped
-    live = [p for p in pods if p.terminating_at is None and (not gone or p.id not in gone)]
-    draining = {p.name for p in pods if p.terminating_at is not None} | {a.pod.name for a in evicted}
-    grouped = group_by_owner(live)
+        return kept
+    live = tuple(p for p in pods if p.terminating_at is None and (not gone or p.id not in gone))
+    draining = frozenset(
+        {p.name for p in pods if p.terminating_at is not None} | {a.pod.name for a in evicted}
+    )
+    working = Live(pods, gone, live, draining, group_by_owner(live))
     if settled is not None:
-        settled.live = Live(pods, gone, live, draining, grouped)
-    return live, draining, grouped
+        settled.live = working
+    return working
 
 
 def _victims(placements: Placements, pending: Sequence[Pod], bound: Sequence[Pod]) -> tuple[Action, ...]:

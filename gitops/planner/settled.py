@@ -19,7 +19,7 @@ objects, does not need one.
 from __future__ import annotations
 
 import operator
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -72,13 +72,14 @@ class _Table(Generic[Answer]):
 class Live:
     """The pods a pass works on, worked out from every pod and the pods evicted at once:
     those not terminating nor evicted (`live`, and grouped by owner), and the names of the
-    pods going away (`draining`). Kept with the very pod tuple they came from."""
+    pods going away (`draining`). Kept with the very pod tuple they came from, and shared
+    between passes: every part is immutable."""
 
     pods: tuple[Pod, ...]
-    gone: frozenset[PodId]
-    live: list[Pod]
-    draining: set[PodName]
-    grouped: dict[ObjectKey, tuple[Pod, ...]]
+    gone: frozenset[PodId]  # the pods evicted at once
+    live: tuple[Pod, ...]
+    draining: frozenset[PodName]
+    grouped: Mapping[ObjectKey, tuple[Pod, ...]]
 
 
 @dataclass
