@@ -257,7 +257,7 @@ def create_app(
         beat(name)
         return reply
 
-    flushing: set[asyncio.Future[None]] = set()
+    flushing: set[asyncio.Task[None]] = set()
 
     def beat(name: str) -> None:
         """Keep the node's heartbeat in memory; when the kept ones are due, have them written
@@ -266,7 +266,7 @@ def create_app(
         the write waited for the database and the interpreter: the p99 of quiet calls at
         5,000 nodes was 15-50 ms in the server against a p50 of 0.1 ms."""
         if reports.beat(name, clock()):
-            writing = asyncio.get_running_loop().run_in_executor(None, reports.flush)
+            writing = asyncio.create_task(run_in_threadpool(reports.flush))
             flushing.add(writing)
             writing.add_done_callback(flushing.discard)
 
