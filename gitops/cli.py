@@ -646,6 +646,7 @@ def _control_plane(args: argparse.Namespace, state: Path, sources: list[Source])
             not_ready_toleration=args.not_ready_toleration,
             preview_refspec=getattr(args, "previews", ""),
             name=getattr(args, "name", ""),
+            lead=not getattr(args, "api_only", False),
             **push,
         )
     except ValueError as exc:
@@ -813,7 +814,14 @@ def _agent(args: argparse.Namespace, server: str, token: str, state: Path) -> An
 def cmd_serve(args: argparse.Namespace) -> int:
     state = Path(args.state_dir)
     sources = _sources(args, state)
-    if not sources and not args.host_repo:
+    if args.api_only and args.host_repo:
+        # A push lands on the disk of the control plane that took it, which would never sync it.
+        print(
+            "gitops serve: --api-only never syncs, so it cannot host a repository (--host-repo)",
+            file=sys.stderr,
+        )
+        return 2
+    if not sources and not args.host_repo and not args.api_only:
         print("gitops serve: give at least one --dir, --git or --host-repo source", file=sys.stderr)
         return 2
     plane = _control_plane(args, state, sources)
@@ -1290,6 +1298,13 @@ def parser() -> argparse.ArgumentParser:
         default="",
         help="this control plane's name among several on one database (shown as the leader's; "
         "default: host:port)",
+    )
+    serve.add_argument(
+        "--api-only",
+        action="store_true",
+        help="serve the page, the API and agents, and never lead (no source syncs, previews or "
+        "controller): beside a control plane that leads on the same database, it takes agents' "
+        "calls off the process whose controller passes share its interpreter (docs/ha.md)",
     )
     serve.add_argument(
         "--previews",

@@ -10,7 +10,10 @@ leads: only it syncs the sources, computes previews and runs the controller, eac
 fenced by the lease. The others try to take the lease every `lease_ttl / 5` seconds and
 take over once it expires; until then they serve by what the leader published with its
 lease (whether its sources are read and it has settled). A control plane alone on its
-database leads from its start.
+database leads from its start. One started with `lead=False` (`gitops serve --api-only`)
+never takes the lease: it only serves, as Kubernetes' API servers do beside the controller
+manager, so that agents' calls are answered by a process whose interpreter no controller
+pass shares.
 """
 
 from __future__ import annotations
@@ -100,6 +103,8 @@ class ControlPlane:
     # a random suffix per start); "" for host:port.
     name: str = ""
     lease_ttl: float = TTL  # how long the leader's lease holds without renewal
+    # False: never take the lease (serve the page, the API and agents only; `--api-only`).
+    lead: bool = True
     lease: Lease | None = None
     _leading: bool = False
     _keeping: threading.Thread | None = None  # renews or tries to take the lease
@@ -299,6 +304,12 @@ class ControlPlane:
         with self._leader_lock:
             if self._stopping.is_set():
                 return
+            if not self.lead:
+                try:
+                    lease.read()  # who leads, and what it published: this one serves by it
+                except Exception as exc:  # the database may be away: the last reading expires
+                    log.warning("lease.read_failed", error=str(exc), holder=lease.holder)
+                return
             try:
                 held = lease.hold(
                     sources_read=self._leading and self.sources_read(),
@@ -342,6 +353,7 @@ class ControlPlane:
         leader = self._leader()
         return {
             "leader": self._leading,
+            "api_only": not self.lead,
             # Whether the control plane knows every pod (after a start: sources read, agents
             # heard from); until then it creates no pods and agents keep unknown containers.
             "settled": self.settled(),
@@ -355,6 +367,9 @@ class ControlPlane:
         if self._leading:
             return ""
         leader = self._leader()
+        if not self.lead:
+            who = leader.holder if leader is not None else "no other control plane"
+            return f"this control plane serves only (--api-only); {who} leads"
         if leader is None:
             return "this control plane does not lead, and no other does yet"
         return f"this control plane does not lead; {leader.holder} does"

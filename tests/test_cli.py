@@ -272,3 +272,16 @@ def test_gitops_status_imports_httpx_but_no_store_or_schema_code() -> None:
     loaded, printed = _loaded_after(["status", "--server", f"http://127.0.0.1:{free_port()}"], modules)
     assert "cannot reach the gitops server" in printed
     assert loaded == ["httpx"]
+
+
+def test_gitops_serve_api_only_needs_no_source_and_refuses_to_host_a_repository(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An --api-only control plane never syncs: a repository pushed to it would never be
+    deployed. A plain one still needs a source."""
+    state = ["--state-dir", str(tmp_path / "state"), "--port", str(free_port())]
+    assert main(["serve", "--api-only", "--host-repo", "apps", *state]) == 2
+    assert "--api-only never syncs, so it cannot host a repository" in capsys.readouterr().err
+    assert main(["serve", *state]) == 2
+    assert "give at least one --dir, --git or --host-repo source" in capsys.readouterr().err
+    assert not (tmp_path / "state").exists()  # refused before anything was made

@@ -163,3 +163,70 @@ def test_a_leader_does_not_start_its_loops_again_while_a_step_of_the_old_ones_ru
             Running.alive = False
         wait_for(lambda: cp._leading and cp.controller is not None, timeout=10, what="leading again")
         assert status(cp)["epoch"] == 1
+
+
+DEPLOYMENT = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: web, image: busybox:1}]
+"""
+
+
+def test_an_api_only_control_plane_serves_agents_and_never_leads(tmp_path: Path) -> None:
+    """`gitops serve --api-only`: alone on the database with the lease free, it still does
+    not lead (a plain control plane takes a free lease at once); beside a leader it serves
+    agents, who get the pods the leader placed; when the leader stops, it goes on serving
+    and still does not lead."""
+    (tmp_path / "manifests").mkdir()
+    (tmp_path / "manifests" / "web.yaml").write_text(DEPLOYMENT)
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    first_store = Store(url)
+    api = ControlPlane(
+        Store(url, keys=first_store.keys), [], port=free_port(), name="api", lead=False, lease_ttl=0.5
+    )
+    leader = plane(tmp_path, "one", first_store, join_token=api.join_token)
+    api.start()
+    try:
+        time.sleep(0.5)  # the lease is free: a plain control plane takes it within 0.1 s
+        alone = status(api)
+        assert alone["leader"] is False and alone["api_only"] is True and alone["led_by"] == ""
+        assert api.controller is None and api.syncs == [] and api.lease is not None and api.lease.epoch == 0
+        assert not api.settled()  # no leader: agents keep what no one assigned them
+
+        leader.start()
+        wait_for(lambda: status(api)["led_by"] != "", what="the api-only one seeing who leads")
+        assert str(status(api)["led_by"]).startswith("one#") and status(leader)["api_only"] is False
+        token = httpx.post(
+            f"{api.url}/agent/v1/register",
+            json={"node": {"name": "n1", "address": "192.0.2.10", "cpu_milli": 4000, "memory_bytes": 2**32}},
+            headers={"X-Gitops-Join-Token": api.join_token},
+        ).json()["token"]
+
+        def assigned() -> list[str]:
+            reply = httpx.post(
+                f"{api.url}/agent/v1/nodes/n1/sync", json={}, headers={"Authorization": f"Bearer {token}"}
+            ).json()
+            return [p["name"] for p in reply.get("pods") or ()]
+
+        wait_for(
+            lambda: len(assigned()) == 1, timeout=20, what="the leader's pod, served by the api-only one"
+        )
+        wait_for(api.settled, what="settled by the leader's word (published with its next renewal)")
+
+        leader.stop()  # the lease is released: free again
+        time.sleep(0.5)
+        after = status(api)
+        assert after["leader"] is False and after["led_by"] == "" and api.lease.epoch == 0
+        assert len(assigned()) == 1  # still serving its agents what the store holds
+        hook = api.following()
+        assert "--api-only" in hook
+    finally:
+        api.stop()
+        leader.stop()
