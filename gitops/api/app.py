@@ -131,6 +131,8 @@ def create_app(
         join_token=join_token,
         node_token_ok=store.node_for_token,
         node_token_remembered=store.node_token_remembered,
+        tokens_due=store.tokens_due,
+        renew_tokens=store.renew_tokens,
     )
     if read_token:
         app.add_middleware(ReadAuth, token=read_token)  # added last: runs first

@@ -17,6 +17,7 @@ time.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import json
@@ -24,10 +25,13 @@ from collections.abc import Callable
 from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qsl, urlencode
 
+import structlog
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gitops.api.readonly import read_only
+
+log = structlog.get_logger(__name__)
 
 COOKIE = "gitops_read"
 OPEN_PATHS = ("/healthz",)
@@ -186,8 +190,10 @@ class AgentGate:
     call (`/agent/v1/nodes/{name}/...`: sync, watch, log chunks) its node's token
     (`Authorization: Bearer`); both are checked before a byte of the body is read, so no
     one without credentials makes the server read or parse anything. A token remembered as
-    valid is checked without leaving the event loop; the gate names the node it checked in
-    the request's state (`GATED_NODE`), so the route need not ask again. Bodies are then
+    valid is checked without leaving the event loop, and the tokens are read again in a
+    worker thread before they are forgotten (`tokens_due`, `renew_tokens`), the call not
+    waiting for it; the gate names the node it checked in the request's state
+    (`GATED_NODE`), so the route need not ask again. Bodies are then
     read up to the route's limit (413 beyond it) and handed to the route."""
 
     def __init__(
@@ -197,6 +203,8 @@ class AgentGate:
         join_token: str,
         node_token_ok: Callable[[str, str], bool],
         node_token_remembered: Callable[[str, str], bool] = lambda _node, _token: False,
+        tokens_due: Callable[[], bool] = lambda: False,
+        renew_tokens: Callable[[], None] = lambda: None,
         register_limit: int = 64 * 2**10,
         sync_limit: int = 32 * 2**20,
     ) -> None:
@@ -204,6 +212,9 @@ class AgentGate:
         self.join_token = join_token.encode()
         self.node_token_ok = node_token_ok
         self.node_token_remembered = node_token_remembered
+        self.tokens_due = tokens_due
+        self.renew_tokens = renew_tokens
+        self.renewing: asyncio.Task[None] | None = None
         self.register_limit = register_limit
         self.sync_limit = sync_limit
 
@@ -223,10 +234,9 @@ class AgentGate:
             node = path.removeprefix("/agent/v1/nodes/").partition("/")[0]
             scheme, _, token = headers.get("authorization", "").partition(" ")
             valid = scheme.lower() == "bearer" and bool(token)
-            if not valid or not (
-                self.node_token_remembered(node, token)
-                or await run_in_threadpool(self.node_token_ok, node, token)
-            ):
+            if valid and self.node_token_remembered(node, token):
+                self._renew_soon()
+            elif not valid or not await run_in_threadpool(self.node_token_ok, node, token):
                 await _json(send, 401, "invalid node token")
                 return
             scope.setdefault("state", {})[GATED_NODE] = node
@@ -260,6 +270,20 @@ class AgentGate:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    def _renew_soon(self) -> None:
+        """Have the tokens read again in a worker thread when they are due (one read at a
+        time), without waiting for it."""
+        if self.renewing is None and self.tokens_due():
+            self.renewing = asyncio.create_task(self._renew())
+
+    async def _renew(self) -> None:
+        try:
+            await run_in_threadpool(self.renew_tokens)
+        except Exception as exc:  # the next call past the memory reads them itself
+            log.warning("agent.tokens_not_read", error=str(exc))
+        finally:
+            self.renewing = None
 
 
 async def _json(send: Send, status: int, detail: str) -> None:

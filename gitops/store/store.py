@@ -528,6 +528,8 @@ class Store:
         self._writing_lock = threading.Lock()
         self._tokens: dict[str, tuple[str, float]] = {}  # node -> (its token's digest, when read)
         self._tokens_read_at = float("-inf")  # monotonic time of the last read of every node's token
+        self._tokens_dropped: dict[str, float] = {}  # node -> when its token was last forgotten
+        self._tokens_lock = threading.Lock()
         self._nodes_seen: dict[str, tuple[tuple[Any, ...], Node]] = {}  # name -> (its row, as of `nodes`)
         # The states as the last `rollouts` and `workload_states` read them (`_read_states`).
         self._rollouts_seen: _Seen | None = None
@@ -1253,54 +1255,63 @@ class Store:
         gives every node its subnet back, and no pod has to move. Raises `NodeNameTaken` when
         a Ready node holds the name and `presented` is not its current token. A NotReady
         node's name is free to take: its agent is gone or cut off."""
-        self._tokens.pop(node.name, None)  # the old token, if any, is no longer good
-        with self.write_session() as s:
-            row = s.get(NodeRow, node.name)
-            if row is None:
-                row = NodeRow(name=node.name, registered_at=now)
-                s.add(row)
-                s.add(
-                    EventRow(
-                        time=now, object=f"node {node.name}", reason="NodeRegistered", message=node.address
-                    )
-                )
-            else:
-                ready = now - row.heartbeat_at <= self.heartbeat_grace
-                own = bool(presented) and hmac.compare_digest(row.token_hash, token_digest(presented))
-                if ready and not own:
-                    raise NodeNameTaken(
-                        f"node {node.name} is registered and Ready (last heartbeat "
-                        f"{now - row.heartbeat_at:.0f}s ago); its name can be taken only with its "
-                        f"current token, or once it has been NotReady for {self.heartbeat_grace:.0f}s"
-                    )
-                if not own:
+        self._forget_token(node.name)
+        try:
+            with self.write_session() as s:
+                row = s.get(NodeRow, node.name)
+                if row is None:
+                    row = NodeRow(name=node.name, registered_at=now)
+                    s.add(row)
                     s.add(
                         EventRow(
                             time=now,
                             object=f"node {node.name}",
-                            reason="NodeReplaced",
-                            message=f"registered anew from {node.address} after "
-                            f"{now - row.heartbeat_at:.0f}s without a heartbeat",
+                            reason="NodeRegistered",
+                            message=node.address,
                         )
                     )
-            row.address = node.address
-            row.cpu_milli = node.cpu_milli
-            row.memory_bytes = node.memory_bytes
-            row.max_pods = node.max_pods
-            row.labels = dict(node.labels)
-            row.taints = [{"key": t.key, "value": t.value, "effect": t.effect} for t in node.taints]
-            row.token_hash = token_digest(token)
-            row.heartbeat_at = now
-            row.runtime_error = ""
-            row.runtime_error_since = None
-            if not self._holds_subnet(row):
-                row.pod_cidr = self._free_subnet(s, node.name, subnet_hint)
-                s.add(
-                    EventRow(
-                        time=now, object=f"node {node.name}", reason="PodSubnetGiven", message=row.pod_cidr
+                else:
+                    ready = now - row.heartbeat_at <= self.heartbeat_grace
+                    own = bool(presented) and hmac.compare_digest(row.token_hash, token_digest(presented))
+                    if ready and not own:
+                        raise NodeNameTaken(
+                            f"node {node.name} is registered and Ready (last heartbeat "
+                            f"{now - row.heartbeat_at:.0f}s ago); its name can be taken only with its "
+                            f"current token, or once it has been NotReady for {self.heartbeat_grace:.0f}s"
+                        )
+                    if not own:
+                        s.add(
+                            EventRow(
+                                time=now,
+                                object=f"node {node.name}",
+                                reason="NodeReplaced",
+                                message=f"registered anew from {node.address} after "
+                                f"{now - row.heartbeat_at:.0f}s without a heartbeat",
+                            )
+                        )
+                row.address = node.address
+                row.cpu_milli = node.cpu_milli
+                row.memory_bytes = node.memory_bytes
+                row.max_pods = node.max_pods
+                row.labels = dict(node.labels)
+                row.taints = [{"key": t.key, "value": t.value, "effect": t.effect} for t in node.taints]
+                row.token_hash = token_digest(token)
+                row.heartbeat_at = now
+                row.runtime_error = ""
+                row.runtime_error_since = None
+                if not self._holds_subnet(row):
+                    row.pod_cidr = self._free_subnet(s, node.name, subnet_hint)
+                    s.add(
+                        EventRow(
+                            time=now,
+                            object=f"node {node.name}",
+                            reason="PodSubnetGiven",
+                            message=row.pod_cidr,
+                        )
                     )
-                )
-            return row.pod_cidr or ""
+                return row.pod_cidr or ""
+        finally:
+            self._forget_token(node.name)  # committed: an older read of every token brings it back no more
 
     def _holds_subnet(self, row: NodeRow) -> bool:
         """Whether the node's subnet is one of this cluster's (the range may have changed)."""
@@ -1358,24 +1369,27 @@ class Store:
         owners place new ones elsewhere), as Kubernetes' pod garbage collector deletes the pods
         of a deleted node. Returns how many pods were deleted; raises KeyError for an unknown
         node. An agent still running there registers anew at its next sync."""
-        self._tokens.pop(name, None)
-        with self.write_session() as s:
-            row = s.get(NodeRow, name)
-            if row is None:
-                raise KeyError(name)
-            pods = len(s.scalars(select(PodRow.id).where(PodRow.node == name)).all())
-            s.execute(delete(PodRow).where(PodRow.node == name))
-            s.execute(delete(UsageRow).where(UsageRow.node == name))
-            s.delete(row)
-            s.add(
-                EventRow(
-                    time=now,
-                    object=f"node {name}",
-                    reason="NodeDeleted",
-                    message=f"subnet {row.pod_cidr or '(none)'} freed; {pods} pod(s) deleted",
+        self._forget_token(name)
+        try:
+            with self.write_session() as s:
+                row = s.get(NodeRow, name)
+                if row is None:
+                    raise KeyError(name)
+                pods = len(s.scalars(select(PodRow.id).where(PodRow.node == name)).all())
+                s.execute(delete(PodRow).where(PodRow.node == name))
+                s.execute(delete(UsageRow).where(UsageRow.node == name))
+                s.delete(row)
+                s.add(
+                    EventRow(
+                        time=now,
+                        object=f"node {name}",
+                        reason="NodeDeleted",
+                        message=f"subnet {row.pod_cidr or '(none)'} freed; {pods} pod(s) deleted",
+                    )
                 )
-            )
-            return pods
+                return pods
+        finally:
+            self._forget_token(name)  # committed: an older read of every token brings it back no more
 
     def _adopt(
         self, s: Session, node: str, statuses: Sequence[PodStatus], now: float, rows: dict[str, PodRow]
@@ -1477,14 +1491,50 @@ class Store:
         now = time.monotonic()
         with self.session() as s:  # the one column: loading whole rows cost more than the call
             if now - self._tokens_read_at >= 1.0:
-                self._tokens_read_at = now
-                self._tokens = {n: (h, now) for n, h in s.execute(select(NodeRow.name, NodeRow.token_hash))}
-                held = self._tokens.get(name, (None, now))[0]
+                held = self._read_tokens(s).get(name)
             else:
                 held = s.scalar(select(NodeRow.token_hash).where(NodeRow.name == name))
-                if held is not None:
-                    self._tokens[name] = (held, now)
+                with self._tokens_lock:
+                    if held is not None and self._tokens_dropped.get(name, float("-inf")) < now:
+                        self._tokens[name] = (held, now)
         return held is not None and hmac.compare_digest(held, token_digest(token))
+
+    def _read_tokens(self, s: Session) -> dict[str, str]:
+        """Every node's token digest, read and remembered. A token forgotten while the read
+        ran (its node registered again, or deleted) is not remembered: the read may have
+        found the old one."""
+        started = time.monotonic()
+        read = {str(n): str(h) for n, h in s.execute(select(NodeRow.name, NodeRow.token_hash))}
+        with self._tokens_lock:
+            dropped = self._tokens_dropped
+            self._tokens = {
+                n: (h, started) for n, h in read.items() if dropped.get(n, float("-inf")) < started
+            }
+            # Those forgotten within a minute stay noted (no read runs that long).
+            self._tokens_dropped = {n: at for n, at in dropped.items() if at > started - 60.0}
+            self._tokens_read_at = started
+        return read
+
+    def _forget_token(self, name: str) -> None:
+        """Node `name`'s token is no longer good (replaced, or the node deleted); a read of
+        every node's tokens begun before now does not bring it back."""
+        with self._tokens_lock:
+            self._tokens.pop(name, None)
+            self._tokens_dropped[name] = time.monotonic()
+
+    def tokens_due(self) -> bool:
+        """Whether every node's token is to be read again (`renew_tokens`), half of
+        `TOKEN_MEMORY` after the last such read; no read, so the event loop may ask."""
+        return time.monotonic() - self._tokens_read_at >= TOKEN_MEMORY / 2
+
+    def renew_tokens(self) -> None:
+        """Read every node's token again, so that a node calling often enough is never found
+        forgotten: `AgentGate` has it done in a worker thread when `tokens_due`, and answers
+        the call from memory meanwhile. Found forgotten, a node's call waited for the read of
+        every node's token (5,000 rows) in a worker thread: at one call a second, one in 60
+        of a quiet node's calls, its p99."""
+        with self.session() as s:
+            self._read_tokens(s)
 
     def node_token_remembered(self, name: str, token: str) -> bool:
         """Whether `token` matched node `name`'s within `TOKEN_MEMORY` seconds (no read: safe

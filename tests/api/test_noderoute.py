@@ -4,6 +4,7 @@ documentation as a standard route."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +142,37 @@ def test_an_endpoint_without_a_request_model_is_refused_at_its_declaration() -> 
 
     with pytest.raises(TypeError, match="must be a Pydantic model"):
         node_call(app, "/agent/v1/nodes/{name}/sync")(untyped)
+
+
+def test_the_gate_has_the_tokens_read_again_in_the_background_when_due() -> None:
+    """A remembered token is taken at once, and when the tokens are due the gate has them
+    read again in a worker thread, one read at a time, without the call waiting for it."""
+    app = FastAPI()
+
+    @node_call(app, "/agent/v1/nodes/{name}/sync")
+    async def sync(name: str, request: WatchRequest) -> bytes:
+        return b"{}"
+
+    reading, release, reads = threading.Event(), threading.Event(), []
+
+    def renew() -> None:
+        reads.append(1)
+        reading.set()
+        release.wait(10)
+
+    app.add_middleware(
+        AgentGate,
+        join_token="j",
+        node_token_ok=lambda _node, _token: pytest.fail("a remembered token is not read"),
+        node_token_remembered=lambda node, token: token == node + "-token",
+        tokens_due=lambda: True,
+        renew_tokens=renew,
+    )
+    auth = {"Authorization": "Bearer n1-token"}
+    with TestClient(app) as client:
+        assert client.post("/agent/v1/nodes/n1/sync", json={}, headers=auth).status_code == 200
+        assert reading.wait(10)  # the read runs ...
+        for _ in range(3):  # ... and the calls are answered meanwhile, starting no other
+            assert client.post("/agent/v1/nodes/n1/sync", json={}, headers=auth).status_code == 200
+        assert reads == [1]
+        release.set()

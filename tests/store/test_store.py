@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import event, text
@@ -12,6 +15,7 @@ from sqlalchemy import event, text
 from gitops.model import Node, NodeName, ObjectKey, PodStatus, Revision
 from gitops.planner import plan
 from gitops.store import Store
+from gitops.store.store import TOKEN_MEMORY
 from tests.planner.factories import deployment, service
 
 
@@ -102,6 +106,54 @@ def test_one_read_of_every_node_token_serves_the_other_nodes_calls(store: Store)
     store.register_node(Node(NodeName("n3"), "192.0.2.13", 16000, 64 * 2**30), "new", now=2.0, presented="t3")
     assert not store.node_for_token("n3", "t3")  # replaced here: forgotten at once
     assert store.node_for_token("n3", "new")
+
+
+def test_a_read_of_every_token_begun_before_a_node_registers_again_does_not_bring_its_old_one_back(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read found the old token; the registration committed and forgot it before the
+    read was remembered: the old token was then taken for a minute."""
+    node = Node(NodeName("n1"), "192.0.2.10", 16000, 64 * 2**30)
+    store.register_node(node, "old", now=1.0)
+    store.register_node(Node(NodeName("n2"), "192.0.2.11", 16000, 64 * 2**30), "t2", now=1.0)
+    session = store.session
+
+    @contextmanager
+    def racing() -> Iterator[Any]:
+        with session() as s:
+            real = s.execute
+
+            def execute(statement: Any, *args: Any, **kwargs: Any) -> Any:
+                rows = real(statement, *args, **kwargs).all()  # the old token, read
+                if "token_hash" in str(statement):
+                    monkeypatch.setattr(store, "session", session)
+                    store.register_node(node, "new", now=2.0, presented="old")  # committed meanwhile
+                return rows
+
+            s.execute = execute  # type: ignore[method-assign]
+            yield s
+
+    monkeypatch.setattr(store, "session", racing)
+    assert store.node_for_token("n2", "t2")  # a read of every node's token
+    assert not store.node_token_remembered("n1", "old")
+    assert not store.node_for_token("n1", "old") and store.node_for_token("n1", "new")
+
+
+def test_tokens_are_read_again_before_they_are_forgotten(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`AgentGate` has them read again once due, so a node calling every second is never
+    found forgotten (and its call never waits for a read)."""
+    store.register_node(Node(NodeName("n1"), "192.0.2.10", 16000, 64 * 2**30), "t1", now=1.0)
+    clock = [time.monotonic() + 1.0]  # after the registration's
+    monkeypatch.setattr("gitops.store.store.time.monotonic", lambda: clock[0])
+    assert store.node_for_token("n1", "t1") and not store.tokens_due()
+    clock[0] += TOKEN_MEMORY / 2
+    assert store.tokens_due() and store.node_token_remembered("n1", "t1")
+    store.renew_tokens()
+    assert not store.tokens_due()
+    clock[0] += TOKEN_MEMORY * 0.9  # past the first read's memory, not the renewal's
+    assert store.node_token_remembered("n1", "t1")
 
 
 def test_a_report_does_not_read_its_pods_specs(store: Store) -> None:
