@@ -2,16 +2,27 @@
 
     python bench/scale.py [--nodes 1000] [--pods 20000] [--deployments 200] [--db URL]
         [--interval 1.0] [--connections 32] [--settle 10] [--quiet 10] [--timeout 600]
+        [--api-replicas 0] [--pin] [--agent-processes 1] [--witnesses 50]
 
 `gitops serve` runs as a child process (its own interpreter, SQLite in a temporary folder
 unless `--db` names a database, a folder source, the API on a free loopback port), exactly
-as a user starts it. This process then runs `--nodes` hollow agents: each registers
+as a user starts it; with `--api-replicas N`, N `gitops serve --api-only` on the same
+database too, which the agents then talk to (the leader only syncs and runs the
+controller), and with `--pin` each replica alone on a CPU of its own, everything else on
+the others (as on machines of their own). `--agent-processes` processes then run `--nodes`
+hollow agents between them (`Fleet`): each registers
 through `POST /agent/v1/register` with the join token, then calls
 `POST /agent/v1/nodes/{name}/sync` every `--interval` seconds, the real agent protocol,
 reporting the pods the reply assigns it as Running and ready (an address of its pod
 subnet each) and the terminating ones as stopped, without Docker. The agents share
 `--connections` keep-alive HTTP connections and speak HTTP/1.1 over asyncio streams, so
 that they cost little of the machine the control plane runs on.
+
+Beside them, `--witnesses` more agents in a process of their own (`Witness`), each with a
+connection of its own, on nodes tainted NoSchedule, sync once a second while long-polling:
+their quiet calls' times (`witness_sync_ms_p50` / `_p99` / `_max`) are those an agent alone
+on its host sees, end to end. The hollow agents' own (`sync_call_ms_*`) also hold their
+process's loop stalls and the waits for a pooled connection.
 
 Phases, each printed with its time:
 
@@ -25,19 +36,22 @@ Phases, each printed with its time:
    gauge at /metrics) give `noop_pass_s` and `noop_pass_writes`, and the agents' calls
    give `sync_call_ms_p50` / `_p99` (as the agents measure them; `server_sync_ms_p50` /
    `_p99` are the bounds of the buckets of its `gitops_agent_sync_seconds` histogram that
-   hold them in the server, from the handler's start to its answer) and the server's CPU per
-   call (its user+system time over the calls it answered), hence how many nodes one core
+   hold them in the server, from the handler's start to its answer), the witness's calls,
+   and the servers' CPU per call (their user+system time over the calls answered, the
+   leader's and the replicas'), hence how many nodes one core
    keeps in sync at one call per node per second (`nodes_per_core`).
 
 The server's cyclic garbage collector's time (its `gitops_gc_seconds_total`) is given for
 the pods coming up (`running_gc_s`) and as a share of the quiet window (`quiet_gc_share`);
-this process's own, in the quiet window, as `client_gc_share` (it keeps what it holds long
-out of full collections as the server does, so that they do not stall the calls it times).
+the agents' processes' own, in the quiet window, as `client_gc_share` (the mean share per
+process; they keep what they hold long out of full collections as the server does, so that
+they do not stall the calls they time).
 
-The server's peak RSS (`VmHWM`) is `rss_mib`. Figures are printed, never asserted; the
-last line is one JSON object with them. The baseline is the same process's own
-arithmetic: kube-scheduler at its CI threshold of 810 pods/s would bind `--pods` in
-pods/810 seconds (`kube_scheduler_s`), printed beside ours as a ratio.
+The leader's peak RSS (`VmHWM`) is `rss_mib`, the largest replica's `api_rss_mib`.
+Figures are printed, never asserted; the last line is one JSON object with them. The
+baseline is the same process's own arithmetic: kube-scheduler at its CI threshold of 810
+pods/s would bind `--pods` in pods/810 seconds (`kube_scheduler_s`), printed beside ours as
+a ratio.
 """
 
 from __future__ import annotations
@@ -207,6 +221,7 @@ class HollowAgent:
     # change: encoding 30 statuses at every agent's every tick to find them unchanged was
     # a sixth of a core at 5,000 agents, stalling the loop that times the calls.
     reported: tuple[str, str] | None = None
+    taints: tuple[dict[str, str], ...] = ()  # a witness's, so that no pod is placed on it
 
     async def register(self) -> None:
         body = json.dumps(
@@ -221,6 +236,7 @@ class HollowAgent:
                         "kubernetes.io/hostname": self.name,
                         "topology.kubernetes.io/zone": f"zone-{int(self.name.rsplit('-', 1)[1]) % 10}",
                     },
+                    "taints": list(self.taints),
                 }
             }
         ).encode()
@@ -407,6 +423,262 @@ class HollowAgent:
             self.watch_connection.close()
 
 
+# --- the hollow agents, in processes of their own ---------------------------------------
+
+
+def child(flag: str, ports: Sequence[int], join_token: str, *extra: str) -> subprocess.Popen[str]:
+    """This script again, as a process of the agents' (`flag`), spoken to on its stdin and
+    stdout, one line each way; the join token in its environment, off its argv."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), flag, ",".join(map(str, ports)), *extra],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, JOIN_TOKEN_ENV: join_token, "PYTHONPATH": path},
+    )
+
+
+@dataclass
+class Fleet:
+    """The `--nodes` hollow agents, spread over `--agent-processes` processes: one event loop
+    running thousands of agents stalls (a collection, a burst of replies), then sends what
+    waited all at once. Real agents, each on its host, send no such bursts; the fewer agents
+    a loop runs, the less the server sees of them and the less the calls' times hold the
+    loop's own stalls."""
+
+    processes: list[subprocess.Popen[str]]
+    nodes: int
+
+    @classmethod
+    def start(cls, args: argparse.Namespace, ports: Sequence[int], join_token: str) -> Fleet:
+        count = args.agent_processes
+        each = -(-args.connections // count)  # the connections, shared out
+        processes = [
+            child(
+                "--agents-of",
+                ports,
+                join_token,
+                *("--agent-share", f"{k}/{count}", "--nodes", str(args.nodes)),
+                *("--interval", str(args.interval), "--heartbeat", str(args.heartbeat)),
+                *("--connections", str(each)),
+            )
+            for k in range(count)
+        ]
+        return cls(processes, args.nodes)
+
+    def ask(self, what: str) -> list[dict[str, Any]]:
+        """Every process's answer to `what` (each answers at once: this blocks only briefly)."""
+        for process in self.processes:
+            assert process.stdin is not None
+            process.stdin.write(what + "\n")
+            process.stdin.flush()
+        answers = []
+        for process in self.processes:
+            assert process.stdout is not None
+            line = process.stdout.readline()
+            if not line:
+                raise RuntimeError(f"an agents' process ended (exit {process.wait()})")
+            answer: dict[str, Any] = json.loads(line)
+            if answer.get("error"):
+                raise RuntimeError(f"an agents' process: {answer['error']}")
+            answers.append(answer)
+        return answers
+
+    def synced(self) -> bool | str:
+        """True once every agent has registered and synced once; else how far they are."""
+        answers = self.ask("synced")
+        synced = sum(a["synced"] for a in answers)
+        return synced == self.nodes or f"{sum(a['registered'] for a in answers)} registered, {synced} synced"
+
+    def drain(self, into: Calls) -> float:
+        """Add the calls the processes timed since the last drain to `into`; the seconds their
+        collectors took in all since they started."""
+        collected = 0.0
+        for answer in self.ask("drain"):
+            into.seconds.extend(answer["seconds"])
+            into.failures += answer["failures"]
+            into.deferred += answer["deferred"]
+            into.last_error = answer["last_error"] or into.last_error
+            collected += answer["gc_s"]
+        return collected
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+
+
+async def be_agents(args: argparse.Namespace, ports: Sequence[int], join_token: str) -> None:
+    """An agents' process (`Fleet`): its share of the hollow agents, registered 200 at a
+    time and then run; answers "synced" and "drain" on stdin, one JSON line each."""
+    # The agents' statuses are a large state: full collections of it stalled this loop, and
+    # with it the calls it times. Kept out of them as the server keeps its own (`gitops.heap`).
+    HEAP.count_time()
+    settled = threading.Event()
+    threading.Thread(target=HEAP.keep, args=(settled,), name="heap", daemon=True).start()
+    share, count = (int(n) for n in args.agent_share.split("/"))
+    calls = Calls()
+    pools = [Pool("127.0.0.1", port, args.connections) for port in ports]
+    agents = [
+        HollowAgent(
+            f"hollow-{i}",
+            f"127.{(i >> 16) & 255}.{(i >> 8) & 255}.{(i & 255) or 1}",
+            pools[i % len(pools)],
+            join_token,
+            calls,
+        )
+        for i in range(share, args.nodes, count)
+    ]
+    stop = asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
+    failed: list[str] = []
+
+    async def start() -> None:
+        try:
+            for first in range(0, len(agents), 200):
+                await asyncio.gather(*(a.register() for a in agents[first : first + 200]))
+        except Exception as exc:
+            failed.append(f"{type(exc).__name__}: {exc}")
+            return
+        tasks.extend(asyncio.create_task(a.run(args.interval, args.heartbeat, stop)) for a in agents)
+
+    starting = asyncio.create_task(start())
+    try:
+        while True:
+            asked = (await asyncio.to_thread(sys.stdin.readline)).strip()
+            if asked == "synced":
+                answer: dict[str, Any] = {
+                    "registered": sum(bool(a.token) for a in agents),
+                    "synced": sum(a.synced for a in agents),
+                }
+            elif asked == "drain":
+                answer = {
+                    "seconds": calls.seconds[:],
+                    "failures": calls.failures,
+                    "deferred": calls.deferred,
+                    "last_error": calls.last_error,
+                    "gc_s": sum(HEAP.seconds),
+                }
+                calls.reset()
+            else:  # the bench is gone, or done
+                return
+            if failed:
+                answer["error"] = failed[0]
+            print(json.dumps(answer), flush=True)
+    finally:
+        settled.set()
+        stop.set()
+        starting.cancel()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(starting, *tasks, return_exceptions=True)
+        for pool in pools:
+            await pool.close()
+
+
+# --- the witness ------------------------------------------------------------------------
+
+JOIN_TOKEN_ENV = "GITOPS_SCALE_JOIN_TOKEN"  # noqa: S105 - the variable naming it: handed off argv
+WITNESS_TAINT = {"key": "gitops.bench/witness", "value": "", "effect": "NoSchedule"}
+
+
+@dataclass
+class Witness:
+    """More agents in a process of their own, each with a connection of its own, on nodes
+    tainted so that no pod is placed on them, syncing once a second while long-polling: the
+    quiet call's time as an agent alone on its host sees it. The hollow agents' own figure
+    also holds their loop's stalls (thousands of agents in this one process, on the cores the
+    control plane runs on) and their waits for one of the pooled connections."""
+
+    process: subprocess.Popen[str]
+
+    @classmethod
+    async def start(cls, ports: Sequence[int], join_token: str, count: int) -> Witness:
+        witness = cls(child("--witness-of", ports, join_token, "--witnesses", str(count)))
+        said = await witness._line(120.0)
+        if said != "ready":
+            witness.stop()
+            raise RuntimeError(f"the witness did not start: {said!r}")
+        return witness
+
+    async def _line(self, timeout: float) -> str:
+        assert self.process.stdout is not None
+        line: str = await asyncio.wait_for(asyncio.to_thread(self.process.stdout.readline), timeout)
+        return line.strip()
+
+    async def _ask(self, what: str) -> str:
+        assert self.process.stdin is not None
+        self.process.stdin.write(what + "\n")
+        self.process.stdin.flush()
+        return await self._line(30.0)
+
+    async def mark(self) -> None:
+        """Forget the calls so far: the window measured starts now."""
+        if await self._ask("mark") != "marked":
+            raise RuntimeError("the witness did not mark its window")
+
+    async def report(self) -> dict[str, Any]:
+        """The calls since the mark; the witness ends."""
+        seen: dict[str, Any] = json.loads(await self._ask("report"))
+        return seen
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+
+async def be_witness(ports: Sequence[int], join_token: str, count: int) -> None:
+    """The witness's side (`Witness`): register and sync `count` tainted nodes, say "ready",
+    then answer "mark" and "report" on stdin."""
+    calls = Calls()
+    agents = [
+        HollowAgent(
+            f"witness-{i}",
+            f"127.254.{i >> 8}.{(i & 255) + 1}",
+            Pool("127.0.0.1", ports[i % len(ports)], 1),
+            join_token,
+            calls,
+            taints=(WITNESS_TAINT,),
+        )
+        for i in range(count)
+    ]
+    stop = asyncio.Event()
+    await asyncio.gather(*(a.register() for a in agents))
+    # Once a second, long-polling between: a heartbeat due at every tick.
+    tasks = [asyncio.create_task(a.run(1.0, 0.5, stop)) for a in agents]
+    try:
+        while not all(a.synced for a in agents):  # (stdout is the bench's to read: nothing else on it)
+            await asyncio.sleep(0.1)
+        print("ready", flush=True)
+        while True:
+            asked = (await asyncio.to_thread(sys.stdin.readline)).strip()
+            if asked == "mark":
+                calls.reset()
+                print("marked", flush=True)
+            elif asked == "report":
+                seen = {
+                    "calls": len(calls.seconds),
+                    "failures": calls.failures,
+                    "p50_ms": round(percentile(calls.seconds, 0.50) * 1000, 2),
+                    "p99_ms": round(percentile(calls.seconds, 0.99) * 1000, 2),
+                    "max_ms": round(max(calls.seconds, default=float("nan")) * 1000, 2),
+                }
+                print(json.dumps(seen), flush=True)
+                return
+            elif not asked:  # the bench is gone
+                return
+    finally:
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for a in agents:
+            await a.pool.close()
+
+
 # --- the control plane ------------------------------------------------------------------
 
 
@@ -499,20 +771,39 @@ class Server:
                 self.process.wait()
 
 
-def start_server(tmp: Path, db: str, join_token: str, log_level: str = "warning") -> Server:
+def start_server(
+    tmp: Path,
+    db: str,
+    join_token: str,
+    log_level: str = "warning",
+    *,
+    replica: int = 0,
+    cpus: set[int] | None = None,
+) -> Server:
+    """The leading `gitops serve` (the folder source), or with `replica` > 0 an `--api-only`
+    one on the same database and key (started after the leader, which made the key); on
+    `cpus` only, if given."""
     folder = tmp / "manifests"
-    folder.mkdir()
-    (folder / "placeholder.yaml").write_text(PLACEHOLDER)
-    port = free_port()
-    log = tmp / "server.log"
     token_file = tmp / "join-token"
-    token_file.write_text(join_token)
-    token_file.chmod(0o600)
+    if not replica:
+        folder.mkdir()
+        (folder / "placeholder.yaml").write_text(PLACEHOLDER)
+        token_file.write_text(join_token)
+        token_file.chmod(0o600)
+    port = free_port()
+    log = tmp / (f"api-{replica}.log" if replica else "server.log")
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "GITOPS_DB": db, "PYTHONPATH": path}  # a password stays off argv
-    args = [sys.executable, "-m", "gitops.cli", "--log-level", log_level, "serve", "--dir", str(folder)]
+    args = [sys.executable, "-m", "gitops.cli", "--log-level", log_level, "serve"]
+    if cpus is not None:
+        args = ["taskset", "--cpu-list", ",".join(map(str, sorted(cpus))), *args]
+    if replica:
+        args += ["--api-only", "--secret-key-file", str(tmp / "state" / "secret.key")]
+    else:
+        args += ["--dir", str(folder)]
+    state = tmp / (f"state-api-{replica}" if replica else "state")
     args += ["--join-token-file", str(token_file)]
-    args += ["--port", str(port), "--state-dir", str(tmp / "state"), "--poll", "1"]
+    args += ["--port", str(port), "--state-dir", str(state), "--poll", "1"]
     args += ["--service-cidr", SERVICE_CIDR, "--cluster-cidr", CLUSTER_CIDR]
     with log.open("wb") as out:
         process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=tmp, env=env)
@@ -593,35 +884,41 @@ async def wait_for(what: str, done: Any, timeout: float, every: float = 0.5) -> 
         await asyncio.sleep(every)
 
 
-async def run(args: argparse.Namespace, server: Server, join_token: str, figures: dict[str, Any]) -> None:
-    pool = Pool("127.0.0.1", server.port, args.connections)
-    calls = Calls()
-    agents = [
-        HollowAgent(
-            f"hollow-{i}", f"127.{(i >> 16) & 255}.{(i >> 8) & 255}.{(i & 255) or 1}", pool, join_token, calls
-        )
-        for i in range(args.nodes)
-    ]
-    stop = asyncio.Event()
-    tasks: list[asyncio.Task[None]] = []
+def cpu_seconds(servers: Sequence[Server]) -> float:
+    return sum(s.cpu_seconds() for s in servers)
+
+
+def merged_buckets(servers: Sequence[Server], name: str) -> dict[float, float]:
+    """A histogram's cumulative bucket counts summed over the servers' /metrics."""
+    total: dict[float, float] = {}
+    for s in servers:
+        for le, count in buckets(s.metrics(), name).items():
+            total[le] = total.get(le, 0.0) + count
+    return total
+
+
+async def run(
+    args: argparse.Namespace, servers: Sequence[Server], join_token: str, figures: dict[str, Any]
+) -> None:
+    server = servers[0]  # the leader: it syncs the folder and runs the controller
+    fronts = servers[1:] or servers  # the agents' control planes: the --api-only ones, if any
+    calls = Calls()  # the agents' calls, drained from their processes (`Fleet.drain`)
+    start = time.monotonic()
+    fleet = Fleet.start(args, [f.port for f in fronts], join_token)
+    witness: Witness | None = None
     try:
-        start = time.monotonic()
-        for first in range(0, len(agents), 200):
-            await asyncio.gather(*(a.register() for a in agents[first : first + 200]))
-        tasks = [asyncio.create_task(a.run(args.interval, args.heartbeat, stop)) for a in agents]
-        await wait_for(
-            "agents synced",
-            lambda: all(a.synced for a in agents) or f"{sum(a.synced for a in agents)} synced",
-            max(120.0, args.nodes * 0.04),  # 200 s for 5,000 nodes
-        )
+        await wait_for("agents synced", fleet.synced, max(120.0, args.nodes * 0.04))  # 200 s for 5,000
         figures["start_s"] = round(time.monotonic() - start, 2)
         say(f"start: {args.nodes} hollow nodes registered and synced in {figures['start_s']} s")
+        if args.witnesses:
+            witness = await Witness.start([f.port for f in fronts], join_token, args.witnesses)
+            say(f"witness: {args.witnesses} tainted nodes syncing once a second from a process of their own")
         # A control plane that held no node at its start waits its settle time (12 s) before
         # it creates pods (agents may still come back with containers to adopt): not counted.
         await wait_for("settled", lambda: server.status().get("settled", True), 60)
 
         committed = time.monotonic()
-        cpu_before = server.cpu_seconds()
+        cpu_before = cpu_seconds(servers)
         gc_before = counter_total(server.metrics(), "gitops_gc_seconds")
         (server.folder / "apps.yaml").write_text(deployments(args.deployments, args.pods))
 
@@ -635,12 +932,14 @@ async def run(args: argparse.Namespace, server: Server, join_token: str, figures
         figures["bound"] = server.counts()[1]
         say(f"commit to bound: {figures['bound']} pods in {figures['commit_to_bound_s']} s")
 
+        fleet.drain(calls)
         figures["bind_sync_deferred"] = calls.deferred  # answered 429 while the pass wrote
         calls.reset()  # the agents' calls while pods come up: how the server keeps up under churn
         seen = [0]  # calls already shown
 
         def all_running() -> bool | str:
             running = server.counts()[2]
+            fleet.drain(calls)
             recent, seen[0] = calls.seconds[seen[0] :], len(calls.seconds)
             return running == args.pods or (
                 f"{running} running; {len(recent)} sync calls, p50 {percentile(recent, 0.5) * 1000:.0f} ms,"
@@ -650,11 +949,12 @@ async def run(args: argparse.Namespace, server: Server, join_token: str, figures
 
         await wait_for("running", all_running, args.timeout, every=5.0)
         figures["commit_to_running_s"] = round(time.monotonic() - committed, 2)
+        fleet.drain(calls)
         figures["running_sync_ms_p50"] = round(percentile(calls.seconds, 0.50) * 1000, 2)
         figures["running_sync_ms_p99"] = round(percentile(calls.seconds, 0.99) * 1000, 2)
         figures["running_sync_failures"] = calls.failures
         figures["running_sync_deferred"] = calls.deferred
-        figures["first_pass_cpu_s"] = round(server.cpu_seconds() - cpu_before, 1)
+        figures["first_pass_cpu_s"] = round(cpu_seconds(servers) - cpu_before, 1)
         figures["running_gc_s"] = round(counter_total(server.metrics(), "gitops_gc_seconds") - gc_before, 1)
         cpu_text = f"server CPU {figures['first_pass_cpu_s']} s, {figures['running_gc_s']} s in the collector"
         say(f"commit to running: {figures['commit_to_running_s']} s ({cpu_text})")
@@ -662,14 +962,25 @@ async def run(args: argparse.Namespace, server: Server, join_token: str, figures
         await asyncio.sleep(args.settle)  # the last statuses written, the passes after them done
         metrics = server.metrics()
         pass_sum, pass_count = histogram(metrics, "gitops_controller_pass_seconds")
-        served_before = buckets(metrics, "gitops_agent_sync_seconds")
+        served_before = merged_buckets(fronts, "gitops_agent_sync_seconds")
+        client_gc = fleet.drain(calls)
         calls.reset()
-        cpu_before = server.cpu_seconds()
+        if witness is not None:
+            await witness.mark()
+        cpu_before = cpu_seconds(servers)
         gc_before = counter_total(metrics, "gitops_gc_seconds")
-        client_gc = sum(HEAP.seconds)
         await asyncio.sleep(args.quiet)
-        figures["client_gc_share"] = round((sum(HEAP.seconds) - client_gc) / args.quiet, 3)
-        cpu = server.cpu_seconds() - cpu_before
+        # Each agents' process's share of the window spent collecting, on average.
+        client_gc = fleet.drain(calls) - client_gc
+        figures["client_gc_share"] = round(client_gc / args.agent_processes / args.quiet, 3)
+        cpu = cpu_seconds(servers) - cpu_before
+        if witness is not None:
+            seen_by_witness = await witness.report()
+            figures["witness_calls"] = seen_by_witness["calls"]
+            figures["witness_failures"] = seen_by_witness["failures"]
+            figures["witness_sync_ms_p50"] = seen_by_witness["p50_ms"]
+            figures["witness_sync_ms_p99"] = seen_by_witness["p99_ms"]
+            figures["witness_sync_ms_max"] = seen_by_witness["max_ms"]
         metrics = server.metrics()
         figures["quiet_gc_share"] = round(
             (counter_total(metrics, "gitops_gc_seconds") - gc_before) / args.quiet, 3
@@ -687,7 +998,7 @@ async def run(args: argparse.Namespace, server: Server, join_token: str, figures
         # The same calls in the server, from its handler's start to its answer: without the
         # hollow agents' own loop (5,000 agents in this one process) nor the wait for one of
         # their pooled connections; at most the bucket's bound.
-        served = buckets(metrics, "gitops_agent_sync_seconds")
+        served = merged_buckets(fronts, "gitops_agent_sync_seconds")
         for q in (0.50, 0.99):
             at_most = bucket_quantile(served_before, served, q)
             figures[f"server_sync_ms_p{q * 100:.0f}"] = round(at_most * 1000, 2)
@@ -718,14 +1029,18 @@ async def run(args: argparse.Namespace, server: Server, join_token: str, figures
                 else " (one call a second)"
             )
         )
+        if witness is not None:
+            say(
+                f"  the witness's {figures['witness_calls']} calls ({figures['witness_failures']} failed): "
+                f"p50 {figures['witness_sync_ms_p50']} ms, p99 {figures['witness_sync_ms_p99']} ms, "
+                f"max {figures['witness_sync_ms_max']} ms"
+            )
         if calls.last_error:
             say(f"  last failed call: {calls.last_error}")
     finally:
-        stop.set()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await pool.close()
+        fleet.stop()
+        if witness is not None:
+            witness.stop()
 
 
 def _exit_on_term(signum: int, _frame: Any) -> None:
@@ -763,7 +1078,45 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         choices=["debug", "info", "warning", "error"],
         help="the server's log level (its log is kept with --keep)",
     )
+    parser.add_argument(
+        "--api-replicas",
+        type=int,
+        default=0,
+        help="run this many `gitops serve --api-only` on the database too, the agents spread over "
+        "them (the leader then only syncs and runs the controller)",
+    )
+    parser.add_argument(
+        "--witnesses",
+        type=int,
+        default=50,
+        help="tainted nodes syncing once a second from a process of their own (0: none)",
+    )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="with --api-replicas: each replica on a CPU of its own (0, 1, ...), the leader, this "
+        "process and the witness on the others, as on machines of their own",
+    )
+    parser.add_argument(
+        "--agent-processes",
+        type=int,
+        default=1,
+        help="processes the hollow agents are spread over (default 1)",
+    )
+    parser.add_argument("--witness-of", help=argparse.SUPPRESS)  # the witness's own process
+    parser.add_argument("--agents-of", help=argparse.SUPPRESS)  # an agents' process (`Fleet`)
+    parser.add_argument("--agent-share", default="0/1", help=argparse.SUPPRESS)  # which of them: k/count
     args = parser.parse_args(argv)
+    if args.witness_of:
+        asyncio.run(
+            be_witness(
+                [int(p) for p in args.witness_of.split(",")], os.environ[JOIN_TOKEN_ENV], args.witnesses
+            )
+        )
+        return {}
+    if args.agents_of:
+        asyncio.run(be_agents(args, [int(p) for p in args.agents_of.split(",")], os.environ[JOIN_TOKEN_ENV]))
+        return {}
     tmp = Path(tempfile.mkdtemp(prefix="gitops-scale-"))
     db = args.db or f"sqlite:///{tmp / 'state.db'}"
     join_token = secrets.token_hex(24)
@@ -773,27 +1126,43 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"scale: {args.nodes} hollow nodes, {args.pods} pods in {args.deployments} Deployments, "
         f"{figures['db']}"
     )
-    server = start_server(tmp, db, join_token, args.log_level)
+    alone: list[set[int]] = [{i} for i in range(args.api_replicas)] if args.pin else []
+    rest = set(range(os.cpu_count() or 1)) - set().union(*alone) if args.pin else None
+    if args.pin and not rest:
+        parser.error(f"--pin: {os.cpu_count()} CPUs leave none beside {args.api_replicas} replicas")
+    if rest is not None:
+        os.sched_setaffinity(0, rest)  # this process and the witness it starts
+    server = start_server(tmp, db, join_token, args.log_level, cpus=rest)
+    servers = [server]
+    try:
+        servers += [
+            start_server(tmp, db, join_token, args.log_level, replica=i + 1, cpus=alone[i] if alone else None)
+            for i in range(args.api_replicas)
+        ]
+    except Exception:
+        for s in servers:
+            s.stop()
+        raise
+    figures["api_replicas"] = args.api_replicas
+    figures["pinned"] = args.pin
+    figures["agent_processes"] = args.agent_processes
     # Stopped with SIGTERM, the bench stops its server too (and removes its folder): it
     # left the server running.
     terminated = signal.signal(signal.SIGTERM, _exit_on_term)
-    # The agents' statuses are a large state too: this process's own full collections
-    # stalled its event loop, and with it the calls it times. Kept out of them as the
-    # server keeps its own (`gitops.heap`).
-    HEAP.count_time()
-    settled = threading.Event()
-    threading.Thread(target=HEAP.keep, args=(settled,), name="heap", daemon=True).start()
     try:
-        asyncio.run(run(args, server, join_token, figures))
+        asyncio.run(run(args, servers, join_token, figures))
     except Exception as exc:  # the figures so far are still printed
         figures["error"] = f"{type(exc).__name__}: {exc}"
         say(f"error: {figures['error']}")
-        say(f"server log (last lines):\n{server.log.read_text()[-2000:]}")
+        for s in servers:
+            say(f"{s.log.name} (last lines):\n{s.log.read_text()[-2000:]}")
     finally:
-        settled.set()
         figures["rss_mib"] = round(server.rss_mib(), 1)
+        if args.api_replicas:
+            figures["api_rss_mib"] = round(max(s.rss_mib() for s in servers[1:]), 1)
         signal.signal(signal.SIGTERM, terminated)
-        server.stop()
+        for s in reversed(servers):
+            s.stop()
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
