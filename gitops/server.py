@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, ExitStack
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from types import FrameType
 
@@ -37,7 +37,6 @@ from gitops.api.auth import is_loopback
 from gitops.api.githttp import git_router
 from gitops.api.webhooks import webhook_router
 from gitops.controller import Controller
-from gitops.handover import quick_handover
 from gitops.health import Health
 from gitops.heap import HEAP
 from gitops.loop import Loop, Precedence
@@ -110,7 +109,6 @@ class ControlPlane:
     _leading: bool = False
     _keeping: threading.Thread | None = None  # renews or tries to take the lease
     _heap: threading.Thread | None = None  # settles the collector (`gitops.heap`)
-    _serving: ExitStack = field(default_factory=ExitStack)  # what holds while it serves (`_start_loops`)
     _stopping: threading.Event = field(default_factory=threading.Event)
     _leader_lock: threading.Lock = field(default_factory=threading.Lock)
     _led_epoch: int = 0  # the epoch of the lease this process last led by (0: none since it started)
@@ -434,10 +432,6 @@ class ControlPlane:
         """Lead at once if the lease is free (a control plane alone on its database), and
         keep renewing it, or trying to take it, in a thread of its own."""
         self._stopping.clear()
-        # The event loop answers agents in 0.1-0.3 ms; any other thread of the process (the
-        # agents' watch reading the store, the heartbeats' write, a controller pass) would
-        # keep it waiting up to the 5-ms switch interval at each socket read or write.
-        self._serving.enter_context(quick_handover())
         self._keep_lease()
         self._keeping = threading.Thread(target=self._keep_leasing, name="lease", daemon=True)
         self._keeping.start()
@@ -499,5 +493,4 @@ class ControlPlane:
             self._server.watch.close()  # agents' long-polls would hold the shutdown
         if self._thread is not None:
             self._thread.join(timeout=10)
-        self._serving.close()
         self.store.close()

@@ -14,9 +14,7 @@ import pytest
 from gitops import controller
 from gitops.handover import HANDOVER, quick_handover
 from gitops.model import Node, NodeName, Revision
-from gitops.server import ControlPlane
 from gitops.store import Store
-from tests.conftest import free_port
 from tests.planner.factories import deployment
 
 
@@ -82,18 +80,3 @@ def test_a_controller_pass_decides_with_the_quick_handover(
     ctl._pass()
     assert during == [HANDOVER] and sys.getswitchinterval() == 0.005
     assert len(store.pods()) == 2
-
-
-def test_a_control_plane_serves_with_the_quick_handover_and_gives_it_back(
-    tmp_path: Path, interval: float
-) -> None:
-    """Its event loop answers agents in 0.1-0.3 ms: the store reads of the agents' watch and
-    the heartbeats' writes, in other threads, must not keep it waiting 5 ms. Also when it
-    leads no controller (`--api-only`)."""
-    plane = ControlPlane(Store(f"sqlite:///{tmp_path / 's.db'}"), [], port=free_port(), lead=False)
-    plane.start()
-    try:
-        assert sys.getswitchinterval() == pytest.approx(HANDOVER)
-    finally:
-        plane.stop()
-    assert sys.getswitchinterval() == pytest.approx(interval)
