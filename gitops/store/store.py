@@ -1255,63 +1255,53 @@ class Store:
         gives every node its subnet back, and no pod has to move. Raises `NodeNameTaken` when
         a Ready node holds the name and `presented` is not its current token. A NotReady
         node's name is free to take: its agent is gone or cut off."""
-        self._forget_token(node.name)
-        try:
-            with self.write_session() as s:
-                row = s.get(NodeRow, node.name)
-                if row is None:
-                    row = NodeRow(name=node.name, registered_at=now)
-                    s.add(row)
+        with self._replacing_token(node.name), self.write_session() as s:
+            row = s.get(NodeRow, node.name)
+            if row is None:
+                row = NodeRow(name=node.name, registered_at=now)
+                s.add(row)
+                s.add(
+                    EventRow(
+                        time=now, object=f"node {node.name}", reason="NodeRegistered", message=node.address
+                    )
+                )
+            else:
+                ready = now - row.heartbeat_at <= self.heartbeat_grace
+                own = bool(presented) and hmac.compare_digest(row.token_hash, token_digest(presented))
+                if ready and not own:
+                    raise NodeNameTaken(
+                        f"node {node.name} is registered and Ready (last heartbeat "
+                        f"{now - row.heartbeat_at:.0f}s ago); its name can be taken only with its "
+                        f"current token, or once it has been NotReady for {self.heartbeat_grace:.0f}s"
+                    )
+                if not own:
                     s.add(
                         EventRow(
                             time=now,
                             object=f"node {node.name}",
-                            reason="NodeRegistered",
-                            message=node.address,
+                            reason="NodeReplaced",
+                            message=f"registered anew from {node.address} after "
+                            f"{now - row.heartbeat_at:.0f}s without a heartbeat",
                         )
                     )
-                else:
-                    ready = now - row.heartbeat_at <= self.heartbeat_grace
-                    own = bool(presented) and hmac.compare_digest(row.token_hash, token_digest(presented))
-                    if ready and not own:
-                        raise NodeNameTaken(
-                            f"node {node.name} is registered and Ready (last heartbeat "
-                            f"{now - row.heartbeat_at:.0f}s ago); its name can be taken only with its "
-                            f"current token, or once it has been NotReady for {self.heartbeat_grace:.0f}s"
-                        )
-                    if not own:
-                        s.add(
-                            EventRow(
-                                time=now,
-                                object=f"node {node.name}",
-                                reason="NodeReplaced",
-                                message=f"registered anew from {node.address} after "
-                                f"{now - row.heartbeat_at:.0f}s without a heartbeat",
-                            )
-                        )
-                row.address = node.address
-                row.cpu_milli = node.cpu_milli
-                row.memory_bytes = node.memory_bytes
-                row.max_pods = node.max_pods
-                row.labels = dict(node.labels)
-                row.taints = [{"key": t.key, "value": t.value, "effect": t.effect} for t in node.taints]
-                row.token_hash = token_digest(token)
-                row.heartbeat_at = now
-                row.runtime_error = ""
-                row.runtime_error_since = None
-                if not self._holds_subnet(row):
-                    row.pod_cidr = self._free_subnet(s, node.name, subnet_hint)
-                    s.add(
-                        EventRow(
-                            time=now,
-                            object=f"node {node.name}",
-                            reason="PodSubnetGiven",
-                            message=row.pod_cidr,
-                        )
+            row.address = node.address
+            row.cpu_milli = node.cpu_milli
+            row.memory_bytes = node.memory_bytes
+            row.max_pods = node.max_pods
+            row.labels = dict(node.labels)
+            row.taints = [{"key": t.key, "value": t.value, "effect": t.effect} for t in node.taints]
+            row.token_hash = token_digest(token)
+            row.heartbeat_at = now
+            row.runtime_error = ""
+            row.runtime_error_since = None
+            if not self._holds_subnet(row):
+                row.pod_cidr = self._free_subnet(s, node.name, subnet_hint)
+                s.add(
+                    EventRow(
+                        time=now, object=f"node {node.name}", reason="PodSubnetGiven", message=row.pod_cidr
                     )
-                return row.pod_cidr or ""
-        finally:
-            self._forget_token(node.name)  # committed: an older read of every token brings it back no more
+                )
+            return row.pod_cidr or ""
 
     def _holds_subnet(self, row: NodeRow) -> bool:
         """Whether the node's subnet is one of this cluster's (the range may have changed)."""
@@ -1369,27 +1359,23 @@ class Store:
         owners place new ones elsewhere), as Kubernetes' pod garbage collector deletes the pods
         of a deleted node. Returns how many pods were deleted; raises KeyError for an unknown
         node. An agent still running there registers anew at its next sync."""
-        self._forget_token(name)
-        try:
-            with self.write_session() as s:
-                row = s.get(NodeRow, name)
-                if row is None:
-                    raise KeyError(name)
-                pods = len(s.scalars(select(PodRow.id).where(PodRow.node == name)).all())
-                s.execute(delete(PodRow).where(PodRow.node == name))
-                s.execute(delete(UsageRow).where(UsageRow.node == name))
-                s.delete(row)
-                s.add(
-                    EventRow(
-                        time=now,
-                        object=f"node {name}",
-                        reason="NodeDeleted",
-                        message=f"subnet {row.pod_cidr or '(none)'} freed; {pods} pod(s) deleted",
-                    )
+        with self._replacing_token(name), self.write_session() as s:
+            row = s.get(NodeRow, name)
+            if row is None:
+                raise KeyError(name)
+            pods = len(s.scalars(select(PodRow.id).where(PodRow.node == name)).all())
+            s.execute(delete(PodRow).where(PodRow.node == name))
+            s.execute(delete(UsageRow).where(UsageRow.node == name))
+            s.delete(row)
+            s.add(
+                EventRow(
+                    time=now,
+                    object=f"node {name}",
+                    reason="NodeDeleted",
+                    message=f"subnet {row.pod_cidr or '(none)'} freed; {pods} pod(s) deleted",
                 )
-                return pods
-        finally:
-            self._forget_token(name)  # committed: an older read of every token brings it back no more
+            )
+            return pods
 
     def _adopt(
         self, s: Session, node: str, statuses: Sequence[PodStatus], now: float, rows: dict[str, PodRow]
@@ -1521,6 +1507,17 @@ class Store:
         with self._tokens_lock:
             self._tokens.pop(name, None)
             self._tokens_dropped[name] = time.monotonic()
+
+    @contextmanager
+    def _replacing_token(self, name: str) -> Iterator[None]:
+        """Around a write that replaces or deletes node `name`'s token: forgotten before it,
+        and again once it ended (committed: a read of every token begun meanwhile found the
+        old one and must not bring it back)."""
+        self._forget_token(name)
+        try:
+            yield
+        finally:
+            self._forget_token(name)
 
     def tokens_due(self) -> bool:
         """Whether every node's token is to be read again (`renew_tokens`), half of
