@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import event, text
 
+import gitops.store.store as store_module
 from gitops.model import Node, NodeName, ObjectKey, PodStatus, Revision
 from gitops.planner import plan
 from gitops.store import Store
@@ -116,24 +116,16 @@ def test_a_read_of_every_token_begun_before_a_node_registers_again_does_not_brin
     node = Node(NodeName("n1"), "192.0.2.10", 16000, 64 * 2**30)
     store.register_node(node, "old", now=1.0)
     store.register_node(Node(NodeName("n2"), "192.0.2.11", 16000, 64 * 2**30), "t2", now=1.0)
-    session = store.session
+    read = store_module.all_rows
 
-    @contextmanager
-    def racing() -> Iterator[Any]:
-        with session() as s:
-            real = s.execute
+    def racing(connection: Any, query: Any, **kwargs: Any) -> Any:
+        rows = read(connection, query, **kwargs)  # the old token, read
+        if "token_hash" in str(query):
+            monkeypatch.setattr(store_module, "all_rows", read)
+            store.register_node(node, "new", now=2.0, presented="old")  # committed meanwhile
+        return rows
 
-            def execute(statement: Any, *args: Any, **kwargs: Any) -> Any:
-                rows = real(statement, *args, **kwargs).all()  # the old token, read
-                if "token_hash" in str(statement):
-                    monkeypatch.setattr(store, "session", session)
-                    store.register_node(node, "new", now=2.0, presented="old")  # committed meanwhile
-                return rows
-
-            s.execute = execute  # type: ignore[method-assign]
-            yield s
-
-    monkeypatch.setattr(store, "session", racing)
+    monkeypatch.setattr(store_module, "all_rows", racing)
     assert store.node_for_token("n2", "t2")  # a read of every node's token
     assert not store.node_token_remembered("n1", "old")
     assert not store.node_for_token("n1", "old") and store.node_for_token("n1", "new")
