@@ -188,6 +188,12 @@ def read_spec(hpa: Manifest) -> ScaleSpec:
     )
 
 
+def autoscaled(desired: Iterable[Manifest]) -> frozenset[ObjectKey]:
+    """The workloads the autoscalers in `desired` scale: only their pods' measured use is
+    read for a pass (at 150,000 pods, every pod's was a read of 150,000 rows at every pass)."""
+    return frozenset(_target(m) for m in desired if m.key.kind == "HorizontalPodAutoscaler")
+
+
 def _target(hpa: Manifest) -> ObjectKey:
     ref = hpa.spec.get("scaleTargetRef")
     ref = ref if isinstance(ref, Mapping) else {}

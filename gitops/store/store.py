@@ -84,6 +84,7 @@ from gitops.model import (
     Taint,
     canonical_json,
 )
+from gitops.planner.autoscale import autoscaled
 from gitops.planner.plan import adoptable, configs_of
 from gitops.planner.podspec import ConfigIndex, resolve_template
 from gitops.planner.services import EXPOSED, needs_vip, port_key, service_ports, service_type
@@ -226,6 +227,7 @@ if TYPE_CHECKING:
 TOKEN_MEMORY = 60.0
 _SUBNET_PROBES = 32  # subnets looked up one by one before the whole range is read
 _INSERT_BATCH = 5000  # rows per multi-row INSERT (each batch is one executemany)
+_IN_CHUNK = 500  # ids per IN (...) list
 _WRITES = frozenset({"INSERT", "UPDATE", "DELETE"})
 SpecKey = tuple[str, str, str, str, str]
 # New pod rows with their JSON columns given as JSON text already (`spec_text`,
@@ -1615,16 +1617,26 @@ class Store:
         *,
         pods: Callable[[], Sequence[Pod]] | None = None,
         versioned: bool = True,
+        every_usage: bool = False,
     ) -> ClusterState:
         """The whole state one control-loop pass reads, with its version (unless not
         `versioned`: hashing 150,000 pods is not free); `pods` reads the pods instead of
-        `self.pods` (a `PodCache`'s, which reads only what changed)."""
+        `self.pods` (a `PodCache`'s, which reads only what changed). The measured use is
+        that of the pods autoscalers scale (all a pass needs of it), every pod's with
+        `every_usage` (a preview's, whose autoscalers may be others)."""
         now = time.time() if now is None else now
         records = self.nodes(now)
         states = self.workload_states()
+        desired = tuple(self.desired())
+        every_pod = tuple((pods or self.pods)())
+        if every_usage:
+            usage = self.usage()
+        else:
+            targets = autoscaled(desired)
+            usage = self.usage([p.id for p in every_pod if p.owner in targets]) if targets else {}
         state = ClusterState(
-            desired=tuple(self.desired()),
-            pods=tuple((pods or self.pods)()),
+            desired=desired,
+            pods=every_pod,
             nodes=tuple(r.node for r in records),
             not_ready_since={
                 r.node.name: r.not_ready_since for r in records if r.not_ready_since is not None
@@ -1634,7 +1646,7 @@ class Store:
             jobs={k: v for k, v in states.items() if isinstance(v, JobState)},
             crons={k: v for k, v in states.items() if isinstance(v, CronState)},
             scales={k: v for k, v in states.items() if isinstance(v, ScaleState)},
-            usage=self.usage(),
+            usage=usage,
         )
         return dataclasses.replace(state, version=state_version(state)) if versioned else state
 
@@ -1669,8 +1681,8 @@ class Store:
             wanted = {p.id for p, _ in stop} | (set(bind) - created) | (set(pending_reasons) - created)
             ids = sorted(wanted)
             rows: dict[str, PodRow] = {}
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
+            for start in range(0, len(ids), _IN_CHUNK):
+                chunk = ids[start : start + _IN_CHUNK]
                 rows.update((r.id, r) for r in s.scalars(select(PodRow).where(PodRow.id.in_(chunk))))
             if delete_now:
                 s.execute(delete(PodRow).where(PodRow.id.in_([p.id for p, _ in delete_now])))
@@ -1959,8 +1971,8 @@ class Store:
         # weakly, so `s.get` after a read that kept no reference read each row again. Without
         # their specs and labels (read if asked): decoding them was 92% of writing a report.
         rows: dict[str, PodRow] = {}
-        for start in range(0, len(reported), 500):
-            query = select(PodRow).where(PodRow.id.in_(reported[start : start + 500]))
+        for start in range(0, len(reported), _IN_CHUNK):
+            query = select(PodRow).where(PodRow.id.in_(reported[start : start + _IN_CHUNK]))
             rows.update((r.id, r) for r in s.scalars(query.options(defer(PodRow.spec), defer(PodRow.labels))))
         error = truncate(redactor(runtime_error), MAX_REASON)
         if error != row.runtime_error:
@@ -2145,9 +2157,20 @@ class Store:
                 if event:
                     s.add(EventRow(time=now, object=str(key), reason=event[0], message=event[1]))
 
-    def usage(self) -> dict[PodId, PodUsage]:
-        """Each pod's latest measured CPU and memory use (for autoscalers and `/metrics`)."""
+    def usage(self, pods: Sequence[PodId] | None = None) -> dict[PodId, PodUsage]:
+        """Each pod's latest measured CPU and memory use (for autoscalers and `/metrics`);
+        only `pods`' when given."""
         with self.session() as s:
+            if pods is None:
+                rows = list(s.scalars(select(UsageRow)))
+            else:
+                rows = [
+                    row
+                    for start in range(0, len(pods), _IN_CHUNK)
+                    for row in s.scalars(
+                        select(UsageRow).where(UsageRow.pod.in_(pods[start : start + _IN_CHUNK]))
+                    )
+                ]
             return {
                 PodId(r.pod): PodUsage(
                     PodId(r.pod),
@@ -2158,7 +2181,7 @@ class Store:
                     ),
                     window=float(r.containers[0].get("window", 0.0)) if r.containers else 0.0,
                 )
-                for r in s.scalars(select(UsageRow))
+                for r in rows
             }
 
     def record_usage(self, node: str, samples: Sequence[PodUsage]) -> None:

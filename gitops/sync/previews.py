@@ -197,7 +197,7 @@ class BranchPreviews:
                 # Branches to preview, but not yet the deployed one (a new hosted repository).
                 log.info("preview.waiting", source=self.name, reason=f"no branch {self.source.branch} yet")
                 return 0
-            state = self.store.snapshot(self.clock())
+            state = self.store.snapshot(self.clock(), every_usage=True)  # the branches' autoscalers too
             known = {p.ref: p for p in self.store.previews(self.name)}
             computed = 0
             for ref, sha in sorted(heads.items()):
