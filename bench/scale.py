@@ -2,7 +2,7 @@
 
     python bench/scale.py [--nodes 1000] [--pods 20000] [--deployments 200] [--db URL]
         [--interval 1.0] [--connections 32] [--settle 10] [--quiet 10] [--timeout 600]
-        [--api-replicas 0] [--pin] [--agent-processes 1] [--witnesses 50]
+        [--api-replicas 0] [--pin] [--agent-processes 1] [--witnesses 50] [--usage-every 15]
 
 `gitops serve` runs as a child process (its own interpreter, SQLite in a temporary folder
 unless `--db` names a database, a folder source, the API on a free loopback port), exactly
@@ -14,7 +14,9 @@ hollow agents between them (`Fleet`): each registers
 through `POST /agent/v1/register` with the join token, then calls
 `POST /agent/v1/nodes/{name}/sync` every `--interval` seconds, the real agent protocol,
 reporting the pods the reply assigns it as Running and ready (an address of its pod
-subnet each) and the terminating ones as stopped, without Docker. The agents share
+subnet each) and the terminating ones as stopped, without Docker; as the real agent, every
+`--usage-every` seconds (15) they also report each pod's CPU and memory use, with a sync
+that is then never skipped. The agents share
 `--connections` keep-alive HTTP connections and speak HTTP/1.1 over asyncio streams, so
 that they cost little of the machine the control plane runs on.
 
@@ -222,6 +224,10 @@ class HollowAgent:
     # a sixth of a core at 5,000 agents, stalling the loop that times the calls.
     reported: tuple[str, str] | None = None
     taints: tuple[dict[str, str], ...] = ()  # a witness's, so that no pod is placed on it
+    # As the real agent: its pods' CPU and memory measured every `usage_every` seconds (0:
+    # never), sent with the next sync, which is then never skipped (`gitops.agents.usage`).
+    usage_every: float = 0.0
+    usage_due: float = float("inf")  # monotonic time the next measurement is to be sent
 
     async def register(self) -> None:
         body = json.dumps(
@@ -264,6 +270,9 @@ class HollowAgent:
         }
         if self.held is not None:  # as the real agent: a report the server holds is not sent again
             fields["report_digest"] = digest
+        measured = time.monotonic() >= self.usage_due
+        if measured and self.pods:
+            fields["usage"] = self.usage()
         omitted = self.held == digest and not self.stopped
         start, began = time.perf_counter(), time.monotonic()
         try:
@@ -285,6 +294,8 @@ class HollowAgent:
             self.calls.last_error = f"{status}: {reply[:300]!r}"
             return
         self.stopped, self.reported = [], None
+        if measured:
+            self.usage_due = began + self.usage_every
         answer = json.loads(reply)
         self.said, self.sent_at = report, began  # the next heartbeat is due a period after this one began
         self.versions = (answer.get("pods_version", ""), answer.get("services_version", ""))
@@ -335,6 +346,26 @@ class HollowAgent:
         if self.wake is not None and not self.wake.done():
             self.wake.set_result(None)
 
+    def usage(self) -> list[dict[str, Any]]:
+        """Its pods' use as the real agent reports it (`gitops.agents.agent.usage_report`):
+        one container each, a few millicores and MiB."""
+        at = time.time()
+        return [
+            {
+                "pod": pod_id,
+                "at": at,
+                "window": self.usage_every,
+                "containers": [
+                    {
+                        "container": "main",
+                        "cpu_milli": round(random.uniform(1.0, 20.0), 3),
+                        "memory_bytes": random.randrange(8, 24) * 2**20,
+                    }
+                ],
+            }
+            for pod_id in self.pods
+        ]
+
     def to_say(self) -> bool:
         return self.report()[0] != self.said
 
@@ -350,12 +381,15 @@ class HollowAgent:
         long-poll: only when the long-poll saw news, there is a change to report, or the
         heartbeat is due."""
         await asyncio.sleep(random.random() * interval)  # spread over the interval, as real agents are
+        if self.usage_every:  # the measurements spread over their period too
+            self.usage_due = time.monotonic() + random.random() * self.usage_every
         watching = asyncio.create_task(self.watch(stop)) if heartbeat else None
         loop = asyncio.get_running_loop()
         try:
             while not stop.is_set():
                 started = time.monotonic()
-                if not heartbeat or self.news or self.to_say() or started - self.sent_at >= heartbeat:
+                due = started - self.sent_at >= heartbeat or started >= self.usage_due
+                if not heartbeat or self.news or due or self.to_say():
                     self.news = False
                     await self.sync()
                 if self.news:
@@ -461,7 +495,7 @@ class Fleet:
                 join_token,
                 *("--agent-share", f"{k}/{count}", "--nodes", str(args.nodes)),
                 *("--interval", str(args.interval), "--heartbeat", str(args.heartbeat)),
-                *("--connections", str(each)),
+                *("--connections", str(each), "--usage-every", str(args.usage_every)),
             )
             for k in range(count)
         ]
@@ -528,6 +562,7 @@ async def be_agents(args: argparse.Namespace, ports: Sequence[int], join_token: 
             pools[i % len(pools)],
             join_token,
             calls,
+            usage_every=args.usage_every,
         )
         for i in range(share, args.nodes, count)
     ]
@@ -749,7 +784,15 @@ class Server:
     def counts(self) -> tuple[int, int, int]:
         """(pods, bound, running) in the database."""
         running = "coalesce(sum(CASE WHEN phase = 'Running' THEN 1 ELSE 0 END), 0)"
-        query = f"SELECT count(*), count(node), {running} FROM pods"  # noqa: S608 - no input in it
+        row = self._one(f"SELECT count(*), count(node), {running} FROM pods")  # noqa: S608 - no input in it
+        return int(row[0]), int(row[1]), int(row[2])
+
+    def usage_rows(self) -> int:
+        """The pods whose measured use the database holds."""
+        return int(self._one("SELECT count(*) FROM pod_usage")[0])
+
+    def _one(self, query: str) -> Any:
+        """The one row `query` gives, read from the database."""
         if self.db.startswith("sqlite"):
             path = self.db.removeprefix("sqlite:///")
             with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as conn:
@@ -759,7 +802,7 @@ class Server:
             with engine.connect() as conn:
                 row = conn.execute(text(query)).one()
             engine.dispose()
-        return int(row[0]), int(row[1]), int(row[2])
+        return row
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -990,6 +1033,7 @@ async def run(
         figures["noop_passes"] = int(passes)
         figures["noop_pass_s"] = round((after_sum - pass_sum) / passes, 4) if passes else None
         figures["noop_pass_writes"] = gauge(metrics, "gitops_controller_pass_writes")
+        figures["usage_rows"] = server.usage_rows()  # pods whose use the agents reported
         answered = len(calls.seconds)
         figures["sync_calls_per_s"] = round(answered / args.quiet, 1)
         figures["sync_call_ms_p50"] = round(percentile(calls.seconds, 0.50) * 1000, 2)
@@ -1064,6 +1108,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "seconds (0: sync every tick)",
     )
     parser.add_argument("--connections", type=int, default=32, help="keep-alive connections the agents share")
+    parser.add_argument(
+        "--usage-every",
+        type=float,
+        default=15.0,
+        help="seconds between the agents' reports of their pods' CPU and memory use, as the real "
+        "agent's (0: none)",
+    )
     parser.add_argument(
         "--settle", type=float, default=10.0, help="seconds after all pods run before measuring"
     )
@@ -1146,6 +1197,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     figures["api_replicas"] = args.api_replicas
     figures["pinned"] = args.pin
     figures["agent_processes"] = args.agent_processes
+    figures["usage_every"] = args.usage_every
     # Stopped with SIGTERM, the bench stops its server too (and removes its folder): it
     # left the server running.
     terminated = signal.signal(signal.SIGTERM, _exit_on_term)

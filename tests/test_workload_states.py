@@ -128,7 +128,9 @@ def test_an_autoscalers_replicas_win_over_the_replicas_written_in_git(tmp_path: 
     reconcile_once(store, now=1.0)  # first sight: starts from git's 1
     report(store, 2.0, "Running")
     (pod,) = store.pods()
-    store.record_usage("n1", [PodUsage(pod.id, 400.0, (ContainerUsage("main", 200.0, 2**20),), window=15.0)])
+    store.record_usage(
+        {"n1": [PodUsage(pod.id, 400.0, (ContainerUsage("main", 200.0, 2**20),), window=15.0)]}
+    )
     reconcile_once(store, now=400.0)
     state = store.workload_states()[ObjectKey("HorizontalPodAutoscaler", "default", "web")]
     assert isinstance(state, ScaleState)
@@ -153,7 +155,7 @@ def test_a_pass_reads_the_measured_use_of_autoscaled_pods_only(tmp_path: Path) -
     reconcile_once(store, now=1.0)
     report(store, 2.0, "Running")
     samples = [PodUsage(p.id, 3.0, (ContainerUsage("main", 5.0, 2**20),), window=15.0) for p in store.pods()]
-    store.record_usage("n1", samples)
+    store.record_usage({"n1": samples})
     webs = {p.id for p in store.pods() if p.owner == ObjectKey("Deployment", "default", "web")}
     assert len(webs) == 2 and len(samples) == 3
 

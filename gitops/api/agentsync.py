@@ -9,7 +9,9 @@ neither side may cost a write, a full read or a re-encoding per call.
   A report with the same digest, against pods nobody wrote since, would change no row
   (a report is applied idempotently): only its heartbeat time is kept, in memory, and
   written for all nodes in one statement at most every `flush_seconds` (the call that
-  finds the batch due has it written in a worker thread, and does not wait). Anything
+  finds the batch due has it written in a worker thread, and does not wait). So is what
+  the agent measured of its pods' CPU and memory (`AgentReports.keep_usage`): agents
+  report it every 15 s, and its rows are only read by controller passes. Anything
   else (a changed status, a stopped pod, a runtime error, an adoption) is written before
   the call returns; such reports arriving together are written in one transaction
   (`AgentReports.write`).
@@ -53,7 +55,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,7 +64,7 @@ import structlog
 from gitops.api.models import SyncRequest
 from gitops.codec import encode
 from gitops.loop import Precedence
-from gitops.model import Node, NodeName
+from gitops.model import Node, NodeName, PodUsage
 from gitops.planner import all_endpoints
 from gitops.store import Report, Store
 
@@ -339,6 +341,7 @@ class AgentReports:
         self.batches = 0  # transactions that wrote reports (for figures)
         self._last: dict[str, tuple[str, str]] = {}  # node -> (report digest, pods version after it)
         self._beats: dict[str, float] = {}
+        self._usage: dict[str, Sequence[PodUsage]] = {}  # node -> what its agent measured last
         self._due = float("inf")  # monotonic time the buffered heartbeats are to be written by
         self.skipped = 0  # reports found unchanged (for tests and figures)
 
@@ -385,6 +388,12 @@ class AgentReports:
         with self._lock:
             self._last.pop(node, None)
 
+    def keep_usage(self, node: str, samples: Sequence[PodUsage]) -> None:
+        """Keep what the node's agent measured (no write): written with the heartbeats
+        (`flush`); the caller then keeps its heartbeat (`beat`), which says when."""
+        with self._lock:
+            self._usage[node] = samples
+
     def beat(self, node: str, now: float) -> bool:
         """Keep the node's heartbeat time (no write); True for the one call that finds the
         buffered times due to be written: it has them written (`flush`), and the calls after
@@ -400,19 +409,23 @@ class AgentReports:
             return True
 
     def flush(self) -> None:
-        """Write the buffered heartbeat times (one statement); kept for the next try if it fails."""
+        """Write the buffered heartbeat times (one statement) and measurements (one
+        transaction); kept for the next try if it fails."""
         if not self._flushing.acquire(blocking=False):
             return  # another call is writing them
         try:
             with self._lock:
                 beats, self._beats, self._due = self._beats, {}, float("inf")
+                usage, self._usage = self._usage, {}
             try:
                 self.store.record_heartbeats(beats)
+                self.store.record_usage(usage)
             except Exception as exc:  # kept: written with the next batch
                 log.warning("agent.heartbeats_not_written", nodes=len(beats), error=str(exc))
                 with self._lock:
                     for node, at in beats.items():
                         self._beats[node] = max(at, self._beats.get(node, at))
+                    self._usage = {**usage, **self._usage}  # a newer measurement wins
                     self._due = time.monotonic() + self.flush_seconds
         finally:
             self._flushing.release()

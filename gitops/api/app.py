@@ -256,6 +256,8 @@ def create_app(
                         headers={"Retry-After": "1"},
                     )
             return await run_in_threadpool(_sync, name, request, digest)
+        if request.usage is not None:
+            reports.keep_usage(name, _usage(request))
         beat(name)
         return reply
 
@@ -279,7 +281,7 @@ def create_app(
         that long-polls: the pods and Services it compares with are those `NodeWatch` keeps
         fresh while agents wait, at most `QUIET_MAX_AGE` seconds old, and a change since
         reaches the agent through its watch."""
-        if request.stopped or request.usage is not None or request.proxy_problems or proxy_problems.get(name):
+        if request.stopped or request.proxy_problems or proxy_problems.get(name):
             return None
         if not watch.watched(name, within=QUIET_MAX_AGE):
             return None
@@ -334,6 +336,17 @@ def create_app(
             "report_held": report_held,
         }
 
+    def _usage(request: SyncRequest) -> list[PodUsage]:
+        return [
+            PodUsage(
+                PodId(u.pod),
+                u.at,
+                tuple(ContainerUsage(c.container, c.cpu_milli, c.memory_bytes) for c in u.containers),
+                window=u.window,
+            )
+            for u in request.usage or ()
+        ]
+
     def _sync(name: str, request: SyncRequest, digest: str) -> bytes:
         """A sync that reads or writes: the report written (unless it is the last one again),
         and what the agent does not hold yet."""
@@ -383,19 +396,10 @@ def create_app(
                 reports.forget(name)  # containers of pods not here: adopted once their owner wants them
             else:
                 reports.written(name, digest, pods_version)
-        if request.usage is not None:
-            store.record_usage(
-                name,
-                [
-                    PodUsage(
-                        PodId(u.pod),
-                        u.at,
-                        tuple(ContainerUsage(c.container, c.cpu_milli, c.memory_bytes) for c in u.containers),
-                        window=u.window,
-                    )
-                    for u in request.usage
-                ],
-            )
+        if request.usage is not None:  # written with the heartbeats
+            reports.keep_usage(name, _usage(request))
+            if reports.beat(name, now):
+                reports.flush()
         if changed:
             on_report()
         if adopt and not request.runtime_error and not unheard:

@@ -2184,10 +2184,16 @@ class Store:
                 for r in rows
             }
 
-    def record_usage(self, node: str, samples: Sequence[PodUsage]) -> None:
-        """Store what `node`'s agent measured of its pods; drop what it no longer reports."""
-        with self.write_session() as s:
-            rows = {r.pod: r for r in s.scalars(select(UsageRow).where(UsageRow.node == node))}
+    def record_usage(self, measured: Mapping[str, Sequence[PodUsage]]) -> None:
+        """Store what agents measured of their pods, by node, in one transaction: each
+        node's rows are what it reported last (what it no longer reports is dropped), and a
+        pod's row is its newest node's. Plain statements (deletes by node and by pod, one
+        multi-row insert): at 5,000 nodes agents report every 15 s, and a transaction per
+        report loading each node's rows into objects was 1.4 ms a node."""
+        if not measured:
+            return
+        rows: dict[str, dict[str, Any]] = {}
+        for node, samples in measured.items():
             for sample in samples:
                 containers = [
                     {
@@ -2198,13 +2204,23 @@ class Store:
                     }
                     for c in sample.containers
                 ]
-                row = rows.pop(sample.pod, None) or s.get(UsageRow, sample.pod)
-                if row is None:
-                    s.add(UsageRow(pod=sample.pod, node=node, at=sample.at, containers=containers))
-                else:
-                    row.node, row.at, row.containers = node, sample.at, containers
-            for stale in rows.values():
-                s.delete(stale)
+                rows.pop(sample.pod, None)  # a pod reported by two nodes: the later one's
+                rows[sample.pod] = {
+                    "pod": sample.pod,
+                    "node": node,
+                    "at": sample.at,
+                    "containers": containers,
+                }
+        table = cast(Table, UsageRow.__table__)
+        nodes, pods = sorted(measured), sorted(rows)
+        with self.write_session() as s:
+            conn = s.connection()
+            for start in range(0, len(nodes), _IN_CHUNK):
+                conn.execute(delete(table).where(table.c.node.in_(nodes[start : start + _IN_CHUNK])))
+            for start in range(0, len(pods), _IN_CHUNK):
+                conn.execute(delete(table).where(table.c.pod.in_(pods[start : start + _IN_CHUNK])))
+            if rows:
+                conn.execute(insert(table), list(rows.values()))
 
     # --- events -----------------------------------------------------------------------
 

@@ -316,6 +316,9 @@ def test_usage_an_agent_measured_is_stored_and_exported_in_metrics(setup: tuple[
     ]
     auth = {"Authorization": f"Bearer {token}"}
     assert client.post("/agent/v1/nodes/n1/sync", json={"usage": usage}, headers=auth).status_code == 200
+    # Kept with the heartbeats, and written with them (at most a second later), not by the call.
+    assert store.usage() == {}
+    client.app.state.agent_reports.flush()  # type: ignore[attr-defined]
     (sample,) = store.usage().values()
     assert (sample.pod, sample.window, sample.containers[0].cpu_milli) == ("default/web-1", 15.0, 250.5)
     metrics = client.get("/metrics").text

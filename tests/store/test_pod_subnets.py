@@ -73,7 +73,7 @@ def test_a_deleted_nodes_pods_are_deleted_and_placed_again_elsewhere(tmp_path: P
     reconcile_once(store, now=2.0)
     assert {p.node for p in store.pods()} == {"a"}
     pod = store.pods()[0].id
-    store.record_usage("a", [PodUsage(pod, 2.0, (ContainerUsage("main", 5.0, 1024),))])
+    store.record_usage({"a": [PodUsage(pod, 2.0, (ContainerUsage("main", 5.0, 1024),))]})
     assert store.delete_node("a", 3.0) == 2
     assert store.usage() == {}  # what its agent measured goes with it
     store.register_node(node("b"), "t", 3.0)

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import event, text
 
 import gitops.store.store as store_module
-from gitops.model import Node, NodeName, ObjectKey, PodStatus, Revision
+from gitops.model import ContainerUsage, Node, NodeName, ObjectKey, PodId, PodStatus, PodUsage, Revision
 from gitops.planner import plan
 from gitops.store import Store
 from gitops.store.store import TOKEN_MEMORY
@@ -346,3 +346,30 @@ def test_rollout_states_are_written_only_where_they_differ_with_an_event_when_th
     ]
     store.save_rollouts({c.deployment: c}, now=3.0)
     assert store.rollouts() == {c.deployment: c}
+
+
+def test_measurements_of_several_nodes_are_stored_at_once_each_nodes_as_it_last_said(store: Store) -> None:
+    """Agents' measurements kept with their heartbeats are written in one transaction: each
+    node's rows are those of its last report, and a pod's row is that of the node that
+    reported it last (a pod moved, or reported twice in one batch)."""
+
+    def sample(pod: str, cpu: float, at: float = 1.0) -> PodUsage:
+        return PodUsage(PodId(pod), at, (ContainerUsage("main", cpu, 2**20),), window=15.0)
+
+    store.record_usage({"a": [sample("ns/p1", 1.0), sample("ns/p2", 2.0)], "b": [sample("ns/p3", 3.0)]})
+    assert {p: u.containers[0].cpu_milli for p, u in store.usage().items()} == {
+        "ns/p1": 1.0,
+        "ns/p2": 2.0,
+        "ns/p3": 3.0,
+    }
+    # a no longer reports p2; p3 moved from b to a; b, not in this batch, keeps nothing of p3
+    store.record_usage({"a": [sample("ns/p1", 10.0, 2.0), sample("ns/p3", 30.0, 2.0)]})
+    got = store.usage()
+    assert {p: u.containers[0].cpu_milli for p, u in got.items()} == {"ns/p1": 10.0, "ns/p3": 30.0}
+    assert got[PodId("ns/p1")].at == 2.0 and got[PodId("ns/p1")].window == 15.0
+    # One pod from two nodes in one batch: the later node's (a moved pod's new node).
+    store.record_usage({"a": [sample("ns/p4", 4.0)], "b": [sample("ns/p4", 40.0)]})
+    assert store.usage()[PodId("ns/p4")].containers[0].cpu_milli == 40.0
+    assert set(store.usage()) == {"ns/p4"}  # a and b both reported again: only p4 now
+    store.record_usage({})  # nothing kept: no write
+    assert set(store.usage()) == {"ns/p4"}
