@@ -164,6 +164,10 @@ def create_app(
     def prometheus() -> Response:
         return Response(observed.render(), media_type=CONTENT_TYPE)
 
+    @app.get("/metrics/resource", include_in_schema=False)
+    def prometheus_resource() -> Response:
+        return Response(observed.render_resource(), media_type=CONTENT_TYPE)
+
     async def node_token(name: str, request: Request, token: str = Depends(_bearer)) -> str:
         # `AgentGate` checked it before the body was read, as it does for every node's path.
         checked = request.scope.get("state", {}).get(GATED_NODE) == name

@@ -321,10 +321,12 @@ def test_usage_an_agent_measured_is_stored_and_exported_in_metrics(setup: tuple[
     client.app.state.agent_reports.flush()  # type: ignore[attr-defined]
     (sample,) = store.usage().values()
     assert (sample.pod, sample.window, sample.containers[0].cpu_milli) == ("default/web-1", 15.0, 250.5)
-    metrics = client.get("/metrics").text
+    metrics = client.get("/metrics/resource").text
     labels = '{container="main",namespace="default",pod="web-1"}'
     assert f"gitops_container_cpu_usage_millicores{labels} 250.5" in metrics
     assert f"gitops_container_memory_working_set_bytes{labels} 1.048576e+06" in metrics
+    # Apart from the control plane's own figures: a scrape of those reads no pod's use.
+    assert "gitops_container_cpu_usage_millicores" not in client.get("/metrics").text
     # A report without usage keeps the last figures; a negative figure is refused naming the field.
     assert client.post("/agent/v1/nodes/n1/sync", json={}, headers=auth).status_code == 200
     assert len(store.usage()) == 1
