@@ -787,9 +787,10 @@ class Server:
         row = self._one(f"SELECT count(*), count(node), {running} FROM pods")  # noqa: S608 - no input in it
         return int(row[0]), int(row[1]), int(row[2])
 
-    def usage_rows(self) -> int:
-        """The pods whose measured use the database holds."""
-        return int(self._one("SELECT count(*) FROM pod_usage")[0])
+    def measured_pods(self) -> int:
+        """The pods whose measured use this server's agents reported (`/metrics/resource`)."""
+        with urlopen(f"http://127.0.0.1:{self.port}/metrics/resource", timeout=60) as reply:
+            return reply.read().decode().count("gitops_container_cpu_usage_millicores{")
 
     def _one(self, query: str) -> Any:
         """The one row `query` gives, read from the database."""
@@ -1033,7 +1034,7 @@ async def run(
         figures["noop_passes"] = int(passes)
         figures["noop_pass_s"] = round((after_sum - pass_sum) / passes, 4) if passes else None
         figures["noop_pass_writes"] = gauge(metrics, "gitops_controller_pass_writes")
-        figures["usage_rows"] = server.usage_rows()  # pods whose use the agents reported
+        figures["measured_pods"] = sum(f.measured_pods() for f in fronts)  # whose use the agents reported
         answered = len(calls.seconds)
         figures["sync_calls_per_s"] = round(answered / args.quiet, 1)
         figures["sync_call_ms_p50"] = round(percentile(calls.seconds, 0.50) * 1000, 2)

@@ -48,6 +48,7 @@ from prometheus_client.registry import Collector
 
 from gitops.health import Health
 from gitops.heap import HEAP
+from gitops.model import PodUsage
 from gitops.store import Store
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -98,11 +99,11 @@ class _StoreCollector(Collector):
 
 
 class _UsageCollector(Collector):
-    """What the agents measured of every container, read from the store at scrape time
-    (`/metrics/resource`)."""
+    """What the agents measured of every container (`/metrics/resource`), asked of `measured`
+    at scrape time."""
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, measured: Callable[[], Iterable[PodUsage]]) -> None:
+        self.measured = measured
 
     def collect(self) -> Iterable[Metric]:
         # As cAdvisor's container metrics give it (for the autoscaler too).
@@ -117,8 +118,8 @@ class _UsageCollector(Collector):
             "A container's memory working set (usage minus inactive file pages), as last measured.",
             labels=labels,
         )
-        for pod_id, sample in sorted(self.store.usage().items()):
-            namespace, _, name = pod_id.partition("/")
+        for sample in self.measured():
+            namespace, _, name = sample.pod.partition("/")
             for container in sample.containers:
                 cpu.add_metric([namespace, name, container.container], container.cpu_milli)
                 memory.add_metric([namespace, name, container.container], float(container.memory_bytes))
@@ -221,6 +222,7 @@ class Metrics:
         # plane's own figures need not pay for.
         self.resource_registry = CollectorRegistry(auto_describe=True)
         self._store_collector: _StoreCollector | None = None
+        self._usage_collector: _UsageCollector | None = None
         self._health_collector: _HealthCollector | None = None
         HEAP.count_time()
         self.registry.register(_HeapCollector())
@@ -230,7 +232,12 @@ class Metrics:
         if self._store_collector is None:
             self._store_collector = _StoreCollector(store, clock)
             self.registry.register(self._store_collector)
-            self.resource_registry.register(_UsageCollector(store))
+
+    def watch_usage(self, measured: Callable[[], Iterable[PodUsage]]) -> None:
+        """Expose what the agents measured, as `measured` gives it, at `/metrics/resource` (once)."""
+        if self._usage_collector is None:
+            self._usage_collector = _UsageCollector(measured)
+            self.resource_registry.register(self._usage_collector)
 
     def watch_health(self, health: Health) -> None:
         """Expose what fails now (`gitops.health`), once."""

@@ -146,6 +146,7 @@ def create_app(
     observed.watch_health(health)
     endpoints = SharedEndpoints(store, clock, ttl=endpoints_cache_seconds)
     reports = app.state.agent_reports = AgentReports(store)
+    observed.watch_usage(reports.measured)  # every pod's, as this control plane's agents reported it
     proxy_problems: dict[str, tuple[str, ...]] = {}
     ranges = (str(store.service_cidr), str(store.cluster_cidr))  # fixed when the store is opened
     app.state.read_model = reads

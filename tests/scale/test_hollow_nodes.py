@@ -33,7 +33,7 @@ def test_hollow_nodes_bind_and_run_every_pod_and_a_quiet_pass_writes_nothing(
     assert figures["bound"] == 20000
     assert figures["noop_passes"] >= 1
     assert figures["noop_pass_writes"] == 0
-    assert 0 < figures["usage_rows"] <= 20000  # the agents' measurements reached the database
+    assert 0 < figures["measured_pods"] <= 20000  # the agents' measurements reached the server
     assert figures["sync_failures"] == 0
     assert figures["running_sync_failures"] == 0
     # The witness (its own process, its own connections) timed each of its calls, none failed.
