@@ -27,28 +27,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import Text, select
-from sqlalchemy import cast as sql_cast
+from sqlalchemy import select
 
 from gitops.model import Node, NodeName
 from gitops.store import Store
 from gitops.store.rows import all_rows
+from gitops.store.store import NODE_COLUMNS
 from gitops.store.tables import NodeRow
 
-QUERY = select(
-    NodeRow.name,
-    NodeRow.address,
-    NodeRow.cpu_milli,
-    NodeRow.memory_bytes,
-    NodeRow.max_pods,
-    sql_cast(NodeRow.labels, Text),
-    sql_cast(NodeRow.taints, Text),
-    NodeRow.pod_cidr,
-    NodeRow.runtime_error,
-    NodeRow.runtime_error_since,
-    NodeRow.heartbeat_at,
-    NodeRow.registered_at,
-)
+QUERY = select(*NODE_COLUMNS)
 
 
 def say(line: str) -> None:

@@ -140,17 +140,21 @@ def test_an_autoscalers_replicas_win_over_the_replicas_written_in_git(tmp_path: 
     assert ("Scaled", state.reason) in {(e.reason, e.message) for e in store.events()}
 
 
+def autoscaler_of_web() -> Manifest:
+    return manifest(
+        "HorizontalPodAutoscaler",
+        "web",
+        spec={"scaleTargetRef": {"kind": "Deployment", "name": "web"}, "minReplicas": 1, "maxReplicas": 4},
+    )
+
+
 def test_a_pass_reads_the_measured_use_of_autoscaled_pods_only(tmp_path: Path) -> None:
     """Every pod's use was read at every pass: 150,000 rows at 150,000 pods, the agents
     measuring every 15 s. A pass needs only the pods autoscalers scale; a preview, whose
     branch may autoscale others, still gets every pod's."""
     web = deployment(name="web", replicas=2)
     db = deployment(name="db", replicas=1)
-    hpa = manifest(
-        "HorizontalPodAutoscaler",
-        "web",
-        spec={"scaleTargetRef": {"kind": "Deployment", "name": "web"}, "minReplicas": 1, "maxReplicas": 4},
-    )
+    hpa = autoscaler_of_web()
     store = open_store(tmp_path, 0.0, web, db)
     reconcile_once(store, now=1.0)
     report(store, 2.0, "Running")
@@ -174,11 +178,7 @@ def test_only_autoscaled_pods_measurements_are_written_every_pods_stays_in_memor
 
     web = deployment(name="web", replicas=2)
     db = deployment(name="db", replicas=1)
-    hpa = manifest(
-        "HorizontalPodAutoscaler",
-        "web",
-        spec={"scaleTargetRef": {"kind": "Deployment", "name": "web"}, "minReplicas": 1, "maxReplicas": 4},
-    )
+    hpa = autoscaler_of_web()
     store = open_store(tmp_path, 0.0, web, db)
     reconcile_once(store, now=1.0)
     samples = [PodUsage(p.id, 3.0, (ContainerUsage("main", 5.0, 2**20),), window=15.0) for p in store.pods()]

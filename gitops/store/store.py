@@ -228,6 +228,22 @@ TOKEN_MEMORY = 60.0
 _SUBNET_PROBES = 32  # subnets looked up one by one before the whole range is read
 _INSERT_BATCH = 5000  # rows per multi-row INSERT (each batch is one executemany)
 _IN_CHUNK = 500  # ids per IN (...) list
+# What `Store.nodes` reads of every node, the JSON ones as text (compared as text; decoded
+# only when it changed).
+NODE_COLUMNS = (
+    NodeRow.name,
+    NodeRow.address,
+    NodeRow.cpu_milli,
+    NodeRow.memory_bytes,
+    NodeRow.max_pods,
+    sql_cast(NodeRow.labels, Text),
+    sql_cast(NodeRow.taints, Text),
+    NodeRow.pod_cidr,
+    NodeRow.runtime_error,
+    NodeRow.runtime_error_since,
+    NodeRow.heartbeat_at,
+    NodeRow.registered_at,
+)
 _WRITES = frozenset({"INSERT", "UPDATE", "DELETE"})
 SpecKey = tuple[str, str, str, str, str]
 # New pod rows with their JSON columns given as JSON text already (`spec_text`,
@@ -1567,20 +1583,7 @@ class Store:
         now = time.time() if now is None else now
         grace = self.heartbeat_grace
         with self.session() as s:
-            query = select(
-                NodeRow.name,
-                NodeRow.address,
-                NodeRow.cpu_milli,
-                NodeRow.memory_bytes,
-                NodeRow.max_pods,
-                sql_cast(NodeRow.labels, Text),  # compared as text; decoded only when it changed
-                sql_cast(NodeRow.taints, Text),
-                NodeRow.pod_cidr,
-                NodeRow.runtime_error,
-                NodeRow.runtime_error_since,
-                NodeRow.heartbeat_at,
-                NodeRow.registered_at,
-            )
+            query = select(*NODE_COLUMNS)
             # Core rows (the ORM's processing of each row of a column select was a third of
             # this), in one step on SQLite (`all_rows`: each row's step waited for the
             # interpreter beside the API's event loop).
