@@ -36,7 +36,7 @@ from gitops.model import (
 from gitops.planner import Action, Plan, plan, resolve_template, rollouts
 from gitops.planner.actions import Workloads, finished, group_by_owner
 from gitops.planner.affinity import namespace_labels
-from gitops.planner.autoscale import autoscale, autoscaled
+from gitops.planner.autoscale import autoscale
 from gitops.planner.budgets import disruption_budgets
 from gitops.planner.cron import cron_step, job_manifest
 from gitops.planner.evict import evictions
@@ -199,7 +199,7 @@ def _crons(
 
 def _autoscale(state: ClusterState, live: Sequence[Pod], now: float) -> dict[ObjectKey, ScaleState]:
     """Each autoscaler's pass: the replicas it sets its target to, and why."""
-    if not autoscaled(state.desired):
+    if not any(m.key.kind == "HorizontalPodAutoscaler" for m in state.desired):
         return {}
     desired = {m.key: m for m in state.desired}
     by_owner: dict[ObjectKey, list[Pod]] = {}

@@ -245,6 +245,14 @@ NODE_COLUMNS = (
     NodeRow.registered_at,
 )
 _WRITES = frozenset({"INSERT", "UPDATE", "DELETE"})
+
+
+def _chunks(ids: Sequence[str]) -> Iterator[Sequence[str]]:
+    """`ids` in lists of at most `_IN_CHUNK`, one `IN (...)` each."""
+    for start in range(0, len(ids), _IN_CHUNK):
+        yield ids[start : start + _IN_CHUNK]
+
+
 SpecKey = tuple[str, str, str, str, str]
 # New pod rows with their JSON columns given as JSON text already (`spec_text`,
 # `labels_text`), what those columns store on SQLite and PostgreSQL alike, and every column
@@ -1684,8 +1692,7 @@ class Store:
             wanted = {p.id for p, _ in stop} | (set(bind) - created) | (set(pending_reasons) - created)
             ids = sorted(wanted)
             rows: dict[str, PodRow] = {}
-            for start in range(0, len(ids), _IN_CHUNK):
-                chunk = ids[start : start + _IN_CHUNK]
+            for chunk in _chunks(ids):
                 rows.update((r.id, r) for r in s.scalars(select(PodRow).where(PodRow.id.in_(chunk))))
             if delete_now:
                 s.execute(delete(PodRow).where(PodRow.id.in_([p.id for p, _ in delete_now])))
@@ -1974,8 +1981,8 @@ class Store:
         # weakly, so `s.get` after a read that kept no reference read each row again. Without
         # their specs and labels (read if asked): decoding them was 92% of writing a report.
         rows: dict[str, PodRow] = {}
-        for start in range(0, len(reported), _IN_CHUNK):
-            query = select(PodRow).where(PodRow.id.in_(reported[start : start + _IN_CHUNK]))
+        for chunk in _chunks(reported):
+            query = select(PodRow).where(PodRow.id.in_(chunk))
             rows.update((r.id, r) for r in s.scalars(query.options(defer(PodRow.spec), defer(PodRow.labels))))
         error = truncate(redactor(runtime_error), MAX_REASON)
         if error != row.runtime_error:
@@ -2161,18 +2168,16 @@ class Store:
                     s.add(EventRow(time=now, object=str(key), reason=event[0], message=event[1]))
 
     def usage(self, pods: Sequence[PodId] | None = None) -> dict[PodId, PodUsage]:
-        """Each pod's latest measured CPU and memory use (for autoscalers and `/metrics`);
-        only `pods`' when given."""
+        """Each pod's latest measured CPU and memory use, as written for autoscalers
+        (`gitops.api.agentsync.AgentReports`); only `pods`' when given."""
         with self.session() as s:
             if pods is None:
                 rows = list(s.scalars(select(UsageRow)))
             else:
                 rows = [
                     row
-                    for start in range(0, len(pods), _IN_CHUNK)
-                    for row in s.scalars(
-                        select(UsageRow).where(UsageRow.pod.in_(pods[start : start + _IN_CHUNK]))
-                    )
+                    for chunk in _chunks(pods)
+                    for row in s.scalars(select(UsageRow).where(UsageRow.pod.in_(chunk)))
                 ]
             return {
                 PodId(r.pod): PodUsage(
@@ -2207,8 +2212,7 @@ class Store:
                     }
                     for c in sample.containers
                 ]
-                rows.pop(sample.pod, None)  # a pod reported by two nodes: the later one's
-                rows[sample.pod] = {
+                rows[sample.pod] = {  # a pod reported by two nodes: the later one's
                     "pod": sample.pod,
                     "node": node,
                     "at": sample.at,
@@ -2218,10 +2222,10 @@ class Store:
         nodes, pods = sorted(measured), sorted(rows)
         with self.write_session() as s:
             conn = s.connection()
-            for start in range(0, len(nodes), _IN_CHUNK):
-                conn.execute(delete(table).where(table.c.node.in_(nodes[start : start + _IN_CHUNK])))
-            for start in range(0, len(pods), _IN_CHUNK):
-                conn.execute(delete(table).where(table.c.pod.in_(pods[start : start + _IN_CHUNK])))
+            for chunk in _chunks(nodes):
+                conn.execute(delete(table).where(table.c.node.in_(chunk)))
+            for chunk in _chunks(pods):
+                conn.execute(delete(table).where(table.c.pod.in_(chunk)))
             if rows:
                 conn.execute(insert(table), list(rows.values()))
 
