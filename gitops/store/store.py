@@ -91,6 +91,7 @@ from gitops.planner.services import EXPOSED, needs_vip, port_key, service_ports,
 from gitops.planner.statefulset import claim_fates
 from gitops.redact import Redactor, secret_forms, truncate
 from gitops.schemas.checks import NODE_PORTS as NODE_PORT_RANGE
+from gitops.store import serials
 from gitops.store.keys import SecretKeyError, SecretKeys, is_sealed
 from gitops.store.migrate import current as current_revision
 from gitops.store.migrate import head as head_revision
@@ -376,8 +377,40 @@ def _as_read(seen: _Seen | None, encoded: Mapping[ObjectKey, Any]) -> bool:
     )
 
 
+def _node_from(name: str, key: tuple[Any, ...]) -> Node:
+    """A node from its row's columns as `Store.nodes` keys them, and why it is NotReady."""
+    address, cpu, memory, max_pods, labels, taints, cidr, reason = key
+    return Node(
+        name=NodeName(name),
+        address=address,
+        cpu_milli=cpu,
+        memory_bytes=memory,
+        labels=tuple(sorted(json.loads(labels).items())),
+        taints=_taints(json.loads(taints)),
+        ready=not reason,
+        max_pods=max_pods,
+        reason=reason,
+        pod_cidr=cidr or "",
+    )
+
+
+@dataclass(frozen=True)
+class _PassNodes:
+    """What `Store.node_states` last gave, and from what."""
+
+    rows: Sequence[Sequence[Any]]  # the kept rows (`NODE_COLUMNS`) it was made of
+    silent: Mapping[str, float]  # name -> heartbeat, of the nodes past the grace then
+    nodes: tuple[Node, ...]
+    since: Mapping[NodeName, float]
+    places: Mapping[str, int]  # name -> its place in `rows` and `nodes`
+
+
 def _rollout(_kind: str, stored: Any) -> RolloutState:
     return decode_as(RolloutState, stored)
+
+
+def _state(kind: str, stored: Any) -> Any:
+    return decode_as(STATE_TYPES[kind], stored) if kind in STATE_TYPES else None
 
 
 def _taints(taints: list[dict[str, str]]) -> tuple[Taint, ...]:
@@ -559,9 +592,16 @@ class Store:
         self._tokens_dropped: dict[str, float] = {}  # node -> when its token was last forgotten
         self._tokens_lock = threading.Lock()
         self._nodes_seen: dict[str, tuple[tuple[Any, ...], Node]] = {}  # name -> (its row, as of `nodes`)
+        # The rows, the node objects and the result of `node_states`, for the controller's passes.
+        self._node_rows: serials.Kept[Sequence[Sequence[Any]]] = serials.Kept("nodes")
+        self._pass_nodes_seen: dict[str, tuple[tuple[Any, ...], Node]] = {}
+        self._pass_nodes: _PassNodes | None = None
+        self._pass_nodes_lock = threading.Lock()
         # The states as the last `rollouts` and `workload_states` read them (`_read_states`).
         self._rollouts_seen: _Seen | None = None
         self._workload_states_seen: _Seen | None = None
+        self._rollouts_kept: serials.Kept[_Seen] = serials.Kept("rollouts")
+        self._workload_states_kept: serials.Kept[_Seen] = serials.Kept("workload_states")
         self._subnet_cursor = 0  # the index of the pod subnet to try first for a new node
         self._write_lock = threading.RLock() if self.engine.dialect.name == "sqlite" else None
         self.renewing: Lease | None = None  # SQLite: the lease this process's writes renew
@@ -612,6 +652,7 @@ class Store:
         with self._sessions.begin() as session:
             self._check_fence(session)
             yield session
+            serials.move(session)  # what the work wrote of tables readers keep (`changed`)
 
     @contextmanager
     def fenced(self, lease: Lease) -> Iterator[None]:
@@ -652,6 +693,7 @@ class Store:
                     session.connection(execution_options={IMMEDIATE: True})
                     self._check_fence(session)
                     yield session
+                    serials.move(session)
                     lease = self.renewing
                     if lease is not None:
                         session.flush()  # the work's own writes counted first
@@ -785,6 +827,7 @@ class Store:
             history = [h for h in rollout.state.get("history", []) if h[0] not in plain_hashes]
             if len(history) != len(rollout.state.get("history", [])):
                 rollout.state = {**rollout.state, "history": history}
+                serials.changed(s, "rollouts")
         if sealed_objects or sealed_pods:
             log.info(
                 "store.sealed_legacy",
@@ -1284,6 +1327,7 @@ class Store:
         a Ready node holds the name and `presented` is not its current token. A NotReady
         node's name is free to take: its agent is gone or cut off."""
         with self._replacing_token(node.name), self.write_session() as s:
+            serials.changed(s, "nodes")
             row = s.get(NodeRow, node.name)
             if row is None:
                 row = NodeRow(name=node.name, registered_at=now)
@@ -1391,6 +1435,7 @@ class Store:
             row = s.get(NodeRow, name)
             if row is None:
                 raise KeyError(name)
+            serials.changed(s, "nodes")
             pods = len(s.scalars(select(PodRow.id).where(PodRow.node == name)).all())
             s.execute(delete(PodRow).where(PodRow.node == name))
             s.execute(delete(UsageRow).where(UsageRow.node == name))
@@ -1601,26 +1646,68 @@ class Store:
             reason = _not_ready_reason(now - beat, grace, error)
             key = (address, cpu, memory, max_pods, labels, taints, cidr, reason)
             cached = known.get(name)
-            if cached is not None and cached[0] == key:
-                node = cached[1]
-            else:
-                node = Node(
-                    name=NodeName(name),
-                    address=address,
-                    cpu_milli=cpu,
-                    memory_bytes=memory,
-                    labels=tuple(sorted(json.loads(labels).items())),
-                    taints=_taints(json.loads(taints)),
-                    ready=not reason,
-                    max_pods=max_pods,
-                    reason=reason,
-                    pod_cidr=cidr or "",
-                )
+            node = cached[1] if cached is not None and cached[0] == key else _node_from(name, key)
             seen[name] = (key, node)
             since = None if node.ready else _since(beat, grace, error, error_since)
             records.append(NodeRecord(node, beat, at, since))
         self._nodes_seen = seen
         return records
+
+    def node_states(self, now: float | None = None) -> tuple[tuple[Node, ...], dict[NodeName, float]]:
+        """Every node by name, and since when each NotReady one is: what a controller pass
+        needs of `nodes`, read incrementally. The rows are read again only when one changed
+        but for its heartbeat (a registration, a runtime error, a deletion: `serials`), and
+        of the heartbeats only those past the grace: at 5,000 nodes reading and comparing
+        every row was a third of a pass that decided nothing. While no row changed and no
+        node's readiness moved, the result is the very tuple of the last call."""
+        now = time.time() if now is None else now
+        grace = self.heartbeat_grace
+        with self.session() as s:
+            every = select(*NODE_COLUMNS)
+            rows = self._node_rows.get(s, lambda: all_rows(s.connection(), every, key=itemgetter(0)))
+            past = select(NodeRow.name, NodeRow.heartbeat_at).where(NodeRow.heartbeat_at < now - grace)
+            silent = {name: beat for name, beat in s.execute(past)}
+        with self._pass_nodes_lock:  # the API's snapshots ask too
+            last = self._pass_nodes
+            if last is not None and last.rows is rows:
+                if not silent and not last.silent:
+                    return last.nodes, dict(last.since)
+                nodes, places = list(last.nodes), last.places
+                for name in silent.keys() | last.silent.keys():  # only these can have moved
+                    if name in places:
+                        nodes[places[name]] = self._pass_node(rows[places[name]], silent.get(name), now)
+            else:
+                nodes = [self._pass_node(row, silent.get(row[0]), now) for row in rows]
+                places = {row[0]: i for i, row in enumerate(rows)}
+                if len(self._pass_nodes_seen) > len(places):  # nodes deleted
+                    self._pass_nodes_seen = {k: v for k, v in self._pass_nodes_seen.items() if k in places}
+            since = {
+                node.name: self._pass_since(rows[i], silent.get(node.name))
+                for i, node in enumerate(nodes)
+                if not node.ready
+            }
+            self._pass_nodes = _PassNodes(rows, silent, tuple(nodes), since, places)
+            return self._pass_nodes.nodes, dict(since)
+
+    def _pass_node(self, row: Sequence[Any], beat: float | None, now: float) -> Node:
+        """The node of a row (`NODE_COLUMNS`), given its heartbeat when it is past the
+        grace (None: within it); the very object of the last time for the same row and
+        readiness."""
+        name, address, cpu, memory, max_pods, labels, taints, cidr, error = row[:9]
+        reason = _not_ready_reason(0.0 if beat is None else now - beat, self.heartbeat_grace, error)
+        key = (address, cpu, memory, max_pods, labels, taints, cidr, reason)
+        cached = self._pass_nodes_seen.get(name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        node = _node_from(name, key)
+        self._pass_nodes_seen[name] = (key, node)
+        return node
+
+    def _pass_since(self, row: Sequence[Any], beat: float | None) -> float:
+        """When a NotReady node's row (`NODE_COLUMNS`) became so; `beat`: its heartbeat
+        when past the grace (else the one read with the row)."""
+        error, error_since, read_beat = row[8], row[9], row[10]
+        return _since(read_beat if beat is None else beat, self.heartbeat_grace, error, error_since)
 
     def snapshot(
         self,
@@ -1636,7 +1723,7 @@ class Store:
         that of the pods autoscalers scale (all a pass needs of it), every pod's with
         `every_usage` (a preview's, whose autoscalers may be others)."""
         now = time.time() if now is None else now
-        records = self.nodes(now)
+        nodes, not_ready_since = self.node_states(now)
         states = self.workload_states()
         desired = tuple(self.desired())
         every_pod = tuple((pods or self.pods)())
@@ -1648,10 +1735,8 @@ class Store:
         state = ClusterState(
             desired=desired,
             pods=every_pod,
-            nodes=tuple(r.node for r in records),
-            not_ready_since={
-                r.node.name: r.not_ready_since for r in records if r.not_ready_since is not None
-            },
+            nodes=nodes,
+            not_ready_since=not_ready_since,
             rollouts=self.rollouts(),
             claims=self.claims(),
             jobs={k: v for k, v in states.items() if isinstance(v, JobState)},
@@ -1987,6 +2072,7 @@ class Store:
         error = truncate(redactor(runtime_error), MAX_REASON)
         if error != row.runtime_error:
             changed = True
+            serials.changed(s, "nodes")
             row.runtime_error = error
             row.runtime_error_since = now if error else None
             s.add(
@@ -2083,8 +2169,12 @@ class Store:
 
     def rollouts(self) -> dict[ObjectKey, RolloutState]:
         """Every stored rollout state; one whose row is as at the last read is the same
-        object as then."""
-        self._rollouts_seen = seen = self._read_states(RolloutRow, self._rollouts_seen, _rollout)
+        object as then. The rows are read only when one was written since (`serials`)."""
+        with self.session() as s:
+            seen = self._rollouts_kept.get(
+                s, lambda: self._read_states(RolloutRow, self._rollouts_seen, _rollout, session=s)
+            )
+        self._rollouts_seen = seen
         return {key: cached[2] for key, cached in seen.items()}
 
     def save_rollouts(self, states: Mapping[ObjectKey, RolloutState], now: float) -> None:
@@ -2102,6 +2192,7 @@ class Store:
             return
         seen, self._rollouts_seen = self._rollouts_seen, None  # written: read again before a write is spared
         with self.write_session() as s:
+            serials.changed(s, "rollouts")
             if seen is None:  # not read since the last write
                 seen = self._read_states(RolloutRow, None, _rollout, session=s)
             # Only what differs from the rows as read, in a few statements and no row loaded:
@@ -2132,12 +2223,14 @@ class Store:
     # --- Jobs, CronJobs and autoscalers ------------------------------------------------
 
     def workload_states(self) -> dict[ObjectKey, Any]:
-        """What the controller remembers of each Job, CronJob and autoscaler (`STATE_TYPES`)."""
-        self._workload_states_seen = seen = self._read_states(
-            WorkloadStateRow,
-            self._workload_states_seen,
-            lambda kind, stored: decode_as(STATE_TYPES[kind], stored) if kind in STATE_TYPES else None,
-        )
+        """What the controller remembers of each Job, CronJob and autoscaler (`STATE_TYPES`);
+        the rows are read only when one was written since (`serials`)."""
+        with self.session() as s:
+            seen = self._workload_states_kept.get(
+                s,
+                lambda: self._read_states(WorkloadStateRow, self._workload_states_seen, _state, session=s),
+            )
+        self._workload_states_seen = seen
         return {key: cached[2] for key, cached in seen.items() if cached[2] is not None}
 
     def save_workload_states(self, states: Mapping[ObjectKey, Any], now: float) -> None:
@@ -2149,6 +2242,7 @@ class Store:
             return
         self._workload_states_seen = None
         with self.write_session() as s:
+            serials.changed(s, "workload_states")
             rows = {ObjectKey(r.kind, r.namespace, r.name): r for r in s.scalars(select(WorkloadStateRow))}
             for old_key, old_row in rows.items():
                 if old_key not in states:

@@ -233,3 +233,14 @@ class LeaseRow(Base):
     acquired_at: Mapped[float] = mapped_column(Float)
     sources_read: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     settled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class SerialRow(Base):
+    """A count per table whose rows readers keep in memory, moved in the same transaction as
+    every write of those rows (`gitops.store.serials`): a reader that finds it where it was
+    reads nothing else. `nodes` moves at every change of a node's row but its heartbeat."""
+
+    __tablename__ = "serials"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    serial: Mapped[int] = mapped_column(BigInteger)
