@@ -100,7 +100,10 @@ def decide(
         removed=ended,
     )
     result = plan(effective, live, context=context, settled=settled, grouped=grouped)
-    pending: list[Pod] = [p for p in result.keep if p.node is None] + [a.pod for a in result.create]
+    # The kept pods are live ones: with none of those unbound (a settled cluster), the
+    # 150,000 kept are not looked through.
+    unbound = [p for p in result.keep if p.node is None] if working.unbound else []
+    pending: list[Pod] = unbound + [a.pod for a in result.create]
     # Stopping pods hold their node's resources until their agent reports them gone; pods
     # that ran to their end (a Job's) hold none, as kube-scheduler counts them.
     bound = (
@@ -150,7 +153,7 @@ def _live(pods: tuple[Pod, ...], evicted: Sequence[Action], settled: Settled | N
     draining = frozenset(
         {p.name for p in pods if p.terminating_at is not None} | {a.pod.name for a in evicted}
     )
-    working = Live(pods, gone, live, draining, group_by_owner(live))
+    working = Live(pods, gone, live, draining, group_by_owner(live), any(p.node is None for p in live))
     if settled is not None:
         settled.live = working
     return working

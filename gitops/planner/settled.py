@@ -71,15 +71,16 @@ class _Table(Generic[Answer]):
 @dataclass(frozen=True)
 class Live:
     """The pods a pass works on, worked out from every pod and the pods evicted at once:
-    those not terminating nor evicted (`live`, and grouped by owner), and the names of the
-    pods going away (`draining`). Kept with the very pod tuple they came from, and shared
-    between passes: every part is immutable."""
+    those not terminating nor evicted (`live`, and grouped by owner, and whether any of them
+    waits for a node), and the names of the pods going away (`draining`). Kept with the
+    very pod tuple they came from, and shared between passes: every part is immutable."""
 
     pods: tuple[Pod, ...]
     gone: frozenset[PodId]  # the pods evicted at once
     live: tuple[Pod, ...]
     draining: frozenset[PodName]
     grouped: Mapping[ObjectKey, tuple[Pod, ...]]
+    unbound: bool
 
 
 @dataclass

@@ -597,6 +597,10 @@ class Store:
         self._pass_nodes_seen: dict[str, tuple[tuple[Any, ...], Node]] = {}
         self._pass_nodes: _PassNodes | None = None
         self._pass_nodes_lock = threading.Lock()
+        # `node_places`' last answer: (the kept rows, the silent nodes then, the places).
+        self._places: (
+            tuple[Sequence[Sequence[Any]], frozenset[str], tuple[tuple[str, str, str, bool], ...]] | None
+        ) = None
         # The states as the last `rollouts` and `workload_states` read them (`_read_states`).
         self._rollouts_seen: _Seen | None = None
         self._workload_states_seen: _Seen | None = None
@@ -1618,16 +1622,28 @@ class Store:
 
     def node_places(self, now: float) -> tuple[tuple[str, str, str, bool], ...]:
         """(name, address, pod subnet or "", Ready) of every node, by name: what Services'
-        endpoints and the pod routes depend on of the nodes, without decoding them."""
+        endpoints and the pod routes depend on of the nodes, without decoding them. Read as
+        `node_states` reads them, and the very tuple of the last call while no row changed
+        and no node's readiness moved (the agents' watch asks every 2 s)."""
         with self.session() as s:
-            query = select(
-                NodeRow.name, NodeRow.address, NodeRow.pod_cidr, NodeRow.heartbeat_at, NodeRow.runtime_error
-            )
-            rows = all_rows(s.connection(), query, key=itemgetter(0))  # as `nodes` reads them
-        return tuple(
-            (name, address, cidr or "", not now - beat > self.heartbeat_grace and not error)
-            for name, address, cidr, beat, error in rows
+            rows, silent = self._kept_nodes(s, now)
+        kept = self._places
+        if kept is not None and kept[0] is rows and kept[1] == silent.keys():
+            return kept[2]
+        places = tuple((row[0], row[1], row[7] or "", row[0] not in silent and not row[8]) for row in rows)
+        self._places = (rows, frozenset(silent), places)
+        return places
+
+    def _kept_nodes(self, s: Session, now: float) -> tuple[Sequence[Sequence[Any]], dict[str, float]]:
+        """Every node's row (`NODE_COLUMNS`, by name), read again only when one changed but
+        for its heartbeat (`serials`), and the heartbeats of the nodes silent past the grace
+        at `now`, by name."""
+        every = select(*NODE_COLUMNS)
+        rows = self._node_rows.get(s, lambda: all_rows(s.connection(), every, key=itemgetter(0)))
+        past = select(NodeRow.name, NodeRow.heartbeat_at).where(
+            NodeRow.heartbeat_at < now - self.heartbeat_grace
         )
+        return rows, {name: beat for name, beat in s.execute(past)}
 
     def nodes(self, now: float | None = None) -> list[NodeRecord]:
         """Every node, by name. Read as plain columns, and a node whose row (its heartbeat
@@ -1661,12 +1677,8 @@ class Store:
         every row was a third of a pass that decided nothing. While no row changed and no
         node's readiness moved, the result is the very tuple of the last call."""
         now = time.time() if now is None else now
-        grace = self.heartbeat_grace
         with self.session() as s:
-            every = select(*NODE_COLUMNS)
-            rows = self._node_rows.get(s, lambda: all_rows(s.connection(), every, key=itemgetter(0)))
-            past = select(NodeRow.name, NodeRow.heartbeat_at).where(NodeRow.heartbeat_at < now - grace)
-            silent = {name: beat for name, beat in s.execute(past)}
+            rows, silent = self._kept_nodes(s, now)
         with self._pass_nodes_lock:  # the API's snapshots ask too
             last = self._pass_nodes
             if last is not None and last.rows is rows:

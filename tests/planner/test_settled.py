@@ -123,3 +123,20 @@ def test_the_live_pods_are_reused_for_the_same_pods_and_evictions_only() -> None
     assert decision.evicted and {a.pod.node for a in decision.evicted} == {node}
     assert settled.live is not kept and node not in {p.node for p in settled.live.live}
     assert settled.live.draining == {a.pod.name for a in decision.evicted}
+
+
+def test_a_pending_pod_of_reused_live_pods_is_placed_once_a_node_has_room() -> None:
+    settled = Settled()
+    small = (Node(NodeName("n0"), cpu_milli=1000, memory_bytes=8 * GiB),)
+    big = deployment("big", replicas=2, resources={"requests": {"cpu": "600m"}})
+    state, now = passes(ClusterState(desired=(big,), pods=(), nodes=small), 1.0, settled)
+    assert sorted(p.node is None for p in state.pods) == [False, True]  # one waits for room
+    assert settled.live is not None and settled.live.unbound
+    kept = settled.live
+    more = Node(NodeName("n1"), cpu_milli=4000, memory_bytes=8 * GiB)
+    roomy = dataclasses.replace(state, nodes=(*small, more))
+    decision = both(roomy, now, settled)
+    assert settled.live is kept  # the very pods: the pending one is found through the kept flag
+    assert list(decision.placements.assigned.values()) == ["n1"]
+    state, now = passes(settle(roomy, decision, now), now + 1.0, settled)
+    assert all(p.node is not None for p in state.pods) and not settled.live.unbound

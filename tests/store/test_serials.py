@@ -49,10 +49,13 @@ def as_whole_read(store: Store, now: float) -> tuple[tuple[Node, ...], dict[Node
 
 
 def check(store: Store, now: float) -> tuple[tuple[Node, ...], dict[NodeName, float]]:
+    """`node_states` and `node_places` (the agents' watch reads the same kept rows) as a
+    whole read gives them."""
     got = store.node_states(now)
     nodes, since = as_whole_read(store, now)
     assert got[0] == nodes
     assert got[1] == pytest.approx(since, abs=1e-4)
+    assert store.node_places(now) == tuple((n.name, n.address, n.pod_cidr, n.ready) for n in nodes)
     return got
 
 
@@ -64,10 +67,12 @@ def test_a_quiet_pass_reads_no_node_row_and_gets_the_very_same_nodes(stores: tup
     first = check(mine, now)
     reads = mine._node_rows.reads
     mine.record_heartbeats({"n0": now + 5, "n1": now + 5, "n2": now + 5})  # not a change of a row
+    places = mine.node_places(now + 6)
     again = mine.node_states(now + 6)
     assert mine._node_rows.reads == reads
     assert again[0] is first[0]  # the very tuple: a quiet pass compares nothing
     assert again[1] == {}
+    assert mine.node_places(now + 7) is places
 
 
 def test_another_control_planes_writes_are_seen_at_the_next_pass(stores: tuple[Store, Store]) -> None:
