@@ -140,3 +140,20 @@ def test_a_pending_pod_of_reused_live_pods_is_placed_once_a_node_has_room() -> N
     assert list(decision.placements.assigned.values()) == ["n1"]
     state, now = passes(settle(roomy, decision, now), now + 1.0, settled)
     assert all(p.node is not None for p in state.pods) and not settled.live.unbound
+
+
+def test_a_workload_grouped_again_is_kept_with_its_new_tuple() -> None:
+    settled = Settled()
+    state = ClusterState(
+        desired=(deployment("web", replicas=3), deployment("api", replicas=2)), pods=(), nodes=NODES
+    )
+    state, now = passes(state, 1.0, settled)
+    web = state.desired[0].key
+    # One of api's pods goes unready: every pod is grouped again, web's in a new tuple of
+    # the same objects.
+    sick = next(p for p in state.pods if p.owner.name == "api")
+    pods = tuple(dataclasses.replace(p, ready=False) if p is sick else p for p in state.pods)
+    both(dataclasses.replace(state, pods=pods), now, settled)
+    assert settled.live is not None
+    grouped = settled.live.grouped[web]
+    assert settled.plans.entries[web][1] is grouped and settled.statuses.entries[web][1] is grouped
