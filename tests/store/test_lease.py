@@ -12,24 +12,6 @@ from gitops.store import Store
 from gitops.store.lease import Lease, NotLeader
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'state.db'}"
-    database: str = request.getfixturevalue("postgres_database")
-    return database
-
-
-@pytest.fixture
-def two(url: str) -> tuple[Store, Store]:
-    """Two control planes' stores on one database (one key: they are one cluster's)."""
-    first = Store(url)
-    second = Store(url, keys=first.keys)
-    yield first, second
-    first.close()
-    second.close()
-
-
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0

@@ -27,14 +27,6 @@ SECRET = b"not-a-real-secret"
 CREDENTIALED = "git:https://deploy:s3cr3t-t0ken@git.example.org/org/app.git#main"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'state.db'}"
-    database: str = request.getfixturevalue("postgres_database")
-    return database
-
-
 def release_0_1_database(url: str) -> dict[str, list[dict[str, Any]]]:
     """A database as release 0.1 left it: its own tables (no alembic_version), with the rows
     it wrote for manifests-example/ on one node, and a git source with a password in its URL."""

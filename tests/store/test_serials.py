@@ -6,8 +6,6 @@ as heartbeats come and stop, and at the resync when a row changed behind the ser
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import update
@@ -16,25 +14,7 @@ from gitops.model import JobState, Node, NodeName, ObjectKey, RolloutState
 from gitops.store import Store
 from gitops.store.tables import NodeRow, SerialRow
 
-GRACE = 40.0
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'state.db'}"
-    database: str = request.getfixturevalue("postgres_database")
-    return database
-
-
-@pytest.fixture
-def stores(url: str) -> Iterator[tuple[Store, Store]]:
-    """The controller's store, and another control plane's on the same database."""
-    mine = Store(url, heartbeat_grace=GRACE)
-    other = Store(url, heartbeat_grace=GRACE, keys=mine.keys)
-    yield mine, other
-    mine.close()
-    other.close()
+GRACE = 40.0  # the store's default heartbeat grace
 
 
 def node(name: str, address: str = "192.0.2.10", labels: tuple[tuple[str, str], ...] = ()) -> Node:
@@ -59,8 +39,8 @@ def check(store: Store, now: float) -> tuple[tuple[Node, ...], dict[NodeName, fl
     return got
 
 
-def test_a_quiet_pass_reads_no_node_row_and_gets_the_very_same_nodes(stores: tuple[Store, Store]) -> None:
-    mine, _ = stores
+def test_a_quiet_pass_reads_no_node_row_and_gets_the_very_same_nodes(two: tuple[Store, Store]) -> None:
+    mine, _ = two
     now = time.time()
     for i in range(3):
         mine.register_node(node(f"n{i}"), f"t{i}", now=now)
@@ -75,8 +55,8 @@ def test_a_quiet_pass_reads_no_node_row_and_gets_the_very_same_nodes(stores: tup
     assert mine.node_places(now + 7) is places
 
 
-def test_another_control_planes_writes_are_seen_at_the_next_pass(stores: tuple[Store, Store]) -> None:
-    mine, other = stores
+def test_another_control_planes_writes_are_seen_at_the_next_pass(two: tuple[Store, Store]) -> None:
+    mine, other = two
     now = time.time()
     mine.register_node(node("n0"), "t0", now=now)
     check(mine, now)
@@ -99,8 +79,8 @@ def test_another_control_planes_writes_are_seen_at_the_next_pass(stores: tuple[S
     assert mine._node_rows.reads == reads + 4  # each change read once, and only then
 
 
-def test_readiness_follows_the_heartbeats_without_reading_the_rows(stores: tuple[Store, Store]) -> None:
-    mine, other = stores
+def test_readiness_follows_the_heartbeats_without_reading_the_rows(two: tuple[Store, Store]) -> None:
+    mine, other = two
     now = time.time()
     for i in range(3):
         mine.register_node(node(f"n{i}"), f"t{i}", now=now)
@@ -122,8 +102,8 @@ def test_readiness_follows_the_heartbeats_without_reading_the_rows(stores: tuple
     assert mine._node_rows.reads == reads
 
 
-def test_a_row_changed_behind_the_serial_is_read_at_the_resync(stores: tuple[Store, Store]) -> None:
-    mine, _ = stores
+def test_a_row_changed_behind_the_serial_is_read_at_the_resync(two: tuple[Store, Store]) -> None:
+    mine, _ = two
     now = time.time()
     mine.register_node(node("n0"), "t0", now=now)
     check(mine, now)
@@ -134,8 +114,8 @@ def test_a_row_changed_behind_the_serial_is_read_at_the_resync(stores: tuple[Sto
     assert mine.node_states(now)[0][0].address == "192.0.2.99"
 
 
-def test_without_its_serial_a_table_is_read_every_time(stores: tuple[Store, Store]) -> None:
-    mine, _ = stores
+def test_without_its_serial_a_table_is_read_every_time(two: tuple[Store, Store]) -> None:
+    mine, _ = two
     now = time.time()
     mine.register_node(node("n0"), "t0", now=now)
     with mine.write_session() as s:
@@ -146,8 +126,8 @@ def test_without_its_serial_a_table_is_read_every_time(stores: tuple[Store, Stor
     assert mine._node_rows.reads == reads + 2
 
 
-def test_rollouts_and_workload_states_written_elsewhere_are_read_again(stores: tuple[Store, Store]) -> None:
-    mine, other = stores
+def test_rollouts_and_workload_states_written_elsewhere_are_read_again(two: tuple[Store, Store]) -> None:
+    mine, other = two
     now = time.time()
     web = ObjectKey("Deployment", "default", "web")
     job = ObjectKey("Job", "default", "migrate")
