@@ -24,7 +24,7 @@ from gitops.agents.runtime import ContainerInfo, MountSpec
 from gitops.controller import reconcile_once
 from gitops.model import Manifest, NodeName, Pod, Revision, content_hash
 from gitops.server import ControlPlane
-from gitops.store import Store
+from gitops.store import Store, serials
 from gitops.store.tables import NodeRow
 from tests.agents.fakes import MemoryRuntime
 from tests.agents.test_iptables_real import require_real_iptables
@@ -145,9 +145,11 @@ def test_one_unrenderable_endpoint_leaves_every_other_service_working_on_every_n
         agent.tick()
     assert all(programmed(a._proxy) == 2 for a in nodes.values() if a._proxy)
     # A node address no request can set any more, as a 0.1 database may hold it: n2 reaches
-    # service one's pod through it.
+    # service one's pod through it. Written as the store's writers write node rows (moving
+    # their serial: `gitops.store.serials`), so that readers see it at once.
     with store.session() as s:
         s.execute(update(NodeRow).where(NodeRow.name == "n1").values(address="not-an-address"))
+        serials.changed(s, "nodes")
     time.sleep(0.6)  # agents share one computation of the endpoints, refreshed every 0.5 s
     for agent in nodes.values():
         agent.tick()
