@@ -63,7 +63,7 @@ class Kept(Generic[T]):
         self.table = table
         self.resync = resync
         self._kept: tuple[int | None, float, T] | None = None  # (serial, monotonic time, value)
-        self.reads = 0  # times the rows were read (tests and benches count them)
+        self.reads = 0  # times the rows were read (tests count them)
 
     def get(self, session: Session, read: Callable[[], T]) -> T:
         """The kept value, or `read()`'s (in `session`, after the serial) when the table's
@@ -77,7 +77,3 @@ class Kept(Generic[T]):
         self.reads += 1
         self._kept = (serial, now, value)
         return value
-
-    def forget(self) -> None:
-        """Read the rows at the next `get`, whatever the serial says."""
-        self._kept = None
