@@ -65,16 +65,18 @@ from gitops.model import (
     Node,
     ObjectKey,
     Pod,
+    PodChange,
     PodSpec,
     ScaleState,
     ServiceEndpoints,
+    pod_changes,
 )
 from gitops.planner import all_endpoints, rollouts
 from gitops.planner.autoscale import read_spec
 from gitops.planner.cron import describe_time, job_manifest, next_runs
 from gitops.planner.job import job_counts
 from gitops.planner.rollout import RolloutStatus
-from gitops.planner.services import endpoints_for, needs_vip, selects
+from gitops.planner.services import KeptEndpoints
 from gitops.redact import Redactor
 from gitops.schemas.cron import read_time_zone
 from gitops.store import EventRecord, RevisionRecord, Store
@@ -702,9 +704,6 @@ EVENTS_EVERY = 30.0  # seconds between full reads of the newest events, changed 
 # Tells this process's pod versions from those of another (a server started again).
 _INSTANCE = secrets.token_hex(4)
 
-Change = tuple[Pod | None, Pod | None]
-"""A pod that changed between two builds: (before, after); None for one that came or went."""
-
 
 class ViewBuilder:
     """Builds the views of one store, each from the one before.
@@ -756,54 +755,22 @@ class ViewBuilder:
         self._events: tuple[int, Redactor, float, tuple[EventRecord, ...]] | None = None
         # workload -> (the replicas an autoscaler set, its status)
         self._statuses: dict[ObjectKey, tuple[int | None, RolloutStatus]] = {}
-        self._services: tuple[Mapping[ObjectKey, str], Mapping[ObjectKey, Mapping[str, int]]] | None = None
-        self._selected: dict[ObjectKey, dict[str, Pod]] = {}  # Service -> the pods it selects, by id
-        self._endpoints: dict[ObjectKey, ServiceEndpoints] = {}
+        self._endpoints = KeptEndpoints()  # every Service's, kept between builds
         self._tally = _Tally()  # what is summed over the pods of the last build
 
     def _breathe(self) -> None:
         if self.pause > 0:
             time.sleep(self.pause)
 
-    def _diff(self, pods: Sequence[Pod]) -> tuple[list[Change] | None, list[int] | None, list[Change]]:
-        """The pods that changed since the last build, each as (before, after), None for a
-        pod that came or went (no list when there is no last build to compare with); when
-        no pod came or went, where the changed ones are in `pods`; and the pods that are the
-        same but another object (read again: their rows stay, the tally takes the new
-        objects). A pod is the same when it is the very object of the last build (the
-        `PodCache` keeps those of rows not written since) or an equal one."""
-        last = self._pods
+    def _diff(self, pods: Sequence[Pod]) -> tuple[list[PodChange] | None, list[int] | None, list[PodChange]]:
+        """`pod_changes` since the last build (the pods read again keep their rows, the tally
+        takes the new objects); no list when there is no last build to compare with."""
         if not (self.incremental and self._redactor is not None):
             return None, None, []
-        changed: list[Change] = []
-        swapped: list[Change] = []
-        if len(pods) == len(last):  # the usual change: a few pods written, none come or gone
-            where = []
-            same = list(map(operator.is_, pods, last))
-            for i in itertools.compress(range(len(same)), map(operator.not_, same)):
-                p, before = pods[i], last[i]
-                if p.namespace != before.namespace or p.name != before.name:
-                    break  # pods came and went: match them by id below
-                if p != before:
-                    changed.append((before, p))
-                    where.append(i)
-                else:
-                    swapped.append((before, p))
-            else:
-                return changed, where, swapped
-            changed, swapped = [], []
-        known: dict[str, Pod] = {p.id: p for p in last}
-        for p in pods:
-            was = known.pop(p.id) if p.id in known else None
-            if was is None or (was is not p and was != p):
-                changed.append((was, p))
-            elif was is not p:
-                swapped.append((was, p))
-        changed += ((p, None) for p in known.values())  # gone
-        return changed, None, swapped
+        return pod_changes(self._pods, pods)
 
     def _rows_of(
-        self, pods: Sequence[Pod], redact: Redactor, changed: list[Change] | None, where: list[int] | None
+        self, pods: Sequence[Pod], redact: Redactor, changed: list[PodChange] | None, where: list[int] | None
     ) -> list[PodRow]:
         """A row per pod, in the order of `pods`: the last build's row of a pod that did not
         change, when the redactor did not either; else a new one."""
@@ -829,7 +796,7 @@ class ViewBuilder:
         tally: _Tally,
         nodes: list[Node],
         scaled: Mapping[ObjectKey, int],
-        changed: list[Change] | None,
+        changed: list[PodChange] | None,
         now: float,
     ) -> list[RolloutStatus]:
         """`rollouts(desired, pods, ...)`: one status per workload in key order, computing
@@ -869,48 +836,19 @@ class ViewBuilder:
         desired: list[Manifest],
         pods: Sequence[Pod],
         nodes: list[Node],
-        changed: list[Change] | None,
+        changed: list[PodChange] | None,
+        swapped: list[PodChange],
     ) -> tuple[ServiceEndpoints, ...]:
-        """`all_endpoints(desired, ...)`, computing only those of Services whose pods may
-        have changed. Each Service's selected pods (whatever their state) are kept, and
-        brought up to date with the pods that changed."""
-        store = self.store
-        services = (store.vips(), store.node_ports())
-        if (
-            changed is None
-            or desired != self._desired
-            or _placing(nodes) != self._nodes
-            or services != self._services
-        ):
-            endpoints = all_endpoints(desired, services[0], pods, nodes, services[1])
-            if self.incremental:
-                self._index(desired, pods, endpoints)
-                self._services = services
-            self.recomputed += tuple(f"Service {e.namespace}/{e.name}" for e in endpoints)
-            return endpoints
-        vips, node_ports = services
-        by_name = {n.name: n for n in nodes}
-        result = []
-        for m in sorted(desired, key=lambda m: m.key):
-            if m.key.kind != "Service" or (m.key not in vips and needs_vip(m)):
-                continue
-            selector, namespace = _selector(m), m.key.namespace
-            selected = self._selected[m.key]
-            moved = False
-            for before, after in changed:
-                if before is not None and before.namespace == namespace and selects(selector, before):
-                    moved = True
-                    selected.pop(before.id, None)
-                if after is not None and after.namespace == namespace and selects(selector, after):
-                    moved = True
-                    selected[after.id] = after
-            if moved:
-                self._endpoints[m.key] = endpoints_for(
-                    m, vips.get(m.key, ""), list(selected.values()), by_name, node_ports.get(m.key)
-                )
-                self.recomputed += (str(m.key),)
-            result.append(self._endpoints[m.key])
-        return tuple(result)
+        """`all_endpoints(desired, ...)`; with `incremental`, computing again only the
+        Services the pods that changed, the nodes or their own VIPs and ports moved under
+        (`KeptEndpoints`)."""
+        vips, node_ports = self.store.vips(), self.store.node_ports()
+        if not self.incremental:
+            return all_endpoints(desired, vips, pods, nodes, node_ports)
+        moved = None if changed is None else [*changed, *swapped]
+        endpoints = self._endpoints.update(desired, vips, pods, _placing(nodes), node_ports, changed=moved)
+        self.recomputed += tuple(str(key) for key in sorted(self._endpoints.recomputed))
+        return endpoints
 
     def _events_of(self, redact: Redactor) -> tuple[EventRecord, ...]:
         """The 200 newest events, redacted. Events are only ever added: the newest few are
@@ -934,24 +872,6 @@ class ViewBuilder:
         if self.incremental:
             self._events = (events[0].id if events else 0, redact, time.monotonic(), events)
         return events
-
-    def _index(
-        self, desired: list[Manifest], pods: Sequence[Pod], endpoints: Sequence[ServiceEndpoints]
-    ) -> None:
-        """Each Service's selected pods and endpoints, after a full computation."""
-        by_pair: dict[tuple[str, str, str], list[Pod]] = {}
-        for pod in pods:
-            for label, value in pod.labels:
-                by_pair.setdefault((pod.namespace, label, value), []).append(pod)
-        self._selected = {}
-        self._endpoints = {ObjectKey("Service", e.namespace, e.name): e for e in endpoints}
-        for m in desired:
-            if m.key.kind != "Service" or m.key not in self._endpoints:
-                continue
-            selector = _selector(m)
-            lists = [by_pair.get((m.key.namespace, k, v), []) for k, v in selector.items()]
-            candidates = min(lists, key=len) if lists else []
-            self._selected[m.key] = {p.id: p for p in candidates if selects(selector, p)}
 
     def build(self, now: float) -> StatusView:
         """The view of what the store holds now."""
@@ -1066,7 +986,7 @@ class ViewBuilder:
         autoscalers = tuple(_autoscaler_row(m, scales.get(m.key), redact) for m in hpas)
         self._breathe()
 
-        endpoints = self._endpoints_of(desired, pods, node_list, changed)
+        endpoints = self._endpoints_of(desired, pods, node_list, changed, swapped)
         ingress = tuple(dict.fromkeys(r.node.address for r in records if r.node.ready and r.node.address))
         services = [_service_row(s, ingress) for s in endpoints]
         if self.incremental:
@@ -1208,10 +1128,6 @@ def _placing(nodes: Sequence[Node]) -> list[Node]:
     """The nodes as rollout statuses and endpoints see them: without the reason a node is
     NotReady, which moves with the clock (`no heartbeat for 45s`)."""
     return [dataclasses.replace(n, reason="") if n.reason else n for n in nodes]
-
-
-def _selector(service: Manifest) -> dict[str, str]:
-    return {str(k): str(v) for k, v in (service.spec.get("selector") or {}).items()}
 
 
 def _service_row(s: ServiceEndpoints, ingress: tuple[str, ...]) -> ServiceRow:

@@ -18,6 +18,7 @@ from sqlalchemy import event
 from gitops.agents.agent import Agent, AgentConfig, NodeRefused
 from gitops.controller import reconcile_once
 from gitops.model import NodeName, Revision
+from gitops.planner.services import KeptEndpoints
 from gitops.server import ControlPlane
 from gitops.store import Store
 from tests.agents.fakes import MemoryRuntime
@@ -77,16 +78,14 @@ def test_a_slow_sync_does_not_stall_the_server(plane: ControlPlane, monkeypatch:
 def test_agents_share_one_computation_of_the_endpoints(
     plane: ControlPlane, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gitops.api.agentsync as app_module
-
     calls: list[int] = []
-    original = app_module.all_endpoints
+    original = KeptEndpoints.update
 
-    def counting(*args: object, **kwargs: object) -> object:
+    def counting(self: KeptEndpoints, *args: Any, **kwargs: Any) -> Any:
         calls.append(1)
-        return original(*args, **kwargs)  # type: ignore[arg-type]
+        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(app_module, "all_endpoints", counting)
+    monkeypatch.setattr(KeptEndpoints, "update", counting)
     tokens = {f"n{i}": register(plane.url, plane.join_token, {**NODE, "name": f"n{i}"}) for i in range(1, 6)}
     time.sleep(0.6)
     calls.clear()
