@@ -63,6 +63,42 @@ class Backoff:
         return base * (1.0 - self.jitter + 2.0 * self.jitter * rand)
 
 
+@dataclass
+class Cadence:
+    """Something due every `period` seconds at a phase of its own (monotonic time). Done
+    early, for a reason of its own, it stays due when it was; done when due (or late), the
+    next is due at the next point of its phase. Counting each period from the last time it
+    was done instead, every agent that called at one moment (a control plane back from a
+    restart, a move every agent synced for) would call at one moment from then on: at 5,000
+    nodes, one burst of 5,000 heartbeats each period. `starting` draws the phase at random."""
+
+    period: float
+    due: float
+
+    @classmethod
+    def starting(cls, period: float, now: float, rand: Callable[[], float] = random.random) -> Cadence:
+        return cls(period, now + rand() * period)
+
+    def is_due(self, now: float) -> bool:
+        return now >= self.due
+
+    def done(self, now: float) -> None:
+        """It was done at `now`: if it was due, the next is due one period on (or the next
+        point of its phase after `now`, if it was late by more than a period)."""
+        if now >= self.due:
+            self.due += self.period * (1 + (now - self.due) // self.period)
+
+    def until(self, now: float) -> float:
+        """Seconds from `now` until it is due next (it is taken as done at `now` if due)."""
+        self.done(now)
+        return self.due - now
+
+    def every(self, period: float, now: float) -> None:
+        """Keep it every `period` seconds from now on: due within one of them."""
+        if period != self.period:
+            self.period, self.due = period, min(self.due, now + period)
+
+
 class Loop:
     """Runs `step` in a thread of its own (see the module docstring)."""
 

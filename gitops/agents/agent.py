@@ -93,7 +93,7 @@ from gitops.agents.runtime import (
 )
 from gitops.agents.usage import ContainerUsage, UsageSampler
 from gitops.codec import decode_as, encode
-from gitops.loop import Backoff, Loop
+from gitops.loop import Backoff, Cadence, Loop
 from gitops.model import (
     Container,
     ContainerStatus,
@@ -389,6 +389,10 @@ class Agent:
     _news: bool = False  # the long-poll saw the pods, Services or a log request move
     _synced: threading.Event = field(default_factory=threading.Event)  # set after each sync call
     _sent: tuple[str, float] = ("", float("-inf"))  # digest of the last report sent, and when
+    # When the next heartbeat and tick are due, each at a phase of this agent's own: a sync
+    # for news does not move them (`gitops.loop.Cadence`).
+    _beat: Cadence | None = None
+    _ticks: Cadence | None = None
     _ticked_at: float = float("-inf")  # monotonic time the last tick began (`_may_watch`)
     _arrived: dict[str, Any] | None = None  # a watch answer with Services changes, for the next tick
     _arrived_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -613,6 +617,8 @@ class Agent:
         response.raise_for_status()
         result: dict[str, Any] = response.json()
         self._sent = (said, time.monotonic())
+        if self._beat is not None:
+            self._beat.done(self._sent[1])
         completed = self._complete(result)
         self._last_reply = {k: v for k, v in completed.items() if k not in _HELD}
         self._synced.set()
@@ -637,6 +643,10 @@ class Agent:
         # The control plane says how often it needs a heartbeat (a quarter of its NotReady
         # grace): an agent heartbeating every 10 s made a 6-s grace flap.
         every = min(self.config.heartbeat_seconds, float(last.get("heartbeat_seconds") or "inf"))
+        now = time.monotonic()
+        if self._beat is None:
+            self._beat = Cadence.starting(every, now)
+        self._beat.every(every, now)
         return (
             self.config.heartbeat_seconds > 0
             and self._watching
@@ -644,7 +654,7 @@ class Agent:
             and bool(last.get("authoritative", True))
             and not last.get("logs")
             and said == self._sent[0]
-            and time.monotonic() - self._sent[1] < every
+            and not self._beat.is_due(now)
         )
 
     def _quiet_reply(self) -> dict[str, Any]:
@@ -1560,7 +1570,7 @@ class Agent:
             self._loop = Loop(
                 "agent",
                 self._tick_or_move,
-                interval=interval,
+                interval=self._until_tick,
                 # A control plane that restarted expects its agents back within seconds.
                 backoff=Backoff(first=interval, cap=10.0),
                 stop=self._stop,
@@ -1568,6 +1578,14 @@ class Agent:
                 node=self.config.node,
             )
         return self._loop
+
+    def _until_tick(self) -> float:
+        """Seconds until the next tick: every `interval`, at this agent's own phase (a
+        tick for news in between does not move the next)."""
+        now = time.monotonic()
+        if self._ticks is None or self._ticks.period != self.config.interval:
+            self._ticks = Cadence.starting(self.config.interval, now)
+        return self._ticks.until(now)
 
     def run(self) -> None:
         """Tick until stopped; raises `NodeRefused` when the server will not have this node.

@@ -63,7 +63,8 @@ def test_a_watching_agent_calls_only_with_news_a_change_or_a_heartbeat_due(
     agent._news = True  # the long-poll saw something move
     agent.tick()
     assert calls == ["sync"] and agent._news is False
-    agent._sent = (agent._sent[0], time.monotonic() - 3.0)  # the heartbeat is due
+    assert agent._beat is not None
+    agent._beat.due = time.monotonic()  # the heartbeat is due
     agent.tick()
     assert calls == ["sync", "sync"]
     agent._watching = False  # the long-poll is down: every tick calls
@@ -133,7 +134,32 @@ def test_an_agent_heartbeats_as_often_as_its_control_plane_needs(plane: ControlP
     assert agent._last_reply is not None and agent._last_reply["heartbeat_seconds"] == 10.0
     agent._watching = True
     said = agent._sent[0]
-    agent._sent = (said, time.monotonic() - 9.0)
+    agent._may_skip(said)
+    assert agent._beat is not None and agent._beat.period == 10.0
+    assert agent._beat.due <= time.monotonic() + 10.0  # within one period of the control plane's
+    agent._beat.due = time.monotonic() + 1.0
     assert agent._may_skip(said)
-    agent._sent = (said, time.monotonic() - 10.5)
+    agent._beat.due = time.monotonic() - 0.5
     assert not agent._may_skip(said)
+
+
+def test_agents_that_synced_together_for_news_keep_their_heartbeats_apart(
+    plane: ControlPlane, tmp_path: Path
+) -> None:
+    """Every agent syncs at once for a move they all see (or a control plane back from a
+    restart): each keeps its heartbeat at its own phase, as drawn when it started. Counting
+    a period from the last call instead, 5,000 agents would heartbeat in one burst from
+    then on."""
+    agents = [watching_agent(plane, tmp_path, node=f"n{i}", heartbeat_seconds=10.0) for i in (1, 2, 3)]
+    for agent in agents:
+        agent.tick()
+        agent.tick()
+        agent._watching = True
+        agent.tick()  # quiet: no call, its heartbeat's phase drawn
+    due = [agent._beat.due for agent in agents if agent._beat is not None]
+    assert len(set(due)) == 3
+    for agent in agents:  # the long-poll saw news: each syncs at once
+        agent._news = True
+        agent.tick()
+        assert agent._news is False
+    assert [agent._beat.due for agent in agents if agent._beat is not None] == due
