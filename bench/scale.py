@@ -3,6 +3,7 @@
     python bench/scale.py [--nodes 1000] [--pods 20000] [--deployments 200] [--db URL]
         [--interval 1.0] [--connections 32] [--settle 10] [--quiet 10] [--timeout 600]
         [--api-replicas 0] [--pin] [--agent-processes 1] [--witnesses 50] [--usage-every 15]
+        [--services]
 
 `gitops serve` runs as a child process (its own interpreter, SQLite in a temporary folder
 unless `--db` names a database, a folder source, the API on a free loopback port), exactly
@@ -32,7 +33,9 @@ Phases, each printed with its time:
 2. commit to bound: `--deployments` Deployments holding `--pods` replicas in all are
    written into the source folder (the commit), and the bench waits until every pod is
    bound to a node (`commit_to_bound_s`) and then Running (`commit_to_running_s`),
-   counting in the database;
+   counting in the database; with `--services`, each Deployment has a ClusterIP Service,
+   and the bench then waits until each witness agent holds every pod as an endpoint, as
+   its proxy would program them (`commit_to_endpoints_s`, from the commit);
 3. quiet: `--quiet` seconds with nothing to do; the controller's passes in that window
    (its `gitops_controller_pass_seconds` histogram and `gitops_controller_pass_writes`
    gauge at /metrics) give `noop_pass_s` and `noop_pass_writes`, and the agents' calls
@@ -61,6 +64,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import inspect
 import ipaddress
 import json
 import os
@@ -86,6 +90,7 @@ from urllib.request import urlopen
 from sqlalchemy import create_engine, text
 
 from gitops.heap import HEAP
+from gitops.loop import Cadence
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBE_SCHEDULER_PODS_PER_S = 810.0  # scheduler_perf's CI threshold for basic pods at 5,000 nodes
@@ -197,6 +202,13 @@ class Calls:
         self.deferred = 0
 
 
+# The small top-level fields of an agent's answer (`HollowAgent.answer_of`).
+_PLAIN_FIELDS = re.compile(
+    rb'"(pods_version|services_version|report_held|changed|logs)":("(?:[^"\\]|\\.)*"|null|true|false)'
+)
+_DECODER = json.JSONDecoder()
+
+
 @dataclass
 class HollowAgent:
     """A node that runs nothing: it reports its pods Running and ready, its stopped ones gone."""
@@ -216,6 +228,7 @@ class HollowAgent:
     said: str = ""  # the last report sent
     held: str | None = None  # the digest of its report the server holds (None: it compares none)
     sent_at: float = float("-inf")
+    beat: Cadence | None = None  # when its heartbeat is due, at a phase of its own, as the real agent's
     news: bool = False  # the long-poll saw something move (the sync loop is woken: `wake`)
     wake: asyncio.Future[None] | None = None  # the sync loop's wait: done on news or at its next tick
     watch_connection: Connection | None = None  # a long-poll holds a connection of its own
@@ -228,6 +241,44 @@ class HollowAgent:
     # never), sent with the next sync, which is then never skipped (`gitops.agents.usage`).
     usage_every: float = 0.0
     usage_due: float = float("inf")  # monotonic time the next measurement is to be sent
+    # Service -> the endpoints of its first port the agent holds, as a proxy would program
+    # them (None: not kept; the witness keeps them, `commit_to_endpoints_s`).
+    services: dict[str, int] | None = None
+
+    def answer_of(self, reply: bytes) -> dict[str, Any]:
+        """A sync or watch answer, decoded whole by an agent that holds the Services (the
+        witness's, as a proxy would), else without their parts: every hollow agent decoding
+        every Service's endpoints (3 MB at 15,000 pods in 150 Services) kept the agents'
+        process busy for minutes while the server idled. The fields decoded apart are
+        top-level keys no Service's or pod's JSON holds."""
+        if self.services is not None:
+            decoded: dict[str, Any] = json.loads(reply)
+            return decoded
+        answer: dict[str, Any] = {m[1].decode(): json.loads(m[2]) for m in _PLAIN_FIELDS.finditer(reply)}
+        for name in (b"pods", b"services_changed"):
+            at = reply.find(b'"' + name + b'":')
+            if at >= 0:
+                text = reply[at + len(name) + 3 :].decode()
+                answer[name.decode()] = (
+                    _DECODER.raw_decode(text)[0] if name == b"pods" else text[:4] != "null"
+                )
+        return answer
+
+    def hold_services(self, answer: dict[str, Any]) -> None:
+        """Take the Services of a sync or watch answer: every one, or those changed since the
+        version held and the keys of those removed."""
+        if self.services is None:
+            return
+        if answer.get("services") is not None:
+            self.services = {}
+            changed = answer["services"]
+        else:
+            changed = answer.get("services_changed") or ()
+            for key in answer.get("services_removed") or ():
+                self.services.pop("/".join(key), None)
+        for service in changed:
+            ports = service.get("endpoints") or ()
+            self.services[f"{service['namespace']}/{service['name']}"] = len(ports[0][1]) if ports else 0
 
     async def register(self) -> None:
         body = json.dumps(
@@ -279,7 +330,7 @@ class HollowAgent:
             status, reply = await self._post_sync(
                 {**fields, "statuses": [], "report_omitted": True} if omitted else fields
             )
-            if omitted and status == 200 and json.loads(reply).get("report_held") != digest:
+            if omitted and status == 200 and self.answer_of(reply).get("report_held") != digest:
                 status, reply = await self._post_sync(fields)  # no longer held: sent whole
         except (OSError, HttpError) as exc:
             self.calls.failures += 1
@@ -296,9 +347,12 @@ class HollowAgent:
         self.stopped, self.reported = [], None
         if measured:
             self.usage_due = began + self.usage_every
-        answer = json.loads(reply)
-        self.said, self.sent_at = report, began  # the next heartbeat is due a period after this one began
+        answer = self.answer_of(reply)
+        self.said, self.sent_at = report, began
+        if self.beat is not None:
+            self.beat.done(began)  # a call for news leaves the heartbeat where it was
         self.versions = (answer.get("pods_version", ""), answer.get("services_version", ""))
+        self.hold_services(answer)
         self.held = answer.get("report_held")
         if answer.get("pods") is not None:
             self.apply(answer)
@@ -385,10 +439,14 @@ class HollowAgent:
             self.usage_due = time.monotonic() + random.random() * self.usage_every
         watching = asyncio.create_task(self.watch(stop)) if heartbeat else None
         loop = asyncio.get_running_loop()
+        # Ticks and heartbeats at this agent's own phases, as the real agent's
+        # (`gitops.loop.Cadence`): a sync for news moves neither.
+        ticks = Cadence(interval, time.monotonic())
+        beat = self.beat = Cadence.starting(heartbeat, time.monotonic()) if heartbeat else None
         try:
             while not stop.is_set():
                 started = time.monotonic()
-                due = started - self.sent_at >= heartbeat or started >= self.usage_due
+                due = (beat is not None and beat.is_due(started)) or started >= self.usage_due
                 if not heartbeat or self.news or due or self.to_say():
                     self.news = False
                     await self.sync()
@@ -399,7 +457,7 @@ class HollowAgent:
                 # whose collections stalled this process's loop; the run is stopped by
                 # cancelling this task).
                 self.wake = loop.create_future()
-                timer = loop.call_later(max(0.0, interval - (time.monotonic() - started)), self._wake)
+                timer = loop.call_later(ticks.until(time.monotonic()), self._wake)
                 await self.wake
                 timer.cancel()
         finally:
@@ -433,7 +491,7 @@ class HollowAgent:
                 except (OSError, HttpError):
                     await asyncio.sleep(1.0)
                     continue
-                answer = json.loads(reply) if status == 200 else {}
+                answer = self.answer_of(reply) if status == 200 else {}
                 if (
                     answer.get("changed")
                     and answer.get("services_changed") is not None
@@ -443,6 +501,7 @@ class HollowAgent:
                     # Only the Services moved, and their changes came along: held, no sync call
                     # (these agents program no proxy).
                     self.versions = (self.versions[0], answer["services_version"])
+                    self.hold_services(answer)
                 elif answer.get("changed"):
                     held = self.versions
                     self.news = True
@@ -654,6 +713,10 @@ class Witness:
         if await self._ask("mark") != "marked":
             raise RuntimeError("the witness did not mark its window")
 
+    async def endpoints(self) -> int:
+        """The fewest endpoints (of every Service's first port) one of its agents holds."""
+        return int(await self._ask("endpoints"))
+
     async def report(self) -> dict[str, Any]:
         """The calls since the mark; the witness ends."""
         seen: dict[str, Any] = json.loads(await self._ask("report"))
@@ -677,6 +740,7 @@ async def be_witness(ports: Sequence[int], join_token: str, count: int) -> None:
             join_token,
             calls,
             taints=(WITNESS_TAINT,),
+            services={},
         )
         for i in range(count)
     ]
@@ -693,6 +757,8 @@ async def be_witness(ports: Sequence[int], join_token: str, count: int) -> None:
             if asked == "mark":
                 calls.reset()
                 print("marked", flush=True)
+            elif asked == "endpoints":  # the fewest endpoints one of them holds
+                print(min(sum((a.services or {}).values()) for a in agents), flush=True)
             elif asked == "report":
                 seen = {
                     "calls": len(calls.seconds),
@@ -724,10 +790,16 @@ def free_port() -> int:
         return port
 
 
-def deployments(count: int, pods: int) -> str:
-    """`count` Deployments holding `pods` replicas in all, as one multi-document file."""
+def deployments(count: int, pods: int, *, services: bool = False) -> str:
+    """`count` Deployments holding `pods` replicas in all, as one multi-document file; with
+    `services`, each with a ClusterIP Service selecting its pods (port 80 to 8080)."""
     docs = []
     for d in range(count):
+        if services:
+            docs.append(
+                f"apiVersion: v1\nkind: Service\nmetadata: {{name: app{d}}}\n"
+                f"spec: {{selector: {{app: app{d}}}, ports: [{{port: 80, targetPort: 8080}}]}}\n"
+            )
         replicas = pods // count + (1 if d < pods % count else 0)
         docs.append(
             textwrap.dedent(
@@ -918,6 +990,8 @@ async def wait_for(what: str, done: Any, timeout: float, every: float = 0.5) -> 
     shown = start
     while True:
         state = done()
+        if inspect.isawaitable(state):
+            state = await state
         if state is True:
             return time.monotonic() - start
         if time.monotonic() - start > timeout:
@@ -964,7 +1038,9 @@ async def run(
         committed = time.monotonic()
         cpu_before = cpu_seconds(servers)
         gc_before = counter_total(server.metrics(), "gitops_gc_seconds")
-        (server.folder / "apps.yaml").write_text(deployments(args.deployments, args.pods))
+        (server.folder / "apps.yaml").write_text(
+            deployments(args.deployments, args.pods, services=args.services)
+        )
 
         def bound() -> bool | str:
             total, on_nodes, running = server.counts()
@@ -1003,6 +1079,18 @@ async def run(
         cpu_text = f"server CPU {figures['first_pass_cpu_s']} s, {figures['running_gc_s']} s in the collector"
         say(f"commit to running: {figures['commit_to_running_s']} s ({cpu_text})")
 
+        if args.services and witness is not None:
+
+            async def every_endpoint() -> bool | str:
+                held = await witness.endpoints()
+                return held == args.pods or f"the witness's agents hold {held} endpoints (at least)"
+
+            await wait_for("endpoints", every_endpoint, args.timeout, every=2.0)
+            figures["commit_to_endpoints_s"] = round(time.monotonic() - committed, 2)
+            say(
+                "commit to endpoints: every pod an endpoint at each witness agent in "
+                f"{figures['commit_to_endpoints_s']} s"
+            )
         await asyncio.sleep(args.settle)  # the last statuses written, the passes after them done
         metrics = server.metrics()
         pass_sum, pass_count = histogram(metrics, "gitops_controller_pass_seconds")
@@ -1099,6 +1187,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--pods", type=int, default=20000)
     parser.add_argument("--deployments", type=int, default=200)
+    parser.add_argument(
+        "--services",
+        action="store_true",
+        help="a ClusterIP Service for each Deployment; the witness then times commit to every endpoint held",
+    )
     parser.add_argument("--db", default="", help="SQLAlchemy URL (default: SQLite in a temporary folder)")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between an agent's ticks")
     parser.add_argument(
@@ -1172,7 +1265,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="gitops-scale-"))
     db = args.db or f"sqlite:///{tmp / 'state.db'}"
     join_token = secrets.token_hex(24)
-    figures: dict[str, Any] = {"nodes": args.nodes, "pods": args.pods, "deployments": args.deployments}
+    figures: dict[str, Any] = {
+        "nodes": args.nodes,
+        "pods": args.pods,
+        "deployments": args.deployments,
+        "services": args.deployments if args.services else 0,
+    }
     figures["db"] = "sqlite" if db.startswith("sqlite") else db.split(":", 1)[0]
     say(
         f"scale: {args.nodes} hollow nodes, {args.pods} pods in {args.deployments} Deployments, "
