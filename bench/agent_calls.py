@@ -66,6 +66,8 @@ def standard_endpoint(route: NodeRoute) -> Callable[..., Awaitable[Any]]:
 
     async def standard(name: str, request: Any) -> Any:
         reply = await endpoint(name, request)
+        if isinstance(reply, list):
+            reply = b"".join(reply)
         return Response(reply, media_type="application/json") if isinstance(reply, bytes) else reply
 
     standard.__signature__ = inspect.Signature(  # type: ignore[attr-defined]

@@ -104,16 +104,22 @@ class _Reply:
     routes_moved: bool
 
 
-def json_object(fields: dict[str, Any], raw: dict[str, bytes]) -> bytes:
+def json_object(fields: dict[str, Any], raw: dict[str, bytes]) -> list[bytes]:
     """`fields` as a JSON object, with the values of `raw`'s keys given as JSON text already
-    (encoded once and shared by many replies)."""
-    parts = [
+    (encoded once and shared by many replies), in parts to be sent one after the other
+    (`gitops.api.noderoute`): the shared texts go out as they are. Joined into one reply per
+    agent, a move of the Services answered to 1,000 agents at once held 1,000 copies of 4 MB
+    in the server's write buffers (2.3 GB)."""
+    plain = [
         json.dumps(key).encode() + b":" + json.dumps(value, separators=(",", ":")).encode()
         for key, value in fields.items()
         if key not in raw
     ]
-    parts += [json.dumps(key).encode() + b":" + value for key, value in raw.items()]
-    return b"{" + b",".join(parts) + b"}"
+    parts = [b"{" + b",".join(plain)]
+    for key, value in raw.items():
+        parts += [(b"," if plain or len(parts) > 1 else b"") + json.dumps(key).encode() + b":", value]
+    parts.append(b"}")
+    return parts
 
 
 def _array(items: list[bytes]) -> bytes:

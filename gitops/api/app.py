@@ -233,7 +233,7 @@ def create_app(
         )
 
     @node_call(app, "/agent/v1/nodes/{name}/sync", response_model=SyncReply)
-    async def agent_sync(name: str, request: SyncRequest) -> dict[str, Any] | bytes:
+    async def agent_sync(name: str, request: SyncRequest) -> dict[str, Any] | list[bytes]:
         """Heartbeat and pod statuses in; this node's pods and every Service's endpoints out."""
         began = time.perf_counter()
         try:
@@ -241,7 +241,7 @@ def create_app(
         finally:
             observed.agent_sync.observe(time.perf_counter() - began)
 
-    async def _agent_sync(name: str, request: SyncRequest) -> dict[str, Any] | bytes:
+    async def _agent_sync(name: str, request: SyncRequest) -> dict[str, Any] | list[bytes]:
         # Reports compare by the agent's digest when it gives one (no digest made of 30
         # statuses at each heartbeat), else by the server's own.
         digest = f"agent:{request.report_digest}" if request.report_digest else report_digest(request)
@@ -352,7 +352,7 @@ def create_app(
             for u in request.usage or ()
         ]
 
-    def _sync(name: str, request: SyncRequest, digest: str) -> bytes:
+    def _sync(name: str, request: SyncRequest, digest: str) -> list[bytes]:
         """A sync that reads or writes: the report written (unless it is the last one again),
         and what the agent does not hold yet."""
         statuses = [
@@ -430,7 +430,7 @@ def create_app(
     @node_call(
         app, "/agent/v1/nodes/{name}/watch", response_model=WatchReply, response_model_exclude_none=True
     )
-    async def agent_watch(name: str, request: WatchRequest) -> dict[str, Any] | bytes:
+    async def agent_watch(name: str, request: WatchRequest) -> dict[str, Any] | list[bytes]:
         """Long-poll: answered once the node's pods or the Services move from the versions
         the agent holds, or a log request waits for it; else after `timeout` seconds.
 

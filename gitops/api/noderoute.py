@@ -22,8 +22,9 @@ though, are served by `handle`:
   on FastAPI's routes, a body is read as JSON only without a `Content-Type` or with a JSON
   one (`application/json`, `application/*+json`); any other is refused 422, saying so;
 - the endpoint is called with the node's name and the parsed request, and returns the
-  reply as JSON text (`bytes`) or as a dict already in the response model's shape, sent
-  as it is (the endpoints build it so; their tests hold them to the model).
+  reply as JSON text (`bytes`, or a list of parts to send one after the other: texts shared
+  by many replies are not copied into each), or as a dict already in the response model's
+  shape, sent as it is (the endpoints build it so; their tests hold them to the model).
 
 Exceptions the endpoint raises (`HTTPException` among them) reach the app's exception
 middleware as from any route.
@@ -44,7 +45,7 @@ from starlette.types import Receive, Scope, Send
 
 from gitops.api.auth import GATED_NODE
 
-NodeEndpoint = Callable[[str, Any], Awaitable["bytes | dict[str, Any]"]]
+NodeEndpoint = Callable[[str, Any], Awaitable["bytes | list[bytes] | dict[str, Any]"]]
 
 
 class NodeRoute(APIRoute):
@@ -80,7 +81,7 @@ class NodeRoute(APIRoute):
                 error["loc"] = ("body", *error["loc"])
             raise RequestValidationError(errors, body=body) from None
         reply = await self.node_endpoint(name, request)
-        await _send(send, 200, reply if isinstance(reply, bytes) else _encode(reply))
+        await _send(send, 200, _encode(reply) if isinstance(reply, dict) else reply)
 
 
 def node_call(app: FastAPI, path: str, **route: Any) -> Callable[[NodeEndpoint], NodeEndpoint]:
@@ -128,12 +129,15 @@ async def _body(receive: Receive) -> bytes:
     return b"".join(chunks)
 
 
-async def _send(send: Send, status: int, body: bytes) -> None:
+async def _send(send: Send, status: int, body: bytes | list[bytes]) -> None:
+    parts = [body] if isinstance(body, bytes) else body
+    length = str(sum(map(len, parts))).encode()
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "headers": [(b"content-type", b"application/json"), (b"content-length", length)],
         }
     )
-    await send({"type": "http.response.body", "body": body})
+    for i, part in enumerate(parts):
+        await send({"type": "http.response.body", "body": part, "more_body": i < len(parts) - 1})

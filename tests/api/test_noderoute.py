@@ -4,6 +4,7 @@ documentation as a standard route."""
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from fastapi import FastAPI, HTTPException
 from fastapi.testclient import TestClient
 
+from gitops.api.agentsync import json_object
 from gitops.api.app import create_app
 from gitops.api.auth import AgentGate
 from gitops.api.models import SyncReply, WatchRequest
@@ -176,3 +178,52 @@ def test_the_gate_has_the_tokens_read_again_in_the_background_when_due() -> None
             assert client.post("/agent/v1/nodes/n1/sync", json={}, headers=auth).status_code == 200
         assert reads == [1]
         release.set()
+
+
+def test_a_reply_in_parts_is_sent_part_after_part_with_their_whole_length() -> None:
+    """Texts shared by many replies (every Service's, encoded once) go out as they are, each
+    a body message of its own, not copied into one reply per agent."""
+    shared = json.dumps([{"name": "web", "endpoints": list(range(1000))}]).encode()
+    app = FastAPI()
+
+    @node_call(app, "/agent/v1/nodes/{name}/watch")
+    async def watch(name: str, request: WatchRequest) -> list[bytes]:
+        return json_object({"changed": True, "node": name}, {"services_changed": shared, "routes": b"null"})
+
+    sent: list[dict[str, Any]] = []
+
+    async def recording(scope: Any, receive: Any, send: Any) -> None:
+        async def noted(message: dict[str, Any]) -> None:
+            sent.append(message)
+            await send(message)
+
+        await gated(scope, receive, noted)
+
+    gated = AgentGate(app, join_token="j", node_token_ok=lambda _node, _token: True)
+    answer = TestClient(recording).post(
+        "/agent/v1/nodes/n1/watch", json={}, headers={"Authorization": "Bearer t"}
+    )
+    assert answer.status_code == 200
+    assert answer.json() == {
+        "changed": True,
+        "node": "n1",
+        "services_changed": json.loads(shared),
+        "routes": None,
+    }
+    assert int(answer.headers["content-length"]) == len(answer.content)
+    bodies = [m for m in sent if m["type"] == "http.response.body"]
+    assert any(m["body"] is shared for m in bodies)  # the very text, not a copy
+    assert [m.get("more_body", False) for m in bodies] == [True] * (len(bodies) - 1) + [False]
+
+
+def test_json_object_parts_join_to_the_object() -> None:
+    for fields, raw in (
+        ({}, {}),
+        ({"a": 1}, {}),
+        ({}, {"b": b"[1]"}),
+        ({"a": "x", "b": None}, {"b": b"[1,2]", "c": b"null"}),
+    ):
+        assert json.loads(b"".join(json_object(fields, raw))) == {
+            **fields,
+            **{k: json.loads(v) for k, v in raw.items()},
+        }
