@@ -115,13 +115,14 @@ class Connection:
         self.writer: asyncio.StreamWriter | None = None
 
     async def request(
-        self, method: str, path: str, body: bytes, headers: dict[str, str]
+        self, method: str, path: str, body: bytes, headers: dict[str, str], *, whole: bool = True
     ) -> tuple[int, bytes]:
+        """The answer's status and body; without `whole`, a body longer than `_HEAD` and
+        `_TAIL` together comes back as its head and its tail only, the rest read and dropped
+        as it arrives (`HollowAgent.answer_of` needs no more)."""
         for attempt in (1, 2):  # a connection the server closed while idle is opened again once
             if self.writer is None:
-                # A large buffer: an answer of megabytes (every Service's endpoints) is read
-                # without pausing and resuming the socket every 128 KB.
-                self.reader, self.writer = await asyncio.open_connection(self.host, self.port, limit=2**24)
+                self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
             assert self.reader is not None
             head = [
                 f"{method} {path} HTTP/1.1",
@@ -149,7 +150,10 @@ class Connection:
                         raise HttpError(f"unexpected transfer-encoding {value.strip()}")
                     elif name == "connection" and value.strip().lower() == "close":
                         close = True
-                payload = await self.reader.readexactly(length)
+                if whole or length <= _HEAD + _TAIL:
+                    payload = await self.reader.readexactly(length)
+                else:
+                    payload = await self._ends(length)
                 if close:
                     self.close()
                 return int(status_line.split()[1]), payload
@@ -158,6 +162,20 @@ class Connection:
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+    async def _ends(self, length: int) -> bytes:
+        """The first `_HEAD` and the last `_TAIL` bytes of a body of `length`: hollow agents
+        holding every move's Services in full (megabytes each, thousands of agents in one
+        process) kept this process too busy to time its calls."""
+        assert self.reader is not None
+        head = await self.reader.readexactly(_HEAD)
+        left = length - _HEAD - _TAIL
+        while left > 0:
+            chunk = await self.reader.read(min(left, 2**20))
+            if not chunk:
+                raise asyncio.IncompleteReadError(b"", left)
+            left -= len(chunk)
+        return head + await self.reader.readexactly(_TAIL)
 
     def close(self) -> None:
         if self.writer is not None:
@@ -173,11 +191,11 @@ class Pool:
             self.free.put_nowait(Connection(host, port))
 
     async def request(
-        self, method: str, path: str, body: bytes, headers: dict[str, str]
+        self, method: str, path: str, body: bytes, headers: dict[str, str], *, whole: bool = True
     ) -> tuple[int, bytes]:
         conn = await self.free.get()
         try:
-            return await conn.request(method, path, body, headers)
+            return await conn.request(method, path, body, headers, whole=whole)
         finally:
             self.free.put_nowait(conn)
 
@@ -209,6 +227,7 @@ _PLAIN_FIELDS = (b"pods_version", b"services_version", b"report_held", b"changed
 _PLAIN_VALUE = re.compile(rb'"(?:[^"\\]|\\.)*"|null|true|false')
 _DECODER = json.JSONDecoder()
 _HEAD = 4096  # bytes of an answer that hold its small fields
+_TAIL = 2**20  # bytes at the end of an answer that hold its pods
 
 
 @dataclass
@@ -373,6 +392,7 @@ class HollowAgent:
             f"/agent/v1/nodes/{self.name}/sync",
             json.dumps(fields).encode(),
             {"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"},
+            whole=self.services is not None,
         )
 
     def apply(self, answer: dict[str, Any]) -> None:
@@ -496,6 +516,7 @@ class HollowAgent:
                         f"/agent/v1/nodes/{self.name}/watch",
                         body,
                         {"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"},
+                        whole=self.services is not None,
                     )
                 except (OSError, HttpError):
                     await asyncio.sleep(1.0)
