@@ -66,11 +66,12 @@ class Backoff:
 @dataclass
 class Cadence:
     """Something due every `period` seconds at a phase of its own (monotonic time). Done
-    early, for a reason of its own, it stays due when it was; done when due (or late), the
-    next is due at the next point of its phase. Counting each period from the last time it
-    was done instead, every agent that called at one moment (a control plane back from a
-    restart, a move every agent synced for) would call at one moment from then on: at 5,000
-    nodes, one burst of 5,000 heartbeats each period. `starting` draws the phase at random."""
+    when due, late, or less than half a period early (a call for another reason serves as
+    the heartbeat), the next is due at the next point of its phase; done earlier, it stays
+    due when it was. Counting each period from the last time it was done instead, every
+    agent that called at one moment (a control plane back from a restart, a move every
+    agent synced for) would call at one moment from then on: at 5,000 nodes, one burst of
+    5,000 heartbeats each period. `starting` draws the phase at random."""
 
     period: float
     due: float
@@ -83,10 +84,11 @@ class Cadence:
         return now >= self.due
 
     def done(self, now: float) -> None:
-        """It was done at `now`: if it was due, the next is due one period on (or the next
-        point of its phase after `now`, if it was late by more than a period)."""
-        if now >= self.due:
-            self.due += self.period * (1 + (now - self.due) // self.period)
+        """It was done at `now`: if it was due within half a period, the next is due one
+        period on (or at the next point of its phase after `now`, if it was late by more
+        than a period). At most one and a half periods pass between two times it is done."""
+        if now >= self.due - self.period / 2:
+            self.due += self.period * (1 + max(0.0, now - self.due) // self.period)
 
     def until(self, now: float) -> float:
         """Seconds from `now` until it is due next (it is taken as done at `now` if due)."""

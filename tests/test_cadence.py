@@ -1,5 +1,6 @@
-"""A cadence keeps its phase: done early it stays due when it was, done when due the next is
-one period on, done late by periods the next is at its phase again."""
+"""A cadence keeps its phase: done early it stays due when it was, done when due (or less
+than half a period early) the next is one period on, done late by periods the next is at
+its phase again."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from gitops.loop import Cadence
 def test_a_cadence_keeps_its_phase_whatever_is_done_between() -> None:
     beat = Cadence.starting(10.0, 100.0, rand=lambda: 0.25)
     assert beat.due == 102.5 and not beat.is_due(102.0)
-    beat.done(101.0)  # done early, for a reason of its own
+    beat.done(97.0)  # done early, for a reason of its own
     assert beat.due == 102.5
-    beat.done(103.0)  # done when due
+    beat.done(98.0)  # less than half a period early: it serves as this one
     assert beat.due == 112.5
-    beat.done(141.0)  # late by more than two periods: at its phase again
+    beat.done(113.0)  # done when due
+    assert beat.due == 122.5
+    beat.done(141.0)  # late by nearly two periods: at its phase again
     assert beat.due == 142.5
     assert beat.until(150.0) == 2.5
 

@@ -294,7 +294,9 @@ class SharedEndpoints:
         every `FULL_EVERY` seconds, and after an error."""
         pods = self.store.pod_cache.pods()
         whole = time.monotonic() - self._full_at >= FULL_EVERY
-        changed, _, swapped = pod_changes(self._pods, pods)
+        # Without a Service kept, no pod's change matters (a Service that comes finds its
+        # pods among all of them): no walk of 150,000 pods, no old pods held.
+        changed, _, swapped = pod_changes(self._pods, pods) if self._kept.keeps else ([], None, [])
         try:
             services = self._kept.update(
                 self.store.desired(),
@@ -307,7 +309,7 @@ class SharedEndpoints:
         except BaseException:
             self._kept, self._pods = KeptEndpoints(), ()  # what it kept may be half updated
             raise
-        self._pods = pods
+        self._pods = pods if self._kept.keeps else ()
         if whole:
             self._full_at = time.monotonic()
         encoded, texts = {}, {}

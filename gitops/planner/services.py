@@ -338,6 +338,11 @@ class KeptEndpoints:
         self.recomputed = frozenset(redo)
         return self._result
 
+    @property
+    def keeps(self) -> bool:
+        """Whether it keeps a Service's selected pods (else no pod's change matters to it)."""
+        return bool(self._selected)
+
     def _forget(self, key: ObjectKey) -> None:
         namespace = key.namespace
         for label, value in self._selectors.pop(key, {}).items():
