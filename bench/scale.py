@@ -248,7 +248,6 @@ class HollowAgent:
     versions: tuple[str, str] = ("", "")  # the pods' and the Services' versions held
     said: str = ""  # the last report sent
     held: str | None = None  # the digest of its report the server holds (None: it compares none)
-    sent_at: float = float("-inf")
     beat: Cadence | None = None  # when its heartbeat is due, at a phase of its own, as the real agent's
     news: bool = False  # the long-poll saw something move (the sync loop is woken: `wake`)
     wake: asyncio.Future[None] | None = None  # the sync loop's wait: done on news or at its next tick
@@ -376,7 +375,7 @@ class HollowAgent:
         if measured:
             self.usage_due = began + self.usage_every
         answer = self.answer_of(reply)
-        self.said, self.sent_at = report, began
+        self.said = report
         if self.beat is not None:
             self.beat.done(began)  # a call for news leaves the heartbeat where it was
         self.versions = (answer.get("pods_version", ""), answer.get("services_version", ""))

@@ -1583,8 +1583,9 @@ class Agent:
         """Seconds until the next tick: every `interval`, at this agent's own phase (a
         tick for news in between does not move the next)."""
         now = time.monotonic()
-        if self._ticks is None or self._ticks.period != self.config.interval:
+        if self._ticks is None:
             self._ticks = Cadence.starting(self.config.interval, now)
+        self._ticks.every(self.config.interval, now)
         return self._ticks.until(now)
 
     def run(self) -> None:

@@ -116,8 +116,10 @@ def json_object(fields: dict[str, Any], raw: dict[str, bytes]) -> list[bytes]:
         if key not in raw
     ]
     parts = [b"{" + b",".join(plain)]
+    comma = b"," if plain else b""
     for key, value in raw.items():
-        parts += [(b"," if plain or len(parts) > 1 else b"") + json.dumps(key).encode() + b":", value]
+        parts += [comma + json.dumps(key).encode() + b":", value]
+        comma = b","
     parts.append(b"}")
     return parts
 
@@ -153,9 +155,8 @@ class SharedEndpoints:
         self._kept = KeptEndpoints()
         self._pods: Sequence[Pod] = ()  # the pods the Services were last computed from
         self._full_at = float("-inf")  # monotonic time every Service was last computed
-        # Service -> (its endpoints as last computed, `encode`d, as JSON text)
-        self._encoded: dict[ServiceKey, tuple[ServiceEndpoints, Any, bytes]] = {}
-        self._digests: dict[ServiceKey, tuple[bytes, bytes]] = {}  # Service -> (its text, its digest)
+        # Service -> (its endpoints as last computed, `encode`d, as JSON text, the text's digest)
+        self._encoded: dict[ServiceKey, tuple[ServiceEndpoints, Any, bytes, bytes]] = {}
         self._history: dict[str, _Version] = {}  # the last `HISTORY` versions, oldest first
         self._replies: dict[str, _Reply] = {}  # a version held ("": none) -> what an agent holding it gets
         self._moved_at = float("-inf")  # monotonic time the Services last moved
@@ -319,12 +320,14 @@ class SharedEndpoints:
             if known is None or known[0] is not service:
                 value = encode(service)
                 text = json.dumps(value, separators=(",", ":")).encode()
-                # Computed again, the same: the very text kept (no move of the version).
-                known = (service, value, known[2] if known is not None and known[2] == text else text)
+                if known is not None and known[2] == text:  # computed again, the same: kept as it was
+                    known = (service, value, known[2], known[3])
+                else:
+                    known = (service, value, text, hashlib.blake2b(text, digest_size=16).digest())
             encoded[at] = known
             texts[at] = known[2]
         self._encoded = encoded
-        self._value = [value for _, value, _ in encoded.values()]
+        self._value = [value for _, value, _, _ in encoded.values()]
         if texts.keys() == self._texts.keys() and all(texts[k] is self._texts[k] for k in texts):
             return self._texts
         return texts
@@ -340,16 +343,9 @@ class SharedEndpoints:
             self._index = {name: i for i, (name, _, _) in enumerate(routes)}
             fanout += sum(len(p) + 1 for p in self._pairs)
         self._texts, self._routes = texts, routes
-        digests = {}
-        for at, text in texts.items():
-            known = self._digests.get(at)
-            if known is None or known[0] is not text:
-                known = (text, hashlib.blake2b(text, digest_size=16).digest())
-            digests[at] = known
-        self._digests = digests
         digest = hashlib.blake2b(digest_size=12)
-        for _, each in digests.values():
-            digest.update(each)  # a Service's text is hashed once, not at every move of any
+        for at in texts:  # each Service's text hashed once (`_endpoints`), not at every move of any
+            digest.update(self._encoded[at][3])
         digest.update(b"|" + b",".join(self._pairs))
         # The version names the content: a pod write that moves no endpoint moves nothing.
         self._version = digest.hexdigest()
