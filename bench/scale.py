@@ -587,6 +587,8 @@ class Fleet:
             )
             for k in range(count)
         ]
+        for process in processes:  # a load generator takes only the CPU nothing else wants
+            os.setpriority(os.PRIO_PROCESS, process.pid, args.agents_nice)
         return cls(processes, args.nodes)
 
     def ask(self, what: str) -> list[dict[str, Any]]:
@@ -992,6 +994,38 @@ def bucket_quantile(before: dict[float, float], after: dict[float, float], q: fl
     return next(le for le, count in counted.items() if count >= q * total)
 
 
+def gc_pauses(metrics: str) -> dict[str, dict[float, float]]:
+    """The server's collector pauses (`gitops_gc_pause_seconds`) by generation: cumulative
+    counts by upper bound, and the seconds in all under the key -1."""
+    found: dict[str, dict[float, float]] = {}
+    for generation, le, count in re.findall(
+        r'^gitops_gc_pause_seconds_bucket{generation="(\d)",le="([^"]+)"} (\S+)$', metrics, re.MULTILINE
+    ):
+        found.setdefault(generation, {})[float(le)] = float(count)
+    for generation, total in re.findall(
+        r'^gitops_gc_pause_seconds_sum{generation="(\d)"} (\S+)$', metrics, re.MULTILINE
+    ):
+        found.setdefault(generation, {})[-1.0] = float(total)
+    return found
+
+
+def gc_window(before: dict[str, dict[float, float]], after: dict[str, dict[float, float]]) -> dict[str, Any]:
+    """The collector's pauses between two readings (`gc_pauses`): the collections and their
+    seconds by generation, and the bound of the bucket holding the longest."""
+    counts, seconds, longest = [], [], 0.0
+    for generation in sorted(after):
+        was, now = before.get(generation, {}), after[generation]
+        counted = {le: now[le] - was.get(le, 0.0) for le in sorted(now) if le >= 0}
+        counts.append(int(counted.get(float("inf"), 0.0)))
+        seconds.append(round(now.get(-1.0, 0.0) - was.get(-1.0, 0.0), 3))
+        below = 0.0
+        for le, count in counted.items():
+            if count > below:
+                longest = max(longest, le)
+            below = count
+    return {"collections": counts, "seconds": seconds, "longest_at_most_s": longest}
+
+
 def counter_total(metrics: str, name: str) -> float:
     """The sum of a counter's samples over all its labels in Prometheus text."""
     return sum(float(v) for v in re.findall(rf"^{name}_total(?:{{[^}}]*}})? (\S+)$", metrics, re.MULTILINE))
@@ -1133,6 +1167,7 @@ async def run(
             await witness.mark()
         cpu_before = cpu_seconds(servers)
         gc_before = counter_total(metrics, "gitops_gc_seconds")
+        pauses_before = gc_pauses(metrics)
         await asyncio.sleep(args.quiet)
         # Each agents' process's share of the window spent collecting, on average.
         client_gc = fleet.drain(calls) - client_gc
@@ -1149,6 +1184,10 @@ async def run(
         figures["quiet_gc_share"] = round(
             (counter_total(metrics, "gitops_gc_seconds") - gc_before) / args.quiet, 3
         )
+        paused = gc_window(pauses_before, gc_pauses(metrics))
+        figures["quiet_gc_collections"] = paused["collections"]  # by generation
+        figures["quiet_gc_s"] = paused["seconds"]
+        figures["quiet_gc_longest_s"] = paused["longest_at_most_s"]  # at most
         after_sum, after_count = histogram(metrics, "gitops_controller_pass_seconds")
         passes = after_count - pass_count
         figures["noop_passes"] = int(passes)
@@ -1184,7 +1223,9 @@ async def run(
             f"(in the server: p50 <= {figures['server_sync_ms_p50']} ms, "
             f"p99 <= {figures['server_sync_ms_p99']} ms); "
             f"server CPU {cpu:.1f} s = {figures['server_cpu_ms_per_call']} ms per call "
-            f"({figures['quiet_gc_share']:.1%} of the time collecting garbage, the agents' "
+            f"({figures['quiet_gc_share']:.1%} of the time collecting garbage: "
+            f"{figures['quiet_gc_collections']} collections by generation taking {figures['quiet_gc_s']} s, "
+            f"the longest <= {figures['quiet_gc_longest_s']:g} s; the agents' "
             f"{figures['client_gc_share']:.1%}); "
             f"{figures['calls_answered_of_due']:.0%} of the calls due answered; "
             f"one core keeps {figures['nodes_per_core']} nodes"
@@ -1280,6 +1321,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         default=1,
         help="processes the hollow agents are spread over (default 1)",
     )
+    parser.add_argument(
+        "--agents-nice",
+        type=int,
+        default=0,
+        help="the hollow agents' processes' niceness (19: they take only the CPU the control plane "
+        "and the witness leave, as agents on hosts of their own would)",
+    )
     parser.add_argument("--witness-of", help=argparse.SUPPRESS)  # the witness's own process
     parser.add_argument("--agents-of", help=argparse.SUPPRESS)  # an agents' process (`Fleet`)
     parser.add_argument("--agent-share", default="0/1", help=argparse.SUPPRESS)  # which of them: k/count
@@ -1328,6 +1376,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     figures["api_replicas"] = args.api_replicas
     figures["pinned"] = args.pin
     figures["agent_processes"] = args.agent_processes
+    figures["agents_nice"] = args.agents_nice
     figures["usage_every"] = args.usage_every
     # Stopped with SIGTERM, the bench stops its server too (and removes its folder): it
     # left the server running.

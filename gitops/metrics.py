@@ -34,20 +34,23 @@ Names (all prefixed `gitops_`):
   `container_memory_working_set_bytes{namespace,pod,container}` gauges, as the agents last
   measured them
 - `gc_seconds_total{generation}` counter: the interpreter's cyclic garbage collector's time,
-  by generation (0 and 1 young, 2 full), since the process began counting (`gitops.heap`)
+  by generation (0 and 1 young, 2 full), since the process began counting (`gitops.heap`);
+  `gc_pause_seconds{generation}` histogram: its pauses, which stall every thread; and
+  `gc_collected_objects_total{generation}` counter: the unreachable objects it found
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gitops.health import Health
-from gitops.heap import HEAP
+from gitops.heap import HEAP, PAUSE_BOUNDS
 from gitops.model import PodUsage
 from gitops.store import Store
 
@@ -154,9 +157,26 @@ class _HeapCollector(Collector):
             "Seconds the interpreter's cyclic garbage collector took, by generation (2: full collections).",
             labels=["generation"],
         )
+        pauses = HistogramMetricFamily(
+            "gitops_gc_pause_seconds",
+            "The collector's pauses (every thread waits for them), by generation.",
+            labels=["generation"],
+        )
+        collected = CounterMetricFamily(
+            "gitops_gc_collected_objects",
+            "Unreachable objects the collector found, by generation.",
+            labels=["generation"],
+        )
         for generation, spent in enumerate(HEAP.seconds):
             seconds.add_metric([str(generation)], spent)
-        yield seconds
+            counts = list(itertools.accumulate(HEAP.pauses[generation]))
+            pauses.add_metric(
+                [str(generation)],
+                [*((repr(b), c) for b, c in zip(PAUSE_BOUNDS, counts, strict=False)), ("+Inf", counts[-1])],
+                sum_value=spent,
+            )
+            collected.add_metric([str(generation)], HEAP.collected[generation])
+        yield from (seconds, pauses, collected)
 
 
 class Metrics:
