@@ -3,7 +3,7 @@
     python bench/scale.py [--nodes 1000] [--pods 20000] [--deployments 200] [--db URL]
         [--interval 1.0] [--connections 32] [--settle 10] [--quiet 10] [--timeout 600]
         [--api-replicas 0] [--pin] [--agent-processes 1] [--witnesses 50] [--usage-every 15]
-        [--services]
+        [--services] [--agents-nice 0]
 
 `gitops serve` runs as a child process (its own interpreter, SQLite in a temporary folder
 unless `--db` names a database, a folder source, the API on a free loopback port), exactly
@@ -48,9 +48,14 @@ Phases, each printed with its time:
 
 The server's cyclic garbage collector's time (its `gitops_gc_seconds_total`) is given for
 the pods coming up (`running_gc_s`) and as a share of the quiet window (`quiet_gc_share`);
-the agents' processes' own, in the quiet window, as `client_gc_share` (the mean share per
-process; they keep what they hold long out of full collections as the server does, so that
-they do not stall the calls they time).
+with the quiet window's collections and their seconds by generation (`quiet_gc_collections`,
+`quiet_gc_s`) and the bound of the bucket holding its longest pause (`quiet_gc_longest_s`,
+from `gitops_gc_pause_seconds`); the agents' processes' own, in the quiet window, as
+`client_gc_share` (the mean share per process; they keep what they hold long out of full
+collections as the server does, so that they do not stall the calls they time).
+
+With `--agents-nice 19` the hollow agents' processes take only the CPU the control plane
+and the witness leave them, as agents on hosts of their own would take none of it.
 
 The leader's peak RSS (`VmHWM`) is `rss_mib`, the largest replica's `api_rss_mib`.
 Figures are printed, never asserted; the last line is one JSON object with them. The
