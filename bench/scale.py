@@ -983,9 +983,10 @@ def histogram(metrics: str, name: str) -> tuple[float, float]:
     return (float(total.group(1)) if total else 0.0, float(count.group(1)) if count else 0.0)
 
 
-def buckets(metrics: str, name: str) -> dict[float, float]:
-    """A histogram's cumulative bucket counts by upper bound, from Prometheus text."""
-    found = re.findall(rf'^{name}_bucket{{le="([^"]+)"}} (\S+)$', metrics, re.MULTILINE)
+def buckets(metrics: str, name: str, labels: str = "") -> dict[float, float]:
+    """A histogram's cumulative bucket counts by upper bound, from Prometheus text (of the
+    series with `labels`, as `generation="2",`)."""
+    found = re.findall(rf'^{name}_bucket{{{labels}le="([^"]+)"}} (\S+)$', metrics, re.MULTILINE)
     return {float(le): float(count) for le, count in found}
 
 
@@ -999,35 +1000,34 @@ def bucket_quantile(before: dict[float, float], after: dict[float, float], q: fl
     return next(le for le, count in counted.items() if count >= q * total)
 
 
-def gc_pauses(metrics: str) -> dict[str, dict[float, float]]:
-    """The server's collector pauses (`gitops_gc_pause_seconds`) by generation: cumulative
-    counts by upper bound, and the seconds in all under the key -1."""
-    found: dict[str, dict[float, float]] = {}
-    for generation, le, count in re.findall(
-        r'^gitops_gc_pause_seconds_bucket{generation="(\d)",le="([^"]+)"} (\S+)$', metrics, re.MULTILINE
-    ):
-        found.setdefault(generation, {})[float(le)] = float(count)
-    for generation, total in re.findall(
-        r'^gitops_gc_pause_seconds_sum{generation="(\d)"} (\S+)$', metrics, re.MULTILINE
-    ):
-        found.setdefault(generation, {})[-1.0] = float(total)
-    return found
+GENERATIONS = ("0", "1", "2")
 
 
-def gc_window(before: dict[str, dict[float, float]], after: dict[str, dict[float, float]]) -> dict[str, Any]:
+def gc_pauses(metrics: str) -> list[tuple[dict[float, float], float]]:
+    """The server's collector pauses (`gitops_gc_pause_seconds`), by generation: their
+    cumulative counts by upper bound, and their seconds in all."""
+    read = []
+    for generation in GENERATIONS:
+        total = re.search(
+            rf'^gitops_gc_pause_seconds_sum{{generation="{generation}"}} (\S+)$', metrics, re.MULTILINE
+        )
+        counts = buckets(metrics, "gitops_gc_pause_seconds", f'generation="{generation}",')
+        read.append((counts, float(total.group(1)) if total else 0.0))
+    return read
+
+
+def gc_window(
+    before: list[tuple[dict[float, float], float]], after: list[tuple[dict[float, float], float]]
+) -> dict[str, Any]:
     """The collector's pauses between two readings (`gc_pauses`): the collections and their
     seconds by generation, and the bound of the bucket holding the longest."""
     counts, seconds, longest = [], [], 0.0
-    for generation in sorted(after):
-        was, now = before.get(generation, {}), after[generation]
-        counted = {le: now[le] - was.get(le, 0.0) for le in sorted(now) if le >= 0}
-        counts.append(int(counted.get(float("inf"), 0.0)))
-        seconds.append(round(now.get(-1.0, 0.0) - was.get(-1.0, 0.0), 3))
-        below = 0.0
-        for le, count in counted.items():
-            if count > below:
-                longest = max(longest, le)
-            below = count
+    for (was, was_s), (now, now_s) in zip(before, after, strict=True):
+        counted = int(now.get(float("inf"), 0.0) - was.get(float("inf"), 0.0))
+        counts.append(counted)
+        seconds.append(round(now_s - was_s, 3))
+        if counted:
+            longest = max(longest, bucket_quantile(was, now, 1.0))
     return {"collections": counts, "seconds": seconds, "longest_at_most_s": longest}
 
 

@@ -65,7 +65,6 @@ class Heap:
         self.idle_every = idle_every
         self.growth = growth
         self.seconds = [0.0, 0.0, 0.0]  # the collector's time by generation, since `count_time()`
-        self.collections = [0, 0, 0]  # collections by generation, since `count_time()`
         self.collected = [0, 0, 0]  # the unreachable objects they found, by generation
         # Pauses by generation: counts per bucket of `PAUSE_BOUNDS`, the last one past them.
         self.pauses = [[0] * (len(PAUSE_BOUNDS) + 1) for _ in range(3)]
@@ -76,6 +75,11 @@ class Heap:
         self._started = 0.0
         self._counting = False
         self._keepers = 0
+
+    @property
+    def collections(self) -> list[int]:
+        """Collections by generation, since `count_time()`."""
+        return [sum(counts) for counts in self.pauses]
 
     def count_time(self) -> None:
         """Count the collector's time by generation in `seconds` from now on (once)."""
@@ -90,7 +94,6 @@ class Heap:
             return
         took, generation = time.perf_counter() - self._started, info["generation"]
         self.seconds[generation] += took
-        self.collections[generation] += 1
         self.collected[generation] += info["collected"]
         self.pauses[generation][bisect.bisect_left(PAUSE_BOUNDS, took)] += 1
 
