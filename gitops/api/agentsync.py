@@ -14,7 +14,9 @@ neither side may cost a write, a full read or a re-encoding per call.
   for the pods autoscalers scale, the one use a controller pass has for it: agents report
   it every 15 s, and at 150,000 pods writing every pod's was 10,000 rows a second, 40% of
   a quiet server. Every pod's last measurement stays in memory for `/metrics/resource`
-  (`AgentReports.measured`), as kubelet serves its own pods'. Anything
+  (`AgentReports.measured`), as kubelet serves its own pods', kept as plain tuples
+  (`Kept`): objects the collector tracks, replaced every 15 s, were two thirds of what
+  its young collections walked at 5,000 nodes. Anything
   else (a changed status, a stopped pod, a runtime error, an adoption) is written before
   the call returns; such reports arriving together are written in one transaction
   (`AgentReports.write`).
@@ -61,7 +63,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,7 +72,17 @@ import structlog
 from gitops.api.models import SyncRequest
 from gitops.codec import encode
 from gitops.loop import Precedence
-from gitops.model import Node, NodeName, ObjectKey, Pod, PodId, PodUsage, ServiceEndpoints, pod_changes
+from gitops.model import (
+    ContainerUsage,
+    Node,
+    NodeName,
+    ObjectKey,
+    Pod,
+    PodId,
+    PodUsage,
+    ServiceEndpoints,
+    pod_changes,
+)
 from gitops.planner.autoscale import autoscaled
 from gitops.planner.services import KeptEndpoints
 from gitops.store import Report, Store
@@ -83,6 +95,34 @@ MAX_PACE = 30.0  # seconds: the longest a move of the Services waits for the fan
 FULL_EVERY = 300.0  # seconds between computations of every Service's endpoints, moved or not
 
 ServiceKey = tuple[str, str]  # (namespace, name)
+
+# A node's measurements as `AgentReports` keeps them: one flat tuple of strings and
+# numbers, each pod's (pod, at, window, number of containers) followed by each of its
+# containers' (container, CPU in millicores, memory bytes). The cyclic collector drops a
+# tuple that holds no object it tracks from its lists the first time it walks it, where a
+# `PodUsage` and its containers stay there (and a tuple of tuples, for as many walks as it
+# is deep): at 150,000 pods measured every 15 s, 30,000 such objects a second were
+# replaced, and every young collection walked all those made since the last.
+Kept = tuple[Any, ...]
+
+
+def keep(samples: Sequence[PodUsage]) -> Kept:
+    flat: list[Any] = []
+    for s in samples:
+        flat += (s.pod, s.at, s.window, len(s.containers))
+        for c in s.containers:
+            flat += (c.container, c.cpu_milli, c.memory_bytes)
+    return tuple(flat)
+
+
+def kept_samples(kept: Kept) -> Iterator[PodUsage]:
+    i = 0
+    while i < len(kept):
+        pod, at, window, count = kept[i : i + 4]
+        i += 4
+        containers = tuple(ContainerUsage(*kept[j : j + 3]) for j in range(i, i + 3 * count, 3))
+        i += 3 * count
+        yield PodUsage(pod, at, containers, window=window)
 
 
 @dataclass(frozen=True)
@@ -391,9 +431,10 @@ class AgentReports:
         self.batches = 0  # transactions that wrote reports (for figures)
         self._last: dict[str, tuple[str, str]] = {}  # node -> (report digest, pods version after it)
         self._beats: dict[str, float] = {}
-        self._usage: dict[str, Sequence[PodUsage]] = {}  # node -> what its agent measured, to write
-        # node -> (monotonic time, what its agent measured last), every pod's (`measured`)
-        self._measured: dict[str, tuple[float, Sequence[PodUsage]]] = {}
+        self._usage: dict[str, Kept] = {}  # node -> what its agent measured, to write
+        # node -> what its agent measured last, every pod's (`measured`), and when (monotonic)
+        self._measured: dict[str, Kept] = {}
+        self._measured_at: dict[str, float] = {}
         self._owners: tuple[object, frozenset[ObjectKey], dict[PodId, ObjectKey]] = ((), frozenset(), {})
         self._due = float("inf")  # monotonic time the buffered heartbeats are to be written by
         self.skipped = 0  # reports found unchanged (for tests and figures)
@@ -444,20 +485,23 @@ class AgentReports:
     def keep_usage(self, node: str, samples: Sequence[PodUsage]) -> None:
         """Keep what the node's agent measured (no write): written with the heartbeats
         (`flush`); the caller then keeps its heartbeat (`beat`), which says when."""
+        kept = keep(samples)
         with self._lock:
-            self._usage[node] = samples
-            self._measured[node] = (time.monotonic(), samples)
+            self._usage[node] = kept
+            self._measured[node], self._measured_at[node] = kept, time.monotonic()
 
     def measured(self, max_age: float = 120.0) -> list[PodUsage]:
         """Every pod's last measurement its agent reported to this control plane within
         `max_age` seconds (a node gone quiet, or deleted, drops out), by pod."""
         now = time.monotonic()
         with self._lock:
-            kept = [samples for at, samples in self._measured.values() if now - at <= max_age]
-            self._measured = {n: m for n, m in self._measured.items() if now - m[0] <= max_age}
-        return sorted((s for samples in kept for s in samples), key=lambda s: s.pod)
+            gone = [node for node, at in self._measured_at.items() if now - at > max_age]
+            for node in gone:
+                del self._measured[node], self._measured_at[node]
+            kept = list(self._measured.values())
+        return sorted((s for flat in kept for s in kept_samples(flat)), key=lambda s: s.pod)
 
-    def _autoscaled(self, usage: dict[str, Sequence[PodUsage]]) -> dict[str, Sequence[PodUsage]]:
+    def _autoscaled(self, usage: dict[str, Kept]) -> dict[str, Sequence[PodUsage]]:
         """Of each node's measurements, those of pods autoscalers scale (none without one:
         the nodes' rows are then only dropped)."""
         targets = autoscaled(self.store.desired())
@@ -467,7 +511,7 @@ class AgentReports:
         if self._owners[0] is not pods or self._owners[1] != targets:  # the same tuple: unchanged
             self._owners = (pods, targets, {p.id: p.owner for p in pods if p.owner in targets})
         owners = self._owners[2]
-        return {node: [s for s in samples if s.pod in owners] for node, samples in usage.items()}
+        return {node: [s for s in kept_samples(kept) if s.pod in owners] for node, kept in usage.items()}
 
     def beat(self, node: str, now: float) -> bool:
         """Keep the node's heartbeat time (no write); True for the one call that finds the
