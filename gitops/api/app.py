@@ -14,7 +14,8 @@ Service's endpoints among all agents (`SharedEndpoints`), and wakes the controll
 when a report changed a pod. A report like the last one costs no write, and what the agent
 holds already is not sent again (`gitops.api.agentsync`). Sync and watch calls, every
 agent's about once a second, are served on a lean route (`gitops.api.noderoute`): the body
-parsed by its model in one step, the reply sent as built.
+parsed by its model in one step, the reply sent as built, from the gate that checked the
+node's token, past the app's inner layers.
 
 `/api/v1/...` is read-only (GET and HEAD) and comes from the one redacted read model
 (`gitops.api.readmodel`), as does the status page (`gitops.api.page`); a container's log
@@ -52,7 +53,7 @@ from gitops.api.models import (
     address_problem,
     field_errors,
 )
-from gitops.api.noderoute import node_call
+from gitops.api.noderoute import NodeLane, node_call
 from gitops.api.page import install_status_page
 from gitops.api.readmodel import BadContinue, ExpiredContinue, PodOrder, ReadModel
 from gitops.api.readonly import install_read_only
@@ -133,6 +134,7 @@ def create_app(
         node_token_remembered=store.node_token_remembered,
         tokens_due=store.tokens_due,
         renew_tokens=store.renew_tokens,
+        node_lane=NodeLane(app),  # the sync and watch routes, answered from the gate
     )
     if read_token:
         app.add_middleware(ReadAuth, token=read_token)  # added last: runs first

@@ -21,7 +21,7 @@ import asyncio
 import hmac
 import ipaddress
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qsl, urlencode
 
@@ -181,6 +181,7 @@ JOIN_HEADER = "x-gitops-join-token"
 
 
 GATED_NODE = "gitops.node"  # `scope["state"]` key: the node whose token the gate checked
+NODE_PREFIX = "/agent/v1/nodes/"  # a node's calls: NODE_PREFIX + name + "/" + what
 
 
 class AgentGate:
@@ -194,7 +195,9 @@ class AgentGate:
     worker thread before they are forgotten (`tokens_due`, `renew_tokens`), the call not
     waiting for it; the gate names the node it checked in the request's state
     (`GATED_NODE`), so the route need not ask again. Bodies are then
-    read up to the route's limit (413 beyond it) and handed to the route."""
+    read up to the route's limit (413 beyond it) and handed to the route: a node's call to
+    `node_lane` first (`gitops.api.noderoute.NodeLane`), which answers the node routes
+    itself, past the app's inner layers."""
 
     def __init__(
         self,
@@ -207,8 +210,10 @@ class AgentGate:
         renew_tokens: Callable[[], None] = lambda: None,
         register_limit: int = 64 * 2**10,
         sync_limit: int = 32 * 2**20,
+        node_lane: Callable[[Scope, str, bytes, Receive, Send], Awaitable[bool]] | None = None,
     ) -> None:
         self.app = app
+        self.node_lane = node_lane
         self.join_token = join_token.encode()
         self.node_token_ok = node_token_ok
         self.node_token_remembered = node_token_remembered
@@ -225,13 +230,14 @@ class AgentGate:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         limit = self.register_limit
+        node = ""
         if path == "/agent/v1/register":
             given = headers.get(JOIN_HEADER, "").encode()
             if not (given and hmac.compare_digest(given, self.join_token)):
                 await _json(send, 401, "invalid join token (send it in the X-Gitops-Join-Token header)")
                 return
-        elif path.startswith("/agent/v1/nodes/"):
-            node = path.removeprefix("/agent/v1/nodes/").partition("/")[0]
+        elif path.startswith(NODE_PREFIX):
+            node = path.removeprefix(NODE_PREFIX).partition("/")[0]
             scheme, _, token = headers.get("authorization", "").partition(" ")
             valid = scheme.lower() == "bearer" and bool(token)
             if valid and self.node_token_remembered(node, token):
@@ -260,6 +266,8 @@ class AgentGate:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        if node and self.node_lane is not None and await self.node_lane(scope, node, body, receive, send):
+            return
         sent = False
 
         async def replay() -> Message:

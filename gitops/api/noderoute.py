@@ -26,24 +26,34 @@ though, are served by `handle`:
   by many replies are not copied into each), or as a dict already in the response model's
   shape, sent as it is (the endpoints build it so; their tests hold them to the model).
 
-Exceptions the endpoint raises (`HTTPException` among them) reach the app's exception
-middleware as from any route.
+Exceptions the endpoint raises (`HTTPException` among them) are answered by the app's
+exception handlers as on any other route.
+
+`NodeLane` serves these routes from the gate (`AgentGate`, which has checked the node's
+token and read the body), past the app's inner middleware and router. A call waiting on
+a long-poll holds every layer it passed through (a coroutine each, with the closures and
+objects of each): at 5,000 nodes, 5,000 waiting watches renewed every 25 s, and the
+cyclic collector's young collections walked all of those made since the last. A call
+the lane does not serve (another method, another path) goes on through the app.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import typing
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
-from gitops.api.auth import GATED_NODE
+from gitops.api.auth import GATED_NODE, NODE_PREFIX
 
 NodeEndpoint = Callable[[str, Any], Awaitable["bytes | list[bytes] | dict[str, Any]"]]
 
@@ -68,7 +78,10 @@ class NodeRoute(APIRoute):
         if scope.get("state", {}).get(GATED_NODE) != name:
             await _send(send, 401, b'{"detail":"invalid node token"}')
             return
-        body = await _body(receive)
+        await self.serve(scope, name, await _body(receive), send)
+
+    async def serve(self, scope: Scope, name: str, body: bytes, send: Send) -> None:
+        """Answer the node's call, its `body` read already and its token checked."""
         refused = _not_json(scope)
         if refused is not None:
             wrong = {"type": "content_type", "loc": ("body",), "msg": refused, "input": None}
@@ -82,6 +95,66 @@ class NodeRoute(APIRoute):
             raise RequestValidationError(errors, body=body) from None
         reply = await self.node_endpoint(name, request)
         await _send(send, 200, _encode(reply) if isinstance(reply, dict) else reply)
+
+
+class NodeLane:
+    """The app's `NodeRoute`s, served from the gate (see the module docstring): the gate
+    hands it a node's call it passed, with the body it read, and the lane answers it when
+    it is a POST to one of them (True), as the route and the app's exception handlers
+    would, or leaves it to the app (False)."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self._routes: dict[str, NodeRoute] = {}  # by the path's last part (`sync`, `watch`)
+        self._seen = -1  # how many routes the app had when they were looked for
+
+    def route(self, action: str) -> NodeRoute | None:
+        """The node route `/agent/v1/nodes/{name}/<action>`, if the app has one."""
+        routes = self.app.router.routes
+        if len(routes) != self._seen:  # routes added since: looked for again
+            self._seen = len(routes)
+            pattern = NODE_PREFIX + "{name}/"
+            self._routes = {}
+            for r in routes:
+                if isinstance(r, NodeRoute) and r.path.startswith(pattern):
+                    last = r.path.removeprefix(pattern)
+                    if "/" not in last:
+                        self._routes[last] = r
+        return self._routes.get(action)
+
+    async def __call__(self, scope: Scope, node: str, body: bytes, receive: Receive, send: Send) -> bool:
+        if scope["method"] != "POST":
+            return False
+        name, _, action = scope["path"].removeprefix(NODE_PREFIX).partition("/")
+        route = self.route(action)
+        if route is None or name != node:
+            return False
+        scope["path_params"] = {"name": name}
+        try:
+            await route.serve(scope, name, body, send)
+        except Exception as exc:
+            handler = self._handler(exc)
+            if handler is None:
+                raise  # to the app's outermost middleware: a 500
+            request = Request(scope, receive)
+            if inspect.iscoroutinefunction(handler):
+                response = await handler(request, exc)
+            else:
+                response = await run_in_threadpool(handler, request, exc)
+            await response(scope, receive, send)
+        return True
+
+    def _handler(self, exc: Exception) -> Callable[..., Any] | None:
+        """The app's handler of `exc`, as its exception middleware finds it: by the status
+        of an `HTTPException`, else by the nearest class (not `Exception`: the app's last
+        resort, answered by its outermost middleware)."""
+        handlers = self.app.exception_handlers
+        if isinstance(exc, HTTPException) and exc.status_code in handlers:
+            return handlers[exc.status_code]
+        for kind in type(exc).__mro__:
+            if kind is not Exception and kind in handlers:
+                return handlers[kind]
+        return None
 
 
 def node_call(app: FastAPI, path: str, **route: Any) -> Callable[[NodeEndpoint], NodeEndpoint]:
