@@ -94,6 +94,7 @@ from urllib.request import urlopen
 
 from sqlalchemy import create_engine, text
 
+from gitops.agents.agent import WATCH_SECONDS
 from gitops.heap import HEAP
 from gitops.loop import Cadence
 
@@ -510,7 +511,7 @@ class HollowAgent:
                     {
                         "have_pods": self.versions[0],
                         "have_services": self.versions[1],
-                        "timeout": 25,
+                        "timeout": WATCH_SECONDS,
                         "service_deltas": True,  # as the real agent: a move of the Services comes along
                     }
                 ).encode()

@@ -111,7 +111,12 @@ from gitops.schemas.checks import is_label_value
 
 log = structlog.get_logger(__name__)
 
-WATCH_SECONDS = 25.0  # how long one long-poll waits for news before it is asked again
+# How long one long-poll waits for news before it is asked again: under the 60 s an HTTP
+# proxy commonly allows an idle answer (nginx's `proxy_read_timeout`). Every renewal costs
+# the server a call whose objects live as long as it waits: at 5,000 nodes, renewed every
+# 25 s, they were most of what the collector's young collections walked (kubelet's watches
+# last 5-10 minutes).
+WATCH_SECONDS = 55.0
 TICK_STUCK_SECONDS = 90.0  # no tick began for this long (three sync timeouts): stop watching
 _HELD = ("pods", "services", "routes", "claims")  # parts of a reply kept in `Agent._held`
 _DELTA = ("services_from", "services_changed", "services_removed")  # applied by `_complete`, then dropped
