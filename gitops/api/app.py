@@ -39,6 +39,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gitops.api.agentsync import AgentReports, NodeWatch, SharedEndpoints, json_object, report_digest
 from gitops.api.auth import GATED_NODE, JOIN_HEADER, AgentGate, LoopbackHosts, ReadAuth
@@ -72,6 +73,32 @@ QUIET_MAX_AGE = 2.0
 # agent's 30 s; then it is answered 429 (send it again). Calls let through after their
 # wait at 5,000 nodes took a third of the core from a pass writing 150,000 pods.
 YIELD_SECONDS = 20.0
+
+
+class App(FastAPI):
+    """The app, with the gate and what guards it in front of FastAPI's own layers (`front`):
+    a node's sync and watch are answered from the gate (`gitops.api.noderoute.NodeLane`),
+    and a call waiting on a long-poll holds only the layers it went through, a coroutine
+    each with its closures. At 5,000 nodes FastAPI's five outer ones (its error, telemetry
+    and body-size middleware among them) were a fifth of what each waiting watch held for
+    the collector to walk. Everything else goes on through FastAPI as it came; an exception
+    the front itself raises is answered 500 by the server, as FastAPI's outermost layer
+    would."""
+
+    front: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.front is None or scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        if self.root_path:
+            scope["root_path"] = self.root_path
+        await self.front(scope, receive, send)
+
+    async def behind(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """FastAPI's own layers: what `front` calls to go on."""
+        await FastAPI.__call__(self, scope, receive, send)
 
 
 async def _bearer(authorization: str = Header(default="")) -> str:
@@ -119,7 +146,7 @@ def create_app(
     # No Swagger UI or ReDoc: they load their assets from a CDN. /docs is ours, offline.
     # No OpenTelemetry: gitops exports Prometheus metrics (`/metrics`). FastAPI would look for
     # OpenTelemetry providers at every request (9% of an agent's quiet sync call).
-    app = FastAPI(
+    app = App(
         title="gitops",
         version="0.2.0",
         docs_url=None,
@@ -127,8 +154,8 @@ def create_app(
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_read_only(app)
-    app.add_middleware(
-        AgentGate,
+    gate = AgentGate(
+        app.behind,
         join_token=join_token,
         node_token_ok=store.node_for_token,
         node_token_remembered=store.node_token_remembered,
@@ -136,10 +163,12 @@ def create_app(
         renew_tokens=store.renew_tokens,
         node_lane=NodeLane(app),  # the sync and watch routes, answered from the gate
     )
+    # The read token, or loopback names only, are asked before the gate, as before anything.
+    app.front = gate
     if read_token:
-        app.add_middleware(ReadAuth, token=read_token)  # added last: runs first
+        app.front = ReadAuth(gate, token=read_token)
     elif loopback_only:
-        app.add_middleware(LoopbackHosts)
+        app.front = LoopbackHosts(gate)
     health = health or Health()
     reads = ReadModel(store, sources, clock=clock, ttl=page_cache_seconds, health=health)
     install_status_page(app, reads.cache, health)

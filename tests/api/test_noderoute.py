@@ -235,9 +235,9 @@ def test_a_waiting_watch_holds_few_objects_for_the_collector(tmp_path: Path) -> 
     """At 5,000 nodes, 5,000 watches wait at any time, each renewed every 25 s, and the
     cyclic collector's young collections walk every object those made since the last:
     their pauses were what an agent's quiet call waited on. A watch is served from the
-    gate (`NodeLane`), past the app's inner layers, and waits on one future: through
-    every layer, with `asyncio.wait_for` and `shield`, each waiting watch held 80
-    objects the collector tracks."""
+    gate (`NodeLane`), in front of FastAPI's layers (`App.front`), and waits on one
+    future: through every layer, with `asyncio.wait_for` and `shield`, each waiting watch
+    held 80 objects the collector tracks (29 now, this test's own included)."""
     from gitops.model import Node, NodeName
 
     store = Store(f"sqlite:///{tmp_path / 's.db'}")
@@ -301,5 +301,5 @@ def test_a_waiting_watch_holds_few_objects_for_the_collector(tmp_path: Path) -> 
 
     each = asyncio.run(run())
     assert answered == [200] * (watches + 1)
-    assert each < 50, each
+    assert each < 35, each
     store.close()
