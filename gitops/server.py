@@ -37,7 +37,6 @@ from gitops.api.auth import is_loopback
 from gitops.api.githttp import git_router
 from gitops.api.webhooks import webhook_router
 from gitops.controller import Controller
-from gitops.handover import quick_handover
 from gitops.health import Health
 from gitops.heap import HEAP
 from gitops.loop import Loop, Precedence
@@ -110,7 +109,6 @@ class ControlPlane:
     _leading: bool = False
     _keeping: threading.Thread | None = None  # renews or tries to take the lease
     _heap: threading.Thread | None = None  # settles the collector (`gitops.heap`)
-    _handover: AbstractContextManager[None] | None = None  # the short switch interval, held while it runs
     _stopping: threading.Event = field(default_factory=threading.Event)
     _leader_lock: threading.Lock = field(default_factory=threading.Lock)
     _led_epoch: int = 0  # the epoch of the lease this process last led by (0: none since it started)
@@ -442,11 +440,6 @@ class ControlPlane:
         if self._heap is None or not self._heap.is_alive():
             self._heap = threading.Thread(target=HEAP.keep, args=(self._stopping,), name="heap", daemon=True)
             self._heap.start()
-        # The API's event loop gets the interpreter within 0.5 ms of asking, whichever
-        # thread holds it (`gitops.handover`).
-        if self._handover is None:
-            self._handover = quick_handover()
-            self._handover.__enter__()
 
     def start(self) -> None:
         """Run everything in background threads; returns once the API answers."""
@@ -486,9 +479,6 @@ class ControlPlane:
 
     def stop(self) -> None:
         self._stopping.set()
-        if self._handover is not None:
-            self._handover.__exit__(None, None, None)
-            self._handover = None
         if self._keeping is not None:
             self._keeping.join(timeout=10)
         with self._leader_lock:
