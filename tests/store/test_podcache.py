@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -191,6 +192,49 @@ def test_a_node_version_kept_between_calls_moves_only_with_that_nodes_pods(store
         assert after[moved] != before[moved]
         assert [after[n] == before[n] for n in ("n1", "n2") if n != moved] == [True]
         assert cache.node_view(moved, max_age=0.0)[0] == after[moved]
+
+
+def test_a_kept_node_version_is_given_while_a_read_holds_the_cache(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API's event loop asks a node's version for every quiet heartbeat. Every
+    `full_every` seconds a read compares every row's stamp (150,000 rows), holding the
+    cache: waiting for it, every agent's call waited half a second. A version kept since
+    the node's pods last moved is given at once, the one from before the read."""
+    store.register_node(Node(NodeName("n1"), "192.0.2.10", 4000, 2**32), "t", now=1.0)
+    store.apply_pod_changes(
+        create=[(_pod(i), "new") for i in range(2)],
+        stop=[],
+        bind={f"default/web-{i}": NodeName("n1") for i in range(2)},
+        pending_reasons={},
+        now=1.0,
+    )
+    cache = PodCache(store, slack=0.0)
+    cache.refresh()
+    kept = cache.node_version("n1")
+    inside, release = threading.Event(), threading.Event()
+    read_changes = PodCache._read_changes
+
+    def held(self: PodCache, since: float) -> None:
+        inside.set()
+        assert release.wait(10)
+        read_changes(self, since)
+
+    monkeypatch.setattr(PodCache, "_read_changes", held)
+    cache.full_every = 0.0  # the next read compares every row's stamp
+    reading = threading.Thread(target=cache.refresh)
+    reading.start()
+    try:
+        assert inside.wait(10)
+        given: list[str] = []
+        asking = threading.Thread(target=lambda: given.append(cache.node_version("n1")))
+        asking.start()
+        asking.join(2)
+        assert given == [kept]  # at once, not after the read
+    finally:
+        release.set()
+        reading.join(10)
+    assert cache.node_version("n1") == kept  # nothing moved
 
 
 def test_a_status_report_that_changes_only_restarts_is_seen(store: Store) -> None:
