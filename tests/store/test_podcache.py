@@ -195,12 +195,13 @@ def test_a_node_version_kept_between_calls_moves_only_with_that_nodes_pods(store
 
 
 def test_a_kept_node_version_is_given_while_a_read_holds_the_cache(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The API's event loop asks a node's version for every quiet heartbeat. Every
     `full_every` seconds a read compares every row's stamp (150,000 rows), holding the
     cache: waiting for it, every agent's call waited half a second. A version kept since
     the node's pods last moved is given at once, the one from before the read."""
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")  # a file: the read runs in a thread of its own
     store.register_node(Node(NodeName("n1"), "192.0.2.10", 4000, 2**32), "t", now=1.0)
     store.apply_pod_changes(
         create=[(_pod(i), "new") for i in range(2)],
@@ -222,7 +223,15 @@ def test_a_kept_node_version_is_given_while_a_read_holds_the_cache(
 
     monkeypatch.setattr(PodCache, "_read_changes", held)
     cache.full_every = 0.0  # the next read compares every row's stamp
-    reading = threading.Thread(target=cache.refresh)
+    failed: list[Exception] = []
+
+    def refresh() -> None:
+        try:
+            cache.refresh()
+        except Exception as exc:
+            failed.append(exc)
+
+    reading = threading.Thread(target=refresh)
     reading.start()
     try:
         assert inside.wait(10)
@@ -234,7 +243,9 @@ def test_a_kept_node_version_is_given_while_a_read_holds_the_cache(
     finally:
         release.set()
         reading.join(10)
+    assert not reading.is_alive() and failed == []  # the read ended, and did not fail
     assert cache.node_version("n1") == kept  # nothing moved
+    store.close()
 
 
 def test_a_status_report_that_changes_only_restarts_is_seen(store: Store) -> None:
