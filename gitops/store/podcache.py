@@ -212,19 +212,26 @@ class PodCache:
         `full_every` seconds, all 150,000 rows' stamps compared) held every agent's call for
         half a second. A read under way marks a node it moves (`_place`) before it changes
         that node's pods, so the version given without the lock is the one from before it."""
+        kept = self._kept_version(node)
+        if kept is not None:
+            return kept
+        with self._lock:
+            return self._node_version(node)
+
+    def _kept_version(self, node: str) -> str | None:
+        """`node`'s version made since its pods last moved, if there is one."""
         known = self._node_versions.get(node)
         if known is not None and known[0] >= max(self._node_generations.get(node, -1), self._full_generation):
             return known[1]
-        with self._lock:
-            return self._node_version(node)
+        return None
 
     def _node_version(self, node: str, ids: list[PodId] | None = None) -> str:
         """`node`'s version (`ids`: its pods, sorted, if at hand), made again only when its
         pods moved since it was last made: a quiet heartbeat asks it, 500 a second at
         5,000 nodes."""
-        known = self._node_versions.get(node)
-        if known is not None and known[0] >= max(self._node_generations.get(node, -1), self._full_generation):
-            return known[1]
+        kept = self._kept_version(node)
+        if kept is not None:
+            return kept
         version = self._version(sorted(self._by_node.get(node, ())) if ids is None else ids)
         self._node_versions[node] = (self.generation, version)
         return version
