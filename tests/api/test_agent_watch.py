@@ -288,3 +288,59 @@ def test_a_look_compares_only_new_waiters_and_those_of_nodes_that_moved(tmp_path
 
     assert asyncio.run(main())["changed"] is True
     store.close()
+
+
+def test_an_agent_that_begins_to_wait_is_compared_without_a_read_of_the_store(tmp_path: Path) -> None:
+    """About 90 watches begin a second at 5,000 nodes: each is compared with the state the
+    watch last read (its versions came from a reply made from it), and the store is read
+    only when this process wrote or every `poll` seconds."""
+    from gitops.api.agentsync import NodeWatch, SharedEndpoints
+    from gitops.model import Node, NodeName, PodStatus
+
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    for name in ("n1", "n2", "n3"):
+        store.register_node(Node(NodeName(name), "192.0.2.10", 4000, 2**32), "t", now=1.0)
+    store.apply_revision(Revision("git:x", "1" * 40), [deployment(replicas=3)], [], 1.0)
+    reconcile_once(store, 2.0)  # a pod on each node
+    on = {p.node: p.id for p in store.pods()}
+    endpoints = SharedEndpoints(store, clock=time.time, ttl=0.0)
+    watch = NodeWatch(store, endpoints, set, poll=600)  # no read for other processes' writes here
+    cache, reads, compared = store.pod_cache, [], []
+    refresh, node_version = cache.refresh, cache.node_version
+
+    def counted_refresh() -> None:
+        reads.append(1)
+        refresh()
+
+    def counted_version(node: str) -> str:
+        compared.append(node)
+        return node_version(node)
+
+    cache.refresh = counted_refresh  # type: ignore[method-assign]
+    cache.node_version = counted_version  # type: ignore[method-assign]
+
+    async def until(what: Any) -> None:
+        while not what():
+            await asyncio.sleep(0.02)
+
+    async def main() -> None:
+        services = endpoints.version()
+        first = asyncio.create_task(watch.wait("n1", node_version("n1"), services, timeout=20))
+        await asyncio.wait_for(until(lambda: compared == ["n1"]), 10)
+        assert len(reads) == 1  # the watch's first look reads
+        later = {
+            n: asyncio.create_task(watch.wait(n, node_version(n), services, timeout=20)) for n in ("n2", "n3")
+        }
+        await asyncio.wait_for(until(lambda: sorted(compared) == ["n1", "n2", "n3"]), 10)
+        behind = await asyncio.wait_for(watch.wait("n2", "an older version", services, timeout=20), 10)
+        assert behind["changed"] is True and behind["pods_version"] == node_version("n2")
+        assert len(reads) == 1 and not first.done() and not any(t.done() for t in later.values())
+        # A write of this process: read, and the node's waiter answered.
+        await asyncio.to_thread(store.heartbeat, "n3", [PodStatus(on["n3"], "Running", True)], 3.0)
+        answer = await asyncio.wait_for(later["n3"], 10)
+        assert answer["changed"] is True and len(reads) == 2
+        watch.close()
+        await asyncio.gather(first, later["n2"])
+
+    asyncio.run(main())
+    store.close()
