@@ -35,6 +35,7 @@ from gitops.api.agentsync import NodeWatch
 from gitops.api.app import create_app
 from gitops.api.auth import is_loopback
 from gitops.api.githttp import git_router
+from gitops.api.onewrite import OneWriteProtocol
 from gitops.api.webhooks import webhook_router
 from gitops.controller import Controller
 from gitops.health import Health
@@ -186,14 +187,15 @@ class ControlPlane:
                 repo.ensure()
             app.include_router(git_router(self.hosted, self.push_token, self._pushed))
         # httptools and uvloop: thousands of agents' calls a second are mostly HTTP parsing and
-        # event-loop work, which they do in C (docs/scale.md).
+        # event-loop work, which they do in C (docs/scale.md); each response's head and body
+        # in one write (`OneWriteProtocol`).
         config = uvicorn.Config(
             app,
             host=self.host,
             port=self.port,
             log_level="warning",
             access_log=False,
-            http="httptools",
+            http=OneWriteProtocol,
             loop="uvloop",
         )
         return _Server(config, app.state.node_watch)

@@ -184,8 +184,10 @@ def test_the_gate_has_the_tokens_read_again_in_the_background_when_due() -> None
 
 def test_a_reply_in_parts_is_sent_part_after_part_with_their_whole_length() -> None:
     """Texts shared by many replies (every Service's, encoded once) go out as they are, each
-    a body message of its own, not copied into one reply per agent."""
-    shared = json.dumps([{"name": "web", "endpoints": list(range(1000))}]).encode()
+    a body message of its own, not copied into one reply per agent; a reply of 64 KiB or
+    less goes as one body message (one write: a message each was a system call each)."""
+    shared = json.dumps([{"name": "web", "endpoints": list(range(20_000))}]).encode()
+    assert len(shared) > 64 * 1024
     app = FastAPI()
 
     @node_call(app, "/agent/v1/nodes/{name}/watch")
@@ -216,6 +218,14 @@ def test_a_reply_in_parts_is_sent_part_after_part_with_their_whole_length() -> N
     bodies = [m for m in sent if m["type"] == "http.response.body"]
     assert any(m["body"] is shared for m in bodies)  # the very text, not a copy
     assert [m.get("more_body", False) for m in bodies] == [True] * (len(bodies) - 1) + [False]
+    sent.clear()
+    shared = json.dumps([{"name": "web", "endpoints": list(range(1000))}]).encode()
+    answer = TestClient(recording).post(
+        "/agent/v1/nodes/n1/watch", json={}, headers={"Authorization": "Bearer t"}
+    )
+    assert answer.json()["services_changed"] == json.loads(shared)
+    assert int(answer.headers["content-length"]) == len(answer.content)
+    assert [m.get("more_body", False) for m in sent if m["type"] == "http.response.body"] == [False]
 
 
 def test_json_object_parts_join_to_the_object() -> None:

@@ -1,0 +1,121 @@
+"""A response's head and body in one write (`gitops.api.onewrite`): uvicorn wrote them in
+two, two system calls and two TCP segments per agent's call."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gitops.api.onewrite import HeldHead
+from gitops.server import ControlPlane
+from gitops.store import Store
+from tests.api.test_agent_sync_server import register
+from tests.conftest import free_port
+
+HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
+
+
+class Recorded:
+    """A transport that keeps what is written to it, and whether it was closed."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 1)}.get(name, default)
+
+
+def held(loop: asyncio.AbstractEventLoop) -> tuple[HeldHead, Recorded]:
+    recorded = Recorded()
+    return HeldHead(recorded, loop), recorded  # type: ignore[arg-type]
+
+
+def test_a_head_goes_out_with_the_body_that_follows_it() -> None:
+    async def main() -> None:
+        transport, recorded = held(asyncio.get_running_loop())
+        transport.write(HEAD)
+        assert recorded.written == []  # held
+        transport.write(b"{}")
+        assert recorded.written == [HEAD + b"{}"]
+        transport.write(b"more")  # not a head: at once
+        assert recorded.written == [HEAD + b"{}", b"more"]
+        await asyncio.sleep(0)
+        assert recorded.written == [HEAD + b"{}", b"more"] and transport.writes == 2
+
+    asyncio.run(main())
+
+
+def test_a_head_no_write_follows_goes_out_at_the_loops_next_turn_and_before_a_close() -> None:
+    async def main() -> None:
+        transport, recorded = held(asyncio.get_running_loop())
+        transport.write(HEAD)
+        await asyncio.sleep(0)  # a streamed body's first part is not there yet
+        assert recorded.written == [HEAD]
+        transport.write(b"{}")
+        assert recorded.written == [HEAD, b"{}"]
+        transport.write(HEAD)
+        transport.close()
+        assert recorded.written == [HEAD, b"{}", HEAD] and recorded.closed
+        await asyncio.sleep(0)
+        assert recorded.written == [HEAD, b"{}", HEAD]  # not twice
+
+    asyncio.run(main())
+
+
+def test_a_long_body_goes_in_a_write_of_its_own_after_its_head() -> None:
+    async def main() -> None:
+        transport, recorded = held(asyncio.get_running_loop())
+        body = b"x" * (1 << 20)
+        transport.write(HEAD)
+        transport.write(body)
+        assert recorded.written == [HEAD, body]
+        assert transport.get_extra_info("peername") == ("127.0.0.1", 1)  # the rest as the transport has it
+
+    asyncio.run(main())
+
+
+def test_the_servers_responses_each_go_out_in_one_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through uvicorn on the real server: an agent's register and sync calls on one
+    connection, and a page, each one write."""
+    made: list[HeldHead] = []
+    init = HeldHead.__init__
+
+    def kept(self: HeldHead, *args: Any) -> None:
+        init(self, *args)
+        made.append(self)
+
+    monkeypatch.setattr(HeldHead, "__init__", kept)
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    plane = ControlPlane(store, [], port=free_port(), controller_interval=3600, settle_seconds=0.0)
+    plane.start()
+    try:
+        token = register(plane.url, plane.join_token)
+        with httpx.Client(base_url=plane.url, timeout=10) as client:
+            auth = {"Authorization": f"Bearer {token}"}
+            for _ in range(3):
+                answer = client.post("/agent/v1/nodes/n1/sync", json={}, headers=auth)
+                assert answer.status_code == 200 and "pods_version" in answer.json()
+            assert client.get("/api/v1/status").status_code == 200
+        assert len(made) == 2  # the registration's connection, and the client's
+        assert [h.writes for h in made] == [1, 4]
+    finally:
+        plane.stop()
