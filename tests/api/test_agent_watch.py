@@ -15,9 +15,10 @@ import httpx
 import pytest
 from sqlalchemy import event
 
+from gitops.api.agentsync import NodeWatch, SharedEndpoints
 from gitops.api.models import SyncReply
 from gitops.controller import reconcile_once
-from gitops.model import Revision
+from gitops.model import Node, NodeName, PodStatus, Revision
 from gitops.server import ControlPlane
 from gitops.store import Store
 from tests.api.test_agent_sync_server import register
@@ -247,20 +248,22 @@ def test_a_heartbeat_with_nothing_new_is_answered_from_memory_while_the_controll
     waiting.join(20)
 
 
-def test_a_look_compares_only_new_waiters_and_those_of_nodes_that_moved(tmp_path: Path) -> None:
-    """Each look walks the waiters of the nodes whose pods moved and those new since the
-    last look, not every waiting agent (5,000 of them, 20 looks a second)."""
-    from gitops.api.agentsync import NodeWatch, SharedEndpoints
-    from gitops.model import Node, NodeName, PodStatus
-
+def three_nodes(tmp_path: Path, poll: float) -> tuple[Store, dict[str, str], SharedEndpoints, NodeWatch]:
+    """A store with a pod on each of three nodes (by node), its Services and a watch."""
     store = Store(f"sqlite:///{tmp_path / 's.db'}")
     for name in ("n1", "n2", "n3"):
         store.register_node(Node(NodeName(name), "192.0.2.10", 4000, 2**32), "t", now=1.0)
     store.apply_revision(Revision("git:x", "1" * 40), [deployment(replicas=3)], [], 1.0)
     reconcile_once(store, 2.0)  # a pod on each node
-    on = {p.node: p.id for p in store.pods()}
+    on = {str(p.node): p.id for p in store.pods()}
     endpoints = SharedEndpoints(store, clock=time.time, ttl=0.0)
-    watch = NodeWatch(store, endpoints, set, poll=0.2)
+    return store, on, endpoints, NodeWatch(store, endpoints, set, poll=poll)
+
+
+def test_a_look_compares_only_new_waiters_and_those_of_nodes_that_moved(tmp_path: Path) -> None:
+    """Each look walks the waiters of the nodes whose pods moved and those new since the
+    last look, not every waiting agent (5,000 of them, 20 looks a second)."""
+    store, on, endpoints, watch = three_nodes(tmp_path, poll=0.2)
     compared: list[str] = []
     original = store.pod_cache.node_version
 
@@ -294,17 +297,7 @@ def test_an_agent_that_begins_to_wait_is_compared_without_a_read_of_the_store(tm
     """About 90 watches begin a second at 5,000 nodes: each is compared with the state the
     watch last read (its versions came from a reply made from it), and the store is read
     only when this process wrote or every `poll` seconds."""
-    from gitops.api.agentsync import NodeWatch, SharedEndpoints
-    from gitops.model import Node, NodeName, PodStatus
-
-    store = Store(f"sqlite:///{tmp_path / 's.db'}")
-    for name in ("n1", "n2", "n3"):
-        store.register_node(Node(NodeName(name), "192.0.2.10", 4000, 2**32), "t", now=1.0)
-    store.apply_revision(Revision("git:x", "1" * 40), [deployment(replicas=3)], [], 1.0)
-    reconcile_once(store, 2.0)  # a pod on each node
-    on = {p.node: p.id for p in store.pods()}
-    endpoints = SharedEndpoints(store, clock=time.time, ttl=0.0)
-    watch = NodeWatch(store, endpoints, set, poll=600)  # no read for other processes' writes here
+    store, on, endpoints, watch = three_nodes(tmp_path, poll=600)  # no read for other processes' writes here
     cache, reads, compared = store.pod_cache, [], []
     refresh, node_version = cache.refresh, cache.node_version
 
