@@ -71,6 +71,7 @@ import structlog
 
 from gitops.api.models import SyncRequest
 from gitops.codec import encode
+from gitops.handover import quick_handover
 from gitops.loop import Precedence
 from gitops.model import (
     ContainerUsage,
@@ -684,7 +685,10 @@ class NodeWatch:
             if read:
                 self._read_at = started  # (after a failed read, the next one comes at the next poke or poll)
             try:
-                self.look(read=read)
+                # The API's event loop gets the interpreter within 0.5 ms while a look computes
+                # (`gitops.handover`): at the 5-ms default, each of its callbacks waited that long.
+                with quick_handover():
+                    self.look(read=read)
             except Exception as exc:  # the next look tries again; waiters time out meanwhile
                 log.warning("agent.watch_failed", error=str(exc))
             time.sleep(max(0.0, self.interval - (time.monotonic() - started)))  # one look per interval

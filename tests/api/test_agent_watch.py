@@ -337,3 +337,33 @@ def test_an_agent_that_begins_to_wait_is_compared_without_a_read_of_the_store(tm
 
     asyncio.run(main())
     store.close()
+
+
+def test_a_look_computes_with_the_interpreter_handed_over_within_half_a_millisecond(tmp_path: Path) -> None:
+    """uvloop lets go of the interpreter at each poll of its sockets; a look computing in
+    Python took it, and each of the API's callbacks then waited a whole switch interval
+    (5 ms) to get it back (`gitops.handover`)."""
+    import sys
+
+    from gitops.handover import HANDOVER
+
+    store, _, endpoints, watch = three_nodes(tmp_path, poll=600)
+    seen: list[float] = []
+    refresh = store.pod_cache.refresh
+
+    def noted() -> None:
+        seen.append(sys.getswitchinterval())
+        refresh()
+
+    store.pod_cache.refresh = noted  # type: ignore[method-assign]
+    before = sys.getswitchinterval()
+
+    async def main() -> None:
+        waiting = asyncio.create_task(watch.wait("n1", "an older version", endpoints.version(), timeout=20))
+        assert (await asyncio.wait_for(waiting, 10))["changed"] is True
+
+    asyncio.run(main())
+    assert seen and all(interval == HANDOVER for interval in seen) and before > HANDOVER
+    assert sys.getswitchinterval() == before  # given back
+    watch.close()
+    store.close()
