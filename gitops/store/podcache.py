@@ -19,9 +19,10 @@ window), so what a write committed too late for its window would leave wrong is 
 then, decoding only the rows whose stamp moved. The sweep goes `sweep_rows` rows (by id) a
 read: at 150,000 pods, all of them in one read held the interpreter 0.7 s in the thread
 that reads, and the event loop answering agents waited for it in turns of the switch
-interval. When a read finds a row it lacks, the next compares every row's stamp at once;
-after any error it reads and decodes every row again. The pods come out
-in id order, as `Store.pods()` gives them.
+interval (500 rows: about 2 ms; with the watch reading once or twice a second on a quiet
+cluster, a sweep takes a few minutes). When a read finds a row it lacks, the next
+compares every row's stamp at once; after any error it reads and decodes every row again.
+The pods come out in id order, as `Store.pods()` gives them.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class PodCache:
         slack: float = 2.0,
         full_every: float = 300.0,
         count_every: float = 1.0,
-        sweep_rows: int = 2_000,
+        sweep_rows: int = 500,
     ) -> None:
         self.store = store
         self.slack = slack
