@@ -53,6 +53,12 @@ from gitops.sync.sources import FolderSource, GitSource, Source
 
 log = structlog.get_logger(__name__)
 
+# Seconds an idle HTTP connection is kept open: longer than an agent's heartbeat (10 s)
+# and its watch (55 s), so that an agent keeps its connections. At uvicorn's 5 s, every
+# heartbeat opened a new one, and a call sent as the server closed the idle connection
+# failed ("Server disconnected without sending a response"). nginx's default is 75 s too.
+KEEP_ALIVE_SECONDS = 75.0
+
 
 class _Server(uvicorn.Server):
     """uvicorn's server, which answers the agents' long-polls at once when it is to stop: a
@@ -196,6 +202,7 @@ class ControlPlane:
             log_level="warning",
             access_log=False,
             http=OneWriteProtocol,
+            timeout_keep_alive=int(KEEP_ALIVE_SECONDS),
             loop="uvloop",
         )
         return _Server(config, app.state.node_watch)

@@ -119,3 +119,26 @@ def test_the_servers_responses_each_go_out_in_one_write(
         assert [h.writes for h in made] == [1, 4]
     finally:
         plane.stop()
+
+
+def test_a_connection_idle_between_an_agents_heartbeats_stays_open(tmp_path: Path) -> None:
+    """An agent syncs at least every 10 s between its watches: uvicorn closed a connection
+    idle for 5 s, so every heartbeat opened a new one, and a call sent as the server closed
+    it failed ("Server disconnected without sending a response")."""
+    import socket
+    import time
+
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    plane = ControlPlane(store, [], port=free_port(), controller_interval=3600, settle_seconds=0.0)
+    plane.start()
+    ask = f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{plane.port}\r\n\r\n".encode()
+    try:
+        with socket.create_connection(("127.0.0.1", plane.port), timeout=10) as conn:
+            for call in range(2):
+                if call:
+                    time.sleep(6.0)  # idle longer than uvicorn's default keep-alive
+                conn.sendall(ask)
+                answer = conn.recv(65536)
+                assert answer.startswith(b"HTTP/1.1 200"), answer[:200]  # b"": closed by the server
+    finally:
+        plane.stop()
