@@ -54,9 +54,10 @@ from gitops.sync.sources import FolderSource, GitSource, Source
 log = structlog.get_logger(__name__)
 
 # Seconds an idle HTTP connection is kept open: longer than an agent's heartbeat (10 s)
-# and its watch (55 s), so that an agent keeps its connections. At uvicorn's 5 s, every
-# heartbeat opened a new one, and a call sent as the server closed the idle connection
-# failed ("Server disconnected without sending a response"). nginx's default is 75 s too.
+# and its watch (55 s), and than its client's own expiry (httpx's 5 s), so that the client
+# is the one to drop an idle connection. At uvicorn's 5 s, both dropped it at once, and a
+# call sent as the server closed it failed ("Server disconnected without sending a
+# response"). nginx's default is 75 s too.
 KEEP_ALIVE_SECONDS = 75.0
 
 

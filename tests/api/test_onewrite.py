@@ -123,8 +123,9 @@ def test_the_servers_responses_each_go_out_in_one_write(
 
 def test_a_connection_idle_between_an_agents_heartbeats_stays_open(tmp_path: Path) -> None:
     """An agent syncs at least every 10 s between its watches: uvicorn closed a connection
-    idle for 5 s, so every heartbeat opened a new one, and a call sent as the server closed
-    it failed ("Server disconnected without sending a response")."""
+    idle for 5 s, as the agent's client (httpx) drops it, and a call sent as the server
+    closed it failed ("Server disconnected without sending a response"). The server keeps
+    it longer, so that the client is the one to drop it."""
     import socket
     import time
 
