@@ -54,8 +54,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
 from gitops.api.auth import GATED_NODE, NODE_PREFIX
-
-_JOINED = 64 * 1024  # bytes of a reply's parts at most joined into one body message (`_send`)
+from gitops.api.onewrite import JOINED
 
 NodeEndpoint = Callable[[str, Any], Awaitable["bytes | list[bytes] | dict[str, Any]"]]
 
@@ -207,7 +206,7 @@ async def _body(receive: Receive) -> bytes:
 async def _send(send: Send, status: int, body: bytes | list[bytes]) -> None:
     parts = [body] if isinstance(body, bytes) else body
     size = sum(map(len, parts))
-    if len(parts) > 1 and size <= _JOINED:  # one write (a part each was a system call each)
+    if len(parts) > 1 and size <= JOINED:  # one write (a part each was a system call each)
         parts = [b"".join(parts)]
     length = str(size).encode()
     await send(

@@ -24,8 +24,9 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 _HEAD = b"HTTP/"
-# Bytes of a body at most copied to go with its head (a longer one goes in a write of its own).
-_JOINED = 64 * 1024
+# Bytes at most worth copying to save a write: a body copied to go with its head (a longer one
+# goes in a write of its own), and a node reply's parts joined into one body (`noderoute`).
+JOINED = 64 * 1024
 
 
 class HeldHead:
@@ -39,7 +40,7 @@ class HeldHead:
         self.writes = 0  # writes given to the transport (for tests)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._held and len(data) <= _JOINED:
+        if self._held and len(data) <= JOINED:
             data, self._held = self._held + bytes(data), b""
         elif self._held:
             self._release()

@@ -137,7 +137,7 @@ class PodCache:
             else:
                 if self._sweep is None and started - self._full_at >= self.full_every:
                     self._sweep, self._sweep_began = "", started  # every row's stamp, a part a read
-                self._read_changes(self._since, sweep=self._sweep is not None)
+                self._read_changes(self._since)
         except Exception:
             self._since = None  # the next call reads everything again
             raise
@@ -317,14 +317,14 @@ class PodCache:
         self._counted = (deletions, now)
         return s.scalar(select(func.count(PodRow.id))) or 0
 
-    def _read_changes(self, since: float, *, sweep: bool = False) -> None:
+    def _read_changes(self, since: float) -> None:
         store = self.store
         with store.session() as s:
             # First only when each row in the window was written: rows read already at that
             # stamp (the window overlaps the last one by `slack`) are not read again.
             db = s.connection()  # Core rows (see `_decode`)
             stamps = list(db.execute(select(PodRow.id, PodRow.written_at).where(PodRow.written_at >= since)))
-            if sweep:  # and the next `sweep_rows` rows' of the sweep under way
+            if self._sweep is not None:  # and the next `sweep_rows` rows' of the sweep under way
                 part = db.execute(
                     select(PodRow.id, PodRow.written_at)
                     .where(PodRow.id > self._sweep)

@@ -216,10 +216,10 @@ def test_a_kept_node_version_is_given_while_a_read_holds_the_cache(
     inside, release = threading.Event(), threading.Event()
     read_changes = PodCache._read_changes
 
-    def held(self: PodCache, since: float, **sweep: bool) -> None:
+    def held(self: PodCache, since: float) -> None:
         inside.set()
         assert release.wait(10)
-        read_changes(self, since, **sweep)
+        read_changes(self, since)
 
     monkeypatch.setattr(PodCache, "_read_changes", held)
     cache.full_every = 0.0  # the next read compares every row's stamp
@@ -311,10 +311,10 @@ def test_calls_that_wrote_together_share_one_read(tmp_path: Path, monkeypatch: p
     reads: list[float] = []
     original = cache._read_changes
 
-    def slow(since: float, **sweep: bool) -> None:
+    def slow(since: float) -> None:
         reads.append(since)
         time.sleep(0.2)  # the other calls arrive while this one reads
-        original(since, **sweep)
+        original(since)
 
     monkeypatch.setattr(cache, "_read_changes", slow)
     answered: list[str] = []
@@ -401,8 +401,8 @@ def test_a_write_that_commits_while_the_cache_reads_is_seen_by_the_next_read(tmp
     time.sleep(0.02)  # the read begins after the rows were stamped
     read_changes = cache._read_changes
 
-    def read_then_commit(since: float, **sweep: bool) -> None:
-        read_changes(since, **sweep)  # the write is not committed yet: not seen
+    def read_then_commit(since: float) -> None:
+        read_changes(since)  # the write is not committed yet: not seen
         release.set()
         writer.join(10)
 
