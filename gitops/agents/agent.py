@@ -117,6 +117,12 @@ log = structlog.get_logger(__name__)
 # 25 s, they were most of what the collector's young collections walked (kubelet's watches
 # last 5-10 minutes).
 WATCH_SECONDS = 55.0
+# Seconds an idle connection to the control plane is kept for the next call: longer than a
+# heartbeat (10 s), so that each one does not open a connection of its own (httpx's default
+# is 5 s), and shorter than the control plane keeps it (`gitops.server.KEEP_ALIVE_SECONDS`,
+# 75 s), so that the agent is the one to drop it and never sends on one being closed.
+KEEPALIVE_SECONDS = 60.0
+_LIMITS = httpx.Limits(keepalive_expiry=KEEPALIVE_SECONDS)
 TICK_STUCK_SECONDS = 90.0  # no tick began for this long (three sync timeouts): stop watching
 _HELD = ("pods", "services", "routes", "claims")  # parts of a reply kept in `Agent._held`
 _DELTA = ("services_from", "services_changed", "services_removed")  # applied by `_complete`, then dropped
@@ -458,7 +464,7 @@ class Agent:
     @property
     def http(self) -> httpx.Client:
         if self._http is None:
-            self._http = httpx.Client(base_url=self.server, timeout=30.0)
+            self._http = httpx.Client(base_url=self.server, timeout=30.0, limits=_LIMITS)
         return self._http
 
     def _next_server(self, error: Exception) -> None:
@@ -701,7 +707,7 @@ class Agent:
                 if http is None or str(http.base_url).rstrip("/") != server.rstrip("/"):
                     if http is not None:
                         http.close()
-                    http = httpx.Client(base_url=server, timeout=WATCH_SECONDS + 10.0)
+                    http = httpx.Client(base_url=server, timeout=WATCH_SECONDS + 10.0, limits=_LIMITS)
                 try:
                     response = http.post(
                         f"/agent/v1/nodes/{self.config.node}/watch",

@@ -125,21 +125,33 @@ def test_a_connection_idle_between_an_agents_heartbeats_stays_open(tmp_path: Pat
     """An agent syncs at least every 10 s between its watches: uvicorn closed a connection
     idle for 5 s, as the agent's client (httpx) drops it, and a call sent as the server
     closed it failed ("Server disconnected without sending a response"). The server keeps
-    it longer, so that the client is the one to drop it."""
+    it longer, so that the client is the one to drop it; and the agent's client keeps it
+    too (httpx's own 5 s made each heartbeat open a connection of its own)."""
     import socket
     import time
+
+    from gitops.agents.agent import Agent, AgentConfig
+    from tests.agents.fakes import MemoryRuntime
 
     store = Store(f"sqlite:///{tmp_path / 's.db'}")
     plane = ControlPlane(store, [], port=free_port(), controller_interval=3600, settle_seconds=0.0)
     plane.start()
     ask = f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{plane.port}\r\n\r\n".encode()
+    config = AgentConfig(server=plane.url, node="n1", join_token="t", state_dir=tmp_path)
+    agent = Agent(config, MemoryRuntime())
+    ports = []
     try:
         with socket.create_connection(("127.0.0.1", plane.port), timeout=10) as conn:
             for call in range(2):
                 if call:
-                    time.sleep(6.0)  # idle longer than uvicorn's default keep-alive
+                    time.sleep(6.0)  # idle longer than uvicorn's and httpx's default keep-alive
                 conn.sendall(ask)
                 answer = conn.recv(65536)
                 assert answer.startswith(b"HTTP/1.1 200"), answer[:200]  # b"": closed by the server
+                response = agent.http.get("/healthz")
+                assert response.status_code == 200
+                ports.append(response.extensions["network_stream"].get_extra_info("client_addr")[1])
+        assert ports[0] == ports[1]  # the agent's second call on its first connection
     finally:
+        agent.http.close()
         plane.stop()
