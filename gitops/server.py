@@ -58,7 +58,27 @@ log = structlog.get_logger(__name__)
 # is the one to drop an idle connection. At uvicorn's 5 s, both dropped it at once, and a
 # call sent as the server closed it failed ("Server disconnected without sending a
 # response"). nginx's default is 75 s too.
-KEEP_ALIVE_SECONDS = 75.0
+KEEP_ALIVE_SECONDS = 75
+
+
+def raise_open_files() -> tuple[int, int]:
+    """Raise this process's soft limit of open files to its hard limit, as Go's runtime does
+    at start; the soft limit before and after. Each agent holds two connections (its watch's
+    and its syncs'): 10,000 sockets at 5,000 nodes, where service managers often leave a
+    soft limit of 1,024 (a hard one of 524,288 under systemd). Nothing here uses `select`,
+    whose sets stop at 1,024. Left as it was when the system refuses."""
+    import resource  # noqa: PLC0415 - POSIX only, and only when serving
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    unlimited = resource.RLIM_INFINITY
+    wanted = hard if hard != unlimited else 1 << 20  # Linux's own ceiling (fs.nr_open)
+    if soft == unlimited or soft >= wanted:
+        return soft, soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (OSError, ValueError):
+        return soft, soft
+    return soft, wanted
 
 
 class _Server(uvicorn.Server):
@@ -203,7 +223,7 @@ class ControlPlane:
             log_level="warning",
             access_log=False,
             http=OneWriteProtocol,
-            timeout_keep_alive=int(KEEP_ALIVE_SECONDS),
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
             loop="uvloop",
         )
         return _Server(config, app.state.node_watch)
@@ -470,6 +490,9 @@ class ControlPlane:
 
         uvicorn shuts down on those signals, then raises the signal again under the handler it
         found; the handlers set here swallow it, so the process is not killed mid-stop."""
+        was, files = raise_open_files()
+        if files != was:
+            log.info("server.open_files", limit=files, was=was)
         self._server = self._build()
         self._start_loops()
         main = threading.current_thread() is threading.main_thread()

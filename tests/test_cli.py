@@ -155,12 +155,22 @@ def test_gitops_status_summarises_many_pods_and_lists_them_all_on_request(
 
 
 def test_gitops_serve_stops_cleanly_on_sigterm_leaving_one_database_file(tmp_path: Path) -> None:
+    """And it raised its soft limit of open files to the hard one: started at 256 (service
+    managers often give 1,024), it could not hold 5,000 agents' connections."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    assert hard > 256  # else this test proves nothing
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "cfg.yaml").write_text(GOOD)
     state = tmp_path / "state"
     port = free_port()
     server = subprocess.Popen(
         [
+            "sh",
+            "-c",
+            'ulimit -Sn 256 && exec "$@"',  # the soft limit only
+            "sh",
             sys.executable,
             "-m",
             "gitops.cli",
@@ -178,12 +188,16 @@ def test_gitops_serve_stops_cleanly_on_sigterm_leaving_one_database_file(tmp_pat
     )
     try:
         wait_for(lambda: _applied(port), 30, what="the first revision applied")
+        limits = Path(f"/proc/{server.pid}/limits").read_text()
+        files = next(line.split()[3:5] for line in limits.splitlines() if line.startswith("Max open files"))
+        assert files == [str(hard), str(hard)], limits
         server.send_signal(signal.SIGTERM)
         out, _ = server.communicate(timeout=30)
     finally:
         server.kill()
     assert server.returncode == 0, out
     assert "server.stopped" in out
+    assert f"limit={hard}" in out and "was=256" in out  # server.open_files, logged
     wal = state / "gitops.db-wal"
     assert not wal.exists() or wal.stat().st_size == 0  # everything is in gitops.db
 
