@@ -3,7 +3,7 @@
     python bench/scale.py [--nodes 1000] [--pods 20000] [--deployments 200] [--db URL]
         [--interval 1.0] [--connections 32] [--settle 10] [--quiet 10] [--timeout 600]
         [--api-replicas 0] [--pin] [--agent-processes 1] [--witnesses 50] [--usage-every 15]
-        [--services] [--agents-nice 0]
+        [--services] [--agents-nice 0] [--agents-idle]
 
 `gitops serve` runs as a child process (its own interpreter, SQLite in a temporary folder
 unless `--db` names a database, a folder source, the API on a free loopback port), exactly
@@ -54,8 +54,11 @@ from `gitops_gc_pause_seconds`); the agents' processes' own, in the quiet window
 `client_gc_share` (the mean share per process; they keep what they hold long out of full
 collections as the server does, so that they do not stall the calls they time).
 
-With `--agents-nice 19` the hollow agents' processes take only the CPU the control plane
-and the witness leave them, as agents on hosts of their own would take none of it.
+With `--agents-nice 19` the hollow agents' processes have the lowest priority, and with
+`--agents-idle` the kernel's idle policy (`SCHED_IDLE`): they take only the CPU the control
+plane and the witness leave them, as agents on hosts of their own would take none of it.
+At nice 19 a process may still run out its time slice before one that wakes takes its CPU
+(the kernel's EEVDF scheduler); one at the idle policy gives it up at once.
 
 The leader's peak RSS (`VmHWM`) is `rss_mib`, the largest replica's `api_rss_mib`.
 Figures are printed, never asserted; the last line is one JSON object with them. The
@@ -595,6 +598,8 @@ class Fleet:
         ]
         for process in processes:  # a load generator takes only the CPU nothing else wants
             os.setpriority(os.PRIO_PROCESS, process.pid, args.agents_nice)
+            if args.agents_idle:
+                os.sched_setscheduler(process.pid, os.SCHED_IDLE, os.sched_param(0))
         return cls(processes, args.nodes)
 
     def ask(self, what: str) -> list[dict[str, Any]]:
@@ -1331,8 +1336,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "--agents-nice",
         type=int,
         default=0,
-        help="the hollow agents' processes' niceness (19: they take only the CPU the control plane "
-        "and the witness leave, as agents on hosts of their own would)",
+        help="the hollow agents' processes' niceness (19: the lowest priority)",
+    )
+    parser.add_argument(
+        "--agents-idle",
+        action="store_true",
+        help="the hollow agents' processes at the idle policy (SCHED_IDLE): they take only the CPU "
+        "the control plane and the witness leave, as agents on hosts of their own would",
     )
     parser.add_argument("--witness-of", help=argparse.SUPPRESS)  # the witness's own process
     parser.add_argument("--agents-of", help=argparse.SUPPRESS)  # an agents' process (`Fleet`)
@@ -1383,6 +1393,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     figures["pinned"] = args.pin
     figures["agent_processes"] = args.agent_processes
     figures["agents_nice"] = args.agents_nice
+    figures["agents_idle"] = args.agents_idle
     figures["usage_every"] = args.usage_every
     # Stopped with SIGTERM, the bench stops its server too (and removes its folder): it
     # left the server running.
