@@ -9,7 +9,8 @@ neither side may cost a write, a full read or a re-encoding per call.
   A report with the same digest, against pods nobody wrote since, would change no row
   (a report is applied idempotently): only its heartbeat time is kept, in memory, and
   written for all nodes in one statement at most every `flush_seconds` (the call that
-  finds the batch due has it written in a worker thread, and does not wait). So is what
+  finds the batch due has it written in a worker thread, and does not wait; a timer on the
+  event loop does when no call comes, `AgentReports.overdue`). So is what
   the agent measured of its pods' CPU and memory (`AgentReports.keep_usage`), but only
   for the pods autoscalers scale, the one use a controller pass has for it: agents report
   it every 15 s, and at 150,000 pods writing every pod's was 10,000 rows a second, 40% of
@@ -527,6 +528,20 @@ class AgentReports:
                 return False
             self._due = float("inf")
             return True
+
+    def overdue(self) -> float:
+        """Seconds until the kept heartbeats are due to be written (inf: none kept); 0.0 when
+        they are due now, and then, as for the call `beat` answers True, the caller has them
+        written (`flush`). For a timer, so that they are written when no call comes after
+        them: a lone agent's heartbeat waited for its next one, 10 s later."""
+        with self._lock:
+            if self._due == float("inf"):
+                return float("inf")
+            left = self._due - time.monotonic()
+            if left > 0:
+                return left
+            self._due = float("inf")
+            return 0.0
 
     def flush(self) -> None:
         """Write the buffered heartbeat times (one statement) and measurements (one

@@ -22,7 +22,7 @@ from gitops.planner.services import KeptEndpoints
 from gitops.server import ControlPlane
 from gitops.store import Store
 from tests.agents.fakes import MemoryRuntime
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_for
 from tests.planner.factories import deployment, service
 
 NODE = {"name": "n1", "address": "192.0.2.10", "cpu_milli": 4000, "memory_bytes": 2**32}
@@ -360,6 +360,24 @@ def test_a_sync_that_reads_or_writes_waits_while_the_controller_writes_many_pods
     assert plane.store.nodes()[0].heartbeat_at > beat_before
     report([{**s, "ready": False} for s in running])  # sent again: taken
     assert {p.ready for p in plane.store.pods()} == {False}
+
+
+def test_a_lone_agents_kept_heartbeat_is_written_without_another_call(plane: ControlPlane) -> None:
+    """A heartbeat kept in memory was written only by a later call that found the kept ones
+    due: a lone agent's waited for its next heartbeat (10 s), so its node's heartbeat looked
+    up to 20 s old, and one whose next call failed was never written. A timer on the event
+    loop writes them when due."""
+    token = register(plane.url, plane.join_token)
+    auth = {"Authorization": f"Bearer {token}"}
+
+    def sync() -> int:
+        url = f"{plane.url}/agent/v1/nodes/n1/sync"
+        return httpx.post(url, json={}, headers=auth, timeout=10).status_code
+
+    assert sync() == 200  # the report, written
+    before = time.time()
+    assert sync() == 200  # the same report: only its heartbeat, kept in memory
+    wait_for(lambda: plane.store.nodes()[0].heartbeat_at >= before, 5, what="the kept heartbeat written")
 
 
 def test_a_heartbeat_omits_a_report_the_server_holds(plane: ControlPlane) -> None:
