@@ -238,6 +238,17 @@ def test_a_node_without_heartbeat_is_not_ready(store: Store) -> None:
     assert not store.nodes(now=100.0 + store.heartbeat_grace + 1)[0].node.ready
 
 
+def test_heartbeats_written_together_never_move_a_nodes_time_back(store: Store) -> None:
+    """`record_heartbeats` hands its rows to the driver itself, in the database's own
+    parameter style (positional on SQLite, named on PostgreSQL)."""
+    for name in ("n1", "n2", "n3"):
+        store.register_node(Node(NodeName(name), "192.0.2.10", 16000, 64 * 2**30), f"t-{name}", now=100.0)
+    store.record_heartbeats({"n1": 105.0, "n2": 103.0})
+    store.record_heartbeats({"n1": 104.0, "n2": 106.0, "gone": 107.0})  # n1's is older; no node "gone"
+    beats = {r.node.name: r.heartbeat_at for r in store.nodes(now=108.0)}
+    assert beats == {"n1": 105.0, "n2": 106.0, "n3": 100.0}
+
+
 def test_a_node_unchanged_but_for_its_heartbeat_is_the_same_object_pass_after_pass(store: Store) -> None:
     """Every pass decoded every node's row into a new `Node` (5,000 nodes: 80-150 ms)."""
     labelled = Node(NodeName("n1"), "192.0.2.10", 16000, 64 * 2**30, labels=(("zone", "a"),))
