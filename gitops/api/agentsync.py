@@ -434,6 +434,7 @@ class AgentReports:
         self._last: dict[str, tuple[str, str]] = {}  # node -> (report digest, pods version after it)
         self._beats: dict[str, float] = {}
         self._usage: dict[str, Kept] = {}  # node -> what its agent measured, to write
+        self._emptied: set[str] = set()  # nodes whose measurements this process wrote as none
         # node -> what its agent measured last, every pod's (`measured`), and when (monotonic)
         self._measured: dict[str, Kept] = {}
         self._measured_at: dict[str, float] = {}
@@ -515,6 +516,24 @@ class AgentReports:
         owners = self._owners[2]
         return {node: [s for s in kept_samples(kept) if s.pod in owners] for node, kept in usage.items()}
 
+    def _write_usage(self, usage: dict[str, Kept]) -> None:
+        """Write each node's measurements of autoscaled pods (under `_flushing`). A node
+        with none, whose rows this process already wrote as none, costs no statement: with
+        no autoscaler, the 333 nodes a second that report at 5,000 nodes were a transaction
+        a second deleting nothing. Its rows are deleted the first time (they may be from an
+        autoscaler removed since, or from before a restart)."""
+        measured = {
+            node: kept for node, kept in self._autoscaled(usage).items() if kept or node not in self._emptied
+        }
+        if not measured:
+            return
+        self.store.record_usage(measured)
+        for node, kept in measured.items():
+            if kept:
+                self._emptied.discard(node)
+            else:
+                self._emptied.add(node)
+
     def beat(self, node: str, now: float) -> bool:
         """Keep the node's heartbeat time (no write); True for the one call that finds the
         buffered times due to be written: it has them written (`flush`), and the calls after
@@ -555,7 +574,7 @@ class AgentReports:
             try:
                 self.store.record_heartbeats(beats)
                 if usage:
-                    self.store.record_usage(self._autoscaled(usage))
+                    self._write_usage(usage)
             except Exception as exc:  # kept: written with the next batch
                 log.warning("agent.heartbeats_not_written", nodes=len(beats), error=str(exc))
                 with self._lock:
