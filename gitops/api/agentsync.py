@@ -543,10 +543,7 @@ class AgentReports:
             self._beats[node] = max(now, self._beats.get(node, now))
             if self._due == float("inf"):
                 self._due = time.monotonic() + self.flush_seconds
-            if time.monotonic() < self._due:
-                return False
-            self._due = float("inf")
-            return True
+            return self._take_due() == 0.0
 
     def overdue(self) -> float:
         """Seconds until the kept heartbeats are due to be written (inf: none kept); 0.0 when
@@ -554,13 +551,15 @@ class AgentReports:
         written (`flush`). For a timer, so that they are written when no call comes after
         them: a lone agent's heartbeat waited for its next one, 10 s later."""
         with self._lock:
-            if self._due == float("inf"):
-                return float("inf")
-            left = self._due - time.monotonic()
-            if left > 0:
-                return left
-            self._due = float("inf")
-            return 0.0
+            return self._take_due()
+
+    def _take_due(self) -> float:
+        """`overdue`, under the lock."""
+        left = self._due - time.monotonic()  # inf when none are kept
+        if left > 0:
+            return left
+        self._due = float("inf")
+        return 0.0
 
     def flush(self) -> None:
         """Write the buffered heartbeat times (one statement) and measurements (one
