@@ -52,7 +52,9 @@ with the quiet window's collections and their seconds by generation (`quiet_gc_c
 `quiet_gc_s`) and the bound of the bucket holding its longest pause (`quiet_gc_longest_s`,
 from `gitops_gc_pause_seconds`); the agents' processes' own, in the quiet window, as
 `client_gc_share` (the mean share per process; they keep what they hold long out of full
-collections as the server does, so that they do not stall the calls they time).
+collections as the server does, so that they do not stall the calls they time). With
+`--api-replicas`, the first replica's (the one serving agents) are `api_quiet_gc_collections`,
+`api_quiet_gc_s` and `api_quiet_gc_longest_s`.
 
 With `--agents-nice 19` the hollow agents' processes have the lowest priority, and with
 `--agents-idle` the kernel's idle policy (`SCHED_IDLE`): they take only the CPU the control
@@ -1179,6 +1181,8 @@ async def run(
         cpu_before = cpu_seconds(servers)
         gc_before = counter_total(metrics, "gitops_gc_seconds")
         pauses_before = gc_pauses(metrics)
+        replica = servers[1] if len(servers) > 1 else None  # the first --api-only one, serving agents
+        replica_pauses_before = gc_pauses(replica.metrics()) if replica else []
         await asyncio.sleep(args.quiet)
         # Each agents' process's share of the window spent collecting, on average.
         client_gc = fleet.drain(calls) - client_gc
@@ -1199,6 +1203,11 @@ async def run(
         figures["quiet_gc_collections"] = paused["collections"]  # by generation
         figures["quiet_gc_s"] = paused["seconds"]
         figures["quiet_gc_longest_s"] = paused["longest_at_most_s"]  # at most
+        if replica is not None:
+            paused = gc_window(replica_pauses_before, gc_pauses(replica.metrics()))
+            figures["api_quiet_gc_collections"] = paused["collections"]
+            figures["api_quiet_gc_s"] = paused["seconds"]
+            figures["api_quiet_gc_longest_s"] = paused["longest_at_most_s"]
         after_sum, after_count = histogram(metrics, "gitops_controller_pass_seconds")
         passes = after_count - pass_count
         figures["noop_passes"] = int(passes)
