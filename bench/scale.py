@@ -1174,6 +1174,11 @@ async def run(
         metrics = server.metrics()
         pass_sum, pass_count = histogram(metrics, "gitops_controller_pass_seconds")
         served_before = merged_buckets(fronts, "gitops_agent_sync_seconds")
+        # Read before the witness's window opens: rendering /metrics at 5,000 nodes stalls the
+        # replica's loop tens of milliseconds, which the witness's calls would wait for.
+        replica = servers[1] if len(servers) > 1 else None  # the first --api-only one, serving agents
+        replica_pauses_before = gc_pauses(replica.metrics()) if replica else []
+        await asyncio.sleep(1.0)  # and the calls that waited for them answered
         client_gc = fleet.drain(calls)
         calls.reset()
         if witness is not None:
@@ -1181,8 +1186,6 @@ async def run(
         cpu_before = cpu_seconds(servers)
         gc_before = counter_total(metrics, "gitops_gc_seconds")
         pauses_before = gc_pauses(metrics)
-        replica = servers[1] if len(servers) > 1 else None  # the first --api-only one, serving agents
-        replica_pauses_before = gc_pauses(replica.metrics()) if replica else []
         await asyncio.sleep(args.quiet)
         # Each agents' process's share of the window spent collecting, on average.
         client_gc = fleet.drain(calls) - client_gc
