@@ -54,7 +54,9 @@ from `gitops_gc_pause_seconds`); the agents' processes' own, in the quiet window
 `client_gc_share` (the mean share per process; they keep what they hold long out of full
 collections as the server does, so that they do not stall the calls they time). With
 `--api-replicas`, the first replica's (the one serving agents) are `api_quiet_gc_collections`,
-`api_quiet_gc_s` and `api_quiet_gc_longest_s`.
+`api_quiet_gc_s` and `api_quiet_gc_longest_s`. `stolen_s` is the CPU time the hypervisor
+gave this machine's CPUs to others in the quiet window (`steal` in /proc/stat): a virtual
+machine's runs differ with its host's load.
 
 With `--agents-nice 19` the hollow agents' processes have the lowest priority, and with
 `--agents-idle` the kernel's idle policy (`SCHED_IDLE`): they take only the CPU the control
@@ -1085,6 +1087,14 @@ def cpu_seconds(servers: Sequence[Server]) -> float:
     return sum(s.cpu_seconds() for s in servers)
 
 
+def stolen_seconds() -> float:
+    """CPU time the hypervisor gave this machine's CPUs to others (`steal` in /proc/stat),
+    summed over the CPUs: a virtual machine's runs differ with its host's load."""
+    with open("/proc/stat") as stat:
+        fields = stat.readline().split()  # cpu user nice system idle iowait irq softirq steal ...
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
+
+
 def merged_buckets(servers: Sequence[Server], name: str) -> dict[float, float]:
     """A histogram's cumulative bucket counts summed over the servers' /metrics."""
     total: dict[float, float] = {}
@@ -1183,13 +1193,14 @@ async def run(
         calls.reset()
         if witness is not None:
             await witness.mark()
-        cpu_before = cpu_seconds(servers)
+        cpu_before, stolen_before = cpu_seconds(servers), stolen_seconds()
         gc_before = counter_total(metrics, "gitops_gc_seconds")
         pauses_before = gc_pauses(metrics)
         await asyncio.sleep(args.quiet)
         # Each agents' process's share of the window spent collecting, on average.
         client_gc = fleet.drain(calls) - client_gc
         figures["client_gc_share"] = round(client_gc / args.agent_processes / args.quiet, 3)
+        figures["stolen_s"] = round(stolen_seconds() - stolen_before, 2)  # by the host, in the window
         cpu = cpu_seconds(servers) - cpu_before
         if witness is not None:
             seen_by_witness = await witness.report()
@@ -1257,6 +1268,7 @@ async def run(
                 if args.heartbeat
                 else " (one call a second)"
             )
+            + f"; the host took {figures['stolen_s']} s of CPU from this machine in the window"
         )
         if witness is not None:
             say(
