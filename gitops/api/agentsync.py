@@ -66,7 +66,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -108,7 +108,32 @@ ServiceKey = tuple[str, str]  # (namespace, name)
 Kept = tuple[Any, ...]
 
 
-def keep(samples: Sequence[PodUsage]) -> Kept:
+class ContainerMeasured(Protocol):
+    @property
+    def container(self) -> str: ...
+    @property
+    def cpu_milli(self) -> float: ...
+    @property
+    def memory_bytes(self) -> int: ...
+
+
+class PodMeasured(Protocol):
+    """One pod's measurement as `keep` reads it: a `PodUsage`, or the agent's request model
+    of it as validated (`gitops.api.models.PodUsageModel`), kept without being made into a
+    `PodUsage` first (at 30 pods a report, making them was a third of a measuring call's
+    time in the server's app)."""
+
+    @property
+    def pod(self) -> str: ...
+    @property
+    def at(self) -> float: ...
+    @property
+    def window(self) -> float: ...
+    @property
+    def containers(self) -> Sequence[ContainerMeasured]: ...
+
+
+def keep(samples: Sequence[PodMeasured]) -> Kept:
     flat: list[Any] = []
     for s in samples:
         flat += (s.pod, s.at, s.window, len(s.containers))
@@ -485,7 +510,7 @@ class AgentReports:
         with self._lock:
             self._last.pop(node, None)
 
-    def keep_usage(self, node: str, samples: Sequence[PodUsage]) -> None:
+    def keep_usage(self, node: str, samples: Sequence[PodMeasured]) -> None:
         """Keep what the node's agent measured (no write): written with the heartbeats
         (`flush`); the caller then keeps its heartbeat (`beat`), which says when."""
         kept = keep(samples)

@@ -61,7 +61,7 @@ from gitops.api.readonly import install_read_only
 from gitops.health import Health
 from gitops.loop import Precedence
 from gitops.metrics import CONTENT_TYPE, Metrics
-from gitops.model import ContainerStatus, ContainerUsage, Node, NodeName, PodId, PodStatus, PodUsage, Taint
+from gitops.model import ContainerStatus, Node, NodeName, PodId, PodStatus, Taint
 from gitops.store import NodeNameTaken, PodRangeExhausted, Report, Store
 
 log = structlog.get_logger(__name__)
@@ -296,7 +296,7 @@ def create_app(
             finally:
                 keep_due()  # it may have kept a heartbeat
         if request.usage is not None:
-            reports.keep_usage(name, _usage(request))
+            reports.keep_usage(name, request.usage)
         beat(name)
         return reply
 
@@ -396,17 +396,6 @@ def create_app(
             "report_held": report_held,
         }
 
-    def _usage(request: SyncRequest) -> list[PodUsage]:
-        return [
-            PodUsage(
-                PodId(u.pod),
-                u.at,
-                tuple(ContainerUsage(c.container, c.cpu_milli, c.memory_bytes) for c in u.containers),
-                window=u.window,
-            )
-            for u in request.usage or ()
-        ]
-
     def _sync(name: str, request: SyncRequest, digest: str) -> list[bytes]:
         """A sync that reads or writes: the report written (unless it is the last one again),
         and what the agent does not hold yet."""
@@ -457,7 +446,7 @@ def create_app(
             else:
                 reports.written(name, digest, pods_version)
         if request.usage is not None:  # written with the heartbeats
-            reports.keep_usage(name, _usage(request))
+            reports.keep_usage(name, request.usage)
             if reports.beat(name, now):
                 reports.flush()
         if changed:

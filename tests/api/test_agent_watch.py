@@ -138,6 +138,51 @@ def test_a_watching_agents_heartbeat_that_changes_nothing_reads_and_writes_nothi
     waiting.join(10)
 
 
+def test_a_watching_agents_measurements_are_kept_from_its_quiet_heartbeat_without_a_statement(
+    plane: ControlPlane,
+) -> None:
+    """A heartbeat answered from memory that carries its pods' use (every 15 s from a real
+    agent) keeps it as it came, validated, for `/metrics/resource`; nothing is read or
+    written for it (no autoscaler scales the pods)."""
+    token = register(plane.url, plane.join_token)
+    held = sync(plane, token)
+    waiting = threading.Thread(target=lambda: watch(plane, token, held, timeout=3))
+    waiting.start()
+    wait_for(lambda: plane._server.config.app.state.node_watch.waiting == 1, what="the watch waiting")  # type: ignore[union-attr]
+    usage = [
+        {
+            "pod": f"default/web-{i}",
+            "at": 99.0,
+            "window": 15.0,
+            "containers": [
+                {"container": "main", "cpu_milli": 250.5 + i, "memory_bytes": 2**20},
+                {"container": "proxy", "cpu_milli": 1.25, "memory_bytes": 3 * 2**20},
+            ],
+        }
+        for i in range(2)
+    ]
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    versions = {"have_pods": held["pods_version"], "have_services": held["services_version"]}
+    event.listen(plane.store.engine, "before_cursor_execute", count)
+    try:
+        beat = sync(plane, token, usage=usage, **versions)
+    finally:
+        event.remove(plane.store.engine, "before_cursor_execute", count)
+    assert beat["pods"] is None and statements == []  # answered from memory
+    metrics = httpx.get(f"{plane.url}/metrics/resource", timeout=10).text
+    for i in range(2):
+        main = f'{{container="main",namespace="default",pod="web-{i}"}}'
+        proxy = f'{{container="proxy",namespace="default",pod="web-{i}"}}'
+        assert f"gitops_container_cpu_usage_millicores{main} {250.5 + i}" in metrics
+        assert f"gitops_container_cpu_usage_millicores{proxy} 1.25" in metrics
+        assert f"gitops_container_memory_working_set_bytes{proxy} 3.145728e+06" in metrics
+    waiting.join(10)
+
+
 def test_a_node_path_with_a_wrong_token_is_refused_before_its_body_is_read(plane: ControlPlane) -> None:
     register(plane.url, plane.join_token)
     for path in ("watch", "sync", "logs/some-request"):
