@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -105,37 +107,58 @@ def test_a_watch_is_answered_when_a_log_request_waits_for_its_node(plane: Contro
     assert answers and answers[0]["changed"] is True and answers[0]["logs"] is True
 
 
-def test_a_watching_agents_heartbeat_that_changes_nothing_reads_and_writes_nothing(
-    plane: ControlPlane,
-) -> None:
+@contextmanager
+def watching(plane: ControlPlane) -> Iterator[tuple[str, dict[str, Any]]]:
+    """A registered node n1 whose agent synced (its token and what it holds) and now
+    long-polls (3 s), so that its heartbeats are answered from memory."""
     token = register(plane.url, plane.join_token)
     held = sync(plane, token)
     waiting = threading.Thread(target=lambda: watch(plane, token, held, timeout=3))
     waiting.start()
     wait_for(lambda: plane._server.config.app.state.node_watch.waiting == 1, what="the watch waiting")  # type: ignore[union-attr]
+    try:
+        yield token, held
+    finally:
+        waiting.join(10)
+
+
+@contextmanager
+def statements_of(store: Store) -> Iterator[list[str]]:
+    """The SQL statements the store runs in the block."""
     statements: list[str] = []
 
     def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
         statements.append(statement)
 
-    versions = {"have_pods": held["pods_version"], "have_services": held["services_version"]}
-    event.listen(plane.store.engine, "before_cursor_execute", count)
+    event.listen(store.engine, "before_cursor_execute", count)
     try:
-        beat = sync(plane, token, **versions)
+        yield statements
     finally:
-        event.remove(plane.store.engine, "before_cursor_execute", count)
-    assert beat["pods"] is None and beat["services"] is None and beat["claims"] is None
-    assert set(beat) == set(SyncReply.model_fields)  # answered from memory, in the reply's shape
-    assert (beat["pods_version"], beat["services_version"]) == (
-        held["pods_version"],
-        held["services_version"],
-    )
-    assert statements == []
-    before = plane.store.nodes()[0].heartbeat_at
-    time.sleep(1.1)  # the heartbeat times kept in memory are written once a second
-    sync(plane, token, **versions)
-    wait_for(lambda: plane.store.nodes()[0].heartbeat_at > before, timeout=5, what="the heartbeat written")
-    waiting.join(10)
+        event.remove(store.engine, "before_cursor_execute", count)
+
+
+def held_versions(held: dict[str, Any]) -> dict[str, str]:
+    return {"have_pods": held["pods_version"], "have_services": held["services_version"]}
+
+
+def test_a_watching_agents_heartbeat_that_changes_nothing_reads_and_writes_nothing(
+    plane: ControlPlane,
+) -> None:
+    with watching(plane) as (token, held):
+        with statements_of(plane.store) as statements:
+            beat = sync(plane, token, **held_versions(held))
+        assert beat["pods"] is None and beat["services"] is None and beat["claims"] is None
+        assert set(beat) == set(SyncReply.model_fields)  # answered from memory, in the reply's shape
+        assert (beat["pods_version"], beat["services_version"]) == (
+            held["pods_version"],
+            held["services_version"],
+        )
+        assert statements == []
+        before = plane.store.nodes()[0].heartbeat_at
+        time.sleep(1.1)  # the heartbeat times kept in memory are written once a second
+        sync(plane, token, **held_versions(held))
+        written = lambda: plane.store.nodes()[0].heartbeat_at > before  # noqa: E731
+        wait_for(written, timeout=5, what="the heartbeat written")
 
 
 def test_a_watching_agents_measurements_are_kept_from_its_quiet_heartbeat_without_a_statement(
@@ -144,11 +167,6 @@ def test_a_watching_agents_measurements_are_kept_from_its_quiet_heartbeat_withou
     """A heartbeat answered from memory that carries its pods' use (every 15 s from a real
     agent) keeps it as it came, validated, for `/metrics/resource`; nothing is read or
     written for it (no autoscaler scales the pods)."""
-    token = register(plane.url, plane.join_token)
-    held = sync(plane, token)
-    waiting = threading.Thread(target=lambda: watch(plane, token, held, timeout=3))
-    waiting.start()
-    wait_for(lambda: plane._server.config.app.state.node_watch.waiting == 1, what="the watch waiting")  # type: ignore[union-attr]
     usage = [
         {
             "pod": f"default/web-{i}",
@@ -161,17 +179,8 @@ def test_a_watching_agents_measurements_are_kept_from_its_quiet_heartbeat_withou
         }
         for i in range(2)
     ]
-    statements: list[str] = []
-
-    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        statements.append(statement)
-
-    versions = {"have_pods": held["pods_version"], "have_services": held["services_version"]}
-    event.listen(plane.store.engine, "before_cursor_execute", count)
-    try:
-        beat = sync(plane, token, usage=usage, **versions)
-    finally:
-        event.remove(plane.store.engine, "before_cursor_execute", count)
+    with watching(plane) as (token, held), statements_of(plane.store) as statements:
+        beat = sync(plane, token, usage=usage, **held_versions(held))
     assert beat["pods"] is None and statements == []  # answered from memory
     metrics = httpx.get(f"{plane.url}/metrics/resource", timeout=10).text
     for i in range(2):
@@ -180,7 +189,6 @@ def test_a_watching_agents_measurements_are_kept_from_its_quiet_heartbeat_withou
         assert f"gitops_container_cpu_usage_millicores{main} {250.5 + i}" in metrics
         assert f"gitops_container_cpu_usage_millicores{proxy} 1.25" in metrics
         assert f"gitops_container_memory_working_set_bytes{proxy} 3.145728e+06" in metrics
-    waiting.join(10)
 
 
 def test_a_node_path_with_a_wrong_token_is_refused_before_its_body_is_read(plane: ControlPlane) -> None:
