@@ -678,6 +678,7 @@ class NodeWatch:
         for waiter in waiters:
             answer = _unchanged(waiter.have_pods, waiter.have_services)
             waiter.loop.call_soon_threadsafe(_settle, waiter.future, answer)
+        self._arrived.set()  # the watching thread ends
 
     def watched(self, node: str, within: float) -> bool:
         """Whether `node`'s agent long-polls: it waits here now or did in the last `within`
@@ -732,6 +733,8 @@ class NodeWatch:
             # (control planes sharing the database) are read for every `poll` seconds.
             self._arrived.wait(max(0.0, self._read_at + self.poll - time.monotonic()))
             self._arrived.clear()
+            if self._closed:  # the server stopped: a thread looking for no one, forever, is gone too
+                return
             # While the controller decides or writes thousands of pods, wait (at most
             # `yield_seconds`): the agents it would wake are to wait for it too, and reading
             # its rows as each batch commits competed with it for the one core

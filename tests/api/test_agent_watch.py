@@ -213,11 +213,14 @@ def test_a_stopping_server_answers_the_waiting_watches_instead_of_waiting_for_th
     waiting = threading.Thread(target=lambda: answers.append(watch(plane, token, held, timeout=60)))
     waiting.start()
     wait_for(lambda: plane._server.config.app.state.node_watch.waiting == 1, what="the watch waiting")  # type: ignore[union-attr]
+    looking = plane._server.config.app.state.node_watch._thread  # type: ignore[union-attr]
     stopping = threading.Thread(target=plane.stop)
     stopping.start()
     stopping.join(20)  # the server's shutdown waits at most 10 s for its requests
     waiting.join(20)
     assert not stopping.is_alive() and not waiting.is_alive()
+    looking.join(5)  # and the thread that looked for the watches' news is gone with it
+    assert not looking.is_alive()
     assert answers == [
         {
             "changed": False,
