@@ -46,14 +46,15 @@ def sync(plane: ControlPlane, token: str, **body: Any) -> dict[str, Any]:
     return answer
 
 
+def held_versions(held: dict[str, Any]) -> dict[str, str]:
+    """The versions a sync's reply gave, as the next call sends them."""
+    return {"have_pods": held["pods_version"], "have_services": held["services_version"]}
+
+
 def watch(plane: ControlPlane, token: str, held: dict[str, Any], timeout: float) -> dict[str, Any]:
     answer: dict[str, Any] = httpx.post(
         f"{plane.url}/agent/v1/nodes/n1/watch",
-        json={
-            "have_pods": held["pods_version"],
-            "have_services": held["services_version"],
-            "timeout": timeout,
-        },
+        json={**held_versions(held), "timeout": timeout},
         headers={"Authorization": f"Bearer {token}"},
         timeout=timeout + 10,
     ).json()
@@ -137,10 +138,6 @@ def statements_of(store: Store) -> Iterator[list[str]]:
         event.remove(store.engine, "before_cursor_execute", count)
 
 
-def held_versions(held: dict[str, Any]) -> dict[str, str]:
-    return {"have_pods": held["pods_version"], "have_services": held["services_version"]}
-
-
 def test_a_watching_agents_heartbeat_that_changes_nothing_reads_and_writes_nothing(
     plane: ControlPlane,
 ) -> None:
@@ -157,8 +154,9 @@ def test_a_watching_agents_heartbeat_that_changes_nothing_reads_and_writes_nothi
         before = plane.store.nodes()[0].heartbeat_at
         time.sleep(1.1)  # the heartbeat times kept in memory are written once a second
         sync(plane, token, **held_versions(held))
-        written = lambda: plane.store.nodes()[0].heartbeat_at > before  # noqa: E731
-        wait_for(written, timeout=5, what="the heartbeat written")
+        wait_for(
+            lambda: plane.store.nodes()[0].heartbeat_at > before, timeout=5, what="the heartbeat written"
+        )
 
 
 def test_a_watching_agents_measurements_are_kept_from_its_quiet_heartbeat_without_a_statement(
@@ -256,12 +254,7 @@ def test_a_watch_answer_for_a_move_of_the_services_carries_what_changed(plane: C
     plane.store.apply_revision(
         Revision("git:x", "2" * 40), [service("web", {"app": "web"}), service("api", {"app": "api"})], [], 2.0
     )
-    request = {
-        "have_pods": held["pods_version"],
-        "have_services": held["services_version"],
-        "timeout": 10,
-        "service_deltas": True,
-    }
+    request = {**held_versions(held), "timeout": 10, "service_deltas": True}
     auth = {"Authorization": f"Bearer {token}"}
     answer = httpx.post(f"{plane.url}/agent/v1/nodes/n1/watch", json=request, headers=auth, timeout=20).json()
     assert answer["changed"] is True and answer["services_version"] != held["services_version"]
@@ -284,7 +277,7 @@ def test_a_heartbeat_with_nothing_new_is_answered_from_memory_while_the_controll
     monkeypatch.setattr(api, "YIELD_SECONDS", 3.0)
     token = register(plane.url, plane.join_token)
     held = sync(plane, token)
-    versions = {"have_pods": held["pods_version"], "have_services": held["services_version"]}
+    versions = held_versions(held)
     waiting = threading.Thread(target=lambda: watch(plane, token, held, timeout=15))
     waiting.start()
     wait_for(lambda: plane._server.config.app.state.node_watch.waiting == 1, what="the watch waiting")  # type: ignore[union-attr]
