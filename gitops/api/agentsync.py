@@ -60,6 +60,7 @@ neither side may cost a write, a full read or a re-encoding per call.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import json
 import threading
@@ -97,6 +98,8 @@ MAX_PACE = 30.0  # seconds: the longest a move of the Services waits for the fan
 FULL_EVERY = 300.0  # seconds between computations of every Service's endpoints, moved or not
 
 ServiceKey = tuple[str, str]  # (namespace, name)
+# The context the callbacks of agents' watches run in (they read no context variable).
+NO_CONTEXT = contextvars.Context()
 
 # A node's measurements as `AgentReports` keeps them: one flat tuple of strings and
 # numbers, each pod's (pod, at, window, number of containers) followed by each of its
@@ -610,14 +613,33 @@ class AgentReports:
             self._flushing.release()
 
 
+# A watch's answer: the `WatchReply` fields as a dict, or, to an agent taking deltas when
+# the Services moved, JSON text in parts with the Services changed (`json_object`).
+WatchAnswer = dict[str, Any] | list[bytes]
+
+
 @dataclass
 class _Waiter:
     node: str
     have_pods: str
     have_services: str
+    deltas: bool  # the agent takes the Services changed since the version it holds
     loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[dict[str, Any]]
+    future: asyncio.Future[WatchAnswer]
+    on_end: Callable[[_Waiter], None]  # called once it is answered or cancelled
+    expiry: asyncio.TimerHandle | None = None
     checked: bool = False  # compared once with the state (a new waiter may be behind already)
+
+    def __call__(self, done: object = None) -> None:
+        """Its timeout (no argument): answered that nothing changed; or, as the future's done
+        callback, its end (answered or cancelled). One callable for both: at 5,000 waiting
+        agents a bound method each was two more objects a wait for the collector to walk."""
+        if done is None:
+            _settle(self.future, _unchanged(self.have_pods, self.have_services))
+            return
+        if self.expiry is not None:
+            self.expiry.cancel()
+        self.on_end(self)
 
 
 class NodeWatch:
@@ -668,6 +690,7 @@ class NodeWatch:
         self._read_at = float("-inf")  # monotonic time the store was last read
         self._watched: dict[str, float] = {}  # node -> monotonic time it last began or ended a wait
         self._closed = False
+        self._end = self._ended  # one bound method for every waiter
 
     def close(self) -> None:
         """The server is stopping: every waiting agent is answered now (nothing changed), and
@@ -685,13 +708,32 @@ class NodeWatch:
         seconds (a change of its pods or the Services then reaches it through its watch)."""
         return node in self._waiting or time.monotonic() - self._watched.get(node, float("-inf")) < within
 
-    async def wait(self, node: str, have_pods: str, have_services: str, timeout: float) -> dict[str, Any]:
-        """What moved for `node` (`changed`, the versions, `logs`), once something has, or
-        after `timeout` seconds with `changed` false."""
-        if self._closed:
-            return _unchanged(have_pods, have_services)
+    async def wait(
+        self, node: str, have_pods: str, have_services: str, timeout: float, *, deltas: bool = False
+    ) -> WatchAnswer:
+        """What moved for `node`, once something has, or after `timeout` seconds (`begin`)."""
+        return await self.begin(node, have_pods, have_services, timeout, deltas=deltas)
+
+    def begin(
+        self, node: str, have_pods: str, have_services: str, timeout: float, *, deltas: bool = False
+    ) -> asyncio.Future[WatchAnswer]:
+        """A future of what moved for `node` (`changed`, the versions, `logs`), set once
+        something has, or after `timeout` seconds with `changed` false; on the running event
+        loop. To an agent taking `deltas`, a move of the Services is answered with those
+        changed since the version it holds (`json_object`: `WatchAnswer`), read in the
+        watching thread. Cancelling the future ends the wait (the agent went away).
+
+        A waiting agent is this future, its timer and a callback: no coroutine (the server's
+        protocol answers a watch from the future, `gitops.api.onewrite`). The timeout answers
+        the waiter itself: `asyncio.wait_for` and `shield` made a future, two callbacks and,
+        on the timeout (the answer of a quiet cluster), an exception and its traceback per
+        wait, kept for its 25 s by 5,000 waiting agents: objects every young collection walks."""
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(node, have_pods, have_services, loop, loop.create_future())
+        future: asyncio.Future[WatchAnswer] = loop.create_future()
+        if self._closed:
+            future.set_result(_unchanged(have_pods, have_services))
+            return future
+        waiter = _Waiter(node, have_pods, have_services, deltas, loop, future, self._end)
         with self._lock:
             self._watched[node] = time.monotonic()
             self._waiting.setdefault(node, []).append(waiter)
@@ -700,22 +742,20 @@ class NodeWatch:
                 self._thread = threading.Thread(target=self._run, name="agent-watch", daemon=True)
                 self._thread.start()
         self._arrived.set()
-        # The timeout answers the waiter itself: `asyncio.wait_for` and `shield` made a
-        # future, two callbacks and, on the timeout (the answer of a quiet cluster), an
-        # exception and its traceback per wait, kept for its 25 s by 5,000 waiting agents:
-        # objects every young collection walks.
-        expiry = loop.call_later(timeout, _settle, waiter.future, _unchanged(have_pods, have_services))
-        try:
-            return await waiter.future
-        finally:
-            expiry.cancel()
-            with self._lock:
-                self._watched[node] = time.monotonic()
-                waiters = self._waiting.get(node, [])
-                if waiter in waiters:
-                    waiters.remove(waiter)
-                if not waiters:
-                    self._waiting.pop(node, None)
+        # In one empty context: a copy of the caller's for each callback was another object each.
+        waiter.expiry = loop.call_later(timeout, waiter, context=NO_CONTEXT)
+        future.add_done_callback(waiter, context=NO_CONTEXT)
+        return future
+
+    def _ended(self, waiter: _Waiter) -> None:
+        """The waiter was answered or cancelled: it waits no more."""
+        with self._lock:
+            self._watched[waiter.node] = time.monotonic()
+            waiters = self._waiting.get(waiter.node, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+            if not waiters:
+                self._waiting.pop(waiter.node, None)
 
     @property
     def waiting(self) -> int:
@@ -760,6 +800,7 @@ class NodeWatch:
         state as last read (and the Services' version as this process last published it)."""
         with self._lock:
             if not self._waiting:
+                self._new = []  # (they ended before a look: a watch with no timeout)
                 return
         cache = self.store.pod_cache
         # The Services moved since the last read (a sync published them): read, and compare every waiter.
@@ -799,13 +840,29 @@ class NodeWatch:
                     "services_version": services,
                     "logs": has_logs,
                 }
-                waiter.loop.call_soon_threadsafe(_settle, waiter.future, answer)
+                deltas = waiter.deltas and services != waiter.have_services
+                reply = self._with_deltas(waiter, answer) if deltas else answer
+                waiter.loop.call_soon_threadsafe(_settle, waiter.future, reply)
+
+    def _with_deltas(self, waiter: _Waiter, answer: dict[str, Any]) -> WatchAnswer:
+        """The answer to an agent taking deltas, for a move of the Services: with those changed
+        since the version it holds (text encoded once for every agent holding it), so that
+        a move costs it one answer, not an answer and a sync call; as it is when that
+        version is no longer kept (its sync call then fetches every Service)."""
+        try:
+            version, parts = self.endpoints.reply_parts(waiter.have_services, waiter.node, deltas=True)
+        except Exception as exc:  # its sync call fetches them
+            log.warning("agent.watch_deltas_failed", node=waiter.node, error=str(exc))
+            return answer
+        if version == answer["services_version"] and "services_changed" in parts:
+            return json_object(answer, parts)
+        return answer
 
 
 def _unchanged(have_pods: str, have_services: str) -> dict[str, Any]:
     return {"changed": False, "pods_version": have_pods, "services_version": have_services, "logs": False}
 
 
-def _settle(future: asyncio.Future[dict[str, Any]], answer: dict[str, Any]) -> None:
+def _settle(future: asyncio.Future[WatchAnswer], answer: WatchAnswer) -> None:
     if not future.done():
         future.set_result(answer)

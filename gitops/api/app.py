@@ -30,6 +30,7 @@ import asyncio
 import hmac
 import secrets
 import time
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any
 
@@ -41,7 +42,13 @@ from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gitops.api.agentsync import AgentReports, NodeWatch, SharedEndpoints, json_object, report_digest
+from gitops.api.agentsync import (
+    AgentReports,
+    NodeWatch,
+    SharedEndpoints,
+    json_object,
+    report_digest,
+)
 from gitops.api.auth import GATED_NODE, JOIN_HEADER, AgentGate, LoopbackHosts, ReadAuth
 from gitops.api.logs import LogHub, install_logs
 from gitops.api.models import (
@@ -54,7 +61,8 @@ from gitops.api.models import (
     address_problem,
     field_errors,
 )
-from gitops.api.noderoute import NodeLane, node_call
+from gitops.api.noderoute import NodeLane, QuickLane, node_call
+from gitops.api.onewrite import Reply
 from gitops.api.page import install_status_page
 from gitops.api.readmodel import BadContinue, ExpiredContinue, PodOrder, ReadModel
 from gitops.api.readonly import install_read_only
@@ -83,9 +91,11 @@ class App(FastAPI):
     and body-size middleware among them) were a fifth of what each waiting watch held for
     the collector to walk. Everything else goes on through FastAPI as it came; an exception
     the front itself raises is answered 500 by the server, as FastAPI's outermost layer
-    would."""
+    would. The quiet ones among the nodes' calls do not come here: the server's protocol
+    answers them from `quick_lane` (`gitops.api.onewrite`)."""
 
     front: ASGIApp | None = None
+    quick_lane: QuickLane | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.front is None or scope["type"] != "http":
@@ -154,6 +164,7 @@ def create_app(
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_read_only(app)
+    lane = NodeLane(app)
     gate = AgentGate(
         app.behind,
         join_token=join_token,
@@ -161,8 +172,10 @@ def create_app(
         node_token_remembered=store.node_token_remembered,
         tokens_due=store.tokens_due,
         renew_tokens=store.renew_tokens,
-        node_lane=NodeLane(app),  # the sync and watch routes, answered from the gate
+        node_lane=lane,  # the sync and watch routes, answered from the gate
     )
+    # Their quiet calls, answered by the server's protocol before the app (`gitops.api.onewrite`).
+    app.quick_lane = QuickLane(gate, lane, loopback_only=loopback_only and not read_token)
     # The read token, or loopback names only, are asked before the gate, as before anything.
     app.front = gate
     if read_token:
@@ -263,25 +276,32 @@ def create_app(
             pod_cidr=pod_cidr,
         )
 
-    @node_call(app, "/agent/v1/nodes/{name}/sync", response_model=SyncReply)
+    def quiet_sync(name: str, request: SyncRequest, digest: str = "") -> dict[str, Any] | None:
+        """The reply to a heartbeat that reports nothing new, from memory (`_unchanged`), its
+        measurements and heartbeat kept; None when the call must read or write. The server's
+        protocol answers with it before the app (`gitops.api.onewrite`)."""
+        began = time.perf_counter()
+        reply = _unchanged(name, request, digest or _digest(request))
+        if reply is not None:
+            if request.usage is not None:
+                reports.keep_usage(name, request.usage)
+            beat(name)
+            observed.agent_sync.observe(time.perf_counter() - began)
+        return reply
+
+    @node_call(app, "/agent/v1/nodes/{name}/sync", response_model=SyncReply, quick=quiet_sync)
     async def agent_sync(name: str, request: SyncRequest) -> dict[str, Any] | list[bytes]:
         """Heartbeat and pod statuses in; this node's pods and every Service's endpoints out."""
+        digest = _digest(request)
+        reply = quiet_sync(name, request, digest)
+        if reply is not None:
+            return reply
         began = time.perf_counter()
         try:
-            return await _agent_sync(name, request)
-        finally:
-            observed.agent_sync.observe(time.perf_counter() - began)
-
-    async def _agent_sync(name: str, request: SyncRequest) -> dict[str, Any] | list[bytes]:
-        # Reports compare by the agent's digest when it gives one (no digest made of 30
-        # statuses at each heartbeat), else by the server's own.
-        digest = f"agent:{request.report_digest}" if request.report_digest else report_digest(request)
-        reply = _unchanged(name, request, digest)
-        if reply is None:
             if yielding.holding:  # the controller decides or writes thousands of pods: it goes first
-                began = time.monotonic()
+                paused = time.monotonic()
                 free = await yielding.pause(YIELD_SECONDS)  # on the event loop: no worker thread waits
-                observed.agent_calls_yielded.inc(time.monotonic() - began)
+                observed.agent_calls_yielded.inc(time.monotonic() - paused)
                 if not free:
                     # Still writing: the node is alive, and its report is to come again
                     # (as Kubernetes' API Priority and Fairness answers a full queue).
@@ -291,14 +311,15 @@ def create_app(
                         "the controller is writing a pass of many pods; send the report again",
                         headers={"Retry-After": "1"},
                     )
-            try:
-                return await run_in_threadpool(_sync, name, request, digest)
-            finally:
-                keep_due()  # it may have kept a heartbeat
-        if request.usage is not None:
-            reports.keep_usage(name, request.usage)
-        beat(name)
-        return reply
+            return await run_in_threadpool(_sync, name, request, digest)
+        finally:
+            keep_due()  # it may have kept a heartbeat
+            observed.agent_sync.observe(time.perf_counter() - began)
+
+    def _digest(request: SyncRequest) -> str:
+        # Reports compare by the agent's digest when it gives one (no digest made of 30
+        # statuses at each heartbeat), else by the server's own.
+        return f"agent:{request.report_digest}" if request.report_digest else report_digest(request)
 
     flushing: set[asyncio.Task[None]] = set()
     due_timer: list[asyncio.TimerHandle] = []  # the one pending `keep_due` timer, if any
@@ -471,10 +492,23 @@ def create_app(
         )
         return json_object(fields, raw if same_pods else {**raw, "pods": pods})
 
+    def watch_begin(name: str, request: WatchRequest) -> asyncio.Future[Reply]:
+        """The watch, as a future of its answer (`NodeWatch.begin`), its heartbeat kept. The
+        server's protocol answers with it before the app (`gitops.api.onewrite`)."""
+        beat(name)
+        answer = watch.begin(
+            name, request.have_pods, request.have_services, request.timeout, deltas=request.service_deltas
+        )
+        return typing.cast("asyncio.Future[Reply]", answer)  # a `WatchAnswer` is a `Reply`
+
     @node_call(
-        app, "/agent/v1/nodes/{name}/watch", response_model=WatchReply, response_model_exclude_none=True
+        app,
+        "/agent/v1/nodes/{name}/watch",
+        response_model=WatchReply,
+        response_model_exclude_none=True,
+        quick=watch_begin,
     )
-    async def agent_watch(name: str, request: WatchRequest) -> dict[str, Any] | list[bytes]:
+    async def agent_watch(name: str, request: WatchRequest) -> Reply:
         """Long-poll: answered once the node's pods or the Services move from the versions
         the agent holds, or a log request waits for it; else after `timeout` seconds.
 
@@ -487,19 +521,7 @@ def create_app(
         To an agent that takes deltas, an answer for a move of the Services carries the
         Services changed since the version it holds (as a sync reply would, text encoded
         once): every move otherwise cost every agent a watch answer and a sync call."""
-        beat(name)
-        answer = await watch.wait(name, request.have_pods, request.have_services, request.timeout)
-        if (
-            request.service_deltas
-            and answer["changed"]
-            and answer["services_version"] != request.have_services
-        ):
-            version, parts = await run_in_threadpool(
-                endpoints.reply_parts, request.have_services, name, deltas=True
-            )
-            if version == answer["services_version"] and "services_changed" in parts:
-                return json_object(answer, parts)
-        return answer
+        return await watch_begin(name, request)
 
     def _note_proxy_problems(node: str, reported: tuple[str, ...], now: float) -> None:
         """Rules a node's proxy skipped: an event when they change, a metric, a log line."""

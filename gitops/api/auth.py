@@ -21,7 +21,7 @@ import asyncio
 import hmac
 import ipaddress
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qsl, urlencode
 
@@ -151,10 +151,7 @@ class LoopbackHosts:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        host = ""
-        for key, value in scope.get("headers", []):
-            if key.lower() == b"host":
-                host = value.decode("latin-1")
+        host = _host(scope.get("headers", []))
         if not host or is_loopback(host_name(host)):
             await self.app(scope, receive, send)
             return
@@ -175,6 +172,20 @@ class LoopbackHosts:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+def _host(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    host = ""
+    for key, value in headers:
+        if key.lower() == b"host":
+            host = value.decode("latin-1")
+    return host
+
+
+def loopback_addressed(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether a request with these headers is one `LoopbackHosts` lets through."""
+    host = _host(headers)
+    return not host or is_loopback(host_name(host))
 
 
 JOIN_HEADER = "x-gitops-join-token"
@@ -278,6 +289,23 @@ class AgentGate:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    def remembered(self, path: str, headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+        """The node a call to `path` (a node's) is from, when its token is one remembered as
+        valid (checked on the event loop, as `__call__` checks it first); None otherwise (the
+        call is then for `__call__` to check)."""
+        if not path.startswith(NODE_PREFIX):
+            return None
+        authorization = ""
+        for key, value in headers:
+            if key.lower() == b"authorization":
+                authorization = value.decode("latin-1")
+        scheme, _, token = authorization.partition(" ")
+        node = path.removeprefix(NODE_PREFIX).partition("/")[0]
+        if scheme.lower() != "bearer" or not token or not self.node_token_remembered(node, token):
+            return None
+        self._renew_soon()
+        return node
 
     def _renew_soon(self) -> None:
         """Have the tokens read again in a worker thread when they are due (one read at a

@@ -35,14 +35,23 @@ a long-poll holds every layer it passed through (a coroutine each, with the clos
 objects of each): at 5,000 nodes, 5,000 waiting watches renewed every 25 s, and the
 cyclic collector's young collections walked all of those made since the last. A call
 the lane does not serve (another method, another path) goes on through the app.
+
+Most of these calls do not reach the app at all. A route may have a quick endpoint
+(`node_call(..., quick=...)`): a plain function that answers from memory, or gives None.
+`QuickLane` asks it from the server's HTTP protocol (`gitops.api.onewrite`) for a call that
+passes the same checks the gate and the route make (the token remembered, the host, the
+content type, the request model), and the protocol writes its reply without an ASGI task:
+a heartbeat that reports nothing new, and a watch (a future the protocol answers from).
+What the quick endpoint leaves, and every call that fails a check, goes to the app as it
+came, to be answered there as described above.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
-import json
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -53,15 +62,20 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
-from gitops.api.auth import GATED_NODE, NODE_PREFIX
-from gitops.api.onewrite import JOINED
+from gitops.api.auth import GATED_NODE, NODE_PREFIX, AgentGate, loopback_addressed
+from gitops.api.onewrite import JOINED, Reply, encode_reply
 
-NodeEndpoint = Callable[[str, Any], Awaitable["bytes | list[bytes] | dict[str, Any]"]]
+NodeEndpoint = Callable[[str, Any], Awaitable[Reply]]
+# An endpoint's answer before the app (`QuickLane`): the reply, a future of it, or None
+# when the call is for the endpoint itself.
+QuickEndpoint = Callable[[str, Any], "Reply | asyncio.Future[Reply] | None"]
 
 
 class NodeRoute(APIRoute):
     """A route `/agent/v1/nodes/{name}/...` whose endpoint is `async (name, request)`,
     served without FastAPI's per-call machinery (see the module docstring)."""
+
+    quick: QuickEndpoint | None = None  # its answer before the app, if any (`QuickLane`)
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         super().__init__(path, endpoint, **kwargs)
@@ -83,19 +97,41 @@ class NodeRoute(APIRoute):
 
     async def serve(self, scope: Scope, name: str, body: bytes, send: Send) -> None:
         """Answer the node's call, its `body` read already and its token checked."""
-        refused = _not_json(scope)
+        request = scope.get("state", {}).pop(PARSED, None)
+        if not isinstance(request, self.request_model):
+            request = self.parse(scope, body)
+        reply = await self.node_endpoint(name, request)
+        await _send(send, 200, encode_reply(reply) if isinstance(reply, dict) else reply)
+
+    def parse(self, scope: Scope, body: bytes) -> BaseModel:
+        """The call's body as the request model validates it, else FastAPI's 422."""
+        refused = _not_json(scope.get("headers", ()))
         if refused is not None:
             wrong = {"type": "content_type", "loc": ("body",), "msg": refused, "input": None}
             raise RequestValidationError([wrong], body=body)
         try:
-            request = self.request_model.model_validate_json(body)
+            return self.request_model.model_validate_json(body)
         except ValidationError as exc:
             errors = exc.errors(include_url=False)
             for error in errors:
                 error["loc"] = ("body", *error["loc"])
             raise RequestValidationError(errors, body=body) from None
-        reply = await self.node_endpoint(name, request)
-        await _send(send, 200, _encode(reply) if isinstance(reply, dict) else reply)
+
+    def answer(
+        self, name: str, headers: list[tuple[bytes, bytes]], body: bytes, state: dict[str, Any]
+    ) -> Any:
+        """The quick endpoint's answer (`QuickLane`), or None when the call is for `serve`:
+        a body it would refuse (422), or one the quick endpoint leaves to the endpoint (the
+        request then kept in the call's `state` for `serve`: a report of 30 pods' statuses
+        was validated twice)."""
+        if self.quick is None or _not_json(headers) is not None:
+            return None
+        try:
+            request = self.request_model.model_validate_json(body)
+        except ValidationError:
+            return None
+        state[PARSED] = request
+        return self.quick(name, request)
 
 
 class NodeLane:
@@ -158,10 +194,54 @@ class NodeLane:
         return None
 
 
-def node_call(app: FastAPI, path: str, **route: Any) -> Callable[[NodeEndpoint], NodeEndpoint]:
+class QuickLane:
+    """The node routes' quick endpoints, for the server's protocol to answer with before the
+    app (`gitops.api.onewrite.OneWriteProtocol`): a POST to a node's route whose token the
+    gate remembers (`AgentGate.remembered`), addressed as the app's front lets through, with
+    a JSON body the route's request model validates, that the route's quick endpoint answers
+    (a heartbeat that reports nothing new, a watch). For anything else `answer` gives None,
+    and the protocol hands the call to the app as it came: what it answers there (401, 413,
+    422, a sync that reads or writes) is the app's, as before."""
+
+    def __init__(self, gate: AgentGate, lane: NodeLane, *, loopback_only: bool) -> None:
+        self.gate = gate
+        self.lane = lane
+        self.loopback_only = loopback_only  # the app's front is `LoopbackHosts`
+
+    def wants(self, method: bytes, url: bytes) -> bool:
+        """Whether a request for `url` may be one to answer (from its first line alone)."""
+        return (
+            method == b"POST"
+            and url.startswith(_NODE_PREFIX)
+            and url.count(b"/") == 5  # /agent/v1/nodes/{name}/{action}
+            and not any(c in url for c in (b"?", b"%", b"#"))
+        )
+
+    def answer(
+        self, path: str, headers: list[tuple[bytes, bytes]], body: bytes, state: dict[str, Any]
+    ) -> Any:
+        """The reply (or a future of it) to the call, or None when it is the app's (with the
+        request as validated in its `state`, not validated again: `PARSED`)."""
+        if self.loopback_only and not loopback_addressed(headers):
+            return None
+        node = self.gate.remembered(path, headers)
+        if node is None or len(body) > self.gate.sync_limit:
+            return None
+        route = self.lane.route(path.rpartition("/")[2])
+        return None if route is None else route.answer(node, headers, body, state)
+
+
+_NODE_PREFIX = NODE_PREFIX.encode()
+PARSED = "gitops.parsed"  # `scope["state"]` key: the request as `QuickLane` validated it
+
+
+def node_call(
+    app: FastAPI, path: str, *, quick: QuickEndpoint | None = None, **route: Any
+) -> Callable[[NodeEndpoint], NodeEndpoint]:
     """Register the decorated endpoint as `POST path` on a `NodeRoute`, ahead of the app's
     other routes; `route` as to `app.post` (the response model and the like, for the
-    documentation)."""
+    documentation). With `quick`, calls are answered by it before the app when it answers
+    (`QuickLane`), and by the endpoint when it gives None."""
 
     def register(endpoint: NodeEndpoint) -> NodeEndpoint:
         routes = app.router.routes
@@ -169,15 +249,16 @@ def node_call(app: FastAPI, path: str, **route: Any) -> Callable[[NodeEndpoint],
         # First in the router, which tries routes in order: matched without trying the
         # others' patterns (their paths do not overlap: `/agent/v1/nodes/{name}/` and a word).
         routes.insert(0, routes.pop())
+        typing.cast("NodeRoute", routes[0]).quick = quick
         return endpoint
 
     return register
 
 
-def _not_json(scope: Scope) -> str | None:
+def _not_json(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     """Why the request's `Content-Type` says its body is not JSON; None when it is JSON or
     not given (as FastAPI reads a body)."""
-    for key, value in scope.get("headers", ()):
+    for key, value in headers:
         if key == b"content-type":
             given = value.decode("latin-1")
             kind = given.split(";", 1)[0].strip().lower()
@@ -185,10 +266,6 @@ def _not_json(scope: Scope) -> str | None:
                 return None
             return f"Content-Type must be application/json, not {given}"
     return None
-
-
-def _encode(reply: dict[str, Any]) -> bytes:
-    return json.dumps(reply, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 async def _body(receive: Receive) -> bytes:

@@ -155,3 +155,40 @@ def test_a_connection_idle_between_an_agents_heartbeats_stays_open(tmp_path: Pat
     finally:
         agent.http.close()
         plane.stop()
+
+
+def test_a_connection_idle_past_the_keep_alive_is_closed_and_a_waiting_one_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Idle connections are closed by one sweep (`IdleSweep`) instead of a timer per
+    response: one idle past the keep-alive timeout is closed (within a sweep), and one whose
+    request is still being answered (a watch waiting) is not."""
+    import socket
+    import time
+
+    from gitops import server
+    from tests.api.test_agent_watch import sync
+    from tests.api.test_quick_lane import Reader, watching
+
+    monkeypatch.setattr(server, "KEEP_ALIVE_SECONDS", 0.4)  # swept every 0.1 s
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    plane = ControlPlane(store, [], port=free_port(), controller_interval=3600, settle_seconds=0.0)
+    plane.start()
+    try:
+        token = register(plane.url, plane.join_token)
+        held = sync(plane, token)
+        with (
+            socket.create_connection(("127.0.0.1", plane.port), timeout=10) as idle,
+            socket.create_connection(("127.0.0.1", plane.port), timeout=10) as waiting,
+        ):
+            idle.sendall(f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{plane.port}\r\n\r\n".encode())
+            assert Reader(idle).response()[0] == 200
+            started = time.monotonic()
+            waiting.sendall(watching(plane, token, held, 1.5))
+            assert Reader(idle).closed()  # by the server
+            assert time.monotonic() - started < 1.0
+            status, _, body = Reader(waiting).response()  # still open: answered at its timeout
+            assert status == 200 and b'"changed":false' in body
+            assert time.monotonic() - started >= 1.5
+    finally:
+        plane.stop()
