@@ -112,3 +112,50 @@ def test_each_app_has_its_own_registry(tmp_path: Path) -> None:
     b = samples(TestClient(create_app(store, join_token="j", metrics=second)))
     assert a[("gitops_syncs_total", (("outcome", "applied"), ("source", "a")))] == 1
     assert not any(name == "gitops_syncs_total" for name, _ in b)
+
+
+def test_the_measured_use_is_written_as_prometheus_client_writes_it() -> None:
+    """`/metrics/resource` is written line by line (`render_usage`), not through
+    prometheus_client's samples: the same text as its `generate_latest` gives for the same
+    gauges, labels that need escaping and values of every kind included."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import GaugeMetricFamily
+
+    from gitops.metrics import render_usage
+    from gitops.model import ContainerUsage, PodUsage
+
+    samples = [
+        PodUsage("default/web-1", 1.0, (ContainerUsage("app", 12.5, 2**20), ContainerUsage("side", 0.0, 0))),
+        PodUsage('odd/a"b\\c\nd', 2.0, (ContainerUsage('x"y', 1e-7, 3),)),
+        PodUsage("big/p", 3.0, (ContainerUsage("c", 123456789.25, 2**62),)),
+    ]
+
+    class Twin:
+        def collect(self) -> list[GaugeMetricFamily]:
+            labels = ["namespace", "pod", "container"]
+            cpu = GaugeMetricFamily(
+                "gitops_container_cpu_usage_millicores",
+                "CPU a container used over its agent's last sampling window, in thousandths of a CPU.",
+                labels=labels,
+            )
+            memory = GaugeMetricFamily(
+                "gitops_container_memory_working_set_bytes",
+                "A container's memory working set (usage minus inactive file pages), as last measured.",
+                labels=labels,
+            )
+            for s in samples:
+                namespace, _, name = s.pod.partition("/")
+                for c in s.containers:
+                    cpu.add_metric([namespace, name, c.container], c.cpu_milli)
+                    memory.add_metric([namespace, name, c.container], float(c.memory_bytes))
+            return [cpu, memory]
+
+    registry = CollectorRegistry()
+    registry.register(Twin())  # type: ignore[arg-type]
+    assert render_usage(samples) == generate_latest(registry)
+    families = {f.name: f for f in text_string_to_metric_families(render_usage(samples).decode())}
+    assert families["gitops_container_cpu_usage_millicores"].samples[2].labels == {
+        "namespace": "odd",
+        "pod": 'a"b\\c\nd',
+        "container": 'x"y',
+    }
