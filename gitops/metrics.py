@@ -118,8 +118,8 @@ def render_usage(samples: Iterable[PodUsage]) -> bytes:
     """Every container's measured CPU and memory in Prometheus' text format, as cAdvisor's
     container metrics give it (for the autoscaler too), and as `generate_latest` writes a
     gauge family: written line by line. prometheus_client makes a sample (a tuple and a dict
-    of its labels) of each series first: at 150,000 pods, 300,000 of each per scrape, which
-    took the serving process's peak memory up by 350 MB or more."""
+    of its labels) of each series first: at 150,000 pods, 300,000 of each per scrape, and
+    the rendering's peak was 174 MiB and 2.4 s, against 96 MiB and 0.5 s (docs/scale.md)."""
     cpu, memory = [], []
     for sample in samples:
         namespace, _, name = sample.pod.partition("/")
