@@ -727,7 +727,8 @@ class NodeWatch:
         protocol answers a watch from the future, `gitops.api.onewrite`). The timeout answers
         the waiter itself: `asyncio.wait_for` and `shield` made a future, two callbacks and,
         on the timeout (the answer of a quiet cluster), an exception and its traceback per
-        wait, kept for its 25 s by 5,000 waiting agents: objects every young collection walks."""
+        wait, kept for as long as it waited by 5,000 agents: objects every young collection
+        walks."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[WatchAnswer] = loop.create_future()
         if self._closed:

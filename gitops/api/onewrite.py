@@ -20,7 +20,8 @@ It answers the agents' quiet calls itself, before the app (`QuickLane`,
 each such call was a task running nine coroutines deep (uvicorn's cycle, its proxy-headers
 middleware, the app, the gate, the node lane, the route, the endpoint), with its events and
 ASGI messages; at 5,000 nodes the server's event loop spent 0.42 ms of CPU a call, and a
-waiting watch held all of those for 25 s, for the collector's young collections to walk.
+waiting watch held all of those for the 55 s an agent's watch waits, for the collector's
+young collections to walk.
 When a request's first line may be one (`QuickLane.wants`), the protocol reads its body
 itself (`_Quick`, which uvicorn's own code takes for the request's cycle) and asks the lane
 for the answer: a reply, written at once (head and body in one write), or a future of one

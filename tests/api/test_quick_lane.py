@@ -262,8 +262,8 @@ def test_a_watch_that_fails_is_answered_500_and_its_connection_closed(
 def test_a_waiting_watch_holds_few_objects_for_the_collector(plane: ControlPlane) -> None:
     """Through the app, each waiting watch was an ASGI task nine coroutines deep, with its
     cycle, events and messages: 25 objects more than a connection idle after a watch, for the
-    collector's young collections to walk (measured here), at 5,000 nodes for 25 s each. The
-    protocol holds the request, a future and a timer: 7."""
+    collector's young collections to walk (measured here), at 5,000 nodes for the 55 s each
+    waits. The protocol holds the request, a future and a timer: 7."""
     token, held = synced(plane)
     watches = 200
     body = {**held_versions(held), "timeout": 30}
