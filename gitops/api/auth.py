@@ -249,13 +249,12 @@ class AgentGate:
                 return
         elif path.startswith(NODE_PREFIX):
             node = path.removeprefix(NODE_PREFIX).partition("/")[0]
-            scheme, _, token = headers.get("authorization", "").partition(" ")
-            valid = scheme.lower() == "bearer" and bool(token)
-            if valid and self.node_token_remembered(node, token):
-                self._renew_soon()
-            elif not valid or not await run_in_threadpool(self.node_token_ok, node, token):
-                await _json(send, 401, "invalid node token")
-                return
+            if self.remembered(path, scope.get("headers", [])) is None:  # asked of the store, then
+                scheme, _, token = headers.get("authorization", "").partition(" ")
+                valid = scheme.lower() == "bearer" and bool(token)
+                if not valid or not await run_in_threadpool(self.node_token_ok, node, token):
+                    await _json(send, 401, "invalid node token")
+                    return
             scope.setdefault("state", {})[GATED_NODE] = node
             limit = self.sync_limit
         declared = headers.get("content-length", "")

@@ -99,13 +99,13 @@ class NodeRoute(APIRoute):
         """Answer the node's call, its `body` read already and its token checked."""
         request = scope.get("state", {}).pop(PARSED, None)
         if not isinstance(request, self.request_model):
-            request = self.parse(scope, body)
+            request = self.parse(scope.get("headers", ()), body)
         reply = await self.node_endpoint(name, request)
         await _send(send, 200, encode_reply(reply) if isinstance(reply, dict) else reply)
 
-    def parse(self, scope: Scope, body: bytes) -> BaseModel:
+    def parse(self, headers: Iterable[tuple[bytes, bytes]], body: bytes) -> BaseModel:
         """The call's body as the request model validates it, else FastAPI's 422."""
-        refused = _not_json(scope.get("headers", ()))
+        refused = _not_json(headers)
         if refused is not None:
             wrong = {"type": "content_type", "loc": ("body",), "msg": refused, "input": None}
             raise RequestValidationError([wrong], body=body)
@@ -124,11 +124,11 @@ class NodeRoute(APIRoute):
         a body it would refuse (422), or one the quick endpoint leaves to the endpoint (the
         request then kept in the call's `state` for `serve`: a report of 30 pods' statuses
         was validated twice)."""
-        if self.quick is None or _not_json(headers) is not None:
+        if self.quick is None:
             return None
         try:
-            request = self.request_model.model_validate_json(body)
-        except ValidationError:
+            request = self.parse(headers, body)
+        except RequestValidationError:
             return None
         state[PARSED] = request
         return self.quick(name, request)
