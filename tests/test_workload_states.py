@@ -194,7 +194,7 @@ def test_only_autoscaled_pods_measurements_are_written_every_pods_stays_in_memor
     webs = {p.id for p in store.pods() if p.owner == ObjectKey("Deployment", "default", "web")}
     assert set(store.usage()) == webs and len(webs) == 2
     assert len(reports.measured()) == 3
-    assert reports.measured(max_age=-1.0) == []  # a node not heard from within the age drops out
+    assert list(reports.measured(max_age=-1.0)) == []  # a node not heard from within the age drops out
 
 
 def test_a_nodes_measurements_of_no_autoscaled_pod_are_deleted_once_then_cost_no_write(

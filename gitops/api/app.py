@@ -37,7 +37,7 @@ from typing import Annotated, Any
 import structlog
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -211,7 +211,8 @@ def create_app(
 
     @app.get("/metrics/resource", include_in_schema=False)
     def prometheus_resource() -> Response:
-        return Response(observed.render_resource(), media_type=CONTENT_TYPE)
+        # Sent as it is made (its parts made in a worker thread, one after the other).
+        return StreamingResponse(observed.render_resource(), media_type=CONTENT_TYPE)
 
     async def node_token(name: str, request: Request, token: str = Depends(_bearer)) -> str:
         # `AgentGate` checked it before the body was read, as it does for every node's path.

@@ -121,7 +121,7 @@ def test_the_measured_use_is_written_as_prometheus_client_writes_it() -> None:
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.core import GaugeMetricFamily
 
-    from gitops.metrics import render_usage
+    from gitops.metrics import render_usage, usage_text
     from gitops.model import ContainerUsage, PodUsage
 
     samples = [
@@ -153,6 +153,8 @@ def test_the_measured_use_is_written_as_prometheus_client_writes_it() -> None:
     registry = CollectorRegistry()
     registry.register(Twin())  # type: ignore[arg-type]
     assert render_usage(samples) == generate_latest(registry)
+    parts = list(usage_text(samples, per=1))  # a part a pod: the same text
+    assert len(parts) == 6 and b"".join(parts) == generate_latest(registry)
     families = {f.name: f for f in text_string_to_metric_families(render_usage(samples).decode())}
     assert families["gitops_container_cpu_usage_millicores"].samples[2].labels == {
         "namespace": "odd",
