@@ -45,6 +45,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gitops.api.agentsync import (
     AgentReports,
     NodeWatch,
+    Part,
     SharedEndpoints,
     json_object,
     report_digest,
@@ -291,7 +292,7 @@ def create_app(
         return reply
 
     @node_call(app, "/agent/v1/nodes/{name}/sync", response_model=SyncReply, quick=quiet_sync)
-    async def agent_sync(name: str, request: SyncRequest) -> dict[str, Any] | list[bytes]:
+    async def agent_sync(name: str, request: SyncRequest) -> dict[str, Any] | list[Part]:
         """Heartbeat and pod statuses in; this node's pods and every Service's endpoints out."""
         digest = _digest(request)
         reply = quiet_sync(name, request, digest)
@@ -418,7 +419,7 @@ def create_app(
             "report_held": report_held,
         }
 
-    def _sync(name: str, request: SyncRequest, digest: str) -> list[bytes]:
+    def _sync(name: str, request: SyncRequest, digest: str) -> list[Part]:
         """A sync that reads or writes: the report written (unless it is the last one again),
         and what the agent does not hold yet."""
         statuses = [

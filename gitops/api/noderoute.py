@@ -280,7 +280,7 @@ async def _body(receive: Receive) -> bytes:
     return b"".join(chunks)
 
 
-async def _send(send: Send, status: int, body: bytes | list[bytes]) -> None:
+async def _send(send: Send, status: int, body: bytes | list[bytes | memoryview]) -> None:
     parts = [body] if isinstance(body, bytes) else body
     size = sum(map(len, parts))
     if len(parts) > 1 and size <= JOINED:  # one write (a part each was a system call each)

@@ -42,9 +42,9 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 log = structlog.get_logger(__name__)
 
-# A reply to a node's call: JSON text (in parts, sent one after the other), or a dict to
-# encode as JSON.
-Reply = bytes | list[bytes] | dict[str, Any]
+# A reply to a node's call: JSON text (in parts, sent one after the other; a memoryview is a
+# slice of a text many replies share), or a dict to encode as JSON.
+Reply = bytes | list[bytes | memoryview] | dict[str, Any]
 
 _HEAD = b"HTTP/"
 # Bytes at most worth copying to save a write: a body copied to go with its head (a longer one
@@ -102,7 +102,7 @@ class HeldHead:
                 self.writes += 1
                 self._transport.write(held)
 
-    def write_now(self, parts: list[bytes]) -> None:
+    def write_now(self, parts: list[bytes | memoryview]) -> None:
         """Write a whole response now: in one write when it is small (`JOINED`), else each
         part in its own (parts shared by many replies are not copied into each)."""
         self._release()

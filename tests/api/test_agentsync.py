@@ -134,8 +134,42 @@ def _services(store: Store, sha: str, *services: tuple[str, int]) -> None:
     store.apply_revision(Revision("git:x", sha * 40), manifests, [], 1.0)
 
 
-def _parsed(parts: dict[str, bytes]) -> dict[str, object]:
-    return {key: json.loads(text) for key, text in parts.items()}
+def _parsed(parts: dict[str, bytes | list[bytes | memoryview]]) -> dict[str, object]:
+    return {
+        key: json.loads(b"".join(text) if isinstance(text, list) else text) for key, text in parts.items()
+    }
+
+
+def test_each_agent_gets_the_routes_but_its_own_as_slices_of_one_text(tmp_path: Path) -> None:
+    """When the routes move, every agent gets every node's [pod subnet, address] but its
+    own. Joined for each agent, at 5,000 nodes that was 170 KB a reply, and the watch
+    answering 5,000 waiting agents at once held 500 MiB more for a moment (docs/scale.md).
+    Each agent's are slices of one text: the replies to every agent hold little more than
+    that text, and each gives what it gave before (the first node's, the last's, a node
+    with no route of its own)."""
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    for i in range(250):  # (a /16 of /24s: 256 nodes at most)
+        node = Node(NodeName(f"n{i:03d}"), f"10.1.0.{i + 1}", 4000, 2**32)
+        store.register_node(node, "t", now=1.0)
+    shared = SharedEndpoints(store, clock=lambda: 1.0, ttl=0.0)
+    routes = {name: [subnet, address] for name, subnet, address in shared.routes()}
+    assert len(routes) == 250
+    shared.reply_parts("", "n000", deltas=True)  # the replies' shared parts made
+    tracemalloc.start()
+    try:
+        replies = {
+            name: shared.reply_parts("", name, deltas=True)[1]["routes"] for name in [*routes, "n-new"]
+        }
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    text = replies["n-new"]
+    assert isinstance(text, bytes) and json.loads(text) == list(routes.values())
+    assert held < 20 * len(text), (held, len(text))  # joined for each: 250 copies
+    for name, parts in replies.items():
+        given = json.loads(b"".join(parts) if isinstance(parts, list) else parts)
+        assert given == [pair for other, pair in routes.items() if other != name], name
+    store.close()
 
 
 def test_an_agent_holding_a_kept_version_gets_only_the_services_changed_since(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ import pytest
 from gitops.api.app import App
 from gitops.api.models import SyncReply, SyncRequest
 from gitops.controller import reconcile_once
-from gitops.model import Revision
+from gitops.model import Node, NodeName, Revision
 from gitops.server import ControlPlane
 from gitops.store import Store
 from tests.api.test_agent_sync_server import register
@@ -337,3 +337,38 @@ def test_a_call_handed_to_the_app_is_validated_once(
     status, _, answer = call(plane, request(plane, "/agent/v1/nodes/n1/sync", body, token=token))
     assert status == 200 and json.loads(answer)["report_held"] == "r2"
     assert len(validated) == 1
+
+
+def test_the_routes_of_thousands_of_nodes_reach_an_agent_whole_by_the_app_and_the_protocol(
+    tmp_path: Path,
+) -> None:
+    """Each agent's routes are slices of one text all replies share
+    (`SharedEndpoints._routes_json`); past 64 KiB a reply's parts go out in writes of their
+    own: by the app (a sync that writes its report) and by the protocol (a watch answered
+    when a node joins). Both give the agent every other node's route, its own left out."""
+    store = Store(f"sqlite:///{tmp_path / 's.db'}", cluster_cidr="10.0.0.0/12")  # 4,096 subnets
+    for i in range(2100):
+        node = Node(NodeName(f"m{i:04d}"), f"10.64.{i // 250}.{i % 250 + 1}", 4000, 2**32)
+        store.register_node(node, "t", now=1.0)
+    plane = ControlPlane(store, [], port=free_port(), controller_interval=3600, settle_seconds=0.0)
+    plane.start()
+    try:
+        token = register(plane.url, plane.join_token)  # n1
+        pairs = {r.node.name: [r.node.pod_cidr, r.node.address] for r in store.nodes(1.0)}
+        held = sync(plane, token, report_digest="r1", service_deltas=True)
+        others = [pair for name, pair in sorted(pairs.items()) if name != "n1"]
+        assert len(json.dumps(held["routes"])) > 64 * 1024 and len(others) == 2100
+        assert held["routes"] == others
+        sock, reader = connect(plane)
+        with sock:
+            body = {**held_versions(held), "timeout": 30, "service_deltas": True}
+            sock.sendall(request(plane, "/agent/v1/nodes/n1/watch", body, token=token))
+            wait_for(lambda: node_watch(plane).waiting == 1, what="the watch waiting")
+            store.register_node(Node(NodeName("m9999"), "10.65.0.1", 4000, 2**32), "t", now=2.0)
+            status, _, answer = reader.response()  # within `routes_every()` (4.2 s here)
+        moved = json.loads(answer)
+        joined = next(r.node for r in store.nodes(2.0) if r.node.name == "m9999")
+        assert status == 200 and moved["changed"] is True
+        assert moved["routes"] == [*others, [joined.pod_cidr, joined.address]]
+    finally:
+        plane.stop()
