@@ -148,9 +148,14 @@ def keep(samples: Sequence[PodMeasured]) -> Kept:
 
 
 def kept_samples(kept: Kept) -> Iterator[PodUsage]:
+    return (_kept_sample(kept, i) for i in _kept_starts(kept))
+
+
+def _kept_starts(kept: Kept) -> Iterator[int]:
+    """Where each pod's measurement begins in `kept`."""
     i = 0
     while i < len(kept):
-        yield _kept_sample(kept, i)
+        yield i
         i += 4 + 3 * kept[i + 3]
 
 
@@ -170,12 +175,7 @@ class Measured(Collection[PodUsage]):
     Read as often as wanted, it gives the same measurements."""
 
     def __init__(self, kept: Iterable[Kept]) -> None:
-        order = []
-        for flat in kept:
-            i = 0
-            while i < len(flat):
-                order.append((flat[i], i, flat))
-                i += 4 + 3 * flat[i + 3]
+        order = [(flat[i], i, flat) for flat in kept for i in _kept_starts(flat)]
         order.sort(key=_first)
         self._order = order
 
