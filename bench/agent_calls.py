@@ -1,9 +1,12 @@
 """What one agent call costs the server's app, in process: the quiet sync (a heartbeat that
 changes nothing, answered from memory) and a watch answered at once, on the agents' lean
 route (`gitops.api.noderoute.NodeRoute`) against the same endpoints on FastAPI's standard
-route (dependencies solved per call, the reply validated against the response model).
+route (dependencies solved per call, the reply validated against the response model); and
+a quiet sync carrying 30 pods' measurements (every 15 s from each agent: a third of the
+agents' calls) on the lean route, sent as rows (`SyncRequest.measured`, as agents of this
+release send them) against the same figures as objects per pod (`usage`, older agents).
 
-    python bench/agent_calls.py [--nodes 200] [--rounds 20]
+    python bench/agent_calls.py [--nodes 200] [--rounds 20] [--pods 30]
 
 Two apps are built by `create_app` on one SQLite store holding `--nodes` registered nodes;
 in the baseline app the two node routes are replaced by standard `APIRoute`s of the same
@@ -23,6 +26,7 @@ import asyncio
 import inspect
 import json
 import logging
+import random
 import shutil
 import statistics
 import tempfile
@@ -81,8 +85,10 @@ def standard_endpoint(route: NodeRoute) -> Callable[..., Awaitable[Any]]:
     return standard
 
 
-async def call(app: FastAPI, path: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, bytes]:
-    raw = json.dumps(body).encode()
+async def call(
+    app: FastAPI, path: str, body: dict[str, Any] | bytes, headers: dict[str, str]
+) -> tuple[int, bytes]:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -123,7 +129,9 @@ async def call(app: FastAPI, path: str, body: dict[str, Any], headers: dict[str,
     return answer["status"], answer["body"]
 
 
-async def ok(app: FastAPI, path: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+async def ok(
+    app: FastAPI, path: str, body: dict[str, Any] | bytes, headers: dict[str, str]
+) -> dict[str, Any]:
     status, raw = await call(app, path, body, headers)
     if status != 200:
         raise SystemExit(f"{path}: {status} {raw[:300]!r}")
@@ -131,15 +139,39 @@ async def ok(app: FastAPI, path: str, body: dict[str, Any], headers: dict[str, s
     return answer
 
 
-async def run(nodes: int, rounds: int) -> dict[str, Any]:
+async def run(nodes: int, rounds: int, pods: int) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix="gitops-agent-calls-"))
     try:
-        return await measure(folder, nodes, rounds)
+        return await measure(folder, nodes, rounds, pods)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-async def measure(folder: Path, nodes: int, rounds: int) -> dict[str, Any]:
+def measurements(pods: int, versions: dict[str, Any]) -> dict[str, bytes]:
+    """A quiet sync's body with `pods` pods' measurements (one container each, as the scale
+    bench's agents report), as rows and as objects per pod, encoded before the calls."""
+    at = time.time()
+    figures = [
+        (f"ns-{i % 7}/web-{i:04d}-5d8f7", round(random.uniform(1, 20), 3), random.randrange(8, 24) << 20)
+        for i in range(pods)
+    ]
+    rows = [[pod, at, 15.0, "main", cpu, memory] for pod, cpu, memory in sorted(figures)]
+    per_pod = [
+        {
+            "pod": pod,
+            "at": at,
+            "window": 15.0,
+            "containers": [{"container": "main", "cpu_milli": cpu, "memory_bytes": memory}],
+        }
+        for pod, cpu, memory in sorted(figures)
+    ]
+    return {
+        "rows": json.dumps({**versions, "measured": rows}).encode(),
+        "per_pod": json.dumps({**versions, "usage": per_pod}).encode(),
+    }
+
+
+async def measure(folder: Path, nodes: int, rounds: int, pods: int) -> dict[str, Any]:
     store = Store(f"sqlite:///{folder / 'state.db'}", cluster_cidr="10.64.0.0/10")  # 16,384 nodes
     apps = {
         "lean": create_app(store, join_token=JOIN),
@@ -208,6 +240,23 @@ async def measure(folder: Path, nodes: int, rounds: int) -> dict[str, Any]:
                 statements[kind] = 0
             counting = ""
     event.remove(store.engine, "before_cursor_execute", count)
+    # The measuring syncs, on the lean app: rows against objects per pod, rounds alternating.
+    bodies = {
+        name: measurements(pods, {"have_pods": h["have_pods"], "have_services": h["have_services"]})
+        for name, h in held.items()
+    }
+    measuring: dict[str, list[float]] = {"rows": [], "per_pod": []}
+    for r in range(-1, rounds):
+        for form in ("rows", "per_pod") if r % 2 == 0 else ("per_pod", "rows"):
+            started = time.perf_counter()
+            for name, h in held.items():
+                beat = await ok(lean, f"/agent/v1/nodes/{name}/sync", bodies[name][form], h["auth"])
+                if beat["pods"] is not None:
+                    raise SystemExit(f"a measuring sync of {name} was sent what it holds")
+            if r >= 0:
+                measuring[form].append((time.perf_counter() - started) / nodes * 1e6)
+    if len(lean.state.agent_reports.measured()) != nodes * pods:
+        raise SystemExit("the measurements were not all kept")
     for app in apps.values():
         app.state.node_watch.close()
     for poll in polls:
@@ -220,6 +269,12 @@ async def measure(folder: Path, nodes: int, rounds: int) -> dict[str, Any]:
         figures[f"{kind}_sql_statements_per_call"] = round(statements[kind] / (2 * nodes * rounds), 4)
     for what in ("sync", "watch"):
         figures[f"{what}_ratio"] = round(figures[f"standard_{what}_us"] / figures[f"lean_{what}_us"], 2)
+    figures["pods_measured"] = pods
+    for form in ("rows", "per_pod"):
+        figures[f"measuring_sync_{form}_us"] = round(statistics.median(measuring[form]), 1)
+    figures["measuring_ratio"] = round(
+        figures["measuring_sync_per_pod_us"] / figures["measuring_sync_rows_us"], 2
+    )
     return figures
 
 
@@ -227,15 +282,22 @@ def main() -> None:
     options = argparse.ArgumentParser()
     options.add_argument("--nodes", type=int, default=200)
     options.add_argument("--rounds", type=int, default=20)
+    options.add_argument("--pods", type=int, default=30, help="pods measured in each measuring sync")
     args = options.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    figures = asyncio.run(run(args.nodes, args.rounds))
+    figures = asyncio.run(run(args.nodes, args.rounds, args.pods))
     for what in ("sync", "watch"):
         print(
             f"{what:>5}: lean route {figures[f'lean_{what}_us']:7.1f} µs a call, "
             f"standard route (baseline) {figures[f'standard_{what}_us']:7.1f} µs: "
             f"{figures[f'{what}_ratio']:.2f}x"
         )
+    print(
+        f"a sync with {args.pods} pods' measurements: "
+        f"as rows {figures['measuring_sync_rows_us']:7.1f} µs a call, "
+        f"as objects per pod (baseline) {figures['measuring_sync_per_pod_us']:7.1f} µs: "
+        f"{figures['measuring_ratio']:.2f}x"
+    )
     print(
         f"SQL statements per call: lean {figures['lean_sql_statements_per_call']}, "
         f"standard {figures['standard_sql_statements_per_call']} (heartbeats written once a second)"

@@ -363,7 +363,7 @@ class HollowAgent:
             fields["report_digest"] = digest
         measured = time.monotonic() >= self.usage_due
         if measured and self.pods:
-            fields["usage"] = self.usage()
+            fields["measured"] = self.usage()
         omitted = self.held == digest and not self.stopped
         start, began = time.perf_counter(), time.monotonic()
         try:
@@ -441,24 +441,14 @@ class HollowAgent:
         if self.wake is not None and not self.wake.done():
             self.wake.set_result(None)
 
-    def usage(self) -> list[dict[str, Any]]:
-        """Its pods' use as the real agent reports it (`gitops.agents.agent.usage_report`):
-        one container each, a few millicores and MiB."""
-        at = time.time()
+    def usage(self) -> list[list[Any]]:
+        """Its pods' use as the real agent reports it (`gitops.agents.agent.usage_rows`): one
+        container each, a few millicores and MiB."""
+        at, pods = time.time(), sorted(self.pods)
+        mibs = random.choices(range(8, 24), k=len(pods))
         return [
-            {
-                "pod": pod_id,
-                "at": at,
-                "window": self.usage_every,
-                "containers": [
-                    {
-                        "container": "main",
-                        "cpu_milli": round(random.uniform(1.0, 20.0), 3),
-                        "memory_bytes": random.randrange(8, 24) * 2**20,
-                    }
-                ],
-            }
-            for pod_id in self.pods
+            [pod_id, at, self.usage_every, "main", round(random.uniform(1.0, 20.0), 3), mib * 2**20]
+            for pod_id, mib in zip(pods, mibs, strict=True)
         ]
 
     def to_say(self) -> bool:

@@ -174,7 +174,7 @@ def test_only_autoscaled_pods_measurements_are_written_every_pods_stays_in_memor
     """Agents report every pod's use every 15 s: written whole, at 150,000 pods that was
     10,000 rows a second. Only the pods autoscalers scale are written (what a pass reads);
     every pod's last measurement is kept in memory for `/metrics/resource`."""
-    from gitops.api.agentsync import AgentReports
+    from gitops.api.agentsync import AgentReports, keep
 
     web = deployment(name="web", replicas=2)
     db = deployment(name="db", replicas=1)
@@ -183,13 +183,13 @@ def test_only_autoscaled_pods_measurements_are_written_every_pods_stays_in_memor
     reconcile_once(store, now=1.0)
     samples = [PodUsage(p.id, 3.0, (ContainerUsage("main", 5.0, 2**20),), window=15.0) for p in store.pods()]
     reports = AgentReports(store)
-    reports.keep_usage("n1", samples)
+    reports.keep_usage("n1", keep(samples))
     reports.flush()
     assert store.usage() == {}  # no autoscaler: nothing written
     assert [s.pod for s in reports.measured()] == sorted(s.pod for s in samples)
 
     store.apply_revision(Revision("git:x", "b" * 40), [web, db, hpa], [], now=5.0)
-    reports.keep_usage("n1", samples)
+    reports.keep_usage("n1", keep(samples))
     reports.flush()
     webs = {p.id for p in store.pods() if p.owner == ObjectKey("Deployment", "default", "web")}
     assert set(store.usage()) == webs and len(webs) == 2
@@ -202,25 +202,25 @@ def test_a_nodes_measurements_of_no_autoscaled_pod_are_deleted_once_then_cost_no
 ) -> None:
     """With no autoscaler every flush deleted the rows of every node that reported (333
     nodes a second at 5,000 nodes), though nothing was left to delete after the first."""
-    from gitops.api.agentsync import AgentReports
+    from gitops.api.agentsync import AgentReports, keep
 
     web = deployment(name="web", replicas=2)
     store = open_store(tmp_path, 0.0, web, autoscaler_of_web())
     reconcile_once(store, now=1.0)
     samples = [PodUsage(p.id, 3.0, (ContainerUsage("main", 5.0, 2**20),), window=15.0) for p in store.pods()]
     reports = AgentReports(store)
-    reports.keep_usage("n1", samples)
+    reports.keep_usage("n1", keep(samples))
     reports.flush()
     assert len(store.usage()) == 2
     store.apply_revision(Revision("git:x", "b" * 40), [web], [], now=5.0)  # the autoscaler goes
-    reports.keep_usage("n1", samples)
+    reports.keep_usage("n1", keep(samples))
     reports.flush()
     assert store.usage() == {}  # its rows deleted
     written = store.written()
-    reports.keep_usage("n1", samples)
+    reports.keep_usage("n1", keep(samples))
     reports.flush()
     assert store.written() == written  # nothing left to delete: no statement
     store.apply_revision(Revision("git:x", "c" * 40), [web, autoscaler_of_web()], [], now=9.0)
-    reports.keep_usage("n1", samples)
+    reports.keep_usage("n1", keep(samples))
     reports.flush()
     assert len(store.usage()) == 2  # back with the autoscaler

@@ -588,7 +588,7 @@ class Agent:
         }
         usage = self._usage.latest if self._usage is not None else None
         if usage is not None and usage is not self._usage_sent:
-            payload["usage"] = usage_report(usage)
+            payload["measured"] = usage_rows(usage)
             self._usage_sent = usage
         said = hashlib.blake2b(
             json.dumps(
@@ -596,7 +596,7 @@ class Agent:
             ).encode(),
             digest_size=16,
         ).hexdigest()
-        if self._may_skip(said) and "usage" not in payload:
+        if self._may_skip(said) and "measured" not in payload:
             return self._complete(self._quiet_reply())
         news, self._news = self._news, False
         last = self._last_reply
@@ -618,7 +618,7 @@ class Agent:
             # The control plane is writing a pass of many pods: it took the heartbeat, and the
             # report goes again next tick (not marked sent); what the agent holds stands.
             self._news = self._news or news
-            if "usage" in payload:
+            if "measured" in payload:
                 self._usage_sent = None
             if not self._busy:
                 log.info("agent.server_busy", detail=_detail(response))
@@ -1630,18 +1630,10 @@ class Agent:
             self._usage.close()
 
 
-def usage_report(figures: Mapping[tuple[PodId, str], ContainerUsage]) -> list[dict[str, Any]]:
-    """The figures of a sampler's pass as a sync request carries them: per pod, its containers."""
-    pods: dict[PodId, dict[str, Any]] = {}
-    for (pod, container), figure in sorted(figures.items()):
-        entry = pods.setdefault(pod, {"pod": pod, "at": figure.at, "window": figure.window, "containers": []})
-        entry["at"] = max(entry["at"], figure.at)
-        entry["window"] = min(entry["window"], figure.window)
-        entry["containers"].append(
-            {
-                "container": container,
-                "cpu_milli": round(figure.cpu_milli, 3),
-                "memory_bytes": figure.memory_bytes,
-            }
-        )
-    return list(pods.values())
+def usage_rows(figures: Mapping[tuple[PodId, str], ContainerUsage]) -> list[list[Any]]:
+    """The figures of a sampler's pass as a sync request carries them (`SyncRequest.measured`):
+    a row per container, `[pod, at, window, container, cpu_milli, memory_bytes]`, by pod."""
+    return [
+        [pod, f.at, f.window, container, round(f.cpu_milli, 3), f.memory_bytes]
+        for (pod, container), f in sorted(figures.items())
+    ]

@@ -73,7 +73,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from gitops.api.models import SyncRequest
+from gitops.api.models import MeasuredRow, SyncRequest
 from gitops.codec import encode
 from gitops.handover import quick_handover
 from gitops.loop import Precedence
@@ -145,6 +145,29 @@ def keep(samples: Sequence[PodMeasured]) -> Kept:
         for c in s.containers:
             flat += (c.container, c.cpu_milli, c.memory_bytes)
     return tuple(flat)
+
+
+def keep_rows(rows: Iterable[MeasuredRow]) -> Kept:
+    """Measurement rows (`SyncRequest.measured`, one per container) as `keep` keeps the
+    same measurements sent per pod: each pod's containers together, in the order the pods
+    came, with the latest of its rows' times and the shortest of their windows."""
+    pods: dict[str, list[Any]] = {}
+    for pod, at, window, container, cpu_milli, memory_bytes in rows:
+        flat = pods.get(pod)
+        if flat is None:
+            pods[pod] = [pod, at, window, 1, container, cpu_milli, memory_bytes]
+        else:
+            flat[1], flat[2] = max(flat[1], at), min(flat[2], window)
+            flat[3] += 1
+            flat += (container, cpu_milli, memory_bytes)
+    return tuple(itertools.chain.from_iterable(pods.values()))
+
+
+def kept_measurements(request: SyncRequest) -> Kept | None:
+    """What a sync call measured, as kept; None when it carries no measurements."""
+    if request.measured is not None:
+        return keep_rows(request.measured)
+    return None if request.usage is None else keep(request.usage)
 
 
 def kept_samples(kept: Kept) -> Iterator[PodUsage]:
@@ -573,10 +596,9 @@ class AgentReports:
         with self._lock:
             self._last.pop(node, None)
 
-    def keep_usage(self, node: str, samples: Sequence[PodMeasured]) -> None:
-        """Keep what the node's agent measured (no write): written with the heartbeats
-        (`flush`); the caller then keeps its heartbeat (`beat`), which says when."""
-        kept = keep(samples)
+    def keep_usage(self, node: str, kept: Kept) -> None:
+        """Keep what the node's agent measured (`keep`, `keep_rows`; no write): written with
+        the heartbeats (`flush`); the caller then keeps its heartbeat (`beat`), which says when."""
         with self._lock:
             self._usage[node] = kept
             self._measured[node], self._measured_at[node] = kept, time.monotonic()

@@ -48,6 +48,7 @@ from gitops.api.agentsync import (
     Part,
     SharedEndpoints,
     json_object,
+    kept_measurements,
     report_digest,
 )
 from gitops.api.auth import GATED_NODE, JOIN_HEADER, AgentGate, LoopbackHosts, ReadAuth
@@ -285,8 +286,9 @@ def create_app(
         began = time.perf_counter()
         reply = _unchanged(name, request, digest or _digest(request))
         if reply is not None:
-            if request.usage is not None:
-                reports.keep_usage(name, request.usage)
+            kept = kept_measurements(request)
+            if kept is not None:
+                reports.keep_usage(name, kept)
             beat(name)
             observed.agent_sync.observe(time.perf_counter() - began)
         return reply
@@ -468,8 +470,9 @@ def create_app(
                 reports.forget(name)  # containers of pods not here: adopted once their owner wants them
             else:
                 reports.written(name, digest, pods_version)
-        if request.usage is not None:  # written with the heartbeats
-            reports.keep_usage(name, request.usage)
+        kept = kept_measurements(request)
+        if kept is not None:  # written with the heartbeats
+            reports.keep_usage(name, kept)
             if reports.beat(name, now):
                 reports.flush()
         if changed:

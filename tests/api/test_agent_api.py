@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -331,3 +332,58 @@ def test_usage_an_agent_measured_is_stored_and_exported_in_metrics(setup: tuple[
     usage[0]["containers"][0]["cpu_milli"] = -1  # type: ignore[index]
     refused = client.post("/agent/v1/nodes/n1/sync", json={"usage": usage}, headers=auth)
     assert refused.status_code == 422 and "usage.0.containers.0.cpu_milli" in refused.text
+
+
+def test_measurements_sent_as_rows_are_kept_as_the_same_measurements_sent_per_pod(
+    setup: tuple[Store, TestClient],
+) -> None:
+    """Agents of this release send a row per container (`measured`); the control plane
+    exports what it would from the same figures per pod (`usage`, older agents), and names
+    the row and field of a bad one."""
+    _, client = setup
+    auth = {"Authorization": f"Bearer {register(client, NODE)}"}
+
+    def sync(body: dict[str, Any]) -> Any:
+        return client.post("/agent/v1/nodes/n1/sync", json=body, headers=auth)
+
+    rows = [
+        ["default/web-1", 98.0, 15.0, "main", 250.5, 2**20],
+        ["default/web-1", 99.0, 14.0, "sidecar", 1.25, 3 * 2**20],
+        ["default/db-0", 97.0, 15.0, "main", 10.0, 2**30],
+    ]
+    assert sync({"measured": rows}).status_code == 200
+    from_rows = client.get("/metrics/resource").text
+    usage = [
+        {
+            "pod": "default/web-1",
+            "at": 99.0,
+            "window": 14.0,
+            "containers": [
+                {"container": "main", "cpu_milli": 250.5, "memory_bytes": 2**20},
+                {"container": "sidecar", "cpu_milli": 1.25, "memory_bytes": 3 * 2**20},
+            ],
+        },
+        {
+            "pod": "default/db-0",
+            "at": 97.0,
+            "window": 15.0,
+            "containers": [{"container": "main", "cpu_milli": 10.0, "memory_bytes": 2**30}],
+        },
+    ]
+    assert sync({"usage": usage}).status_code == 200
+    assert client.get("/metrics/resource").text == from_rows
+    labels = '{container="sidecar",namespace="default",pod="web-1"}'
+    assert f"gitops_container_cpu_usage_millicores{labels} 1.25" in from_rows
+    assert from_rows.count("gitops_container_cpu_usage_millicores{") == 3
+
+    bad = [[*rows[0][:4], -1, 2**20]]
+    refused = sync({"measured": bad})
+    assert refused.status_code == 422 and "measured.0.4" in refused.text
+    refused = sync({"measured": [["Default/web-1", *rows[0][1:]]]})
+    assert refused.status_code == 422 and "measured.0.0" in refused.text
+    refused = sync({"measured": [*rows, rows[1]]})
+    assert refused.status_code == 422
+    assert "row 3: container sidecar of pod default/web-1 is measured twice" in refused.text
+    refused = sync({"measured": rows, "usage": usage})
+    assert refused.status_code == 422 and "not both" in refused.text
+    assert client.get("/metrics/resource").text == from_rows  # what was kept stands

@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gitops.agents.agent import changed_services
-from gitops.api.agentsync import AgentReports, SharedEndpoints
+from gitops.agents.agent import changed_services, usage_rows
+from gitops.agents.usage import ContainerUsage as Figure
+from gitops.api.agentsync import AgentReports, SharedEndpoints, keep, kept_measurements, kept_samples
+from gitops.api.models import SyncRequest
 from gitops.metrics import Metrics, render_usage
 from gitops.model import ContainerUsage, Node, NodeName, ObjectKey, PodId, PodUsage
 from gitops.store import Report, Store
@@ -263,7 +265,7 @@ def test_kept_measurements_leave_nothing_for_the_collector_to_walk(tmp_path: Pat
         for n in range(100)
     }
     for node, samples in nodes.items():
-        reports.keep_usage(node, samples)
+        reports.keep_usage(node, keep(samples))
     given = sorted((s for samples in nodes.values() for s in samples), key=lambda s: s.pod)
     del nodes, samples
     assert list(reports.measured()) == given
@@ -287,7 +289,7 @@ def test_a_scrape_of_the_measured_use_holds_a_part_of_its_text_at_a_time(tmp_pat
             PodUsage(PodId(f"team-{n % 7}/web-{n}-{i}"), 3.0, (ContainerUsage("main", 5.0 + i, n),), 15.0)
             for i in range(40)
         ]
-        reports.keep_usage(f"n{n}", samples)
+        reports.keep_usage(f"n{n}", keep(samples))
         given += samples
     del samples
     observed = Metrics()
@@ -346,3 +348,40 @@ def test_a_pod_moving_under_one_service_computes_only_that_service_again(tmp_pat
     assert shared._texts[("default", "a")] is texts[("default", "a")]
     assert len(json.loads(shared._texts[("default", "b")])["endpoints"][0][1]) == 1
     store.close()
+
+
+def test_an_agent_s_measurement_rows_are_kept_as_its_report_per_pod_would_be() -> None:
+    """The real agent's rows (`usage_rows`, a row per container) pass the server's request
+    model and are kept per pod: each pod's containers together, the latest of their times
+    and the shortest of their windows, as the objects per pod of older agents are."""
+    figures = {
+        (PodId("default/web-1"), "sidecar"): Figure(1.25, 3 * 2**20, at=99.0, window=14.0),
+        (PodId("default/db-0"), "main"): Figure(10.0, 2**30, at=97.0, window=15.0),
+        (PodId("default/web-1"), "main"): Figure(250.5004, 2**20, at=98.0, window=15.0),
+    }
+    rows = usage_rows(figures)
+    request = SyncRequest.model_validate_json(json.dumps({"measured": rows}))
+    kept = kept_measurements(request)
+    assert kept is not None
+    expected = [
+        PodUsage(PodId("default/db-0"), 97.0, (ContainerUsage("main", 10.0, 2**30),), window=15.0),
+        PodUsage(
+            PodId("default/web-1"),
+            99.0,
+            (ContainerUsage("main", 250.5, 2**20), ContainerUsage("sidecar", 1.25, 3 * 2**20)),
+            window=14.0,
+        ),
+    ]
+    assert list(kept_samples(kept)) == expected
+    per_pod = [
+        {
+            "pod": s.pod,
+            "at": s.at,
+            "window": s.window,
+            "containers": [vars(c) for c in s.containers],
+        }
+        for s in expected
+    ]
+    older = kept_measurements(SyncRequest.model_validate_json(json.dumps({"usage": per_pod})))
+    assert older is not None and list(kept_samples(older)) == expected
+    assert kept_measurements(SyncRequest()) is None
