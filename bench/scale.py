@@ -16,8 +16,8 @@ through `POST /agent/v1/register` with the join token, then calls
 `POST /agent/v1/nodes/{name}/sync` every `--interval` seconds, the real agent protocol,
 reporting the pods the reply assigns it as Running and ready (an address of its pod
 subnet each) and the terminating ones as stopped, without Docker; as the real agent, every
-`--usage-every` seconds (15) they also report each pod's CPU and memory use, with a sync
-that is then never skipped. The agents share
+`--usage-every` seconds (15) they also measure each pod's CPU and memory use, sent with
+the next sync they make anyway (their heartbeat at the latest). The agents share
 `--connections` keep-alive HTTP connections and speak HTTP/1.1 over asyncio streams, so
 that they cost little of the machine the control plane runs on.
 
@@ -56,7 +56,10 @@ collections as the server does, so that they do not stall the calls they time). 
 `--api-replicas`, the first replica's (the one serving agents) are `api_quiet_gc_collections`,
 `api_quiet_gc_s` and `api_quiet_gc_longest_s`. `stolen_s` is the CPU time the hypervisor
 gave this machine's CPUs to others in the quiet window (`steal` in /proc/stat): a virtual
-machine's runs differ with its host's load.
+machine's runs differ with its host's load. `host_python_ms` is how fast the machine ran a
+fixed piece of Python just before and just after the window (a process of its own, the
+best of 5): the same code ran 0.64-0.89 s for a loop here within a minute, so runs of the
+same code differ by that much too, unseen in `stolen_s`.
 
 With `--agents-nice 19` the hollow agents' processes have the lowest priority, and with
 `--agents-idle` the kernel's idle policy (`SCHED_IDLE`): they take only the CPU the control
@@ -271,7 +274,8 @@ class HollowAgent:
     reported: tuple[str, str] | None = None
     taints: tuple[dict[str, str], ...] = ()  # a witness's, so that no pod is placed on it
     # As the real agent: its pods' CPU and memory measured every `usage_every` seconds (0:
-    # never), sent with the next sync, which is then never skipped (`gitops.agents.usage`).
+    # never), sent with the next sync it makes anyway, its heartbeat at the latest
+    # (`gitops.agents.usage`).
     usage_every: float = 0.0
     usage_due: float = float("inf")  # monotonic time the next measurement is to be sent
     # Service -> the endpoints of its first port the agent holds, as a proxy would program
@@ -385,8 +389,8 @@ class HollowAgent:
             self.calls.last_error = f"{status}: {reply[:300]!r}"
             return
         self.stopped, self.reported = [], None
-        if measured:
-            self.usage_due = began + self.usage_every
+        while measured and self.usage_due <= began:  # the next pass, at its own phase
+            self.usage_due += self.usage_every
         answer = self.answer_of(reply)
         self.said = report
         if self.beat is not None:
@@ -477,7 +481,7 @@ class HollowAgent:
         try:
             while not stop.is_set():
                 started = time.monotonic()
-                due = (beat is not None and beat.is_due(started)) or started >= self.usage_due
+                due = beat is not None and beat.is_due(started)
                 if not heartbeat or self.news or due or self.to_say():
                     self.news = False
                     await self.sync()
@@ -1085,6 +1089,28 @@ def stolen_seconds() -> float:
     return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
 
 
+_HOST_PYTHON = """
+import time
+best = float("inf")
+for _ in range(5):
+    start = time.perf_counter()
+    sum(i * i for i in range(300_000))
+    best = min(best, time.perf_counter() - start)
+print(best * 1000)
+"""
+
+
+async def host_python_ms() -> float:
+    """Milliseconds a fixed piece of pure Python takes on this machine now (the best of 5,
+    in a process of its own so that the bench's loop does not wait for it): how fast the
+    host runs the servers' Python, which steal time alone does not tell."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _HOST_PYTHON, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await process.communicate()
+    return round(float(out), 2)
+
+
 def merged_buckets(servers: Sequence[Server], name: str) -> dict[float, float]:
     """A histogram's cumulative bucket counts summed over the servers' /metrics."""
     total: dict[float, float] = {}
@@ -1180,6 +1206,7 @@ async def run(
         replica_pauses_before = gc_pauses(replica.metrics()) if replica else []
         await asyncio.sleep(1.0)  # and the calls that waited for them answered
         client_gc = fleet.drain(calls)
+        speed_before = await host_python_ms()
         calls.reset()
         if witness is not None:
             await witness.mark()
@@ -1191,6 +1218,7 @@ async def run(
         client_gc = fleet.drain(calls) - client_gc
         figures["client_gc_share"] = round(client_gc / args.agent_processes / args.quiet, 3)
         figures["stolen_s"] = round(stolen_seconds() - stolen_before, 2)  # by the host, in the window
+        figures["host_python_ms"] = [speed_before, await host_python_ms()]
         cpu = cpu_seconds(servers) - cpu_before
         if witness is not None:
             seen_by_witness = await witness.report()
@@ -1259,6 +1287,9 @@ async def run(
                 else " (one call a second)"
             )
             + f"; the host took {figures['stolen_s']} s of CPU from this machine in the window"
+            + "; a fixed piece of Python took {} and {} ms just before and after it".format(
+                *figures["host_python_ms"]
+            )
         )
         if witness is not None:
             say(

@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 
 from gitops.agents.agent import TICK_STUCK_SECONDS, Agent, AgentConfig
-from gitops.model import NodeName, Revision
+from gitops.agents.usage import ContainerUsage
+from gitops.model import NodeName, PodId, Revision
 from gitops.server import ControlPlane
 from tests.agents.fakes import MemoryRuntime
 from tests.api.test_agent_sync_server import NO_IPTABLES, NODE
@@ -70,6 +71,57 @@ def test_a_watching_agent_calls_only_with_news_a_change_or_a_heartbeat_due(
     agent._watching = False  # the long-poll is down: every tick calls
     agent.tick()
     assert calls == ["sync", "sync", "sync"]
+
+
+class MeasuredOnce:
+    """A sampler whose figures the test sets (`latest`), as a finished pass would."""
+
+    def __init__(self) -> None:
+        self.latest: dict[tuple[PodId, str], ContainerUsage] = {}
+
+    def poll(self, containers: Any) -> dict[tuple[PodId, str], ContainerUsage]:
+        return self.latest
+
+    def close(self) -> None:
+        pass
+
+
+def test_new_measurements_wait_for_the_heartbeat_and_never_make_a_call_of_their_own(
+    plane: ControlPlane, tmp_path: Path
+) -> None:
+    """A sampler's pass done between heartbeats goes with the next call the agent makes
+    anyway, once: at 5,000 nodes the calls made for measurements alone were a fifth of
+    the control plane's calls."""
+    agent = watching_agent(plane, tmp_path)
+    sampler = MeasuredOnce()
+    agent._usage = sampler  # type: ignore[assignment]
+    sent: list[dict[str, Any]] = []
+    post = agent._post_sync
+
+    def recorded(payload: dict[str, Any]) -> httpx.Response:
+        sent.append(payload)
+        return post(payload)
+
+    agent._post_sync = recorded  # type: ignore[method-assign]
+    agent.tick()
+    agent.tick()
+    agent._watching = True
+    agent.tick()  # quiet
+    sent.clear()
+    pod = PodId("default/web-1")
+    sampler.latest = {(pod, "main"): ContainerUsage(12.5, 3 * 2**20, time.time(), 15.0)}
+    for _ in range(3):
+        agent.tick()
+    assert sent == []  # the measurements alone make no call
+    assert agent._beat is not None
+    agent._beat.due = time.monotonic()  # the heartbeat is due: they go with it
+    agent.tick()
+    assert [p.get("measured") for p in sent] == [
+        [[pod, sampler.latest[pod, "main"].at, 15.0, "main", 12.5, 3 * 2**20]]
+    ]
+    agent._news = True  # the next call carries no measurements already sent
+    agent.tick()
+    assert len(sent) == 2 and "measured" not in sent[1]
 
 
 def test_an_agent_whose_ticks_stopped_stops_watching(plane: ControlPlane, tmp_path: Path) -> None:
