@@ -104,18 +104,22 @@ ServiceKey = tuple[str, str]  # (namespace, name)
 # The context the callbacks of agents' watches run in (they read no context variable).
 NO_CONTEXT = contextvars.Context()
 
-# A node's measurements as `AgentReports` keeps them: bytes, `marshal`'s of one flat tuple
-# (`Flat`) of strings and numbers, each pod's (pod, at, window, number of containers)
-# followed by each of its containers' (container, CPU in millicores, memory bytes). The
-# cyclic collector does not track bytes. It tracks a new tuple until it first walks it:
-# `PodUsage`s and their containers were two thirds of what its young collections walked at
-# 5,000 nodes, and then the flat tuples, each of a node's 30 pods (210 items), made at 333
-# nodes a second and replacing as many (so counting as nothing towards a young
-# collection), waited for the keeper's settle every 2 s, which walked them all: 7 ms with
-# every agent's call waiting, against 1 ms without measurements. marshal's text is a
-# quarter of the tuple's memory, made in 2 us and read back in 3 us for 30 pods; it is
-# kept in this process only (its format is the interpreter's own).
+# A node's measurements as `AgentReports` keeps them: bytes, `marshal`'s of the rows as the
+# agent sent them (`SyncRequest.measured`: a tuple per container, `(pod, at, window,
+# container, CPU in millicores, memory bytes)`). The cyclic collector does not track bytes.
+# It tracks a new tuple until it first walks it: `PodUsage`s and their containers were two
+# thirds of what its young collections walked at 5,000 nodes, and then a flat tuple per
+# node, made at 333 nodes a second and replacing as many (so counting as nothing towards a
+# young collection), waited for the keeper's settle every 2 s, which walked them all: 7 ms
+# with every agent's call waiting. marshal's text is made in a few microseconds for 30
+# rows, in C; it is kept in this process only (its format is the interpreter's own). The
+# rows are grouped per pod only when read back (`_flat`: a scrape of `/metrics/resource`,
+# the flush for autoscaled pods): grouped at each call, they were an eighth of the
+# replica's event loop at 5,000 nodes (py-spy, docs/scale.md).
 Kept = bytes
+# What `_flat` reads back: one flat tuple of strings and numbers, each pod's (pod, at,
+# window, number of containers) followed by each of its containers' (container, CPU in
+# millicores, memory bytes).
 Flat = tuple[Any, ...]
 
 
@@ -145,18 +149,28 @@ class PodMeasured(Protocol):
 
 
 def keep(samples: Sequence[PodMeasured]) -> Kept:
-    flat: list[Any] = []
-    for s in samples:
-        flat += (s.pod, s.at, s.window, len(s.containers))
-        for c in s.containers:
-            flat += (c.container, c.cpu_milli, c.memory_bytes)
-    return marshal.dumps(tuple(flat))
+    """Measurements sent per pod (an older agent's `SyncRequest.usage`) kept as the same
+    figures sent as rows would be. A pod with no containers measured is kept as none, as
+    rows say it."""
+    rows = [
+        (s.pod, s.at, s.window, c.container, c.cpu_milli, c.memory_bytes)
+        for s in samples
+        for c in s.containers
+    ]
+    return marshal.dumps(rows)
 
 
-def keep_rows(rows: Iterable[MeasuredRow]) -> Kept:
-    """Measurement rows (`SyncRequest.measured`, one per container) as `keep` keeps the
-    same measurements sent per pod: each pod's containers together, in the order the pods
-    came, with the latest of its rows' times and the shortest of their windows."""
+def keep_rows(rows: list[MeasuredRow]) -> Kept:
+    """Measurement rows (`SyncRequest.measured`, one per container, validated: tuples of
+    strings and numbers) kept as they came."""
+    return marshal.dumps(rows)
+
+
+def _flat(kept: Kept) -> Flat:
+    """The kept rows read back, each pod's containers together, in the order the pods came,
+    with the latest of its rows' times and the shortest of their windows."""
+    # Text this process made (`keep`, `keep_rows`) from validated figures: never an agent's.
+    rows: Sequence[MeasuredRow] = marshal.loads(kept)  # noqa: S302
     pods: dict[str, list[Any]] = {}
     for pod, at, window, container, cpu_milli, memory_bytes in rows:
         flat = pods.get(pod)
@@ -166,7 +180,7 @@ def keep_rows(rows: Iterable[MeasuredRow]) -> Kept:
             flat[1], flat[2] = max(flat[1], at), min(flat[2], window)
             flat[3] += 1
             flat += (container, cpu_milli, memory_bytes)
-    return marshal.dumps(tuple(itertools.chain.from_iterable(pods.values())))
+    return tuple(itertools.chain.from_iterable(pods.values()))
 
 
 def kept_measurements(request: SyncRequest) -> Kept | None:
@@ -174,12 +188,6 @@ def kept_measurements(request: SyncRequest) -> Kept | None:
     if request.measured is not None:
         return keep_rows(request.measured)
     return None if request.usage is None else keep(request.usage)
-
-
-def _flat(kept: Kept) -> Flat:
-    # Text this process made (`keep`, `keep_rows`) from validated figures: never an agent's.
-    flat: Flat = marshal.loads(kept)  # noqa: S302
-    return flat
 
 
 def kept_samples(kept: Kept) -> Iterator[PodUsage]:
