@@ -372,3 +372,26 @@ def test_the_routes_of_thousands_of_nodes_reach_an_agent_whole_by_the_app_and_th
         assert moved["routes"] == [*others, [joined.pod_cidr, joined.address]]
     finally:
         plane.stop()
+
+
+def test_a_quiet_heartbeat_s_reply_gives_what_the_last_full_reply_did_with_the_node_s_log_requests(
+    plane: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quiet reply's fields shared by every node are encoded once (`_quiet_text`), the
+    node's own added at each call: the same fields as the full reply, with the node's pods
+    and Services held (null), its report held, and the log requests waiting for it."""
+    token, held = synced(plane)
+    assert plane._server is not None
+    hub = plane._server.config.app.state.logs  # type: ignore[union-attr]
+    expected = {
+        **held,
+        **dict.fromkeys(("pods", "services", "services_changed", "services_removed", "routes", "claims")),
+        "services_from": "",
+        "report_held": "r1",
+    }
+    status, _, body = call(plane, beating(plane, token, held))
+    assert status == 200 and json.loads(body) == {**expected, "logs": []}
+    asked = [{"id": "q1", "container": "web", "tail": 5, "note": "née"}]
+    monkeypatch.setattr(hub, "pending", lambda node: asked if node == "n1" else [])
+    status, _, body = call(plane, beating(plane, token, held))
+    assert status == 200 and json.loads(body) == {**expected, "logs": asked}
