@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import secrets
 import time
 import typing
@@ -414,7 +413,7 @@ def create_app(
                 b',"report_held":',
                 encode_basestring(report_held).encode(),
                 b',"logs":',
-                json.dumps(pending, separators=(",", ":"), ensure_ascii=False).encode() if pending else b"[]",
+                encode_reply(pending) if pending else b"[]",
                 b"}",
             )
         )

@@ -56,7 +56,7 @@ NO_CONTEXT = contextvars.Context()
 SWEEP_SECONDS = 5.0  # seconds at most between two looks for connections idle too long
 
 
-def encode_reply(reply: dict[str, Any]) -> bytes:
+def encode_reply(reply: dict[str, Any] | list[Any]) -> bytes:
     return json.dumps(reply, separators=(",", ":"), ensure_ascii=False).encode()
 
 
