@@ -192,3 +192,59 @@ def test_a_connection_idle_past_the_keep_alive_is_closed_and_a_waiting_one_is_no
             assert time.monotonic() - started >= 1.5
     finally:
         plane.stop()
+
+
+class Idle:
+    """A connection as `IdleSweep` sees it: closed by its keep-alive handler."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.closed = False
+
+    def timeout_keep_alive_handler(self) -> None:
+        self.closed = True
+
+
+class Clock:
+    """The loop's time and timers, as `IdleSweep` uses them, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.timers: list[Any] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_later(self, _delay: float, callback: Any) -> None:
+        self.timers.append(callback)
+
+
+def test_the_sweep_closes_the_connections_idle_past_the_timeout_and_looks_at_no_busy_one() -> None:
+    """A sweep closes the connections idle for the keep-alive timeout, oldest first, and no
+    other: one that became busy again (a request came) or went away is not looked at, and
+    one idle again starts its wait anew. Only the idle connections are kept for it (at
+    5,000 nodes, the sweep looked at every connection, each agent's waiting watch among
+    them: a stall of the loop every 5 s)."""
+    from gitops.api.onewrite import IdleSweep
+
+    clock = Clock()
+    sweep = IdleSweep(clock, 4.0)  # type: ignore[arg-type]
+    a, b, c, d = (Idle(n) for n in "abcd")
+    sweep.went_idle(a)
+    clock.now = 1.0
+    sweep.went_idle(b)
+    sweep.went_idle(c)
+    sweep.went_idle(d)
+    assert len(clock.timers) == 1  # armed once
+    clock.now = 2.0
+    sweep.went_idle(a)  # a request, answered: idle again from now
+    sweep.busy(c)  # a request in flight
+    sweep.busy(d)  # (or gone)
+    assert list(sweep.idle) == [b, a]
+    clock.now = 5.0
+    clock.timers.pop()()
+    assert (a.closed, b.closed, c.closed, d.closed) == (False, True, False, False)
+    assert list(sweep.idle) == [a] and len(clock.timers) == 1  # armed again for a
+    clock.now = 6.0
+    clock.timers.pop()()
+    assert a.closed and not sweep.idle and not clock.timers  # nothing left to sweep for
