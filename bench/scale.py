@@ -3,7 +3,7 @@
     python bench/scale.py [--nodes 1000] [--pods 20000] [--deployments 200] [--db URL]
         [--interval 1.0] [--connections 32] [--settle 10] [--quiet 10] [--timeout 600]
         [--api-replicas 0] [--pin] [--agent-processes 1] [--witnesses 50] [--usage-every 15]
-        [--services] [--agents-nice 0] [--agents-idle]
+        [--services] [--agents-nice 0] [--agents-idle] [--witness-slice short]
 
 `gitops serve` runs as a child process (its own interpreter, SQLite in a temporary folder
 unless `--db` names a database, a folder source, the API on a free loopback port), exactly
@@ -25,7 +25,13 @@ Beside them, `--witnesses` more agents in a process of their own (`Witness`), ea
 connection of its own, on nodes tainted NoSchedule, sync once a second while long-polling:
 their quiet calls' times (`witness_sync_ms_p50` / `_p99` / `_max`) are those an agent alone
 on its host sees, end to end. The hollow agents' own (`sync_call_ms_*`) also hold their
-process's loop stalls and the waits for a pooled connection.
+process's loop stalls and the waits for a pooled connection. An agent alone on its host
+has a CPU for itself; the witness shares this machine's with the control plane and the
+hollow agents, so by default (`--witness-slice short`) it asks the kernel to run it as
+soon as it wakes (`gitops.handover.short_slice`, as the server's event loop does): with the
+default slice it waited up to 4 ms for a CPU behind a controller pass or a kernel thread
+(perf's scheduler trace), time no agent on a host of its own waits. `--witness-slice
+default` measures it that way still (`witness_slice` in the figures).
 
 Phases, each printed with its time:
 
@@ -105,6 +111,7 @@ from urllib.request import urlopen
 from sqlalchemy import create_engine, text
 
 from gitops.agents.agent import WATCH_SECONDS
+from gitops.handover import short_slice
 from gitops.heap import HEAP
 from gitops.loop import Cadence
 
@@ -732,8 +739,10 @@ class Witness:
     process: subprocess.Popen[str]
 
     @classmethod
-    async def start(cls, ports: Sequence[int], join_token: str, count: int) -> Witness:
-        witness = cls(child("--witness-of", ports, join_token, "--witnesses", str(count)))
+    async def start(cls, ports: Sequence[int], join_token: str, count: int, cpu_slice: str) -> Witness:
+        witness = cls(
+            child("--witness-of", ports, join_token, "--witnesses", str(count), "--witness-slice", cpu_slice)
+        )
         said = await witness._line(120.0)
         if said != "ready":
             witness.stop()
@@ -1139,7 +1148,8 @@ async def run(
         figures["start_s"] = round(time.monotonic() - start, 2)
         say(f"start: {args.nodes} hollow nodes registered and synced in {figures['start_s']} s")
         if args.witnesses:
-            witness = await Witness.start([f.port for f in fronts], join_token, args.witnesses)
+            ports = [f.port for f in fronts]
+            witness = await Witness.start(ports, join_token, args.witnesses, args.witness_slice)
             say(f"witness: {args.witnesses} tainted nodes syncing once a second from a process of their own")
         # A control plane that held no node at its start waits its settle time (12 s) before
         # it creates pods (agents may still come back with containers to adopt): not counted.
@@ -1371,6 +1381,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         help="tainted nodes syncing once a second from a process of their own (0: none)",
     )
     parser.add_argument(
+        "--witness-slice",
+        choices=("short", "default"),
+        default="short",
+        help="the witness's CPU slice: short (run as soon as it wakes, as an agent with a CPU of "
+        "its own would be) or the kernel's default (it waits for the CPUs it shares)",
+    )
+    parser.add_argument(
         "--pin",
         action="store_true",
         help="with --api-replicas: each replica on a CPU of its own (0, 1, ...), the leader, this "
@@ -1399,6 +1416,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--agent-share", default="0/1", help=argparse.SUPPRESS)  # which of them: k/count
     args = parser.parse_args(argv)
     if args.witness_of:
+        if args.witness_slice == "short":
+            short_slice()  # (its loop's thread, and the threads it starts)
         asyncio.run(
             be_witness(
                 [int(p) for p in args.witness_of.split(",")], os.environ[JOIN_TOKEN_ENV], args.witnesses
@@ -1441,6 +1460,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise
     figures["api_replicas"] = args.api_replicas
     figures["pinned"] = args.pin
+    figures["witness_slice"] = args.witness_slice
     figures["agent_processes"] = args.agent_processes
     figures["agents_nice"] = args.agents_nice
     figures["agents_idle"] = args.agents_idle

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from gitops.handover import default_slice
 from gitops.health import Health
 
 log = structlog.get_logger(__name__)
@@ -202,6 +203,9 @@ class Loop:
             self._wake.wait(delay)
 
     def _run_in_thread(self) -> None:
+        # A loop is background work (a controller pass, a source's sync): the kernel's default
+        # slice, whichever thread started it (`gitops.handover`).
+        default_slice()
         try:
             self.run()
         except self.fatal as exc:

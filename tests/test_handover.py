@@ -80,3 +80,89 @@ def test_a_controller_pass_decides_with_the_quick_handover(
     ctl._pass()
     assert during == [HANDOVER] and sys.getswitchinterval() == 0.005
     assert len(store.pods()) == 2
+
+
+def _slice_ns(tid: int = 0) -> int:
+    """A thread's slice as the kernel keeps it (`sched_getattr`'s runtime; 0: the caller)."""
+    import ctypes
+
+    from gitops import handover
+
+    attr = handover._SchedAttr()
+    libc = ctypes.CDLL(None, use_errno=True)
+    number = handover._SCHED_SETATTR + 1  # sched_getattr follows it on every machine Linux numbers so
+    assert libc.syscall(number, tid, ctypes.byref(attr), ctypes.sizeof(attr), 0) == 0
+    return int(attr.sched_runtime)
+
+
+def _custom_slices() -> bool:
+    """Whether this kernel keeps a slice a normal task asks for (Linux 6.12 and later)."""
+    import platform
+
+    from gitops import handover
+
+    if sys.platform != "linux" or handover._SCHED_SETATTR is None:
+        return False
+    major, minor = (int(part) for part in platform.release().split(".")[:2])
+    return (major, minor) >= (6, 12)
+
+
+slices = pytest.mark.skipif(not _custom_slices(), reason="the kernel keeps no slice a normal task asks for")
+
+
+@slices
+def test_a_thread_asking_for_a_short_slice_gets_it_and_its_default_back_and_others_keep_theirs() -> None:
+    from gitops.handover import SHORT_SLICE_NS, default_slice, short_slice
+
+    seen: dict[str, int] = {}
+
+    def ask() -> None:
+        before = _slice_ns()
+        assert short_slice()
+        seen["short"] = _slice_ns()
+        seen["main meanwhile"] = _slice_ns(threading.main_thread().native_id or 0)
+        assert default_slice()
+        seen["given back"] = _slice_ns()
+        seen["before"] = before
+
+    thread = threading.Thread(target=ask)
+    thread.start()
+    thread.join()
+    assert seen["short"] == SHORT_SLICE_NS
+    assert seen["given back"] == seen["before"] == seen["main meanwhile"] > SHORT_SLICE_NS
+
+
+@slices
+def test_the_servers_event_loop_runs_with_the_short_slice_and_its_background_threads_do_not(
+    tmp_path: Path,
+) -> None:
+    """The API's event loop asks for the short slice; the controller's loop and the agents'
+    watch thread, though the event loop's thread may start them, run with the default one
+    (their work can wait; the calls the loop answers cannot)."""
+    import socket
+
+    from gitops.handover import SHORT_SLICE_NS
+    from gitops.server import ControlPlane
+    from tests.api.test_agent_sync_server import register
+    from tests.api.test_agent_watch import sync
+    from tests.api.test_quick_lane import Reader, watching
+    from tests.conftest import free_port
+
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    plane = ControlPlane(store, [], port=free_port(), controller_interval=3600, settle_seconds=0.0)
+    plane.start()
+    try:
+        token = register(plane.url, plane.join_token)
+        held = sync(plane, token)
+        with socket.create_connection(("127.0.0.1", plane.port), timeout=10) as conn:
+            conn.sendall(watching(plane, token, held, 0.5))  # the watch thread starts
+            assert Reader(conn).response()[0] == 200
+        by_name = {t.name: t.native_id or 0 for t in threading.enumerate()}
+        assert _slice_ns(by_name["http"]) == SHORT_SLICE_NS
+        assert _slice_ns(by_name["agent-watch"]) > SHORT_SLICE_NS
+        assert plane.controller is not None
+        controller_thread = plane.controller.loop._thread
+        assert controller_thread is not None and controller_thread.native_id is not None
+        assert _slice_ns(controller_thread.native_id) > SHORT_SLICE_NS
+    finally:
+        plane.stop()
