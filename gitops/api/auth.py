@@ -30,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gitops.api.readonly import read_only
+from gitops.handover import quick_handover
 
 log = structlog.get_logger(__name__)
 
@@ -314,11 +315,17 @@ class AgentGate:
 
     async def _renew(self) -> None:
         try:
-            await run_in_threadpool(self.renew_tokens)
+            await run_in_threadpool(self._renew_handing_over)
         except Exception as exc:  # the next call past the memory reads them itself
             log.warning("agent.tokens_not_read", error=str(exc))
         finally:
             self.renewing = None
+
+    def _renew_handing_over(self) -> None:
+        """Read the tokens (5,000 nodes' at 5,000 nodes: a few milliseconds of Python) with the
+        interpreter handed to the event loop within 0.5 ms (`gitops.handover`), not 5."""
+        with quick_handover():
+            self.renew_tokens()
 
 
 async def _json(send: Send, status: int, detail: str) -> None:

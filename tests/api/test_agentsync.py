@@ -415,3 +415,33 @@ def test_an_agent_s_measurement_rows_are_kept_as_its_report_per_pod_would_be() -
     older = kept_measurements(SyncRequest.model_validate_json(json.dumps({"usage": per_pod})))
     assert older is not None and list(kept_samples(older)) == expected
     assert kept_measurements(SyncRequest()) is None
+
+
+def test_the_heartbeats_are_written_with_the_interpreter_handed_over_within_half_a_millisecond(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flush runs in a worker thread every second at thousands of nodes; while it makes
+    its statement's rows in Python, the event loop, asking for the interpreter at each
+    socket read and write, waited a whole switch interval (5 ms) each time
+    (`gitops.handover`). The interval from before comes back after it."""
+    import sys
+
+    from gitops.handover import HANDOVER
+
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store.register_node(Node(NodeName("n0"), "192.0.2.10", 4000, 2**32), "t", now=0.0)
+    reports = AgentReports(store)
+    seen: list[float] = []
+    original = store.record_heartbeats
+
+    def noted(beats: dict[str, float]) -> None:
+        seen.append(sys.getswitchinterval())
+        original(beats)
+
+    monkeypatch.setattr(store, "record_heartbeats", noted)
+    before = sys.getswitchinterval()
+    reports.beat("n0", 5.0)
+    reports.flush()
+    assert seen == [HANDOVER] and before > HANDOVER
+    assert sys.getswitchinterval() == before
+    assert {r.node.name: r.heartbeat_at for r in store.nodes(6.0)} == {"n0": 5.0}
