@@ -14,7 +14,9 @@ import pytest
 from gitops import controller
 from gitops.handover import HANDOVER, quick_handover
 from gitops.model import Node, NodeName, Revision
+from gitops.server import ControlPlane
 from gitops.store import Store
+from tests.api.test_quick_lane import plane  # noqa: F401 - the fixture: a control plane serving
 from tests.planner.factories import deployment
 
 
@@ -134,7 +136,7 @@ def test_a_thread_asking_for_a_short_slice_gets_it_and_its_default_back_and_othe
 
 @slices
 def test_the_servers_event_loop_runs_with_the_short_slice_and_its_background_threads_do_not(
-    tmp_path: Path,
+    plane: ControlPlane,  # noqa: F811 - the fixture imported above
 ) -> None:
     """The API's event loop asks for the short slice; the controller's loop and the agents'
     watch thread, though the event loop's thread may start them, run with the default one
@@ -142,27 +144,19 @@ def test_the_servers_event_loop_runs_with_the_short_slice_and_its_background_thr
     import socket
 
     from gitops.handover import SHORT_SLICE_NS
-    from gitops.server import ControlPlane
     from tests.api.test_agent_sync_server import register
     from tests.api.test_agent_watch import sync
     from tests.api.test_quick_lane import Reader, watching
-    from tests.conftest import free_port
 
-    store = Store(f"sqlite:///{tmp_path / 's.db'}")
-    plane = ControlPlane(store, [], port=free_port(), controller_interval=3600, settle_seconds=0.0)
-    plane.start()
-    try:
-        token = register(plane.url, plane.join_token)
-        held = sync(plane, token)
-        with socket.create_connection(("127.0.0.1", plane.port), timeout=10) as conn:
-            conn.sendall(watching(plane, token, held, 0.5))  # the watch thread starts
-            assert Reader(conn).response()[0] == 200
-        by_name = {t.name: t.native_id or 0 for t in threading.enumerate()}
-        assert _slice_ns(by_name["http"]) == SHORT_SLICE_NS
-        assert _slice_ns(by_name["agent-watch"]) > SHORT_SLICE_NS
-        assert plane.controller is not None
-        controller_thread = plane.controller.loop._thread
-        assert controller_thread is not None and controller_thread.native_id is not None
-        assert _slice_ns(controller_thread.native_id) > SHORT_SLICE_NS
-    finally:
-        plane.stop()
+    token = register(plane.url, plane.join_token)
+    held = sync(plane, token)
+    with socket.create_connection(("127.0.0.1", plane.port), timeout=10) as conn:
+        conn.sendall(watching(plane, token, held, 0.5))  # the watch thread starts
+        assert Reader(conn).response()[0] == 200
+    by_name = {t.name: t.native_id or 0 for t in threading.enumerate()}
+    assert _slice_ns(by_name["http"]) == SHORT_SLICE_NS
+    assert _slice_ns(by_name["agent-watch"]) > SHORT_SLICE_NS
+    assert plane.controller is not None
+    controller_thread = plane.controller.loop._thread
+    assert controller_thread is not None and controller_thread.native_id is not None
+    assert _slice_ns(controller_thread.native_id) > SHORT_SLICE_NS
