@@ -59,20 +59,31 @@ class _SchedAttr(ctypes.Structure):
     )
 
 
+_refused: list[str] = []  # why the kernel refused a slice, once said
+
+
 def _set_slice(runtime_ns: int) -> bool:
     """Ask the kernel for the calling thread's slice (0: the default), keeping its policy
-    (normal, `SCHED_OTHER`) and nice value; whether the kernel took the call."""
+    and nice value (one a user gave the process, `chrt --batch` or `--idle`, `nice`, stays);
+    whether the kernel took the call. A thread of a real-time policy, whose slices are not
+    the fair scheduler's, is left as it is."""
     if sys.platform != "linux" or _SCHED_SETATTR is None:
+        return False
+    policy = os.sched_getscheduler(0)  # (the calling thread's: its id is 0 here)
+    if policy not in (os.SCHED_OTHER, os.SCHED_BATCH, os.SCHED_IDLE):
         return False
     attr = _SchedAttr(
         size=ctypes.sizeof(_SchedAttr),
-        sched_policy=os.SCHED_OTHER,
-        sched_nice=os.getpriority(os.PRIO_PROCESS, 0),  # (the thread's own: its id is 0 here)
+        sched_policy=policy,
+        sched_nice=os.getpriority(os.PRIO_PROCESS, 0),
         sched_runtime=runtime_ns,
     )
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.syscall(_SCHED_SETATTR, 0, ctypes.byref(attr), 0) != 0:
-        log.info("server.slice_refused", error=os.strerror(ctypes.get_errno()))
+        error = os.strerror(ctypes.get_errno())
+        if not _refused:  # (every thread that starts asks: said once)
+            _refused.append(error)
+            log.info("handover.slice_refused", error=error)
         return False
     return True
 

@@ -135,6 +135,34 @@ def test_a_thread_asking_for_a_short_slice_gets_it_and_its_default_back_and_othe
 
 
 @slices
+def test_asking_for_a_slice_keeps_the_policy_and_the_nice_value_the_thread_had() -> None:
+    """A process a user started at the batch or idle policy, or niced, stays so: only the
+    slice changes (at the batch policy; the kernel keeps none for an idle one)."""
+    import os
+
+    from gitops.handover import SHORT_SLICE_NS, default_slice, short_slice
+
+    seen: list[tuple[int, int, int]] = []
+
+    def ask(policy: int) -> None:
+        os.sched_setscheduler(0, policy, os.sched_param(0))
+        os.setpriority(os.PRIO_PROCESS, 0, 7)  # (this thread's)
+        assert short_slice()
+        seen.append((os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0), _slice_ns()))
+        assert default_slice()
+        seen.append((os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0), _slice_ns()))
+
+    for policy in (os.SCHED_BATCH, os.SCHED_IDLE):
+        thread = threading.Thread(target=ask, args=(policy,))
+        thread.start()
+        thread.join()
+    batch, idle = os.SCHED_BATCH, os.SCHED_IDLE
+    assert seen[0] == (batch, 7, SHORT_SLICE_NS)
+    assert seen[1][:2] == (batch, 7) and seen[1][2] > SHORT_SLICE_NS
+    assert seen[2][:2] == seen[3][:2] == (idle, 7)
+
+
+@slices
 def test_the_servers_event_loop_runs_with_the_short_slice_and_its_background_threads_do_not(
     plane: ControlPlane,  # noqa: F811 - the fixture imported above
 ) -> None:
