@@ -290,6 +290,7 @@ class Controller:
             backoff=Backoff(first=interval, cap=60.0),
             health=health,
             component="controller",
+            background=True,
             around=fence,  # the leader's lease: a pass of a control plane that lost it writes nothing
         )
 

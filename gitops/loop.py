@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from gitops.handover import default_slice
+from gitops.handover import background, default_slice
 from gitops.health import Health
 
 log = structlog.get_logger(__name__)
@@ -118,6 +118,7 @@ class Loop:
         health: Health | None = None,
         component: str = "",
         around: Callable[[], AbstractContextManager[object]] | None = None,
+        background: bool = False,
         **context: object,
     ) -> None:
         self.name = name
@@ -130,6 +131,9 @@ class Loop:
         self.health = health
         self.component = component or name
         self.around = around  # what each step runs within (a leader's fence: gitops.store.lease)
+        # A control plane's background work (its controller, syncs, previews): run nicer than
+        # the API's event loop (`gitops.handover.background`); a node agent's loop is not.
+        self.background = background
         self.error: BaseException | None = None  # the fatal error that ended the loop
         self.failures = 0
         self.last_error = ""
@@ -204,8 +208,12 @@ class Loop:
 
     def _run_in_thread(self) -> None:
         # A loop is background work (a controller pass, a source's sync): the kernel's default
-        # slice, whichever thread started it (`gitops.handover`).
-        default_slice()
+        # slice, whichever thread started it, and a control plane's nicer than its API
+        # (`gitops.handover`).
+        if self.background:
+            background()
+        else:
+            default_slice()
         try:
             self.run()
         except self.fatal as exc:

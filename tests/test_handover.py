@@ -162,16 +162,70 @@ def test_asking_for_a_slice_keeps_the_policy_and_the_nice_value_the_thread_had()
     assert seen[2][:2] == seen[3][:2] == (idle, 7)
 
 
+def _nice(tid: int = 0) -> int:
+    """A thread's nice value (Linux: `getpriority` of a thread's id is the thread's own)."""
+    import os
+
+    return os.getpriority(os.PRIO_PROCESS, tid)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a nice value per thread is Linux's")
+def test_a_background_thread_runs_nicer_than_the_process_once_and_the_others_keep_theirs() -> None:
+    from gitops.handover import BACKGROUND_NICE, background
+
+    process = _nice(threading.main_thread().native_id or 0)
+    seen: dict[str, int] = {}
+
+    def work() -> None:
+        seen["before"] = _nice()
+        background()
+        seen["background"] = _nice()
+        background()  # (asked again: not nicer still)
+        seen["again"] = _nice()
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    niced = process + BACKGROUND_NICE
+    assert seen == {"before": process, "background": niced, "again": niced}
+    assert _nice(threading.main_thread().native_id or 0) == process
+    assert _nice() == process  # (the test's own thread is the main one)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a nice value per thread is Linux's")
+def test_a_background_thread_of_a_niced_process_goes_no_further_than_19() -> None:
+    """A server a user started at nice 15 has its background threads at 19, its loop at 15
+    (in a process of its own: this one's nice value cannot be given back)."""
+    import subprocess
+
+    code = (
+        "import os, threading\n"
+        "from gitops.handover import background\n"
+        "os.nice(15)\n"
+        "seen = []\n"
+        "def work():\n"
+        "    background()\n"
+        "    seen.append(os.getpriority(os.PRIO_PROCESS, 0))\n"
+        "t = threading.Thread(target=work); t.start(); t.join()\n"
+        "print(seen[0], os.getpriority(os.PRIO_PROCESS, 0))\n"
+    )
+    command = [sys.executable, "-c", code]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["19", "15"]
+
+
 @slices
 def test_the_servers_event_loop_runs_with_the_short_slice_and_its_background_threads_do_not(
     plane: ControlPlane,  # noqa: F811 - the fixture imported above
 ) -> None:
     """The API's event loop asks for the short slice; the controller's loop and the agents'
     watch thread, though the event loop's thread may start them, run with the default one
-    (their work can wait; the calls the loop answers cannot)."""
+    and nicer than the process (their work can wait; the calls the loop answers cannot);
+    the heap keeper and the lease's thread at the process's nice value."""
     import socket
 
-    from gitops.handover import SHORT_SLICE_NS
+    from gitops.handover import BACKGROUND_NICE, SHORT_SLICE_NS
     from tests.api.test_agent_sync_server import register
     from tests.api.test_agent_watch import sync
     from tests.api.test_quick_lane import Reader, watching
@@ -188,3 +242,6 @@ def test_the_servers_event_loop_runs_with_the_short_slice_and_its_background_thr
     controller_thread = plane.controller.loop._thread
     assert controller_thread is not None and controller_thread.native_id is not None
     assert _slice_ns(controller_thread.native_id) > SHORT_SLICE_NS
+    process = _nice(threading.main_thread().native_id or 0)
+    assert _nice(by_name["http"]) == _nice(by_name["heap"]) == _nice(by_name["lease"]) == process
+    assert _nice(by_name["agent-watch"]) == _nice(controller_thread.native_id) == process + BACKGROUND_NICE

@@ -132,3 +132,30 @@ def test_a_paused_coroutine_leaves_its_event_loop_running_and_goes_on_when_prece
 
     assert asyncio.run(scenario()) == (False, True, True, 5)
     assert not precedence.holding and precedence.waited > 0.05
+
+
+def test_a_control_planes_loop_runs_nicer_than_the_process_and_an_agents_does_not() -> None:
+    """`background=True` (the controller, syncs, previews) asks `gitops.handover.background`;
+    a node agent's loop keeps the process's nice value (its node's pods would starve it)."""
+    import os
+
+    from gitops.handover import BACKGROUND_NICE
+
+    seen: dict[str, int] = {}
+    stop = threading.Event()
+
+    def stepping(name: str) -> Loop:
+        def step() -> None:
+            seen[name] = os.getpriority(os.PRIO_PROCESS, 0)  # (the loop's thread's own)
+            stop.set()
+
+        return Loop(name, step, interval=3600, background=name == "controller")
+
+    process = os.getpriority(os.PRIO_PROCESS, 0)
+    for name in ("controller", "agent"):
+        stop.clear()
+        loop = stepping(name)
+        loop.start()
+        assert stop.wait(10)
+        loop.stop()
+    assert seen == {"controller": process + BACKGROUND_NICE, "agent": process}

@@ -76,7 +76,7 @@ import structlog
 
 from gitops.api.models import MeasuredRow, SyncRequest
 from gitops.codec import encode
-from gitops.handover import default_slice, quick_handover
+from gitops.handover import background, quick_handover
 from gitops.loop import Precedence
 from gitops.model import (
     ContainerUsage,
@@ -875,7 +875,7 @@ class NodeWatch:
         self._arrived.set()
 
     def _run(self) -> None:
-        default_slice()  # started by the event loop's thread: its short slice is not for this work
+        background()  # started by the event loop's thread: its short slice is not for this work
         while True:
             # Woken by this process's writes and by new waiters; other processes' writes
             # (control planes sharing the database) are read for every `poll` seconds.

@@ -53,7 +53,7 @@ from urllib.parse import quote
 import structlog
 
 from gitops.codec import encode
-from gitops.handover import default_slice, quick_handover
+from gitops.handover import background, quick_handover
 from gitops.health import Health
 from gitops.heap import HEAP
 from gitops.model import (
@@ -1341,7 +1341,7 @@ class ViewCache:
             return view
 
     def _refresh(self, *, paced: bool = True) -> None:
-        default_slice()  # started from the event loop's thread: its short slice is not for this work
+        background()  # started from the event loop's thread: its short slice is not for this work
         try:
             self.refresh(paced=paced)
             self.health.ok("status view")

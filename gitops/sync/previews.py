@@ -159,6 +159,7 @@ class BranchPreviews:
             source=self.name,
             health=health,
             component=f"previews {self.name}",
+            background=True,
             around=fence,
         )
         self._lock = threading.Lock()

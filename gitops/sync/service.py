@@ -155,6 +155,7 @@ class SyncService:
             source=source.name,
             health=health,
             component=f"sync {source.name}",
+            background=True,
             around=fence,
         )
         self._observer: Observer | None = None  # type: ignore[valid-type]
