@@ -27,7 +27,9 @@ of the CPU, and an event loop answering 500 calls a second often has (perf's sch
 trace at 5,000 nodes: the loop waited 1.6-2.6 ms behind the agents' watch reading the store
 and behind a worker's flush). A server's background threads therefore also run
 `BACKGROUND_NICE` nicer than the process (`background()`): the agents' watch, the status
-view's rebuild, the controller's passes, the sources' syncs and the previews. The kernel
+view's rebuild, the controller's passes, the sources' syncs, the previews, and the
+heartbeats' flush, which the event loop hands to the process's background pool
+(`BACKGROUND_POOL`) rather than to the worker threads that answer calls. The kernel
 weighs such a thread at a tenth of the loop, so the loop that wakes beside it runs at once,
 and the thread still has the CPU whenever the loop does not want it (on an idle core it
 runs as fast as before). The heap keeper and the lease's thread keep the process's value:
@@ -45,6 +47,7 @@ import platform
 import sys
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 
 import structlog
@@ -134,6 +137,16 @@ def background() -> None:
                 _nice_refused.append(str(exc))
                 log.info("handover.nice_refused", error=str(exc))
     default_slice()  # (keeps the nice value it has now)
+
+
+# The threads a server's event loop hands background work to (`loop.run_in_executor`): the
+# heartbeats' flush, every second at thousands of nodes. The worker threads that answer
+# calls inherit the loop's short slice and its nice value; the flush in one of them held a
+# CPU the woken loop waited for, 1-3.6 ms at a time (perf's scheduler trace at 5,000
+# nodes: 8 of the loop's 12 waits over 1 ms in 15 s). One pool for the process, its
+# threads made when first needed and idle between (two: a flush waiting for one database
+# does not hold another's).
+BACKGROUND_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="background", initializer=background)
 
 
 class _Interval:

@@ -69,6 +69,7 @@ from gitops.api.onewrite import Reply, encode_reply
 from gitops.api.page import install_status_page
 from gitops.api.readmodel import BadContinue, ExpiredContinue, PodOrder, ReadModel
 from gitops.api.readonly import install_read_only
+from gitops.handover import BACKGROUND_POOL
 from gitops.health import Health
 from gitops.loop import Precedence
 from gitops.metrics import CONTENT_TYPE, Metrics
@@ -326,7 +327,7 @@ def create_app(
         # statuses at each heartbeat), else by the server's own.
         return f"agent:{request.report_digest}" if request.report_digest else report_digest(request)
 
-    flushing: set[asyncio.Task[None]] = set()
+    flushing: set[asyncio.Future[None]] = set()
     due_timer: list[asyncio.TimerHandle] = []  # the one pending `keep_due` timer, if any
 
     def beat(name: str) -> None:
@@ -340,7 +341,9 @@ def create_app(
         keep_due()
 
     def write_kept() -> None:
-        writing = asyncio.create_task(run_in_threadpool(reports.flush))
+        # In a background thread (`gitops.handover.BACKGROUND_POOL`): nicer than the worker
+        # threads that answer calls, so that the event loop goes first.
+        writing = asyncio.get_running_loop().run_in_executor(BACKGROUND_POOL, reports.flush)
         flushing.add(writing)
         writing.add_done_callback(flushing.discard)
         writing.add_done_callback(lambda _: keep_due())  # kept again if the write failed

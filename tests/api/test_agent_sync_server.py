@@ -5,6 +5,8 @@ back only what changed, and an agent refused its name stops."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -378,6 +380,36 @@ def test_a_lone_agents_kept_heartbeat_is_written_without_another_call(plane: Con
     before = time.time()
     assert sync() == 200  # the same report: only its heartbeat, kept in memory
     wait_for(lambda: plane.store.nodes()[0].heartbeat_at >= before, 5, what="the kept heartbeat written")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a nice value per thread is Linux's")
+def test_the_kept_heartbeats_are_written_by_a_background_thread_nicer_than_the_calls_ones(
+    plane: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flush is background work: not in a worker thread that answers calls (those have
+    the event loop's short slice and nice value, and the woken loop waited behind it for a
+    CPU), but in the process's background pool (`gitops.handover.BACKGROUND_POOL`)."""
+    from gitops.handover import BACKGROUND_NICE
+
+    reports = plane._server.config.app.state.agent_reports  # type: ignore[union-attr]
+    seen: list[tuple[str, int]] = []
+    real = reports.flush
+
+    def flush() -> None:
+        seen.append((threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, 0)))
+        real()
+
+    monkeypatch.setattr(reports, "flush", flush)
+    token = register(plane.url, plane.join_token)
+    auth = {"Authorization": f"Bearer {token}"}
+    url = f"{plane.url}/agent/v1/nodes/n1/sync"
+    assert httpx.post(url, json={}, headers=auth, timeout=10).status_code == 200  # the report, written
+    before = time.time()
+    assert httpx.post(url, json={}, headers=auth, timeout=10).status_code == 200  # its heartbeat, kept
+    wait_for(lambda: plane.store.nodes()[0].heartbeat_at >= before, 5, what="the kept heartbeat written")
+    process = os.getpriority(os.PRIO_PROCESS, os.getpid())
+    assert seen and {name.split("_")[0] for name, _ in seen} == {"background"}
+    assert {nice for _, nice in seen} == {process + BACKGROUND_NICE}
 
 
 def test_a_heartbeat_omits_a_report_the_server_holds(plane: ControlPlane) -> None:
