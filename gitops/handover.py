@@ -143,7 +143,7 @@ def background() -> None:
 # heartbeats' flush, every second at thousands of nodes. The worker threads that answer
 # calls inherit the loop's short slice and its nice value; the flush in one of them held a
 # CPU the woken loop waited for, 1-3.6 ms at a time (perf's scheduler trace at 5,000
-# nodes: 8 of the loop's 12 waits over 1 ms in 15 s). One pool for the process, its
+# nodes: 7 of the loop's 12 waits over 1 ms in 15 s). One pool for the process, its
 # threads made when first needed and idle between (two: a flush waiting for one database
 # does not hold another's).
 BACKGROUND_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="background", initializer=background)
