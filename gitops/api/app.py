@@ -386,7 +386,9 @@ def create_app(
             return None
         if adopting() and not request.runtime_error:
             on_sync(name)
-        observed.proxy_rules_skipped.labels(node=name).set(0)
+        # (`gitops_proxy_rules_skipped` for the node is 0 already: `_sync`, which wrote the
+        # report this one repeats, set it with `proxy_problems`, empty here. Set again at each
+        # call, its labels' lookup was 2% of the replica's event loop at 5,000 nodes.)
         return _quiet_text(name, pods_version, services_version, request.report_digest)
 
     # The fields every quiet reply shares (`_quiet_text`), as JSON text without its closing
