@@ -1619,7 +1619,7 @@ class Store:
 
     def renew_tokens(self) -> None:
         """Read every node's token again, so that a node calling often enough is never found
-        forgotten: `AgentGate` has it done in a worker thread when `tokens_due`, and answers
+        forgotten: `AgentGate` has it done in a background thread when `tokens_due`, and answers
         the call from memory meanwhile. Found forgotten, a node's call waited for the read of
         every node's token (5,000 rows) in a worker thread: at one call a second, one in 60
         of a quiet node's calls, its p99."""

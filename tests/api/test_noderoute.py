@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -150,7 +152,7 @@ def test_an_endpoint_without_a_request_model_is_refused_at_its_declaration() -> 
 
 def test_the_gate_has_the_tokens_read_again_in_the_background_when_due() -> None:
     """A remembered token is taken at once, and when the tokens are due the gate has them
-    read again in a worker thread, one read at a time, without the call waiting for it."""
+    read again in a background thread, one read at a time, without the call waiting for it."""
     app = FastAPI()
 
     @node_call(app, "/agent/v1/nodes/{name}/sync")
@@ -315,13 +317,13 @@ def test_a_waiting_watch_holds_few_objects_for_the_collector(tmp_path: Path) -> 
     store.close()
 
 
-def test_the_gate_reads_the_tokens_again_with_the_interpreter_handed_over_within_half_a_millisecond() -> None:
-    """Reading 5,000 nodes' tokens is milliseconds of Python in a worker thread; the event
-    loop gets the interpreter within 0.5 ms meanwhile, not after the 5-ms switch interval
-    (`gitops.handover`)."""
-    import sys
-
-    from gitops.handover import HANDOVER
+@pytest.mark.skipif(sys.platform != "linux", reason="a nice value per thread is Linux's")
+def test_the_gate_reads_the_tokens_again_in_the_background_handing_the_interpreter_over() -> None:
+    """Reading 5,000 nodes' tokens is milliseconds of Python: done in the process's
+    background pool, nicer than the worker threads that answer calls (they have the event
+    loop's short slice and nice value), and the event loop gets the interpreter within
+    0.5 ms meanwhile, not after the 5-ms switch interval (`gitops.handover`)."""
+    from gitops.handover import BACKGROUND_NICE, HANDOVER
 
     app = FastAPI()
 
@@ -332,7 +334,8 @@ def test_the_gate_reads_the_tokens_again_with_the_interpreter_handed_over_within
     read, seen = threading.Event(), []
 
     def renew() -> None:
-        seen.append(sys.getswitchinterval())
+        nice = os.getpriority(os.PRIO_PROCESS, 0)
+        seen.append((sys.getswitchinterval(), threading.current_thread().name, nice))
         read.set()
 
     app.add_middleware(
@@ -348,4 +351,8 @@ def test_the_gate_reads_the_tokens_again_with_the_interpreter_handed_over_within
         auth = {"Authorization": "Bearer n1-token"}
         assert client.post("/agent/v1/nodes/n1/sync", json={}, headers=auth).status_code == 200
         assert read.wait(10)
-    assert seen == [HANDOVER] and before > HANDOVER
+    process = os.getpriority(os.PRIO_PROCESS, os.getpid())
+    assert [(interval, name.split("_")[0], nice) for interval, name, nice in seen] == [
+        (HANDOVER, "background", min(19, process + BACKGROUND_NICE))
+    ]
+    assert before > HANDOVER
