@@ -28,8 +28,8 @@ trace at 5,000 nodes: the loop waited 1.6-2.6 ms behind the agents' watch readin
 and behind a worker's flush). A server's background threads therefore also run
 `BACKGROUND_NICE` nicer than the process (`background()`): the agents' watch, the status
 view's rebuild, the controller's passes, the sources' syncs, the previews, and the
-heartbeats' flush, which the event loop hands to the process's background pool
-(`BACKGROUND_POOL`) rather than to the worker threads that answer calls. The kernel
+heartbeats' flush and the tokens' reading, which the event loop hands to the process's
+background pool (`in_background`) rather than to the worker threads that answer calls. The kernel
 weighs such a thread at a tenth of the loop, so the loop that wakes beside it runs at once,
 and the thread still has the CPU whenever the loop does not want it (on an idle core it
 runs as fast as before). The heap keeper and the lease's thread keep the process's value:
@@ -41,18 +41,21 @@ node agent's own loops do not (the node's pods, at the normal value, would starv
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
 import platform
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
+from typing import TypeVar
 
 import structlog
 
 log = structlog.get_logger(__name__)
+_T = TypeVar("_T")
 
 HANDOVER = 0.0005  # seconds: the switch interval while long work runs
 SHORT_SLICE_NS = 100_000  # the shortest slice Linux grants a normal task (0.1 ms)
@@ -139,14 +142,20 @@ def background() -> None:
     default_slice()  # (keeps the nice value it has now)
 
 
-# The threads a server's event loop hands background work to (`loop.run_in_executor`): the
-# heartbeats' flush, every second at thousands of nodes. The worker threads that answer
-# calls inherit the loop's short slice and its nice value; the flush in one of them held a
-# CPU the woken loop waited for, 1-3.6 ms at a time (perf's scheduler trace at 5,000
-# nodes: 7 of the loop's 12 waits over 1 ms in 15 s). One pool for the process, its
-# threads made when first needed and idle between (two: a flush waiting for one database
-# does not hold another's).
+# The threads a server's event loop hands background work to (`in_background`): the
+# heartbeats' flush, every second at thousands of nodes, and the nodes' tokens read again.
+# The worker threads that answer calls inherit the loop's short slice and its nice value;
+# the flush in one of them held a CPU the woken loop waited for, 1-3.6 ms at a time (perf's
+# scheduler trace at 5,000 nodes: 7 of the loop's 12 waits over 1 ms in 15 s). One pool for
+# the process, its threads made when first needed and idle between (two: a flush waiting
+# for one database does not hold another's).
 BACKGROUND_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="background", initializer=background)
+
+
+def in_background(work: Callable[[], _T]) -> asyncio.Future[_T]:
+    """`work` run in `BACKGROUND_POOL`, as a future of the running event loop: nicer than
+    the worker threads that answer calls, so that the loop goes first."""
+    return asyncio.get_running_loop().run_in_executor(BACKGROUND_POOL, work)
 
 
 class _Interval:

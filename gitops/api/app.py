@@ -69,7 +69,7 @@ from gitops.api.onewrite import Reply, encode_reply
 from gitops.api.page import install_status_page
 from gitops.api.readmodel import BadContinue, ExpiredContinue, PodOrder, ReadModel
 from gitops.api.readonly import install_read_only
-from gitops.handover import BACKGROUND_POOL
+from gitops.handover import in_background
 from gitops.health import Health
 from gitops.loop import Precedence
 from gitops.metrics import CONTENT_TYPE, Metrics
@@ -341,9 +341,7 @@ def create_app(
         keep_due()
 
     def write_kept() -> None:
-        # In a background thread (`gitops.handover.BACKGROUND_POOL`): nicer than the worker
-        # threads that answer calls, so that the event loop goes first.
-        writing = asyncio.get_running_loop().run_in_executor(BACKGROUND_POOL, reports.flush)
+        writing = in_background(reports.flush)  # (nicer than the calls' worker threads)
         flushing.add(writing)
         writing.add_done_callback(flushing.discard)
         writing.add_done_callback(lambda _: keep_due())  # kept again if the write failed

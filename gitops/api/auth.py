@@ -30,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gitops.api.readonly import read_only
-from gitops.handover import BACKGROUND_POOL, quick_handover
+from gitops.handover import in_background, quick_handover
 
 log = structlog.get_logger(__name__)
 
@@ -204,7 +204,7 @@ class AgentGate:
     (`Authorization: Bearer`); both are checked before a byte of the body is read, so no
     one without credentials makes the server read or parse anything. A token remembered as
     valid is checked without leaving the event loop, and the tokens are read again in a
-    background thread (`gitops.handover.BACKGROUND_POOL`) before they are forgotten
+    background thread (`gitops.handover.in_background`) before they are forgotten
     (`tokens_due`, `renew_tokens`), the call not waiting for it; the gate names the node it
     checked in the request's state (`GATED_NODE`), so the route need not ask again. Bodies
     are then read up to the route's limit (413 beyond it) and handed to the route: a node's
@@ -315,9 +315,7 @@ class AgentGate:
 
     async def _renew(self) -> None:
         try:
-            # Nicer than the worker threads that answer calls, which have the event loop's
-            # short slice and nice value (`gitops.handover.BACKGROUND_POOL`).
-            await asyncio.get_running_loop().run_in_executor(BACKGROUND_POOL, self._renew_handing_over)
+            await in_background(self._renew_handing_over)  # (nicer than the calls' worker threads)
         except Exception as exc:  # the next call past the memory reads them itself
             log.warning("agent.tokens_not_read", error=str(exc))
         finally:
