@@ -28,16 +28,6 @@ for the answer: a reply, written at once (head and body in one write), or a futu
 (a watch: written when it is set, cancelled when the client goes away). When the lane
 gives None, or the body grows past `QUICK_BODY`, the request goes on to the app as uvicorn
 would have sent it there, with the body read so far.
-
-A request in the plain form agents send (`_PLAIN_HEAD`: a POST over HTTP/1.1, headers of
-visible ASCII, its body framed by one Content-Length) is read by the protocol itself, with
-one regular expression, before the parser sees it (`OneWriteProtocol._plain`): the parser
-calls the protocol back for the request's start, URL, each header, the headers' end, the body
-and the end, a dozen Python calls and uvicorn's request scope for a call answered from three
-of its headers. A head whose body is still to come is kept until it has come (httpx writes
-the two apart). What the lane does not answer goes to the parser as it came, and so does any
-request in another form (chunked, two lengths, `Expect`, an upgrade, other bytes in a
-header): the parser's to read, accept or refuse, as before.
 """
 
 from __future__ import annotations
@@ -45,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
-import re
 from typing import Any, Protocol
 
 import structlog
@@ -65,19 +54,6 @@ QUICK_BODY = 1024 * 1024  # bytes of a body at most that the protocol reads for 
 # The context a watch's answer is written in (the protocol's callback reads no context variable).
 NO_CONTEXT = contextvars.Context()
 SWEEP_SECONDS = 5.0  # seconds at most between two looks for connections idle too long
-
-# A request in the plain form the protocol reads itself (`OneWriteProtocol.data_received`): an
-# HTTP/1.1 POST to a path of letters, digits and `-._~/`, whose every header is a token, a colon
-# and a value of visible ASCII (spaces and tabs inside it; none before or after it counted).
-_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_VALUE = rb"(?:[!-~](?:[ \t!-~]*[!-~])?)?"
-_PLAIN_HEAD = re.compile(
-    rb"POST (/[-A-Za-z0-9._~/]*) HTTP/1\.1\r\n((?:" + _TOKEN + rb":[ \t]*" + _VALUE + rb"[ \t]*\r\n)*)\r\n"
-)
-_FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")[ \t]*\r\n")
-# Headers a plain request has not: its body is framed by its one Content-Length, and nothing
-# waits for a 100 Continue or an upgrade (the parser reads those).
-_NOT_PLAIN = frozenset((b"transfer-encoding", b"expect", b"upgrade"))
 
 
 def encode_reply(reply: dict[str, Any] | list[Any]) -> bytes:
@@ -240,10 +216,6 @@ class OneWriteProtocol(HttpToolsProtocol):
         self.lane: QuickLane | None = getattr(self.config.app, "quick_lane", None)
         self.quick: _Quick | None = None
         self._on_answer = self._answered  # one bound method for the connection's every watch
-        self.between = True  # the parser is between requests (none begun in it)
-        self._early = b""  # a plain request's head and the part of its body come so far
-        # The `state` of a plain request the lane left to the app, for the parser's scope of it.
-        self._declined: dict[str, Any] | None = None
         state = self.server_state
         self.idle_sweep: IdleSweep = getattr(state, "idle_sweep", None) or IdleSweep(
             self.loop, self.timeout_keep_alive
@@ -273,95 +245,8 @@ class OneWriteProtocol(HttpToolsProtocol):
         self.idle_sweep.busy(self)  # (gone: not kept for the sweep)
         super().connection_lost(exc)
 
-    def data_received(self, data: bytes) -> None:
-        """Each plain request (see `_plain`) read and answered here, when nothing is in flight
-        before it; the rest, from the first that is not, given to the parser."""
-        if self._early:
-            data, self._early = self._early + data, b""
-        while (
-            data
-            and self.between
-            and self.lane is not None
-            and (self.cycle is None or self.cycle.response_complete)
-            and not self.pipeline
-            and not self.root_path
-        ):
-            used = self._plain(data)
-            if not used:
-                break
-            data = data[used:]
-        if data:
-            super().data_received(data)
-
-    def _plain(self, data: bytes) -> int:
-        """The bytes of `data` its first request takes when it is in the plain form
-        (`_PLAIN_HEAD`, one Content-Length, `Connection` at most `keep-alive` or `close`)
-        and one the lane may answer: answered, or handed to the app through the parser, or,
-        with its body still to come, kept until it has come. 0 for any other: the parser's.
-
-        The parser calls the protocol back for the request's start, its URL, each header,
-        the headers' end, its body and its end: a dozen Python calls, and uvicorn's request
-        scope, for a call the lane answers from a few of the headers."""
-        head = _PLAIN_HEAD.match(data)
-        if head is None:
-            return 0
-        url = head[1]
-        assert self.lane is not None
-        if not self.lane.wants(b"POST", url):
-            return 0
-        headers = [(name.lower(), value) for name, value in _FIELD.findall(head[2])]
-        length, keep_alive = -1, True
-        for name, value in headers:
-            if name == b"content-length":
-                if length >= 0 or not value.isdigit() or len(value) > 9:
-                    return 0
-                length = int(value)
-            elif name == b"connection":
-                kind = value.lower()
-                if kind == b"close":
-                    keep_alive = False
-                elif kind != b"keep-alive":
-                    return 0
-            elif name in _NOT_PLAIN:
-                return 0
-        if not 0 <= length <= QUICK_BODY:
-            return 0
-        self.idle_sweep.busy(self)
-        end = head.end() + length
-        if len(data) < end:
-            self._early = data
-            return len(data)
-        state = self.app_state.copy()
-        path = url.decode("ascii")
-        try:
-            reply = self.lane.answer(path, headers, data[head.end() : end], state)
-        except Exception as exc:  # the app answers it (as it would have)
-            log.error("api.quick_failed", path=path, error=repr(exc))
-            reply = None
-        if reply is None:  # the app's, with what the lane left in its state
-            self._declined = state
-            super().data_received(data[:end])
-        elif isinstance(reply, asyncio.Future):
-            self.quick = _Quick(path, keep_alive, self.cycle)
-            self.cycle = self.quick  # type: ignore[assignment]
-            self.quick.pending = reply
-            reply.add_done_callback(self._on_answer, context=NO_CONTEXT)
-        else:
-            self._respond(200, reply, b"application/json", keep_alive)
-        return end
-
-    def on_message_begin(self) -> None:
-        self.between = False
-        super().on_message_begin()
-        if self._declined is not None:
-            self.scope["state"] = self._declined
-
     def on_headers_complete(self) -> None:
         lane, cycle = self.lane, self.cycle
-        if self._declined is not None:  # the lane has read it (`_plain`)
-            self._declined = None
-            super().on_headers_complete()
-            return
         if (
             lane is not None
             and (cycle is None or cycle.response_complete)  # none in flight (pipelined)
@@ -387,7 +272,6 @@ class OneWriteProtocol(HttpToolsProtocol):
             self._to_app(quick)
 
     def on_message_complete(self) -> None:
-        self.between = True
         quick = self.quick
         if quick is None or self.cycle is not quick:  # type: ignore[comparison-overlap]
             super().on_message_complete()
@@ -432,20 +316,8 @@ class OneWriteProtocol(HttpToolsProtocol):
         self._reply(quick, 500, b"Internal Server Error", kind=b"text/plain; charset=utf-8")
 
     def _reply(self, quick: _Quick, status: int, reply: Reply, kind: bytes = b"application/json") -> None:
-        """Answer `quick` (`_respond`), the connection's request in flight no more."""
-        quick.body, quick.pending = (), None
-        if self.quick is quick:
-            self.quick = None
-        if self.cycle is quick:  # type: ignore[comparison-overlap]
-            self.cycle = None  # type: ignore[assignment]
-        quick.response_complete = True
-        self._respond(status, reply, kind, quick.keep_alive)
-
-    def _respond(self, status: int, reply: Reply, kind: bytes, keep_alive: bool) -> None:
         """Write the response (as uvicorn's cycle would: its default headers, `connection:
         close` when the connection is not kept), and go on to the next request."""
-        if self.transport.is_closing():
-            return
         if isinstance(reply, dict):
             reply = encode_reply(reply)
         parts = [reply] if isinstance(reply, bytes) else reply
@@ -454,10 +326,18 @@ class OneWriteProtocol(HttpToolsProtocol):
         for name, value in self.server_state.default_headers:
             head += [name, b": ", value, b"\r\n"]
         head += [b"content-type: ", kind, b"\r\ncontent-length: ", length, b"\r\n"]
-        if not keep_alive:
+        if not quick.keep_alive:
             head.append(b"connection: close\r\n")
         head.append(b"\r\n")
+        quick.body, quick.pending = (), None
+        if self.quick is quick:
+            self.quick = None
+        if self.cycle is quick:  # type: ignore[comparison-overlap]
+            self.cycle = None  # type: ignore[assignment]
+        if self.transport.is_closing():
+            return
         self.transport.write_now([b"".join(head), *parts])
-        if not keep_alive:
+        quick.response_complete = True
+        if not quick.keep_alive:
             self.transport.close()
         self.on_response_complete()

@@ -19,7 +19,6 @@ import pytest
 
 from gitops.api.app import App
 from gitops.api.models import SyncReply, SyncRequest
-from gitops.api.onewrite import OneWriteProtocol
 from gitops.controller import reconcile_once
 from gitops.model import Node, NodeName, Revision
 from gitops.server import ControlPlane
@@ -396,94 +395,3 @@ def test_a_quiet_heartbeat_s_reply_gives_what_the_last_full_reply_did_with_the_n
     monkeypatch.setattr(hub, "pending", lambda node: asked if node == "n1" else [])
     status, _, body = call(plane, beating(plane, token, held))
     assert status == 200 and json.loads(body) == {**expected, "logs": asked}
-
-
-@pytest.fixture
-def parsed(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """The headers the parser calls the protocol back with (uvicorn's `on_header`)."""
-    names: list[bytes] = []
-    original = OneWriteProtocol.on_header
-
-    def counted(self: OneWriteProtocol, name: bytes, value: bytes) -> None:
-        names.append(name.lower())
-        original(self, name, value)
-
-    monkeypatch.setattr(OneWriteProtocol, "on_header", counted)
-    return names
-
-
-def test_a_plain_quiet_call_is_read_without_the_parser_s_callbacks_even_with_its_body_sent_apart(
-    plane: ControlPlane, app_calls: list[str], parsed: list[bytes]
-) -> None:
-    """A quiet heartbeat as agents send it (httpx writes the head, then the body) and two
-    sent together are answered by the protocol's own reading of the request (`_plain`):
-    the parser's callbacks, a dozen Python calls a request, are not made."""
-    token, held = synced(plane)
-    waiting, _ = connect(plane)  # (the versions kept fresh for the quiet answers: a watch waits)
-    waiting.sendall(watching(plane, token, held, 20))
-    wait_for(lambda: node_watch(plane).waiting == 1, what="the watch waiting")
-    app_calls.clear()
-    parsed.clear()
-    sock, reader = connect(plane)
-    with sock, waiting:
-        head, body = beating(plane, token, held, {"Connection": "keep-alive"}).split(b"\r\n\r\n", 1)
-        sock.sendall(head + b"\r\n\r\n")
-        threading.Event().wait(0.1)  # (on its own: read before the body comes)
-        sock.sendall(body)
-        status, _, answer = reader.response()
-        assert status == 200 and json.loads(answer)["report_held"] == "r1"
-        sock.sendall(beating(plane, token, held) + watching(plane, token, held, 0))
-        replies = [reader.response(), reader.response()]
-        assert [status for status, _, _ in replies] == [200, 200]
-        assert "report_held" in json.loads(replies[0][2]) and json.loads(replies[1][2])["changed"] is False
-    assert (parsed, app_calls) == ([], [])
-
-
-@pytest.mark.parametrize(
-    ("case", "extra"),
-    [
-        ("a chunked body", {"Transfer-Encoding": "chunked"}),
-        ("a header value of Latin-1", {"X-Agent": "née"}),
-        ("a header with spaces in its name", {"X Agent": "1"}),
-    ],
-)
-def test_a_quiet_call_in_another_form_is_read_by_the_parser_and_answered_by_the_lane(
-    plane: ControlPlane, app_calls: list[str], parsed: list[bytes], case: str, extra: dict[str, str]
-) -> None:
-    token, held = synced(plane)
-    waiting, _ = connect(plane)
-    waiting.sendall(watching(plane, token, held, 20))
-    wait_for(lambda: node_watch(plane).waiting == 1, what="the watch waiting")
-    head, body = beating(plane, token, held).split(b"\r\n\r\n", 1)
-    if case == "a chunked body":
-        head = head.replace(f"Content-Length: {len(body)}".encode(), b"Transfer-Encoding: chunked")
-        body = f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
-    else:
-        head += "".join(f"\r\n{k}: {v}" for k, v in extra.items()).encode("latin-1")
-    app_calls.clear()
-    with waiting:
-        status, _, answer = call(plane, head + b"\r\n\r\n" + body)
-    if case == "a header with spaces in its name":  # not HTTP: the parser's 400
-        assert status == 400 and app_calls == []
-        return
-    assert status == 200 and json.loads(answer)["report_held"] == "r1"
-    assert app_calls == [] and b"authorization" in parsed
-
-
-@pytest.mark.parametrize(
-    "extra",
-    [
-        b"Content-Length: 3\r\n",  # two lengths: the parser refuses it
-        b"Transfer-Encoding: chunked\r\n",  # a length and chunks: the parser refuses it
-    ],
-)
-def test_a_request_whose_body_is_framed_two_ways_is_refused_by_the_parser(
-    plane: ControlPlane, app_calls: list[str], extra: bytes
-) -> None:
-    """What the protocol reads itself has one Content-Length and no other framing; anything
-    else is the parser's to judge, as a request smuggled behind a quiet call would be."""
-    token, held = synced(plane)
-    head, body = beating(plane, token, held).split(b"\r\n\r\n", 1)
-    app_calls.clear()
-    status, headers, _ = call(plane, head + b"\r\n" + extra + b"\r\n" + body)
-    assert status == 400 and headers["connection"] == "close" and app_calls == []
