@@ -3,7 +3,7 @@
     python bench/scale.py [--nodes 1000] [--pods 20000] [--deployments 200] [--db URL]
         [--interval 1.0] [--connections 32] [--settle 10] [--quiet 10] [--timeout 600]
         [--api-replicas 0] [--pin] [--agent-processes 1] [--witnesses 50] [--usage-every 15]
-        [--services] [--agents-nice 0] [--agents-idle] [--witness-slice short]
+        [--services] [--agents-nice 0] [--agents-idle] [--witness-slice short] [--capture]
 
 `gitops serve` runs as a child process (its own interpreter, SQLite in a temporary folder
 unless `--db` names a database, a folder source, the API on a free loopback port), exactly
@@ -31,7 +31,12 @@ hollow agents, so by default (`--witness-slice short`) it asks the kernel to run
 soon as it wakes (`gitops.handover.short_slice`, as the server's event loop does): with the
 default slice it waited up to 4 ms for a CPU behind a controller pass or a kernel thread
 (perf's scheduler trace), time no agent on a host of its own waits. `--witness-slice
-default` measures it that way still (`witness_slice` in the figures).
+default` measures it that way still (`witness_slice` in the figures). With `--capture` (root:
+a packet socket on loopback), a process of its own also times the witness's sync calls by
+the kernel's timestamps of their packets, from the request leaving the witness to the
+answer leaving the server (`witness_server_ms_p50` / `_p99` / `_max`, over
+`witness_server_calls`): the server's part of the witness's time, without the witness's
+own encoding, waits for a CPU and reading.
 
 Phases, each printed with its time:
 
@@ -84,6 +89,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import hashlib
 import inspect
 import ipaddress
@@ -96,6 +102,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import struct
 import subprocess
 import sys
 import tempfile
@@ -209,9 +216,18 @@ class Connection:
 class Pool:
     def __init__(self, host: str, port: int, size: int) -> None:
         self.host, self.port = host, port
+        self.connections = [Connection(host, port) for _ in range(size)]
         self.free: asyncio.Queue[Connection] = asyncio.Queue()
-        for _ in range(size):
-            self.free.put_nowait(Connection(host, port))
+        for connection in self.connections:
+            self.free.put_nowait(connection)
+
+    def local_ports(self) -> list[int]:
+        """The local ports of its open connections."""
+        return [
+            c.writer.get_extra_info("sockname")[1]
+            for c in self.connections
+            if c.writer is not None and not c.writer.is_closing()
+        ]
 
     async def request(
         self, method: str, path: str, body: bytes, headers: dict[str, str], *, whole: bool = True
@@ -774,6 +790,11 @@ class Witness:
         seen: dict[str, Any] = json.loads(await self._ask("report"))
         return seen
 
+    async def ports(self) -> list[int]:
+        """The local ports of its agents' sync connections."""
+        ports: list[int] = json.loads(await self._ask("ports"))
+        return ports
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
@@ -809,6 +830,8 @@ async def be_witness(ports: Sequence[int], join_token: str, count: int) -> None:
             if asked == "mark":
                 calls.reset()
                 print("marked", flush=True)
+            elif asked == "ports":
+                print(json.dumps([port for a in agents for port in a.pool.local_ports()]), flush=True)
             elif asked == "endpoints":  # the fewest endpoints one of those holding them holds
                 print(min(sum(a.services.values()) for a in agents if a.services is not None), flush=True)
             elif asked == "report":
@@ -830,6 +853,147 @@ async def be_witness(ports: Sequence[int], join_token: str, count: int) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
         for a in agents:
             await a.pool.close()
+
+
+# --- the witness's calls on the wire ------------------------------------------------------
+
+SO_ATTACH_FILTER, SO_TIMESTAMPNS = 26, 35  # Linux's <asm-generic/socket.h>
+PACKET_OUTGOING = 4  # a packet as it is sent (loopback shows each one twice: sent, received)
+SNAP = 96  # bytes of each packet kept: the headers and a request's first line
+
+
+def port_filter(ports: Sequence[int]) -> list[tuple[int, int, int, int]]:
+    """A classic BPF program (code, jt, jf, k) passing IPv4 TCP packets on loopback (an
+    Ethernet header of zeros) from or to one of `ports`, their first `SNAP` bytes."""
+    reject, accept = 3 + 2 * (1 + len(ports)) + 1, 3 + 2 * (1 + len(ports)) + 2
+    program = [(0x28, 0, 0, 12), (0x15, 0, reject - 2, 0x0800), (0x30, 0, 0, 23), (0x15, 0, reject - 4, 6)]
+    for offset in (34, 36):  # the source port, then the destination (an IPv4 header of 20 bytes)
+        program.append((0x28, 0, 0, offset))
+        for port in ports:
+            program.append((0x15, accept - len(program) - 1, 0, port))
+    program += [(0x06, 0, 0, 0), (0x06, 0, 0, SNAP)]
+    if any(not (0 <= jt < 256 and 0 <= jf < 256) for _, jt, jf, _ in program):
+        raise ValueError(f"{len(ports)} ports are more than one filter's jumps reach")
+    return program
+
+
+def residences(packets: Sequence[tuple[float, int, int, bytes]], ports: set[int]) -> list[float]:
+    """Seconds from each sync's request leaving its connection (one of `ports`) to the
+    server's answer leaving for it, by the kernel's timestamps of (time, source port,
+    destination port, payload's start) for the packets that carry data."""
+    asked: dict[int, float] = {}
+    seconds = []
+    for at, source, destination, payload in packets:
+        if source in ports and payload.startswith(b"POST "):
+            asked[source] = at
+        elif destination in ports and payload.startswith(b"HTTP/") and destination in asked:
+            seconds.append(at - asked.pop(destination))
+    return seconds
+
+
+def be_capture(ports: Sequence[int]) -> None:
+    """The capture's side (`Capture`): say "ready" (or why it cannot), then answer "mark"
+    and "report" on stdin."""
+    try:
+        program = b"".join(struct.pack("HBBI", *op) for op in port_filter(ports))
+        code = ctypes.create_string_buffer(program)
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+        sock.setsockopt(
+            socket.SOL_SOCKET, SO_ATTACH_FILTER, struct.pack("HL", len(program) // 8, ctypes.addressof(code))
+        )
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * MiB)
+        sock.bind(("lo", 0))
+    except (OSError, ValueError) as exc:
+        print(f"unavailable: {exc}", flush=True)
+        return
+    packets: list[tuple[float, int, int, bytes]] = []
+
+    def read() -> None:  # (a thread: the kernel's timestamps, not this process's, are the times)
+        while True:
+            data, ancillary, _, address = sock.recvmsg(SNAP, 64)
+            if address[2] != PACKET_OUTGOING:
+                continue
+            at = time.time()  # (if the kernel gave no timestamp)
+            for _, kind, value in ancillary:
+                if kind == SO_TIMESTAMPNS:
+                    seconds, nanoseconds = struct.unpack("qq", value[:16])
+                    at = seconds + nanoseconds / 1e9
+            ip = data[14:]
+            header = (ip[0] & 15) * 4
+            source, destination = struct.unpack("!HH", ip[header : header + 4])
+            start = header + (ip[header + 12] >> 4) * 4
+            if len(ip) > start:
+                packets.append((at, source, destination, ip[start : start + 8]))
+
+    threading.Thread(target=read, daemon=True).start()
+    print("ready", flush=True)
+    while True:
+        asked = sys.stdin.readline().strip()
+        if asked == "mark":
+            packets.clear()
+            print("marked", flush=True)
+        elif asked == "report":
+            seconds = residences(list(packets), set(ports))
+            print(
+                json.dumps(
+                    {
+                        "calls": len(seconds),
+                        "p50_ms": round(percentile(seconds, 0.50) * 1000, 2),
+                        "p99_ms": round(percentile(seconds, 0.99) * 1000, 2),
+                        "max_ms": round(max(seconds, default=float("nan")) * 1000, 2),
+                    }
+                ),
+                flush=True,
+            )
+            return
+        elif not asked:
+            return
+
+
+@dataclass
+class Capture:
+    """The witness's sync calls as the kernel sees them on loopback (`--capture`), in a
+    process of its own: from the request's packet leaving the witness to the answer's
+    leaving the server. That is the server's part of the witness's time (the server's
+    wake-up, its work and its write, the kernel's delivery), without the witness's own
+    encoding, waits for a CPU and reading of the answer."""
+
+    process: subprocess.Popen[str]
+
+    @classmethod
+    async def start(cls, ports: Sequence[int], join_token: str) -> Capture | str:
+        """The capture, or why there is none (packet sockets want root)."""
+        capture = cls(child("--capture-of", ports, join_token))
+        said = await capture._line(30.0)
+        if said != "ready":
+            capture.stop()
+            return said
+        return capture
+
+    async def _line(self, timeout: float) -> str:
+        assert self.process.stdout is not None
+        line: str = await asyncio.wait_for(asyncio.to_thread(self.process.stdout.readline), timeout)
+        return line.strip()
+
+    async def mark(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write("mark\n")
+        self.process.stdin.flush()
+        if await self._line(30.0) != "marked":
+            raise RuntimeError("the capture did not mark its window")
+
+    async def report(self) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        self.process.stdin.write("report\n")
+        self.process.stdin.flush()
+        seen: dict[str, Any] = json.loads(await self._line(60.0))
+        return seen
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
 
 
 # --- the control plane ------------------------------------------------------------------
@@ -1143,6 +1307,7 @@ async def run(
     start = time.monotonic()
     fleet = Fleet.start(args, [f.port for f in fronts], join_token)
     witness: Witness | None = None
+    capture: Capture | None = None
     try:
         await wait_for("agents synced", fleet.synced, max(120.0, args.nodes * 0.04))  # 200 s for 5,000
         figures["start_s"] = round(time.monotonic() - start, 2)
@@ -1151,6 +1316,12 @@ async def run(
             ports = [f.port for f in fronts]
             witness = await Witness.start(ports, join_token, args.witnesses, args.witness_slice)
             say(f"witness: {args.witnesses} tainted nodes syncing once a second from a process of their own")
+            if args.capture:
+                started = await Capture.start(await witness.ports(), join_token)
+                if isinstance(started, str):
+                    say(f"capture: none ({started})")
+                else:
+                    capture = started
         # A control plane that held no node at its start waits its settle time (12 s) before
         # it creates pods (agents may still come back with containers to adopt): not counted.
         await wait_for("settled", lambda: server.status().get("settled", True), 60)
@@ -1223,6 +1394,8 @@ async def run(
         client_gc = fleet.drain(calls)
         speed_before = await host_python_ms()
         calls.reset()
+        if capture is not None:
+            await capture.mark()
         if witness is not None:
             await witness.mark()
         cpu_before, stolen_before = cpu_seconds(servers), stolen_seconds()
@@ -1242,6 +1415,11 @@ async def run(
             figures["witness_sync_ms_p50"] = seen_by_witness["p50_ms"]
             figures["witness_sync_ms_p99"] = seen_by_witness["p99_ms"]
             figures["witness_sync_ms_max"] = seen_by_witness["max_ms"]
+        if capture is not None:
+            on_the_wire = await capture.report()
+            figures["witness_server_calls"] = on_the_wire["calls"]
+            for q in ("p50", "p99", "max"):
+                figures[f"witness_server_ms_{q}"] = on_the_wire[f"{q}_ms"]
         metrics = server.metrics()
         figures["quiet_gc_share"] = round(
             (counter_total(metrics, "gitops_gc_seconds") - gc_before) / args.quiet, 3
@@ -1312,12 +1490,20 @@ async def run(
                 f"p50 {figures['witness_sync_ms_p50']} ms, p99 {figures['witness_sync_ms_p99']} ms, "
                 f"max {figures['witness_sync_ms_max']} ms"
             )
+        if capture is not None:
+            say(
+                f"  on the wire, {figures['witness_server_calls']} of them from the request's packet to "
+                f"the answer's: p50 {figures['witness_server_ms_p50']} ms, "
+                f"p99 {figures['witness_server_ms_p99']} ms, max {figures['witness_server_ms_max']} ms"
+            )
         if calls.last_error:
             say(f"  last failed call: {calls.last_error}")
     finally:
         fleet.stop()
         if witness is not None:
             witness.stop()
+        if capture is not None:
+            capture.stop()
 
 
 def _exit_on_term(signum: int, _frame: Any) -> None:
@@ -1411,6 +1597,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         help="the hollow agents' processes at the idle policy (SCHED_IDLE): they take only the CPU "
         "the control plane and the witness leave, as agents on hosts of their own would",
     )
+    parser.add_argument(
+        "--capture",
+        action="store_true",
+        help="also time the witness's calls by the kernel's timestamps of their packets on "
+        "loopback, from the request leaving the witness to the answer leaving the server (root)",
+    )
+    parser.add_argument("--capture-of", help=argparse.SUPPRESS)  # the capture's own process
     parser.add_argument("--witness-of", help=argparse.SUPPRESS)  # the witness's own process
     parser.add_argument("--agents-of", help=argparse.SUPPRESS)  # an agents' process (`Fleet`)
     parser.add_argument("--agent-share", default="0/1", help=argparse.SUPPRESS)  # which of them: k/count
@@ -1423,6 +1616,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 [int(p) for p in args.witness_of.split(",")], os.environ[JOIN_TOKEN_ENV], args.witnesses
             )
         )
+        return {}
+    if args.capture_of:
+        be_capture([int(p) for p in args.capture_of.split(",")])
         return {}
     if args.agents_of:
         asyncio.run(be_agents(args, [int(p) for p in args.agents_of.split(",")], os.environ[JOIN_TOKEN_ENV]))

@@ -5,7 +5,8 @@ One run at the size issue 15 asks of the suite (1,000 nodes, 20,000 pods, each o
 Deployments behind a Service; about a minute and a half on this 2-core machine:
 docs/scale.md): every pod is bound and reported Running (the bench reports an error
 otherwise), every pod reaches the witness's agents as an endpoint of its Service, no agent
-call fails, and a pass with nothing to do writes nothing. The figures it prints (and its
+call fails, a pass with nothing to do writes nothing, and the capture of the witness's calls
+on loopback sees them. The figures it prints (and its
 last line, JSON) are the bench's; nothing here is timed.
 """
 
@@ -38,6 +39,7 @@ def test_hollow_nodes_bind_and_run_every_pod_and_a_quiet_pass_writes_nothing(
             "6",
             "--quiet",
             "6",
+            "--capture",
         ]
     )
     with capsys.disabled():
@@ -52,3 +54,7 @@ def test_hollow_nodes_bind_and_run_every_pod_and_a_quiet_pass_writes_nothing(
     assert figures["running_sync_failures"] == 0
     # The witness (its own process, its own connections) timed each of its calls, none failed.
     assert figures["witness_failures"] == 0 and figures["witness_calls"] >= 50 * 5
+    # The same calls on the wire (`--capture`): each one's time from its request's packet to
+    # its answer's is part of the witness's time for it, so it is at most that at the median.
+    assert abs(figures["witness_server_calls"] - figures["witness_calls"]) <= 0.1 * figures["witness_calls"]
+    assert 0 < figures["witness_server_ms_p50"] <= figures["witness_sync_ms_p50"]
