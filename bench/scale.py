@@ -745,14 +745,47 @@ HOLDING = 3
 
 
 @dataclass
-class Witness:
+class Spoken:
+    """A process of this script's (`child`), spoken to on its stdin and stdout, one line each
+    way: it says "ready", then answers "mark" (a window measured from now) and "report"
+    (what it saw since, as JSON; then it ends)."""
+
+    process: subprocess.Popen[str]
+
+    async def _line(self, timeout: float) -> str:
+        assert self.process.stdout is not None
+        line: str = await asyncio.wait_for(asyncio.to_thread(self.process.stdout.readline), timeout)
+        return line.strip()
+
+    async def _ask(self, what: str, timeout: float = 30.0) -> str:
+        assert self.process.stdin is not None
+        self.process.stdin.write(what + "\n")
+        self.process.stdin.flush()
+        return await self._line(timeout)
+
+    async def mark(self) -> None:
+        """Forget what it saw so far: the window measured starts now."""
+        if await self._ask("mark") != "marked":
+            raise RuntimeError(f"{type(self).__name__} did not mark its window")
+
+    async def report(self) -> dict[str, Any]:
+        """What it saw since the mark; the process ends."""
+        seen: dict[str, Any] = json.loads(await self._ask("report", 60.0))
+        return seen
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+
+@dataclass
+class Witness(Spoken):
     """More agents in a process of their own, each with a connection of its own, on nodes
     tainted so that no pod is placed on them, syncing once a second while long-polling: the
     quiet call's time as an agent alone on its host sees it. The hollow agents' own figure
     also holds their loop's stalls (thousands of agents in this one process, on the cores the
     control plane runs on) and their waits for one of the pooled connections."""
-
-    process: subprocess.Popen[str]
 
     @classmethod
     async def start(cls, ports: Sequence[int], join_token: str, count: int, cpu_slice: str) -> Witness:
@@ -765,40 +798,14 @@ class Witness:
             raise RuntimeError(f"the witness did not start: {said!r}")
         return witness
 
-    async def _line(self, timeout: float) -> str:
-        assert self.process.stdout is not None
-        line: str = await asyncio.wait_for(asyncio.to_thread(self.process.stdout.readline), timeout)
-        return line.strip()
-
-    async def _ask(self, what: str) -> str:
-        assert self.process.stdin is not None
-        self.process.stdin.write(what + "\n")
-        self.process.stdin.flush()
-        return await self._line(30.0)
-
-    async def mark(self) -> None:
-        """Forget the calls so far: the window measured starts now."""
-        if await self._ask("mark") != "marked":
-            raise RuntimeError("the witness did not mark its window")
-
     async def endpoints(self) -> int:
         """The fewest endpoints (of every Service's first port) one of its agents holds."""
         return int(await self._ask("endpoints"))
-
-    async def report(self) -> dict[str, Any]:
-        """The calls since the mark; the witness ends."""
-        seen: dict[str, Any] = json.loads(await self._ask("report"))
-        return seen
 
     async def ports(self) -> list[int]:
         """The local ports of its agents' sync connections."""
         ports: list[int] = json.loads(await self._ask("ports"))
         return ports
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
 
 
 async def be_witness(ports: Sequence[int], join_token: str, count: int) -> None:
@@ -865,7 +872,10 @@ SNAP = 96  # bytes of each packet kept: the headers and a request's first line
 def port_filter(ports: Sequence[int]) -> list[tuple[int, int, int, int]]:
     """A classic BPF program (code, jt, jf, k) passing IPv4 TCP packets on loopback (an
     Ethernet header of zeros) from or to one of `ports`, their first `SNAP` bytes."""
-    reject, accept = 3 + 2 * (1 + len(ports)) + 1, 3 + 2 * (1 + len(ports)) + 2
+    # Four checks of the protocols, a load and a comparison per port for each of the two
+    # ports, then "reject" and "accept" (jumps count the instructions skipped).
+    reject = 4 + 2 * (1 + len(ports))
+    accept = reject + 1
     program = [(0x28, 0, 0, 12), (0x15, 0, reject - 2, 0x0800), (0x30, 0, 0, 23), (0x15, 0, reject - 4, 6)]
     for offset in (34, 36):  # the source port, then the destination (an IPv4 header of 20 bytes)
         program.append((0x28, 0, 0, offset))
@@ -952,14 +962,12 @@ def be_capture(ports: Sequence[int]) -> None:
 
 
 @dataclass
-class Capture:
+class Capture(Spoken):
     """The witness's sync calls as the kernel sees them on loopback (`--capture`), in a
     process of its own: from the request's packet leaving the witness to the answer's
     leaving the server. That is the server's part of the witness's time (the server's
     wake-up, its work and its write, the kernel's delivery), without the witness's own
     encoding, waits for a CPU and reading of the answer."""
-
-    process: subprocess.Popen[str]
 
     @classmethod
     async def start(cls, ports: Sequence[int], join_token: str) -> Capture | str:
@@ -970,30 +978,6 @@ class Capture:
             capture.stop()
             return said
         return capture
-
-    async def _line(self, timeout: float) -> str:
-        assert self.process.stdout is not None
-        line: str = await asyncio.wait_for(asyncio.to_thread(self.process.stdout.readline), timeout)
-        return line.strip()
-
-    async def mark(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write("mark\n")
-        self.process.stdin.flush()
-        if await self._line(30.0) != "marked":
-            raise RuntimeError("the capture did not mark its window")
-
-    async def report(self) -> dict[str, Any]:
-        assert self.process.stdin is not None
-        self.process.stdin.write("report\n")
-        self.process.stdin.flush()
-        seen: dict[str, Any] = json.loads(await self._line(60.0))
-        return seen
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
 
 
 # --- the control plane ------------------------------------------------------------------
@@ -1418,8 +1402,8 @@ async def run(
         if capture is not None:
             on_the_wire = await capture.report()
             figures["witness_server_calls"] = on_the_wire["calls"]
-            for q in ("p50", "p99", "max"):
-                figures[f"witness_server_ms_{q}"] = on_the_wire[f"{q}_ms"]
+            for figure in ("p50", "p99", "max"):
+                figures[f"witness_server_ms_{figure}"] = on_the_wire[f"{figure}_ms"]
         metrics = server.metrics()
         figures["quiet_gc_share"] = round(
             (counter_total(metrics, "gitops_gc_seconds") - gc_before) / args.quiet, 3
