@@ -36,7 +36,11 @@ a packet socket on loopback), a process of its own also times the witness's sync
 the kernel's timestamps of their packets, from the request leaving the witness to the
 answer leaving the server (`witness_server_ms_p50` / `_p99` / `_max`, over
 `witness_server_calls`): the server's part of the witness's time, without the witness's
-own encoding, waits for a CPU and reading.
+own encoding, waits for a CPU and reading. Each of the witness's calls is then split at its
+packets (`split_calls`, over `witness_split_calls` matched): the witness's own part
+(`witness_own_ms_p50` / `_p99`), and, for its slowest 1% (`witness_slow_calls`, at or over
+their p99), the medians of the server's part and of the witness's own
+(`witness_slow_server_ms_p50`, `witness_slow_own_ms_p50`): where the tail's time went.
 
 Phases, each printed with its time:
 
@@ -89,6 +93,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import ctypes
 import hashlib
 import inspect
@@ -254,9 +259,14 @@ class Calls:
     failures: int = 0
     deferred: int = 0  # answered 429: the controller was writing many pods (sent again, as the agent does)
     last_error: str = ""
+    # With a list (the witness's): each call's (local port, Unix time it began, and ended),
+    # to be split at its packets on the wire (`split_calls`).
+    spans: list[tuple[int, float, float]] | None = None
 
     def reset(self) -> None:
         self.seconds.clear()
+        if self.spans is not None:
+            self.spans.clear()
         self.failures = 0
         self.deferred = 0
 
@@ -392,6 +402,7 @@ class HollowAgent:
         if measured and self.pods:
             fields["measured"] = self.usage()
         omitted = self.held == digest and not self.stopped
+        wall = time.time()
         start, began = time.perf_counter(), time.monotonic()
         try:
             status, reply = await self._post_sync(
@@ -403,7 +414,12 @@ class HollowAgent:
             self.calls.failures += 1
             self.calls.last_error = f"{type(exc).__name__}: {exc}"
             return
-        self.calls.seconds.append(time.perf_counter() - start)
+        took = time.perf_counter() - start
+        self.calls.seconds.append(took)
+        if self.calls.spans is not None:
+            ports = self.pool.local_ports()
+            if len(ports) == 1:  # (a connection of its own, still open: the call's)
+                self.calls.spans.append((ports[0], wall, wall + took))
         if status == 429:  # the control plane is busy writing: the same report goes again next time
             self.calls.deferred += 1
             return
@@ -811,7 +827,7 @@ class Witness(Spoken):
 async def be_witness(ports: Sequence[int], join_token: str, count: int) -> None:
     """The witness's side (`Witness`): register and sync `count` tainted nodes, say "ready",
     then answer "mark" and "report" on stdin."""
-    calls = Calls()
+    calls = Calls(spans=[])
     agents = [
         HollowAgent(
             f"witness-{i}",
@@ -848,6 +864,7 @@ async def be_witness(ports: Sequence[int], join_token: str, count: int) -> None:
                     "p50_ms": round(percentile(calls.seconds, 0.50) * 1000, 2),
                     "p99_ms": round(percentile(calls.seconds, 0.99) * 1000, 2),
                     "max_ms": round(max(calls.seconds, default=float("nan")) * 1000, 2),
+                    "spans": calls.spans,
                 }
                 print(json.dumps(seen), flush=True)
                 return
@@ -887,18 +904,59 @@ def port_filter(ports: Sequence[int]) -> list[tuple[int, int, int, int]]:
     return program
 
 
-def residences(packets: Sequence[tuple[float, int, int, bytes]], ports: set[int]) -> list[float]:
-    """Seconds from each sync's request leaving its connection (one of `ports`) to the
-    server's answer leaving for it, by the kernel's timestamps of (time, source port,
-    destination port, payload's start) for the packets that carry data."""
+def exchanges(
+    packets: Sequence[tuple[float, int, int, bytes]], ports: set[int]
+) -> list[tuple[int, float, float]]:
+    """Each sync's (connection's port, the time its request left it, the time the server's
+    answer left for it), by the kernel's timestamps of (time, source port, destination port,
+    payload's start) for the packets that carry data, on the connections of `ports`."""
     asked: dict[int, float] = {}
-    seconds = []
+    found = []
     for at, source, destination, payload in packets:
         if source in ports and payload.startswith(b"POST "):
             asked[source] = at
         elif destination in ports and payload.startswith(b"HTTP/") and destination in asked:
-            seconds.append(at - asked.pop(destination))
-    return seconds
+            found.append((destination, asked.pop(destination), at))
+    return found
+
+
+def split_calls(
+    spans: Sequence[tuple[int, float, float]], wire: Sequence[tuple[int, float, float]]
+) -> dict[str, Any]:
+    """The witness's calls (port, began, ended) split at their exchanges on the wire (port,
+    asked, answered; `exchanges`): the server's part of each (its exchanges' times, two when
+    a held report was sent again) and the witness's own (the rest: encoding, writing, its
+    waits for a CPU, reading the answer). For all the calls matched, and for the slowest 1%
+    of them (those at or over their p99): where the tail's time went."""
+    by_port: dict[int, list[tuple[float, float]]] = {}
+    for port, asked, answered in wire:
+        by_port.setdefault(port, []).append((asked, answered))
+    for seen in by_port.values():
+        seen.sort()
+    matched: list[tuple[float, float]] = []  # (the call's seconds, the server's part of them)
+    for port, began, ended in spans:
+        seen = by_port.get(port, [])
+        i = bisect.bisect_left(seen, (began, 0.0))
+        server = 0.0
+        while i < len(seen) and seen[i][1] <= ended:
+            server += seen[i][1] - seen[i][0]
+            i += 1
+        if server:
+            matched.append((ended - began, server))
+    tail = percentile([took for took, _ in matched], 0.99)
+    slow = [(took, server) for took, server in matched if took >= tail]
+
+    def ms(values: list[float], q: float) -> float:
+        return round(percentile(values, q) * 1000, 2)
+
+    return {
+        "calls": len(matched),
+        "own_ms_p50": ms([took - server for took, server in matched], 0.50),
+        "own_ms_p99": ms([took - server for took, server in matched], 0.99),
+        "slow_calls": len(slow),
+        "slow_server_ms_p50": ms([server for _, server in slow], 0.50),
+        "slow_own_ms_p50": ms([took - server for took, server in slow], 0.50),
+    }
 
 
 def be_capture(ports: Sequence[int]) -> None:
@@ -944,7 +1002,8 @@ def be_capture(ports: Sequence[int]) -> None:
             packets.clear()
             print("marked", flush=True)
         elif asked == "report":
-            seconds = residences(list(packets), set(ports))
+            found = exchanges(list(packets), set(ports))
+            seconds = [answered - asked for _, asked, answered in found]
             print(
                 json.dumps(
                     {
@@ -952,6 +1011,7 @@ def be_capture(ports: Sequence[int]) -> None:
                         "p50_ms": round(percentile(seconds, 0.50) * 1000, 2),
                         "p99_ms": round(percentile(seconds, 0.99) * 1000, 2),
                         "max_ms": round(max(seconds, default=float("nan")) * 1000, 2),
+                        "exchanges": found,
                     }
                 ),
                 flush=True,
@@ -1404,6 +1464,10 @@ async def run(
             figures["witness_server_calls"] = on_the_wire["calls"]
             for figure in ("p50", "p99", "max"):
                 figures[f"witness_server_ms_{figure}"] = on_the_wire[f"{figure}_ms"]
+            if witness is not None:
+                parts = split_calls(seen_by_witness["spans"], on_the_wire["exchanges"])
+                figures["witness_split_calls"] = parts.pop("calls")
+                figures.update((f"witness_{name}", value) for name, value in parts.items())
         metrics = server.metrics()
         figures["quiet_gc_share"] = round(
             (counter_total(metrics, "gitops_gc_seconds") - gc_before) / args.quiet, 3
@@ -1479,6 +1543,13 @@ async def run(
                 f"  on the wire, {figures['witness_server_calls']} of them from the request's packet to "
                 f"the answer's: p50 {figures['witness_server_ms_p50']} ms, "
                 f"p99 {figures['witness_server_ms_p99']} ms, max {figures['witness_server_ms_max']} ms"
+            )
+        if "witness_split_calls" in figures:
+            say(
+                f"  the witness's own part of {figures['witness_split_calls']} calls matched on the wire: "
+                f"p50 {figures['witness_own_ms_p50']} ms, p99 {figures['witness_own_ms_p99']} ms; in its "
+                f"slowest {figures['witness_slow_calls']}, the server's part p50 "
+                f"{figures['witness_slow_server_ms_p50']} ms, its own {figures['witness_slow_own_ms_p50']} ms"
             )
         if calls.last_error:
             say(f"  last failed call: {calls.last_error}")

@@ -58,3 +58,38 @@ def test_hollow_nodes_bind_and_run_every_pod_and_a_quiet_pass_writes_nothing(
     # its answer's is part of the witness's time for it, so it is at most that at the median.
     assert abs(figures["witness_server_calls"] - figures["witness_calls"]) <= 0.1 * figures["witness_calls"]
     assert 0 < figures["witness_server_ms_p50"] <= figures["witness_sync_ms_p50"]
+    # Each call matched to its exchange: the witness's own part is what is left of its time.
+    assert figures["witness_split_calls"] >= 0.9 * figures["witness_calls"]
+    assert figures["witness_own_ms_p50"] > 0 and figures["witness_slow_calls"] >= 1
+
+
+def test_a_witness_call_is_split_at_its_exchanges_on_the_wire() -> None:
+    # Two connections' packets: (time, source port, destination port, payload's start); the
+    # server listens on 8080. Port 40001's second request has no answer yet; a packet of
+    # another connection (40009) is not the witness's.
+    packets = [
+        (10.0010, 40001, 8080, b"POST /ag"),
+        (10.0040, 8080, 40001, b"HTTP/1.1"),
+        (10.5002, 40002, 8080, b"POST /ag"),
+        (10.5003, 40009, 8080, b"POST /ag"),
+        (10.5012, 8080, 40002, b"HTTP/1.1"),
+        (10.5013, 8080, 40009, b"HTTP/1.1"),
+        (11.0001, 40001, 8080, b"POST /ag"),
+    ]
+    found = scale.exchanges(packets, {40001, 40002})
+    assert found == [(40001, 10.0010, 10.0040), (40002, 10.5002, 10.5012)]
+    # The witness's calls: (port, began, ended). The first took 5 ms, 3 of them the server's;
+    # the second 1.5 ms, 1 of it the server's; a third matches no exchange and is not counted.
+    spans = [(40001, 10.0000, 10.0050), (40002, 10.5000, 10.5015), (40002, 12.0, 12.001)]
+    parts = scale.split_calls(spans, found)
+    assert parts["calls"] == 2
+    assert parts["slow_calls"] == 1  # the slowest 1% of two: the one at their p99
+    assert parts["slow_server_ms_p50"] == 3.0 and parts["slow_own_ms_p50"] == 2.0
+    assert parts["own_ms_p50"] == 2.0  # (the upper of two, as `percentile` takes it)
+
+
+def test_a_held_report_sent_again_counts_both_exchanges_as_the_servers() -> None:
+    found = [(40001, 1.001, 1.002), (40001, 1.003, 1.005), (40001, 2.001, 2.002)]
+    parts = scale.split_calls([(40001, 1.0, 1.006)], found)
+    assert parts["calls"] == 1
+    assert parts["slow_server_ms_p50"] == 3.0 and parts["slow_own_ms_p50"] == 3.0
