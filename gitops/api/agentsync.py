@@ -305,7 +305,7 @@ class SharedEndpoints:
         self._places_at = float("-inf")  # monotonic time of the last `node_places` read
         self._value: list[Any] = []
         self._routes: list[tuple[str, str, str]] = []
-        self._wanted_routes: list[tuple[str, str, str]] = []  # the routes as the store has them now
+        self._wanted_routes = self._routes  # the routes as the store has them now (this list while the same)
         self._routes_at = float("-inf")  # monotonic time the routes given last moved
         # `_routes` as replies carry them (`_routes_json`): a JSON array of [subnet, address],
         # and where each pair begins in it, by the pair's place in `_routes`
@@ -434,7 +434,9 @@ class SharedEndpoints:
                 # them (decoding every node's row cost 0.45 s at 3,000 nodes, every 0.5 s), and
                 # they are made again only when it gives something else (5,000 nodes at each
                 # report written were 8% of the server's core while 150,000 pods came up).
-                if self._nodes[0] != places:
+                if self._nodes[0] == places:
+                    self._nodes = (places, self._nodes[1])  # (the same read again: see below)
+                else:
                     self._nodes = (
                         places,
                         [
@@ -442,15 +444,24 @@ class SharedEndpoints:
                             for name, address, subnet, ready in places
                         ],
                     )
+                    wanted = [(name, subnet, address) for name, address, subnet, _ in places if subnet]
+                    # The very list given (or wanted already) when the same: `is not` below.
+                    for same in (self._routes, self._wanted_routes):
+                        if wanted == same:
+                            wanted = same
+                            break
+                    self._wanted_routes = wanted
                 texts = self._endpoints(self._nodes[1])
-                self._key = key
-                self._wanted_routes = [
-                    (name, subnet, address) for name, address, subnet, _ in places if subnet
-                ]
+            # Kept even when equal, as the places are above: the nodes' rows read again (at
+            # least every minute, `gitops.store.serials.RESYNC`) give the same places in new
+            # objects, which were compared with the old ones in full at every call after
+            # (5,000 nodes' strings, in C, the interpreter held: the agents' watch held the
+            # event loop 1-5 ms every second). Compared by identity from here on.
+            self._key = key
             routes = self._routes
             # Routes alone (a node joined or left) move at most every `routes_every()` seconds;
             # with the endpoints, at once.
-            if self._wanted_routes != routes and (
+            if self._wanted_routes is not routes and (
                 texts is not self._texts or time.monotonic() - self._routes_at >= self.routes_every()
             ):
                 routes, self._routes_at = self._wanted_routes, time.monotonic()

@@ -9,6 +9,7 @@ import threading
 import time
 import tracemalloc
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -445,3 +446,47 @@ def test_the_heartbeats_are_written_with_the_interpreter_handed_over_within_half
     assert seen == [HANDOVER] and before > HANDOVER
     assert sys.getswitchinterval() == before
     assert {r.node.name: r.heartbeat_at for r in store.nodes(6.0)} == {"n0": 5.0}
+
+
+class _Counted(str):
+    """A string that counts its comparisons by value (`compared`)."""
+
+    compared: ClassVar[list[int]] = []
+
+    def __eq__(self, other: object) -> bool:
+        self.compared.append(1)
+        return str.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = str.__hash__
+
+
+def test_the_same_places_read_again_are_compared_once_not_at_every_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The nodes' rows read again (at least every minute, `gitops.store.serials.RESYNC`)
+    give the same places in new objects: compared in full with the old ones once, and then
+    not at every call. Each comparison walked every node's strings in C, the interpreter
+    held: at 5,000 nodes the agents' watch held the API's event loop 1-5 ms every second
+    (docs/scale.md, thirty-second session)."""
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    for i in range(3):
+        store.register_node(Node(NodeName(f"n{i}"), f"192.0.2.{i + 10}", 4000, 2**32), "t", now=1.0)
+    shared = SharedEndpoints(store, clock=lambda: 1.0, ttl=0.0)  # the places read at every call
+    first = shared.version()
+    routes = shared.routes()
+    assert len(routes) == 3
+    places = store.node_places(1.0)
+    again = tuple(tuple(_Counted(v) if isinstance(v, str) else v for v in place) for place in places)
+    assert again == places and again is not places
+    monkeypatch.setattr(store, "node_places", lambda now: again)  # as the store gives it until the next read
+    _Counted.compared.clear()
+    assert shared.version() == first
+    once = len(_Counted.compared)
+    assert once > 0  # compared with the old ones, found the same
+    for _ in range(3):
+        assert shared.version() == first and shared.routes() == routes
+    assert len(_Counted.compared) == once  # and not again
+    store.close()
