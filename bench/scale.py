@@ -861,8 +861,8 @@ async def be_witness(ports: Sequence[int], join_token: str, count: int) -> None:
                 seen = {
                     "calls": len(calls.seconds),
                     "failures": calls.failures,
-                    "p50_ms": round(percentile(calls.seconds, 0.50) * 1000, 2),
-                    "p99_ms": round(percentile(calls.seconds, 0.99) * 1000, 2),
+                    "p50_ms": percentile_ms(calls.seconds, 0.50),
+                    "p99_ms": percentile_ms(calls.seconds, 0.99),
                     "max_ms": round(max(calls.seconds, default=float("nan")) * 1000, 2),
                     "spans": calls.spans,
                 }
@@ -946,16 +946,13 @@ def split_calls(
     tail = percentile([took for took, _ in matched], 0.99)
     slow = [(took, server) for took, server in matched if took >= tail]
 
-    def ms(values: list[float], q: float) -> float:
-        return round(percentile(values, q) * 1000, 2)
-
     return {
         "calls": len(matched),
-        "own_ms_p50": ms([took - server for took, server in matched], 0.50),
-        "own_ms_p99": ms([took - server for took, server in matched], 0.99),
+        "own_ms_p50": percentile_ms([took - server for took, server in matched], 0.50),
+        "own_ms_p99": percentile_ms([took - server for took, server in matched], 0.99),
         "slow_calls": len(slow),
-        "slow_server_ms_p50": ms([server for _, server in slow], 0.50),
-        "slow_own_ms_p50": ms([took - server for took, server in slow], 0.50),
+        "slow_server_ms_p50": percentile_ms([server for _, server in slow], 0.50),
+        "slow_own_ms_p50": percentile_ms([took - server for took, server in slow], 0.50),
     }
 
 
@@ -1008,8 +1005,8 @@ def be_capture(ports: Sequence[int]) -> None:
                 json.dumps(
                     {
                         "calls": len(seconds),
-                        "p50_ms": round(percentile(seconds, 0.50) * 1000, 2),
-                        "p99_ms": round(percentile(seconds, 0.99) * 1000, 2),
+                        "p50_ms": percentile_ms(seconds, 0.50),
+                        "p99_ms": percentile_ms(seconds, 0.99),
                         "max_ms": round(max(seconds, default=float("nan")) * 1000, 2),
                         "exchanges": found,
                     }
@@ -1274,6 +1271,11 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def percentile_ms(values: Sequence[float], q: float) -> float:
+    """`percentile` of seconds, in milliseconds to two places: the figures' unit."""
+    return round(percentile(values, q) * 1000, 2)
+
+
 def say(text: str) -> None:
     print(text, flush=True)
 
@@ -1405,8 +1407,8 @@ async def run(
         await wait_for("running", all_running, args.timeout, every=5.0)
         figures["commit_to_running_s"] = round(time.monotonic() - committed, 2)
         fleet.drain(calls)
-        figures["running_sync_ms_p50"] = round(percentile(calls.seconds, 0.50) * 1000, 2)
-        figures["running_sync_ms_p99"] = round(percentile(calls.seconds, 0.99) * 1000, 2)
+        figures["running_sync_ms_p50"] = percentile_ms(calls.seconds, 0.50)
+        figures["running_sync_ms_p99"] = percentile_ms(calls.seconds, 0.99)
         figures["running_sync_failures"] = calls.failures
         figures["running_sync_deferred"] = calls.deferred
         figures["first_pass_cpu_s"] = round(cpu_seconds(servers) - cpu_before, 1)
@@ -1489,8 +1491,8 @@ async def run(
         figures["measured_pods"] = sum(f.measured_pods() for f in fronts)  # whose use the agents reported
         answered = len(calls.seconds)
         figures["sync_calls_per_s"] = round(answered / args.quiet, 1)
-        figures["sync_call_ms_p50"] = round(percentile(calls.seconds, 0.50) * 1000, 2)
-        figures["sync_call_ms_p99"] = round(percentile(calls.seconds, 0.99) * 1000, 2)
+        figures["sync_call_ms_p50"] = percentile_ms(calls.seconds, 0.50)
+        figures["sync_call_ms_p99"] = percentile_ms(calls.seconds, 0.99)
         figures["sync_failures"] = calls.failures
         # The same calls in the server, from its handler's start to its answer: without the
         # hollow agents' own loop (5,000 agents in this one process) nor the wait for one of
