@@ -1119,7 +1119,8 @@ class Server:
     def measured_pods(self) -> int:
         """The pods whose measured use this server's agents reported (`/metrics/resource`)."""
         with urlopen(f"http://127.0.0.1:{self.port}/metrics/resource", timeout=60) as reply:
-            return reply.read().decode().count("gitops_container_cpu_usage_millicores{")
+            text: str = reply.read().decode()
+        return text.count("gitops_container_cpu_usage_millicores{")
 
     def _one(self, query: str) -> Any:
         """The one row `query` gives, read from the database."""
