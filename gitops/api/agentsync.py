@@ -735,7 +735,7 @@ class AgentReports:
 WatchAnswer = dict[str, Any] | list[Part]
 
 
-@dataclass
+@dataclass(eq=False)  # one wait: the same waiter only (`in` and `remove` compared every field)
 class _Waiter:
     node: str
     have_pods: str

@@ -17,6 +17,10 @@ count's row is missing.
 
 A node's heartbeat is not a change here: every node's moves every few seconds. Readers that
 need heartbeats read them apart (`Store.node_states`).
+
+The pods' serial moves only when pod rows are deleted (`Store._move_serials`, whatever
+statement deleted them): readers keeping the pods (`gitops.store.podcache`) find the rows
+inserted and updated by their `written_at`, and count the table only when it moved.
 """
 
 from __future__ import annotations
@@ -55,6 +59,11 @@ def move(session: Session) -> None:
     )
 
 
+def current(session: Session, table: str) -> int | None:
+    """`table`'s serial as `session`'s transaction sees it (None: its row is missing)."""
+    return session.scalar(select(SerialRow.serial).where(SerialRow.name == table))
+
+
 class Kept(Generic[T]):
     """What a reader made of `table`'s rows, kept while the table's serial stays where it was
     when they were read, and for `resync` seconds at most."""
@@ -68,7 +77,7 @@ class Kept(Generic[T]):
     def get(self, session: Session, read: Callable[[], T]) -> T:
         """The kept value, or `read()`'s (in `session`, after the serial) when the table's
         serial moved, is missing, or the value is older than `resync`."""
-        serial = session.scalar(select(SerialRow.serial).where(SerialRow.name == self.table))
+        serial = current(session, self.table)
         now = time.monotonic()
         kept = self._kept
         if kept is not None and serial is not None and kept[0] == serial and now - kept[1] < self.resync:

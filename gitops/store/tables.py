@@ -238,7 +238,8 @@ class LeaseRow(Base):
 class SerialRow(Base):
     """A count per table whose rows readers keep in memory, moved in the same transaction as
     every write of those rows (`gitops.store.serials`): a reader that finds it where it was
-    reads nothing else. `nodes` moves at every change of a node's row but its heartbeat."""
+    reads nothing else. `nodes` moves at every change of a node's row but its heartbeat,
+    `pods` only at a delete of pod rows (inserts and updates stamp `PodRow.written_at`)."""
 
     __tablename__ = "serials"
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 import time
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
-from gitops.model import JobState, Node, NodeName, ObjectKey, RolloutState
-from gitops.store import Store
-from gitops.store.tables import NodeRow, SerialRow
+from gitops.model import JobState, Node, NodeName, ObjectKey, Pod, PodName, PodStatus, RolloutState
+from gitops.store import Store, serials
+from gitops.store.tables import NodeRow, PodRow, SerialRow
+from tests.specs import pod_spec
 
 GRACE = 40.0  # the store's default heartbeat grace
 
@@ -147,3 +148,45 @@ def test_rollouts_and_workload_states_written_elsewhere_are_read_again(two: tupl
     mine.save_rollouts({web: RolloutState(web, "def", now, now + 1, status="complete")}, now + 1)
     assert mine.rollouts()[web].status == "complete"
     assert other.rollouts()[web] == mine.rollouts()[web]
+
+
+def test_every_delete_of_pod_rows_moves_the_pods_serial_nothing_else_does(
+    two: tuple[Store, Store],
+) -> None:
+    """Readers keeping the pods count the table only when the pods' serial moved
+    (`PodCache`): a delete by a statement, one through the session that is sent only as
+    the transaction commits (a pod its agent finished stopping), and one of another
+    control plane each move it; a create, a bind, a status and a delete rolled back do not."""
+    mine, other = two
+
+    def serial() -> int | None:
+        with other.session() as s:
+            return serials.current(s, "pods")
+
+    now = time.time()
+    mine.register_node(node("n1"), "t1", now=now)
+    a, b, c = (
+        Pod("default", PodName(f"web-{i}"), ObjectKey("Deployment", "default", "web"), "h", pod_spec("web:1"))
+        for i in range(3)
+    )
+    start = serial()
+    assert start is not None
+    mine.apply_pod_changes(
+        create=[(p, "new") for p in (a, b, c)], stop=[], bind={}, pending_reasons={}, now=now
+    )
+    mine.apply_pod_changes(create=[], stop=[], bind={a.id: "n1"}, pending_reasons={}, now=now + 1)
+    mine.heartbeat("n1", [PodStatus(a.id, "Running", True, pod_ip="172.17.0.2")], now=now + 2)
+    mine.apply_pod_changes(create=[], stop=[(a, "scale down")], bind={}, pending_reasons={}, now=now + 3)
+    assert serial() == start  # inserts and updates: `written_at` tells them
+    mine.heartbeat("n1", [], now=now + 4, stopped=[a.id])  # deleted through the session, sent at commit
+    assert serial() == start + 1
+    other.apply_pod_changes(
+        create=[], stop=[], bind={}, pending_reasons={}, now=now + 5, delete_now=[(b, "gone")]
+    )
+    assert serial() == start + 2
+    with pytest.raises(RuntimeError), mine.write_session() as s:
+        s.execute(delete(PodRow).where(PodRow.id == c.id))
+        raise RuntimeError("rolled back")
+    mine.apply_pod_changes(create=[], stop=[], bind={}, pending_reasons={c.id: "waiting"}, now=now + 6)
+    assert serial() == start + 2  # the delete that rolled back left no mark for the next write
+    assert [p.id for p in mine.pods()] == [c.id]
