@@ -300,7 +300,7 @@ class SharedEndpoints:
         self.ttl = ttl
         self._lock = threading.Lock()
         self._checked = float("-inf")
-        self._key: Any = None
+        self._marker: Any = None  # the store's change marker at the last look (`get`)
         self._nodes: tuple[Any, list[Node]] = ((), [])  # the nodes of a `node_places` read
         self._places_at = float("-inf")  # monotonic time of the last `node_places` read
         self._value: list[Any] = []
@@ -427,16 +427,25 @@ class SharedEndpoints:
             if time.monotonic() - self._places_at >= self.places_every():
                 places = self.store.node_places(self.clock())  # (name, address, pod subnet, ready)
                 self._places_at = time.monotonic()
-            key = (self.store.change_marker(), places)
+            marker = self.store.change_marker()
             texts = self._texts
-            if key != self._key:
+            moved = marker != self._marker
+            # A read that gave a new tuple is compared with the places kept once, and kept
+            # whether equal or not, so that the next calls compare it by identity. The nodes'
+            # rows read again (at least every minute, `gitops.store.serials.RESYNC`) give the
+            # same places in new objects: compared as part of one key with the places of the
+            # calls between reads, the two were compared in full at every call until a write
+            # moved the marker (5,000 nodes' strings, in C, the interpreter held: 2.4-3.8 ms
+            # every second from the agents' watch, the API's event loop waiting).
+            if places is not self._nodes[0]:
                 # Endpoints read of a node only its address and readiness: the light read has
                 # them (decoding every node's row cost 0.45 s at 3,000 nodes, every 0.5 s), and
                 # they are made again only when it gives something else (5,000 nodes at each
                 # report written were 8% of the server's core while 150,000 pods came up).
                 if self._nodes[0] == places:
-                    self._nodes = (places, self._nodes[1])  # (the same read again: see below)
+                    self._nodes = (places, self._nodes[1])
                 else:
+                    moved = True
                     self._nodes = (
                         places,
                         [
@@ -451,13 +460,9 @@ class SharedEndpoints:
                             wanted = same
                             break
                     self._wanted_routes = wanted
+            if moved:
                 texts = self._endpoints(self._nodes[1])
-            # Kept even when equal, as the places are above: the nodes' rows read again (at
-            # least every minute, `gitops.store.serials.RESYNC`) give the same places in new
-            # objects, which were compared with the old ones in full at every call after
-            # (5,000 nodes' strings, in C, the interpreter held: the agents' watch held the
-            # event loop 1-5 ms every second). Compared by identity from here on.
-            self._key = key
+            self._marker = marker
             routes = self._routes
             # Routes alone (a node joined or left) move at most every `routes_every()` seconds;
             # with the endpoints, at once.
