@@ -46,7 +46,6 @@ from sqlalchemy.orm import Session
 from gitops.codec import encode
 from gitops.model import Pod, PodId, PodSpec
 from gitops.store import serials
-from gitops.store.serials import RESYNC
 from gitops.store.store import POD_TEXT_COLUMNS, SpecKey, Store, spec_key
 from gitops.store.tables import PodRow
 
@@ -70,7 +69,7 @@ class PodCache:
         *,
         slack: float = 2.0,
         full_every: float = 300.0,
-        count_every: float = RESYNC,
+        count_every: float = serials.RESYNC,
         sweep_rows: int = 500,
     ) -> None:
         self.store = store
