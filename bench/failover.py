@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,63 +29,9 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def pg_bin(name: str) -> str:
-    found = shutil.which(name) or next(
-        (str(p) for p in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True)), None
-    )
-    if found is None:
-        raise SystemExit(f"{name} not found: install PostgreSQL (scripts/setup --test does)")
-    return found
-
-
-class Postgres:
-    def __init__(self) -> None:
-        self.base = Path(tempfile.mkdtemp(prefix="gitops-bench-pg-"))
-        self.run_as: list[str] = []
-        if os.geteuid() == 0:
-            shutil.chown(self.base, "nobody")
-            self.run_as = ["runuser", "-u", "nobody", "--"]
-        data = self.base / "data"
-        subprocess.run(
-            [*self.run_as, pg_bin("initdb"), "-D", str(data), "-U", "gitops", "--auth=trust"],
-            check=True,
-            capture_output=True,
-        )
-        self.port = free_port()
-        subprocess.run(
-            [
-                *self.run_as,
-                pg_bin("pg_ctl"),
-                "-D",
-                str(data),
-                "-l",
-                str(self.base / "pg.log"),
-                "-w",
-                "-o",
-                f"-h 127.0.0.1 -p {self.port} -k {self.base}",
-                "start",
-            ],
-            check=True,
-            capture_output=True,
-        )
-        self.url = f"postgresql+psycopg2://gitops@127.0.0.1:{self.port}/postgres"
-
-    def stop(self) -> None:
-        subprocess.run(
-            [*self.run_as, pg_bin("pg_ctl"), "-D", str(self.base / "data"), "-m", "immediate", "stop"],
-            check=False,
-            capture_output=True,
-        )
-        shutil.rmtree(self.base, ignore_errors=True)
+from tests.servers import PostgresServer, free_port  # noqa: E402 - after the path
 
 
 def main() -> None:
@@ -98,7 +42,10 @@ def main() -> None:
     args = parser.parse_args()
     from gitops.store.lease import TTL  # noqa: PLC0415 - after argument parsing
 
-    pg = Postgres()
+    try:
+        pg = PostgresServer(prefix="gitops-bench-pg-")
+    except FileNotFoundError as exc:
+        raise SystemExit(str(exc)) from exc
     work = Path(tempfile.mkdtemp(prefix="gitops-bench-failover-"))
     (work / "manifests").mkdir()
     (work / "manifests" / "c.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n")

@@ -66,6 +66,7 @@ from gitops.controller import reconcile_once
 from gitops.model import Node, NodeName, PodStatus, Revision, Taint
 from gitops.store import SecretKeys, Store
 from tests.planner.factories import deployment, service
+from tests.servers import free_port
 
 PAGES = ("/", "/pods", "/pods?page=13", "/nodes", "/workloads", "/services")
 SERVERS = ("incremental", "full")
@@ -162,15 +163,6 @@ def watch_loop(app: Any) -> None:
 
     app.router.on_startup.append(start)
     app.add_api_route("/bench/loop", loop_report, methods=["GET"])
-
-
-def free_port() -> int:
-    import socket  # noqa: PLC0415 - only the launcher needs it
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def start(url: str, kind: str) -> tuple[multiprocessing.process.BaseProcess, str]:

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+
+from tests.servers import PostgresServer, pg_bin
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -29,67 +28,16 @@ def require(condition: bool, what: str) -> None:
     pytest.skip(f"{what} is not available here")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _pg_bin(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    for candidate in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True):
-        return str(candidate)
-    return None
-
-
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A PostgreSQL server of our own on a loopback port, for the session."""
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    require(initdb is not None and pg_ctl is not None, "PostgreSQL (initdb, pg_ctl)")
-    assert initdb is not None and pg_ctl is not None
+    require(pg_bin("initdb") is not None and pg_bin("pg_ctl") is not None, "PostgreSQL (initdb, pg_ctl)")
     require(_has_psycopg(), "the psycopg2 driver")
-    # PostgreSQL refuses to run as root, so as root the server runs as nobody, in a folder
-    # outside pytest's tmp folder (that one is private to root).
-    base = Path(tempfile.mkdtemp(prefix="gitops-pg-"))
-    data = base / "data"
-    run_as: list[str] = []
-    if os.geteuid() == 0:
-        shutil.chown(base, "nobody")
-        run_as = ["runuser", "-u", "nobody", "--"]
-    subprocess.run(
-        [*run_as, initdb, "-D", str(data), "-U", "gitops", "--auth=trust", "-E", "UTF8"],
-        check=True,
-        capture_output=True,
-    )
-    port = free_port()
-    log = base / "pg.log"
-    subprocess.run(
-        [
-            *run_as,
-            pg_ctl,
-            "-D",
-            str(data),
-            "-l",
-            str(log),
-            "-w",
-            "-o",
-            f"-h 127.0.0.1 -p {port} -k {base}",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    server = PostgresServer()
     try:
-        yield f"postgresql+psycopg2://gitops@127.0.0.1:{port}/postgres"
+        yield server.url
     finally:
-        subprocess.run(
-            [*run_as, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], check=False, capture_output=True
-        )
-        shutil.rmtree(base, ignore_errors=True)
+        server.stop()
 
 
 @pytest.fixture

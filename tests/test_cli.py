@@ -17,7 +17,8 @@ from gitops.cli import main
 from gitops.server import ControlPlane
 from gitops.store import Store
 from gitops.sync.sources import FolderSource
-from tests.conftest import free_port, wait_for
+from tests.conftest import wait_for
+from tests.servers import free_port
 
 GOOD = """\
 apiVersion: v1

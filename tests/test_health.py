@@ -13,7 +13,8 @@ from sqlalchemy.exc import OperationalError
 from gitops.cli import main
 from gitops.server import ControlPlane
 from gitops.store import Store
-from tests.conftest import free_port, wait_for
+from tests.conftest import wait_for
+from tests.servers import free_port
 
 
 def test_a_failing_database_is_shown_everywhere_until_it_works_again(

@@ -18,7 +18,8 @@ from sqlalchemy.exc import OperationalError
 from gitops.server import ControlPlane
 from gitops.store import Store
 from gitops.sync.sources import FolderSource
-from tests.conftest import free_port, wait_for
+from tests.conftest import wait_for
+from tests.servers import free_port
 
 CONFIGMAP = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: shared}\ndata: {a: '1'}\n"
 

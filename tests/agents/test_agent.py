@@ -29,7 +29,7 @@ from gitops.model import (
     ServicePort,
 )
 from tests.agents.fakes import MemoryRuntime
-from tests.conftest import free_port
+from tests.servers import free_port
 from tests.specs import pod_spec
 
 NODE = NodeName("n1")

@@ -30,8 +30,8 @@ from tests.agents.fakes import MemoryRuntime
 from tests.agents.test_iptables_real import require_real_iptables
 from tests.agents.test_iptables_real import save as iptables_save
 from tests.agents.test_nftables_real import require_nft
-from tests.conftest import free_port
 from tests.planner.factories import deployment, service
+from tests.servers import free_port
 
 CIDR = "10.250.11.0/24"
 

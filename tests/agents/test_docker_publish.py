@@ -10,8 +10,9 @@ import pytest
 
 from gitops.agents.runtime import DockerRuntime
 from gitops.model import ContainerPort, NodeName, ObjectKey, Pod, PodName
-from tests.conftest import docker_available, free_port, require
+from tests.conftest import docker_available, require
 from tests.e2e.cluster import IMAGE, build_image
+from tests.servers import free_port
 from tests.specs import pod_spec
 
 pytestmark = pytest.mark.docker

@@ -16,8 +16,9 @@ from gitops.model import NodeName, Revision
 from gitops.server import ControlPlane
 from gitops.store import Store
 from tests.agents.fakes import MemoryRuntime
-from tests.conftest import free_port, wait_for
+from tests.conftest import wait_for
 from tests.planner.factories import deployment, service
+from tests.servers import free_port
 
 # These agents talk to no kernel: their service rules fail to apply, and are reported.
 NO_IPTABLES = "/nonexistent/iptables"

@@ -24,8 +24,9 @@ from gitops.planner.services import KeptEndpoints
 from gitops.server import ControlPlane
 from gitops.store import Store
 from tests.agents.fakes import MemoryRuntime
-from tests.conftest import free_port, wait_for
+from tests.conftest import wait_for
 from tests.planner.factories import deployment, service
+from tests.servers import free_port
 
 NODE = {"name": "n1", "address": "192.0.2.10", "cpu_milli": 4000, "memory_bytes": 2**32}
 

@@ -24,8 +24,9 @@ from gitops.model import Node, NodeName, PodStatus, Revision
 from gitops.server import ControlPlane
 from gitops.store import Store
 from tests.api.test_agent_sync_server import register
-from tests.conftest import free_port, wait_for
+from tests.conftest import wait_for
 from tests.planner.factories import deployment, service
+from tests.servers import free_port
 
 
 @pytest.fixture

@@ -27,8 +27,9 @@ from gitops.redact import Redactor
 from gitops.server import ControlPlane
 from gitops.store import Store
 from tests.agents.fakes import MemoryRuntime
-from tests.conftest import free_port, wait_for
+from tests.conftest import wait_for
 from tests.planner.factories import deployment, manifest, secret
+from tests.servers import free_port
 
 NODE = NodeName("n1")
 SECRET = "hunter2-Secret-Value"

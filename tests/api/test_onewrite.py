@@ -14,7 +14,7 @@ from gitops.api.onewrite import HeldHead
 from gitops.server import ControlPlane
 from gitops.store import Store
 from tests.api.test_agent_sync_server import register
-from tests.conftest import free_port
+from tests.servers import free_port
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
 

@@ -23,8 +23,8 @@ from gitops.cli import main
 from gitops.controller import reconcile_once
 from gitops.model import ContainerStatus, Manifest, Node, NodeName, Phase, Pod, PodStatus, Revision
 from gitops.store import Store
-from tests.conftest import free_port
 from tests.planner.factories import deployment, manifest, secret
+from tests.servers import free_port
 
 NOW = 1_000.0
 LATE = "Late-Rotated-Value-5521"  # in a report before it is a Secret's value

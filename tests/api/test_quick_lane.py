@@ -25,8 +25,9 @@ from gitops.server import ControlPlane
 from gitops.store import Store
 from tests.api.test_agent_sync_server import register
 from tests.api.test_agent_watch import held_versions, sync
-from tests.conftest import free_port, wait_for
+from tests.conftest import wait_for
 from tests.planner.factories import deployment
+from tests.servers import free_port
 
 
 @pytest.fixture

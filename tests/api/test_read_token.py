@@ -14,7 +14,7 @@ from gitops.cli import _read_token, main
 from gitops.server import ControlPlane
 from gitops.store import Store
 from tests.api.sample import NOW, sample_store
-from tests.conftest import free_port
+from tests.servers import free_port
 
 TOKEN = "read-me-7f3a"
 READS = (

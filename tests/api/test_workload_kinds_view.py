@@ -33,8 +33,8 @@ from gitops.model import (
     ScaleState,
 )
 from gitops.store import Store
-from tests.conftest import free_port
 from tests.planner.factories import deployment, manifest, secret
+from tests.servers import free_port
 
 NOW = 1_800_000_030.0  # 2027-01-15 08:00:30 UTC, 09:00:30 in Berlin
 SECRET_VALUE = "Kx7-cron-secret-4411"

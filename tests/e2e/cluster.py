@@ -11,7 +11,7 @@ import sys
 import textwrap
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +25,28 @@ from gitops.schemas.validate import DEFAULT_POLICY, Policy
 from gitops.server import ControlPlane
 from gitops.store import Store
 from gitops.sync.sources import GitSource
-from tests.conftest import docker_available, free_port, iptables_available, require
+from tests.conftest import docker_available, iptables_available, require
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "gitops-example/busybox:1"
+
+
+def agent_process(
+    log: Path,
+    server: str,
+    node: str,
+    *args: str,
+    prefix: Sequence[str] = (),
+    join_token: str | None = None,
+) -> subprocess.Popen[bytes]:
+    """`gitops agent` for `node` as a process of its own (run through `prefix`, a network
+    namespace's `nsenter` say), its output added to `log`, the join token in its
+    environment when given (else in `args`, or none: a node already registered)."""
+    env = None if join_token is None else {**os.environ, "GITOPS_JOIN_TOKEN": join_token}
+    command = [*prefix, sys.executable, "-m", "gitops.cli", "--log-json", "agent", "--server", server]
+    with open(log, "ab") as out:  # (the process has its own copy of the file)
+        return subprocess.Popen([*command, "--node", node, *args], stdout=out, stderr=out, cwd=ROOT, env=env)
 
 
 def remove_pod_networks(client: docker.DockerClient, nodes: list[str]) -> None:
@@ -167,33 +185,21 @@ class Cluster:
         prefix = self.prefixes.setdefault(
             node, self.prefix if node == self.node else "GX" + uuid.uuid4().hex[:4].upper()
         )
-        log = open(self.log_of(node), "ab")  # noqa: SIM115 - closed with the process
-        self.agents[node] = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gitops.cli",
-                "--log-json",
-                "agent",
-                "--server",
-                self.plane.url,
-                "--node",
-                node,
-                "--chain-prefix",
-                prefix,
-                # The spine reads its Services' iptables chains; the nftables proxy has its
-                # own real-kernel tests (tests/agents/test_nftables_real.py) and the other
-                # end-to-end clusters run the default mode.
-                "--proxy-mode",
-                "iptables",
-                "--state-dir",
-                str(self.tmp / "state"),
-                *self.agent_args,
-            ],
-            stdout=log,
-            stderr=log,
-            cwd=ROOT,
-            env={**os.environ, "GITOPS_JOIN_TOKEN": self.plane.join_token},
+        self.agents[node] = agent_process(
+            self.log_of(node),
+            self.plane.url,
+            node,
+            "--chain-prefix",
+            prefix,
+            # The spine reads its Services' iptables chains; the nftables proxy has its own
+            # real-kernel tests (tests/agents/test_nftables_real.py) and the other end-to-end
+            # clusters run the default mode.
+            "--proxy-mode",
+            "iptables",
+            "--state-dir",
+            str(self.tmp / "state"),
+            *self.agent_args,
+            join_token=self.plane.join_token,
         )
 
     def kill_agent(self, node: str | None = None) -> None:

@@ -23,7 +23,8 @@ from gitops.api.page import PAGES
 from gitops.model import ObjectKey, Pod, PodName
 from gitops.store import Store
 from tests.api.sample import HOSTILE, NOW, SECRET_VALUE, sample_store
-from tests.conftest import free_port, require
+from tests.conftest import require
+from tests.servers import free_port
 from tests.specs import pod_spec
 
 CHROMIUM = os.environ.get("GITOPS_CHROMIUM", "/usr/bin/chromium")

@@ -8,7 +8,6 @@ not lead and changes nothing."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -23,8 +22,9 @@ import httpx
 import pytest
 
 from gitops.store import SecretKeys, Store
-from tests.conftest import docker_available, free_port, iptables_available, require, wait_for
-from tests.e2e.cluster import IMAGE, ROOT, Cluster, build_image
+from tests.conftest import docker_available, iptables_available, require, wait_for
+from tests.e2e.cluster import IMAGE, ROOT, Cluster, agent_process, build_image
+from tests.servers import free_port
 
 pytestmark = pytest.mark.docker
 
@@ -132,27 +132,15 @@ class Replicated(Cluster):
     def start_agent(self, node: str | None = None) -> None:
         node = node or self.node
         self.prefixes.setdefault(node, self.prefix)
-        log = open(self.log_of(node), "ab")  # noqa: SIM115 - closed with the process
-        self.agents[node] = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gitops.cli",
-                "--log-json",
-                "agent",
-                "--server",
-                f"{self.url(0)},{self.url(1)}",
-                "--node",
-                node,
-                "--chain-prefix",
-                self.prefix,
-                "--state-dir",
-                str(self.tmp / "state-agent"),
-            ],
-            stdout=log,
-            stderr=log,
-            cwd=ROOT,
-            env={**os.environ, "GITOPS_JOIN_TOKEN": self.join},
+        self.agents[node] = agent_process(
+            self.log_of(node),
+            f"{self.url(0)},{self.url(1)}",
+            node,
+            "--chain-prefix",
+            self.prefix,
+            "--state-dir",
+            str(self.tmp / "state-agent"),
+            join_token=self.join,
         )
 
     def stop(self) -> None:

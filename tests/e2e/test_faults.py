@@ -27,9 +27,10 @@ import docker
 import httpx
 import pytest
 
-from tests.conftest import docker_available, free_port, iptables_available, require, wait_for
-from tests.e2e.cluster import IMAGE, ROOT, build_image, remove_pod_networks
+from tests.conftest import docker_available, iptables_available, require, wait_for
+from tests.e2e.cluster import IMAGE, ROOT, agent_process, build_image, remove_pod_networks
 from tests.e2e.netns import NetnsNode
+from tests.servers import free_port
 
 pytestmark = pytest.mark.docker
 
@@ -144,30 +145,20 @@ class FaultCluster:
         return self.server
 
     def start_agent(self, node: str, prefix: list[str], extra: list[str]) -> None:
-        log = open(self.tmp / f"agent-{node}.log", "ab")  # noqa: SIM115 - closed with the process
-        self.agents[node] = subprocess.Popen(
-            [
-                *prefix,
-                *self.gitops(
-                    "agent",
-                    "--server",
-                    self.url,
-                    "--node",
-                    node,
-                    "--chain-prefix",
-                    self.prefix,
-                    "--state-dir",
-                    str(self.tmp / "agents"),
-                    "--join-token-file",
-                    str(self.tmp / "join"),
-                    "--label",
-                    f"at={node}",
-                    *extra,
-                ),
-            ],
-            stdout=log,
-            stderr=log,
-            cwd=ROOT,
+        self.agents[node] = agent_process(
+            self.tmp / f"agent-{node}.log",
+            self.url,
+            node,
+            "--chain-prefix",
+            self.prefix,
+            "--state-dir",
+            str(self.tmp / "agents"),
+            "--join-token-file",
+            str(self.tmp / "join"),
+            "--label",
+            f"at={node}",
+            *extra,
+            prefix=prefix,
         )
 
     def kill_server(self) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -21,9 +20,10 @@ import pytest
 from gitops.server import ControlPlane
 from gitops.store import Store
 from gitops.sync.sources import GitSource
-from tests.conftest import docker_available, free_port, iptables_available, require, wait_for
-from tests.e2e.cluster import IMAGE, ROOT, build_image, git
+from tests.conftest import docker_available, iptables_available, require, wait_for
+from tests.e2e.cluster import IMAGE, ROOT, agent_process, build_image, git
 from tests.e2e.netns import NetnsNode
+from tests.servers import free_port
 
 pytestmark = pytest.mark.docker
 
@@ -127,30 +127,18 @@ class Nodes:
 
     def start_agent(self, node: NetnsNode) -> None:
         assert self.plane is not None
-        log = open(self.tmp / f"agent-{node.name}.log", "ab")  # noqa: SIM115 - closed with the process
-        self.agents[node.name] = subprocess.Popen(
-            [
-                *node.nsenter,
-                sys.executable,
-                "-m",
-                "gitops.cli",
-                "--log-json",
-                "agent",
-                "--server",
-                self.plane.url,
-                "--node",
-                node.name,
-                "--address",
-                node.address,
-                "--docker",
-                node.docker_host,
-                "--state-dir",
-                str(self.tmp / "state"),
-            ],
-            stdout=log,
-            stderr=log,
-            cwd=ROOT,
-            env={**os.environ, "GITOPS_JOIN_TOKEN": self.plane.join_token},
+        self.agents[node.name] = agent_process(
+            self.tmp / f"agent-{node.name}.log",
+            self.plane.url,
+            node.name,
+            "--address",
+            node.address,
+            "--docker",
+            node.docker_host,
+            "--state-dir",
+            str(self.tmp / "state"),
+            prefix=node.nsenter,
+            join_token=self.plane.join_token,
         )
 
     def push(self, name: str, text: str, message: str) -> None:

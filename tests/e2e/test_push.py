@@ -16,8 +16,9 @@ import pytest
 from gitops.server import ControlPlane
 from gitops.store import Store
 from gitops.sync.hosted import HostedRepo
-from tests.conftest import docker_available, free_port, iptables_available, require, wait_for
+from tests.conftest import docker_available, iptables_available, require, wait_for
 from tests.e2e.cluster import Cluster, build_image, git, web_manifests
+from tests.servers import free_port
 
 pytestmark = pytest.mark.docker
 

@@ -22,8 +22,9 @@ import httpx
 import pytest
 
 from gitops.api.page import PAGES
-from tests.conftest import docker_available, free_port, iptables_available, require, wait_for
+from tests.conftest import docker_available, iptables_available, require, wait_for
 from tests.e2e.cluster import IMAGE, ROOT, build_image, git
+from tests.servers import free_port
 
 pytestmark = pytest.mark.docker
 

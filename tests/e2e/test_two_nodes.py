@@ -6,7 +6,6 @@ their container address, pods on the other node through that node's published ho
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import uuid
@@ -19,9 +18,19 @@ from gitops.model import NodeName
 from gitops.server import ControlPlane
 from gitops.store import Store
 from gitops.sync.sources import GitSource
-from tests.conftest import docker_available, free_port, iptables_available, require, wait_for
-from tests.e2e.cluster import IMAGE, ROOT, build_image, git, http_get, remove_pod_networks, web_manifests
+from tests.conftest import docker_available, iptables_available, require, wait_for
+from tests.e2e.cluster import (
+    IMAGE,
+    ROOT,
+    agent_process,
+    build_image,
+    git,
+    http_get,
+    remove_pod_networks,
+    web_manifests,
+)
 from tests.e2e.netns import NetnsNode
+from tests.servers import free_port
 
 pytestmark = pytest.mark.docker
 
@@ -84,30 +93,18 @@ class TwoNodes:
 
     def _agent(self, prefix: list[str], node: str, extra: list[str]) -> None:
         assert self.plane is not None
-        log = open(self.tmp / f"agent-{node}.log", "ab")  # noqa: SIM115 - closed with the process
         self.agents.append(
-            subprocess.Popen(
-                [
-                    *prefix,
-                    sys.executable,
-                    "-m",
-                    "gitops.cli",
-                    "--log-json",
-                    "agent",
-                    "--server",
-                    self.plane.url,
-                    "--node",
-                    node,
-                    "--chain-prefix",
-                    self.prefix,
-                    "--state-dir",
-                    str(self.tmp / "state"),
-                    *extra,
-                ],
-                stdout=log,
-                stderr=log,
-                cwd=ROOT,
-                env={**os.environ, "GITOPS_JOIN_TOKEN": self.plane.join_token},
+            agent_process(
+                self.tmp / f"agent-{node}.log",
+                self.plane.url,
+                node,
+                "--chain-prefix",
+                self.prefix,
+                "--state-dir",
+                str(self.tmp / "state"),
+                *extra,
+                prefix=prefix,
+                join_token=self.plane.join_token,
             )
         )
 

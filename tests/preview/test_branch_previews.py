@@ -90,7 +90,8 @@ def test_the_server_previews_branches_of_its_git_sources(tmp_path: Path) -> None
     import httpx
 
     from gitops.server import ControlPlane
-    from tests.conftest import free_port, wait_for
+    from tests.conftest import wait_for
+    from tests.servers import free_port
 
     repo = Repo(tmp_path / "repo")
     repo.commit({"web.yaml": deployment(replicas=1)}, "base")

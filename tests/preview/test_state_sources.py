@@ -16,8 +16,9 @@ from gitops.model import Node, NodeName
 from gitops.server import ControlPlane
 from gitops.store import SecretKeys, Store
 from gitops.sync.sources import FolderSource
-from tests.conftest import free_port, wait_for
+from tests.conftest import wait_for
 from tests.preview.repos import Repo, deployment
+from tests.servers import free_port
 
 SECRET = "tr0ub4dor-and-3"
 

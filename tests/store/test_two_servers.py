@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 
 from gitops.store import SecretKeys
-from tests.conftest import free_port
 from tests.e2e.cluster import ROOT
+from tests.servers import free_port
 
 CONFIGMAP = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: shared}\ndata: {a: '1'}\n"
 

@@ -210,7 +210,7 @@ def test_status_says_per_source_which_one_is_held_at_an_older_revision(
 
     from gitops.cli import main
     from gitops.server import ControlPlane
-    from tests.conftest import free_port
+    from tests.servers import free_port
 
     a = folder(tmp_path, "a", {"shared.yaml": config("shared")})
     b = folder(tmp_path, "b", {"mine.yaml": config("mine"), "shared.yaml": config("shared")})

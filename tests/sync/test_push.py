@@ -28,7 +28,8 @@ from gitops.server import ControlPlane
 from gitops.store import Store
 from gitops.sync.hosted import HostedRepo, check_name
 from gitops.sync.sources import FetchError, GitSource
-from tests.conftest import free_port, require, wait_for
+from tests.conftest import require, wait_for
+from tests.servers import free_port
 
 TOKEN = "push-token-for-tests"
 SECRET = b"webhook-secret-for-tests"

@@ -111,7 +111,7 @@ def test_a_source_that_disappears_is_shown_with_its_error_and_since_when_until_i
 
     from gitops.cli import main
     from gitops.server import ControlPlane
-    from tests.conftest import free_port
+    from tests.servers import free_port
 
     folder = tmp_path / "m"
     folder.mkdir()
