@@ -88,9 +88,10 @@ def reconcile_once(
     that cache (only the rows written since its last read); a write that fails makes it
     read everything again next time. With `quiet` (and `pods`), a pass whose inputs did not
     change since the last pass that decided nothing does not decide again (`QuietPasses`).
-    With `settled` (kept between passes), settled Deployments are not planned again while
-    their pods are the same (`gitops.planner.settled`). With `precedence`, a write of more
-    than `WRITE_BATCH` pod changes holds it while it goes on."""
+    With `settled` (kept between passes), settled Deployments and DaemonSets are not planned
+    again while their pods (and a DaemonSet's nodes) are the same (`gitops.planner.settled`).
+    With `precedence`, a write of more than `WRITE_BATCH` pod changes holds it while it goes
+    on."""
     state = store.snapshot(now, pods=pods.pods if pods is not None else None, versioned=False)
     if not_ready_before:
         since = {n: max(t, not_ready_before) for n, t in state.not_ready_since.items()}

@@ -77,7 +77,8 @@ def decide(
     state: ClusterState, now: float, *, not_ready_toleration: float = 60.0, settled: Settled | None = None
 ) -> Decision:
     """One pass over `state` at `now`. `settled`, kept by the caller between passes, spares
-    recomputing settled Deployments (`gitops.planner.settled`); the decision is the same."""
+    recomputing settled Deployments and DaemonSets (`gitops.planner.settled`); the decision
+    is the same."""
     pods = state.pods
     # When no node at all is Ready, the fault is likelier ours (the control plane's network,
     # or it was down) than every node's: nothing is evicted (Kubernetes' full disruption mode).

@@ -45,7 +45,7 @@ from gitops.planner.job import plan_job
 from gitops.planner.podspec import ConfigIndex, Template, describe_change, resolve_template
 from gitops.planner.replicaset import plan_replicaset
 from gitops.planner.rollout import RolloutStatus, rolling_step, rollout_status, strategy_of
-from gitops.planner.settled import Settled, clockless
+from gitops.planner.settled import Settled, clockless, inputs_of
 from gitops.planner.statefulset import plan_statefulset, statefulset_status
 
 __all__ = ["BURST", "Action", "Plan", "Workloads", "configs_of", "plan", "pod_name", "rollouts"]
@@ -162,8 +162,8 @@ def plan(
 
     New pods never take a name in `avoid` (pods being stopped outside this plan). `context`
     (nodes, autoscaled replicas, rollout and Job states) replaces `now` and `avoid` when given.
-    `settled` keeps the parts of settled Deployments between calls (`gitops.planner.settled`);
-    `grouped` is `group_by_owner(pods)` when the caller has it.
+    `settled` keeps the parts of settled Deployments and DaemonSets between calls
+    (`gitops.planner.settled`); `grouped` is `group_by_owner(pods)` when the caller has it.
     """
     configs = configs_of(desired)
     ctx = dataclasses.replace(
@@ -179,7 +179,7 @@ def plan(
             if settled is None or not clockless(workload):
                 parts.append(PLANNERS[workload.key.kind](workload, template, owned, ctx))
                 continue
-            inputs = (workload.hash, template.hash, ctx.replicas_of(workload))
+            inputs = inputs_of(workload, template.hash, ctx.replicas_of(workload), ctx.nodes)
             part = settled.plans.find(workload.key, inputs, owned)
             if part is None:
                 part = PLANNERS[workload.key.kind](workload, template, owned, ctx)
@@ -248,7 +248,7 @@ def rollouts(
     """Rollout status of every Deployment, StatefulSet and DaemonSet in `desired` (one that
     cannot be resolved says so in its step, and the others are unaffected). `nodes` are
     the nodes DaemonSets run on; `replicas` the counts autoscalers set; `settled` keeps
-    Deployments' statuses between calls (`gitops.planner.settled`); `grouped` is
+    Deployments' and DaemonSets' statuses between calls (`gitops.planner.settled`); `grouped` is
     `group_by_owner(pods)` when the caller has it."""
     configs = configs_of(desired)
     by_owner = grouped if grouped is not None else group_by_owner(pods)
@@ -267,17 +267,15 @@ def rollouts(
             continue
         if workload.key.kind == "StatefulSet":
             status = statefulset_status(workload, template.hash, owned, count, now=now)
-        elif workload.key.kind == "DaemonSet":
-            status = daemonset_status(workload, template, owned, nodes, now=now)
         elif settled is not None and clockless(workload):
-            inputs = (workload.hash, template.hash, count)
+            inputs = inputs_of(workload, template.hash, count, nodes)
             found = settled.statuses.find(workload.key, inputs, owned)
             if found is None:
-                found = rollout_status(workload.key.ref, count, workload.spec, template.hash, owned, now=now)
+                found = _status(workload, template, owned, count, nodes=nodes, now=now)
                 settled.statuses.keep(workload.key, inputs, owned, found)
             status = found
         else:
-            status = rollout_status(workload.key.ref, count, workload.spec, template.hash, owned, now=now)
+            status = _status(workload, template, owned, count, nodes=nodes, now=now)
         result.append(
             status
             if status.kind == workload.key.kind
@@ -286,6 +284,21 @@ def rollouts(
     if settled is not None:
         settled.statuses.only({m.key for m in desired})
     return result
+
+
+def _status(
+    workload: Manifest,
+    template: Template,
+    owned: Sequence[Pod],
+    count: int,
+    *,
+    nodes: Sequence[Node],
+    now: float,
+) -> RolloutStatus:
+    """A Deployment's or a DaemonSet's rollout status."""
+    if workload.key.kind == "DaemonSet":
+        return daemonset_status(workload, template, owned, nodes, now=now)
+    return rollout_status(workload.key.ref, count, workload.spec, template.hash, owned, now=now)
 
 
 def _is_count(value: object) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from gitops.model import ClusterState, Manifest, Node, NodeName
+from gitops.model import ClusterState, Manifest, Node, NodeName, Taint
 from gitops.planner.settled import Settled
 from gitops.reconcile import Decision, decide, settle
 from tests.planner.factories import deployment, manifest
@@ -157,3 +157,70 @@ def test_a_workload_grouped_again_is_kept_with_its_new_tuple() -> None:
     assert settled.live is not None
     grouped = settled.live.grouped[web]
     assert settled.plans.entries[web][1] is grouped and settled.statuses.entries[web][1] is grouped
+
+
+def daemon(image: str = "agent:1", **spec: object) -> Manifest:
+    """A DaemonSet of one container (10m, so that each node has room for it)."""
+    labels = {"app": "agent"}
+    container = {"name": "agent", "image": image, "resources": {"requests": {"cpu": "10m"}}}
+    template = {"metadata": {"labels": labels}, "spec": {"containers": [container]}}
+    return manifest(
+        "DaemonSet", "agent", spec={"selector": {"matchLabels": labels}, "template": template, **spec}
+    )
+
+
+def test_settled_daemonsets_are_reused_while_their_nodes_are_the_same_and_decided_as_without() -> None:
+    settled = Settled()
+    state, now = passes(ClusterState(desired=(daemon(),), pods=(), nodes=NODES), 1.0, settled)
+    assert sorted(str(p.node) for p in state.pods) == ["n0", "n1", "n2"]
+    plans, statuses = settled.plans.reused, settled.statuses.reused
+    both(state, now, settled)
+    assert (settled.plans.reused, settled.statuses.reused) == (plans + 1, statuses + 1)
+
+    # The same nodes in a new tuple (the store read a row again): still reused.
+    both(dataclasses.replace(state, nodes=tuple(list(state.nodes))), now, settled)
+    assert (settled.plans.reused, settled.statuses.reused) == (plans + 2, statuses + 2)
+
+    # A node that joins gets its pod at the next pass: planned again, not reused.
+    joined = dataclasses.replace(
+        state, nodes=(*NODES, Node(NodeName("n3"), cpu_milli=4000, memory_bytes=8 * GiB))
+    )
+    decision = both(joined, now, settled)
+    assert [str(a.pod.spec.node_name) for a in decision.plan.create] == ["n3"]
+    assert settled.plans.reused == plans + 2
+    state, now = passes(settle(joined, decision, now), now + 1.0, settled)
+    assert len(state.pods) == 4
+
+    # A NoExecute taint the pod does not tolerate, on a node equal in all else: its pod goes.
+    tainted = Node(
+        NodeName("n1"), cpu_milli=4000, memory_bytes=8 * GiB, taints=(Taint("dedicated", "db", "NoExecute"),)
+    )
+    nodes = tuple(tainted if n.name == "n1" else n for n in state.nodes)
+    decision = both(dataclasses.replace(state, nodes=nodes), now, settled)
+    assert [str(a.pod.node) for a in decision.plan.stop] == ["n1"]
+
+    # A new template rolls out node by node, decided as without at every pass.
+    state, now = passes(dataclasses.replace(state, nodes=nodes, desired=(daemon("agent:2"),)), now, settled)
+    assert sorted(p.spec.containers[0].image for p in state.pods) == ["agent:2"] * 3
+
+
+def test_a_daemonset_that_reads_the_clock_is_never_kept() -> None:
+    settled = Settled()
+    state, now = passes(
+        ClusterState(desired=(daemon(minReadySeconds=30),), pods=(), nodes=NODES), 1.0, settled
+    )
+    passes(state, now + 60.0, settled)
+    assert settled.plans.entries == {} and settled.statuses.entries == {}
+
+
+def test_a_daemonset_whose_nodes_are_read_again_is_kept_with_the_new_ones() -> None:
+    settled = Settled()
+    state, now = passes(ClusterState(desired=(daemon(),), pods=(), nodes=NODES), 1.0, settled)
+    key = state.desired[0].key
+    again = tuple(dataclasses.replace(n) for n in state.nodes)  # equal nodes, new objects
+    assert again == NODES and not any(a is b for a, b in zip(again, NODES, strict=True))
+    reused = settled.plans.reused
+    both(dataclasses.replace(state, nodes=again), now, settled)
+    assert settled.plans.reused == reused + 1  # equal: reused
+    # Kept with the new nodes, so that later passes over them compare no node's fields.
+    assert settled.plans.entries[key][0][2] is again and settled.statuses.entries[key][0][2] is again
