@@ -9,8 +9,11 @@ a Deployment of `--nodes` replicas, a StatefulSet of 500 pods under Parallel (ea
 its own claim), and an Indexed Job of 500 completions all at once. For each: the passes
 until every pod is created and placed (a Deployment creates at most 500 new pods a pass,
 as Kubernetes' ReplicaSet controller does, so it takes several), summed, and a no-op pass
-(every pod bound and ready). Prints the best of `--repeat` runs, each kind's time per pod
-against the Deployment's, and ends with one JSON line of the figures.
+(every pod bound and ready), without and with the `Settled` memo the controller keeps
+between passes (a pass that decides because something else changed: Deployments and
+DaemonSets are reused, StatefulSets and Jobs planned again). Prints the best of `--repeat`
+runs, each kind's time per pod against the Deployment's, and ends with one JSON line of the
+figures.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gitops.model import ClusterState, Manifest, Node, NodeName, Pod
+from gitops.planner.settled import Settled
 from gitops.reconcile import decide
 from tests.planner.factories import manifest
 
@@ -51,9 +55,10 @@ def workload(kind: str, count: int) -> Manifest:
     return manifest(kind, kind.lower(), spec=spec)
 
 
-def passes(state: ClusterState) -> tuple[float, float, int]:
-    """(passes until every pod is created and placed, summed; a no-op pass; pods placed).
-    Between passes every placed pod is taken as bound, Running and ready."""
+def passes(state: ClusterState) -> tuple[float, float, float, int]:
+    """(passes until every pod is created and placed, summed; a no-op pass without the memo,
+    and with it; pods placed). Between passes every placed pod is taken as bound, Running
+    and ready."""
     converge_s = 0.0
     pods: tuple[Pod, ...] = ()
     while True:
@@ -73,7 +78,13 @@ def passes(state: ClusterState) -> tuple[float, float, int]:
     second = decide(state, 2.0)
     noop_s = time.perf_counter() - start
     assert second.empty, second.plan.describe()[:3]
-    return converge_s, noop_s, len(pods)
+    settled = Settled()
+    decide(state, 2.0, settled=settled)  # fills it
+    start = time.perf_counter()
+    third = decide(state, 3.0, settled=settled)
+    settled_s = time.perf_counter() - start
+    assert third == decide(state, 3.0), "the memo changed the decision"
+    return converge_s, noop_s, settled_s, len(pods)
 
 
 def main() -> None:
@@ -96,11 +107,18 @@ def main() -> None:
         runs = [passes(ClusterState(desired=(wanted,), pods=(), nodes=nodes)) for _ in range(args.repeat)]
         first = min(r[0] for r in runs)
         noop = min(r[1] for r in runs)
-        placed = runs[0][2]
-        figures[name] = {"pods": placed, "converge_s": round(first, 3), "noop_pass_s": round(noop, 3)}
+        kept = min(r[2] for r in runs)
+        placed = runs[0][3]
+        figures[name] = {
+            "pods": placed,
+            "converge_s": round(first, 3),
+            "noop_pass_s": round(noop, 3),
+            "noop_pass_settled_s": round(kept, 4),
+            "settled_speedup": round(noop / kept, 1),
+        }
         print(
             f"{name:<12} {placed:>6} pods  converge {first:7.3f} s ({placed / first:9.0f} pods/s)  "
-            f"no-op pass {noop:6.3f} s"
+            f"no-op pass {noop:6.3f} s, with the memo {kept:7.4f} s ({noop / kept:.1f}x)"
         )
     base = figures["deployment"]["converge_s"] / figures["deployment"]["pods"]
     for name in ("daemonset", "statefulset", "job"):
