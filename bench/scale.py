@@ -3,7 +3,7 @@
     python bench/scale.py [--nodes 1000] [--pods 20000] [--deployments 200] [--db URL]
         [--interval 1.0] [--connections 32] [--settle 10] [--quiet 10] [--timeout 600]
         [--api-replicas 0] [--pin] [--agent-processes 1] [--witnesses 50] [--usage-every 15]
-        [--services] [--agents-nice 0] [--agents-idle] [--witness-slice short] [--capture]
+        [--services] [--daemonsets 0] [--agents-nice 0] [--agents-idle] [--witness-slice short] [--capture]
 
 `gitops serve` runs as a child process (its own interpreter, SQLite in a temporary folder
 unless `--db` names a database, a folder source, the API on a free loopback port), exactly
@@ -50,7 +50,9 @@ Phases, each printed with its time:
    bound to a node (`commit_to_bound_s`) and then Running (`commit_to_running_s`),
    counting in the database; with `--services`, each Deployment has a ClusterIP Service,
    and the bench then waits until each witness agent holds every pod as an endpoint, as
-   its proxy would program them (`commit_to_endpoints_s`, from the commit);
+   its proxy would program them (`commit_to_endpoints_s`, from the commit); with
+   `--daemonsets`, that many DaemonSets come with them, a pod each on every hollow node
+   (`daemonset_pods`, bound and Running with the others; the witness's nodes are tainted);
 3. quiet: `--quiet` seconds with nothing to do; the controller's passes in that window
    (its `gitops_controller_pass_seconds` histogram and `gitops_controller_pass_writes`
    gauge at /metrics) give `noop_pass_s` and `noop_pass_writes`, and the agents' calls
@@ -1047,10 +1049,29 @@ def free_port() -> int:
         return port
 
 
-def deployments(count: int, pods: int, *, services: bool = False) -> str:
+def deployments(count: int, pods: int, *, services: bool = False, daemonsets: int = 0) -> str:
     """`count` Deployments holding `pods` replicas in all, as one multi-document file; with
-    `services`, each with a ClusterIP Service selecting its pods (port 80 to 8080)."""
-    docs = []
+    `services`, each with a ClusterIP Service selecting its pods (port 80 to 8080); and
+    `daemonsets` DaemonSets (a pod on every node but the witness's, which are tainted)."""
+    docs = [
+        textwrap.dedent(
+            f"""\
+            apiVersion: apps/v1
+            kind: DaemonSet
+            metadata: {{name: ds{d}}}
+            spec:
+              selector: {{matchLabels: {{ds: ds{d}}}}}
+              template:
+                metadata: {{labels: {{ds: ds{d}}}}}
+                spec:
+                  containers:
+                    - name: agent
+                      image: ds{d}:1
+                      resources: {{requests: {{cpu: 10m, memory: 16Mi}}}}
+            """
+        )
+        for d in range(daemonsets)
+    ]
     for d in range(count):
         if services:
             docs.append(
@@ -1373,17 +1394,18 @@ async def run(
         # it creates pods (agents may still come back with containers to adopt): not counted.
         await wait_for("settled", lambda: server.status().get("settled", True), 60)
 
+        all_pods = args.pods + figures["daemonset_pods"]
         committed = time.monotonic()
         cpu_before = cpu_seconds(servers)
         gc_before = counter_total(server.metrics(), "gitops_gc_seconds")
         (server.folder / "apps.yaml").write_text(
-            deployments(args.deployments, args.pods, services=args.services)
+            deployments(args.deployments, args.pods, services=args.services, daemonsets=args.daemonsets)
         )
 
         def bound() -> bool | str:
             total, on_nodes, running = server.counts()
             return (
-                total == args.pods and on_nodes == args.pods
+                total == all_pods and on_nodes == all_pods
             ) or f"{total} pods, {on_nodes} bound, {running} running"
 
         figures["commit_to_bound_s"] = round(await wait_for("bind", bound, args.timeout), 2)
@@ -1399,7 +1421,7 @@ async def run(
             running = server.counts()[2]
             fleet.drain(calls)
             recent, seen[0] = calls.seconds[seen[0] :], len(calls.seconds)
-            return running == args.pods or (
+            return running == all_pods or (
                 f"{running} running; {len(recent)} sync calls, p50 {percentile(recent, 0.5) * 1000:.0f} ms,"
                 f" p99 {percentile(recent, 0.99) * 1000:.0f} ms, {calls.failures} failed and"
                 f" {calls.deferred} deferred (429) in all"
@@ -1580,6 +1602,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         action="store_true",
         help="a ClusterIP Service for each Deployment; the witness then times commit to every endpoint held",
     )
+    parser.add_argument(
+        "--daemonsets",
+        type=int,
+        default=0,
+        help="DaemonSets besides the Deployments, a pod each on every hollow node (not counted in --pods)",
+    )
     parser.add_argument("--db", default="", help="SQLAlchemy URL (default: SQLite in a temporary folder)")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between an agent's ticks")
     parser.add_argument(
@@ -1689,11 +1717,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "pods": args.pods,
         "deployments": args.deployments,
         "services": args.deployments if args.services else 0,
+        "daemonsets": args.daemonsets,
+        "daemonset_pods": args.daemonsets * args.nodes,
     }
     figures["db"] = "sqlite" if db.startswith("sqlite") else db.split(":", 1)[0]
     say(
         f"scale: {args.nodes} hollow nodes, {args.pods} pods in {args.deployments} Deployments, "
-        f"{figures['db']}"
+        + (f"{figures['daemonset_pods']} in {args.daemonsets} DaemonSets, " if args.daemonsets else "")
+        + figures["db"]
     )
     alone: list[set[int]] = [{i} for i in range(args.api_replicas)] if args.pin else []
     rest = set(range(os.cpu_count() or 1)) - set().union(*alone) if args.pin else None
@@ -1741,10 +1772,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         else:
             say(f"kept {tmp}")
     if figures.get("commit_to_bound_s"):
-        kube = args.pods / KUBE_SCHEDULER_PODS_PER_S
+        pods = args.pods + figures["daemonset_pods"]
+        kube = pods / KUBE_SCHEDULER_PODS_PER_S
         figures["kube_scheduler_s"] = round(kube, 1)
         say(
-            f"baseline: kube-scheduler at {KUBE_SCHEDULER_PODS_PER_S:.0f} pods/s binds {args.pods} pods in "
+            f"baseline: kube-scheduler at {KUBE_SCHEDULER_PODS_PER_S:.0f} pods/s binds {pods} pods in "
             f"{kube:.1f} s; commit to bound here {figures['commit_to_bound_s']} s "
             f"({kube / figures['commit_to_bound_s']:.2f}x)"
         )
