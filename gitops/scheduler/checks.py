@@ -455,11 +455,14 @@ class PodAffinity(_ByParts):
 
 
 def static_mask(usage: Usage, check: Check, pod: Pod) -> BoolArray:
-    """A static check's mask for `pod`, computed once per distinct key in the run."""
+    """A static check's mask for `pod`, computed once per distinct key in the run (but the
+    one node a pod names: kept, each DaemonSet pod's would stay for the whole run)."""
     key = (check, check.key(pod))
     found: BoolArray | None = usage.static.get(key)
     if found is None:
-        found = usage.static[key] = check.mask(usage, pod)
+        found = check.mask(usage, pod)
+        if not (isinstance(check, NodeNameMatches) and pod.spec.node_name):
+            usage.static[key] = found
     return found
 
 

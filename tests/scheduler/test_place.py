@@ -371,3 +371,25 @@ def test_explaining_placements_moves_no_pod() -> None:
         runner_up = text.split(" on ", 1)[1].split(":")[0].split(",")[0]
         assert runner_up in {n.name for n in nodes}
         assert runner_up != explained.assigned[pod_id]
+
+
+def test_pods_that_name_their_nodes_hold_memory_for_a_bounded_number_of_classes() -> None:
+    # A DaemonSet's pods each name their node: a class each. Every class and its masks kept
+    # for the whole run held about 28 KiB a pod at 5,000 nodes (280 MiB for 10,000 pods);
+    # here 49 MiB at peak before, 14 MiB after.
+    import tracemalloc
+
+    nodes = [node(f"n{i}") for i in range(2000)]
+    spec = pod("p").spec
+    pinned = [
+        dataclasses.replace(pod(f"ds-{i}"), spec=dataclasses.replace(spec, node_name=f"n{i}"))
+        for i in range(2000)
+    ]
+    tracemalloc.start()
+    try:
+        result = place(pinned, nodes, [])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result.assigned == {f"default/ds-{i}": f"n{i}" for i in range(2000)}
+    assert peak < 24 * 2**20, f"{peak / 2**20:.0f} MiB at peak"
