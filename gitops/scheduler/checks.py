@@ -455,8 +455,9 @@ class PodAffinity(_ByParts):
 
 
 def static_mask(usage: Usage, check: Check, pod: Pod) -> BoolArray:
-    """A static check's mask for `pod`, computed once per distinct key in the run (but the
-    one node a pod names: kept, each DaemonSet pod's would stay for the whole run)."""
+    """A static check's mask for `pod`, computed once per distinct key in the run; the mask
+    of the one node a pod names is not kept (each DaemonSet pod's would stay for the whole
+    run)."""
     key = (check, check.key(pod))
     found: BoolArray | None = usage.static.get(key)
     if found is None:

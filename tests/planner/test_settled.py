@@ -1,5 +1,5 @@
-"""A `Settled` kept between passes spares planning settled Deployments again, and changes no
-decision: every pass below is decided twice, with it and without, and must agree."""
+"""A `Settled` kept between passes spares planning settled Deployments and DaemonSets again,
+and changes no decision: every pass below is decided twice, with it and without, and must agree."""
 
 from __future__ import annotations
 
