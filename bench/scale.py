@@ -113,7 +113,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 from collections.abc import Sequence
@@ -1049,55 +1048,37 @@ def free_port() -> int:
         return port
 
 
+def _workload(kind: str, name: str, label: str, replicas: int | None = None) -> str:
+    """One workload as a YAML document (JSON, its flow style): one container asking 10m and
+    16 MiB, its pods labelled `label: name`."""
+    labels = {label: name}
+    container = {
+        "name": "main",
+        "image": f"{name}:1",
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
+    }
+    spec: dict[str, Any] = {} if replicas is None else {"replicas": replicas}
+    spec |= {
+        "selector": {"matchLabels": labels},
+        "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
+    }
+    return (
+        json.dumps({"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name}, "spec": spec}) + "\n"
+    )
+
+
 def deployments(count: int, pods: int, *, services: bool = False, daemonsets: int = 0) -> str:
     """`count` Deployments holding `pods` replicas in all, as one multi-document file; with
     `services`, each with a ClusterIP Service selecting its pods (port 80 to 8080); and
     `daemonsets` DaemonSets (a pod on every node but the witness's, which are tainted)."""
-    docs = [
-        textwrap.dedent(
-            f"""\
-            apiVersion: apps/v1
-            kind: DaemonSet
-            metadata: {{name: ds{d}}}
-            spec:
-              selector: {{matchLabels: {{ds: ds{d}}}}}
-              template:
-                metadata: {{labels: {{ds: ds{d}}}}}
-                spec:
-                  containers:
-                    - name: agent
-                      image: ds{d}:1
-                      resources: {{requests: {{cpu: 10m, memory: 16Mi}}}}
-            """
-        )
-        for d in range(daemonsets)
-    ]
+    docs = [_workload("DaemonSet", f"ds{d}", "ds") for d in range(daemonsets)]
     for d in range(count):
         if services:
             docs.append(
                 f"apiVersion: v1\nkind: Service\nmetadata: {{name: app{d}}}\n"
                 f"spec: {{selector: {{app: app{d}}}, ports: [{{port: 80, targetPort: 8080}}]}}\n"
             )
-        replicas = pods // count + (1 if d < pods % count else 0)
-        docs.append(
-            textwrap.dedent(
-                f"""\
-                apiVersion: apps/v1
-                kind: Deployment
-                metadata: {{name: app{d}}}
-                spec:
-                  replicas: {replicas}
-                  selector: {{matchLabels: {{app: app{d}}}}}
-                  template:
-                    metadata: {{labels: {{app: app{d}}}}}
-                    spec:
-                      containers:
-                        - name: app
-                          image: app{d}:1
-                          resources: {{requests: {{cpu: 10m, memory: 16Mi}}}}
-                """
-            )
-        )
+        docs.append(_workload("Deployment", f"app{d}", "app", pods // count + (1 if d < pods % count else 0)))
     return "---\n".join(docs)
 
 

@@ -248,8 +248,8 @@ def rollouts(
     """Rollout status of every Deployment, StatefulSet and DaemonSet in `desired` (one that
     cannot be resolved says so in its step, and the others are unaffected). `nodes` are
     the nodes DaemonSets run on; `replicas` the counts autoscalers set; `settled` keeps
-    Deployments' and DaemonSets' statuses between calls (`gitops.planner.settled`); `grouped` is
-    `group_by_owner(pods)` when the caller has it."""
+    Deployments' and DaemonSets' statuses between calls (`gitops.planner.settled`);
+    `grouped` is `group_by_owner(pods)` when the caller has it."""
     configs = configs_of(desired)
     by_owner = grouped if grouped is not None else group_by_owner(pods)
     result = []

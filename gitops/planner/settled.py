@@ -106,9 +106,9 @@ class Live:
 class Settled:
     """Plan parts and rollout statuses of settled Deployments and DaemonSets (see the
     module), and the last pass's `Live`: a pass over the very pod tuple of the last one,
-    with the same pods evicted, works on the same live pods (the controller's `PodCache` gives the same tuple
-    while no row changed; sorting 150,000 pods out and grouping them was a third of a
-    settled cluster's pass)."""
+    with the same pods evicted, works on the same live pods (the controller's `PodCache`
+    gives the same tuple while no row changed; sorting 150,000 pods out and grouping them
+    was a third of a settled cluster's pass)."""
 
     plans: _Table[Plan] = field(default_factory=_Table)
     statuses: _Table[RolloutStatus] = field(default_factory=_Table)
