@@ -28,6 +28,11 @@ thresholds its CI holds `scheduler_perf` to, for context):
 - `distinct` (goal 25,000 pods/s and a peak under 200 MiB): `--pods` pods, each its own
   owner and spec (image, requests, selector, tolerations), the worst case for
   equivalence classes: nothing is shared between pods.
+- `daemonset` (goal 50,000 pods/s, as `basic`): two DaemonSets' pods, each naming its
+  node (`spec.nodeName`), so each a spec of its own, made for the nodes the planner makes
+  them for: one tolerating every taint, on every node, and one selecting `disk: ssd`, on
+  the ssd nodes without a NoSchedule taint; and a pod of each for one node in a hundred
+  that has gone since. Those on a node not ready or gone fit nowhere.
 
 Pending pods come workload by workload (`--order grouped`, the default), as a control pass
 lists them: the planner creates each workload's pods together. `--order interleaved` draws
@@ -64,6 +69,7 @@ script then exits with status 1 after the JSON line.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import random
@@ -363,12 +369,45 @@ def distinct(args: argparse.Namespace) -> Instance:
     return Instance(pending, nodes, bound, len(pending))
 
 
+def daemonset(args: argparse.Namespace) -> Instance:
+    rng = random.Random(args.seed)
+    nodes = cluster_nodes(args.nodes, rng)
+    templates = [
+        Template(
+            ObjectKey("DaemonSet", NAMESPACE, name),
+            PodSpec(
+                containers=(container(rng, f"{name}:1"),), node_selector=selector, tolerations=tolerations
+            ),
+            app_labels(name),
+        )
+        for name, selector, tolerations in (
+            ("logs", (), (Toleration(operator="Exists"),)),
+            ("ssd-cache", (("disk", "ssd"),), ()),
+        )
+    ]
+    gone = [NodeName(f"gone-{i}") for i in range(len(nodes) // 100)]
+    ssd = [
+        n.name
+        for n in nodes
+        if ("disk", "ssd") in n.labels and all(t.effect != "NoSchedule" for t in n.taints)
+    ]
+    pending = [
+        Template(template.owner, dataclasses.replace(template.spec, node_name=name), template.labels).pod(
+            f"{template.owner.name}-{name}"
+        )
+        for template, names in zip(templates, ([n.name for n in nodes], ssd), strict=True)
+        for name in names + gone
+    ]
+    return Instance(pending, nodes, bound_pods(basic_templates(rng), nodes, args.nodes, rng), len(templates))
+
+
 CASES = (
     Case("basic", "resources, node selectors, taints", 50_000, "680-810", basic),
     Case("anti-affinity", "required pod anti-affinity on hostname", 2_000, "60", anti_affinity),
     Case("topology-spread", "topology spread over zones, maxSkew 1", 5_000, "460", topology_spread),
     Case("node-affinity", "required node affinity: zone In 3 of 10, NotIn", 20_000, "220", node_affinity),
     Case("distinct", "all-distinct specs, basic constraints", 25_000, "-", distinct, goal_peak_mib=200),
+    Case("daemonset", "two DaemonSets: a pod naming each node", 50_000, "-", daemonset),
 )
 
 

@@ -4,7 +4,8 @@ in the same process (the fair baseline: the same pass, pods that share one spec)
     python bench/workloads.py [--nodes 5000] [--repeat 3]
 
 Runs `gitops.reconcile.decide` (planner and scheduler, no store) on `--nodes` nodes for:
-a DaemonSet (one pod per node, each naming its node, so each is its own scheduling class),
+a DaemonSet (one pod per node, each naming its node and a spec of its own, placed by a
+check at that node alone),
 a Deployment of `--nodes` replicas, a StatefulSet of 500 pods under Parallel (each with
 its own claim), and an Indexed Job of 500 completions all at once. For each: the passes
 until every pod is created and placed (a Deployment creates at most 500 new pods a pass,
