@@ -3,7 +3,8 @@
     python bench/scale.py [--nodes 1000] [--pods 20000] [--deployments 200] [--db URL]
         [--interval 1.0] [--connections 32] [--settle 10] [--quiet 10] [--timeout 600]
         [--api-replicas 0] [--pin] [--agent-processes 1] [--witnesses 50] [--usage-every 15]
-        [--services] [--daemonsets 0] [--agents-nice 0] [--agents-idle] [--witness-slice short] [--capture]
+        [--services] [--daemonsets 0] [--agents-nice 0] [--agents-idle] [--witness-slice short]
+        [--witness-phases even] [--capture]
 
 `gitops serve` runs as a child process (its own interpreter, SQLite in a temporary folder
 unless `--db` names a database, a folder source, the API on a free loopback port), exactly
@@ -41,6 +42,12 @@ packets (`split_calls`, over `witness_split_calls` matched): the witness's own p
 (`witness_own_ms_p50` / `_p99`), and, for its slowest 1% (`witness_slow_calls`, at or over
 their p99), the medians of the server's part and of the witness's own
 (`witness_slow_server_ms_p50`, `witness_slow_own_ms_p50`): where the tail's time went.
+The witness's agents call 1/`--witnesses` of a second apart (`--witness-phases even`), so
+that none waits in its one event loop for another's call, as no agent alone on its host
+does; `--witness-phases random` draws each one's phase, as the thirteenth to thirty-fourth
+sessions' runs did. Either way the bench gives the share of the witness's calls that
+overlapped another of them in time (`witness_overlapped_share`), and that share among its
+slowest 1% (`witness_slow_overlapped_share`).
 
 Phases, each printed with its time:
 
@@ -505,11 +512,14 @@ class HollowAgent:
             self.reported = (text, hashlib.blake2b(text.encode(), digest_size=16).hexdigest())
         return self.reported
 
-    async def run(self, interval: float, heartbeat: float, stop: asyncio.Event) -> None:
-        """Sync every `interval` seconds; with `heartbeat`, as the real agent does with a
-        long-poll: only when the long-poll saw news, there is a change to report, or the
-        heartbeat is due."""
-        await asyncio.sleep(random.random() * interval)  # spread over the interval, as real agents are
+    async def run(
+        self, interval: float, heartbeat: float, stop: asyncio.Event, phase: float | None = None
+    ) -> None:
+        """Sync every `interval` seconds, at `phase` of it from now (None: drawn at random);
+        with `heartbeat`, as the real agent does with a long-poll: only when the long-poll
+        saw news, there is a change to report, or the heartbeat is due."""
+        # Spread over the interval, as real agents are.
+        await asyncio.sleep((random.random() if phase is None else phase) * interval)
         if self.usage_every:  # the measurements spread over their period too
             self.usage_due = time.monotonic() + random.random() * self.usage_every
         watching = asyncio.create_task(self.watch(stop)) if heartbeat else None
@@ -799,15 +809,23 @@ class Spoken:
 @dataclass
 class Witness(Spoken):
     """More agents in a process of their own, each with a connection of its own, on nodes
-    tainted so that no pod is placed on them, syncing once a second while long-polling: the
-    quiet call's time as an agent alone on its host sees it. The hollow agents' own figure
+    tainted so that no pod is placed on them, syncing once a second while long-polling (by
+    default evenly apart: `be_witness`): the quiet call's time as an agent alone on its
+    host sees it. The hollow agents' own figure
     also holds their loop's stalls (thousands of agents in this one process, on the cores the
     control plane runs on) and their waits for one of the pooled connections."""
 
     @classmethod
-    async def start(cls, ports: Sequence[int], join_token: str, count: int, cpu_slice: str) -> Witness:
+    async def start(
+        cls, ports: Sequence[int], join_token: str, count: int, cpu_slice: str, phases: str
+    ) -> Witness:
         witness = cls(
-            child("--witness-of", ports, join_token, "--witnesses", str(count), "--witness-slice", cpu_slice)
+            child(
+                "--witness-of",
+                ports,
+                join_token,
+                *("--witnesses", str(count), "--witness-slice", cpu_slice, "--witness-phases", phases),
+            )
         )
         said = await witness._line(120.0)
         if said != "ready":
@@ -825,9 +843,11 @@ class Witness(Spoken):
         return ports
 
 
-async def be_witness(ports: Sequence[int], join_token: str, count: int) -> None:
+async def be_witness(ports: Sequence[int], join_token: str, count: int, phases: str) -> None:
     """The witness's side (`Witness`): register and sync `count` tainted nodes, say "ready",
-    then answer "mark" and "report" on stdin."""
+    then answer "mark" and "report" on stdin. With `phases` "even", the agents' calls come
+    1/`count` of a second apart, so that none waits for another's in this one process (an
+    agent alone on its host has no such neighbour); "random" draws each one's phase."""
     calls = Calls(spans=[])
     agents = [
         HollowAgent(
@@ -844,7 +864,10 @@ async def be_witness(ports: Sequence[int], join_token: str, count: int) -> None:
     stop = asyncio.Event()
     await asyncio.gather(*(a.register() for a in agents))
     # Once a second, long-polling between: a heartbeat due at every tick.
-    tasks = [asyncio.create_task(a.run(1.0, 0.5, stop)) for a in agents]
+    tasks = [
+        asyncio.create_task(a.run(1.0, 0.5, stop, i / count if phases == "even" else None))
+        for i, a in enumerate(agents)
+    ]
     try:
         while not all(a.synced for a in agents):  # (stdout is the bench's to read: nothing else on it)
             await asyncio.sleep(0.1)
@@ -954,6 +977,28 @@ def split_calls(
         "slow_calls": len(slow),
         "slow_server_ms_p50": percentile_ms([server for _, server in slow], 0.50),
         "slow_own_ms_p50": percentile_ms([took - server for took, server in slow], 0.50),
+    }
+
+
+def overlapping(spans: Sequence[tuple[int, float, float]]) -> dict[str, Any]:
+    """Of the witness's calls (port, began, ended), the share that overlapped another of
+    its calls in time, and that share among its slowest 1% (at or over their p99): each
+    such call may have waited for the other's in the witness's one event loop, which an
+    agent alone on its host never does (`--witness-phases`)."""
+    calls = sorted((began, ended) for _, began, ended in spans)
+    overlapped = [False] * len(calls)
+    latest = float("-inf")  # the latest end of the calls begun before this one
+    for i, (began, ended) in enumerate(calls):
+        if latest > began:
+            overlapped[i] = True
+        if i + 1 < len(calls) and calls[i + 1][0] < ended:
+            overlapped[i] = True
+        latest = max(latest, ended)
+    tail = percentile([ended - began for began, ended in calls], 0.99)
+    slow = [hit for (began, ended), hit in zip(calls, overlapped, strict=True) if ended - began >= tail]
+    return {
+        "overlapped_share": round(sum(overlapped) / len(calls), 4) if calls else None,
+        "slow_overlapped_share": round(sum(slow) / len(slow), 4) if slow else None,
     }
 
 
@@ -1363,7 +1408,9 @@ async def run(
         say(f"start: {args.nodes} hollow nodes registered and synced in {figures['start_s']} s")
         if args.witnesses:
             ports = [f.port for f in fronts]
-            witness = await Witness.start(ports, join_token, args.witnesses, args.witness_slice)
+            witness = await Witness.start(
+                ports, join_token, args.witnesses, args.witness_slice, args.witness_phases
+            )
             say(f"witness: {args.witnesses} tainted nodes syncing once a second from a process of their own")
             if args.capture:
                 started = await Capture.start(await witness.ports(), join_token)
@@ -1465,6 +1512,9 @@ async def run(
             figures["witness_sync_ms_p50"] = seen_by_witness["p50_ms"]
             figures["witness_sync_ms_p99"] = seen_by_witness["p99_ms"]
             figures["witness_sync_ms_max"] = seen_by_witness["max_ms"]
+            figures.update(
+                (f"witness_{name}", value) for name, value in overlapping(seen_by_witness["spans"]).items()
+            )
         if capture is not None:
             on_the_wire = await capture.report()
             figures["witness_server_calls"] = on_the_wire["calls"]
@@ -1542,7 +1592,9 @@ async def run(
             say(
                 f"  the witness's {figures['witness_calls']} calls ({figures['witness_failures']} failed): "
                 f"p50 {figures['witness_sync_ms_p50']} ms, p99 {figures['witness_sync_ms_p99']} ms, "
-                f"max {figures['witness_sync_ms_max']} ms"
+                f"max {figures['witness_sync_ms_max']} ms; "
+                f"{figures['witness_overlapped_share']:.1%} of them overlapped another of its calls, "
+                f"{figures['witness_slow_overlapped_share']:.1%} of its slowest 1%"
             )
         if capture is not None:
             say(
@@ -1641,6 +1693,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "its own would be) or the kernel's default (it waits for the CPUs it shares)",
     )
     parser.add_argument(
+        "--witness-phases",
+        choices=("even", "random"),
+        default="even",
+        help="the witness's agents' calls evenly apart (none waits for another's in its process, "
+        "as an agent alone on its host) or each at a phase drawn at random",
+    )
+    parser.add_argument(
         "--pin",
         action="store_true",
         help="with --api-replicas: each replica on a CPU of its own (0, 1, ...), the leader, this "
@@ -1680,7 +1739,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             short_slice()  # (its loop's thread, and the threads it starts)
         asyncio.run(
             be_witness(
-                [int(p) for p in args.witness_of.split(",")], os.environ[JOIN_TOKEN_ENV], args.witnesses
+                [int(p) for p in args.witness_of.split(",")],
+                os.environ[JOIN_TOKEN_ENV],
+                args.witnesses,
+                args.witness_phases,
             )
         )
         return {}
@@ -1727,6 +1789,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     figures["api_replicas"] = args.api_replicas
     figures["pinned"] = args.pin
     figures["witness_slice"] = args.witness_slice
+    figures["witness_phases"] = args.witness_phases
     figures["agent_processes"] = args.agent_processes
     figures["agents_nice"] = args.agents_nice
     figures["agents_idle"] = args.agents_idle

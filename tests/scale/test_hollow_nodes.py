@@ -63,6 +63,31 @@ def test_hollow_nodes_bind_and_run_every_pod_and_a_quiet_pass_writes_nothing(
     # Each call matched to its exchange: the witness's own part is what is left of its time.
     assert figures["witness_split_calls"] >= 0.9 * figures["witness_calls"]
     assert figures["witness_own_ms_p50"] > 0 and figures["witness_slow_calls"] >= 1
+    # Its agents' calls evenly apart (`--witness-phases even`, the default), and the share of
+    # them that overlapped another of its calls counted.
+    assert figures["witness_phases"] == "even"
+    assert 0 <= figures["witness_overlapped_share"] <= 1
+    assert 0 <= figures["witness_slow_overlapped_share"] <= 1
+
+
+def test_the_witness_counts_its_calls_that_overlapped_another_of_its_calls() -> None:
+    # (port, began, ended): the first two overlap (the second begins before the first ends);
+    # the third begins as the second ends (not an overlap); the fourth lies within a fifth
+    # begun earlier, which is slow. The slowest 1% of five: the one at their p99 (the fifth).
+    spans = [
+        (1, 10.000, 10.003),
+        (2, 10.002, 10.004),
+        (3, 10.004, 10.005),
+        (5, 11.000, 11.020),
+        (4, 11.005, 11.006),
+    ]
+    found = scale.overlapping(spans)
+    assert found == {"overlapped_share": 0.8, "slow_overlapped_share": 1.0}
+    assert scale.overlapping([(1, 1.0, 1.001), (2, 1.5, 1.502)]) == {
+        "overlapped_share": 0.0,
+        "slow_overlapped_share": 0.0,
+    }
+    assert scale.overlapping([]) == {"overlapped_share": None, "slow_overlapped_share": None}
 
 
 def test_a_witness_call_is_split_at_its_exchanges_on_the_wire() -> None:
