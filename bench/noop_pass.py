@@ -2,13 +2,16 @@
 with the `Settled` memo the controller keeps between passes, against `decide` without it
 (what every pass did before the memo), both in this process on the same state.
 
-    python bench/noop_pass.py [--nodes 5000] [--pods 150000] [--deployments 1500] [--repeat 5] [--store]
+    python bench/noop_pass.py [--nodes 5000] [--pods 150000] [--deployments 1500] [--pending 0]
+        [--repeat 5] [--store]
 
 The state: `--nodes` Ready nodes (64 cores, 256 GiB, 110 pods each) and `--deployments`
 Deployments of `--pods / --deployments` replicas each (one container asking 10m and
 16 MiB), every pod created by earlier passes, bound, Running and ready, and every rollout
-complete. It is reached as the controller reaches it: passes of `decide`, each followed by
-`settle` (the agents doing what it said), until one decides nothing.
+complete. With `--pending N`, one more Deployment of N replicas that fit on no node (each
+asks for more CPU than a node has): they wait, unschedulable, as a DaemonSet's pods on
+nodes not ready do. It is reached as the controller reaches it: passes of `decide`, each
+followed by `settle` (the agents doing what it said), until one decides nothing.
 
 Then `--repeat` no-op passes are timed each way (the memo's first pass after the fixed
 point fills it and is not counted; the best of the rest is). Both ways must decide
@@ -69,6 +72,8 @@ def steady(args: argparse.Namespace) -> tuple[ClusterState, float]:
         deployment(f"app-{i:05d}", replicas, image=f"img-{i % 50}:1", resources=requests)
         for i in range(args.deployments)
     )
+    if args.pending:
+        desired += (deployment("unplaceable", args.pending, resources={"requests": {"cpu": "100"}}),)
     state, now = ClusterState(desired=desired, pods=(), nodes=nodes), 1_000_000.0
     for n in range(1, 50):
         started = time.perf_counter()
@@ -174,6 +179,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--nodes", type=int, default=5000)
     parser.add_argument("--pods", type=int, default=150_000)
     parser.add_argument("--deployments", type=int, default=1500)
+    parser.add_argument(
+        "--pending", type=int, default=0, help="pods more that fit on no node (they wait, unschedulable)"
+    )
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--store", action="store_true", help="time whole controller passes over a store too")
     args = parser.parse_args(argv)
@@ -196,6 +204,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "nodes": args.nodes,
         "pods": len(state.pods),
         "deployments": args.deployments,
+        "pending": args.pending,
         "noop_decide_ms": round(memo * 1000, 1),
         "baseline_ms": round(baseline * 1000, 1),
         "ratio": round(baseline / memo, 2),

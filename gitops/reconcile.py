@@ -42,7 +42,7 @@ from gitops.planner.cron import cron_step, job_manifest
 from gitops.planner.evict import evictions
 from gitops.planner.plan import configs_of
 from gitops.planner.rollout import advance, rollback_template
-from gitops.planner.settled import Live, Settled
+from gitops.planner.settled import Live, Placed, Settled
 from gitops.scheduler import place
 
 # The workload kinds whose template changes roll out (their `RolloutState` is kept).
@@ -105,26 +105,8 @@ def decide(
     # 150,000 kept are not looked through.
     unbound = [p for p in result.keep if p.node is None] if working.unbound else []
     pending: list[Pod] = unbound + [a.pod for a in result.create]
-    # Stopping pods hold their node's resources until their agent reports them gone; pods
-    # that ran to their end (a Job's) hold none, as kube-scheduler counts them.
-    bound = (
-        [p for p in pods if p.node is not None and p.id not in gone and not finished(p)] if pending else []
-    )
-    # Nothing to place (most passes of a settled cluster): the nodes' arrays are not built.
-    placements = (
-        place(
-            pending,
-            state.nodes,
-            bound,
-            state.claims,
-            namespaces=namespace_labels(state.desired),
-            budgets=disruption_budgets(state.desired, pods),
-            explain_placements=True,
-        )
-        if pending
-        else Placements()
-    )
-    preempted = _victims(placements, pending, bound) if placements.preemptions else ()
+    placements = _placements(state, working, pending, settled)
+    preempted = _victims(placements, pending, _bound(pods, gone)) if placements.preemptions else ()
     stopped = {a.pod.id for a in result.stop}
     unchanged = not stopped and not result.create  # the pods after the pass are those of `live`
     after = live if unchanged else [p for p in live if p.id not in stopped] + [a.pod for a in result.create]
@@ -158,6 +140,38 @@ def _live(pods: tuple[Pod, ...], evicted: Sequence[Action], settled: Settled | N
     if settled is not None:
         settled.live = working
     return working
+
+
+def _bound(pods: Sequence[Pod], gone: frozenset[PodId]) -> list[Pod]:
+    """The pods holding their node's resources: stopping pods do until their agent reports
+    them gone; pods that ran to their end (a Job's) hold none, as kube-scheduler counts them."""
+    return [p for p in pods if p.node is not None and p.id not in gone and not finished(p)]
+
+
+def _placements(
+    state: ClusterState, working: Live, pending: Sequence[Pod], settled: Settled | None
+) -> Placements:
+    """Where `pending` go: the scheduler's answer, or the last pass's when it was worked out
+    from the same inputs (`Placed`). Nothing to place (most passes of a settled cluster):
+    the nodes' arrays are not built."""
+    if not pending:
+        return Placements()
+    kept = settled.placed if settled is not None else None
+    if kept is not None and kept.answers(pending, working, state.nodes, state.claims, state.desired):
+        placements = kept.placements
+    else:
+        placements = place(
+            pending,
+            state.nodes,
+            _bound(state.pods, working.gone),
+            state.claims,
+            namespaces=namespace_labels(state.desired),
+            budgets=disruption_budgets(state.desired, state.pods),
+            explain_placements=True,
+        )
+    if settled is not None:  # (with the inputs as read now: equal ones read again compare at once)
+        settled.placed = Placed(tuple(pending), working, state.nodes, state.claims, state.desired, placements)
+    return placements
 
 
 def _victims(placements: Placements, pending: Sequence[Pod], bound: Sequence[Pod]) -> tuple[Action, ...]:

@@ -25,7 +25,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from gitops.model import Manifest, Node, ObjectKey, Pod, PodId, PodName
+from gitops.model import Manifest, Node, NodeName, ObjectKey, Placements, Pod, PodId, PodName
 from gitops.planner.actions import Plan
 from gitops.planner.rollout import RolloutStatus
 
@@ -102,14 +102,54 @@ class Live:
     unbound: bool
 
 
+@dataclass(frozen=True)
+class Placed:
+    """A pass's placements, with everything the scheduler worked them out from: the pods
+    waiting for a node (the very objects, in order), the `Live` the bound pods came from
+    (the very pod tuple, the same pods evicted), the nodes, the claims' nodes and the
+    desired objects (namespaces' labels, disruption budgets). The scheduler is a pure
+    function of those, so a pass with the same inputs gets the same placements: kept, a
+    pod that fits nowhere (a DaemonSet's on a node not ready, a pod asking more than any
+    node has) costs a pass over a settled cluster nothing, where placing it again built
+    the scheduler's columns of 150,000 bound pods (0.3 s at 5,000 nodes) every pass that
+    decided, the resync's every few seconds among them."""
+
+    pending: tuple[Pod, ...]
+    live: Live
+    nodes: tuple[Node, ...]
+    claims: Mapping[str, NodeName]
+    desired: tuple[Manifest, ...]
+    placements: Placements
+
+    def answers(
+        self,
+        pending: Sequence[Pod],
+        live: Live,
+        nodes: tuple[Node, ...],
+        claims: Mapping[str, NodeName],
+        desired: tuple[Manifest, ...],
+    ) -> bool:
+        """Whether these are the inputs the placements were worked out from: the same
+        objects, or (nodes, claims, desired objects) equal ones."""
+        return (
+            live is self.live
+            and len(pending) == len(self.pending)
+            and all(map(operator.is_, pending, self.pending))
+            and (nodes is self.nodes or nodes == self.nodes)
+            and (claims is self.claims or claims == self.claims)
+            and (desired is self.desired or desired == self.desired)
+        )
+
+
 @dataclass
 class Settled:
     """Plan parts and rollout statuses of settled Deployments and DaemonSets (see the
     module), and the last pass's `Live`: a pass over the very pod tuple of the last one,
     with the same pods evicted, works on the same live pods (the controller's `PodCache`
     gives the same tuple while no row changed; sorting 150,000 pods out and grouping them
-    was a third of a settled cluster's pass)."""
+    was a third of a settled cluster's pass), and the last pass's placements (`Placed`)."""
 
     plans: _Table[Plan] = field(default_factory=_Table)
     statuses: _Table[RolloutStatus] = field(default_factory=_Table)
     live: Live | None = None
+    placed: Placed | None = None

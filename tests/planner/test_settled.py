@@ -4,7 +4,12 @@ and changes no decision: every pass below is decided twice, with it and without,
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
+import pytest
+
+from gitops import reconcile
 from gitops.model import ClusterState, Manifest, Node, NodeName, Taint
 from gitops.planner.settled import Settled
 from gitops.reconcile import Decision, decide, settle
@@ -224,3 +229,63 @@ def test_a_daemonset_whose_nodes_are_read_again_is_kept_with_the_new_ones() -> N
     assert settled.plans.reused == reused + 1  # equal: reused
     # Kept with the new nodes, so that later passes over them compare no node's fields.
     assert settled.plans.entries[key][0][2] is again and settled.statuses.entries[key][0][2] is again
+
+
+def counting_places(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The scheduler's runs in `decide` from now on, counted (one entry a run)."""
+    runs: list[int] = []
+    place: Callable[..., Any] = reconcile.place
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        runs.append(1)
+        return place(*args, **kwargs)
+
+    monkeypatch.setattr(reconcile, "place", counted)
+    return runs
+
+
+def test_a_pod_that_fits_nowhere_is_not_placed_again_while_what_the_scheduler_reads_is_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before, every pass that decided placed it again: at 5,000 nodes that built the
+    # scheduler's columns of every bound pod, 0.3 s a pass.
+    settled = Settled()
+    huge = deployment("huge", replicas=1, resources={"requests": {"cpu": "64"}})
+    state, now = passes(
+        ClusterState(desired=(deployment("web", replicas=3), huge), pods=(), nodes=NODES), 1.0, settled
+    )
+    waiting = [p for p in state.pods if p.node is None]
+    assert len(waiting) == 1
+    runs = counting_places(monkeypatch)
+    decision = decide(state, now, settled=settled)
+    assert runs == []
+    assert decision.placements.unschedulable == {waiting[0].id: "0/3 nodes: 3 insufficient cpu"}
+    assert decision == decide(state, now) and runs == [1]  # (the pass without the memo places it)
+
+    # Equal nodes, claims and desired objects read again: the same answer, kept with them.
+    runs.clear()
+    again = dataclasses.replace(
+        state, nodes=tuple(dataclasses.replace(n) for n in NODES), desired=tuple(state.desired), claims={}
+    )
+    assert decide(again, now + 1.0, settled=settled).placements == decision.placements and runs == []
+    assert settled.placed is not None and settled.placed.nodes is again.nodes
+
+    # Anything the scheduler reads changed, it runs again; then, nothing more changing, not.
+    # The pods (here the same ones in a new tuple: the store's cache read a row again):
+    reread = dataclasses.replace(again, pods=tuple(list(again.pods)))
+    assert decide(reread, now + 2.0, settled=settled) == decide(reread, now + 2.0) and len(runs) == 2
+    decide(reread, now + 3.0, settled=settled)
+    assert len(runs) == 2
+    # The desired objects (a Namespace's labels, which namespace selectors read):
+    labelled = dataclasses.replace(
+        reread, desired=(*reread.desired, manifest("Namespace", "team", metadata={"name": "team"}))
+    )
+    decide(labelled, now + 4.0, settled=settled)
+    decide(labelled, now + 5.0, settled=settled)
+    assert len(runs) == 3
+    # A node's room: it fits there now.
+    roomy = dataclasses.replace(
+        labelled, nodes=(dataclasses.replace(NODES[0], cpu_milli=128_000), *NODES[1:])
+    )
+    placed = decide(roomy, now + 6.0, settled=settled)
+    assert len(runs) == 4 and placed.placements.assigned == {waiting[0].id: "n0"}
