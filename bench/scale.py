@@ -1002,6 +1002,11 @@ def overlapping(spans: Sequence[tuple[int, float, float]]) -> dict[str, Any]:
     }
 
 
+def share(value: float | None) -> str:
+    """A share as a percentage, or "n/a" when there was nothing to count."""
+    return "n/a" if value is None else f"{value:.1%}"
+
+
 def be_capture(ports: Sequence[int]) -> None:
     """The capture's side (`Capture`): say "ready" (or why it cannot), then answer "mark"
     and "report" on stdin."""
@@ -1593,8 +1598,8 @@ async def run(
                 f"  the witness's {figures['witness_calls']} calls ({figures['witness_failures']} failed): "
                 f"p50 {figures['witness_sync_ms_p50']} ms, p99 {figures['witness_sync_ms_p99']} ms, "
                 f"max {figures['witness_sync_ms_max']} ms; "
-                f"{figures['witness_overlapped_share']:.1%} of them overlapped another of its calls, "
-                f"{figures['witness_slow_overlapped_share']:.1%} of its slowest 1%"
+                f"{share(figures['witness_overlapped_share'])} of them overlapped another of its calls, "
+                f"{share(figures['witness_slow_overlapped_share'])} of its slowest 1%"
             )
         if capture is not None:
             say(

@@ -155,6 +155,8 @@ def _placements(
     from the same inputs (`Placed`). Nothing to place (most passes of a settled cluster):
     the nodes' arrays are not built."""
     if not pending:
+        if settled is not None:
+            settled.placed = None  # (what it held, an older pod tuple among it, can go)
         return Placements()
     kept = settled.placed if settled is not None else None
     if kept is not None and kept.answers(pending, working, state.nodes, state.claims, state.desired):

@@ -13,6 +13,8 @@ are the same with or without one: only what does not depend on the clock is kept
 (workloads without `minReadySeconds`, whose counts read each pod's readiness, not how long
 it has been ready), and only plan parts that change nothing (a part that creates or stops
 pods is computed again next time). StatefulSets and Jobs are planned at every pass.
+It also keeps the last pass's placements with what the scheduler read for them (`Placed`):
+pods that fit nowhere are not placed again while none of that changed.
 
 The controller keeps one between passes; a preview, which runs each pass on new pod
 objects, does not need one.

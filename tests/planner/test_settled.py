@@ -289,3 +289,6 @@ def test_a_pod_that_fits_nowhere_is_not_placed_again_while_what_the_scheduler_re
     )
     placed = decide(roomy, now + 6.0, settled=settled)
     assert len(runs) == 4 and placed.placements.assigned == {waiting[0].id: "n0"}
+    # Nothing waiting any more: nothing is kept (nor the pods it was worked out from).
+    decide(settle(roomy, placed, now + 6.0), now + 7.0, settled=settled)
+    assert settled.placed is None and len(runs) == 4

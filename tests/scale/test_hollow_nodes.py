@@ -88,6 +88,7 @@ def test_the_witness_counts_its_calls_that_overlapped_another_of_its_calls() -> 
         "slow_overlapped_share": 0.0,
     }
     assert scale.overlapping([]) == {"overlapped_share": None, "slow_overlapped_share": None}
+    assert scale.share(None) == "n/a" and scale.share(0.169) == "16.9%"  # (none: the run still reports)
 
 
 def test_a_witness_call_is_split_at_its_exchanges_on_the_wire() -> None:
