@@ -13,7 +13,9 @@ clusters are crowded with low-priority batch pods, so that preemption is common.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import NamedTuple, TypeVar
+from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -66,7 +68,7 @@ class Case(NamedTuple):
     namespaces: dict[str, tuple[tuple[str, str], ...]]
     budgets: list[DisruptionBudget]
 
-    def place(self) -> Placements:
+    def place(self, *, explain_placements: bool = False) -> Placements:
         return place(
             self.pending,
             self.nodes,
@@ -74,6 +76,7 @@ class Case(NamedTuple):
             self.claims,
             namespaces=self.namespaces,
             budgets=self.budgets,
+            explain_placements=explain_placements,
         )
 
     def reference(self) -> Placements:
@@ -368,6 +371,17 @@ def clusters(draw: st.DrawFn) -> Case:
 @given(clusters())
 def test_fast_placement_equals_the_reference(case: Case) -> None:
     assert case.place() == case.reference()
+
+
+@settings(max_examples=200, deadline=None)
+@given(clusters())
+def test_a_pod_naming_its_node_is_placed_as_its_class_would_place_it(case: Case) -> None:
+    # The check at the named node alone (`_fits_where_named`) against the class over every
+    # node it stands in for, with the reasons for each pick (the reference gives none).
+    placing = sys.modules["gitops.scheduler.place"]  # (the package's `place` is the function)
+    fast = case.place(explain_placements=True)
+    with mock.patch.object(placing, "_fits_where_named", lambda usage, pod: None):
+        assert case.place(explain_placements=True) == fast
 
 
 @settings(max_examples=50, deadline=None)
