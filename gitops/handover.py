@@ -181,8 +181,19 @@ class _Interval:
                 if self._holders == 0:
                     sys.setswitchinterval(self._before)
 
+    def usual(self) -> float:
+        """The interval outside every holder's block: the one the last holder gives back."""
+        with self._lock:
+            return self._before if self._holders else sys.getswitchinterval()
+
 
 _INTERVAL = _Interval()
+
+
+def usual_switch_interval() -> float:
+    """The process's switch interval outside every `quick_handover` block (another thread
+    may be in one now)."""
+    return _INTERVAL.usual()
 
 
 def quick_handover(interval: float = HANDOVER) -> AbstractContextManager[None]:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from gitops import controller
-from gitops.handover import HANDOVER, quick_handover
+from gitops.handover import HANDOVER, quick_handover, usual_switch_interval
 from gitops.model import Node, NodeName, Revision
 from gitops.server import ControlPlane
 from gitops.store import Store
@@ -54,6 +54,14 @@ def test_overlapping_holders_keep_it_short_and_the_last_gives_it_back() -> None:
         thread.join(10)
     # The first holder ended first: the second still holds it short; then it is back.
     assert seen == {"first ended": HANDOVER, "second, alone": HANDOVER, "second ended": 0.005}
+
+
+def test_the_usual_interval_is_the_one_outside_every_holders_block() -> None:
+    assert usual_switch_interval() == 0.005
+    with quick_handover():
+        assert sys.getswitchinterval() == HANDOVER
+        assert usual_switch_interval() == 0.005  # (what the last holder gives back)
+    assert usual_switch_interval() == 0.005
 
 
 def test_a_holder_asking_for_less_gets_less_and_nesting_gives_back_the_first() -> None:

@@ -323,7 +323,7 @@ def test_the_gate_reads_the_tokens_again_in_the_background_handing_the_interpret
     background pool, nicer than the worker threads that answer calls (they have the event
     loop's short slice and nice value), and the event loop gets the interpreter within
     0.5 ms meanwhile, not after the 5-ms switch interval (`gitops.handover`)."""
-    from gitops.handover import BACKGROUND_NICE, HANDOVER
+    from gitops.handover import BACKGROUND_NICE, HANDOVER, usual_switch_interval
 
     app = FastAPI()
 
@@ -346,7 +346,6 @@ def test_the_gate_reads_the_tokens_again_in_the_background_handing_the_interpret
         tokens_due=lambda: not read.is_set(),
         renew_tokens=renew,
     )
-    before = sys.getswitchinterval()
     with TestClient(app) as client:
         auth = {"Authorization": "Bearer n1-token"}
         assert client.post("/agent/v1/nodes/n1/sync", json={}, headers=auth).status_code == 200
@@ -355,4 +354,6 @@ def test_the_gate_reads_the_tokens_again_in_the_background_handing_the_interpret
     assert [(interval, name.split("_")[0], nice) for interval, name, nice in seen] == [
         (HANDOVER, "background", min(19, process + BACKGROUND_NICE))
     ]
-    assert before > HANDOVER
+    # The handover made it short: outside every holder's block it is longer. (Read when the
+    # test began, it was short once in CI: another test's background work was in a block.)
+    assert usual_switch_interval() > HANDOVER
