@@ -824,7 +824,12 @@ class Witness(Spoken):
                 "--witness-of",
                 ports,
                 join_token,
-                *("--witnesses", str(count), "--witness-slice", cpu_slice, "--witness-phases", phases),
+                "--witnesses",
+                str(count),
+                "--witness-slice",
+                cpu_slice,
+                "--witness-phases",
+                phases,
             )
         )
         said = await witness._line(120.0)

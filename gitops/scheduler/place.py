@@ -288,6 +288,17 @@ _STATIC_CHECK_KEYS = tuple(check.key for check in _STATIC_CHECKS)
 _STATIC_SCORER_KEYS = tuple(scorer.key for scorer in _STATIC_SCORERS)
 
 
+_Revision = tuple[Hashable, str, RevisionPods]  # (owner, template hash, its record in the run)
+
+
+def _revision(usage: Usage, pod: Pod, last: _Revision | None) -> _Revision:
+    """The record of `pod`'s revision: `last`, the previous pod's, when it is the same one
+    (pods come workload by workload), else the run's."""
+    if last is not None and last[0] is pod.owner and last[1] == pod.template_hash:
+        return last
+    return (pod.owner, pod.template_hash, usage.revision((pod.owner, pod.template_hash)))
+
+
 def _fits_where_named(usage: Usage, pod: Pod) -> int | None:
     """The index of the node a pod of a `_LocalClass` names (`spec.nodeName`: a DaemonSet's
     pod), when the pod fits there; None when that node is gone or the pod does not fit.
@@ -295,7 +306,7 @@ def _fits_where_named(usage: Usage, pod: Pod) -> int | None:
     Where it fits, that node is the only one that does, and so the one the class's path
     would pick, whatever the scores: this finds it by the static checks' masks at that
     node (kept for the run: the DaemonSet's pods share them) and its room, not by a class
-    of its own over every node (three times the time at 5,000 nodes, `bench/scheduler.py`'s
+    of its own over every node (four times the time at 5,000 nodes, `bench/scheduler.py`'s
     daemonset case). Where it does not fit, the class's path says why, and whether
     preempting frees room."""
     i = usage.cluster.index.get(NodeName(pod.spec.node_name))
@@ -427,7 +438,7 @@ def _place_on(
         pending = sorted(pending, key=lambda pod: -pod.spec.priority)
     local: dict[Hashable, _LocalClass] = {}
     specs: dict[int, _Spec] = {}  # id(spec) ->
-    revision = None
+    revision: _Revision | None = None
     for pod in pending:
         spec = pod.spec
         named = (
@@ -436,8 +447,7 @@ def _place_on(
             else None
         )
         if named is not None:  # (each such pod a spec of its own: no record is made for it)
-            if revision is None or revision[0] is not pod.owner or revision[1] != pod.template_hash:
-                revision = (pod.owner, pod.template_hash, usage.revision((pod.owner, pod.template_hash)))
+            revision = _revision(usage, pod, revision)
             usage.bind(named, pod, revision[2])
             assigned[pod.id] = cluster.names[named]
             if explain_placements:
@@ -462,8 +472,7 @@ def _place_on(
         masked = same.update(usage, pod)
         if explain_placements and not same.exact:  # the runner-up must fit too
             masked = same.make_exact(usage, pod)
-        if revision is None or revision[0] is not pod.owner or revision[1] != pod.template_hash:
-            revision = (pod.owner, pod.template_hash, usage.revision((pod.owner, pod.template_hash)))
+        revision = _revision(usage, pod, revision)
         while True:
             scores, extra = _scores(usage, pod, masked, revision[2], only_local=only_local)
             top = int(scores.argmax()) if len(scores) else -1
