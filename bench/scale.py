@@ -130,7 +130,8 @@ from urllib.request import urlopen
 
 from sqlalchemy import create_engine, text
 
-from gitops.agents.agent import WATCH_SECONDS
+from gitops.agents.agent import WATCH_SECONDS, changed_services
+from gitops.edits import EditMismatch
 from gitops.handover import short_slice
 from gitops.heap import HEAP
 from gitops.loop import Cadence
@@ -319,9 +320,9 @@ class HollowAgent:
     # (`gitops.agents.usage`).
     usage_every: float = 0.0
     usage_due: float = float("inf")  # monotonic time the next measurement is to be sent
-    # Service -> the endpoints of its first port the agent holds, as a proxy would program
-    # them (None: not kept; the witness keeps them, `commit_to_endpoints_s`).
-    services: dict[str, int] | None = None
+    # Service ("namespace/name") -> the Service as the agent holds it, as a proxy would
+    # program it (None: not kept; the witness keeps them, `commit_to_endpoints_s`).
+    services: dict[str, dict[str, Any]] | None = None
 
     def answer_of(self, reply: bytes) -> dict[str, Any]:
         """A sync or watch answer, decoded whole by an agent that holds the Services (the
@@ -350,20 +351,30 @@ class HollowAgent:
         return answer
 
     def hold_services(self, answer: dict[str, Any]) -> None:
-        """Take the Services of a sync or watch answer: every one, or those changed since the
-        version held and the keys of those removed."""
+        """Take the Services of a sync or watch answer (after taking its versions): every one,
+        or those changed since the version held (as edits of those held where shorter,
+        applied as the real agent does) and the keys of those removed. Edits that do not fit
+        what it holds leave it holding none, to ask for every Service."""
         if self.services is None:
             return
         if answer.get("services") is not None:
-            self.services = {}
-            changed = answer["services"]
+            services = answer["services"]
         else:
-            changed = answer.get("services_changed") or ()
-            for key in answer.get("services_removed") or ():
-                self.services.pop("/".join(key), None)
-        for service in changed:
-            ports = service.get("endpoints") or ()
-            self.services[f"{service['namespace']}/{service['name']}"] = len(ports[0][1]) if ports else 0
+            try:
+                services = changed_services(
+                    list(self.services.values()),
+                    answer.get("services_changed") or (),
+                    answer.get("services_removed") or (),
+                )
+            except EditMismatch:
+                self.services, self.versions = {}, (self.versions[0], "")
+                return
+        self.services = {f"{s['namespace']}/{s['name']}": s for s in services}
+
+    def endpoints(self) -> int:
+        """The endpoints of every Service's first port it holds."""
+        assert self.services is not None
+        return sum(len(s["endpoints"][0][1]) for s in self.services.values() if s.get("endpoints"))
 
     async def register(self) -> None:
         body = json.dumps(
@@ -403,6 +414,7 @@ class HollowAgent:
             "have_pods": self.versions[0],
             "have_services": self.versions[1],
             "service_deltas": True,  # as the real agent: what changed since the version held
+            "endpoint_edits": True,  # and a Service as edits of the one held, where shorter
         }
         if self.held is not None:  # as the real agent: a report the server holds is not sent again
             fields["report_digest"] = digest
@@ -564,6 +576,7 @@ class HollowAgent:
                         "have_services": self.versions[1],
                         "timeout": WATCH_SECONDS,
                         "service_deltas": True,  # as the real agent: a move of the Services comes along
+                        "endpoint_edits": True,
                     }
                 ).encode()
                 try:
@@ -885,7 +898,7 @@ async def be_witness(ports: Sequence[int], join_token: str, count: int, phases: 
             elif asked == "ports":
                 print(json.dumps([port for a in agents for port in a.pool.local_ports()]), flush=True)
             elif asked == "endpoints":  # the fewest endpoints one of those holding them holds
-                print(min(sum(a.services.values()) for a in agents if a.services is not None), flush=True)
+                print(min(a.endpoints() for a in agents if a.services is not None), flush=True)
             elif asked == "report":
                 seen = {
                     "calls": len(calls.seconds),

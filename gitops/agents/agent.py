@@ -93,6 +93,7 @@ from gitops.agents.runtime import (
 )
 from gitops.agents.usage import ContainerUsage, UsageSampler
 from gitops.codec import decode_as, encode
+from gitops.edits import EditMismatch, edited_service
 from gitops.loop import Backoff, Cadence, Loop
 from gitops.model import (
     Container,
@@ -317,13 +318,20 @@ def changed_services(
     held: Sequence[dict[str, Any]], changed: Sequence[dict[str, Any]], removed: Sequence[Sequence[str]]
 ) -> list[dict[str, Any]]:
     """The Services `held` (a reply's JSON, in the control plane's order: by namespace and
-    name) with those `changed` since put in their place and those `removed` (namespace,
-    name) taken out."""
+    name) with those `changed` since put in their place (made of the one held when they
+    come as edits of it: `gitops.edits`) and those `removed` (namespace, name) taken out.
+    Edits of a Service not held, or that do not fit it, raise `EditMismatch`."""
     by_key = {(str(s.get("namespace")), str(s.get("name"))): s for s in held}
     for namespace, name in removed:
         by_key.pop((namespace, name), None)
-    for service in changed:
-        by_key[(str(service.get("namespace")), str(service.get("name")))] = service
+    for entry in changed:
+        key = (str(entry.get("namespace")), str(entry.get("name")))
+        if "edits" not in entry:
+            by_key[key] = entry
+        elif key in by_key:
+            by_key[key] = edited_service(by_key[key], entry)
+        else:
+            raise EditMismatch(f"edits of Service {key[0]}/{key[1]}, which is not held")
     return [by_key[key] for key in sorted(by_key)]
 
 
@@ -587,6 +595,7 @@ class Agent:
             "have_pods": self._held.get("pods_version", ""),
             "have_services": self._held.get("services_version", ""),
             "service_deltas": True,  # what changed since `have_services` will do (`_complete`)
+            "endpoint_edits": True,  # a changed Service as edits of the one held, where shorter
         }
         said = hashlib.blake2b(
             json.dumps(
@@ -722,6 +731,7 @@ class Agent:
                             "have_services": self._held.get("services_version", ""),
                             "timeout": WATCH_SECONDS,
                             "service_deltas": True,  # a move of the Services comes with what changed
+                            "endpoint_edits": True,
                         },
                         headers={"Authorization": f"Bearer {self._token}"},
                     )
@@ -777,10 +787,16 @@ class Agent:
             reply["services_version"], reply["routes"] = arrived["services_version"], arrived.get("routes")
             self._synced.set()  # the watch may ask again, holding them
         if reply.get("services") is None and delta.get("services_changed") is not None:
+            services = None
             if delta.get("services_from") == self._held.get("services_version") and "services" in self._held:
-                self._held["services"] = changed_services(
-                    self._held["services"], delta["services_changed"], delta.get("services_removed") or []
-                )
+                try:
+                    services = changed_services(
+                        self._held["services"], delta["services_changed"], delta.get("services_removed") or []
+                    )
+                except EditMismatch as exc:
+                    log.warning("agent.service_edits_refused", error=str(exc))
+            if services is not None:
+                self._held["services"] = services
                 self._held["services_version"] = reply["services_version"]
                 if reply.get("routes") is not None:
                     self._held["routes"] = reply["routes"]

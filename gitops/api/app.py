@@ -520,7 +520,7 @@ def create_app(
         # holds (`SharedEndpoints.reply_parts`), the pods' joined from texts the pod cache
         # keeps; only the rest is encoded for this call.
         services_version, raw = endpoints.reply_parts(
-            request.have_services, name, deltas=request.service_deltas
+            request.have_services, name, deltas=request.service_deltas, edits=request.endpoint_edits
         )
         same_pods = request.have_pods == pods_version
         held = bool(request.report_digest) and reports.unchanged(name, digest, pods_version)
@@ -538,7 +538,12 @@ def create_app(
         server's protocol answers with it before the app (`gitops.api.onewrite`)."""
         beat(name)
         answer = watch.begin(
-            name, request.have_pods, request.have_services, request.timeout, deltas=request.service_deltas
+            name,
+            request.have_pods,
+            request.have_services,
+            request.timeout,
+            deltas=request.service_deltas,
+            edits=request.endpoint_edits,
         )
         return typing.cast("asyncio.Future[Reply]", answer)  # a `WatchAnswer` is a `Reply`
 

@@ -289,6 +289,10 @@ class SyncRequest(_Strict):
     # `services_changed`, `services_removed` in the reply) when the server still knows that
     # version; without it, every Service each time they move (an older agent).
     service_deltas: bool = False
+    # With `service_deltas`: a Service changed may come as edits of the one the agent holds
+    # (`gitops.edits`: its endpoints and addresses as an edit script, `"edits"` in place of
+    # them), where that is shorter than the Service whole.
+    endpoint_edits: bool = False
     # The agent's own digest of what it reports (its statuses, stopped pods, proxy problems
     # and runtime error): the server compares reports by it, not by digesting them itself.
     report_digest: Annotated[str, Field(max_length=128)] = ""
@@ -334,6 +338,7 @@ class WatchRequest(_Strict):
     # The answer to a move of the Services may carry what changed since `have_services`
     # (as `SyncRequest.service_deltas`): no sync call is needed for it.
     service_deltas: bool = False
+    endpoint_edits: bool = False  # as `SyncRequest.endpoint_edits`
 
 
 class WatchReply(BaseModel):
@@ -360,8 +365,9 @@ class SyncReply(BaseModel):
     services: list[dict[str, Any]] | None
     services_version: str = ""
     # Instead of `services` (then null), to an agent that asked for deltas: the Services
-    # changed since version `services_from` (each whole) and the (namespace, name) of those
-    # removed; the others are as in that version.
+    # changed since version `services_from` (each whole, or as edits of the one held to an
+    # agent that asked for `endpoint_edits`) and the (namespace, name) of those removed; the
+    # others are as in that version.
     services_from: str = ""
     services_changed: list[dict[str, Any]] | None = None
     services_removed: list[tuple[str, str]] | None = None

@@ -232,6 +232,61 @@ def test_the_agent_takes_the_services_changed_since_the_version_it_holds(
     assert agent._held["services"] == everything["services"]
 
 
+def test_the_agent_takes_a_service_whose_endpoints_moved_as_edits_of_the_one_it_holds(
+    plane: ControlPlane, tmp_path: Path
+) -> None:
+    """When a pod joins a Service, the real agent gets the Service as edits of the one it
+    holds (the endpoints it has as runs of them, the new one whole: `gitops.edits`), not
+    whole, and then holds every Service as a full reply gives them."""
+    agent = registered_agent(plane, tmp_path, "n6", "192.0.2.60")
+    reconcile_once(plane.store, time.time())  # the Deployment's two pods, bound to n6
+
+    def endpoints() -> int:
+        agent.tick()
+        web = [s for s in agent._held.get("services", []) if s["name"] == "web"]
+        return len(web[0]["endpoints"][0][1]) if web and web[0]["endpoints"] else 0
+
+    assert wait_for(lambda: endpoints() == 2, timeout=10)
+    replies = sync_replies(agent)
+    plane.store.apply_revision(
+        Revision("git:x", "2" * 40), [deployment(replicas=3), service("web", {"app": "web"})], [], 2.0
+    )
+    reconcile_once(plane.store, time.time())
+    assert wait_for(lambda: endpoints() == 3, timeout=10)
+    changed = [s for r in replies for s in r.get("services_changed") or () if s["name"] == "web"]
+    assert changed and all("edits" in s and "endpoints" not in s for s in changed), changed
+    runs = [part for s in changed for part in s["edits"]["endpoints"][0] if isinstance(part, list)]
+    assert runs, changed  # the endpoints the agent held were not sent again
+    everything = httpx.post(  # as an older agent asks: every Service, whole
+        f"{plane.url}/agent/v1/nodes/n6/sync", json={}, headers={"Authorization": f"Bearer {agent._token}"}
+    ).json()
+    assert agent._held["services_version"] == everything["services_version"]
+    assert agent._held["services"] == everything["services"]
+
+
+def test_service_edits_that_do_not_fit_make_the_agent_fetch_every_service(
+    plane: ControlPlane, tmp_path: Path
+) -> None:
+    """Edits of a Service the agent does not hold as they were made for (another version
+    than it says it holds) are not applied: it keeps what it has and asks for every Service."""
+    agent = registered_agent(plane, tmp_path, "n7", "192.0.2.70")
+    agent.tick()
+    held = agent._held["services_version"]
+    services = agent._held["services"]
+    assert held and [s["name"] for s in services] == ["web"]
+    edits = {**services[0], "edits": {"endpoints": [[[0, 5]]], "addresses": [[0, 5]]}}
+    del edits["endpoints"], edits["addresses"]
+    reply = {"services": None, "services_version": "next", "services_from": held, "services_changed": [edits]}
+    with structlog.testing.capture_logs() as logs:
+        agent._complete(reply)
+    assert [e["event"] for e in logs if e["event"].startswith("agent.service_edits")] == [
+        "agent.service_edits_refused"
+    ]
+    assert agent._held["services_version"] == "" and agent._held["services"] == services
+    agent.tick()  # asks for every Service
+    assert agent._held["services_version"] == held and agent._held["services"] == services
+
+
 def test_an_agent_refused_its_name_stops_and_says_why(plane: ControlPlane, tmp_path: Path) -> None:
     register(plane.url, plane.join_token)  # n1 is registered and Ready
     config = AgentConfig(
