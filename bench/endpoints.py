@@ -186,12 +186,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         say(
             f"{count:>6} pods changed: each agent gets {edits_bytes / 1e3:,.1f} kB as edits "
             f"(made in {best_edits * 1000:.1f} ms), {whole_bytes / 1e3:,.1f} kB whole (baseline): "
-            f"{whole_bytes / edits_bytes:.1f}x; the next move waits {paces[1]:.2f} s "
+            f"{whole_bytes / max(1, edits_bytes):.1f}x; the next move waits {paces[1]:.2f} s "
             f"at {args.nodes} agents ({paces[0]:.2f} s whole)"
         )
         figures[f"edits_{count}_kb"] = round(edits_bytes / 1e3, 1)
         figures[f"whole_{count}_kb"] = round(whole_bytes / 1e3, 1)
-        figures[f"edits_ratio_{count}"] = round(whole_bytes / edits_bytes, 1)
+        figures[f"edits_ratio_{count}"] = round(whole_bytes / max(1, edits_bytes), 1)
         figures[f"edits_{count}_ms"] = round(best_edits * 1000, 2)
         figures[f"pace_edits_{count}_s"] = round(paces[1], 2)
         figures[f"pace_whole_{count}_s"] = round(paces[0], 2)

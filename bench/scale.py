@@ -323,6 +323,7 @@ class HollowAgent:
     # Service ("namespace/name") -> the Service as the agent holds it, as a proxy would
     # program it (None: not kept; the witness keeps them, `commit_to_endpoints_s`).
     services: dict[str, dict[str, Any]] | None = None
+    held_services = ""  # the version of the Services `services` holds
 
     def answer_of(self, reply: bytes) -> dict[str, Any]:
         """A sync or watch answer, decoded whole by an agent that holds the Services (the
@@ -350,26 +351,32 @@ class HollowAgent:
             answer["pods"] = _DECODER.raw_decode(reply[at + 7 :].decode())[0]
         return answer
 
-    def hold_services(self, answer: dict[str, Any]) -> None:
-        """Take the Services of a sync or watch answer (after taking its versions): every one,
-        or those changed since the version held (as edits of those held where shorter,
-        applied as the real agent does) and the keys of those removed. Edits that do not fit
-        what it holds leave it holding none, to ask for every Service."""
+    def hold_services(self, answer: dict[str, Any], asked: str) -> None:
+        """Take the Services of a sync or watch answer to a call that named version `asked`
+        (after taking its versions): every one, or those changed since (as edits of those
+        held where shorter, applied as the real agent does) and the keys of those removed.
+        Changes since another version than the one held (a sync's and a watch's answers
+        crossing), or edits that do not fit, leave it holding none, to ask for every one."""
         if self.services is None:
             return
         if answer.get("services") is not None:
             services = answer["services"]
+        elif answer.get("services_changed") is None:
+            return
         else:
             try:
+                if answer.get("services_from") != asked or asked != self.held_services:
+                    raise EditMismatch(f"changes since {answer.get('services_from')!r}, not {asked!r}")
                 services = changed_services(
                     list(self.services.values()),
-                    answer.get("services_changed") or (),
+                    answer["services_changed"],
                     answer.get("services_removed") or (),
                 )
             except EditMismatch:
-                self.services, self.versions = {}, (self.versions[0], "")
+                self.services, self.held_services, self.versions = {}, "", (self.versions[0], "")
                 return
         self.services = {f"{s['namespace']}/{s['name']}": s for s in services}
+        self.held_services = self.versions[1]
 
     def endpoints(self) -> int:
         """The endpoints of every Service's first port it holds."""
@@ -455,7 +462,7 @@ class HollowAgent:
         if self.beat is not None:
             self.beat.done(began)  # a call for news leaves the heartbeat where it was
         self.versions = (answer.get("pods_version", ""), answer.get("services_version", ""))
-        self.hold_services(answer)
+        self.hold_services(answer, fields["have_services"])
         self.held = answer.get("report_held")
         if answer.get("pods") is not None:
             self.apply(answer)
@@ -570,10 +577,11 @@ class HollowAgent:
                 if not self.synced:
                     await asyncio.sleep(0.5)
                     continue
+                asked = self.versions[1]
                 body = json.dumps(
                     {
                         "have_pods": self.versions[0],
-                        "have_services": self.versions[1],
+                        "have_services": asked,
                         "timeout": WATCH_SECONDS,
                         "service_deltas": True,  # as the real agent: a move of the Services comes along
                         "endpoint_edits": True,
@@ -600,7 +608,7 @@ class HollowAgent:
                     # Only the Services moved, and their changes came along: held, no sync call
                     # (these agents program no proxy).
                     self.versions = (self.versions[0], answer["services_version"])
-                    self.hold_services(answer)
+                    self.hold_services(answer, asked)
                 elif answer.get("changed"):
                     held = self.versions
                     self.news = True

@@ -99,8 +99,9 @@ def test_a_service_as_edits_of_the_one_held_is_that_service(before: range, after
 
 def test_a_service_whose_ports_changed_or_whose_edits_are_no_shorter_goes_whole() -> None:
     old = _service(range(10))
-    new = _service(range(10), ports=(HTTP,))
-    assert service_edits(old, new, *_sent_whole(new)) == _sent_whole(new)[1]
+    for ports in ((HTTP,), (METRICS, HTTP)):  # a port fewer; the same number, others
+        new = _service(range(10), ports=ports)
+        assert service_edits(old, new, *_sent_whole(new)) == _sent_whole(new)[1]
     # A Service of no ports whose one address is replaced: the edits would be longer.
     small, other = _service(range(1), ports=()), _service(range(1, 2), ports=())
     assert service_edits(small, other, *_sent_whole(other)) == _sent_whole(other)[1]

@@ -335,6 +335,13 @@ def changed_services(
     return [by_key[key] for key in sorted(by_key)]
 
 
+def _edits_taken(last: Mapping[str, Any] | None) -> dict[str, bool]:
+    """The field asking for Services as edits of those held (`gitops.edits`), when the last
+    reply said this control plane takes it (`SyncReply.endpoint_edits`): one of an older
+    release refuses a field it does not know."""
+    return {"endpoint_edits": True} if last is not None and last.get("endpoint_edits") else {}
+
+
 class NodeRefused(Exception):
     """The server will not have this node (its name is held by a live node, a bad join
     token, or a node description it cannot accept): the agent stops."""
@@ -595,7 +602,6 @@ class Agent:
             "have_pods": self._held.get("pods_version", ""),
             "have_services": self._held.get("services_version", ""),
             "service_deltas": True,  # what changed since `have_services` will do (`_complete`)
-            "endpoint_edits": True,  # a changed Service as edits of the one held, where shorter
         }
         said = hashlib.blake2b(
             json.dumps(
@@ -615,6 +621,7 @@ class Agent:
             self._usage_sent = usage
         news, self._news = self._news, False
         last = self._last_reply
+        payload.update(_edits_taken(last))
         omitted = False
         if last is not None and "report_held" in last:
             # This control plane compares reports by the agent's digest, and one it holds
@@ -731,7 +738,7 @@ class Agent:
                             "have_services": self._held.get("services_version", ""),
                             "timeout": WATCH_SECONDS,
                             "service_deltas": True,  # a move of the Services comes with what changed
-                            "endpoint_edits": True,
+                            **_edits_taken(self._last_reply),
                         },
                         headers={"Authorization": f"Bearer {self._token}"},
                     )

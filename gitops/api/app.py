@@ -455,6 +455,7 @@ def create_app(
             # deletes. Null with `pods` (the pods' version covers them).
             "claims": claims,
             "report_held": report_held,
+            "endpoint_edits": True,  # it takes `SyncRequest.endpoint_edits`
         }
 
     def _sync(name: str, request: SyncRequest, digest: str) -> list[Part]:

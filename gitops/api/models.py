@@ -371,6 +371,9 @@ class SyncReply(BaseModel):
     services_from: str = ""
     services_changed: list[dict[str, Any]] | None = None
     services_removed: list[tuple[str, str]] | None = None
+    # This control plane takes `SyncRequest.endpoint_edits` (one of an older release refuses
+    # the field, as any it does not know): an agent asks for them once a reply said so.
+    endpoint_edits: bool = False
     service_cidr: str
     cluster_cidr: str = ""
     # (pod subnet, node address) of every other node: routed through that node (host-gw).

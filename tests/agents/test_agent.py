@@ -16,6 +16,7 @@ from structlog.testing import capture_logs
 from gitops.agents.agent import ARCHES, Agent, AgentConfig, service_rules, well_known_labels
 from gitops.agents.iptables import Backend
 from gitops.agents.probes import Verdict
+from gitops.api.models import SyncRequest
 from gitops.codec import encode
 from gitops.model import (
     Endpoint,
@@ -382,3 +383,40 @@ def test_a_busy_control_plane_s_429_keeps_what_the_agent_holds_and_the_report_go
     agent.tick()
     assert len(bodies) > calls and bodies[calls]["statuses"] == said  # sent again, and taken
     assert rt.log == ["run default/a"]
+
+
+@pytest.mark.parametrize("takes_edits", [False, True])
+def test_the_agent_asks_for_service_edits_only_of_a_control_plane_that_said_it_takes_them(
+    tmp_path: Path, takes_edits: bool
+) -> None:
+    """A control plane of an older release refuses a field it does not know (422), as
+    `SyncRequest` does: the agent asks for Services as edits (`endpoint_edits`) only once
+    a reply said the control plane takes them."""
+    bodies: list[dict[str, Any]] = []
+    known = {*SyncRequest.model_fields} - ({"endpoint_edits"} if not takes_edits else set())
+
+    def server(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/register"):
+            return httpx.Response(200, json={"token": "tok", "service_cidr": "10.243.0.0/16"})
+        body = json.loads(request.content)
+        bodies.append(body)
+        if set(body) - known:
+            return httpx.Response(
+                422, json={"detail": [{"loc": ["body", *set(body) - known], "msg": "extra"}]}
+            )
+        reply = {"pods": [], "pods_version": "v1", "services": [], "services_version": "s1"}
+        return httpx.Response(
+            200,
+            json={
+                **reply,
+                "service_cidr": "10.243.0.0/16",
+                **({"endpoint_edits": True} if takes_edits else {}),
+            },
+        )
+
+    agent = make_agent(tmp_path, MemoryRuntime())
+    agent._http = httpx.Client(transport=httpx.MockTransport(server), base_url="http://gitops.invalid")
+    agent.tick()
+    agent.tick()  # (not long-polling: every tick calls)
+    assert len(bodies) == 2 and "endpoint_edits" not in bodies[0]
+    assert bodies[1].get("endpoint_edits", False) is takes_edits

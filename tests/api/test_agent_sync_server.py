@@ -264,6 +264,54 @@ def test_the_agent_takes_a_service_whose_endpoints_moved_as_edits_of_the_one_it_
     assert agent._held["services"] == everything["services"]
 
 
+def test_a_watch_answers_a_move_of_the_endpoints_with_edits_to_an_agent_that_takes_them(
+    plane: ControlPlane, tmp_path: Path
+) -> None:
+    """An agent long-polling that takes edits gets a Service whose endpoints moved as edits
+    of the one it holds in the watch's answer; the reply had said the server takes them."""
+    agent = registered_agent(plane, tmp_path, "n8", "192.0.2.80")
+    reconcile_once(plane.store, time.time())
+    assert wait_for(
+        lambda: agent.tick() or len(agent._held["services"][0]["endpoints"][0][1]) == 2, timeout=10
+    )
+    tainted = {**NODE, "name": "n9", "taints": [{"key": "watcher", "value": "", "effect": "NoSchedule"}]}
+    token = register(plane.url, plane.join_token, tainted)
+    held = httpx.post(
+        f"{plane.url}/agent/v1/nodes/n9/sync", json={}, headers={"Authorization": f"Bearer {token}"}
+    ).json()
+    assert held["endpoint_edits"] is True  # the server says it takes them
+    answers: list[dict[str, Any]] = []
+    watch = threading.Thread(
+        target=lambda: answers.append(
+            httpx.post(
+                f"{plane.url}/agent/v1/nodes/n9/watch",
+                json={
+                    "have_pods": held["pods_version"],
+                    "have_services": held["services_version"],
+                    "timeout": 30,
+                    "service_deltas": True,
+                    "endpoint_edits": True,
+                },
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=40,
+            ).json()
+        )
+    )
+    watch.start()
+    plane.store.apply_revision(
+        Revision("git:x", "2" * 40), [deployment(replicas=3), service("web", {"app": "web"})], [], 2.0
+    )
+    reconcile_once(plane.store, time.time())
+    assert wait_for(
+        lambda: agent.tick() or len(agent._held["services"][0]["endpoints"][0][1]) == 3, timeout=10
+    )
+    watch.join(40)
+    [answer] = answers
+    assert answer["changed"] is True and answer["services_from"] == held["services_version"]
+    [web] = answer["services_changed"]
+    assert "edits" in web and "endpoints" not in web, web
+
+
 def test_service_edits_that_do_not_fit_make_the_agent_fetch_every_service(
     plane: ControlPlane, tmp_path: Path
 ) -> None:
