@@ -40,7 +40,10 @@ neither side may cost a write, a full read or a re-encoding per call.
   An agent that also takes edits (`SyncRequest.endpoint_edits`) gets a changed Service
   as edits of the one it holds (`gitops.edits`: the endpoints it has as runs of them, the
   new ones whole) where that is shorter: one pod's move in a Service of 100 endpoints is
-  0.3 kB to each agent instead of 21 kB (`bench/endpoints.py`).
+  0.3 kB to each agent instead of 21 kB (`bench/endpoints.py`). An agent holding a
+  version older than those kept gets the Services changed since whole, as long as the
+  moves since are remembered by the keys they changed (`MOVED_KEYS`), and only then every
+  Service.
 - Every move of the Services sends each agent what changed: at n nodes, n times those
   bytes (as edits, as this release's agents take them). The next move waits until that
   fan-out would have gone at `FANOUT_BYTES_PER_S`
@@ -65,6 +68,7 @@ neither side may cost a write, a full read or a re-encoding per call.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import hashlib
 import itertools
@@ -102,6 +106,12 @@ from gitops.store import Report, Store
 log = structlog.get_logger(__name__)
 
 HISTORY = 8  # versions of the Services kept to answer an agent with what changed since its own
+# Keys of the Services the moves before those changed, kept (`_Move`) so that an agent whose
+# version fell out of `HISTORY` gets the Services changed since whole, not every Service: at
+# most this many keys over every move kept. With edits, moves of a few endpoints come every
+# second or so, and at 5,000 nodes hollow agents minutes behind fetched every Service (33 MB
+# each) again and again (docs/scale.md).
+MOVED_KEYS = 100_000
 FANOUT_BYTES_PER_S = 100e6  # what the Services' fan-out to every agent may cost the server, in reply bytes
 MAX_PACE = 30.0  # seconds: the longest a move of the Services waits for the fan-out of the last one
 FULL_EVERY = 300.0  # seconds between computations of every Service's endpoints, moved or not
@@ -254,6 +264,16 @@ class _Version:
 
 
 @dataclass(frozen=True)
+class _Move:
+    """A move of the Services: the version it led to, the keys of the Services it changed,
+    added or removed, and whether the routes moved."""
+
+    version: str
+    keys: frozenset[ServiceKey]
+    routes: bool
+
+
+@dataclass(frozen=True)
 class _Reply:
     """The Services' part of the replies to agents holding one version: every Service
     (`removed` None), or those changed since and the keys removed, as JSON text."""
@@ -327,6 +347,10 @@ class SharedEndpoints:
         # Service -> (its endpoints as last computed, `encode`d, as JSON text, the text's digest)
         self._encoded: dict[ServiceKey, tuple[ServiceEndpoints, Any, bytes, bytes]] = {}
         self._history: dict[str, _Version] = {}  # the last `HISTORY` versions, oldest first
+        self._moves: collections.deque[_Move] = collections.deque()  # oldest first (`MOVED_KEYS`)
+        self._moves_keys = 0  # keys over `_moves`
+        self._moves_made = 0  # moves so far: the newest in `_moves` is this one (counted from 1)
+        self._moved: dict[str, int] = {}  # a version in `_moves` -> the last move that led to it
         # (a version held ("": none), as edits) -> what an agent holding it gets
         self._replies: dict[tuple[str, bool], _Reply] = {}
         self._moved_at = float("-inf")  # monotonic time the Services last moved
@@ -383,8 +407,8 @@ class SharedEndpoints:
             version = self._version
             if have == version:
                 return version, {"services": b"null", "routes": b"null"}
-            since = have if deltas and have in self._history else ""
-            asked = (since, edits and bool(since))
+            since = have if deltas and (have in self._history or have in self._moved) else ""
+            asked = (since, edits and since in self._history)
             reply = self._replies.get(asked) or self._reply(*asked)
             routes = self._routes_json(node) if reply.routes_moved else b"null"
         if reply.removed is None:
@@ -402,7 +426,12 @@ class SharedEndpoints:
         `edits` or not, kept for the others asking the same until the next move (under
         `_lock`)."""
         old = self._history.get(since) if since else None
-        if old is None:
+        if old is None and since in self._moved:
+            keys, routes_moved = self._changed_since(since)
+            changed = [text for key, text in self._texts.items() if key in keys]
+            removed = [json.dumps(key).encode() for key in sorted(keys) if key not in self._texts]
+            reply = _Reply(_array(changed), _array(removed), routes_moved=routes_moved)
+        elif old is None:
             reply = _Reply(_array(list(self._texts.values())), None, routes_moved=True)
         else:
             changed = [
@@ -416,6 +445,30 @@ class SharedEndpoints:
             reply = _Reply(_array(changed), _array(removed), routes_moved=old.routes is not self._routes)
         self._replies[since, edits] = reply
         return reply
+
+    def _changed_since(self, version: str) -> tuple[set[ServiceKey], bool]:
+        """The keys of the Services the moves since `version` (one in `_moved`) changed, added
+        or removed, and whether the routes moved (under `_lock`)."""
+        first = self._moves_made - len(self._moves) + 1  # the oldest move kept
+        keys: set[ServiceKey] = set()
+        routes = False
+        for i in range(self._moved[version] - first + 1, len(self._moves)):
+            move = self._moves[i]
+            keys |= move.keys
+            routes = routes or move.routes
+        return keys, routes
+
+    def _remember(self, move: _Move) -> None:
+        """Keep `move` as the newest, forgetting the oldest beyond `MOVED_KEYS` (under `_lock`)."""
+        self._moves.append(move)
+        self._moves_keys += len(move.keys)
+        self._moves_made += 1
+        self._moved[move.version] = self._moves_made
+        while len(self._moves) > 1 and self._moves_keys > MOVED_KEYS:
+            oldest = self._moves.popleft()
+            self._moves_keys -= len(oldest.keys)
+            if self._moved.get(oldest.version) == self._moves_made - len(self._moves):
+                del self._moved[oldest.version]
 
     def routes_every(self) -> float:
         """Seconds at least between two moves of the routes alone: every agent fetches all
@@ -545,7 +598,11 @@ class SharedEndpoints:
         """Make `texts` and `routes` the version agents get (under `_lock`), and pace the next
         move by what this one costs to send every agent: the changes as edits of the last
         version (`gitops.edits`), as this release's agents holding it get them."""
-        last = self._version
+        last, before = self._version, self._texts
+        keys = frozenset(
+            [k for k, t in texts.items() if before.get(k) is not t] + [k for k in before if k not in texts]
+        )
+        moved_routes = routes is not self._routes
         if routes is not self._routes:
             pairs = [json.dumps([subnet, address]).encode() for _, subnet, address in routes]
             self._pairs = _array(pairs)
@@ -562,6 +619,7 @@ class SharedEndpoints:
         self._history[self._version] = _Version(texts, routes, {at: self._encoded[at][0] for at in texts})
         while len(self._history) > HISTORY:
             del self._history[next(iter(self._history))]
+        self._remember(_Move(self._version, keys, moved_routes))
         self._replies = {}
         if last == self._version:
             fanout = 0

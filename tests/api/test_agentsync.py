@@ -205,6 +205,43 @@ def test_an_agent_holding_a_kept_version_gets_only_the_services_changed_since(tm
     store.close()
 
 
+def test_an_agent_whose_version_fell_out_of_the_history_gets_the_services_changed_since_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With edits, moves of a few endpoints come every second or so, and an agent minutes
+    behind held a version no longer kept: it got every Service (33 MB at 1,500 Services).
+    The moves before those kept are remembered by the keys they changed: it gets those
+    Services whole and the keys removed; only beyond `MOVED_KEYS` does it get every one."""
+    from gitops.api import agentsync
+
+    monkeypatch.setattr(agentsync, "HISTORY", 1)
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store.register_node(Node(NodeName("n0"), "192.0.2.10", 4000, 2**32), "t", now=1.0)
+    shared = SharedEndpoints(store, clock=lambda: 1.0, ttl=0.0)
+    _services(store, "1", ("a", 80), ("b", 80), ("c", 80), ("d", 80))
+    first, parts = shared.reply_parts("", "n0", deltas=True)
+    held = _parsed(parts)["services"]
+    _services(store, "2", ("a", 81), ("b", 80), ("c", 80), ("d", 80))
+    shared.version()
+    _services(store, "3", ("a", 81), ("b", 80), ("c", 80), ("e", 80))  # d removed, e added
+    shared.version()
+    _services(store, "4", ("a", 82), ("b", 80), ("c", 80), ("e", 80), ("f", 80))
+    now, parts = shared.reply_parts(first, "n0", deltas=True, edits=True)
+    assert first not in shared._history
+    delta = _parsed(parts)
+    assert delta["services"] is None and delta["services_from"] == first
+    assert [s["name"] for s in delta["services_changed"]] == ["a", "e", "f"]  # type: ignore[union-attr]
+    assert delta["services_removed"] == [["default", "d"]]
+    everything = _parsed(shared.reply_parts("", "n0", deltas=True)[1])
+    applied = changed_services(held, delta["services_changed"], delta["services_removed"])  # type: ignore[arg-type]
+    assert applied == everything["services"] and now == shared.version()
+
+    monkeypatch.setattr(agentsync, "MOVED_KEYS", 2)  # the moves since `first` no longer all kept
+    _services(store, "5", ("a", 83), ("b", 81), ("c", 80), ("e", 80), ("f", 80))
+    assert _parsed(shared.reply_parts(first, "n0", deltas=True)[1])["services"] is not None  # every one
+    store.close()
+
+
 def test_a_costly_move_of_the_services_holds_the_next_one_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
