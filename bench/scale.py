@@ -356,7 +356,8 @@ class HollowAgent:
         (after taking its versions): every one, or those changed since (as edits of those
         held where shorter, applied as the real agent does) and the keys of those removed.
         Changes since another version than the one held (a sync's and a watch's answers
-        crossing), or edits that do not fit, leave it holding none, to ask for every one."""
+        crossing) leave what it holds, with its version, as the real agent does; edits that
+        do not fit leave it holding none, to ask for every one."""
         if self.services is None:
             return
         if answer.get("services") is not None:
@@ -364,9 +365,10 @@ class HollowAgent:
         elif answer.get("services_changed") is None:
             return
         else:
+            if answer.get("services_from") != asked or asked != self.held_services:
+                self.versions = (self.versions[0], self.held_services)
+                return
             try:
-                if answer.get("services_from") != asked or asked != self.held_services:
-                    raise EditMismatch(f"changes since {answer.get('services_from')!r}, not {asked!r}")
                 services = changed_services(
                     list(self.services.values()),
                     answer["services_changed"],

@@ -795,7 +795,8 @@ class Agent:
             self._synced.set()  # the watch may ask again, holding them
         if reply.get("services") is None and delta.get("services_changed") is not None:
             services = None
-            if delta.get("services_from") == self._held.get("services_version") and "services" in self._held:
+            crossed = delta.get("services_from") != self._held.get("services_version")
+            if not crossed and "services" in self._held:
                 try:
                     services = changed_services(
                         self._held["services"], delta["services_changed"], delta.get("services_removed") or []
@@ -807,8 +808,11 @@ class Agent:
                 self._held["services_version"] = reply["services_version"]
                 if reply.get("routes") is not None:
                     self._held["routes"] = reply["routes"]
-            else:  # changes to another version than this agent's: keep what it has, ask for all
+            elif not crossed or "services" not in self._held:  # they do not fit: ask for all
                 self._held["services_version"] = ""
+            # Else changes since another version than the one held (a watch's answer and a sync
+            # reply crossing): what it holds stands, with its version, and the next call asks
+            # from there. Asking for all instead fetched every Service (33 MB at 1,500).
             reply["services"] = self._held.get("services", [])
             reply["routes"] = self._held.get("routes", [])
             reply["services_version"] = self._held["services_version"]

@@ -335,6 +335,26 @@ def test_service_edits_that_do_not_fit_make_the_agent_fetch_every_service(
     assert agent._held["services_version"] == held and agent._held["services"] == services
 
 
+def test_changes_since_another_version_than_the_one_held_leave_what_the_agent_holds(
+    plane: ControlPlane, tmp_path: Path
+) -> None:
+    """A watch's answer and a sync reply crossing bring changes since another version than
+    the one the agent holds: it keeps what it holds, with its version, and asks from there;
+    it fetched every Service instead (33 MB at 1,500 Services)."""
+    agent = registered_agent(plane, tmp_path, "n10", "192.0.2.100")
+    agent.tick()
+    held, services = agent._held["services_version"], agent._held["services"]
+    assert held and [s["name"] for s in services] == ["web"]
+    other = {**services[0], "name": "other"}
+    agent._complete(
+        {"services": None, "services_version": "v9", "services_from": "v7", "services_changed": [other]}
+    )
+    assert agent._held["services_version"] == held and agent._held["services"] == services
+    replies = sync_replies(agent)
+    agent.tick()
+    assert replies[-1]["services"] is None and replies[-1]["services_version"] == held  # nothing fetched
+
+
 def test_an_agent_refused_its_name_stops_and_says_why(plane: ControlPlane, tmp_path: Path) -> None:
     register(plane.url, plane.join_token)  # n1 is registered and Ready
     config = AgentConfig(
