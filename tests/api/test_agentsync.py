@@ -418,6 +418,51 @@ def test_a_pod_moving_under_one_service_computes_only_that_service_again(tmp_pat
     store.close()
 
 
+def test_a_pod_leaving_a_service_goes_as_edits_and_paces_the_next_move_by_their_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One pod of 20 leaving a Service: an agent holding the version before that takes
+    edits gets the Service as edits of the one it holds (`gitops.edits`), an older agent
+    whole; applied, the edits give what a full reply gives. The next move waits for the
+    edits' fan-out, not the whole Service's."""
+    from gitops.api import agentsync
+    from gitops.controller import reconcile_once
+    from gitops.model import PodStatus, Revision
+    from tests.planner.factories import deployment, service
+
+    monkeypatch.setattr(agentsync, "FANOUT_BYTES_PER_S", 1.0)  # the pace: the fan-out's bytes, in seconds
+    monkeypatch.setattr(agentsync, "MAX_PACE", 1e9)
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store.register_node(Node(NodeName("n0"), "192.0.2.10", 4000, 2**32), "t", now=1.0)
+    store.apply_revision(
+        Revision("git:x", "a" * 40), [deployment("a", replicas=20), service("a", {"app": "a"})], [], 1.0
+    )
+    reconcile_once(store, 1.0)
+    pods = store.pods()
+    statuses = tuple(
+        PodStatus(p.id, "Running", ready=True, pod_ip=f"10.244.0.{i + 2}") for i, p in enumerate(pods)
+    )
+    store.heartbeat("n0", statuses, now=2.0)
+    shared = SharedEndpoints(store, clock=lambda: 2.0, ttl=0.0)
+    first, parts = shared.reply_parts("", "n0", deltas=True)
+    held = _parsed(parts)["services"]
+    assert len(held[0]["endpoints"][0][1]) == 20  # type: ignore[index]
+    store.heartbeat("n0", (PodStatus(pods[7].id, "Running", ready=False, pod_ip="10.244.0.9"),), now=3.0)
+    shared.pace = 0.0
+    second, parts = shared.reply_parts(first, "n0", deltas=True, edits=True)
+    assert second != first
+    [entry] = _parsed(parts)["services_changed"]  # type: ignore[misc]
+    assert "edits" in entry and "endpoints" not in entry
+    whole = _parsed(shared.reply_parts(first, "n0", deltas=True)[1])["services_changed"]
+    assert "edits" not in whole[0]  # type: ignore[index]  # an agent that does not take edits
+    everything = _parsed(shared.reply_parts("", "n0", deltas=True)[1])["services"]
+    assert changed_services(held, [entry], []) == everything  # type: ignore[arg-type]
+    assert len(everything[0]["endpoints"][0][1]) == 19  # type: ignore[index]
+    edits_bytes = len(parts["services_changed"]) + len(parts["services_removed"])  # type: ignore[arg-type]
+    assert shared.pace == edits_bytes < len(shared._texts["default", "a"])
+    store.close()
+
+
 def test_an_agent_s_measurement_rows_are_kept_as_its_report_per_pod_would_be() -> None:
     """The real agent's rows (`usage_rows`, a row per container) pass the server's request
     model and are kept per pod: each pod's containers together, the latest of their times
