@@ -354,7 +354,7 @@ class HollowAgent:
     def hold_services(self, answer: dict[str, Any], asked: str) -> None:
         """Take the Services of a sync or watch answer to a call that named version `asked`
         (after taking its versions): every one, or those changed since (as edits of those
-        held where shorter, applied as the real agent does) and the keys of those removed.
+        held unless their ports changed, applied as the real agent does) and the keys of those removed.
         Changes since another version than the one held (a sync's and a watch's answers
         crossing) leave what it holds, with its version, as the real agent does; edits that
         do not fit leave it holding none, to ask for every one."""
@@ -423,7 +423,7 @@ class HollowAgent:
             "have_pods": self.versions[0],
             "have_services": self.versions[1],
             "service_deltas": True,  # as the real agent: what changed since the version held
-            "endpoint_edits": True,  # and a Service as edits of the one held, where shorter
+            "endpoint_edits": True,  # and a Service as edits of the one held (unless its ports changed)
         }
         if self.held is not None:  # as the real agent: a report the server holds is not sent again
             fields["report_digest"] = digest

@@ -15,8 +15,9 @@ items, each found by value), `edited(held, script)` applies one, checking each r
 the held list's length (`EditMismatch`: the receiver then asks for the list whole).
 
 A Service goes as edits (`service_edits`) when its ports are those of the one held: its
-other fields whole, and `"edits"` in place of `endpoints` (a script per port) and
-`addresses`; `edited_service` makes the Service of it, equal to the whole one's JSON.
+namespace and name, those of its other fields that changed, and `"edits"` in place of
+`endpoints` (a script per port) and `addresses`; `edited_service` makes the Service of it
+(the fields not sent as held), equal to the whole one's JSON.
 """
 
 from __future__ import annotations
@@ -74,19 +75,26 @@ def edited(held: Sequence[Any], edits: Sequence[Any]) -> list[Any]:
 
 
 _EDITED = ("endpoints", "addresses")  # a Service's fields sent as edits
+_KEY = ("namespace", "name")  # a Service's fields always sent: which Service it is
 
 
 def service_edits(
     old: ServiceEndpoints, new: ServiceEndpoints, value: Mapping[str, Any], whole: bytes
 ) -> bytes:
     """`new` (`value`: its JSON, `whole`: as text) as edits of `old` for an agent holding
-    `old`, as JSON text; `whole` when its ports are not those of `old`, or when the edits
-    would be no shorter."""
+    `old`, as JSON text: its key and the fields that changed (its VIP, ports and type were
+    two thirds of a pod's leaving), and the edits; `whole` when its ports are not those of
+    `old`. (Never longer than `whole`: a run stands for at least one item's object, and the
+    `"edits"` wrapper for the port objects and the unchanged `ports` left out.)"""
     if len(old.endpoints) != len(new.endpoints) or any(
         o[0] != n[0] for o, n in zip(old.endpoints, new.endpoints, strict=True)
     ):
         return whole
-    entry = {key: v for key, v in value.items() if key not in _EDITED}
+    entry = {
+        key: v
+        for key, v in value.items()
+        if key not in _EDITED and (key in _KEY or getattr(old, key) != getattr(new, key))
+    }
     entry["edits"] = {
         "endpoints": [
             script(o[1], n[1], sent[1])
@@ -94,8 +102,7 @@ def service_edits(
         ],
         "addresses": script(old.addresses, new.addresses, value["addresses"]),
     }
-    text = json.dumps(entry, separators=(",", ":")).encode()
-    return text if len(text) < len(whole) else whole
+    return json.dumps(entry, separators=(",", ":")).encode()
 
 
 def edited_service(held: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[str, Any]:

@@ -39,7 +39,7 @@ neither side may cost a write, a full read or a re-encoding per call.
   every move of the endpoints kept the server saturated and its nodes' heartbeats late.
   An agent that also takes edits (`SyncRequest.endpoint_edits`) gets a changed Service
   as edits of the one it holds (`gitops.edits`: the endpoints it has as runs of them, the
-  new ones whole) where that is shorter: one pod's move in a Service of 100 endpoints is
+  new ones whole; its other fields only if they changed): one pod's move in a Service of 100 endpoints is
   0.3 kB to each agent instead of 21 kB (`bench/endpoints.py`). An agent holding a
   version older than those kept gets the Services changed since whole, as long as the
   moves since are remembered by the keys they changed (`MOVED_KEYS`), and only then every
@@ -399,7 +399,7 @@ class SharedEndpoints:
         """The Services' version now, and the Services' fields of a reply to an agent of `node`
         holding version `have`, as JSON text: nulls when it holds this version; with
         `deltas`, from a version still kept, the Services changed since (`services_changed`,
-        each whole, or with `edits` as edits of the one held where that is shorter:
+        each whole, or with `edits` as edits of the one held unless its ports changed:
         `gitops.edits`), the keys of those removed (`services_removed`) and the routes only
         if they moved; else every Service and the routes."""
         self.get()

@@ -291,7 +291,7 @@ class SyncRequest(_Strict):
     service_deltas: bool = False
     # With `service_deltas`: a Service changed may come as edits of the one the agent holds
     # (`gitops.edits`: its endpoints and addresses as an edit script, `"edits"` in place of
-    # them), where that is shorter than the Service whole.
+    # them), unless its ports changed.
     endpoint_edits: bool = False
     # The agent's own digest of what it reports (its statuses, stopped pods, proxy problems
     # and runtime error): the server compares reports by it, not by digesting them itself.
