@@ -920,17 +920,10 @@ class NodeWatch:
         return node in self._waiting or time.monotonic() - self._watched.get(node, float("-inf")) < within
 
     async def wait(
-        self,
-        node: str,
-        have_pods: str,
-        have_services: str,
-        timeout: float,
-        *,
-        deltas: bool = False,
-        edits: bool = False,
+        self, node: str, have_pods: str, have_services: str, timeout: float, *, deltas: bool = False
     ) -> WatchAnswer:
         """What moved for `node`, once something has, or after `timeout` seconds (`begin`)."""
-        return await self.begin(node, have_pods, have_services, timeout, deltas=deltas, edits=edits)
+        return await self.begin(node, have_pods, have_services, timeout, deltas=deltas)
 
     def begin(
         self,
