@@ -3,7 +3,7 @@ with the `Settled` memo the controller keeps between passes, against `decide` wi
 (what every pass did before the memo), both in this process on the same state.
 
     python bench/noop_pass.py [--nodes 5000] [--pods 150000] [--deployments 1500] [--pending 0]
-        [--repeat 5] [--store]
+        [--churn] [--repeat 5] [--store]
 
 The state: `--nodes` Ready nodes (64 cores, 256 GiB, 110 pods each) and `--deployments`
 Deployments of `--pods / --deployments` replicas each (one container asking 10m and
@@ -11,7 +11,9 @@ Deployments of `--pods / --deployments` replicas each (one container asking 10m 
 complete. With `--pending N`, one more Deployment of N replicas that fit on no node (each
 asks for more CPU than a node has): they wait, unschedulable, as a DaemonSet's pods on
 nodes not ready do. It is reached as the controller reaches it: passes of `decide`, each
-followed by `settle` (the agents doing what it said), until one decides nothing.
+followed by `settle` (the agents doing what it said), until one decides nothing. With
+`--churn`, before each timed pass one bound pod restarted (its agent's report written: a
+new object for that pod, in a new tuple), as a large cluster's pods do all the time.
 
 Then `--repeat` no-op passes are timed each way (the memo's first pass after the fixed
 point fills it and is not counted; the best of the rest is). Both ways must decide
@@ -35,6 +37,7 @@ The last line is one JSON object of the figures.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import sys
@@ -90,11 +93,25 @@ def steady(args: argparse.Namespace) -> tuple[ClusterState, float]:
     raise SystemExit("no fixed point after 50 passes")
 
 
-def timed(state: ClusterState, now: float, repeat: int, settled: Settled | None) -> tuple[float, bool]:
-    """The best time of `repeat` passes a second apart, and whether each decided nothing and
-    the same as a pass without the memo at its time."""
+def restarted(state: ClusterState, n: int) -> ClusterState:
+    """`state` after its `n`th bound pod (in steps through the pods) restarted once more."""
+    bound = [i for i, p in enumerate(state.pods) if p.node is not None]
+    at = bound[(n * 7919) % len(bound)]
+    pods = list(state.pods)
+    pods[at] = dataclasses.replace(pods[at], restarts=pods[at].restarts + 1)
+    return dataclasses.replace(state, pods=tuple(pods))
+
+
+def timed(
+    state: ClusterState, now: float, repeat: int, settled: Settled | None, *, churn: bool = False
+) -> tuple[float, bool]:
+    """The best time of `repeat` passes a second apart (with `churn`, each after a pod
+    restarted), and whether each decided nothing and the same as a pass without the memo
+    at its time."""
     best, same = float("inf"), True
-    for _ in range(repeat):
+    for n in range(repeat):
+        if churn:
+            state = restarted(state, n)
         gc.collect()
         started = time.perf_counter()
         decision = decide(state, now, settled=settled)
@@ -182,17 +199,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--pending", type=int, default=0, help="pods more that fit on no node (they wait, unschedulable)"
     )
+    parser.add_argument(
+        "--churn", action="store_true", help="a bound pod restarts before each timed pass (its row written)"
+    )
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--store", action="store_true", help="time whole controller passes over a store too")
     args = parser.parse_args(argv)
     say(f"noop pass: {args.nodes} nodes, {args.pods} pods in {args.deployments} Deployments")
     state, now = steady(args)
 
-    baseline, plain = timed(state, now, args.repeat, None)
+    baseline, plain = timed(state, now, args.repeat, None, churn=args.churn)
     say(f"without the memo (every Deployment planned): {baseline * 1000:.1f} ms")
     settled = Settled()
     decide(state, now, settled=settled)  # fills the memo, as the pass after any change does
-    memo, kept = timed(state, now + 1.0, args.repeat, settled)
+    memo, kept = timed(state, now + 1.0, args.repeat, settled, churn=args.churn)
     say(
         f"with the memo: {memo * 1000:.1f} ms ({settled.plans.reused} plan parts and "
         f"{settled.statuses.reused} rollout statuses reused)"
@@ -205,6 +225,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "pods": len(state.pods),
         "deployments": args.deployments,
         "pending": args.pending,
+        "churn": args.churn,
         "noop_decide_ms": round(memo * 1000, 1),
         "baseline_ms": round(baseline * 1000, 1),
         "ratio": round(baseline / memo, 2),

@@ -14,7 +14,9 @@ are the same with or without one: only what does not depend on the clock is kept
 it has been ready), and only plan parts that change nothing (a part that creates or stops
 pods is computed again next time). StatefulSets and Jobs are planned at every pass.
 It also keeps the last pass's placements with what the scheduler read for them (`Placed`):
-pods that fit nowhere are not placed again while none of that changed.
+pods that fit nowhere are not placed again while none of that changed. A bound pod's
+status (its phase while it runs, its readiness, restarts, address) is not among it, so
+that the churn of a large cluster's reports does not make each pass place them again.
 
 The controller keeps one between passes; a preview, which runs each pass on new pod
 objects, does not need one.
@@ -27,8 +29,8 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from gitops.model import Manifest, Node, NodeName, ObjectKey, Placements, Pod, PodId, PodName
-from gitops.planner.actions import Plan
+from gitops.model import Manifest, Node, NodeName, ObjectKey, Placements, Pod, PodId, PodName, pod_changes
+from gitops.planner.actions import Plan, finished
 from gitops.planner.rollout import RolloutStatus
 
 Answer = TypeVar("Answer")
@@ -114,7 +116,13 @@ class Placed:
     pod that fits nowhere (a DaemonSet's on a node not ready, a pod asking more than any
     node has) costs a pass over a settled cluster nothing, where placing it again built
     the scheduler's columns of 150,000 bound pods (0.3 s at 5,000 nodes) every pass that
-    decided, the resync's every few seconds among them."""
+    decided, the resync's every few seconds among them.
+
+    Of the pods, the same means what the scheduler reads of each (`_scheduled`): a pod
+    whose status changed and nothing else (it became ready, restarted, got its address)
+    leaves the placements as they were. Kubernetes' scheduler too keeps a pod that fit
+    nowhere aside until an event that could make it fit; here the test is the scheduler's
+    inputs themselves, so the answer is the one it would give."""
 
     pending: tuple[Pod, ...]
     live: Live
@@ -134,13 +142,49 @@ class Placed:
         """Whether these are the inputs the placements were worked out from: the same
         objects, or (nodes, claims, desired objects) equal ones."""
         return (
-            live is self.live
-            and len(pending) == len(self.pending)
+            len(pending) == len(self.pending)
             and all(map(operator.is_, pending, self.pending))
             and (nodes is self.nodes or nodes == self.nodes)
             and (claims is self.claims or claims == self.claims)
             and (desired is self.desired or desired == self.desired)
+            and (live is self.live or self._scheduled_alike(live))
         )
+
+    def _scheduled_alike(self, live: Live) -> bool:
+        """Whether `live`'s pods are the kept ones as the scheduler reads them: the same
+        pods evicted, none come or gone, and each pod written since the same in every field
+        the scheduler, its count of a node's pods and the disruption budgets (with the
+        desired objects, the same) read (`_scheduled`). A walk comparing identities, and
+        the fields of the few pods written since."""
+        if live.gone != self.live.gone:
+            return False
+        changed, where, _ = pod_changes(self.live.pods, live.pods)
+        if where is None:
+            return False
+        budgets = any(m.key.kind == "PodDisruptionBudget" for m in self.desired)
+        return all(
+            a is not None and b is not None and _scheduled(a, budgets) == _scheduled(b, budgets)
+            for a, b in changed
+        )
+
+
+def _scheduled(pod: Pod, budgets: bool) -> tuple[object, ...]:
+    """What the scheduler reads of a pod (`gitops.scheduler`: its node, spec, owner and
+    revision, labels, whether it is stopping; `reconcile._bound`: whether it ran to its
+    end), and, where disruption budgets are (`disruption_budgets`: which pods are healthy),
+    its readiness."""
+    return (
+        pod.namespace,
+        pod.name,
+        pod.node,
+        pod.spec,
+        pod.owner,
+        pod.template_hash,
+        pod.labels,
+        pod.terminating_at,
+        finished(pod),
+        pod.ready if budgets else None,
+    )
 
 
 @dataclass
