@@ -4,7 +4,7 @@
         [--interval 1.0] [--connections 32] [--settle 10] [--quiet 10] [--timeout 600]
         [--api-replicas 0] [--pin] [--agent-processes 1] [--witnesses 50] [--usage-every 15]
         [--services] [--daemonsets 0] [--agents-nice 0] [--agents-idle] [--witness-slice short]
-        [--witness-phases even] [--capture]
+        [--witness-phases even] [--capture] [--rollout 0]
 
 `gitops serve` runs as a child process (its own interpreter, SQLite in a temporary folder
 unless `--db` names a database, a folder source, the API on a free loopback port), exactly
@@ -68,7 +68,14 @@ Phases, each printed with its time:
    hold them in the server, from the handler's start to its answer), the witness's calls,
    and the servers' CPU per call (their user+system time over the calls answered, the
    leader's and the replicas'), hence how many nodes one core
-   keeps in sync at one call per node per second (`nodes_per_core`).
+   keeps in sync at one call per node per second (`nodes_per_core`);
+4. rollout (with `--rollout F`): the first F of the Deployments get a new image in one
+   commit, and the bench waits until each has only pods of its new template, every pod
+   Running (`commit_to_rolled_out_s`), with the servers' CPU (`rollout_cpu_s`), the
+   controller's passes (`rollout_passes`, `rollout_pass_s` on average), the fewest pods
+   ready at any look, once a second (`rollout_fewest_ready`: each Deployment keeps 75% of
+   its replicas available), and the agents' calls meanwhile (`rollout_sync_ms_p50` /
+   `_p99`, `rollout_sync_failures`, `rollout_sync_deferred`).
 
 The server's cyclic garbage collector's time (its `gitops_gc_seconds_total`) is given for
 the pods coming up (`running_gc_s`) and as a share of the quiet window (`quiet_gc_share`);
@@ -1126,13 +1133,13 @@ def free_port() -> int:
         return port
 
 
-def _workload(kind: str, name: str, label: str, replicas: int | None = None) -> str:
-    """One workload as a YAML document (JSON, its flow style): one container asking 10m and
-    16 MiB, its pods labelled `label: name`."""
+def _workload(kind: str, name: str, label: str, replicas: int | None = None, version: int = 1) -> str:
+    """One workload as a YAML document (JSON, its flow style): one container (image
+    `name:version`) asking 10m and 16 MiB, its pods labelled `label: name`."""
     labels = {label: name}
     container = {
         "name": "main",
-        "image": f"{name}:1",
+        "image": f"{name}:{version}",
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
     }
     spec: dict[str, Any] = {} if replicas is None else {"replicas": replicas}
@@ -1145,10 +1152,13 @@ def _workload(kind: str, name: str, label: str, replicas: int | None = None) -> 
     )
 
 
-def deployments(count: int, pods: int, *, services: bool = False, daemonsets: int = 0) -> str:
+def deployments(
+    count: int, pods: int, *, services: bool = False, daemonsets: int = 0, rolled: int = 0
+) -> str:
     """`count` Deployments holding `pods` replicas in all, as one multi-document file; with
     `services`, each with a ClusterIP Service selecting its pods (port 80 to 8080); and
-    `daemonsets` DaemonSets (a pod on every node but the witness's, which are tainted)."""
+    `daemonsets` DaemonSets (a pod on every node but the witness's, which are tainted). The
+    first `rolled` Deployments have their image's second version."""
     docs = [_workload("DaemonSet", f"ds{d}", "ds") for d in range(daemonsets)]
     for d in range(count):
         if services:
@@ -1156,7 +1166,8 @@ def deployments(count: int, pods: int, *, services: bool = False, daemonsets: in
                 f"apiVersion: v1\nkind: Service\nmetadata: {{name: app{d}}}\n"
                 f"spec: {{selector: {{app: app{d}}}, ports: [{{port: 80, targetPort: 8080}}]}}\n"
             )
-        docs.append(_workload("Deployment", f"app{d}", "app", pods // count + (1 if d < pods % count else 0)))
+        replicas = pods // count + (1 if d < pods % count else 0)
+        docs.append(_workload("Deployment", f"app{d}", "app", replicas, 2 if d < rolled else 1))
     return "---\n".join(docs)
 
 
@@ -1196,24 +1207,37 @@ class Server:
         row = self._one(f"SELECT count(*), count(node), {running} FROM pods")  # noqa: S608 - no input in it
         return int(row[0]), int(row[1]), int(row[2])
 
+    def ready(self) -> int:
+        """The pods ready and not stopping, in the database."""
+        return int(self._one("SELECT count(*) FROM pods WHERE ready AND terminating_at IS NULL")[0])
+
     def measured_pods(self) -> int:
         """The pods whose measured use this server's agents reported (`/metrics/resource`)."""
         with urlopen(f"http://127.0.0.1:{self.port}/metrics/resource", timeout=60) as reply:
             text: str = reply.read().decode()
         return text.count("gitops_container_cpu_usage_millicores{")
 
+    def revisions(self) -> set[tuple[str, str]]:
+        """Each Deployment's pods' template hashes in the database: (its name, a hash)."""
+        query = "SELECT DISTINCT owner_name, template_hash FROM pods WHERE owner_kind = 'Deployment'"
+        found = self._rows(query)
+        return {(str(name), str(template)) for name, template in found}
+
     def _one(self, query: str) -> Any:
         """The one row `query` gives, read from the database."""
+        return self._rows(query)[0]
+
+    def _rows(self, query: str) -> list[Any]:
+        """The rows `query` gives, read from the database."""
         if self.db.startswith("sqlite"):
             path = self.db.removeprefix("sqlite:///")
             with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as conn:
-                row = conn.execute(query).fetchone()
-        else:
-            engine = create_engine(self.db)
-            with engine.connect() as conn:
-                row = conn.execute(text(query)).one()
-            engine.dispose()
-        return row
+                return list(conn.execute(query).fetchall())
+        engine = create_engine(self.db)
+        with engine.connect() as conn:
+            rows = list(conn.execute(text(query)).all())
+        engine.dispose()
+        return rows
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -1642,6 +1666,8 @@ async def run(
                 f"slowest {figures['witness_slow_calls']}, the server's part p50 "
                 f"{figures['witness_slow_server_ms_p50']} ms, its own {figures['witness_slow_own_ms_p50']} ms"
             )
+        if args.rollout:
+            await roll_out(args, servers, fleet, calls, figures)
         if calls.last_error:
             say(f"  last failed call: {calls.last_error}")
     finally:
@@ -1650,6 +1676,69 @@ async def run(
             witness.stop()
         if capture is not None:
             capture.stop()
+
+
+async def roll_out(
+    args: argparse.Namespace, servers: Sequence[Server], fleet: Fleet, calls: Calls, figures: dict[str, Any]
+) -> None:
+    """The rollout phase (`--rollout`): the first share of the Deployments get a new image in
+    one commit, and the bench waits until each of them has only pods of the new template,
+    every pod Running again. Its figures: the time (`commit_to_rolled_out_s`), the servers'
+    CPU, the controller's passes (count, mean), the fewest pods ready at once among all of
+    them (read every second: each Deployment keeps 75% of its replicas available, its
+    default `maxUnavailable`), and the agents' calls meanwhile."""
+    server = servers[0]
+    rolled = max(1, round(args.deployments * args.rollout))
+    names = {f"app{d}" for d in range(rolled)}
+    old = {template for name, template in server.revisions() if name in names}
+    each, more = divmod(args.pods, args.deployments)
+    replaced = sum(each + (1 if d < more else 0) for d in range(rolled))
+    all_pods = args.pods + figures["daemonset_pods"]
+    figures["rollout_deployments"] = rolled
+    figures["rollout_pods"] = replaced
+    metrics = server.metrics()
+    pass_sum, pass_count = histogram(metrics, "gitops_controller_pass_seconds")
+    fleet.drain(calls)
+    calls.reset()
+    fewest_ready = [all_pods]
+    committed, cpu_before = time.monotonic(), cpu_seconds(servers)
+    (server.folder / "apps.yaml").write_text(
+        deployments(
+            args.deployments, args.pods, services=args.services, daemonsets=args.daemonsets, rolled=rolled
+        )
+    )
+
+    def rolled_out() -> bool | str:
+        total, _, running = server.counts()
+        ready = server.ready()
+        fewest_ready[0] = min(fewest_ready[0], ready)
+        left = sum(1 for name, template in server.revisions() if name in names and template in old)
+        return (total == all_pods and running == all_pods and not left) or (
+            f"{total} pods, {running} running, {ready} ready; "
+            f"{left} of {rolled} Deployments still with pods of the old template"
+        )
+
+    await wait_for("rollout", rolled_out, args.timeout, every=1.0)
+    figures["commit_to_rolled_out_s"] = round(time.monotonic() - committed, 2)
+    figures["rollout_cpu_s"] = round(cpu_seconds(servers) - cpu_before, 1)
+    after_sum, after_count = histogram(server.metrics(), "gitops_controller_pass_seconds")
+    figures["rollout_passes"] = int(after_count - pass_count)
+    figures["rollout_pass_s"] = (
+        round((after_sum - pass_sum) / (after_count - pass_count), 3) if after_count > pass_count else None
+    )
+    figures["rollout_fewest_ready"] = fewest_ready[0]
+    fleet.drain(calls)
+    figures["rollout_sync_ms_p50"] = percentile_ms(calls.seconds, 0.50)
+    figures["rollout_sync_ms_p99"] = percentile_ms(calls.seconds, 0.99)
+    figures["rollout_sync_failures"] = calls.failures
+    figures["rollout_sync_deferred"] = calls.deferred
+    say(
+        f"rollout: {rolled} Deployments' {replaced} pods replaced in {figures['commit_to_rolled_out_s']} s "
+        f"({figures['rollout_passes']} controller passes of {figures['rollout_pass_s']} s on average, "
+        f"server CPU {figures['rollout_cpu_s']} s); at least {fewest_ready[0]} of {all_pods} pods ready "
+        f"at each look; agents' sync calls p50 {figures['rollout_sync_ms_p50']} ms, "
+        f"p99 {figures['rollout_sync_ms_p99']} ms, {calls.failures} failed, {calls.deferred} deferred (429)"
+    )
 
 
 def _exit_on_term(signum: int, _frame: Any) -> None:
@@ -1696,6 +1785,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--quiet", type=float, default=10.0, help="seconds of the no-op measurement")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds each phase may take")
+    parser.add_argument(
+        "--rollout",
+        type=float,
+        default=0.0,
+        help="after the quiet window, give this share of the Deployments (0-1) a new image and time "
+        "their rolling update (0: none)",
+    )
     parser.add_argument(
         "--keep", action="store_true", help="keep the temporary folder (database, server log)"
     )
