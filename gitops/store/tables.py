@@ -245,3 +245,20 @@ class SerialRow(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     serial: Mapped[int] = mapped_column(BigInteger)
+
+
+class PodDeletionRow(Base):
+    """The pod rows deleted lately, each with the wall clock of its delete: written by a
+    trigger on `pods` (migration 0012), so that every delete leaves one, whatever statement
+    or release made it. Readers keeping the pods in memory (`gitops.store.podcache`) drop
+    those deleted since their last read, as they read the rows written since by their
+    `written_at`, instead of reading every id. Deletes older than `DELETIONS_KEPT` seconds
+    are removed by the next transaction that deletes pods."""
+
+    __tablename__ = "pod_deletions"
+
+    id: Mapped[str] = mapped_column(String(512), primary_key=True)
+    deleted_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+DELETIONS_KEPT = 600.0  # seconds a pod's delete is kept in `pod_deletions`

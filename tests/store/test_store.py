@@ -317,6 +317,52 @@ def test_stopping_a_placed_pod_drains_it_until_its_agent_reports_it_gone(store: 
     assert store.pods() == []
 
 
+def test_a_batch_of_reports_reads_its_rows_at_once_whatever_its_size(store: Store) -> None:
+    """While a rollout replaces pods, each report read its node's row and each pod it had
+    stopped apart, every read flushing the reports before it: a fifth of the agents'
+    server's time. A batch now reads its nodes and its pods in one statement each."""
+    from gitops.store.store import Report
+
+    names = [f"n{i}" for i in range(12)]
+    for name in names:
+        store.register_node(Node(NodeName(name), "192.0.2.10", 16000, 64 * 2**30), f"t-{name}", now=1.0)
+    result = plan([deployment(replicas=36)], [])
+    store.apply_pod_changes(
+        create=[(a.pod, a.reason) for a in result.create], stop=[], bind={}, pending_reasons={}, now=2.0
+    )
+    pods = sorted(store.pods(), key=lambda p: p.id)
+    bind = {p.id: NodeName(names[i % 12]) for i, p in enumerate(pods)}
+    store.apply_pod_changes(create=[], stop=[], bind=bind, pending_reasons={}, now=3.0)
+    stopping = pods[:12]  # one on each node
+    store.apply_pod_changes(
+        create=[], stop=[(p, "rolled") for p in stopping], bind={}, pending_reasons={}, now=4.0
+    )
+    reports = [
+        Report(
+            name,
+            tuple(PodStatus(p.id, "Running", ready=True) for p in pods[12:] if bind[p.id] == name),
+            5.0,
+            tuple(p.id for p in stopping if bind[p.id] == name),
+        )
+        for name in names
+    ]
+    reads: list[str] = []
+
+    def note(_c: object, _k: object, statement: str, *_: object) -> None:
+        read = statement.lstrip().upper().startswith("SELECT")
+        if read and ("FROM pods" in statement or "FROM nodes" in statement):
+            reads.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", note)
+    assert store.heartbeats(reports) == [True] * 12
+    event.remove(store.engine, "before_cursor_execute", note)
+    assert len(reads) == 2  # the nodes, the pods (before: a node and a stopped pod each report)
+    left = store.pods()
+    assert {p.id for p in left} == {p.id for p in pods[12:]}
+    assert all(p.phase == "Running" and p.ready for p in left)
+    assert {r.node.name: r.heartbeat_at for r in store.nodes(now=5.0)} == dict.fromkeys(names, 5.0)
+
+
 def test_real_nodes_register_whatever_their_size(store: Store) -> None:
     """Sizes are 64-bit on both databases: 0.1 overflowed INTEGER on PostgreSQL from 2 GiB."""
     huge = Node(NodeName("big"), "192.0.2.30", 256_000, 4 * 2**40, max_pods=250)
