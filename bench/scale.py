@@ -75,7 +75,9 @@ Phases, each printed with its time:
    controller's passes (`rollout_passes`, `rollout_pass_s` on average), the fewest pods
    ready at any look, once a second (`rollout_fewest_ready`: each Deployment keeps 75% of
    its replicas available), and the agents' calls meanwhile (`rollout_sync_ms_p50` /
-   `_p99`, `rollout_sync_failures`, `rollout_sync_deferred`).
+   `_p99`, `rollout_sync_failures`, `rollout_sync_deferred`; as the hollow agents time
+   them, their processes' own waits included, and in the server, `rollout_server_sync_ms_p50`
+   / `_p99`, the bounds of the histogram's buckets that hold them).
 
 The server's cyclic garbage collector's time (its `gitops_gc_seconds_total`) is given for
 the pods coming up (`running_gc_s`) and as a share of the quiet window (`quiet_gc_share`);
@@ -1698,6 +1700,8 @@ async def roll_out(
     figures["rollout_pods"] = replaced
     metrics = server.metrics()
     pass_sum, pass_count = histogram(metrics, "gitops_controller_pass_seconds")
+    fronts = servers[1:] or servers  # the agents' control planes
+    served_before = merged_buckets(fronts, "gitops_agent_sync_seconds")
     fleet.drain(calls)
     calls.reset()
     fewest_ready = [all_pods]
@@ -1732,12 +1736,18 @@ async def roll_out(
     figures["rollout_sync_ms_p99"] = percentile_ms(calls.seconds, 0.99)
     figures["rollout_sync_failures"] = calls.failures
     figures["rollout_sync_deferred"] = calls.deferred
+    served = merged_buckets(fronts, "gitops_agent_sync_seconds")
+    for q in (0.50, 0.99):  # in the server, from the handler's start to its answer: at most
+        at_most = bucket_quantile(served_before, served, q)
+        figures[f"rollout_server_sync_ms_p{q * 100:.0f}"] = round(at_most * 1000, 2)
     say(
         f"rollout: {rolled} Deployments' {replaced} pods replaced in {figures['commit_to_rolled_out_s']} s "
         f"({figures['rollout_passes']} controller passes of {figures['rollout_pass_s']} s on average, "
         f"server CPU {figures['rollout_cpu_s']} s); at least {fewest_ready[0]} of {all_pods} pods ready "
         f"at each look; agents' sync calls p50 {figures['rollout_sync_ms_p50']} ms, "
-        f"p99 {figures['rollout_sync_ms_p99']} ms, {calls.failures} failed, {calls.deferred} deferred (429)"
+        f"p99 {figures['rollout_sync_ms_p99']} ms, {calls.failures} failed, {calls.deferred} deferred (429) "
+        f"(in the server: p50 <= {figures['rollout_server_sync_ms_p50']} ms, "
+        f"p99 <= {figures['rollout_server_sync_ms_p99']} ms)"
     )
 
 
