@@ -9,12 +9,14 @@ rows earlier and committed later is still seen (this process's however long they
 another's up to `slack` seconds late). Of those, only rows whose stamp moved since they
 were last read are read whole. Rows deleted since are found by counting: after the changed
 rows are read, the cache holds every row still in the table plus those deleted, so the two
-counts differ exactly when a row is gone; then the rows of `pod_deletions` in the same
-window (a trigger writes one at each delete) name them, and only when they do not account
-for the difference does one read of every id drop them (reading every id at each read
-while a rollout deleted pods was a quarter of the agents' server's time). The rows are
-counted when the pods' serial moved since the last count (every transaction that deletes
-pod rows moves it, in this process or another: `gitops.store.serials`), and every
+counts differ exactly when a row is gone; then one read of every id drops them. But a
+delete leaves a row in `pod_deletions` (a trigger writes one at each delete, whatever
+statement or release made it), and after the pods' serial moved (every transaction that
+deletes pod rows moves it, in this process or another: `gitops.store.serials`) a read
+drops the pods those rows name in its window; the count is for the deletes the window
+missed. Reading every id at each read while a rollout deleted pods was a quarter of the
+agents' server's time, and counting the rows a tenth. The rows are counted when the pods'
+serial moved since the last count, at most every `count_gap` seconds, and every
 `count_every` seconds whatever it says (a row deleted by hand, or by a release before the
 serial). Counting every second, as it did, cost 10 ms at 150,000 pods in each reader (the
 agents' watch and the controller), and, with the change marker's own count, was most of
@@ -73,6 +75,7 @@ class PodCache:
         slack: float = 2.0,
         full_every: float = 300.0,
         count_every: float = serials.RESYNC,
+        count_gap: float = 1.0,
         sweep_rows: int = 500,
     ) -> None:
         self.store = store
@@ -84,6 +87,8 @@ class PodCache:
         self._sweep_began = 0.0  # (the clock `written_at` is stamped with)
         # (the pods' serial, monotonic time) at the last count
         self._counted: tuple[int | None, float] = (None, float("-inf"))
+        self.count_gap = count_gap
+        self._deletes_read: int | None = None  # the pods' serial when `pod_deletions` was last read
         self._lock = threading.Lock()
         self._pods: dict[PodId, Pod] = {}
         self._specs: dict[SpecKey, PodSpec] = {}
@@ -313,15 +318,18 @@ class PodCache:
             if spec is not None:
                 yield row, self.store.pod_from_row(row, spec)
 
-    def _count(self, s: Session, *, every: bool) -> int | None:
-        """The rows in the table, or None when no row can have gone since the last count: the
-        pods' serial is where it was then (no transaction deleted pod rows since), and that
-        was less than `count_every` seconds ago. Counting 150,000 rows took 10 ms, under the
-        lock every agent's sync waits on, at each of the many reads a second while pods come
-        up."""
-        serial, now = serials.current(s, "pods"), time.monotonic()  # (in the same transaction as the count)
+    def _count(self, s: Session, serial: int | None, *, every: bool) -> int | None:
+        """The rows in the table, or None when it need not be counted: the pods' serial
+        (`serial`) is where it was at the last count (no transaction deleted pod rows since),
+        or that count was less than `count_gap` seconds ago (the deletes since are found by
+        their rows in `pod_deletions`: the count is for those the window missed), and it was
+        less than `count_every` seconds ago. Counting 150,000 rows took 10 ms, under the lock
+        every agent's sync waits on, at each of the many reads a second while pods come up,
+        and, while a rollout deleted pods, at each read."""
+        now = time.monotonic()
         counted, at = self._counted
-        if not every and serial is not None and serial == counted and now - at < self.count_every:
+        unmoved = serial is not None and serial == counted
+        if not every and (unmoved or now - at < self.count_gap) and now - at < self.count_every:
             return None
         self._counted = (serial, now)
         return s.scalar(select(func.count(PodRow.id))) or 0
@@ -374,7 +382,8 @@ class PodCache:
                 rows += db.execute(
                     select(*_COLUMNS).where(PodRow.id.in_(changed[start : start + _CHUNK]))
                 ).all()
-            count = self._count(s, every=since == float("-inf"))
+            serial = serials.current(s, "pods")  # (before the deletes' rows and the count)
+            count = self._count(s, serial, every=since == float("-inf"))
             added = False
             order, places = self._order, self._places
             for row, pod in self._decode(s, rows):
@@ -387,8 +396,9 @@ class PodCache:
                 self._pods[pod.id] = pod
                 self._stamps[pod.id] = row.written_at
             removed = False
-            if count is not None and count != len(self._pods):
+            if serial is None or serial != self._deletes_read:  # pod rows were deleted since
                 removed = self._drop_deleted(s, since)
+                self._deletes_read = serial
             if count is not None and count != len(self._pods):
                 present = set(s.scalars(select(PodRow.id)))
                 for pod_id in [p for p in self._pods if p not in present]:
