@@ -686,8 +686,13 @@ class Store:
             session.flush()
         if session.connection().info.pop(_DELETED_PODS, False):
             serials.changed(session, "pods")
-            kept_from = time.time() - DELETIONS_KEPT
-            session.execute(delete(PodDeletionRow).where(PodDeletionRow.deleted_at < kept_from))
+            # Rows another transaction holds are skipped (the next cleanup takes them): two
+            # cleanups, or one and a trigger updating a reused name's row, never wait on
+            # each other in a cycle on PostgreSQL. (SQLite has one writer, and no such clause.)
+            old = select(PodDeletionRow.id).where(PodDeletionRow.deleted_at < time.time() - DELETIONS_KEPT)
+            session.execute(
+                delete(PodDeletionRow).where(PodDeletionRow.id.in_(old.with_for_update(skip_locked=True)))
+            )
         serials.move(session)
 
     @property
@@ -2179,6 +2184,7 @@ class Store:
             done = rows.get(pod_id)
             if done is not None and done.node == node and done.terminating_at is not None:
                 s.delete(done)
+                del rows[pod_id]  # gone for the batch's later reports too (read as gone before)
                 changed = True
         for status in statuses:
             pod = rows.get(status.pod)

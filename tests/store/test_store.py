@@ -361,6 +361,12 @@ def test_a_batch_of_reports_reads_its_rows_at_once_whatever_its_size(store: Stor
     assert {p.id for p in left} == {p.id for p in pods[12:]}
     assert all(p.phase == "Running" and p.ready for p in left)
     assert {r.node.name: r.heartbeat_at for r in store.nodes(now=5.0)} == dict.fromkeys(names, 5.0)
+    # The same pod stopped in two reports of one batch (an agent's report sent again): the
+    # first deletes it, the second finds it gone, as when each read its rows after the other.
+    store.apply_pod_changes(create=[], stop=[(pods[12], "rolled")], bind={}, pending_reasons={}, now=6.0)
+    twice = Report(bind[pods[12].id], (), 7.0, (pods[12].id,))
+    assert store.heartbeats([twice, twice]) == [True, False]
+    assert pods[12].id not in {p.id for p in store.pods()}
 
 
 def test_real_nodes_register_whatever_their_size(store: Store) -> None:
