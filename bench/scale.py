@@ -1154,6 +1154,11 @@ def _workload(kind: str, name: str, label: str, replicas: int | None = None, ver
     )
 
 
+def replicas_of(d: int, count: int, pods: int) -> int:
+    """The replicas of the `d`th of `count` Deployments holding `pods` in all."""
+    return pods // count + (1 if d < pods % count else 0)
+
+
 def deployments(
     count: int, pods: int, *, services: bool = False, daemonsets: int = 0, rolled: int = 0
 ) -> str:
@@ -1168,8 +1173,8 @@ def deployments(
                 f"apiVersion: v1\nkind: Service\nmetadata: {{name: app{d}}}\n"
                 f"spec: {{selector: {{app: app{d}}}, ports: [{{port: 80, targetPort: 8080}}]}}\n"
             )
-        replicas = pods // count + (1 if d < pods % count else 0)
-        docs.append(_workload("Deployment", f"app{d}", "app", replicas, 2 if d < rolled else 1))
+        version = 2 if d < rolled else 1
+        docs.append(_workload("Deployment", f"app{d}", "app", replicas_of(d, count, pods), version))
     return "---\n".join(docs)
 
 
@@ -1701,8 +1706,7 @@ async def roll_out(
     rolled = max(1, round(args.deployments * args.rollout))
     names = {f"app{d}" for d in range(rolled)}
     old = {template for name, template in server.revisions() if name in names}
-    each, more = divmod(args.pods, args.deployments)
-    replaced = sum(each + (1 if d < more else 0) for d in range(rolled))
+    replaced = sum(replicas_of(d, args.deployments, args.pods) for d in range(rolled))
     all_pods = args.pods + figures["daemonset_pods"]
     figures["rollout_deployments"] = rolled
     figures["rollout_pods"] = replaced
