@@ -96,14 +96,16 @@ def new_pods(
     name_of: Callable[[int], PodName],
 ) -> list[Pod]:
     """Up to `count` (at most `BURST`) new pods of `template`, named by `name_of(slot)` for
-    slots 0, 1, ..., skipping names taken by `owned` pods or in `avoid`."""
-    used = {p.name for p in owned} | set(avoid)
+    slots 0, 1, ..., skipping names taken by `owned` pods or in `avoid`. `avoid` is looked
+    in, not copied: it holds every stopping pod's name, thousands while a rollout goes, and
+    copying it for each workload of a pass was 7% of the leader's time in one."""
+    used = {p.name for p in owned}
     pods: list[Pod] = []
     slot = 0
     while len(pods) < min(count, BURST):
         name = name_of(slot)
         slot += 1
-        if name in used:
+        if name in used or name in avoid:
             continue
         used.add(name)
         pods.append(

@@ -169,3 +169,17 @@ def test_pod_names_are_unique_by_construction_even_for_thousands_of_replicas() -
         names = [p.name for p in pods]
         assert len(names) == replicas
         assert len(set(names)) == replicas
+
+
+def test_new_pods_skip_the_names_of_pods_still_stopping() -> None:
+    """A pod being stopped outside the plan (evicted, or its old self terminating) keeps its
+    name until its agent reports it gone: a new pod never takes it, and `avoid` is left as
+    it was given."""
+    first = [a.pod.name for a in plan([deployment(replicas=3)], []).create]
+    avoid = frozenset(first[:2])
+    result = plan([deployment(replicas=3)], [], avoid=avoid)
+    names = [a.pod.name for a in result.create]
+    assert len(names) == 3 and len(set(names)) == 3
+    assert not set(names) & avoid
+    assert first[2] in names  # the free slot is still the first taken
+    assert avoid == frozenset(first[:2])
