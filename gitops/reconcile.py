@@ -107,20 +107,16 @@ def decide(
     pending: list[Pod] = unbound + [a.pod for a in result.create]
     placements = _placements(state, working, pending, settled)
     preempted = _victims(placements, pending, _bound(pods, gone)) if placements.preemptions else ()
-    stopped = {a.pod.id for a in result.stop}
-    unchanged = not stopped and not result.create  # the pods after the pass are those of `live`
-    after = live if unchanged else [p for p in live if p.id not in stopped] + [a.pod for a in result.create]
     states = _advance(
         state.desired,
         effective,
         state.rollouts,
-        after,
+        _after(grouped, result.stop, result.create),
         now,
         failed=result.failed,
         nodes=state.nodes,
         replicas=context.replicas,
         settled=settled,
-        grouped=grouped if unchanged else None,
     )
     return Decision(result, tuple(evicted), preempted, placements, states, result.jobs, crons, scales)
 
@@ -142,10 +138,33 @@ def _live(pods: tuple[Pod, ...], evicted: Sequence[Action], settled: Settled | N
     return working
 
 
+def _after(
+    grouped: Mapping[ObjectKey, tuple[Pod, ...]], stop: Sequence[Action], create: Sequence[Action]
+) -> Mapping[ObjectKey, tuple[Pod, ...]]:
+    """The live pods after the pass, by owner: `grouped` without the pods it stops, with
+    those it creates (after the others). An owner's tuple neither touches is the one
+    `grouped` holds, which the `Settled` memo finds at once; every pod's id looked up and
+    all of them grouped again took a tenth of a pass while a rollout went on."""
+    if not stop and not create:
+        return grouped
+    after = dict(grouped)
+    stopped: dict[ObjectKey, set[PodId]] = {}
+    for action in stop:
+        stopped.setdefault(action.pod.owner, set()).add(action.pod.id)
+    for owner, ids in stopped.items():
+        after[owner] = tuple(p for p in after.get(owner, ()) if p.id not in ids)
+    created: dict[ObjectKey, list[Pod]] = {}
+    for action in create:
+        created.setdefault(action.pod.owner, []).append(action.pod)
+    for owner, pods in created.items():
+        after[owner] = (*after.get(owner, ()), *pods)
+    return after
+
+
 def _bound(pods: Sequence[Pod], gone: frozenset[PodId]) -> list[Pod]:
     """The pods holding their node's resources: stopping pods do until their agent reports
     them gone; pods that ran to their end (a Job's) hold none, as kube-scheduler counts them."""
-    return [p for p in pods if p.node is not None and p.id not in gone and not finished(p)]
+    return [p for p in pods if p.node is not None and not (gone and p.id in gone) and not finished(p)]
 
 
 def _placements(
@@ -297,20 +316,19 @@ def _advance(
     desired: Sequence[Manifest],
     effective: Sequence[Manifest],
     states: Mapping[ObjectKey, RolloutState],
-    pods: Sequence[Pod],
+    grouped: Mapping[ObjectKey, tuple[Pod, ...]],
     now: float,
     *,
     failed: Mapping[ObjectKey, str],
     nodes: Sequence[Node],
     replicas: Mapping[ObjectKey, int],
     settled: Settled | None,
-    grouped: Mapping[ObjectKey, tuple[Pod, ...]] | None,
 ) -> dict[ObjectKey, RolloutState]:
+    """Each rolled-out workload's state after the pass, from its pods after it (`grouped`,
+    by owner)."""
     configs = configs_of(desired)
     # All of `effective`: the templates resolve against its ConfigMaps and Secrets.
-    found = rollouts(
-        effective, pods, now=now, nodes=nodes, replicas=replicas, settled=settled, grouped=grouped
-    )
+    found = rollouts(effective, (), now=now, nodes=nodes, replicas=replicas, settled=settled, grouped=grouped)
     statuses = {(s.kind, s.deployment): s for s in found}
     result = {}
     for manifest in desired:

@@ -47,11 +47,13 @@ def evictions(
     if not not_ready_since:
         return []
     actions = []
-    for pod in sorted(pods, key=lambda p: p.id):
-        if pod.node is None or pod.node not in not_ready_since or pod.owner.kind == "StatefulSet":
+    # Only the pods of NotReady nodes are sorted: the others are many, and none is evicted.
+    held = [(p, p.node) for p in pods if p.node is not None and p.node in not_ready_since]
+    for pod, node in sorted(held, key=lambda held: held[0].id):
+        if pod.owner.kind == "StatefulSet":
             continue
         tolerated = tolerated_seconds(pod, default_toleration)
-        since = not_ready_since[pod.node]
+        since = not_ready_since[node]
         if tolerated is None or now < since + tolerated:
             continue
         actions.append(

@@ -516,3 +516,39 @@ def test_no_node_is_overcommitted_and_every_pod_is_answered(case: Case) -> None:
 
 def test_the_reference_answers_an_empty_call() -> None:
     assert reference_place([], [], []) == Placements()
+
+
+@settings(max_examples=100, deadline=None)
+@given(clusters())
+def test_the_clusters_columns_count_each_bound_pod_on_its_node(case: Case) -> None:
+    # `Cluster.build` sums the pods' requests by node with numpy; here pod by pod.
+    cluster = Cluster.build(case.nodes, case.bound, case.claims)
+    index = {n.name: i for i, n in enumerate(case.nodes)}
+    cpu = [n.cpu_milli for n in case.nodes]
+    memory = [n.memory_bytes for n in case.nodes]
+    pods = [n.max_pods for n in case.nodes]
+    owners: dict[tuple[ObjectKey, str], list[int]] = {}
+    ports: dict[tuple[int, str], list[bool]] = {}
+    holders = {claim: index.get(node, -1) for claim, node in case.claims.items()}
+    on_nodes = []
+    for p in case.bound:
+        i = index.get(p.node) if p.node is not None else None
+        if i is None:
+            continue
+        on_nodes.append((i, p))
+        cpu[i] -= p.spec.cpu_request_milli
+        memory[i] -= p.spec.memory_request_bytes
+        pods[i] -= 1
+        owners.setdefault((p.owner, p.template_hash), [0] * len(case.nodes))[i] += 1
+        for claim in p.spec.host_port_claims:
+            ports.setdefault(claim, [False] * len(case.nodes))[i] = True
+        for claim in p.spec.claims:
+            holders.setdefault(claim, i)
+    assert cluster.cpu_free.tolist() == cpu
+    assert cluster.memory_free.tolist() == memory
+    assert cluster.pods_free.tolist() == pods
+    assert {k: v.tolist() for k, v in cluster.owner_pods.items()} == owners
+    assert {k: v.tolist() for k, v in cluster.host_ports.items()} == ports
+    assert dict(cluster.claim_nodes) == holders
+    assert list(cluster.pods) == on_nodes
+    assert not any(v.flags.writeable for v in (*cluster.owner_pods.values(), *cluster.host_ports.values()))
