@@ -529,7 +529,7 @@ def create_app(
             name,
             pods_version,
             services_version,
-            claims=None if same_pods else sorted(store.claims(node=name)),
+            claims=None if same_pods else sorted(store.pod_cache.claims(name)),
             report_held=request.report_digest if held else "",
         )
         return json_object(fields, raw if same_pods else {**raw, "pods": pods})

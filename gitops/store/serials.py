@@ -20,7 +20,9 @@ need heartbeats read them apart (`Store.node_states`).
 
 The pods' serial moves only when pod rows are deleted (`Store._move_serials`, whatever
 statement deleted them): readers keeping the pods (`gitops.store.podcache`) find the rows
-inserted and updated by their `written_at`, and count the table only when it moved.
+inserted and updated by their `written_at`, and count the table only when it moved. The
+claims' serial moves with every write of claim rows: the pod cache keeps them too
+(`PodCache.claims`), for the agents' syncs.
 """
 
 from __future__ import annotations

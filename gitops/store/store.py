@@ -2010,10 +2010,13 @@ class Store:
         for row in rows:
             fate = fates.get(row.id)
             if row.id in declared or (fate is not None and fate[0] == "keep"):
-                row.released = False
+                if row.released:
+                    row.released = False
+                    serials.changed(s, "claims")
                 continue
             if row.released:
                 continue
+            serials.changed(s, "claims")  # released or deleted below (readers keep them: `PodCache.claims`)
             if fate is not None:
                 if fate[0] == "retain":
                     row.released = True
@@ -2052,6 +2055,7 @@ class Store:
         for claim in dict.fromkeys(str(v["claim"]) for v in volumes if v.get("claim")):
             if s.get(ClaimRow, claim) is None:
                 s.add(ClaimRow(id=claim, node=node, bound_at=now, released=False))
+                serials.changed(s, "claims")
                 s.add(
                     EventRow(
                         time=now,
@@ -2063,7 +2067,8 @@ class Store:
                 s.flush()
 
     def claims(self, node: str | None = None) -> dict[str, NodeName]:
-        """Each claim that has a volume (`namespace/name`), and its node (only `node`'s when given)."""
+        """Each claim that has a volume (`namespace/name`), and its node (only `node`'s when given).
+        Every write of claims moves their serial (`serials`): `PodCache.claims` keeps them."""
         with self.session() as s:
             query = select(ClaimRow)
             if node is not None:

@@ -152,3 +152,47 @@ def test_a_claim_that_leaves_git_is_forgotten_unless_its_storage_class_retains_i
     )
     sync(store, folder, {"other.yaml": KEEP}, 8.0)  # the claim leaves; its class said Delete
     assert store.claims() == {}  # Delete (the default): its agent removes the volume
+
+
+def test_the_pod_cache_keeps_each_nodes_claims_as_the_store_writes_them(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Agents' syncs get their node's claims from the pod cache (`PodCache.claims`), read
+    with the pods when the claims' serial moved, not at each call: bound, retained and
+    deleted by another store (another control plane) all show at the cache's next read."""
+    nodes(store)
+    other = Store(store.url, keys=store.keys)
+    cache = store.pod_cache
+    reads: list[int] = []
+    real = cache._read_claims
+
+    def counted(s: object, *, every: bool) -> None:
+        before = cache._claims_read
+        real(s, every=every)  # type: ignore[arg-type]
+        reads.append(int(cache._claims_read != before))
+
+    monkeypatch.setattr(cache, "_read_claims", counted)
+    folder = tmp_path / "src"
+    files = {"claim.yaml": CLAIM.replace("STORAGE_CLASS", "keep"), "keep.yaml": KEEP, "db.yaml": database()}
+    sync(other, folder, files, 2.0)
+    cache.refresh()
+    assert cache.claims("n1") == cache.claims("n2") == {}
+    run(other, 3.0)  # the pod is bound: its claim's volume is on its node
+    cache.refresh()
+    (node,) = placed(other)
+    assert cache.claims(node) == {"default/data": NodeName(node)} == other.claims(node=node)
+    assert cache.claims("n2" if node == "n1" else "n1") == {}
+    reads.clear()
+    for _ in range(3):  # nothing moved: the claims are not read again
+        cache.refresh()
+    assert reads == [0, 0, 0]
+    sync(other, folder, {"keep.yaml": KEEP}, 4.0)  # the claim leaves git: retained, still there
+    cache.refresh()
+    assert cache.claims(node) == {"default/data": NodeName(node)}
+    standard = CLAIM.replace("STORAGE_CLASS", "standard")
+    sync(other, folder, {"claim.yaml": standard, "db.yaml": database()}, 5.0)
+    sync(other, folder, {"other.yaml": KEEP}, 6.0)  # it leaves again, its class says Delete
+    cache.refresh()
+    assert cache.claims(node) == {} == other.claims()
+    assert reads[-1] == 1
+    other.close()
