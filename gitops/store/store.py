@@ -31,7 +31,9 @@ import sqlite3
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from operator import itemgetter
@@ -2126,37 +2128,64 @@ class Store:
         fresh = self.redactor() if any(r.statuses or r.runtime_error for r in reports) else Redactor()
         try:
             with self.write_session() as s:
-                nodes, rows = self._report_rows(s, reports)
-                return [self._heartbeat_in(s, r, fresh, nodes.get(r.node), rows) for r in reports]
+                nodes, rows, alike = self._report_rows(s, reports)
+                return [
+                    self._heartbeat_in(s, r, fresh, nodes.get(r.node), rows, alike=alike) for r in reports
+                ]
         except Exception as exc:
             if len(reports) == 1:
                 return [exc]
         return [self.heartbeats([r])[0] for r in reports]
 
     @staticmethod
-    def _report_rows(s: Session, reports: Sequence[Report]) -> tuple[dict[str, NodeRow], dict[str, PodRow]]:
+    def _report_rows(
+        s: Session, reports: Sequence[Report]
+    ) -> tuple[dict[str, NodeRow], dict[str, PodRow], set[str]]:
         """The rows a batch of reports writes, read at once: their nodes', and their pods'
-        (those reported and those stopped). Held by the caller: the session's identity map
-        holds unchanged rows only weakly, so `s.get` after a read that kept no reference read
-        each row again. The pods without their specs and labels (read if asked): decoding
-        them was 92% of writing a report. Read report by report, each read flushed the
-        reports before it: while a rollout replaces pods, that and a read for each pod
-        stopped were a fifth of the agents' server's time."""
+        (those reported and those stopped), and the reported pods whose status writes
+        nothing (`_writes_nothing`), which are not read as rows. Held by the caller: the
+        session's identity map holds unchanged rows only weakly, so `s.get` after a read
+        that kept no reference read each row again. The pods without their specs and
+        labels (read if asked): decoding them was 92% of writing a report. Read report by
+        report, each read flushed the reports before it: while a rollout replaces pods, that
+        and a read for each pod stopped were a fifth of the agents' server's time.
+
+        A report holds every pod of its node, most as they were: their status columns are
+        read first as plain rows, and only the pods whose report would change something,
+        those stopped, and those reported twice in the batch (the last report wins) are
+        read as the session's objects, which the write then goes through. At 5,000 nodes,
+        reading and flushing every reported pod as an object was a fifth of the agents'
+        server while a rollout went on."""
         nodes: dict[str, NodeRow] = {}
         for chunk in _chunks(sorted({r.node for r in reports})):
             nodes.update((row.name, row) for row in s.scalars(select(NodeRow).where(NodeRow.name.in_(chunk))))
-        ids = [st.pod for r in reports for st in r.statuses] + [p for r in reports for p in r.stopped]
+        reported = Counter(st.pod for r in reports for st in r.statuses)
+        alike: set[str] = set()
+        statuses = {st.pod: (st, r.node) for r in reports for st in r.statuses if reported[st.pod] == 1}
+        for chunk in _chunks(sorted(statuses)):
+            for row in s.connection().execute(select(*_STATUS_COLUMNS).where(PodRow.id.in_(chunk))):
+                status, node = statuses[row.id]
+                if _writes_nothing(row, status, node):
+                    alike.add(row.id)
+        ids = [pod for pod in reported if pod not in alike] + [p for r in reports for p in r.stopped]
         rows: dict[str, PodRow] = {}
         for chunk in _chunks(ids):
             query = select(PodRow).where(PodRow.id.in_(chunk))
             rows.update((r.id, r) for r in s.scalars(query.options(defer(PodRow.spec), defer(PodRow.labels))))
-        return nodes, rows
+        return nodes, rows, alike
 
     def _heartbeat_in(
-        self, s: Session, report: Report, redactor: Redactor, row: NodeRow | None, rows: dict[str, PodRow]
+        self,
+        s: Session,
+        report: Report,
+        redactor: Redactor,
+        row: NodeRow | None,
+        rows: dict[str, PodRow],
+        *,
+        alike: AbstractSet[str] = frozenset(),
     ) -> bool:
-        """One report of a batch, its node's row and its pods' (among `rows`) read already
-        (`_report_rows`)."""
+        """One report of a batch, its node's row and its pods' (among `rows`) read already,
+        but for the pods in `alike`, whose status writes nothing (`_report_rows`)."""
         node, statuses, now, stopped = report.node, report.statuses, report.now, report.stopped
         runtime_error, adopt = report.runtime_error, report.adopt
         changed = False
@@ -2184,7 +2213,7 @@ class Store:
                 held.updated_at = now
             return changed
         if adopt:
-            changed |= self._adopt(s, node, statuses, now, rows)
+            changed |= self._adopt(s, node, [st for st in statuses if st.pod not in alike], now, rows)
         for pod_id in stopped:
             done = rows.get(pod_id)
             if done is not None and done.node == node and done.terminating_at is not None:
@@ -2194,7 +2223,7 @@ class Store:
         for status in statuses:
             pod = rows.get(status.pod)
             if pod is None or pod.node != node or pod.terminating_at is not None:
-                continue
+                continue  # (a pod in `alike` among them)
             redact = redactor
             if status.reason or status.last_log:
                 # The values this pod holds too: its Secret may have changed since it started.
@@ -2516,6 +2545,39 @@ class Store:
             counted = select(RevisionRow.status, func.count(RevisionRow.id)).group_by(RevisionRow.status)
             rows = s.execute(counted)
             return {str(status): int(n) for status, n in rows}
+
+
+# What a status is compared with before its pod's row is read as an object (`_writes_nothing`).
+_STATUS_COLUMNS = tuple(
+    getattr(PodRow, name)
+    for name in (
+        "id", "node", "terminating_at", "phase", "ready", "reason", "pod_ip", "host_ports",
+        "restarts", "exit_code", "container_id", "containers",
+    )
+)  # fmt: skip
+
+
+def _writes_nothing(row: Any, status: PodStatus, node: str) -> bool:
+    """Whether `_heartbeat_in` writing `status` (reported by `node`) over the pod's `row`
+    (`_STATUS_COLUMNS`) would change nothing: the pod is not the node's to report (bound
+    elsewhere, or stopping), or every column it writes already holds the value. A status
+    with free text (a reason, a log) is never judged here: that is redacted against the
+    Secrets of the day as it is written."""
+    if row.node != node or row.terminating_at is not None:
+        return True
+    if status.reason or status.last_log or any(c.reason or c.last_log for c in status.containers):
+        return False
+    return (
+        row.phase == status.phase
+        and row.ready == status.ready
+        and row.reason == ""
+        and row.pod_ip == status.pod_ip
+        and (row.host_ports or []) == [list(hp) for hp in status.host_ports]
+        and row.restarts >= status.restarts
+        and row.exit_code == status.exit_code
+        and row.container_id == status.container_id
+        and (row.containers or []) == [encode(c) for c in status.containers]
+    )
 
 
 def _assignable(address: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:

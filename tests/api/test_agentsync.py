@@ -68,10 +68,10 @@ def test_a_report_that_cannot_be_written_fails_alone(tmp_path: Path, monkeypatch
         store.register_node(Node(NodeName(name), "192.0.2.10", 4000, 2**32), "t", now=0.0)
     original = store._heartbeat_in
 
-    def failing(s: object, report: Report, *rest: object) -> bool:
+    def failing(s: object, report: Report, *rest: object, **named: object) -> bool:
         if report.node == "n2":
             raise RuntimeError("disk full")
-        return original(s, report, *rest)  # type: ignore[arg-type]
+        return original(s, report, *rest, **named)  # type: ignore[arg-type]
 
     monkeypatch.setattr(store, "_heartbeat_in", failing)
     results = store.heartbeats([Report(n, (), now=7.0) for n in ("n1", "n2", "n3")])

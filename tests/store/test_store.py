@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import event, text
 
 import gitops.store.store as store_module
-from gitops.model import ContainerUsage, Node, NodeName, ObjectKey, PodId, PodStatus, PodUsage, Revision
+from gitops.model import ContainerUsage, Node, NodeName, ObjectKey, Pod, PodId, PodStatus, PodUsage, Revision
 from gitops.planner import plan
 from gitops.store import Store
 from gitops.store.store import TOKEN_MEMORY
@@ -320,7 +320,8 @@ def test_stopping_a_placed_pod_drains_it_until_its_agent_reports_it_gone(store: 
 def test_a_batch_of_reports_reads_its_rows_at_once_whatever_its_size(store: Store) -> None:
     """While a rollout replaces pods, each report read its node's row and each pod it had
     stopped apart, every read flushing the reports before it: a fifth of the agents'
-    server's time. A batch now reads its nodes and its pods in one statement each."""
+    server's time. A batch now reads its nodes and its pods in one statement each (and the
+    pods that change, or are stopped, as objects in one more)."""
     from gitops.store.store import Report
 
     names = [f"n{i}" for i in range(12)]
@@ -356,7 +357,8 @@ def test_a_batch_of_reports_reads_its_rows_at_once_whatever_its_size(store: Stor
     event.listen(store.engine, "before_cursor_execute", note)
     assert store.heartbeats(reports) == [True] * 12
     event.remove(store.engine, "before_cursor_execute", note)
-    assert len(reads) == 2  # the nodes, the pods (before: a node and a stopped pod each report)
+    # The nodes, the pods' status columns, the pods written (before: a node and a stopped pod each report).
+    assert len(reads) == 3
     left = store.pods()
     assert {p.id for p in left} == {p.id for p in pods[12:]}
     assert all(p.phase == "Running" and p.ready for p in left)
@@ -367,6 +369,59 @@ def test_a_batch_of_reports_reads_its_rows_at_once_whatever_its_size(store: Stor
     twice = Report(bind[pods[12].id], (), 7.0, (pods[12].id,))
     assert store.heartbeats([twice, twice]) == [True, False]
     assert pods[12].id not in {p.id for p in store.pods()}
+
+
+def test_a_report_of_pods_as_they_are_reads_none_as_objects_and_writes_nothing(store: Store) -> None:
+    """A report holds every pod of its node, most as they were. Those whose status would
+    change nothing are compared on their status columns only, not read and flushed as the
+    session's objects; a status that changes something, one with free text (redacted as it
+    is written), and a pod reported twice in a batch (the last wins) are written as ever."""
+    from gitops.model import ContainerStatus
+    from gitops.store.store import Report
+
+    store.register_node(Node(NodeName("n1"), "192.0.2.10", 16000, 64 * 2**30), "t1", now=1.0)
+    store.register_node(Node(NodeName("n2"), "192.0.2.11", 16000, 64 * 2**30), "t2", now=1.0)
+    result = plan([deployment(replicas=4)], [])
+    store.apply_pod_changes(
+        create=[(a.pod, a.reason) for a in result.create], stop=[], bind={}, pending_reasons={}, now=2.0
+    )
+    pods = sorted(store.pods(), key=lambda p: p.id)
+    store.apply_pod_changes(
+        create=[], stop=[], bind={p.id: NodeName("n1") for p in pods}, pending_reasons={}, now=3.0
+    )
+    running = (ContainerStatus("main", "running", ready=True),)
+
+    def status(pod: Pod, **changed: object) -> PodStatus:
+        fields: dict[str, Any] = {"phase": "Running", "ready": True, "pod_ip": "10.244.0.5"}
+        fields |= {"host_ports": ((80, "TCP", 8080),), "containers": running}
+        return PodStatus(pod.id, **(fields | changed))
+
+    assert store.heartbeats([Report("n1", tuple(status(p) for p in pods), 4.0)]) == [True]
+    statements: list[str] = []
+
+    def note(_c: object, _k: object, statement: str, *_: object) -> None:
+        statements.append(statement.lstrip().upper())
+
+    event.listen(store.engine, "before_cursor_execute", note)
+    again = Report("n1", tuple(status(p) for p in pods), 5.0)
+    elsewhere = Report("n2", (status(pods[0], phase="Failed"),), 5.0)  # not n2's pod: passed by
+    assert store.heartbeats([again]) == [False]
+    assert store.heartbeats([elsewhere]) == [False]
+    event.remove(store.engine, "before_cursor_execute", note)
+    assert not [s for s in statements if s.startswith("UPDATE PODS") or s.startswith("INSERT INTO EVENTS")]
+    as_objects = [s for s in statements if s.startswith("SELECT PODS.ID, PODS.NAMESPACE")]
+    assert not as_objects
+    assert {p.id: (p.phase, p.ready) for p in store.pods()} == {p.id: ("Running", True) for p in pods}
+
+    restarted = status(pods[1], restarts=1)
+    texted = status(pods[2], reason="Back-off: password=hunter2")
+    first, last = status(pods[3], ready=False), status(pods[3])  # the same pod twice: the last wins
+    reports = [Report("n1", (status(pods[0]), restarted, texted, first), 6.0), Report("n1", (last,), 6.0)]
+    assert store.heartbeats(reports) == [True, True]
+    after = {p.id: p for p in store.pods()}
+    assert after[pods[0].id].restarts == 0 and after[pods[1].id].restarts == 1
+    assert after[pods[2].id].reason == "Back-off: password=hunter2"
+    assert after[pods[3].id].ready
 
 
 def test_real_nodes_register_whatever_their_size(store: Store) -> None:
