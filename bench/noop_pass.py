@@ -189,13 +189,19 @@ def whole_passes(state: ClusterState, now: float, repeat: int) -> dict[str, Any]
     }
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def cluster_parser(description: str | None) -> argparse.ArgumentParser:
+    """A bench's arguments, with those of the cluster `steady` builds."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--nodes", type=int, default=5000)
     parser.add_argument("--pods", type=int, default=150_000)
     parser.add_argument("--deployments", type=int, default=1500)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = cluster_parser(__doc__)
     parser.add_argument(
         "--pending", type=int, default=0, help="pods more that fit on no node (they wait, unschedulable)"
     )

@@ -24,7 +24,6 @@ of the baseline's sum to the memo's. The last line is one JSON object of the fig
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import gc
 import hashlib
@@ -36,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.noop_pass import say, steady
+from bench.noop_pass import cluster_parser, say, steady
 from gitops.model import ClusterState, PodId
 from gitops.planner.settled import Settled
 from gitops.reconcile import Decision, decide
@@ -137,12 +136,7 @@ def digest(decisions: list[Decision]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--nodes", type=int, default=5000)
-    parser.add_argument("--pods", type=int, default=150_000)
-    parser.add_argument("--deployments", type=int, default=1500)
+    parser = cluster_parser(__doc__)
     parser.add_argument("--rollout", type=float, default=0.1, help="the share of the Deployments rolled")
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args(argv)
