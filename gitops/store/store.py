@@ -2151,17 +2151,28 @@ class Store:
         and a read for each pod stopped were a fifth of the agents' server's time.
 
         A report holds every pod of its node, most as they were: their status columns are
-        read first as plain rows, and only the pods whose report would change something,
-        those stopped, and those reported twice in the batch (the last report wins) are
-        read as the session's objects, which the write then goes through. At 5,000 nodes,
-        reading and flushing every reported pod as an object was a fifth of the agents'
-        server while a rollout went on."""
+        read first as plain rows, and only the pods whose report would change something are
+        read as the session's objects, which the write then goes through. The rows are read
+        as they were before the batch, so a pod an earlier report of the batch may write
+        is never judged from them: one reported twice (the last report wins), one stopped
+        in the batch (gone, or adopted by another node's report), and the pods of a node
+        with more than one report in it (one saying its runtime failed marks them not
+        ready). At 5,000 nodes, reading and flushing every reported pod as an object was a
+        fifth of the agents' server while a rollout went on."""
         nodes: dict[str, NodeRow] = {}
         for chunk in _chunks(sorted({r.node for r in reports})):
             nodes.update((row.name, row) for row in s.scalars(select(NodeRow).where(NodeRow.name.in_(chunk))))
         reported = Counter(st.pod for r in reports for st in r.statuses)
+        reports_of = Counter(r.node for r in reports)
+        stopped = {pod for r in reports for pod in r.stopped}
         alike: set[str] = set()
-        statuses = {st.pod: (st, r.node) for r in reports for st in r.statuses if reported[st.pod] == 1}
+        statuses = {
+            st.pod: (st, r.node)
+            for r in reports
+            if reports_of[r.node] == 1 and not r.runtime_error
+            for st in r.statuses
+            if reported[st.pod] == 1 and st.pod not in stopped
+        }
         for chunk in _chunks(sorted(statuses)):
             for row in s.connection().execute(select(*_STATUS_COLUMNS).where(PodRow.id.in_(chunk))).all():
                 status, node = statuses[row.id]

@@ -424,6 +424,56 @@ def test_a_report_of_pods_as_they_are_reads_none_as_objects_and_writes_nothing(s
     assert after[pods[3].id].ready
 
 
+def test_a_batch_judges_no_pod_an_earlier_report_of_it_may_write(store: Store) -> None:
+    """A batch's rows are read before its first report is written: a pod another report of
+    the same batch writes is written as ever, not judged from them. A node whose runtime
+    failed and came back within one batch has its pods ready again; a pod stopped on one
+    node and found running on another in one batch is adopted there."""
+    from gitops.planner.plan import configs_of
+    from gitops.planner.podspec import resolve_template
+    from gitops.store.store import Report
+    from tests.planner.factories import manifest
+
+    for name in ("n1", "n2"):
+        store.register_node(Node(NodeName(name), "192.0.2.10", 16000, 64 * 2**30), f"t-{name}", now=1.0)
+    result = plan([deployment(replicas=2)], [])
+    store.apply_pod_changes(
+        create=[(a.pod, a.reason) for a in result.create], stop=[], bind={}, pending_reasons={}, now=2.0
+    )
+    pods = sorted(store.pods(), key=lambda p: p.id)
+    store.apply_pod_changes(
+        create=[], stop=[], bind={p.id: NodeName("n1") for p in pods}, pending_reasons={}, now=3.0
+    )
+    ready = tuple(PodStatus(p.id, "Running", ready=True) for p in pods)
+    assert store.heartbeats([Report("n1", ready, 4.0)]) == [True]
+    failed, back = Report("n1", (), 5.0, runtime_error="cannot reach Docker"), Report("n1", ready, 5.0)
+    assert store.heartbeats([failed, back]) == [True, True]
+    assert all(p.ready for p in store.pods())
+
+    pod = {"containers": [{"name": "main", "image": "db:1"}]}
+    db = manifest(
+        "StatefulSet",
+        "db",
+        spec={
+            "replicas": 2,
+            "serviceName": "db",
+            "selector": {"matchLabels": {"app": "db"}},
+            "template": {"metadata": {"labels": {"app": "db"}}, "spec": pod},
+        },
+    )
+    store.apply_revision(Revision("git:x", "a" * 40), [db], [], now=6.0)
+    template = resolve_template(db, configs_of([db])).hash
+    owner = "StatefulSet/default/db"
+    found = PodStatus(PodId("default/db-1"), "Running", True, template_hash=template, owner=owner)
+    assert store.heartbeat("n1", [found], now=7.0, adopt=True)
+    (db1,) = [p for p in store.pods() if p.name == "db-1"]
+    store.apply_pod_changes(create=[], stop=[(db1, "moved")], bind={}, pending_reasons={}, now=8.0)
+    gone, elsewhere = Report("n1", (), 9.0, (db1.id,)), Report("n2", (found,), 9.0, adopt=True)
+    assert store.heartbeats([gone, elsewhere]) == [True, True]
+    (db1,) = [p for p in store.pods() if p.name == "db-1"]
+    assert db1.node == "n2" and db1.terminating_at is None
+
+
 def test_real_nodes_register_whatever_their_size(store: Store) -> None:
     """Sizes are 64-bit on both databases: 0.1 overflowed INTEGER on PostgreSQL from 2 GiB."""
     huge = Node(NodeName("big"), "192.0.2.30", 256_000, 4 * 2**40, max_pods=250)
