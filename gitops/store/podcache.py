@@ -115,7 +115,7 @@ class PodCache:
         self._node_versions: dict[str, tuple[int, str]] = {}  # node -> (the generation then, its version)
         self._full_generation = 0  # the generation of the last full read
         self._claims: dict[str, NodeName] = {}  # claim -> the node holding its volume (`claims`)
-        self._claims_read: tuple[int | None, float] = (None, float("-inf"))  # (their serial, monotonic time)
+        self._claims_kept: serials.Kept[dict[str, NodeName]] = serials.Kept("claims")
 
     def pods(self) -> tuple[Pod, ...]:
         """Every pod in the store, in id order, as of this call."""
@@ -186,7 +186,8 @@ class PodCache:
         with self.store.session() as s:
             rows = s.connection().execute(select(*_COLUMNS).order_by(PodRow.id)).all()
             pods = [pod for _, pod in self._decode(s, rows)]
-            self._read_claims(s, every=True)
+            self._claims_kept = serials.Kept("claims")  # read again with everything
+            self._read_claims(s)
         self.generation += 1
         self._full_generation = self.generation
         self._pods = {p.id: p for p in pods}
@@ -364,16 +365,14 @@ class PodCache:
                 self._forget(PodId(pod_id))
         return len(back) < len(gone)
 
-    def _read_claims(self, s: Session, *, every: bool) -> None:
-        """Read the claims again (`claims`) when their serial moved since the last read (or
-        its row is missing), that read was `serials.RESYNC` seconds ago, or `every`."""
-        serial = serials.current(s, "claims")
-        kept, at = self._claims_read
-        now = time.monotonic()
-        if every or serial is None or serial != kept or now - at >= serials.RESYNC:
+    def _read_claims(self, s: Session) -> None:
+        """The claims (`claims`), read again when their serial moved (`serials.Kept`)."""
+
+        def read() -> dict[str, NodeName]:
             rows = s.connection().execute(select(ClaimRow.id, ClaimRow.node))
-            self._claims = {claim: NodeName(node) for claim, node in rows}
-            self._claims_read = (serial, now)
+            return {claim: NodeName(node) for claim, node in rows}
+
+        self._claims = self._claims_kept.get(s, read)
 
     def _forget(self, pod_id: PodId) -> None:
         """Drop a pod whose row is gone."""
@@ -408,7 +407,7 @@ class PodCache:
                     select(*_COLUMNS).where(PodRow.id.in_(changed[start : start + _CHUNK]))
                 ).all()
             serial = serials.current(s, "pods")  # (before the deletes' rows and the count)
-            self._read_claims(s, every=False)
+            self._read_claims(s)
             count = self._count(s, serial, every=since == float("-inf"))
             added = False
             order, places = self._order, self._places

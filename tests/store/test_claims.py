@@ -166,10 +166,10 @@ def test_the_pod_cache_keeps_each_nodes_claims_as_the_store_writes_them(
     reads: list[int] = []
     real = cache._read_claims
 
-    def counted(s: object, *, every: bool) -> None:
-        before = cache._claims_read
-        real(s, every=every)  # type: ignore[arg-type]
-        reads.append(int(cache._claims_read != before))
+    def counted(s: object) -> None:
+        before = cache._claims_kept.reads
+        real(s)  # type: ignore[arg-type]
+        reads.append(cache._claims_kept.reads - before)
 
     monkeypatch.setattr(cache, "_read_claims", counted)
     folder = tmp_path / "src"
