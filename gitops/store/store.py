@@ -2178,7 +2178,7 @@ class Store:
                 status, node = statuses[row.id]
                 if _writes_nothing(row, status, node):
                     alike.add(row.id)
-        ids = [pod for pod in reported if pod not in alike] + [p for r in reports for p in r.stopped]
+        ids = [pod for pod in reported if pod not in alike] + sorted(stopped)
         rows: dict[str, PodRow] = {}
         for chunk in _chunks(ids):
             query = select(PodRow).where(PodRow.id.in_(chunk))

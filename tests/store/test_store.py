@@ -371,6 +371,21 @@ def test_a_batch_of_reports_reads_its_rows_at_once_whatever_its_size(store: Stor
     assert pods[12].id not in {p.id for p in store.pods()}
 
 
+def _bound_on_n1(store: Store, replicas: int) -> list[Pod]:
+    """Nodes n1 and n2, and `replicas` pods of a Deployment created and bound to n1."""
+    for name in ("n1", "n2"):
+        store.register_node(Node(NodeName(name), "192.0.2.10", 16000, 64 * 2**30), f"t-{name}", now=1.0)
+    result = plan([deployment(replicas=replicas)], [])
+    store.apply_pod_changes(
+        create=[(a.pod, a.reason) for a in result.create], stop=[], bind={}, pending_reasons={}, now=2.0
+    )
+    pods = sorted(store.pods(), key=lambda p: p.id)
+    store.apply_pod_changes(
+        create=[], stop=[], bind={p.id: NodeName("n1") for p in pods}, pending_reasons={}, now=3.0
+    )
+    return pods
+
+
 def test_a_report_of_pods_as_they_are_reads_none_as_objects_and_writes_nothing(store: Store) -> None:
     """A report holds every pod of its node, most as they were. Those whose status would
     change nothing are compared on their status columns only, not read and flushed as the
@@ -379,16 +394,7 @@ def test_a_report_of_pods_as_they_are_reads_none_as_objects_and_writes_nothing(s
     from gitops.model import ContainerStatus
     from gitops.store.store import Report
 
-    store.register_node(Node(NodeName("n1"), "192.0.2.10", 16000, 64 * 2**30), "t1", now=1.0)
-    store.register_node(Node(NodeName("n2"), "192.0.2.11", 16000, 64 * 2**30), "t2", now=1.0)
-    result = plan([deployment(replicas=4)], [])
-    store.apply_pod_changes(
-        create=[(a.pod, a.reason) for a in result.create], stop=[], bind={}, pending_reasons={}, now=2.0
-    )
-    pods = sorted(store.pods(), key=lambda p: p.id)
-    store.apply_pod_changes(
-        create=[], stop=[], bind={p.id: NodeName("n1") for p in pods}, pending_reasons={}, now=3.0
-    )
+    pods = _bound_on_n1(store, 4)
     running = (ContainerStatus("main", "running", ready=True),)
 
     def status(pod: Pod, **changed: object) -> PodStatus:
@@ -434,16 +440,7 @@ def test_a_batch_judges_no_pod_an_earlier_report_of_it_may_write(store: Store) -
     from gitops.store.store import Report
     from tests.planner.factories import manifest
 
-    for name in ("n1", "n2"):
-        store.register_node(Node(NodeName(name), "192.0.2.10", 16000, 64 * 2**30), f"t-{name}", now=1.0)
-    result = plan([deployment(replicas=2)], [])
-    store.apply_pod_changes(
-        create=[(a.pod, a.reason) for a in result.create], stop=[], bind={}, pending_reasons={}, now=2.0
-    )
-    pods = sorted(store.pods(), key=lambda p: p.id)
-    store.apply_pod_changes(
-        create=[], stop=[], bind={p.id: NodeName("n1") for p in pods}, pending_reasons={}, now=3.0
-    )
+    pods = _bound_on_n1(store, 2)
     ready = tuple(PodStatus(p.id, "Running", ready=True) for p in pods)
     assert store.heartbeats([Report("n1", ready, 4.0)]) == [True]
     failed, back = Report("n1", (), 5.0, runtime_error="cannot reach Docker"), Report("n1", ready, 5.0)
